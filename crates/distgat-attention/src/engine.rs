@@ -1,0 +1,165 @@
+//! The single-process engine: a whole model over a whole graph. It is also the reference
+//! the distributed runtime must match bit for bit.
+
+use std::time::{Duration, Instant};
+
+use distgat_graph::{EdgeList, IncomingCsr};
+use rayon::prelude::*;
+
+use crate::error::{ModelError, Result};
+use crate::exec::Execution;
+use crate::kernel::{aggregate_into, AttentionInputs};
+use crate::model::Model;
+use crate::transform::{transform_into, Transformed};
+
+/// The CSRs a model needs (one per self-loop setting its layers use).
+pub struct Topology {
+    pub num_nodes: usize,
+    with_loops: Option<GraphView>,
+    without_loops: Option<GraphView>,
+}
+
+struct GraphView {
+    csr: IncomingCsr,
+    /// CSR position of each attention edge in PyG order (only when attention is wanted).
+    attention_order: Option<Vec<usize>>,
+}
+
+impl Topology {
+    /// Builds the CSRs for `model` over `edges` (ids already checked against `num_nodes`).
+    pub fn build(
+        edges: &EdgeList,
+        num_nodes: usize,
+        model: &Model,
+        want_attention: bool,
+    ) -> Result<Self> {
+        let view = |loops: bool| -> Result<Option<GraphView>> {
+            if !model.layers.iter().any(|l| l.add_self_loops == loops) {
+                return Ok(None);
+            }
+            let (csr, attention_order) =
+                IncomingCsr::build(edges, num_nodes, loops, want_attention)?;
+            Ok(Some(GraphView {
+                csr,
+                attention_order,
+            }))
+        };
+        Ok(Topology {
+            num_nodes,
+            with_loops: view(true)?,
+            without_loops: view(false)?,
+        })
+    }
+
+    fn view(&self, add_self_loops: bool) -> &GraphView {
+        let v = if add_self_loops {
+            &self.with_loops
+        } else {
+            &self.without_loops
+        };
+        v.as_ref().expect("Topology::build made a CSR for every setting the model uses")
+    }
+
+    pub fn csr(&self, add_self_loops: bool) -> &IncomingCsr {
+        &self.view(add_self_loops).csr
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LayerTiming {
+    /// GEMM and scores.
+    pub transform: Duration,
+    /// Fused softmax and aggregation.
+    pub aggregate: Duration,
+}
+
+/// What a model run produces.
+pub struct ModelOutput {
+    /// `[num_nodes, width]`, row-major, original node order.
+    pub values: Vec<f32>,
+    pub width: usize,
+    /// Per layer (when asked): coefficients `[E', heads]` in PyG's attention edge order.
+    pub attention: Vec<Vec<f32>>,
+    pub timings: Vec<LayerTiming>,
+}
+
+/// Runs every layer of `model` on `features` (`[num_nodes, in_features]`, consumed so its
+/// memory is released after the first transform). `on_layer(k)` is called as layer `k`
+/// starts, for progress reporting.
+pub fn run_model(
+    model: &Model,
+    topology: &Topology,
+    features: Vec<f32>,
+    exec: Execution,
+    want_attention: bool,
+    on_layer: &dyn Fn(usize),
+) -> Result<ModelOutput> {
+    let n = topology.num_nodes;
+    let in_width = model.layers[0].in_features;
+    if features.len() != n * in_width {
+        return Err(ModelError::Mismatch(format!(
+            "features hold {} values, expected {n} nodes x {in_width} columns",
+            features.len()
+        )));
+    }
+    let mut x = features;
+    let mut attention = Vec::new();
+    let mut timings = Vec::with_capacity(model.layers.len());
+    for (k, layer) in model.layers.iter().enumerate() {
+        on_layer(k);
+        let started = Instant::now();
+        let mut t = Transformed::zeroed(n, layer);
+        transform_into(layer, &x, exec, &mut t);
+        drop(x);
+        let transformed = Instant::now();
+
+        let view = topology.view(layer.add_self_loops);
+        let mut out = vec![0f32; n * layer.out_width()];
+        let mut alpha_csr = want_attention.then(|| vec![0f32; view.csr.num_entries() * layer.heads]);
+        let inputs = AttentionInputs {
+            z: &t.z,
+            s_src: &t.s_src,
+            s_dst: &t.s_dst,
+        };
+        aggregate_into(layer, &view.csr, &inputs, exec, &mut out, alpha_csr.as_deref_mut());
+        drop(t);
+        timings.push(LayerTiming {
+            transform: transformed - started,
+            aggregate: transformed.elapsed(),
+        });
+        if let (Some(alpha_csr), Some(order)) = (alpha_csr, view.attention_order.as_ref()) {
+            attention.push(to_attention_order(&alpha_csr, order, layer.heads, exec));
+        }
+        if k + 1 < model.layers.len() {
+            match exec {
+                Execution::Sequential => model.activation.apply(&mut out),
+                Execution::Parallel => out
+                    .par_chunks_mut(64 * 1024)
+                    .for_each(|c| model.activation.apply(c)),
+            }
+        }
+        x = out;
+    }
+    Ok(ModelOutput {
+        values: x,
+        width: model.out_width(),
+        attention,
+        timings,
+    })
+}
+
+/// Reorders per-CSR-entry coefficients into PyG's attention edge order.
+fn to_attention_order(alpha_csr: &[f32], order: &[usize], heads: usize, exec: Execution) -> Vec<f32> {
+    let mut out = vec![0f32; order.len() * heads];
+    let gather = |(dst, &pos): (&mut [f32], &usize)| {
+        dst.copy_from_slice(&alpha_csr[pos * heads..(pos + 1) * heads]);
+    };
+    match exec {
+        Execution::Sequential => out.chunks_exact_mut(heads).zip(order).for_each(gather),
+        Execution::Parallel => out
+            .par_chunks_exact_mut(heads)
+            .zip(order.par_iter())
+            .for_each(gather),
+    }
+    out
+}

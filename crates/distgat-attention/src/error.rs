@@ -1,0 +1,27 @@
+use std::path::PathBuf;
+
+use distgat_graph::GraphError;
+
+/// Errors of the model spec, the weights and the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The model JSON does not parse or is not a usable `gat-model-v1` spec.
+    #[error("{}: {detail}", path.display())]
+    Spec { path: PathBuf, detail: String },
+    /// A weights file is corrupt, lacks a tensor, or a tensor has the wrong dtype or shape.
+    #[error("{}: {detail}", path.display())]
+    Weights { path: PathBuf, detail: String },
+    /// The model does not fit the input it is run on.
+    #[error("{0}")]
+    Mismatch(String),
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -1,0 +1,122 @@
+//! Dense part of a GAT layer: `z = x W^T` and the per-head scores
+//! `s_src[n, h] = <z[n, h, :], att_src[h, :]>`, `s_dst[n, h] = <z[n, h, :], att_dst[h, :]>`.
+
+use rayon::prelude::*;
+
+use crate::exec::Execution;
+use crate::model::GatLayer;
+
+/// Rows per GEMM call. Fixed (not derived from the thread count) so chunking never changes
+/// which rows are multiplied together; matrixmultiply's per-element sum order depends only
+/// on the inner dimension anyway, so a row's bits do not depend on its neighbours.
+const ROWS_PER_BLOCK: usize = 256;
+
+/// Output buffers of [`transform`], row-major.
+pub struct Transformed {
+    /// `[rows, heads * channels]`
+    pub z: Vec<f32>,
+    /// `[rows, heads]`
+    pub s_src: Vec<f32>,
+    /// `[rows, heads]`
+    pub s_dst: Vec<f32>,
+}
+
+impl Transformed {
+    pub fn zeroed(rows: usize, layer: &GatLayer) -> Self {
+        Transformed {
+            z: vec![0.0; rows * layer.hidden_width()],
+            s_src: vec![0.0; rows * layer.heads],
+            s_dst: vec![0.0; rows * layer.heads],
+        }
+    }
+}
+
+/// Transforms `x` (`[rows, in_features]`, row-major) into the caller's buffers.
+pub fn transform_into(layer: &GatLayer, x: &[f32], exec: Execution, out: &mut Transformed) {
+    let f = layer.in_features;
+    let hc = layer.hidden_width();
+    let h = layer.heads;
+    let rows = if f == 0 { out.s_src.len() / h } else { x.len() / f };
+    assert_eq!(x.len(), rows * f, "transform: x is not [rows, in_features]");
+    assert_eq!(out.z.len(), rows * hc, "transform: z buffer size");
+    assert_eq!(out.s_src.len(), rows * h, "transform: s_src buffer size");
+    assert_eq!(out.s_dst.len(), rows * h, "transform: s_dst buffer size");
+    if rows == 0 {
+        return;
+    }
+    let block = |(((xb, zb), sb), db): (((&[f32], &mut [f32]), &mut [f32]), &mut [f32])| {
+        let m = sb.len() / h;
+        gemm_rows(m, f, hc, xb, &layer.weight_t, zb);
+        scores(layer, zb, sb, db);
+    };
+    // Chunk x by rows; with f == 0 every block of x is empty, so chunk z instead.
+    let x_chunks: Vec<&[f32]> = if f == 0 {
+        vec![&[][..]; rows.div_ceil(ROWS_PER_BLOCK)]
+    } else {
+        x.chunks(ROWS_PER_BLOCK * f).collect()
+    };
+    let zc = out.z.chunks_mut(ROWS_PER_BLOCK * hc);
+    let sc = out.s_src.chunks_mut(ROWS_PER_BLOCK * h);
+    let dc = out.s_dst.chunks_mut(ROWS_PER_BLOCK * h);
+    let work: Vec<_> = x_chunks.into_iter().zip(zc).zip(sc).zip(dc).collect();
+    match exec {
+        Execution::Sequential => work.into_iter().for_each(block),
+        Execution::Parallel => work.into_par_iter().for_each(block),
+    }
+}
+
+/// `c[m, n] = a[m, k] * b[k, n]`, all row-major and contiguous.
+fn gemm_rows(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    assert_eq!(a.len(), m * k);
+    assert_eq!(b.len(), k * n);
+    assert_eq!(c.len(), m * n);
+    if k == 0 {
+        c.fill(0.0);
+        return;
+    }
+    // SAFETY: matrixmultiply reads a[i*k + p] for i < m, p < k, reads b[p*n + j] for
+    // p < k, j < n, and writes c[i*n + j] for i < m, j < n (row strides k, n, n and column
+    // stride 1, as passed). The asserts above prove all those offsets are inside the
+    // three slices; `c` is a unique borrow, so it aliases neither `a` nor `b`. With
+    // beta = 0, c's previous contents are never read (matrixmultiply documents that).
+    #[allow(unsafe_code)]
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            k as isize,
+            1,
+            b.as_ptr(),
+            n as isize,
+            1,
+            0.0,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}
+
+/// Per-row, per-head attention scores of the transformed rows `z`.
+fn scores(layer: &GatLayer, z: &[f32], s_src: &mut [f32], s_dst: &mut [f32]) {
+    let c = layer.channels;
+    let hc = layer.hidden_width();
+    for ((zrow, srow), drow) in z
+        .chunks_exact(hc)
+        .zip(s_src.chunks_exact_mut(layer.heads))
+        .zip(s_dst.chunks_exact_mut(layer.heads))
+    {
+        for (h, (s, d)) in srow.iter_mut().zip(drow.iter_mut()).enumerate() {
+            let zh = &zrow[h * c..(h + 1) * c];
+            *s = dot(zh, &layer.att_src[h * c..(h + 1) * c]);
+            *d = dot(zh, &layer.att_dst[h * c..(h + 1) * c]);
+        }
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).fold(0.0, |acc, (x, y)| acc + x * y)
+}

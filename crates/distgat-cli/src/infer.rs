@@ -1,0 +1,332 @@
+//! `distgat infer`: the whole model over the whole graph in one process.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use distgat_attention::{run_model, Execution, Model, ModelError, Topology};
+use distgat_graph::{
+    attention_edge_index, read_graph, write_npy, Features, GraphError, GraphFormat, NpyBody,
+    Normalization,
+};
+use serde::Serialize;
+
+/// Everything `distgat infer` needs; `Default` leaves the paths empty.
+#[derive(Debug, Clone, Default)]
+pub struct InferConfig {
+    pub graph: PathBuf,
+    /// Overrides the format implied by the graph file's extension.
+    pub format: Option<GraphFormat>,
+    /// Node count when it exceeds what the graph and the features imply.
+    pub num_nodes: Option<u64>,
+    pub features: PathBuf,
+    pub normalize: Normalization,
+    pub model: PathBuf,
+    pub out: PathBuf,
+    /// Writes `layer{k}_alpha.npy` and `layer{k}_att_edge_index.npy` here.
+    pub attention_dir: Option<PathBuf>,
+    /// Worker threads for the kernels (default: all cores).
+    pub threads: Option<usize>,
+    /// int64 `[N]` class labels, with `test_idx`: report accuracy on those nodes.
+    pub labels: Option<PathBuf>,
+    pub test_idx: Option<PathBuf>,
+    /// Called with a short description as each phase starts.
+    pub on_phase: Option<fn(&str)>,
+}
+
+/// What a run did, with the time of each phase in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct InferReport {
+    pub num_nodes: usize,
+    pub num_edges: usize,
+    pub out_width: usize,
+    pub threads: usize,
+    pub read_graph_ms: f64,
+    pub read_features_ms: f64,
+    pub load_model_ms: f64,
+    pub build_csr_ms: f64,
+    pub layers: Vec<LayerReport>,
+    pub write_ms: f64,
+    pub total_ms: f64,
+    pub peak_rss_bytes: Option<u64>,
+    pub accuracy: Option<Accuracy>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerReport {
+    pub transform_ms: f64,
+    pub aggregate_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Accuracy {
+    pub correct: usize,
+    pub total: usize,
+}
+
+impl Accuracy {
+    pub fn fraction(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            self.correct as f64 / self.total as f64
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("--threads: {0}")]
+    Threads(String),
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+pub fn run_infer(config: &InferConfig) -> Result<InferReport, InferError> {
+    let threads = config.threads.unwrap_or_else(rayon::current_num_threads);
+    if threads == 0 {
+        return Err(InferError::Threads("must be at least 1".into()));
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| InferError::Threads(e.to_string()))?;
+    pool.install(|| infer_in_pool(config, threads))
+}
+
+fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, InferError> {
+    let phase = |name: &str| {
+        if let Some(f) = config.on_phase {
+            f(name)
+        }
+    };
+    let started = Instant::now();
+    // Fail before hours of work, not after: the output directories must exist.
+    check_output_dir(&config.out)?;
+    if let Some(dir) = &config.attention_dir {
+        std::fs::create_dir_all(dir).map_err(|e| GraphError::io(dir, e))?;
+    }
+
+    phase("loading model");
+    let t = Instant::now();
+    let model = Model::load(&config.model)?;
+    let load_model_ms = ms(t);
+
+    phase("reading graph");
+    let t = Instant::now();
+    let edges = read_graph(&config.graph, config.format)?;
+    for w in &edges.warnings {
+        tracing::warn!("{w}");
+    }
+    let read_graph_ms = ms(t);
+
+    phase("reading features");
+    let t = Instant::now();
+    let mut features = Features::read_npy(&config.features)?;
+    features.normalize(config.normalize);
+    let read_features_ms = ms(t);
+
+    let n = features.num_nodes;
+    if let Some(want) = config.num_nodes {
+        if want != n as u64 {
+            return Err(GraphError::argument(
+                "--num-nodes",
+                format!(
+                    "{want} nodes, but {} has {n} feature rows (one row per node)",
+                    config.features.display()
+                ),
+            )
+            .into());
+        }
+    }
+    if edges.num_nodes > n as u64 {
+        edges.check_ids(
+            n as u64,
+            &config.graph,
+            &format!("the {n} rows of {}", config.features.display()),
+        )?;
+        // Ids are fine but the header declares more nodes (METIS / Matrix Market).
+        return Err(GraphError::invalid(
+            &config.graph,
+            format!(
+                "declares {} nodes, but {} has only {n} feature rows",
+                edges.num_nodes,
+                config.features.display()
+            ),
+        )
+        .into());
+    }
+    model.check_input_width(features.width, &config.features)?;
+
+    phase("building CSR");
+    let t = Instant::now();
+    let want_attention = config.attention_dir.is_some();
+    let topology = Topology::build(&edges, n, &model, want_attention)?;
+    let build_csr_ms = ms(t);
+    let num_edges = edges.len();
+    let attention_edges: Vec<(bool, Vec<i64>)> = if want_attention {
+        let mut settings: Vec<bool> = model.layers.iter().map(|l| l.add_self_loops).collect();
+        settings.sort_unstable();
+        settings.dedup();
+        settings
+            .into_iter()
+            .map(|loops| (loops, attention_edge_index(&edges, n, loops)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    drop(edges);
+
+    let layers = model.layers.len();
+    let on_layer = |k: usize| phase(&format!("layer {}/{layers}", k + 1));
+    let output = run_model(
+        &model,
+        &topology,
+        features.values,
+        Execution::Parallel,
+        want_attention,
+        &on_layer,
+    )?;
+    drop(topology);
+
+    let accuracy = match (&config.labels, &config.test_idx) {
+        (Some(labels), Some(idx)) => Some(accuracy(&output.values, output.width, n, labels, idx)?),
+        (None, None) => None,
+        _ => {
+            return Err(GraphError::argument(
+                "--labels/--test-idx",
+                "give both (labels and the node ids to score) or neither",
+            )
+            .into())
+        }
+    };
+
+    phase("writing output");
+    let t = Instant::now();
+    write_npy(&config.out, &[n as u64, output.width as u64], &output.values)?;
+    if let Some(dir) = &config.attention_dir {
+        for (k, (layer, alpha)) in model.layers.iter().zip(&output.attention).enumerate() {
+            let edge_index = &attention_edges
+                .iter()
+                .find(|(loops, _)| *loops == layer.add_self_loops)
+                .expect("an edge index per self-loop setting")
+                .1;
+            let e = (edge_index.len() / 2) as u64;
+            write_npy(
+                &dir.join(format!("layer{k}_alpha.npy")),
+                &[e, layer.heads as u64],
+                alpha,
+            )?;
+            write_npy(
+                &dir.join(format!("layer{k}_att_edge_index.npy")),
+                &[2, e],
+                edge_index,
+            )?;
+        }
+    }
+    let write_ms = ms(t);
+
+    Ok(InferReport {
+        num_nodes: n,
+        num_edges,
+        out_width: output.width,
+        threads,
+        read_graph_ms,
+        read_features_ms,
+        load_model_ms,
+        build_csr_ms,
+        layers: output
+            .timings
+            .iter()
+            .map(|t| LayerReport {
+                transform_ms: t.transform.as_secs_f64() * 1e3,
+                aggregate_ms: t.aggregate.as_secs_f64() * 1e3,
+            })
+            .collect(),
+        write_ms,
+        total_ms: ms(started),
+        peak_rss_bytes: crate::stats::peak_rss_bytes(),
+        accuracy,
+    })
+}
+
+fn check_output_dir(out: &Path) -> Result<(), GraphError> {
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(GraphError::argument(
+            "--out",
+            format!(
+                "{}: the directory {} does not exist",
+                out.display(),
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Fraction of the nodes in `idx_path` whose argmax over the output row equals the label.
+fn accuracy(
+    out: &[f32],
+    width: usize,
+    n: usize,
+    labels_path: &Path,
+    idx_path: &Path,
+) -> Result<Accuracy, GraphError> {
+    let labels = read_1d_i64(labels_path)?;
+    if labels.len() != n {
+        return Err(GraphError::invalid(
+            labels_path,
+            format!("{} labels for {n} nodes", labels.len()),
+        ));
+    }
+    let idx = read_1d_i64(idx_path)?;
+    let mut correct = 0;
+    for (pos, &i) in idx.iter().enumerate() {
+        if i < 0 || i as usize >= n {
+            return Err(GraphError::invalid(
+                idx_path,
+                format!("entry {pos}: node id {i} is outside 0..{n}"),
+            ));
+        }
+        let row = &out[i as usize * width..(i as usize + 1) * width];
+        let predicted = argmax(row);
+        if predicted as i64 == labels[i as usize] {
+            correct += 1;
+        }
+    }
+    Ok(Accuracy {
+        correct,
+        total: idx.len(),
+    })
+}
+
+/// Index of the largest value (the first one on ties, like numpy).
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+fn read_1d_i64(path: &Path) -> Result<Vec<i64>, GraphError> {
+    let body = NpyBody::open(path)?;
+    if body.shape.len() != 1 {
+        return Err(GraphError::format(
+            path,
+            format!("expected a 1-D array, found shape {:?}", body.shape),
+        ));
+    }
+    body.read_i64(path)
+}

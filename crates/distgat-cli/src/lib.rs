@@ -1,0 +1,7 @@
+//! The library behind the `distgat` binary: each subcommand is a plain config struct with
+//! `Default` and a `run_*` function, so tests drive them without going through clap.
+
+pub mod infer;
+pub mod stats;
+
+pub use infer::{run_infer, InferConfig, InferReport};

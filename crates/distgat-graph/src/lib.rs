@@ -1,0 +1,19 @@
+//! Graph and feature input for distgat: file formats, validation, and the incoming-edge
+//! CSR the attention kernels run on.
+//!
+//! Everything that enters from a file is checked here, and every error names the file and
+//! says where (line, row, edge) and what was expected.
+
+pub mod csr;
+pub mod edges;
+pub mod error;
+pub mod features;
+pub mod npy;
+pub mod output;
+
+pub use csr::{attention_edge_index, IncomingCsr};
+pub use edges::{read_graph, EdgeList, GraphFormat};
+pub use error::{GraphError, Result};
+pub use features::{Features, Normalization};
+pub use npy::{write_npy, NpyBody, NpyDtype};
+pub use output::AtomicFile;

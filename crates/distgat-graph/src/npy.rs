@@ -1,0 +1,215 @@
+//! `.npy` reading and writing.
+//!
+//! npyz parses and writes the header; the body is moved in 1 MiB blocks so that reading a
+//! few hundred MiB of features costs one pass over the bytes and no second copy, and so a
+//! truncated body is reported with its expected and actual size before anything is read.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, Write};
+use std::path::Path;
+
+use npyz::{DType, Order, WriterBuilder};
+
+use crate::error::{GraphError, Result};
+use crate::output::AtomicFile;
+
+/// Element types distgat reads from `.npy` files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NpyDtype {
+    F32,
+    F64,
+    I32,
+    I64,
+}
+
+impl NpyDtype {
+    fn from_descr(descr: &str) -> Option<Self> {
+        match descr {
+            "<f4" => Some(NpyDtype::F32),
+            "<f8" => Some(NpyDtype::F64),
+            "<i4" => Some(NpyDtype::I32),
+            "<i8" => Some(NpyDtype::I64),
+            _ => None,
+        }
+    }
+    pub fn size(self) -> usize {
+        match self {
+            NpyDtype::F32 | NpyDtype::I32 => 4,
+            NpyDtype::F64 | NpyDtype::I64 => 8,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            NpyDtype::F32 => "float32",
+            NpyDtype::F64 => "float64",
+            NpyDtype::I32 => "int32",
+            NpyDtype::I64 => "int64",
+        }
+    }
+}
+
+/// An opened `.npy` file positioned at the start of its body, whose size has been checked
+/// against the header.
+pub struct NpyBody {
+    reader: BufReader<File>,
+    pub dtype: NpyDtype,
+    pub shape: Vec<u64>,
+    pub fortran_order: bool,
+    len: usize,
+}
+
+impl NpyBody {
+    /// Opens `path`, parses the header and checks that the file holds exactly the bytes
+    /// the header promises.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| GraphError::io(path, e))?;
+        let file_len = file.metadata().map_err(|e| GraphError::io(path, e))?.len();
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let header = npyz::NpyHeader::from_reader(&mut reader)
+            .map_err(|e| GraphError::format(path, format!("not a valid .npy file: {e}")))?;
+        let header_len = reader
+            .stream_position()
+            .map_err(|e| GraphError::io(path, e))?;
+        let info = npyz::NpyFile::with_header(header, std::io::empty());
+        let descr = match info.dtype() {
+            DType::Plain(ts) => ts.to_string(),
+            other => other.descr(),
+        };
+        let dtype = NpyDtype::from_descr(&descr).ok_or_else(|| {
+            GraphError::format(
+                path,
+                format!(
+                    "unsupported dtype {descr}: expected little-endian float32 ('<f4'), \
+                     float64 ('<f8'), int32 ('<i4') or int64 ('<i8')"
+                ),
+            )
+        })?;
+        let shape = info.shape().to_vec();
+        let count = shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| GraphError::format(path, format!("shape {shape:?} overflows")))?;
+        let body_len = count
+            .checked_mul(dtype.size() as u64)
+            .ok_or_else(|| GraphError::format(path, format!("shape {shape:?} overflows")))?;
+        let expected_len = header_len + body_len;
+        if file_len < expected_len {
+            return Err(GraphError::format(
+                path,
+                format!(
+                    "truncated body: shape {shape:?} of {} needs {body_len} bytes after the \
+                     {header_len}-byte header, the file has only {}",
+                    dtype.name(),
+                    file_len.saturating_sub(header_len)
+                ),
+            ));
+        }
+        if file_len > expected_len {
+            return Err(GraphError::format(
+                path,
+                format!(
+                    "{} unexpected trailing bytes after the {body_len}-byte body of shape {shape:?}",
+                    file_len - expected_len
+                ),
+            ));
+        }
+        let len = usize::try_from(count)
+            .map_err(|_| GraphError::format(path, "array too large for this machine"))?;
+        Ok(NpyBody {
+            reader,
+            dtype,
+            fortran_order: info.order() == Order::Fortran,
+            shape,
+            len,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Reads the whole body, converting each element with `convert` (which sees the
+    /// element's index and its value widened to f64 or i64).
+    pub fn read_f32(self, path: &Path) -> Result<Vec<f32>> {
+        match self.dtype {
+            NpyDtype::F32 => self.read_elements(path, |b: [u8; 4]| f32::from_le_bytes(b)),
+            NpyDtype::F64 => self.read_elements(path, |b: [u8; 8]| f64::from_le_bytes(b) as f32),
+            other => Err(GraphError::format(
+                path,
+                format!(
+                    "dtype {} where float32 or float64 was expected",
+                    other.name()
+                ),
+            )),
+        }
+    }
+
+    pub fn read_i64(self, path: &Path) -> Result<Vec<i64>> {
+        match self.dtype {
+            NpyDtype::I64 => self.read_elements(path, |b: [u8; 8]| i64::from_le_bytes(b)),
+            NpyDtype::I32 => self.read_elements(path, |b: [u8; 4]| i32::from_le_bytes(b) as i64),
+            other => Err(GraphError::format(
+                path,
+                format!("dtype {} where int64 or int32 was expected", other.name()),
+            )),
+        }
+    }
+
+    fn read_elements<T, const W: usize>(
+        mut self,
+        path: &Path,
+        convert: impl Fn([u8; W]) -> T,
+    ) -> Result<Vec<T>> {
+        let mut out = Vec::with_capacity(self.len);
+        let mut block = vec![0u8; (1 << 20) / W * W];
+        let mut remaining = self.len * W;
+        while remaining > 0 {
+            let take = remaining.min(block.len());
+            self.reader
+                .read_exact(&mut block[..take])
+                .map_err(|e| GraphError::io(path, e))?;
+            out.extend(
+                block[..take]
+                    .chunks_exact(W)
+                    .map(|c| convert(c.try_into().expect("chunks_exact yields W bytes"))),
+            );
+            remaining -= take;
+        }
+        Ok(out)
+    }
+}
+
+/// Writes `data` as a C-order `.npy` array of `shape`, atomically (temp file, then rename).
+pub fn write_npy<T>(path: &Path, shape: &[u64], data: &[T]) -> Result<()>
+where
+    T: npyz::Serialize + npyz::AutoSerialize + Copy,
+{
+    let expected: u64 = shape.iter().product();
+    if expected != data.len() as u64 {
+        return Err(GraphError::argument(
+            path.display().to_string(),
+            format!(
+                "internal: shape {shape:?} does not match {} values",
+                data.len()
+            ),
+        ));
+    }
+    let file = AtomicFile::create(path)?;
+    let result = (|| -> std::io::Result<()> {
+        let mut buffered = BufWriter::with_capacity(1 << 20, file.as_file());
+        let mut writer = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(shape)
+            .writer(&mut buffered)
+            .begin_nd()?;
+        writer.extend(data.iter().copied())?;
+        writer.finish()?;
+        buffered.flush()
+    })();
+    result.map_err(|e| GraphError::io(path, e))?;
+    file.commit()
+}
