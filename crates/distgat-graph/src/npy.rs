@@ -132,8 +132,7 @@ impl NpyBody {
         self.len == 0
     }
 
-    /// Reads the whole body, converting each element with `convert` (which sees the
-    /// element's index and its value widened to f64 or i64).
+    /// Reads a float32 or float64 body as f32 (float64 is rounded to nearest).
     pub fn read_f32(self, path: &Path) -> Result<Vec<f32>> {
         match self.dtype {
             NpyDtype::F32 => self.read_elements(path, |b: [u8; 4]| f32::from_le_bytes(b)),
@@ -144,6 +143,18 @@ impl NpyBody {
                     "dtype {} where float32 or float64 was expected",
                     other.name()
                 ),
+            )),
+        }
+    }
+
+    /// Reads a float64 or float32 body as f64 (for reference outputs kept in float64).
+    pub fn read_f64(self, path: &Path) -> Result<Vec<f64>> {
+        match self.dtype {
+            NpyDtype::F64 => self.read_elements(path, |b: [u8; 8]| f64::from_le_bytes(b)),
+            NpyDtype::F32 => self.read_elements(path, |b: [u8; 4]| f32::from_le_bytes(b) as f64),
+            other => Err(GraphError::format(
+                path,
+                format!("dtype {} where float64 or float32 was expected", other.name()),
             )),
         }
     }
