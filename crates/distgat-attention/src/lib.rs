@@ -4,6 +4,7 @@
 //! Semantics follow PyTorch Geometric 2.8 `GATConv` in eval mode exactly (see
 //! `reference/README.md` section 5 in the repository).
 
+pub mod buffer;
 pub mod engine;
 pub mod error;
 pub mod exec;
@@ -11,6 +12,7 @@ pub mod kernel;
 pub mod model;
 pub mod transform;
 
+pub use buffer::RowBuffer;
 pub use engine::{run_model, LayerTiming, ModelOutput, Topology};
 pub use error::{ModelError, Result};
 pub use exec::Execution;

@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use crate::buffer::RowBuffer;
 use crate::exec::Execution;
 use crate::model::GatLayer;
 
@@ -13,8 +14,8 @@ const ROWS_PER_BLOCK: usize = 256;
 
 /// Output buffers of [`transform`], row-major.
 pub struct Transformed {
-    /// `[rows, heads * channels]`
-    pub z: Vec<f32>,
+    /// `[rows, heads * channels]`, gathered at random by the aggregation.
+    pub z: RowBuffer,
     /// `[rows, heads]`
     pub s_src: Vec<f32>,
     /// `[rows, heads]`
@@ -24,7 +25,7 @@ pub struct Transformed {
 impl Transformed {
     pub fn zeroed(rows: usize, layer: &GatLayer) -> Self {
         Transformed {
-            z: vec![0.0; rows * layer.hidden_width()],
+            z: RowBuffer::zeroed(rows * layer.hidden_width()),
             s_src: vec![0.0; rows * layer.heads],
             s_dst: vec![0.0; rows * layer.heads],
         }

@@ -1,1 +1,432 @@
-fn main(){}
+//! `distgat-bench`: one GATConv-shaped layer on synthetic graphs, timed in-process (the
+//! kernels), as a whole `distgat infer` process (I/O included), and optionally as PyG on
+//! the same files in the same run, with peak memory for each. Medians throughout.
+//!
+//! ```text
+//! cargo build --release -p distgat-cli -p distgat-bench
+//! target/release/distgat-bench layer --sizes small,medium [--pyg ~/pyg-venv/bin/python]
+//! ```
+
+mod synth;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use distgat_attention::{
+    aggregate_into, transform_into, AttentionInputs, Execution, Model, Topology, Transformed,
+};
+use distgat_graph::{read_graph, Features};
+use rayon::prelude::*;
+use serde::Serialize;
+use synth::Generator;
+
+#[derive(Parser)]
+#[command(name = "distgat-bench", about = "distgat benchmarks (medians; ratios against a baseline measured in the same run)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// One GATConv layer (F_in=128, heads=4, C=32, self loops) on synthetic graphs
+    Layer(LayerArgs),
+    /// Machine memory bandwidth: streaming read and random 512-byte row gather
+    Bandwidth {
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// (internal) time the kernels on a case directory in a fresh process
+    #[command(hide = true)]
+    KernelChild {
+        dir: PathBuf,
+        #[arg(long)]
+        repeats: usize,
+        #[arg(long)]
+        threads: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug, Serialize)]
+enum Size {
+    /// N = 10k, E = 100k
+    Small,
+    /// N = 100k, E = 2M
+    Medium,
+    /// N = 1M, E = 10M (about 40 s of PyG and 14 GB of its memory: opt-in)
+    Large,
+}
+
+impl Size {
+    fn shape(self) -> (usize, usize) {
+        match self {
+            Size::Small => (10_000, 100_000),
+            Size::Medium => (100_000, 2_000_000),
+            Size::Large => (1_000_000, 10_000_000),
+        }
+    }
+    /// PyG 2.8.1 / torch 2.15 on this 2-core machine, 2 threads, forward only, ER graph
+    /// (from the engine issue): median ms and peak RSS MB. Used when --pyg is not given.
+    fn pyg_quoted(self) -> (f64, f64) {
+        match self {
+            Size::Small => (55.6, 871.0),
+            Size::Medium => (1175.0, 3082.0),
+            Size::Large => (12088.0, 13799.0),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct LayerArgs {
+    #[arg(long, value_delimiter = ',', default_value = "small,medium")]
+    sizes: Vec<Size>,
+    #[arg(long, value_delimiter = ',', default_value = "er")]
+    generators: Vec<Generator>,
+    /// Timed repetitions per measurement (after one warm-up)
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Python with torch_geometric: measure PyG on the same files in this run
+    #[arg(long, value_name = "PYTHON")]
+    pyg: Option<PathBuf>,
+    /// Where to put the generated cases (default: a temporary directory)
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Also write the results as JSON
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize, Clone)]
+struct KernelResult {
+    transform_ms: f64,
+    aggregate_ms: f64,
+    layer_ms: f64,
+    attention_edges: usize,
+    /// Bytes the aggregation must move at least once (CSR, scores, gathered rows, output).
+    aggregate_bytes: f64,
+    peak_rss_mb: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    generator: Generator,
+    size: Size,
+    nodes: usize,
+    edges: usize,
+    kernel: KernelResult,
+    infer_wall_ms: f64,
+    infer_peak_rss_mb: f64,
+    pyg_ms: f64,
+    pyg_peak_rss_mb: f64,
+    pyg_measured_here: bool,
+    max_abs_diff_vs_pyg: Option<f64>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Layer(args) => layer(args),
+        Cmd::Bandwidth { threads } => bandwidth(threads).map(|b| {
+            println!(
+                "stream read {:.1} GB/s, random 512-byte row gather {:.1} GB/s ({threads} threads)",
+                b.0, b.1
+            )
+        }),
+        Cmd::KernelChild {
+            dir,
+            repeats,
+            threads,
+        } => kernel_child(&dir, repeats, threads),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn peak_rss_mb() -> f64 {
+    distgat_cli::stats::peak_rss_bytes().map_or(f64::NAN, |b| b as f64 / 1e6)
+}
+
+fn kernel_child(dir: &Path, repeats: usize, threads: usize) -> anyhow::Result<()> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    pool.install(|| {
+        let edges = read_graph(&dir.join("edge_index.npy"), None)?;
+        let features = Features::read_npy(&dir.join("x.npy"))?;
+        let model = Model::load(&dir.join("model.json"))?;
+        let n = features.num_nodes;
+        let topology = Topology::build(&edges, n, &model, false)?;
+        drop(edges);
+        let layer = &model.layers[0];
+        let csr = topology.csr(layer.add_self_loops);
+        let mut t = Transformed::zeroed(n, layer);
+        let mut out = vec![0f32; n * layer.out_width()];
+        let (mut tt, mut ta, mut tl) = (Vec::new(), Vec::new(), Vec::new());
+        for r in 0..=repeats {
+            let t0 = Instant::now();
+            transform_into(layer, &features.values, Execution::Parallel, &mut t);
+            let t1 = Instant::now();
+            let inputs = AttentionInputs {
+                z: &t.z,
+                s_src: &t.s_src,
+                s_dst: &t.s_dst,
+            };
+            aggregate_into(layer, csr, &inputs, Execution::Parallel, &mut out, None);
+            let t2 = Instant::now();
+            if r > 0 {
+                tt.push((t1 - t0).as_secs_f64() * 1e3);
+                ta.push((t2 - t1).as_secs_f64() * 1e3);
+                tl.push((t2 - t0).as_secs_f64() * 1e3);
+            }
+        }
+        let (h, hc, ow) = (layer.heads, layer.hidden_width(), layer.out_width());
+        let entries = csr.num_entries() as f64;
+        let aggregate_bytes = entries * (4.0 + 4.0 * (h + hc) as f64)
+            + n as f64 * (8.0 + 4.0 * (h + ow) as f64);
+        let result = KernelResult {
+            transform_ms: median(tt),
+            aggregate_ms: median(ta),
+            layer_ms: median(tl),
+            attention_edges: csr.num_entries(),
+            aggregate_bytes,
+            peak_rss_mb: peak_rss_mb(),
+        };
+        println!("{}", serde_json::to_string(&result)?);
+        anyhow::Ok(())
+    })
+}
+
+fn run_json<T: serde::de::DeserializeOwned>(cmd: &mut Command) -> anyhow::Result<T> {
+    let output = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("parsing the output of {cmd:?}: {line}"))
+}
+
+fn distgat_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("distgat");
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it next to the bench (cargo build --release -p distgat-cli -p distgat-bench)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn layer(args: LayerArgs) -> anyhow::Result<()> {
+    let distgat = distgat_binary()?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/pyg_layer_bench.py");
+    let temp;
+    let work = match &args.work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            temp = tempfile::tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+    let (read_bw, gather_bw) = bandwidth(args.threads)?;
+    eprintln!("machine: stream read {read_bw:.1} GB/s, random row gather {gather_bw:.1} GB/s");
+    let mut rows = Vec::new();
+    for &generator in &args.generators {
+        for &size in &args.sizes {
+            let (n, e) = size.shape();
+            let dir = work.join(format!("{generator:?}-{size:?}").to_lowercase());
+            std::fs::create_dir_all(&dir)?;
+            eprintln!("{generator:?} {size:?}: generating N={n} E={e} in {}", dir.display());
+            synth::write_case(&dir, generator, n, e, 128, 4, 32, 42)?;
+
+            eprintln!("  kernels ({} repeats)", args.repeats);
+            let exe = std::env::current_exe()?;
+            let kernel: KernelResult = run_json(
+                Command::new(&exe)
+                    .arg("kernel-child")
+                    .arg(&dir)
+                    .args(["--repeats", &args.repeats.to_string()])
+                    .args(["--threads", &args.threads.to_string()]),
+            )?;
+
+            eprintln!("  distgat infer (whole process, {} runs)", args.repeats.min(3));
+            let mut walls = Vec::new();
+            let mut rss = Vec::new();
+            for _ in 0..args.repeats.min(3) {
+                let t = Instant::now();
+                let status = Command::new(&distgat)
+                    .arg("infer")
+                    .arg("--graph")
+                    .arg(dir.join("edge_index.npy"))
+                    .arg("--features")
+                    .arg(dir.join("x.npy"))
+                    .arg("--model")
+                    .arg(dir.join("model.json"))
+                    .arg("--out")
+                    .arg(dir.join("out.npy"))
+                    .args(["--threads", &args.threads.to_string()])
+                    .arg("--stats-json")
+                    .arg(dir.join("stats.json"))
+                    .status()?;
+                walls.push(t.elapsed().as_secs_f64() * 1e3);
+                if !status.success() {
+                    bail!("distgat infer failed on {}", dir.display());
+                }
+                let stats: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(dir.join("stats.json"))?)?;
+                rss.push(stats["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / 1e6);
+            }
+
+            let (mut pyg_ms, mut pyg_rss) = size.pyg_quoted();
+            let mut diff = None;
+            if let Some(python) = &args.pyg {
+                eprintln!("  PyG ({} repeats)", args.repeats);
+                let v: serde_json::Value = run_json(
+                    Command::new(python)
+                        .arg(&script)
+                        .arg(&dir)
+                        .args(["--threads", &args.threads.to_string()])
+                        .args(["--repeats", &args.repeats.to_string()])
+                        .arg("--out")
+                        .arg(dir.join("pyg_out.npy")),
+                )?;
+                pyg_ms = v["median_ms"].as_f64().unwrap_or(f64::NAN);
+                pyg_rss = v["peak_rss_mb"].as_f64().unwrap_or(f64::NAN) * 1.048576;
+                diff = Some(max_abs_diff(&dir.join("out.npy"), &dir.join("pyg_out.npy"))?);
+            }
+            rows.push(Row {
+                generator,
+                size,
+                nodes: n,
+                edges: e,
+                kernel,
+                infer_wall_ms: median(walls),
+                infer_peak_rss_mb: median(rss),
+                pyg_ms,
+                pyg_peak_rss_mb: pyg_rss,
+                pyg_measured_here: args.pyg.is_some(),
+                max_abs_diff_vs_pyg: diff,
+            });
+            print_table(&rows, gather_bw, args.threads);
+        }
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)? + "\n")?;
+    }
+    Ok(())
+}
+
+fn print_table(rows: &[Row], gather_bw: f64, threads: usize) {
+    println!();
+    println!("| graph | N | E | transform ms | aggregate ms | layer ms | edges/s | agg GB/s (% of gather bw) | infer wall ms | infer RSS MB | PyG ms{} | PyG RSS MB | speed-up (layer) | RSS ratio (infer/PyG) | max abs diff vs PyG |",
+        if rows.iter().any(|r| r.pyg_measured_here) { "" } else { " (quoted)" });
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let k = &r.kernel;
+        let agg_gbs = k.aggregate_bytes / (k.aggregate_ms * 1e-3) / 1e9;
+        println!(
+            "| {:?} | {} | {} | {:.1} | {:.1} | {:.1} | {:.3e} | {:.1} ({:.0}%) | {:.0} | {:.0} | {:.1} | {:.0} | {:.1}x | {:.3} | {} |",
+            r.generator,
+            r.nodes,
+            r.edges,
+            k.transform_ms,
+            k.aggregate_ms,
+            k.layer_ms,
+            r.edges as f64 / (k.layer_ms * 1e-3),
+            agg_gbs,
+            100.0 * agg_gbs / gather_bw,
+            r.infer_wall_ms,
+            r.infer_peak_rss_mb,
+            r.pyg_ms,
+            r.pyg_peak_rss_mb,
+            r.pyg_ms / k.layer_ms,
+            r.infer_peak_rss_mb / r.pyg_peak_rss_mb,
+            r.max_abs_diff_vs_pyg.map_or("-".into(), |d| format!("{d:.1e}")),
+        );
+    }
+    println!("({threads} threads; medians)");
+}
+
+fn max_abs_diff(a: &Path, b: &Path) -> anyhow::Result<f64> {
+    let a = Features::read_npy(a)?;
+    let b = Features::read_npy(b)?;
+    if a.values.len() != b.values.len() {
+        bail!("outputs differ in shape");
+    }
+    Ok(a.values
+        .iter()
+        .zip(&b.values)
+        .map(|(x, y)| (x - y).abs() as f64)
+        .fold(0.0, f64::max))
+}
+
+/// (streaming read GB/s, random 512-byte row gather GB/s) with `threads` threads: the
+/// ceilings the aggregation's memory traffic is compared with.
+fn bandwidth(threads: usize) -> anyhow::Result<(f64, f64)> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    pool.install(|| {
+        let len = 64 << 20; // 256 MiB of f32
+        let data: Vec<f32> = (0..len).map(|i| (i % 7) as f32).collect();
+        let mut best_read = 0f64;
+        for _ in 0..5 {
+            let t = Instant::now();
+            let s: f32 = data.par_chunks(1 << 16).map(|c| c.iter().sum::<f32>()).sum();
+            let secs = t.elapsed().as_secs_f64();
+            std::hint::black_box(s);
+            best_read = best_read.max((len * 4) as f64 / secs / 1e9);
+        }
+        // Random gather of 128-float rows from the same 256 MiB table.
+        let row = 128;
+        let rows = len / row;
+        let picks = 1 << 20;
+        let idx = synth::edges(Generator::Er, rows, picks, 7);
+        let idx = &idx[..picks];
+        let mut best_gather = 0f64;
+        for _ in 0..5 {
+            let t = Instant::now();
+            let s: f32 = idx
+                .par_chunks(4096)
+                .map(|chunk| {
+                    let mut acc = [0f32; 128];
+                    for &j in chunk {
+                        let r = &data[j as usize * row..(j as usize + 1) * row];
+                        acc.iter_mut().zip(r).for_each(|(a, v)| *a += v);
+                    }
+                    acc.iter().sum::<f32>()
+                })
+                .sum();
+            let secs = t.elapsed().as_secs_f64();
+            std::hint::black_box(s);
+            best_gather = best_gather.max((picks * row * 4) as f64 / secs / 1e9);
+        }
+        Ok((best_read, best_gather))
+    })
+}
