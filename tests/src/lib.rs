@@ -36,7 +36,11 @@ pub fn assert_close(what: &str, ours: &[f64], expected: &[f64], width: usize) {
     assert_eq!(ours.len(), expected.len(), "{what}: length");
     let mut worst = 0f64;
     for (k, (&a, &b)) in ours.iter().zip(expected).enumerate() {
-        assert!(a.is_finite(), "{what}: non-finite value {a} at row {}", k / width);
+        assert!(
+            a.is_finite(),
+            "{what}: non-finite value {a} at row {}",
+            k / width
+        );
         let err = (a - b).abs();
         worst = worst.max(err);
         assert!(

@@ -25,7 +25,14 @@ struct Case {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (1usize..10, 1usize..5, 1usize..4, 1usize..5, any::<bool>(), any::<bool>())
+    (
+        1usize..10,
+        1usize..5,
+        1usize..4,
+        1usize..5,
+        any::<bool>(),
+        any::<bool>(),
+    )
         .prop_flat_map(|(n, f_in, heads, channels, concat, loops)| {
             let hc = heads * channels;
             let out_width = if concat { hc } else { channels };
@@ -76,7 +83,9 @@ fn dense_reference(c: &Case) -> (Vec<f64>, Vec<f64>) {
         }
     }
     let score = |i: usize, hd: usize, att: &[f32]| -> f64 {
-        (0..ch).map(|k| z[i * hc + hd * ch + k] * att[hd * ch + k] as f64).sum()
+        (0..ch)
+            .map(|k| z[i * hc + hd * ch + k] * att[hd * ch + k] as f64)
+            .sum()
     };
     // PyG's attention edge list.
     let mut edges: Vec<(usize, usize)> = c
@@ -106,7 +115,10 @@ fn dense_reference(c: &Case) -> (Vec<f64>, Vec<f64>) {
                 .iter()
                 .map(|&k| e_score(edges[k], hd))
                 .fold(f64::NEG_INFINITY, f64::max);
-            let sum: f64 = incoming.iter().map(|&k| (e_score(edges[k], hd) - m).exp()).sum();
+            let sum: f64 = incoming
+                .iter()
+                .map(|&k| (e_score(edges[k], hd) - m).exp())
+                .sum();
             for &k in &incoming {
                 let a = (e_score(edges[k], hd) - m).exp() / (sum + 1e-16);
                 alpha[k * h + hd] = a;

@@ -76,12 +76,23 @@ fn check_case(case: &str) {
     for k in 0..layers {
         let (ishape, index) = read_i64(&run.attention.join(format!("layer{k}_att_edge_index.npy")));
         let (eishape, eindex) = read_i64(&expected.join(format!("layer{k}_att_edge_index.npy")));
-        assert_eq!(ishape, eishape, "{case} layer {k}: attention edge index shape");
-        assert!(index == eindex, "{case} layer {k}: attention edge index differs");
+        assert_eq!(
+            ishape, eishape,
+            "{case} layer {k}: attention edge index shape"
+        );
+        assert!(
+            index == eindex,
+            "{case} layer {k}: attention edge index differs"
+        );
         let (ashape, alpha) = read_f64(&run.attention.join(format!("layer{k}_alpha.npy")));
         let (eashape, ealpha) = read_f64(&expected.join(format!("layer{k}_alpha.npy")));
         assert_eq!(ashape, eashape, "{case} layer {k}: alpha shape");
-        assert_close(&format!("{case} layer {k} alpha"), &alpha, &ealpha, ashape[1] as usize);
+        assert_close(
+            &format!("{case} layer {k} alpha"),
+            &alpha,
+            &ealpha,
+            ashape[1] as usize,
+        );
     }
 }
 

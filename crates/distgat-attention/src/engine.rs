@@ -57,7 +57,8 @@ impl Topology {
         } else {
             &self.without_loops
         };
-        v.as_ref().expect("Topology::build made a CSR for every setting the model uses")
+        v.as_ref()
+            .expect("Topology::build made a CSR for every setting the model uses")
     }
 
     pub fn csr(&self, add_self_loops: bool) -> &IncomingCsr {
@@ -115,13 +116,21 @@ pub fn run_model(
 
         let view = topology.view(layer.add_self_loops);
         let mut out = vec![0f32; n * layer.out_width()];
-        let mut alpha_csr = want_attention.then(|| vec![0f32; view.csr.num_entries() * layer.heads]);
+        let mut alpha_csr =
+            want_attention.then(|| vec![0f32; view.csr.num_entries() * layer.heads]);
         let inputs = AttentionInputs {
             z: &t.z,
             s_src: &t.s_src,
             s_dst: &t.s_dst,
         };
-        aggregate_into(layer, &view.csr, &inputs, exec, &mut out, alpha_csr.as_deref_mut());
+        aggregate_into(
+            layer,
+            &view.csr,
+            &inputs,
+            exec,
+            &mut out,
+            alpha_csr.as_deref_mut(),
+        );
         drop(t);
         timings.push(LayerTiming {
             transform: transformed - started,
@@ -149,7 +158,12 @@ pub fn run_model(
 }
 
 /// Reorders per-CSR-entry coefficients into PyG's attention edge order.
-fn to_attention_order(alpha_csr: &[f32], order: &[usize], heads: usize, exec: Execution) -> Vec<f32> {
+fn to_attention_order(
+    alpha_csr: &[f32],
+    order: &[usize],
+    heads: usize,
+    exec: Execution,
+) -> Vec<f32> {
     let mut out = vec![0f32; order.len() * heads];
     let gather = |(dst, &pos): (&mut [f32], &usize)| {
         dst.copy_from_slice(&alpha_csr[pos * heads..(pos + 1) * heads]);

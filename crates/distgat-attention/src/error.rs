@@ -5,11 +5,11 @@ use distgat_graph::GraphError;
 /// Errors of the model spec, the weights and the engine.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("{}: {source}", path.display())]
+    /// The OS error is part of the message (not a `source`), so it is printed once.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The model JSON does not parse or is not a usable `gat-model-v1` spec.
     #[error("{}: {detail}", path.display())]

@@ -53,9 +53,17 @@ pub fn aggregate_into(
     let (h, hc, ow) = (layer.heads, layer.hidden_width(), layer.out_width());
     assert_eq!(out.len(), rows * ow, "aggregate: out buffer size");
     assert_eq!(inputs.s_dst.len(), rows * h, "aggregate: s_dst size");
-    assert_eq!(inputs.z.len() / hc.max(1), inputs.s_src.len() / h, "aggregate: z vs s_src");
+    assert_eq!(
+        inputs.z.len() / hc.max(1),
+        inputs.s_src.len() / h,
+        "aggregate: z vs s_src"
+    );
     if let Some(a) = alpha.as_deref() {
-        assert_eq!(a.len(), csr.num_entries() * h, "aggregate: alpha buffer size");
+        assert_eq!(
+            a.len(),
+            csr.num_entries() * h,
+            "aggregate: alpha buffer size"
+        );
     }
     let bounds = chunk_bounds(&csr.row_ptr, EDGES_PER_CHUNK);
 
@@ -189,20 +197,19 @@ fn aggregate_rows(
 
         // Normalise, combine heads, add bias.
         if layer.concat {
-            for head in 0..h {
-                let inv = sums[head];
-                for (o, &a) in out_row[head * c..(head + 1) * c]
-                    .iter_mut()
-                    .zip(&scratch.acc[head * c..(head + 1) * c])
-                {
+            for ((o, acc), &inv) in out_row
+                .chunks_exact_mut(c)
+                .zip(scratch.acc.chunks_exact(c))
+                .zip(sums.iter())
+            {
+                for (o, &a) in o.iter_mut().zip(acc) {
                     *o = a * inv;
                 }
             }
         } else {
             out_row.fill(0.0);
-            for head in 0..h {
-                let inv = sums[head];
-                for (o, &a) in out_row.iter_mut().zip(&scratch.acc[head * c..(head + 1) * c]) {
+            for (acc, &inv) in scratch.acc.chunks_exact(c).zip(sums.iter()) {
+                for (o, &a) in out_row.iter_mut().zip(acc) {
                     *o += a * inv;
                 }
             }
@@ -215,8 +222,8 @@ fn aggregate_rows(
             let begin = (csr.row_ptr[i] - first_entry) * h;
             let dst = &mut alpha[begin..begin + sources.len() * h];
             for (a, w) in dst.chunks_exact_mut(h).zip(weights.chunks_exact(h)) {
-                for head in 0..h {
-                    a[head] = w[head] * sums[head];
+                for ((a, &w), &inv) in a.iter_mut().zip(w).zip(sums.iter()) {
+                    *a = w * inv;
                 }
             }
         }

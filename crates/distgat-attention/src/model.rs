@@ -10,6 +10,10 @@ use crate::error::{ModelError, Result};
 
 pub const MODEL_FORMAT: &str = "gat-model-v1";
 
+/// Widest layer accepted (heads x out_channels): far beyond any GAT, small enough that
+/// buffer sizes cannot overflow.
+const MAX_WIDTH: usize = 1 << 20;
+
 /// The non-linearity applied between layers (never after the last one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -129,9 +133,9 @@ impl Model {
 
     /// Reads a `gat-model-v1` JSON file and the weights it names (relative to the JSON).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| ModelError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let spec: ModelSpec = serde_json::from_str(&text).map_err(|e| ModelError::Spec {
             path: path.to_path_buf(),
@@ -148,7 +152,9 @@ impl Model {
             )));
         }
         if spec.layers.is_empty() {
-            return Err(spec_err("\"layers\" is empty: a model needs at least one layer".into()));
+            return Err(spec_err(
+                "\"layers\" is empty: a model needs at least one layer".into(),
+            ));
         }
         let activation = match spec.activation.as_deref().unwrap_or("elu") {
             "elu" => Activation::Elu,
@@ -170,19 +176,43 @@ impl Model {
                     ls.heads, ls.out_channels
                 )));
             }
+            if ls
+                .heads
+                .checked_mul(ls.out_channels)
+                .is_none_or(|hc| hc > MAX_WIDTH)
+            {
+                return Err(spec_err(format!(
+                    "layers[{k}]: heads x out_channels = {} x {} is beyond the supported \
+                     width of {MAX_WIDTH} columns",
+                    ls.heads, ls.out_channels
+                )));
+            }
             let slope = ls.negative_slope.unwrap_or(0.2);
             if !slope.is_finite() {
-                return Err(spec_err(format!("layers[{k}]: negative_slope must be finite")));
+                return Err(spec_err(format!(
+                    "layers[{k}]: negative_slope must be finite"
+                )));
             }
             let weights_path = base.join(&ls.weights);
             if !files.contains_key(&weights_path) {
-                let bytes = std::fs::read(&weights_path).map_err(|source| ModelError::Io {
+                let bytes = std::fs::read(&weights_path).map_err(|error| ModelError::Io {
                     path: weights_path.clone(),
-                    source,
+                    error,
                 })?;
                 files.insert(weights_path.clone(), bytes);
             }
             let layer = load_layer(k, ls, slope, &weights_path, &files[&weights_path])?;
+            if let Some(declared) = ls.in_channels {
+                if declared != layer.in_features {
+                    return Err(spec_err(format!(
+                        "layers[{k}]: \"in_channels\" is {declared}, but {}lin.weight in {} \
+                         has {} input columns",
+                        ls.prefix.as_deref().unwrap_or(""),
+                        weights_path.display(),
+                        layer.in_features
+                    )));
+                }
+            }
             if let Some(prev) = layers.last() {
                 if prev.out_width() != layer.in_features {
                     return Err(ModelError::Weights {
@@ -223,6 +253,8 @@ struct LayerSpec {
     add_self_loops: Option<bool>,
     /// Informational in the spec; `false` allows a weights file without `bias`.
     bias: Option<bool>,
+    /// Informational; checked against `lin.weight` when present.
+    in_channels: Option<usize>,
 }
 
 fn load_layer(
@@ -236,8 +268,12 @@ fn load_layer(
         path: path.to_path_buf(),
         detail,
     };
-    let tensors = SafeTensors::deserialize(bytes)
-        .map_err(|e| werr(format!("not a valid safetensors file: {e}")))?;
+    let tensors = SafeTensors::deserialize(bytes).map_err(|e| {
+        werr(format!(
+            "not a valid safetensors file ({e:?}): expected an 8-byte little-endian \
+                 header length, a JSON header and the tensor data"
+        ))
+    })?;
     let prefix = spec.prefix.as_deref().unwrap_or("");
     let (heads, channels) = (spec.heads, spec.out_channels);
     let hc = heads * channels;
@@ -288,7 +324,11 @@ fn load_layer(
 
     let (w_shape, lin_weight) = fetch("lin.weight", true)?.expect("required");
     if w_shape.len() != 2 || w_shape[0] != hc {
-        return Err(shape_err("lin.weight", format!("[{hc}, in_channels]"), &w_shape));
+        return Err(shape_err(
+            "lin.weight",
+            format!("[{hc}, in_channels]"),
+            &w_shape,
+        ));
     }
     let in_features = w_shape[1];
     let mut att = Vec::with_capacity(2);

@@ -37,7 +37,7 @@ pub fn transform_into(layer: &GatLayer, x: &[f32], exec: Execution, out: &mut Tr
     let f = layer.in_features;
     let hc = layer.hidden_width();
     let h = layer.heads;
-    let rows = if f == 0 { out.s_src.len() / h } else { x.len() / f };
+    let rows = out.s_src.len() / h;
     assert_eq!(x.len(), rows * f, "transform: x is not [rows, in_features]");
     assert_eq!(out.z.len(), rows * hc, "transform: z buffer size");
     assert_eq!(out.s_src.len(), rows * h, "transform: s_src buffer size");
@@ -45,25 +45,37 @@ pub fn transform_into(layer: &GatLayer, x: &[f32], exec: Execution, out: &mut Tr
     if rows == 0 {
         return;
     }
-    let block = |(((xb, zb), sb), db): (((&[f32], &mut [f32]), &mut [f32]), &mut [f32])| {
-        let m = sb.len() / h;
-        gemm_rows(m, f, hc, xb, &layer.weight_t, zb);
-        scores(layer, zb, sb, db);
+    let block = |b: Block<'_>| {
+        let m = b.s_src.len() / h;
+        let x = &x[b.first_row * f..(b.first_row + m) * f];
+        gemm_rows(m, f, hc, x, &layer.weight_t, b.z);
+        scores(layer, b.z, b.s_src, b.s_dst);
     };
-    // Chunk x by rows; with f == 0 every block of x is empty, so chunk z instead.
-    let x_chunks: Vec<&[f32]> = if f == 0 {
-        vec![&[][..]; rows.div_ceil(ROWS_PER_BLOCK)]
-    } else {
-        x.chunks(ROWS_PER_BLOCK * f).collect()
-    };
-    let zc = out.z.chunks_mut(ROWS_PER_BLOCK * hc);
-    let sc = out.s_src.chunks_mut(ROWS_PER_BLOCK * h);
-    let dc = out.s_dst.chunks_mut(ROWS_PER_BLOCK * h);
-    let work: Vec<_> = x_chunks.into_iter().zip(zc).zip(sc).zip(dc).collect();
+    let work: Vec<Block<'_>> = out
+        .z
+        .chunks_mut(ROWS_PER_BLOCK * hc)
+        .zip(out.s_src.chunks_mut(ROWS_PER_BLOCK * h))
+        .zip(out.s_dst.chunks_mut(ROWS_PER_BLOCK * h))
+        .enumerate()
+        .map(|(k, ((z, s_src), s_dst))| Block {
+            first_row: k * ROWS_PER_BLOCK,
+            z,
+            s_src,
+            s_dst,
+        })
+        .collect();
     match exec {
         Execution::Sequential => work.into_iter().for_each(block),
         Execution::Parallel => work.into_par_iter().for_each(block),
     }
+}
+
+/// The output rows one GEMM call fills.
+struct Block<'a> {
+    first_row: usize,
+    z: &'a mut [f32],
+    s_src: &'a mut [f32],
+    s_dst: &'a mut [f32],
 }
 
 /// `c[m, n] = a[m, k] * b[k, n]`, all row-major and contiguous.

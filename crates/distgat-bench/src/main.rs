@@ -24,7 +24,10 @@ use serde::Serialize;
 use synth::Generator;
 
 #[derive(Parser)]
-#[command(name = "distgat-bench", about = "distgat benchmarks (medians; ratios against a baseline measured in the same run)")]
+#[command(
+    name = "distgat-bench",
+    about = "distgat benchmarks (medians; ratios against a baseline measured in the same run)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -170,7 +173,9 @@ fn peak_rss_mb() -> f64 {
 }
 
 fn kernel_child(dir: &Path, repeats: usize, threads: usize) -> anyhow::Result<()> {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
     pool.install(|| {
         let edges = read_graph(&dir.join("edge_index.npy"), None)?;
         let features = Features::read_npy(&dir.join("x.npy"))?;
@@ -202,8 +207,8 @@ fn kernel_child(dir: &Path, repeats: usize, threads: usize) -> anyhow::Result<()
         }
         let (h, hc, ow) = (layer.heads, layer.hidden_width(), layer.out_width());
         let entries = csr.num_entries() as f64;
-        let aggregate_bytes = entries * (4.0 + 4.0 * (h + hc) as f64)
-            + n as f64 * (8.0 + 4.0 * (h + ow) as f64);
+        let aggregate_bytes =
+            entries * (4.0 + 4.0 * (h + hc) as f64) + n as f64 * (8.0 + 4.0 * (h + ow) as f64);
         let result = KernelResult {
             transform_ms: median(tt),
             aggregate_ms: median(ta),
@@ -264,8 +269,20 @@ fn layer(args: LayerArgs) -> anyhow::Result<()> {
             let (n, e) = size.shape();
             let dir = work.join(format!("{generator:?}-{size:?}").to_lowercase());
             std::fs::create_dir_all(&dir)?;
-            eprintln!("{generator:?} {size:?}: generating N={n} E={e} in {}", dir.display());
-            synth::write_case(&dir, generator, n, e, 128, 4, 32, 42)?;
+            eprintln!(
+                "{generator:?} {size:?}: generating N={n} E={e} in {}",
+                dir.display()
+            );
+            let spec = synth::CaseSpec {
+                generator,
+                nodes: n,
+                edges: e,
+                in_features: 128,
+                heads: 4,
+                channels: 32,
+                seed: 42,
+            };
+            synth::write_case(&dir, &spec)?;
 
             eprintln!("  kernels ({} repeats)", args.repeats);
             let exe = std::env::current_exe()?;
@@ -277,7 +294,10 @@ fn layer(args: LayerArgs) -> anyhow::Result<()> {
                     .args(["--threads", &args.threads.to_string()]),
             )?;
 
-            eprintln!("  distgat infer (whole process, {} runs)", args.repeats.min(3));
+            eprintln!(
+                "  distgat infer (whole process, {} runs)",
+                args.repeats.min(3)
+            );
             let mut walls = Vec::new();
             let mut rss = Vec::new();
             for _ in 0..args.repeats.min(3) {
@@ -320,7 +340,10 @@ fn layer(args: LayerArgs) -> anyhow::Result<()> {
                 )?;
                 pyg_ms = v["median_ms"].as_f64().unwrap_or(f64::NAN);
                 pyg_rss = v["peak_rss_mb"].as_f64().unwrap_or(f64::NAN) * 1.048576;
-                diff = Some(max_abs_diff(&dir.join("out.npy"), &dir.join("pyg_out.npy"))?);
+                diff = Some(max_abs_diff(
+                    &dir.join("out.npy"),
+                    &dir.join("pyg_out.npy"),
+                )?);
             }
             rows.push(Row {
                 generator,
@@ -391,14 +414,19 @@ fn max_abs_diff(a: &Path, b: &Path) -> anyhow::Result<f64> {
 /// (streaming read GB/s, random 512-byte row gather GB/s) with `threads` threads: the
 /// ceilings the aggregation's memory traffic is compared with.
 fn bandwidth(threads: usize) -> anyhow::Result<(f64, f64)> {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
     pool.install(|| {
         let len = 64 << 20; // 256 MiB of f32
         let data: Vec<f32> = (0..len).map(|i| (i % 7) as f32).collect();
         let mut best_read = 0f64;
         for _ in 0..5 {
             let t = Instant::now();
-            let s: f32 = data.par_chunks(1 << 16).map(|c| c.iter().sum::<f32>()).sum();
+            let s: f32 = data
+                .par_chunks(1 << 16)
+                .map(|c| c.iter().sum::<f32>())
+                .sum();
             let secs = t.elapsed().as_secs_f64();
             std::hint::black_box(s);
             best_read = best_read.max((len * 4) as f64 / secs / 1e9);

@@ -56,25 +56,38 @@ pub fn edges(generator: Generator, n: usize, e: usize, seed: u64) -> Vec<i64> {
     src
 }
 
+/// A synthetic one-layer case.
+pub struct CaseSpec {
+    pub generator: Generator,
+    pub nodes: usize,
+    pub edges: usize,
+    pub in_features: usize,
+    pub heads: usize,
+    pub channels: usize,
+    pub seed: u64,
+}
+
 /// Writes edge_index.npy, x.npy, layer.safetensors, layer.json (for PyG) and model.json
 /// (for distgat) of a one-layer GATConv case into `dir`.
-pub fn write_case(
-    dir: &Path,
-    generator: Generator,
-    n: usize,
-    e: usize,
-    f_in: usize,
-    heads: usize,
-    channels: usize,
-    seed: u64,
-) -> anyhow::Result<()> {
+pub fn write_case(dir: &Path, spec: &CaseSpec) -> anyhow::Result<()> {
+    let &CaseSpec {
+        generator,
+        nodes: n,
+        edges: e,
+        in_features: f_in,
+        heads,
+        channels,
+        seed,
+    } = spec;
     let edge_index = edges(generator, n, e, seed);
     write_npy(&dir.join("edge_index.npy"), &[2, e as u64], &edge_index)?;
     drop(edge_index);
 
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     let mut uniform = |len: usize, scale: f32| -> Vec<f32> {
-        (0..len).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect()
+        (0..len)
+            .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale)
+            .collect()
     };
     let x = uniform(n * f_in, 1.0);
     write_npy(&dir.join("x.npy"), &[n as u64, f_in as u64], &x)?;
@@ -95,7 +108,12 @@ pub fn write_case(
     let views = tensors
         .iter()
         .zip(&bytes)
-        .map(|((name, shape, _), b)| Ok((name.to_string(), TensorView::new(Dtype::F32, shape.clone(), b)?)))
+        .map(|((name, shape, _), b)| {
+            Ok((
+                name.to_string(),
+                TensorView::new(Dtype::F32, shape.clone(), b)?,
+            ))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     safetensors::serialize_to_file(views, &None, &dir.join("layer.safetensors"))
         .context("writing layer.safetensors")?;

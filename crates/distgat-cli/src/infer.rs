@@ -4,9 +4,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use distgat_attention::{run_model, Execution, Model, ModelError, Topology};
+use std::io::Write;
+
 use distgat_graph::{
-    attention_edge_index, read_graph, write_npy, Features, GraphError, GraphFormat, NpyBody,
-    Normalization,
+    attention_edge_index, read_graph, write_npy, AtomicFile, Features, GraphError, GraphFormat,
+    Normalization, NpyBody,
 };
 use serde::Serialize;
 
@@ -29,6 +31,8 @@ pub struct InferConfig {
     /// int64 `[N]` class labels, with `test_idx`: report accuracy on those nodes.
     pub labels: Option<PathBuf>,
     pub test_idx: Option<PathBuf>,
+    /// Writes the [`InferReport`] here as JSON.
+    pub stats_json: Option<PathBuf>,
     /// Called with a short description as each phase starts.
     pub on_phase: Option<fn(&str)>,
 }
@@ -106,10 +110,14 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         }
     };
     let started = Instant::now();
-    // Fail before hours of work, not after: the output directories must exist.
-    check_output_dir(&config.out)?;
+    // Fail before hours of work, not after: where outputs go must exist.
+    check_output_dir("--out", &config.out)?;
+    if let Some(stats) = &config.stats_json {
+        check_output_dir("--stats-json", stats)?;
+    }
     if let Some(dir) = &config.attention_dir {
-        std::fs::create_dir_all(dir).map_err(|e| GraphError::io(dir, e))?;
+        // The directory itself is created when the coefficients are written.
+        check_output_dir("--attention-dir", dir)?;
     }
 
     phase("loading model");
@@ -208,8 +216,15 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
 
     phase("writing output");
     let t = Instant::now();
-    write_npy(&config.out, &[n as u64, output.width as u64], &output.values)?;
+    write_npy(
+        &config.out,
+        &[n as u64, output.width as u64],
+        &output.values,
+    )?;
     if let Some(dir) = &config.attention_dir {
+        if !dir.is_dir() {
+            std::fs::create_dir(dir).map_err(|e| GraphError::io(dir, e))?;
+        }
         for (k, (layer, alpha)) in model.layers.iter().zip(&output.attention).enumerate() {
             let edge_index = &attention_edges
                 .iter()
@@ -231,7 +246,7 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     }
     let write_ms = ms(t);
 
-    Ok(InferReport {
+    let report = InferReport {
         num_nodes: n,
         num_edges,
         out_width: output.width,
@@ -252,17 +267,29 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         total_ms: ms(started),
         peak_rss_bytes: crate::stats::peak_rss_bytes(),
         accuracy,
-    })
+    };
+    if let Some(path) = &config.stats_json {
+        let json = serde_json::to_string_pretty(&report).expect("the report serialises");
+        let file = AtomicFile::create(path)?;
+        (|| -> std::io::Result<()> {
+            let mut f = file.as_file();
+            f.write_all(json.as_bytes())?;
+            f.write_all(b"\n")
+        })()
+        .map_err(|e| GraphError::io(path, e))?;
+        file.commit()?;
+    }
+    Ok(report)
 }
 
-fn check_output_dir(out: &Path) -> Result<(), GraphError> {
+fn check_output_dir(flag: &str, out: &Path) -> Result<(), GraphError> {
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     if !dir.is_dir() {
         return Err(GraphError::argument(
-            "--out",
+            flag,
             format!(
                 "{}: the directory {} does not exist",
                 out.display(),

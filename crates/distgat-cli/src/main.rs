@@ -3,14 +3,17 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use distgat_cli::{run_infer, InferConfig};
 use distgat_graph::{GraphFormat, Normalization};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
-#[command(name = "distgat", version, about = "Full-graph GAT inference, exactly as PyTorch Geometric computes it")]
+#[command(
+    name = "distgat",
+    version,
+    about = "Full-graph GAT inference, exactly as PyTorch Geometric computes it"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -138,6 +141,7 @@ fn infer(args: InferArgs) -> anyhow::Result<()> {
         threads: args.threads,
         labels: args.labels,
         test_idx: args.test_idx,
+        stats_json: args.stats_json,
         on_phase: Some(show_phase),
     };
     let report = run_infer(&config);
@@ -163,11 +167,6 @@ fn infer(args: InferArgs) -> anyhow::Result<()> {
             acc.correct,
             acc.total
         );
-    }
-    if let Some(path) = &args.stats_json {
-        let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("writing --stats-json {}", path.display()))?;
     }
     Ok(())
 }

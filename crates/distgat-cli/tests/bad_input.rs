@@ -639,10 +639,6 @@ fn zero_threads() {
 // fixed. Run them with `cargo test -p distgat-cli --test bad_input -- --ignored`.
 
 #[test]
-#[ignore = "BUG: I/O errors print the io::Error text twice ('x: No such file or directory \
-            (os error 2): No such file or directory (os error 2)'): GraphError::Io and \
-            ModelError::Io put {source} in their message and also expose it as #[source], \
-            and main prints the anyhow chain with {e:#}"]
 fn io_error_text_is_not_repeated() {
     let mut case = Case::new();
     case.graph = case.path("no_such_graph.npy");
@@ -651,10 +647,6 @@ fn io_error_text_is_not_repeated() {
 }
 
 #[test]
-#[ignore = "BUG: a text edge id of u64::MAX overflows 'max id + 1' in \
-            EdgeList::from_split_ids (edges.rs:95): panic in debug builds; in release \
-            num_nodes wraps to 0 so check_ids is skipped and IncomingCsr::build indexes \
-            out of bounds"]
 fn edge_list_id_u64_max() {
     let mut case = Case::new();
     case.graph = case.path("g.txt");
@@ -663,9 +655,6 @@ fn edge_list_id_u64_max() {
 }
 
 #[test]
-#[ignore = "BUG: heads * out_channels is computed unchecked in load_layer (model.rs:243): \
-            heads = out_channels = 2^32 panics with 'attempt to multiply with overflow' \
-            in debug builds"]
 fn model_heads_times_channels_overflow() {
     let case = Case::new();
     edit_model(&case, |m| {
@@ -676,9 +665,6 @@ fn model_heads_times_channels_overflow() {
 }
 
 #[test]
-#[ignore = "BUG: --stats-json is written after --out: with a missing directory the run \
-            exits 1 but leaves a complete out.npy behind (the --out directory is checked \
-            up front, the --stats-json one is not)"]
 fn stats_json_in_missing_directory() {
     let mut case = Case::new();
     let stats = case.path("no_such_dir/stats.json");

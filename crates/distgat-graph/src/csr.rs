@@ -106,7 +106,11 @@ impl IncomingCsr {
     }
 
     pub fn max_degree(&self) -> usize {
-        self.row_ptr.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0)
+        self.row_ptr
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or(0)
     }
 }
 

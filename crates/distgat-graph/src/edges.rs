@@ -33,7 +33,10 @@ impl GraphFormat {
             "mtx" | "matrixmarket" => Ok(GraphFormat::MatrixMarket),
             other => Err(GraphError::argument(
                 "--format",
-                format!("unknown graph format '{other}': expected one of {}", Self::NAMES),
+                format!(
+                    "unknown graph format '{other}': expected one of {}",
+                    Self::NAMES
+                ),
             )),
         }
     }
@@ -76,11 +79,16 @@ pub struct EdgeList {
 impl EdgeList {
     /// Builds an edge list from parallel source and target arrays.
     pub fn from_pairs(src: &[u64], dst: &[u64]) -> Self {
-        assert_eq!(src.len(), dst.len(), "source and target arrays differ in length");
+        assert_eq!(
+            src.len(),
+            dst.len(),
+            "source and target arrays differ in length"
+        );
         let mut ids = Vec::with_capacity(src.len() * 2);
         ids.extend_from_slice(src);
         ids.extend_from_slice(dst);
-        let num_nodes = ids.iter().max().map_or(0, |&m| m + 1);
+        // Saturating: an id of u64::MAX then fails the id check instead of wrapping.
+        let num_nodes = ids.iter().max().map_or(0, |&m| m.saturating_add(1));
         EdgeList {
             ids,
             num_nodes,
@@ -92,7 +100,7 @@ impl EdgeList {
         let num_nodes = ids
             .iter()
             .max()
-            .map_or(0, |&m| m + 1)
+            .map_or(0, |&m| m.saturating_add(1))
             .max(declared_nodes);
         EdgeList {
             ids,
@@ -119,7 +127,11 @@ impl EdgeList {
     pub fn check_ids(&self, num_nodes: u64, path: &Path, node_count_source: &str) -> Result<()> {
         let e = self.len();
         if let Some(pos) = self.ids.iter().position(|&id| id >= num_nodes) {
-            let (row, k) = if pos < e { ("source", pos) } else { ("target", pos - e) };
+            let (row, k) = if pos < e {
+                ("source", pos)
+            } else {
+                ("target", pos - e)
+            };
             return Err(GraphError::invalid(
                 path,
                 format!(
@@ -210,7 +222,13 @@ fn for_each_line(path: &Path, mut f: impl FnMut(usize, &str) -> Result<bool>) ->
             return Ok(());
         }
         number += 1;
-        if !f(number, line.trim_end_matches(['\n', '\r']))? {
+        let text = line.trim_end_matches(['\n', '\r']);
+        let text = if number == 1 {
+            text.trim_start_matches('\u{feff}') // a UTF-8 byte order mark
+        } else {
+            text
+        };
+        if !f(number, text)? {
             return Ok(());
         }
     }
@@ -223,6 +241,18 @@ fn parse_id(path: &Path, line: usize, token: &str, what: &str) -> Result<u64> {
             format!("line {line}: {what} '{token}' is not a non-negative integer"),
         )
     })
+}
+
+/// Parses a node id: ids must fit PyG's int64 `edge_index`.
+fn parse_node_id(path: &Path, line: usize, token: &str, what: &str) -> Result<u64> {
+    let id = parse_id(path, line, token, what)?;
+    if id > i64::MAX as u64 {
+        return Err(GraphError::invalid(
+            path,
+            format!("line {line}: {what} {id} is beyond the int64 range of node ids"),
+        ));
+    }
+    Ok(id)
 }
 
 fn read_text_edges(path: &Path) -> Result<EdgeList> {
@@ -246,8 +276,8 @@ fn read_text_edges(path: &Path) -> Result<EdgeList> {
                 format!("line {number}: expected 2 fields 'src dst', found {count}: '{trimmed}'"),
             ));
         };
-        src.push(parse_id(path, number, a, "source id")?);
-        dst.push(parse_id(path, number, b, "target id")?);
+        src.push(parse_node_id(path, number, a, "source id")?);
+        dst.push(parse_node_id(path, number, b, "target id")?);
         Ok(true)
     })?;
     src.append(&mut dst);
@@ -287,7 +317,7 @@ fn read_metis(path: &Path) -> Result<EdgeList> {
                     ),
                 ));
             }
-            let n = parse_id(path, number, tokens[0], "vertex count")?;
+            let n = parse_node_id(path, number, tokens[0], "vertex count")?;
             let m = parse_id(path, number, tokens[1], "edge count")?;
             let fmt = tokens.get(2).copied().unwrap_or("0");
             if fmt.len() > 3 || !fmt.chars().all(|c| c == '0' || c == '1') {
@@ -371,7 +401,10 @@ fn read_metis(path: &Path) -> Result<EdgeList> {
         Ok(true)
     })?;
     let Some(h) = header else {
-        return Err(GraphError::format(path, "empty METIS file: no header line 'n m'"));
+        return Err(GraphError::format(
+            path,
+            "empty METIS file: no header line 'n m'",
+        ));
     };
     if let Some(line) = trailing {
         return Err(GraphError::format(
@@ -419,7 +452,7 @@ fn read_metis(path: &Path) -> Result<EdgeList> {
 
 fn read_matrix_market(path: &Path) -> Result<EdgeList> {
     let mut banner_seen = false;
-    let mut pattern = false;
+    let mut field = "pattern".to_string();
     let mut symmetric = false;
     let mut size: Option<(u64, u64, u64)> = None;
     let mut src = Vec::new();
@@ -446,12 +479,14 @@ fn read_matrix_market(path: &Path) -> Result<EdgeList> {
             if tokens[2] != "coordinate" {
                 return Err(GraphError::format(
                     path,
-                    format!("line {number}: only 'coordinate' matrices are graphs, found '{}'", tokens[2]),
+                    format!(
+                        "line {number}: only 'coordinate' matrices are graphs, found '{}'",
+                        tokens[2]
+                    ),
                 ));
             }
-            pattern = match tokens[3].as_str() {
-                "pattern" => true,
-                "integer" | "real" | "double" => false,
+            field = match tokens[3].as_str() {
+                f @ ("pattern" | "integer" | "real" | "double") => f.to_string(),
                 other => {
                     return Err(GraphError::format(
                         path,
@@ -465,7 +500,9 @@ fn read_matrix_market(path: &Path) -> Result<EdgeList> {
                 other => {
                     return Err(GraphError::format(
                         path,
-                        format!("line {number}: symmetry '{other}' is not supported (general or symmetric)"),
+                        format!(
+                        "line {number}: symmetry '{other}' is not supported (general or symmetric)"
+                    ),
                     ))
                 }
             };
@@ -485,17 +522,21 @@ fn read_matrix_market(path: &Path) -> Result<EdgeList> {
                 ));
             }
             size = Some((
-                parse_id(path, number, tokens[0], "row count")?,
-                parse_id(path, number, tokens[1], "column count")?,
+                parse_node_id(path, number, tokens[0], "row count")?,
+                parse_node_id(path, number, tokens[1], "column count")?,
                 parse_id(path, number, tokens[2], "entry count")?,
             ));
             return Ok(true);
         };
+        let pattern = field == "pattern";
         let want = if pattern { 2 } else { 3 };
         if tokens.len() != want {
             return Err(GraphError::format(
                 path,
-                format!("line {number}: expected {want} fields per entry, found {}: '{trimmed}'", tokens.len()),
+                format!(
+                    "line {number}: expected {want} fields per entry, found {}: '{trimmed}'",
+                    tokens.len()
+                ),
             ));
         }
         if entries == nnz {
@@ -510,10 +551,15 @@ fn read_matrix_market(path: &Path) -> Result<EdgeList> {
                 format!("line {number}: entry ({i}, {j}) is outside the {rows} x {cols} matrix (indices are 1-based)"),
             ));
         }
-        if !pattern && tokens[2].parse::<f64>().is_err() {
+        let value_ok = match field.as_str() {
+            "pattern" => true,
+            "integer" => tokens[2].parse::<i64>().is_ok(),
+            _ => tokens[2].parse::<f64>().is_ok(),
+        };
+        if !value_ok {
             return Err(GraphError::format(
                 path,
-                format!("line {number}: value '{}' is not a number", tokens[2]),
+                format!("line {number}: value '{}' is not {field}", tokens[2]),
             ));
         }
         entries += 1;
@@ -526,10 +572,16 @@ fn read_matrix_market(path: &Path) -> Result<EdgeList> {
         Ok(true)
     })?;
     if !banner_seen {
-        return Err(GraphError::format(path, "empty file: no %%MatrixMarket banner"));
+        return Err(GraphError::format(
+            path,
+            "empty file: no %%MatrixMarket banner",
+        ));
     }
     let Some((rows, cols, nnz)) = size else {
-        return Err(GraphError::format(path, "no size line 'rows cols entries' after the banner"));
+        return Err(GraphError::format(
+            path,
+            "no size line 'rows cols entries' after the banner",
+        ));
     };
     if let Some(line) = overflow_line {
         return Err(GraphError::format(

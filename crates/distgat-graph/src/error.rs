@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 /// from a file) and says what was expected and what was found.
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
-    #[error("{}: {source}", path.display())]
+    /// The OS error is part of the message (not a `source`), so it is printed once.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file's bytes do not follow its format (bad header, truncated body, bad line).
     #[error("{}: {detail}", path.display())]
@@ -25,10 +25,10 @@ pub enum GraphError {
 }
 
 impl GraphError {
-    pub fn io(path: &Path, source: std::io::Error) -> Self {
+    pub fn io(path: &Path, error: std::io::Error) -> Self {
         GraphError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         }
     }
     pub fn format(path: &Path, detail: impl Into<String>) -> Self {

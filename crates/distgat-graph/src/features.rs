@@ -25,7 +25,11 @@ pub enum Normalization {
 
 impl Features {
     pub fn new(num_nodes: usize, width: usize, values: Vec<f32>) -> Self {
-        assert_eq!(values.len(), num_nodes * width, "features: values do not match shape");
+        assert_eq!(
+            values.len(),
+            num_nodes * width,
+            "features: values do not match shape"
+        );
         Features {
             num_nodes,
             width,

@@ -63,7 +63,14 @@ impl NpyBody {
     /// the header promises.
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| GraphError::io(path, e))?;
-        let file_len = file.metadata().map_err(|e| GraphError::io(path, e))?.len();
+        let meta = file.metadata().map_err(|e| GraphError::io(path, e))?;
+        if !meta.is_file() {
+            return Err(GraphError::argument(
+                path.display().to_string(),
+                "is not a regular file (a directory?)",
+            ));
+        }
+        let file_len = meta.len();
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let header = npyz::NpyHeader::from_reader(&mut reader)
             .map_err(|e| GraphError::format(path, format!("not a valid .npy file: {e}")))?;
@@ -154,7 +161,10 @@ impl NpyBody {
             NpyDtype::F32 => self.read_elements(path, |b: [u8; 4]| f32::from_le_bytes(b) as f64),
             other => Err(GraphError::format(
                 path,
-                format!("dtype {} where float64 or float32 was expected", other.name()),
+                format!(
+                    "dtype {} where float64 or float32 was expected",
+                    other.name()
+                ),
             )),
         }
     }
