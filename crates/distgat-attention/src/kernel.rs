@@ -130,7 +130,47 @@ impl RowScratch {
     }
 }
 
+/// Runs [`aggregate_rows_body`] compiled for AVX2 when the CPU has it. The arithmetic is
+/// the same IEEE operations in the same order either way (no FMA contraction, no
+/// reassociation), only wider, so both paths give the same bits.
 fn aggregate_rows(
+    layer: &GatLayer,
+    csr: &IncomingCsr,
+    inputs: &AttentionInputs<'_>,
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+    alpha: Option<&mut [f32]>,
+    scratch: &mut RowScratch,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: `aggregate_rows_avx2` only requires that the CPU supports AVX2, which
+        // was detected at run time just above.
+        #[allow(unsafe_code)]
+        unsafe {
+            aggregate_rows_avx2(layer, csr, inputs, rows, out, alpha, scratch);
+        }
+        return;
+    }
+    aggregate_rows_body(layer, csr, inputs, rows, out, alpha, scratch);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn aggregate_rows_avx2(
+    layer: &GatLayer,
+    csr: &IncomingCsr,
+    inputs: &AttentionInputs<'_>,
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+    alpha: Option<&mut [f32]>,
+    scratch: &mut RowScratch,
+) {
+    aggregate_rows_body(layer, csr, inputs, rows, out, alpha, scratch);
+}
+
+#[inline(always)]
+fn aggregate_rows_body(
     layer: &GatLayer,
     csr: &IncomingCsr,
     inputs: &AttentionInputs<'_>,
