@@ -297,3 +297,142 @@ fn add_bias(row: &mut [f32], bias: &[f32]) {
         row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use distgat_graph::EdgeList;
+
+    use super::*;
+    use crate::transform::{transform_into, Transformed};
+
+    /// A layer with 3 heads of 5 channels over `n` nodes with pseudo-random values.
+    fn setup(n: usize) -> (GatLayer, IncomingCsr, Transformed) {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        let (f, h, c) = (6, 3, 5);
+        let w: Vec<f32> = (0..h * c * f).map(|_| next()).collect();
+        let layer = GatLayer::from_pyg(
+            f,
+            h,
+            c,
+            false,
+            0.2,
+            true,
+            &w,
+            (0..h * c).map(|_| next()).collect(),
+            (0..h * c).map(|_| next()).collect(),
+            (0..c).map(|_| next()).collect(),
+        );
+        let (src, dst): (Vec<u64>, Vec<u64>) = (0..8 * n)
+            .map(|_| {
+                let s = ((next() + 1.0) * n as f32 / 2.0) as u64 % n as u64;
+                let d = ((next() + 1.0) * n as f32 / 2.0) as u64 % n as u64;
+                (s, d)
+            })
+            .unzip();
+        let (csr, _) = IncomingCsr::build(&EdgeList::from_pairs(&src, &dst), n, true, false)
+            .expect("valid graph");
+        let x: Vec<f32> = (0..n * f).map(|_| next()).collect();
+        let mut t = Transformed::zeroed(n, &layer);
+        transform_into(&layer, &x, Execution::Parallel, &mut t);
+        (layer, csr, t)
+    }
+
+    #[test]
+    fn dispatched_path_gives_the_same_bits_as_the_portable_path() {
+        let (layer, csr, t) = setup(300);
+        let inputs = AttentionInputs {
+            z: &t.z,
+            s_src: &t.s_src,
+            s_dst: &t.s_dst,
+        };
+        let rows = csr.num_nodes;
+        let ow = layer.out_width();
+        let mut dispatched = vec![0f32; rows * ow];
+        let mut portable = vec![0f32; rows * ow];
+        let mut alpha_d = vec![0f32; csr.num_entries() * layer.heads];
+        let mut alpha_p = vec![0f32; csr.num_entries() * layer.heads];
+        let mut scratch = RowScratch::new(&layer);
+        aggregate_rows(
+            &layer,
+            &csr,
+            &inputs,
+            0..rows,
+            &mut dispatched,
+            Some(&mut alpha_d),
+            &mut scratch,
+        );
+        aggregate_rows_body(
+            &layer,
+            &csr,
+            &inputs,
+            0..rows,
+            &mut portable,
+            Some(&mut alpha_p),
+            &mut scratch,
+        );
+        assert!(dispatched
+            .iter()
+            .zip(&portable)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(alpha_d
+            .iter()
+            .zip(&alpha_p)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+
+    #[test]
+    fn chunks_cover_all_rows_and_respect_the_edge_budget() {
+        let row_ptr = [0, 5, 5, 5, 40, 41, 42, 100, 100];
+        let bounds = chunk_bounds(&row_ptr, 10);
+        assert_eq!(bounds.first(), Some(&0));
+        assert_eq!(bounds.last(), Some(&8));
+        assert!(bounds.windows(2).all(|w| w[0] < w[1]));
+        // A chunk only exceeds the budget by its last row.
+        for w in bounds.windows(2) {
+            let before_last = row_ptr[w[1] - 1] - row_ptr[w[0]];
+            assert!(before_last < 10, "chunk {w:?}");
+        }
+        assert_eq!(chunk_bounds(&[0], 10), vec![0]);
+    }
+
+    #[test]
+    fn a_row_computed_alone_has_the_same_bits_as_in_a_full_pass() {
+        // The owner-computes invariant: a row's bits do not depend on which rows share
+        // its work item.
+        let (layer, csr, t) = setup(200);
+        let inputs = AttentionInputs {
+            z: &t.z,
+            s_src: &t.s_src,
+            s_dst: &t.s_dst,
+        };
+        let ow = layer.out_width();
+        let mut full = vec![0f32; csr.num_nodes * ow];
+        aggregate_into(&layer, &csr, &inputs, Execution::Parallel, &mut full, None);
+        let mut scratch = RowScratch::new(&layer);
+        for i in [0, 7, 199] {
+            let mut one = vec![0f32; ow];
+            aggregate_rows(
+                &layer,
+                &csr,
+                &inputs,
+                i..i + 1,
+                &mut one,
+                None,
+                &mut scratch,
+            );
+            let want = &full[i * ow..(i + 1) * ow];
+            assert!(
+                one.iter()
+                    .zip(want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "row {i}"
+            );
+        }
+    }
+}

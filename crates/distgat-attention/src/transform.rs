@@ -133,3 +133,50 @@ fn scores(layer: &GatLayer, z: &[f32], s_src: &mut [f32], s_dst: &mut [f32]) {
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0.0, |acc, (x, y)| acc + x * y)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_transformed_alone_has_the_same_bits_as_in_a_full_gemm() {
+        // Owner computes: a worker transforms only its own rows, in blocks that differ
+        // from the single-process engine's; the bits of each row must not change.
+        let (f, h, c, n) = (37, 4, 8, 700);
+        let w: Vec<f32> = (0..h * c * f)
+            .map(|i| ((i * 7919) % 1000) as f32 / 997.0 - 0.5)
+            .collect();
+        let att: Vec<f32> = (0..h * c).map(|i| (i as f32 * 0.37).sin()).collect();
+        let layer = GatLayer::from_pyg(f, h, c, true, 0.2, true, &w, att.clone(), att, vec![]);
+        let x: Vec<f32> = (0..n * f)
+            .map(|i| ((i * 104_729) % 2000) as f32 / 1999.0 - 0.5)
+            .collect();
+        let mut full = Transformed::zeroed(n, &layer);
+        transform_into(&layer, &x, Execution::Parallel, &mut full);
+        for first in [0, 3, 255, 256, 699] {
+            let rows = (n - first).min(5);
+            let mut part = Transformed::zeroed(rows, &layer);
+            transform_into(
+                &layer,
+                &x[first * f..(first + rows) * f],
+                Execution::Sequential,
+                &mut part,
+            );
+            let hc = h * c;
+            let want = &full.z[first * hc..(first + rows) * hc];
+            assert!(
+                part.z
+                    .iter()
+                    .zip(want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "rows from {first}"
+            );
+            let want = &full.s_src[first * h..(first + rows) * h];
+            assert!(part
+                .s_src
+                .iter()
+                .zip(want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
+    }
+}
