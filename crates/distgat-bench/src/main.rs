@@ -108,6 +108,8 @@ struct LayerArgs {
 struct KernelResult {
     transform_ms: f64,
     aggregate_ms: f64,
+    /// Fastest repetition: on a shared machine, the closest to the undisturbed cost.
+    aggregate_min_ms: f64,
     layer_ms: f64,
     attention_edges: usize,
     /// Bytes the aggregation must move at least once (CSR, scores, gathered rows, output).
@@ -211,6 +213,7 @@ fn kernel_child(dir: &Path, repeats: usize, threads: usize) -> anyhow::Result<()
             entries * (4.0 + 4.0 * (h + hc) as f64) + n as f64 * (8.0 + 4.0 * (h + ow) as f64);
         let result = KernelResult {
             transform_ms: median(tt),
+            aggregate_min_ms: ta.iter().copied().fold(f64::INFINITY, f64::min),
             aggregate_ms: median(ta),
             layer_ms: median(tl),
             attention_edges: csr.num_entries(),
