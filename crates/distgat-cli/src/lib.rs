@@ -2,6 +2,8 @@
 //! `Default` and a `run_*` function, so tests drive them without going through clap.
 
 pub mod infer;
+pub mod partition;
 pub mod stats;
 
 pub use infer::{run_infer, InferConfig, InferReport};
+pub use partition::{format_report, run_partition, AssignmentDtype, PartitionConfig};

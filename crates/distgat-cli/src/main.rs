@@ -4,8 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use distgat_cli::{run_infer, InferConfig};
+use distgat_cli::{
+    format_report, run_infer, run_partition, AssignmentDtype, InferConfig, PartitionConfig,
+};
 use distgat_graph::{GraphFormat, Normalization};
+use distgat_partition::{Method, Objective};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
@@ -23,6 +26,111 @@ struct Cli {
 enum Command {
     /// Run a GAT model over a whole graph in this process and write the last layer's output.
     Infer(InferArgs),
+    /// Partition a graph (METIS or a baseline) into a reusable partition directory.
+    Partition(PartitionArgs),
+    /// Verify a partition directory (checksums, shard structure) and show its report.
+    PartitionReport {
+        /// The partition directory
+        dir: PathBuf,
+        /// Print the report as one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct PartitionArgs {
+    /// Graph file (same formats as `infer`)
+    #[arg(long, value_name = "G")]
+    graph: PathBuf,
+    /// Graph format, overriding the file extension
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
+    /// Node features .npy [N, F]: their rows go into the shards, and N is the node count
+    #[arg(long, value_name = "X")]
+    features: Option<PathBuf>,
+    /// Keep feature rows out of the shards (workers read the shared features file)
+    #[arg(long, requires = "features")]
+    shared_features: bool,
+    /// Node count, when there are no features and the last ids are isolated nodes
+    #[arg(long, value_name = "N")]
+    num_nodes: Option<u64>,
+    /// Number of parts (1..=N)
+    #[arg(long, value_name = "K")]
+    parts: usize,
+    /// metis, random, range (contiguous id blocks) or file:PARTS.npy (int32/int64 [N])
+    #[arg(long, default_value = "metis", value_parser = parse_method_name)]
+    method: MethodArg,
+    /// METIS objective: edge cut or communication volume
+    #[arg(long, value_enum, default_value = "cut")]
+    objective: ObjectiveArg,
+    /// METIS recursive bisection instead of k-way
+    #[arg(long)]
+    recursive: bool,
+    /// Balance incoming edges per part as well as nodes (a second METIS constraint)
+    #[arg(long)]
+    balance_edges: bool,
+    /// Seed for METIS and random
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// METIS partitions computed from different random starts; the best is kept
+    #[arg(long, default_value_t = 1)]
+    trials: u32,
+    /// Allowed largest part / average part (METIS ufactor = (x - 1) * 1000)
+    #[arg(long, default_value_t = 1.03)]
+    imbalance: f64,
+    /// Output partition directory (created atomically)
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Replace an --out directory that holds a different partition
+    #[arg(long)]
+    force: bool,
+    /// Also write the node -> part map as .npy [N]
+    #[arg(long, value_name = "A.npy")]
+    assignment_out: Option<PathBuf>,
+    /// dtype of --assignment-out
+    #[arg(long, value_enum, default_value = "int64")]
+    assignment_dtype: DtypeArg,
+    /// f32 columns per halo row, for the halo bytes in the report
+    #[arg(long, default_value_t = 128)]
+    row_width: usize,
+    /// Print the report as one JSON object
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone)]
+enum MethodArg {
+    Metis,
+    Random,
+    Range,
+    File(PathBuf),
+}
+
+fn parse_method_name(s: &str) -> Result<MethodArg, String> {
+    match s {
+        "metis" => Ok(MethodArg::Metis),
+        "random" => Ok(MethodArg::Random),
+        "range" => Ok(MethodArg::Range),
+        _ => match s.strip_prefix("file:") {
+            Some(p) if !p.is_empty() => Ok(MethodArg::File(PathBuf::from(p))),
+            _ => Err(format!(
+                "'{s}': expected metis, random, range or file:PARTS.npy"
+            )),
+        },
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ObjectiveArg {
+    Cut,
+    Volume,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    Int32,
+    Int64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -96,6 +204,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Infer(args) => infer(args),
+        Command::Partition(args) => partition(args),
+        Command::PartitionReport { dir, json } => partition_report(&dir, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -115,20 +225,97 @@ fn show_phase(name: &str) {
     tracing::info!(phase = name);
 }
 
-fn infer(args: InferArgs) -> anyhow::Result<()> {
+fn progress_bar() -> ProgressBar {
     let bar = ProgressBar::new_spinner().with_style(
         ProgressStyle::with_template("{spinner} [{elapsed}] {msg}").expect("static template"),
     );
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     let _ = PROGRESS.set(bar.clone());
+    bar
+}
+
+fn graph_format(f: FormatArg) -> GraphFormat {
+    match f {
+        FormatArg::Npy => GraphFormat::Npy,
+        FormatArg::Edgelist => GraphFormat::EdgeList,
+        FormatArg::Metis => GraphFormat::Metis,
+        FormatArg::Mtx => GraphFormat::MatrixMarket,
+    }
+}
+
+fn partition(args: PartitionArgs) -> anyhow::Result<()> {
+    let method = match args.method {
+        MethodArg::Metis => Method::Metis {
+            objective: match args.objective {
+                ObjectiveArg::Cut => Objective::Cut,
+                ObjectiveArg::Volume => Objective::Volume,
+            },
+            recursive: args.recursive,
+            seed: args.seed,
+            imbalance: args.imbalance,
+            balance_edges: args.balance_edges,
+            trials: args.trials,
+        },
+        MethodArg::Random => Method::Random { seed: args.seed },
+        MethodArg::Range => Method::Range,
+        MethodArg::File(path) => Method::File { path },
+    };
+    let config = PartitionConfig {
+        graph: args.graph,
+        format: args.format.map(graph_format),
+        num_nodes: args.num_nodes,
+        features: args.features,
+        shared_features: args.shared_features,
+        parts: args.parts,
+        method,
+        out: args.out,
+        assignment_out: args.assignment_out,
+        assignment_dtype: match args.assignment_dtype {
+            DtypeArg::Int32 => AssignmentDtype::Int32,
+            DtypeArg::Int64 => AssignmentDtype::Int64,
+        },
+        row_width: args.row_width,
+        force: args.force,
+        on_phase: Some(show_phase),
+    };
+    let bar = progress_bar();
+    let manifest = run_partition(&config);
+    bar.finish_and_clear();
+    print_manifest(&manifest?, args.json)
+}
+
+fn print_manifest(manifest: &distgat_partition::Manifest, json: bool) -> anyhow::Result<()> {
+    if json {
+        let report = serde_json::json!({
+            "method": manifest.method,
+            "graph": manifest.graph,
+            "stats": manifest.stats,
+            "seconds": manifest.report.seconds,
+            "peak_rss_bytes": manifest.report.peak_rss_bytes,
+        });
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", format_report(manifest));
+    }
+    Ok(())
+}
+
+fn partition_report(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let opened = distgat_partition::PartitionDir::open(dir)?;
+    // Reading the report also verifies the directory: every file's size and checksum and
+    // every shard's structure.
+    opened.load_assignment()?;
+    for shard in &opened.manifest.shards {
+        opened.load_shard(shard.part)?;
+    }
+    print_manifest(&opened.manifest, json)
+}
+
+fn infer(args: InferArgs) -> anyhow::Result<()> {
+    let bar = progress_bar();
     let config = InferConfig {
         graph: args.graph,
-        format: args.format.map(|f| match f {
-            FormatArg::Npy => GraphFormat::Npy,
-            FormatArg::Edgelist => GraphFormat::EdgeList,
-            FormatArg::Metis => GraphFormat::Metis,
-            FormatArg::Mtx => GraphFormat::MatrixMarket,
-        }),
+        format: args.format.map(graph_format),
         num_nodes: args.num_nodes,
         features: args.features,
         normalize: match args.normalize_features {

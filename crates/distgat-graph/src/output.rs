@@ -49,6 +49,16 @@ impl AtomicFile {
 
     /// Flushes to disk and renames the temporary file to its final name.
     pub fn commit(self) -> Result<()> {
+        // Temporary files are created private (0600); a finished output gets the usual
+        // permissions (0644 before the umask).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            self.temp
+                .as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))
+                .map_err(|e| GraphError::io(&self.path, e))?;
+        }
         self.temp
             .as_file()
             .sync_all()

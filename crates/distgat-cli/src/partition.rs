@@ -1,0 +1,230 @@
+//! `distgat partition` and `distgat partition-report`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use distgat_graph::{read_graph, write_npy, Features, GraphError, GraphFormat};
+use distgat_partition::{
+    assign, features_fingerprint, graph_fingerprint, write_partition, HaloPlan, InputInfo,
+    Manifest, Method, NewPartition, PartitionError, PartitionStats, RunInfo, SymmetricGraph,
+};
+
+/// Element type of `--assignment-out`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AssignmentDtype {
+    Int32,
+    #[default]
+    Int64,
+}
+
+/// Everything `distgat partition` needs.
+#[derive(Debug, Clone)]
+pub struct PartitionConfig {
+    pub graph: PathBuf,
+    pub format: Option<GraphFormat>,
+    /// Node count when no features are given and the graph implies fewer nodes.
+    pub num_nodes: Option<u64>,
+    pub features: Option<PathBuf>,
+    /// Keep features out of the shards (workers read them from the shared file).
+    pub shared_features: bool,
+    pub parts: usize,
+    pub method: Method,
+    pub out: PathBuf,
+    pub assignment_out: Option<PathBuf>,
+    pub assignment_dtype: AssignmentDtype,
+    /// Row width (f32 columns) used to report halo bytes per layer.
+    pub row_width: usize,
+    /// Replace an output directory that holds a different partition.
+    pub force: bool,
+    pub on_phase: Option<fn(&str)>,
+}
+
+impl Default for PartitionConfig {
+    fn default() -> Self {
+        PartitionConfig {
+            graph: PathBuf::new(),
+            format: None,
+            num_nodes: None,
+            features: None,
+            shared_features: false,
+            parts: 2,
+            method: Method::metis_default(),
+            out: PathBuf::new(),
+            assignment_out: None,
+            assignment_dtype: AssignmentDtype::default(),
+            row_width: 128,
+            force: false,
+            on_phase: None,
+        }
+    }
+}
+
+pub fn run_partition(config: &PartitionConfig) -> Result<Manifest, PartitionError> {
+    let phase = |name: &str| {
+        if let Some(f) = config.on_phase {
+            f(name)
+        }
+    };
+    let started = Instant::now();
+    if let Some(path) = &config.assignment_out {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            return Err(GraphError::argument(
+                "--assignment-out",
+                format!(
+                    "{}: the directory {} does not exist",
+                    path.display(),
+                    dir.display()
+                ),
+            )
+            .into());
+        }
+    }
+
+    phase("reading graph");
+    let edges = read_graph(&config.graph, config.format)?;
+    for w in &edges.warnings {
+        tracing::warn!("{w}");
+    }
+    let features = match &config.features {
+        Some(path) => {
+            phase("reading features");
+            Some(Features::read_npy(path)?)
+        }
+        None => None,
+    };
+    let (n, source) = match (&features, config.num_nodes) {
+        (Some(f), Some(want)) if want != f.num_nodes as u64 => {
+            return Err(GraphError::argument(
+                "--num-nodes",
+                format!("{want} nodes, but the features have {} rows", f.num_nodes),
+            )
+            .into())
+        }
+        (Some(f), _) => (f.num_nodes as u64, "the feature rows".to_string()),
+        (None, Some(want)) => (want, "--num-nodes".to_string()),
+        (None, None) => (edges.num_nodes, "the graph".to_string()),
+    };
+    edges.check_ids(n, &config.graph, &source)?;
+    if edges.num_nodes > n {
+        return Err(GraphError::invalid(
+            &config.graph,
+            format!("declares {} nodes, but {source} give {n}", edges.num_nodes),
+        )
+        .into());
+    }
+    let n = usize::try_from(n).map_err(|_| PartitionError::TooLarge(format!("{n} nodes")))?;
+
+    phase("symmetrising");
+    let graph = SymmetricGraph::build(&edges, n)?;
+    let mut in_degree = vec![0u64; n];
+    for &d in edges.dst() {
+        in_degree[d as usize] += 1;
+    }
+
+    phase(&format!("partitioning ({})", config.method.name()));
+    let assignment = assign(&config.method, &graph, &in_degree, config.parts)?;
+    drop(in_degree);
+
+    phase("building halo plan");
+    let plan = HaloPlan::build(&edges, n, &assignment, config.parts)?;
+    let stats = PartitionStats::compute(&graph, &assignment, &plan, edges.len(), config.row_width);
+    drop(graph);
+
+    phase("writing shards");
+    let graph_info = InputInfo {
+        path: config.graph.display().to_string(),
+        rows: n,
+        size: edges.len(),
+        fingerprint: graph_fingerprint(&edges, n),
+    };
+    drop(edges);
+    let features_info = match (&features, &config.features) {
+        (Some(f), Some(path)) => Some((
+            InputInfo {
+                path: path.display().to_string(),
+                rows: f.num_nodes,
+                size: f.width,
+                fingerprint: features_fingerprint(f),
+            },
+            f,
+        )),
+        _ => None,
+    };
+    let report = RunInfo {
+        seconds: started.elapsed().as_secs_f64(),
+        peak_rss_bytes: crate::stats::peak_rss_bytes(),
+    };
+    let manifest = write_partition(
+        &config.out,
+        NewPartition {
+            graph: graph_info,
+            features: features_info,
+            features_in_shards: features.is_some() && !config.shared_features,
+            method: config.method.clone(),
+            assignment: &assignment,
+            plan: &plan,
+            stats,
+            report,
+        },
+        config.force,
+    )?;
+    if let Some(path) = &config.assignment_out {
+        match config.assignment_dtype {
+            AssignmentDtype::Int32 => {
+                let a: Vec<i32> = assignment.iter().map(|&p| p as i32).collect();
+                write_npy(path, &[n as u64], &a)?;
+            }
+            AssignmentDtype::Int64 => {
+                let a: Vec<i64> = assignment.iter().map(|&p| p as i64).collect();
+                write_npy(path, &[n as u64], &a)?;
+            }
+        }
+    }
+    Ok(manifest)
+}
+
+/// The human-readable report of a partition.
+pub fn format_report(m: &Manifest) -> String {
+    let s = &m.stats;
+    let mut out = String::new();
+    let method = serde_json::to_string(&m.method).unwrap_or_default();
+    out += &format!(
+        "partition of {} ({} nodes, {} edges) into {} parts with {method}\n",
+        m.graph.path, s.num_nodes, s.num_edges, s.parts
+    );
+    out += &format!(
+        "edge cut {} undirected pairs ({:.2}% of {}), communication volume {}\n",
+        s.edge_cut,
+        100.0 * s.edge_cut as f64 / (s.num_edges as f64 / 2.0).max(1.0),
+        s.num_edges / 2,
+        s.communication_volume
+    );
+    out += &format!(
+        "imbalance: nodes {:.3}, incoming edges {:.3}\n",
+        s.node_imbalance, s.edge_imbalance
+    );
+    out += &format!(
+        "halo rows {} in all; {} bytes per layer at {} f32 columns per row\n",
+        s.halo_rows_total, s.halo_bytes_per_layer, s.row_width
+    );
+    out += "part   owned   incoming edges   halo rows\n";
+    for p in 0..s.parts {
+        out += &format!(
+            "{p:>4} {:>7} {:>16} {:>11}\n",
+            s.owned_rows[p], s.incoming_edges[p], s.halo_rows[p]
+        );
+    }
+    out += &format!(
+        "took {:.2} s{}",
+        m.report.seconds,
+        m.report
+            .peak_rss_bytes
+            .map(|b| format!(", peak memory {:.1} MiB", b as f64 / (1 << 20) as f64))
+            .unwrap_or_default()
+    );
+    out
+}

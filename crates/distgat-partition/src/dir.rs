@@ -1,0 +1,640 @@
+//! The partition directory: written once by `distgat partition`, reused by many jobs.
+//!
+//! ```text
+//! DIR/manifest.json          format version, graph/features fingerprints, method, stats,
+//!                            and size + BLAKE3 of every other file
+//! DIR/assignment.npy         int32 [N]: the part of every node
+//! DIR/part-00000.safetensors one shard per part: its halo plan (and feature rows)
+//! ```
+//!
+//! The directory is assembled under a temporary name next to its destination and renamed
+//! into place, so it is either complete or absent. Every load checks the manifest's
+//! format version, each file's size and checksum, and that the shard belongs to the
+//! manifest's graph; a shard loads without reading the graph or the other shards.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use distgat_graph::{write_npy, EdgeList, Features};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{PartitionError, Result};
+use crate::method::Method;
+use crate::plan::{HaloPlan, PartPlan};
+use crate::stats::PartitionStats;
+
+pub const PARTITION_FORMAT: &str = "distgat-partition-v1";
+const MANIFEST: &str = "manifest.json";
+const ASSIGNMENT: &str = "assignment.npy";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub created_by: String,
+    pub graph: InputInfo,
+    pub features: Option<InputInfo>,
+    /// Whether shards carry their owned feature rows (otherwise workers read them from
+    /// the features file by global id).
+    pub features_in_shards: bool,
+    pub parts: usize,
+    pub method: Method,
+    pub assignment: FileInfo,
+    pub shards: Vec<ShardInfo>,
+    pub stats: PartitionStats,
+    pub report: RunInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputInfo {
+    pub path: String,
+    pub rows: usize,
+    /// Edges for a graph, columns for features.
+    pub size: usize,
+    /// BLAKE3 of the content (ids or values), independent of the file format.
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub file: String,
+    pub bytes: u64,
+    pub blake3: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub part: u32,
+    pub owned: usize,
+    pub halo: usize,
+    pub entries: usize,
+    #[serde(flatten)]
+    pub file: FileInfo,
+}
+
+/// How long partitioning took and how much memory it needed.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub seconds: f64,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// BLAKE3 of a graph's node count and edges (sources, then targets, as LE u64).
+pub fn graph_fingerprint(edges: &EdgeList, num_nodes: usize) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"distgat-graph-v1");
+    h.update(&(num_nodes as u64).to_le_bytes());
+    h.update(&(edges.len() as u64).to_le_bytes());
+    for ids in [edges.src(), edges.dst()] {
+        for chunk in ids.chunks(8192) {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+            h.update(&bytes);
+        }
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// BLAKE3 of a feature matrix's shape and values (LE f32).
+pub fn features_fingerprint(features: &Features) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"distgat-features-v1");
+    h.update(&(features.num_nodes as u64).to_le_bytes());
+    h.update(&(features.width as u64).to_le_bytes());
+    for chunk in features.values.chunks(8192) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+        h.update(&bytes);
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// What goes into a new partition directory.
+pub struct NewPartition<'a> {
+    pub graph: InputInfo,
+    pub features: Option<(InputInfo, &'a Features)>,
+    pub features_in_shards: bool,
+    pub method: Method,
+    pub assignment: &'a [u32],
+    pub plan: &'a HaloPlan,
+    pub stats: PartitionStats,
+    pub report: RunInfo,
+}
+
+/// Writes a partition directory at `dir`. An existing directory is replaced only if it
+/// holds the same partition (same inputs, parts and method) or `force` is set.
+pub fn write_partition(dir: &Path, new: NewPartition<'_>, force: bool) -> Result<Manifest> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(PartitionError::directory(
+            dir,
+            format!("the parent directory {} does not exist", parent.display()),
+        ));
+    }
+    let existing = check_existing(dir, &new, force)?;
+
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .tempdir_in(&parent)
+        .map_err(|e| PartitionError::io(dir, e))?;
+    let tdir = temp.path();
+
+    let assignment: Vec<i32> = new.assignment.iter().map(|&p| p as i32).collect();
+    write_npy(
+        &tdir.join(ASSIGNMENT),
+        &[assignment.len() as u64],
+        &assignment,
+    )?;
+    let assignment = file_info(&tdir.join(ASSIGNMENT))?;
+
+    let mut shards = Vec::with_capacity(new.plan.parts.len());
+    for part in &new.plan.parts {
+        let file = format!("part-{:05}.safetensors", part.part);
+        let rows = match (&new.features, new.features_in_shards) {
+            (Some((_, f)), true) => Some(feature_rows(f, &part.owned)),
+            _ => None,
+        };
+        write_shard(
+            &tdir.join(&file),
+            part,
+            new.plan.parts.len(),
+            &new.graph.fingerprint,
+            rows.as_ref()
+                .map(|r| (r, new.features.as_ref().map_or(0, |f| f.1.width))),
+        )?;
+        shards.push(ShardInfo {
+            part: part.part,
+            owned: part.owned.len(),
+            halo: part.halo.len(),
+            entries: part.num_entries(),
+            file: file_info(&tdir.join(&file))?,
+        });
+    }
+    let manifest = Manifest {
+        format: PARTITION_FORMAT.to_string(),
+        created_by: format!("distgat {}", env!("CARGO_PKG_VERSION")),
+        graph: new.graph,
+        features: new.features.map(|(info, _)| info),
+        features_in_shards: new.features_in_shards,
+        parts: new.plan.parts.len(),
+        method: new.method,
+        assignment,
+        shards,
+        stats: new.stats,
+        report: new.report,
+    };
+    let json = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
+    std::fs::write(tdir.join(MANIFEST), json + "\n")
+        .map_err(|e| PartitionError::io(&tdir.join(MANIFEST), e))?;
+
+    // Swap into place: old directory aside, new one in, old one removed.
+    let temp_path = temp.keep();
+    if let Some(old) = existing {
+        let aside = parent.join(format!(".{name}.old-{}", std::process::id()));
+        std::fs::rename(&old, &aside).map_err(|e| PartitionError::io(dir, e))?;
+        if let Err(e) = std::fs::rename(&temp_path, dir) {
+            let _ = std::fs::rename(&aside, &old);
+            let _ = std::fs::remove_dir_all(&temp_path);
+            return Err(PartitionError::io(dir, e));
+        }
+        let _ = std::fs::remove_dir_all(&aside);
+    } else if let Err(e) = std::fs::rename(&temp_path, dir) {
+        let _ = std::fs::remove_dir_all(&temp_path);
+        return Err(PartitionError::io(dir, e));
+    }
+    Ok(manifest)
+}
+
+/// Returns the existing directory to replace, or refuses.
+fn check_existing(dir: &Path, new: &NewPartition<'_>, force: bool) -> Result<Option<PathBuf>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    if !dir.is_dir() {
+        return Err(PartitionError::directory(
+            dir,
+            "exists and is not a directory",
+        ));
+    }
+    let mut entries = std::fs::read_dir(dir).map_err(|e| PartitionError::io(dir, e))?;
+    if entries.next().is_none() {
+        std::fs::remove_dir(dir).map_err(|e| PartitionError::io(dir, e))?;
+        return Ok(None);
+    }
+    if force {
+        return Ok(Some(dir.to_path_buf()));
+    }
+    let manifest_path = dir.join(MANIFEST);
+    let Ok(text) = std::fs::read_to_string(&manifest_path) else {
+        return Err(PartitionError::directory(
+            dir,
+            "exists, is not empty and holds no partition manifest; choose another --out or pass --force to replace it",
+        ));
+    };
+    let same = serde_json::from_str::<Manifest>(&text).is_ok_and(|m| {
+        m.graph.fingerprint == new.graph.fingerprint
+            && m.features.as_ref().map(|f| &f.fingerprint)
+                == new.features.as_ref().map(|f| &f.0.fingerprint)
+            && m.parts == new.plan.parts.len()
+            && m.method == new.method
+    });
+    if !same {
+        return Err(PartitionError::directory(
+            dir,
+            "already holds a different partition (other graph, features, parts or method); \
+             choose another --out or pass --force to replace it",
+        ));
+    }
+    Ok(Some(dir.to_path_buf()))
+}
+
+fn file_info(path: &Path) -> Result<FileInfo> {
+    let bytes = std::fs::read(path).map_err(|e| PartitionError::io(path, e))?;
+    Ok(FileInfo {
+        file: path
+            .file_name()
+            .expect("a file")
+            .to_string_lossy()
+            .into_owned(),
+        bytes: bytes.len() as u64,
+        blake3: blake3::hash(&bytes).to_hex().to_string(),
+    })
+}
+
+fn feature_rows(features: &Features, owned: &[u64]) -> Vec<f32> {
+    let mut rows = Vec::with_capacity(owned.len() * features.width);
+    for &v in owned {
+        rows.extend_from_slice(features.row(v as usize));
+    }
+    rows
+}
+
+fn le_bytes<T: Copy, const W: usize>(values: &[T], f: impl Fn(T) -> [u8; W]) -> Vec<u8> {
+    values.iter().flat_map(|&v| f(v)).collect()
+}
+
+fn write_shard(
+    path: &Path,
+    part: &PartPlan,
+    parts: usize,
+    graph_fingerprint: &str,
+    features: Option<(&Vec<f32>, usize)>,
+) -> Result<()> {
+    let to_i64 = |v: &[u64]| le_bytes(v, |x| (x as i64).to_le_bytes());
+    let to_u32 = |v: &[u32]| le_bytes(v, u32::to_le_bytes);
+    let mut send_ptr = vec![0u64];
+    let mut send_rows = Vec::new();
+    for (_, rows) in &part.send {
+        send_rows.extend_from_slice(rows);
+        send_ptr.push(send_rows.len() as u64);
+    }
+    let send_peer: Vec<u32> = part.send.iter().map(|(q, _)| *q).collect();
+    let mut tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
+        (
+            "owned",
+            Dtype::I64,
+            vec![part.owned.len()],
+            to_i64(&part.owned),
+        ),
+        (
+            "halo",
+            Dtype::I64,
+            vec![part.halo.len()],
+            to_i64(&part.halo),
+        ),
+        (
+            "halo_owner",
+            Dtype::U32,
+            vec![part.halo_owner.len()],
+            to_u32(&part.halo_owner),
+        ),
+        (
+            "row_ptr",
+            Dtype::I64,
+            vec![part.row_ptr.len()],
+            to_i64(&part.row_ptr),
+        ),
+        ("col", Dtype::U32, vec![part.col.len()], to_u32(&part.col)),
+        (
+            "edge_id",
+            Dtype::I64,
+            vec![part.edge_id.len()],
+            to_i64(&part.edge_id),
+        ),
+        (
+            "send_peer",
+            Dtype::U32,
+            vec![send_peer.len()],
+            to_u32(&send_peer),
+        ),
+        (
+            "send_ptr",
+            Dtype::I64,
+            vec![send_ptr.len()],
+            to_i64(&send_ptr),
+        ),
+        (
+            "send_rows",
+            Dtype::U32,
+            vec![send_rows.len()],
+            to_u32(&send_rows),
+        ),
+    ];
+    if let Some((rows, width)) = features {
+        tensors.push((
+            "features",
+            Dtype::F32,
+            vec![part.owned.len(), width],
+            le_bytes(rows, f32::to_le_bytes),
+        ));
+    }
+    let views = tensors
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|v| (name.to_string(), v))
+                .map_err(|e| {
+                    PartitionError::directory(path, format!("internal: tensor {name}: {e:?}"))
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata: HashMap<String, String> = [
+        ("format", PARTITION_FORMAT.to_string()),
+        ("part", part.part.to_string()),
+        ("parts", parts.to_string()),
+        ("graph_fingerprint", graph_fingerprint.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    safetensors::serialize_to_file(views, &Some(metadata), path)
+        .map_err(|e| PartitionError::directory(path, format!("writing the shard: {e:?}")))
+}
+
+/// A partition directory opened for reading.
+#[derive(Debug, Clone)]
+pub struct PartitionDir {
+    pub path: PathBuf,
+    pub manifest: Manifest,
+}
+
+/// A loaded shard: the part's plan and, if the shard carries them, its feature rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shard {
+    pub plan: PartPlan,
+    /// `[owned, width]` row-major, in `plan.owned` order.
+    pub features: Option<Features>,
+}
+
+impl PartitionDir {
+    pub fn open(path: &Path) -> Result<Self> {
+        let manifest_path = path.join(MANIFEST);
+        let text = std::fs::read_to_string(&manifest_path)
+            .map_err(|e| PartitionError::io(&manifest_path, e))?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            PartitionError::directory(&manifest_path, format!("not valid JSON: {e}"))
+        })?;
+        let format = value
+            .get("format")
+            .and_then(|f| f.as_str())
+            .unwrap_or("<missing>");
+        if format != PARTITION_FORMAT {
+            return Err(PartitionError::directory(
+                &manifest_path,
+                format!("format is \"{format}\", this distgat reads \"{PARTITION_FORMAT}\": re-run distgat partition"),
+            ));
+        }
+        let manifest: Manifest = serde_json::from_value(value).map_err(|e| {
+            PartitionError::directory(&manifest_path, format!("not a valid manifest: {e}"))
+        })?;
+        if manifest.shards.len() != manifest.parts {
+            return Err(PartitionError::directory(
+                &manifest_path,
+                format!(
+                    "lists {} shards for {} parts",
+                    manifest.shards.len(),
+                    manifest.parts
+                ),
+            ));
+        }
+        Ok(PartitionDir {
+            path: path.to_path_buf(),
+            manifest,
+        })
+    }
+
+    /// Refuses a graph other than the one this directory was made from.
+    pub fn check_graph(&self, edges: &EdgeList, num_nodes: usize) -> Result<()> {
+        let fp = graph_fingerprint(edges, num_nodes);
+        if fp != self.manifest.graph.fingerprint {
+            return Err(PartitionError::directory(
+                &self.path,
+                format!(
+                    "was made from another graph ({} nodes, {} edges, fingerprint {}); this one \
+                     has {num_nodes} nodes, {} edges, fingerprint {fp}",
+                    self.manifest.graph.rows,
+                    self.manifest.graph.size,
+                    &self.manifest.graph.fingerprint[..16],
+                    edges.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn read_checked(&self, info: &FileInfo) -> Result<Vec<u8>> {
+        let path = self.path.join(&info.file);
+        let bytes = std::fs::read(&path).map_err(|e| PartitionError::io(&path, e))?;
+        if bytes.len() as u64 != info.bytes {
+            return Err(PartitionError::directory(
+                &path,
+                format!(
+                    "is {} bytes, the manifest says {} (truncated or replaced)",
+                    bytes.len(),
+                    info.bytes
+                ),
+            ));
+        }
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        if hash != info.blake3 {
+            return Err(PartitionError::directory(
+                &path,
+                format!(
+                    "checksum mismatch: BLAKE3 {}, the manifest says {} (corrupted)",
+                    &hash[..16],
+                    &info.blake3[..16.min(info.blake3.len())]
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// The node -> part map.
+    pub fn load_assignment(&self) -> Result<Vec<u32>> {
+        let bytes = self.read_checked(&self.manifest.assignment)?;
+        let path = self.path.join(&self.manifest.assignment.file);
+        let tmp = tempfile::NamedTempFile::new().map_err(|e| PartitionError::io(&path, e))?;
+        std::fs::write(tmp.path(), &bytes).map_err(|e| PartitionError::io(&path, e))?;
+        let values = distgat_graph::NpyBody::open(tmp.path())?.read_i64(&path)?;
+        values
+            .into_iter()
+            .map(|p| {
+                if p < 0 || p as usize >= self.manifest.parts {
+                    Err(PartitionError::directory(
+                        &path,
+                        format!("part {p} outside 0..{}", self.manifest.parts),
+                    ))
+                } else {
+                    Ok(p as u32)
+                }
+            })
+            .collect()
+    }
+
+    /// Loads and verifies the shard of `part`.
+    pub fn load_shard(&self, part: u32) -> Result<Shard> {
+        let info = self
+            .manifest
+            .shards
+            .iter()
+            .find(|s| s.part == part)
+            .ok_or_else(|| {
+                PartitionError::directory(
+                    &self.path,
+                    format!("no shard for part {part} (parts: {})", self.manifest.parts),
+                )
+            })?;
+        let path = self.path.join(&info.file.file);
+        let bytes = self.read_checked(&info.file)?;
+        let bad = |detail: String| PartitionError::directory(&path, detail);
+        let (_, meta) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| bad(format!("not a valid shard: {e:?}")))?;
+        let meta = meta.metadata().clone().unwrap_or_default();
+        let get = |k: &str| meta.get(k).cloned().unwrap_or_default();
+        if get("format") != PARTITION_FORMAT {
+            return Err(bad(format!(
+                "shard format \"{}\", expected \"{PARTITION_FORMAT}\"",
+                get("format")
+            )));
+        }
+        if get("part") != part.to_string() {
+            return Err(bad(format!(
+                "holds part {}, expected part {part}",
+                get("part")
+            )));
+        }
+        if get("graph_fingerprint") != self.manifest.graph.fingerprint {
+            return Err(bad("belongs to another graph than the manifest's".into()));
+        }
+        let tensors = SafeTensors::deserialize(&bytes)
+            .map_err(|e| bad(format!("not a valid shard: {e:?}")))?;
+        let tensor = |name: &str, dtype: Dtype| -> Result<(Vec<usize>, &[u8])> {
+            let t = tensors
+                .tensor(name)
+                .map_err(|_| bad(format!("tensor '{name}' is missing")))?;
+            if t.dtype() != dtype {
+                return Err(bad(format!(
+                    "tensor '{name}' has dtype {:?}, expected {dtype:?}",
+                    t.dtype()
+                )));
+            }
+            Ok((t.shape().to_vec(), t.data()))
+        };
+        let u64s = |name: &str| -> Result<Vec<u64>> {
+            let (_, d) = tensor(name, Dtype::I64)?;
+            d.chunks_exact(8)
+                .map(|c| {
+                    let v = i64::from_le_bytes(c.try_into().expect("8 bytes"));
+                    u64::try_from(v)
+                        .map_err(|_| bad(format!("tensor '{name}' holds a negative value")))
+                })
+                .collect()
+        };
+        let u32s = |name: &str| -> Result<Vec<u32>> {
+            let (_, d) = tensor(name, Dtype::U32)?;
+            Ok(d.chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect())
+        };
+        let owned = u64s("owned")?;
+        let halo = u64s("halo")?;
+        let halo_owner = u32s("halo_owner")?;
+        let row_ptr = u64s("row_ptr")?;
+        let col = u32s("col")?;
+        let edge_id = u64s("edge_id")?;
+        let send_peer = u32s("send_peer")?;
+        let send_ptr = u64s("send_ptr")?;
+        let send_rows = u32s("send_rows")?;
+        // Structural checks, so a worker never indexes out of bounds.
+        let n_local = owned.len() + halo.len();
+        let consistent = halo_owner.len() == halo.len()
+            && row_ptr.len() == owned.len() + 1
+            && row_ptr.first() == Some(&0)
+            && row_ptr.windows(2).all(|w| w[0] <= w[1])
+            && row_ptr.last() == Some(&(col.len() as u64))
+            && edge_id.len() == col.len()
+            && col.iter().all(|&c| (c as usize) < n_local)
+            && halo_owner
+                .iter()
+                .all(|&o| (o as usize) < self.manifest.parts && o != part)
+            && send_ptr.len() == send_peer.len() + 1
+            && send_ptr.first() == Some(&0)
+            && send_ptr.windows(2).all(|w| w[0] <= w[1])
+            && send_ptr.last() == Some(&(send_rows.len() as u64))
+            && send_rows.iter().all(|&r| (r as usize) < owned.len())
+            && owned.len() == info.owned
+            && halo.len() == info.halo;
+        if !consistent {
+            return Err(bad(
+                "inconsistent shard structure (index out of range or sizes disagree)".into(),
+            ));
+        }
+        let send = send_peer
+            .iter()
+            .enumerate()
+            .map(|(k, &q)| {
+                (
+                    q,
+                    send_rows[send_ptr[k] as usize..send_ptr[k + 1] as usize].to_vec(),
+                )
+            })
+            .collect();
+        let features = match tensors.tensor("features") {
+            Ok(_) => {
+                let (shape, d) = tensor("features", Dtype::F32)?;
+                if shape.len() != 2 || shape[0] != owned.len() {
+                    return Err(bad(format!(
+                        "tensor 'features' has shape {shape:?}, expected [{}, F]",
+                        owned.len()
+                    )));
+                }
+                let values = d
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                    .collect();
+                Some(Features::new(shape[0], shape[1], values))
+            }
+            Err(_) => None,
+        };
+        Ok(Shard {
+            plan: PartPlan {
+                part,
+                owned,
+                halo,
+                halo_owner,
+                row_ptr,
+                col,
+                edge_id,
+                send,
+            },
+            features,
+        })
+    }
+}

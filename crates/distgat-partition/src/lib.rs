@@ -1,0 +1,20 @@
+//! Partitioning for distgat: who owns which node (METIS k-way or recursive bisection,
+//! random and range baselines, or the user's own assignment), the halo plan each worker
+//! runs on, partition quality statistics, and the on-disk partition directory.
+
+pub mod dir;
+pub mod error;
+pub mod method;
+pub mod plan;
+pub mod stats;
+pub mod symmetric;
+
+pub use dir::{
+    features_fingerprint, graph_fingerprint, write_partition, InputInfo, Manifest, NewPartition,
+    PartitionDir, RunInfo, Shard, PARTITION_FORMAT,
+};
+pub use error::{PartitionError, Result};
+pub use method::{assign, read_assignment, Method, Objective};
+pub use plan::{HaloPlan, PartPlan};
+pub use stats::PartitionStats;
+pub use symmetric::SymmetricGraph;
