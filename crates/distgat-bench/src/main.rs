@@ -37,6 +37,8 @@ struct Cli {
 enum Cmd {
     /// One GATConv layer (F_in=128, heads=4, C=32, self loops) on synthetic graphs
     Layer(LayerArgs),
+    /// Partition time, peak memory, edge cut and halo rows of `distgat partition`
+    Partition(PartitionBenchArgs),
     /// Machine memory bandwidth: streaming read and random 512-byte row gather
     Bandwidth {
         #[arg(long, default_value_t = 2)]
@@ -80,6 +82,29 @@ impl Size {
             Size::Large => (12088.0, 13799.0),
         }
     }
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug, Serialize, PartialEq, Eq)]
+enum PartitionGraph {
+    /// the METIS 4elt mesh (15 606 nodes, 91 756 directed edges)
+    Fourelt,
+    /// Cora (2 708 nodes, 10 556 directed edges)
+    Cora,
+    /// R-MAT, 1M nodes / 10M edges
+    Rmat10m,
+    /// R-MAT, 5M nodes / 50M edges (several GB and minutes: opt-in)
+    Rmat50m,
+}
+
+#[derive(clap::Args)]
+struct PartitionBenchArgs {
+    #[arg(long, value_delimiter = ',', default_value = "fourelt,cora,rmat10m")]
+    graphs: Vec<PartitionGraph>,
+    #[arg(long, default_value_t = 8)]
+    parts: usize,
+    /// Where to put generated graphs and partitions (default: a temporary directory)
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -136,6 +161,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Layer(args) => layer(args),
+        Cmd::Partition(args) => partition_bench(args),
         Cmd::Bandwidth { threads } => bandwidth(threads).map(|b| {
             println!(
                 "stream read {:.1} GB/s, random 512-byte row gather {:.1} GB/s ({threads} threads)",
@@ -366,6 +392,74 @@ fn layer(args: LayerArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&rows)? + "\n")?;
+    }
+    Ok(())
+}
+
+fn partition_bench(args: PartitionBenchArgs) -> anyhow::Result<()> {
+    let distgat = distgat_binary()?;
+    let temp;
+    let work = match &args.work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            temp = tempfile::tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    println!("| graph | N | E | method | parts | edge cut | halo rows | time s | peak RSS MB | bytes/edge |");
+    println!("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|");
+    for graph in &args.graphs {
+        let path = match graph {
+            PartitionGraph::Fourelt => root.join("data/4elt/4elt.graph"),
+            PartitionGraph::Cora => root.join("data/cora/edges.npy"),
+            PartitionGraph::Rmat10m | PartitionGraph::Rmat50m => {
+                let (n, e) = if *graph == PartitionGraph::Rmat10m {
+                    (1_000_000, 10_000_000)
+                } else {
+                    (5_000_000, 50_000_000)
+                };
+                let path = work.join(format!("rmat-{n}-{e}.npy"));
+                if !path.exists() {
+                    eprintln!("generating R-MAT N={n} E={e}");
+                    let edges = synth::edges(Generator::Rmat, n, e, 42);
+                    distgat_graph::write_npy(&path, &[2, e as u64], &edges)?;
+                }
+                path
+            }
+        };
+        for method in ["metis", "random", "range"] {
+            let out = work.join(format!("{graph:?}-{method}").to_lowercase());
+            eprintln!("{graph:?} {method}");
+            let v: serde_json::Value = run_json(
+                Command::new(&distgat)
+                    .arg("partition")
+                    .arg("--graph")
+                    .arg(&path)
+                    .args(["--parts", &args.parts.to_string(), "--method", method])
+                    .arg("--out")
+                    .arg(&out)
+                    .args(["--force", "--json"]),
+            )?;
+            let s = &v["stats"];
+            let edges = s["num_edges"].as_f64().unwrap_or(f64::NAN);
+            let rss = v["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "| {graph:?} | {} | {} | {method} | {} | {} | {} | {:.2} | {:.0} | {:.0} |",
+                s["num_nodes"],
+                s["num_edges"],
+                s["parts"],
+                s["edge_cut"],
+                s["halo_rows_total"],
+                v["seconds"].as_f64().unwrap_or(f64::NAN),
+                rss / 1e6,
+                rss / edges,
+            );
+            std::fs::remove_dir_all(&out).ok();
+        }
     }
     Ok(())
 }

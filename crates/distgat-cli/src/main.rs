@@ -82,7 +82,7 @@ struct PartitionArgs {
     /// Output partition directory (created atomically)
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Replace an --out directory that holds a different partition
+    /// Replace an --out directory that holds a different partition (never anything else)
     #[arg(long)]
     force: bool,
     /// Also write the node -> part map as .npy [N]

@@ -71,6 +71,16 @@ pub fn run_partition(config: &PartitionConfig) -> Result<Manifest, PartitionErro
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
+        if path.is_dir() {
+            return Err(GraphError::argument(
+                "--assignment-out",
+                format!(
+                    "{} is a directory; name the .npy file to write",
+                    path.display()
+                ),
+            )
+            .into());
+        }
         if !dir.is_dir() {
             return Err(GraphError::argument(
                 "--assignment-out",
@@ -104,7 +114,18 @@ pub fn run_partition(config: &PartitionConfig) -> Result<Manifest, PartitionErro
             )
             .into())
         }
-        (Some(f), _) => (f.num_nodes as u64, "the feature rows".to_string()),
+        (Some(f), _) => (
+            f.num_nodes as u64,
+            format!(
+                "the {} rows of {}",
+                f.num_nodes,
+                config
+                    .features
+                    .as_deref()
+                    .unwrap_or(Path::new(""))
+                    .display()
+            ),
+        ),
         (None, Some(want)) => (want, "--num-nodes".to_string()),
         (None, None) => (edges.num_nodes, "the graph".to_string()),
     };

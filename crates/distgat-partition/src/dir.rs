@@ -28,6 +28,15 @@ use crate::stats::PartitionStats;
 pub const PARTITION_FORMAT: &str = "distgat-partition-v1";
 const MANIFEST: &str = "manifest.json";
 const ASSIGNMENT: &str = "assignment.npy";
+const SHARD_META_KEY: &str = "distgat";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ShardMeta {
+    format: String,
+    part: u32,
+    parts: usize,
+    graph_fingerprint: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -133,7 +142,13 @@ pub fn write_partition(dir: &Path, new: NewPartition<'_>, force: bool) -> Result
             format!("the parent directory {} does not exist", parent.display()),
         ));
     }
-    let existing = check_existing(dir, &new, force)?;
+    // Refuse what can never be replaced before doing any work.
+    if dir.exists() && !dir.is_dir() {
+        return Err(PartitionError::directory(
+            dir,
+            "exists and is not a directory",
+        ));
+    }
 
     let name = dir
         .file_name()
@@ -194,28 +209,33 @@ pub fn write_partition(dir: &Path, new: NewPartition<'_>, force: bool) -> Result
     std::fs::write(tdir.join(MANIFEST), json + "\n")
         .map_err(|e| PartitionError::io(&tdir.join(MANIFEST), e))?;
 
-    // Swap into place: old directory aside, new one in, old one removed.
-    let temp_path = temp.keep();
-    if let Some(old) = existing {
+    // Decide about an existing directory now that the new manifest is complete; on refusal
+    // the temporary directory is removed when `temp` drops.
+    let replace = check_existing(dir, &manifest, force)?;
+    // Swap into place: old directory aside, new one in, old one removed. A rename onto an
+    // empty directory replaces it.
+    if replace {
         let aside = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(&old, &aside).map_err(|e| PartitionError::io(dir, e))?;
-        if let Err(e) = std::fs::rename(&temp_path, dir) {
-            let _ = std::fs::rename(&aside, &old);
-            let _ = std::fs::remove_dir_all(&temp_path);
+        std::fs::rename(dir, &aside).map_err(|e| PartitionError::io(dir, e))?;
+        if let Err(e) = std::fs::rename(temp.path(), dir) {
+            let _ = std::fs::rename(&aside, dir);
             return Err(PartitionError::io(dir, e));
         }
         let _ = std::fs::remove_dir_all(&aside);
-    } else if let Err(e) = std::fs::rename(&temp_path, dir) {
-        let _ = std::fs::remove_dir_all(&temp_path);
-        return Err(PartitionError::io(dir, e));
+    } else {
+        std::fs::rename(temp.path(), dir).map_err(|e| PartitionError::io(dir, e))?;
     }
+    // The temporary path no longer exists; keep `temp` from trying to delete it.
+    let _ = temp.keep();
     Ok(manifest)
 }
 
-/// Returns the existing directory to replace, or refuses.
-fn check_existing(dir: &Path, new: &NewPartition<'_>, force: bool) -> Result<Option<PathBuf>> {
+/// Whether an existing `dir` must be moved aside (true) or is absent or empty (false).
+/// Refuses to replace a different partition without `force`, and anything that is not a
+/// partition directory at all, even with `force`.
+fn check_existing(dir: &Path, new: &Manifest, force: bool) -> Result<bool> {
     if !dir.exists() {
-        return Ok(None);
+        return Ok(false);
     }
     if !dir.is_dir() {
         return Err(PartitionError::directory(
@@ -225,34 +245,36 @@ fn check_existing(dir: &Path, new: &NewPartition<'_>, force: bool) -> Result<Opt
     }
     let mut entries = std::fs::read_dir(dir).map_err(|e| PartitionError::io(dir, e))?;
     if entries.next().is_none() {
-        std::fs::remove_dir(dir).map_err(|e| PartitionError::io(dir, e))?;
-        return Ok(None);
-    }
-    if force {
-        return Ok(Some(dir.to_path_buf()));
+        return Ok(false);
     }
     let manifest_path = dir.join(MANIFEST);
     let Ok(text) = std::fs::read_to_string(&manifest_path) else {
         return Err(PartitionError::directory(
             dir,
-            "exists, is not empty and holds no partition manifest; choose another --out or pass --force to replace it",
+            "exists, is not empty and holds no partition manifest: refusing to replace it \
+             (even with --force); choose another --out",
         ));
     };
+    if force {
+        return Ok(true);
+    }
     let same = serde_json::from_str::<Manifest>(&text).is_ok_and(|m| {
         m.graph.fingerprint == new.graph.fingerprint
             && m.features.as_ref().map(|f| &f.fingerprint)
-                == new.features.as_ref().map(|f| &f.0.fingerprint)
-            && m.parts == new.plan.parts.len()
+                == new.features.as_ref().map(|f| &f.fingerprint)
+            && m.features_in_shards == new.features_in_shards
+            && m.parts == new.parts
             && m.method == new.method
+            && m.assignment.blake3 == new.assignment.blake3
     });
     if !same {
         return Err(PartitionError::directory(
             dir,
-            "already holds a different partition (other graph, features, parts or method); \
-             choose another --out or pass --force to replace it",
+            "already holds a different partition (other graph, features, parts, method or \
+             assignment); choose another --out or pass --force to replace it",
         ));
     }
-    Ok(Some(dir.to_path_buf()))
+    Ok(true)
 }
 
 fn file_info(path: &Path) -> Result<FileInfo> {
@@ -365,14 +387,19 @@ fn write_shard(
                 })
         })
         .collect::<Result<Vec<_>>>()?;
-    let metadata: HashMap<String, String> = [
-        ("format", PARTITION_FORMAT.to_string()),
-        ("part", part.part.to_string()),
-        ("parts", parts.to_string()),
-        ("graph_fingerprint", graph_fingerprint.to_string()),
-    ]
+    // One metadata key holding a JSON object: safetensors writes its metadata map in hash
+    // order, so several keys would make identical shards differ byte for byte.
+    let shard_meta = ShardMeta {
+        format: PARTITION_FORMAT.to_string(),
+        part: part.part,
+        parts,
+        graph_fingerprint: graph_fingerprint.to_string(),
+    };
+    let metadata: HashMap<String, String> = [(
+        SHARD_META_KEY.to_string(),
+        serde_json::to_string(&shard_meta).expect("shard metadata serialises"),
+    )]
     .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
     .collect();
     safetensors::serialize_to_file(views, &Some(metadata), path)
         .map_err(|e| PartitionError::directory(path, format!("writing the shard: {e:?}")))
@@ -478,11 +505,9 @@ impl PartitionDir {
 
     /// The node -> part map.
     pub fn load_assignment(&self) -> Result<Vec<u32>> {
-        let bytes = self.read_checked(&self.manifest.assignment)?;
+        self.read_checked(&self.manifest.assignment)?;
         let path = self.path.join(&self.manifest.assignment.file);
-        let tmp = tempfile::NamedTempFile::new().map_err(|e| PartitionError::io(&path, e))?;
-        std::fs::write(tmp.path(), &bytes).map_err(|e| PartitionError::io(&path, e))?;
-        let values = distgat_graph::NpyBody::open(tmp.path())?.read_i64(&path)?;
+        let values = distgat_graph::NpyBody::open(&path)?.read_i64(&path)?;
         values
             .into_iter()
             .map(|p| {
@@ -516,21 +541,25 @@ impl PartitionDir {
         let bad = |detail: String| PartitionError::directory(&path, detail);
         let (_, meta) = SafeTensors::read_metadata(&bytes)
             .map_err(|e| bad(format!("not a valid shard: {e:?}")))?;
-        let meta = meta.metadata().clone().unwrap_or_default();
-        let get = |k: &str| meta.get(k).cloned().unwrap_or_default();
-        if get("format") != PARTITION_FORMAT {
+        let meta: ShardMeta = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(SHARD_META_KEY))
+            .and_then(|json| serde_json::from_str(json).ok())
+            .ok_or_else(|| bad("not a distgat shard (no shard metadata)".into()))?;
+        if meta.format != PARTITION_FORMAT {
             return Err(bad(format!(
                 "shard format \"{}\", expected \"{PARTITION_FORMAT}\"",
-                get("format")
+                meta.format
             )));
         }
-        if get("part") != part.to_string() {
+        if meta.part != part || meta.parts != self.manifest.parts {
             return Err(bad(format!(
-                "holds part {}, expected part {part}",
-                get("part")
+                "holds part {} of {}, expected part {part} of {}",
+                meta.part, meta.parts, self.manifest.parts
             )));
         }
-        if get("graph_fingerprint") != self.manifest.graph.fingerprint {
+        if meta.graph_fingerprint != self.manifest.graph.fingerprint {
             return Err(bad("belongs to another graph than the manifest's".into()));
         }
         let tensors = SafeTensors::deserialize(&bytes)

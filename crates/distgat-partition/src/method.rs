@@ -172,21 +172,21 @@ fn metis(
         balance_edges,
         trials,
     } = opts;
+    let n = graph.num_nodes;
     if !(1..=100).contains(&trials) {
         return Err(PartitionError::invalid(
             "--trials",
             format!("{trials}: expected 1..=100"),
         ));
     }
-    let n = graph.num_nodes;
-    if parts == 1 {
-        return Ok(vec![0; n]);
-    }
     if !(imbalance.is_finite() && (1.0..=10.0).contains(&imbalance)) {
         return Err(PartitionError::invalid(
             "--imbalance",
             format!("{imbalance}: expected a ratio between 1.0 and 10.0, such as 1.03"),
         ));
+    }
+    if parts == 1 {
+        return Ok(vec![0; n]);
     }
     let ncon = if balance_edges { 2 } else { 1 };
     let vwgt: Vec<i32> = if balance_edges {
