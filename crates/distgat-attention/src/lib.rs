@@ -18,4 +18,4 @@ pub use error::{ModelError, Result};
 pub use exec::Execution;
 pub use kernel::{aggregate_into, AttentionInputs};
 pub use model::{Activation, GatLayer, Model};
-pub use transform::{transform_into, Transformed};
+pub use transform::{transform_into, transform_rows_into, Transformed};

@@ -34,14 +34,28 @@ impl Transformed {
 
 /// Transforms `x` (`[rows, in_features]`, row-major) into the caller's buffers.
 pub fn transform_into(layer: &GatLayer, x: &[f32], exec: Execution, out: &mut Transformed) {
+    transform_rows_into(layer, x, exec, &mut out.z, &mut out.s_src, &mut out.s_dst);
+}
+
+/// [`transform_into`] on plain slices: `z` is `[rows, heads * channels]`, the scores are
+/// `[rows, heads]` (so a worker can transform its owned rows into the front of buffers
+/// that also hold its halo rows).
+pub fn transform_rows_into(
+    layer: &GatLayer,
+    x: &[f32],
+    exec: Execution,
+    z: &mut [f32],
+    s_src: &mut [f32],
+    s_dst: &mut [f32],
+) {
     let f = layer.in_features;
     let hc = layer.hidden_width();
     let h = layer.heads;
-    let rows = out.s_src.len() / h;
+    let rows = s_src.len() / h;
     assert_eq!(x.len(), rows * f, "transform: x is not [rows, in_features]");
-    assert_eq!(out.z.len(), rows * hc, "transform: z buffer size");
-    assert_eq!(out.s_src.len(), rows * h, "transform: s_src buffer size");
-    assert_eq!(out.s_dst.len(), rows * h, "transform: s_dst buffer size");
+    assert_eq!(z.len(), rows * hc, "transform: z buffer size");
+    assert_eq!(s_src.len(), rows * h, "transform: s_src buffer size");
+    assert_eq!(s_dst.len(), rows * h, "transform: s_dst buffer size");
     if rows == 0 {
         return;
     }
@@ -51,11 +65,10 @@ pub fn transform_into(layer: &GatLayer, x: &[f32], exec: Execution, out: &mut Tr
         gemm_rows(m, f, hc, x, &layer.weight_t, b.z);
         scores(layer, b.z, b.s_src, b.s_dst);
     };
-    let work: Vec<Block<'_>> = out
-        .z
+    let work: Vec<Block<'_>> = z
         .chunks_mut(ROWS_PER_BLOCK * hc)
-        .zip(out.s_src.chunks_mut(ROWS_PER_BLOCK * h))
-        .zip(out.s_dst.chunks_mut(ROWS_PER_BLOCK * h))
+        .zip(s_src.chunks_mut(ROWS_PER_BLOCK * h))
+        .zip(s_dst.chunks_mut(ROWS_PER_BLOCK * h))
         .enumerate()
         .map(|(k, ((z, s_src), s_dst))| Block {
             first_row: k * ROWS_PER_BLOCK,

@@ -300,6 +300,12 @@ fn check_output_dir(flag: &str, out: &Path) -> Result<(), GraphError> {
     Ok(())
 }
 
+/// Accuracy of the argmax of an output `.npy` `[N, C]` on the nodes of `idx_path`.
+pub fn accuracy_of(out: &Path, labels: &Path, idx: &Path) -> Result<Accuracy, GraphError> {
+    let f = Features::read_npy(out)?;
+    accuracy(&f.values, f.width, f.num_nodes, labels, idx)
+}
+
 /// Fraction of the nodes in `idx_path` whose argmax over the output row equals the label.
 fn accuracy(
     out: &[f32],

@@ -3,6 +3,7 @@
 
 pub mod infer;
 pub mod partition;
+pub mod run;
 pub mod stats;
 
 pub use infer::{run_infer, InferConfig, InferReport};

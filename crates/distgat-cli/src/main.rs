@@ -28,6 +28,24 @@ enum Command {
     Infer(InferArgs),
     /// Partition a graph (METIS or a baseline) into a reusable partition directory.
     Partition(PartitionArgs),
+    /// Run a job on a local cluster: partition, start a coordinator and K workers, run, stop.
+    /// With no --graph: the shipped Cora data and trained model on 4 workers.
+    Run(RunArgs),
+    /// Serve the coordinator (prints `listening on ADDR` once bound).
+    Coordinator {
+        /// Address to bind; port 0 picks a free port
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
+    /// Serve a worker that registers with a coordinator (prints `listening on ADDR`).
+    Worker {
+        /// The coordinator's host:port
+        #[arg(long)]
+        coordinator: String,
+        /// Address to bind; port 0 picks a free port
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
     /// Verify a partition directory (checksums, shard structure) and show its report.
     PartitionReport {
         /// The partition directory
@@ -36,6 +54,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Graph file (default: the shipped Cora graph, with its features, model and labels)
+    #[arg(long, value_name = "G", requires_all = ["features", "model", "out"])]
+    graph: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
+    #[arg(long, value_name = "X")]
+    features: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "none")]
+    normalize_features: NormalizeArg,
+    #[arg(long, value_name = "M")]
+    model: Option<PathBuf>,
+    /// Output .npy [N, D] (default with no --graph: cora_out.npy)
+    #[arg(long, value_name = "OUT.npy")]
+    out: Option<PathBuf>,
+    /// Worker processes (= parts)
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Reuse this partition directory (its parts must equal --workers)
+    #[arg(long, value_name = "DIR")]
+    partition: Option<PathBuf>,
+    /// Partitioner when no --partition is given
+    #[arg(long, default_value = "metis", value_parser = parse_method_name)]
+    method: MethodArg,
+    #[arg(long, value_name = "DIR")]
+    attention_dir: Option<PathBuf>,
+    /// Kernel threads per worker
+    #[arg(long, default_value_t = 1)]
+    threads_per_worker: usize,
+    /// Write the job summary (per worker and layer: times, rows and halo bytes) as JSON
+    #[arg(long, value_name = "S.json")]
+    summary_json: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -206,6 +259,25 @@ fn main() -> ExitCode {
         Command::Infer(args) => infer(args),
         Command::Partition(args) => partition(args),
         Command::PartitionReport { dir, json } => partition_report(&dir, json),
+        Command::Run(args) => run(args),
+        Command::Coordinator { listen } => serve(async move {
+            distgat_runtime::start_coordinator(distgat_runtime::CoordinatorConfig {
+                listen,
+                ..Default::default()
+            })
+            .await
+        }),
+        Command::Worker {
+            coordinator,
+            listen,
+        } => serve(async move {
+            distgat_runtime::start_worker(distgat_runtime::WorkerConfig {
+                coordinator,
+                listen,
+                ..Default::default()
+            })
+            .await
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -241,6 +313,120 @@ fn graph_format(f: FormatArg) -> GraphFormat {
         FormatArg::Metis => GraphFormat::Metis,
         FormatArg::Mtx => GraphFormat::MatrixMarket,
     }
+}
+
+/// Runs a server until SIGTERM or Ctrl-C; prints its address once bound.
+fn serve(
+    start: impl std::future::Future<Output = distgat_runtime::Result<distgat_runtime::RunningServer>>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let server = start.await?;
+        println!("listening on {}", server.addr);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        let _ = server.shutdown.send(());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server.join).await;
+        anyhow::Ok(())
+    })
+}
+
+fn method_of(arg: MethodArg, seed: u64) -> Method {
+    match arg {
+        MethodArg::Metis => Method::metis_default(),
+        MethodArg::Random => Method::Random { seed },
+        MethodArg::Range => Method::Range,
+        MethodArg::File(path) => Method::File { path },
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let root = std::env::var_os("DISTGAT_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let shipped = args.graph.is_none();
+    let (graph, features, model, normalize) = match args.graph {
+        Some(g) => (
+            g,
+            args.features.expect("clap requires it"),
+            args.model.expect("clap requires it"),
+            args.normalize_features,
+        ),
+        None => (
+            root.join("data/cora/edges.npy"),
+            root.join("data/cora/features.npy"),
+            root.join("reference/cora-gat/model.json"),
+            NormalizeArg::Row,
+        ),
+    };
+    let out = args.out.unwrap_or_else(|| PathBuf::from("cora_out.npy"));
+    let config = distgat_cli::run::RunConfig {
+        graph,
+        format: args.format.map(graph_format),
+        features,
+        normalize: match normalize {
+            NormalizeArg::None => Normalization::None,
+            NormalizeArg::Row => Normalization::Row,
+        },
+        model,
+        out: out.clone(),
+        workers: args.workers,
+        partition: args.partition,
+        method: method_of(args.method, 0),
+        attention_dir: args.attention_dir,
+        threads_per_worker: args.threads_per_worker,
+        exe: std::env::current_exe()?,
+    };
+    let bar = progress_bar();
+    let summary = distgat_cli::run::run_cluster(&config, show_phase);
+    bar.finish_and_clear();
+    let summary = summary?;
+    let parsed: serde_json::Value = serde_json::from_str(&summary)?;
+    eprintln!(
+        "wrote {} in {:.2} s with {} workers",
+        out.display(),
+        parsed["seconds"].as_f64().unwrap_or(0.0),
+        config.workers
+    );
+    eprintln!("part layer  compute ms  wait ms  send ms  rows sent  halo bytes (planned)");
+    for w in parsed["workers"].as_array().into_iter().flatten() {
+        for l in w["layers"].as_array().into_iter().flatten() {
+            eprintln!(
+                "{:>4} {:>5} {:>11.1} {:>8.1} {:>8.1} {:>10} {:>11} ({})",
+                w["part"],
+                l["layer"],
+                l["compute_ms"].as_f64().unwrap_or(0.0),
+                l["wait_ms"].as_f64().unwrap_or(0.0),
+                l["send_ms"].as_f64().unwrap_or(0.0),
+                l["rows_sent"],
+                l["halo_bytes_sent"],
+                l["halo_bytes_planned"]
+            );
+        }
+    }
+    if let Some(path) = &args.summary_json {
+        std::fs::write(path, serde_json::to_string_pretty(&parsed)? + "\n")?;
+    }
+    if shipped {
+        let acc = distgat_cli::infer::accuracy_of(
+            &out,
+            &root.join("data/cora/labels.npy"),
+            &root.join("data/cora/test_idx.npy"),
+        )?;
+        println!(
+            "test accuracy: {:.4} ({}/{})",
+            acc.fraction(),
+            acc.correct,
+            acc.total
+        );
+    }
+    Ok(())
 }
 
 fn partition(args: PartitionArgs) -> anyhow::Result<()> {

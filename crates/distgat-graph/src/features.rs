@@ -83,9 +83,19 @@ impl Features {
         }
     }
 
+    /// The smallest value (`+inf` when there are none).
+    pub fn min_value(&self) -> f32 {
+        self.values.iter().copied().fold(f32::INFINITY, f32::min)
+    }
+
     /// PyG `NormalizeFeatures`: `x = x - x.min(); x = x / x.sum(-1).clamp(min=1)`.
     fn normalize_rows(&mut self) {
-        let min = self.values.iter().copied().fold(f32::INFINITY, f32::min);
+        self.normalize_rows_with_min(self.min_value());
+    }
+
+    /// Row normalisation with the minimum of the whole matrix given, for a subset of its
+    /// rows (a worker's shard) to get the same bits as the whole.
+    pub fn normalize_rows_with_min(&mut self, min: f32) {
         if !min.is_finite() {
             return; // no values at all
         }

@@ -1,0 +1,169 @@
+//! `distgat run`: partition (or reuse a partition), start a coordinator and K workers on
+//! loopback as child processes, run the job, and stop every process started.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use distgat_graph::{GraphFormat, Normalization};
+use distgat_partition::Method;
+use distgat_proto::v1::coordinator_client::CoordinatorClient;
+use distgat_proto::v1::RunJobRequest;
+
+use crate::partition::{run_partition, PartitionConfig};
+
+/// Everything `distgat run` needs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub graph: PathBuf,
+    pub format: Option<GraphFormat>,
+    pub features: PathBuf,
+    pub normalize: Normalization,
+    pub model: PathBuf,
+    pub out: PathBuf,
+    pub workers: usize,
+    /// Reuse this partition directory instead of partitioning.
+    pub partition: Option<PathBuf>,
+    pub method: Method,
+    pub attention_dir: Option<PathBuf>,
+    pub threads_per_worker: usize,
+    /// The `distgat` binary to start the coordinator and workers with.
+    pub exe: PathBuf,
+}
+
+/// Children that are killed when this guard drops, whatever happens.
+struct Children(Vec<(String, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts `exe args...` and waits (up to 30 s) for its line `listening on ADDR`.
+fn spawn_server(
+    exe: &Path,
+    args: &[&str],
+    name: &str,
+    children: &mut Children,
+) -> anyhow::Result<String> {
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("starting {name} ({}): {e}", exe.display()))?;
+    let stdout = child.stdout.take().expect("piped");
+    children.0.push((name.to_string(), child));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(Ok(line)) = lines.next() {
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .map_err(|_| anyhow::anyhow!("{name} did not report its address within 30 s"))
+}
+
+/// Runs the job; returns the job summary JSON.
+pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<String> {
+    let temp = tempfile::tempdir()?;
+    let partition = match &config.partition {
+        Some(dir) => dir.clone(),
+        None => {
+            on_phase("partitioning");
+            let dir = temp.path().join("partition");
+            run_partition(&PartitionConfig {
+                graph: config.graph.clone(),
+                format: config.format,
+                features: Some(config.features.clone()),
+                parts: config.workers,
+                method: config.method.clone(),
+                out: dir.clone(),
+                ..PartitionConfig::default()
+            })?;
+            dir
+        }
+    };
+    let opened = distgat_partition::PartitionDir::open(&partition)?;
+    if opened.manifest.parts != config.workers {
+        anyhow::bail!(
+            "--workers {} but the partition {} has {} parts",
+            config.workers,
+            partition.display(),
+            opened.manifest.parts
+        );
+    }
+
+    on_phase("starting coordinator and workers");
+    let mut children = Children(Vec::new());
+    let coordinator = spawn_server(
+        &config.exe,
+        &["coordinator", "--listen", "127.0.0.1:0"],
+        "coordinator",
+        &mut children,
+    )?;
+    for k in 0..config.workers {
+        spawn_server(
+            &config.exe,
+            &[
+                "worker",
+                "--coordinator",
+                &coordinator,
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            &format!("worker {k}"),
+            &mut children,
+        )?;
+    }
+
+    on_phase("running");
+    let abs = |p: &Path| -> String {
+        std::path::absolute(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string()
+    };
+    let request = RunJobRequest {
+        partition_dir: abs(&partition),
+        model: abs(&config.model),
+        features: abs(&config.features),
+        normalize_rows: config.normalize == Normalization::Row,
+        out: abs(&config.out),
+        attention_dir: config.attention_dir.as_deref().map(abs).unwrap_or_default(),
+        graph: abs(&config.graph),
+        graph_format: config
+            .format
+            .map(|f| match f {
+                GraphFormat::Npy => "npy",
+                GraphFormat::EdgeList => "edgelist",
+                GraphFormat::Metis => "metis",
+                GraphFormat::MatrixMarket => "mtx",
+            })
+            .unwrap_or_default()
+            .to_string(),
+        threads_per_worker: config.threads_per_worker as u32,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let summary = runtime.block_on(async {
+        let mut client = CoordinatorClient::connect(format!("http://{coordinator}")).await?;
+        let response = client
+            .run_job(request)
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        anyhow::Ok(response.into_inner().summary_json)
+    })?;
+    drop(children);
+    Ok(summary)
+}

@@ -1,0 +1,73 @@
+use distgat_attention::ModelError;
+use distgat_graph::GraphError;
+use distgat_partition::PartitionError;
+
+/// Errors of the distributed runtime, mapped to gRPC codes in one place
+/// ([`From<RuntimeError> for tonic::Status`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Partition(#[from] PartitionError),
+    /// A request or message is malformed (the text names the field).
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("protocol version {found} is not supported (this side speaks {expected})")]
+    ProtocolVersion { found: u32, expected: u32 },
+    #[error("{0}")]
+    NotFound(String),
+    /// The cluster is not in a state to do this (e.g. too few workers registered).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A worker failed or stopped answering during a job.
+    #[error("worker {worker} (part {part}) failed: {detail}")]
+    WorkerFailed {
+        worker: String,
+        part: u32,
+        detail: String,
+    },
+    #[error("cancelled: {0}")]
+    Cancelled(String),
+    /// A gRPC call failed.
+    #[error("{context}: {status}")]
+    Transport {
+        context: String,
+        status: Box<tonic::Status>,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+impl From<RuntimeError> for tonic::Status {
+    fn from(e: RuntimeError) -> Self {
+        use tonic::Code;
+        let code = match &e {
+            RuntimeError::Graph(_) | RuntimeError::Model(_) | RuntimeError::Partition(_) => {
+                Code::InvalidArgument
+            }
+            RuntimeError::InvalidArgument(_) => Code::InvalidArgument,
+            RuntimeError::ProtocolVersion { .. } => Code::FailedPrecondition,
+            RuntimeError::NotFound(_) => Code::NotFound,
+            RuntimeError::FailedPrecondition(_) => Code::FailedPrecondition,
+            RuntimeError::WorkerFailed { .. } => Code::Aborted,
+            RuntimeError::Cancelled(_) => Code::Cancelled,
+            RuntimeError::Transport { status, .. } => status.code(),
+            RuntimeError::Io(_) => Code::Internal,
+        };
+        tonic::Status::new(code, e.to_string())
+    }
+}
+
+/// Wraps a failed gRPC call with what was being done.
+pub fn transport(context: impl Into<String>) -> impl FnOnce(tonic::Status) -> RuntimeError {
+    let context = context.into();
+    move |status| RuntimeError::Transport {
+        context,
+        status: Box::new(status),
+    }
+}

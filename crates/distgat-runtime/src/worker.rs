@@ -1,0 +1,882 @@
+//! The worker: runs its part of a job, exchanging halo rows with its peers.
+//!
+//! Async (tokio) code only moves bytes: the gRPC services store incoming halo chunks in a
+//! mailbox and send outgoing ones. Each job runs on its own OS thread, whose kernels run
+//! on a rayon pool; that thread waits on the mailbox, never on a tokio thread.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use distgat_attention::{
+    aggregate_into, transform_rows_into, AttentionInputs, Execution, GatLayer, Model, RowBuffer,
+};
+use distgat_graph::{Features, IncomingCsr};
+use distgat_partition::{PartPlan, PartitionDir};
+use distgat_proto::v1::coordinator_client::CoordinatorClient;
+use distgat_proto::v1::halo_exchange_client::HaloExchangeClient;
+use distgat_proto::v1::halo_exchange_server::{HaloExchange, HaloExchangeServer};
+use distgat_proto::v1::output_chunk::Body;
+use distgat_proto::v1::worker_server::{Worker, WorkerServer};
+use distgat_proto::v1::{
+    AttentionValues, CancelJobRequest, CancelJobResponse, HeartbeatRequest, LayerStats,
+    OutputChunk, OutputRows, PayloadKind, RegisterWorkerRequest, RowChunk, SendRowsResponse,
+    StartJobRequest, StartJobResponse, WorkerStats,
+};
+use distgat_proto::{MAX_CHUNK_BYTES, PROTOCOL_VERSION};
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::{transport, Result, RuntimeError};
+
+/// How a worker starts; `Default` listens on an ephemeral loopback port.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The coordinator's address (`host:port`).
+    pub coordinator: String,
+    pub listen: SocketAddr,
+    /// Host name peers use to reach this worker (default: the listen IP).
+    pub advertise_host: Option<String>,
+    /// How long to keep trying to register.
+    pub register_timeout: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            coordinator: "127.0.0.1:50051".into(),
+            listen: ([127, 0, 0, 1], 0).into(),
+            advertise_host: None,
+            register_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A running server: its real address, and how to stop it.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub shutdown: oneshot::Sender<()>,
+    pub join: tokio::task::JoinHandle<Result<()>>,
+}
+
+/// Deadline of every unary RPC.
+pub(crate) const RPC_DEADLINE: Duration = Duration::from_secs(10);
+
+pub(crate) fn endpoint(addr: &str) -> Result<Endpoint> {
+    let uri = if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    Endpoint::from_shared(uri)
+        .map(|e| e.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true))
+        .map_err(|e| RuntimeError::InvalidArgument(format!("address '{addr}': {e}")))
+}
+
+/// Binds, registers with the coordinator, starts heartbeats and serves.
+pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let host = config
+        .advertise_host
+        .clone()
+        .unwrap_or_else(|| addr.ip().to_string());
+    let advertised = format!("{host}:{}", addr.port());
+
+    let state = Arc::new(WorkerState {
+        mailbox: Mailbox::default(),
+        jobs: Mutex::new(HashMap::new()),
+        coordinator: endpoint(&config.coordinator)?,
+    });
+    let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+    let server = Server::builder()
+        .add_service(WorkerServer::new(WorkerService(state.clone())))
+        .add_service(
+            HaloExchangeServer::new(HaloService(state.clone()))
+                .max_decoding_message_size(2 * MAX_CHUNK_BYTES),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = shutdown_rx.await;
+        });
+    let serving = tokio::spawn(server);
+
+    // Register (retrying while the coordinator starts), then heartbeat.
+    let deadline = Instant::now() + config.register_timeout;
+    let (worker_id, interval) = loop {
+        match register(&state.coordinator, &advertised).await {
+            Ok(r) => break r,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!("registering with {}: {e}", config.coordinator);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    tracing::info!(worker = %worker_id, %advertised, "registered with the coordinator");
+    let heartbeat_channel = state.coordinator.connect_lazy();
+    tokio::spawn(async move {
+        let mut client = CoordinatorClient::new(heartbeat_channel);
+        loop {
+            tokio::time::sleep(interval).await;
+            let mut req = Request::new(HeartbeatRequest {
+                worker_id: worker_id.clone(),
+            });
+            req.set_timeout(RPC_DEADLINE);
+            if let Err(e) = client.heartbeat(req).await {
+                tracing::warn!(worker = %worker_id, "heartbeat failed: {e}");
+            }
+        }
+    });
+    let join = tokio::spawn(async move {
+        serving
+            .await
+            .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))?
+            .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))
+    });
+    Ok(RunningServer {
+        addr,
+        shutdown,
+        join,
+    })
+}
+
+async fn register(coordinator: &Endpoint, advertised: &str) -> Result<(String, Duration)> {
+    let channel = coordinator
+        .connect()
+        .await
+        .map_err(|e| RuntimeError::FailedPrecondition(format!("connecting: {e}")))?;
+    let mut req = Request::new(RegisterWorkerRequest {
+        protocol_version: PROTOCOL_VERSION,
+        address: advertised.to_string(),
+    });
+    req.set_timeout(RPC_DEADLINE);
+    let resp = CoordinatorClient::new(channel)
+        .register_worker(req)
+        .await
+        .map_err(transport("registering"))?
+        .into_inner();
+    Ok((
+        resp.worker_id,
+        Duration::from_millis(resp.heartbeat_interval_ms.max(100) as u64),
+    ))
+}
+
+struct WorkerState {
+    mailbox: Mailbox,
+    /// Cancellation flags of running jobs.
+    jobs: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    coordinator: Endpoint,
+}
+
+/// Halo chunks received, by (job, layer), until the job's thread takes them.
+#[derive(Default)]
+struct Mailbox {
+    inbox: Mutex<HashMap<(String, u32), Vec<RowChunk>>>,
+    arrived: Condvar,
+}
+
+impl Mailbox {
+    fn put(&self, chunk: RowChunk) {
+        let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        inbox
+            .entry((chunk.job_id.clone(), chunk.layer))
+            .or_default()
+            .push(chunk);
+        self.arrived.notify_all();
+    }
+
+    /// Blocks until `rows` rows of (job, layer) arrived, the job is cancelled, or `timeout`.
+    fn take(
+        &self,
+        job: &str,
+        layer: u32,
+        rows: u64,
+        cancel: &AtomicBool,
+        timeout: Duration,
+    ) -> Result<Vec<RowChunk>> {
+        let key = (job.to_string(), layer);
+        let deadline = Instant::now() + timeout;
+        let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let have: u64 = inbox
+                .get(&key)
+                .map_or(0, |c| c.iter().map(|c| c.num_rows as u64).sum());
+            if have >= rows {
+                return Ok(inbox.remove(&key).unwrap_or_default());
+            }
+            if cancel.load(Ordering::Relaxed) {
+                return Err(RuntimeError::Cancelled(format!("job {job}")));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(RuntimeError::FailedPrecondition(format!(
+                    "layer {layer}: {have} of {rows} halo rows arrived within {timeout:?}"
+                )));
+            }
+            let wait = (deadline - now).min(Duration::from_millis(100));
+            inbox = self
+                .arrived
+                .wait_timeout(inbox, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn forget_job(&self, job: &str) {
+        let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        inbox.retain(|(j, _), _| j != job);
+    }
+}
+
+struct WorkerService(Arc<WorkerState>);
+
+#[tonic::async_trait]
+impl Worker for WorkerService {
+    async fn start_job(
+        &self,
+        request: Request<StartJobRequest>,
+    ) -> Result<Response<StartJobResponse>, Status> {
+        let req = request.into_inner();
+        if req.job_id.is_empty() {
+            return Err(RuntimeError::InvalidArgument("job_id is empty".into()).into());
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        {
+            let mut jobs = self.0.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            if jobs.contains_key(&req.job_id) {
+                return Err(RuntimeError::FailedPrecondition(format!(
+                    "job {} is already running here",
+                    req.job_id
+                ))
+                .into());
+            }
+            jobs.insert(req.job_id.clone(), cancel.clone());
+        }
+        let state = self.0.clone();
+        let handle = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name(format!("job-{}-part-{}", req.job_id, req.part))
+            .spawn(move || {
+                let job = req.job_id.clone();
+                run_job(&state, &handle, req, &cancel);
+                state.mailbox.forget_job(&job);
+                state
+                    .jobs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&job);
+            })
+            .map_err(|e| Status::internal(format!("starting the job thread: {e}")))?;
+        Ok(Response::new(StartJobResponse {}))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<CancelJobRequest>,
+    ) -> Result<Response<CancelJobResponse>, Status> {
+        let req = request.into_inner();
+        if let Some(flag) = self
+            .0
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&req.job_id)
+        {
+            tracing::info!(job = %req.job_id, reason = %req.reason, "cancelling");
+            flag.store(true, Ordering::Relaxed);
+        }
+        self.0.mailbox.arrived.notify_all();
+        Ok(Response::new(CancelJobResponse {}))
+    }
+}
+
+struct HaloService(Arc<WorkerState>);
+
+#[tonic::async_trait]
+impl HaloExchange for HaloService {
+    async fn send_rows(
+        &self,
+        request: Request<Streaming<RowChunk>>,
+    ) -> Result<Response<SendRowsResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut rows = 0u64;
+        while let Some(chunk) = stream.message().await? {
+            let want = chunk.num_rows as usize * chunk.row_width as usize * 4;
+            if chunk.payload.len() != want {
+                return Err(Status::invalid_argument(format!(
+                    "row chunk from part {}: payload has {} bytes, num_rows x row_width x 4 = {want}",
+                    chunk.source_part,
+                    chunk.payload.len()
+                )));
+            }
+            rows += chunk.num_rows as u64;
+            self.0.mailbox.put(chunk);
+        }
+        Ok(Response::new(SendRowsResponse { rows }))
+    }
+}
+
+/// Runs a job on this thread and reports its outcome to the coordinator.
+fn run_job(
+    state: &WorkerState,
+    rt: &tokio::runtime::Handle,
+    req: StartJobRequest,
+    cancel: &AtomicBool,
+) {
+    let _runtime = rt.enter(); // lazy channels spawn their connection tasks on it
+    let (job, part) = (req.job_id.clone(), req.part);
+    let (tx, rx) = mpsc::channel::<OutputChunk>(8);
+    let channel = state.coordinator.connect_lazy();
+    let pushing = rt.spawn(async move {
+        CoordinatorClient::new(channel)
+            .max_encoding_message_size(4 * MAX_CHUNK_BYTES)
+            .push_output(ReceiverStream::new(rx))
+            .await
+    });
+    // A panic in the job must still fail the job at the coordinator, not hang it.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        compute_part(state, rt, &req, cancel, &tx)
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(RuntimeError::Io(std::io::Error::other(format!(
+            "internal error: {what}"
+        ))))
+    });
+    if let Err(e) = &outcome {
+        tracing::warn!(%job, part, "job failed: {e}");
+        let _ = tx.blocking_send(OutputChunk {
+            job_id: job.clone(),
+            part,
+            body: Some(Body::Failure(e.to_string())),
+        });
+    }
+    drop(tx);
+    if let Err(e) = rt.block_on(pushing) {
+        tracing::warn!(%job, part, "output stream task: {e}");
+    } else {
+        tracing::info!(%job, part, ok = outcome.is_ok(), "job finished");
+    }
+}
+
+/// A part's rows split into those that need no halo row and those that do, each with its
+/// own CSR over the part's local ids (owned rows, then halo rows).
+struct RowSplit {
+    interior: Subset,
+    boundary: Subset,
+}
+
+struct Subset {
+    /// Local owned row of each CSR row.
+    rows: Vec<u32>,
+    csr: IncomingCsr,
+    /// Per CSR entry: the input edge, or -(v + 1) for the added self loop of node v.
+    keys: Vec<i64>,
+}
+
+impl RowSplit {
+    /// Applies a layer's self-loop rule to the part's raw local CSR, in engine order.
+    fn new(plan: &PartPlan, add_self_loops: bool) -> Self {
+        let n_owned = plan.owned.len();
+        let mut interior = SubsetBuilder::default();
+        let mut boundary = SubsetBuilder::default();
+        for r in 0..n_owned {
+            let (a, b) = (plan.row_ptr[r] as usize, plan.row_ptr[r + 1] as usize);
+            let mut entries: Vec<(u32, i64)> = (a..b)
+                .filter(|&k| !(add_self_loops && plan.col[k] as usize == r))
+                .map(|k| (plan.col[k], plan.edge_id[k] as i64))
+                .collect();
+            if add_self_loops {
+                entries.push((r as u32, -(plan.owned[r] as i64) - 1));
+            }
+            let target = if entries.iter().all(|&(c, _)| (c as usize) < n_owned) {
+                &mut interior
+            } else {
+                &mut boundary
+            };
+            target.push(r as u32, &entries);
+        }
+        RowSplit {
+            interior: interior.finish(add_self_loops),
+            boundary: boundary.finish(add_self_loops),
+        }
+    }
+}
+
+#[derive(Default)]
+struct SubsetBuilder {
+    rows: Vec<u32>,
+    row_ptr: Vec<usize>,
+    col: Vec<u32>,
+    keys: Vec<i64>,
+}
+
+impl SubsetBuilder {
+    fn push(&mut self, row: u32, entries: &[(u32, i64)]) {
+        if self.row_ptr.is_empty() {
+            self.row_ptr.push(0);
+        }
+        self.rows.push(row);
+        for &(c, k) in entries {
+            self.col.push(c);
+            self.keys.push(k);
+        }
+        self.row_ptr.push(self.col.len());
+    }
+    fn finish(mut self, self_loops_added: bool) -> Subset {
+        if self.row_ptr.is_empty() {
+            self.row_ptr.push(0);
+        }
+        let kept = self.keys.iter().filter(|&&k| k >= 0).count();
+        Subset {
+            csr: IncomingCsr {
+                num_nodes: self.rows.len(),
+                row_ptr: self.row_ptr,
+                col: self.col,
+                self_loops_added,
+                kept_edges: kept,
+            },
+            rows: self.rows,
+            keys: self.keys,
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Halo rows are expected within this time of the layer's start.
+const HALO_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn compute_part(
+    state: &WorkerState,
+    rt: &tokio::runtime::Handle,
+    req: &StartJobRequest,
+    cancel: &AtomicBool,
+    out: &mpsc::Sender<OutputChunk>,
+) -> Result<()> {
+    let dir = PartitionDir::open(std::path::Path::new(&req.partition_dir))?;
+    let shard = dir.load_shard(req.part)?;
+    let model = Model::load(std::path::Path::new(&req.model))?;
+    let plan = shard.plan;
+    let (n_owned, n_halo) = (plan.owned.len(), plan.halo.len());
+    let n_local = n_owned + n_halo;
+    let mut features = match shard.features {
+        Some(f) => f,
+        None => {
+            if req.features.is_empty() {
+                return Err(RuntimeError::InvalidArgument(
+                    "features: the shards carry no feature rows, so a features file is needed"
+                        .into(),
+                ));
+            }
+            let all = Features::read_npy(std::path::Path::new(&req.features))?;
+            let mut rows = Vec::with_capacity(n_owned * all.width);
+            for &v in &plan.owned {
+                let v = v as usize;
+                if v >= all.num_nodes {
+                    return Err(RuntimeError::InvalidArgument(format!(
+                        "features: {} has {} rows, the partition needs node {v}",
+                        req.features, all.num_nodes
+                    )));
+                }
+                rows.extend_from_slice(all.row(v));
+            }
+            Features::new(n_owned, all.width, rows)
+        }
+    };
+    if req.normalize_rows {
+        features.normalize_rows_with_min(req.feature_min);
+    }
+    if features.width != model.layers[0].in_features {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "features have {} columns, the model's layer 0 expects {}",
+            features.width, model.layers[0].in_features
+        )));
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(req.threads.max(1) as usize)
+        .build()
+        .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))?;
+    let splits: HashMap<bool, RowSplit> = model
+        .layers
+        .iter()
+        .map(|l| l.add_self_loops)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|loops| (loops, RowSplit::new(&plan, loops)))
+        .collect();
+    // Where each owner's block starts in the halo (halo rows are grouped by owner).
+    let mut block_start: HashMap<u32, usize> = HashMap::new();
+    for (i, &o) in plan.halo_owner.iter().enumerate() {
+        block_start.entry(o).or_insert(i);
+    }
+    let peers: HashMap<u32, Channel> = req
+        .peers
+        .iter()
+        .map(|p| Ok((p.part, endpoint(&p.address)?.connect_lazy())))
+        .collect::<Result<_>>()?;
+
+    let mut x = features.values;
+    let mut stats = Vec::with_capacity(model.layers.len());
+    for (k, layer) in model.layers.iter().enumerate() {
+        let (h, hc, ow) = (layer.heads, layer.hidden_width(), layer.out_width());
+        let started = Instant::now();
+        let mut z = RowBuffer::zeroed(n_local * hc);
+        let mut s_src = vec![0f32; n_local * h];
+        let mut s_dst = vec![0f32; n_owned * h];
+        pool.install(|| {
+            transform_rows_into(
+                layer,
+                &x,
+                Execution::Parallel,
+                &mut z[..n_owned * hc],
+                &mut s_src[..n_owned * h],
+                &mut s_dst,
+            )
+        });
+        // Send each peer its rows once: raw input rows or transformed rows + scores,
+        // whichever is smaller.
+        let raw = layer.in_features < hc + h;
+        let width = if raw { layer.in_features } else { hc + h };
+        let mut sends = Vec::new();
+        let mut rows_sent = 0u64;
+        for (q, rows) in &plan.send {
+            let channel = peers.get(q).cloned().ok_or_else(|| {
+                RuntimeError::InvalidArgument(format!("peers: no address for part {q}"))
+            })?;
+            let chunks = row_chunks(
+                req,
+                k as u32,
+                rows,
+                width,
+                |r, buf| {
+                    if raw {
+                        buf.extend_from_slice(
+                            &x[r * layer.in_features..(r + 1) * layer.in_features],
+                        );
+                    } else {
+                        buf.extend_from_slice(&z[r * hc..(r + 1) * hc]);
+                        buf.extend_from_slice(&s_src[r * h..(r + 1) * h]);
+                    }
+                },
+                if raw {
+                    PayloadKind::Raw
+                } else {
+                    PayloadKind::Transformed
+                },
+            );
+            rows_sent += rows.len() as u64;
+            let bytes: u64 = chunks.iter().map(|c| c.encoded_len() as u64).sum();
+            let q = *q;
+            sends.push(rt.spawn(async move {
+                let t = Instant::now();
+                let mut client =
+                    HaloExchangeClient::new(channel).max_encoding_message_size(2 * MAX_CHUNK_BYTES);
+                client
+                    .send_rows(tokio_stream::iter(chunks))
+                    .await
+                    .map_err(transport(format!("sending halo rows to part {q}")))?;
+                Ok::<_, RuntimeError>((bytes, t.elapsed()))
+            }));
+        }
+
+        // Interior rows while the halo is in flight.
+        let view = &splits[&layer.add_self_loops];
+        let mut out_rows = vec![0f32; n_owned * ow];
+        let mut alpha: Vec<(Vec<i64>, Vec<f32>)> = Vec::new();
+        aggregate_subset(
+            &pool,
+            layer,
+            &view.interior,
+            &z,
+            &s_src,
+            &s_dst,
+            &mut out_rows,
+            req.want_attention.then_some(&mut alpha),
+        );
+        let mut compute = started.elapsed();
+
+        // Boundary rows once their halo rows are here.
+        let waited = Instant::now();
+        let chunks =
+            state
+                .mailbox
+                .take(&req.job_id, k as u32, n_halo as u64, cancel, HALO_TIMEOUT)?;
+        let wait = waited.elapsed();
+        let t = Instant::now();
+        place_halo(
+            layer,
+            &plan,
+            &block_start,
+            chunks,
+            raw,
+            &pool,
+            &mut z,
+            &mut s_src,
+        )?;
+        aggregate_subset(
+            &pool,
+            layer,
+            &view.boundary,
+            &z,
+            &s_src,
+            &s_dst,
+            &mut out_rows,
+            req.want_attention.then_some(&mut alpha),
+        );
+        compute += t.elapsed();
+        drop(z);
+
+        let mut bytes_sent = 0u64;
+        let mut send_time = Duration::ZERO;
+        for s in sends {
+            let (bytes, took) = rt
+                .block_on(s)
+                .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
+            bytes_sent += bytes;
+            send_time = send_time.max(took);
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return Err(RuntimeError::Cancelled(format!("job {}", req.job_id)));
+        }
+        for (keys, values) in alpha {
+            send_output(
+                out,
+                req,
+                Body::Attention(AttentionValues {
+                    layer: k as u32,
+                    heads: h as u32,
+                    edges: keys,
+                    values: f32_bytes(&values),
+                }),
+            )?;
+        }
+        stats.push(LayerStats {
+            layer: k as u32,
+            compute_ms: ms(compute),
+            wait_ms: ms(wait),
+            send_ms: ms(send_time),
+            rows_sent,
+            bytes_sent,
+            bytes_planned: rows_sent * width as u64 * 4,
+        });
+        if k + 1 < model.layers.len() {
+            model.activation.apply(&mut out_rows);
+        }
+        x = out_rows;
+    }
+    // Output rows in chunks, in original ids.
+    let width = model.out_width();
+    let per_chunk = (MAX_CHUNK_BYTES / (4 * width.max(1))).max(1);
+    for (i, rows) in x.chunks(per_chunk * width.max(1)).enumerate() {
+        let first = i * per_chunk;
+        let n = rows.len() / width.max(1);
+        send_output(
+            out,
+            req,
+            Body::Rows(OutputRows {
+                nodes: plan.owned[first..first + n].to_vec(),
+                width: width as u32,
+                values: f32_bytes(rows),
+            }),
+        )?;
+    }
+    send_output(out, req, Body::Stats(WorkerStats { layers: stats }))
+}
+
+fn send_output(out: &mpsc::Sender<OutputChunk>, req: &StartJobRequest, body: Body) -> Result<()> {
+    out.blocking_send(OutputChunk {
+        job_id: req.job_id.clone(),
+        part: req.part,
+        body: Some(body),
+    })
+    .map_err(|_| RuntimeError::Cancelled("the output stream to the coordinator closed".into()))
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Splits the rows `rows` (local ids) into chunks of at most [`MAX_CHUNK_BYTES`] payload.
+fn row_chunks(
+    req: &StartJobRequest,
+    layer: u32,
+    rows: &[u32],
+    width: usize,
+    mut fill: impl FnMut(usize, &mut Vec<f32>),
+    kind: PayloadKind,
+) -> Vec<RowChunk> {
+    let per_chunk = (MAX_CHUNK_BYTES / (4 * width.max(1))).max(1);
+    let mut chunks = Vec::with_capacity(rows.len().div_ceil(per_chunk));
+    let mut buf = Vec::with_capacity(per_chunk * width);
+    for (i, block) in rows.chunks(per_chunk).enumerate() {
+        buf.clear();
+        for &r in block {
+            fill(r as usize, &mut buf);
+        }
+        chunks.push(RowChunk {
+            job_id: req.job_id.clone(),
+            layer,
+            source_part: req.part,
+            first_row: (i * per_chunk) as u64,
+            num_rows: block.len() as u32,
+            row_width: width as u32,
+            kind: kind as i32,
+            payload: f32_bytes(&buf),
+        });
+    }
+    chunks
+}
+
+/// Copies received halo rows into their local slots (transforming raw rows first).
+#[allow(clippy::too_many_arguments)]
+fn place_halo(
+    layer: &GatLayer,
+    plan: &PartPlan,
+    block_start: &HashMap<u32, usize>,
+    chunks: Vec<RowChunk>,
+    raw: bool,
+    pool: &rayon::ThreadPool,
+    z: &mut [f32],
+    s_src: &mut [f32],
+) -> Result<()> {
+    let n_owned = plan.owned.len();
+    let n_halo = plan.halo.len();
+    let (h, hc, f) = (layer.heads, layer.hidden_width(), layer.in_features);
+    let width = if raw { f } else { hc + h };
+    let mut filled = vec![false; n_halo];
+    let mut x_halo = if raw {
+        vec![0f32; n_halo * f]
+    } else {
+        Vec::new()
+    };
+    for c in chunks {
+        let bad = |what: String| {
+            RuntimeError::InvalidArgument(format!("halo chunk from part {}: {what}", c.source_part))
+        };
+        let expected_kind = if raw {
+            PayloadKind::Raw
+        } else {
+            PayloadKind::Transformed
+        };
+        if c.kind != expected_kind as i32 || c.row_width as usize != width {
+            return Err(bad(format!(
+                "kind {} width {}, expected {:?} width {width}",
+                c.kind, c.row_width, expected_kind
+            )));
+        }
+        let start = *block_start
+            .get(&c.source_part)
+            .ok_or_else(|| bad("this part needs no rows from it".into()))?;
+        let block_len = plan.halo_owner[start..]
+            .iter()
+            .take_while(|&&o| o == c.source_part)
+            .count();
+        let (first, n) = (c.first_row as usize, c.num_rows as usize);
+        if first + n > block_len {
+            return Err(bad(format!(
+                "rows {first}..{} beyond its block of {block_len}",
+                first + n
+            )));
+        }
+        for i in 0..n {
+            let slot = start + first + i;
+            if std::mem::replace(&mut filled[slot], true) {
+                return Err(bad(format!("row {} sent twice", first + i)));
+            }
+            let row: Vec<f32> = c.payload[i * width * 4..(i + 1) * width * 4]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            if raw {
+                x_halo[slot * f..(slot + 1) * f].copy_from_slice(&row);
+            } else {
+                let l = n_owned + slot;
+                z[l * hc..(l + 1) * hc].copy_from_slice(&row[..hc]);
+                s_src[l * h..(l + 1) * h].copy_from_slice(&row[hc..]);
+            }
+        }
+    }
+    if raw && n_halo > 0 {
+        let mut s_dst_unused = vec![0f32; n_halo * h];
+        pool.install(|| {
+            transform_rows_into(
+                layer,
+                &x_halo,
+                Execution::Parallel,
+                &mut z[n_owned * hc..],
+                &mut s_src[n_owned * h..],
+                &mut s_dst_unused,
+            )
+        });
+    }
+    Ok(())
+}
+
+/// Aggregates the rows of `subset` and scatters them into `out` (by owned row).
+#[allow(clippy::too_many_arguments)]
+fn aggregate_subset(
+    pool: &rayon::ThreadPool,
+    layer: &GatLayer,
+    subset: &Subset,
+    z: &[f32],
+    s_src: &[f32],
+    s_dst: &[f32],
+    out: &mut [f32],
+    alpha: Option<&mut Vec<(Vec<i64>, Vec<f32>)>>,
+) {
+    let (h, ow) = (layer.heads, layer.out_width());
+    let n = subset.rows.len();
+    if n == 0 {
+        return;
+    }
+    let mut sd = Vec::with_capacity(n * h);
+    for &r in &subset.rows {
+        sd.extend_from_slice(&s_dst[r as usize * h..(r as usize + 1) * h]);
+    }
+    let mut rows_out = vec![0f32; n * ow];
+    let mut coefficients = alpha
+        .as_ref()
+        .map(|_| vec![0f32; subset.csr.num_entries() * h]);
+    let inputs = AttentionInputs {
+        z,
+        s_src,
+        s_dst: &sd,
+    };
+    pool.install(|| {
+        aggregate_into(
+            layer,
+            &subset.csr,
+            &inputs,
+            Execution::Parallel,
+            &mut rows_out,
+            coefficients.as_deref_mut(),
+        )
+    });
+    for (i, &r) in subset.rows.iter().enumerate() {
+        out[r as usize * ow..(r as usize + 1) * ow]
+            .copy_from_slice(&rows_out[i * ow..(i + 1) * ow]);
+    }
+    if let (Some(alpha), Some(values)) = (alpha, coefficients) {
+        // Chunk so no message exceeds the limit.
+        let per_chunk = (MAX_CHUNK_BYTES / (4 * h + 8)).max(1);
+        for (keys, vals) in subset
+            .keys
+            .chunks(per_chunk)
+            .zip(values.chunks(per_chunk * h))
+        {
+            alpha.push((keys.to_vec(), vals.to_vec()));
+        }
+    }
+}
