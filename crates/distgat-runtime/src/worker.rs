@@ -662,6 +662,14 @@ fn compute_part(
                 }),
             )?;
         }
+        tracing::info!(
+            job = %req.job_id,
+            part = req.part,
+            layer = k,
+            compute_ms = ms(compute),
+            wait_ms = ms(wait),
+            "layer done"
+        );
         stats.push(LayerStats {
             layer: k as u32,
             compute_ms: ms(compute),

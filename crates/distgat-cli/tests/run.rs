@@ -1,0 +1,420 @@
+//! Multi-process tests of the distributed runtime: real `distgat` binaries on ephemeral
+//! loopback ports, every child killed on drop. The distributed output must be bitwise
+//! identical to `distgat infer`'s.
+
+use std::io::{BufRead, BufReader};
+
+use npyz::WriterBuilder;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn exe() -> &'static str {
+    env!("CARGO_BIN_EXE_distgat")
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Inputs of one job.
+struct Inputs {
+    graph: PathBuf,
+    features: PathBuf,
+    model: PathBuf,
+    normalize: bool,
+}
+
+fn reference(case: &str) -> Inputs {
+    if case == "cora-gat" {
+        return Inputs {
+            graph: repo().join("data/cora/edges.npy"),
+            features: repo().join("data/cora/features.npy"),
+            model: repo().join("reference/cora-gat/model.json"),
+            normalize: true,
+        };
+    }
+    let dir = repo().join("reference").join(case);
+    Inputs {
+        graph: dir.join("edge_index.npy"),
+        features: dir.join("x.npy"),
+        model: dir.join("model.json"),
+        normalize: false,
+    }
+}
+
+fn common_args(cmd: &mut Command, inputs: &Inputs, out: &Path, attention: &Path) {
+    cmd.arg("--graph")
+        .arg(&inputs.graph)
+        .arg("--features")
+        .arg(&inputs.features)
+        .arg("--model")
+        .arg(&inputs.model)
+        .arg("--out")
+        .arg(out)
+        .arg("--attention-dir")
+        .arg(attention);
+    if inputs.normalize {
+        cmd.args(["--normalize-features", "row"]);
+    }
+}
+
+fn check(output: std::process::Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The bytes of out.npy and of every attention file of a `distgat infer` run.
+fn infer(inputs: &Inputs, dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let (out, att) = (dir.join("infer.npy"), dir.join("infer-att"));
+    let mut cmd = Command::new(exe());
+    cmd.arg("infer");
+    common_args(&mut cmd, inputs, &out, &att);
+    check(cmd.output().unwrap(), "distgat infer");
+    files(&out, &att)
+}
+
+fn files(out: &Path, att: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v = vec![("out.npy".to_string(), std::fs::read(out).unwrap())];
+    let mut names: Vec<_> = std::fs::read_dir(att)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for n in names {
+        v.push((n.clone(), std::fs::read(att.join(&n)).unwrap()));
+    }
+    v
+}
+
+/// Runs `distgat run` and returns its files and summary.
+fn run(
+    inputs: &Inputs,
+    dir: &Path,
+    workers: usize,
+    method: &str,
+) -> (Vec<(String, Vec<u8>)>, serde_json::Value) {
+    let tag = format!("run-{workers}-{method}");
+    let (out, att, summary) = (
+        dir.join(format!("{tag}.npy")),
+        dir.join(format!("{tag}-att")),
+        dir.join(format!("{tag}.json")),
+    );
+    let mut cmd = Command::new(exe());
+    cmd.arg("run");
+    common_args(&mut cmd, inputs, &out, &att);
+    cmd.args(["--workers", &workers.to_string(), "--method", method])
+        .arg("--summary-json")
+        .arg(&summary);
+    check(
+        cmd.output().unwrap(),
+        &format!("distgat run --workers {workers} --method {method}"),
+    );
+    let summary = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    (files(&out, &att), summary)
+}
+
+/// Halo bytes on the wire are the plan's minimum plus at most 5% protocol overhead (and,
+/// for tiny halos, a fixed ~100-byte message header per peer).
+fn check_halo_bytes(summary: &serde_json::Value, what: &str) {
+    let workers = summary["workers"].as_array().unwrap();
+    let (mut total_sent, mut total_planned) = (0.0, 0.0);
+    for w in workers {
+        for l in w["layers"].as_array().unwrap() {
+            let sent = l["halo_bytes_sent"].as_f64().unwrap();
+            let planned = l["halo_bytes_planned"].as_f64().unwrap();
+            total_sent += sent;
+            total_planned += planned;
+            assert!(
+                sent >= planned && sent <= planned * 1.05 + 128.0 * workers.len() as f64,
+                "{what}: part {} layer {}: sent {sent}, planned {planned}",
+                w["part"],
+                l["layer"]
+            );
+        }
+    }
+    if total_planned > 0.0 {
+        eprintln!(
+            "{what}: halo bytes sent / planned = {:.4}",
+            total_sent / total_planned
+        );
+    }
+}
+
+fn assert_identical(case: &str, workers: &[usize], methods: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = reference(case);
+    let want = infer(&inputs, tmp.path());
+    for &k in workers {
+        for &method in methods {
+            let (got, summary) = run(&inputs, tmp.path(), k, method);
+            assert_eq!(got.len(), want.len());
+            for ((name, a), (_, b)) in got.iter().zip(&want) {
+                assert!(
+                    a == b,
+                    "{case}, {k} workers, {method}: {name} differs from distgat infer"
+                );
+            }
+            check_halo_bytes(&summary, &format!("{case} K={k} {method}"));
+        }
+    }
+}
+
+#[test]
+fn cora_is_bitwise_identical_for_1_to_8_workers() {
+    assert_identical("cora-gat", &[1, 2, 3, 4, 8], &["metis", "random"]);
+}
+
+#[test]
+fn rmat_is_bitwise_identical_for_1_to_8_workers() {
+    assert_identical("rmat-n5000", &[1, 2, 3, 4, 8], &["metis", "random"]);
+}
+
+#[test]
+fn small_reference_cases_are_bitwise_identical() {
+    for case in ["er-n200", "quirks-n40-loops", "quirks-n40-noloops"] {
+        assert_identical(case, &[2, 3, 8], &["metis", "random"]);
+    }
+}
+
+/// A random graph whose halo per layer is many times tonic's 4 MiB message limit: 30k
+/// nodes, 256 features, 4 x 64 heads (raw rows of 1 KiB travel), then 1 x 8.
+fn big_case(dir: &Path) -> Inputs {
+    let (n, e, f) = (30_000usize, 150_000usize, 256usize);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        state >> 33
+    };
+    let mut edges: Vec<i64> = (0..e).map(|_| (next() % n as u64) as i64).collect();
+    edges.extend((0..e).map(|_| (next() % n as u64) as i64));
+    write_npy(&dir.join("edges.npy"), &[2, e as u64], &edges);
+    let x: Vec<f32> = (0..n * f)
+        .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
+        .collect();
+    write_npy(&dir.join("x.npy"), &[n as u64, f as u64], &x);
+    let mut uniform = |len: usize, scale: f32| -> Vec<f32> {
+        (0..len)
+            .map(|_| ((next() % 2001) as f32 / 1000.0 - 1.0) * scale)
+            .collect()
+    };
+    let layers = [(f, 4usize, 64usize, true), (256, 1, 8, false)];
+    let mut specs = Vec::new();
+    for (k, &(fin, h, c, concat)) in layers.iter().enumerate() {
+        let out = if concat { h * c } else { c };
+        let tensors = [
+            ("lin.weight", vec![h * c, fin], uniform(h * c * fin, 0.1)),
+            ("att_src", vec![1, h, c], uniform(h * c, 0.3)),
+            ("att_dst", vec![1, h, c], uniform(h * c, 0.3)),
+            ("bias", vec![out], uniform(out, 0.1)),
+        ];
+        let bytes: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|t| t.2.iter().flat_map(|v| v.to_le_bytes()).collect())
+            .collect();
+        let views: Vec<_> = tensors
+            .iter()
+            .zip(&bytes)
+            .map(|(t, b)| {
+                (
+                    t.0.to_string(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.1.clone(), b)
+                        .unwrap(),
+                )
+            })
+            .collect();
+        let name = format!("layer{k}.safetensors");
+        safetensors::serialize_to_file(views, &None, &dir.join(&name)).unwrap();
+        specs.push(
+            serde_json::json!({"weights": name, "heads": h, "out_channels": c, "concat": concat}),
+        );
+    }
+    let model = serde_json::json!({"format": "gat-model-v1", "activation": "elu", "layers": specs});
+    std::fs::write(dir.join("model.json"), model.to_string()).unwrap();
+    Inputs {
+        graph: dir.join("edges.npy"),
+        features: dir.join("x.npy"),
+        model: dir.join("model.json"),
+        normalize: false,
+    }
+}
+
+fn write_npy<T: npyz::Serialize + npyz::AutoSerialize + Copy>(
+    path: &Path,
+    shape: &[u64],
+    data: &[T],
+) {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(&mut file)
+        .begin_nd()
+        .unwrap();
+    w.extend(data.iter().copied()).unwrap();
+    w.finish().unwrap();
+}
+
+#[test]
+fn halo_far_beyond_the_grpc_message_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = big_case(tmp.path());
+    let want = infer(&inputs, tmp.path());
+    let (got, summary) = run(&inputs, tmp.path(), 2, "random");
+    for ((name, a), (_, b)) in got.iter().zip(&want) {
+        assert!(a == b, "{name} differs from distgat infer");
+    }
+    check_halo_bytes(&summary, "big case");
+    let biggest = summary["workers"][0]["layers"][0]["halo_bytes_sent"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        biggest > 3.0 * 4.0 * 1024.0 * 1024.0,
+        "halo of {biggest} bytes is not far beyond 4 MiB"
+    );
+}
+
+/// Child processes killed on drop.
+struct Cluster(Vec<Child>);
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts `distgat <args>` and returns the address it reports, plus its stderr lines.
+fn start(cluster: &mut Cluster, args: &[&str]) -> (String, mpsc::Receiver<String>) {
+    let mut child = Command::new(exe())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    cluster.0.push(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line '{line}'"))
+        .to_string();
+    (addr, rx)
+}
+
+fn run_job(
+    coordinator: &str,
+    request: distgat_proto::v1::RunJobRequest,
+) -> Result<String, tonic::Status> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client = distgat_proto::v1::coordinator_client::CoordinatorClient::connect(
+            format!("http://{coordinator}"),
+        )
+        .await
+        .unwrap();
+        client
+            .run_job(request)
+            .await
+            .map(|r| r.into_inner().summary_json)
+    })
+}
+
+#[test]
+fn a_killed_worker_fails_the_job_cleanly_and_the_coordinator_runs_the_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = big_case(tmp.path());
+    let want = infer(&inputs, tmp.path());
+    let partition = tmp.path().join("partition");
+    check(
+        Command::new(exe())
+            .arg("partition")
+            .arg("--graph")
+            .arg(&inputs.graph)
+            .arg("--features")
+            .arg(&inputs.features)
+            .args(["--parts", "2", "--method", "random"])
+            .arg("--out")
+            .arg(&partition)
+            .output()
+            .unwrap(),
+        "distgat partition",
+    );
+    let mut cluster = Cluster(Vec::new());
+    let (coordinator, _) = start(&mut cluster, &["coordinator"]);
+    let (_, _w0) = start(&mut cluster, &["worker", "--coordinator", &coordinator]);
+    let (_, w1) = start(&mut cluster, &["worker", "--coordinator", &coordinator]);
+    let out = tmp.path().join("out.npy");
+    let request = distgat_proto::v1::RunJobRequest {
+        partition_dir: partition.display().to_string(),
+        model: inputs.model.display().to_string(),
+        out: out.display().to_string(),
+        threads_per_worker: 1,
+        ..Default::default()
+    };
+
+    // Kill worker 1 as soon as it finishes layer 0.
+    let job = {
+        let (c, r) = (coordinator.clone(), request.clone());
+        std::thread::spawn(move || run_job(&c, r))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = w1
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("worker 1 never finished layer 0");
+        if line.contains("layer done") {
+            break;
+        }
+    }
+    let mut victim = cluster.0.remove(2);
+    let killed_at = Instant::now();
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let result = job.join().unwrap();
+    let took = killed_at.elapsed();
+    let err = result.expect_err("the job must fail when a worker dies");
+    assert!(took < Duration::from_secs(20), "failure took {took:?}");
+    assert!(
+        err.message().contains("worker-") && err.message().contains("part"),
+        "{}",
+        err.message()
+    );
+    assert!(!out.exists(), "a failed job left out.npy behind");
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // The coordinator is still up: with a replacement worker the next job succeeds.
+    start(&mut cluster, &["worker", "--coordinator", &coordinator]);
+    let summary = run_job(&coordinator, request).expect("the next job runs");
+    assert!(summary.contains("workers"));
+    assert!(
+        std::fs::read(&out).unwrap() == want[0].1,
+        "output differs from distgat infer"
+    );
+}
