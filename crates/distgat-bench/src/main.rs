@@ -37,6 +37,8 @@ struct Cli {
 enum Cmd {
     /// One GATConv layer (F_in=128, heads=4, C=32, self loops) on synthetic graphs
     Layer(LayerArgs),
+    /// `distgat run --workers K` against `distgat infer`: wall time and halo bytes (2-layer 4x32)
+    Run(RunBenchArgs),
     /// Partition time, peak memory, edge cut and halo rows of `distgat partition`
     Partition(PartitionBenchArgs),
     /// Machine memory bandwidth: streaming read and random 512-byte row gather
@@ -108,6 +110,23 @@ struct PartitionBenchArgs {
 }
 
 #[derive(clap::Args)]
+struct RunBenchArgs {
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    workers: Vec<usize>,
+    #[arg(long, value_enum, default_value = "large")]
+    size: Size,
+    #[arg(long, value_enum, default_value = "rmat")]
+    generator: Generator,
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Cores to use in all: infer gets them all, each of K workers gets cores / K (min 1)
+    #[arg(long, default_value_t = 2)]
+    cores: usize,
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
 struct LayerArgs {
     #[arg(long, value_delimiter = ',', default_value = "small,medium")]
     sizes: Vec<Size>,
@@ -162,6 +181,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Cmd::Layer(args) => layer(args),
         Cmd::Partition(args) => partition_bench(args),
+        Cmd::Run(args) => run_bench(args),
         Cmd::Bandwidth { threads } => bandwidth(threads).map(|b| {
             println!(
                 "stream read {:.1} GB/s, random 512-byte row gather {:.1} GB/s ({threads} threads)",
@@ -309,6 +329,7 @@ fn layer(args: LayerArgs) -> anyhow::Result<()> {
                 in_features: 128,
                 heads: 4,
                 channels: 32,
+                layers: 1,
                 seed: 42,
             };
             synth::write_case(&dir, &spec)?;
@@ -392,6 +413,136 @@ fn layer(args: LayerArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&rows)? + "\n")?;
+    }
+    Ok(())
+}
+
+fn timed(cmd: &mut Command) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e3)
+}
+
+fn run_bench(args: RunBenchArgs) -> anyhow::Result<()> {
+    let distgat = distgat_binary()?;
+    let temp;
+    let work = match &args.work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            temp = tempfile::tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+    let (n, e) = args.size.shape();
+    let dir = work.join(format!("run-{:?}-{:?}", args.generator, args.size).to_lowercase());
+    std::fs::create_dir_all(&dir)?;
+    eprintln!(
+        "generating {:?} N={n} E={e}, 2 layers of 4 x 32",
+        args.generator
+    );
+    synth::write_case(
+        &dir,
+        &synth::CaseSpec {
+            generator: args.generator,
+            nodes: n,
+            edges: e,
+            in_features: 128,
+            heads: 4,
+            channels: 32,
+            layers: 2,
+            seed: 42,
+        },
+    )?;
+    let graph = dir.join("edge_index.npy");
+    let features = dir.join("x.npy");
+    let model = dir.join("model.json");
+    let mut infer = Vec::new();
+    for _ in 0..args.repeats {
+        infer.push(timed(
+            Command::new(&distgat)
+                .arg("infer")
+                .arg("--graph")
+                .arg(&graph)
+                .arg("--features")
+                .arg(&features)
+                .arg("--model")
+                .arg(&model)
+                .arg("--out")
+                .arg(dir.join("infer.npy"))
+                .args(["--threads", &args.cores.to_string()]),
+        )?);
+    }
+    let infer_ms = median(infer);
+    let infer_bytes = std::fs::read(dir.join("infer.npy"))?;
+    println!("| workers | partition (metis) s | run wall ms | run / infer | halo bytes sent | planned | sent / planned | identical to infer |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("| infer | - | {infer_ms:.0} | 1.00 | - | - | - | - |");
+    for &k in &args.workers {
+        let part = dir.join(format!("partition-{k}"));
+        eprintln!("partitioning into {k}");
+        let part_ms = timed(
+            Command::new(&distgat)
+                .arg("partition")
+                .arg("--graph")
+                .arg(&graph)
+                .arg("--features")
+                .arg(&features)
+                .args(["--parts", &k.to_string(), "--force"])
+                .arg("--out")
+                .arg(&part),
+        )?;
+        let mut walls = Vec::new();
+        let summary = dir.join(format!("summary-{k}.json"));
+        for _ in 0..args.repeats {
+            eprintln!("run --workers {k}");
+            walls.push(timed(
+                Command::new(&distgat)
+                    .arg("run")
+                    .arg("--graph")
+                    .arg(&graph)
+                    .arg("--features")
+                    .arg(&features)
+                    .arg("--model")
+                    .arg(&model)
+                    .arg("--out")
+                    .arg(dir.join("run.npy"))
+                    .args(["--workers", &k.to_string()])
+                    .arg("--partition")
+                    .arg(&part)
+                    .args(["--threads-per-worker", &(args.cores / k).max(1).to_string()])
+                    .arg("--summary-json")
+                    .arg(&summary),
+            )?);
+        }
+        let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary)?)?;
+        let (mut sent, mut planned) = (0u64, 0u64);
+        for w in s["workers"].as_array().into_iter().flatten() {
+            for l in w["layers"].as_array().into_iter().flatten() {
+                sent += l["halo_bytes_sent"].as_u64().unwrap_or(0);
+                planned += l["halo_bytes_planned"].as_u64().unwrap_or(0);
+            }
+        }
+        let same = std::fs::read(dir.join("run.npy"))? == infer_bytes;
+        let wall = median(walls);
+        println!(
+            "| {k} | {:.1} | {wall:.0} | {:.2} | {sent} | {planned} | {:.4} | {same} |",
+            part_ms / 1e3,
+            wall / infer_ms,
+            if planned > 0 {
+                sent as f64 / planned as f64
+            } else {
+                1.0
+            },
+        );
     }
     Ok(())
 }

@@ -64,6 +64,8 @@ pub struct CaseSpec {
     pub in_features: usize,
     pub heads: usize,
     pub channels: usize,
+    /// 1: the GATConv layer alone; 2: a second identical-shape layer after an ELU.
+    pub layers: usize,
     pub seed: u64,
 }
 
@@ -77,6 +79,7 @@ pub fn write_case(dir: &Path, spec: &CaseSpec) -> anyhow::Result<()> {
         in_features: f_in,
         heads,
         channels,
+        layers,
         seed,
     } = spec;
     let edge_index = edges(generator, n, e, seed);
@@ -94,40 +97,51 @@ pub fn write_case(dir: &Path, spec: &CaseSpec) -> anyhow::Result<()> {
     drop(x);
 
     let hc = heads * channels;
-    let glorot = (6.0 / (f_in + hc) as f32).sqrt();
-    let tensors = [
-        ("lin.weight", vec![hc, f_in], uniform(hc * f_in, glorot)),
-        ("att_src", vec![1, heads, channels], uniform(hc, 0.3)),
-        ("att_dst", vec![1, heads, channels], uniform(hc, 0.3)),
-        ("bias", vec![hc], uniform(hc, 0.1)),
-    ];
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, _, v)| v.iter().flat_map(|f| f.to_le_bytes()).collect())
-        .collect();
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((name, shape, _), b)| {
-            Ok((
-                name.to_string(),
-                TensorView::new(Dtype::F32, shape.clone(), b)?,
-            ))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(views, &None, &dir.join("layer.safetensors"))
-        .context("writing layer.safetensors")?;
+    let mut specs = Vec::new();
+    for k in 0..layers.max(1) {
+        let fin = if k == 0 { f_in } else { hc };
+        let glorot = (6.0 / (fin + hc) as f32).sqrt();
+        let tensors = [
+            ("lin.weight", vec![hc, fin], uniform(hc * fin, glorot)),
+            ("att_src", vec![1, heads, channels], uniform(hc, 0.3)),
+            ("att_dst", vec![1, heads, channels], uniform(hc, 0.3)),
+            ("bias", vec![hc], uniform(hc, 0.1)),
+        ];
+        let bytes: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|(_, _, v)| v.iter().flat_map(|f| f.to_le_bytes()).collect())
+            .collect();
+        let views = tensors
+            .iter()
+            .zip(&bytes)
+            .map(|((name, shape, _), b)| {
+                Ok((
+                    name.to_string(),
+                    TensorView::new(Dtype::F32, shape.clone(), b)?,
+                ))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        // Layer 0 is also `layer.safetensors`, the single layer the PyG script runs.
+        let name = if k == 0 {
+            "layer.safetensors".to_string()
+        } else {
+            format!("layer{k}.safetensors")
+        };
+        safetensors::serialize_to_file(views, &None, &dir.join(&name))
+            .with_context(|| format!("writing {name}"))?;
+        specs.push(serde_json::json!({
+            "weights": name, "heads": heads, "out_channels": channels,
+            "concat": true, "negative_slope": 0.2, "add_self_loops": true,
+        }));
+    }
     let layer = serde_json::json!({
         "heads": heads, "out_channels": channels, "concat": true,
         "negative_slope": 0.2, "add_self_loops": true,
     });
     std::fs::write(dir.join("layer.json"), layer.to_string())?;
     let model = serde_json::json!({
-        "format": "gat-model-v1", "activation": "none",
-        "layers": [{
-            "weights": "layer.safetensors", "heads": heads, "out_channels": channels,
-            "concat": true, "negative_slope": 0.2, "add_self_loops": true,
-        }],
+        "format": "gat-model-v1", "activation": if layers > 1 { "elu" } else { "none" },
+        "layers": specs,
     });
     std::fs::write(dir.join("model.json"), model.to_string())?;
     Ok(())
