@@ -30,7 +30,7 @@ use tonic::transport::Server;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{transport, Result, RuntimeError};
-use crate::worker::{endpoint, RunningServer, RPC_DEADLINE};
+use crate::worker::{endpoint, RunningServer, CONNECTION_WINDOW, RPC_DEADLINE, STREAM_WINDOW};
 
 /// How the coordinator starts; `Default` listens on an ephemeral loopback port.
 #[derive(Debug, Clone)]
@@ -66,6 +66,8 @@ pub async fn start_coordinator(config: CoordinatorConfig) -> Result<RunningServe
     });
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
     let server = Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .add_service(
             CoordinatorServer::new(Service(state)).max_decoding_message_size(4 * MAX_CHUNK_BYTES),
         )
@@ -305,17 +307,27 @@ impl JobSink {
                 }
                 let row_bytes = (w * 4) as u64;
                 let mut seen = lock(&self.rows_seen);
-                for (i, &v) in rows.nodes.iter().enumerate() {
+                for &v in &rows.nodes {
                     let v = v as usize;
                     if v >= self.num_nodes || std::mem::replace(&mut seen[v], true) {
                         return Err(RuntimeError::InvalidArgument(format!(
                             "output rows from part {part}: node {v} is out of range or sent twice"
                         )));
                     }
-                    let bytes = &rows.values[i * w * 4..(i + 1) * w * 4];
-                    self.out
-                        .as_file()
-                        .write_all_at(bytes, self.header_len + v as u64 * row_bytes)?;
+                }
+                drop(seen);
+                // One write per run of consecutive node ids (owned ids are increasing).
+                let mut i = 0;
+                while i < rows.nodes.len() {
+                    let mut j = i + 1;
+                    while j < rows.nodes.len() && rows.nodes[j] == rows.nodes[j - 1] + 1 {
+                        j += 1;
+                    }
+                    self.out.as_file().write_all_at(
+                        &rows.values[i * w * 4..j * w * 4],
+                        self.header_len + rows.nodes[i] * row_bytes,
+                    )?;
+                    i = j;
                 }
             }
             Some(Body::Attention(a)) => {
@@ -465,8 +477,24 @@ async fn run_job(state: &State, job_id: &str, req: RunJobRequest) -> Result<JobS
         return Err(outcome.unwrap_err());
     }
     lock(&state.jobs).remove(job_id);
-    let sink = Arc::try_unwrap(sink)
-        .map_err(|_| RuntimeError::Io(std::io::Error::other("output still in use")))?;
+    // Every part sent its last message, but a PushOutput handler may still be returning
+    // and holding the sink for a moment.
+    let mut sink = sink;
+    let released = Instant::now() + Duration::from_secs(10);
+    let sink = loop {
+        match Arc::try_unwrap(sink) {
+            Ok(s) => break s,
+            Err(shared) if Instant::now() < released => {
+                sink = shared;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(_) => {
+                return Err(RuntimeError::Io(std::io::Error::other(
+                    "an output stream did not close within 10 s of its last message",
+                )))
+            }
+        }
+    };
     let done = std::mem::take(&mut *lock(&sink.done));
     let JobSink {
         out,
@@ -679,7 +707,18 @@ async fn drive(
     }
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if let Some((part, detail)) = lock(&sink.failure).clone() {
+        let reported = lock(&sink.failure).clone();
+        if let Some((part, detail)) = reported {
+            // A part that reports a failure is often the victim (its peer died while it
+            // was sending). Give heartbeats the chance to name the worker that is gone.
+            let wait_until =
+                Instant::now() + state.config.heartbeat_timeout + Duration::from_secs(1);
+            while Instant::now() < wait_until {
+                if let Some(dead) = silent_worker(state, assigned) {
+                    return Err(dead.into_error(Some(&format!("part {part} reported: {detail}"))));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             let worker = assigned
                 .get(part as usize)
                 .map_or("?".into(), |w| w.0.clone());
@@ -693,22 +732,51 @@ async fn drive(
         if done.len() == parts {
             return Ok(());
         }
-        let workers = lock(&state.workers);
-        for (p, (id, _)) in assigned.iter().enumerate() {
-            if done.contains(&(p as u32)) {
-                continue;
-            }
-            let silent = workers
-                .iter()
-                .find(|w| &w.id == id)
-                .map_or(Duration::MAX, |w| w.last_seen.elapsed());
-            if silent > state.config.heartbeat_timeout {
-                return Err(RuntimeError::WorkerFailed {
-                    worker: id.clone(),
-                    part: p as u32,
-                    detail: format!("no heartbeat for {:.1} s", silent.as_secs_f64()),
-                });
-            }
+        if let Some(dead) = silent_worker(state, assigned) {
+            return Err(dead.into_error(None));
         }
     }
+}
+
+/// A worker of the job whose heartbeats stopped.
+struct SilentWorker {
+    worker: String,
+    part: u32,
+    silent: Duration,
+}
+
+impl SilentWorker {
+    fn into_error(self, context: Option<&str>) -> RuntimeError {
+        let mut detail = format!("no heartbeat for {:.1} s", self.silent.as_secs_f64());
+        if let Some(c) = context {
+            detail += &format!(" ({c})");
+        }
+        RuntimeError::WorkerFailed {
+            worker: self.worker,
+            part: self.part,
+            detail,
+        }
+    }
+}
+
+/// Finds an assigned worker that went silent and drops it from the registry, so the next
+/// job does not pick it.
+fn silent_worker(state: &State, assigned: &[(String, String)]) -> Option<SilentWorker> {
+    let mut workers = lock(&state.workers);
+    for (p, (id, _)) in assigned.iter().enumerate() {
+        let silent = workers
+            .iter()
+            .find(|w| &w.id == id)
+            .map_or(Duration::MAX, |w| w.last_seen.elapsed());
+        if silent > state.config.heartbeat_timeout {
+            workers.retain(|w| &w.id != id);
+            tracing::warn!(worker = %id, part = p, "worker lost");
+            return Some(SilentWorker {
+                worker: id.clone(),
+                part: p as u32,
+                silent,
+            });
+        }
+    }
+    None
 }
