@@ -203,6 +203,21 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The directory to generate cases in: `dir` if given, else a temporary one (kept alive
+/// by the returned guard).
+fn work_dir(dir: Option<&Path>) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            Ok((d.to_path_buf(), None))
+        }
+        None => {
+            let temp = tempfile::tempdir()?;
+            Ok((temp.path().to_path_buf(), Some(temp)))
+        }
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -299,17 +314,7 @@ fn distgat_binary() -> anyhow::Result<PathBuf> {
 fn layer(args: LayerArgs) -> anyhow::Result<()> {
     let distgat = distgat_binary()?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/pyg_layer_bench.py");
-    let temp;
-    let work = match &args.work_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d.clone()
-        }
-        None => {
-            temp = tempfile::tempdir()?;
-            temp.path().to_path_buf()
-        }
-    };
+    let (work, _temp) = work_dir(args.work_dir.as_deref())?;
     let (read_bw, gather_bw) = bandwidth(args.threads)?;
     eprintln!("machine: stream read {read_bw:.1} GB/s, random row gather {gather_bw:.1} GB/s");
     let mut rows = Vec::new();
@@ -431,17 +436,7 @@ fn timed(cmd: &mut Command) -> anyhow::Result<f64> {
 
 fn run_bench(args: RunBenchArgs) -> anyhow::Result<()> {
     let distgat = distgat_binary()?;
-    let temp;
-    let work = match &args.work_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d.clone()
-        }
-        None => {
-            temp = tempfile::tempdir()?;
-            temp.path().to_path_buf()
-        }
-    };
+    let (work, _temp) = work_dir(args.work_dir.as_deref())?;
     let (n, e) = args.size.shape();
     let dir = work.join(format!("run-{:?}-{:?}", args.generator, args.size).to_lowercase());
     std::fs::create_dir_all(&dir)?;
@@ -549,17 +544,7 @@ fn run_bench(args: RunBenchArgs) -> anyhow::Result<()> {
 
 fn partition_bench(args: PartitionBenchArgs) -> anyhow::Result<()> {
     let distgat = distgat_binary()?;
-    let temp;
-    let work = match &args.work_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d.clone()
-        }
-        None => {
-            temp = tempfile::tempdir()?;
-            temp.path().to_path_buf()
-        }
-    };
+    let (work, _temp) = work_dir(args.work_dir.as_deref())?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     println!("| graph | N | E | method | parts | edge cut | halo rows | time s | peak RSS MB | bytes/edge |");
     println!("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|");

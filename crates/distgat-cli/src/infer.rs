@@ -283,10 +283,7 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
 }
 
 fn check_output_dir(flag: &str, out: &Path) -> Result<(), GraphError> {
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let dir = distgat_graph::parent_dir(out);
     if !dir.is_dir() {
         return Err(GraphError::argument(
             flag,

@@ -67,10 +67,7 @@ pub fn run_partition(config: &PartitionConfig) -> Result<Manifest, PartitionErro
     };
     let started = Instant::now();
     if let Some(path) = &config.assignment_out {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
+        let dir = distgat_graph::parent_dir(path);
         if path.is_dir() {
             return Err(GraphError::argument(
                 "--assignment-out",

@@ -16,4 +16,4 @@ pub use edges::{read_graph, EdgeList, GraphFormat};
 pub use error::{GraphError, Result};
 pub use features::{Features, Normalization};
 pub use npy::{write_npy, NpyBody, NpyDtype};
-pub use output::AtomicFile;
+pub use output::{parent_dir, AtomicFile};

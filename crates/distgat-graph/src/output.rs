@@ -5,6 +5,14 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{GraphError, Result};
 
+/// The directory `path` lives in (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 /// A file written under a temporary name in the destination directory and renamed into
 /// place by [`AtomicFile::commit`]. Dropped without commit, the temporary file is removed,
 /// so a failed run never leaves a half-written output behind under the real name.
@@ -15,10 +23,7 @@ pub struct AtomicFile {
 
 impl AtomicFile {
     pub fn create(path: &Path) -> Result<Self> {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = parent_dir(path);
         if !dir.is_dir() {
             return Err(GraphError::io(
                 path,

@@ -132,10 +132,7 @@ pub struct NewPartition<'a> {
 /// Writes a partition directory at `dir`. An existing directory is replaced only if it
 /// holds the same partition (same inputs, parts and method) or `force` is set.
 pub fn write_partition(dir: &Path, new: NewPartition<'_>, force: bool) -> Result<Manifest> {
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let parent = distgat_graph::parent_dir(dir);
     if !parent.is_dir() {
         return Err(PartitionError::directory(
             dir,
