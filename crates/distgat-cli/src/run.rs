@@ -94,6 +94,11 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Str
         }
     };
     let opened = distgat_partition::PartitionDir::open(&partition)?;
+    if config.partition.is_some() {
+        // A reused partition must come from this graph.
+        let edges = distgat_graph::read_graph(&config.graph, config.format)?;
+        opened.check_graph(&edges, opened.manifest.graph.rows)?;
+    }
     if opened.manifest.parts != config.workers {
         anyhow::bail!(
             "--workers {} but the partition {} has {} parts",

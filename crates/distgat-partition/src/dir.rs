@@ -465,7 +465,7 @@ impl PartitionDir {
                      has {num_nodes} nodes, {} edges, fingerprint {fp}",
                     self.manifest.graph.rows,
                     self.manifest.graph.size,
-                    &self.manifest.graph.fingerprint[..16],
+                    self.manifest.graph.fingerprint.get(..16).unwrap_or("?"),
                     edges.len()
                 ),
             ));

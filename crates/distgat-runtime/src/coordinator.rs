@@ -107,6 +107,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Where a running job's output goes.
 struct JobSink {
+    parts: usize,
     num_nodes: usize,
     width: usize,
     out: AtomicFile,
@@ -125,6 +126,8 @@ struct AttentionSink {
     add_self_loops: bool,
     /// Input self loops before each input edge (to map edges to PyG positions).
     loops_before: Vec<u32>,
+    /// Which coefficient rows arrived (each exactly once).
+    seen: Mutex<Vec<bool>>,
     kept: usize,
 }
 
@@ -347,12 +350,16 @@ impl JobSink {
                         "attention from part {part}: shape does not match {h} heads"
                     )));
                 }
+                let mut seen = lock(&sink.seen);
                 for (i, &key) in a.edges.iter().enumerate() {
-                    let pos = sink.position(key).ok_or_else(|| {
-                        RuntimeError::InvalidArgument(format!(
-                            "attention from part {part}: edge key {key} out of range"
-                        ))
-                    })?;
+                    let pos = sink
+                        .position(key)
+                        .filter(|&p| !std::mem::replace(&mut seen[p], true))
+                        .ok_or_else(|| {
+                            RuntimeError::InvalidArgument(format!(
+                                "attention from part {part}: edge key {key} out of range or sent twice"
+                            ))
+                        })?;
                     sink.file.as_file().write_all_at(
                         &a.values[i * h * 4..(i + 1) * h * 4],
                         sink.header_len + (pos * h * 4) as u64,
@@ -360,6 +367,12 @@ impl JobSink {
                 }
             }
             Some(Body::Stats(stats)) => {
+                if part as usize >= self.parts {
+                    return Err(RuntimeError::InvalidArgument(format!(
+                        "statistics for part {part} of a {}-part job",
+                        self.parts
+                    )));
+                }
                 lock(&self.done).insert(part, stats);
             }
             Some(Body::Failure(detail)) => self.fail(part, detail),
@@ -509,16 +522,22 @@ async fn run_job(state: &State, job_id: &str, req: RunJobRequest) -> Result<JobS
         )));
     }
     tokio::task::spawn_blocking(move || -> Result<()> {
-        out.commit()?;
+        // Attention files first, out.npy last: a complete out.npy means a complete job.
         for (k, a) in attention.into_iter().enumerate() {
             if let Some(a) = a {
-                a.file.commit()?;
+                let missing = lock(&a.seen).iter().filter(|&&s| !s).count();
+                if missing > 0 {
+                    return Err(RuntimeError::FailedPrecondition(format!(
+                        "layer {k}: {missing} attention coefficient rows never arrived"
+                    )));
+                }
                 if let Some((path, index)) = edge_indexes.get(k) {
                     write_npy(path, &[2, (index.len() / 2) as u64], index)?;
                 }
+                a.file.commit()?;
             }
         }
-        Ok(())
+        out.commit().map_err(RuntimeError::from)
     })
     .await
     .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
@@ -629,6 +648,7 @@ fn prepare(
                 edges: e,
                 add_self_loops: layer.add_self_loops,
                 loops_before: loops_before.clone(),
+                seen: Mutex::new(vec![false; e]),
                 kept: if layer.add_self_loops {
                     edges.len() - loops as usize
                 } else {
@@ -641,6 +661,7 @@ fn prepare(
     Ok(Prepared {
         parts: manifest.parts,
         sink: JobSink {
+            parts: manifest.parts,
             num_nodes: n,
             width,
             out,

@@ -254,8 +254,17 @@ impl Worker for WorkerService {
         request: Request<StartJobRequest>,
     ) -> Result<Response<StartJobResponse>, Status> {
         let req = request.into_inner();
-        if req.job_id.is_empty() {
-            return Err(RuntimeError::InvalidArgument("job_id is empty".into()).into());
+        let valid_id = !req.job_id.is_empty()
+            && req.job_id.len() <= 64
+            && req
+                .job_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid_id {
+            return Err(RuntimeError::InvalidArgument(
+                "job_id must be 1-64 ASCII letters, digits, '-' or '_'".into(),
+            )
+            .into());
         }
         let cancel = Arc::new(AtomicBool::new(false));
         {
@@ -270,6 +279,7 @@ impl Worker for WorkerService {
             jobs.insert(req.job_id.clone(), cancel.clone());
         }
         let state = self.0.clone();
+        let job_id = req.job_id.clone();
         let handle = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name(format!("job-{}-part-{}", req.job_id, req.part))
@@ -283,7 +293,16 @@ impl Worker for WorkerService {
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&job);
             })
-            .map_err(|e| Status::internal(format!("starting the job thread: {e}")))?;
+            .map_err(|e| {
+                self.0
+                    .jobs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&job_id);
+                RuntimeError::Io(std::io::Error::other(format!(
+                    "starting the job thread: {e}"
+                )))
+            })?;
         Ok(Response::new(StartJobResponse {}))
     }
 
@@ -302,6 +321,7 @@ impl Worker for WorkerService {
             tracing::info!(job = %req.job_id, reason = %req.reason, "cancelling");
             flag.store(true, Ordering::Relaxed);
         }
+        self.0.mailbox.forget_job(&req.job_id);
         self.0.mailbox.arrived.notify_all();
         Ok(Response::new(CancelJobResponse {}))
     }
@@ -318,10 +338,12 @@ impl HaloExchange for HaloService {
         let mut stream = request.into_inner();
         let mut rows = 0u64;
         while let Some(chunk) = stream.message().await? {
-            let want = chunk.num_rows as usize * chunk.row_width as usize * 4;
-            if chunk.payload.len() != want {
+            let want = (chunk.num_rows as u64)
+                .checked_mul(chunk.row_width as u64)
+                .and_then(|v| v.checked_mul(4));
+            if want != Some(chunk.payload.len() as u64) {
                 return Err(Status::invalid_argument(format!(
-                    "row chunk from part {}: payload has {} bytes, num_rows x row_width x 4 = {want}",
+                    "row chunk from part {}: payload has {} bytes, num_rows x row_width x 4 = {want:?}",
                     chunk.source_part,
                     chunk.payload.len()
                 )));
@@ -463,6 +485,11 @@ impl SubsetBuilder {
     }
 }
 
+/// Kernel threads a job may ask for: this machine's cores.
+fn max_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -517,7 +544,7 @@ fn compute_part(
         )));
     }
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(req.threads.max(1) as usize)
+        .num_threads((req.threads as usize).clamp(1, max_threads()))
         .build()
         .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))?;
     let splits: HashMap<bool, RowSplit> = model
@@ -595,8 +622,10 @@ fn compute_part(
                 let t = Instant::now();
                 let mut client =
                     HaloExchangeClient::new(channel).max_encoding_message_size(2 * MAX_CHUNK_BYTES);
+                let mut request = Request::new(tokio_stream::iter(chunks));
+                request.set_timeout(HALO_TIMEOUT);
                 client
-                    .send_rows(tokio_stream::iter(chunks))
+                    .send_rows(request)
                     .await
                     .map_err(transport(format!("sending halo rows to part {q}")))?;
                 Ok::<_, RuntimeError>((bytes, t.elapsed()))
@@ -815,13 +844,16 @@ fn place_halo(
             .iter()
             .take_while(|&&o| o == c.source_part)
             .count();
-        let (first, n) = (c.first_row as usize, c.num_rows as usize);
-        if first + n > block_len {
+        let (first, n) = (c.first_row, c.num_rows as u64);
+        if first
+            .checked_add(n)
+            .is_none_or(|end| end > block_len as u64)
+        {
             return Err(bad(format!(
-                "rows {first}..{} beyond its block of {block_len}",
-                first + n
+                "rows {first} (+{n}) beyond its block of {block_len}"
             )));
         }
+        let (first, n) = (first as usize, n as usize);
         for i in 0..n {
             let slot = start + first + i;
             if std::mem::replace(&mut filled[slot], true) {
@@ -836,6 +868,12 @@ fn place_halo(
                 read_f32s(&row[hc * 4..], &mut s_src[l * h..(l + 1) * h]);
             }
         }
+    }
+    if let Some(slot) = filled.iter().position(|&f| !f) {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "halo row of node {} (owner part {}) never arrived",
+            plan.halo[slot], plan.halo_owner[slot]
+        )));
     }
     if raw && n_halo > 0 {
         let mut s_dst_unused = vec![0f32; n_halo * h];
