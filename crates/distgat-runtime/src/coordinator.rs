@@ -269,10 +269,19 @@ impl Coordinator for Service {
         request: Request<RunJobRequest>,
     ) -> Result<Response<RunJobResponse>, Status> {
         let req = request.into_inner();
-        let _one_at_a_time = self.0.job_lock.lock().await;
-        let job_id = format!("job-{}", self.0.next_id.fetch_add(1, Ordering::Relaxed));
-        let result = run_job(&self.0, &job_id, req).await;
-        lock(&self.0.jobs).remove(&job_id);
+        let state = self.0.clone();
+        // On its own task: if the client goes away and this handler is dropped, the job
+        // still finishes (or fails) and cleans up after itself.
+        let job = tokio::spawn(async move {
+            let _one_at_a_time = state.job_lock.lock().await;
+            let job_id = format!("job-{}", state.next_id.fetch_add(1, Ordering::Relaxed));
+            let result = run_job(&state, &job_id, req).await;
+            lock(&state.jobs).remove(&job_id);
+            (job_id, result)
+        });
+        let (job_id, result) = job
+            .await
+            .map_err(|e| Status::from(RuntimeError::Io(std::io::Error::other(e))))?;
         match result {
             Ok(summary) => Ok(Response::new(RunJobResponse {
                 job_id,
