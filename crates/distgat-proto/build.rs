@@ -1,11 +1,15 @@
-//! Generates the distgat.v1 code with a vendored protoc: no system protoc needed.
+//! Generates the distgat.v1 code with a vendored protoc: no system protoc needed. Also
+//! writes the file descriptor set that server reflection serves.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = "../../proto";
     let proto = "../../proto/distgat/v1/distgat.proto";
     println!("cargo:rerun-if-changed={proto}");
-    // SAFETY-free: build scripts are single-threaded, so setting PROTOC is race-free.
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    // Build scripts are single-threaded, so setting PROTOC here races with nothing.
     std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
-    tonic_build::configure().compile_protos(&[proto], &[proto_root])?;
+    tonic_build::configure()
+        .file_descriptor_set_path(out_dir.join("distgat_descriptor.bin"))
+        .compile_protos(&[proto], &[proto_root])?;
     Ok(())
 }

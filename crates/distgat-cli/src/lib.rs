@@ -2,9 +2,8 @@
 //! `Default` and a `run_*` function, so tests drive them without going through clap.
 
 pub mod infer;
-pub mod partition;
 pub mod run;
 pub mod stats;
 
+pub use distgat_partition::{format_report, run_partition, AssignmentDtype, PartitionConfig};
 pub use infer::{run_infer, InferConfig, InferReport};
-pub use partition::{format_report, run_partition, AssignmentDtype, PartitionConfig};

@@ -11,7 +11,7 @@ use distgat_partition::Method;
 use distgat_proto::v1::coordinator_client::CoordinatorClient;
 use distgat_proto::v1::RunJobRequest;
 
-use crate::partition::{run_partition, PartitionConfig};
+use distgat_partition::{run_partition, PartitionConfig};
 
 /// Everything `distgat run` needs.
 #[derive(Debug, Clone)]

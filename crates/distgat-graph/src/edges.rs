@@ -25,6 +25,16 @@ pub enum GraphFormat {
 impl GraphFormat {
     pub const NAMES: &'static str = "npy, edgelist, metis, mtx";
 
+    /// The canonical name, which [`GraphFormat::from_name`] reads back.
+    pub fn name(self) -> &'static str {
+        match self {
+            GraphFormat::Npy => "npy",
+            GraphFormat::EdgeList => "edgelist",
+            GraphFormat::Metis => "metis",
+            GraphFormat::MatrixMarket => "mtx",
+        }
+    }
+
     pub fn from_name(name: &str) -> Result<Self> {
         match name.to_ascii_lowercase().as_str() {
             "npy" => Ok(GraphFormat::Npy),

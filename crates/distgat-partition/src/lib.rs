@@ -5,6 +5,7 @@
 pub mod dir;
 pub mod error;
 pub mod method;
+pub mod pipeline;
 pub mod plan;
 pub mod stats;
 pub mod symmetric;
@@ -15,6 +16,9 @@ pub use dir::{
 };
 pub use error::{PartitionError, Result};
 pub use method::{assign, read_assignment, Method, Objective};
+pub use pipeline::{
+    format_report, peak_rss_bytes, run_partition, AssignmentDtype, PartitionConfig,
+};
 pub use plan::{HaloPlan, PartPlan};
 pub use stats::PartitionStats;
 pub use symmetric::SymmetricGraph;

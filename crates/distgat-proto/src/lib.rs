@@ -10,3 +10,10 @@ pub const MAX_CHUNK_BYTES: usize = 1 << 20;
 pub mod v1 {
     tonic::include_proto!("distgat.v1");
 }
+
+/// The encoded descriptors of `distgat.v1`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("distgat_descriptor");
+
+/// Full gRPC service names, as health checks and reflection name them.
+pub const COORDINATOR_SERVICE: &str = "distgat.v1.Coordinator";
+pub const WORKER_SERVICE: &str = "distgat.v1.Worker";

@@ -18,18 +18,26 @@ use distgat_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
 use distgat_proto::v1::output_chunk::Body;
 use distgat_proto::v1::worker_client::WorkerClient;
 use distgat_proto::v1::{
-    CancelJobRequest, HeartbeatRequest, HeartbeatResponse, OutputChunk, Peer, PushOutputResponse,
+    CancelJobRequest, ClusterStatusRequest, ClusterStatusResponse, CreatePartitionRequest,
+    FetchAttentionRequest, FetchAttentionResponse, FetchOutputRequest, GetJobRequest, GraphInfo,
+    HeartbeatRequest, HeartbeatResponse, JobInfo, ListGraphsRequest, ListGraphsResponse,
+    ListJobsRequest, ListJobsResponse, ListPartitionsRequest, ListPartitionsResponse, OutputChunk,
+    OutputRows, PartitionInfo, Peer, PushOutputResponse, RegisterGraphRequest,
     RegisterWorkerRequest, RegisterWorkerResponse, RunJobRequest, RunJobResponse, StartJobRequest,
-    WorkerStats,
+    SubmitJobRequest, UploadGraphChunk, WorkerStats,
 };
-use distgat_proto::{MAX_CHUNK_BYTES, PROTOCOL_VERSION};
+use distgat_proto::{COORDINATOR_SERVICE, MAX_CHUNK_BYTES, PROTOCOL_VERSION};
 use serde::Serialize;
-use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::Server;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api;
+use crate::catalog::{lock, Catalog, JobRecord, Storage};
+use crate::convert;
 use crate::error::{transport, Result, RuntimeError};
+use crate::standard::standard_routes;
 use crate::worker::{endpoint, RunningServer, CONNECTION_WINDOW, RPC_DEADLINE, STREAM_WINDOW};
 
 /// How the coordinator starts; `Default` listens on an ephemeral loopback port.
@@ -41,6 +49,12 @@ pub struct CoordinatorConfig {
     pub heartbeat_timeout: Duration,
     /// How long a job waits for enough workers to register.
     pub worker_wait: Duration,
+    /// Client-named paths must resolve inside this directory.
+    pub data_root: PathBuf,
+    /// Uploads, partitions and job outputs (on storage the workers share).
+    pub work_dir: PathBuf,
+    /// Largest graph upload (graph plus feature bytes).
+    pub max_upload_bytes: u64,
 }
 
 impl Default for CoordinatorConfig {
@@ -50,24 +64,37 @@ impl Default for CoordinatorConfig {
             heartbeat_interval: Duration::from_millis(500),
             heartbeat_timeout: Duration::from_secs(3),
             worker_wait: Duration::from_secs(30),
+            data_root: PathBuf::from("."),
+            work_dir: PathBuf::from("distgat-work"),
+            max_upload_bytes: 64 << 20,
         }
     }
 }
 
 pub async fn start_coordinator(config: CoordinatorConfig) -> Result<RunningServer> {
+    let storage = Storage::new(&config.data_root, &config.work_dir, config.max_upload_bytes)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
+    let (queue, queued) = mpsc::unbounded_channel();
     let state = Arc::new(State {
         config,
+        storage,
+        catalog: Catalog::default(),
+        queue,
         workers: Mutex::new(Vec::new()),
         jobs: Mutex::new(HashMap::new()),
+        assignment: Mutex::new(None),
         job_lock: tokio::sync::Mutex::new(()),
         next_id: AtomicU64::new(1),
     });
+    tokio::spawn(api::run_queue(state.clone(), queued));
+    // The coordinator serves from the start.
+    let (_health, routes) = standard_routes(COORDINATOR_SERVICE, true).await?;
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
     let server = Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .add_routes(routes)
         .add_service(
             CoordinatorServer::new(Service(state)).max_decoding_message_size(4 * MAX_CHUNK_BYTES),
         )
@@ -86,23 +113,26 @@ pub async fn start_coordinator(config: CoordinatorConfig) -> Result<RunningServe
     })
 }
 
-struct WorkerEntry {
-    id: String,
-    address: String,
-    last_seen: Instant,
+pub(crate) struct WorkerEntry {
+    pub id: String,
+    pub address: String,
+    pub last_seen: Instant,
 }
 
-struct State {
-    config: CoordinatorConfig,
-    workers: Mutex<Vec<WorkerEntry>>,
+pub(crate) struct State {
+    pub config: CoordinatorConfig,
+    pub storage: Storage,
+    pub catalog: Catalog,
+    /// Submitted jobs, to the executor ([`api::run_queue`]).
+    pub queue: mpsc::UnboundedSender<Arc<JobRecord>>,
+    pub workers: Mutex<Vec<WorkerEntry>>,
+    /// Output sinks of running jobs, by job id.
     jobs: Mutex<HashMap<String, Arc<JobSink>>>,
+    /// The running job and its worker per part.
+    pub assignment: Mutex<Option<(String, Vec<String>)>>,
     /// One job at a time.
-    job_lock: tokio::sync::Mutex<()>,
-    next_id: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    pub job_lock: tokio::sync::Mutex<()>,
+    pub next_id: AtomicU64,
 }
 
 /// Where a running job's output goes.
@@ -116,6 +146,8 @@ struct JobSink {
     attention: Vec<Option<AttentionSink>>,
     done: Mutex<HashMap<u32, WorkerStats>>,
     failure: Mutex<Option<(u32, String)>>,
+    /// The client-API job this output belongs to, for progress reports.
+    progress: Option<Arc<JobRecord>>,
 }
 
 struct AttentionSink {
@@ -264,6 +296,133 @@ impl Coordinator for Service {
         Ok(Response::new(PushOutputResponse {}))
     }
 
+    async fn register_graph(
+        &self,
+        request: Request<RegisterGraphRequest>,
+    ) -> Result<Response<GraphInfo>, Status> {
+        Ok(Response::new(
+            api::register_graph(&self.0, request.into_inner()).await?,
+        ))
+    }
+
+    async fn upload_graph(
+        &self,
+        request: Request<Streaming<UploadGraphChunk>>,
+    ) -> Result<Response<GraphInfo>, Status> {
+        Ok(Response::new(
+            api::upload_graph(&self.0, request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_graphs(
+        &self,
+        _: Request<ListGraphsRequest>,
+    ) -> Result<Response<ListGraphsResponse>, Status> {
+        let mut graphs: Vec<_> = lock(&self.0.catalog.graphs)
+            .values()
+            .map(|g| convert::graph_info(g))
+            .collect();
+        graphs.sort_by(|a, b| a.graph_id.cmp(&b.graph_id));
+        Ok(Response::new(ListGraphsResponse { graphs }))
+    }
+
+    async fn create_partition(
+        &self,
+        request: Request<CreatePartitionRequest>,
+    ) -> Result<Response<PartitionInfo>, Status> {
+        Ok(Response::new(
+            api::create_partition(&self.0, request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_partitions(
+        &self,
+        _: Request<ListPartitionsRequest>,
+    ) -> Result<Response<ListPartitionsResponse>, Status> {
+        let mut partitions: Vec<_> = lock(&self.0.catalog.partitions)
+            .values()
+            .map(|p| convert::partition_info(p))
+            .collect();
+        partitions.sort_by(|a, b| a.partition_id.cmp(&b.partition_id));
+        Ok(Response::new(ListPartitionsResponse { partitions }))
+    }
+
+    async fn submit_job(
+        &self,
+        request: Request<SubmitJobRequest>,
+    ) -> Result<Response<JobInfo>, Status> {
+        Ok(Response::new(
+            api::submit_job(&self.0, request.into_inner()).await?,
+        ))
+    }
+
+    async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<JobInfo>, Status> {
+        let record = self.0.catalog.job(&request.into_inner().job_id)?;
+        Ok(Response::new(api::job_info(&self.0, &record)))
+    }
+
+    async fn list_jobs(
+        &self,
+        _: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsResponse>, Status> {
+        let jobs = lock(&self.0.catalog.jobs).clone();
+        Ok(Response::new(ListJobsResponse {
+            jobs: jobs.iter().map(|j| api::job_info(&self.0, j)).collect(),
+        }))
+    }
+
+    type WatchJobStream = ReceiverStream<Result<JobInfo, Status>>;
+
+    async fn watch_job(
+        &self,
+        request: Request<GetJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        Ok(Response::new(api::watch_job(
+            &self.0,
+            &request.into_inner().job_id,
+        )?))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<CancelJobRequest>,
+    ) -> Result<Response<JobInfo>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(api::cancel_job(
+            &self.0,
+            &req.job_id,
+            &req.reason,
+        )?))
+    }
+
+    type FetchOutputStream = ReceiverStream<Result<OutputRows, Status>>;
+
+    async fn fetch_output(
+        &self,
+        request: Request<FetchOutputRequest>,
+    ) -> Result<Response<Self::FetchOutputStream>, Status> {
+        Ok(Response::new(api::fetch_output(
+            &self.0,
+            request.into_inner(),
+        )?))
+    }
+
+    async fn fetch_attention(
+        &self,
+        request: Request<FetchAttentionRequest>,
+    ) -> Result<Response<FetchAttentionResponse>, Status> {
+        Ok(Response::new(
+            api::fetch_attention(&self.0, request.into_inner()).await?,
+        ))
+    }
+
+    async fn cluster_status(
+        &self,
+        _: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        Ok(Response::new(api::cluster_status(&self.0)))
+    }
+
     async fn run_job(
         &self,
         request: Request<RunJobRequest>,
@@ -275,7 +434,7 @@ impl Coordinator for Service {
         let job = tokio::spawn(async move {
             let _one_at_a_time = state.job_lock.lock().await;
             let job_id = format!("job-{}", state.next_id.fetch_add(1, Ordering::Relaxed));
-            let result = run_job(&state, &job_id, req).await;
+            let result = run_job(&state, &job_id, req, None).await;
             lock(&state.jobs).remove(&job_id);
             (job_id, result)
         });
@@ -385,6 +544,11 @@ impl JobSink {
                 lock(&self.done).insert(part, stats);
             }
             Some(Body::Failure(detail)) => self.fail(part, detail),
+            Some(Body::Progress(stats)) => {
+                if let Some(record) = &self.progress {
+                    record.layer_done(part, &stats);
+                }
+            }
             None => {
                 return Err(RuntimeError::InvalidArgument(format!(
                     "output chunk from part {part} has no body"
@@ -429,7 +593,27 @@ fn required<'a>(value: &'a str, field: &str) -> Result<&'a str> {
     }
 }
 
-async fn run_job(state: &State, job_id: &str, req: RunJobRequest) -> Result<JobSummary> {
+/// Runs one job over a partition directory; `record` is set for client-API jobs (progress
+/// and cancellation). The caller holds the job lock.
+pub(crate) async fn run_job(
+    state: &State,
+    job_id: &str,
+    req: RunJobRequest,
+    record: Option<&Arc<JobRecord>>,
+) -> Result<JobSummary> {
+    let result = run_job_inner(state, job_id, req, record).await;
+    lock(&state.jobs).remove(job_id);
+    *lock(&state.assignment) = None;
+    result
+}
+
+async fn run_job_inner(
+    state: &State,
+    job_id: &str,
+    req: RunJobRequest,
+    record: Option<&Arc<JobRecord>>,
+) -> Result<JobSummary> {
+    let cancelled = || record.is_some_and(|r| r.cancel.load(Ordering::SeqCst));
     let started = Instant::now();
     let dir = PathBuf::from(required(&req.partition_dir, "partition_dir")?);
     let model_path = PathBuf::from(required(&req.model, "model")?);
@@ -451,10 +635,11 @@ async fn run_job(state: &State, job_id: &str, req: RunJobRequest) -> Result<JobS
     .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
     let Prepared {
         parts,
-        sink,
+        mut sink,
         feature_min,
         edge_indexes,
     } = prepared;
+    sink.progress = record.cloned();
     let sink = Arc::new(sink);
 
     // Enough live workers?
@@ -470,6 +655,9 @@ async fn run_job(state: &State, job_id: &str, req: RunJobRequest) -> Result<JobS
             if live.len() >= parts {
                 break live.into_iter().take(parts).collect();
             }
+            if cancelled() {
+                return Err(RuntimeError::Cancelled("cancelled by a client".into()));
+            }
             if Instant::now() >= deadline {
                 return Err(RuntimeError::FailedPrecondition(format!(
                     "the partition has {parts} parts but {} live workers are registered; start \
@@ -481,9 +669,25 @@ async fn run_job(state: &State, job_id: &str, req: RunJobRequest) -> Result<JobS
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     lock(&state.jobs).insert(job_id.to_string(), sink.clone());
+    *lock(&state.assignment) = Some((
+        job_id.to_string(),
+        assigned.iter().map(|(id, _)| id.clone()).collect(),
+    ));
+    if let Some(r) = record {
+        r.set_assigned(&assigned);
+    }
     tracing::info!(job = %job_id, parts, "job starting");
 
-    let outcome = drive(state, job_id, &req, &assigned, &sink, feature_min).await;
+    let outcome = drive(
+        state,
+        job_id,
+        &req,
+        &assigned,
+        &sink,
+        feature_min,
+        &cancelled,
+    )
+    .await;
     if let Err(e) = &outcome {
         for (_, address) in &assigned {
             if let Ok(ep) = endpoint(address) {
@@ -679,6 +883,7 @@ fn prepare(
             attention,
             done: Mutex::new(HashMap::new()),
             failure: Mutex::new(None),
+            progress: None,
         },
         feature_min,
         edge_indexes,
@@ -693,6 +898,7 @@ async fn drive(
     assigned: &[(String, String)],
     sink: &JobSink,
     feature_min: f32,
+    cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<()> {
     let parts = assigned.len();
     for (p, (id, address)) in assigned.iter().enumerate() {
@@ -737,6 +943,9 @@ async fn drive(
     }
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
+        if cancelled() {
+            return Err(RuntimeError::Cancelled("cancelled by a client".into()));
+        }
         let reported = lock(&sink.failure).clone();
         if let Some((part, detail)) = reported {
             // A part that reports a failure is often the victim (its peer died while it

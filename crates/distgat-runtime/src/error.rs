@@ -19,6 +19,12 @@ pub enum RuntimeError {
     ProtocolVersion { found: u32, expected: u32 },
     #[error("{0}")]
     NotFound(String),
+    /// A path outside the coordinator's data root.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// An upload beyond the size limit, or a full job queue.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The cluster is not in a state to do this (e.g. too few workers registered).
     #[error("{0}")]
     FailedPrecondition(String),
@@ -53,6 +59,8 @@ impl From<RuntimeError> for tonic::Status {
             RuntimeError::InvalidArgument(_) => Code::InvalidArgument,
             RuntimeError::ProtocolVersion { .. } => Code::FailedPrecondition,
             RuntimeError::NotFound(_) => Code::NotFound,
+            RuntimeError::PermissionDenied(_) => Code::PermissionDenied,
+            RuntimeError::ResourceExhausted(_) => Code::ResourceExhausted,
             RuntimeError::FailedPrecondition(_) => Code::FailedPrecondition,
             RuntimeError::WorkerFailed { .. } => Code::Aborted,
             RuntimeError::Cancelled(_) => Code::Cancelled,

@@ -25,7 +25,7 @@ use distgat_proto::v1::{
     OutputChunk, OutputRows, PayloadKind, RegisterWorkerRequest, RowChunk, SendRowsResponse,
     StartJobRequest, StartJobResponse, WorkerStats,
 };
-use distgat_proto::{MAX_CHUNK_BYTES, PROTOCOL_VERSION};
+use distgat_proto::{MAX_CHUNK_BYTES, PROTOCOL_VERSION, WORKER_SERVICE};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -33,6 +33,7 @@ use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{transport, Result, RuntimeError};
+use crate::standard::{set_serving, standard_routes};
 
 /// How a worker starts; `Default` listens on an ephemeral loopback port.
 #[derive(Debug, Clone)]
@@ -103,10 +104,13 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
         jobs: Mutex::new(HashMap::new()),
         coordinator: endpoint(&config.coordinator)?,
     });
+    // Not serving until registered: a probe then means "part of a cluster".
+    let (mut health, routes) = standard_routes(WORKER_SERVICE, false).await?;
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
     let server = Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .add_routes(routes)
         .add_service(WorkerServer::new(WorkerService(state.clone())))
         .add_service(
             HaloExchangeServer::new(HaloService(state.clone()))
@@ -130,17 +134,32 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
         }
     };
     tracing::info!(worker = %worker_id, %advertised, "registered with the coordinator");
+    set_serving(&mut health, WORKER_SERVICE, true).await;
     let heartbeat_channel = state.coordinator.connect_lazy();
+    let coordinator = state.coordinator.clone();
     tokio::spawn(async move {
         let mut client = CoordinatorClient::new(heartbeat_channel);
+        let mut worker_id = worker_id;
         loop {
             tokio::time::sleep(interval).await;
             let mut req = Request::new(HeartbeatRequest {
                 worker_id: worker_id.clone(),
             });
             req.set_timeout(RPC_DEADLINE);
-            if let Err(e) = client.heartbeat(req).await {
-                tracing::warn!(worker = %worker_id, "heartbeat failed: {e}");
+            match client.heartbeat(req).await {
+                Ok(_) => {}
+                // A restarted coordinator has forgotten us: register again, so the
+                // cluster heals without restarting workers.
+                Err(e) if e.code() == tonic::Code::NotFound => {
+                    match register(&coordinator, &advertised).await {
+                        Ok((id, _)) => {
+                            tracing::info!(old = %worker_id, new = %id, "registered again");
+                            worker_id = id;
+                        }
+                        Err(e) => tracing::warn!("registering again: {e}"),
+                    }
+                }
+                Err(e) => tracing::warn!(worker = %worker_id, "heartbeat failed: {e}"),
             }
         }
     });
@@ -711,7 +730,7 @@ fn compute_part(
             wait_ms = ms(wait),
             "layer done"
         );
-        stats.push(LayerStats {
+        let layer_stats = LayerStats {
             layer: k as u32,
             compute_ms: ms(compute),
             wait_ms: ms(wait),
@@ -719,7 +738,9 @@ fn compute_part(
             rows_sent,
             bytes_sent,
             bytes_planned: rows_sent * width as u64 * 4,
-        });
+        };
+        send_output(out, req, Body::Progress(layer_stats.clone()))?;
+        stats.push(layer_stats);
         if k + 1 < model.layers.len() {
             model.activation.apply(&mut out_rows);
         }

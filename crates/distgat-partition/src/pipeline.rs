@@ -1,13 +1,14 @@
-//! `distgat partition` and `distgat partition-report`.
+//! The whole partitioning pipeline behind `distgat partition` and the coordinator's
+//! CreatePartition: read, symmetrise, assign, plan, write the directory.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use distgat_graph::{read_graph, write_npy, Features, GraphError, GraphFormat};
-use distgat_partition::{
+use crate::{
     assign, features_fingerprint, graph_fingerprint, write_partition, HaloPlan, InputInfo,
     Manifest, Method, NewPartition, PartitionError, PartitionStats, RunInfo, SymmetricGraph,
 };
+use distgat_graph::{read_graph, write_npy, Features, GraphError, GraphFormat};
 
 /// Element type of `--assignment-out`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -174,7 +175,7 @@ pub fn run_partition(config: &PartitionConfig) -> Result<Manifest, PartitionErro
     };
     let report = RunInfo {
         seconds: started.elapsed().as_secs_f64(),
-        peak_rss_bytes: crate::stats::peak_rss_bytes(),
+        peak_rss_bytes: peak_rss_bytes(),
     };
     let manifest = write_partition(
         &config.out,
@@ -245,4 +246,12 @@ pub fn format_report(m: &Manifest) -> String {
             .unwrap_or_default()
     );
     out
+}
+
+/// Peak resident set size of this process in bytes (`VmHWM`), if the OS reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

@@ -1,0 +1,532 @@
+//! An async client for distgat's coordinator API.
+//!
+//! Typed wrappers over `distgat.v1.Coordinator`, retries with exponential backoff for codes
+//! that mean "try again" (UNAVAILABLE always; DEADLINE_EXCEEDED only for calls that change
+//! nothing), and helpers that write fetched results to `.npy`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), distgat_client::ClientError> {
+//! use distgat_client::{Client, Selection, Submit};
+//! let mut client = Client::connect("127.0.0.1:50051").await?;
+//! let graph = client
+//!     .register_graph("data/cora/edges.npy", "data/cora/features.npy", "", "cora")
+//!     .await?;
+//! let job = client
+//!     .submit(Submit {
+//!         graph_id: graph.graph_id,
+//!         model: "reference/cora-gat/model.json".into(),
+//!         normalize_features: true,
+//!         ..Default::default()
+//!     })
+//!     .await?;
+//! let done = client.wait(&job.job_id, |_| {}).await?;
+//! client.fetch_to_npy(&done.job_id, Selection::All, "out.npy".as_ref()).await?;
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use distgat_proto::v1::coordinator_client::CoordinatorClient;
+use distgat_proto::v1::fetch_output_request::Selection as WireSelection;
+use distgat_proto::v1::upload_graph_chunk::Body as UploadBody;
+use distgat_proto::v1::{
+    CancelJobRequest, ClusterStatusRequest, ClusterStatusResponse, CreatePartitionRequest,
+    FetchAttentionRequest, FetchAttentionResponse, FetchOutputRequest, GetJobRequest, GraphInfo,
+    JobInfo, JobState, ListJobsRequest, NodeList, NodeRange, PartitionInfo, RegisterGraphRequest,
+    SubmitJobRequest, UploadGraphChunk, UploadHeader,
+};
+use distgat_proto::MAX_CHUNK_BYTES;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+pub use distgat_proto::v1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("coordinator address '{address}': {detail}")]
+    Address { address: String, detail: String },
+    #[error("connecting to {address}: {detail}")]
+    Connect { address: String, detail: String },
+    /// The coordinator answered with an error (code and message as it sent them).
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("job {job_id} ended {state}: {error}")]
+    JobFailed {
+        job_id: String,
+        state: String,
+        error: String,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Output(#[from] distgat_graph::GraphError),
+    /// The server sent something this client cannot make sense of.
+    #[error("bad response: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The gRPC code, when the coordinator answered with an error.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Status(s) => Some(s.code()),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// How often and how patiently to retry.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            first_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Which output rows to fetch (original node ids).
+#[derive(Debug, Clone)]
+pub enum Selection {
+    All,
+    /// Half-open `[start, end)`.
+    Range(u64, u64),
+    Nodes(Vec<u64>),
+}
+
+/// A job to submit; `Default` partitions with METIS into one part per live worker.
+#[derive(Debug, Clone, Default)]
+pub struct Submit {
+    pub graph_id: String,
+    pub partition_id: String,
+    pub parts: u32,
+    pub method: String,
+    pub model: String,
+    pub normalize_features: bool,
+    pub attention: bool,
+    pub threads_per_worker: u32,
+}
+
+/// Fetched output rows, in the order asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rows {
+    pub nodes: Vec<u64>,
+    pub width: usize,
+    /// `nodes.len() * width` values, row-major.
+    pub values: Vec<f32>,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    inner: CoordinatorClient<Channel>,
+    retry: RetryPolicy,
+}
+
+/// Whether a call may be repeated after this status.
+fn retryable(status: &tonic::Status, idempotent: bool) -> bool {
+    match status.code() {
+        Code::Unavailable => true,
+        Code::DeadlineExceeded => idempotent,
+        _ => false,
+    }
+}
+
+impl Client {
+    /// Connects to `host:port` (or a full `http://` URI), retrying while it is unreachable.
+    pub async fn connect(address: &str) -> Result<Self> {
+        Self::connect_with(address, RetryPolicy::default()).await
+    }
+
+    pub async fn connect_with(address: &str, retry: RetryPolicy) -> Result<Self> {
+        let uri = if address.contains("://") {
+            address.to_string()
+        } else {
+            format!("http://{address}")
+        };
+        let endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| ClientError::Address {
+                address: address.into(),
+                detail: e.to_string(),
+            })?
+            .connect_timeout(Duration::from_secs(5));
+        let mut backoff = retry.first_backoff;
+        let mut attempt = 1;
+        let channel = loop {
+            match endpoint.connect().await {
+                Ok(c) => break c,
+                Err(e) if attempt < retry.attempts => {
+                    tracing::debug!("connecting to {address} (attempt {attempt}): {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(retry.max_backoff);
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(ClientError::Connect {
+                        address: address.into(),
+                        detail: format!("{e} (after {attempt} attempts)"),
+                    })
+                }
+            }
+        };
+        Ok(Client {
+            inner: CoordinatorClient::new(channel).max_decoding_message_size(4 * MAX_CHUNK_BYTES),
+            retry,
+        })
+    }
+
+    /// Runs `call` until it succeeds, fails for good, or the attempts run out.
+    async fn retrying<T, F, Fut>(&self, idempotent: bool, mut call: F) -> Result<T>
+    where
+        F: FnMut(CoordinatorClient<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut backoff = self.retry.first_backoff;
+        let mut attempt = 1;
+        loop {
+            match call(self.inner.clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) if attempt < self.retry.attempts && retryable(&s, idempotent) => {
+                    tracing::debug!("retrying after {}: {}", s.code(), s.message());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.retry.max_backoff);
+                    attempt += 1;
+                }
+                Err(s) => return Err(s.into()),
+            }
+        }
+    }
+
+    /// Registers a graph from files under the coordinator's data root.
+    pub async fn register_graph(
+        &mut self,
+        graph: &str,
+        features: &str,
+        graph_format: &str,
+        name: &str,
+    ) -> Result<GraphInfo> {
+        let req = RegisterGraphRequest {
+            name: name.into(),
+            graph: graph.into(),
+            graph_format: graph_format.into(),
+            features: features.into(),
+        };
+        self.retrying(true, |mut c| {
+            let req = req.clone();
+            async move { c.register_graph(req).await }
+        })
+        .await
+    }
+
+    /// Uploads a graph and its features from local files (small graphs; the coordinator
+    /// enforces a size limit).
+    pub async fn upload_graph(
+        &mut self,
+        graph: &Path,
+        features: &Path,
+        graph_format: &str,
+        name: &str,
+    ) -> Result<GraphInfo> {
+        let graph_bytes = std::fs::read(graph)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", graph.display())))?;
+        let features_bytes = std::fs::read(features)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", features.display())))?;
+        let mut chunks = vec![UploadGraphChunk {
+            body: Some(UploadBody::Header(UploadHeader {
+                name: name.into(),
+                graph_format: graph_format.into(),
+                graph_bytes: graph_bytes.len() as u64,
+                features_bytes: features_bytes.len() as u64,
+            })),
+        }];
+        for c in graph_bytes.chunks(MAX_CHUNK_BYTES) {
+            chunks.push(UploadGraphChunk {
+                body: Some(UploadBody::GraphData(c.to_vec())),
+            });
+        }
+        for c in features_bytes.chunks(MAX_CHUNK_BYTES) {
+            chunks.push(UploadGraphChunk {
+                body: Some(UploadBody::FeaturesData(c.to_vec())),
+            });
+        }
+        // A retried upload could register the graph twice, so this call is not retried.
+        Ok(self
+            .inner
+            .upload_graph(tokio_stream::iter(chunks))
+            .await?
+            .into_inner())
+    }
+
+    pub async fn create_partition(
+        &mut self,
+        graph_id: &str,
+        parts: u32,
+        method: &str,
+        seed: u64,
+    ) -> Result<PartitionInfo> {
+        let req = CreatePartitionRequest {
+            graph_id: graph_id.into(),
+            parts,
+            method: method.into(),
+            seed,
+        };
+        self.retrying(false, |mut c| {
+            let req = req.clone();
+            async move { c.create_partition(req).await }
+        })
+        .await
+    }
+
+    pub async fn submit(&mut self, job: Submit) -> Result<JobInfo> {
+        let req = SubmitJobRequest {
+            graph_id: job.graph_id,
+            partition_id: job.partition_id,
+            parts: job.parts,
+            method: job.method,
+            model: job.model,
+            normalize_features: job.normalize_features,
+            attention: job.attention,
+            threads_per_worker: job.threads_per_worker,
+        };
+        self.retrying(false, |mut c| {
+            let req = req.clone();
+            async move { c.submit_job(req).await }
+        })
+        .await
+    }
+
+    pub async fn job(&mut self, job_id: &str) -> Result<JobInfo> {
+        let req = GetJobRequest {
+            job_id: job_id.into(),
+        };
+        self.retrying(true, |mut c| {
+            let req = req.clone();
+            async move { c.get_job(req).await }
+        })
+        .await
+    }
+
+    pub async fn jobs(&mut self) -> Result<Vec<JobInfo>> {
+        Ok(self
+            .retrying(true, |mut c| async move {
+                c.list_jobs(ListJobsRequest {}).await
+            })
+            .await?
+            .jobs)
+    }
+
+    pub async fn cancel(&mut self, job_id: &str, reason: &str) -> Result<JobInfo> {
+        let req = CancelJobRequest {
+            job_id: job_id.into(),
+            reason: reason.into(),
+        };
+        self.retrying(true, |mut c| {
+            let req = req.clone();
+            async move { c.cancel_job(req).await }
+        })
+        .await
+    }
+
+    pub async fn cluster_status(&mut self) -> Result<ClusterStatusResponse> {
+        self.retrying(true, |mut c| async move {
+            c.cluster_status(ClusterStatusRequest {}).await
+        })
+        .await
+    }
+
+    /// Waits until at least `count` healthy workers are registered.
+    pub async fn wait_for_workers(
+        &mut self,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<ClusterStatusResponse> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = self.cluster_status().await?;
+            let healthy = status.workers.iter().filter(|w| w.healthy).count();
+            if healthy >= count {
+                return Ok(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::Status(tonic::Status::deadline_exceeded(
+                    format!(
+                        "{healthy} of {count} workers healthy after {:.0} s",
+                        timeout.as_secs_f64()
+                    ),
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Follows a job, calling `on_event` with every snapshot, until it ends; returns the
+    /// last snapshot, or [`ClientError::JobFailed`]. A broken stream is resumed.
+    pub async fn wait(
+        &mut self,
+        job_id: &str,
+        mut on_event: impl FnMut(&JobInfo),
+    ) -> Result<JobInfo> {
+        let mut backoff = self.retry.first_backoff;
+        let mut failures = 0;
+        loop {
+            let req = GetJobRequest {
+                job_id: job_id.into(),
+            };
+            let stream = self.inner.watch_job(req).await;
+            let mut stream = match stream {
+                Ok(s) => s.into_inner(),
+                Err(s) if retryable(&s, true) && failures + 1 < self.retry.attempts => {
+                    failures += 1;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.retry.max_backoff);
+                    continue;
+                }
+                Err(s) => return Err(s.into()),
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(info)) => {
+                        on_event(&info);
+                        if is_terminal(&info) {
+                            return finished(info);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(s) if retryable(&s, true) && failures + 1 < self.retry.attempts => {
+                        failures += 1;
+                        break;
+                    }
+                    Err(s) => return Err(s.into()),
+                }
+            }
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    /// Output rows of a finished job.
+    pub async fn fetch(&mut self, job_id: &str, selection: Selection) -> Result<Rows> {
+        let req = FetchOutputRequest {
+            job_id: job_id.into(),
+            selection: match selection {
+                Selection::All => None,
+                Selection::Range(start, end) => {
+                    Some(WireSelection::Range(NodeRange { start, end }))
+                }
+                Selection::Nodes(ids) => Some(WireSelection::Nodes(NodeList { ids })),
+            },
+        };
+        let mut stream = self
+            .retrying(true, |mut c| {
+                let req = req.clone();
+                async move { c.fetch_output(req).await }
+            })
+            .await?;
+        let mut rows = Rows {
+            nodes: Vec::new(),
+            width: 0,
+            values: Vec::new(),
+        };
+        while let Some(chunk) = stream.message().await? {
+            let w = chunk.width as usize;
+            if chunk.values.len() != chunk.nodes.len() * w * 4
+                || (rows.width != 0 && rows.width != w)
+            {
+                return Err(ClientError::Protocol(format!(
+                    "output chunk of {} bytes for {} rows of width {w}",
+                    chunk.values.len(),
+                    chunk.nodes.len()
+                )));
+            }
+            rows.width = w;
+            rows.nodes.extend_from_slice(&chunk.nodes);
+            rows.values.extend(
+                chunk
+                    .values
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+        }
+        Ok(rows)
+    }
+
+    /// Fetches rows and writes them to `path` as a `[rows, width]` float32 `.npy`
+    /// (atomically: a failed fetch leaves no file).
+    pub async fn fetch_to_npy(
+        &mut self,
+        job_id: &str,
+        selection: Selection,
+        path: &Path,
+    ) -> Result<Rows> {
+        let rows = self.fetch(job_id, selection).await?;
+        distgat_graph::write_npy(
+            path,
+            &[rows.nodes.len() as u64, rows.width as u64],
+            &rows.values,
+        )?;
+        Ok(rows)
+    }
+
+    pub async fn attention(
+        &mut self,
+        job_id: &str,
+        layer: u32,
+        nodes: Vec<u64>,
+        top_k: u32,
+    ) -> Result<FetchAttentionResponse> {
+        let req = FetchAttentionRequest {
+            job_id: job_id.into(),
+            layer,
+            nodes,
+            top_k,
+        };
+        self.retrying(true, |mut c| {
+            let req = req.clone();
+            async move { c.fetch_attention(req).await }
+        })
+        .await
+    }
+}
+
+/// The state's display name (`succeeded`, `running`, ...).
+pub fn state_name(info: &JobInfo) -> &'static str {
+    match JobState::try_from(info.state).unwrap_or(JobState::Unspecified) {
+        JobState::Unspecified => "unknown",
+        JobState::Queued => "queued",
+        JobState::Partitioning => "partitioning",
+        JobState::Running => "running",
+        JobState::Succeeded => "succeeded",
+        JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
+    }
+}
+
+pub fn is_terminal(info: &JobInfo) -> bool {
+    matches!(
+        JobState::try_from(info.state),
+        Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    )
+}
+
+fn finished(info: JobInfo) -> Result<JobInfo> {
+    if info.state == JobState::Succeeded as i32 {
+        Ok(info)
+    } else {
+        Err(ClientError::JobFailed {
+            job_id: info.job_id.clone(),
+            state: state_name(&info).into(),
+            error: info.error.clone(),
+        })
+    }
+}

@@ -1,0 +1,646 @@
+//! The coordinator's client API: graphs, partitions, the job queue, results and cluster
+//! status. Requests are validated here, at the boundary; every error names the field.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use distgat_graph::{read_graph, Features, GraphFormat};
+use distgat_proto::v1::fetch_output_request::Selection;
+use distgat_proto::v1::upload_graph_chunk::Body as UploadBody;
+use distgat_proto::v1::{
+    ClusterStatusResponse, CreatePartitionRequest, FetchAttentionRequest, FetchAttentionResponse,
+    FetchOutputRequest, GraphInfo, JobInfo, Neighbour, NodeAttention, OutputRows, PartitionInfo,
+    RegisterGraphRequest, RunJobRequest, SubmitJobRequest, UploadGraphChunk,
+};
+use distgat_proto::{MAX_CHUNK_BYTES, PROTOCOL_VERSION};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+use crate::catalog::{
+    load_model, lock, parse_method, partition_graph, GraphEntry, JobRecord, JobSpec, JobState,
+};
+use crate::convert;
+use crate::coordinator::{run_job, State};
+use crate::error::{Result, RuntimeError};
+
+/// Most jobs waiting in the queue; more is RESOURCE_EXHAUSTED.
+pub const MAX_QUEUED_JOBS: usize = 64;
+/// Most target nodes in one FetchAttention request.
+pub const MAX_ATTENTION_NODES: usize = 10_000;
+
+fn join_error(e: tokio::task::JoinError) -> RuntimeError {
+    RuntimeError::Io(std::io::Error::other(e))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(join_error)?
+}
+
+fn new_id(state: &State, prefix: &str) -> String {
+    format!("{prefix}-{}", state.next_id.fetch_add(1, Ordering::Relaxed))
+}
+
+fn parse_format(field: &str, name: &str) -> Result<Option<GraphFormat>> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    GraphFormat::from_name(name).map(Some).map_err(|_| {
+        RuntimeError::InvalidArgument(format!(
+            "{field} '{name}' is not a graph format: expected one of {}",
+            GraphFormat::NAMES
+        ))
+    })
+}
+
+pub async fn register_graph(state: &Arc<State>, req: RegisterGraphRequest) -> Result<GraphInfo> {
+    let graph = state.storage.resolve("graph", &req.graph)?;
+    let features = state.storage.resolve("features", &req.features)?;
+    let format = parse_format("graph_format", &req.graph_format)?;
+    let id = new_id(state, "graph");
+    let name = if req.name.is_empty() {
+        req.graph.clone()
+    } else {
+        req.name
+    };
+    let entry =
+        blocking(move || GraphEntry::load(id, name, graph, format, features, false)).await?;
+    Ok(add_graph(state, entry))
+}
+
+fn add_graph(state: &State, entry: GraphEntry) -> GraphInfo {
+    tracing::info!(graph = %entry.id, nodes = entry.nodes, edges = entry.edges, "graph registered");
+    let info = convert::graph_info(&entry);
+    lock(&state.catalog.graphs).insert(entry.id.clone(), Arc::new(entry));
+    info
+}
+
+/// Receives an upload into a temporary directory under the work dir; only a complete,
+/// valid upload is kept.
+pub async fn upload_graph(
+    state: &Arc<State>,
+    mut stream: Streaming<UploadGraphChunk>,
+) -> Result<GraphInfo> {
+    let limit = state.storage.max_upload_bytes;
+    let header = match stream
+        .message()
+        .await
+        .map_err(crate::error::transport("upload"))?
+    {
+        Some(UploadGraphChunk {
+            body: Some(UploadBody::Header(h)),
+        }) => h,
+        _ => {
+            return Err(RuntimeError::InvalidArgument(
+                "the first upload message must be a header".into(),
+            ))
+        }
+    };
+    let format = parse_format("header.graph_format", &header.graph_format)?.ok_or_else(|| {
+        RuntimeError::InvalidArgument(
+            "header.graph_format is empty (an upload has no file name to guess it from)".into(),
+        )
+    })?;
+    let too_big = |n: u64| {
+        RuntimeError::ResourceExhausted(format!(
+            "upload of {n} bytes exceeds the coordinator's limit of {limit} bytes \
+             (--max-upload-bytes); register large graphs by path under the data root instead"
+        ))
+    };
+    let declared = header.graph_bytes.saturating_add(header.features_bytes);
+    if declared > limit {
+        return Err(too_big(declared));
+    }
+    let uploads = state.storage.work_dir.join("uploads");
+    std::fs::create_dir_all(&uploads)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".upload-")
+        .tempdir_in(&uploads)?;
+    let graph_path = tmp.path().join("graph");
+    let features_path = tmp.path().join("features.npy");
+    let mut graph_file = std::io::BufWriter::new(std::fs::File::create(&graph_path)?);
+    let mut features_file = std::io::BufWriter::new(std::fs::File::create(&features_path)?);
+    let (mut graph_bytes, mut features_bytes) = (0u64, 0u64);
+    while let Some(chunk) = stream
+        .message()
+        .await
+        .map_err(crate::error::transport("upload"))?
+    {
+        let (file, count, data) = match chunk.body {
+            Some(UploadBody::GraphData(d)) => (&mut graph_file, &mut graph_bytes, d),
+            Some(UploadBody::FeaturesData(d)) => (&mut features_file, &mut features_bytes, d),
+            Some(UploadBody::Header(_)) => {
+                return Err(RuntimeError::InvalidArgument(
+                    "a second upload header arrived".into(),
+                ))
+            }
+            None => {
+                return Err(RuntimeError::InvalidArgument(
+                    "upload chunk has no body".into(),
+                ))
+            }
+        };
+        *count += data.len() as u64;
+        if graph_bytes + features_bytes > limit {
+            return Err(too_big(graph_bytes + features_bytes));
+        }
+        file.write_all(&data)?;
+    }
+    if graph_bytes == 0 || features_bytes == 0 {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "upload incomplete: {graph_bytes} graph bytes and {features_bytes} feature bytes \
+             (both files are required)"
+        )));
+    }
+    graph_file.flush()?;
+    features_file.flush()?;
+    drop((graph_file, features_file));
+
+    let id = new_id(state, "graph");
+    let name = if header.name.is_empty() {
+        format!("upload {id}")
+    } else {
+        header.name
+    };
+    let final_dir = state.storage.work_dir.join("graphs").join(&id);
+    let entry = blocking(move || {
+        // Validate before keeping: a bad upload leaves nothing behind (tmp is dropped).
+        let mut entry = GraphEntry::load(id, name, graph_path, Some(format), features_path, true)?;
+        std::fs::create_dir_all(distgat_graph::parent_dir(&final_dir))?;
+        let kept = tmp.keep();
+        if let Err(e) = std::fs::rename(&kept, &final_dir) {
+            let _ = std::fs::remove_dir_all(&kept);
+            return Err(e.into());
+        }
+        entry.graph = final_dir.join("graph");
+        entry.features = final_dir.join("features.npy");
+        Ok(entry)
+    })
+    .await?;
+    Ok(add_graph(state, entry))
+}
+
+/// Live workers right now.
+fn live_workers(state: &State) -> usize {
+    lock(&state.workers)
+        .iter()
+        .filter(|w| w.last_seen.elapsed() < state.config.heartbeat_timeout)
+        .count()
+}
+
+/// The part count a request asks for (0: one per live worker).
+fn parts_for(state: &State, parts: u32) -> Result<u32> {
+    if parts > 0 {
+        return Ok(parts);
+    }
+    match live_workers(state) {
+        0 => Err(no_workers()),
+        n => Ok(n as u32),
+    }
+}
+
+fn no_workers() -> RuntimeError {
+    RuntimeError::FailedPrecondition(
+        "no worker is registered with this coordinator; start workers with \
+         `distgat worker --coordinator <this address>` or `cluster/local.sh K`"
+            .into(),
+    )
+}
+
+pub async fn create_partition(
+    state: &Arc<State>,
+    req: CreatePartitionRequest,
+) -> Result<PartitionInfo> {
+    let graph = state.catalog.graph(&req.graph_id)?;
+    let parts = parts_for(state, req.parts)?;
+    if u64::from(parts) > graph.nodes {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "parts {parts} exceeds the graph's {} nodes",
+            graph.nodes
+        )));
+    }
+    let method = parse_method("method", &req.method, req.seed)?;
+    let id = new_id(state, "partition");
+    let dir = state.storage.work_dir.join("partitions").join(&id);
+    let entry = blocking(move || partition_graph(id, &graph, parts, method, dir)).await?;
+    let info = convert::partition_info(&entry);
+    lock(&state.catalog.partitions).insert(entry.id.clone(), Arc::new(entry));
+    Ok(info)
+}
+
+pub async fn submit_job(state: &Arc<State>, req: SubmitJobRequest) -> Result<JobInfo> {
+    let graph = state.catalog.graph(&req.graph_id)?;
+    let model_path = state.storage.resolve("model", &req.model)?;
+    let partition = if req.partition_id.is_empty() {
+        None
+    } else {
+        let p = state.catalog.partition(&req.partition_id)?;
+        if p.graph_id != graph.id {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "partition_id '{}' partitions graph '{}', not graph_id '{}'",
+                p.id, p.graph_id, graph.id
+            )));
+        }
+        Some((*p).clone())
+    };
+    let method = parse_method("method", &req.method, 0)?;
+    let live = live_workers(state);
+    if live == 0 {
+        return Err(no_workers());
+    }
+    let parts = match (&partition, req.parts) {
+        (Some(p), 0) => p.parts,
+        (Some(p), k) if k != p.parts => {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "parts {k} differs from partition_id '{}', which has {} parts",
+                p.id, p.parts
+            )))
+        }
+        (_, 0) => live as u32,
+        (_, k) => k,
+    };
+    if parts as usize > live {
+        return Err(RuntimeError::FailedPrecondition(format!(
+            "the job needs {parts} workers (one per part) but {live} are registered; start \
+             more workers or ask for fewer parts"
+        )));
+    }
+    if u64::from(parts) > graph.nodes {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "parts {parts} exceeds the graph's {} nodes",
+            graph.nodes
+        )));
+    }
+    let (width, features) = (graph.feature_width, graph.features.clone());
+    let model =
+        blocking(move || load_model(&model_path, width, &features).map(|m| (m, model_path)))
+            .await?;
+    let (model, model_path) = model;
+    if state.catalog.queued() >= MAX_QUEUED_JOBS {
+        return Err(RuntimeError::ResourceExhausted(format!(
+            "{MAX_QUEUED_JOBS} jobs are already queued; wait for some to finish"
+        )));
+    }
+    let seq = state.next_id.fetch_add(1, Ordering::Relaxed);
+    let id = format!("job-{seq}");
+    let spec = JobSpec {
+        graph: (*graph).clone(),
+        partition,
+        parts,
+        method,
+        model: model_path,
+        normalize_features: req.normalize_features,
+        attention: req.attention,
+        threads_per_worker: req.threads_per_worker.max(1),
+    };
+    let out_dir = state.storage.work_dir.join("jobs").join(&id);
+    let record = Arc::new(JobRecord::new(
+        id.clone(),
+        seq,
+        spec,
+        out_dir,
+        model.layers.len() as u32,
+    ));
+    record.update(|s| s.output_width = model.out_width() as u32);
+    lock(&state.catalog.jobs).push(record.clone());
+    state
+        .queue
+        .send(record.clone())
+        .map_err(|_| RuntimeError::FailedPrecondition("the coordinator is shutting down".into()))?;
+    tracing::info!(job = %id, parts, "job queued");
+    Ok(job_info(state, &record))
+}
+
+pub fn job_info(state: &State, record: &JobRecord) -> JobInfo {
+    let mut info = convert::job_info(record, &record.status());
+    if record.status().state == JobState::Queued {
+        info.queue_position = state.catalog.queue_position(record);
+    }
+    info
+}
+
+pub fn cancel_job(state: &State, job_id: &str, reason: &str) -> Result<JobInfo> {
+    let record = state.catalog.job(job_id)?;
+    let status = record.status();
+    if status.state.is_terminal() {
+        return Err(RuntimeError::FailedPrecondition(format!(
+            "job_id '{job_id}' already ended ({:?})",
+            status.state
+        )));
+    }
+    record.cancel.store(true, Ordering::SeqCst);
+    let why = if reason.is_empty() {
+        "cancelled by a client".to_string()
+    } else {
+        format!("cancelled: {reason}")
+    };
+    if status.state == JobState::Queued {
+        // The executor skips it when it comes up.
+        record.fail(why);
+    }
+    tracing::info!(job = %job_id, "cancel requested");
+    Ok(job_info(state, &record))
+}
+
+/// A job's snapshots, from now until it ends.
+pub fn watch_job(
+    state: &Arc<State>,
+    job_id: &str,
+) -> Result<ReceiverStream<Result<JobInfo, tonic::Status>>> {
+    let record = state.catalog.job(job_id)?;
+    let (tx, rx) = mpsc::channel(16);
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut changes = record.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let info = job_info(&state, &record);
+            let ended = record.status().state.is_terminal();
+            if tx.send(Ok(info)).await.is_err() || ended {
+                return;
+            }
+            // Queue positions change without this job changing: poll now and then.
+            let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
+        }
+    });
+    Ok(ReceiverStream::new(rx))
+}
+
+/// The executor: takes queued jobs in order and runs each to its end.
+pub async fn run_queue(state: Arc<State>, mut queue: mpsc::UnboundedReceiver<Arc<JobRecord>>) {
+    while let Some(record) = queue.recv().await {
+        if record.cancel.load(Ordering::SeqCst) {
+            continue;
+        }
+        let _one_at_a_time = state.job_lock.lock().await;
+        if let Err(e) = execute(&state, &record).await {
+            tracing::warn!(job = %record.id, "job failed: {e}");
+            record.fail(e.to_string());
+        }
+        let _ = std::fs::remove_dir_all(record.out_dir.join(".partial"));
+    }
+}
+
+async fn execute(state: &Arc<State>, record: &Arc<JobRecord>) -> Result<()> {
+    let spec = &record.spec;
+    let partition = match &spec.partition {
+        Some(p) => p.clone(),
+        None => {
+            record.set_state(JobState::Partitioning);
+            let id = new_id(state, "partition");
+            let dir = state.storage.work_dir.join("partitions").join(&id);
+            let graph = spec.graph.clone();
+            let (parts, method) = (spec.parts, spec.method.clone());
+            let entry = blocking(move || partition_graph(id, &graph, parts, method, dir)).await?;
+            lock(&state.catalog.partitions).insert(entry.id.clone(), Arc::new(entry.clone()));
+            record.update(|s| s.partition_id = entry.id.clone());
+            entry
+        }
+    };
+    if record.cancel.load(Ordering::SeqCst) {
+        return Err(RuntimeError::Cancelled("cancelled by a client".into()));
+    }
+    record.set_state(JobState::Running);
+    std::fs::create_dir_all(&record.out_dir)?;
+    let req = RunJobRequest {
+        partition_dir: partition.dir.display().to_string(),
+        model: spec.model.display().to_string(),
+        features: spec.graph.features.display().to_string(),
+        normalize_rows: spec.normalize_features,
+        out: record.out_path().display().to_string(),
+        attention_dir: if spec.attention {
+            record.attention_dir().display().to_string()
+        } else {
+            String::new()
+        },
+        graph: spec.graph.graph.display().to_string(),
+        graph_format: spec
+            .graph
+            .format
+            .map(|f| f.name().to_string())
+            .unwrap_or_default(),
+        threads_per_worker: spec.threads_per_worker,
+    };
+    let summary = run_job(state, &record.id, req, Some(record)).await?;
+    let json = serde_json::to_string(&summary).unwrap_or_default();
+    record.update(|s| {
+        s.state = JobState::Succeeded;
+        s.summary_json = json;
+    });
+    tracing::info!(job = %record.id, "job succeeded");
+    Ok(())
+}
+
+fn finished(state: &State, job_id: &str) -> Result<Arc<JobRecord>> {
+    let record = state.catalog.job(job_id)?;
+    let s = record.status();
+    if s.state != JobState::Succeeded {
+        return Err(RuntimeError::FailedPrecondition(format!(
+            "job_id '{job_id}' has no results: it is {:?}{}",
+            s.state,
+            if s.error.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", s.error)
+            }
+        )));
+    }
+    Ok(record)
+}
+
+/// Streams output rows from the job's out.npy, in at most MAX_CHUNK_BYTES per message.
+pub fn fetch_output(
+    state: &State,
+    req: FetchOutputRequest,
+) -> Result<ReceiverStream<Result<OutputRows, tonic::Status>>> {
+    let record = finished(state, &req.job_id)?;
+    let status = record.status();
+    let (rows, width) = (status.output_rows, status.output_width as usize);
+    let ids: Box<dyn Iterator<Item = u64> + Send> = match req.selection {
+        None => Box::new(0..rows),
+        Some(Selection::Range(r)) => {
+            if r.start >= r.end || r.end > rows {
+                return Err(RuntimeError::InvalidArgument(format!(
+                    "range [{}, {}) is empty or beyond the {rows} output rows",
+                    r.start, r.end
+                )));
+            }
+            Box::new(r.start..r.end)
+        }
+        Some(Selection::Nodes(list)) => {
+            if list.ids.is_empty() {
+                return Err(RuntimeError::InvalidArgument("nodes.ids is empty".into()));
+            }
+            if let Some((i, v)) = list.ids.iter().enumerate().find(|(_, &v)| v >= rows) {
+                return Err(RuntimeError::InvalidArgument(format!(
+                    "nodes.ids[{i}] = {v} is out of range ({rows} output rows)"
+                )));
+            }
+            Box::new(list.ids.into_iter())
+        }
+    };
+    let file = std::fs::File::open(record.out_path())?;
+    let mut prefix = [0u8; 10];
+    file.read_exact_at(&mut prefix, 0)?;
+    // .npy 1.0: magic (6), version (2), header length (u16 LE), header.
+    let header = 10 + u16::from_le_bytes([prefix[8], prefix[9]]) as u64;
+    let row_bytes = width * 4;
+    let per_chunk = (MAX_CHUNK_BYTES / row_bytes.max(1)).max(1);
+    let (tx, rx) = mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let mut ids = ids.peekable();
+        while ids.peek().is_some() {
+            let nodes: Vec<u64> = ids.by_ref().take(per_chunk).collect();
+            let mut values = vec![0u8; nodes.len() * row_bytes];
+            let mut result = Ok(());
+            // Consecutive ids (ranges, whole fetches) are read in one call.
+            let mut i = 0;
+            while i < nodes.len() && result.is_ok() {
+                let mut j = i + 1;
+                while j < nodes.len() && nodes[j] == nodes[j - 1] + 1 {
+                    j += 1;
+                }
+                result = file.read_exact_at(
+                    &mut values[i * row_bytes..j * row_bytes],
+                    header + nodes[i] * row_bytes as u64,
+                );
+                i = j;
+            }
+            let message = result
+                .map(|()| OutputRows {
+                    nodes,
+                    width: width as u32,
+                    values,
+                })
+                .map_err(|e| tonic::Status::internal(format!("reading the output: {e}")));
+            let failed = message.is_err();
+            if tx.blocking_send(message).is_err() || failed {
+                return;
+            }
+        }
+    });
+    Ok(ReceiverStream::new(rx))
+}
+
+pub async fn fetch_attention(
+    state: &State,
+    req: FetchAttentionRequest,
+) -> Result<FetchAttentionResponse> {
+    let record = finished(state, &req.job_id)?;
+    if !record.spec.attention {
+        return Err(RuntimeError::FailedPrecondition(format!(
+            "job_id '{}' was not submitted with attention = true",
+            req.job_id
+        )));
+    }
+    let status = record.status();
+    if req.layer >= status.layers {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "layer {} does not exist (the model has {} layers)",
+            req.layer, status.layers
+        )));
+    }
+    if req.nodes.is_empty() || req.nodes.len() > MAX_ATTENTION_NODES {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "nodes has {} ids: ask for 1 to {MAX_ATTENTION_NODES}",
+            req.nodes.len()
+        )));
+    }
+    if let Some((i, v)) = req
+        .nodes
+        .iter()
+        .enumerate()
+        .find(|(_, &v)| v >= status.output_rows)
+    {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "nodes[{i}] = {v} is out of range ({} nodes)",
+            status.output_rows
+        )));
+    }
+    let top_k = if req.top_k == 0 {
+        10
+    } else {
+        req.top_k as usize
+    };
+    let dir = record.attention_dir();
+    let layer = req.layer;
+    blocking(move || {
+        let index = read_graph(
+            &dir.join(format!("layer{layer}_att_edge_index.npy")),
+            Some(GraphFormat::Npy),
+        )?;
+        let alpha = Features::read_npy(&dir.join(format!("layer{layer}_alpha.npy")))?;
+        let heads = alpha.width;
+        let mut incoming: HashMap<u64, Vec<usize>> =
+            req.nodes.iter().map(|&v| (v, Vec::new())).collect();
+        for (e, &d) in index.dst().iter().enumerate() {
+            if let Some(list) = incoming.get_mut(&d) {
+                list.push(e);
+            }
+        }
+        let nodes = req
+            .nodes
+            .iter()
+            .map(|&v| {
+                let edges = &incoming[&v];
+                let mut top: Vec<Neighbour> = edges
+                    .iter()
+                    .map(|&e| {
+                        let a = alpha.row(e);
+                        Neighbour {
+                            source: index.src()[e],
+                            edge: e as u64,
+                            mean_alpha: a.iter().sum::<f32>() / heads.max(1) as f32,
+                            alpha: a.to_vec(),
+                        }
+                    })
+                    .collect();
+                top.sort_by(|a, b| {
+                    b.mean_alpha
+                        .total_cmp(&a.mean_alpha)
+                        .then(a.edge.cmp(&b.edge))
+                });
+                top.truncate(top_k);
+                NodeAttention {
+                    node: v,
+                    in_degree: edges.len() as u32,
+                    top,
+                }
+            })
+            .collect();
+        Ok(FetchAttentionResponse {
+            layer,
+            heads: heads as u32,
+            nodes,
+        })
+    })
+    .await
+}
+
+pub fn cluster_status(state: &State) -> ClusterStatusResponse {
+    let assignment = lock(&state.assignment).clone();
+    let workers = lock(&state.workers)
+        .iter()
+        .map(|w| {
+            let part = assignment
+                .as_ref()
+                .and_then(|(_, ids)| ids.iter().position(|id| id == &w.id));
+            convert::worker_status(
+                w,
+                w.last_seen.elapsed() < state.config.heartbeat_timeout,
+                part.and(assignment.as_ref().map(|(job, _)| job.as_str())),
+                part.map(|p| p as u32),
+            )
+        })
+        .collect();
+    ClusterStatusResponse {
+        protocol_version: PROTOCOL_VERSION,
+        workers,
+        running_job: assignment.map(|(job, _)| job).unwrap_or_default(),
+        queued_jobs: state.catalog.queued() as u32,
+    }
+}

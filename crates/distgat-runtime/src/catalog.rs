@@ -1,0 +1,433 @@
+//! The coordinator's client-facing state: registered graphs, partitions, and the job queue
+//! with each job's status. Jobs run one at a time (they share every worker); everything
+//! else is bookkeeping behind short mutexes.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use distgat_attention::Model;
+use distgat_graph::{read_graph, Features, GraphFormat};
+use distgat_partition::{run_partition, Method, PartitionConfig};
+use distgat_proto::v1::LayerStats;
+use tokio::sync::watch;
+
+use crate::error::{Result, RuntimeError};
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where client-supplied paths may point, and where the coordinator keeps its own files.
+#[derive(Debug)]
+pub(crate) struct Storage {
+    /// Canonical; every server-side path a client names must resolve inside it.
+    pub data_root: PathBuf,
+    /// Uploads, partitions and job outputs. Workers read partitions from here, so on a
+    /// real cluster it is on storage they share.
+    pub work_dir: PathBuf,
+    pub max_upload_bytes: u64,
+}
+
+impl Storage {
+    pub fn new(data_root: &Path, work_dir: &Path, max_upload_bytes: u64) -> Result<Self> {
+        let data_root = data_root.canonicalize().map_err(|e| {
+            RuntimeError::InvalidArgument(format!("data root {}: {e}", data_root.display()))
+        })?;
+        std::fs::create_dir_all(work_dir).map_err(|e| {
+            RuntimeError::InvalidArgument(format!("work dir {}: {e}", work_dir.display()))
+        })?;
+        Ok(Storage {
+            data_root,
+            work_dir: work_dir.canonicalize()?,
+            max_upload_bytes,
+        })
+    }
+
+    /// Resolves a client path (relative to the data root, or absolute) and refuses anything
+    /// that leaves the root, by `..` or through a symbolic link. The lexical check comes
+    /// first so that probing outside the root does not reveal whether a file exists.
+    pub fn resolve(&self, field: &str, path: &str) -> Result<PathBuf> {
+        if path.is_empty() {
+            return Err(RuntimeError::InvalidArgument(format!("{field} is empty")));
+        }
+        let joined = self.data_root.join(path);
+        let mut lexical = PathBuf::new();
+        for c in joined.components() {
+            match c {
+                Component::ParentDir => {
+                    lexical.pop();
+                }
+                Component::CurDir => {}
+                other => lexical.push(other),
+            }
+        }
+        let outside = || {
+            RuntimeError::PermissionDenied(format!(
+                "{field} '{path}' is outside the data root {}",
+                self.data_root.display()
+            ))
+        };
+        if !lexical.starts_with(&self.data_root) {
+            return Err(outside());
+        }
+        let canonical = lexical.canonicalize().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => RuntimeError::NotFound(format!(
+                "{field} '{path}' does not exist under the data root"
+            )),
+            _ => RuntimeError::InvalidArgument(format!("{field} '{path}': {e}")),
+        })?;
+        if !canonical.starts_with(&self.data_root) {
+            return Err(outside());
+        }
+        Ok(canonical)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct GraphEntry {
+    pub id: String,
+    pub name: String,
+    pub graph: PathBuf,
+    pub format: Option<GraphFormat>,
+    pub features: PathBuf,
+    pub nodes: u64,
+    pub edges: u64,
+    pub feature_width: u32,
+    pub uploaded: bool,
+}
+
+impl GraphEntry {
+    /// Reads both files and checks they fit together (blocking).
+    pub fn load(
+        id: String,
+        name: String,
+        graph: PathBuf,
+        format: Option<GraphFormat>,
+        features: PathBuf,
+        uploaded: bool,
+    ) -> Result<Self> {
+        let edges = read_graph(&graph, format)?;
+        let f = Features::read_npy(&features)?;
+        let source = format!("the {} rows of the features", f.num_nodes);
+        edges.check_ids(f.num_nodes as u64, &graph, &source)?;
+        Ok(GraphEntry {
+            id,
+            name,
+            nodes: f.num_nodes as u64,
+            edges: edges.len() as u64,
+            feature_width: f.width as u32,
+            graph,
+            format,
+            features,
+            uploaded,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct PartitionEntry {
+    pub id: String,
+    pub graph_id: String,
+    pub dir: PathBuf,
+    pub parts: u32,
+    pub method: String,
+    pub edge_cut: u64,
+    pub halo_rows: u64,
+    pub seconds: f64,
+}
+
+/// Parses a method name from a request (`field` names it in errors).
+pub(crate) fn parse_method(field: &str, name: &str, seed: u64) -> Result<Method> {
+    match name.to_ascii_lowercase().as_str() {
+        "" | "metis" => {
+            let mut m = Method::metis_default();
+            if let Method::Metis { seed: s, .. } = &mut m {
+                *s = seed;
+            }
+            Ok(m)
+        }
+        "random" => Ok(Method::Random { seed }),
+        "range" => Ok(Method::Range),
+        other => Err(RuntimeError::InvalidArgument(format!(
+            "{field} '{other}' is not a method: expected metis, random or range"
+        ))),
+    }
+}
+
+/// Partitions a registered graph into `dir` (blocking; METIS may take minutes).
+pub(crate) fn partition_graph(
+    id: String,
+    graph: &GraphEntry,
+    parts: u32,
+    method: Method,
+    dir: PathBuf,
+) -> Result<PartitionEntry> {
+    let started = Instant::now();
+    let manifest = run_partition(&PartitionConfig {
+        graph: graph.graph.clone(),
+        format: graph.format,
+        features: Some(graph.features.clone()),
+        parts: parts as usize,
+        method: method.clone(),
+        out: dir.clone(),
+        ..Default::default()
+    })?;
+    Ok(PartitionEntry {
+        id,
+        graph_id: graph.id.clone(),
+        dir,
+        parts,
+        method: method.name().to_string(),
+        edge_cut: manifest.stats.edge_cut as u64,
+        halo_rows: manifest.stats.halo_rows_total as u64,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Queued,
+    Partitioning,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+/// What a submitted job runs, validated at submission.
+#[derive(Debug, Clone)]
+pub(crate) struct JobSpec {
+    pub graph: GraphEntry,
+    pub partition: Option<PartitionEntry>,
+    pub parts: u32,
+    pub method: Method,
+    pub model: PathBuf,
+    pub normalize_features: bool,
+    pub attention: bool,
+    pub threads_per_worker: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PartStatus {
+    pub part: u32,
+    pub worker_id: String,
+    pub worker_address: String,
+    pub layers_done: u32,
+    pub halo_bytes_sent: u64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct JobStatus {
+    pub state: JobState,
+    pub partition_id: String,
+    pub parts: u32,
+    pub layers: u32,
+    pub progress: Vec<PartStatus>,
+    pub error: String,
+    pub output_rows: u64,
+    pub output_width: u32,
+    pub started: Option<Instant>,
+    pub seconds: f64,
+    pub summary_json: String,
+}
+
+/// One submitted job: its spec, its status, and who is watching it.
+pub(crate) struct JobRecord {
+    pub id: String,
+    /// Submission order (for queue positions and listings).
+    pub seq: u64,
+    pub spec: JobSpec,
+    pub out_dir: PathBuf,
+    status: Mutex<JobStatus>,
+    /// Bumped on every status change; WatchJob streams follow it.
+    changed: watch::Sender<u64>,
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl JobRecord {
+    pub fn new(id: String, seq: u64, spec: JobSpec, out_dir: PathBuf, layers: u32) -> Self {
+        let status = JobStatus {
+            state: JobState::Queued,
+            partition_id: spec
+                .partition
+                .as_ref()
+                .map(|p| p.id.clone())
+                .unwrap_or_default(),
+            parts: spec.parts,
+            layers,
+            progress: Vec::new(),
+            error: String::new(),
+            output_rows: spec.graph.nodes,
+            output_width: 0,
+            started: None,
+            seconds: 0.0,
+            summary_json: String::new(),
+        };
+        JobRecord {
+            id,
+            seq,
+            spec,
+            out_dir,
+            status: Mutex::new(status),
+            changed: watch::channel(0).0,
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn status(&self) -> JobStatus {
+        let mut s = lock(&self.status).clone();
+        if let (Some(t), false) = (s.started, s.state.is_terminal()) {
+            s.seconds = t.elapsed().as_secs_f64();
+        }
+        s
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Applies `f` to the status and wakes watchers. Terminal states are final.
+    pub fn update(&self, f: impl FnOnce(&mut JobStatus)) {
+        {
+            let mut s = lock(&self.status);
+            if s.state.is_terminal() {
+                return;
+            }
+            f(&mut s);
+            if s.state.is_terminal() {
+                if let Some(t) = s.started {
+                    s.seconds = t.elapsed().as_secs_f64();
+                }
+            }
+        }
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    pub fn set_state(&self, state: JobState) {
+        self.update(|s| {
+            if state != JobState::Queued && s.started.is_none() {
+                s.started = Some(Instant::now());
+            }
+            s.state = state;
+        });
+    }
+
+    pub fn fail(&self, error: String) {
+        let cancelled = self.cancel.load(Ordering::SeqCst);
+        self.update(|s| {
+            s.state = if cancelled {
+                JobState::Cancelled
+            } else {
+                JobState::Failed
+            };
+            s.error = error;
+        });
+    }
+
+    /// The workers a running job was given, one per part.
+    pub fn set_assigned(&self, assigned: &[(String, String)]) {
+        self.update(|s| {
+            s.progress = assigned
+                .iter()
+                .enumerate()
+                .map(|(p, (id, address))| PartStatus {
+                    part: p as u32,
+                    worker_id: id.clone(),
+                    worker_address: address.clone(),
+                    ..Default::default()
+                })
+                .collect();
+        });
+    }
+
+    pub fn layer_done(&self, part: u32, stats: &LayerStats) {
+        self.update(|s| {
+            if let Some(p) = s.progress.get_mut(part as usize) {
+                p.layers_done = p.layers_done.max(stats.layer + 1);
+                p.halo_bytes_sent += stats.bytes_sent;
+            }
+        });
+    }
+
+    pub fn out_path(&self) -> PathBuf {
+        self.out_dir.join("out.npy")
+    }
+
+    pub fn attention_dir(&self) -> PathBuf {
+        self.out_dir.join("attention")
+    }
+}
+
+/// Everything the client API keeps.
+#[derive(Default)]
+pub(crate) struct Catalog {
+    pub graphs: Mutex<HashMap<String, Arc<GraphEntry>>>,
+    pub partitions: Mutex<HashMap<String, Arc<PartitionEntry>>>,
+    /// In submission order.
+    pub jobs: Mutex<Vec<Arc<JobRecord>>>,
+}
+
+impl Catalog {
+    pub fn graph(&self, id: &str) -> Result<Arc<GraphEntry>> {
+        if id.is_empty() {
+            return Err(RuntimeError::InvalidArgument("graph_id is empty".into()));
+        }
+        lock(&self.graphs).get(id).cloned().ok_or_else(|| {
+            RuntimeError::NotFound(format!(
+                "graph_id '{id}' is not registered (RegisterGraph or UploadGraph first)"
+            ))
+        })
+    }
+
+    pub fn partition(&self, id: &str) -> Result<Arc<PartitionEntry>> {
+        lock(&self.partitions)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RuntimeError::NotFound(format!("partition_id '{id}' does not exist")))
+    }
+
+    pub fn job(&self, id: &str) -> Result<Arc<JobRecord>> {
+        if id.is_empty() {
+            return Err(RuntimeError::InvalidArgument("job_id is empty".into()));
+        }
+        lock(&self.jobs)
+            .iter()
+            .find(|j| j.id == id)
+            .cloned()
+            .ok_or_else(|| RuntimeError::NotFound(format!("job_id '{id}' does not exist")))
+    }
+
+    /// Queued jobs submitted before `job`.
+    pub fn queue_position(&self, job: &JobRecord) -> u32 {
+        lock(&self.jobs)
+            .iter()
+            .filter(|j| j.seq < job.seq && j.status().state == JobState::Queued)
+            .count() as u32
+    }
+
+    pub fn queued(&self) -> usize {
+        lock(&self.jobs)
+            .iter()
+            .filter(|j| j.status().state == JobState::Queued)
+            .count()
+    }
+}
+
+/// Loads a model to validate it and learn its shape (blocking).
+pub(crate) fn load_model(path: &Path, feature_width: u32, features: &Path) -> Result<Model> {
+    let model = Model::load(path)?;
+    model.check_input_width(feature_width as usize, features)?;
+    Ok(model)
+}
