@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use distgat_cli::config::{load_config, pick};
 use distgat_cli::{
     format_report, run_infer, run_partition, AssignmentDtype, InferConfig, PartitionConfig,
 };
@@ -32,19 +33,91 @@ enum Command {
     /// With no --graph: the shipped Cora data and trained model on 4 workers.
     Run(RunArgs),
     /// Serve the coordinator (prints `listening on ADDR` once bound).
-    Coordinator {
-        /// Address to bind; port 0 picks a free port
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: std::net::SocketAddr,
-    },
+    ///
+    /// Settings: flag > DISTGAT_* env var > --config TOML file > default.
+    Coordinator(CoordinatorArgs),
     /// Serve a worker that registers with a coordinator (prints `listening on ADDR`).
-    Worker {
-        /// The coordinator's host:port
+    ///
+    /// Settings: flag > DISTGAT_* env var > --config TOML file > default.
+    Worker(WorkerArgs),
+    /// Submit a job to a running coordinator (prints its job id).
+    Submit(SubmitArgs),
+    /// Show one job, or list all jobs.
+    Status {
+        job: Option<String>,
         #[arg(long)]
-        coordinator: String,
-        /// Address to bind; port 0 picks a free port
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: std::net::SocketAddr,
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Follow a job with a progress bar until it ends (non-zero exit unless it succeeds).
+    Watch {
+        job: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Fetch a finished job's output rows (original node ids) into a .npy file.
+    Fetch {
+        job: String,
+        /// Output .npy [rows, width] float32
+        #[arg(long, value_name = "OUT.npy")]
+        out: PathBuf,
+        /// Only these node ids, comma-separated, in this order
+        #[arg(long, value_name = "IDS")]
+        nodes: Option<String>,
+        /// Only node ids START..END (END excluded)
+        #[arg(long, value_name = "START:END")]
+        range: Option<String>,
+        /// Also write the node id of each row to this int64 .npy
+        #[arg(long, value_name = "IDS.npy")]
+        ids_out: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the neighbours that contributed most to chosen nodes (jobs run with --attention).
+    Explain {
+        job: String,
+        /// Target node ids, comma-separated
+        #[arg(long, value_name = "IDS")]
+        nodes: String,
+        #[arg(long, default_value_t = 0)]
+        layer: u32,
+        #[arg(long, default_value_t = 5)]
+        top_k: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a queued or running job.
+    Cancel {
+        job: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the registered workers, their health and parts.
+    Workers {
+        /// Wait until at least this many healthy workers are registered
+        #[arg(long, value_name = "K")]
+        wait: Option<usize>,
+        /// Seconds to wait for --wait
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Ask a server's grpc.health.v1 service; exit 0 when it is SERVING.
+    Health {
+        /// host:port of a coordinator or worker
+        address: String,
+        /// Service name ("" is the whole server)
+        #[arg(long, default_value = "")]
+        service: String,
+        /// Keep asking for this many seconds before giving up
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
     },
     /// Verify a partition directory (checksums, shard structure) and show its report.
     PartitionReport {
@@ -54,6 +127,112 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct CoordinatorArgs {
+    /// Address to bind; port 0 picks a free port [default: 127.0.0.1:50051]
+    #[arg(long, env = "DISTGAT_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Clients' server-side paths must resolve inside this directory [default: .]
+    #[arg(long, env = "DISTGAT_DATA_ROOT", value_name = "DIR")]
+    data_root: Option<PathBuf>,
+    /// Uploads, partitions and job outputs; workers must see it at the same path
+    /// [default: distgat-work]
+    #[arg(long, env = "DISTGAT_WORK_DIR", value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// Largest graph upload in bytes [default: 67108864]
+    #[arg(long, env = "DISTGAT_MAX_UPLOAD_BYTES", value_name = "BYTES")]
+    max_upload_bytes: Option<u64>,
+    /// A worker silent this long fails its job [default: 3000]
+    #[arg(long, env = "DISTGAT_HEARTBEAT_TIMEOUT_MS", value_name = "MS")]
+    heartbeat_timeout_ms: Option<u64>,
+    /// Write the bound host:port here once listening (for scripts)
+    #[arg(long, env = "DISTGAT_ADDR_FILE", value_name = "FILE")]
+    addr_file: Option<PathBuf>,
+    /// TOML configuration file ([coordinator] section)
+    #[arg(long, env = "DISTGAT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct WorkerArgs {
+    /// The coordinator's host:port
+    #[arg(long, env = "DISTGAT_COORDINATOR")]
+    coordinator: Option<String>,
+    /// Address to bind; port 0 picks a free port [default: 127.0.0.1:0]
+    #[arg(long, env = "DISTGAT_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Host name other workers and the coordinator reach this worker by
+    /// [default: the listen IP]
+    #[arg(long, env = "DISTGAT_ADVERTISE_HOST")]
+    advertise_host: Option<String>,
+    /// Write the bound host:port here once registered (for scripts)
+    #[arg(long, env = "DISTGAT_ADDR_FILE", value_name = "FILE")]
+    addr_file: Option<PathBuf>,
+    /// TOML configuration file ([worker] section)
+    #[arg(long, env = "DISTGAT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Clone)]
+struct ClientArgs {
+    /// The coordinator's host:port [default: 127.0.0.1:50051]
+    #[arg(long, env = "DISTGAT_COORDINATOR")]
+    coordinator: Option<String>,
+    /// TOML configuration file ([client] section)
+    #[arg(long, env = "DISTGAT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct SubmitArgs {
+    /// A graph registered before (see the graph line submit prints)
+    #[arg(long, conflicts_with_all = ["graph", "features"])]
+    graph_id: Option<String>,
+    /// Graph file: a path under the coordinator's data root, or local with --upload
+    #[arg(long, requires = "features")]
+    graph: Option<String>,
+    /// Feature .npy: under the data root, or local with --upload
+    #[arg(long, requires = "graph")]
+    features: Option<String>,
+    /// npy, edgelist, metis or mtx (default: from the extension; required with --upload)
+    #[arg(long, default_value = "")]
+    format: String,
+    /// Stream the local --graph and --features files to the coordinator
+    #[arg(long)]
+    upload: bool,
+    /// A label for the graph
+    #[arg(long, default_value = "")]
+    name: String,
+    /// gat-model-v1 JSON under the coordinator's data root
+    #[arg(long)]
+    model: String,
+    /// Parts (one worker each); 0 means one per live worker
+    #[arg(long, default_value_t = 0)]
+    parts: u32,
+    /// metis, random or range
+    #[arg(long, default_value = "metis")]
+    method: String,
+    /// Reuse a partition made before
+    #[arg(long)]
+    partition_id: Option<String>,
+    /// PyG NormalizeFeatures (row normalisation) on the input
+    #[arg(long)]
+    normalize_features: bool,
+    /// Keep attention coefficients (for `distgat explain`)
+    #[arg(long)]
+    attention: bool,
+    /// Kernel threads per worker
+    #[arg(long, default_value_t = 1)]
+    threads_per_worker: u32,
+    /// Then follow it like `distgat watch`
+    #[arg(long)]
+    watch: bool,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(clap::Args)]
@@ -260,23 +439,53 @@ fn main() -> ExitCode {
         Command::Partition(args) => partition(args),
         Command::PartitionReport { dir, json } => partition_report(&dir, json),
         Command::Run(args) => run(args),
-        Command::Coordinator { listen } => serve(async move {
-            distgat_runtime::start_coordinator(distgat_runtime::CoordinatorConfig {
-                listen,
-                ..Default::default()
-            })
-            .await
+        Command::Coordinator(args) => coordinator(args),
+        Command::Worker(args) => worker(args),
+        Command::Submit(args) => client_command(&args.client.clone(), |c| submit(c, args)),
+        Command::Status { job, json, client } => client_command(&client, |c| status(c, job, json)),
+        Command::Watch { job, client } => client_command(&client, |c| watch(c, job)),
+        Command::Fetch {
+            job,
+            out,
+            nodes,
+            range,
+            ids_out,
+            client,
+        } => client_command(&client, |c| fetch(c, job, out, nodes, range, ids_out)),
+        Command::Explain {
+            job,
+            nodes,
+            layer,
+            top_k,
+            client,
+        } => client_command(&client, |c| explain(c, job, nodes, layer, top_k)),
+        Command::Cancel {
+            job,
+            reason,
+            client,
+        } => client_command(&client, |mut c| async move {
+            let info = c.cancel(&job, &reason).await?;
+            println!("{}", distgat_cli::remote::format_job(&info));
+            Ok(())
         }),
-        Command::Worker {
-            coordinator,
-            listen,
-        } => serve(async move {
-            distgat_runtime::start_worker(distgat_runtime::WorkerConfig {
-                coordinator,
-                listen,
-                ..Default::default()
-            })
-            .await
+        Command::Workers {
+            wait,
+            timeout,
+            json,
+            client,
+        } => client_command(&client, |c| workers(c, wait, timeout, json)),
+        Command::Health {
+            address,
+            service,
+            wait,
+        } => tokio_runtime().and_then(|rt| {
+            rt.block_on(distgat_cli::remote::check_health(
+                &address,
+                &service,
+                std::time::Duration::from_secs(wait),
+            ))?;
+            println!("{address}: SERVING");
+            Ok(())
         }),
     };
     match result {
@@ -315,16 +524,258 @@ fn graph_format(f: FormatArg) -> GraphFormat {
     }
 }
 
-/// Runs a server until SIGTERM or Ctrl-C; prints its address once bound.
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let file = load_config(args.config.as_deref())?;
+    let c = &file.coordinator;
+    let defaults = distgat_runtime::CoordinatorConfig::default();
+    let config = distgat_runtime::CoordinatorConfig {
+        listen: pick(
+            args.listen,
+            file.parse("coordinator.listen", c.listen.as_ref())?,
+            ([127, 0, 0, 1], 50051).into(),
+        ),
+        data_root: pick(args.data_root, c.data_root.clone(), defaults.data_root.clone()),
+        work_dir: pick(args.work_dir, c.work_dir.clone(), defaults.work_dir.clone()),
+        max_upload_bytes: pick(
+            args.max_upload_bytes,
+            c.max_upload_bytes,
+            defaults.max_upload_bytes,
+        ),
+        heartbeat_timeout: pick(
+            args.heartbeat_timeout_ms,
+            c.heartbeat_timeout_ms,
+            defaults.heartbeat_timeout.as_millis() as u64,
+        )
+        .pipe(std::time::Duration::from_millis),
+        ..defaults
+    };
+    let addr_file = args.addr_file.or(c.addr_file.clone());
+    serve(
+        async move { distgat_runtime::start_coordinator(config).await },
+        addr_file,
+    )
+}
+
+fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let file = load_config(args.config.as_deref())?;
+    let w = &file.worker;
+    let coordinator = args.coordinator.or(w.coordinator.clone()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no coordinator address: give --coordinator HOST:PORT, DISTGAT_COORDINATOR or \
+             worker.coordinator in the config file"
+        )
+    })?;
+    let config = distgat_runtime::WorkerConfig {
+        coordinator,
+        listen: pick(
+            args.listen,
+            file.parse("worker.listen", w.listen.as_ref())?,
+            ([127, 0, 0, 1], 0).into(),
+        ),
+        advertise_host: args.advertise_host.or(w.advertise_host.clone()),
+        ..Default::default()
+    };
+    let addr_file = args.addr_file.or(w.addr_file.clone());
+    serve(
+        async move { distgat_runtime::start_worker(config).await },
+        addr_file,
+    )
+}
+
+/// Small extension: `value.pipe(f)` reads better than nesting in long initialisers.
+trait Pipe: Sized {
+    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
+        f(self)
+    }
+}
+impl<T> Pipe for T {}
+
+/// Connects to the coordinator named by flag, env or config file and runs `command`.
+fn client_command<F, Fut>(args: &ClientArgs, command: F) -> anyhow::Result<()>
+where
+    F: FnOnce(distgat_client::Client) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let file = load_config(args.config.as_deref())?;
+    let address = pick(
+        args.coordinator.clone(),
+        file.client.coordinator.clone(),
+        "127.0.0.1:50051".to_string(),
+    );
+    tokio_runtime()?.block_on(async {
+        let client = distgat_client::Client::connect(&address).await?;
+        command(client).await
+    })
+}
+
+async fn submit(mut client: distgat_client::Client, args: SubmitArgs) -> anyhow::Result<()> {
+    let config = distgat_cli::remote::SubmitConfig {
+        graph_id: args.graph_id,
+        graph: args.graph,
+        features: args.features,
+        graph_format: args.format,
+        upload: args.upload,
+        name: args.name,
+        job: distgat_client::Submit {
+            partition_id: args.partition_id.unwrap_or_default(),
+            parts: args.parts,
+            method: args.method,
+            model: args.model,
+            normalize_features: args.normalize_features,
+            attention: args.attention,
+            threads_per_worker: args.threads_per_worker,
+            ..Default::default()
+        },
+    };
+    let info = distgat_cli::remote::submit(&mut client, config).await?;
+    if args.json {
+        println!("{}", distgat_cli::remote::job_json(&info));
+    } else {
+        println!("{}", info.job_id);
+    }
+    if args.watch {
+        watch(client, info.job_id).await?;
+    }
+    Ok(())
+}
+
+async fn status(
+    mut client: distgat_client::Client,
+    job: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let jobs = match job {
+        Some(id) => vec![client.job(&id).await?],
+        None => client.jobs().await?,
+    };
+    for j in &jobs {
+        if json {
+            println!("{}", distgat_cli::remote::job_json(j));
+        } else {
+            println!("{}", distgat_cli::remote::format_job(j));
+        }
+    }
+    Ok(())
+}
+
+async fn watch(mut client: distgat_client::Client, job: String) -> anyhow::Result<()> {
+    let bar = ProgressBar::new(1).with_style(
+        ProgressStyle::with_template("{spinner} [{elapsed}] {bar:30} {pos}/{len} layers {msg}")
+            .expect("static template"),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let mut last_state = String::new();
+    let result = client
+        .wait(&job, |info| {
+            let state = distgat_client::state_name(info);
+            bar.set_length(u64::from((info.layers * info.parts).max(1)));
+            bar.set_position(info.progress.iter().map(|p| u64::from(p.layers_done)).sum());
+            bar.set_message(format!("{} {state}", info.job_id));
+            if state != last_state {
+                // A line per state change, for logs where the bar is not drawn.
+                bar.suspend(|| eprintln!("{}", distgat_cli::remote::format_job(info)));
+                last_state = state.to_string();
+            }
+        })
+        .await;
+    bar.finish_and_clear();
+    let info = result?;
+    println!("{}", distgat_cli::remote::format_job(&info));
+    Ok(())
+}
+
+async fn fetch(
+    mut client: distgat_client::Client,
+    job: String,
+    out: PathBuf,
+    nodes: Option<String>,
+    range: Option<String>,
+    ids_out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let selection = distgat_cli::remote::selection(nodes.as_deref(), range.as_deref())?;
+    let rows = client.fetch_to_npy(&job, selection, &out).await?;
+    if let Some(path) = ids_out {
+        let ids: Vec<i64> = rows.nodes.iter().map(|&v| v as i64).collect();
+        distgat_graph::write_npy(&path, &[ids.len() as u64], &ids)?;
+    }
+    println!(
+        "wrote {} rows of {} columns to {}",
+        rows.nodes.len(),
+        rows.width,
+        out.display()
+    );
+    Ok(())
+}
+
+async fn explain(
+    mut client: distgat_client::Client,
+    job: String,
+    nodes: String,
+    layer: u32,
+    top_k: u32,
+) -> anyhow::Result<()> {
+    let distgat_client::Selection::Nodes(ids) =
+        distgat_cli::remote::selection(Some(&nodes), None)?
+    else {
+        unreachable!("a node list parses to Selection::Nodes")
+    };
+    let reply = client.attention(&job, layer, ids, top_k).await?;
+    for n in &reply.nodes {
+        println!("node {} (layer {}, in-degree {}):", n.node, reply.layer, n.in_degree);
+        for t in &n.top {
+            let heads: Vec<String> = t.alpha.iter().map(|a| format!("{a:.4}")).collect();
+            println!(
+                "  from {:>8}  mean {:.4}  heads [{}]",
+                t.source,
+                t.mean_alpha,
+                heads.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn workers(
+    mut client: distgat_client::Client,
+    wait: Option<usize>,
+    timeout: u64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let status = match wait {
+        Some(k) => {
+            client
+                .wait_for_workers(k, std::time::Duration::from_secs(timeout))
+                .await?
+        }
+        None => client.cluster_status().await?,
+    };
+    if json {
+        println!("{}", distgat_cli::remote::workers_json(&status));
+    } else {
+        println!("{}", distgat_cli::remote::format_workers(&status));
+    }
+    Ok(())
+}
+
+/// Runs a server until SIGTERM or Ctrl-C; prints its address once bound (and writes it to
+/// `addr_file`, if given).
 fn serve(
     start: impl std::future::Future<Output = distgat_runtime::Result<distgat_runtime::RunningServer>>,
+    addr_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio_runtime()?;
     runtime.block_on(async {
         let server = start.await?;
         println!("listening on {}", server.addr);
+        if let Some(path) = &addr_file {
+            distgat_cli::remote::write_addr_file(path, &server.addr.to_string())?;
+        }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}

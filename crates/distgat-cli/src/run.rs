@@ -51,7 +51,15 @@ fn spawn_server(
     name: &str,
     children: &mut Children,
 ) -> anyhow::Result<String> {
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    // The children get everything by flag: a DISTGAT_* variable meant for a served
+    // coordinator (an address file, say) must not leak into this private cluster.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("DISTGAT_") {
+            command.env_remove(key);
+        }
+    }
+    let mut child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -112,7 +120,13 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Str
     let mut children = Children(Vec::new());
     let coordinator = spawn_server(
         &config.exe,
-        &["coordinator", "--listen", "127.0.0.1:0"],
+        &[
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--work-dir",
+            &temp.path().join("work").display().to_string(),
+        ],
         "coordinator",
         &mut children,
     )?;
@@ -148,12 +162,7 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Str
         graph: abs(&config.graph),
         graph_format: config
             .format
-            .map(|f| match f {
-                GraphFormat::Npy => "npy",
-                GraphFormat::EdgeList => "edgelist",
-                GraphFormat::Metis => "metis",
-                GraphFormat::MatrixMarket => "mtx",
-            })
+            .map(GraphFormat::name)
             .unwrap_or_default()
             .to_string(),
         threads_per_worker: config.threads_per_worker as u32,

@@ -49,9 +49,9 @@ pub enum ClientError {
     Address { address: String, detail: String },
     #[error("connecting to {address}: {detail}")]
     Connect { address: String, detail: String },
-    /// The coordinator answered with an error (code and message as it sent them).
-    #[error("{}: {}", .0.code(), .0.message())]
-    Status(#[from] tonic::Status),
+    /// The coordinator answered with an error (its message, then the code).
+    #[error("{} ({:?})", .0.message(), .0.code())]
+    Status(tonic::Status),
     #[error("job {job_id} ended {state}: {error}")]
     JobFailed {
         job_id: String,
@@ -65,6 +65,12 @@ pub enum ClientError {
     /// The server sent something this client cannot make sense of.
     #[error("bad response: {0}")]
     Protocol(String),
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        ClientError::Status(s)
+    }
 }
 
 impl ClientError {

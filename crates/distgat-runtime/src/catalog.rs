@@ -166,6 +166,7 @@ pub(crate) fn partition_graph(
     dir: PathBuf,
 ) -> Result<PartitionEntry> {
     let started = Instant::now();
+    std::fs::create_dir_all(distgat_graph::parent_dir(&dir))?;
     let manifest = run_partition(&PartitionConfig {
         graph: graph.graph.clone(),
         format: graph.format,

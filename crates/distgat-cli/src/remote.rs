@@ -1,0 +1,233 @@
+//! The client subcommands (`submit`, `status`, `watch`, `fetch`, `cancel`, `workers`,
+//! `health`) over [`distgat_client`], minus the terminal handling that stays in `main`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use distgat_client::v1::{ClusterStatusResponse, JobInfo};
+use distgat_client::{state_name, Client, Selection, Submit};
+use serde_json::json;
+
+/// What `distgat submit` sends.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitConfig {
+    /// A graph registered earlier; otherwise `graph` and `features` are registered first.
+    pub graph_id: Option<String>,
+    pub graph: Option<String>,
+    pub features: Option<String>,
+    pub graph_format: String,
+    /// Stream the local files instead of naming server-side paths.
+    pub upload: bool,
+    pub name: String,
+    pub job: Submit,
+}
+
+pub async fn submit(client: &mut Client, config: SubmitConfig) -> anyhow::Result<JobInfo> {
+    let graph_id = match (&config.graph_id, &config.graph, &config.features) {
+        (Some(id), None, None) => id.clone(),
+        (None, Some(graph), Some(features)) => {
+            let info = if config.upload {
+                client
+                    .upload_graph(
+                        graph.as_ref(),
+                        features.as_ref(),
+                        &config.graph_format,
+                        &config.name,
+                    )
+                    .await
+                    .context("uploading the graph")?
+            } else {
+                client
+                    .register_graph(graph, features, &config.graph_format, &config.name)
+                    .await
+                    .context("registering the graph")?
+            };
+            eprintln!(
+                "graph {}: {} nodes, {} edges, {} features",
+                info.graph_id, info.nodes, info.edges, info.feature_width
+            );
+            info.graph_id
+        }
+        _ => anyhow::bail!("give either --graph-id, or --graph and --features"),
+    };
+    let job = Submit {
+        graph_id,
+        ..config.job
+    };
+    Ok(client.submit(job).await.context("submitting the job")?)
+}
+
+pub fn job_json(j: &JobInfo) -> serde_json::Value {
+    json!({
+        "job_id": j.job_id,
+        "state": state_name(j),
+        "graph_id": j.graph_id,
+        "partition_id": j.partition_id,
+        "parts": j.parts,
+        "layers": j.layers,
+        "progress": j.progress.iter().map(|p| json!({
+            "part": p.part,
+            "worker_id": p.worker_id,
+            "worker_address": p.worker_address,
+            "layers_done": p.layers_done,
+            "halo_bytes_sent": p.halo_bytes_sent,
+        })).collect::<Vec<_>>(),
+        "error": j.error,
+        "queue_position": j.queue_position,
+        "output_rows": j.output_rows,
+        "output_width": j.output_width,
+        "attention": j.attention,
+        "seconds": j.seconds,
+    })
+}
+
+/// One line per job: id, state, parts, layers done, time, error.
+pub fn format_job(j: &JobInfo) -> String {
+    let done: u32 = j.progress.iter().map(|p| p.layers_done).sum();
+    let total = j.layers * j.parts;
+    let mut line = format!(
+        "{:<10} {:<12} graph {:<10} parts {:<3} layers {done}/{total} {:>8.2} s",
+        j.job_id,
+        state_name(j),
+        j.graph_id,
+        j.parts,
+        j.seconds
+    );
+    if j.state == distgat_client::v1::JobState::Queued as i32 {
+        line += &format!("  ({} ahead)", j.queue_position);
+    }
+    if !j.error.is_empty() {
+        line += &format!("  error: {}", j.error);
+    }
+    line
+}
+
+pub fn workers_json(s: &ClusterStatusResponse) -> serde_json::Value {
+    json!({
+        "protocol_version": s.protocol_version,
+        "running_job": s.running_job,
+        "queued_jobs": s.queued_jobs,
+        "workers": s.workers.iter().map(|w| json!({
+            "worker_id": w.worker_id,
+            "address": w.address,
+            "healthy": w.healthy,
+            "last_heartbeat_ms_ago": w.last_heartbeat_ms_ago,
+            "job_id": w.job_id,
+            "part": w.part,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn format_workers(s: &ClusterStatusResponse) -> String {
+    let mut out = format!(
+        "{} workers ({} healthy); running job: {}; queued jobs: {}\n",
+        s.workers.len(),
+        s.workers.iter().filter(|w| w.healthy).count(),
+        if s.running_job.is_empty() {
+            "none"
+        } else {
+            &s.running_job
+        },
+        s.queued_jobs
+    );
+    out += "worker       address                 health     last heartbeat  job/part\n";
+    for w in &s.workers {
+        out += &format!(
+            "{:<12} {:<23} {:<10} {:>11} ms  {}\n",
+            w.worker_id,
+            w.address,
+            if w.healthy { "healthy" } else { "silent" },
+            w.last_heartbeat_ms_ago,
+            match w.part {
+                Some(p) => format!("{}/{p}", w.job_id),
+                None => "-".into(),
+            }
+        );
+    }
+    out.trim_end().to_string()
+}
+
+/// Parses `--nodes 1,2,3` or `--range A:B` (neither: all rows).
+pub fn selection(nodes: Option<&str>, range: Option<&str>) -> anyhow::Result<Selection> {
+    match (nodes, range) {
+        (Some(_), Some(_)) => anyhow::bail!("--nodes and --range exclude each other"),
+        (Some(list), None) => {
+            let ids = list
+                .split(',')
+                .map(|t| {
+                    t.trim()
+                        .parse::<u64>()
+                        .with_context(|| format!("--nodes: '{t}' is not a node id"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Ok(Selection::Nodes(ids))
+        }
+        (None, Some(r)) => {
+            let (a, b) = r
+                .split_once(':')
+                .with_context(|| format!("--range '{r}': expected START:END"))?;
+            let parse = |t: &str| {
+                t.trim()
+                    .parse::<u64>()
+                    .with_context(|| format!("--range '{r}': '{t}' is not a node id"))
+            };
+            Ok(Selection::Range(parse(a)?, parse(b)?))
+        }
+        (None, None) => Ok(Selection::All),
+    }
+}
+
+/// Asks a server's standard health service; Ok once it answers SERVING.
+pub async fn check_health(address: &str, service: &str, wait: Duration) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let uri = if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(uri)
+        .with_context(|| format!("address '{address}'"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5));
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let last = match endpoint.connect().await {
+            Ok(channel) => {
+                let reply = HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: service.to_string(),
+                    })
+                    .await;
+                match reply {
+                    Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => return Ok(()),
+                    Ok(r) => format!(
+                        "status {:?}",
+                        ServingStatus::try_from(r.get_ref().status)
+                            .unwrap_or(ServingStatus::Unknown)
+                    ),
+                    Err(s) => format!("{}: {}", s.code(), s.message()),
+                }
+            }
+            Err(e) => format!("connecting: {e}"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("{address} is not serving '{service}': {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Writes `text` to `path` atomically (address files are read by scripts while written).
+pub fn write_addr_file(path: &PathBuf, text: &str) -> anyhow::Result<()> {
+    let file = distgat_graph::AtomicFile::create(path)
+        .with_context(|| format!("address file {}", path.display()))?;
+    use std::io::Write;
+    let mut f = file.as_file();
+    writeln!(f, "{text}").with_context(|| format!("address file {}", path.display()))?;
+    file.commit()
+        .with_context(|| format!("address file {}", path.display()))?;
+    Ok(())
+}
