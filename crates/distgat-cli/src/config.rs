@@ -120,13 +120,17 @@ mod tests {
         assert_eq!(pick(None, from_file, 64), 5);
         assert_eq!(pick(Some(9), from_file, 64), 9);
         assert_eq!(pick(None, None, 64), 64);
-        let listen: Option<std::net::SocketAddr> =
-            c.parse("coordinator.listen", c.coordinator.listen.as_ref()).unwrap();
+        let listen: Option<std::net::SocketAddr> = c
+            .parse("coordinator.listen", c.coordinator.listen.as_ref())
+            .unwrap();
         assert_eq!(listen.unwrap().port(), 7000);
 
         std::fs::write(&path, "[coordinator]\nlisten_addr = \"x\"\n").unwrap();
         let e = load_config(Some(&path)).unwrap_err().to_string();
-        assert!(e.contains("distgat.toml") && e.contains("listen_addr"), "{e}");
+        assert!(
+            e.contains("distgat.toml") && e.contains("listen_addr"),
+            "{e}"
+        );
 
         std::fs::write(&path, "[worker]\nlisten = \"nonsense\"\n").unwrap();
         let c = load_config(Some(&path)).unwrap();

@@ -540,7 +540,11 @@ fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
             file.parse("coordinator.listen", c.listen.as_ref())?,
             ([127, 0, 0, 1], 50051).into(),
         ),
-        data_root: pick(args.data_root, c.data_root.clone(), defaults.data_root.clone()),
+        data_root: pick(
+            args.data_root,
+            c.data_root.clone(),
+            defaults.data_root.clone(),
+        ),
         work_dir: pick(args.work_dir, c.work_dir.clone(), defaults.work_dir.clone()),
         max_upload_bytes: pick(
             args.max_upload_bytes,
@@ -720,14 +724,16 @@ async fn explain(
     layer: u32,
     top_k: u32,
 ) -> anyhow::Result<()> {
-    let distgat_client::Selection::Nodes(ids) =
-        distgat_cli::remote::selection(Some(&nodes), None)?
+    let distgat_client::Selection::Nodes(ids) = distgat_cli::remote::selection(Some(&nodes), None)?
     else {
         unreachable!("a node list parses to Selection::Nodes")
     };
     let reply = client.attention(&job, layer, ids, top_k).await?;
     for n in &reply.nodes {
-        println!("node {} (layer {}, in-degree {}):", n.node, reply.layer, n.in_degree);
+        println!(
+            "node {} (layer {}, in-degree {}):",
+            n.node, reply.layer, n.in_degree
+        );
         for t in &n.top {
             let heads: Vec<String> = t.alpha.iter().map(|a| format!("{a:.4}")).collect();
             println!(
