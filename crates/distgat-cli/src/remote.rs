@@ -1,7 +1,7 @@
 //! The client subcommands (`submit`, `status`, `watch`, `fetch`, `cancel`, `workers`,
 //! `health`) over [`distgat_client`], minus the terminal handling that stays in `main`.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -55,7 +55,7 @@ pub async fn submit(client: &mut Client, config: SubmitConfig) -> anyhow::Result
         graph_id,
         ..config.job
     };
-    Ok(client.submit(job).await.context("submitting the job")?)
+    client.submit(job).await.context("submitting the job")
 }
 
 pub fn job_json(j: &JobInfo) -> serde_json::Value {
@@ -221,7 +221,7 @@ pub async fn check_health(address: &str, service: &str, wait: Duration) -> anyho
 }
 
 /// Writes `text` to `path` atomically (address files are read by scripts while written).
-pub fn write_addr_file(path: &PathBuf, text: &str) -> anyhow::Result<()> {
+pub fn write_addr_file(path: &Path, text: &str) -> anyhow::Result<()> {
     let file = distgat_graph::AtomicFile::create(path)
         .with_context(|| format!("address file {}", path.display()))?;
     use std::io::Write;

@@ -51,7 +51,7 @@ pub enum ClientError {
     Connect { address: String, detail: String },
     /// The coordinator answered with an error (its message, then the code).
     #[error("{} ({:?})", .0.message(), .0.code())]
-    Status(tonic::Status),
+    Status(Box<tonic::Status>),
     #[error("job {job_id} ended {state}: {error}")]
     JobFailed {
         job_id: String,
@@ -69,7 +69,7 @@ pub enum ClientError {
 
 impl From<tonic::Status> for ClientError {
     fn from(s: tonic::Status) -> Self {
-        ClientError::Status(s)
+        ClientError::Status(Box::new(s))
     }
 }
 
@@ -366,12 +366,11 @@ impl Client {
                 return Ok(status);
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(ClientError::Status(tonic::Status::deadline_exceeded(
-                    format!(
-                        "{healthy} of {count} workers healthy after {:.0} s",
-                        timeout.as_secs_f64()
-                    ),
-                )));
+                return Err(tonic::Status::deadline_exceeded(format!(
+                    "{healthy} of {count} workers healthy after {:.0} s",
+                    timeout.as_secs_f64()
+                ))
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -739,7 +739,7 @@ fn compute_part(
             bytes_sent,
             bytes_planned: rows_sent * width as u64 * 4,
         };
-        send_output(out, req, Body::Progress(layer_stats.clone()))?;
+        send_output(out, req, Body::Progress(layer_stats))?;
         stats.push(layer_stats);
         if k + 1 < model.layers.len() {
             model.activation.apply(&mut out_rows);
