@@ -17,3 +17,4 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("dist
 /// Full gRPC service names, as health checks and reflection name them.
 pub const COORDINATOR_SERVICE: &str = "distgat.v1.Coordinator";
 pub const WORKER_SERVICE: &str = "distgat.v1.Worker";
+pub const HALO_SERVICE: &str = "distgat.v1.HaloExchange";

@@ -89,7 +89,8 @@ pub async fn start_coordinator(config: CoordinatorConfig) -> Result<RunningServe
     });
     tokio::spawn(api::run_queue(state.clone(), queued));
     // The coordinator serves from the start.
-    let (_health, routes) = standard_routes(COORDINATOR_SERVICE, true).await?;
+    let (_health, routes) =
+        standard_routes(COORDINATOR_SERVICE, &[COORDINATOR_SERVICE], true).await?;
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
     let server = Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)

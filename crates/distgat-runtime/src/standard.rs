@@ -10,17 +10,23 @@ use tonic_health::ServingStatus;
 use crate::error::{Result, RuntimeError};
 
 /// Health (for `service` and the whole server, "") and reflection routes. `serving` is the
-/// initial status of both names.
+/// initial status of both names. Reflection lists `served` (the distgat services this
+/// server really has, not every service in the .proto) and the health service.
 pub(crate) async fn standard_routes(
     service: &str,
+    served: &[&str],
     serving: bool,
 ) -> Result<(HealthReporter, Routes)> {
     let (mut reporter, health) = tonic_health::server::health_reporter();
     set_serving(&mut reporter, service, serving).await;
     let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        served.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name("grpc.health.v1.Health"),
+            |builder, name| builder.with_service_name(*name),
+        )
     };
     let invalid = |e: tonic_reflection::server::Error| {
         RuntimeError::Io(std::io::Error::other(format!(

@@ -25,7 +25,7 @@ use distgat_proto::v1::{
     OutputChunk, OutputRows, PayloadKind, RegisterWorkerRequest, RowChunk, SendRowsResponse,
     StartJobRequest, StartJobResponse, WorkerStats,
 };
-use distgat_proto::{MAX_CHUNK_BYTES, PROTOCOL_VERSION, WORKER_SERVICE};
+use distgat_proto::{HALO_SERVICE, MAX_CHUNK_BYTES, PROTOCOL_VERSION, WORKER_SERVICE};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -105,7 +105,8 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
         coordinator: endpoint(&config.coordinator)?,
     });
     // Not serving until registered: a probe then means "part of a cluster".
-    let (mut health, routes) = standard_routes(WORKER_SERVICE, false).await?;
+    let (mut health, routes) =
+        standard_routes(WORKER_SERVICE, &[WORKER_SERVICE, HALO_SERVICE], false).await?;
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
     let server = Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)

@@ -1,0 +1,319 @@
+"""A small Python client for the distgat coordinator's client API (gRPC, distgat.v1).
+
+    import distgat_client
+    with distgat_client.connect("127.0.0.1:50051") as c:
+        g = c.register_graph("data/cora/edges.npy", "data/cora/features.npy")
+        job = c.submit(g.graph_id, "reference/cora-gat/model.json", normalize_features=True)
+        for info in c.watch(job.job_id):
+            print(distgat_client.state_name(info.state))
+        out = c.fetch_output(job.job_id)          # numpy float32 [nodes, width]
+
+Server-side paths (graph, features, model) are relative to the coordinator's data root.
+The generated stubs are imported from `gen/` next to this file: run `./generate.sh` first.
+Failed calls raise `grpc.RpcError` (use `.code()` and `.details()`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Iterable, Iterator, Optional, Sequence
+
+import grpc
+import numpy as np
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+GEN_DIR = os.path.join(_HERE, "gen")
+if GEN_DIR not in sys.path:
+    sys.path.insert(0, GEN_DIR)
+
+try:
+    from distgat.v1 import distgat_pb2 as pb  # noqa: E402
+    from distgat.v1 import distgat_pb2_grpc as pb_grpc  # noqa: E402
+except ImportError as exc:  # pragma: no cover - depends on the checkout
+    raise ImportError(
+        f"distgat gRPC stubs not found in {GEN_DIR} ({exc}). "
+        f"Generate them first: {os.path.join(_HERE, 'generate.sh')} "
+        "(with the packages of requirements.txt installed)"
+    ) from exc
+
+__all__ = [
+    "Client",
+    "connect",
+    "pb",
+    "pb_grpc",
+    "state_name",
+    "TERMINAL_STATES",
+    "DEFAULT_CHUNK",
+]
+
+#: Upload chunk size; the coordinator accepts messages up to 4 MiB.
+DEFAULT_CHUNK = 1 << 20
+
+#: Job states after which a job never changes again.
+TERMINAL_STATES = frozenset(
+    {pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED}
+)
+
+_CHANNEL_OPTIONS = [
+    # Output chunks are at most 1 MiB of values plus their node ids; leave headroom.
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 8 << 20),
+]
+
+
+def state_name(state: int) -> str:
+    """`JOB_STATE_RUNNING` -> `RUNNING`."""
+    try:
+        name = pb.JobState.Name(state)
+    except ValueError:
+        return f"UNKNOWN({state})"
+    return name.removeprefix("JOB_STATE_")
+
+
+def connect(address: str, timeout: Optional[float] = 120.0) -> "Client":
+    """Opens an (insecure) channel to the coordinator at `host:port`.
+
+    `timeout` is the deadline in seconds of each unary call and of each fetch
+    (None: no deadline). `watch` has no deadline unless given one.
+    """
+    return Client(address, timeout=timeout)
+
+
+class Client:
+    """Wraps the generated `CoordinatorStub`; usable as a context manager."""
+
+    def __init__(self, address: str, timeout: Optional[float] = 120.0):
+        if not address:
+            raise ValueError("coordinator address is empty (expected host:port)")
+        self.address = address
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        self.stub = pb_grpc.CoordinatorStub(self.channel)
+
+    # ---- lifecycle
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Blocks until the channel connects; raises grpc.FutureTimeoutError otherwise."""
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    # ---- graphs
+
+    def register_graph(
+        self, graph: str, features: str, graph_format: str = "", name: str = ""
+    ) -> pb.GraphInfo:
+        """Registers a graph from files under the coordinator's data root."""
+        req = pb.RegisterGraphRequest(
+            name=name, graph=graph, graph_format=graph_format, features=features
+        )
+        return self.stub.RegisterGraph(req, timeout=self.timeout)
+
+    def upload_graph(
+        self,
+        graph_path: str,
+        features_path: str,
+        graph_format: str,
+        name: str = "",
+        chunk: int = DEFAULT_CHUNK,
+    ) -> pb.GraphInfo:
+        """Streams local files: an UploadHeader, the graph bytes, then the feature bytes."""
+        if not graph_format:
+            raise ValueError("upload_graph needs graph_format (npy | edgelist | metis | mtx)")
+        if chunk <= 0:
+            raise ValueError("chunk must be positive")
+        header = pb.UploadHeader(
+            name=name or os.path.basename(graph_path),
+            graph_format=graph_format,
+            graph_bytes=os.path.getsize(graph_path),
+            features_bytes=os.path.getsize(features_path),
+        )
+
+        def chunks() -> Iterator[pb.UploadGraphChunk]:
+            yield pb.UploadGraphChunk(header=header)
+            for data in _read_chunks(graph_path, chunk):
+                yield pb.UploadGraphChunk(graph_data=data)
+            for data in _read_chunks(features_path, chunk):
+                yield pb.UploadGraphChunk(features_data=data)
+
+        return self.stub.UploadGraph(chunks(), timeout=self.timeout)
+
+    def list_graphs(self) -> Sequence[pb.GraphInfo]:
+        return self.stub.ListGraphs(pb.ListGraphsRequest(), timeout=self.timeout).graphs
+
+    # ---- jobs
+
+    def submit(
+        self,
+        graph_id: str,
+        model: str,
+        *,
+        parts: int = 0,
+        method: str = "",
+        normalize_features: bool = False,
+        attention: bool = False,
+        threads_per_worker: int = 0,
+        partition_id: str = "",
+    ) -> pb.JobInfo:
+        """Queues a job. `parts=0`: one part per live worker; `method` "" means metis."""
+        req = pb.SubmitJobRequest(
+            graph_id=graph_id,
+            partition_id=partition_id,
+            parts=parts,
+            method=method,
+            model=model,
+            normalize_features=normalize_features,
+            attention=attention,
+            threads_per_worker=threads_per_worker,
+        )
+        return self.stub.SubmitJob(req, timeout=self.timeout)
+
+    def watch(self, job_id: str, timeout: Optional[float] = None) -> Iterator[pb.JobInfo]:
+        """Yields the job's current JobInfo, then one per change, until the job ends."""
+        yield from self.stub.WatchJob(pb.GetJobRequest(job_id=job_id), timeout=timeout)
+
+    def get_job(self, job_id: str) -> pb.JobInfo:
+        return self.stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=self.timeout)
+
+    def list_jobs(self) -> Sequence[pb.JobInfo]:
+        return self.stub.ListJobs(pb.ListJobsRequest(), timeout=self.timeout).jobs
+
+    def cancel(self, job_id: str, reason: str = "") -> pb.JobInfo:
+        req = pb.CancelJobRequest(job_id=job_id, reason=reason)
+        return self.stub.CancelJob(req, timeout=self.timeout)
+
+    # ---- results
+
+    def fetch_output(
+        self,
+        job_id: str,
+        nodes: Optional[Iterable[int]] = None,
+        start: Optional[int] = None,
+        end: Optional[int] = None,
+    ) -> np.ndarray:
+        """Output rows of a finished job as a float32 array [rows, width].
+
+        - `nodes`: the rows of these original node ids, in this order (repeats allowed).
+        - `start`/`end`: the half-open id range [start, end); row i is node start + i.
+          Without `end`, the range runs to the job's last node (one GetJob call).
+        - neither: every node; row i is node i.
+        """
+        req = pb.FetchOutputRequest(job_id=job_id)
+        wanted: Optional[np.ndarray] = None
+        if nodes is not None:
+            if start is not None or end is not None:
+                raise ValueError("give either nodes or start/end, not both")
+            wanted = np.asarray(list(nodes), dtype=np.uint64)
+            req.nodes.CopyFrom(pb.NodeList(ids=wanted.tolist()))
+        elif start is not None or end is not None:
+            lo = 0 if start is None else int(start)
+            hi = int(self.get_job(job_id).output_rows) if end is None else int(end)
+            if lo < 0 or hi < lo:
+                raise ValueError(f"bad node range [{lo}, {hi})")
+            req.range.CopyFrom(pb.NodeRange(start=lo, end=hi))
+
+        ids, values = self._fetch_rows(req)
+
+        if wanted is not None:
+            return _select(ids, values, wanted)
+        if req.HasField("range"):
+            return _place(ids, values, req.range.start, req.range.end - req.range.start)
+        return _place(ids, values, 0, len(ids))
+
+    def _fetch_rows(self, req: pb.FetchOutputRequest) -> tuple[np.ndarray, np.ndarray]:
+        """All OutputRows chunks of one FetchOutput call: (ids [n] uint64, values [n, w])."""
+        id_parts: list[np.ndarray] = []
+        value_parts: list[np.ndarray] = []
+        width: Optional[int] = None
+        for rows in self.stub.FetchOutput(req, timeout=self.timeout):
+            n = len(rows.nodes)
+            if n == 0 and not rows.values:
+                continue
+            if width is None:
+                width = rows.width
+            elif rows.width != width:
+                raise ValueError(f"output chunks disagree on width: {width} vs {rows.width}")
+            if len(rows.values) != n * rows.width * 4:
+                raise ValueError(
+                    f"output chunk has {len(rows.values)} value bytes for {n} rows "
+                    f"of width {rows.width} (expected {n * rows.width * 4})"
+                )
+            id_parts.append(np.fromiter(rows.nodes, dtype=np.uint64, count=n))
+            block = np.frombuffer(rows.values, dtype="<f4").reshape(n, rows.width)
+            value_parts.append(block)
+        w = width or 0
+        if not id_parts:
+            return np.zeros(0, dtype=np.uint64), np.zeros((0, w), dtype=np.float32)
+        ids = np.concatenate(id_parts)
+        values = np.concatenate(value_parts).astype(np.float32, copy=False)
+        return ids, values
+
+    def fetch_attention(
+        self, job_id: str, layer: int, nodes: Iterable[int], top_k: int = 0
+    ) -> pb.FetchAttentionResponse:
+        """Top `top_k` neighbours (0 means 10) by mean coefficient, for each target node."""
+        req = pb.FetchAttentionRequest(
+            job_id=job_id, layer=layer, nodes=[int(n) for n in nodes], top_k=top_k
+        )
+        return self.stub.FetchAttention(req, timeout=self.timeout)
+
+    # ---- cluster
+
+    def cluster_status(self) -> pb.ClusterStatusResponse:
+        return self.stub.ClusterStatus(pb.ClusterStatusRequest(), timeout=self.timeout)
+
+
+def _read_chunks(path: str, size: int) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(size)
+            if not data:
+                return
+            yield data
+
+
+def _place(ids: np.ndarray, values: np.ndarray, base: int, count: int) -> np.ndarray:
+    """Rows placed by id: out[id - base] = row; every id in [base, base + count) once."""
+    width = values.shape[1]
+    out = np.zeros((count, width), dtype=np.float32)
+    if len(ids) == 0 and count == 0:
+        return out
+    if len(ids) and (int(ids.min()) < base or int(ids.max()) >= base + count):
+        raise ValueError(
+            f"server sent node ids [{int(ids.min())}, {int(ids.max())}] "
+            f"outside [{base}, {base + count})"
+        )
+    pos = (ids - np.uint64(base)).astype(np.int64)
+    seen = np.bincount(pos, minlength=count)
+    if len(ids) != count or np.any(seen != 1):
+        missing = int(np.count_nonzero(seen == 0))
+        repeated = int(np.count_nonzero(seen > 1))
+        raise ValueError(
+            f"expected each of the {count} nodes in [{base}, {base + count}) once; got "
+            f"{len(ids)} rows ({missing} nodes missing, {repeated} repeated)"
+        )
+    out[pos] = values
+    return out
+
+
+def _select(ids: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Rows of `wanted` ids in the order asked, whatever order the server sent them in."""
+    if len(wanted) == 0:
+        return np.zeros((0, values.shape[1]), dtype=np.float32)
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    idx = np.searchsorted(sorted_ids, wanted)
+    idx_clipped = np.minimum(idx, max(len(sorted_ids) - 1, 0))
+    found = (idx < len(sorted_ids)) & (sorted_ids[idx_clipped] == wanted)
+    if len(sorted_ids) == 0 or not np.all(found):
+        missing = wanted[~found] if len(sorted_ids) else wanted
+        raise ValueError(f"server sent no row for node(s) {missing[:10].tolist()}")
+    return np.ascontiguousarray(values[order[idx_clipped]], dtype=np.float32)
