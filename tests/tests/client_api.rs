@@ -34,9 +34,13 @@ impl Drop for Cluster {
 }
 
 async fn cluster(workers: usize, max_upload_bytes: u64) -> Cluster {
+    cluster_in(&repo_root(), workers, max_upload_bytes).await
+}
+
+async fn cluster_in(data_root: &Path, workers: usize, max_upload_bytes: u64) -> Cluster {
     let work = tempfile::tempdir().unwrap();
     let coordinator = start_coordinator(CoordinatorConfig {
-        data_root: repo_root(),
+        data_root: data_root.to_path_buf(),
         work_dir: work.path().join("work"),
         max_upload_bytes,
         ..Default::default()
@@ -393,4 +397,36 @@ async fn each_error_code() {
     );
     assert_eq!(k, Code::FailedPrecondition, "{m}");
     let _ = w.shutdown.send(());
+}
+
+/// A symbolic link inside the data root that leads out of it is refused like `..`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlink_out_of_the_root_is_permission_denied() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("edges.npy");
+    std::fs::copy(repo_root().join(CORA_EDGES), &target).unwrap();
+    std::fs::copy(
+        repo_root().join(CORA_FEATURES),
+        root.path().join("features.npy"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&target, root.path().join("edges.npy")).unwrap();
+    let c = cluster_in(root.path(), 0, 1 << 20).await;
+    let mut client = client(&c).await;
+    let (k, m) = code(
+        client
+            .register_graph("edges.npy", "features.npy", "", "")
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(k, Code::PermissionDenied, "{m}");
+    // The same file copied inside the root is fine.
+    std::fs::remove_file(root.path().join("edges.npy")).unwrap();
+    std::fs::copy(&target, root.path().join("edges.npy")).unwrap();
+    let info = client
+        .register_graph("edges.npy", "features.npy", "", "")
+        .await
+        .unwrap();
+    assert_eq!(info.nodes, 2708);
 }

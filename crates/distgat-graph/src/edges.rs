@@ -381,7 +381,7 @@ fn read_metis(path: &Path) -> Result<EdgeList> {
         }
         let rest = &tokens[skip..];
         let stride = if h.edge_weights { 2 } else { 1 };
-        if rest.len() % stride != 0 {
+        if !rest.len().is_multiple_of(stride) {
             return Err(GraphError::format(
                 path,
                 format!(

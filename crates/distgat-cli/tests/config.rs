@@ -1,0 +1,128 @@
+//! Where the servers and client subcommands take their settings from: flag > `DISTGAT_*`
+//! environment variable > `--config` TOML file > default; and bad configuration fails
+//! cleanly, naming the file and the key.
+
+use std::process::{Command, Output};
+
+fn distgat(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_distgat"));
+    command.args(args);
+    // Start from a clean slate: no DISTGAT_* from the environment running the tests.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("DISTGAT_") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(env.iter().copied());
+    command.output().expect("running distgat")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Nothing listens on these ports (1 and 2 are privileged and unused here), so the client
+/// fails to connect and names the address it chose.
+#[test]
+fn client_address_precedence() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("distgat.toml");
+    std::fs::write(&config, "[client]\ncoordinator = \"127.0.0.1:1\"\n").unwrap();
+    let config = config.to_str().unwrap();
+
+    let from_file = distgat(&["workers", "--config", config], &[]);
+    assert!(!from_file.status.success());
+    assert!(
+        stderr(&from_file).contains("127.0.0.1:1"),
+        "{}",
+        stderr(&from_file)
+    );
+
+    let env_wins = distgat(
+        &["workers"],
+        &[
+            ("DISTGAT_CONFIG", config),
+            ("DISTGAT_COORDINATOR", "127.0.0.1:2"),
+        ],
+    );
+    assert!(
+        stderr(&env_wins).contains("127.0.0.1:2"),
+        "{}",
+        stderr(&env_wins)
+    );
+
+    let flag_wins = distgat(
+        &["workers", "--coordinator", "127.0.0.1:3"],
+        &[
+            ("DISTGAT_CONFIG", config),
+            ("DISTGAT_COORDINATOR", "127.0.0.1:2"),
+        ],
+    );
+    assert!(
+        stderr(&flag_wins).contains("127.0.0.1:3"),
+        "{}",
+        stderr(&flag_wins)
+    );
+}
+
+#[test]
+fn bad_config_names_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+
+    std::fs::write(&config, "[coordinator]\nlisten_on = \"0.0.0.0:1\"\n").unwrap();
+    let o = distgat(&["coordinator", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("cluster.toml") && e.contains("listen_on"), "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+
+    std::fs::write(&config, "[coordinator]\nlisten = \"not an address\"\n").unwrap();
+    let o = distgat(&["coordinator", "--config", config.to_str().unwrap()], &[]);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains("coordinator.listen") && e.contains("not an address"),
+        "{e}"
+    );
+
+    let o = distgat(&["worker", "--config", "/nonexistent/distgat.toml"], &[]);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains("/nonexistent/distgat.toml"),
+        "{e}"
+    );
+
+    // A worker with no coordinator address anywhere says where to give one.
+    let o = distgat(&["worker"], &[]);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains("DISTGAT_COORDINATOR"),
+        "{e}"
+    );
+
+    // A malformed env var is refused by name, like a flag.
+    let o = distgat(&["coordinator"], &[("DISTGAT_MAX_UPLOAD_BYTES", "lots")]);
+    let e = stderr(&o);
+    assert!(!o.status.success() && e.contains("max-upload-bytes"), "{e}");
+}
+
+/// The coordinator's data root must exist; the error names it.
+#[test]
+fn missing_data_root_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = distgat(
+        &[
+            "coordinator",
+            "--data-root",
+            "/nonexistent/data",
+            "--work-dir",
+            dir.path().join("work").to_str().unwrap(),
+        ],
+        &[],
+    );
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains("/nonexistent/data"),
+        "{e}"
+    );
+}
