@@ -7,6 +7,7 @@
 //! target/release/distgat-bench layer --sizes small,medium [--pyg ~/pyg-venv/bin/python]
 //! ```
 
+mod api;
 mod synth;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,9 @@ enum Cmd {
     Layer(LayerArgs),
     /// `distgat run --workers K` against `distgat infer`: wall time and halo bytes (2-layer 4x32)
     Run(RunBenchArgs),
+    /// A job through the client API of a standing cluster against `distgat infer`: job
+    /// time, fetch throughput (2-layer 4x32)
+    Api(RunBenchArgs),
     /// Partition time, peak memory, edge cut and halo rows of `distgat partition`
     Partition(PartitionBenchArgs),
     /// Machine memory bandwidth: streaming read and random 512-byte row gather
@@ -182,6 +186,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Layer(args) => layer(args),
         Cmd::Partition(args) => partition_bench(args),
         Cmd::Run(args) => run_bench(args),
+        Cmd::Api(args) => api_bench(args),
         Cmd::Bandwidth { threads } => bandwidth(threads).map(|b| {
             println!(
                 "stream read {:.1} GB/s, random 512-byte row gather {:.1} GB/s ({threads} threads)",
@@ -434,9 +439,8 @@ fn timed(cmd: &mut Command) -> anyhow::Result<f64> {
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
-fn run_bench(args: RunBenchArgs) -> anyhow::Result<()> {
-    let distgat = distgat_binary()?;
-    let (work, _temp) = work_dir(args.work_dir.as_deref())?;
+/// Writes the 2-layer 4 x 32 case `run` and `api` use; returns its directory.
+fn write_run_case(work: &Path, args: &RunBenchArgs) -> anyhow::Result<PathBuf> {
     let (n, e) = args.size.shape();
     let dir = work.join(format!("run-{:?}-{:?}", args.generator, args.size).to_lowercase());
     std::fs::create_dir_all(&dir)?;
@@ -457,6 +461,31 @@ fn run_bench(args: RunBenchArgs) -> anyhow::Result<()> {
             seed: 42,
         },
     )?;
+    Ok(dir)
+}
+
+fn api_bench(args: RunBenchArgs) -> anyhow::Result<()> {
+    let distgat = distgat_binary()?;
+    let (work, _temp) = work_dir(args.work_dir.as_deref())?;
+    let dir = write_run_case(&work, &args)?;
+    for &workers in &args.workers {
+        api::api_bench(
+            &distgat,
+            api::ApiCase {
+                dir: &dir,
+                workers,
+                repeats: args.repeats,
+                cores: args.cores,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+fn run_bench(args: RunBenchArgs) -> anyhow::Result<()> {
+    let distgat = distgat_binary()?;
+    let (work, _temp) = work_dir(args.work_dir.as_deref())?;
+    let dir = write_run_case(&work, &args)?;
     let graph = dir.join("edge_index.npy");
     let features = dir.join("x.npy");
     let model = dir.join("model.json");

@@ -259,39 +259,42 @@ impl Coordinator for Service {
         request: Request<Streaming<OutputChunk>>,
     ) -> Result<Response<PushOutputResponse>, Status> {
         let mut stream = request.into_inner();
-        let mut current: Option<(Arc<JobSink>, u32)> = None;
+        // The sink is looked up per message and never held between messages: a stream that
+        // stays open (a worker still cancelling) must not keep a failed job's files alive.
+        let sink_of = |job: &str| lock(&self.0.jobs).get(job).cloned();
+        let mut current: Option<(String, u32)> = None;
         loop {
             let chunk = match stream.message().await {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(e) => {
-                    if let Some((sink, part)) = &current {
-                        sink.fail(*part, format!("output stream broke: {e}"));
+                    if let Some((job, part)) = &current {
+                        if let Some(sink) = sink_of(job) {
+                            sink.fail(*part, format!("output stream broke: {e}"));
+                        }
                     }
                     return Err(e);
                 }
             };
-            let sink = lock(&self.0.jobs)
-                .get(&chunk.job_id)
-                .cloned()
-                .ok_or_else(|| {
-                    Status::not_found(format!("job_id '{}' is not running", chunk.job_id))
-                })?;
-            current = Some((sink.clone(), chunk.part));
+            let sink = sink_of(&chunk.job_id).ok_or_else(|| {
+                Status::not_found(format!("job_id '{}' is not running", chunk.job_id))
+            })?;
+            current = Some((chunk.job_id.clone(), chunk.part));
             let part = chunk.part;
-            let result = tokio::task::spawn_blocking(move || sink.accept(chunk))
+            let writer = sink.clone();
+            let result = tokio::task::spawn_blocking(move || writer.accept(chunk))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
             if let Err(e) = result {
-                if let Some((sink, _)) = &current {
-                    sink.fail(part, e.to_string());
-                }
+                sink.fail(part, e.to_string());
                 return Err(e.into());
             }
         }
-        if let Some((sink, part)) = current {
-            if !lock(&sink.done).contains_key(&part) && lock(&sink.failure).is_none() {
-                sink.fail(part, "output stream ended before the part finished".into());
+        if let Some((job, part)) = current {
+            if let Some(sink) = sink_of(&job) {
+                if !lock(&sink.done).contains_key(&part) && lock(&sink.failure).is_none() {
+                    sink.fail(part, "output stream ended before the part finished".into());
+                }
             }
         }
         Ok(Response::new(PushOutputResponse {}))
@@ -701,27 +704,18 @@ async fn run_job_inner(
                 let _ = client.cancel_job(r).await;
             }
         }
+        // Drop the temporary output files before answering, so a caller that sees the
+        // failure never sees them.
+        lock(&state.jobs).remove(job_id);
+        drop(released(sink).await);
         return Err(outcome.unwrap_err());
     }
     lock(&state.jobs).remove(job_id);
-    // Every part sent its last message, but a PushOutput handler may still be returning
-    // and holding the sink for a moment.
-    let mut sink = sink;
-    let released = Instant::now() + Duration::from_secs(10);
-    let sink = loop {
-        match Arc::try_unwrap(sink) {
-            Ok(s) => break s,
-            Err(shared) if Instant::now() < released => {
-                sink = shared;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err(_) => {
-                return Err(RuntimeError::Io(std::io::Error::other(
-                    "an output stream did not close within 10 s of its last message",
-                )))
-            }
-        }
-    };
+    let sink = released(sink).await.ok_or_else(|| {
+        RuntimeError::Io(std::io::Error::other(
+            "an output stream did not close within 10 s of its last message",
+        ))
+    })?;
     let done = std::mem::take(&mut *lock(&sink.done));
     let JobSink {
         out,
@@ -787,6 +781,22 @@ async fn run_job_inner(
         seconds: started.elapsed().as_secs_f64(),
         workers,
     })
+}
+
+/// The sink once no PushOutput handler holds it (one may be finishing a write for a
+/// moment); `None` after 10 s.
+async fn released(mut sink: Arc<JobSink>) -> Option<JobSink> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Arc::try_unwrap(sink) {
+            Ok(s) => return Some(s),
+            Err(shared) if Instant::now() < deadline => {
+                sink = shared;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(_) => return None,
+        }
+    }
 }
 
 struct Prepared {

@@ -98,6 +98,12 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
         .clone()
         .unwrap_or_else(|| addr.ip().to_string());
     let advertised = format!("{host}:{}", addr.port());
+    if config.advertise_host.is_none() && addr.ip().is_unspecified() {
+        tracing::warn!(
+            "listening on {addr} without an advertise host: peers on other machines cannot \
+             reach {advertised}; set --advertise-host (DISTGAT_ADVERTISE_HOST)"
+        );
+    }
 
     let state = Arc::new(WorkerState {
         mailbox: Mailbox::default(),

@@ -1,0 +1,152 @@
+//! `distgat-bench api`: a job through the client API of a standing cluster (coordinator and
+//! K worker processes, as `cluster/local.sh` starts them) against `distgat infer` on the
+//! same case in the same run: submit-to-succeeded time, fetch time and throughput, and
+//! whether the fetched output is byte-identical.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use distgat_client::{Client, Selection, Submit};
+
+use crate::{median, timed};
+
+/// Kills every server on drop, whatever happened.
+struct Servers(Vec<Child>);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts `distgat ARGS` and returns the address it prints as `listening on ADDR`.
+fn start(distgat: &Path, args: &[&str], servers: &mut Servers) -> anyhow::Result<String> {
+    let mut child = Command::new(distgat)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", distgat.display()))?;
+    let stdout = child.stdout.take().expect("piped");
+    servers.0.push(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .with_context(|| format!("{args:?} did not report its address within 60 s"))
+}
+
+pub struct ApiCase<'a> {
+    pub dir: &'a Path,
+    pub workers: usize,
+    pub repeats: usize,
+    pub cores: usize,
+}
+
+pub fn api_bench(distgat: &Path, case: ApiCase<'_>) -> anyhow::Result<()> {
+    let dir = case.dir;
+    let mut infer = Vec::new();
+    for _ in 0..case.repeats {
+        infer.push(timed(
+            Command::new(distgat)
+                .arg("infer")
+                .args(["--graph", "edge_index.npy", "--features", "x.npy"])
+                .args(["--model", "model.json", "--out", "infer.npy"])
+                .args(["--threads", &case.cores.to_string()])
+                .current_dir(dir),
+        )?);
+    }
+    let infer_ms = median(infer);
+    let infer_bytes = std::fs::read(dir.join("infer.npy"))?;
+
+    let mut servers = Servers(Vec::new());
+    let work = dir.join("api-work");
+    let coordinator = start(
+        distgat,
+        &[
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-root",
+            &dir.display().to_string(),
+            "--work-dir",
+            &work.display().to_string(),
+        ],
+        &mut servers,
+    )?;
+    for _ in 0..case.workers {
+        start(
+            distgat,
+            &["worker", "--coordinator", &coordinator],
+            &mut servers,
+        )?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut client = Client::connect(&coordinator).await?;
+        client
+            .wait_for_workers(case.workers, Duration::from_secs(60))
+            .await?;
+        let t = Instant::now();
+        let graph = client
+            .register_graph("edge_index.npy", "x.npy", "", "bench")
+            .await?;
+        let register_ms = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        let partition = client
+            .create_partition(&graph.graph_id, case.workers as u32, "metis", 0)
+            .await?;
+        let partition_s = t.elapsed().as_secs_f64();
+        let (mut jobs, mut fetches) = (Vec::new(), Vec::new());
+        let out = dir.join("api.npy");
+        let mut bytes = 0;
+        for _ in 0..case.repeats {
+            let t = Instant::now();
+            let job = client
+                .submit(Submit {
+                    graph_id: graph.graph_id.clone(),
+                    partition_id: partition.partition_id.clone(),
+                    model: "model.json".into(),
+                    threads_per_worker: (case.cores / case.workers).max(1) as u32,
+                    ..Default::default()
+                })
+                .await?;
+            client.wait(&job.job_id, |_| {}).await?;
+            jobs.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            let rows = client
+                .fetch_to_npy(&job.job_id, Selection::All, &out)
+                .await?;
+            fetches.push(t.elapsed().as_secs_f64() * 1e3);
+            bytes = rows.values.len() * 4;
+        }
+        let (job_ms, fetch_ms) = (median(jobs), median(fetches));
+        let same = std::fs::read(&out)? == infer_bytes;
+        println!(
+            "| workers | infer ms | register ms | partition s | job ms (submit to succeeded) | job / infer | fetch ms | fetch MB/s | (job + fetch) / infer | identical to infer |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        println!(
+            "| {} | {infer_ms:.0} | {register_ms:.0} | {partition_s:.1} | {job_ms:.0} | {:.2} | {fetch_ms:.0} | {:.0} | {:.2} | {same} |",
+            case.workers,
+            job_ms / infer_ms,
+            bytes as f64 / 1e6 / (fetch_ms / 1e3),
+            (job_ms + fetch_ms) / infer_ms,
+        );
+        anyhow::Ok(())
+    })
+}
