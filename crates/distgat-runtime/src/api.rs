@@ -623,7 +623,9 @@ pub async fn fetch_attention(
 
 pub fn cluster_status(state: &State) -> ClusterStatusResponse {
     let assignment = lock(&state.assignment).clone();
-    let workers = lock(&state.workers)
+    let mut registry = lock(&state.workers);
+    crate::coordinator::prune_departed(&mut registry, state.config.heartbeat_timeout);
+    let workers = registry
         .iter()
         .map(|w| {
             let part = assignment
@@ -637,6 +639,7 @@ pub fn cluster_status(state: &State) -> ClusterStatusResponse {
             )
         })
         .collect();
+    drop(registry);
     ClusterStatusResponse {
         protocol_version: PROTOCOL_VERSION,
         workers,

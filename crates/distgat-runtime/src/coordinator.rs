@@ -226,11 +226,14 @@ impl Coordinator for Service {
         }
         let id = format!("worker-{}", self.0.next_id.fetch_add(1, Ordering::Relaxed));
         tracing::info!(worker = %id, address = %req.address, "worker registered");
-        lock(&self.0.workers).push(WorkerEntry {
+        let mut workers = lock(&self.0.workers);
+        prune_departed(&mut workers, self.0.config.heartbeat_timeout);
+        workers.push(WorkerEntry {
             id: id.clone(),
             address: req.address,
             last_seen: Instant::now(),
         });
+        drop(workers);
         Ok(Response::new(RegisterWorkerResponse {
             worker_id: id,
             heartbeat_interval_ms: self.0.config.heartbeat_interval.as_millis() as u32,
@@ -986,6 +989,14 @@ async fn drive(
             return Err(dead.into_error(None));
         }
     }
+}
+
+/// Forgets workers silent for ten heartbeat timeouts (at least a minute): they are gone,
+/// and a restarted worker registers under a new id. Shorter silences stay listed as
+/// unhealthy, so `distgat workers` shows who went quiet.
+pub(crate) fn prune_departed(workers: &mut Vec<WorkerEntry>, heartbeat_timeout: Duration) {
+    let gone = (heartbeat_timeout * 10).max(Duration::from_secs(60));
+    workers.retain(|w| w.last_seen.elapsed() < gone);
 }
 
 /// A worker of the job whose heartbeats stopped.
