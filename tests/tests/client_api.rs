@@ -182,6 +182,12 @@ async fn cora_job_matches_infer_and_fetches_subsets() {
         assert_eq!(n.alpha, alpha.row(n.edge as usize), "edge {}", n.edge);
     }
 
+    let too_many = client
+        .attention(&job.job_id, 0, vec![0], 5_000)
+        .await
+        .unwrap_err();
+    assert_eq!(code(too_many).0, Code::InvalidArgument);
+
     // The job shows in listings and the cluster is idle again.
     assert!(client
         .jobs()
@@ -366,6 +372,9 @@ async fn each_error_code() {
     let first = client.submit(job.clone()).await.unwrap();
     let second = client.submit(job.clone()).await.unwrap();
     let cancelled = client.cancel(&second.job_id, "test").await.unwrap();
+    // Cancelling again is harmless (a retried call must not fail).
+    let again = client.cancel(&second.job_id, "test").await.unwrap();
+    assert_eq!(again.state, JobState::Cancelled as i32);
     let ended = client.wait(&second.job_id, |_| {}).await.unwrap_err();
     assert!(
         matches!(&ended, ClientError::JobFailed { state, .. } if state == "cancelled"),
@@ -383,6 +392,13 @@ async fn each_error_code() {
     let (k, m) = code(
         client
             .attention(&first.job_id, 0, vec![0], 3)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(k, Code::FailedPrecondition, "{m}");
+    let (k, m) = code(
+        client
+            .attention(&first.job_id, 0, vec![0], 1_000_000)
             .await
             .unwrap_err(),
     );
@@ -429,4 +445,29 @@ async fn symlink_out_of_the_root_is_permission_denied() {
         .await
         .unwrap();
     assert_eq!(info.nodes, 2708);
+}
+
+/// RunJob takes arbitrary paths, so a coordinator refuses it unless started for a private
+/// cluster (`distgat run` passes --allow-run-job).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_job_is_refused_by_default() {
+    let c = cluster(0, 1 << 20).await;
+    let mut raw = distgat_client::v1::coordinator_client::CoordinatorClient::connect(format!(
+        "http://{}",
+        c.address
+    ))
+    .await
+    .unwrap();
+    let status = raw
+        .run_job(distgat_client::v1::RunJobRequest {
+            partition_dir: "/tmp".into(),
+            model: "/tmp/model.json".into(),
+            out: "/tmp/overwritten.npy".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status}");
+    assert!(status.message().contains("--allow-run-job"), "{status}");
+    assert!(!Path::new("/tmp/overwritten.npy").exists());
 }

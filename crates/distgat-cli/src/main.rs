@@ -153,6 +153,10 @@ struct CoordinatorArgs {
     /// TOML configuration file ([coordinator] section)
     #[arg(long, env = "DISTGAT_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Serve RunJob, whose paths are not confined to the data root (for the private
+    /// loopback cluster `distgat run` starts; never on a shared network)
+    #[arg(long, hide = true)]
+    allow_run_job: bool,
 }
 
 #[derive(clap::Args)]
@@ -557,6 +561,7 @@ fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
             defaults.heartbeat_timeout.as_millis() as u64,
         )
         .pipe(std::time::Duration::from_millis),
+        allow_run_job: args.allow_run_job,
         ..defaults
     };
     let addr_file = args.addr_file.or(c.addr_file.clone());

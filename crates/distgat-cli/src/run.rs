@@ -122,6 +122,7 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Str
         &config.exe,
         &[
             "coordinator",
+            "--allow-run-job",
             "--listen",
             "127.0.0.1:0",
             "--work-dir",

@@ -360,7 +360,18 @@ fn a_killed_worker_fails_the_job_cleanly_and_the_coordinator_runs_the_next() {
         "distgat partition",
     );
     let mut cluster = Cluster(Vec::new());
-    let (coordinator, _) = start(&mut cluster, &["coordinator"]);
+    let work = tmp.path().join("coordinator-work");
+    let (coordinator, _) = start(
+        &mut cluster,
+        &[
+            "coordinator",
+            "--allow-run-job",
+            "--listen",
+            "127.0.0.1:0",
+            "--work-dir",
+            work.to_str().unwrap(),
+        ],
+    );
     let (_, _w0) = start(&mut cluster, &["worker", "--coordinator", &coordinator]);
     let (_, w1) = start(&mut cluster, &["worker", "--coordinator", &coordinator]);
     let out = tmp.path().join("out.npy");

@@ -1,8 +1,9 @@
 //! An async client for distgat's coordinator API.
 //!
 //! Typed wrappers over `distgat.v1.Coordinator`, retries with exponential backoff for codes
-//! that mean "try again" (UNAVAILABLE always; DEADLINE_EXCEEDED only for calls that change
-//! nothing), and helpers that write fetched results to `.npy`.
+//! that mean "try again" (UNAVAILABLE, DEADLINE_EXCEEDED) on the calls a repetition cannot
+//! harm (reads, cancel), connection retries for all, and helpers that write fetched results
+//! to `.npy`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), distgat_client::ClientError> {
@@ -141,13 +142,12 @@ pub struct Client {
     retry: RetryPolicy,
 }
 
-/// Whether a call may be repeated after this status.
+/// Whether a call may be repeated after this status. Only calls that change nothing (or
+/// whose repetition is harmless) are retried: UNAVAILABLE can also arrive after the server
+/// acted (a reset connection, a proxy's 503), and a repeated submit would queue the job
+/// twice.
 fn retryable(status: &tonic::Status, idempotent: bool) -> bool {
-    match status.code() {
-        Code::Unavailable => true,
-        Code::DeadlineExceeded => idempotent,
-        _ => false,
-    }
+    idempotent && matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
 }
 
 impl Client {
@@ -233,7 +233,7 @@ impl Client {
             graph_format: graph_format.into(),
             features: features.into(),
         };
-        self.retrying(true, |mut c| {
+        self.retrying(false, |mut c| {
             let req = req.clone();
             async move { c.register_graph(req).await }
         })

@@ -1,7 +1,8 @@
 //! The distgat.v1 gRPC protocol: generated message types, clients and servers.
 
 /// Bumped on any incompatible change; workers send it at registration.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: workers send per-layer progress in PushOutput, which version 1 coordinators refuse.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest payload of one message; tonic's default receive limit is 4 MiB.
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use distgat_graph::{read_graph, Features, GraphFormat};
@@ -32,6 +32,8 @@ use crate::error::{Result, RuntimeError};
 pub const MAX_QUEUED_JOBS: usize = 64;
 /// Most target nodes in one FetchAttention request.
 pub const MAX_ATTENTION_NODES: usize = 10_000;
+/// Most neighbours per node in one FetchAttention answer.
+pub const MAX_TOP_K: u32 = 1_000;
 
 fn join_error(e: tokio::task::JoinError) -> RuntimeError {
     RuntimeError::Io(std::io::Error::other(e))
@@ -280,7 +282,13 @@ pub async fn submit_job(state: &Arc<State>, req: SubmitJobRequest) -> Result<Job
         blocking(move || load_model(&model_path, width, &features).map(|m| (m, model_path)))
             .await?;
     let (model, model_path) = model;
-    if state.catalog.queued() >= MAX_QUEUED_JOBS {
+    let mut jobs = lock(&state.catalog.jobs);
+    // Counted and pushed under one lock, so concurrent submits cannot overfill the queue.
+    let queued = jobs
+        .iter()
+        .filter(|j| j.status().state == JobState::Queued)
+        .count();
+    if queued >= MAX_QUEUED_JOBS {
         return Err(RuntimeError::ResourceExhausted(format!(
             "{MAX_QUEUED_JOBS} jobs are already queued; wait for some to finish"
         )));
@@ -306,7 +314,8 @@ pub async fn submit_job(state: &Arc<State>, req: SubmitJobRequest) -> Result<Job
         model.layers.len() as u32,
     ));
     record.update(|s| s.output_width = model.out_width() as u32);
-    lock(&state.catalog.jobs).push(record.clone());
+    jobs.push(record.clone());
+    drop(jobs);
     state
         .queue
         .send(record.clone())
@@ -326,22 +335,24 @@ pub fn job_info(state: &State, record: &JobRecord) -> JobInfo {
 pub fn cancel_job(state: &State, job_id: &str, reason: &str) -> Result<JobInfo> {
     let record = state.catalog.job(job_id)?;
     let status = record.status();
-    if status.state.is_terminal() {
-        return Err(RuntimeError::FailedPrecondition(format!(
-            "job_id '{job_id}' already ended ({:?})",
-            status.state
-        )));
+    match status.state {
+        // Cancelling twice is not an error: a retried call must not fail.
+        JobState::Cancelled => return Ok(job_info(state, &record)),
+        JobState::Succeeded | JobState::Failed => {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "job_id '{job_id}' already ended ({:?})",
+                status.state
+            )))
+        }
+        _ => {}
     }
-    record.cancel.store(true, Ordering::SeqCst);
     let why = if reason.is_empty() {
         "cancelled by a client".to_string()
     } else {
         format!("cancelled: {reason}")
     };
-    if status.state == JobState::Queued {
-        // The executor skips it when it comes up.
-        record.fail(why);
-    }
+    // A queued job ends here; a started one when the executor sees the flag.
+    record.cancel_if_queued(why);
     tracing::info!(job = %job_id, "cancel requested");
     Ok(job_info(state, &record))
 }
@@ -370,18 +381,22 @@ pub fn watch_job(
     Ok(ReceiverStream::new(rx))
 }
 
-/// The executor: takes queued jobs in order and runs each to its end.
-pub async fn run_queue(state: Arc<State>, mut queue: mpsc::UnboundedReceiver<Arc<JobRecord>>) {
+/// The executor: takes queued jobs in order and runs each to its end. It holds the state
+/// weakly, so a coordinator that is shut down and dropped ends it.
+pub async fn run_queue(state: Weak<State>, mut queue: mpsc::UnboundedReceiver<Arc<JobRecord>>) {
     while let Some(record) = queue.recv().await {
-        if record.cancel.load(Ordering::SeqCst) {
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        let _one_at_a_time = state.job_lock.lock().await;
+        // Checked under the lock: the job may have been cancelled while it waited.
+        if !record.start() {
             continue;
         }
-        let _one_at_a_time = state.job_lock.lock().await;
         if let Err(e) = execute(&state, &record).await {
             tracing::warn!(job = %record.id, "job failed: {e}");
             record.fail(e.to_string());
         }
-        let _ = std::fs::remove_dir_all(record.out_dir.join(".partial"));
     }
 }
 
@@ -427,12 +442,31 @@ async fn execute(state: &Arc<State>, record: &Arc<JobRecord>) -> Result<()> {
     };
     let summary = run_job(state, &record.id, req, Some(record)).await?;
     let json = serde_json::to_string(&summary).unwrap_or_default();
+    // The model was read again when the job ran: take the width from what was written,
+    // so fetches read rows at the right offsets whatever happened to the file meanwhile.
+    let width = output_width(&record.out_path(), spec.graph.nodes)?;
     record.update(|s| {
         s.state = JobState::Succeeded;
         s.summary_json = json;
+        s.output_width = width;
     });
     tracing::info!(job = %record.id, "job succeeded");
     Ok(())
+}
+
+/// Row width of a finished out.npy ([rows, width] f32), from its header and size.
+fn output_width(path: &std::path::Path, rows: u64) -> Result<u32> {
+    let file = std::fs::File::open(path)?;
+    let header = npy_header_len(&file)?;
+    let body = file.metadata()?.len().saturating_sub(header);
+    Ok((body / (rows.max(1) * 4)) as u32)
+}
+
+/// Length of a `.npy` 1.0 header: magic (6), version (2), header length (u16 LE), header.
+fn npy_header_len(file: &std::fs::File) -> Result<u64> {
+    let mut prefix = [0u8; 10];
+    file.read_exact_at(&mut prefix, 0)?;
+    Ok(10 + u16::from_le_bytes([prefix[8], prefix[9]]) as u64)
 }
 
 fn finished(state: &State, job_id: &str) -> Result<Arc<JobRecord>> {
@@ -483,42 +517,47 @@ pub fn fetch_output(
             Box::new(list.ids.into_iter())
         }
     };
-    let file = std::fs::File::open(record.out_path())?;
-    let mut prefix = [0u8; 10];
-    file.read_exact_at(&mut prefix, 0)?;
-    // .npy 1.0: magic (6), version (2), header length (u16 LE), header.
-    let header = 10 + u16::from_le_bytes([prefix[8], prefix[9]]) as u64;
+    let file = Arc::new(std::fs::File::open(record.out_path())?);
+    let header = npy_header_len(&file)?;
     let row_bytes = width * 4;
     let per_chunk = (MAX_CHUNK_BYTES / row_bytes.max(1)).max(1);
     let (tx, rx) = mpsc::channel(4);
-    tokio::task::spawn_blocking(move || {
+    // An async task that borrows a blocking thread only for each chunk's read: a client
+    // that stops reading parks this task, not one of the blocking pool's threads.
+    tokio::spawn(async move {
         let mut ids = ids.peekable();
         while ids.peek().is_some() {
             let nodes: Vec<u64> = ids.by_ref().take(per_chunk).collect();
-            let mut values = vec![0u8; nodes.len() * row_bytes];
-            let mut result = Ok(());
-            // Consecutive ids (ranges, whole fetches) are read in one call.
-            let mut i = 0;
-            while i < nodes.len() && result.is_ok() {
-                let mut j = i + 1;
-                while j < nodes.len() && nodes[j] == nodes[j - 1] + 1 {
-                    j += 1;
+            let file = file.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let mut values = vec![0u8; nodes.len() * row_bytes];
+                // Consecutive ids (ranges, whole fetches) are read in one call.
+                let mut i = 0;
+                while i < nodes.len() {
+                    let mut j = i + 1;
+                    while j < nodes.len() && nodes[j] == nodes[j - 1] + 1 {
+                        j += 1;
+                    }
+                    file.read_exact_at(
+                        &mut values[i * row_bytes..j * row_bytes],
+                        header + nodes[i] * row_bytes as u64,
+                    )?;
+                    i = j;
                 }
-                result = file.read_exact_at(
-                    &mut values[i * row_bytes..j * row_bytes],
-                    header + nodes[i] * row_bytes as u64,
-                );
-                i = j;
-            }
-            let message = result
-                .map(|()| OutputRows {
+                Ok::<_, std::io::Error>(OutputRows {
                     nodes,
                     width: width as u32,
                     values,
                 })
-                .map_err(|e| tonic::Status::internal(format!("reading the output: {e}")));
+            })
+            .await;
+            let message = match read {
+                Ok(Ok(rows)) => Ok(rows),
+                Ok(Err(e)) => Err(tonic::Status::internal(format!("reading the output: {e}"))),
+                Err(e) => Err(tonic::Status::internal(format!("reading the output: {e}"))),
+            };
             let failed = message.is_err();
-            if tx.blocking_send(message).is_err() || failed {
+            if tx.send(message).await.is_err() || failed {
                 return;
             }
         }
@@ -559,6 +598,12 @@ pub async fn fetch_attention(
         return Err(RuntimeError::InvalidArgument(format!(
             "nodes[{i}] = {v} is out of range ({} nodes)",
             status.output_rows
+        )));
+    }
+    if req.top_k > MAX_TOP_K {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "top_k {} exceeds {MAX_TOP_K}",
+            req.top_k
         )));
     }
     let top_k = if req.top_k == 0 {

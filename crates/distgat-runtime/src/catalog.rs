@@ -36,12 +36,13 @@ impl Storage {
         let data_root = data_root.canonicalize().map_err(|e| {
             RuntimeError::InvalidArgument(format!("data root {}: {e}", data_root.display()))
         })?;
-        std::fs::create_dir_all(work_dir).map_err(|e| {
+        // Created when first needed, so a coordinator that is never used leaves nothing.
+        let work_dir = std::path::absolute(work_dir).map_err(|e| {
             RuntimeError::InvalidArgument(format!("work dir {}: {e}", work_dir.display()))
         })?;
         Ok(Storage {
             data_root,
-            work_dir: work_dir.canonicalize()?,
+            work_dir,
             max_upload_bytes,
         })
     }
@@ -325,6 +326,32 @@ impl JobRecord {
         });
     }
 
+    /// Whether the executor may start this job: false if it was cancelled (or ended)
+    /// first. Read under the status lock that [`JobRecord::cancel_if_queued`] takes.
+    pub fn start(&self) -> bool {
+        let s = lock(&self.status);
+        s.state == JobState::Queued && !self.cancel.load(Ordering::SeqCst)
+    }
+
+    /// Sets the cancel flag, and ends the job at once if it has not started; both under the
+    /// status lock, so the executor cannot start it in between.
+    pub fn cancel_if_queued(&self, why: String) {
+        let ended = {
+            let mut s = lock(&self.status);
+            self.cancel.store(true, Ordering::SeqCst);
+            if s.state == JobState::Queued {
+                s.state = JobState::Cancelled;
+                s.error = why;
+                true
+            } else {
+                false
+            }
+        };
+        if ended {
+            self.changed.send_modify(|v| *v += 1);
+        }
+    }
+
     pub fn fail(&self, error: String) {
         let cancelled = self.cancel.load(Ordering::SeqCst);
         self.update(|s| {
@@ -356,8 +383,9 @@ impl JobRecord {
     pub fn layer_done(&self, part: u32, stats: &LayerStats) {
         self.update(|s| {
             if let Some(p) = s.progress.get_mut(part as usize) {
-                p.layers_done = p.layers_done.max(stats.layer + 1);
-                p.halo_bytes_sent += stats.bytes_sent;
+                // Saturating: these numbers come from the network.
+                p.layers_done = p.layers_done.max(stats.layer.saturating_add(1));
+                p.halo_bytes_sent = p.halo_bytes_sent.saturating_add(stats.bytes_sent);
             }
         });
     }

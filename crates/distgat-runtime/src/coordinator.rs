@@ -55,6 +55,9 @@ pub struct CoordinatorConfig {
     pub work_dir: PathBuf,
     /// Largest graph upload (graph plus feature bytes).
     pub max_upload_bytes: u64,
+    /// Serve `RunJob`, whose paths are not confined to the data root: only for a private
+    /// cluster such as `distgat run` starts on loopback.
+    pub allow_run_job: bool,
 }
 
 impl Default for CoordinatorConfig {
@@ -67,6 +70,7 @@ impl Default for CoordinatorConfig {
             data_root: PathBuf::from("."),
             work_dir: PathBuf::from("distgat-work"),
             max_upload_bytes: 64 << 20,
+            allow_run_job: false,
         }
     }
 }
@@ -87,7 +91,7 @@ pub async fn start_coordinator(config: CoordinatorConfig) -> Result<RunningServe
         job_lock: tokio::sync::Mutex::new(()),
         next_id: AtomicU64::new(1),
     });
-    tokio::spawn(api::run_queue(state.clone(), queued));
+    tokio::spawn(api::run_queue(Arc::downgrade(&state), queued));
     // The coordinator serves from the start.
     let (_health, routes) =
         standard_routes(COORDINATOR_SERVICE, &[COORDINATOR_SERVICE], true).await?;
@@ -434,6 +438,14 @@ impl Coordinator for Service {
         &self,
         request: Request<RunJobRequest>,
     ) -> Result<Response<RunJobResponse>, Status> {
+        if !self.0.config.allow_run_job {
+            return Err(RuntimeError::PermissionDenied(
+                "RunJob takes paths outside the data root and is off on this coordinator \
+                 (start it with --allow-run-job for a private cluster); use SubmitJob"
+                    .into(),
+            )
+            .into());
+        }
         let req = request.into_inner();
         let state = self.0.clone();
         // On its own task: if the client goes away and this handler is dropped, the job
