@@ -169,8 +169,11 @@ pub async fn upload_graph(
         header.name
     };
     let final_dir = state.storage.work_dir.join("graphs").join(&id);
-    let entry = blocking(move || {
-        // Validate before keeping: a bad upload leaves nothing behind (tmp is dropped).
+    let state = state.clone();
+    // Validated, kept and registered in one blocking task: if the client goes away
+    // meanwhile, the graph is still registered (ListGraphs shows it), never orphaned.
+    blocking(move || {
+        // A bad upload leaves nothing behind (tmp is dropped).
         let mut entry = GraphEntry::load(id, name, graph_path, Some(format), features_path, true)?;
         std::fs::create_dir_all(distgat_graph::parent_dir(&final_dir))?;
         let kept = tmp.keep();
@@ -180,10 +183,9 @@ pub async fn upload_graph(
         }
         entry.graph = final_dir.join("graph");
         entry.features = final_dir.join("features.npy");
-        Ok(entry)
+        Ok(add_graph(&state, entry))
     })
-    .await?;
-    Ok(add_graph(state, entry))
+    .await
 }
 
 /// Live workers right now.
