@@ -3,50 +3,14 @@
 //! same case in the same run: submit-to-succeeded time, fetch time and throughput, and
 //! whether the fetched output is byte-identical.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use distgat_cli::run::{spawn_server, Children};
 use distgat_client::{Client, Selection, Submit};
 
 use crate::{median, timed};
-
-/// Kills every server on drop, whatever happened.
-struct Servers(Vec<Child>);
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Starts `distgat ARGS` and returns the address it prints as `listening on ADDR`.
-fn start(distgat: &Path, args: &[&str], servers: &mut Servers) -> anyhow::Result<String> {
-    let mut child = Command::new(distgat)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", distgat.display()))?;
-    let stdout = child.stdout.take().expect("piped");
-    servers.0.push(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                let _ = tx.send(addr.trim().to_string());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .with_context(|| format!("{args:?} did not report its address within 60 s"))
-}
 
 pub struct ApiCase<'a> {
     pub dir: &'a Path,
@@ -71,9 +35,9 @@ pub fn api_bench(distgat: &Path, case: ApiCase<'_>) -> anyhow::Result<()> {
     let infer_ms = median(infer);
     let infer_bytes = std::fs::read(dir.join("infer.npy"))?;
 
-    let mut servers = Servers(Vec::new());
+    let mut servers = Children::default();
     let work = dir.join("api-work");
-    let coordinator = start(
+    let coordinator = spawn_server(
         distgat,
         &[
             "coordinator",
@@ -84,12 +48,14 @@ pub fn api_bench(distgat: &Path, case: ApiCase<'_>) -> anyhow::Result<()> {
             "--work-dir",
             &work.display().to_string(),
         ],
+        "coordinator",
         &mut servers,
     )?;
-    for _ in 0..case.workers {
-        start(
+    for k in 0..case.workers {
+        spawn_server(
             distgat,
             &["worker", "--coordinator", &coordinator],
+            &format!("worker {k}"),
             &mut servers,
         )?;
     }

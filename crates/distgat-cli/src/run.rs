@@ -33,7 +33,8 @@ pub struct RunConfig {
 }
 
 /// Children that are killed when this guard drops, whatever happens.
-struct Children(Vec<(String, Child)>);
+#[derive(Default)]
+pub struct Children(Vec<(String, Child)>);
 
 impl Drop for Children {
     fn drop(&mut self) {
@@ -44,8 +45,9 @@ impl Drop for Children {
     }
 }
 
-/// Starts `exe args...` and waits (up to 30 s) for its line `listening on ADDR`.
-fn spawn_server(
+/// Starts `exe args...` (a `distgat coordinator` or `worker`) and waits (up to 30 s) for its
+/// line `listening on ADDR`; the child is killed when `children` drops.
+pub fn spawn_server(
     exe: &Path,
     args: &[&str],
     name: &str,

@@ -55,6 +55,9 @@ pub struct NpyBody {
     pub dtype: NpyDtype,
     pub shape: Vec<u64>,
     pub fortran_order: bool,
+    /// Bytes before the body: row `i` of a C-order 2-D array starts at
+    /// `header_len + i * row_bytes`.
+    pub header_len: u64,
     len: usize,
 }
 
@@ -127,8 +130,14 @@ impl NpyBody {
             dtype,
             fortran_order: info.order() == Order::Fortran,
             shape,
+            header_len,
             len,
         })
+    }
+
+    /// The open file, for reads at offsets past [`NpyBody::header_len`].
+    pub fn into_file(self) -> File {
+        self.reader.into_inner()
     }
 
     pub fn len(&self) -> usize {

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use distgat_graph::{read_graph, Features, GraphFormat};
+use distgat_graph::{read_graph, Features, GraphFormat, NpyBody, NpyDtype};
 use distgat_proto::v1::fetch_output_request::Selection;
 use distgat_proto::v1::upload_graph_chunk::Body as UploadBody;
 use distgat_proto::v1::{
@@ -22,7 +22,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
 use crate::catalog::{
-    load_model, lock, parse_method, partition_graph, GraphEntry, JobRecord, JobSpec, JobState,
+    consecutive_runs, load_model, lock, parse_method, partition_graph, GraphEntry, JobRecord,
+    JobSpec, JobState,
 };
 use crate::convert;
 use crate::coordinator::{run_job, State};
@@ -192,7 +193,7 @@ pub async fn upload_graph(
 fn live_workers(state: &State) -> usize {
     lock(&state.workers)
         .iter()
-        .filter(|w| w.last_seen.elapsed() < state.config.heartbeat_timeout)
+        .filter(|w| state.is_live(w))
         .count()
 }
 
@@ -288,7 +289,7 @@ pub async fn submit_job(state: &Arc<State>, req: SubmitJobRequest) -> Result<Job
     // Counted and pushed under one lock, so concurrent submits cannot overfill the queue.
     let queued = jobs
         .iter()
-        .filter(|j| j.status().state == JobState::Queued)
+        .filter(|j| j.state() == JobState::Queued)
         .count();
     if queued >= MAX_QUEUED_JOBS {
         return Err(RuntimeError::ResourceExhausted(format!(
@@ -327,8 +328,9 @@ pub async fn submit_job(state: &Arc<State>, req: SubmitJobRequest) -> Result<Job
 }
 
 pub fn job_info(state: &State, record: &JobRecord) -> JobInfo {
-    let mut info = convert::job_info(record, &record.status());
-    if record.status().state == JobState::Queued {
+    let status = record.status();
+    let mut info = convert::job_info(record, &status);
+    if status.state == JobState::Queued {
         info.queue_position = state.catalog.queue_position(record);
     }
     info
@@ -372,7 +374,7 @@ pub fn watch_job(
         loop {
             changes.borrow_and_update();
             let info = job_info(&state, &record);
-            let ended = record.status().state.is_terminal();
+            let ended = record.state().is_terminal();
             if tx.send(Ok(info)).await.is_err() || ended {
                 return;
             }
@@ -446,7 +448,7 @@ async fn execute(state: &Arc<State>, record: &Arc<JobRecord>) -> Result<()> {
     let json = serde_json::to_string(&summary).unwrap_or_default();
     // The model was read again when the job ran: take the width from what was written,
     // so fetches read rows at the right offsets whatever happened to the file meanwhile.
-    let width = output_width(&record.out_path(), spec.graph.nodes)?;
+    let width = open_output(&record.out_path())?.width as u32;
     record.update(|s| {
         s.state = JobState::Succeeded;
         s.summary_json = json;
@@ -456,19 +458,29 @@ async fn execute(state: &Arc<State>, record: &Arc<JobRecord>) -> Result<()> {
     Ok(())
 }
 
-/// Row width of a finished out.npy ([rows, width] f32), from its header and size.
-fn output_width(path: &std::path::Path, rows: u64) -> Result<u32> {
-    let file = std::fs::File::open(path)?;
-    let header = npy_header_len(&file)?;
-    let body = file.metadata()?.len().saturating_sub(header);
-    Ok((body / (rows.max(1) * 4)) as u32)
+/// A job's out.npy, opened and checked ([rows, width] float32, body size as the header
+/// says): the file, its header length, rows and width.
+struct OutputFile {
+    file: std::fs::File,
+    header_len: u64,
+    rows: u64,
+    width: usize,
 }
 
-/// Length of a `.npy` 1.0 header: magic (6), version (2), header length (u16 LE), header.
-fn npy_header_len(file: &std::fs::File) -> Result<u64> {
-    let mut prefix = [0u8; 10];
-    file.read_exact_at(&mut prefix, 0)?;
-    Ok(10 + u16::from_le_bytes([prefix[8], prefix[9]]) as u64)
+fn open_output(path: &std::path::Path) -> Result<OutputFile> {
+    let body = NpyBody::open(path)?;
+    match (body.dtype, body.shape.as_slice()) {
+        (NpyDtype::F32, &[rows, width]) if !body.fortran_order => Ok(OutputFile {
+            header_len: body.header_len,
+            rows,
+            width: width as usize,
+            file: body.into_file(),
+        }),
+        _ => Err(RuntimeError::Io(std::io::Error::other(format!(
+            "{}: not a [rows, width] float32 output",
+            path.display()
+        )))),
+    }
 }
 
 fn finished(state: &State, job_id: &str) -> Result<Arc<JobRecord>> {
@@ -494,8 +506,9 @@ pub fn fetch_output(
     req: FetchOutputRequest,
 ) -> Result<ReceiverStream<Result<OutputRows, tonic::Status>>> {
     let record = finished(state, &req.job_id)?;
-    let status = record.status();
-    let (rows, width) = (status.output_rows, status.output_width as usize);
+    // Rows and width from the file itself, which is what the reads below index.
+    let output = open_output(&record.out_path())?;
+    let (rows, width, header) = (output.rows, output.width, output.header_len);
     let ids: Box<dyn Iterator<Item = u64> + Send> = match req.selection {
         None => Box::new(0..rows),
         Some(Selection::Range(r)) => {
@@ -519,8 +532,7 @@ pub fn fetch_output(
             Box::new(list.ids.into_iter())
         }
     };
-    let file = Arc::new(std::fs::File::open(record.out_path())?);
-    let header = npy_header_len(&file)?;
+    let file = Arc::new(output.file);
     let row_bytes = width * 4;
     let per_chunk = (MAX_CHUNK_BYTES / row_bytes.max(1)).max(1);
     let (tx, rx) = mpsc::channel(4);
@@ -534,17 +546,11 @@ pub fn fetch_output(
             let read = tokio::task::spawn_blocking(move || {
                 let mut values = vec![0u8; nodes.len() * row_bytes];
                 // Consecutive ids (ranges, whole fetches) are read in one call.
-                let mut i = 0;
-                while i < nodes.len() {
-                    let mut j = i + 1;
-                    while j < nodes.len() && nodes[j] == nodes[j - 1] + 1 {
-                        j += 1;
-                    }
+                for run in consecutive_runs(&nodes) {
                     file.read_exact_at(
-                        &mut values[i * row_bytes..j * row_bytes],
-                        header + nodes[i] * row_bytes as u64,
+                        &mut values[run.start * row_bytes..run.end * row_bytes],
+                        header + nodes[run.start] * row_bytes as u64,
                     )?;
-                    i = j;
                 }
                 Ok::<_, std::io::Error>(OutputRows {
                     nodes,
@@ -680,7 +686,7 @@ pub fn cluster_status(state: &State) -> ClusterStatusResponse {
                 .and_then(|(_, ids)| ids.iter().position(|id| id == &w.id));
             convert::worker_status(
                 w,
-                w.last_seen.elapsed() < state.config.heartbeat_timeout,
+                state.is_live(w),
                 part.and(assignment.as_ref().map(|(job, _)| job.as_str())),
                 part.map(|p| p as u32),
             )

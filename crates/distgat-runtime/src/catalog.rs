@@ -20,6 +20,24 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Index ranges of `ids` over which the ids are consecutive (v, v + 1, ...): rows that sit
+/// next to each other in an `.npy` body, read or written with one call.
+pub(crate) fn consecutive_runs(ids: &[u64]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= ids.len() {
+            return None;
+        }
+        let mut end = start + 1;
+        while end < ids.len() && ids[end] == ids[end - 1] + 1 {
+            end += 1;
+        }
+        let run = start..end;
+        start = end;
+        Some(run)
+    })
+}
+
 /// Where client-supplied paths may point, and where the coordinator keeps its own files.
 #[derive(Debug)]
 pub(crate) struct Storage {
@@ -296,6 +314,11 @@ impl JobRecord {
         s
     }
 
+    /// Only the state: for checks that need no copy of the whole status.
+    pub fn state(&self) -> JobState {
+        lock(&self.status).state
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
@@ -442,14 +465,14 @@ impl Catalog {
     pub fn queue_position(&self, job: &JobRecord) -> u32 {
         lock(&self.jobs)
             .iter()
-            .filter(|j| j.seq < job.seq && j.status().state == JobState::Queued)
+            .filter(|j| j.seq < job.seq && j.state() == JobState::Queued)
             .count() as u32
     }
 
     pub fn queued(&self) -> usize {
         lock(&self.jobs)
             .iter()
-            .filter(|j| j.status().state == JobState::Queued)
+            .filter(|j| j.state() == JobState::Queued)
             .count()
     }
 }

@@ -34,7 +34,7 @@ use tonic::transport::Server;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api;
-use crate::catalog::{lock, Catalog, JobRecord, Storage};
+use crate::catalog::{consecutive_runs, lock, Catalog, JobRecord, Storage};
 use crate::convert;
 use crate::error::{transport, Result, RuntimeError};
 use crate::standard::standard_routes;
@@ -507,17 +507,11 @@ impl JobSink {
                 }
                 drop(seen);
                 // One write per run of consecutive node ids (owned ids are increasing).
-                let mut i = 0;
-                while i < rows.nodes.len() {
-                    let mut j = i + 1;
-                    while j < rows.nodes.len() && rows.nodes[j] == rows.nodes[j - 1] + 1 {
-                        j += 1;
-                    }
+                for run in consecutive_runs(&rows.nodes) {
                     self.out.as_file().write_all_at(
-                        &rows.values[i * w * 4..j * w * 4],
-                        self.header_len + rows.nodes[i] * row_bytes,
+                        &rows.values[run.start * w * 4..run.end * w * 4],
+                        self.header_len + rows.nodes[run.start] * row_bytes,
                     )?;
-                    i = j;
                 }
             }
             Some(Body::Attention(a)) => {
@@ -668,7 +662,7 @@ async fn run_job_inner(
             let workers = lock(&state.workers);
             let live: Vec<_> = workers
                 .iter()
-                .filter(|w| w.last_seen.elapsed() < state.config.heartbeat_timeout)
+                .filter(|w| state.is_live(w))
                 .map(|w| (w.id.clone(), w.address.clone()))
                 .collect();
             if live.len() >= parts {
@@ -1000,6 +994,13 @@ async fn drive(
         if let Some(dead) = silent_worker(state, assigned) {
             return Err(dead.into_error(None));
         }
+    }
+}
+
+impl State {
+    /// A worker counts as live (healthy) while its heartbeats arrive in time.
+    pub(crate) fn is_live(&self, w: &WorkerEntry) -> bool {
+        w.last_seen.elapsed() < self.config.heartbeat_timeout
     }
 }
 
