@@ -183,12 +183,7 @@ pub async fn check_health(address: &str, service: &str, wait: Duration) -> anyho
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
-    let uri = if address.contains("://") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
-    };
-    let endpoint = tonic::transport::Endpoint::from_shared(uri)
+    let endpoint = distgat_proto::endpoint(address)
         .with_context(|| format!("address '{address}'"))?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5));

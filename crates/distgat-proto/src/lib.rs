@@ -12,6 +12,27 @@ pub mod v1 {
     tonic::include_proto!("distgat.v1");
 }
 
+/// HTTP/2 flow-control windows for every distgat connection, client and server side. The
+/// 64 KiB default caps a stream at one window per round trip: output rows crawled at
+/// 50 MB/s, and fetches at 120 MB/s, over loopback before these were raised.
+pub const STREAM_WINDOW: u32 = 8 << 20;
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
+
+/// A channel endpoint for `host:port` (or a full `http(s)://` URI) with distgat's
+/// connection settings: connect timeout, no Nagle delay, the windows above.
+pub fn endpoint(address: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    let uri = if address.starts_with("http://") || address.starts_with("https://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
+    Ok(tonic::transport::Endpoint::from_shared(uri)?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW))
+}
+
 /// The encoded descriptors of `distgat.v1`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("distgat_descriptor");
 

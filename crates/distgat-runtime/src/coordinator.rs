@@ -26,7 +26,9 @@ use distgat_proto::v1::{
     RegisterWorkerRequest, RegisterWorkerResponse, RunJobRequest, RunJobResponse, StartJobRequest,
     SubmitJobRequest, UploadGraphChunk, WorkerStats,
 };
-use distgat_proto::{COORDINATOR_SERVICE, MAX_CHUNK_BYTES, PROTOCOL_VERSION};
+use distgat_proto::{
+    CONNECTION_WINDOW, COORDINATOR_SERVICE, MAX_CHUNK_BYTES, PROTOCOL_VERSION, STREAM_WINDOW,
+};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -38,7 +40,7 @@ use crate::catalog::{consecutive_runs, lock, Catalog, JobRecord, Storage};
 use crate::convert;
 use crate::error::{transport, Result, RuntimeError};
 use crate::standard::standard_routes;
-use crate::worker::{endpoint, RunningServer, CONNECTION_WINDOW, RPC_DEADLINE, STREAM_WINDOW};
+use crate::worker::{endpoint, RunningServer, RPC_DEADLINE};
 
 /// How the coordinator starts; `Default` listens on an ephemeral loopback port.
 #[derive(Debug, Clone)]
