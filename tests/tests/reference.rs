@@ -27,10 +27,12 @@ fn config_for(case: &str) -> InferConfig {
             ..InferConfig::default()
         }
     } else {
+        let edge_attr = dir.join("edge_attr.npy");
         InferConfig {
             graph: dir.join("edge_index.npy"),
             features: dir.join("x.npy"),
             model: dir.join("model.json"),
+            edge_features: edge_attr.exists().then_some(edge_attr),
             ..InferConfig::default()
         }
     }
@@ -119,6 +121,80 @@ fn quirks_without_self_loops_match_pyg() {
 #[test]
 fn cora_trained_model_matches_pyg() {
     check_case("cora-gat");
+}
+
+#[test]
+fn gat_with_residual_and_edge_features_matches_pyg() {
+    // fill_value 'mean' (layer 0) and 'add' (layer 1), duplicates, self loops replaced.
+    check_case("gat-residual-edge-n120");
+}
+
+#[test]
+fn gatv2_matches_pyg() {
+    check_case("gatv2-n200");
+}
+
+#[test]
+fn gatv2_shared_weights_edge_features_without_loops_matches_pyg() {
+    check_case("gatv2-shared-edge-noloops-n150");
+}
+
+#[test]
+fn transformer_with_beta_and_edge_features_matches_pyg() {
+    check_case("transformer-edge-beta-n200");
+}
+
+#[test]
+fn transformer_mean_without_root_matches_pyg() {
+    // The file's unused lin_skip is accepted (PyG keeps it and never reads it).
+    check_case("transformer-mean-noroot-n150");
+}
+
+#[test]
+fn layer_outputs_match_pyg_layer_by_layer() {
+    // The final output could hide two compensating errors; every layer's raw output is
+    // checked too (against PyG's float32 output, the tolerance covers f32 vs f64).
+    for case in [
+        "gat-residual-edge-n120",
+        "gatv2-n200",
+        "gatv2-shared-edge-noloops-n150",
+        "transformer-edge-beta-n200",
+        "transformer-mean-noroot-n150",
+    ] {
+        let dir = reference_case(case);
+        let (want_shape, want) = read_f64(&dir.join("expected/layer0_out.npy"));
+        let tmp = tempfile::tempdir().unwrap();
+        // A one-layer model: layer 0 of the case's model.
+        let mut spec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("model.json")).unwrap()).unwrap();
+        spec["layers"].as_array_mut().unwrap().truncate(1);
+        std::fs::copy(dir.join("model.safetensors"), tmp.path().join("model.safetensors")).unwrap();
+        let model = tmp.path().join("model.json");
+        std::fs::write(&model, spec.to_string()).unwrap();
+        let out = tmp.path().join("out.npy");
+        let config = InferConfig {
+            model,
+            out: out.clone(),
+            threads: Some(2),
+            ..config_for(case)
+        };
+        // Layer 1's tensors are in the file but unused by a one-layer model: refused.
+        let err = run_infer(&config).unwrap_err().to_string();
+        assert!(err.contains("layers.1."), "{case}: {err}");
+        // With only layer 0's tensors in the file, it runs.
+        let file = std::fs::read(dir.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&file).unwrap();
+        let kept: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+            .tensors()
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("layers.0."))
+            .collect();
+        safetensors::serialize_to_file(kept, &None, &tmp.path().join("model.safetensors")).unwrap();
+        run_infer(&config).unwrap_or_else(|e| panic!("{case}: {e}"));
+        let (shape, ours) = read_f64(&out);
+        assert_eq!(shape, want_shape, "{case}: layer 0 shape");
+        assert_close(&format!("{case} layer 0"), &ours, &want, shape[1] as usize);
+    }
 }
 
 #[test]

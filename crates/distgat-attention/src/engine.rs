@@ -3,18 +3,21 @@
 
 use std::time::{Duration, Instant};
 
-use distgat_graph::{EdgeList, IncomingCsr};
+use distgat_graph::{EdgeList, Features, IncomingCsr};
 use rayon::prelude::*;
 
+use crate::buffer::RowBuffer;
+use crate::edge_attr::entry_edge_attr;
 use crate::error::{ModelError, Result};
 use crate::exec::Execution;
-use crate::kernel::{aggregate_into, AttentionInputs};
+use crate::kind::{aggregate_into, transform_into, RowInputs};
 use crate::model::Model;
-use crate::transform::{transform_into, Transformed};
 
 /// The CSRs a model needs (one per self-loop setting its layers use).
 pub struct Topology {
     pub num_nodes: usize,
+    /// Edges of the input graph (rows of its edge attributes).
+    pub num_edges: usize,
     with_loops: Option<GraphView>,
     without_loops: Option<GraphView>,
 }
@@ -23,6 +26,9 @@ struct GraphView {
     csr: IncomingCsr,
     /// CSR position of each attention edge in PyG order (only when attention is wanted).
     attention_order: Option<Vec<usize>>,
+    /// Per CSR entry, its input edge or `-(v + 1)` for the loop of `v` (only when a layer
+    /// of this setting reads edge attributes).
+    keys: Option<Vec<i64>>,
 }
 
 impl Topology {
@@ -34,18 +40,25 @@ impl Topology {
         want_attention: bool,
     ) -> Result<Self> {
         let view = |loops: bool| -> Result<Option<GraphView>> {
-            if !model.layers.iter().any(|l| l.add_self_loops == loops) {
+            let layers: Vec<_> = model.layers.iter().filter(|l| l.add_self_loops() == loops).collect();
+            if layers.is_empty() {
                 return Ok(None);
             }
             let (csr, attention_order) =
                 IncomingCsr::build(edges, num_nodes, loops, want_attention)?;
+            let keys = layers
+                .iter()
+                .any(|l| l.edge_dim().is_some())
+                .then(|| csr.entry_keys(edges));
             Ok(Some(GraphView {
                 csr,
                 attention_order,
+                keys,
             }))
         };
         Ok(Topology {
             num_nodes,
+            num_edges: edges.len(),
             with_loops: view(true)?,
             without_loops: view(false)?,
         })
@@ -68,7 +81,7 @@ impl Topology {
 
 #[derive(Debug, Clone, Default)]
 pub struct LayerTiming {
-    /// GEMM and scores.
+    /// Dense transforms (GEMMs, per-node scores).
     pub transform: Duration,
     /// Fused softmax and aggregation.
     pub aggregate: Duration,
@@ -85,18 +98,21 @@ pub struct ModelOutput {
 }
 
 /// Runs every layer of `model` on `features` (`[num_nodes, in_features]`, consumed so its
-/// memory is released after the first transform). `on_layer(k)` is called as layer `k`
-/// starts, for progress reporting.
+/// memory is released after the first transform). `edge_attr` (`[E, edge_dim]`, row e for
+/// edge e of the graph the topology was built from) is required exactly when a layer has
+/// `edge_dim` (check with [`Model::check_edge_features`] first). `on_layer(k)` is called as
+/// layer `k` starts, for progress reporting.
 pub fn run_model(
     model: &Model,
     topology: &Topology,
     features: Vec<f32>,
+    edge_attr: Option<&Features>,
     exec: Execution,
     want_attention: bool,
     on_layer: &dyn Fn(usize),
 ) -> Result<ModelOutput> {
     let n = topology.num_nodes;
-    let in_width = model.layers[0].in_features;
+    let in_width = model.layers[0].in_features();
     if features.len() != n * in_width {
         return Err(ModelError::Mismatch(format!(
             "features hold {} values, expected {n} nodes x {in_width} columns",
@@ -108,36 +124,52 @@ pub fn run_model(
     let mut timings = Vec::with_capacity(model.layers.len());
     for (k, layer) in model.layers.iter().enumerate() {
         on_layer(k);
+        let layer = layer.as_ref();
         let started = Instant::now();
-        let mut t = Transformed::zeroed(n, layer);
-        transform_into(layer, &x, exec, &mut t);
+        let mut source = RowBuffer::zeroed(n * layer.source_width());
+        let mut target = vec![0f32; n * layer.target_width()];
+        transform_into(layer, &x, exec, &mut source, &mut target);
         drop(x);
         let transformed = Instant::now();
 
-        let view = topology.view(layer.add_self_loops);
+        let view = topology.view(layer.add_self_loops());
+        let entry_attr = match layer.edge_dim() {
+            Some(d) => {
+                let ea = edge_attr.ok_or_else(|| {
+                    ModelError::Mismatch(format!(
+                        "layers[{k}] ({}) has edge_dim = {d} but no edge features were given",
+                        layer.kind()
+                    ))
+                })?;
+                if ea.width != d || ea.num_nodes != topology.num_edges {
+                    return Err(ModelError::Mismatch(format!(
+                        "edge features are [{}, {}], but the graph has {} edges and layers[{k}] \
+                         has edge_dim = {d}",
+                        ea.num_nodes, ea.width, topology.num_edges
+                    )));
+                }
+                let keys = view.keys.as_ref().expect("keys built for edge_dim layers");
+                Some(entry_edge_attr(&view.csr.row_ptr, keys, d, layer.fill_value(), &ea.values))
+            }
+            None => None,
+        };
         let mut out = vec![0f32; n * layer.out_width()];
         let mut alpha_csr =
-            want_attention.then(|| vec![0f32; view.csr.num_entries() * layer.heads]);
-        let inputs = AttentionInputs {
-            z: &t.z,
-            s_src: &t.s_src,
-            s_dst: &t.s_dst,
+            want_attention.then(|| vec![0f32; view.csr.num_entries() * layer.heads()]);
+        let inputs = RowInputs {
+            source: &source,
+            target: &target,
+            edge_attr: entry_attr.as_deref(),
         };
-        aggregate_into(
-            layer,
-            &view.csr,
-            &inputs,
-            exec,
-            &mut out,
-            alpha_csr.as_deref_mut(),
-        );
-        drop(t);
+        aggregate_into(layer, &view.csr, &inputs, exec, &mut out, alpha_csr.as_deref_mut());
+        drop(source);
+        drop(target);
         timings.push(LayerTiming {
             transform: transformed - started,
             aggregate: transformed.elapsed(),
         });
         if let (Some(alpha_csr), Some(order)) = (alpha_csr, view.attention_order.as_ref()) {
-            attention.push(to_attention_order(&alpha_csr, order, layer.heads, exec));
+            attention.push(to_attention_order(&alpha_csr, order, layer.heads(), exec));
         }
         if k + 1 < model.layers.len() {
             match exec {

@@ -1,21 +1,31 @@
-//! GAT attention for distgat: the `gat-model-v1` spec with PyG `GATConv` weights, the
-//! dense transform, the fused sparse attention kernel, and the single-process engine.
+//! Graph attention for distgat: model files with PyG weights, the attention-kind seam
+//! ([`AttentionKind`]) with PyG-exact `GATConv`, `GATv2Conv` and `TransformerConv`, dense
+//! transforms, fused sparse kernels, and the single-process engine.
 //!
-//! Semantics follow PyTorch Geometric 2.8 `GATConv` in eval mode exactly (see
-//! `reference/README.md` section 5 in the repository).
+//! Semantics follow PyTorch Geometric 2.8.1 in eval mode (see `reference/README.md` in
+//! the repository and each kind's module documentation).
 
 pub mod buffer;
+pub mod dense;
+pub mod edge_attr;
 pub mod engine;
 pub mod error;
 pub mod exec;
-pub mod kernel;
+pub mod gat;
+pub mod gatv2;
+pub mod kind;
 pub mod model;
-pub mod transform;
+pub mod transformer;
+mod weights;
 
 pub use buffer::RowBuffer;
+pub use dense::Linear;
+pub use edge_attr::entry_edge_attr;
 pub use engine::{run_model, LayerTiming, ModelOutput, Topology};
 pub use error::{ModelError, Result};
 pub use exec::Execution;
-pub use kernel::{aggregate_into, AttentionInputs};
-pub use model::{Activation, GatLayer, Model};
-pub use transform::{transform_into, transform_rows_into, Transformed};
+pub use gat::GatConv;
+pub use gatv2::GatV2Conv;
+pub use kind::{aggregate_into, transform_into, AttentionKind, FillValue, HaloPayload, RowInputs, Scratch};
+pub use model::{Activation, Layer, Model};
+pub use transformer::TransformerConv;

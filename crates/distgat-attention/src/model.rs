@@ -1,17 +1,33 @@
-//! The `gat-model-v1` model spec and its safetensors weights (PyG `GATConv` tensor names).
+//! Model files: `pyg-attention-model-v1` (any of PyG's `GATConv`, `GATv2Conv`,
+//! `TransformerConv`, named by class with PyG's constructor arguments) and the older
+//! `gat-model-v1` (GATConv only), with their safetensors weights.
+//!
+//! Strictness is the point: every JSON key is known or an error naming it, every argument
+//! is one distgat honours or an error, and every tensor of a weights file is consumed by a
+//! layer or an error naming it. A model distgat cannot run exactly is refused, never run
+//! with something silently dropped.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
+use serde_json::Value;
 
+use crate::dense::Linear;
 use crate::error::{ModelError, Result};
+use crate::gat::GatConv;
+use crate::gatv2::GatV2Conv;
+use crate::kind::{AttentionKind, FillValue};
+use crate::transformer::TransformerConv;
+use crate::weights::WeightsFile;
 
+/// The original GATConv-only format.
 pub const MODEL_FORMAT: &str = "gat-model-v1";
+/// The attention-family format (reference README section 8.2).
+pub const PYG_MODEL_FORMAT: &str = "pyg-attention-model-v1";
 
-/// Widest layer accepted (heads x out_channels): far beyond any GAT, small enough that
-/// buffer sizes cannot overflow.
+/// Widest layer accepted (heads x out_channels): far beyond any attention layer, small
+/// enough that buffer sizes cannot overflow.
 const MAX_WIDTH: usize = 1 << 20;
 
 /// The non-linearity applied between layers (never after the last one).
@@ -37,124 +53,110 @@ impl Activation {
     }
 }
 
-/// One `GATConv` layer, ready to run.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GatLayer {
-    pub in_features: usize,
-    pub heads: usize,
-    pub channels: usize,
-    pub concat: bool,
-    pub negative_slope: f32,
-    pub add_self_loops: bool,
-    /// `lin.weight` transposed: row-major `[in_features, heads * channels]`.
-    pub weight_t: Vec<f32>,
-    /// `att_src` flattened `[heads * channels]`: weighs the sending node.
-    pub att_src: Vec<f32>,
-    /// `att_dst` flattened `[heads * channels]`: weighs the receiving node.
-    pub att_dst: Vec<f32>,
-    /// `[out_width]`, or empty for a layer without bias.
-    pub bias: Vec<f32>,
-}
+/// One layer of any kind.
+pub type Layer = Box<dyn AttentionKind>;
 
-impl GatLayer {
-    /// Width of the transformed rows `z`: heads * channels.
-    pub fn hidden_width(&self) -> usize {
-        self.heads * self.channels
-    }
-    /// Width of the layer output: heads * channels with concat, channels without.
-    pub fn out_width(&self) -> usize {
-        if self.concat {
-            self.heads * self.channels
-        } else {
-            self.channels
-        }
-    }
-
-    /// Builds a layer from PyG-shaped tensors (`lin_weight` is `[H*C, F_in]` row-major).
-    #[allow(clippy::too_many_arguments)]
-    pub fn from_pyg(
-        in_features: usize,
-        heads: usize,
-        channels: usize,
-        concat: bool,
-        negative_slope: f32,
-        add_self_loops: bool,
-        lin_weight: &[f32],
-        att_src: Vec<f32>,
-        att_dst: Vec<f32>,
-        bias: Vec<f32>,
-    ) -> Self {
-        let hc = heads * channels;
-        assert_eq!(lin_weight.len(), hc * in_features, "lin.weight shape");
-        let mut weight_t = vec![0f32; lin_weight.len()];
-        for o in 0..hc {
-            for f in 0..in_features {
-                weight_t[f * hc + o] = lin_weight[o * in_features + f];
-            }
-        }
-        GatLayer {
-            in_features,
-            heads,
-            channels,
-            concat,
-            negative_slope,
-            add_self_loops,
-            weight_t,
-            att_src,
-            att_dst,
-            bias,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct Model {
-    pub layers: Vec<GatLayer>,
+    pub layers: Vec<Layer>,
     pub activation: Activation,
 }
 
 impl Model {
     pub fn out_width(&self) -> usize {
-        self.layers.last().map_or(0, GatLayer::out_width)
+        self.layers.last().map_or(0, |l| l.out_width())
     }
 
     /// Checks that the model accepts `width` input features.
     pub fn check_input_width(&self, width: usize, features: &Path) -> Result<()> {
-        let want = self.layers[0].in_features;
+        let want = self.layers[0].in_features();
         if want != width {
             return Err(ModelError::Mismatch(format!(
-                "{}: features have {width} columns, but layer 0's lin.weight expects \
-                 in_channels = {want}",
-                features.display()
+                "{}: features have {width} columns, but layer 0 ({}) expects in_channels = {want}",
+                features.display(),
+                self.layers[0].kind()
             )));
         }
         Ok(())
     }
 
-    /// Reads a `gat-model-v1` JSON file and the weights it names (relative to the JSON).
+    /// The edge-attribute width the model needs, if any layer has `edge_dim`.
+    pub fn edge_dim(&self) -> Option<usize> {
+        self.layers.iter().find_map(|l| l.edge_dim())
+    }
+
+    /// Checks edge features against the model: given exactly when some layer has
+    /// `edge_dim`, with that many columns. `flag` is what the user typed
+    /// (`--edge-features`), `edge_attr` the file and its width, if given.
+    pub fn check_edge_features(&self, flag: &str, edge_attr: Option<(&Path, usize)>) -> Result<()> {
+        match (self.layers.iter().enumerate().find_map(|(k, l)| l.edge_dim().map(|d| (k, l, d))), edge_attr) {
+            (None, None) => Ok(()),
+            (Some((k, l, d)), None) => Err(ModelError::Mismatch(format!(
+                "layers[{k}] ({}) has edge_dim = {d}, so it needs edge features: pass {flag} \
+                 E.npy (float32 [E, {d}], row e belonging to edge e of the graph)",
+                l.kind()
+            ))),
+            (None, Some((path, _))) => Err(ModelError::Mismatch(format!(
+                "{flag} {}: no layer of the model has edge_dim, so the edge features would be \
+                 ignored; drop {flag} or use a model whose layers were trained with edge_dim",
+                path.display()
+            ))),
+            (Some(_), Some((path, width))) => {
+                for (k, l) in self.layers.iter().enumerate() {
+                    if let Some(d) = l.edge_dim() {
+                        if d != width {
+                            return Err(ModelError::Mismatch(format!(
+                                "{flag} {}: the edge features have {width} columns, but \
+                                 layers[{k}] ({}) has edge_dim = {d}",
+                                path.display(),
+                                l.kind()
+                            )));
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads a model JSON (`pyg-attention-model-v1` or `gat-model-v1`) and the weights it
+    /// names (paths relative to the JSON).
+    ///
+    /// Errors: unreadable files; a JSON that is not a model (a safetensors or npy file
+    /// given by mistake is named as such); unknown keys, kinds or arguments; arguments
+    /// distgat cannot honour (bipartite layers, another `aggr`); missing, misshapen,
+    /// non-float or non-finite tensors; tensors no layer consumes; layers whose widths do
+    /// not chain.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|error| ModelError::Io {
+        let bytes = std::fs::read(path).map_err(|error| ModelError::Io {
             path: path.to_path_buf(),
             error,
-        })?;
-        let spec: ModelSpec = serde_json::from_str(&text).map_err(|e| ModelError::Spec {
-            path: path.to_path_buf(),
-            detail: format!("not a valid model JSON: {e}"),
         })?;
         let spec_err = |detail: String| ModelError::Spec {
             path: path.to_path_buf(),
             detail,
         };
-        if spec.format != MODEL_FORMAT {
+        if let Some(what) = sniff_binary(&bytes) {
             return Err(spec_err(format!(
-                "\"format\" is \"{}\", expected \"{MODEL_FORMAT}\"",
-                spec.format
+                "expected a model JSON (\"format\": \"{PYG_MODEL_FORMAT}\" or \"{MODEL_FORMAT}\"), \
+                 found {what}; pass the JSON that names the weights file"
             )));
         }
+        let text = String::from_utf8(bytes)
+            .map_err(|_| spec_err("expected a model JSON, found a file that is not UTF-8 text".into()))?;
+        let spec: ModelSpec = serde_json::from_str(&text)
+            .map_err(|e| spec_err(format!("not a valid model JSON: {e}")))?;
+        let pyg = match spec.format.as_str() {
+            PYG_MODEL_FORMAT => true,
+            MODEL_FORMAT => false,
+            other => {
+                return Err(spec_err(format!(
+                    "\"format\" is \"{other}\", expected \"{PYG_MODEL_FORMAT}\" or \"{MODEL_FORMAT}\""
+                )))
+            }
+        };
         if spec.layers.is_empty() {
-            return Err(spec_err(
-                "\"layers\" is empty: a model needs at least one layer".into(),
-            ));
+            return Err(spec_err("\"layers\" is empty: a model needs at least one layer".into()));
         }
         let activation = match spec.activation.as_deref().unwrap_or("elu") {
             "elu" => Activation::Elu,
@@ -167,200 +169,573 @@ impl Model {
             }
         };
         let base = path.parent().unwrap_or(Path::new("."));
-        let mut files: HashMap<PathBuf, Vec<u8>> = HashMap::new();
-        let mut layers: Vec<GatLayer> = Vec::with_capacity(spec.layers.len());
-        for (k, ls) in spec.layers.iter().enumerate() {
-            if ls.heads == 0 || ls.out_channels == 0 {
-                return Err(spec_err(format!(
-                    "layers[{k}]: heads ({}) and out_channels ({}) must be at least 1",
-                    ls.heads, ls.out_channels
-                )));
-            }
-            if ls
-                .heads
-                .checked_mul(ls.out_channels)
-                .is_none_or(|hc| hc > MAX_WIDTH)
-            {
-                return Err(spec_err(format!(
-                    "layers[{k}]: heads x out_channels = {} x {} is beyond the supported \
-                     width of {MAX_WIDTH} columns",
-                    ls.heads, ls.out_channels
-                )));
-            }
-            let slope = ls.negative_slope.unwrap_or(0.2);
-            if !slope.is_finite() {
-                return Err(spec_err(format!(
-                    "layers[{k}]: negative_slope must be finite"
-                )));
-            }
-            let weights_path = base.join(&ls.weights);
+        let mut files: BTreeMap<PathBuf, WeightsFile> = BTreeMap::new();
+        let mut layers: Vec<Layer> = Vec::with_capacity(spec.layers.len());
+        for (k, value) in spec.layers.iter().enumerate() {
+            let (weights, prefix, parsed) = if pyg {
+                let l: PygLayerSpec = serde_json::from_value(value.clone())
+                    .map_err(|e| spec_err(format!("layers[{k}]: {e}")))?;
+                let args = parse_args(&l.kind, &l.args).map_err(|e| spec_err(format!("layers[{k}].args ({}): {e}", l.kind)))?;
+                (l.weights, l.prefix.unwrap_or_default(), args)
+            } else {
+                let l: GatV1LayerSpec = serde_json::from_value(value.clone())
+                    .map_err(|e| spec_err(format!("layers[{k}]: {e}")))?;
+                let args = Args::Gat(GatArgs {
+                    in_channels: l.in_channels.map(Value::from),
+                    out_channels: l.out_channels,
+                    heads: Some(l.heads),
+                    concat: l.concat,
+                    negative_slope: l.negative_slope,
+                    dropout: None,
+                    add_self_loops: l.add_self_loops,
+                    edge_dim: None,
+                    fill_value: None,
+                    bias: l.bias,
+                    residual: None,
+                });
+                (l.weights, l.prefix.unwrap_or_default(), (args, l.tensors))
+            };
+            let (args, declared_tensors) = parsed;
+            let weights_path = base.join(&weights);
             if !files.contains_key(&weights_path) {
-                let bytes = std::fs::read(&weights_path).map_err(|error| ModelError::Io {
-                    path: weights_path.clone(),
-                    error,
-                })?;
-                files.insert(weights_path.clone(), bytes);
+                files.insert(weights_path.clone(), WeightsFile::open(&weights_path)?);
             }
-            let layer = load_layer(k, ls, slope, &weights_path, &files[&weights_path])?;
-            if let Some(declared) = ls.in_channels {
-                if declared != layer.in_features {
-                    return Err(spec_err(format!(
-                        "layers[{k}]: \"in_channels\" is {declared}, but {}lin.weight in {} \
-                         has {} input columns",
-                        ls.prefix.as_deref().unwrap_or(""),
-                        weights_path.display(),
-                        layer.in_features
+            let file = files.get_mut(&weights_path).expect("inserted");
+            let mut t = LayerTensors { file, prefix: &prefix, k, v1: !pyg };
+            if let Some(declared) = &declared_tensors {
+                t.check_declared(declared)?;
+            }
+            let layer: Layer = match args {
+                Args::Gat(a) => Box::new(load_gat(&a, &mut t)?),
+                Args::GatV2(a) => Box::new(load_gatv2(&a, &mut t)?),
+                Args::Transformer(a) => Box::new(load_transformer(&a, &mut t)?),
+            };
+            if let Some(prev) = layers.last() {
+                if prev.out_width() != layer.in_features() {
+                    return Err(t.file.err(format!(
+                        "layers[{k}] ({}): its weights expect {} input features, but layer {} \
+                         ({}) outputs {} columns",
+                        layer.kind(),
+                        layer.in_features(),
+                        k - 1,
+                        prev.kind(),
+                        prev.out_width()
                     )));
                 }
             }
-            if let Some(prev) = layers.last() {
-                if prev.out_width() != layer.in_features {
-                    return Err(ModelError::Weights {
-                        path: weights_path,
-                        detail: format!(
-                            "layers[{k}]: {}lin.weight expects {} input features, but layer {} \
-                             outputs {} columns",
-                            ls.prefix.as_deref().unwrap_or(""),
-                            layer.in_features,
-                            k - 1,
-                            prev.out_width()
-                        ),
-                    });
-                }
-            }
             layers.push(layer);
+        }
+        for file in files.values() {
+            let left = file.unconsumed();
+            if let Some(first) = left.first() {
+                return Err(file.err(format!(
+                    "tensor '{first}' is used by no layer{} ({} unused in all: {:?}); distgat \
+                     does not run it, so the output would differ from the PyG model. Export \
+                     only the attention layers' tensors, or fix the layer's \"prefix\"/arguments{}",
+                    hint_for(first),
+                    left.len(),
+                    left.iter().take(8).collect::<Vec<_>>(),
+                    if pyg { "" } else { " (edge_dim, residual and other kinds need \"format\": \"pyg-attention-model-v1\")" }
+                )));
+            }
+            file.log_widened();
         }
         Ok(Model { layers, activation })
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct ModelSpec {
-    format: String,
-    activation: Option<String>,
-    layers: Vec<LayerSpec>,
+/// Names binary formats a user may pass where a model JSON belongs.
+fn sniff_binary(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(b"\x93NUMPY") {
+        return Some("a .npy array");
+    }
+    if bytes.len() >= 9 {
+        let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        if bytes[8] == b'{' && n > 1 && n <= bytes.len() as u64 - 8 {
+            return Some("a safetensors weights file");
+        }
+    }
+    if bytes.starts_with(b"PK\x03\x04") {
+        return Some("a zip archive (a torch.save checkpoint?)");
+    }
+    None
+}
+
+/// What an unconsumed tensor name suggests.
+fn hint_for(name: &str) -> &'static str {
+    let base = name.rsplit('.').next().unwrap_or(name);
+    if name.contains("lin_edge") || base == "att_edge" {
+        " (an edge_dim tensor: is \"edge_dim\" missing from the layer's args?)"
+    } else if name.contains("res.") {
+        " (a residual tensor: is \"residual\": true missing?)"
+    } else if name.contains("lin_beta") {
+        " (is \"beta\": true missing?)"
+    } else if base == "bias" {
+        " (is \"bias\": false set although the layer has a bias?)"
+    } else {
+        ""
+    }
 }
 
 #[derive(Debug, Deserialize)]
-struct LayerSpec {
+#[serde(deny_unknown_fields)]
+struct ModelSpec {
+    format: String,
+    activation: Option<String>,
+    layers: Vec<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PygLayerSpec {
+    kind: String,
+    args: Value,
     weights: String,
-    #[serde(default)]
+    prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatV1LayerSpec {
+    weights: String,
     prefix: Option<String>,
     heads: usize,
     out_channels: usize,
     concat: Option<bool>,
-    negative_slope: Option<f32>,
+    negative_slope: Option<f64>,
     add_self_loops: Option<bool>,
-    /// Informational in the spec; `false` allows a weights file without `bias`.
+    /// `false` allows a weights file without `bias`.
     bias: Option<bool>,
-    /// Informational; checked against `lin.weight` when present.
+    /// Checked against `lin.weight` when present.
     in_channels: Option<usize>,
+    /// Names -> shapes; checked against the file when present.
+    tensors: Option<BTreeMap<String, Vec<usize>>>,
 }
 
-fn load_layer(
-    k: usize,
-    spec: &LayerSpec,
-    negative_slope: f32,
-    path: &Path,
-    bytes: &[u8],
-) -> Result<GatLayer> {
-    let werr = |detail: String| ModelError::Weights {
-        path: path.to_path_buf(),
-        detail,
-    };
-    let tensors = SafeTensors::deserialize(bytes).map_err(|e| {
-        werr(format!(
-            "not a valid safetensors file ({e:?}): expected an 8-byte little-endian \
-                 header length, a JSON header and the tensor data"
-        ))
-    })?;
-    let prefix = spec.prefix.as_deref().unwrap_or("");
-    let (heads, channels) = (spec.heads, spec.out_channels);
-    let hc = heads * channels;
-    let concat = spec.concat.unwrap_or(true);
+enum Args {
+    Gat(GatArgs),
+    GatV2(GatV2Args),
+    Transformer(TransformerArgs),
+}
 
-    let fetch = |name: &str, required: bool| -> Result<Option<(Vec<usize>, Vec<f32>)>> {
-        let full = format!("{prefix}{name}");
-        let view = match tensors.tensor(&full) {
-            Ok(v) => v,
-            Err(_) if !required => return Ok(None),
-            Err(_) => {
-                let mut names: Vec<String> = tensors
-                    .names()
-                    .into_iter()
-                    .filter(|n| n.starts_with(prefix))
-                    .cloned()
-                    .collect();
-                names.sort();
-                return Err(werr(format!(
-                    "layers[{k}]: tensor '{full}' is missing (tensors with prefix '{prefix}': {names:?})"
+/// `GATConv`'s constructor arguments (PyG 2.8.1).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatArgs {
+    in_channels: Option<Value>,
+    out_channels: usize,
+    heads: Option<usize>,
+    concat: Option<bool>,
+    negative_slope: Option<f64>,
+    dropout: Option<f64>,
+    add_self_loops: Option<bool>,
+    edge_dim: Option<usize>,
+    fill_value: Option<Value>,
+    bias: Option<bool>,
+    residual: Option<bool>,
+}
+
+/// `GATv2Conv`'s constructor arguments (PyG 2.8.1).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatV2Args {
+    in_channels: Option<Value>,
+    out_channels: usize,
+    heads: Option<usize>,
+    concat: Option<bool>,
+    negative_slope: Option<f64>,
+    dropout: Option<f64>,
+    add_self_loops: Option<bool>,
+    edge_dim: Option<usize>,
+    fill_value: Option<Value>,
+    bias: Option<bool>,
+    share_weights: Option<bool>,
+    residual: Option<bool>,
+}
+
+/// `TransformerConv`'s constructor arguments (PyG 2.8.1).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransformerArgs {
+    in_channels: Option<Value>,
+    out_channels: usize,
+    heads: Option<usize>,
+    concat: Option<bool>,
+    beta: Option<bool>,
+    dropout: Option<f64>,
+    edge_dim: Option<usize>,
+    bias: Option<bool>,
+    root_weight: Option<bool>,
+}
+
+fn parse_args(kind: &str, args: &Value) -> std::result::Result<(Args, Option<BTreeMap<String, Vec<usize>>>), String> {
+    let hint = |e: serde_json::Error| {
+        let s = e.to_string();
+        if ["`aggr`", "`flow`", "`node_dim`", "`decomposed_layers`"].iter().any(|k| s.contains(k)) {
+            format!("{s} (distgat runs PyG's default message passing: sum aggregation, source_to_target)")
+        } else {
+            s
+        }
+    };
+    let args = match kind {
+        "GATConv" => Args::Gat(serde_json::from_value(args.clone()).map_err(hint)?),
+        "GATv2Conv" => Args::GatV2(serde_json::from_value(args.clone()).map_err(hint)?),
+        "TransformerConv" => Args::Transformer(serde_json::from_value(args.clone()).map_err(hint)?),
+        "MultiheadAttention" | "NystromAttention" => {
+            return Err(format!(
+                "kind \"{kind}\" (global attention over all nodes) is not supported yet; \
+                 supported kinds: GATConv, GATv2Conv, TransformerConv"
+            ))
+        }
+        other => {
+            return Err(format!(
+                "unknown kind \"{other}\"; supported kinds: GATConv, GATv2Conv, TransformerConv"
+            ))
+        }
+    };
+    Ok((args, None))
+}
+
+/// Checks shared arguments; returns `(heads, channels)`.
+fn check_common(
+    t: &LayerTensors<'_>,
+    in_channels: &Option<Value>,
+    heads: Option<usize>,
+    out_channels: usize,
+    dropout: Option<f64>,
+    negative_slope: Option<f64>,
+) -> Result<(usize, usize, f32)> {
+    let heads = heads.unwrap_or(1);
+    if heads == 0 || out_channels == 0 {
+        return Err(t.spec(format!(
+            "heads ({heads}) and out_channels ({out_channels}) must be at least 1"
+        )));
+    }
+    if heads.checked_mul(out_channels).is_none_or(|hc| hc > MAX_WIDTH) {
+        return Err(t.spec(format!(
+            "heads x out_channels = {heads} x {out_channels} is beyond the supported width of \
+             {MAX_WIDTH} columns"
+        )));
+    }
+    match in_channels {
+        None | Some(Value::Number(_)) => {}
+        Some(Value::Array(_)) => {
+            return Err(t.spec(
+                "in_channels is a pair: bipartite layers (separate source and target node \
+                 sets) are not supported; distgat runs one node set"
+                    .into(),
+            ))
+        }
+        Some(other) => return Err(t.spec(format!("in_channels is {other}, expected an integer"))),
+    }
+    if let Some(p) = dropout {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(t.spec(format!("dropout is {p}, expected a probability in [0, 1]")));
+        }
+    }
+    let slope = negative_slope.unwrap_or(0.2);
+    if !slope.is_finite() {
+        return Err(t.spec("negative_slope must be finite".into()));
+    }
+    Ok((heads, out_channels, slope as f32))
+}
+
+fn check_in_channels(t: &LayerTensors<'_>, declared: &Option<Value>, found: usize, from: &str) -> Result<()> {
+    if let Some(Value::Number(n)) = declared {
+        if n.as_i64() != Some(-1) && n.as_u64() != Some(found as u64) {
+            return Err(t.weights(format!(
+                "in_channels is {n}, but {}{from} has {found} input columns",
+                t.prefix
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn parse_fill(t: &LayerTensors<'_>, v: &Option<Value>) -> Result<FillValue> {
+    Ok(match v {
+        None => FillValue::Mean,
+        Some(Value::String(s)) => match s.as_str() {
+            "mean" => FillValue::Mean,
+            "add" | "sum" => FillValue::Add,
+            "max" => FillValue::Max,
+            "min" => FillValue::Min,
+            "mul" => FillValue::Mul,
+            other => {
+                return Err(t.spec(format!(
+                    "fill_value is \"{other}\", expected \"mean\", \"add\", \"max\", \"min\", \
+                     \"mul\" or a number"
+                )))
+            }
+        },
+        Some(Value::Number(n)) => {
+            let v = n.as_f64().unwrap_or(f64::NAN) as f32;
+            if !v.is_finite() {
+                return Err(t.spec(format!("fill_value {n} is not a finite float32")));
+            }
+            FillValue::Constant(v)
+        }
+        Some(other) => {
+            return Err(t.spec(format!(
+                "fill_value is {other}, expected a reduction name or a number (a tensor \
+                 fill_value is not supported)"
+            )))
+        }
+    })
+}
+
+/// A layer's view of its weights file.
+struct LayerTensors<'a> {
+    file: &'a mut WeightsFile,
+    prefix: &'a str,
+    k: usize,
+    v1: bool,
+}
+
+impl LayerTensors<'_> {
+    fn spec(&self, detail: String) -> ModelError {
+        ModelError::Mismatch(format!("layers[{}]: {detail}", self.k))
+    }
+    fn weights(&self, detail: String) -> ModelError {
+        self.file.err(format!("layers[{}]: {detail}", self.k))
+    }
+    fn has(&self, name: &str) -> bool {
+        self.file.contains(&format!("{}{name}", self.prefix))
+    }
+
+    /// Fetches `name` with a shape matching `want` (`None` = any size); missing -> error.
+    fn required(&mut self, name: &str, want: &[Option<usize>]) -> Result<(Vec<usize>, Vec<f32>)> {
+        match self.optional(name, want)? {
+            Some(t) => Ok(t),
+            None => {
+                let names = self.file.names_with_prefix(self.prefix);
+                Err(self.weights(format!(
+                    "tensor '{}{name}' is missing (tensors with prefix '{}': {names:?})",
+                    self.prefix, self.prefix
+                )))
+            }
+        }
+    }
+
+    fn optional(&mut self, name: &str, want: &[Option<usize>]) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+        let full = format!("{}{name}", self.prefix);
+        let Some(t) = self.file.take(self.k, &full)? else {
+            return Ok(None);
+        };
+        let fits = t.shape.len() == want.len()
+            && t.shape.iter().zip(want).all(|(&s, w)| w.is_none_or(|w| w == s) && s > 0);
+        if !fits {
+            let want: Vec<String> = want
+                .iter()
+                .map(|w| w.map_or("F_in".to_string(), |w| w.to_string()))
+                .collect();
+            return Err(self.weights(format!(
+                "tensor '{full}' has shape {:?}, expected [{}]",
+                t.shape,
+                want.join(", ")
+            )));
+        }
+        Ok(Some((t.shape, t.values)))
+    }
+
+    fn linear(&mut self, name: &str, out: usize, in_features: Option<usize>, bias: bool) -> Result<Linear> {
+        let (shape, w) = self.required(&format!("{name}.weight"), &[Some(out), in_features])?;
+        let b = if bias {
+            self.required(&format!("{name}.bias"), &[Some(out)])?.1
+        } else {
+            Vec::new()
+        };
+        Ok(Linear::from_torch(&w, out, shape[1], b))
+    }
+
+    /// Checks a `gat-model-v1` layer's informational `tensors` map against the file.
+    fn check_declared(&mut self, declared: &BTreeMap<String, Vec<usize>>) -> Result<()> {
+        for (name, shape) in declared {
+            let full = format!("{}{name}", self.prefix);
+            if !self.file.contains(&full) {
+                return Err(self.weights(format!(
+                    "\"tensors\" lists '{name}', but the file has no tensor '{full}'"
                 )));
             }
-        };
-        if view.dtype() != Dtype::F32 {
-            return Err(werr(format!(
-                "layers[{k}]: tensor '{full}' has dtype {:?}, expected F32",
-                view.dtype()
-            )));
-        }
-        let values = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect::<Vec<f32>>();
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(werr(format!(
-                "layers[{k}]: tensor '{full}' holds a non-finite value at flat index {i}"
-            )));
-        }
-        Ok(Some((view.shape().to_vec(), values)))
-    };
-    let shape_err = |name: &str, want: String, found: &[usize]| {
-        werr(format!(
-            "layers[{k}]: tensor '{prefix}{name}' has shape {found:?}, expected {want} \
-             (heads = {heads}, out_channels = {channels}, concat = {concat})"
-        ))
-    };
-
-    let (w_shape, lin_weight) = fetch("lin.weight", true)?.expect("required");
-    if w_shape.len() != 2 || w_shape[0] != hc {
-        return Err(shape_err(
-            "lin.weight",
-            format!("[{hc}, in_channels]"),
-            &w_shape,
-        ));
-    }
-    let in_features = w_shape[1];
-    let mut att = Vec::with_capacity(2);
-    for name in ["att_src", "att_dst"] {
-        let (shape, values) = fetch(name, true)?.expect("required");
-        if shape != [1, heads, channels] {
-            return Err(shape_err(name, format!("[1, {heads}, {channels}]"), &shape));
-        }
-        att.push(values);
-    }
-    let out_width = if concat { hc } else { channels };
-    let bias = match fetch("bias", spec.bias != Some(false))? {
-        Some((shape, values)) => {
-            if shape != [out_width] {
-                return Err(shape_err("bias", format!("[{out_width}]"), &shape));
+            let found = self.file.shape(&full).expect("contains");
+            if &found != shape {
+                return Err(self.weights(format!(
+                    "\"tensors\" gives '{name}' the shape {shape:?}, but '{full}' in the file \
+                     has {found:?}"
+                )));
             }
-            values
         }
-        None => Vec::new(),
+        Ok(())
+    }
+}
+
+fn load_gat(a: &GatArgs, t: &mut LayerTensors<'_>) -> Result<GatConv> {
+    let (heads, channels, slope) = check_common(t, &a.in_channels, a.heads, a.out_channels, a.dropout, a.negative_slope)?;
+    let hc = heads * channels;
+    let concat = a.concat.unwrap_or(true);
+    let ow = if concat { hc } else { channels };
+    // The shared linear map: `lin` (PyG >= 2.3), `lin_src`/`lin_dst` (older 2.x), or
+    // `lin_l`/`lin_r` (1.x). Two different maps make a bipartite layer.
+    let (from, lin_w) = if t.has("lin.weight") {
+        ("lin.weight", t.required("lin.weight", &[Some(hc), None])?)
+    } else if t.has("lin_src.weight") || t.has("lin_l.weight") {
+        let (a_name, b_name) = if t.has("lin_src.weight") {
+            ("lin_src.weight", "lin_dst.weight")
+        } else {
+            ("lin_l.weight", "lin_r.weight")
+        };
+        let src = t.required(a_name, &[Some(hc), None])?;
+        if let Some(dst) = t.optional(b_name, &[Some(hc), None])? {
+            if dst != src {
+                return Err(t.weights(format!(
+                    "'{p}{a_name}' and '{p}{b_name}' differ: a bipartite GATConv (separate \
+                     source and target maps) is not supported; distgat runs one node set",
+                    p = t.prefix
+                )));
+            }
+        }
+        (a_name, src)
+    } else {
+        t.required("lin.weight", &[Some(hc), None])?;
+        unreachable!("required() fails for a missing tensor")
     };
-    let att_dst = att.pop().expect("two");
-    let att_src = att.pop().expect("two");
-    Ok(GatLayer::from_pyg(
-        in_features,
+    let f = lin_w.0[1];
+    check_in_channels(t, &a.in_channels, f, from)?;
+    let (src_name, dst_name) = if t.has("att_src") || !t.has("att_l") {
+        ("att_src", "att_dst")
+    } else {
+        ("att_l", "att_r")
+    };
+    let att_src = t.required(src_name, &[Some(1), Some(heads), Some(channels)])?.1;
+    let att_dst = t.required(dst_name, &[Some(1), Some(heads), Some(channels)])?.1;
+    let mut layer = GatConv::from_pyg(f, heads, channels, concat, slope, a.add_self_loops.unwrap_or(true), &lin_w.1, att_src, att_dst, Vec::new());
+    layer.fill_value = parse_fill(t, &a.fill_value)?;
+    if let Some(d) = a.edge_dim {
+        let w = t.required("lin_edge.weight", &[Some(hc), Some(d)])?.1;
+        let att_edge = t.required("att_edge", &[Some(1), Some(heads), Some(channels)])?.1;
+        layer.edge_score = Some((d, GatConv::fold_edge(heads, channels, d, &w, &att_edge)));
+    }
+    if a.residual.unwrap_or(false) {
+        let (_, w) = t.required("res.weight", &[Some(ow), Some(f)])?;
+        layer.res = Some(Linear::from_torch(&w, ow, f, Vec::new()));
+    }
+    layer.bias = bias_vector(t, a.bias, ow)?;
+    Ok(layer)
+}
+
+/// The output bias: required with `bias=True`; with `gat-model-v1` (which only had an
+/// informational `bias` key) used when present unless `bias` is false.
+fn bias_vector(t: &mut LayerTensors<'_>, bias: Option<bool>, ow: usize) -> Result<Vec<f32>> {
+    if t.v1 {
+        return Ok(match bias {
+            Some(false) => Vec::new(),
+            _ => t.required("bias", &[Some(ow)])?.1,
+        });
+    }
+    Ok(if bias.unwrap_or(true) {
+        t.required("bias", &[Some(ow)])?.1
+    } else {
+        Vec::new()
+    })
+}
+
+fn load_gatv2(a: &GatV2Args, t: &mut LayerTensors<'_>) -> Result<GatV2Conv> {
+    let (heads, channels, slope) = check_common(t, &a.in_channels, a.heads, a.out_channels, a.dropout, a.negative_slope)?;
+    let hc = heads * channels;
+    let concat = a.concat.unwrap_or(true);
+    let ow = if concat { hc } else { channels };
+    let bias = a.bias.unwrap_or(true);
+    let lin_l = t.linear("lin_l", hc, None, bias)?;
+    let f = lin_l.in_features;
+    check_in_channels(t, &a.in_channels, f, "lin_l.weight")?;
+    let lin_r = if a.share_weights.unwrap_or(false) {
+        // One module under two names: the file holds two identical copies (PyG's
+        // state_dict lists both); a copy that differs is not what PyG would run.
+        if t.has("lin_r.weight") {
+            let r = t.linear("lin_r", hc, Some(f), bias)?;
+            if r != lin_l {
+                return Err(t.weights(format!(
+                    "share_weights is true, but '{p}lin_r' differs from '{p}lin_l' (with shared \
+                     weights they are one module)",
+                    p = t.prefix
+                )));
+            }
+        }
+        lin_l.clone()
+    } else {
+        t.linear("lin_r", hc, Some(f), bias)?
+    };
+    let att = t.required("att", &[Some(1), Some(heads), Some(channels)])?.1;
+    let lin_edge = match a.edge_dim {
+        Some(d) => Some(t.linear("lin_edge", hc, Some(d), false)?),
+        None => None,
+    };
+    let res = if a.residual.unwrap_or(false) {
+        Some(t.linear("res", ow, Some(f), false)?)
+    } else {
+        None
+    };
+    let out_bias = if bias { t.required("bias", &[Some(ow)])?.1 } else { Vec::new() };
+    Ok(GatV2Conv {
         heads,
         channels,
         concat,
-        negative_slope,
-        spec.add_self_loops.unwrap_or(true),
-        &lin_weight,
-        att_src,
-        att_dst,
-        bias,
-    ))
+        negative_slope: slope,
+        add_self_loops: a.add_self_loops.unwrap_or(true),
+        fill_value: parse_fill(t, &a.fill_value)?,
+        lin_l,
+        lin_r,
+        att,
+        lin_edge,
+        res,
+        bias: out_bias,
+    })
+}
+
+fn load_transformer(a: &TransformerArgs, t: &mut LayerTensors<'_>) -> Result<TransformerConv> {
+    let (heads, channels, _) = check_common(t, &a.in_channels, a.heads, a.out_channels, a.dropout, None)?;
+    let hc = heads * channels;
+    let concat = a.concat.unwrap_or(true);
+    let ow = if concat { hc } else { channels };
+    let bias = a.bias.unwrap_or(true);
+    let lin_query = t.linear("lin_query", hc, None, bias)?;
+    let f = lin_query.in_features;
+    check_in_channels(t, &a.in_channels, f, "lin_query.weight")?;
+    let lin_key = t.linear("lin_key", hc, Some(f), bias)?;
+    let lin_value = t.linear("lin_value", hc, Some(f), bias)?;
+    let lin_edge = match a.edge_dim {
+        Some(d) => Some(t.linear("lin_edge", hc, Some(d), false)?),
+        None => None,
+    };
+    let root = a.root_weight.unwrap_or(true);
+    // PyG: `self.beta = beta and root_weight`, and `lin_skip` exists either way.
+    let beta = a.beta.unwrap_or(false) && root;
+    let lin_skip = if root {
+        Some(t.linear("lin_skip", ow, Some(f), bias)?)
+    } else {
+        for name in ["lin_skip.weight", "lin_skip.bias"] {
+            let full = format!("{}{name}", t.prefix);
+            t.file.mark_unused_by_pyg(t.k, &full);
+        }
+        if a.beta.unwrap_or(false) {
+            tracing::info!(layer = t.k, "TransformerConv: beta has no effect without root_weight (as in PyG)");
+        }
+        None
+    };
+    let lin_beta = if beta {
+        Some(t.required("lin_beta.weight", &[Some(1), Some(3 * ow)])?.1)
+    } else {
+        None
+    };
+    Ok(TransformerConv {
+        heads,
+        channels,
+        concat,
+        lin_query,
+        lin_key,
+        lin_value,
+        lin_edge,
+        lin_skip,
+        lin_beta,
+    })
 }

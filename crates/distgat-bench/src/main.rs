@@ -17,7 +17,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use distgat_attention::{
-    aggregate_into, transform_into, AttentionInputs, Execution, Model, Topology, Transformed,
+    aggregate_into, transform_into, Execution, Model, RowBuffer, RowInputs, Topology,
 };
 use distgat_graph::{read_graph, Features};
 use rayon::prelude::*;
@@ -251,19 +251,26 @@ fn kernel_child(dir: &Path, repeats: usize, threads: usize) -> anyhow::Result<()
         let n = features.num_nodes;
         let topology = Topology::build(&edges, n, &model, false)?;
         drop(edges);
-        let layer = &model.layers[0];
-        let csr = topology.csr(layer.add_self_loops);
-        let mut t = Transformed::zeroed(n, layer);
+        let layer = model.layers[0].as_ref();
+        let csr = topology.csr(layer.add_self_loops());
+        let mut source = RowBuffer::zeroed(n * layer.source_width());
+        let mut target = vec![0f32; n * layer.target_width()];
         let mut out = vec![0f32; n * layer.out_width()];
         let (mut tt, mut ta, mut tl) = (Vec::new(), Vec::new(), Vec::new());
         for r in 0..=repeats {
             let t0 = Instant::now();
-            transform_into(layer, &features.values, Execution::Parallel, &mut t);
+            transform_into(
+                layer,
+                &features.values,
+                Execution::Parallel,
+                &mut source,
+                &mut target,
+            );
             let t1 = Instant::now();
-            let inputs = AttentionInputs {
-                z: &t.z,
-                s_src: &t.s_src,
-                s_dst: &t.s_dst,
+            let inputs = RowInputs {
+                source: &source,
+                target: &target,
+                edge_attr: None,
             };
             aggregate_into(layer, csr, &inputs, Execution::Parallel, &mut out, None);
             let t2 = Instant::now();
@@ -273,10 +280,12 @@ fn kernel_child(dir: &Path, repeats: usize, threads: usize) -> anyhow::Result<()
                 tl.push((t2 - t0).as_secs_f64() * 1e3);
             }
         }
-        let (h, hc, ow) = (layer.heads, layer.hidden_width(), layer.out_width());
+        // Bytes the aggregation must move: per entry its column and source row, per row
+        // its target row, output row and row pointer.
+        let (sw, tw, ow) = (layer.source_width(), layer.target_width(), layer.out_width());
         let entries = csr.num_entries() as f64;
         let aggregate_bytes =
-            entries * (4.0 + 4.0 * (h + hc) as f64) + n as f64 * (8.0 + 4.0 * (h + ow) as f64);
+            entries * (4.0 + 4.0 * sw as f64) + n as f64 * (8.0 + 4.0 * (tw + ow) as f64);
         let result = KernelResult {
             transform_ms: median(tt),
             aggregate_min_ms: ta.iter().copied().fold(f64::INFINITY, f64::min),

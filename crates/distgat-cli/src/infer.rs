@@ -21,6 +21,9 @@ pub struct InferConfig {
     /// Node count when it exceeds what the graph and the features imply.
     pub num_nodes: Option<u64>,
     pub features: PathBuf,
+    /// float32/float64 `[E, D]` edge attributes, row e for edge e of the graph file
+    /// (PyG's `edge_attr`); required exactly when a layer has `edge_dim`.
+    pub edge_features: Option<PathBuf>,
     pub normalize: Normalization,
     pub model: PathBuf,
     pub out: PathBuf,
@@ -170,6 +173,30 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         .into());
     }
     model.check_input_width(features.width, &config.features)?;
+    let edge_attr = match &config.edge_features {
+        Some(path) => {
+            let ea = Features::read_edge_npy(path)?;
+            if ea.num_nodes != edges.len() {
+                return Err(GraphError::invalid(
+                    path,
+                    format!(
+                        "{} rows of edge features, but {} has {} edges (row e belongs to \
+                         edge e of the graph file)",
+                        ea.num_nodes,
+                        config.graph.display(),
+                        edges.len()
+                    ),
+                )
+                .into());
+            }
+            Some(ea)
+        }
+        None => None,
+    };
+    model.check_edge_features(
+        "--edge-features",
+        edge_attr.as_ref().zip(config.edge_features.as_deref()).map(|(ea, p)| (p, ea.width)),
+    )?;
 
     phase("building CSR");
     let t = Instant::now();
@@ -178,7 +205,7 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     let build_csr_ms = ms(t);
     let num_edges = edges.len();
     let attention_edges: Vec<(bool, Vec<i64>)> = if want_attention {
-        let mut settings: Vec<bool> = model.layers.iter().map(|l| l.add_self_loops).collect();
+        let mut settings: Vec<bool> = model.layers.iter().map(|l| l.add_self_loops()).collect();
         settings.sort_unstable();
         settings.dedup();
         settings
@@ -196,6 +223,7 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         &model,
         &topology,
         features.values,
+        edge_attr.as_ref(),
         Execution::Parallel,
         want_attention,
         &on_layer,
@@ -228,13 +256,13 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         for (k, (layer, alpha)) in model.layers.iter().zip(&output.attention).enumerate() {
             let edge_index = &attention_edges
                 .iter()
-                .find(|(loops, _)| *loops == layer.add_self_loops)
+                .find(|(loops, _)| *loops == layer.add_self_loops())
                 .expect("an edge index per self-loop setting")
                 .1;
             let e = (edge_index.len() / 2) as u64;
             write_npy(
                 &dir.join(format!("layer{k}_alpha.npy")),
-                &[e, layer.heads as u64],
+                &[e, layer.heads() as u64],
                 alpha,
             )?;
             write_npy(

@@ -252,6 +252,9 @@ struct RunArgs {
     normalize_features: NormalizeArg,
     #[arg(long, value_name = "M")]
     model: Option<PathBuf>,
+    /// Edge attributes .npy [E, D] (row e for edge e of --graph); required exactly when a layer has edge_dim
+    #[arg(long, value_name = "E.npy", requires = "graph")]
+    edge_features: Option<PathBuf>,
     /// Output .npy [N, D] (default with no --graph: cora_out.npy)
     #[arg(long, value_name = "OUT.npy")]
     out: Option<PathBuf>,
@@ -406,7 +409,10 @@ struct InferArgs {
     /// Expected node count; must equal the feature rows (a check for isolated trailing nodes)
     #[arg(long, value_name = "N")]
     num_nodes: Option<u64>,
-    /// Model spec (gat-model-v1 JSON naming PyG GATConv safetensors weights)
+    /// Edge attributes: float32 or float64 .npy [E, D], row e for edge e of the graph file (PyG's edge_attr); required exactly when a layer has edge_dim
+    #[arg(long, value_name = "E.npy")]
+    edge_features: Option<PathBuf>,
+    /// Model JSON (pyg-attention-model-v1 for GATConv/GATv2Conv/TransformerConv, or gat-model-v1) naming its safetensors weights
     #[arg(long, value_name = "M")]
     model: PathBuf,
     /// Output: float32 .npy [N, D], the last layer's output in original node order
@@ -837,6 +843,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             NormalizeArg::Row => Normalization::Row,
         },
         model,
+        edge_features: args.edge_features,
         out: out.clone(),
         workers: args.workers,
         partition: args.partition,
@@ -966,6 +973,7 @@ fn infer(args: InferArgs) -> anyhow::Result<()> {
         format: args.format.map(graph_format),
         num_nodes: args.num_nodes,
         features: args.features,
+        edge_features: args.edge_features,
         normalize: match args.normalize_features {
             NormalizeArg::None => Normalization::None,
             NormalizeArg::Row => Normalization::Row,

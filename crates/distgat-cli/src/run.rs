@@ -21,6 +21,8 @@ pub struct RunConfig {
     pub features: PathBuf,
     pub normalize: Normalization,
     pub model: PathBuf,
+    /// Edge attributes `[E, D]` for layers with `edge_dim`.
+    pub edge_features: Option<PathBuf>,
     pub out: PathBuf,
     pub workers: usize,
     /// Reuse this partition directory instead of partitioning.
@@ -169,6 +171,7 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Str
             .unwrap_or_default()
             .to_string(),
         threads_per_worker: config.threads_per_worker as u32,
+        edge_features: config.edge_features.as_deref().map(abs).unwrap_or_default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -97,6 +97,28 @@ impl IncomingCsr {
         ))
     }
 
+    /// Per CSR entry, the input edge it came from (its column in the graph file), or
+    /// `-(v + 1)` for the self loop added to node `v`. `edges` must be the list this CSR
+    /// was built from. Edge attributes are gathered through these keys.
+    pub fn entry_keys(&self, edges: &EdgeList) -> Vec<i64> {
+        let (src, dst) = (edges.src(), edges.dst());
+        let mut cursor = self.row_ptr[..self.num_nodes].to_vec();
+        let mut keys = vec![0i64; self.col.len()];
+        for k in 0..src.len() {
+            if !(self.self_loops_added && src[k] == dst[k]) {
+                let row = dst[k] as usize;
+                keys[cursor[row]] = k as i64;
+                cursor[row] += 1;
+            }
+        }
+        if self.self_loops_added {
+            for i in 0..self.num_nodes {
+                keys[self.row_ptr[i + 1] - 1] = -(i as i64) - 1;
+            }
+        }
+        keys
+    }
+
     pub fn num_entries(&self) -> usize {
         self.col.len()
     }

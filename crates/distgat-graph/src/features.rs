@@ -40,11 +40,22 @@ impl Features {
     /// Reads a float32 or float64 `[N, F]` `.npy` (float64 is rounded to float32) and
     /// rejects NaN and infinite values, naming the first one.
     pub fn read_npy(path: &Path) -> Result<Self> {
+        Self::read_matrix(path, "features", "[N, F]")
+    }
+
+    /// Reads edge attributes: a float32 or float64 `[E, D]` `.npy` whose row e belongs to
+    /// edge e of the graph file (PyG's `edge_attr`). Same checks as [`Features::read_npy`],
+    /// with errors that say "edge features".
+    pub fn read_edge_npy(path: &Path) -> Result<Self> {
+        Self::read_matrix(path, "edge features", "[E, D]")
+    }
+
+    fn read_matrix(path: &Path, what: &str, shape: &str) -> Result<Self> {
         let body = NpyBody::open(path)?;
         if body.shape.len() != 2 {
             return Err(GraphError::format(
                 path,
-                format!("features must have shape [N, F], found {:?}", body.shape),
+                format!("{what} must have shape {shape}, found {:?}", body.shape),
             ));
         }
         let (n, f) = (body.shape[0] as usize, body.shape[1] as usize);
@@ -57,7 +68,7 @@ impl Features {
             return Err(GraphError::invalid(
                 path,
                 format!(
-                    "row {}, column {}: value {} (features must be finite{})",
+                    "row {}, column {}: value {} ({what} must be finite{})",
                     pos / f.max(1),
                     pos % f.max(1),
                     values[pos],

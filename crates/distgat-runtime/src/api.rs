@@ -442,6 +442,9 @@ async fn execute(state: &Arc<State>, record: &Arc<JobRecord>) -> Result<()> {
             .format
             .map(|f| f.name().to_string())
             .unwrap_or_default(),
+        // The client API does not register edge features yet: a model with edge_dim is
+        // refused by the coordinator's check, naming the missing edge features.
+        edge_features: String::new(),
         threads_per_worker: spec.threads_per_worker,
     };
     let summary = run_job(state, &record.id, req, Some(record)).await?;

@@ -839,6 +839,27 @@ fn prepare(
             "features is empty and the partition's shards carry no feature rows".into(),
         ));
     }
+    let edge_features = (!req.edge_features.is_empty()).then(|| PathBuf::from(&req.edge_features));
+    let edge_width = match &edge_features {
+        Some(p) => {
+            let body = distgat_graph::NpyBody::open(p)?;
+            if body.shape.len() != 2 || body.shape[0] as usize != manifest.graph.size {
+                return Err(RuntimeError::InvalidArgument(format!(
+                    "edge_features: {} has shape {:?}, expected [{}, D]: one row per edge of \
+                     the graph ({})",
+                    p.display(),
+                    body.shape,
+                    manifest.graph.size,
+                    manifest.graph.path
+                )));
+            }
+            Some((p.as_path(), body.shape[1] as usize))
+        }
+        None => None,
+    };
+    model
+        .check_edge_features("edge_features", edge_width)
+        .map_err(|e| RuntimeError::InvalidArgument(e.to_string()))?;
     let feature_min = match (&features_path, req.normalize_rows) {
         (Some(p), true) => Features::read_npy(p)?.min_value(),
         _ => 0.0,
@@ -868,23 +889,23 @@ fn prepare(
             loops += u32::from(s == d);
         }
         for (k, layer) in model.layers.iter().enumerate() {
-            let index = attention_edge_index(&edges, n, layer.add_self_loops);
+            let index = attention_edge_index(&edges, n, layer.add_self_loops());
             let e = index.len() / 2;
             let (file, header_len) = presized(
                 &adir.join(format!("layer{k}_alpha.npy")),
                 "<f4",
-                &[e as u64, layer.heads as u64],
+                &[e as u64, layer.heads() as u64],
                 4,
             )?;
             attention.push(Some(AttentionSink {
                 file,
                 header_len,
-                heads: layer.heads,
+                heads: layer.heads(),
                 edges: e,
-                add_self_loops: layer.add_self_loops,
+                add_self_loops: layer.add_self_loops(),
                 loops_before: loops_before.clone(),
                 seen: Mutex::new(vec![false; e]),
-                kept: if layer.add_self_loops {
+                kept: if layer.add_self_loops() {
                     edges.len() - loops as usize
                 } else {
                     edges.len()
@@ -951,6 +972,7 @@ async fn drive(
             feature_min,
             want_attention: !req.attention_dir.is_empty(),
             threads: req.threads_per_worker.max(1),
+            edge_features: req.edge_features.clone(),
         });
         r.set_timeout(RPC_DEADLINE);
         client

@@ -11,7 +11,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use distgat_attention::{
-    aggregate_into, transform_rows_into, AttentionInputs, Execution, GatLayer, Model, RowBuffer,
+    aggregate_into, entry_edge_attr, transform_into, AttentionKind, Execution, HaloPayload, Model,
+    RowBuffer, RowInputs,
 };
 use distgat_graph::{Features, IncomingCsr};
 use distgat_partition::{PartPlan, PartitionDir};
@@ -550,10 +551,11 @@ fn compute_part(
     if req.normalize_rows {
         features.normalize_rows_with_min(req.feature_min);
     }
-    if features.width != model.layers[0].in_features {
+    if features.width != model.layers[0].in_features() {
         return Err(RuntimeError::InvalidArgument(format!(
             "features have {} columns, the model's layer 0 expects {}",
-            features.width, model.layers[0].in_features
+            features.width,
+            model.layers[0].in_features()
         )));
     }
     let pool = rayon::ThreadPoolBuilder::new()
@@ -563,7 +565,7 @@ fn compute_part(
     let splits: HashMap<bool, RowSplit> = model
         .layers
         .iter()
-        .map(|l| l.add_self_loops)
+        .map(|l| l.add_self_loops())
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .map(|loops| (loops, RowSplit::new(&plan, loops)))
@@ -579,28 +581,56 @@ fn compute_part(
         .map(|p| Ok((p.part, endpoint(&p.address)?.connect_lazy())))
         .collect::<Result<_>>()?;
 
+    // Edge attributes of the local edges, read once when a layer has edge_dim.
+    let edge_attr = match model.edge_dim() {
+        Some(_) if req.edge_features.is_empty() => {
+            return Err(RuntimeError::InvalidArgument(
+                "edge_features: the model has edge_dim layers, but the job names no edge \
+                 features file"
+                    .into(),
+            ))
+        }
+        Some(d) => {
+            let ea = Features::read_edge_npy(std::path::Path::new(&req.edge_features))?;
+            if ea.width != d {
+                return Err(RuntimeError::InvalidArgument(format!(
+                    "edge_features: {} has {} columns, the model's edge_dim is {d}",
+                    req.edge_features, ea.width
+                )));
+            }
+            Some(ea)
+        }
+        None => None,
+    };
+
     let mut x = features.values;
     let mut stats = Vec::with_capacity(model.layers.len());
     for (k, layer) in model.layers.iter().enumerate() {
-        let (h, hc, ow) = (layer.heads, layer.hidden_width(), layer.out_width());
+        let layer = layer.as_ref();
+        let (h, sw, tw, ow, f) = (
+            layer.heads(),
+            layer.source_width(),
+            layer.target_width(),
+            layer.out_width(),
+            layer.in_features(),
+        );
         let started = Instant::now();
-        let mut z = RowBuffer::zeroed(n_local * hc);
-        let mut s_src = vec![0f32; n_local * h];
-        let mut s_dst = vec![0f32; n_owned * h];
+        let mut source = RowBuffer::zeroed(n_local * sw);
+        let mut target = vec![0f32; n_owned * tw];
         pool.install(|| {
-            transform_rows_into(
+            transform_into(
                 layer,
                 &x,
                 Execution::Parallel,
-                &mut z[..n_owned * hc],
-                &mut s_src[..n_owned * h],
-                &mut s_dst,
+                &mut source[..n_owned * sw],
+                &mut target,
             )
         });
-        // Send each peer its rows once: raw input rows or transformed rows + scores,
-        // whichever is smaller.
-        let raw = layer.in_features < hc + h;
-        let width = if raw { layer.in_features } else { hc + h };
+        // Send each peer its rows once: raw input rows or source rows, whichever is
+        // smaller (the kind decides).
+        let payload = layer.halo_payload();
+        let raw = payload == HaloPayload::Raw;
+        let width = if raw { f } else { sw };
         let mut sends = Vec::new();
         let mut rows_sent = 0u64;
         for (q, rows) in &plan.send {
@@ -614,12 +644,9 @@ fn compute_part(
                 width,
                 |r, buf| {
                     if raw {
-                        buf.extend_from_slice(
-                            &x[r * layer.in_features..(r + 1) * layer.in_features],
-                        );
+                        buf.extend_from_slice(&x[r * f..(r + 1) * f]);
                     } else {
-                        buf.extend_from_slice(&z[r * hc..(r + 1) * hc]);
-                        buf.extend_from_slice(&s_src[r * h..(r + 1) * h]);
+                        buf.extend_from_slice(&source[r * sw..(r + 1) * sw]);
                     }
                 },
                 if raw {
@@ -646,16 +673,16 @@ fn compute_part(
         }
 
         // Interior rows while the halo is in flight.
-        let view = &splits[&layer.add_self_loops];
+        let view = &splits[&layer.add_self_loops()];
         let mut out_rows = vec![0f32; n_owned * ow];
         let mut alpha: Vec<(Vec<i64>, Vec<f32>)> = Vec::new();
         aggregate_subset(
             &pool,
             layer,
             &view.interior,
-            &z,
-            &s_src,
-            &s_dst,
+            &source,
+            &target,
+            edge_attr.as_ref(),
             &mut out_rows,
             req.want_attention.then_some(&mut alpha),
         );
@@ -669,28 +696,20 @@ fn compute_part(
                 .take(&req.job_id, k as u32, n_halo as u64, cancel, HALO_TIMEOUT)?;
         let wait = waited.elapsed();
         let t = Instant::now();
-        place_halo(
-            layer,
-            &plan,
-            &block_start,
-            chunks,
-            raw,
-            &pool,
-            &mut z,
-            &mut s_src,
-        )?;
+        place_halo(layer, &plan, &block_start, chunks, raw, &pool, &mut source)?;
         aggregate_subset(
             &pool,
             layer,
             &view.boundary,
-            &z,
-            &s_src,
-            &s_dst,
+            &source,
+            &target,
+            edge_attr.as_ref(),
             &mut out_rows,
             req.want_attention.then_some(&mut alpha),
         );
         compute += t.elapsed();
-        drop(z);
+        drop(source);
+        drop(target);
 
         let mut bytes_sent = 0u64;
         let mut send_time = Duration::ZERO;
@@ -815,22 +834,21 @@ fn row_chunks(
     chunks
 }
 
-/// Copies received halo rows into their local slots (transforming raw rows first).
-#[allow(clippy::too_many_arguments)]
+/// Copies received halo rows into their local slots of `source` (transforming raw rows
+/// first, with the same transform the owner runs, so the bits are the owner's).
 fn place_halo(
-    layer: &GatLayer,
+    layer: &dyn AttentionKind,
     plan: &PartPlan,
     block_start: &HashMap<u32, usize>,
     chunks: Vec<RowChunk>,
     raw: bool,
     pool: &rayon::ThreadPool,
-    z: &mut [f32],
-    s_src: &mut [f32],
+    source: &mut [f32],
 ) -> Result<()> {
     let n_owned = plan.owned.len();
     let n_halo = plan.halo.len();
-    let (h, hc, f) = (layer.heads, layer.hidden_width(), layer.in_features);
-    let width = if raw { f } else { hc + h };
+    let (sw, f) = (layer.source_width(), layer.in_features());
+    let width = if raw { f } else { sw };
     let mut filled = vec![false; n_halo];
     let mut x_halo = if raw {
         vec![0f32; n_halo * f]
@@ -879,8 +897,7 @@ fn place_halo(
                 read_f32s(row, &mut x_halo[slot * f..(slot + 1) * f]);
             } else {
                 let l = n_owned + slot;
-                read_f32s(&row[..hc * 4], &mut z[l * hc..(l + 1) * hc]);
-                read_f32s(&row[hc * 4..], &mut s_src[l * h..(l + 1) * h]);
+                read_f32s(row, &mut source[l * sw..(l + 1) * sw]);
             }
         }
     }
@@ -891,15 +908,14 @@ fn place_halo(
         )));
     }
     if raw && n_halo > 0 {
-        let mut s_dst_unused = vec![0f32; n_halo * h];
+        let mut target_unused = vec![0f32; n_halo * layer.target_width()];
         pool.install(|| {
-            transform_rows_into(
+            transform_into(
                 layer,
                 &x_halo,
                 Execution::Parallel,
-                &mut z[n_owned * hc..],
-                &mut s_src[n_owned * h..],
-                &mut s_dst_unused,
+                &mut source[n_owned * sw..],
+                &mut target_unused,
             )
         });
     }
@@ -910,31 +926,43 @@ fn place_halo(
 #[allow(clippy::too_many_arguments)]
 fn aggregate_subset(
     pool: &rayon::ThreadPool,
-    layer: &GatLayer,
+    layer: &dyn AttentionKind,
     subset: &Subset,
-    z: &[f32],
-    s_src: &[f32],
-    s_dst: &[f32],
+    source: &[f32],
+    target: &[f32],
+    edge_attr: Option<&Features>,
     out: &mut [f32],
     alpha: Option<&mut Vec<(Vec<i64>, Vec<f32>)>>,
 ) {
-    let (h, ow) = (layer.heads, layer.out_width());
+    let (h, ow, tw) = (layer.heads(), layer.out_width(), layer.target_width());
     let n = subset.rows.len();
     if n == 0 {
         return;
     }
-    let mut sd = Vec::with_capacity(n * h);
+    let mut rows_target = Vec::with_capacity(n * tw);
     for &r in &subset.rows {
-        sd.extend_from_slice(&s_dst[r as usize * h..(r as usize + 1) * h]);
+        rows_target.extend_from_slice(&target[r as usize * tw..(r as usize + 1) * tw]);
     }
+    // Edge attributes of the subset's entries (the owner holds every incoming edge of
+    // its rows, so the self-loop fill is computed here, in the engine's order).
+    let entry_attr = match (layer.edge_dim(), edge_attr) {
+        (Some(d), Some(ea)) => Some(entry_edge_attr(
+            &subset.csr.row_ptr,
+            &subset.keys,
+            d,
+            layer.fill_value(),
+            &ea.values,
+        )),
+        _ => None,
+    };
     let mut rows_out = vec![0f32; n * ow];
     let mut coefficients = alpha
         .as_ref()
         .map(|_| vec![0f32; subset.csr.num_entries() * h]);
-    let inputs = AttentionInputs {
-        z,
-        s_src,
-        s_dst: &sd,
+    let inputs = RowInputs {
+        source,
+        target: &rows_target,
+        edge_attr: entry_attr.as_deref(),
     };
     pool.install(|| {
         aggregate_into(

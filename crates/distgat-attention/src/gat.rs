@@ -1,0 +1,219 @@
+//! PyG 2.8.1 `GATConv` (eval mode), with `edge_dim`, `residual` and `bias`.
+//!
+//! For an edge j -> i and head h (Veličković et al. 2018; PyG's `GATConv.forward`):
+//! `z = x lin.weight^T`, `s_src[n,h] = <z[n,h,:], att_src[h,:]>`,
+//! `s_dst[n,h] = <z[n,h,:], att_dst[h,:]>`, with `edge_dim` also
+//! `s_edge[e,h] = <lin_edge(edge_attr[e])[h,:], att_edge[h,:]>`;
+//! `e = LeakyReLU(s_src[j] + s_dst[i] (+ s_edge[e]))`, `alpha = softmax_i(e)`,
+//! `out_i = sum_j alpha z[j]`, then concat or head mean, `+ res(x_i)`, `+ bias`.
+//!
+//! Rows: source = `z ‖ s_src` (`H*C + H`), target = `s_dst ‖ res(x)` (`H + out_width`
+//! with `residual`, else `H`). `s_edge` is computed per entry from the folded vector
+//! `v[h, d] = sum_c lin_edge.weight[h*C + c, d] * att_edge[h, c]` (`H x D`), so edge
+//! features add `H*D` work per edge and no per-edge tensor.
+
+use distgat_graph::IncomingCsr;
+
+use crate::dense::{dot, Linear};
+use crate::kind::{
+    add_into, combine_heads, exponentiate, leaky_relu, prefetch_ahead, write_alpha,
+    AttentionKind, FillValue, RowInputs, Scratch, SOFTMAX_EPS,
+};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatConv {
+    pub heads: usize,
+    pub channels: usize,
+    pub concat: bool,
+    pub negative_slope: f32,
+    pub add_self_loops: bool,
+    pub fill_value: FillValue,
+    /// `lin.weight` (`[H*C, F_in]`, no bias).
+    pub lin: Linear,
+    /// `att_src` flattened `[H*C]`: weighs the sending node.
+    pub att_src: Vec<f32>,
+    /// `att_dst` flattened `[H*C]`: weighs the receiving node.
+    pub att_dst: Vec<f32>,
+    /// With `edge_dim = D`: the folded `lin_edge`/`att_edge` vector `[H, D]`.
+    pub edge_score: Option<(usize, Vec<f32>)>,
+    /// With `residual`: `res.weight` (`[out_width, F_in]`, no bias).
+    pub res: Option<Linear>,
+    /// `[out_width]`, or empty for `bias=False`.
+    pub bias: Vec<f32>,
+}
+
+impl GatConv {
+    /// A plain layer (no edge features, no residual) from PyG-shaped tensors:
+    /// `lin_weight` is `[H*C, F_in]` row-major, `att_*` `[H*C]`, `bias` `[out_width]` or empty.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_pyg(
+        in_features: usize,
+        heads: usize,
+        channels: usize,
+        concat: bool,
+        negative_slope: f32,
+        add_self_loops: bool,
+        lin_weight: &[f32],
+        att_src: Vec<f32>,
+        att_dst: Vec<f32>,
+        bias: Vec<f32>,
+    ) -> Self {
+        GatConv {
+            heads,
+            channels,
+            concat,
+            negative_slope,
+            add_self_loops,
+            fill_value: FillValue::Mean,
+            lin: Linear::from_torch(lin_weight, heads * channels, in_features, Vec::new()),
+            att_src,
+            att_dst,
+            edge_score: None,
+            res: None,
+            bias,
+        }
+    }
+
+    /// Folds `lin_edge.weight` (`[H*C, D]`) and `att_edge` (`[H*C]`) into `[H, D]`.
+    pub fn fold_edge(heads: usize, channels: usize, dim: usize, lin_edge: &[f32], att_edge: &[f32]) -> Vec<f32> {
+        let mut v = vec![0f32; heads * dim];
+        for h in 0..heads {
+            for d in 0..dim {
+                v[h * dim + d] = (0..channels)
+                    .fold(0.0, |acc, c| acc + lin_edge[(h * channels + c) * dim + d] * att_edge[h * channels + c]);
+            }
+        }
+        v
+    }
+
+    fn hc(&self) -> usize {
+        self.heads * self.channels
+    }
+}
+
+impl AttentionKind for GatConv {
+    fn kind(&self) -> &'static str {
+        "GATConv"
+    }
+    fn in_features(&self) -> usize {
+        self.lin.in_features
+    }
+    fn heads(&self) -> usize {
+        self.heads
+    }
+    fn out_width(&self) -> usize {
+        if self.concat {
+            self.hc()
+        } else {
+            self.channels
+        }
+    }
+    fn add_self_loops(&self) -> bool {
+        self.add_self_loops
+    }
+    fn edge_dim(&self) -> Option<usize> {
+        self.edge_score.as_ref().map(|(d, _)| *d)
+    }
+    fn fill_value(&self) -> FillValue {
+        self.fill_value
+    }
+    fn source_width(&self) -> usize {
+        self.hc() + self.heads
+    }
+    fn target_width(&self) -> usize {
+        self.heads + self.res.as_ref().map_or(0, |r| r.out_features)
+    }
+
+    fn transform_block(&self, x: &[f32], source: &mut [f32], target: &mut [f32]) {
+        let (h, c, hc) = (self.heads, self.channels, self.hc());
+        let (sw, tw) = (self.source_width(), self.target_width());
+        self.lin.apply(x, source, 0, sw);
+        if let Some(res) = &self.res {
+            res.apply(x, target, h, tw);
+        }
+        for (src, tgt) in source.chunks_exact_mut(sw).zip(target.chunks_exact_mut(tw)) {
+            let (z, s) = src.split_at_mut(hc);
+            for head in 0..h {
+                let zh = &z[head * c..(head + 1) * c];
+                s[head] = dot(zh, &self.att_src[head * c..(head + 1) * c]);
+                tgt[head] = dot(zh, &self.att_dst[head * c..(head + 1) * c]);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn aggregate_rows(
+        &self,
+        csr: &IncomingCsr,
+        inputs: &RowInputs<'_>,
+        rows: std::ops::Range<usize>,
+        out: &mut [f32],
+        mut alpha: Option<&mut [f32]>,
+        scratch: &mut Scratch,
+    ) {
+        let (h, c, hc, ow) = (self.heads, self.channels, self.hc(), self.out_width());
+        let (sw, tw) = (self.source_width(), self.target_width());
+        let slope = self.negative_slope;
+        let first_entry = csr.row_ptr[rows.start];
+        scratch.max.resize(h, 0.0);
+        scratch.sum.resize(h, 0.0);
+        scratch.acc.resize(hc, 0.0);
+        for (local, i) in rows.enumerate() {
+            let sources = csr.row(i);
+            let row_start = csr.row_ptr[i];
+            let out_row = &mut out[local * ow..(local + 1) * ow];
+            let target = &inputs.target[i * tw..(i + 1) * tw];
+            let (s_dst, res) = target.split_at(h);
+            if sources.is_empty() {
+                // No incoming edge: the message is 0, the output res(x) + bias.
+                out_row.fill(0.0);
+            } else {
+                // Pass 1: scores and their per-head maximum.
+                let weights = &mut scratch.weights;
+                weights.clear();
+                scratch.max.fill(f32::NEG_INFINITY);
+                for (k, &j) in sources.iter().enumerate() {
+                    let j = j as usize;
+                    let s_src = &inputs.source[j * sw + hc..(j + 1) * sw];
+                    let edge = self.edge_score.as_ref().map(|(d, v)| {
+                        let e = row_start + k;
+                        (&inputs.edge_attr.unwrap_or_default()[e * d..(e + 1) * d], v, *d)
+                    });
+                    for head in 0..h {
+                        let mut e = s_src[head] + s_dst[head];
+                        if let Some((ea, v, d)) = edge {
+                            e += dot(ea, &v[head * d..(head + 1) * d]);
+                        }
+                        let e = leaky_relu(e, slope);
+                        scratch.max[head] = scratch.max[head].max(e);
+                        weights.push(e);
+                    }
+                }
+                exponentiate(weights, &scratch.max, &mut scratch.sum);
+                // Pass 2: the weighted sum of source rows.
+                scratch.acc.fill(0.0);
+                for (k, (&j, w)) in sources.iter().zip(weights.chunks_exact(h)).enumerate() {
+                    prefetch_ahead(csr, row_start + k, inputs.source, sw);
+                    let z = &inputs.source[j as usize * sw..j as usize * sw + hc];
+                    for head in 0..h {
+                        let wh = w[head];
+                        let acc = &mut scratch.acc[head * c..(head + 1) * c];
+                        for (a, &zv) in acc.iter_mut().zip(&z[head * c..(head + 1) * c]) {
+                            *a += wh * zv;
+                        }
+                    }
+                }
+                for s in scratch.sum.iter_mut() {
+                    *s = 1.0 / (*s + SOFTMAX_EPS);
+                }
+                combine_heads(&scratch.acc, &scratch.sum, c, self.concat, out_row);
+                if let Some(alpha) = alpha.as_deref_mut() {
+                    let begin = (row_start - first_entry) * h;
+                    write_alpha(&mut alpha[begin..begin + sources.len() * h], weights, &scratch.sum);
+                }
+            }
+            add_into(out_row, res);
+            add_into(out_row, &self.bias);
+        }
+    }
+}
