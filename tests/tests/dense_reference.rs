@@ -2,7 +2,7 @@
 //! `GATConv` written here from the reference README (section 5), on small random graphs
 //! with duplicate edges, self loops and isolated nodes.
 
-use distgat_attention::{run_model, Activation, Execution, GatLayer, Model, Topology};
+use distgat_attention::{run_model, Activation, Execution, GatConv, Model, Topology};
 use distgat_graph::EdgeList;
 use proptest::prelude::*;
 
@@ -144,7 +144,7 @@ fn dense_reference(c: &Case) -> (Vec<f64>, Vec<f64>) {
 }
 
 fn ours(c: &Case, exec: Execution) -> (Vec<f32>, Vec<f32>) {
-    let layer = GatLayer::from_pyg(
+    let layer = GatConv::from_pyg(
         c.f_in,
         c.heads,
         c.channels,
@@ -157,12 +157,12 @@ fn ours(c: &Case, exec: Execution) -> (Vec<f32>, Vec<f32>) {
         c.bias.clone(),
     );
     let model = Model {
-        layers: vec![layer],
+        layers: vec![Box::new(layer)],
         activation: Activation::Elu,
     };
     let edges = EdgeList::from_pairs(&c.src, &c.dst);
     let topology = Topology::build(&edges, c.n, &model, true).unwrap();
-    let out = run_model(&model, &topology, c.x.clone(), exec, true, &|_| {}).unwrap();
+    let out = run_model(&model, &topology, c.x.clone(), None, exec, true, &|_| {}).unwrap();
     (out.values, out.attention.into_iter().next().unwrap())
 }
 

@@ -201,15 +201,22 @@ impl Model {
                 files.insert(weights_path.clone(), WeightsFile::open(&weights_path)?);
             }
             let file = files.get_mut(&weights_path).expect("inserted");
-            let mut t = LayerTensors { file, prefix: &prefix, k, v1: !pyg };
-            if let Some(declared) = &declared_tensors {
-                t.check_declared(declared)?;
-            }
+            let mut t = LayerTensors {
+                model: path,
+                file,
+                prefix: &prefix,
+                k,
+                v1: !pyg,
+                context: String::new(),
+            };
             let layer: Layer = match args {
                 Args::Gat(a) => Box::new(load_gat(&a, &mut t)?),
                 Args::GatV2(a) => Box::new(load_gatv2(&a, &mut t)?),
                 Args::Transformer(a) => Box::new(load_transformer(&a, &mut t)?),
             };
+            if let Some(declared) = &declared_tensors {
+                t.check_declared(declared)?;
+            }
             if let Some(prev) = layers.last() {
                 if prev.out_width() != layer.in_features() {
                     return Err(t.file.err(format!(
@@ -486,15 +493,22 @@ fn parse_fill(t: &LayerTensors<'_>, v: &Option<Value>) -> Result<FillValue> {
 
 /// A layer's view of its weights file.
 struct LayerTensors<'a> {
+    /// The model JSON (for errors in its arguments).
+    model: &'a Path,
     file: &'a mut WeightsFile,
     prefix: &'a str,
     k: usize,
     v1: bool,
+    /// The layer's shape arguments, for shape errors.
+    context: String,
 }
 
 impl LayerTensors<'_> {
     fn spec(&self, detail: String) -> ModelError {
-        ModelError::Mismatch(format!("layers[{}]: {detail}", self.k))
+        ModelError::Spec {
+            path: self.model.to_path_buf(),
+            detail: format!("layers[{}]: {detail}", self.k),
+        }
     }
     fn weights(&self, detail: String) -> ModelError {
         self.file.err(format!("layers[{}]: {detail}", self.k))
@@ -527,12 +541,13 @@ impl LayerTensors<'_> {
         if !fits {
             let want: Vec<String> = want
                 .iter()
-                .map(|w| w.map_or("F_in".to_string(), |w| w.to_string()))
+                .map(|w| w.map_or("in_channels".to_string(), |w| w.to_string()))
                 .collect();
             return Err(self.weights(format!(
-                "tensor '{full}' has shape {:?}, expected [{}]",
+                "tensor '{full}' has shape {:?}, expected [{}]{}",
                 t.shape,
-                want.join(", ")
+                want.join(", "),
+                self.context
             )));
         }
         Ok(Some((t.shape, t.values)))
@@ -574,6 +589,7 @@ fn load_gat(a: &GatArgs, t: &mut LayerTensors<'_>) -> Result<GatConv> {
     let hc = heads * channels;
     let concat = a.concat.unwrap_or(true);
     let ow = if concat { hc } else { channels };
+    t.context = format!(" (heads = {heads}, out_channels = {channels}, concat = {concat})");
     // The shared linear map: `lin` (PyG >= 2.3), `lin_src`/`lin_dst` (older 2.x), or
     // `lin_l`/`lin_r` (1.x). Two different maps make a bipartite layer.
     let (from, lin_w) = if t.has("lin.weight") {
@@ -644,6 +660,7 @@ fn load_gatv2(a: &GatV2Args, t: &mut LayerTensors<'_>) -> Result<GatV2Conv> {
     let hc = heads * channels;
     let concat = a.concat.unwrap_or(true);
     let ow = if concat { hc } else { channels };
+    t.context = format!(" (heads = {heads}, out_channels = {channels}, concat = {concat})");
     let bias = a.bias.unwrap_or(true);
     let lin_l = t.linear("lin_l", hc, None, bias)?;
     let f = lin_l.in_features;
@@ -697,6 +714,7 @@ fn load_transformer(a: &TransformerArgs, t: &mut LayerTensors<'_>) -> Result<Tra
     let hc = heads * channels;
     let concat = a.concat.unwrap_or(true);
     let ow = if concat { hc } else { channels };
+    t.context = format!(" (heads = {heads}, out_channels = {channels}, concat = {concat})");
     let bias = a.bias.unwrap_or(true);
     let lin_query = t.linear("lin_query", hc, None, bias)?;
     let f = lin_query.in_features;

@@ -543,12 +543,13 @@ fn weights_tensor_with_wrong_dtype() {
     edit_weights(&weights, |list| {
         for (name, view) in list.iter_mut() {
             if name == "bias" {
-                // The same 80 bytes (20 f32 values) relabelled as 40 f16 values.
-                *view = TensorView::new(Dtype::F16, vec![40], view.data()).unwrap();
+                // The same 80 bytes (20 f32 values) relabelled as 20 i32 values
+                // (F16/BF16/F64 would be widened; integers are refused).
+                *view = TensorView::new(Dtype::I32, vec![20], view.data()).unwrap();
             }
         }
     });
-    case.expect_error("layer0.safetensors", &["'bias' has dtype F16", "F32"]);
+    case.expect_error("layer0.safetensors", &["'bias' has dtype I32", "F32"]);
 }
 
 #[test]

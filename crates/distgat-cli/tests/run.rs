@@ -24,6 +24,7 @@ struct Inputs {
     features: PathBuf,
     model: PathBuf,
     normalize: bool,
+    edge_features: Option<PathBuf>,
 }
 
 fn reference(case: &str) -> Inputs {
@@ -33,14 +34,17 @@ fn reference(case: &str) -> Inputs {
             features: repo().join("data/cora/features.npy"),
             model: repo().join("reference/cora-gat/model.json"),
             normalize: true,
+            edge_features: None,
         };
     }
     let dir = repo().join("reference").join(case);
+    let edge_attr = dir.join("edge_attr.npy");
     Inputs {
         graph: dir.join("edge_index.npy"),
         features: dir.join("x.npy"),
         model: dir.join("model.json"),
         normalize: false,
+        edge_features: edge_attr.exists().then_some(edge_attr),
     }
 }
 
@@ -57,6 +61,9 @@ fn common_args(cmd: &mut Command, inputs: &Inputs, out: &Path, attention: &Path)
         .arg(attention);
     if inputs.normalize {
         cmd.args(["--normalize-features", "row"]);
+    }
+    if let Some(e) = &inputs.edge_features {
+        cmd.arg("--edge-features").arg(e);
     }
 }
 
@@ -181,6 +188,23 @@ fn small_reference_cases_are_bitwise_identical() {
     }
 }
 
+#[test]
+fn every_attention_kind_is_bitwise_identical_for_1_to_4_workers() {
+    // GATConv with residual and edge features, GATv2Conv (raw and transformed halo rows,
+    // shared weights, edge features without loops), TransformerConv (beta, edge features
+    // in keys and values, no root).
+    for case in [
+        "gat-residual-edge-n120",
+        "gatv2-n200",
+        "gatv2-shared-edge-noloops-n150",
+        "transformer-edge-beta-n200",
+        "transformer-mean-noroot-n150",
+    ] {
+        assert_identical(case, &[1, 2, 3, 4], &["random"]);
+        assert_identical(case, &[3], &["metis"]);
+    }
+}
+
 /// A random graph whose halo per layer is many times tonic's 4 MiB message limit: 30k
 /// nodes, 256 features, 4 x 64 heads (raw rows of 1 KiB travel), then 1 x 8.
 fn big_case(dir: &Path) -> Inputs {
@@ -242,6 +266,7 @@ fn big_case(dir: &Path) -> Inputs {
         features: dir.join("x.npy"),
         model: dir.join("model.json"),
         normalize: false,
+        edge_features: None,
     }
 }
 
