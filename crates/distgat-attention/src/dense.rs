@@ -24,9 +24,21 @@ pub struct Linear {
 impl Linear {
     /// From PyTorch's layout: `weight` is row-major `[out_features, in_features]`, `bias`
     /// `[out_features]` or empty.
-    pub fn from_torch(weight: &[f32], out_features: usize, in_features: usize, bias: Vec<f32>) -> Self {
-        assert_eq!(weight.len(), out_features * in_features, "Linear: weight shape");
-        assert!(bias.is_empty() || bias.len() == out_features, "Linear: bias shape");
+    pub fn from_torch(
+        weight: &[f32],
+        out_features: usize,
+        in_features: usize,
+        bias: Vec<f32>,
+    ) -> Self {
+        assert_eq!(
+            weight.len(),
+            out_features * in_features,
+            "Linear: weight shape"
+        );
+        assert!(
+            bias.is_empty() || bias.len() == out_features,
+            "Linear: bias shape"
+        );
         let mut weight_t = vec![0f32; weight.len()];
         for o in 0..out_features {
             for f in 0..in_features {
@@ -45,10 +57,22 @@ impl Linear {
     /// (`[m, in_features]`, contiguous); `y` rows are `ldy` floats apart.
     pub fn apply(&self, x: &[f32], y: &mut [f32], offset: usize, ldy: usize) {
         let m = x.len() / self.in_features.max(1);
-        gemm_strided(m, self.in_features, self.out_features, x, &self.weight_t, y, offset, ldy);
+        gemm_strided(
+            m,
+            self.in_features,
+            self.out_features,
+            x,
+            &self.weight_t,
+            y,
+            offset,
+            ldy,
+        );
         if !self.bias.is_empty() {
             for row in y.chunks_mut(ldy).take(m) {
-                for (v, b) in row[offset..offset + self.out_features].iter_mut().zip(&self.bias) {
+                for (v, b) in row[offset..offset + self.out_features]
+                    .iter_mut()
+                    .zip(&self.bias)
+                {
                     *v += b;
                 }
             }
@@ -69,7 +93,10 @@ impl Linear {
     }
 }
 
-/// Runs `block(first_row, x_rows, out_rows...)` over blocks of [`ROWS_PER_BLOCK`] rows of
+/// What [`for_each_row_block`] runs per block: `(x rows, output rows a, output rows b)`.
+pub type RowBlockFn<'a> = dyn Fn(&[f32], &mut [f32], &mut [f32]) + Sync + 'a;
+
+/// Runs `block(x_rows, a_rows, b_rows)` over blocks of [`ROWS_PER_BLOCK`] rows of
 /// `x` (`[rows, in_width]`) and of each output buffer (`[rows, width_k]`), sequentially or
 /// on the rayon pool. Block boundaries never depend on the thread count.
 pub fn for_each_row_block(
@@ -77,9 +104,9 @@ pub fn for_each_row_block(
     in_width: usize,
     outputs: [(&mut [f32], usize); 2],
     exec: Execution,
-    block: &(dyn Fn(&[f32], &mut [f32], &mut [f32]) + Sync),
+    block: &RowBlockFn<'_>,
 ) {
-    let rows = if in_width == 0 { 0 } else { x.len() / in_width };
+    let rows = x.len().checked_div(in_width).unwrap_or(0);
     if rows == 0 {
         return;
     }

@@ -12,7 +12,13 @@ use crate::kind::FillValue;
 /// Builds the `[entries, dim]` attribute rows of a CSR whose entry `e` came from input
 /// edge `keys[e]` (`>= 0`) or is the added self loop of its row (`< 0`). `attr` is the
 /// graph's `[E, dim]` edge attributes, row-major.
-pub fn entry_edge_attr(row_ptr: &[usize], keys: &[i64], dim: usize, fill: FillValue, attr: &[f32]) -> Vec<f32> {
+pub fn entry_edge_attr(
+    row_ptr: &[usize],
+    keys: &[i64],
+    dim: usize,
+    fill: FillValue,
+    attr: &[f32],
+) -> Vec<f32> {
     let mut out = vec![0f32; keys.len() * dim];
     let mut reduced = vec![0f32; dim];
     for w in row_ptr.windows(2) {

@@ -40,7 +40,11 @@ impl Topology {
         want_attention: bool,
     ) -> Result<Self> {
         let view = |loops: bool| -> Result<Option<GraphView>> {
-            let layers: Vec<_> = model.layers.iter().filter(|l| l.add_self_loops() == loops).collect();
+            let layers: Vec<_> = model
+                .layers
+                .iter()
+                .filter(|l| l.add_self_loops() == loops)
+                .collect();
             if layers.is_empty() {
                 return Ok(None);
             }
@@ -149,7 +153,13 @@ pub fn run_model(
                     )));
                 }
                 let keys = view.keys.as_ref().expect("keys built for edge_dim layers");
-                Some(entry_edge_attr(&view.csr.row_ptr, keys, d, layer.fill_value(), &ea.values))
+                Some(entry_edge_attr(
+                    &view.csr.row_ptr,
+                    keys,
+                    d,
+                    layer.fill_value(),
+                    &ea.values,
+                ))
             }
             None => None,
         };
@@ -161,7 +171,14 @@ pub fn run_model(
             target: &target,
             edge_attr: entry_attr.as_deref(),
         };
-        aggregate_into(layer, &view.csr, &inputs, exec, &mut out, alpha_csr.as_deref_mut());
+        aggregate_into(
+            layer,
+            &view.csr,
+            &inputs,
+            exec,
+            &mut out,
+            alpha_csr.as_deref_mut(),
+        );
         drop(source);
         drop(target);
         timings.push(LayerTiming {

@@ -16,8 +16,8 @@ use distgat_graph::IncomingCsr;
 
 use crate::dense::{dot, Linear};
 use crate::kind::{
-    add_into, combine_heads, exponentiate, leaky_relu, prefetch_ahead, write_alpha,
-    AttentionKind, FillValue, RowInputs, Scratch, SOFTMAX_EPS,
+    add_into, combine_heads, exponentiate, leaky_relu, prefetch_ahead, write_alpha, AttentionKind,
+    FillValue, RowInputs, Scratch, SOFTMAX_EPS,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,12 +75,19 @@ impl GatConv {
     }
 
     /// Folds `lin_edge.weight` (`[H*C, D]`) and `att_edge` (`[H*C]`) into `[H, D]`.
-    pub fn fold_edge(heads: usize, channels: usize, dim: usize, lin_edge: &[f32], att_edge: &[f32]) -> Vec<f32> {
+    pub fn fold_edge(
+        heads: usize,
+        channels: usize,
+        dim: usize,
+        lin_edge: &[f32],
+        att_edge: &[f32],
+    ) -> Vec<f32> {
         let mut v = vec![0f32; heads * dim];
         for h in 0..heads {
             for d in 0..dim {
-                v[h * dim + d] = (0..channels)
-                    .fold(0.0, |acc, c| acc + lin_edge[(h * channels + c) * dim + d] * att_edge[h * channels + c]);
+                v[h * dim + d] = (0..channels).fold(0.0, |acc, c| {
+                    acc + lin_edge[(h * channels + c) * dim + d] * att_edge[h * channels + c]
+                });
             }
         }
         v
@@ -177,7 +184,11 @@ impl AttentionKind for GatConv {
                     let s_src = &inputs.source[j * sw + hc..(j + 1) * sw];
                     let edge = self.edge_score.as_ref().map(|(d, v)| {
                         let e = row_start + k;
-                        (&inputs.edge_attr.unwrap_or_default()[e * d..(e + 1) * d], v, *d)
+                        (
+                            &inputs.edge_attr.unwrap_or_default()[e * d..(e + 1) * d],
+                            v,
+                            *d,
+                        )
                     });
                     for head in 0..h {
                         let mut e = s_src[head] + s_dst[head];
@@ -209,7 +220,11 @@ impl AttentionKind for GatConv {
                 combine_heads(&scratch.acc, &scratch.sum, c, self.concat, out_row);
                 if let Some(alpha) = alpha.as_deref_mut() {
                     let begin = (row_start - first_entry) * h;
-                    write_alpha(&mut alpha[begin..begin + sources.len() * h], weights, &scratch.sum);
+                    write_alpha(
+                        &mut alpha[begin..begin + sources.len() * h],
+                        weights,
+                        &scratch.sum,
+                    );
                 }
             }
             add_into(out_row, res);

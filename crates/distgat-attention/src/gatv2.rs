@@ -13,8 +13,8 @@ use distgat_graph::IncomingCsr;
 
 use crate::dense::Linear;
 use crate::kind::{
-    add_into, combine_heads, exponentiate, leaky_relu, prefetch_ahead, write_alpha,
-    AttentionKind, FillValue, RowInputs, Scratch, SOFTMAX_EPS,
+    add_into, combine_heads, exponentiate, leaky_relu, prefetch_ahead, write_alpha, AttentionKind,
+    FillValue, RowInputs, Scratch, SOFTMAX_EPS,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -166,7 +166,11 @@ impl AttentionKind for GatV2Conv {
                 combine_heads(&scratch.acc, &scratch.sum, c, self.concat, out_row);
                 if let Some(alpha) = alpha.as_deref_mut() {
                     let begin = (row_start - first_entry) * h;
-                    write_alpha(&mut alpha[begin..begin + sources.len() * h], weights, &scratch.sum);
+                    write_alpha(
+                        &mut alpha[begin..begin + sources.len() * h],
+                        weights,
+                        &scratch.sum,
+                    );
                 }
             }
             add_into(out_row, res);

@@ -138,8 +138,12 @@ pub fn transform_into(
     source: &mut [f32],
     target: &mut [f32],
 ) {
-    let (f, sw, tw) = (layer.in_features(), layer.source_width(), layer.target_width());
-    let rows = if f == 0 { 0 } else { x.len() / f };
+    let (f, sw, tw) = (
+        layer.in_features(),
+        layer.source_width(),
+        layer.target_width(),
+    );
+    let rows = x.len().checked_div(f).unwrap_or(0);
     assert_eq!(x.len(), rows * f, "transform: x is not [rows, in_features]");
     assert_eq!(source.len(), rows * sw, "transform: source buffer size");
     assert_eq!(target.len(), rows * tw, "transform: target buffer size");
@@ -176,7 +180,11 @@ pub fn aggregate_into(
         assert_eq!(ea.len(), csr.num_entries() * d, "aggregate: edge_attr size");
     }
     if let Some(a) = alpha.as_deref() {
-        assert_eq!(a.len(), csr.num_entries() * h, "aggregate: alpha buffer size");
+        assert_eq!(
+            a.len(),
+            csr.num_entries() * h,
+            "aggregate: alpha buffer size"
+        );
     }
     let bounds = chunk_bounds(&csr.row_ptr, EDGES_PER_CHUNK);
     let mut work = Vec::with_capacity(bounds.len().saturating_sub(1));
@@ -307,9 +315,19 @@ pub(crate) fn exponentiate(weights: &mut [f32], max: &[f32], sum: &mut [f32]) {
 /// Writes the head-combined row: `acc` (`[heads, channels]`) times `inv[h]`, concatenated
 /// (`out` is `[heads * channels]`) or averaged over heads (`out` is `[channels]`).
 #[inline(always)]
-pub(crate) fn combine_heads(acc: &[f32], inv: &[f32], channels: usize, concat: bool, out: &mut [f32]) {
+pub(crate) fn combine_heads(
+    acc: &[f32],
+    inv: &[f32],
+    channels: usize,
+    concat: bool,
+    out: &mut [f32],
+) {
     if concat {
-        for ((o, a), &inv) in out.chunks_exact_mut(channels).zip(acc.chunks_exact(channels)).zip(inv) {
+        for ((o, a), &inv) in out
+            .chunks_exact_mut(channels)
+            .zip(acc.chunks_exact(channels))
+            .zip(inv)
+        {
             for (o, &a) in o.iter_mut().zip(a) {
                 *o = a * inv;
             }

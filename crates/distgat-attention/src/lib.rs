@@ -26,6 +26,8 @@ pub use error::{ModelError, Result};
 pub use exec::Execution;
 pub use gat::GatConv;
 pub use gatv2::GatV2Conv;
-pub use kind::{aggregate_into, transform_into, AttentionKind, FillValue, HaloPayload, RowInputs, Scratch};
+pub use kind::{
+    aggregate_into, transform_into, AttentionKind, FillValue, HaloPayload, RowInputs, Scratch,
+};
 pub use model::{Activation, Layer, Model};
 pub use transformer::TransformerConv;

@@ -89,7 +89,13 @@ impl Model {
     /// `edge_dim`, with that many columns. `flag` is what the user typed
     /// (`--edge-features`), `edge_attr` the file and its width, if given.
     pub fn check_edge_features(&self, flag: &str, edge_attr: Option<(&Path, usize)>) -> Result<()> {
-        match (self.layers.iter().enumerate().find_map(|(k, l)| l.edge_dim().map(|d| (k, l, d))), edge_attr) {
+        match (
+            self.layers
+                .iter()
+                .enumerate()
+                .find_map(|(k, l)| l.edge_dim().map(|d| (k, l, d))),
+            edge_attr,
+        ) {
             (None, None) => Ok(()),
             (Some((k, l, d)), None) => Err(ModelError::Mismatch(format!(
                 "layers[{k}] ({}) has edge_dim = {d}, so it needs edge features: pass {flag} \
@@ -142,8 +148,9 @@ impl Model {
                  found {what}; pass the JSON that names the weights file"
             )));
         }
-        let text = String::from_utf8(bytes)
-            .map_err(|_| spec_err("expected a model JSON, found a file that is not UTF-8 text".into()))?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            spec_err("expected a model JSON, found a file that is not UTF-8 text".into())
+        })?;
         let spec: ModelSpec = serde_json::from_str(&text)
             .map_err(|e| spec_err(format!("not a valid model JSON: {e}")))?;
         let pyg = match spec.format.as_str() {
@@ -151,12 +158,14 @@ impl Model {
             MODEL_FORMAT => false,
             other => {
                 return Err(spec_err(format!(
-                    "\"format\" is \"{other}\", expected \"{PYG_MODEL_FORMAT}\" or \"{MODEL_FORMAT}\""
-                )))
+                "\"format\" is \"{other}\", expected \"{PYG_MODEL_FORMAT}\" or \"{MODEL_FORMAT}\""
+            )))
             }
         };
         if spec.layers.is_empty() {
-            return Err(spec_err("\"layers\" is empty: a model needs at least one layer".into()));
+            return Err(spec_err(
+                "\"layers\" is empty: a model needs at least one layer".into(),
+            ));
         }
         let activation = match spec.activation.as_deref().unwrap_or("elu") {
             "elu" => Activation::Elu,
@@ -175,8 +184,9 @@ impl Model {
             let (weights, prefix, parsed) = if pyg {
                 let l: PygLayerSpec = serde_json::from_value(value.clone())
                     .map_err(|e| spec_err(format!("layers[{k}]: {e}")))?;
-                let args = parse_args(&l.kind, &l.args).map_err(|e| spec_err(format!("layers[{k}].args ({}): {e}", l.kind)))?;
-                (l.weights, l.prefix.unwrap_or_default(), args)
+                let args = parse_args(&l.kind, &l.args)
+                    .map_err(|e| spec_err(format!("layers[{k}].args ({}): {e}", l.kind)))?;
+                (l.weights, l.prefix.unwrap_or_default(), (args, None))
             } else {
                 let l: GatV1LayerSpec = serde_json::from_value(value.clone())
                     .map_err(|e| spec_err(format!("layers[{k}]: {e}")))?;
@@ -375,10 +385,13 @@ struct TransformerArgs {
     root_weight: Option<bool>,
 }
 
-fn parse_args(kind: &str, args: &Value) -> std::result::Result<(Args, Option<BTreeMap<String, Vec<usize>>>), String> {
+fn parse_args(kind: &str, args: &Value) -> std::result::Result<Args, String> {
     let hint = |e: serde_json::Error| {
         let s = e.to_string();
-        if ["`aggr`", "`flow`", "`node_dim`", "`decomposed_layers`"].iter().any(|k| s.contains(k)) {
+        if ["`aggr`", "`flow`", "`node_dim`", "`decomposed_layers`"]
+            .iter()
+            .any(|k| s.contains(k))
+        {
             format!("{s} (distgat runs PyG's default message passing: sum aggregation, source_to_target)")
         } else {
             s
@@ -400,7 +413,7 @@ fn parse_args(kind: &str, args: &Value) -> std::result::Result<(Args, Option<BTr
             ))
         }
     };
-    Ok((args, None))
+    Ok(args)
 }
 
 /// Checks shared arguments; returns `(heads, channels)`.
@@ -418,7 +431,10 @@ fn check_common(
             "heads ({heads}) and out_channels ({out_channels}) must be at least 1"
         )));
     }
-    if heads.checked_mul(out_channels).is_none_or(|hc| hc > MAX_WIDTH) {
+    if heads
+        .checked_mul(out_channels)
+        .is_none_or(|hc| hc > MAX_WIDTH)
+    {
         return Err(t.spec(format!(
             "heads x out_channels = {heads} x {out_channels} is beyond the supported width of \
              {MAX_WIDTH} columns"
@@ -447,7 +463,12 @@ fn check_common(
     Ok((heads, out_channels, slope as f32))
 }
 
-fn check_in_channels(t: &LayerTensors<'_>, declared: &Option<Value>, found: usize, from: &str) -> Result<()> {
+fn check_in_channels(
+    t: &LayerTensors<'_>,
+    declared: &Option<Value>,
+    found: usize,
+    from: &str,
+) -> Result<()> {
     if let Some(Value::Number(n)) = declared {
         if n.as_i64() != Some(-1) && n.as_u64() != Some(found as u64) {
             return Err(t.weights(format!(
@@ -531,13 +552,20 @@ impl LayerTensors<'_> {
         }
     }
 
-    fn optional(&mut self, name: &str, want: &[Option<usize>]) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+    fn optional(
+        &mut self,
+        name: &str,
+        want: &[Option<usize>],
+    ) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
         let full = format!("{}{name}", self.prefix);
         let Some(t) = self.file.take(self.k, &full)? else {
             return Ok(None);
         };
         let fits = t.shape.len() == want.len()
-            && t.shape.iter().zip(want).all(|(&s, w)| w.is_none_or(|w| w == s) && s > 0);
+            && t.shape
+                .iter()
+                .zip(want)
+                .all(|(&s, w)| w.is_none_or(|w| w == s) && s > 0);
         if !fits {
             let want: Vec<String> = want
                 .iter()
@@ -553,7 +581,13 @@ impl LayerTensors<'_> {
         Ok(Some((t.shape, t.values)))
     }
 
-    fn linear(&mut self, name: &str, out: usize, in_features: Option<usize>, bias: bool) -> Result<Linear> {
+    fn linear(
+        &mut self,
+        name: &str,
+        out: usize,
+        in_features: Option<usize>,
+        bias: bool,
+    ) -> Result<Linear> {
         let (shape, w) = self.required(&format!("{name}.weight"), &[Some(out), in_features])?;
         let b = if bias {
             self.required(&format!("{name}.bias"), &[Some(out)])?.1
@@ -585,7 +619,14 @@ impl LayerTensors<'_> {
 }
 
 fn load_gat(a: &GatArgs, t: &mut LayerTensors<'_>) -> Result<GatConv> {
-    let (heads, channels, slope) = check_common(t, &a.in_channels, a.heads, a.out_channels, a.dropout, a.negative_slope)?;
+    let (heads, channels, slope) = check_common(
+        t,
+        &a.in_channels,
+        a.heads,
+        a.out_channels,
+        a.dropout,
+        a.negative_slope,
+    )?;
     let hc = heads * channels;
     let concat = a.concat.unwrap_or(true);
     let ow = if concat { hc } else { channels };
@@ -622,13 +663,30 @@ fn load_gat(a: &GatArgs, t: &mut LayerTensors<'_>) -> Result<GatConv> {
     } else {
         ("att_l", "att_r")
     };
-    let att_src = t.required(src_name, &[Some(1), Some(heads), Some(channels)])?.1;
-    let att_dst = t.required(dst_name, &[Some(1), Some(heads), Some(channels)])?.1;
-    let mut layer = GatConv::from_pyg(f, heads, channels, concat, slope, a.add_self_loops.unwrap_or(true), &lin_w.1, att_src, att_dst, Vec::new());
+    let att_src = t
+        .required(src_name, &[Some(1), Some(heads), Some(channels)])?
+        .1;
+    let att_dst = t
+        .required(dst_name, &[Some(1), Some(heads), Some(channels)])?
+        .1;
+    let mut layer = GatConv::from_pyg(
+        f,
+        heads,
+        channels,
+        concat,
+        slope,
+        a.add_self_loops.unwrap_or(true),
+        &lin_w.1,
+        att_src,
+        att_dst,
+        Vec::new(),
+    );
     layer.fill_value = parse_fill(t, &a.fill_value)?;
     if let Some(d) = a.edge_dim {
         let w = t.required("lin_edge.weight", &[Some(hc), Some(d)])?.1;
-        let att_edge = t.required("att_edge", &[Some(1), Some(heads), Some(channels)])?.1;
+        let att_edge = t
+            .required("att_edge", &[Some(1), Some(heads), Some(channels)])?
+            .1;
         layer.edge_score = Some((d, GatConv::fold_edge(heads, channels, d, &w, &att_edge)));
     }
     if a.residual.unwrap_or(false) {
@@ -656,7 +714,14 @@ fn bias_vector(t: &mut LayerTensors<'_>, bias: Option<bool>, ow: usize) -> Resul
 }
 
 fn load_gatv2(a: &GatV2Args, t: &mut LayerTensors<'_>) -> Result<GatV2Conv> {
-    let (heads, channels, slope) = check_common(t, &a.in_channels, a.heads, a.out_channels, a.dropout, a.negative_slope)?;
+    let (heads, channels, slope) = check_common(
+        t,
+        &a.in_channels,
+        a.heads,
+        a.out_channels,
+        a.dropout,
+        a.negative_slope,
+    )?;
     let hc = heads * channels;
     let concat = a.concat.unwrap_or(true);
     let ow = if concat { hc } else { channels };
@@ -682,7 +747,9 @@ fn load_gatv2(a: &GatV2Args, t: &mut LayerTensors<'_>) -> Result<GatV2Conv> {
     } else {
         t.linear("lin_r", hc, Some(f), bias)?
     };
-    let att = t.required("att", &[Some(1), Some(heads), Some(channels)])?.1;
+    let att = t
+        .required("att", &[Some(1), Some(heads), Some(channels)])?
+        .1;
     let lin_edge = match a.edge_dim {
         Some(d) => Some(t.linear("lin_edge", hc, Some(d), false)?),
         None => None,
@@ -692,7 +759,11 @@ fn load_gatv2(a: &GatV2Args, t: &mut LayerTensors<'_>) -> Result<GatV2Conv> {
     } else {
         None
     };
-    let out_bias = if bias { t.required("bias", &[Some(ow)])?.1 } else { Vec::new() };
+    let out_bias = if bias {
+        t.required("bias", &[Some(ow)])?.1
+    } else {
+        Vec::new()
+    };
     Ok(GatV2Conv {
         heads,
         channels,
@@ -710,7 +781,8 @@ fn load_gatv2(a: &GatV2Args, t: &mut LayerTensors<'_>) -> Result<GatV2Conv> {
 }
 
 fn load_transformer(a: &TransformerArgs, t: &mut LayerTensors<'_>) -> Result<TransformerConv> {
-    let (heads, channels, _) = check_common(t, &a.in_channels, a.heads, a.out_channels, a.dropout, None)?;
+    let (heads, channels, _) =
+        check_common(t, &a.in_channels, a.heads, a.out_channels, a.dropout, None)?;
     let hc = heads * channels;
     let concat = a.concat.unwrap_or(true);
     let ow = if concat { hc } else { channels };
@@ -736,7 +808,10 @@ fn load_transformer(a: &TransformerArgs, t: &mut LayerTensors<'_>) -> Result<Tra
             t.file.mark_unused_by_pyg(t.k, &full);
         }
         if a.beta.unwrap_or(false) {
-            tracing::info!(layer = t.k, "TransformerConv: beta has no effect without root_weight (as in PyG)");
+            tracing::info!(
+                layer = t.k,
+                "TransformerConv: beta has no effect without root_weight (as in PyG)"
+            );
         }
         None
     };

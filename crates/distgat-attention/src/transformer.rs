@@ -14,8 +14,8 @@ use distgat_graph::IncomingCsr;
 
 use crate::dense::Linear;
 use crate::kind::{
-    add_into, combine_heads, exponentiate, prefetch_ahead, write_alpha, AttentionKind,
-    FillValue, RowInputs, Scratch, SOFTMAX_EPS,
+    add_into, combine_heads, exponentiate, prefetch_ahead, write_alpha, AttentionKind, FillValue,
+    RowInputs, Scratch, SOFTMAX_EPS,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -122,8 +122,12 @@ impl AttentionKind for TransformerConv {
                     let key = match &self.lin_edge {
                         Some(lin_edge) => {
                             let (d, e) = (lin_edge.in_features, row_start + k);
-                            lin_edge.apply_row_no_bias(&edge_attr[e * d..(e + 1) * d], &mut scratch.edge);
-                            for ((m, &a), &b) in scratch.row.iter_mut().zip(key).zip(&scratch.edge) {
+                            lin_edge.apply_row_no_bias(
+                                &edge_attr[e * d..(e + 1) * d],
+                                &mut scratch.edge,
+                            );
+                            for ((m, &a), &b) in scratch.row.iter_mut().zip(key).zip(&scratch.edge)
+                            {
                                 *m = a + b;
                             }
                             &scratch.row[..]
@@ -148,8 +152,13 @@ impl AttentionKind for TransformerConv {
                     let value = match &self.lin_edge {
                         Some(lin_edge) => {
                             let (d, e) = (lin_edge.in_features, row_start + k);
-                            lin_edge.apply_row_no_bias(&edge_attr[e * d..(e + 1) * d], &mut scratch.edge);
-                            for ((m, &a), &b) in scratch.row.iter_mut().zip(value).zip(&scratch.edge) {
+                            lin_edge.apply_row_no_bias(
+                                &edge_attr[e * d..(e + 1) * d],
+                                &mut scratch.edge,
+                            );
+                            for ((m, &a), &b) in
+                                scratch.row.iter_mut().zip(value).zip(&scratch.edge)
+                            {
                                 *m = a + b;
                             }
                             &scratch.row[..]
@@ -170,7 +179,11 @@ impl AttentionKind for TransformerConv {
                 combine_heads(&scratch.acc, &scratch.sum, c, self.concat, out_row);
                 if let Some(alpha) = alpha.as_deref_mut() {
                     let begin = (row_start - first_entry) * h;
-                    write_alpha(&mut alpha[begin..begin + sources.len() * h], weights, &scratch.sum);
+                    write_alpha(
+                        &mut alpha[begin..begin + sources.len() * h],
+                        weights,
+                        &scratch.sum,
+                    );
                 }
             }
             if self.lin_skip.is_some() {

@@ -111,7 +111,10 @@ impl WeightsFile {
             }
         };
         if view.dtype() != Dtype::F32 {
-            *self.widened.entry(format!("{:?}", view.dtype())).or_default() += 1;
+            *self
+                .widened
+                .entry(format!("{:?}", view.dtype()))
+                .or_default() += 1;
         }
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             return Err(self.err(format!(

@@ -282,7 +282,11 @@ fn kernel_child(dir: &Path, repeats: usize, threads: usize) -> anyhow::Result<()
         }
         // Bytes the aggregation must move: per entry its column and source row, per row
         // its target row, output row and row pointer.
-        let (sw, tw, ow) = (layer.source_width(), layer.target_width(), layer.out_width());
+        let (sw, tw, ow) = (
+            layer.source_width(),
+            layer.target_width(),
+            layer.out_width(),
+        );
         let entries = csr.num_entries() as f64;
         let aggregate_bytes =
             entries * (4.0 + 4.0 * sw as f64) + n as f64 * (8.0 + 4.0 * (tw + ow) as f64);

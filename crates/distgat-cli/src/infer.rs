@@ -195,7 +195,10 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     };
     model.check_edge_features(
         "--edge-features",
-        edge_attr.as_ref().zip(config.edge_features.as_deref()).map(|(ea, p)| (p, ea.width)),
+        edge_attr
+            .as_ref()
+            .zip(config.edge_features.as_deref())
+            .map(|(ea, p)| (p, ea.width)),
     )?;
 
     phase("building CSR");

@@ -76,7 +76,10 @@ impl Case {
     #[track_caller]
     fn expect_error_output(&self, output: Output, phrases: &[&str]) -> String {
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        assert!(!output.status.success(), "succeeded on bad input:\n{stderr}");
+        assert!(
+            !output.status.success(),
+            "succeeded on bad input:\n{stderr}"
+        );
         assert!(stderr.contains("error:"), "no 'error:' line:\n{stderr}");
         assert!(!stderr.contains("panicked"), "panicked:\n{stderr}");
         for p in phrases {
@@ -142,7 +145,10 @@ fn write_f32(path: &Path, shape: &[u64], data: &[f32]) {
 }
 
 fn rename_tensor(list: &mut [(String, Dtype, Vec<usize>, Vec<u8>)], from: &str, to: &str) {
-    let t = list.iter_mut().find(|t| t.0 == from).unwrap_or_else(|| panic!("no {from}"));
+    let t = list
+        .iter_mut()
+        .find(|t| t.0 == from)
+        .unwrap_or_else(|| panic!("no {from}"));
     t.0 = to.to_string();
 }
 
@@ -154,7 +160,11 @@ fn misspelt_argument_is_an_error() {
         let v = args.remove("add_self_loops").unwrap();
         args.insert("add_self_loop".into(), v);
     });
-    case.expect_error(&["model.json", "layers[0].args (GATConv)", "unknown field `add_self_loop`"]);
+    case.expect_error(&[
+        "model.json",
+        "layers[0].args (GATConv)",
+        "unknown field `add_self_loop`",
+    ]);
 }
 
 #[test]
@@ -182,14 +192,21 @@ fn unknown_top_level_and_layer_keys_are_errors() {
 fn message_passing_options_distgat_does_not_run_are_errors() {
     let case = Case::new("transformer-mean-noroot-n150");
     case.edit_model(|m| m["layers"][0]["args"]["aggr"] = "mean".into());
-    case.expect_error(&["layers[0].args (TransformerConv)", "`aggr`", "sum aggregation"]);
+    case.expect_error(&[
+        "layers[0].args (TransformerConv)",
+        "`aggr`",
+        "sum aggregation",
+    ]);
 }
 
 #[test]
 fn unknown_and_global_kinds_are_errors() {
     let case = Case::new("gatv2-n200");
     case.edit_model(|m| m["layers"][0]["kind"] = "GATv3Conv".into());
-    case.expect_error(&["unknown kind \"GATv3Conv\"", "GATConv, GATv2Conv, TransformerConv"]);
+    case.expect_error(&[
+        "unknown kind \"GATv3Conv\"",
+        "GATConv, GATv2Conv, TransformerConv",
+    ]);
     let case = Case::new("gatv2-n200");
     case.edit_model(|m| m["layers"][1]["kind"] = "MultiheadAttention".into());
     case.expect_error(&["layers[1]", "\"MultiheadAttention\"", "not supported yet"]);
@@ -219,7 +236,11 @@ fn bipartite_layers_are_refused() {
         TensorView::new(Dtype::F32, w.shape().to_vec(), &other).unwrap(),
     ));
     safetensors::serialize_to_file(views, &None, &path).unwrap();
-    case.expect_error(&["layer0.safetensors", "'lin_src.weight' and 'lin_dst.weight' differ", "bipartite"]);
+    case.expect_error(&[
+        "layer0.safetensors",
+        "'lin_src.weight' and 'lin_dst.weight' differ",
+        "bipartite",
+    ]);
 }
 
 #[test]
@@ -252,9 +273,17 @@ fn residual_and_edge_tensors_without_their_flags_are_errors() {
 #[test]
 fn wrong_tensor_shape_for_each_kind() {
     for (case, tensor, expect) in [
-        ("gat-residual-edge-n120", "layers.0.att_edge", "expected [1, 4, 8]"),
+        (
+            "gat-residual-edge-n120",
+            "layers.0.att_edge",
+            "expected [1, 4, 8]",
+        ),
         ("gatv2-n200", "layers.1.lin_r.weight", "expected [18, 32]"),
-        ("transformer-edge-beta-n200", "layers.0.lin_beta.weight", "expected [1, 96]"),
+        (
+            "transformer-edge-beta-n200",
+            "layers.0.lin_beta.weight",
+            "expected [1, 96]",
+        ),
     ] {
         let c = Case::new(case);
         c.edit_weights(|list| {
@@ -282,7 +311,11 @@ fn edge_features_are_checked_against_graph_and_model() {
     let short = case.path("short.npy");
     write_f32(&short, &[rows as u64 - 1, 3], &ea[..ea.len() - 3]);
     case.edge_features = Some(short);
-    case.expect_error(&["short.npy", &format!("{} rows of edge features", rows - 1), &format!("{rows} edges")]);
+    case.expect_error(&[
+        "short.npy",
+        &format!("{} rows of edge features", rows - 1),
+        &format!("{rows} edges"),
+    ]);
     // Width != edge_dim.
     let wide = case.path("wide.npy");
     write_f32(&wide, &[rows as u64, 1], &ea[..rows]);
@@ -310,16 +343,31 @@ fn edge_features_for_a_model_without_edge_dim_are_an_error() {
         npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap()
     };
     let ea = case.path("edge_attr.npy");
-    write_f32(&ea, &[edges.len() as u64 / 2, 3], &vec![0.5; edges.len() / 2 * 3]);
+    write_f32(
+        &ea,
+        &[edges.len() as u64 / 2, 3],
+        &vec![0.5; edges.len() / 2 * 3],
+    );
     case.edge_features = Some(ea);
-    case.expect_error(&["--edge-features", "no layer of the model has edge_dim", "ignored"]);
+    case.expect_error(&[
+        "--edge-features",
+        "no layer of the model has edge_dim",
+        "ignored",
+    ]);
 }
 
 #[test]
 fn a_safetensors_file_given_as_the_model_is_named() {
     let case = Case::new("gatv2-n200");
     let output = case.run_with_model(&case.path("model.safetensors"));
-    case.expect_error_output(output, &["model.safetensors", "expected a model JSON", "found a safetensors weights file"]);
+    case.expect_error_output(
+        output,
+        &[
+            "model.safetensors",
+            "expected a model JSON",
+            "found a safetensors weights file",
+        ],
+    );
 }
 
 #[test]
@@ -329,11 +377,23 @@ fn half_and_double_weights_are_widened() {
         let case = Case::new("gatv2-n200");
         case.edit_weights(|list| {
             for t in list.iter_mut() {
-                let values: Vec<f32> = t.3.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+                let values: Vec<f32> =
+                    t.3.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                        .collect();
                 t.3 = match dtype {
-                    Dtype::F64 => values.iter().flat_map(|&v| (v as f64).to_le_bytes()).collect(),
-                    Dtype::F16 => values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
-                    _ => values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+                    Dtype::F64 => values
+                        .iter()
+                        .flat_map(|&v| (v as f64).to_le_bytes())
+                        .collect(),
+                    Dtype::F16 => values
+                        .iter()
+                        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                        .collect(),
+                    _ => values
+                        .iter()
+                        .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                        .collect(),
                 };
                 t.1 = dtype;
             }
@@ -341,7 +401,11 @@ fn half_and_double_weights_are_widened() {
         let out = case.expect_success();
         // F64 -> F32 is exact here (the values were F32); halves lose precision.
         let tol = if dtype == Dtype::F64 { 0.0 } else { 0.05 };
-        let worst = out.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let worst = out
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(worst <= tol, "{dtype:?}: max difference {worst}");
     }
 }
@@ -352,7 +416,11 @@ fn older_pyg_state_dict_names_give_the_same_output() {
     // PyG 2.0-2.2: lin_src / lin_dst (one tensor, saved twice).
     let case = Case::new("gat-residual-edge-n120");
     case.edit_weights(|list| {
-        let copy = list.iter().find(|t| t.0 == "layers.0.lin.weight").unwrap().clone();
+        let copy = list
+            .iter()
+            .find(|t| t.0 == "layers.0.lin.weight")
+            .unwrap()
+            .clone();
         rename_tensor(list, "layers.0.lin.weight", "layers.0.lin_src.weight");
         list.push(("layers.0.lin_dst.weight".into(), copy.1, copy.2, copy.3));
     });
@@ -371,7 +439,10 @@ fn older_pyg_state_dict_names_give_the_same_output() {
 fn gatv2_shared_weights_must_really_be_shared() {
     let case = Case::new("gatv2-shared-edge-noloops-n150");
     case.edit_weights(|list| {
-        let t = list.iter_mut().find(|t| t.0 == "layers.0.lin_r.weight").unwrap();
+        let t = list
+            .iter_mut()
+            .find(|t| t.0 == "layers.0.lin_r.weight")
+            .unwrap();
         t.3[0] ^= 1;
     });
     case.expect_error(&["share_weights is true", "'layers.0.lin_r' differs"]);

@@ -3,7 +3,7 @@
 use distgat_proto::v1;
 
 use crate::catalog::{GraphEntry, JobRecord, JobState, JobStatus, PartitionEntry};
-use crate::coordinator::WorkerEntry;
+use crate::registry::WorkerEntry;
 
 impl From<JobState> for v1::JobState {
     fn from(s: JobState) -> Self {

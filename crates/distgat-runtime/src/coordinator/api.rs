@@ -21,12 +21,13 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
+use super::job::run_job;
+use super::state::State;
 use crate::catalog::{
     consecutive_runs, load_model, lock, parse_method, partition_graph, GraphEntry, JobRecord,
     JobSpec, JobState,
 };
 use crate::convert;
-use crate::coordinator::{run_job, State};
 use crate::error::{Result, RuntimeError};
 
 /// Most jobs waiting in the queue; more is RESOURCE_EXHAUSTED.
@@ -680,7 +681,7 @@ pub async fn fetch_attention(
 pub fn cluster_status(state: &State) -> ClusterStatusResponse {
     let assignment = lock(&state.assignment).clone();
     let mut registry = lock(&state.workers);
-    crate::coordinator::prune_departed(&mut registry, state.config.heartbeat_timeout);
+    crate::registry::prune_departed(&mut registry, state.config.heartbeat_timeout);
     let workers = registry
         .iter()
         .map(|w| {

@@ -1,0 +1,512 @@
+//! Running one job: prepare the outputs, start every part on a worker, watch them until
+//! all finish, one fails or one goes silent.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use distgat_attention::Model;
+use distgat_graph::{attention_edge_index, read_graph, write_npy, Features, GraphFormat};
+use distgat_partition::PartitionDir;
+use distgat_proto::v1::worker_client::WorkerClient;
+use distgat_proto::v1::{CancelJobRequest, Peer, RunJobRequest, StartJobRequest};
+use serde::Serialize;
+use tonic::Request;
+
+use super::sink::{presized, AttentionSink, JobSink};
+use super::state::State;
+use crate::catalog::{lock, JobRecord};
+use crate::error::{transport, Result, RuntimeError};
+use crate::worker::{endpoint, RPC_DEADLINE};
+
+#[derive(Debug, Serialize)]
+pub struct JobSummary {
+    pub job_id: String,
+    pub seconds: f64,
+    pub workers: Vec<WorkerSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WorkerSummary {
+    pub part: u32,
+    pub worker: String,
+    pub address: String,
+    pub layers: Vec<LayerSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LayerSummary {
+    pub layer: u32,
+    pub compute_ms: f64,
+    pub wait_ms: f64,
+    pub send_ms: f64,
+    pub rows_sent: u64,
+    pub halo_bytes_sent: u64,
+    pub halo_bytes_planned: u64,
+}
+
+fn required<'a>(value: &'a str, field: &str) -> Result<&'a str> {
+    if value.is_empty() {
+        Err(RuntimeError::InvalidArgument(format!("{field} is empty")))
+    } else {
+        Ok(value)
+    }
+}
+
+/// Runs one job over a partition directory; `record` is set for client-API jobs (progress
+/// and cancellation). The caller holds the job lock.
+pub(crate) async fn run_job(
+    state: &State,
+    job_id: &str,
+    req: RunJobRequest,
+    record: Option<&Arc<JobRecord>>,
+) -> Result<JobSummary> {
+    let result = run_job_inner(state, job_id, req, record).await;
+    lock(&state.jobs).remove(job_id);
+    *lock(&state.assignment) = None;
+    result
+}
+
+async fn run_job_inner(
+    state: &State,
+    job_id: &str,
+    req: RunJobRequest,
+    record: Option<&Arc<JobRecord>>,
+) -> Result<JobSummary> {
+    let cancelled = || record.is_some_and(|r| r.cancel.load(Ordering::SeqCst));
+    let started = Instant::now();
+    let dir = PathBuf::from(required(&req.partition_dir, "partition_dir")?);
+    let model_path = PathBuf::from(required(&req.model, "model")?);
+    let out_path = PathBuf::from(required(&req.out, "out")?);
+    let attention_dir = (!req.attention_dir.is_empty()).then(|| PathBuf::from(&req.attention_dir));
+
+    // Everything that reads files runs off the async threads.
+    let prep_req = req.clone();
+    let prepared = tokio::task::spawn_blocking(move || {
+        prepare(
+            &dir,
+            &model_path,
+            &out_path,
+            attention_dir.as_deref(),
+            &prep_req,
+        )
+    })
+    .await
+    .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
+    let Prepared {
+        parts,
+        mut sink,
+        feature_min,
+        edge_indexes,
+    } = prepared;
+    sink.progress = record.cloned();
+    let sink = Arc::new(sink);
+
+    // Enough live workers?
+    let deadline = Instant::now() + state.config.worker_wait;
+    let assigned: Vec<(String, String)> = loop {
+        {
+            let workers = lock(&state.workers);
+            let live: Vec<_> = workers
+                .iter()
+                .filter(|w| state.is_live(w))
+                .map(|w| (w.id.clone(), w.address.clone()))
+                .collect();
+            if live.len() >= parts {
+                break live.into_iter().take(parts).collect();
+            }
+            if cancelled() {
+                return Err(RuntimeError::Cancelled("cancelled by a client".into()));
+            }
+            if Instant::now() >= deadline {
+                return Err(RuntimeError::FailedPrecondition(format!(
+                    "the partition has {parts} parts but {} live workers are registered; start \
+                     more with `distgat worker --coordinator <this address>`",
+                    live.len()
+                )));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    lock(&state.jobs).insert(job_id.to_string(), sink.clone());
+    *lock(&state.assignment) = Some((
+        job_id.to_string(),
+        assigned.iter().map(|(id, _)| id.clone()).collect(),
+    ));
+    if let Some(r) = record {
+        r.set_assigned(&assigned);
+    }
+    tracing::info!(job = %job_id, parts, "job starting");
+
+    let outcome = drive(
+        state,
+        job_id,
+        &req,
+        &assigned,
+        &sink,
+        feature_min,
+        &cancelled,
+    )
+    .await;
+    if let Err(e) = &outcome {
+        for (_, address) in &assigned {
+            if let Ok(ep) = endpoint(address) {
+                let mut client = WorkerClient::new(ep.connect_lazy());
+                let mut r = Request::new(CancelJobRequest {
+                    job_id: job_id.to_string(),
+                    reason: e.to_string(),
+                });
+                r.set_timeout(Duration::from_secs(2));
+                let _ = client.cancel_job(r).await;
+            }
+        }
+        // Drop the temporary output files before answering, so a caller that sees the
+        // failure never sees them.
+        lock(&state.jobs).remove(job_id);
+        drop(released(sink).await);
+        return Err(outcome.unwrap_err());
+    }
+    lock(&state.jobs).remove(job_id);
+    let sink = released(sink).await.ok_or_else(|| {
+        RuntimeError::Io(std::io::Error::other(
+            "an output stream did not close within 10 s of its last message",
+        ))
+    })?;
+    let done = std::mem::take(&mut *lock(&sink.done));
+    let JobSink {
+        out,
+        rows_seen,
+        attention,
+        ..
+    } = sink;
+    let missing = lock(&rows_seen).iter().filter(|&&s| !s).count();
+    if missing > 0 {
+        return Err(RuntimeError::FailedPrecondition(format!(
+            "{missing} output rows never arrived"
+        )));
+    }
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        // Attention files first, out.npy last: a complete out.npy means a complete job.
+        for (k, a) in attention.into_iter().enumerate() {
+            if let Some(a) = a {
+                let missing = lock(&a.seen).iter().filter(|&&s| !s).count();
+                if missing > 0 {
+                    return Err(RuntimeError::FailedPrecondition(format!(
+                        "layer {k}: {missing} attention coefficient rows never arrived"
+                    )));
+                }
+                if let Some((path, index)) = edge_indexes.get(k) {
+                    write_npy(path, &[2, (index.len() / 2) as u64], index)?;
+                }
+                a.file.commit()?;
+            }
+        }
+        out.commit().map_err(RuntimeError::from)
+    })
+    .await
+    .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
+    let workers = assigned
+        .iter()
+        .enumerate()
+        .map(|(p, (id, address))| WorkerSummary {
+            part: p as u32,
+            worker: id.clone(),
+            address: address.clone(),
+            layers: done
+                .get(&(p as u32))
+                .map(|s| {
+                    s.layers
+                        .iter()
+                        .map(|l| LayerSummary {
+                            layer: l.layer,
+                            compute_ms: l.compute_ms,
+                            wait_ms: l.wait_ms,
+                            send_ms: l.send_ms,
+                            rows_sent: l.rows_sent,
+                            halo_bytes_sent: l.bytes_sent,
+                            halo_bytes_planned: l.bytes_planned,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect();
+    tracing::info!(job = %job_id, seconds = started.elapsed().as_secs_f64(), "job done");
+    Ok(JobSummary {
+        job_id: job_id.to_string(),
+        seconds: started.elapsed().as_secs_f64(),
+        workers,
+    })
+}
+
+/// The sink once no PushOutput handler holds it (one may be finishing a write for a
+/// moment); `None` after 10 s.
+async fn released(mut sink: Arc<JobSink>) -> Option<JobSink> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Arc::try_unwrap(sink) {
+            Ok(s) => return Some(s),
+            Err(shared) if Instant::now() < deadline => {
+                sink = shared;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+struct Prepared {
+    parts: usize,
+    sink: JobSink,
+    feature_min: f32,
+    /// Per layer: where its attention edge index goes, and the index.
+    edge_indexes: Vec<(PathBuf, Vec<i64>)>,
+}
+
+fn prepare(
+    dir: &Path,
+    model_path: &Path,
+    out_path: &Path,
+    attention_dir: Option<&Path>,
+    req: &RunJobRequest,
+) -> Result<Prepared> {
+    let partition = PartitionDir::open(dir)?;
+    let manifest = &partition.manifest;
+    let n = manifest.graph.rows;
+    let model = Model::load(model_path)?;
+    let features_path = if req.features.is_empty() {
+        manifest.features.as_ref().map(|f| PathBuf::from(&f.path))
+    } else {
+        Some(PathBuf::from(&req.features))
+    };
+    if !manifest.features_in_shards && features_path.is_none() {
+        return Err(RuntimeError::InvalidArgument(
+            "features is empty and the partition's shards carry no feature rows".into(),
+        ));
+    }
+    let edge_features = (!req.edge_features.is_empty()).then(|| PathBuf::from(&req.edge_features));
+    let edge_width = match &edge_features {
+        Some(p) => {
+            let body = distgat_graph::NpyBody::open(p)?;
+            if body.shape.len() != 2 || body.shape[0] as usize != manifest.graph.size {
+                return Err(RuntimeError::InvalidArgument(format!(
+                    "edge_features: {} has shape {:?}, expected [{}, D]: one row per edge of \
+                     the graph ({})",
+                    p.display(),
+                    body.shape,
+                    manifest.graph.size,
+                    manifest.graph.path
+                )));
+            }
+            Some((p.as_path(), body.shape[1] as usize))
+        }
+        None => None,
+    };
+    model
+        .check_edge_features("edge_features", edge_width)
+        .map_err(|e| RuntimeError::InvalidArgument(e.to_string()))?;
+    let feature_min = match (&features_path, req.normalize_rows) {
+        (Some(p), true) => Features::read_npy(p)?.min_value(),
+        _ => 0.0,
+    };
+    let width = model.out_width();
+    let (out, header_len) = presized(out_path, "<f4", &[n as u64, width as u64], 4)?;
+    let mut attention = Vec::new();
+    let mut edge_indexes = Vec::new();
+    if let Some(adir) = attention_dir {
+        std::fs::create_dir_all(adir)?;
+        let graph_path = if req.graph.is_empty() {
+            PathBuf::from(&manifest.graph.path)
+        } else {
+            PathBuf::from(&req.graph)
+        };
+        let format = if req.graph_format.is_empty() {
+            None
+        } else {
+            Some(GraphFormat::from_name(&req.graph_format)?)
+        };
+        let edges = read_graph(&graph_path, format)?;
+        partition.check_graph(&edges, n)?;
+        let mut loops_before = Vec::with_capacity(edges.len());
+        let mut loops = 0u32;
+        for (&s, &d) in edges.src().iter().zip(edges.dst()) {
+            loops_before.push(loops);
+            loops += u32::from(s == d);
+        }
+        for (k, layer) in model.layers.iter().enumerate() {
+            let index = attention_edge_index(&edges, n, layer.add_self_loops());
+            let e = index.len() / 2;
+            let (file, header_len) = presized(
+                &adir.join(format!("layer{k}_alpha.npy")),
+                "<f4",
+                &[e as u64, layer.heads() as u64],
+                4,
+            )?;
+            attention.push(Some(AttentionSink {
+                file,
+                header_len,
+                heads: layer.heads(),
+                edges: e,
+                add_self_loops: layer.add_self_loops(),
+                loops_before: loops_before.clone(),
+                seen: Mutex::new(vec![false; e]),
+                kept: if layer.add_self_loops() {
+                    edges.len() - loops as usize
+                } else {
+                    edges.len()
+                },
+            }));
+            edge_indexes.push((adir.join(format!("layer{k}_att_edge_index.npy")), index));
+        }
+    }
+    Ok(Prepared {
+        parts: manifest.parts,
+        sink: JobSink {
+            parts: manifest.parts,
+            num_nodes: n,
+            width,
+            out,
+            header_len,
+            rows_seen: Mutex::new(vec![false; n]),
+            attention,
+            done: Mutex::new(HashMap::new()),
+            failure: Mutex::new(None),
+            progress: None,
+        },
+        feature_min,
+        edge_indexes,
+    })
+}
+
+/// Starts every part and waits until all finish, one fails, or one goes silent.
+async fn drive(
+    state: &State,
+    job_id: &str,
+    req: &RunJobRequest,
+    assigned: &[(String, String)],
+    sink: &JobSink,
+    feature_min: f32,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<()> {
+    let parts = assigned.len();
+    for (p, (id, address)) in assigned.iter().enumerate() {
+        let peers = assigned
+            .iter()
+            .enumerate()
+            .filter(|&(q, _)| q != p)
+            .map(|(q, (_, a))| Peer {
+                part: q as u32,
+                address: a.clone(),
+            })
+            .collect();
+        let mut client = WorkerClient::new(endpoint(address)?.connect().await.map_err(|e| {
+            RuntimeError::WorkerFailed {
+                worker: id.clone(),
+                part: p as u32,
+                detail: format!("connecting: {e}"),
+            }
+        })?);
+        let mut r = Request::new(StartJobRequest {
+            job_id: job_id.to_string(),
+            partition_dir: req.partition_dir.clone(),
+            part: p as u32,
+            peers,
+            model: req.model.clone(),
+            features: req.features.clone(),
+            normalize_rows: req.normalize_rows,
+            feature_min,
+            want_attention: !req.attention_dir.is_empty(),
+            threads: req.threads_per_worker.max(1),
+            edge_features: req.edge_features.clone(),
+        });
+        r.set_timeout(RPC_DEADLINE);
+        client
+            .start_job(r)
+            .await
+            .map_err(|status| RuntimeError::WorkerFailed {
+                worker: id.clone(),
+                part: p as u32,
+                detail: transport("starting the job")(status).to_string(),
+            })?;
+        tracing::info!(job = %job_id, worker = %id, part = p, "part started");
+    }
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if cancelled() {
+            return Err(RuntimeError::Cancelled("cancelled by a client".into()));
+        }
+        let reported = lock(&sink.failure).clone();
+        if let Some((part, detail)) = reported {
+            // A part that reports a failure is often the victim (its peer died while it
+            // was sending). Give heartbeats the chance to name the worker that is gone.
+            let wait_until =
+                Instant::now() + state.config.heartbeat_timeout + Duration::from_secs(1);
+            while Instant::now() < wait_until {
+                if let Some(dead) = silent_worker(state, assigned) {
+                    return Err(dead.into_error(Some(&format!("part {part} reported: {detail}"))));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let worker = assigned
+                .get(part as usize)
+                .map_or("?".into(), |w| w.0.clone());
+            return Err(RuntimeError::WorkerFailed {
+                worker,
+                part,
+                detail,
+            });
+        }
+        let done: HashSet<u32> = lock(&sink.done).keys().copied().collect();
+        if done.len() == parts {
+            return Ok(());
+        }
+        if let Some(dead) = silent_worker(state, assigned) {
+            return Err(dead.into_error(None));
+        }
+    }
+}
+
+/// A worker of the job whose heartbeats stopped.
+struct SilentWorker {
+    worker: String,
+    part: u32,
+    silent: Duration,
+}
+
+impl SilentWorker {
+    fn into_error(self, context: Option<&str>) -> RuntimeError {
+        let mut detail = format!("no heartbeat for {:.1} s", self.silent.as_secs_f64());
+        if let Some(c) = context {
+            detail += &format!(" ({c})");
+        }
+        RuntimeError::WorkerFailed {
+            worker: self.worker,
+            part: self.part,
+            detail,
+        }
+    }
+}
+
+/// Finds an assigned worker that went silent and drops it from the registry, so the next
+/// job does not pick it.
+fn silent_worker(state: &State, assigned: &[(String, String)]) -> Option<SilentWorker> {
+    let mut workers = lock(&state.workers);
+    for (p, (id, _)) in assigned.iter().enumerate() {
+        let silent = workers
+            .iter()
+            .find(|w| &w.id == id)
+            .map_or(Duration::MAX, |w| w.last_seen.elapsed());
+        if silent > state.config.heartbeat_timeout {
+            workers.retain(|w| &w.id != id);
+            tracing::warn!(worker = %id, part = p, "worker lost");
+            return Some(SilentWorker {
+                worker: id.clone(),
+                part: p as u32,
+                silent,
+            });
+        }
+    }
+    None
+}

@@ -1,0 +1,352 @@
+//! The coordinator: registers workers, runs jobs over a partition directory, and assembles
+//! the output in original node order as the rows arrive.
+//!
+//! Modules: [`state`] (shared state), [`sink`] (job output files), [`job`] (running a
+//! job), [`api`] (the client API). Dependencies point one way:
+//! `mod -> api -> job -> sink/state`, never back.
+
+mod api;
+mod job;
+mod sink;
+mod state;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use distgat_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
+use distgat_proto::v1::{
+    CancelJobRequest, ClusterStatusRequest, ClusterStatusResponse, CreatePartitionRequest,
+    FetchAttentionRequest, FetchAttentionResponse, FetchOutputRequest, GetJobRequest, GraphInfo,
+    HeartbeatRequest, HeartbeatResponse, JobInfo, ListGraphsRequest, ListGraphsResponse,
+    ListJobsRequest, ListJobsResponse, ListPartitionsRequest, ListPartitionsResponse, OutputChunk,
+    OutputRows, PartitionInfo, PushOutputResponse, RegisterGraphRequest, RegisterWorkerRequest,
+    RegisterWorkerResponse, RunJobRequest, RunJobResponse, SubmitJobRequest, UploadGraphChunk,
+};
+use distgat_proto::{
+    CONNECTION_WINDOW, COORDINATOR_SERVICE, MAX_CHUNK_BYTES, PROTOCOL_VERSION, STREAM_WINDOW,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::Server;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::catalog::{lock, Catalog, Storage};
+use crate::convert;
+use crate::error::{Result, RuntimeError};
+use crate::registry::{prune_departed, WorkerEntry};
+use crate::standard::standard_routes;
+use crate::worker::RunningServer;
+pub use api::{MAX_ATTENTION_NODES, MAX_QUEUED_JOBS};
+use job::run_job;
+pub use job::JobSummary;
+pub use state::CoordinatorConfig;
+use state::State;
+
+pub async fn start_coordinator(config: CoordinatorConfig) -> Result<RunningServer> {
+    let storage = Storage::new(&config.data_root, &config.work_dir, config.max_upload_bytes)?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let (queue, queued) = mpsc::unbounded_channel();
+    let state = Arc::new(State {
+        config,
+        storage,
+        catalog: Catalog::default(),
+        queue,
+        workers: Mutex::new(Vec::new()),
+        jobs: Mutex::new(HashMap::new()),
+        assignment: Mutex::new(None),
+        job_lock: tokio::sync::Mutex::new(()),
+        next_id: AtomicU64::new(1),
+    });
+    tokio::spawn(api::run_queue(Arc::downgrade(&state), queued));
+    // The coordinator serves from the start.
+    let (_health, routes) =
+        standard_routes(COORDINATOR_SERVICE, &[COORDINATOR_SERVICE], true).await?;
+    let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+    let server = Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .add_routes(routes)
+        .add_service(
+            CoordinatorServer::new(Service(state)).max_decoding_message_size(4 * MAX_CHUNK_BYTES),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = shutdown_rx.await;
+        });
+    let join = tokio::spawn(async move {
+        server
+            .await
+            .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))
+    });
+    Ok(RunningServer {
+        addr,
+        shutdown,
+        join,
+    })
+}
+
+struct Service(Arc<State>);
+
+#[tonic::async_trait]
+impl Coordinator for Service {
+    async fn register_worker(
+        &self,
+        request: Request<RegisterWorkerRequest>,
+    ) -> Result<Response<RegisterWorkerResponse>, Status> {
+        let req = request.into_inner();
+        if req.protocol_version != PROTOCOL_VERSION {
+            return Err(RuntimeError::ProtocolVersion {
+                found: req.protocol_version,
+                expected: PROTOCOL_VERSION,
+            }
+            .into());
+        }
+        if req.address.is_empty() {
+            return Err(RuntimeError::InvalidArgument("address is empty".into()).into());
+        }
+        let id = format!("worker-{}", self.0.next_id.fetch_add(1, Ordering::Relaxed));
+        tracing::info!(worker = %id, address = %req.address, "worker registered");
+        let mut workers = lock(&self.0.workers);
+        prune_departed(&mut workers, self.0.config.heartbeat_timeout);
+        workers.push(WorkerEntry {
+            id: id.clone(),
+            address: req.address,
+            last_seen: Instant::now(),
+        });
+        drop(workers);
+        Ok(Response::new(RegisterWorkerResponse {
+            worker_id: id,
+            heartbeat_interval_ms: self.0.config.heartbeat_interval.as_millis() as u32,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let id = request.into_inner().worker_id;
+        let mut workers = lock(&self.0.workers);
+        match workers.iter_mut().find(|w| w.id == id) {
+            Some(w) => {
+                w.last_seen = Instant::now();
+                Ok(Response::new(HeartbeatResponse {}))
+            }
+            None => {
+                Err(RuntimeError::NotFound(format!("worker_id '{id}' is not registered")).into())
+            }
+        }
+    }
+
+    async fn push_output(
+        &self,
+        request: Request<Streaming<OutputChunk>>,
+    ) -> Result<Response<PushOutputResponse>, Status> {
+        let mut stream = request.into_inner();
+        // The sink is looked up per message and never held between messages: a stream that
+        // stays open (a worker still cancelling) must not keep a failed job's files alive.
+        let sink_of = |job: &str| lock(&self.0.jobs).get(job).cloned();
+        let mut current: Option<(String, u32)> = None;
+        loop {
+            let chunk = match stream.message().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => {
+                    if let Some((job, part)) = &current {
+                        if let Some(sink) = sink_of(job) {
+                            sink.fail(*part, format!("output stream broke: {e}"));
+                        }
+                    }
+                    return Err(e);
+                }
+            };
+            let sink = sink_of(&chunk.job_id).ok_or_else(|| {
+                Status::not_found(format!("job_id '{}' is not running", chunk.job_id))
+            })?;
+            current = Some((chunk.job_id.clone(), chunk.part));
+            let part = chunk.part;
+            let writer = sink.clone();
+            let result = tokio::task::spawn_blocking(move || writer.accept(chunk))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            if let Err(e) = result {
+                sink.fail(part, e.to_string());
+                return Err(e.into());
+            }
+        }
+        if let Some((job, part)) = current {
+            if let Some(sink) = sink_of(&job) {
+                if !lock(&sink.done).contains_key(&part) && lock(&sink.failure).is_none() {
+                    sink.fail(part, "output stream ended before the part finished".into());
+                }
+            }
+        }
+        Ok(Response::new(PushOutputResponse {}))
+    }
+
+    async fn register_graph(
+        &self,
+        request: Request<RegisterGraphRequest>,
+    ) -> Result<Response<GraphInfo>, Status> {
+        Ok(Response::new(
+            api::register_graph(&self.0, request.into_inner()).await?,
+        ))
+    }
+
+    async fn upload_graph(
+        &self,
+        request: Request<Streaming<UploadGraphChunk>>,
+    ) -> Result<Response<GraphInfo>, Status> {
+        Ok(Response::new(
+            api::upload_graph(&self.0, request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_graphs(
+        &self,
+        _: Request<ListGraphsRequest>,
+    ) -> Result<Response<ListGraphsResponse>, Status> {
+        let mut graphs: Vec<_> = lock(&self.0.catalog.graphs)
+            .values()
+            .map(|g| convert::graph_info(g))
+            .collect();
+        graphs.sort_by(|a, b| a.graph_id.cmp(&b.graph_id));
+        Ok(Response::new(ListGraphsResponse { graphs }))
+    }
+
+    async fn create_partition(
+        &self,
+        request: Request<CreatePartitionRequest>,
+    ) -> Result<Response<PartitionInfo>, Status> {
+        Ok(Response::new(
+            api::create_partition(&self.0, request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_partitions(
+        &self,
+        _: Request<ListPartitionsRequest>,
+    ) -> Result<Response<ListPartitionsResponse>, Status> {
+        let mut partitions: Vec<_> = lock(&self.0.catalog.partitions)
+            .values()
+            .map(|p| convert::partition_info(p))
+            .collect();
+        partitions.sort_by(|a, b| a.partition_id.cmp(&b.partition_id));
+        Ok(Response::new(ListPartitionsResponse { partitions }))
+    }
+
+    async fn submit_job(
+        &self,
+        request: Request<SubmitJobRequest>,
+    ) -> Result<Response<JobInfo>, Status> {
+        Ok(Response::new(
+            api::submit_job(&self.0, request.into_inner()).await?,
+        ))
+    }
+
+    async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<JobInfo>, Status> {
+        let record = self.0.catalog.job(&request.into_inner().job_id)?;
+        Ok(Response::new(api::job_info(&self.0, &record)))
+    }
+
+    async fn list_jobs(
+        &self,
+        _: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsResponse>, Status> {
+        let jobs = lock(&self.0.catalog.jobs).clone();
+        Ok(Response::new(ListJobsResponse {
+            jobs: jobs.iter().map(|j| api::job_info(&self.0, j)).collect(),
+        }))
+    }
+
+    type WatchJobStream = ReceiverStream<Result<JobInfo, Status>>;
+
+    async fn watch_job(
+        &self,
+        request: Request<GetJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        Ok(Response::new(api::watch_job(
+            &self.0,
+            &request.into_inner().job_id,
+        )?))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<CancelJobRequest>,
+    ) -> Result<Response<JobInfo>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(api::cancel_job(
+            &self.0,
+            &req.job_id,
+            &req.reason,
+        )?))
+    }
+
+    type FetchOutputStream = ReceiverStream<Result<OutputRows, Status>>;
+
+    async fn fetch_output(
+        &self,
+        request: Request<FetchOutputRequest>,
+    ) -> Result<Response<Self::FetchOutputStream>, Status> {
+        Ok(Response::new(api::fetch_output(
+            &self.0,
+            request.into_inner(),
+        )?))
+    }
+
+    async fn fetch_attention(
+        &self,
+        request: Request<FetchAttentionRequest>,
+    ) -> Result<Response<FetchAttentionResponse>, Status> {
+        Ok(Response::new(
+            api::fetch_attention(&self.0, request.into_inner()).await?,
+        ))
+    }
+
+    async fn cluster_status(
+        &self,
+        _: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        Ok(Response::new(api::cluster_status(&self.0)))
+    }
+
+    async fn run_job(
+        &self,
+        request: Request<RunJobRequest>,
+    ) -> Result<Response<RunJobResponse>, Status> {
+        if !self.0.config.allow_run_job {
+            return Err(RuntimeError::PermissionDenied(
+                "RunJob takes paths outside the data root and is off on this coordinator \
+                 (start it with --allow-run-job for a private cluster); use SubmitJob"
+                    .into(),
+            )
+            .into());
+        }
+        let req = request.into_inner();
+        let state = self.0.clone();
+        // On its own task: if the client goes away and this handler is dropped, the job
+        // still finishes (or fails) and cleans up after itself.
+        let job = tokio::spawn(async move {
+            let _one_at_a_time = state.job_lock.lock().await;
+            let job_id = format!("job-{}", state.next_id.fetch_add(1, Ordering::Relaxed));
+            let result = run_job(&state, &job_id, req, None).await;
+            lock(&state.jobs).remove(&job_id);
+            (job_id, result)
+        });
+        let (job_id, result) = job
+            .await
+            .map_err(|e| Status::from(RuntimeError::Io(std::io::Error::other(e))))?;
+        match result {
+            Ok(summary) => Ok(Response::new(RunJobResponse {
+                job_id,
+                summary_json: serde_json::to_string(&summary).expect("summary serialises"),
+            })),
+            Err(e) => {
+                tracing::warn!(job = %job_id, "job failed: {e}");
+                Err(e.into())
+            }
+        }
+    }
+}

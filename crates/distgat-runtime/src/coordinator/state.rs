@@ -1,0 +1,72 @@
+//! The coordinator's shared state.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::sink::JobSink;
+use crate::catalog::{Catalog, JobRecord, Storage};
+use crate::registry::WorkerEntry;
+
+/// How the coordinator starts; `Default` listens on an ephemeral loopback port.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub listen: SocketAddr,
+    pub heartbeat_interval: Duration,
+    /// A worker silent for this long during a job fails the job.
+    pub heartbeat_timeout: Duration,
+    /// How long a job waits for enough workers to register.
+    pub worker_wait: Duration,
+    /// Client-named paths must resolve inside this directory.
+    pub data_root: PathBuf,
+    /// Uploads, partitions and job outputs (on storage the workers share).
+    pub work_dir: PathBuf,
+    /// Largest graph upload (graph plus feature bytes).
+    pub max_upload_bytes: u64,
+    /// Serve `RunJob`, whose paths are not confined to the data root: only for a private
+    /// cluster such as `distgat run` starts on loopback.
+    pub allow_run_job: bool,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            heartbeat_interval: Duration::from_millis(500),
+            heartbeat_timeout: Duration::from_secs(3),
+            worker_wait: Duration::from_secs(30),
+            data_root: PathBuf::from("."),
+            work_dir: PathBuf::from("distgat-work"),
+            max_upload_bytes: 64 << 20,
+            allow_run_job: false,
+        }
+    }
+}
+
+pub(crate) struct State {
+    pub config: CoordinatorConfig,
+    pub storage: Storage,
+    pub catalog: Catalog,
+    /// Submitted jobs, to the executor ([`super::api::run_queue`]).
+    pub queue: mpsc::UnboundedSender<Arc<JobRecord>>,
+    pub workers: Mutex<Vec<WorkerEntry>>,
+    /// Output sinks of running jobs, by job id.
+    pub jobs: Mutex<HashMap<String, Arc<JobSink>>>,
+    /// The running job and its worker per part.
+    pub assignment: Mutex<Option<(String, Vec<String>)>>,
+    /// One job at a time.
+    pub job_lock: tokio::sync::Mutex<()>,
+    pub next_id: AtomicU64,
+}
+
+impl State {
+    /// A worker counts as live (healthy) while its heartbeats arrive in time.
+    pub(crate) fn is_live(&self, w: &WorkerEntry) -> bool {
+        w.last_seen.elapsed() < self.config.heartbeat_timeout
+    }
+}
