@@ -166,9 +166,14 @@ fn layer_outputs_match_pyg_layer_by_layer() {
         let tmp = tempfile::tempdir().unwrap();
         // A one-layer model: layer 0 of the case's model.
         let mut spec: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("model.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(dir.join("model.json")).unwrap())
+                .unwrap();
         spec["layers"].as_array_mut().unwrap().truncate(1);
-        std::fs::copy(dir.join("model.safetensors"), tmp.path().join("model.safetensors")).unwrap();
+        std::fs::copy(
+            dir.join("model.safetensors"),
+            tmp.path().join("model.safetensors"),
+        )
+        .unwrap();
         let model = tmp.path().join("model.json");
         std::fs::write(&model, spec.to_string()).unwrap();
         let out = tmp.path().join("out.npy");
