@@ -472,3 +472,98 @@ async fn run_job_is_refused_by_default() {
     assert!(status.message().contains("--allow-run-job"), "{status}");
     assert!(!Path::new("/tmp/overwritten.npy").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_features_registered_and_uploaded_give_infers_output() {
+    // A TransformerConv model with edge_dim: by path (RegisterGraph) and streamed
+    // (UploadGraph), each job's output equals distgat infer's bytes; a graph registered
+    // without its edge features is refused at submit, naming what is missing.
+    let case = "reference/transformer-edge-beta-n200";
+    let (edges, x, ea, model) = (
+        format!("{case}/edge_index.npy"),
+        format!("{case}/x.npy"),
+        format!("{case}/edge_attr.npy"),
+        format!("{case}/model.json"),
+    );
+    let c = cluster(2, 64 << 20).await;
+    let mut client = client(&c).await;
+    client
+        .wait_for_workers(2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("infer.npy");
+    let root = repo_root();
+    run_infer(&InferConfig {
+        graph: root.join(&edges),
+        features: root.join(&x),
+        edge_features: Some(root.join(&ea)),
+        model: root.join(&model),
+        out: reference.clone(),
+        threads: Some(1),
+        ..InferConfig::default()
+    })
+    .unwrap();
+
+    let registered = client
+        .register_graph_with_edge_features(&edges, &x, Some(&ea), "", "edges")
+        .await
+        .unwrap();
+    assert_eq!(registered.edge_feature_width, 3);
+    let uploaded = client
+        .upload_graph_with_edge_features(
+            &root.join(&edges),
+            &root.join(&x),
+            Some(&root.join(&ea)),
+            "npy",
+            "edges-upload",
+        )
+        .await
+        .unwrap();
+    assert_eq!(uploaded.edge_feature_width, 3);
+    for graph in [registered, uploaded] {
+        let job = client
+            .submit(Submit {
+                graph_id: graph.graph_id.clone(),
+                model: model.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let done = client.wait(&job.job_id, |_| {}).await.unwrap();
+        assert_eq!(done.state, JobState::Succeeded as i32, "{done:?}");
+        let fetched = dir.path().join(format!("{}.npy", graph.graph_id));
+        client
+            .fetch_to_npy(&job.job_id, Selection::All, &fetched)
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read(&fetched).unwrap(),
+            std::fs::read(&reference).unwrap(),
+            "{}: fetched output differs from distgat infer",
+            graph.name
+        );
+    }
+
+    let bare = client.register_graph(&edges, &x, "", "bare").await.unwrap();
+    let err = client
+        .submit(Submit {
+            graph_id: bare.graph_id,
+            model: model.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let (status, message) = code(err);
+    assert_eq!(status, Code::InvalidArgument, "{message}");
+    assert!(message.contains("edge_dim = 3"), "{message}");
+
+    // Edge features whose rows are not the graph's edges are refused at registration.
+    let err = client
+        .register_graph_with_edge_features(&edges, &x, Some(&x), "", "wrong")
+        .await
+        .unwrap_err();
+    let (status, message) = code(err);
+    assert_eq!(status, Code::InvalidArgument, "{message}");
+    assert!(message.contains("edge_features: 200 rows"), "{message}");
+}

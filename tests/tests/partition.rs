@@ -281,6 +281,7 @@ fn partition_directory_round_trip() {
                 &features,
             )),
             features_in_shards: true,
+            edge_features: None,
             method: Method::metis_default(),
             assignment: &assignment,
             plan: &plan,

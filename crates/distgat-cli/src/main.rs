@@ -200,6 +200,9 @@ struct SubmitArgs {
     /// Feature .npy: under the data root, or local with --upload
     #[arg(long, requires = "graph")]
     features: Option<String>,
+    /// Edge attributes .npy [E, D] (row e for edge e of --graph), for models with edge_dim layers: under the data root, or local with --upload
+    #[arg(long, value_name = "E.npy", requires = "graph")]
+    edge_features: Option<String>,
     /// npy, edgelist, metis or mtx (default: from the extension; required with --upload)
     #[arg(long, default_value = "")]
     format: String,
@@ -209,7 +212,7 @@ struct SubmitArgs {
     /// A label for the graph
     #[arg(long, default_value = "")]
     name: String,
-    /// gat-model-v1 JSON under the coordinator's data root
+    /// Model JSON (pyg-attention-model-v1 or gat-model-v1) under the coordinator's data root
     #[arg(long)]
     model: String,
     /// Parts (one worker each); 0 means one per live worker
@@ -291,6 +294,9 @@ struct PartitionArgs {
     /// Keep feature rows out of the shards (workers read the shared features file)
     #[arg(long, requires = "features")]
     shared_features: bool,
+    /// Edge attributes .npy [E, D] (row e for edge e of --graph): each shard keeps its edges' rows, for layers with edge_dim
+    #[arg(long, value_name = "E.npy")]
+    edge_features: Option<PathBuf>,
     /// Node count, when there are no features and the last ids are isolated nodes
     #[arg(long, value_name = "N")]
     num_nodes: Option<u64>,
@@ -634,6 +640,7 @@ async fn submit(mut client: distgat_client::Client, args: SubmitArgs) -> anyhow:
         graph_id: args.graph_id,
         graph: args.graph,
         features: args.features,
+        edge_features: args.edge_features,
         graph_format: args.format,
         upload: args.upload,
         name: args.name,
@@ -921,6 +928,7 @@ fn partition(args: PartitionArgs) -> anyhow::Result<()> {
         num_nodes: args.num_nodes,
         features: args.features,
         shared_features: args.shared_features,
+        edge_features: args.edge_features,
         parts: args.parts,
         method,
         out: args.out,

@@ -16,6 +16,8 @@ pub struct SubmitConfig {
     pub graph_id: Option<String>,
     pub graph: Option<String>,
     pub features: Option<String>,
+    /// Edge attributes `[edges, D]` registered (or uploaded) with the graph.
+    pub edge_features: Option<String>,
     pub graph_format: String,
     /// Stream the local files instead of naming server-side paths.
     pub upload: bool,
@@ -29,9 +31,10 @@ pub async fn submit(client: &mut Client, config: SubmitConfig) -> anyhow::Result
         (None, Some(graph), Some(features)) => {
             let info = if config.upload {
                 client
-                    .upload_graph(
+                    .upload_graph_with_edge_features(
                         graph.as_ref(),
                         features.as_ref(),
+                        config.edge_features.as_deref().map(Path::new),
                         &config.graph_format,
                         &config.name,
                     )
@@ -39,13 +42,27 @@ pub async fn submit(client: &mut Client, config: SubmitConfig) -> anyhow::Result
                     .context("uploading the graph")?
             } else {
                 client
-                    .register_graph(graph, features, &config.graph_format, &config.name)
+                    .register_graph_with_edge_features(
+                        graph,
+                        features,
+                        config.edge_features.as_deref(),
+                        &config.graph_format,
+                        &config.name,
+                    )
                     .await
                     .context("registering the graph")?
             };
             eprintln!(
-                "graph {}: {} nodes, {} edges, {} features",
-                info.graph_id, info.nodes, info.edges, info.feature_width
+                "graph {}: {} nodes, {} edges, {} features{}",
+                info.graph_id,
+                info.nodes,
+                info.edges,
+                info.feature_width,
+                if info.edge_feature_width > 0 {
+                    format!(", {} edge features", info.edge_feature_width)
+                } else {
+                    String::new()
+                }
             );
             info.graph_id
         }

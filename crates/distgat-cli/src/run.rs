@@ -97,6 +97,9 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Str
                 graph: config.graph.clone(),
                 format: config.format,
                 features: Some(config.features.clone()),
+                // The shards keep their edges' attributes (the workers then need no
+                // edge features file).
+                edge_features: config.edge_features.clone(),
                 parts: config.workers,
                 method: config.method.clone(),
                 out: dir.clone(),

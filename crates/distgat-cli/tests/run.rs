@@ -205,6 +205,52 @@ fn every_attention_kind_is_bitwise_identical_for_1_to_4_workers() {
     }
 }
 
+#[test]
+fn edge_features_travel_in_the_shards() {
+    // Partition once with the edge features: the shards keep their edges' rows, and a run
+    // over that partition needs no edge features file (it is moved away to prove it).
+    let tmp = tempfile::tempdir().unwrap();
+    let case = "transformer-edge-beta-n200";
+    let inputs = reference(case);
+    let want = infer(&inputs, tmp.path());
+    let ea = tmp.path().join("edge_attr.npy");
+    std::fs::copy(inputs.edge_features.as_ref().unwrap(), &ea).unwrap();
+    let dir = tmp.path().join("partition");
+    let mut cmd = Command::new(exe());
+    cmd.arg("partition")
+        .arg("--graph")
+        .arg(&inputs.graph)
+        .arg("--features")
+        .arg(&inputs.features)
+        .arg("--edge-features")
+        .arg(&ea)
+        .args(["--parts", "3", "--out"])
+        .arg(&dir);
+    check(cmd.output().unwrap(), "distgat partition --edge-features");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["edge_features"]["size"], 3);
+    std::fs::remove_file(&ea).unwrap();
+    let (out, att) = (tmp.path().join("run.npy"), tmp.path().join("run-att"));
+    let mut cmd = Command::new(exe());
+    cmd.arg("run");
+    let no_file = Inputs {
+        edge_features: None,
+        ..reference(case)
+    };
+    common_args(&mut cmd, &no_file, &out, &att);
+    cmd.args(["--workers", "3", "--partition"]).arg(&dir);
+    check(
+        cmd.output().unwrap(),
+        "distgat run --partition (edge features in shards)",
+    );
+    let got = files(&out, &att);
+    assert_eq!(got.len(), want.len());
+    for ((name, a), (_, b)) in got.iter().zip(&want) {
+        assert!(a == b, "{name} differs from distgat infer");
+    }
+}
+
 /// A random graph whose halo per layer is many times tonic's 4 MiB message limit: 30k
 /// nodes, 256 features, 4 x 64 heads (raw rows of 1 KiB travel), then 1 x 8.
 fn big_case(dir: &Path) -> Inputs {

@@ -216,11 +216,26 @@ impl Client {
         graph_format: &str,
         name: &str,
     ) -> Result<GraphInfo> {
+        self.register_graph_with_edge_features(graph, features, None, graph_format, name)
+            .await
+    }
+
+    /// [`Client::register_graph`] with edge attributes (`.npy` `[edges, D]`, row e for
+    /// edge e of the graph file, under the data root), for models with `edge_dim` layers.
+    pub async fn register_graph_with_edge_features(
+        &mut self,
+        graph: &str,
+        features: &str,
+        edge_features: Option<&str>,
+        graph_format: &str,
+        name: &str,
+    ) -> Result<GraphInfo> {
         let req = RegisterGraphRequest {
             name: name.into(),
             graph: graph.into(),
             graph_format: graph_format.into(),
             features: features.into(),
+            edge_features: edge_features.unwrap_or_default().into(),
         };
         self.retrying(false, |mut c| {
             let req = req.clone();
@@ -238,6 +253,24 @@ impl Client {
         graph_format: &str,
         name: &str,
     ) -> Result<GraphInfo> {
+        self.upload_graph_with_edge_features(graph, features, None, graph_format, name)
+            .await
+    }
+
+    /// [`Client::upload_graph`] with an edge attributes file (`.npy` `[edges, D]`).
+    pub async fn upload_graph_with_edge_features(
+        &mut self,
+        graph: &Path,
+        features: &Path,
+        edge_features: Option<&Path>,
+        graph_format: &str,
+        name: &str,
+    ) -> Result<GraphInfo> {
+        let edge_bytes = match edge_features {
+            Some(p) => std::fs::read(p)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))?,
+            None => Vec::new(),
+        };
         let graph_bytes = std::fs::read(graph)
             .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", graph.display())))?;
         let features_bytes = std::fs::read(features)
@@ -248,6 +281,7 @@ impl Client {
                 graph_format: graph_format.into(),
                 graph_bytes: graph_bytes.len() as u64,
                 features_bytes: features_bytes.len() as u64,
+                edge_features_bytes: edge_bytes.len() as u64,
             })),
         }];
         for c in graph_bytes.chunks(MAX_CHUNK_BYTES) {
@@ -258,6 +292,11 @@ impl Client {
         for c in features_bytes.chunks(MAX_CHUNK_BYTES) {
             chunks.push(UploadGraphChunk {
                 body: Some(UploadBody::FeaturesData(c.to_vec())),
+            });
+        }
+        for c in edge_bytes.chunks(MAX_CHUNK_BYTES) {
+            chunks.push(UploadGraphChunk {
+                body: Some(UploadBody::EdgeFeaturesData(c.to_vec())),
             });
         }
         // A retried upload could register the graph twice, so this call is not retried.

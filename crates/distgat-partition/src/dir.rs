@@ -44,6 +44,10 @@ pub struct Manifest {
     pub created_by: String,
     pub graph: InputInfo,
     pub features: Option<InputInfo>,
+    /// Edge attributes (`[E, D]`, PyG's `edge_attr`) the shards carry for their local
+    /// edges, if the partition was made with them (`rows` = E, `size` = D).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_features: Option<InputInfo>,
     /// Whether shards carry their owned feature rows (otherwise workers read them from
     /// the features file by global id).
     pub features_in_shards: bool,
@@ -122,6 +126,8 @@ pub struct NewPartition<'a> {
     pub graph: InputInfo,
     pub features: Option<(InputInfo, &'a Features)>,
     pub features_in_shards: bool,
+    /// Edge attributes `[E, D]`: each shard keeps the rows of its local edges.
+    pub edge_features: Option<(InputInfo, &'a Features)>,
     pub method: Method,
     pub assignment: &'a [u32],
     pub plan: &'a HaloPlan,
@@ -173,6 +179,10 @@ pub fn write_partition(dir: &Path, new: NewPartition<'_>, force: bool) -> Result
             (Some((_, f)), true) => Some(feature_rows(f, &part.owned)),
             _ => None,
         };
+        let edge_rows = new
+            .edge_features
+            .as_ref()
+            .map(|(_, ea)| (edge_rows(ea, &part.edge_id), ea.width));
         write_shard(
             &tdir.join(&file),
             part,
@@ -180,6 +190,7 @@ pub fn write_partition(dir: &Path, new: NewPartition<'_>, force: bool) -> Result
             &new.graph.fingerprint,
             rows.as_ref()
                 .map(|r| (r, new.features.as_ref().map_or(0, |f| f.1.width))),
+            edge_rows.as_ref().map(|(r, w)| (r, *w)),
         )?;
         shards.push(ShardInfo {
             part: part.part,
@@ -194,6 +205,7 @@ pub fn write_partition(dir: &Path, new: NewPartition<'_>, force: bool) -> Result
         created_by: format!("distgat {}", env!("CARGO_PKG_VERSION")),
         graph: new.graph,
         features: new.features.map(|(info, _)| info),
+        edge_features: new.edge_features.map(|(info, _)| info),
         features_in_shards: new.features_in_shards,
         parts: new.plan.parts.len(),
         method: new.method,
@@ -259,6 +271,8 @@ fn check_existing(dir: &Path, new: &Manifest, force: bool) -> Result<bool> {
         m.graph.fingerprint == new.graph.fingerprint
             && m.features.as_ref().map(|f| &f.fingerprint)
                 == new.features.as_ref().map(|f| &f.fingerprint)
+            && m.edge_features.as_ref().map(|f| &f.fingerprint)
+                == new.edge_features.as_ref().map(|f| &f.fingerprint)
             && m.features_in_shards == new.features_in_shards
             && m.parts == new.parts
             && m.method == new.method
@@ -295,6 +309,15 @@ fn feature_rows(features: &Features, owned: &[u64]) -> Vec<f32> {
     rows
 }
 
+/// The edge attribute rows of a shard's local entries, in entry order.
+fn edge_rows(edge_attr: &Features, edge_id: &[u64]) -> Vec<f32> {
+    let mut rows = Vec::with_capacity(edge_id.len() * edge_attr.width);
+    for &e in edge_id {
+        rows.extend_from_slice(edge_attr.row(e as usize));
+    }
+    rows
+}
+
 fn le_bytes<T: Copy, const W: usize>(values: &[T], f: impl Fn(T) -> [u8; W]) -> Vec<u8> {
     values.iter().flat_map(|&v| f(v)).collect()
 }
@@ -305,6 +328,7 @@ fn write_shard(
     parts: usize,
     graph_fingerprint: &str,
     features: Option<(&Vec<f32>, usize)>,
+    edge_attr: Option<(&Vec<f32>, usize)>,
 ) -> Result<()> {
     let to_i64 = |v: &[u64]| le_bytes(v, |x| (x as i64).to_le_bytes());
     let to_u32 = |v: &[u32]| le_bytes(v, u32::to_le_bytes);
@@ -374,6 +398,14 @@ fn write_shard(
             le_bytes(rows, f32::to_le_bytes),
         ));
     }
+    if let Some((rows, width)) = edge_attr {
+        tensors.push((
+            "edge_attr",
+            Dtype::F32,
+            vec![part.col.len(), width],
+            le_bytes(rows, f32::to_le_bytes),
+        ));
+    }
     let views = tensors
         .iter()
         .map(|(name, dtype, shape, bytes)| {
@@ -415,6 +447,9 @@ pub struct Shard {
     pub plan: PartPlan,
     /// `[owned, width]` row-major, in `plan.owned` order.
     pub features: Option<Features>,
+    /// `[entries, D]` row-major: the edge attributes of the local CSR entries, in entry
+    /// order (`plan.edge_id` names each entry's input edge).
+    pub edge_attr: Option<Features>,
 }
 
 impl PartitionDir {
@@ -649,6 +684,32 @@ impl PartitionDir {
             }
             Err(_) => None,
         };
+        let edge_attr = match tensors.tensor("edge_attr") {
+            Ok(_) => {
+                let (shape, d) = tensor("edge_attr", Dtype::F32)?;
+                let want = self.manifest.edge_features.as_ref().map(|e| e.size);
+                if shape.len() != 2 || shape[0] != edge_id.len() || Some(shape[1]) != want {
+                    return Err(bad(format!(
+                        "tensor 'edge_attr' has shape {shape:?}, expected [{}, {}]",
+                        edge_id.len(),
+                        want.map_or("D".to_string(), |w| w.to_string())
+                    )));
+                }
+                let values = d
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                    .collect();
+                Some(Features::new(shape[0], shape[1], values))
+            }
+            Err(_) if self.manifest.edge_features.is_some() => {
+                return Err(bad(
+                    "tensor 'edge_attr' is missing, but the manifest says the shards carry \
+                     edge features"
+                        .into(),
+                ))
+            }
+            Err(_) => None,
+        };
         Ok(Shard {
             plan: PartPlan {
                 part,
@@ -661,6 +722,7 @@ impl PartitionDir {
                 send,
             },
             features,
+            edge_attr,
         })
     }
 }

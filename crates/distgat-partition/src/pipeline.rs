@@ -28,6 +28,9 @@ pub struct PartitionConfig {
     pub features: Option<PathBuf>,
     /// Keep features out of the shards (workers read them from the shared file).
     pub shared_features: bool,
+    /// Edge attributes `[E, D]` (row e for edge e of the graph): each shard keeps the rows
+    /// of its local edges.
+    pub edge_features: Option<PathBuf>,
     pub parts: usize,
     pub method: Method,
     pub out: PathBuf,
@@ -48,6 +51,7 @@ impl Default for PartitionConfig {
             num_nodes: None,
             features: None,
             shared_features: false,
+            edge_features: None,
             parts: 2,
             method: Method::metis_default(),
             out: PathBuf::new(),
@@ -136,6 +140,35 @@ pub fn run_partition(config: &PartitionConfig) -> Result<Manifest, PartitionErro
         .into());
     }
     let n = usize::try_from(n).map_err(|_| PartitionError::TooLarge(format!("{n} nodes")))?;
+    let edge_features = match &config.edge_features {
+        Some(path) => {
+            phase("reading edge features");
+            let ea = Features::read_edge_npy(path)?;
+            if ea.num_nodes != edges.len() {
+                return Err(GraphError::invalid(
+                    path,
+                    format!(
+                        "{} rows of edge features, but {} has {} edges (row e belongs to \
+                         edge e of the graph file)",
+                        ea.num_nodes,
+                        config.graph.display(),
+                        edges.len()
+                    ),
+                )
+                .into());
+            }
+            Some((
+                InputInfo {
+                    path: path.display().to_string(),
+                    rows: ea.num_nodes,
+                    size: ea.width,
+                    fingerprint: features_fingerprint(&ea),
+                },
+                ea,
+            ))
+        }
+        None => None,
+    };
 
     phase("symmetrising");
     let graph = SymmetricGraph::build(&edges, n)?;
@@ -183,6 +216,7 @@ pub fn run_partition(config: &PartitionConfig) -> Result<Manifest, PartitionErro
             graph: graph_info,
             features: features_info,
             features_in_shards: features.is_some() && !config.shared_features,
+            edge_features: edge_features.as_ref().map(|(info, ea)| (info.clone(), ea)),
             method: config.method.clone(),
             assignment: &assignment,
             plan: &plan,

@@ -115,24 +115,45 @@ pub(crate) struct GraphEntry {
     pub nodes: u64,
     pub edges: u64,
     pub feature_width: u32,
+    /// Edge attributes `[edges, D]`, for models with `edge_dim` layers.
+    pub edge_features: Option<PathBuf>,
+    pub edge_feature_width: u32,
     pub uploaded: bool,
 }
 
 impl GraphEntry {
-    /// Reads both files and checks they fit together (blocking).
+    /// Reads the files and checks they fit together (blocking).
     pub fn load(
         id: String,
         name: String,
         graph: PathBuf,
         format: Option<GraphFormat>,
         features: PathBuf,
+        edge_features: Option<PathBuf>,
         uploaded: bool,
     ) -> Result<Self> {
         let edges = read_graph(&graph, format)?;
         let f = Features::read_npy(&features)?;
         let source = format!("the {} rows of the features", f.num_nodes);
         edges.check_ids(f.num_nodes as u64, &graph, &source)?;
+        let edge_feature_width = match &edge_features {
+            Some(path) => {
+                let ea = Features::read_edge_npy(path)?;
+                if ea.num_nodes != edges.len() {
+                    return Err(RuntimeError::InvalidArgument(format!(
+                        "edge_features: {} rows, but the graph has {} edges (row e belongs \
+                         to edge e of the graph file)",
+                        ea.num_nodes,
+                        edges.len()
+                    )));
+                }
+                ea.width as u32
+            }
+            None => 0,
+        };
         Ok(GraphEntry {
+            edge_features,
+            edge_feature_width,
             id,
             name,
             nodes: f.num_nodes as u64,
@@ -190,6 +211,7 @@ pub(crate) fn partition_graph(
         graph: graph.graph.clone(),
         format: graph.format,
         features: Some(graph.features.clone()),
+        edge_features: graph.edge_features.clone(),
         parts: parts as usize,
         method: method.clone(),
         out: dir.clone(),
@@ -477,9 +499,16 @@ impl Catalog {
     }
 }
 
-/// Loads a model to validate it and learn its shape (blocking).
-pub(crate) fn load_model(path: &Path, feature_width: u32, features: &Path) -> Result<Model> {
+/// Loads a model to validate it against a registered graph (blocking).
+pub(crate) fn load_model(path: &Path, graph: &GraphEntry) -> Result<Model> {
     let model = Model::load(path)?;
-    model.check_input_width(feature_width as usize, features)?;
+    model.check_input_width(graph.feature_width as usize, &graph.features)?;
+    let edge = graph
+        .edge_features
+        .as_deref()
+        .map(|p| (p, graph.edge_feature_width as usize));
+    model
+        .check_edge_features("the graph's edge_features", edge)
+        .map_err(|e| RuntimeError::InvalidArgument(e.to_string()))?;
     Ok(model)
 }

@@ -25,6 +25,7 @@ pub(crate) fn graph_info(g: &GraphEntry) -> v1::GraphInfo {
         nodes: g.nodes,
         edges: g.edges,
         feature_width: g.feature_width,
+        edge_feature_width: g.edge_feature_width,
         source: if g.uploaded { "upload" } else { "path" }.into(),
     }
 }

@@ -429,6 +429,9 @@ struct Subset {
     csr: IncomingCsr,
     /// Per CSR entry: the input edge, or -(v + 1) for the added self loop of node v.
     keys: Vec<i64>,
+    /// Per CSR entry: its position in the shard's local CSR, or -(v + 1) for the added
+    /// self loop of node v (indexes the shard's edge attributes).
+    local_keys: Vec<i64>,
 }
 
 impl RowSplit {
@@ -439,14 +442,15 @@ impl RowSplit {
         let mut boundary = SubsetBuilder::default();
         for r in 0..n_owned {
             let (a, b) = (plan.row_ptr[r] as usize, plan.row_ptr[r + 1] as usize);
-            let mut entries: Vec<(u32, i64)> = (a..b)
+            let mut entries: Vec<(u32, i64, i64)> = (a..b)
                 .filter(|&k| !(add_self_loops && plan.col[k] as usize == r))
-                .map(|k| (plan.col[k], plan.edge_id[k] as i64))
+                .map(|k| (plan.col[k], plan.edge_id[k] as i64, k as i64))
                 .collect();
             if add_self_loops {
-                entries.push((r as u32, -(plan.owned[r] as i64) - 1));
+                let key = -(plan.owned[r] as i64) - 1;
+                entries.push((r as u32, key, key));
             }
-            let target = if entries.iter().all(|&(c, _)| (c as usize) < n_owned) {
+            let target = if entries.iter().all(|&(c, _, _)| (c as usize) < n_owned) {
                 &mut interior
             } else {
                 &mut boundary
@@ -466,17 +470,19 @@ struct SubsetBuilder {
     row_ptr: Vec<usize>,
     col: Vec<u32>,
     keys: Vec<i64>,
+    local_keys: Vec<i64>,
 }
 
 impl SubsetBuilder {
-    fn push(&mut self, row: u32, entries: &[(u32, i64)]) {
+    fn push(&mut self, row: u32, entries: &[(u32, i64, i64)]) {
         if self.row_ptr.is_empty() {
             self.row_ptr.push(0);
         }
         self.rows.push(row);
-        for &(c, k) in entries {
+        for &(c, k, l) in entries {
             self.col.push(c);
             self.keys.push(k);
+            self.local_keys.push(l);
         }
         self.row_ptr.push(self.col.len());
     }
@@ -495,8 +501,17 @@ impl SubsetBuilder {
             },
             rows: self.rows,
             keys: self.keys,
+            local_keys: self.local_keys,
         }
     }
+}
+
+/// Where a part's edge attributes come from.
+enum EdgeAttr {
+    /// The shard's `[entries, D]` rows, indexed by local entry.
+    Shard(Features),
+    /// The whole `[E, D]` edge features file, indexed by input edge.
+    File(Features),
 }
 
 /// Kernel threads a job may ask for: this machine's cores.
@@ -581,16 +596,27 @@ fn compute_part(
         .map(|p| Ok((p.part, endpoint(&p.address)?.connect_lazy())))
         .collect::<Result<_>>()?;
 
-    // Edge attributes of the local edges, read once when a layer has edge_dim.
-    let edge_attr = match model.edge_dim() {
-        Some(_) if req.edge_features.is_empty() => {
+    // Edge attributes of the local edges: from the shard (rows in local entry order) or,
+    // for a partition made without them, from the edge features file (by input edge).
+    let edge_attr = match (model.edge_dim(), shard.edge_attr) {
+        (Some(d), Some(ea)) => {
+            if ea.width != d {
+                return Err(RuntimeError::InvalidArgument(format!(
+                    "edge features: the partition's shards carry {} columns, the model's \
+                     edge_dim is {d}",
+                    ea.width
+                )));
+            }
+            Some(EdgeAttr::Shard(ea))
+        }
+        (Some(_), None) if req.edge_features.is_empty() => {
             return Err(RuntimeError::InvalidArgument(
                 "edge_features: the model has edge_dim layers, but the job names no edge \
                  features file"
                     .into(),
             ))
         }
-        Some(d) => {
+        (Some(d), None) => {
             let ea = Features::read_edge_npy(std::path::Path::new(&req.edge_features))?;
             if ea.width != d {
                 return Err(RuntimeError::InvalidArgument(format!(
@@ -598,9 +624,9 @@ fn compute_part(
                     req.edge_features, ea.width
                 )));
             }
-            Some(ea)
+            Some(EdgeAttr::File(ea))
         }
-        None => None,
+        (None, _) => None,
     };
 
     let mut x = features.values;
@@ -930,7 +956,7 @@ fn aggregate_subset(
     subset: &Subset,
     source: &[f32],
     target: &[f32],
-    edge_attr: Option<&Features>,
+    edge_attr: Option<&EdgeAttr>,
     out: &mut [f32],
     alpha: Option<&mut Vec<(Vec<i64>, Vec<f32>)>>,
 ) {
@@ -946,13 +972,19 @@ fn aggregate_subset(
     // Edge attributes of the subset's entries (the owner holds every incoming edge of
     // its rows, so the self-loop fill is computed here, in the engine's order).
     let entry_attr = match (layer.edge_dim(), edge_attr) {
-        (Some(d), Some(ea)) => Some(entry_edge_attr(
-            &subset.csr.row_ptr,
-            &subset.keys,
-            d,
-            layer.fill_value(),
-            &ea.values,
-        )),
+        (Some(d), Some(ea)) => {
+            let (keys, values) = match ea {
+                EdgeAttr::Shard(f) => (&subset.local_keys, &f.values),
+                EdgeAttr::File(f) => (&subset.keys, &f.values),
+            };
+            Some(entry_edge_attr(
+                &subset.csr.row_ptr,
+                keys,
+                d,
+                layer.fill_value(),
+                values,
+            ))
+        }
         _ => None,
     };
     let mut rows_out = vec![0f32; n * ow];

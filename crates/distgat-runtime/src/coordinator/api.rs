@@ -64,6 +64,11 @@ fn parse_format(field: &str, name: &str) -> Result<Option<GraphFormat>> {
 pub async fn register_graph(state: &Arc<State>, req: RegisterGraphRequest) -> Result<GraphInfo> {
     let graph = state.storage.resolve("graph", &req.graph)?;
     let features = state.storage.resolve("features", &req.features)?;
+    let edge_features = if req.edge_features.is_empty() {
+        None
+    } else {
+        Some(state.storage.resolve("edge_features", &req.edge_features)?)
+    };
     let format = parse_format("graph_format", &req.graph_format)?;
     let id = new_id(state, "graph");
     let name = if req.name.is_empty() {
@@ -72,7 +77,8 @@ pub async fn register_graph(state: &Arc<State>, req: RegisterGraphRequest) -> Re
         req.name
     };
     let entry =
-        blocking(move || GraphEntry::load(id, name, graph, format, features, false)).await?;
+        blocking(move || GraphEntry::load(id, name, graph, format, features, edge_features, false))
+            .await?;
     Ok(add_graph(state, entry))
 }
 
@@ -115,7 +121,10 @@ pub async fn upload_graph(
              (--max-upload-bytes); register large graphs by path under the data root instead"
         ))
     };
-    let declared = header.graph_bytes.saturating_add(header.features_bytes);
+    let declared = header
+        .graph_bytes
+        .saturating_add(header.features_bytes)
+        .saturating_add(header.edge_features_bytes);
     if declared > limit {
         return Err(too_big(declared));
     }
@@ -126,9 +135,11 @@ pub async fn upload_graph(
         .tempdir_in(&uploads)?;
     let graph_path = tmp.path().join("graph");
     let features_path = tmp.path().join("features.npy");
+    let edge_path = tmp.path().join("edge_attr.npy");
     let mut graph_file = std::io::BufWriter::new(std::fs::File::create(&graph_path)?);
     let mut features_file = std::io::BufWriter::new(std::fs::File::create(&features_path)?);
-    let (mut graph_bytes, mut features_bytes) = (0u64, 0u64);
+    let mut edge_file = std::io::BufWriter::new(std::fs::File::create(&edge_path)?);
+    let (mut graph_bytes, mut features_bytes, mut edge_bytes) = (0u64, 0u64, 0u64);
     while let Some(chunk) = stream
         .message()
         .await
@@ -137,6 +148,7 @@ pub async fn upload_graph(
         let (file, count, data) = match chunk.body {
             Some(UploadBody::GraphData(d)) => (&mut graph_file, &mut graph_bytes, d),
             Some(UploadBody::FeaturesData(d)) => (&mut features_file, &mut features_bytes, d),
+            Some(UploadBody::EdgeFeaturesData(d)) => (&mut edge_file, &mut edge_bytes, d),
             Some(UploadBody::Header(_)) => {
                 return Err(RuntimeError::InvalidArgument(
                     "a second upload header arrived".into(),
@@ -149,8 +161,9 @@ pub async fn upload_graph(
             }
         };
         *count += data.len() as u64;
-        if graph_bytes + features_bytes > limit {
-            return Err(too_big(graph_bytes + features_bytes));
+        let total = graph_bytes + features_bytes + edge_bytes;
+        if total > limit {
+            return Err(too_big(total));
         }
         file.write_all(&data)?;
     }
@@ -160,9 +173,18 @@ pub async fn upload_graph(
              (both files are required)"
         )));
     }
+    if edge_bytes != header.edge_features_bytes {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "upload incomplete: header.edge_features_bytes is {}, but {edge_bytes} edge \
+             feature bytes arrived",
+            header.edge_features_bytes
+        )));
+    }
     graph_file.flush()?;
     features_file.flush()?;
-    drop((graph_file, features_file));
+    edge_file.flush()?;
+    drop((graph_file, features_file, edge_file));
+    let has_edges = edge_bytes > 0;
 
     let id = new_id(state, "graph");
     let name = if header.name.is_empty() {
@@ -176,7 +198,16 @@ pub async fn upload_graph(
     // meanwhile, the graph is still registered (ListGraphs shows it), never orphaned.
     blocking(move || {
         // A bad upload leaves nothing behind (tmp is dropped).
-        let mut entry = GraphEntry::load(id, name, graph_path, Some(format), features_path, true)?;
+        let edge = has_edges.then_some(edge_path);
+        let mut entry = GraphEntry::load(
+            id,
+            name,
+            graph_path,
+            Some(format),
+            features_path,
+            edge,
+            true,
+        )?;
         std::fs::create_dir_all(distgat_graph::parent_dir(&final_dir))?;
         let kept = tmp.keep();
         if let Err(e) = std::fs::rename(&kept, &final_dir) {
@@ -185,6 +216,9 @@ pub async fn upload_graph(
         }
         entry.graph = final_dir.join("graph");
         entry.features = final_dir.join("features.npy");
+        if entry.edge_features.is_some() {
+            entry.edge_features = Some(final_dir.join("edge_attr.npy"));
+        }
         Ok(add_graph(&state, entry))
     })
     .await
@@ -281,10 +315,8 @@ pub async fn submit_job(state: &Arc<State>, req: SubmitJobRequest) -> Result<Job
             graph.nodes
         )));
     }
-    let (width, features) = (graph.feature_width, graph.features.clone());
-    let model =
-        blocking(move || load_model(&model_path, width, &features).map(|m| (m, model_path)))
-            .await?;
+    let entry = graph.clone();
+    let model = blocking(move || load_model(&model_path, &entry).map(|m| (m, model_path))).await?;
     let (model, model_path) = model;
     let mut jobs = lock(&state.catalog.jobs);
     // Counted and pushed under one lock, so concurrent submits cannot overfill the queue.
@@ -443,9 +475,12 @@ async fn execute(state: &Arc<State>, record: &Arc<JobRecord>) -> Result<()> {
             .format
             .map(|f| f.name().to_string())
             .unwrap_or_default(),
-        // The client API does not register edge features yet: a model with edge_dim is
-        // refused by the coordinator's check, naming the missing edge features.
-        edge_features: String::new(),
+        edge_features: spec
+            .graph
+            .edge_features
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
         threads_per_worker: spec.threads_per_worker,
     };
     let summary = run_job(state, &record.id, req, Some(record)).await?;

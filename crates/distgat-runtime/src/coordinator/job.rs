@@ -286,23 +286,36 @@ fn prepare(
             "features is empty and the partition's shards carry no feature rows".into(),
         ));
     }
+    // Edge attributes come from the shards when the partition was made with them;
+    // otherwise from the job's edge features file. Given both, they must be the same.
     let edge_features = (!req.edge_features.is_empty()).then(|| PathBuf::from(&req.edge_features));
-    let edge_width = match &edge_features {
-        Some(p) => {
-            let body = distgat_graph::NpyBody::open(p)?;
-            if body.shape.len() != 2 || body.shape[0] as usize != manifest.graph.size {
+    let edge_width = match (&edge_features, &manifest.edge_features) {
+        (Some(p), in_shards) => {
+            let ea = Features::read_edge_npy(p)?;
+            if ea.num_nodes != manifest.graph.size {
                 return Err(RuntimeError::InvalidArgument(format!(
-                    "edge_features: {} has shape {:?}, expected [{}, D]: one row per edge of \
-                     the graph ({})",
+                    "edge_features: {} has {} rows, expected {}: one row per edge of the \
+                     graph ({})",
                     p.display(),
-                    body.shape,
+                    ea.num_nodes,
                     manifest.graph.size,
                     manifest.graph.path
                 )));
             }
-            Some((p.as_path(), body.shape[1] as usize))
+            if let Some(info) = in_shards {
+                if distgat_partition::features_fingerprint(&ea) != info.fingerprint {
+                    return Err(RuntimeError::InvalidArgument(format!(
+                        "edge_features: {} differs from the edge features the partition's \
+                         shards carry ({}); repartition with these, or omit them",
+                        p.display(),
+                        info.path
+                    )));
+                }
+            }
+            Some((p.as_path(), ea.width))
         }
-        None => None,
+        (None, Some(info)) => Some((Path::new(info.path.as_str()), info.size)),
+        (None, None) => None,
     };
     model
         .check_edge_features("edge_features", edge_width)
