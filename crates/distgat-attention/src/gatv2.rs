@@ -13,8 +13,8 @@ use distgat_graph::IncomingCsr;
 
 use crate::dense::Linear;
 use crate::kind::{
-    add_into, combine_heads, exponentiate, leaky_relu, prefetch_ahead, write_alpha, AttentionKind,
-    FillValue, RowInputs, Scratch, SOFTMAX_EPS,
+    add_into, combine_heads, dot_lanes, exponentiate, leaky_relu, prefetch_ahead, write_alpha,
+    AttentionKind, FillValue, RowInputs, Scratch, SOFTMAX_EPS,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -127,24 +127,39 @@ impl AttentionKind for GatV2Conv {
                 for (k, &j) in sources.iter().enumerate() {
                     prefetch_ahead(csr, row_start + k, inputs.source, hc);
                     let x_l = &inputs.source[j as usize * hc..(j as usize + 1) * hc];
-                    let m = &mut scratch.row;
-                    for ((m, &a), &b) in m.iter_mut().zip(x_l).zip(x_r) {
-                        *m = a + b;
-                    }
-                    if let Some(lin_edge) = &self.lin_edge {
-                        let d = lin_edge.in_features;
-                        let e = row_start + k;
-                        let ea = &inputs.edge_attr.unwrap_or_default()[e * d..(e + 1) * d];
-                        lin_edge.apply_row_no_bias(ea, &mut scratch.edge);
-                        add_into(m, &scratch.edge);
-                    }
-                    for head in 0..h {
-                        let e = m[head * c..(head + 1) * c]
-                            .iter()
-                            .zip(&self.att[head * c..(head + 1) * c])
-                            .fold(0.0f32, |acc, (&v, &a)| acc + leaky_relu(v, slope) * a);
-                        scratch.max[head] = scratch.max[head].max(e);
-                        weights.push(e);
+                    match &self.lin_edge {
+                        None => {
+                            for head in 0..h {
+                                let (l, r) = (
+                                    &x_l[head * c..(head + 1) * c],
+                                    &x_r[head * c..(head + 1) * c],
+                                );
+                                let e = dot_lanes(&self.att[head * c..(head + 1) * c], |t| {
+                                    leaky_relu(l[t] + r[t], slope)
+                                });
+                                scratch.max[head] = scratch.max[head].max(e);
+                                weights.push(e);
+                            }
+                        }
+                        Some(lin_edge) => {
+                            let m = &mut scratch.row;
+                            for ((m, &a), &b) in m.iter_mut().zip(x_l).zip(x_r) {
+                                *m = a + b;
+                            }
+                            let d = lin_edge.in_features;
+                            let e = row_start + k;
+                            let ea = &inputs.edge_attr.unwrap_or_default()[e * d..(e + 1) * d];
+                            lin_edge.apply_row_no_bias(ea, &mut scratch.edge);
+                            add_into(m, &scratch.edge);
+                            for head in 0..h {
+                                let mh = &m[head * c..(head + 1) * c];
+                                let e = dot_lanes(&self.att[head * c..(head + 1) * c], |t| {
+                                    leaky_relu(mh[t], slope)
+                                });
+                                scratch.max[head] = scratch.max[head].max(e);
+                                weights.push(e);
+                            }
+                        }
                     }
                 }
                 exponentiate(weights, &scratch.max, &mut scratch.sum);

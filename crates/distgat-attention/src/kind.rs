@@ -288,6 +288,29 @@ pub(crate) fn prefetch_ahead(csr: &IncomingCsr, entry: usize, source: &[f32], wi
     }
 }
 
+/// Lanes of [`dot_lanes`]: one AVX register of f32.
+const LANES: usize = 8;
+
+/// `sum_i f(i) * b[i]` over `i < b.len()`, accumulated in [`LANES`] interleaved partial
+/// sums (element i goes to lane i mod 8) combined in a fixed tree. A single running sum
+/// is a chain of dependent additions that no compiler may reorder (IEEE), so it runs at
+/// one addition per 4 cycles; eight lanes vectorise. The order depends only on the length,
+/// so the bits are the same for every thread count and partition.
+#[inline(always)]
+pub(crate) fn dot_lanes(b: &[f32], f: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let full = b.len() / LANES * LANES;
+    for base in (0..full).step_by(LANES) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(base + l) * b[base + l];
+        }
+    }
+    for (l, i) in (full..b.len()).enumerate() {
+        acc[l] += f(i) * b[i];
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
 /// LeakyReLU as PyG computes it (`F.leaky_relu`): `v` if `v > 0`, else `slope * v`.
 #[inline(always)]
 pub(crate) fn leaky_relu(v: f32, slope: f32) -> f32 {

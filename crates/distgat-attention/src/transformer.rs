@@ -14,8 +14,8 @@ use distgat_graph::IncomingCsr;
 
 use crate::dense::Linear;
 use crate::kind::{
-    add_into, combine_heads, exponentiate, prefetch_ahead, write_alpha, AttentionKind, FillValue,
-    RowInputs, Scratch, SOFTMAX_EPS,
+    add_into, combine_heads, dot_lanes, exponentiate, prefetch_ahead, write_alpha, AttentionKind,
+    FillValue, RowInputs, Scratch, SOFTMAX_EPS,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -135,11 +135,8 @@ impl AttentionKind for TransformerConv {
                         None => key,
                     };
                     for head in 0..h {
-                        let dot = q[head * c..(head + 1) * c]
-                            .iter()
-                            .zip(&key[head * c..(head + 1) * c])
-                            .fold(0.0f32, |acc, (&a, &b)| acc + a * b);
-                        let e = dot / scale;
+                        let qh = &q[head * c..(head + 1) * c];
+                        let e = dot_lanes(&key[head * c..(head + 1) * c], |t| qh[t]) / scale;
                         scratch.max[head] = scratch.max[head].max(e);
                         weights.push(e);
                     }
