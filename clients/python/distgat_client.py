@@ -109,11 +109,23 @@ class Client:
     # ---- graphs
 
     def register_graph(
-        self, graph: str, features: str, graph_format: str = "", name: str = ""
+        self,
+        graph: str,
+        features: str,
+        graph_format: str = "",
+        name: str = "",
+        edge_features: str = "",
     ) -> pb.GraphInfo:
-        """Registers a graph from files under the coordinator's data root."""
+        """Registers a graph from files under the coordinator's data root.
+
+        ``edge_features`` (optional) is a .npy [E, D] whose row e belongs to edge e of the
+        graph file, for models whose layers have edge_dim."""
         req = pb.RegisterGraphRequest(
-            name=name, graph=graph, graph_format=graph_format, features=features
+            name=name,
+            graph=graph,
+            graph_format=graph_format,
+            features=features,
+            edge_features=edge_features,
         )
         return self.stub.RegisterGraph(req, timeout=self.timeout)
 
@@ -124,8 +136,10 @@ class Client:
         graph_format: str,
         name: str = "",
         chunk: int = DEFAULT_CHUNK,
+        edge_features_path: str = "",
     ) -> pb.GraphInfo:
-        """Streams local files: an UploadHeader, the graph bytes, then the feature bytes."""
+        """Streams local files: an UploadHeader, the graph bytes, the feature bytes, then
+        (optional) the edge feature bytes ([E, D] .npy)."""
         if not graph_format:
             raise ValueError("upload_graph needs graph_format (npy | edgelist | metis | mtx)")
         if chunk <= 0:
@@ -135,6 +149,7 @@ class Client:
             graph_format=graph_format,
             graph_bytes=os.path.getsize(graph_path),
             features_bytes=os.path.getsize(features_path),
+            edge_features_bytes=os.path.getsize(edge_features_path) if edge_features_path else 0,
         )
 
         def chunks() -> Iterator[pb.UploadGraphChunk]:
@@ -143,6 +158,9 @@ class Client:
                 yield pb.UploadGraphChunk(graph_data=data)
             for data in _read_chunks(features_path, chunk):
                 yield pb.UploadGraphChunk(features_data=data)
+            if edge_features_path:
+                for data in _read_chunks(edge_features_path, chunk):
+                    yield pb.UploadGraphChunk(edge_features_data=data)
 
         return self.stub.UploadGraph(chunks(), timeout=self.timeout)
 

@@ -49,7 +49,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--features", required=True, help="feature matrix .npy (server-side path unless --upload)"
     )
-    p.add_argument("--model", required=True, help="gat-model-v1 JSON (server-side path)")
+    p.add_argument(
+        "--edge-features",
+        default="",
+        help="edge attributes .npy [E, D] for edge_dim layers (server-side path unless --upload)",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model JSON, pyg-attention-model-v1 or gat-model-v1 (server-side path)",
+    )
     p.add_argument(
         "--graph-format",
         default="",
@@ -136,11 +145,19 @@ def run(args: argparse.Namespace) -> int:
 
         if args.upload:
             graph = client.upload_graph(
-                args.graph, args.features, args.graph_format, name=args.name
+                args.graph,
+                args.features,
+                args.graph_format,
+                name=args.name,
+                edge_features_path=args.edge_features,
             )
         else:
             graph = client.register_graph(
-                args.graph, args.features, graph_format=args.graph_format, name=args.name
+                args.graph,
+                args.features,
+                graph_format=args.graph_format,
+                name=args.name,
+                edge_features=args.edge_features,
             )
         print(
             f"graph {graph.graph_id} ({graph.source}): {graph.nodes} nodes, {graph.edges} edges, "

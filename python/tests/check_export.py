@@ -133,6 +133,15 @@ def build_cases():
                TransformerConv(32, 6, heads=2, concat=False, edge_dim=D)],
               act="elu", head=nn.Linear(6, 3))
     cases["mixed-gat-transformer"] = (m, "elu", ["conv1.", "conv2."], True)
+    # Every fill_value PyG accepts for the added self loops' edge attributes, and layers
+    # without bias.
+    m = Chain([GATConv(F, 8, heads=2, edge_dim=D, fill_value="max", bias=False),
+               GATConv(16, 8, heads=2, edge_dim=D, fill_value="min"),
+               GATv2Conv(16, 6, heads=2, edge_dim=D, fill_value="mul", bias=False),
+               GATConv(12, 4, heads=2, concat=False, edge_dim=D, fill_value=0.5)], act="elu")
+    cases["fill-values-no-bias"] = (m, "elu", ["conv1.", "conv2.", "conv3.", "conv4."], True)
+    m = TransformerConv(F, 8, heads=2, root_weight=False, bias=False)
+    cases["transformer-noroot-nobias"] = (m, "elu", [""], False)
     for i, (m, *_rest) in enumerate(cases.values()):
         randomize_biases(m, 100 + i)
         m.eval()

@@ -207,10 +207,11 @@ fn attention_edges(g: &Graph, loops: bool, fill: FillValue) -> (Vec<(usize, usiz
                 let vals = rows.iter().map(|a| a[q]);
                 *r = match fill {
                     FillValue::Constant(c) => c as f64,
+                    // PyG's product starts from ones; the other reductions from zeros.
+                    FillValue::Mul => vals.product(),
                     _ if rows.is_empty() => 0.0,
                     FillValue::Mean => vals.sum::<f64>() / rows.len() as f64,
                     FillValue::Add => vals.sum(),
-                    FillValue::Mul => vals.product(),
                     FillValue::Max => vals.fold(f64::NEG_INFINITY, f64::max),
                     FillValue::Min => vals.fold(f64::INFINITY, f64::min),
                 };

@@ -1,5 +1,5 @@
 //! Property tests: the fused kernel against a plain dense float64 implementation of PyG's
-//! `GATConv` written here from the reference README (section 5), on small random graphs
+//! `GATConv` written here from `../shared/reference/README.md` (section 5), on small random graphs
 //! with duplicate edges, self loops and isolated nodes.
 
 use distgat_attention::{run_model, Activation, Execution, GatConv, Model, Topology};

@@ -3,8 +3,8 @@
 //! PyG's `GATConv`/`GATv2Conv` with `add_self_loops` first remove every input loop i -> i
 //! with its attribute row, then append one loop per node whose attribute is
 //! `scatter(edge_attr, target, reduce=fill_value)` over the remaining edges into that node
-//! (`torch_geometric.utils.add_self_loops`; 0 for a node without incoming edges), or the
-//! constant `fill_value`. The remaining edges into node i are exactly the other entries of
+//! (`torch_geometric.utils.add_self_loops`; for a node without incoming edges 0, except 1
+//! for `'mul'`, whose product PyG starts from ones), or the constant `fill_value`. The remaining edges into node i are exactly the other entries of
 //! its CSR row, so the fill is computed row by row, on the owner, in CSR order.
 
 use crate::kind::FillValue;
@@ -49,6 +49,10 @@ pub fn entry_edge_attr(
         }
         let loop_row: Vec<f32> = match fill {
             FillValue::Constant(c) => vec![c; dim],
+            // PyG starts the product from ones (`new_ones(..).scatter_reduce_(prod)`),
+            // so a node without incoming edges gets 1.
+            FillValue::Mul => reduced.clone(),
+            // The others start from zeros (`include_self=False` for max/min).
             _ if count == 0 => vec![0.0; dim],
             FillValue::Mean => reduced.iter().map(|&s| s / count as f32).collect(),
             _ => reduced.clone(),
@@ -81,7 +85,7 @@ mod tests {
         let min = entry_edge_attr(&row_ptr, &keys, 2, FillValue::Min, &attr);
         assert_eq!(&min[4..6], &[2.0, 4.0]);
         let mul = entry_edge_attr(&row_ptr, &keys, 2, FillValue::Mul, &attr);
-        assert_eq!(&mul[4..6], &[6.0, 20.0]);
+        assert_eq!(&mul[4..8], &[6.0, 20.0, 1.0, 1.0]);
         let c = entry_edge_attr(&row_ptr, &keys, 2, FillValue::Constant(0.5), &attr);
         assert_eq!(&c[4..8], &[0.5, 0.5, 0.5, 0.5]);
     }

@@ -10,7 +10,7 @@ use crate::buffer::RowBuffer;
 use crate::edge_attr::entry_edge_attr;
 use crate::error::{ModelError, Result};
 use crate::exec::Execution;
-use crate::kind::{aggregate_into, transform_into, RowInputs};
+use crate::kind::{aggregate_into, source_aux, transform_into, RowInputs};
 use crate::model::Model;
 
 /// The CSRs a model needs (one per self-loop setting its layers use).
@@ -166,8 +166,10 @@ pub fn run_model(
         let mut out = vec![0f32; n * layer.out_width()];
         let mut alpha_csr =
             want_attention.then(|| vec![0f32; view.csr.num_entries() * layer.heads()]);
+        let aux = source_aux(layer, &source);
         let inputs = RowInputs {
             source: &source,
+            source_aux: &aux,
             target: &target,
             edge_attr: entry_attr.as_deref(),
         };

@@ -7,7 +7,9 @@
 //! `e = LeakyReLU(s_src[j] + s_dst[i] (+ s_edge[e]))`, `alpha = softmax_i(e)`,
 //! `out_i = sum_j alpha z[j]`, then concat or head mean, `+ res(x_i)`, `+ bias`.
 //!
-//! Rows: source = `z ‖ s_src` (`H*C + H`), target = `s_dst ‖ res(x)` (`H + out_width`
+//! Rows: source = `z` (`H*C`; a halo row carries it), source aux = `s_src` (`H`,
+//! recomputed from `z` by whoever holds the row, so pass 1 reads a dense `[N, H]` array
+//! instead of one cache line per source row), target = `s_dst ‖ res(x)` (`H + out_width`
 //! with `residual`, else `H`). `s_edge` is computed per entry from the folded vector
 //! `v[h, d] = sum_c lin_edge.weight[h*C + c, d] * att_edge[h, c]` (`H x D`), so edge
 //! features add `H*D` work per edge and no per-edge tensor.
@@ -16,9 +18,12 @@ use distgat_graph::IncomingCsr;
 
 use crate::dense::{dot, Linear};
 use crate::kind::{
-    add_into, combine_heads, exponentiate, leaky_relu, prefetch_ahead, write_alpha, AttentionKind,
-    FillValue, RowInputs, Scratch, SOFTMAX_EPS,
+    add_into, combine_heads, exponentiate, leaky_relu, prefetch_ahead, prefetch_row, write_alpha,
+    AttentionKind, FillValue, RowInputs, Scratch, SOFTMAX_EPS,
 };
+
+/// Pass 1 reads only `H` scores per entry, so it prefetches further ahead.
+const SCORE_PREFETCH_DISTANCE: usize = 32;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatConv {
@@ -125,24 +130,38 @@ impl AttentionKind for GatConv {
         self.fill_value
     }
     fn source_width(&self) -> usize {
-        self.hc() + self.heads
+        self.hc()
     }
     fn target_width(&self) -> usize {
         self.heads + self.res.as_ref().map_or(0, |r| r.out_features)
     }
 
+    fn source_aux_width(&self) -> usize {
+        self.heads
+    }
+
+    fn fill_source_aux(&self, source: &[f32], aux: &mut [f32]) {
+        let (c, hc, h) = (self.channels, self.hc(), self.heads);
+        for (z, s) in source.chunks_exact(hc).zip(aux.chunks_exact_mut(h)) {
+            for head in 0..h {
+                s[head] = dot(
+                    &z[head * c..(head + 1) * c],
+                    &self.att_src[head * c..(head + 1) * c],
+                );
+            }
+        }
+    }
+
     fn transform_block(&self, x: &[f32], source: &mut [f32], target: &mut [f32]) {
-        let (h, c, hc) = (self.heads, self.channels, self.hc());
+        let (h, c) = (self.heads, self.channels);
         let (sw, tw) = (self.source_width(), self.target_width());
         self.lin.apply(x, source, 0, sw);
         if let Some(res) = &self.res {
             res.apply(x, target, h, tw);
         }
-        for (src, tgt) in source.chunks_exact_mut(sw).zip(target.chunks_exact_mut(tw)) {
-            let (z, s) = src.split_at_mut(hc);
+        for (z, tgt) in source.chunks_exact(sw).zip(target.chunks_exact_mut(tw)) {
             for head in 0..h {
                 let zh = &z[head * c..(head + 1) * c];
-                s[head] = dot(zh, &self.att_src[head * c..(head + 1) * c]);
                 tgt[head] = dot(zh, &self.att_dst[head * c..(head + 1) * c]);
             }
         }
@@ -180,8 +199,14 @@ impl AttentionKind for GatConv {
                 weights.clear();
                 scratch.max.fill(f32::NEG_INFINITY);
                 for (k, &j) in sources.iter().enumerate() {
+                    if let Some(&ahead) = csr.col.get(row_start + k + SCORE_PREFETCH_DISTANCE) {
+                        let a = ahead as usize * h;
+                        if let Some(row) = inputs.source_aux.get(a..a + h) {
+                            prefetch_row(row);
+                        }
+                    }
                     let j = j as usize;
-                    let s_src = &inputs.source[j * sw + hc..(j + 1) * sw];
+                    let s_src = &inputs.source_aux[j * h..(j + 1) * h];
                     let edge = self.edge_score.as_ref().map(|(d, v)| {
                         let e = row_start + k;
                         (
@@ -205,7 +230,7 @@ impl AttentionKind for GatConv {
                 scratch.acc.fill(0.0);
                 for (k, (&j, w)) in sources.iter().zip(weights.chunks_exact(h)).enumerate() {
                     prefetch_ahead(csr, row_start + k, inputs.source, sw);
-                    let z = &inputs.source[j as usize * sw..j as usize * sw + hc];
+                    let z = &inputs.source[j as usize * sw..(j as usize + 1) * sw];
                     for head in 0..h {
                         let wh = w[head];
                         let acc = &mut scratch.acc[head * c..(head + 1) * c];

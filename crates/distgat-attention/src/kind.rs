@@ -90,6 +90,18 @@ pub trait AttentionKind: Send + Sync + Debug {
         scratch: &mut Scratch,
     );
 
+    /// Width of an optional compact per-source array derived from the source rows (GAT:
+    /// the `H` source scores, read by every entry in a pass of their own, so they are
+    /// kept dense instead of one cache line per row). 0 when the kind has none.
+    fn source_aux_width(&self) -> usize {
+        0
+    }
+
+    /// Fills `aux` (`[rows, source_aux_width]`) from `source` (`[rows, source_width]`).
+    fn fill_source_aux(&self, source: &[f32], aux: &mut [f32]) {
+        let _ = (source, aux);
+    }
+
     /// What a halo row should carry: whichever of the raw input row and the source row is
     /// narrower (invariant 2: rows, not edges, and the smaller payload).
     fn halo_payload(&self) -> HaloPayload {
@@ -105,6 +117,8 @@ pub trait AttentionKind: Send + Sync + Debug {
 pub struct RowInputs<'a> {
     /// Source rows `[num_sources, source_width]`, indexed by CSR column.
     pub source: &'a [f32],
+    /// `[num_sources, source_aux_width]` from [`source_aux`] (empty for kinds without).
+    pub source_aux: &'a [f32],
     /// Target rows `[csr rows, target_width]`, indexed by CSR row.
     pub target: &'a [f32],
     /// Edge attributes `[csr entries, edge_dim]`, indexed by CSR entry (self loops
@@ -127,6 +141,18 @@ pub struct Scratch {
     pub edge: Vec<f32>,
     /// Kind-specific row buffer.
     pub row: Vec<f32>,
+}
+
+/// The compact per-source array of `layer` for `source` (`[rows, source_width]`); empty
+/// for kinds without one.
+pub fn source_aux(layer: &dyn AttentionKind, source: &[f32]) -> Vec<f32> {
+    let (sw, aw) = (layer.source_width(), layer.source_aux_width());
+    let rows = source.len().checked_div(sw).unwrap_or(0);
+    let mut aux = vec![0f32; rows * aw];
+    if aw > 0 {
+        layer.fill_source_aux(source, &mut aux);
+    }
+    aux
 }
 
 /// Transforms `x` (`[rows, in_features]`) into `source` (`[rows, source_width]`) and
@@ -383,5 +409,255 @@ pub(crate) fn write_alpha(alpha: &mut [f32], weights: &[f32], inv: &[f32]) {
 pub(crate) fn add_into(row: &mut [f32], v: &[f32]) {
     if !v.is_empty() {
         row.iter_mut().zip(v).for_each(|(o, b)| *o += b);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use distgat_graph::EdgeList;
+
+    use super::*;
+    use crate::dense::Linear;
+    use crate::{GatConv, GatV2Conv, TransformerConv};
+
+    /// A deterministic pseudo-random stream in [-1, 1).
+    fn stream(seed: u64) -> impl FnMut() -> f32 {
+        let mut state = seed | 1;
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        }
+    }
+
+    fn linear(next: &mut impl FnMut() -> f32, out: usize, inp: usize, bias: bool) -> Linear {
+        let w: Vec<f32> = (0..out * inp).map(|_| next()).collect();
+        let b = if bias {
+            (0..out).map(|_| next()).collect()
+        } else {
+            Vec::new()
+        };
+        Linear::from_torch(&w, out, inp, b)
+    }
+
+    /// One layer of each kind (3 heads x 5, F_in 37, with residual/root, edge_dim 2).
+    fn kinds() -> Vec<Box<dyn AttentionKind>> {
+        let mut next = stream(0x2545_f491_4f6c_dd1d);
+        let (f, h, c, d) = (37, 3, 5, 2);
+        let hc = h * c;
+        let w: Vec<f32> = (0..hc * f).map(|_| next()).collect();
+        let mut gat = GatConv::from_pyg(
+            f,
+            h,
+            c,
+            false,
+            0.2,
+            true,
+            &w,
+            (0..hc).map(|_| next()).collect(),
+            (0..hc).map(|_| next()).collect(),
+            (0..c).map(|_| next()).collect(),
+        );
+        let lin_edge: Vec<f32> = (0..hc * d).map(|_| next()).collect();
+        let att_edge: Vec<f32> = (0..hc).map(|_| next()).collect();
+        gat.edge_score = Some((d, GatConv::fold_edge(h, c, d, &lin_edge, &att_edge)));
+        gat.res = Some(linear(&mut next, c, f, false));
+        let gatv2 = GatV2Conv {
+            heads: h,
+            channels: c,
+            concat: true,
+            negative_slope: 0.2,
+            add_self_loops: true,
+            fill_value: FillValue::Mean,
+            lin_l: linear(&mut next, hc, f, true),
+            lin_r: linear(&mut next, hc, f, true),
+            att: (0..hc).map(|_| next()).collect(),
+            lin_edge: Some(linear(&mut next, hc, d, false)),
+            res: Some(linear(&mut next, hc, f, false)),
+            bias: (0..hc).map(|_| next()).collect(),
+        };
+        let transformer = TransformerConv {
+            heads: h,
+            channels: c,
+            concat: true,
+            lin_query: linear(&mut next, hc, f, true),
+            lin_key: linear(&mut next, hc, f, true),
+            lin_value: linear(&mut next, hc, f, true),
+            lin_edge: Some(linear(&mut next, hc, d, false)),
+            lin_skip: Some(linear(&mut next, hc, f, true)),
+            lin_beta: Some((0..3 * hc).map(|_| next()).collect()),
+        };
+        vec![Box::new(gat), Box::new(gatv2), Box::new(transformer)]
+    }
+
+    struct Setup {
+        csr: IncomingCsr,
+        x: Vec<f32>,
+        source: Vec<f32>,
+        aux: Vec<f32>,
+        target: Vec<f32>,
+        edge_attr: Vec<f32>,
+    }
+
+    fn setup(layer: &dyn AttentionKind, n: usize) -> Setup {
+        let mut next = stream(7);
+        let (src, dst): (Vec<u64>, Vec<u64>) = (0..8 * n)
+            .map(|_| {
+                let s = ((next() + 1.0) * n as f32 / 2.0) as u64 % n as u64;
+                let d = ((next() + 1.0) * n as f32 / 2.0) as u64 % n as u64;
+                (s, d)
+            })
+            .unzip();
+        let edges = EdgeList::from_pairs(&src, &dst);
+        let (csr, _) = IncomingCsr::build(&edges, n, layer.add_self_loops(), false).unwrap();
+        let x: Vec<f32> = (0..n * layer.in_features()).map(|_| next()).collect();
+        let mut source = vec![0f32; n * layer.source_width()];
+        let mut target = vec![0f32; n * layer.target_width()];
+        transform_into(layer, &x, Execution::Parallel, &mut source, &mut target);
+        let aux = source_aux(layer, &source);
+        let d = layer.edge_dim().unwrap_or(0);
+        let attr: Vec<f32> = (0..src.len() * d).map(|_| next()).collect();
+        let keys = csr.entry_keys(&edges);
+        let edge_attr =
+            crate::edge_attr::entry_edge_attr(&csr.row_ptr, &keys, d, layer.fill_value(), &attr);
+        Setup {
+            csr,
+            x,
+            source,
+            aux,
+            target,
+            edge_attr,
+        }
+    }
+
+    fn same_bits(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+
+    #[test]
+    fn a_row_transformed_alone_has_the_same_bits_as_in_a_full_pass() {
+        // Owner computes: a worker transforms only its rows (and raw halo rows), in blocks
+        // that differ from the single-process engine's; no row's bits may change.
+        for layer in kinds() {
+            let layer = layer.as_ref();
+            let n = 700;
+            let s = setup(layer, n);
+            let (f, sw, tw) = (
+                layer.in_features(),
+                layer.source_width(),
+                layer.target_width(),
+            );
+            for first in [0, 3, 255, 256, 699] {
+                let rows = (n - first).min(5);
+                let mut source = vec![0f32; rows * sw];
+                let mut target = vec![0f32; rows * tw];
+                transform_into(
+                    layer,
+                    &s.x[first * f..(first + rows) * f],
+                    Execution::Sequential,
+                    &mut source,
+                    &mut target,
+                );
+                assert!(
+                    same_bits(&source, &s.source[first * sw..(first + rows) * sw]),
+                    "{}: source rows from {first}",
+                    layer.kind()
+                );
+                assert!(
+                    same_bits(&target, &s.target[first * tw..(first + rows) * tw]),
+                    "{}: target rows from {first}",
+                    layer.kind()
+                );
+                let aux = source_aux(layer, &source);
+                let aw = layer.source_aux_width();
+                assert!(same_bits(&aux, &s.aux[first * aw..(first + rows) * aw]));
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_aggregated_alone_has_the_same_bits_as_in_a_full_pass() {
+        for layer in kinds() {
+            let layer = layer.as_ref();
+            let s = setup(layer, 200);
+            let inputs = RowInputs {
+                source: &s.source,
+                source_aux: &s.aux,
+                target: &s.target,
+                edge_attr: Some(&s.edge_attr),
+            };
+            let (ow, h) = (layer.out_width(), layer.heads());
+            let mut full = vec![0f32; s.csr.num_nodes * ow];
+            let mut alpha = vec![0f32; s.csr.num_entries() * h];
+            aggregate_into(
+                layer,
+                &s.csr,
+                &inputs,
+                Execution::Parallel,
+                &mut full,
+                Some(&mut alpha),
+            );
+            let mut sequential = vec![0f32; s.csr.num_nodes * ow];
+            aggregate_into(
+                layer,
+                &s.csr,
+                &inputs,
+                Execution::Sequential,
+                &mut sequential,
+                None,
+            );
+            assert!(same_bits(&full, &sequential), "{}", layer.kind());
+            let mut scratch = Scratch::default();
+            for i in [0, 7, 199] {
+                let mut one = vec![0f32; ow];
+                let entries = s.csr.row(i).len();
+                let mut one_alpha = vec![0f32; entries * h];
+                // The portable build, on one row: the same bits as the dispatched (AVX2)
+                // build over all rows.
+                layer.aggregate_rows(
+                    &s.csr,
+                    &inputs,
+                    i..i + 1,
+                    &mut one,
+                    Some(&mut one_alpha),
+                    &mut scratch,
+                );
+                assert!(
+                    same_bits(&one, &full[i * ow..(i + 1) * ow]),
+                    "{} row {i}",
+                    layer.kind()
+                );
+                let start = s.csr.row_ptr[i] * h;
+                assert!(same_bits(&one_alpha, &alpha[start..start + entries * h]));
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_cover_all_rows_and_respect_the_edge_budget() {
+        let row_ptr = [0, 5, 5, 5, 40, 41, 42, 100, 100];
+        let bounds = chunk_bounds(&row_ptr, 10);
+        assert_eq!(bounds.first(), Some(&0));
+        assert_eq!(bounds.last(), Some(&8));
+        assert!(bounds.windows(2).all(|w| w[0] < w[1]));
+        // A chunk only exceeds the budget by its last row.
+        for w in bounds.windows(2) {
+            let before_last = row_ptr[w[1] - 1] - row_ptr[w[0]];
+            assert!(before_last < 10, "chunk {w:?}");
+        }
+        assert_eq!(chunk_bounds(&[0], 10), vec![0]);
+    }
+
+    #[test]
+    fn lane_dot_products_are_close_to_the_exact_sum() {
+        let mut next = stream(3);
+        for len in [1, 7, 8, 9, 32, 33, 128] {
+            let a: Vec<f32> = (0..len).map(|_| next()).collect();
+            let b: Vec<f32> = (0..len).map(|_| next()).collect();
+            let exact: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
+            let ours = dot_lanes(&b, |i| a[i]) as f64;
+            assert!((ours - exact).abs() <= 1e-5 * (1.0 + exact.abs()), "{len}");
+        }
     }
 }

@@ -27,7 +27,8 @@ pub use exec::Execution;
 pub use gat::GatConv;
 pub use gatv2::GatV2Conv;
 pub use kind::{
-    aggregate_into, transform_into, AttentionKind, FillValue, HaloPayload, RowInputs, Scratch,
+    aggregate_into, source_aux, transform_into, AttentionKind, FillValue, HaloPayload, RowInputs,
+    Scratch,
 };
 pub use model::{Activation, Layer, Model};
 pub use transformer::TransformerConv;

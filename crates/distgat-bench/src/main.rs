@@ -267,8 +267,10 @@ fn kernel_child(dir: &Path, repeats: usize, threads: usize) -> anyhow::Result<()
                 &mut target,
             );
             let t1 = Instant::now();
+            let aux = distgat_attention::source_aux(layer, &source);
             let inputs = RowInputs {
                 source: &source,
+                source_aux: &aux,
                 target: &target,
                 edge_attr: None,
             };

@@ -698,8 +698,13 @@ fn compute_part(
             }));
         }
 
-        // Interior rows while the halo is in flight.
+        // Interior rows while the halo is in flight (they read owned source rows only).
         let view = &splits[&layer.add_self_loops()];
+        let aw = layer.source_aux_width();
+        let mut aux = vec![0f32; n_local * aw];
+        if aw > 0 {
+            layer.fill_source_aux(&source[..n_owned * sw], &mut aux[..n_owned * aw]);
+        }
         let mut out_rows = vec![0f32; n_owned * ow];
         let mut alpha: Vec<(Vec<i64>, Vec<f32>)> = Vec::new();
         aggregate_subset(
@@ -707,6 +712,7 @@ fn compute_part(
             layer,
             &view.interior,
             &source,
+            &aux,
             &target,
             edge_attr.as_ref(),
             &mut out_rows,
@@ -723,11 +729,15 @@ fn compute_part(
         let wait = waited.elapsed();
         let t = Instant::now();
         place_halo(layer, &plan, &block_start, chunks, raw, &pool, &mut source)?;
+        if aw > 0 {
+            layer.fill_source_aux(&source[n_owned * sw..], &mut aux[n_owned * aw..]);
+        }
         aggregate_subset(
             &pool,
             layer,
             &view.boundary,
             &source,
+            &aux,
             &target,
             edge_attr.as_ref(),
             &mut out_rows,
@@ -955,6 +965,7 @@ fn aggregate_subset(
     layer: &dyn AttentionKind,
     subset: &Subset,
     source: &[f32],
+    source_aux: &[f32],
     target: &[f32],
     edge_attr: Option<&EdgeAttr>,
     out: &mut [f32],
@@ -993,6 +1004,7 @@ fn aggregate_subset(
         .map(|_| vec![0f32; subset.csr.num_entries() * h]);
     let inputs = RowInputs {
         source,
+        source_aux,
         target: &rows_target,
         edge_attr: entry_attr.as_deref(),
     };
