@@ -19,7 +19,7 @@ use super::sink::{presized, AttentionSink, JobSink};
 use super::state::State;
 use crate::catalog::{lock, JobRecord};
 use crate::error::{transport, Result, RuntimeError};
-use crate::worker::{endpoint, RPC_DEADLINE};
+use crate::net::{endpoint, RPC_DEADLINE};
 
 #[derive(Debug, Serialize)]
 pub struct JobSummary {

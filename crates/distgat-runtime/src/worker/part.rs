@@ -1,13 +1,9 @@
-//! The worker: runs its part of a job, exchanging halo rows with its peers.
-//!
-//! Async (tokio) code only moves bytes: the gRPC services store incoming halo chunks in a
-//! mailbox and send outgoing ones. Each job runs on its own OS thread, whose kernels run
-//! on a rayon pool; that thread waits on the mailbox, never on a tokio thread.
+//! Computing one part of a job: per layer, transform the owned rows, send each peer its
+//! halo rows, aggregate interior rows while they travel, then the boundary rows, through
+//! the layer's [`AttentionKind`] (the part never asks which kind it runs).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use distgat_attention::{
@@ -16,405 +12,22 @@ use distgat_attention::{
 };
 use distgat_graph::{Features, IncomingCsr};
 use distgat_partition::{PartPlan, PartitionDir};
-use distgat_proto::v1::coordinator_client::CoordinatorClient;
 use distgat_proto::v1::halo_exchange_client::HaloExchangeClient;
-use distgat_proto::v1::halo_exchange_server::{HaloExchange, HaloExchangeServer};
 use distgat_proto::v1::output_chunk::Body;
-use distgat_proto::v1::worker_server::{Worker, WorkerServer};
 use distgat_proto::v1::{
-    AttentionValues, CancelJobRequest, CancelJobResponse, HeartbeatRequest, LayerStats,
-    OutputChunk, OutputRows, PayloadKind, RegisterWorkerRequest, RowChunk, SendRowsResponse,
-    StartJobRequest, StartJobResponse, WorkerStats,
+    AttentionValues, LayerStats, OutputChunk, OutputRows, PayloadKind, RowChunk, StartJobRequest,
+    WorkerStats,
 };
-use distgat_proto::{
-    CONNECTION_WINDOW, HALO_SERVICE, MAX_CHUNK_BYTES, PROTOCOL_VERSION, STREAM_WINDOW,
-    WORKER_SERVICE,
-};
+use distgat_proto::MAX_CHUNK_BYTES;
 use prost::Message;
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::transport::{Channel, Endpoint, Server};
-use tonic::{Request, Response, Status, Streaming};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic::Request;
 
 use crate::error::{transport, Result, RuntimeError};
-use crate::standard::{set_serving, standard_routes};
 
-/// How a worker starts; `Default` listens on an ephemeral loopback port.
-#[derive(Debug, Clone)]
-pub struct WorkerConfig {
-    /// The coordinator's address (`host:port`).
-    pub coordinator: String,
-    pub listen: SocketAddr,
-    /// Host name peers use to reach this worker (default: the listen IP).
-    pub advertise_host: Option<String>,
-    /// How long to keep trying to register.
-    pub register_timeout: Duration,
-}
-
-impl Default for WorkerConfig {
-    fn default() -> Self {
-        WorkerConfig {
-            coordinator: "127.0.0.1:50051".into(),
-            listen: ([127, 0, 0, 1], 0).into(),
-            advertise_host: None,
-            register_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// A running server: its real address, and how to stop it.
-pub struct RunningServer {
-    pub addr: SocketAddr,
-    pub shutdown: oneshot::Sender<()>,
-    pub join: tokio::task::JoinHandle<Result<()>>,
-}
-
-/// Deadline of every unary RPC.
-pub(crate) const RPC_DEADLINE: Duration = Duration::from_secs(10);
-
-pub(crate) fn endpoint(addr: &str) -> Result<Endpoint> {
-    distgat_proto::endpoint(addr)
-        .map_err(|e| RuntimeError::InvalidArgument(format!("address '{addr}': {e}")))
-}
-
-/// Binds, registers with the coordinator, starts heartbeats and serves.
-pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    let addr = listener.local_addr()?;
-    let host = config
-        .advertise_host
-        .clone()
-        .unwrap_or_else(|| addr.ip().to_string());
-    let advertised = format!("{host}:{}", addr.port());
-    if config.advertise_host.is_none() && addr.ip().is_unspecified() {
-        tracing::warn!(
-            "listening on {addr} without an advertise host: peers on other machines cannot \
-             reach {advertised}; set --advertise-host (DISTGAT_ADVERTISE_HOST)"
-        );
-    }
-
-    let state = Arc::new(WorkerState {
-        mailbox: Mailbox::default(),
-        jobs: Mutex::new(HashMap::new()),
-        coordinator: endpoint(&config.coordinator)?,
-    });
-    // Not serving until registered: a probe then means "part of a cluster".
-    let (mut health, routes) =
-        standard_routes(WORKER_SERVICE, &[WORKER_SERVICE, HALO_SERVICE], false).await?;
-    let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-    let server = Server::builder()
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .add_routes(routes)
-        .add_service(WorkerServer::new(WorkerService(state.clone())))
-        .add_service(
-            HaloExchangeServer::new(HaloService(state.clone()))
-                .max_decoding_message_size(2 * MAX_CHUNK_BYTES),
-        )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = shutdown_rx.await;
-        });
-    let serving = tokio::spawn(server);
-
-    // Register (retrying while the coordinator starts), then heartbeat.
-    let deadline = Instant::now() + config.register_timeout;
-    let (worker_id, interval) = loop {
-        match register(&state.coordinator, &advertised).await {
-            Ok(r) => break r,
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!("registering with {}: {e}", config.coordinator);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    tracing::info!(worker = %worker_id, %advertised, "registered with the coordinator");
-    set_serving(&mut health, WORKER_SERVICE, true).await;
-    let heartbeat_channel = state.coordinator.connect_lazy();
-    let coordinator = state.coordinator.clone();
-    tokio::spawn(async move {
-        let mut client = CoordinatorClient::new(heartbeat_channel);
-        let mut worker_id = worker_id;
-        loop {
-            tokio::time::sleep(interval).await;
-            let mut req = Request::new(HeartbeatRequest {
-                worker_id: worker_id.clone(),
-            });
-            req.set_timeout(RPC_DEADLINE);
-            match client.heartbeat(req).await {
-                Ok(_) => {}
-                // A restarted coordinator has forgotten us: register again, so the
-                // cluster heals without restarting workers.
-                Err(e) if e.code() == tonic::Code::NotFound => {
-                    match register(&coordinator, &advertised).await {
-                        Ok((id, _)) => {
-                            tracing::info!(old = %worker_id, new = %id, "registered again");
-                            worker_id = id;
-                        }
-                        Err(e) => tracing::warn!("registering again: {e}"),
-                    }
-                }
-                Err(e) => tracing::warn!(worker = %worker_id, "heartbeat failed: {e}"),
-            }
-        }
-    });
-    let join = tokio::spawn(async move {
-        serving
-            .await
-            .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))?
-            .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))
-    });
-    Ok(RunningServer {
-        addr,
-        shutdown,
-        join,
-    })
-}
-
-async fn register(coordinator: &Endpoint, advertised: &str) -> Result<(String, Duration)> {
-    let channel = coordinator
-        .connect()
-        .await
-        .map_err(|e| RuntimeError::FailedPrecondition(format!("connecting: {e}")))?;
-    let mut req = Request::new(RegisterWorkerRequest {
-        protocol_version: PROTOCOL_VERSION,
-        address: advertised.to_string(),
-    });
-    req.set_timeout(RPC_DEADLINE);
-    let resp = CoordinatorClient::new(channel)
-        .register_worker(req)
-        .await
-        .map_err(transport("registering"))?
-        .into_inner();
-    Ok((
-        resp.worker_id,
-        Duration::from_millis(resp.heartbeat_interval_ms.max(100) as u64),
-    ))
-}
-
-struct WorkerState {
-    mailbox: Mailbox,
-    /// Cancellation flags of running jobs.
-    jobs: Mutex<HashMap<String, Arc<AtomicBool>>>,
-    coordinator: Endpoint,
-}
-
-/// Halo chunks received, by (job, layer), until the job's thread takes them.
-#[derive(Default)]
-struct Mailbox {
-    inbox: Mutex<HashMap<(String, u32), Vec<RowChunk>>>,
-    arrived: Condvar,
-}
-
-impl Mailbox {
-    fn put(&self, chunk: RowChunk) {
-        let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        inbox
-            .entry((chunk.job_id.clone(), chunk.layer))
-            .or_default()
-            .push(chunk);
-        self.arrived.notify_all();
-    }
-
-    /// Blocks until `rows` rows of (job, layer) arrived, the job is cancelled, or `timeout`.
-    fn take(
-        &self,
-        job: &str,
-        layer: u32,
-        rows: u64,
-        cancel: &AtomicBool,
-        timeout: Duration,
-    ) -> Result<Vec<RowChunk>> {
-        let key = (job.to_string(), layer);
-        let deadline = Instant::now() + timeout;
-        let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            let have: u64 = inbox
-                .get(&key)
-                .map_or(0, |c| c.iter().map(|c| c.num_rows as u64).sum());
-            if have >= rows {
-                return Ok(inbox.remove(&key).unwrap_or_default());
-            }
-            if cancel.load(Ordering::Relaxed) {
-                return Err(RuntimeError::Cancelled(format!("job {job}")));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(RuntimeError::FailedPrecondition(format!(
-                    "layer {layer}: {have} of {rows} halo rows arrived within {timeout:?}"
-                )));
-            }
-            let wait = (deadline - now).min(Duration::from_millis(100));
-            inbox = self
-                .arrived
-                .wait_timeout(inbox, wait)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-    }
-
-    fn forget_job(&self, job: &str) {
-        let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        inbox.retain(|(j, _), _| j != job);
-    }
-}
-
-struct WorkerService(Arc<WorkerState>);
-
-#[tonic::async_trait]
-impl Worker for WorkerService {
-    async fn start_job(
-        &self,
-        request: Request<StartJobRequest>,
-    ) -> Result<Response<StartJobResponse>, Status> {
-        let req = request.into_inner();
-        let valid_id = !req.job_id.is_empty()
-            && req.job_id.len() <= 64
-            && req
-                .job_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !valid_id {
-            return Err(RuntimeError::InvalidArgument(
-                "job_id must be 1-64 ASCII letters, digits, '-' or '_'".into(),
-            )
-            .into());
-        }
-        let cancel = Arc::new(AtomicBool::new(false));
-        {
-            let mut jobs = self.0.jobs.lock().unwrap_or_else(|p| p.into_inner());
-            if jobs.contains_key(&req.job_id) {
-                return Err(RuntimeError::FailedPrecondition(format!(
-                    "job {} is already running here",
-                    req.job_id
-                ))
-                .into());
-            }
-            jobs.insert(req.job_id.clone(), cancel.clone());
-        }
-        let state = self.0.clone();
-        let job_id = req.job_id.clone();
-        let handle = tokio::runtime::Handle::current();
-        std::thread::Builder::new()
-            .name(format!("job-{}-part-{}", req.job_id, req.part))
-            .spawn(move || {
-                let job = req.job_id.clone();
-                run_job(&state, &handle, req, &cancel);
-                state.mailbox.forget_job(&job);
-                state
-                    .jobs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&job);
-            })
-            .map_err(|e| {
-                self.0
-                    .jobs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&job_id);
-                RuntimeError::Io(std::io::Error::other(format!(
-                    "starting the job thread: {e}"
-                )))
-            })?;
-        Ok(Response::new(StartJobResponse {}))
-    }
-
-    async fn cancel_job(
-        &self,
-        request: Request<CancelJobRequest>,
-    ) -> Result<Response<CancelJobResponse>, Status> {
-        let req = request.into_inner();
-        if let Some(flag) = self
-            .0
-            .jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&req.job_id)
-        {
-            tracing::info!(job = %req.job_id, reason = %req.reason, "cancelling");
-            flag.store(true, Ordering::Relaxed);
-        }
-        self.0.mailbox.forget_job(&req.job_id);
-        self.0.mailbox.arrived.notify_all();
-        Ok(Response::new(CancelJobResponse {}))
-    }
-}
-
-struct HaloService(Arc<WorkerState>);
-
-#[tonic::async_trait]
-impl HaloExchange for HaloService {
-    async fn send_rows(
-        &self,
-        request: Request<Streaming<RowChunk>>,
-    ) -> Result<Response<SendRowsResponse>, Status> {
-        let mut stream = request.into_inner();
-        let mut rows = 0u64;
-        while let Some(chunk) = stream.message().await? {
-            let want = (chunk.num_rows as u64)
-                .checked_mul(chunk.row_width as u64)
-                .and_then(|v| v.checked_mul(4));
-            if want != Some(chunk.payload.len() as u64) {
-                return Err(Status::invalid_argument(format!(
-                    "row chunk from part {}: payload has {} bytes, num_rows x row_width x 4 = {want:?}",
-                    chunk.source_part,
-                    chunk.payload.len()
-                )));
-            }
-            rows += chunk.num_rows as u64;
-            self.0.mailbox.put(chunk);
-        }
-        Ok(Response::new(SendRowsResponse { rows }))
-    }
-}
-
-/// Runs a job on this thread and reports its outcome to the coordinator.
-fn run_job(
-    state: &WorkerState,
-    rt: &tokio::runtime::Handle,
-    req: StartJobRequest,
-    cancel: &AtomicBool,
-) {
-    let _runtime = rt.enter(); // lazy channels spawn their connection tasks on it
-    let (job, part) = (req.job_id.clone(), req.part);
-    let (tx, rx) = mpsc::channel::<OutputChunk>(8);
-    let channel = state.coordinator.connect_lazy();
-    let pushing = rt.spawn(async move {
-        CoordinatorClient::new(channel)
-            .max_encoding_message_size(4 * MAX_CHUNK_BYTES)
-            .push_output(ReceiverStream::new(rx))
-            .await
-    });
-    // A panic in the job must still fail the job at the coordinator, not hang it.
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        compute_part(state, rt, &req, cancel, &tx)
-    }))
-    .unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
-        Err(RuntimeError::Io(std::io::Error::other(format!(
-            "internal error: {what}"
-        ))))
-    });
-    if let Err(e) = &outcome {
-        tracing::warn!(%job, part, "job failed: {e}");
-        let _ = tx.blocking_send(OutputChunk {
-            job_id: job.clone(),
-            part,
-            body: Some(Body::Failure(e.to_string())),
-        });
-    }
-    drop(tx);
-    if let Err(e) = rt.block_on(pushing) {
-        tracing::warn!(%job, part, "output stream task: {e}");
-    } else {
-        tracing::info!(%job, part, ok = outcome.is_ok(), "job finished");
-    }
-}
+use super::mailbox::Mailbox;
+use crate::net::endpoint;
 
 /// A part's rows split into those that need no halo row and those that do, each with its
 /// own CSR over the part's local ids (owned rows, then halo rows).
@@ -526,8 +139,8 @@ fn ms(d: Duration) -> f64 {
 /// Halo rows are expected within this time of the layer's start.
 const HALO_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn compute_part(
-    state: &WorkerState,
+pub(super) fn compute_part(
+    mailbox: &Mailbox,
     rt: &tokio::runtime::Handle,
     req: &StartJobRequest,
     cancel: &AtomicBool,
@@ -722,10 +335,7 @@ fn compute_part(
 
         // Boundary rows once their halo rows are here.
         let waited = Instant::now();
-        let chunks =
-            state
-                .mailbox
-                .take(&req.job_id, k as u32, n_halo as u64, cancel, HALO_TIMEOUT)?;
+        let chunks = mailbox.take(&req.job_id, k as u32, n_halo as u64, cancel, HALO_TIMEOUT)?;
         let wait = waited.elapsed();
         let t = Instant::now();
         place_halo(layer, &plan, &block_start, chunks, raw, &pool, &mut source)?;
