@@ -151,7 +151,7 @@ impl Model {
         let text = String::from_utf8(bytes).map_err(|_| {
             spec_err("expected a model JSON, found a file that is not UTF-8 text".into())
         })?;
-        let spec: ModelSpec = serde_json::from_str(&text)
+        let spec: ModelSpec = serde_json::from_str(text.trim_start_matches('\u{feff}'))
             .map_err(|e| spec_err(format!("not a valid model JSON: {e}")))?;
         let pyg = match spec.format.as_str() {
             PYG_MODEL_FORMAT => true,
@@ -167,7 +167,19 @@ impl Model {
                 "\"layers\" is empty: a model needs at least one layer".into(),
             ));
         }
-        let activation = match spec.activation.as_deref().unwrap_or("elu") {
+        // The activation between layers changes every number: the attention format says
+        // it explicitly (gat-model-v1 documented elu as its default).
+        let activation = match spec.activation.as_deref() {
+            None if pyg && spec.layers.len() > 1 => {
+                return Err(spec_err(format!(
+                    "\"activation\" is missing: a {PYG_MODEL_FORMAT} model with several layers \
+                     must say what runs between them (\"elu\", \"relu\" or \"none\")"
+                )))
+            }
+            None => "elu",
+            Some(a) => a,
+        };
+        let activation = match activation {
             "elu" => Activation::Elu,
             "relu" => Activation::Relu,
             "none" => Activation::None,
@@ -180,15 +192,17 @@ impl Model {
         let base = path.parent().unwrap_or(Path::new("."));
         let mut files: BTreeMap<PathBuf, WeightsFile> = BTreeMap::new();
         let mut layers: Vec<Layer> = Vec::with_capacity(spec.layers.len());
-        for (k, value) in spec.layers.iter().enumerate() {
+        for (k, raw) in spec.layers.iter().enumerate() {
+            // Each layer is parsed from its own text, so a key given twice is an error
+            // (through a generic JSON value the last copy would silently win).
             let (weights, prefix, parsed) = if pyg {
-                let l: PygLayerSpec = serde_json::from_value(value.clone())
+                let l: PygLayerSpec = serde_json::from_str(raw.get())
                     .map_err(|e| spec_err(format!("layers[{k}]: {e}")))?;
-                let args = parse_args(&l.kind, &l.args)
+                let args = parse_args(&l.kind, l.args.get())
                     .map_err(|e| spec_err(format!("layers[{k}].args ({}): {e}", l.kind)))?;
                 (l.weights, l.prefix.unwrap_or_default(), (args, None))
             } else {
-                let l: GatV1LayerSpec = serde_json::from_value(value.clone())
+                let l: GatV1LayerSpec = serde_json::from_str(raw.get())
                     .map_err(|e| spec_err(format!("layers[{k}]: {e}")))?;
                 let args = Args::Gat(GatArgs {
                     in_channels: l.in_channels.map(Value::from),
@@ -206,7 +220,20 @@ impl Model {
                 (l.weights, l.prefix.unwrap_or_default(), (args, l.tensors))
             };
             let (args, declared_tensors) = parsed;
-            let weights_path = base.join(&weights);
+            if weights.is_empty() {
+                return Err(spec_err(format!(
+                    "layers[{k}].weights is empty: name the layer's safetensors file"
+                )));
+            }
+            // One file reached by two spellings is one file (its tensors are accounted once).
+            let weights_path =
+                std::fs::canonicalize(base.join(&weights)).map_err(|error| ModelError::Io {
+                    path: base.join(&weights),
+                    error: std::io::Error::new(
+                        error.kind(),
+                        format!("layers[{k}].weights: {error}"),
+                    ),
+                })?;
             if !files.contains_key(&weights_path) {
                 files.insert(weights_path.clone(), WeightsFile::open(&weights_path)?);
             }
@@ -299,14 +326,14 @@ fn hint_for(name: &str) -> &'static str {
 struct ModelSpec {
     format: String,
     activation: Option<String>,
-    layers: Vec<Value>,
+    layers: Vec<Box<serde_json::value::RawValue>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PygLayerSpec {
     kind: String,
-    args: Value,
+    args: Box<serde_json::value::RawValue>,
     weights: String,
     prefix: Option<String>,
 }
@@ -385,7 +412,7 @@ struct TransformerArgs {
     root_weight: Option<bool>,
 }
 
-fn parse_args(kind: &str, args: &Value) -> std::result::Result<Args, String> {
+fn parse_args(kind: &str, args: &str) -> std::result::Result<Args, String> {
     let hint = |e: serde_json::Error| {
         let s = e.to_string();
         if ["`aggr`", "`flow`", "`node_dim`", "`decomposed_layers`"]
@@ -398,9 +425,9 @@ fn parse_args(kind: &str, args: &Value) -> std::result::Result<Args, String> {
         }
     };
     let args = match kind {
-        "GATConv" => Args::Gat(serde_json::from_value(args.clone()).map_err(hint)?),
-        "GATv2Conv" => Args::GatV2(serde_json::from_value(args.clone()).map_err(hint)?),
-        "TransformerConv" => Args::Transformer(serde_json::from_value(args.clone()).map_err(hint)?),
+        "GATConv" => Args::Gat(serde_json::from_str(args).map_err(hint)?),
+        "GATv2Conv" => Args::GatV2(serde_json::from_str(args).map_err(hint)?),
+        "TransformerConv" => Args::Transformer(serde_json::from_str(args).map_err(hint)?),
         "MultiheadAttention" | "NystromAttention" => {
             return Err(format!(
                 "kind \"{kind}\" (global attention over all nodes) is not supported yet; \

@@ -117,10 +117,41 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     check_output_dir("--out", &config.out)?;
     if let Some(stats) = &config.stats_json {
         check_output_dir("--stats-json", stats)?;
+        if stats.is_dir() {
+            return Err(GraphError::argument(
+                "--stats-json",
+                format!(
+                    "{} is a directory; name the JSON file to write",
+                    stats.display()
+                ),
+            )
+            .into());
+        }
     }
     if let Some(dir) = &config.attention_dir {
         // The directory itself is created when the coefficients are written.
         check_output_dir("--attention-dir", dir)?;
+        if dir.exists() && !dir.is_dir() {
+            return Err(GraphError::argument(
+                "--attention-dir",
+                format!(
+                    "{} exists and is not a directory; name a directory for the \
+                     coefficient files",
+                    dir.display()
+                ),
+            )
+            .into());
+        }
+    }
+    if config.out.is_dir() {
+        return Err(GraphError::argument(
+            "--out",
+            format!(
+                "{} is a directory; name the .npy file to write",
+                config.out.display()
+            ),
+        )
+        .into());
     }
 
     phase("loading model");

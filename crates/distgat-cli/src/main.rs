@@ -249,11 +249,14 @@ struct RunArgs {
     graph: Option<PathBuf>,
     #[arg(long, value_enum)]
     format: Option<FormatArg>,
-    #[arg(long, value_name = "X")]
+    /// Node features .npy [N, F] (with --graph)
+    #[arg(long, value_name = "X", requires = "graph")]
     features: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "none")]
-    normalize_features: NormalizeArg,
-    #[arg(long, value_name = "M")]
+    /// Feature normalisation applied after loading (with --graph; the Cora demo uses row)
+    #[arg(long, value_enum, requires = "graph")]
+    normalize_features: Option<NormalizeArg>,
+    /// Model JSON (with --graph)
+    #[arg(long, value_name = "M", requires = "graph")]
     model: Option<PathBuf>,
     /// Edge attributes .npy [E, D] (row e for edge e of --graph); required exactly when a layer has edge_dim
     #[arg(long, value_name = "E.npy", requires = "graph")]
@@ -831,7 +834,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             g,
             args.features.expect("clap requires it"),
             args.model.expect("clap requires it"),
-            args.normalize_features,
+            args.normalize_features.unwrap_or(NormalizeArg::None),
         ),
         None => (
             root.join("data/cora/edges.npy"),

@@ -87,6 +87,22 @@ pub fn spawn_server(
 
 /// Runs the job; returns the job summary JSON.
 pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<String> {
+    // Where outputs go is checked before any work, naming the flag.
+    if let Some(dir) = &config.attention_dir {
+        if dir.exists() && !dir.is_dir() {
+            anyhow::bail!(
+                "--attention-dir: {} exists and is not a directory; name a directory for the \
+                 coefficient files",
+                dir.display()
+            );
+        }
+    }
+    if config.out.is_dir() {
+        anyhow::bail!(
+            "--out: {} is a directory; name the .npy file to write",
+            config.out.display()
+        );
+    }
     let temp = tempfile::tempdir()?;
     let partition = match &config.partition {
         Some(dir) => dir.clone(),

@@ -447,3 +447,54 @@ fn gatv2_shared_weights_must_really_be_shared() {
     });
     case.expect_error(&["share_weights is true", "'layers.0.lin_r' differs"]);
 }
+
+#[test]
+fn a_key_given_twice_is_an_error_not_last_one_wins() {
+    let case = Case::new("gatv2-n200");
+    let path = case.path("model.json");
+    let text = fs::read_to_string(&path).unwrap();
+    // The first "negative_slope" gets a second copy with another value.
+    let doubled = text.replacen(
+        "\"negative_slope\": 0.2,",
+        "\"negative_slope\": 0.2, \"negative_slope\": 5.0,",
+        1,
+    );
+    assert_ne!(doubled, text);
+    fs::write(&path, doubled).unwrap();
+    case.expect_error(&[
+        "model.json",
+        "layers[0]",
+        "duplicate field `negative_slope`",
+    ]);
+}
+
+#[test]
+fn a_multi_layer_attention_model_must_name_its_activation() {
+    let case = Case::new("gatv2-n200");
+    case.edit_model(|m| {
+        m.as_object_mut().unwrap().remove("activation");
+    });
+    case.expect_error(&["model.json", "\"activation\" is missing"]);
+}
+
+#[test]
+fn one_weights_file_named_two_ways_is_one_file() {
+    let want = Case::new("gatv2-n200").expect_success();
+    let case = Case::new("gatv2-n200");
+    let absolute = case.path("model.safetensors").display().to_string();
+    case.edit_model(|m| m["layers"][1]["weights"] = absolute.into());
+    assert_eq!(case.expect_success(), want);
+}
+
+#[test]
+fn outputs_that_cannot_be_written_are_refused_before_any_work() {
+    let mut case = Case::new("gatv2-n200");
+    fs::write(case.path("afile"), b"x").unwrap();
+    case.extra = vec![
+        "--attention-dir".into(),
+        case.path("afile").display().to_string(),
+    ];
+    case.expect_error(&["--attention-dir", "afile", "is not a directory"]);
+    case.extra = vec!["--stats-json".into(), case.dir.path().display().to_string()];
+    case.expect_error(&["--stats-json", "is a directory"]);
+}

@@ -494,3 +494,78 @@ fn a_killed_worker_fails_the_job_cleanly_and_the_coordinator_runs_the_next() {
         "output differs from distgat infer"
     );
 }
+
+#[test]
+fn job_inputs_without_graph_are_refused_not_replaced_by_the_demo() {
+    // Without --graph, `distgat run` runs the shipped Cora demo; a user who gave the job's
+    // inputs but forgot --graph must get an error, not the demo's output.
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = reference("gatv2-n200");
+    let out = tmp.path().join("out.npy");
+    for flags in [
+        vec!["--features".into(), inputs.features.display().to_string()],
+        vec!["--model".into(), inputs.model.display().to_string()],
+        vec!["--normalize-features".into(), "none".into()],
+        vec![
+            "--edge-features".into(),
+            inputs.features.display().to_string(),
+        ],
+    ] {
+        let output = Command::new(exe())
+            .arg("run")
+            .args(&flags)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{flags:?}: ran anyway\n{stderr}");
+        assert!(stderr.contains("--graph"), "{flags:?}: {stderr}");
+        assert!(!out.exists(), "{flags:?}: wrote the demo's output");
+    }
+}
+
+#[test]
+fn a_reused_partition_refuses_features_other_than_its_shards() {
+    // The shards carry their feature rows; a different features file would be ignored
+    // (exit 0, the old numbers), so it is refused.
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = reference("gatv2-n200");
+    let dir = tmp.path().join("partition");
+    let mut cmd = Command::new(exe());
+    cmd.arg("partition")
+        .arg("--graph")
+        .arg(&inputs.graph)
+        .arg("--features")
+        .arg(&inputs.features)
+        .args(["--parts", "2", "--out"])
+        .arg(&dir);
+    check(cmd.output().unwrap(), "distgat partition");
+    let bytes = std::fs::read(&inputs.features).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let shape = npy.shape().to_vec();
+    let mut x: Vec<f32> = npy.into_vec().unwrap();
+    x[0] += 1.0;
+    let other = tmp.path().join("other.npy");
+    write_npy(&other, &shape, &x);
+    let (out, att) = (tmp.path().join("run.npy"), tmp.path().join("att"));
+    let mut cmd = Command::new(exe());
+    cmd.arg("run");
+    let changed = Inputs {
+        features: other.clone(),
+        ..reference("gatv2-n200")
+    };
+    common_args(&mut cmd, &changed, &out, &att);
+    cmd.args(["--workers", "2", "--partition"]).arg(&dir);
+    let output = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "ran with stale features:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("other.npy") && stderr.contains("differs from the features"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}

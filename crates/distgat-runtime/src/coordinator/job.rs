@@ -314,15 +314,43 @@ fn prepare(
             }
             Some((p.as_path(), ea.width))
         }
-        (None, Some(info)) => Some((Path::new(info.path.as_str()), info.size)),
-        (None, None) => None,
+        // Edge features the shards carry are used by edge_dim layers and are no error
+        // for a model without (the job did not name them).
+        (None, Some(info)) if model.edge_dim().is_some() => {
+            Some((Path::new(info.path.as_str()), info.size))
+        }
+        (None, _) => None,
     };
     model
-        .check_edge_features("edge_features", edge_width)
+        .check_edge_features("edge_features (--edge-features)", edge_width)
         .map_err(|e| RuntimeError::InvalidArgument(e.to_string()))?;
-    let feature_min = match (&features_path, req.normalize_rows) {
-        (Some(p), true) => Features::read_npy(p)?.min_value(),
-        _ => 0.0,
+    // Shards that carry feature rows are what the workers use: a features file given
+    // with them must be the one they were made from (else its rows would be ignored).
+    let given = (!req.features.is_empty()).then(|| PathBuf::from(&req.features));
+    let read = match (&given, manifest.features_in_shards, req.normalize_rows) {
+        (Some(p), true, _) | (Some(p), false, true) => Some(Features::read_npy(p)?),
+        _ => None,
+    };
+    if let (Some(f), Some(p), true, Some(info)) = (
+        &read,
+        &given,
+        manifest.features_in_shards,
+        manifest.features.as_ref(),
+    ) {
+        if distgat_partition::features_fingerprint(f) != info.fingerprint {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "features: {} differs from the features the partition's shards carry ({}); \
+                 repartition with these features, or run without naming a features file",
+                p.display(),
+                info.path
+            )));
+        }
+    }
+    let feature_min = match (&read, &features_path, req.normalize_rows) {
+        (_, _, false) => 0.0,
+        (Some(f), _, true) => f.min_value(),
+        (None, Some(p), true) => Features::read_npy(p)?.min_value(),
+        (None, None, true) => 0.0,
     };
     let width = model.out_width();
     let (out, header_len) = presized(out_path, "<f4", &[n as u64, width as u64], 4)?;
