@@ -104,7 +104,7 @@ def _fill_value(m: Any, path: str) -> Union[str, float]:
     if numel is not None and numel() == 1:
         return float(fv.reshape(-1)[0].item())
     raise ValueError(
-        f"{type(m).__name__} at {_path_name(path)}: fill_value must be 'mean', 'add' or a "
+        f"{type(m).__name__} at {_path_name(path)}: fill_value must be 'mean', 'add', 'max', 'min', 'mul' or a "
         f"single number for distgat, got {type(fv).__name__}"
         + (f" with {numel()} elements" if numel is not None else ""))
 

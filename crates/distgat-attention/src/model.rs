@@ -835,7 +835,7 @@ fn load_transformer(a: &TransformerArgs, t: &mut LayerTensors<'_>) -> Result<Tra
             t.file.mark_unused_by_pyg(t.k, &full);
         }
         if a.beta.unwrap_or(false) {
-            tracing::info!(
+            tracing::warn!(
                 layer = t.k,
                 "TransformerConv: beta has no effect without root_weight (as in PyG)"
             );

@@ -150,7 +150,7 @@ impl WeightsFile {
     /// Logs the dtypes this file had widened.
     pub fn log_widened(&self) {
         for (dtype, count) in &self.widened {
-            tracing::info!(
+            tracing::warn!(
                 file = %self.path.display(),
                 "{count} {dtype} tensor(s) widened to F32 (computation runs in F32)"
             );

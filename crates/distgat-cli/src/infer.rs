@@ -263,6 +263,17 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         &on_layer,
     )?;
     drop(topology);
+    // distgat refuses non-finite inputs; a non-finite output (features so large that
+    // float32 overflows, as PyG's float32 forward does too) is reported, not hidden.
+    let non_finite = output.values.iter().filter(|v| !v.is_finite()).count();
+    if non_finite > 0 {
+        tracing::warn!(
+            "{non_finite} of {} output values are NaN or infinite: the computation overflowed \
+             float32 (PyG's float32 forward gives the same); check the scale of the features \
+             and weights",
+            output.values.len()
+        );
+    }
 
     let accuracy = match (&config.labels, &config.test_idx) {
         (Some(labels), Some(idx)) => Some(accuracy(&output.values, output.width, n, labels, idx)?),
