@@ -565,5 +565,5 @@ async fn edge_features_registered_and_uploaded_give_infers_output() {
         .unwrap_err();
     let (status, message) = code(err);
     assert_eq!(status, Code::InvalidArgument, "{message}");
-    assert!(message.contains("edge_features: 200 rows"), "{message}");
+    assert!(message.contains("200 rows of edge features"), "{message}");
 }

@@ -443,15 +443,28 @@ fn parse_args(kind: &str, args: &str) -> std::result::Result<Args, String> {
     Ok(args)
 }
 
-/// Checks shared arguments; returns `(heads, channels)`.
+/// The shape arguments every kind shares, checked.
+struct LayerShape {
+    heads: usize,
+    channels: usize,
+    slope: f32,
+    concat: bool,
+    /// heads * channels
+    hc: usize,
+    /// The output width: `hc` with concat, `channels` without.
+    ow: usize,
+}
+
+/// Checks the arguments every kind shares (and names them in later shape errors).
 fn check_common(
-    t: &LayerTensors<'_>,
+    t: &mut LayerTensors<'_>,
     in_channels: &Option<Value>,
     heads: Option<usize>,
     out_channels: usize,
+    concat: Option<bool>,
     dropout: Option<f64>,
     negative_slope: Option<f64>,
-) -> Result<(usize, usize, f32)> {
+) -> Result<LayerShape> {
     let heads = heads.unwrap_or(1);
     if heads == 0 || out_channels == 0 {
         return Err(t.spec(format!(
@@ -487,7 +500,17 @@ fn check_common(
     if !slope.is_finite() {
         return Err(t.spec("negative_slope must be finite".into()));
     }
-    Ok((heads, out_channels, slope as f32))
+    let concat = concat.unwrap_or(true);
+    t.context = format!(" (heads = {heads}, out_channels = {out_channels}, concat = {concat})");
+    let hc = heads * out_channels;
+    Ok(LayerShape {
+        heads,
+        channels: out_channels,
+        slope: slope as f32,
+        concat,
+        hc,
+        ow: if concat { hc } else { out_channels },
+    })
 }
 
 fn check_in_channels(
@@ -646,18 +669,22 @@ impl LayerTensors<'_> {
 }
 
 fn load_gat(a: &GatArgs, t: &mut LayerTensors<'_>) -> Result<GatConv> {
-    let (heads, channels, slope) = check_common(
+    let LayerShape {
+        heads,
+        channels,
+        slope,
+        concat,
+        hc,
+        ow,
+    } = check_common(
         t,
         &a.in_channels,
         a.heads,
         a.out_channels,
+        a.concat,
         a.dropout,
         a.negative_slope,
     )?;
-    let hc = heads * channels;
-    let concat = a.concat.unwrap_or(true);
-    let ow = if concat { hc } else { channels };
-    t.context = format!(" (heads = {heads}, out_channels = {channels}, concat = {concat})");
     // The shared linear map: `lin` (PyG >= 2.3), `lin_src`/`lin_dst` (older 2.x), or
     // `lin_l`/`lin_r` (1.x). Two different maps make a bipartite layer.
     let (from, lin_w) = if t.has("lin.weight") {
@@ -741,18 +768,22 @@ fn bias_vector(t: &mut LayerTensors<'_>, bias: Option<bool>, ow: usize) -> Resul
 }
 
 fn load_gatv2(a: &GatV2Args, t: &mut LayerTensors<'_>) -> Result<GatV2Conv> {
-    let (heads, channels, slope) = check_common(
+    let LayerShape {
+        heads,
+        channels,
+        slope,
+        concat,
+        hc,
+        ow,
+    } = check_common(
         t,
         &a.in_channels,
         a.heads,
         a.out_channels,
+        a.concat,
         a.dropout,
         a.negative_slope,
     )?;
-    let hc = heads * channels;
-    let concat = a.concat.unwrap_or(true);
-    let ow = if concat { hc } else { channels };
-    t.context = format!(" (heads = {heads}, out_channels = {channels}, concat = {concat})");
     let bias = a.bias.unwrap_or(true);
     let lin_l = t.linear("lin_l", hc, None, bias)?;
     let f = lin_l.in_features;
@@ -808,12 +839,22 @@ fn load_gatv2(a: &GatV2Args, t: &mut LayerTensors<'_>) -> Result<GatV2Conv> {
 }
 
 fn load_transformer(a: &TransformerArgs, t: &mut LayerTensors<'_>) -> Result<TransformerConv> {
-    let (heads, channels, _) =
-        check_common(t, &a.in_channels, a.heads, a.out_channels, a.dropout, None)?;
-    let hc = heads * channels;
-    let concat = a.concat.unwrap_or(true);
-    let ow = if concat { hc } else { channels };
-    t.context = format!(" (heads = {heads}, out_channels = {channels}, concat = {concat})");
+    let LayerShape {
+        heads,
+        channels,
+        concat,
+        hc,
+        ow,
+        ..
+    } = check_common(
+        t,
+        &a.in_channels,
+        a.heads,
+        a.out_channels,
+        a.concat,
+        a.dropout,
+        None,
+    )?;
     let bias = a.bias.unwrap_or(true);
     let lin_query = t.linear("lin_query", hc, None, bias)?;
     let f = lin_query.in_features;

@@ -205,23 +205,11 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     }
     model.check_input_width(features.width, &config.features)?;
     let edge_attr = match &config.edge_features {
-        Some(path) => {
-            let ea = Features::read_edge_npy(path)?;
-            if ea.num_nodes != edges.len() {
-                return Err(GraphError::invalid(
-                    path,
-                    format!(
-                        "{} rows of edge features, but {} has {} edges (row e belongs to \
-                         edge e of the graph file)",
-                        ea.num_nodes,
-                        config.graph.display(),
-                        edges.len()
-                    ),
-                )
-                .into());
-            }
-            Some(ea)
-        }
+        Some(path) => Some(Features::read_edge_npy_for(
+            path,
+            edges.len(),
+            &config.graph,
+        )?),
         None => None,
     };
     model.check_edge_features(

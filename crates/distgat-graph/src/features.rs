@@ -50,6 +50,24 @@ impl Features {
         Self::read_matrix(path, "edge features", "[E, D]")
     }
 
+    /// [`Features::read_edge_npy`] for a graph of `num_edges` edges read from `graph`:
+    /// the rows must be exactly the graph's edges.
+    pub fn read_edge_npy_for(path: &Path, num_edges: usize, graph: &Path) -> Result<Self> {
+        let ea = Self::read_edge_npy(path)?;
+        if ea.num_nodes != num_edges {
+            return Err(GraphError::invalid(
+                path,
+                format!(
+                    "{} rows of edge features, but {} has {num_edges} edges (row e belongs to \
+                     edge e of the graph file)",
+                    ea.num_nodes,
+                    graph.display(),
+                ),
+            ));
+        }
+        Ok(ea)
+    }
+
     fn read_matrix(path: &Path, what: &str, shape: &str) -> Result<Self> {
         let body = NpyBody::open(path)?;
         if body.shape.len() != 2 {

@@ -143,20 +143,7 @@ pub fn run_partition(config: &PartitionConfig) -> Result<Manifest, PartitionErro
     let edge_features = match &config.edge_features {
         Some(path) => {
             phase("reading edge features");
-            let ea = Features::read_edge_npy(path)?;
-            if ea.num_nodes != edges.len() {
-                return Err(GraphError::invalid(
-                    path,
-                    format!(
-                        "{} rows of edge features, but {} has {} edges (row e belongs to \
-                         edge e of the graph file)",
-                        ea.num_nodes,
-                        config.graph.display(),
-                        edges.len()
-                    ),
-                )
-                .into());
-            }
+            let ea = Features::read_edge_npy_for(path, edges.len(), &config.graph)?;
             Some((
                 InputInfo {
                     path: path.display().to_string(),

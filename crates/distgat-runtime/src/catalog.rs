@@ -137,18 +137,7 @@ impl GraphEntry {
         let source = format!("the {} rows of the features", f.num_nodes);
         edges.check_ids(f.num_nodes as u64, &graph, &source)?;
         let edge_feature_width = match &edge_features {
-            Some(path) => {
-                let ea = Features::read_edge_npy(path)?;
-                if ea.num_nodes != edges.len() {
-                    return Err(RuntimeError::InvalidArgument(format!(
-                        "edge_features: {} rows, but the graph has {} edges (row e belongs \
-                         to edge e of the graph file)",
-                        ea.num_nodes,
-                        edges.len()
-                    )));
-                }
-                ea.width as u32
-            }
+            Some(path) => Features::read_edge_npy_for(path, edges.len(), &graph)?.width as u32,
             None => 0,
         };
         Ok(GraphEntry {

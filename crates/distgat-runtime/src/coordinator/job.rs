@@ -291,17 +291,11 @@ fn prepare(
     let edge_features = (!req.edge_features.is_empty()).then(|| PathBuf::from(&req.edge_features));
     let edge_width = match (&edge_features, &manifest.edge_features) {
         (Some(p), in_shards) => {
-            let ea = Features::read_edge_npy(p)?;
-            if ea.num_nodes != manifest.graph.size {
-                return Err(RuntimeError::InvalidArgument(format!(
-                    "edge_features: {} has {} rows, expected {}: one row per edge of the \
-                     graph ({})",
-                    p.display(),
-                    ea.num_nodes,
-                    manifest.graph.size,
-                    manifest.graph.path
-                )));
-            }
+            let ea = Features::read_edge_npy_for(
+                p,
+                manifest.graph.size,
+                Path::new(&manifest.graph.path),
+            )?;
             if let Some(info) = in_shards {
                 if distgat_partition::features_fingerprint(&ea) != info.fingerprint {
                     return Err(RuntimeError::InvalidArgument(format!(
