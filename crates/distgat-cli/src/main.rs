@@ -44,7 +44,9 @@ enum Command {
     Submit(SubmitArgs),
     /// Show one job, or list all jobs.
     Status {
+        /// The job id (as submit printed it); none lists every job
         job: Option<String>,
+        /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -52,12 +54,14 @@ enum Command {
     },
     /// Follow a job with a progress bar until it ends (non-zero exit unless it succeeds).
     Watch {
+        /// The job id (as submit printed it)
         job: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Fetch a finished job's output rows (original node ids) into a .npy file.
     Fetch {
+        /// The job id (as submit printed it)
         job: String,
         /// Output .npy [rows, width] float32
         #[arg(long, value_name = "OUT.npy")]
@@ -76,12 +80,15 @@ enum Command {
     },
     /// Show the neighbours that contributed most to chosen nodes (jobs run with --attention).
     Explain {
+        /// The job id (a job submitted with --attention)
         job: String,
         /// Target node ids, comma-separated
         #[arg(long, value_name = "IDS")]
         nodes: String,
+        /// The layer whose attention coefficients to show (0 = the first)
         #[arg(long, default_value_t = 0)]
         layer: u32,
+        /// How many neighbours to show per node, by mean coefficient over the heads
         #[arg(long, default_value_t = 5)]
         top_k: u32,
         #[command(flatten)]
@@ -89,7 +96,9 @@ enum Command {
     },
     /// Cancel a queued or running job.
     Cancel {
+        /// The job id (as submit printed it)
         job: String,
+        /// Why, for the job's record and the coordinator's log
         #[arg(long, default_value = "")]
         reason: String,
         #[command(flatten)]
@@ -103,6 +112,7 @@ enum Command {
         /// Seconds to wait for --wait
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -203,7 +213,7 @@ struct SubmitArgs {
     /// Edge attributes .npy [E, D] (row e for edge e of --graph), for models with edge_dim layers: under the data root, or local with --upload
     #[arg(long, value_name = "E.npy", requires = "graph")]
     edge_features: Option<String>,
-    /// npy, edgelist, metis or mtx (default: from the extension; required with --upload)
+    /// npy, edgelist, metis or mtx (default: from the --graph file's extension)
     #[arg(long, default_value = "")]
     format: String,
     /// Stream the local --graph and --features files to the coordinator
@@ -224,9 +234,9 @@ struct SubmitArgs {
     /// Reuse a partition made before
     #[arg(long)]
     partition_id: Option<String>,
-    /// PyG NormalizeFeatures (row normalisation) on the input
-    #[arg(long)]
-    normalize_features: bool,
+    /// Feature normalisation: none, or row (PyG's NormalizeFeatures); a bare --normalize-features means row, on every subcommand
+    #[arg(long, value_enum, default_value = "none", num_args = 0..=1, default_missing_value = "row")]
+    normalize_features: NormalizeArg,
     /// Keep attention coefficients (for `distgat explain`)
     #[arg(long)]
     attention: bool,
@@ -236,6 +246,7 @@ struct SubmitArgs {
     /// Then follow it like `distgat watch`
     #[arg(long)]
     watch: bool,
+    /// Print the job as JSON instead of its id
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -247,13 +258,14 @@ struct RunArgs {
     /// Graph file (default: the shipped Cora graph, with its features, model and labels)
     #[arg(long, value_name = "G", requires_all = ["features", "model", "out"])]
     graph: Option<PathBuf>,
-    #[arg(long, value_enum)]
+    /// Graph format, overriding the file extension (with --graph)
+    #[arg(long, value_enum, requires = "graph")]
     format: Option<FormatArg>,
     /// Node features .npy [N, F] (with --graph)
     #[arg(long, value_name = "X", requires = "graph")]
     features: Option<PathBuf>,
-    /// Feature normalisation applied after loading (with --graph; the Cora demo uses row)
-    #[arg(long, value_enum, requires = "graph")]
+    /// Feature normalisation: none, or row (PyG's NormalizeFeatures); bare means row (with --graph; the Cora demo uses row)
+    #[arg(long, value_enum, requires = "graph", num_args = 0..=1, default_missing_value = "row")]
     normalize_features: Option<NormalizeArg>,
     /// Model JSON (with --graph)
     #[arg(long, value_name = "M", requires = "graph")]
@@ -273,6 +285,7 @@ struct RunArgs {
     /// Partitioner when no --partition is given
     #[arg(long, default_value = "metis", value_parser = parse_method_name)]
     method: MethodArg,
+    /// Also write per layer layer{k}_alpha.npy [E', H] and layer{k}_att_edge_index.npy [2, E'] (PyG edge order)
     #[arg(long, value_name = "DIR")]
     attention_dir: Option<PathBuf>,
     /// Kernel threads per worker
@@ -412,8 +425,8 @@ struct InferArgs {
     /// Node features: float32 or float64 .npy [N, F]; N (the rows) is the node count
     #[arg(long, value_name = "X")]
     features: PathBuf,
-    /// Feature normalisation applied after loading
-    #[arg(long, value_enum, default_value = "none")]
+    /// Feature normalisation: none, or row (PyG's NormalizeFeatures); a bare --normalize-features means row
+    #[arg(long, value_enum, default_value = "none", num_args = 0..=1, default_missing_value = "row")]
     normalize_features: NormalizeArg,
     /// Expected node count; must equal the feature rows (a check for isolated trailing nodes)
     #[arg(long, value_name = "N")]
@@ -466,7 +479,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => worker(args),
         Command::Submit(args) => client_command(&args.client.clone(), |c| submit(c, args)),
         Command::Status { job, json, client } => client_command(&client, |c| status(c, job, json)),
-        Command::Watch { job, client } => client_command(&client, |c| watch(c, job)),
+        Command::Watch { job, client } => client_command(&client, |c| watch(c, job, true)),
         Command::Fetch {
             job,
             out,
@@ -656,7 +669,7 @@ async fn submit(mut client: distgat_client::Client, args: SubmitArgs) -> anyhow:
             parts: args.parts,
             method: args.method,
             model: args.model,
-            normalize_features: args.normalize_features,
+            normalize_features: matches!(args.normalize_features, NormalizeArg::Row),
             attention: args.attention,
             threads_per_worker: args.threads_per_worker,
             ..Default::default()
@@ -669,7 +682,9 @@ async fn submit(mut client: distgat_client::Client, args: SubmitArgs) -> anyhow:
         println!("{}", info.job_id);
     }
     if args.watch {
-        watch(client, info.job_id).await?;
+        // stdout carries only the job id (or its JSON), so `job=$(distgat submit --watch
+        // ...)` captures just that; the progress and the final line go to stderr.
+        watch(client, info.job_id, false).await?;
     }
     Ok(())
 }
@@ -693,9 +708,13 @@ async fn status(
     Ok(())
 }
 
-async fn watch(mut client: distgat_client::Client, job: String) -> anyhow::Result<()> {
+async fn watch(
+    mut client: distgat_client::Client,
+    job: String,
+    final_line_to_stdout: bool,
+) -> anyhow::Result<()> {
     let bar = ProgressBar::new(1).with_style(
-        ProgressStyle::with_template("{spinner} [{elapsed}] {bar:30} {pos}/{len} layers {msg}")
+        ProgressStyle::with_template("{spinner} [{elapsed}] {bar:30} {percent:>3}% {msg}")
             .expect("static template"),
     );
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
@@ -705,7 +724,11 @@ async fn watch(mut client: distgat_client::Client, job: String) -> anyhow::Resul
             let state = distgat_client::state_name(info);
             bar.set_length(u64::from((info.layers * info.parts).max(1)));
             bar.set_position(info.progress.iter().map(|p| u64::from(p.layers_done)).sum());
-            bar.set_message(format!("{} {state}", info.job_id));
+            let (layer, parts_done) = distgat_cli::remote::layer_progress(info);
+            bar.set_message(format!(
+                "{} {state}: layer {layer}/{} on {} parts ({parts_done} done)",
+                info.job_id, info.layers, info.parts
+            ));
             if state != last_state {
                 // A line per state change, for logs where the bar is not drawn.
                 bar.suspend(|| eprintln!("{}", distgat_cli::remote::format_job(info)));
@@ -715,7 +738,11 @@ async fn watch(mut client: distgat_client::Client, job: String) -> anyhow::Resul
         .await;
     bar.finish_and_clear();
     let info = result?;
-    println!("{}", distgat_cli::remote::format_job(&info));
+    if final_line_to_stdout {
+        println!("{}", distgat_cli::remote::format_job(&info));
+    } else {
+        eprintln!("{}", distgat_cli::remote::format_job(&info));
+    }
     Ok(())
 }
 
@@ -867,15 +894,21 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         exe: std::env::current_exe()?,
     };
     let bar = progress_bar();
+    let started = std::time::Instant::now();
     let summary = distgat_cli::run::run_cluster(&config, show_phase);
+    let total = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let summary = summary?;
     let parsed: serde_json::Value = serde_json::from_str(&summary)?;
+    let job = parsed["seconds"].as_f64().unwrap_or(0.0);
+    // The whole command's time, then the job's: the rest is partitioning (unless
+    // --partition) and starting and stopping the processes.
     eprintln!(
-        "wrote {} in {:.2} s with {} workers",
+        "wrote {} in {total:.2} s with {} workers (the job {job:.2} s; partitioning and \
+         starting the processes {:.2} s)",
         out.display(),
-        parsed["seconds"].as_f64().unwrap_or(0.0),
-        config.workers
+        config.workers,
+        (total - job).max(0.0)
     );
     eprintln!("part layer  compute ms  wait ms  send ms  rows sent  halo bytes (planned)");
     for w in parsed["workers"].as_array().into_iter().flatten() {
@@ -1027,4 +1060,103 @@ fn infer(args: InferArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::Cli;
+
+    /// Every subcommand and every argument of every subcommand says what it is for.
+    #[test]
+    fn every_argument_has_help_text() {
+        let mut missing = Vec::new();
+        let cli = Cli::command();
+        for sub in cli.get_subcommands() {
+            if sub.get_about().is_none() {
+                missing.push(sub.get_name().to_string());
+            }
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{} {id}", sub.get_name()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    /// `--normalize-features` is spelled and parsed the same by every subcommand that has
+    /// it: bare means row, and `none`/`row` are accepted everywhere.
+    #[test]
+    fn normalize_features_is_one_option_everywhere() {
+        let cli = Cli::command();
+        let subs: Vec<_> = cli
+            .get_subcommands()
+            .filter(|s| {
+                s.get_arguments()
+                    .any(|a| a.get_id().as_str() == "normalize_features")
+            })
+            .map(|s| s.get_name().to_string())
+            .collect();
+        assert!(subs.len() >= 3, "{subs:?}");
+        for sub in &subs {
+            let base: Vec<&str> = match sub.as_str() {
+                "infer" => vec![
+                    "distgat",
+                    "infer",
+                    "--graph",
+                    "g",
+                    "--features",
+                    "x",
+                    "--model",
+                    "m",
+                    "--out",
+                    "o",
+                ],
+                "run" => vec![
+                    "distgat",
+                    "run",
+                    "--graph",
+                    "g",
+                    "--features",
+                    "x",
+                    "--model",
+                    "m",
+                    "--out",
+                    "o",
+                ],
+                "submit" => vec![
+                    "distgat",
+                    "submit",
+                    "--graph",
+                    "g",
+                    "--features",
+                    "x",
+                    "--model",
+                    "m",
+                ],
+                other => panic!("add {other} to this test"),
+            };
+            for extra in [
+                vec!["--normalize-features"],
+                vec!["--normalize-features", "row"],
+                vec!["--normalize-features", "none"],
+            ] {
+                let args: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
+                let parsed = Cli::try_parse_from(&args);
+                assert!(parsed.is_ok(), "{sub} {extra:?}: {:?}", parsed.err());
+            }
+            let bad: Vec<&str> = base
+                .iter()
+                .copied()
+                .chain(["--normalize-features", "col"])
+                .collect();
+            assert!(Cli::try_parse_from(&bad).is_err(), "{sub}: accepted col");
+        }
+    }
 }

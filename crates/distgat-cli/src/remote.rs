@@ -29,13 +29,23 @@ pub async fn submit(client: &mut Client, config: SubmitConfig) -> anyhow::Result
     let graph_id = match (&config.graph_id, &config.graph, &config.features) {
         (Some(id), None, None) => id.clone(),
         (None, Some(graph), Some(features)) => {
+            // An upload has no server-side file name: the format comes from the local
+            // file's extension unless --format names it (as infer does).
+            let graph_format = if config.upload && config.graph_format.is_empty() {
+                distgat_graph::GraphFormat::from_path(Path::new(graph))
+                    .map_err(|e| anyhow::anyhow!("--graph: {e}; or give --format"))?
+                    .name()
+                    .to_string()
+            } else {
+                config.graph_format.clone()
+            };
             let info = if config.upload {
                 client
                     .upload_graph_with_edge_features(
                         graph.as_ref(),
                         features.as_ref(),
                         config.edge_features.as_deref().map(Path::new),
-                        &config.graph_format,
+                        &graph_format,
                         &config.name,
                     )
                     .await
@@ -46,7 +56,7 @@ pub async fn submit(client: &mut Client, config: SubmitConfig) -> anyhow::Result
                         graph,
                         features,
                         config.edge_features.as_deref(),
-                        &config.graph_format,
+                        &graph_format,
                         &config.name,
                     )
                     .await
@@ -100,14 +110,17 @@ pub fn job_json(j: &JobInfo) -> serde_json::Value {
 }
 
 /// One line per job: id, state, parts, layers done, time, error.
+/// One line per job: its layers and its parts counted separately (a 2-layer model on 3
+/// parts is done at "layer 2/2, 3/3 parts done", not at "6/6").
 pub fn format_job(j: &JobInfo) -> String {
-    let done: u32 = j.progress.iter().map(|p| p.layers_done).sum();
-    let total = j.layers * j.parts;
+    let (layer, parts_done) = layer_progress(j);
     let mut line = format!(
-        "{:<10} {:<12} graph {:<10} parts {:<3} layers {done}/{total} {:>8.2} s",
+        "{:<10} {:<12} graph {:<10} layer {layer}/{} on {} parts ({parts_done}/{} done) {:>8.2} s",
         j.job_id,
         state_name(j),
         j.graph_id,
+        j.layers,
+        j.parts,
         j.parts,
         j.seconds
     );
@@ -118,6 +131,22 @@ pub fn format_job(j: &JobInfo) -> String {
         line += &format!("  error: {}", j.error);
     }
     line
+}
+
+/// The layer every part has finished (the slowest part's), and how many parts finished
+/// all layers.
+pub fn layer_progress(j: &JobInfo) -> (u32, u32) {
+    let done: Vec<u32> = j.progress.iter().map(|p| p.layers_done).collect();
+    let slowest = if done.len() < j.parts as usize {
+        0
+    } else {
+        done.iter().copied().min().unwrap_or(0)
+    };
+    let finished = done
+        .iter()
+        .filter(|&&d| d >= j.layers && j.layers > 0)
+        .count() as u32;
+    (slowest.min(j.layers), finished)
 }
 
 pub fn workers_json(s: &ClusterStatusResponse) -> serde_json::Value {

@@ -87,6 +87,11 @@ pub fn spawn_server(
 
 /// Runs the job; returns the job summary JSON.
 pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<String> {
+    // One worker per part: a bad count is the user's --workers, not the partitioner's
+    // --parts.
+    if config.workers == 0 {
+        anyhow::bail!("--workers: 0 workers; give at least 1 (one worker process per part)");
+    }
     // Where outputs go is checked before any work, naming the flag.
     if let Some(dir) = &config.attention_dir {
         if dir.exists() && !dir.is_dir() {

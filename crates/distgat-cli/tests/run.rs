@@ -569,3 +569,83 @@ fn a_reused_partition_refuses_features_other_than_its_shards() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn submit_watch_prints_only_the_job_id_and_upload_infers_the_format() {
+    // `job=$(distgat submit ... --watch)` must capture the job id alone; an upload with no
+    // --format takes the format from the file's extension, as infer does. The model needs
+    // the edge features, which travel with the upload.
+    let tmp = tempfile::tempdir().unwrap();
+    let case = repo().join("reference/transformer-edge-beta-n200");
+    let mut cluster = Cluster(Vec::new());
+    let work = tmp.path().join("work");
+    let (coordinator, _) = start(
+        &mut cluster,
+        &[
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-root",
+            repo().to_str().unwrap(),
+            "--work-dir",
+            work.to_str().unwrap(),
+        ],
+    );
+    let (_, _w) = start(&mut cluster, &["worker", "--coordinator", &coordinator]);
+    let output = Command::new(exe())
+        .args([
+            "submit",
+            "--coordinator",
+            &coordinator,
+            "--upload",
+            "--watch",
+        ])
+        .arg("--graph")
+        .arg(case.join("edge_index.npy"))
+        .arg("--features")
+        .arg(case.join("x.npy"))
+        .arg("--edge-features")
+        .arg(case.join("edge_attr.npy"))
+        .args(["--model", "reference/transformer-edge-beta-n200/model.json"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "stdout holds more than the job id: {stdout:?}"
+    );
+    assert!(lines[0].starts_with("job-"), "{stdout:?}");
+    // The final line (on stderr) says layers and parts separately.
+    assert!(
+        stderr.contains("layer 2/2 on 1 parts (1/1 done)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn zero_workers_is_an_error_about_workers() {
+    let inputs = reference("gatv2-n200");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(exe());
+    cmd.arg("run");
+    common_args(
+        &mut cmd,
+        &inputs,
+        &tmp.path().join("o.npy"),
+        &tmp.path().join("a"),
+    );
+    let output = cmd.args(["--workers", "0"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("--workers") && !stderr.contains("--parts"),
+        "{stderr}"
+    );
+}
