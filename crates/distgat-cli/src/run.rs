@@ -132,8 +132,12 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Str
     let opened = distgat_partition::PartitionDir::open(&partition)?;
     if config.partition.is_some() {
         // A reused partition must come from this graph.
+        // The graph's node count is its feature rows (as infer counts them), never the
+        // partition's own count, which would hide the mismatch being reported.
         let edges = distgat_graph::read_graph(&config.graph, config.format)?;
-        opened.check_graph(&edges, opened.manifest.graph.rows)?;
+        let features = distgat_graph::NpyBody::open(&config.features)?;
+        let nodes = features.shape.first().copied().unwrap_or(0) as usize;
+        opened.check_graph(&edges, nodes)?;
     }
     if opened.manifest.parts != config.workers {
         anyhow::bail!(

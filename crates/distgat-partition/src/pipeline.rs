@@ -236,12 +236,20 @@ pub fn format_report(m: &Manifest) -> String {
         "partition of {} ({} nodes, {} edges) into {} parts with {method}\n",
         m.graph.path, s.num_nodes, s.num_edges, s.parts
     );
+    // The cut is a share of the symmetrised graph's undirected pairs (a directed edge and
+    // its reverse are one pair; a one-way edge is a pair too), never of E / 2.
+    let share = if s.num_undirected_pairs > 0 {
+        format!(
+            " ({:.2}% of {})",
+            100.0 * s.edge_cut as f64 / s.num_undirected_pairs as f64,
+            s.num_undirected_pairs
+        )
+    } else {
+        String::new()
+    };
     out += &format!(
-        "edge cut {} undirected pairs ({:.2}% of {}), communication volume {}\n",
-        s.edge_cut,
-        100.0 * s.edge_cut as f64 / (s.num_edges as f64 / 2.0).max(1.0),
-        s.num_edges / 2,
-        s.communication_volume
+        "edge cut {} undirected pairs{share}, communication volume {}\n",
+        s.edge_cut, s.communication_volume
     );
     out += &format!(
         "imbalance: nodes {:.3}, incoming edges {:.3}\n",
@@ -251,6 +259,16 @@ pub fn format_report(m: &Manifest) -> String {
         "halo rows {} in all; {} bytes per layer at {} f32 columns per row\n",
         s.halo_rows_total, s.halo_bytes_per_layer, s.row_width
     );
+    let empty = s.empty_parts();
+    if !empty.is_empty() {
+        out += &format!(
+            "warning: {} of {} parts own no node (parts {empty:?}): a job on this partition \
+             starts a worker for each that computes nothing; partition into fewer parts \
+             (--parts) for this graph\n",
+            empty.len(),
+            s.parts
+        );
+    }
     out += "part   owned   incoming edges   halo rows\n";
     for p in 0..s.parts {
         out += &format!(

@@ -11,6 +11,10 @@ pub struct PartitionStats {
     pub num_nodes: usize,
     /// Directed input edges.
     pub num_edges: usize,
+    /// Undirected pairs {u, v} (u != v) of the symmetrised graph: what the edge cut is a
+    /// share of (0 in manifests written before it was recorded).
+    #[serde(default)]
+    pub num_undirected_pairs: u64,
     /// Undirected pairs {u, v} (u != v) whose endpoints are in different parts, as METIS
     /// counts its edge cut.
     pub edge_cut: u64,
@@ -32,6 +36,14 @@ pub struct PartitionStats {
 }
 
 impl PartitionStats {
+    /// Parts that own no node (METIS may leave parts empty on small or disconnected
+    /// graphs); a job on this partition still starts one worker per part.
+    pub fn empty_parts(&self) -> Vec<usize> {
+        (0..self.parts)
+            .filter(|&p| self.owned_rows.get(p) == Some(&0))
+            .collect()
+    }
+
     pub fn compute(
         graph: &SymmetricGraph,
         assignment: &[u32],
@@ -75,6 +87,7 @@ impl PartitionStats {
             parts,
             num_nodes: graph.num_nodes,
             num_edges,
+            num_undirected_pairs: graph.num_undirected_edges() as u64,
             edge_cut,
             communication_volume: volume,
             node_imbalance: imbalance(&owned_rows),
