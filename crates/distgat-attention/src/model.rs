@@ -687,9 +687,8 @@ fn load_gat(a: &GatArgs, t: &mut LayerTensors<'_>) -> Result<GatConv> {
     )?;
     // The shared linear map: `lin` (PyG >= 2.3), `lin_src`/`lin_dst` (older 2.x), or
     // `lin_l`/`lin_r` (1.x). Two different maps make a bipartite layer.
-    let (from, lin_w) = if t.has("lin.weight") {
-        ("lin.weight", t.required("lin.weight", &[Some(hc), None])?)
-    } else if t.has("lin_src.weight") || t.has("lin_l.weight") {
+    let older = !t.has("lin.weight") && (t.has("lin_src.weight") || t.has("lin_l.weight"));
+    let (from, lin_w) = if older {
         let (a_name, b_name) = if t.has("lin_src.weight") {
             ("lin_src.weight", "lin_dst.weight")
         } else {
@@ -707,8 +706,7 @@ fn load_gat(a: &GatArgs, t: &mut LayerTensors<'_>) -> Result<GatConv> {
         }
         (a_name, src)
     } else {
-        t.required("lin.weight", &[Some(hc), None])?;
-        unreachable!("required() fails for a missing tensor")
+        ("lin.weight", t.required("lin.weight", &[Some(hc), None])?)
     };
     let f = lin_w.0[1];
     check_in_channels(t, &a.in_channels, f, from)?;
