@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start, stop or inspect a distgat cluster (1 coordinator + K workers) on loopback.
 #
-#   cluster/local.sh K        start; prints `COORDINATOR=host:port` on stdout
+#   cluster/local.sh K        start; prints `export DISTGAT_COORDINATOR=host:port` on stdout
+#                             (so `eval "$(cluster/local.sh K)"` sets it in your shell)
 #   cluster/local.sh stop     stop what the last start started
 #   cluster/local.sh status   show which recorded processes are alive
 #
@@ -25,7 +26,8 @@ usage: cluster/local.sh K        start a coordinator and K workers on 127.0.0.1
 State dir: \${DISTGAT_LOCAL_DIR:-<repo>/.distgat-local} (now: $STATE)
 Binary:    \${DISTGAT_BIN:-<repo>/target/release/distgat} (built if missing)
 Data root: \${DISTGAT_DATA_ROOT:-<repo>}
-On success, start prints exactly one line, COORDINATOR=host:port, on stdout.
+On success, start prints exactly one line, export DISTGAT_COORDINATOR=host:port, on
+stdout: eval "$(cluster/local.sh K)" sets the variable the distgat client commands read.
 EOF
 }
 
@@ -299,10 +301,10 @@ cmd_start() {
   done
   check_alive
 
-  echo "COORDINATOR=$addr" >"$STATE/env"
+  echo "export DISTGAT_COORDINATOR=$addr" >"$STATE/env"
   START_OK=1
   log "cluster up: coordinator $addr, $k worker(s); logs in $STATE; stop with: cluster/local.sh stop"
-  echo "COORDINATOR=$addr"
+  echo "export DISTGAT_COORDINATOR=$addr"
 }
 
 case "${1:-}" in

@@ -56,8 +56,8 @@ done
 check "stop with nothing running: exit 0" exits 0 "$local_sh" stop
 
 out="$("$local_sh" 3 2>"$tmp/start.err")" || { cat "$tmp/start.err"; bad "start 3"; }
-check "start prints exactly one line COORDINATOR=host:port" \
-  matches "$out" '^COORDINATOR=[^[:space:]]+:[0-9]+$'
+check "start prints exactly one line export DISTGAT_COORDINATOR=host:port" \
+  matches "$out" '^export DISTGAT_COORDINATOR=[^[:space:]]+:[0-9]+$'
 check "env file matches stdout" equal "$(cat "$DISTGAT_LOCAL_DIR/env")" "$out"
 mapfile -t pids <"$DISTGAT_LOCAL_DIR/pids"
 check "4 PIDs recorded" equal "${#pids[@]}" 4
