@@ -237,6 +237,16 @@ pub(super) fn compute_part(
                     req.edge_features, ea.width
                 )));
             }
+            // The coordinator checked the rows against the graph; the file is read again
+            // here, so a file replaced meanwhile is caught instead of indexed past its end.
+            if let Some(&last) = plan.edge_id.iter().max() {
+                if last as usize >= ea.num_nodes {
+                    return Err(RuntimeError::InvalidArgument(format!(
+                        "edge_features: {} has {} rows, but this part has edge {last}",
+                        req.edge_features, ea.num_nodes
+                    )));
+                }
+            }
             Some(EdgeAttr::File(ea))
         }
         (None, _) => None,
