@@ -538,6 +538,11 @@ static PROGRESS: std::sync::OnceLock<ProgressBar> = std::sync::OnceLock::new();
 fn show_phase(name: &str) {
     if let Some(bar) = PROGRESS.get() {
         bar.set_message(name.to_string());
+        // Off a terminal the bar is not drawn: a plain line per phase, with the time so
+        // far, so a log file shows where a long run is.
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprintln!("[{:>7.1} s] {name}", bar.elapsed().as_secs_f64());
+        }
     }
     tracing::info!(phase = name);
 }
