@@ -185,10 +185,15 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Str
             .display()
             .to_string()
     };
+    // A partition made just now from these files carries their rows in its shards: naming
+    // the files again would only make the coordinator read and fingerprint them a second
+    // time. A reused partition gets them named, so a mismatch is caught.
+    let reused = config.partition.is_some();
+    let named = |p: &Path| if reused { abs(p) } else { String::new() };
     let request = RunJobRequest {
         partition_dir: abs(&partition),
         model: abs(&config.model),
-        features: abs(&config.features),
+        features: named(&config.features),
         normalize_rows: config.normalize == Normalization::Row,
         out: abs(&config.out),
         attention_dir: config.attention_dir.as_deref().map(abs).unwrap_or_default(),
@@ -199,7 +204,11 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Str
             .unwrap_or_default()
             .to_string(),
         threads_per_worker: config.threads_per_worker as u32,
-        edge_features: config.edge_features.as_deref().map(abs).unwrap_or_default(),
+        edge_features: config
+            .edge_features
+            .as_deref()
+            .map(named)
+            .unwrap_or_default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
