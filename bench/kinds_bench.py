@@ -28,7 +28,7 @@ Usage (run with the PyG virtualenv):
 
     python bench/kinds_bench.py --distgat target/release/distgat \\
         --sizes small,medium[,large] --kinds GATConv,GATv2Conv,TransformerConv \\
-        --threads 2 --repeats 3 --work-dir DIR [--json OUT.json]
+        --threads 2 --repeats 3 [--work-dir DIR] [--json OUT.json]
 
 Exit status 1 (message on stderr) when the setup fails or ``distgat`` itself
 fails; a failed PyG child is only recorded.
@@ -357,7 +357,8 @@ def main():
     p.add_argument("--repeats-large", type=int, default=None,
                    help="repeats at the large size (default: --repeats)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work-dir", help="directory for inputs, models and outputs")
+    p.add_argument("--work-dir", help="directory for inputs, models and outputs "
+                   "(default: a temporary directory, removed at the end)")
     p.add_argument("--json", help="also write every measurement to this JSON file")
     p.add_argument("--pyg-timeout", type=float, default=None,
                    help="seconds before a PyG child is killed (default: none)")
@@ -374,8 +375,14 @@ def main():
         pyg_child(a)
         return
 
-    if not a.distgat or not a.work_dir:
-        fail("--distgat and --work-dir are required")
+    if not a.distgat:
+        fail("--distgat is required (the distgat binary, e.g. target/release/distgat)")
+    if not a.work_dir:
+        import atexit
+        import shutil
+        import tempfile
+        a.work_dir = tempfile.mkdtemp(prefix="kinds-bench-")
+        atexit.register(shutil.rmtree, a.work_dir, ignore_errors=True)
     binary = os.path.abspath(a.distgat)
     if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
         fail(f"{a.distgat} is not an executable file (build it: cargo build --release -p distgat-cli)")

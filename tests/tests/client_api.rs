@@ -86,14 +86,10 @@ fn infer_cora(out: &Path, attention: Option<PathBuf>) {
         features: root.join(CORA_FEATURES),
         normalize: Normalization::Row,
         model: root.join(CORA_MODEL),
-        edge_features: None,
         out: out.to_path_buf(),
         attention_dir: attention,
         threads: Some(1),
-        labels: None,
-        test_idx: None,
-        stats_json: None,
-        on_phase: None,
+        ..InferConfig::default()
     })
     .unwrap();
 }

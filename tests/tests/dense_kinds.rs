@@ -9,7 +9,7 @@
 
 use distgat_attention::{
     run_model, Activation, Execution, FillValue, GatConv, GatV2Conv, Layer, Linear, Model,
-    Topology, TransformerConv,
+    Progress, Topology, TransformerConv,
 };
 use distgat_graph::{EdgeList, Features};
 use proptest::prelude::*;
@@ -332,7 +332,7 @@ fn run(layer: Layer, g: &Graph, with_attr: bool) -> Result<(Vec<f32>, Vec<f32>),
             edge_attr.as_ref(),
             exec,
             true,
-            &|_| {},
+            &Progress::default(),
         )
         .map(|mut out| (out.values, out.attention.remove(0)))
         .map_err(|e| TestCaseError::fail(format!("run_model: {e}")))

@@ -2,7 +2,7 @@
 //! `GATConv` written here from `../shared/reference/README.md` (section 5), on small random graphs
 //! with duplicate edges, self loops and isolated nodes.
 
-use distgat_attention::{run_model, Activation, Execution, GatConv, Model, Topology};
+use distgat_attention::{run_model, Activation, Execution, GatConv, Model, Progress, Topology};
 use distgat_graph::EdgeList;
 use proptest::prelude::*;
 
@@ -162,7 +162,16 @@ fn ours(c: &Case, exec: Execution) -> (Vec<f32>, Vec<f32>) {
     };
     let edges = EdgeList::from_pairs(&c.src, &c.dst);
     let topology = Topology::build(&edges, c.n, &model, true).unwrap();
-    let out = run_model(&model, &topology, c.x.clone(), None, exec, true, &|_| {}).unwrap();
+    let out = run_model(
+        &model,
+        &topology,
+        c.x.clone(),
+        None,
+        exec,
+        true,
+        &Progress::default(),
+    )
+    .unwrap();
     (out.values, out.attention.into_iter().next().unwrap())
 }
 

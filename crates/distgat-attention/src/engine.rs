@@ -12,6 +12,7 @@ use crate::error::{ModelError, Result};
 use crate::exec::Execution;
 use crate::kind::{aggregate_into, source_aux, transform_into, RowInputs};
 use crate::model::Model;
+use crate::progress::Progress;
 
 /// The CSRs a model needs (one per self-loop setting its layers use).
 pub struct Topology {
@@ -104,8 +105,8 @@ pub struct ModelOutput {
 /// Runs every layer of `model` on `features` (`[num_nodes, in_features]`, consumed so its
 /// memory is released after the first transform). `edge_attr` (`[E, edge_dim]`, row e for
 /// edge e of the graph the topology was built from) is required exactly when a layer has
-/// `edge_dim` (check with [`Model::check_edge_features`] first). `on_layer(k)` is called as
-/// layer `k` starts, for progress reporting.
+/// `edge_dim` (check with [`Model::check_edge_features`] first). `progress` is told as each
+/// layer starts and as its entries are aggregated, for progress reporting.
 pub fn run_model(
     model: &Model,
     topology: &Topology,
@@ -113,7 +114,7 @@ pub fn run_model(
     edge_attr: Option<&Features>,
     exec: Execution,
     want_attention: bool,
-    on_layer: &dyn Fn(usize),
+    progress: &Progress,
 ) -> Result<ModelOutput> {
     let n = topology.num_nodes;
     let in_width = model.layers[0].in_features();
@@ -127,8 +128,9 @@ pub fn run_model(
     let mut attention = Vec::new();
     let mut timings = Vec::with_capacity(model.layers.len());
     for (k, layer) in model.layers.iter().enumerate() {
-        on_layer(k);
         let layer = layer.as_ref();
+        let entries = topology.view(layer.add_self_loops()).csr.num_entries() as u64;
+        progress.start_layer(k, model.layers.len(), entries);
         let started = Instant::now();
         let mut source = RowBuffer::zeroed(n * layer.source_width());
         let mut target = vec![0f32; n * layer.target_width()];
@@ -180,6 +182,7 @@ pub fn run_model(
             exec,
             &mut out,
             alpha_csr.as_deref_mut(),
+            Some(progress),
         );
         drop(source);
         drop(target);

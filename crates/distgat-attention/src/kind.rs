@@ -22,6 +22,7 @@ use rayon::prelude::*;
 
 use crate::dense::for_each_row_block;
 use crate::exec::Execution;
+use crate::progress::Progress;
 
 /// PyG's softmax denominator epsilon (`torch_geometric.utils.softmax`).
 pub const SOFTMAX_EPS: f32 = 1e-16;
@@ -182,7 +183,8 @@ pub fn transform_into(
 /// (`[csr entries, heads]`), also writes the attention coefficients in CSR order.
 /// Work is split into chunks of whole rows holding about [`EDGES_PER_CHUNK`] entries, so
 /// rayon balances by edges; each row is computed by one thread in CSR order, so the bits
-/// do not depend on the thread count or on how rows are grouped.
+/// do not depend on the thread count or on how rows are grouped. Each finished chunk adds
+/// its entries to `progress`, when given.
 pub fn aggregate_into(
     layer: &dyn AttentionKind,
     csr: &IncomingCsr,
@@ -190,6 +192,7 @@ pub fn aggregate_into(
     exec: Execution,
     out: &mut [f32],
     mut alpha: Option<&mut [f32]>,
+    progress: Option<&Progress>,
 ) {
     let rows = csr.row_ptr.len() - 1;
     let (h, ow) = (layer.heads(), layer.out_width());
@@ -233,6 +236,9 @@ pub fn aggregate_into(
     let run = |(start, end, o, a): (usize, usize, &mut [f32], Option<&mut [f32]>)| {
         let mut scratch = Scratch::default();
         with_wide_vectors(|| layer.aggregate_rows(csr, inputs, start..end, o, a, &mut scratch));
+        if let Some(p) = progress {
+            p.add_entries((csr.row_ptr[end] - csr.row_ptr[start]) as u64);
+        }
     };
     match exec {
         Execution::Sequential => work.into_iter().for_each(run),
@@ -590,6 +596,8 @@ mod tests {
             let (ow, h) = (layer.out_width(), layer.heads());
             let mut full = vec![0f32; s.csr.num_nodes * ow];
             let mut alpha = vec![0f32; s.csr.num_entries() * h];
+            let progress = Progress::default();
+            progress.start_layer(0, 1, s.csr.num_entries() as u64);
             aggregate_into(
                 layer,
                 &s.csr,
@@ -597,7 +605,11 @@ mod tests {
                 Execution::Parallel,
                 &mut full,
                 Some(&mut alpha),
+                Some(&progress),
             );
+            let done = progress.snapshot();
+            assert_eq!(done.entries_done, s.csr.num_entries() as u64);
+            assert_eq!(done.layer_fraction(), 1.0);
             let mut sequential = vec![0f32; s.csr.num_nodes * ow];
             aggregate_into(
                 layer,
@@ -605,6 +617,7 @@ mod tests {
                 &inputs,
                 Execution::Sequential,
                 &mut sequential,
+                None,
                 None,
             );
             assert!(same_bits(&full, &sequential), "{}", layer.kind());

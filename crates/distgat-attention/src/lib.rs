@@ -15,6 +15,7 @@ pub mod gat;
 pub mod gatv2;
 pub mod kind;
 pub mod model;
+pub mod progress;
 pub mod transformer;
 mod weights;
 
@@ -31,4 +32,5 @@ pub use kind::{
     Scratch,
 };
 pub use model::{Activation, Layer, Model};
+pub use progress::{Progress, ProgressSnapshot};
 pub use transformer::TransformerConv;

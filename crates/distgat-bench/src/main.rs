@@ -274,7 +274,15 @@ fn kernel_child(dir: &Path, repeats: usize, threads: usize) -> anyhow::Result<()
                 target: &target,
                 edge_attr: None,
             };
-            aggregate_into(layer, csr, &inputs, Execution::Parallel, &mut out, None);
+            aggregate_into(
+                layer,
+                csr,
+                &inputs,
+                Execution::Parallel,
+                &mut out,
+                None,
+                None,
+            );
             let t2 = Instant::now();
             if r > 0 {
                 tt.push((t1 - t0).as_secs_f64() * 1e3);

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use distgat_attention::{run_model, Execution, Model, ModelError, Topology};
+use distgat_attention::{run_model, Execution, Model, ModelError, Progress, Topology};
 use std::io::Write;
 
 use distgat_graph::{
@@ -38,6 +38,9 @@ pub struct InferConfig {
     pub stats_json: Option<PathBuf>,
     /// Called with a short description as each phase starts.
     pub on_phase: Option<fn(&str)>,
+    /// Told as each layer starts and as its edges are aggregated (for a progress bar that
+    /// another thread draws). Without it, layer starts go to `on_phase`.
+    pub progress: Option<std::sync::Arc<Progress>>,
 }
 
 /// What a run did, with the time of each phase in milliseconds.
@@ -239,8 +242,13 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     };
     drop(edges);
 
-    let layers = model.layers.len();
-    let on_layer = |k: usize| phase(&format!("layer {}/{layers}", k + 1));
+    let progress = match (&config.progress, config.on_phase) {
+        (Some(p), _) => p.clone(),
+        (None, Some(on_phase)) => std::sync::Arc::new(Progress::with_layer_hook(move |k, l| {
+            on_phase(&format!("layer {}/{l}", k + 1))
+        })),
+        (None, None) => Default::default(),
+    };
     let output = run_model(
         &model,
         &topology,
@@ -248,7 +256,7 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         edge_attr.as_ref(),
         Execution::Parallel,
         want_attention,
-        &on_layer,
+        &progress,
     )?;
     drop(topology);
     // distgat refuses non-finite inputs; a non-finite output (features so large that

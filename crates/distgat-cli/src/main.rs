@@ -547,6 +547,103 @@ fn show_phase(name: &str) {
     tracing::info!(phase = name);
 }
 
+/// Shows the progress inside each layer while `work` runs. On a terminal the bar's message
+/// is the current layer, a bar of its edges, the percentage and an estimate of the time
+/// left; off a terminal a plain line says the same every `DISTGAT_PROGRESS_SECONDS`
+/// (default 10) while a layer runs, so a log shows where a long run is.
+fn with_layer_progress<T>(
+    bar: &ProgressBar,
+    progress: &distgat_attention::Progress,
+    work: impl FnOnce() -> T,
+) -> T {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let every = progress_line_interval();
+    let poll = every.min(std::time::Duration::from_millis(100));
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            // The layer shown, and when (and at how many entries) its aggregation was
+            // first seen under way: the rate since then gives the time left.
+            let (mut layer, mut since) = (0, None);
+            let mut last_line = std::time::Instant::now();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(poll);
+                let snap = progress.snapshot();
+                if snap.layer != layer {
+                    (layer, since, last_line) = (snap.layer, None, std::time::Instant::now());
+                }
+                if snap.layer == 0 || snap.entries_done >= snap.entries_total {
+                    continue;
+                }
+                if since.is_none() && snap.entries_done > 0 {
+                    since = Some((std::time::Instant::now(), snap.entries_done));
+                }
+                let line = layer_progress_line(&snap, since);
+                if terminal {
+                    bar.set_message(line);
+                } else if last_line.elapsed() >= every {
+                    eprintln!("[{:>7.1} s] {line}", bar.elapsed().as_secs_f64());
+                    last_line = std::time::Instant::now();
+                }
+            }
+        });
+        let result = work();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        result
+    })
+}
+
+/// How often a plain progress line is written when stderr is not a terminal:
+/// `DISTGAT_PROGRESS_SECONDS` (a positive number), default 10 s.
+fn progress_line_interval() -> std::time::Duration {
+    std::env::var("DISTGAT_PROGRESS_SECONDS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .map_or(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_secs_f64,
+        )
+}
+
+/// `layer 2/3 [#######.............]  35% of 10000000 edges, about 12 s left`, or
+/// `layer 2/3: transforming the rows` before its aggregation starts. The time left is the
+/// remaining entries at the rate seen since `since` (when, and at how many entries done).
+fn layer_progress_line(
+    snap: &distgat_attention::ProgressSnapshot,
+    since: Option<(std::time::Instant, u64)>,
+) -> String {
+    if snap.entries_done == 0 {
+        return format!(
+            "layer {}/{}: transforming the rows",
+            snap.layer, snap.layers
+        );
+    }
+    let fraction = snap.layer_fraction();
+    let filled = (fraction * 20.0).round() as usize;
+    let left = match since {
+        Some((at, done0)) if snap.entries_done > done0 && at.elapsed().as_secs_f64() > 0.5 => {
+            let rate = (snap.entries_done - done0) as f64 / at.elapsed().as_secs_f64();
+            let secs = (snap.entries_total - snap.entries_done) as f64 / rate;
+            if secs < 1.0 {
+                ", under 1 s left".to_string()
+            } else {
+                format!(", about {secs:.0} s left")
+            }
+        }
+        _ => String::new(),
+    };
+    format!(
+        "layer {}/{} [{}{}] {:>3.0}% of {} edges{left}",
+        snap.layer,
+        snap.layers,
+        "#".repeat(filled),
+        ".".repeat(20 - filled),
+        fraction * 100.0,
+        snap.entries_total
+    )
+}
+
 fn progress_bar() -> ProgressBar {
     let bar = ProgressBar::new_spinner().with_style(
         ProgressStyle::with_template("{spinner} [{elapsed}] {msg}").expect("static template"),
@@ -718,26 +815,33 @@ async fn watch(
     job: String,
     final_line_to_stdout: bool,
 ) -> anyhow::Result<()> {
-    let bar = ProgressBar::new(1).with_style(
-        ProgressStyle::with_template("{spinner} [{elapsed}] {bar:30} {percent:>3}% {msg}")
-            .expect("static template"),
+    // Position in thousandths of the job's work (layers x parts, with the share of each
+    // part's current layer), so the percentage and the time left move inside a layer.
+    let bar = ProgressBar::new(1000).with_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed}] {bar:30} {percent:>3}% (about {eta} left) {msg}",
+        )
+        .expect("static template"),
     );
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     let mut last_state = String::new();
+    // Off a terminal the bar is not drawn: a line per state change, and while the job
+    // runs, one every DISTGAT_PROGRESS_SECONDS with the share of the work done.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (every, mut last_line) = (progress_line_interval(), std::time::Instant::now());
     let result = client
         .wait(&job, |info| {
             let state = distgat_client::state_name(info);
-            bar.set_length(u64::from((info.layers * info.parts).max(1)));
-            bar.set_position(info.progress.iter().map(|p| u64::from(p.layers_done)).sum());
+            bar.set_position((distgat_cli::remote::work_fraction(info) * 1000.0).round() as u64);
             let (layer, parts_done) = distgat_cli::remote::layer_progress(info);
             bar.set_message(format!(
                 "{} {state}: layer {layer}/{} on {} parts ({parts_done} done)",
                 info.job_id, info.layers, info.parts
             ));
-            if state != last_state {
-                // A line per state change, for logs where the bar is not drawn.
+            if state != last_state || (!terminal && last_line.elapsed() >= every) {
                 bar.suspend(|| eprintln!("{}", distgat_cli::remote::format_job(info)));
                 last_state = state.to_string();
+                last_line = std::time::Instant::now();
             }
         })
         .await;
@@ -1021,6 +1125,9 @@ fn partition_report(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
 
 fn infer(args: InferArgs) -> anyhow::Result<()> {
     let bar = progress_bar();
+    let progress = std::sync::Arc::new(distgat_attention::Progress::with_layer_hook(|k, l| {
+        show_phase(&format!("layer {}/{l}", k + 1))
+    }));
     let config = InferConfig {
         graph: args.graph,
         format: args.format.map(graph_format),
@@ -1039,8 +1146,9 @@ fn infer(args: InferArgs) -> anyhow::Result<()> {
         test_idx: args.test_idx,
         stats_json: args.stats_json,
         on_phase: Some(show_phase),
+        progress: Some(progress.clone()),
     };
-    let report = run_infer(&config);
+    let report = with_layer_progress(&bar, &progress, || run_infer(&config));
     bar.finish_and_clear();
     let report = report?;
     eprintln!(

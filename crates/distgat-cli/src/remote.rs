@@ -99,6 +99,8 @@ pub fn job_json(j: &JobInfo) -> serde_json::Value {
             "worker_address": p.worker_address,
             "layers_done": p.layers_done,
             "halo_bytes_sent": p.halo_bytes_sent,
+            "layer_entries_done": p.layer_entries_done,
+            "layer_entries_total": p.layer_entries_total,
         })).collect::<Vec<_>>(),
         "error": j.error,
         "queue_position": j.queue_position,
@@ -115,13 +117,14 @@ pub fn job_json(j: &JobInfo) -> serde_json::Value {
 pub fn format_job(j: &JobInfo) -> String {
     let (layer, parts_done) = layer_progress(j);
     let mut line = format!(
-        "{:<10} {:<12} graph {:<10} layer {layer}/{} on {} parts ({parts_done}/{} done) {:>8.2} s",
+        "{:<10} {:<12} graph {:<10} layer {layer}/{} on {} parts ({parts_done}/{} done, {:>3.0}% of the work) {:>8.2} s",
         j.job_id,
         state_name(j),
         j.graph_id,
         j.layers,
         j.parts,
         j.parts,
+        work_fraction(j) * 100.0,
         j.seconds
     );
     if j.state == distgat_client::v1::JobState::Queued as i32 {
@@ -131,6 +134,30 @@ pub fn format_job(j: &JobInfo) -> String {
         line += &format!("  error: {}", j.error);
     }
     line
+}
+
+/// The fraction of the job's work done, in [0, 1]: every part's finished layers, plus the
+/// share of its current layer's attention entries aggregated (from the workers' last
+/// heartbeats), over layers x parts.
+pub fn work_fraction(j: &JobInfo) -> f64 {
+    let whole = f64::from(j.layers) * f64::from(j.parts);
+    if whole == 0.0 {
+        return 0.0;
+    }
+    let done: f64 = j
+        .progress
+        .iter()
+        .map(|p| {
+            let partial = if p.layers_done < j.layers && p.layer_entries_total > 0 {
+                p.layer_entries_done.min(p.layer_entries_total) as f64
+                    / p.layer_entries_total as f64
+            } else {
+                0.0
+            };
+            f64::from(p.layers_done.min(j.layers)) + partial
+        })
+        .sum();
+    (done / whole).clamp(0.0, 1.0)
 }
 
 /// The layer every part has finished (the slowest part's), and how many parts finished

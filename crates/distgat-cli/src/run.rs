@@ -125,6 +125,18 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Str
                 method: config.method.clone(),
                 out: dir.clone(),
                 ..PartitionConfig::default()
+            })
+            .map_err(|e| match e {
+                // The part count is the user's --workers here.
+                distgat_partition::PartitionError::Invalid { what, detail }
+                    if what == "--parts" =>
+                {
+                    anyhow::anyhow!(
+                        "--workers: {} (one worker process per part)",
+                        detail.replace("parts", "workers")
+                    )
+                }
+                e => e.into(),
             })?;
             dir
         }

@@ -622,11 +622,60 @@ fn submit_watch_prints_only_the_job_id_and_upload_infers_the_format() {
         "stdout holds more than the job id: {stdout:?}"
     );
     assert!(lines[0].starts_with("job-"), "{stdout:?}");
-    // The final line (on stderr) says layers and parts separately.
+    // The final line (on stderr) says layers and parts separately, and the share of the
+    // work; written to a pipe, it has no terminal escape codes.
     assert!(
-        stderr.contains("layer 2/2 on 1 parts (1/1 done)"),
+        stderr.contains("layer 2/2 on 1 parts (1/1 done, 100% of the work)"),
         "{stderr}"
     );
+    assert!(
+        !stderr.contains('\x1b'),
+        "escape codes in a log: {stderr:?}"
+    );
+}
+
+#[test]
+fn infer_off_a_terminal_logs_plain_progress_inside_each_layer() {
+    // stderr is a pipe here, as in a log file: the bar is not drawn, and a plain line
+    // every DISTGAT_PROGRESS_SECONDS says how far the current layer got, with no escape
+    // codes (RUST_LOG=info adds the tracing lines, which must be plain too).
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = big_case(tmp.path());
+    let output = Command::new(exe())
+        .arg("infer")
+        .arg("--graph")
+        .arg(&inputs.graph)
+        .arg("--features")
+        .arg(&inputs.features)
+        .arg("--model")
+        .arg(&inputs.model)
+        .arg("--out")
+        .arg(tmp.path().join("out.npy"))
+        .args(["--threads", "1"])
+        .env("DISTGAT_PROGRESS_SECONDS", "0.001")
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "escape codes in a log: {stderr:?}"
+    );
+    // 150 000 edges + 30 000 self loops per layer (less the random graph's own loops,
+    // which the layer replaces); the first layer (256 -> 4 x 64) takes far longer than the
+    // 1 ms between lines.
+    let progress: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("layer 1/2 [") && l.contains("% of 1799") && l.ends_with(" edges"))
+        .collect();
+    assert!(
+        !progress.is_empty(),
+        "no progress line inside layer 1: {stderr}"
+    );
+    for line in progress {
+        assert!(line.starts_with('['), "not a timed log line: {line:?}");
+    }
 }
 
 #[test]
@@ -648,4 +697,21 @@ fn zero_workers_is_an_error_about_workers() {
         stderr.contains("--workers") && !stderr.contains("--parts"),
         "{stderr}"
     );
+    // More workers than nodes (200): the partitioner's refusal names --workers too.
+    let mut cmd = Command::new(exe());
+    cmd.arg("run");
+    common_args(
+        &mut cmd,
+        &inputs,
+        &tmp.path().join("o.npy"),
+        &tmp.path().join("a"),
+    );
+    let output = cmd.args(["--workers", "201"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("--workers: 201 workers for 200 nodes") && !stderr.contains("--parts"),
+        "{stderr}"
+    );
+    assert!(!tmp.path().join("o.npy").exists());
 }

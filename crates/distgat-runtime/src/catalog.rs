@@ -257,6 +257,9 @@ pub(crate) struct PartStatus {
     pub worker_address: String,
     pub layers_done: u32,
     pub halo_bytes_sent: u64,
+    /// Within layer `layers_done`: attention entries aggregated, of all (last heartbeat).
+    pub layer_entries_done: u64,
+    pub layer_entries_total: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -420,6 +423,20 @@ impl JobRecord {
                 // Saturating: these numbers come from the network.
                 p.layers_done = p.layers_done.max(stats.layer.saturating_add(1));
                 p.halo_bytes_sent = p.halo_bytes_sent.saturating_add(stats.bytes_sent);
+                (p.layer_entries_done, p.layer_entries_total) = (0, 0);
+            }
+        });
+    }
+
+    /// A heartbeat's report that `part` has aggregated `done` of the `total` entries of
+    /// `layer`; kept only while that is the part's next layer to finish (a late report of a
+    /// finished layer is dropped).
+    pub fn layer_progress(&self, part: u32, layer: u32, done: u64, total: u64) {
+        self.update(|s| {
+            if let Some(p) = s.progress.get_mut(part as usize) {
+                if p.layers_done == layer {
+                    (p.layer_entries_done, p.layer_entries_total) = (done.min(total), total);
+                }
             }
         });
     }

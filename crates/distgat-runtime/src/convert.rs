@@ -59,6 +59,8 @@ pub(crate) fn job_info(record: &JobRecord, s: &JobStatus) -> v1::JobInfo {
                 worker_address: p.worker_address.clone(),
                 layers_done: p.layers_done,
                 halo_bytes_sent: p.halo_bytes_sent,
+                layer_entries_done: p.layer_entries_done,
+                layer_entries_total: p.layer_entries_total,
             })
             .collect(),
         error: s.error.clone(),

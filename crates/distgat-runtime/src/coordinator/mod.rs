@@ -126,14 +126,28 @@ impl Coordinator for Service {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        let id = request.into_inner().worker_id;
-        let mut workers = lock(&self.0.workers);
-        match workers.iter_mut().find(|w| w.id == id) {
-            Some(w) => {
-                w.last_seen = Instant::now();
+        let req = request.into_inner();
+        let id = req.worker_id;
+        let known = {
+            let mut workers = lock(&self.0.workers);
+            workers
+                .iter_mut()
+                .find(|w| w.id == id)
+                .map(|w| w.last_seen = Instant::now())
+                .is_some()
+        };
+        match known {
+            true => {
+                // Progress inside a layer, for WatchJob; a job this coordinator does not
+                // know (finished and forgotten, or from before a restart) is skipped.
+                for r in &req.running {
+                    if let Ok(record) = self.0.catalog.job(&r.job_id) {
+                        record.layer_progress(r.part, r.layer, r.entries_done, r.entries_total);
+                    }
+                }
                 Ok(Response::new(HeartbeatResponse {}))
             }
-            None => {
+            false => {
                 Err(RuntimeError::NotFound(format!("worker_id '{id}' is not registered")).into())
             }
         }

@@ -22,7 +22,7 @@ use distgat_proto::v1::output_chunk::Body;
 use distgat_proto::v1::worker_server::{Worker, WorkerServer};
 use distgat_proto::v1::{
     CancelJobRequest, CancelJobResponse, HeartbeatRequest, OutputChunk, RegisterWorkerRequest,
-    RowChunk, SendRowsResponse, StartJobRequest, StartJobResponse,
+    RowChunk, RunningPart, SendRowsResponse, StartJobRequest, StartJobResponse,
 };
 use distgat_proto::{
     CONNECTION_WINDOW, HALO_SERVICE, MAX_CHUNK_BYTES, PROTOCOL_VERSION, STREAM_WINDOW,
@@ -35,6 +35,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{transport, Result, RuntimeError};
 use crate::standard::{set_serving, standard_routes};
+use distgat_attention::Progress;
 
 use mailbox::Mailbox;
 use part::compute_part;
@@ -119,6 +120,7 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
     set_serving(&mut health, WORKER_SERVICE, true).await;
     let heartbeat_channel = state.coordinator.connect_lazy();
     let coordinator = state.coordinator.clone();
+    let reporting = state.clone();
     tokio::spawn(async move {
         let mut client = CoordinatorClient::new(heartbeat_channel);
         let mut worker_id = worker_id;
@@ -126,6 +128,7 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
             tokio::time::sleep(interval).await;
             let mut req = Request::new(HeartbeatRequest {
                 worker_id: worker_id.clone(),
+                running: reporting.running_parts(),
             });
             req.set_timeout(RPC_DEADLINE);
             match client.heartbeat(req).await {
@@ -181,9 +184,34 @@ async fn register(coordinator: &Endpoint, advertised: &str) -> Result<(String, D
 
 struct WorkerState {
     mailbox: Mailbox,
-    /// Cancellation flags of running jobs.
-    jobs: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// Running jobs: their part, cancellation flag and progress inside the current layer.
+    jobs: Mutex<HashMap<String, RunningJob>>,
     coordinator: Endpoint,
+}
+
+struct RunningJob {
+    part: u32,
+    cancel: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+}
+
+impl WorkerState {
+    /// What the heartbeat reports: each running part's layer and entries done.
+    fn running_parts(&self) -> Vec<RunningPart> {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        jobs.iter()
+            .filter_map(|(job, running)| {
+                let snap = running.progress.snapshot();
+                (snap.layer > 0).then(|| RunningPart {
+                    job_id: job.clone(),
+                    part: running.part,
+                    layer: (snap.layer - 1) as u32,
+                    entries_done: snap.entries_done,
+                    entries_total: snap.entries_total,
+                })
+            })
+            .collect()
+    }
 }
 
 struct WorkerService(Arc<WorkerState>);
@@ -208,6 +236,7 @@ impl Worker for WorkerService {
             .into());
         }
         let cancel = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(Progress::default());
         {
             let mut jobs = self.0.jobs.lock().unwrap_or_else(|p| p.into_inner());
             if jobs.contains_key(&req.job_id) {
@@ -217,7 +246,14 @@ impl Worker for WorkerService {
                 ))
                 .into());
             }
-            jobs.insert(req.job_id.clone(), cancel.clone());
+            jobs.insert(
+                req.job_id.clone(),
+                RunningJob {
+                    part: req.part,
+                    cancel: cancel.clone(),
+                    progress: progress.clone(),
+                },
+            );
         }
         let state = self.0.clone();
         let job_id = req.job_id.clone();
@@ -226,7 +262,7 @@ impl Worker for WorkerService {
             .name(format!("job-{}-part-{}", req.job_id, req.part))
             .spawn(move || {
                 let job = req.job_id.clone();
-                run_job(&state, &handle, req, &cancel);
+                run_job(&state, &handle, req, &cancel, &progress);
                 state.mailbox.forget_job(&job);
                 state
                     .jobs
@@ -260,7 +296,7 @@ impl Worker for WorkerService {
             .get(&req.job_id)
         {
             tracing::info!(job = %req.job_id, reason = %req.reason, "cancelling");
-            flag.store(true, Ordering::Relaxed);
+            flag.cancel.store(true, Ordering::Relaxed);
         }
         self.0.mailbox.forget_job(&req.job_id);
         Ok(Response::new(CancelJobResponse {}))
@@ -301,6 +337,7 @@ fn run_job(
     rt: &tokio::runtime::Handle,
     req: StartJobRequest,
     cancel: &AtomicBool,
+    progress: &Progress,
 ) {
     let _runtime = rt.enter(); // lazy channels spawn their connection tasks on it
     let (job, part) = (req.job_id.clone(), req.part);
@@ -314,7 +351,7 @@ fn run_job(
     });
     // A panic in the job must still fail the job at the coordinator, not hang it.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        compute_part(&state.mailbox, rt, &req, cancel, &tx)
+        compute_part(&state.mailbox, rt, &req, cancel, progress, &tx)
     }))
     .unwrap_or_else(|panic| {
         let what = panic

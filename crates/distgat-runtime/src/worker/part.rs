@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use distgat_attention::{
     aggregate_into, entry_edge_attr, transform_into, AttentionKind, Execution, HaloPayload, Model,
-    RowBuffer, RowInputs,
+    Progress, RowBuffer, RowInputs,
 };
 use distgat_graph::{Features, IncomingCsr};
 use distgat_partition::{PartPlan, PartitionDir};
@@ -144,6 +144,7 @@ pub(super) fn compute_part(
     rt: &tokio::runtime::Handle,
     req: &StartJobRequest,
     cancel: &AtomicBool,
+    progress: &Progress,
     out: &mpsc::Sender<OutputChunk>,
 ) -> Result<()> {
     let dir = PartitionDir::open(std::path::Path::new(&req.partition_dir))?;
@@ -323,6 +324,11 @@ pub(super) fn compute_part(
 
         // Interior rows while the halo is in flight (they read owned source rows only).
         let view = &splits[&layer.add_self_loops()];
+        progress.start_layer(
+            k,
+            model.layers.len(),
+            (view.interior.csr.num_entries() + view.boundary.csr.num_entries()) as u64,
+        );
         let aw = layer.source_aux_width();
         let mut aux = vec![0f32; n_local * aw];
         if aw > 0 {
@@ -340,6 +346,7 @@ pub(super) fn compute_part(
             edge_attr.as_ref(),
             &mut out_rows,
             req.want_attention.then_some(&mut alpha),
+            progress,
         );
         let mut compute = started.elapsed();
 
@@ -362,6 +369,7 @@ pub(super) fn compute_part(
             edge_attr.as_ref(),
             &mut out_rows,
             req.want_attention.then_some(&mut alpha),
+            progress,
         );
         compute += t.elapsed();
         drop(source);
@@ -590,6 +598,7 @@ fn aggregate_subset(
     edge_attr: Option<&EdgeAttr>,
     out: &mut [f32],
     alpha: Option<&mut Vec<(Vec<i64>, Vec<f32>)>>,
+    progress: &Progress,
 ) {
     let (h, ow, tw) = (layer.heads(), layer.out_width(), layer.target_width());
     let n = subset.rows.len();
@@ -636,6 +645,7 @@ fn aggregate_subset(
             Execution::Parallel,
             &mut rows_out,
             coefficients.as_deref_mut(),
+            Some(progress),
         )
     });
     for (i, &r) in subset.rows.iter().enumerate() {
