@@ -109,9 +109,9 @@ enum Command {
         /// Wait until at least this many healthy workers are registered
         #[arg(long, value_name = "K")]
         wait: Option<usize>,
-        /// Seconds to wait for --wait
-        #[arg(long, default_value_t = 60)]
-        timeout: u64,
+        /// Seconds to wait for --wait (default 60)
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
@@ -125,9 +125,9 @@ enum Command {
         /// Service name ("" is the whole server)
         #[arg(long, default_value = "")]
         service: String,
-        /// Keep asking for this many seconds before giving up
-        #[arg(long, default_value_t = 0)]
-        wait: u64,
+        /// Keep asking for this many seconds before giving up (default: ask once)
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
     },
     /// Verify a partition directory (checksums, shard structure) and show its report.
     PartitionReport {
@@ -213,9 +213,9 @@ struct SubmitArgs {
     /// Edge attributes .npy [E, D] (row e for edge e of --graph), for models with edge_dim layers: under the data root, or local with --upload
     #[arg(long, value_name = "E.npy", requires = "graph")]
     edge_features: Option<String>,
-    /// npy, edgelist, metis or mtx (default: from the --graph file's extension)
-    #[arg(long, default_value = "")]
-    format: String,
+    /// Graph file format (default: from the --graph file's extension)
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
     /// Stream the local --graph and --features files to the coordinator
     #[arg(long)]
     upload: bool,
@@ -225,18 +225,18 @@ struct SubmitArgs {
     /// Model JSON (pyg-attention-model-v1 or gat-model-v1) under the coordinator's data root
     #[arg(long)]
     model: String,
-    /// Parts (one worker each); 0 means one per live worker
-    #[arg(long, default_value_t = 0)]
-    parts: u32,
+    /// Parts, one worker each (default: one per live worker)
+    #[arg(long, value_name = "K")]
+    parts: Option<u32>,
     /// metis, random or range
     #[arg(long, default_value = "metis")]
     method: String,
     /// Reuse a partition made before
     #[arg(long)]
     partition_id: Option<String>,
-    /// Feature normalisation: none, or row (PyG's NormalizeFeatures); a bare --normalize-features means row, on every subcommand
-    #[arg(long, value_enum, default_value = "none", num_args = 0..=1, default_missing_value = "row")]
-    normalize_features: NormalizeArg,
+    /// Feature normalisation: none (the default), or row (PyG's NormalizeFeatures); a bare --normalize-features means row, on every subcommand
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "row")]
+    normalize_features: Option<NormalizeArg>,
     /// Keep attention coefficients (for `distgat explain`)
     #[arg(long)]
     attention: bool,
@@ -425,9 +425,9 @@ struct InferArgs {
     /// Node features: float32 or float64 .npy [N, F]; N (the rows) is the node count
     #[arg(long, value_name = "X")]
     features: PathBuf,
-    /// Feature normalisation: none, or row (PyG's NormalizeFeatures); a bare --normalize-features means row
-    #[arg(long, value_enum, default_value = "none", num_args = 0..=1, default_missing_value = "row")]
-    normalize_features: NormalizeArg,
+    /// Feature normalisation: none (the default), or row (PyG's NormalizeFeatures); a bare --normalize-features means row
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "row")]
+    normalize_features: Option<NormalizeArg>,
     /// Expected node count; must equal the feature rows (a check for isolated trailing nodes)
     #[arg(long, value_name = "N")]
     num_nodes: Option<u64>,
@@ -509,16 +509,16 @@ fn main() -> ExitCode {
             timeout,
             json,
             client,
-        } => client_command(&client, |c| workers(c, wait, timeout, json)),
+        } => client_command(&client, |c| workers(c, wait, timeout.unwrap_or(60), json)),
         Command::Health {
             address,
             service,
-            wait,
+            timeout,
         } => tokio_runtime().and_then(|rt| {
             rt.block_on(distgat_cli::remote::check_health(
                 &address,
                 &service,
-                std::time::Duration::from_secs(wait),
+                std::time::Duration::from_secs(timeout.unwrap_or(0)),
             ))?;
             println!("{address}: SERVING");
             Ok(())
@@ -763,15 +763,18 @@ async fn submit(mut client: distgat_client::Client, args: SubmitArgs) -> anyhow:
         graph: args.graph,
         features: args.features,
         edge_features: args.edge_features,
-        graph_format: args.format,
+        graph_format: args
+            .format
+            .map(|f| graph_format(f).name().to_string())
+            .unwrap_or_default(),
         upload: args.upload,
         name: args.name,
         job: distgat_client::Submit {
             partition_id: args.partition_id.unwrap_or_default(),
-            parts: args.parts,
+            parts: args.parts.unwrap_or(0),
             method: args.method,
             model: args.model,
-            normalize_features: matches!(args.normalize_features, NormalizeArg::Row),
+            normalize_features: matches!(args.normalize_features, Some(NormalizeArg::Row)),
             attention: args.attention,
             threads_per_worker: args.threads_per_worker,
             ..Default::default()
@@ -1007,17 +1010,30 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let summary = distgat_cli::run::run_cluster(&config, show_phase);
     let total = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    let summary = summary?;
-    let parsed: serde_json::Value = serde_json::from_str(&summary)?;
-    let job = parsed["seconds"].as_f64().unwrap_or(0.0);
-    // The whole command's time, then the job's: the rest is partitioning (unless
-    // --partition) and starting and stopping the processes.
+    let outcome = summary?;
+    let mut parsed: serde_json::Value = serde_json::from_str(&outcome.summary_json)?;
+    parsed["command_seconds"] = serde_json::json!({
+        "total": total,
+        "partitioning": outcome.partition_secs,
+        "starting": outcome.start_secs,
+        "job": outcome.job_secs,
+        "stopping": outcome.stop_secs,
+    });
+    // The whole command's time, then each phase's.
     eprintln!(
-        "wrote {} in {total:.2} s with {} workers (the job {job:.2} s; partitioning and \
-         starting the processes {:.2} s)",
+        "wrote {} in {total:.2} s with {} workers: partitioning {:.2} s{}, starting the \
+         processes {:.2} s, the job {:.2} s, stopping them {:.2} s",
         out.display(),
         config.workers,
-        (total - job).max(0.0)
+        outcome.partition_secs,
+        if config.partition.is_some() {
+            " (reused)"
+        } else {
+            ""
+        },
+        outcome.start_secs,
+        outcome.job_secs,
+        outcome.stop_secs,
     );
     eprintln!("part layer  compute ms  wait ms  send ms  rows sent  halo bytes (planned)");
     for w in parsed["workers"].as_array().into_iter().flatten() {
@@ -1134,7 +1150,7 @@ fn infer(args: InferArgs) -> anyhow::Result<()> {
         num_nodes: args.num_nodes,
         features: args.features,
         edge_features: args.edge_features,
-        normalize: match args.normalize_features {
+        normalize: match args.normalize_features.unwrap_or(NormalizeArg::None) {
             NormalizeArg::None => Normalization::None,
             NormalizeArg::Row => Normalization::Row,
         },
@@ -1201,6 +1217,43 @@ mod tests {
             }
         }
         assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    /// An option that several subcommands have takes the same kind of value everywhere:
+    /// the same number of values, the same choices and the same default.
+    #[test]
+    fn every_shared_option_behaves_the_same_everywhere() {
+        use std::collections::BTreeMap;
+        let cli = Cli::command();
+        let mut seen: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if long == "help" {
+                    continue;
+                }
+                let shape = format!(
+                    "takes values: {:?}; num_args: {:?}; choices: {:?}; default: {:?}",
+                    arg.get_action().takes_values(),
+                    arg.get_num_args(),
+                    arg.get_possible_values()
+                        .iter()
+                        .map(|v| v.get_name().to_string())
+                        .collect::<Vec<_>>(),
+                    arg.get_default_values(),
+                );
+                seen.entry(long.to_string())
+                    .or_default()
+                    .push((sub.get_name().to_string(), shape));
+            }
+        }
+        let mut differing = Vec::new();
+        for (long, uses) in &seen {
+            if uses.iter().any(|(_, shape)| *shape != uses[0].1) {
+                differing.push(format!("--{long}: {uses:#?}"));
+            }
+        }
+        assert!(differing.is_empty(), "{}", differing.join("\n"));
     }
 
     /// `--normalize-features` is spelled and parsed the same by every subcommand that has

@@ -85,8 +85,19 @@ pub fn spawn_server(
         .map_err(|_| anyhow::anyhow!("{name} did not report its address within 30 s"))
 }
 
-/// Runs the job; returns the job summary JSON.
-pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<String> {
+/// What [`run_cluster`] did: the coordinator's job summary, and the wall time of each phase
+/// of the command in seconds (partitioning is 0 with a reused partition).
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub summary_json: String,
+    pub partition_secs: f64,
+    pub start_secs: f64,
+    pub job_secs: f64,
+    pub stop_secs: f64,
+}
+
+/// Runs the job; returns the job summary and the time of each phase.
+pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<RunOutcome> {
     // One worker per part: a bad count is the user's --workers, not the partitioner's
     // --parts.
     if config.workers == 0 {
@@ -109,6 +120,7 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Str
         );
     }
     let temp = tempfile::tempdir()?;
+    let t = std::time::Instant::now();
     let partition = match &config.partition {
         Some(dir) => dir.clone(),
         None => {
@@ -160,6 +172,12 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Str
         );
     }
 
+    let partition_secs = if config.partition.is_some() {
+        0.0
+    } else {
+        t.elapsed().as_secs_f64()
+    };
+    let t = std::time::Instant::now();
     on_phase("starting coordinator and workers");
     let mut children = Children(Vec::new());
     let coordinator = spawn_server(
@@ -190,6 +208,8 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Str
         )?;
     }
 
+    let start_secs = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
     on_phase("running");
     let abs = |p: &Path| -> String {
         std::path::absolute(p)
@@ -233,6 +253,15 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Str
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
         anyhow::Ok(response.into_inner().summary_json)
     })?;
+    let job_secs = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    on_phase("stopping the processes");
     drop(children);
-    Ok(summary)
+    Ok(RunOutcome {
+        summary_json: summary,
+        partition_secs,
+        start_secs,
+        job_secs,
+        stop_secs: t.elapsed().as_secs_f64(),
+    })
 }

@@ -121,7 +121,23 @@ fn run(
         cmd.output().unwrap(),
         &format!("distgat run --workers {workers} --method {method}"),
     );
-    let summary = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    // The command's phases add up to its total, and the job is timed as the coordinator
+    // timed it or longer (the client waits for the reply).
+    let secs = &summary["command_seconds"];
+    let phase = |k: &str| {
+        secs[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {k}: {summary}"))
+    };
+    let parts = phase("partitioning") + phase("starting") + phase("job") + phase("stopping");
+    assert!(parts <= phase("total") + 1e-3, "{secs}");
+    assert!(phase("partitioning") > 0.0, "{secs}");
+    assert!(
+        phase("job") >= summary["seconds"].as_f64().unwrap(),
+        "{secs}"
+    );
     (files(&out, &att), summary)
 }
 
