@@ -54,7 +54,7 @@ pub enum NeighbourError {
     MissingPoints { rule: &'static str },
     /// The graph names a node beyond the node count.
     #[error(
-        "graph: edge {edge}: node id {id} is beyond the node count {num_nodes} ({source_of_count})"
+        "graph edge {edge}: node id {id} is beyond the node count {num_nodes} ({source_of_count})"
     )]
     GraphId {
         edge: usize,

@@ -366,7 +366,25 @@ pub fn build(
             max_neighbours,
         } => {
             let g = graph.ok_or(NeighbourError::MissingGraph)?;
-            hop_graph(g, points.map(Points::len), hops, max_neighbours, options)
+            hop_graph(g, points.map(Points::len), hops, max_neighbours, options).map_err(
+                |e| match (e, points) {
+                    (
+                        NeighbourError::GraphId {
+                            edge,
+                            id,
+                            num_nodes,
+                            ..
+                        },
+                        Some(p),
+                    ) => NeighbourError::GraphId {
+                        edge,
+                        id,
+                        num_nodes,
+                        source_of_count: format!("the rows of {}", p.origin()),
+                    },
+                    (e, _) => e,
+                },
+            )
         }
     }
 }
