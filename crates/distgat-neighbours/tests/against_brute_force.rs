@@ -289,3 +289,66 @@ fn same_bits_for_any_thread_count() {
         }
     }
 }
+
+#[test]
+fn tiny_and_degenerate_point_sets() {
+    let searches = [Search::Tree, Search::Brute];
+    // One point: no neighbours, or only itself with a loop.
+    let one = Points::new(1, 3, vec![0.5, 0.5, 0.5], "one").unwrap();
+    for search in searches {
+        let plain = Options {
+            search,
+            ..Options::default()
+        };
+        let looped = Options {
+            self_loops: true,
+            ..plain
+        };
+        assert_eq!(
+            radius_graph(&one, 1.0, None, &plain).unwrap().num_edges(),
+            0
+        );
+        assert_eq!(
+            edges_of(&radius_graph(&one, 1.0, None, &looped).unwrap()),
+            vec![(0, 0)]
+        );
+        assert_eq!(
+            edges_of(&knn_graph(&one, 1, &looped).unwrap()),
+            vec![(0, 0)]
+        );
+    }
+    // No points at all: an empty graph for radius.
+    let none = Points::new(0, 2, Vec::new(), "none").unwrap();
+    assert_eq!(
+        radius_graph(&none, 1.0, None, &Options::default())
+            .unwrap()
+            .num_nodes(),
+        0
+    );
+    // 300 copies of one point: every pair is a tie at distance 0, so the lowest indices
+    // win, and a cap keeps the lowest indices too.
+    let same = vec![0.25f32; 300 * 3];
+    let points = Points::new(300, 3, same.clone(), "same").unwrap();
+    for search in searches {
+        for metric in [Metric::Euclidean, Metric::Cosine] {
+            for self_loops in [false, true] {
+                let options = Options {
+                    search,
+                    metric,
+                    self_loops,
+                    ..Options::default()
+                };
+                assert_eq!(
+                    edges_of(&knn_graph(&points, 5, &options).unwrap()),
+                    ref_knn(&same, 3, metric, 5, self_loops),
+                    "{options:?}"
+                );
+                assert_eq!(
+                    edges_of(&radius_graph(&points, 0.5, Some(4), &options).unwrap()),
+                    ref_radius(&same, 3, metric, 0.5, Some(4), self_loops),
+                    "{options:?}"
+                );
+            }
+        }
+    }
+}
