@@ -130,6 +130,9 @@ impl SmallestM {
         let pos = self.values.partition_point(|&x| x <= v);
         self.values.insert(pos, v);
     }
+    fn is_full(&self) -> bool {
+        self.values.len() == self.m
+    }
     fn largest(&self) -> f64 {
         *self.values.last().expect("m >= 1 values were pushed")
     }
@@ -137,19 +140,50 @@ impl SmallestM {
 
 impl CandidateSearch for Brute<'_> {
     fn search_block(&self, centres: Range<usize>, query: Query, out: &mut [Vec<(f64, u32)>]) {
+        // search_rows calls nothing that could run another block on this thread (no
+        // rayon inside), so the borrow never nests.
+        BUFFERS.with(|cell| {
+            let mut buffers = cell.borrow_mut();
+            let (dots, approx) = &mut *buffers;
+            self.search_rows(centres, query, out, dots, approx);
+        });
+    }
+}
+
+thread_local! {
+    /// Per-thread scratch (the GEMM block and one row of approximate distances), reused
+    /// across blocks: the GEMM overwrites it (beta = 0) and each row is rewritten in full.
+    /// It stays allocated with its thread (about 16 MiB plus 8·N bytes per pool thread).
+    static BUFFERS: std::cell::RefCell<(Vec<f32>, Vec<f64>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Values per chunk in the scans: a chunk is skipped with one vectorisable comparison.
+const SCAN: usize = 16;
+
+impl Brute<'_> {
+    fn search_rows(
+        &self,
+        centres: Range<usize>,
+        query: Query,
+        out: &mut [Vec<(f64, u32)>],
+        dots: &mut Vec<f32>,
+        approx: &mut Vec<f64>,
+    ) {
         let points = self.exact.points;
         let (n, dim) = (points.len(), points.dim());
         let rows = centres.len();
-        let mut dots = Vec::new();
         if !self.exact_only {
             let left = match self.exact.metric {
                 Metric::Euclidean => &points.values()[centres.start * dim..centres.end * dim],
                 Metric::Cosine => &self.normalised[centres.start * dim..centres.end * dim],
             };
-            dots = vec![0f32; rows * n];
-            gemm_strided(rows, dim, n, left, &self.transposed, &mut dots, 0, n);
+            if dots.len() < rows * n {
+                dots.resize(rows * n, 0.0);
+            }
+            gemm_strided(rows, dim, n, left, &self.transposed, dots, 0, n);
         }
-        let mut approx = vec![0f64; n];
+        approx.resize(n, 0.0);
         for (r, (i, slot)) in centres.zip(out.iter_mut()).enumerate() {
             if self.exact_only {
                 for (j, a) in approx.iter_mut().enumerate() {
@@ -171,22 +205,40 @@ impl CandidateSearch for Brute<'_> {
                     }
                 }
             }
+            // The centre is never a candidate.
+            approx[i] = f64::INFINITY;
             let b = self.bound(i);
             let threshold = match query {
                 Query::Knn { m } => {
                     let mut smallest = SmallestM::new(m);
-                    for (j, &a) in approx.iter().enumerate() {
-                        if j != i {
-                            smallest.push(a);
+                    let mut bar = f64::INFINITY;
+                    for chunk in approx.chunks(SCAN) {
+                        // Branch-free test first: most chunks hold nothing below the bar.
+                        if !chunk.iter().fold(false, |any, &a| any | (a < bar)) {
+                            continue;
+                        }
+                        for &a in chunk {
+                            if a < bar {
+                                smallest.push(a);
+                                if smallest.is_full() {
+                                    bar = smallest.largest();
+                                }
+                            }
                         }
                     }
                     smallest.largest() + 2.0 * b
                 }
                 Query::Radius { limit } => limit + b,
             };
-            for (j, &a) in approx.iter().enumerate() {
-                if a <= threshold && j != i {
-                    slot.push((self.exact.d(i, j), j as u32));
+            for (c, chunk) in approx.chunks(SCAN).enumerate() {
+                if !chunk.iter().fold(false, |any, &a| any | (a <= threshold)) {
+                    continue;
+                }
+                for (o, &a) in chunk.iter().enumerate() {
+                    if a <= threshold {
+                        let j = c * SCAN + o;
+                        slot.push((self.exact.d(i, j), j as u32));
+                    }
                 }
             }
         }
