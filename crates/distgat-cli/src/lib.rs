@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod infer;
+pub mod neighbours;
 pub mod remote;
 pub mod run;
 pub mod stats;

@@ -29,6 +29,8 @@ enum Command {
     Infer(InferArgs),
     /// Partition a graph (METIS or a baseline) into a reusable partition directory.
     Partition(PartitionArgs),
+    /// Build a kNN, radius or k-hop neighbourhood graph and write it as an int64 [2, E] edge index.
+    Neighbours(distgat_cli::neighbours::NeighboursArgs),
     /// Run a job on a local cluster: partition, start a coordinator and K workers, run, stop.
     /// With no --graph: the shipped Cora data and trained model on 4 workers.
     Run(RunArgs),
@@ -473,6 +475,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Infer(args) => infer(args),
         Command::Partition(args) => partition(args),
+        Command::Neighbours(args) => {
+            distgat_cli::neighbours::neighbours_command(args).map_err(anyhow::Error::from)
+        }
         Command::PartitionReport { dir, json } => partition_report(&dir, json),
         Command::Run(args) => run(args),
         Command::Coordinator(args) => coordinator(args),
