@@ -15,7 +15,14 @@ use serde::Serialize;
 /// Everything `distgat infer` needs; `Default` leaves the paths empty.
 #[derive(Debug, Clone, Default)]
 pub struct InferConfig {
+    /// The graph; with `neighbourhood` the graph its `--hops` walks, or empty for knn and
+    /// radius, whose built neighbourhood is the graph.
     pub graph: PathBuf,
+    /// Build the graph as a neighbourhood (knn, radius or hops) instead of reading it; its
+    /// `out` and `threads` are not read (infer's own `threads` apply).
+    pub neighbourhood: Option<crate::neighbours::NeighboursConfig>,
+    /// Writes the built neighbourhood here (int64 `[2, E]`), with the other outputs.
+    pub neighbours_out: Option<PathBuf>,
     /// Overrides the format implied by the graph file's extension.
     pub format: Option<GraphFormat>,
     /// Node count when it exceeds what the graph and the features imply.
@@ -91,6 +98,8 @@ pub enum InferError {
     Model(#[from] ModelError),
     #[error("--threads: {0}")]
     Threads(String),
+    #[error(transparent)]
+    Neighbours(#[from] crate::neighbours::NeighboursError),
 }
 
 fn ms(since: Instant) -> f64 {
@@ -162,9 +171,47 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     let model = Model::load(&config.model)?;
     let load_model_ms = ms(t);
 
-    phase("reading graph");
+    if let Some(out) = &config.neighbours_out {
+        check_output_dir("--neighbours-out", out)?;
+        if config.neighbourhood.is_none() {
+            return Err(GraphError::argument(
+                "--neighbours-out",
+                "writes a built neighbourhood; give --knn, --radius or --hops",
+            )
+            .into());
+        }
+    }
     let t = Instant::now();
-    let edges = read_graph(&config.graph, config.format)?;
+    // The graph: read, or built as a neighbourhood (then also kept as an edge index for
+    // --neighbours-out, and with the points' row count to check against the features).
+    let (edges, built) = match &config.neighbourhood {
+        None => {
+            phase("reading graph");
+            (read_graph(&config.graph, config.format)?, None)
+        }
+        Some(spec) => {
+            let walks_graph = spec.hops.is_some();
+            if !walks_graph && !config.graph.as_os_str().is_empty() {
+                return Err(GraphError::argument(
+                    "--graph",
+                    "not used with --knn or --radius: the neighbourhood built from --points \
+                     is the graph (--graph goes with --hops)",
+                )
+                .into());
+            }
+            phase("building the neighbourhood");
+            let spec = crate::neighbours::NeighboursConfig {
+                graph: walks_graph.then(|| config.graph.clone()),
+                format: config.format,
+                ..spec.clone()
+            };
+            let nb = crate::neighbours::build_neighbours(&spec, threads)?;
+            let points = spec.points.clone().map(|p| (p, nb.num_nodes()));
+            let list = nb.to_edge_list();
+            let keep = config.neighbours_out.is_some().then(|| nb.edge_index());
+            (list, Some((points, keep)))
+        }
+    };
     for w in &edges.warnings {
         tracing::warn!("{w}");
     }
@@ -177,6 +224,19 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     let read_features_ms = ms(t);
 
     let n = features.num_nodes;
+    if let Some((Some((points, rows)), _)) = &built {
+        if *rows != n {
+            return Err(GraphError::argument(
+                "--points",
+                format!(
+                    "{} has {rows} rows but {} has {n} (one point per node)",
+                    points.display(),
+                    config.features.display()
+                ),
+            )
+            .into());
+        }
+    }
     if let Some(want) = config.num_nodes {
         if want != n as u64 {
             return Err(GraphError::argument(
@@ -312,6 +372,10 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
                 edge_index,
             )?;
         }
+    }
+    if let (Some(path), Some((_, Some(edge_index)))) = (&config.neighbours_out, &built) {
+        let e = (edge_index.len() / 2) as u64;
+        write_npy(path, &[2, e], edge_index)?;
     }
     let write_ms = ms(t);
 

@@ -418,9 +418,14 @@ enum NormalizeArg {
 
 #[derive(clap::Args)]
 struct InferArgs {
-    /// Graph file: .npy edge index, text edge list (.txt .tsv .csv .el .edges), METIS .graph or Matrix Market .mtx
-    #[arg(long, value_name = "G")]
-    graph: PathBuf,
+    /// Graph file: .npy edge index, text edge list (.txt .tsv .csv .el .edges), METIS .graph or Matrix Market .mtx; with --hops, the graph it walks; not given with --knn or --radius, whose neighbourhood is the graph
+    #[arg(long, value_name = "G", required_unless_present_any = ["knn", "radius"])]
+    graph: Option<PathBuf>,
+    #[command(flatten)]
+    neighbourhood: distgat_cli::neighbours::NeighbourhoodArgs,
+    /// Also write the neighbourhood built by --knn, --radius or --hops, as int64 .npy [2, E] sorted by (target, source)
+    #[arg(long, value_name = "EDGES.npy")]
+    neighbours_out: Option<PathBuf>,
     /// Graph format, overriding the file extension
     #[arg(long, value_enum)]
     format: Option<FormatArg>,
@@ -1149,8 +1154,15 @@ fn infer(args: InferArgs) -> anyhow::Result<()> {
     let progress = std::sync::Arc::new(distgat_attention::Progress::with_layer_hook(|k, l| {
         show_phase(&format!("layer {}/{l}", k + 1))
     }));
+    let neighbourhood = if args.neighbourhood.any() {
+        Some(args.neighbourhood.config(args.graph.clone())?)
+    } else {
+        None
+    };
     let config = InferConfig {
-        graph: args.graph,
+        graph: args.graph.unwrap_or_default(),
+        neighbourhood,
+        neighbours_out: args.neighbours_out,
         format: args.format.map(graph_format),
         num_nodes: args.num_nodes,
         features: args.features,

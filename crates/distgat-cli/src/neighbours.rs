@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::ArgGroup;
 use distgat_graph::read_graph;
 use distgat_neighbours::{
-    build, Execution, Metric, NeighbourError, NeighbourRule, Options, Points, Search,
+    build, Execution, Metric, NeighbourError, NeighbourRule, Neighbours, Options, Points, Search,
 };
 
 /// What `distgat neighbours` does; `Default` leaves every choice unset, so a config must
@@ -28,6 +28,8 @@ pub struct NeighboursConfig {
     pub hops: Option<usize>,
     /// `--graph G`: the graph the hops rule walks (any format `read_graph` knows).
     pub graph: Option<PathBuf>,
+    /// Overrides the format implied by `graph`'s extension.
+    pub format: Option<distgat_graph::GraphFormat>,
     /// `--loop`: the centre is its own neighbour, counted within K / M.
     pub self_loops: bool,
     pub metric: Metric,
@@ -123,8 +125,28 @@ fn name_flag(e: NeighbourError, config: &NeighboursConfig) -> NeighboursError {
 /// name, nor a partial file, when anything fails).
 pub fn run_neighbours(config: &NeighboursConfig) -> Result<NeighboursReport, NeighboursError> {
     let start = Instant::now();
-    let rule = config.rule()?;
     let threads = config.threads.unwrap_or_else(rayon::current_num_threads);
+    let nb = build_neighbours(config, threads)?;
+    nb.write_npy(&config.out).map_err(NeighboursError::Input)?;
+    let degrees = (0..nb.num_nodes()).map(|i| nb.of(i).len());
+    Ok(NeighboursReport {
+        num_nodes: nb.num_nodes(),
+        num_edges: nb.num_edges(),
+        min_degree: degrees.clone().min().unwrap_or(0),
+        max_degree: degrees.max().unwrap_or(0),
+        threads,
+        total_ms: start.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// Builds the neighbourhood `config` asks for on `threads` threads (`config.out` and
+/// `config.threads` are not read): what `distgat neighbours` writes, and what `distgat
+/// infer --knn/--radius/--hops` runs the model over.
+pub fn build_neighbours(
+    config: &NeighboursConfig,
+    threads: usize,
+) -> Result<Neighbours, NeighboursError> {
+    let rule = config.rule()?;
     if threads == 0 {
         return Err(flag("--threads", "must be at least 1"));
     }
@@ -144,7 +166,8 @@ pub fn run_neighbours(config: &NeighboursConfig) -> Result<NeighboursReport, Nei
     };
     let graph = match &config.graph {
         Some(path) => Some(
-            read_graph(path, None).map_err(|e| NeighboursError::Input(NeighbourError::from(e)))?,
+            read_graph(path, config.format)
+                .map_err(|e| NeighboursError::Input(NeighbourError::from(e)))?,
         ),
         None => None,
     };
@@ -158,19 +181,8 @@ pub fn run_neighbours(config: &NeighboursConfig) -> Result<NeighboursReport, Nei
         },
         search: Search::Auto,
     };
-    let nb = pool
-        .install(|| build(&rule, points.as_ref(), graph.as_ref(), &options))
-        .map_err(|e| name_flag(e, config))?;
-    nb.write_npy(&config.out).map_err(NeighboursError::Input)?;
-    let degrees = (0..nb.num_nodes()).map(|i| nb.of(i).len());
-    Ok(NeighboursReport {
-        num_nodes: nb.num_nodes(),
-        num_edges: nb.num_edges(),
-        min_degree: degrees.clone().min().unwrap_or(0),
-        max_degree: degrees.max().unwrap_or(0),
-        threads,
-        total_ms: start.elapsed().as_secs_f64() * 1e3,
-    })
+    pool.install(|| build(&rule, points.as_ref(), graph.as_ref(), &options))
+        .map_err(|e| name_flag(e, config))
 }
 
 /// `--metric` values.
@@ -182,13 +194,12 @@ pub enum MetricArg {
     Cosine,
 }
 
-/// The clap arguments of `distgat neighbours` (the binary maps them onto
-/// [`NeighboursConfig`]).
-#[derive(Debug, clap::Args)]
-#[command(group(ArgGroup::new("rule").required(true).multiple(false).args(["knn", "radius", "hops"])))]
-pub struct NeighboursArgs {
-    /// Points: float32 or float64 .npy [N, D], one row per node (float64 is rounded to float32); required by --knn and --radius; with --hops, its row count is the node count
-    #[arg(long, value_name = "P.npy", required_unless_present = "hops")]
+/// The neighbourhood options `distgat neighbours` and `distgat infer` share (one spelling,
+/// one meaning).
+#[derive(Debug, Clone, clap::Args)]
+pub struct NeighbourhoodArgs {
+    /// Points: float32 or float64 .npy [N, D], one row per node (float64 is rounded to float32; it may be the features file itself); required by --knn and --radius; with --hops, its row count is the node count
+    #[arg(long, value_name = "P.npy")]
     pub points: Option<PathBuf>,
     /// kNN (PyG knn_graph): each node's K nearest other points by (distance, index), ties to the lower index; K < N (K <= N with --loop)
     #[arg(long, value_name = "K", allow_negative_numbers = true)]
@@ -207,15 +218,80 @@ pub struct NeighboursArgs {
         allow_negative_numbers = true
     )]
     pub hops: Option<usize>,
-    /// The graph --hops walks: .npy edge index, text edge list, METIS .graph or Matrix Market .mtx (by extension)
-    #[arg(long, value_name = "G", requires = "hops")]
-    pub graph: Option<PathBuf>,
     /// PyG's loop=True: each node is also its own neighbour (edge i -> i), counted within K and M
     #[arg(long = "loop")]
     pub self_loops: bool,
-    /// Distance for --knn and --radius
-    #[arg(long, value_enum, default_value = "euclidean")]
-    pub metric: MetricArg,
+    /// Distance for --knn and --radius (default: euclidean)
+    #[arg(long, value_enum)]
+    pub metric: Option<MetricArg>,
+}
+
+impl NeighbourhoodArgs {
+    /// Whether any neighbourhood option was given.
+    pub fn any(&self) -> bool {
+        self.points.is_some()
+            || self.knn.is_some()
+            || self.radius.is_some()
+            || self.max_neighbours.is_some()
+            || self.hops.is_some()
+            || self.self_loops
+            || self.metric.is_some()
+    }
+
+    /// The config that builds this neighbourhood (`graph`: the graph --hops walks).
+    /// Options that apply to none of the given rule are errors naming the flag, never
+    /// ignored.
+    pub fn config(&self, graph: Option<PathBuf>) -> Result<NeighboursConfig, NeighboursError> {
+        let rule_given = self.knn.is_some() || self.radius.is_some() || self.hops.is_some();
+        if !rule_given {
+            let stray = [
+                (self.points.is_some(), "--points"),
+                (self.max_neighbours.is_some(), "--max-neighbours"),
+                (self.self_loops, "--loop"),
+                (self.metric.is_some(), "--metric"),
+            ];
+            if let Some((_, name)) = stray.iter().find(|(given, _)| *given) {
+                return Err(flag(
+                    name,
+                    "describes a neighbourhood: give --knn K, --radius R or --hops H with it",
+                ));
+            }
+        }
+        if self.hops.is_some() && self.metric.is_some() {
+            return Err(flag(
+                "--metric",
+                "applies to --knn and --radius, not --hops",
+            ));
+        }
+        Ok(NeighboursConfig {
+            points: self.points.clone(),
+            knn: self.knn,
+            radius: self.radius,
+            max_neighbours: self.max_neighbours,
+            hops: self.hops,
+            graph,
+            format: None,
+            self_loops: self.self_loops,
+            metric: match self.metric {
+                None | Some(MetricArg::Euclidean) => Metric::Euclidean,
+                Some(MetricArg::Cosine) => Metric::Cosine,
+            },
+            threads: None,
+            out: PathBuf::new(),
+        })
+    }
+}
+
+/// The clap arguments of `distgat neighbours` (the binary maps them onto
+/// [`NeighboursConfig`]).
+#[derive(Debug, clap::Args)]
+#[command(group(ArgGroup::new("rule").required(true).multiple(false).args(["knn", "radius", "hops"])))]
+pub struct NeighboursArgs {
+    #[command(flatten)]
+    pub neighbourhood: NeighbourhoodArgs,
+    /// The graph --hops walks: .npy edge index, text edge list, METIS .graph or Matrix Market .mtx (by extension)
+    #[arg(long, value_name = "G", requires = "hops")]
+    pub graph: Option<PathBuf>,
     /// Worker threads (default: all cores); the output is bitwise the same for any count
     #[arg(long, value_name = "T")]
     pub threads: Option<usize>,
@@ -224,29 +300,13 @@ pub struct NeighboursArgs {
     pub out: PathBuf,
 }
 
-impl From<NeighboursArgs> for NeighboursConfig {
-    fn from(a: NeighboursArgs) -> Self {
-        NeighboursConfig {
-            points: a.points,
-            knn: a.knn,
-            radius: a.radius,
-            max_neighbours: a.max_neighbours,
-            hops: a.hops,
-            graph: a.graph,
-            self_loops: a.self_loops,
-            metric: match a.metric {
-                MetricArg::Euclidean => Metric::Euclidean,
-                MetricArg::Cosine => Metric::Cosine,
-            },
-            threads: a.threads,
-            out: a.out,
-        }
-    }
-}
-
 /// The binary's entry: run and print one summary line on stderr.
 pub fn neighbours_command(args: NeighboursArgs) -> Result<(), NeighboursError> {
-    let config = NeighboursConfig::from(args);
+    let config = NeighboursConfig {
+        threads: args.threads,
+        out: args.out,
+        ..args.neighbourhood.config(args.graph)?
+    };
     let r = run_neighbours(&config)?;
     eprintln!(
         "wrote {} ({} edges over {} nodes; in-degree {}..{}) in {:.1} ms with {} threads",
