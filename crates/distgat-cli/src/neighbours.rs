@@ -156,6 +156,12 @@ pub fn build_neighbours(
     if config.graph.is_some() && !matches!(rule, NeighbourRule::Hops { .. }) {
         return Err(flag("--graph", "is used only by --hops"));
     }
+    if config.metric != Metric::Euclidean && matches!(rule, NeighbourRule::Hops { .. }) {
+        return Err(flag(
+            "--metric",
+            "is used only by --knn and --radius (--hops counts edges)",
+        ));
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()

@@ -239,6 +239,14 @@ fn bad_flags_name_the_flag_and_leave_nothing() {
     );
     fails(&["--hops", "2", "--out", o], &["--graph"], d, 1);
     fails(
+        &[
+            "--hops", "1", "--graph", p, "--metric", "cosine", "--out", o,
+        ],
+        &["--metric", "only by --knn and --radius"],
+        d,
+        1,
+    );
+    fails(
         &["--points", p, "--knn", "two", "--out", o],
         &["--knn", "two"],
         d,

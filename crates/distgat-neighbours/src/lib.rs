@@ -14,8 +14,8 @@
 //!   optionally capped at the `max_neighbours` smallest `(hop distance, j)`.
 //!
 //! Distances are exact float64 values computed from the float32 coordinates ([`Metric`]),
-//! so exact ties are recognised as ties. The search structures (a k-d tree for low `D`, a
-//! float32 GEMM for high `D`) only propose candidates, with margins proved in
+//! so exact ties are recognised as ties. The search structures (a k-d tree for `D ≤ 10`,
+//! a float32 GEMM above) only propose candidates, with margins proved in
 //! [`tree`](crate::tree) and [`brute`](crate::brute)'s module docs; the rule is then
 //! applied to the exact distances. The output therefore does not depend on the search
 //! method, the thread count or [`Execution`].
@@ -72,9 +72,8 @@ pub enum NeighbourRule {
 /// How candidates are generated; never changes the result, only the time it takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Search {
-    /// A k-d tree for `D ≤` [`tree::TREE_MAX_DIM`], brute force above. Measured on 100k
-    /// uniform points with k = 16 on 2 threads, see the crate's README section in
-    /// the repository README (`## distgat neighbours`).
+    /// A k-d tree for `D ≤` [`tree::AUTO_TREE_MAX_DIM`] (10), brute force above; the
+    /// measurements behind the threshold are in that constant's docs.
     #[default]
     Auto,
     /// Always the k-d tree (only for `D ≤` [`tree::TREE_MAX_DIM`]; above, brute force).
@@ -184,7 +183,8 @@ fn with_search<T>(
         row,
     })?;
     let use_tree = match options.search {
-        Search::Auto | Search::Tree => points.dim() <= tree::TREE_MAX_DIM,
+        Search::Auto => points.dim() <= tree::AUTO_TREE_MAX_DIM,
+        Search::Tree => points.dim() <= tree::TREE_MAX_DIM,
         Search::Brute => false,
     };
     const TREE_BLOCK: usize = 512;
