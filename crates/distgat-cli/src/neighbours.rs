@@ -213,7 +213,7 @@ pub struct NeighbourhoodArgs {
     /// Radius (PyG radius_graph): every other point with squared distance < R*R (strict; cosine: distance < R)
     #[arg(long, value_name = "R", allow_negative_numbers = true)]
     pub radius: Option<f64>,
-    /// With --radius or --hops: keep at most M neighbours per node, the M smallest (distance or hop count, index); torch-cluster keeps the first M found instead
+    /// With --radius or --hops: keep at most M neighbours per node, the M smallest (distance or hop count, index); torch-cluster keeps the first M found instead; default: no cap (PyG's radius_graph defaults to 32)
     #[arg(long, value_name = "M", allow_negative_numbers = true)]
     pub max_neighbours: Option<usize>,
     /// k-hop: every node with a directed path of at most H edges into the node in --graph (the pattern of (A+I)^H)

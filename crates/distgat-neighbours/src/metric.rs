@@ -15,9 +15,10 @@ pub enum Metric {
     /// `Σ_t p_i[t]·p_j[t]` and the squared norms `Σ_t p[t]²` summed left to right, the norm
     /// its square root, and `1 − dot / (|p_i| · |p_j|)`. Unitless, in `[0, 2]` up to
     /// rounding (it can be a few ulps below 0 for parallel vectors). The radius rule
-    /// compares `d < r` directly. A point at the origin is an error. This matches the
-    /// formula of torch-cluster's `knn(..., cosine=True)`; PyG's `radius_graph` has no
-    /// cosine option.
+    /// compares `d < r` directly. A point at the origin is an error. torch-cluster's
+    /// `knn(..., cosine=True)` ranks by the same quantity (1 − cosine similarity), but its
+    /// float32 arithmetic was not compared with this bit for bit; PyG's `radius_graph` has
+    /// no cosine option, so cosine radius graphs are this crate's own definition.
     Cosine,
 }
 
