@@ -266,7 +266,7 @@ impl NeighbourhoodArgs {
         if self.hops.is_some() && self.metric.is_some() {
             return Err(flag(
                 "--metric",
-                "applies to --knn and --radius, not --hops",
+                "is used only by --knn and --radius (--hops counts edges)",
             ));
         }
         Ok(NeighboursConfig {

@@ -2,17 +2,14 @@
 //! a graph): the two reference cases against PyG's float64 output and the expected edges,
 //! and each way the options can be given wrongly.
 
+mod common;
+use common::{body, reference, s};
+
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use distgat_graph::Features;
-
-const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-
-fn case(name: &str, file: &str) -> PathBuf {
-    Path::new(ROOT).join("reference").join(name).join(file)
-}
 
 fn infer(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_distgat"))
@@ -23,24 +20,13 @@ fn infer(args: &[&str]) -> Output {
         .expect("running distgat")
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// The array bytes of an `.npy` (everything after the header).
-fn body(path: &Path) -> Vec<u8> {
-    let bytes = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize + 10;
-    bytes[header_len..].to_vec()
-}
-
 /// Runs the model of `name` over the neighbourhood `rule` builds from its points, and
 /// checks the output against PyG's float64 output and the built edges against the case's.
 fn reference_case(name: &str, rule: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let (out, edges) = (dir.path().join("out.npy"), dir.path().join("edges.npy"));
-    let points = case(name, "points.npy");
-    let (x, model) = (case(name, "x.npy"), case(name, "model.json"));
+    let points = reference(name, "points.npy");
+    let (x, model) = (reference(name, "x.npy"), reference(name, "model.json"));
     let mut args = vec!["--points", s(&points)];
     args.extend_from_slice(rule);
     args.extend_from_slice(&["--features", s(&x), "--model", s(&model)]);
@@ -53,11 +39,11 @@ fn reference_case(name: &str, rule: &[&str]) {
     );
     assert_eq!(
         body(&edges),
-        body(&case(name, "expected/edges.npy")),
+        body(&reference(name, "expected/edges.npy")),
         "{name}: built edges"
     );
     let got = Features::read_npy(&out).unwrap();
-    let want = Features::read_npy(&case(name, "expected/out_f64.npy")).unwrap();
+    let want = Features::read_npy(&reference(name, "expected/out_f64.npy")).unwrap();
     assert_eq!((got.num_nodes, got.width), (want.num_nodes, want.width));
     let worst = got
         .values
@@ -71,7 +57,7 @@ fn reference_case(name: &str, rule: &[&str]) {
     let out2 = dir.path().join("out2.npy");
     let run = infer(&[
         "--graph",
-        s(&case(name, "expected/edges.npy")),
+        s(&reference(name, "expected/edges.npy")),
         "--features",
         s(&x),
         "--model",
@@ -103,9 +89,9 @@ fn hops_run_over_the_graph_they_build() {
     let dir = tempfile::tempdir().unwrap();
     let name = "knn-gatv2-n400";
     let (graph, x, model) = (
-        case(name, "expected/edges.npy"),
-        case(name, "x.npy"),
-        case(name, "model.json"),
+        reference(name, "expected/edges.npy"),
+        reference(name, "x.npy"),
+        reference(name, "model.json"),
     );
     let (out, built) = (dir.path().join("out.npy"), dir.path().join("hops.npy"));
     let run = infer(&[
@@ -179,13 +165,13 @@ fn neighbourhood_options_given_wrongly_are_refused_by_name() {
     let out = dir.join("out.npy");
     let name = "knn-gatv2-n400";
     let (points, x, model, graph) = (
-        case(name, "points.npy"),
-        case(name, "x.npy"),
-        case(name, "model.json"),
-        case(name, "edge_index.npy"),
+        reference(name, "points.npy"),
+        reference(name, "x.npy"),
+        reference(name, "model.json"),
+        reference(name, "edge_index.npy"),
     );
     let (p, x, m, g, o) = (s(&points), s(&x), s(&model), s(&graph), s(&out));
-    let other = case("gatv2-n200", "x.npy");
+    let other = reference("gatv2-n200", "x.npy");
     let base = ["--features", x, "--model", m, "--out", o];
     // A graph next to --knn would be silently replaced: refused.
     refused(

@@ -2,15 +2,12 @@
 //! expected edges, and every bad input fails with a non-zero exit, an `error:` line that
 //! names the flag or file, no panic, and no output (final or partial) left behind.
 
+mod common;
+use common::{body, reference, s};
+
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-
-const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-
-fn reference(case: &str, file: &str) -> PathBuf {
-    Path::new(ROOT).join("reference").join(case).join(file)
-}
 
 fn distgat(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_distgat"))
@@ -18,17 +15,6 @@ fn distgat(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("running distgat")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// The array bytes of an int64 `.npy` (everything after the header).
-fn body(path: &Path) -> Vec<u8> {
-    let bytes = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize + 10;
-    bytes[header_len..].to_vec()
 }
 
 fn write_f32(path: &Path, shape: &[u64], data: &[f32]) {
