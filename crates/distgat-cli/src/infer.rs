@@ -190,6 +190,16 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
             (read_graph(&config.graph, config.format)?, None)
         }
         Some(spec) => {
+            if config.edge_features.is_some() {
+                // Edge feature rows belong to a graph file's edges, in its order; a built
+                // neighbourhood has no such file, so any rows given would be misattached.
+                return Err(GraphError::argument(
+                    "--edge-features",
+                    "its rows belong to the edges of a graph file, and a neighbourhood built \
+                     by --knn, --radius or --hops has none; models with edge_dim need --graph",
+                )
+                .into());
+            }
             let walks_graph = spec.hops.is_some();
             if !walks_graph && !config.graph.as_os_str().is_empty() {
                 return Err(GraphError::argument(

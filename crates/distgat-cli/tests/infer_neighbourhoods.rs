@@ -235,6 +235,16 @@ fn neighbourhood_options_given_wrongly_are_refused_by_name() {
         &["--radius"],
         dir,
     );
+    // Edge features cannot belong to built edges.
+    refused(
+        &[
+            &["--points", p, "--knn", "8", "--edge-features", x][..],
+            &base[..],
+        ]
+        .concat(),
+        &["--edge-features", "--knn"],
+        dir,
+    );
     // --hops without a graph to walk.
     refused(
         &[&["--points", p, "--hops", "2"][..], &base[..]].concat(),
