@@ -299,3 +299,48 @@ pub fn write_addr_file(path: &Path, text: &str) -> anyhow::Result<()> {
         .with_context(|| format!("address file {}", path.display()))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use distgat_client::v1::{JobInfo, PartProgress};
+
+    use super::{format_job, work_fraction};
+
+    fn part(layers_done: u32, done: u64, total: u64) -> PartProgress {
+        PartProgress {
+            layers_done,
+            layer_entries_done: done,
+            layer_entries_total: total,
+            ..Default::default()
+        }
+    }
+
+    /// The share of the work counts finished layers and the reported share of the current
+    /// layer, per part, over layers x parts; a finished part's stale in-layer numbers and
+    /// an in-layer count above its total do not push it past its share.
+    #[test]
+    fn work_fraction_counts_layers_and_the_current_layers_edges() {
+        let job = JobInfo {
+            layers: 2,
+            parts: 2,
+            progress: vec![part(1, 50, 200), part(2, 7, 7)],
+            ..Default::default()
+        };
+        // (1 + 0.25) + 2 over 4.
+        assert_eq!(work_fraction(&job), 3.25 / 4.0);
+        assert!(
+            format_job(&job).contains("layer 1/2 on 2 parts (1/2 done,  81% of the work)"),
+            "{}",
+            format_job(&job)
+        );
+        let over = JobInfo {
+            layers: 1,
+            parts: 1,
+            progress: vec![part(0, 900, 100)],
+            ..Default::default()
+        };
+        assert_eq!(work_fraction(&over), 1.0);
+        let empty = JobInfo::default();
+        assert_eq!(work_fraction(&empty), 0.0);
+    }
+}
