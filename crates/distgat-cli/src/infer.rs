@@ -172,7 +172,18 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     let load_model_ms = ms(t);
 
     if let Some(out) = &config.neighbours_out {
-        check_output_dir("--neighbours-out", out)?;
+        check_output_file("--neighbours-out", out)?;
+        let same = |other: &Path| std::path::absolute(other).ok() == std::path::absolute(out).ok();
+        if same(&config.out) || config.stats_json.as_deref().is_some_and(same) {
+            return Err(GraphError::argument(
+                "--neighbours-out",
+                format!(
+                    "{} is also named by --out or --stats-json; give each output its own file",
+                    out.display()
+                ),
+            )
+            .into());
+        }
         if config.neighbourhood.is_none() {
             return Err(GraphError::argument(
                 "--neighbours-out",
@@ -423,6 +434,19 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         file.commit()?;
     }
     Ok(report)
+}
+
+/// Checks, before any work, that `out` (given by `flag`) can be written as a file: its
+/// directory exists and it is not itself a directory.
+pub fn check_output_file(flag: &str, out: &Path) -> Result<(), GraphError> {
+    check_output_dir(flag, out)?;
+    if out.is_dir() || out.as_os_str().to_string_lossy().ends_with('/') {
+        return Err(GraphError::argument(
+            flag,
+            format!("{} is a directory; name the file to write", out.display()),
+        ));
+    }
+    Ok(())
 }
 
 fn check_output_dir(flag: &str, out: &Path) -> Result<(), GraphError> {

@@ -112,7 +112,7 @@ enum Command {
         #[arg(long, value_name = "K")]
         wait: Option<usize>,
         /// Seconds to wait for --wait (default 60)
-        #[arg(long, value_name = "SECONDS")]
+        #[arg(long, value_name = "SECONDS", requires = "wait")]
         timeout: Option<u64>,
         /// Print JSON instead of a table
         #[arg(long)]
@@ -227,8 +227,8 @@ struct SubmitArgs {
     /// Model JSON (pyg-attention-model-v1 or gat-model-v1) under the coordinator's data root
     #[arg(long)]
     model: String,
-    /// Parts, one worker each (default: one per live worker)
-    #[arg(long, value_name = "K")]
+    /// Parts, one worker each, at least 1 (default: one per live worker)
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
     parts: Option<u32>,
     /// metis, random or range
     #[arg(long, default_value = "metis")]
@@ -278,9 +278,9 @@ struct RunArgs {
     /// Output .npy [N, D] (default with no --graph: cora_out.npy)
     #[arg(long, value_name = "OUT.npy")]
     out: Option<PathBuf>,
-    /// Worker processes (= parts)
-    #[arg(long, default_value_t = 4)]
-    workers: usize,
+    /// Worker processes, one per part (default: the parts of --partition, else 4)
+    #[arg(long, value_name = "K")]
+    workers: Option<usize>,
     /// Reuse this partition directory (its parts must equal --workers)
     #[arg(long, value_name = "DIR")]
     partition: Option<PathBuf>,
@@ -997,6 +997,16 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         ),
     };
     let out = args.out.unwrap_or_else(|| PathBuf::from("cora_out.npy"));
+    if let Some(path) = &args.summary_json {
+        // Checked before the job, not after it.
+        distgat_cli::infer::check_output_file("--summary-json", path)?;
+    }
+    // With a reused partition and no --workers, one worker per part of that partition.
+    let workers = match (args.workers, &args.partition) {
+        (Some(k), _) => k,
+        (None, Some(dir)) => distgat_partition::PartitionDir::open(dir)?.manifest.parts,
+        (None, None) => 4,
+    };
     let config = distgat_cli::run::RunConfig {
         graph,
         format: args.format.map(graph_format),
@@ -1008,7 +1018,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         model,
         edge_features: args.edge_features,
         out: out.clone(),
-        workers: args.workers,
+        workers,
         partition: args.partition,
         method: method_of(args.method, 0),
         attention_dir: args.attention_dir,
@@ -1050,14 +1060,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         for l in w["layers"].as_array().into_iter().flatten() {
             eprintln!(
                 "{:>4} {:>5} {:>11.1} {:>8.1} {:>8.1} {:>10} {:>11} ({})",
-                w["part"],
-                l["layer"],
+                w["part"].as_u64().unwrap_or(0),
+                l["layer"].as_u64().unwrap_or(0),
                 l["compute_ms"].as_f64().unwrap_or(0.0),
                 l["wait_ms"].as_f64().unwrap_or(0.0),
                 l["send_ms"].as_f64().unwrap_or(0.0),
-                l["rows_sent"],
-                l["halo_bytes_sent"],
-                l["halo_bytes_planned"]
+                l["rows_sent"].as_u64().unwrap_or(0),
+                l["halo_bytes_sent"].as_u64().unwrap_or(0),
+                l["halo_bytes_planned"].as_u64().unwrap_or(0)
             );
         }
     }
@@ -1185,7 +1195,7 @@ fn infer(args: InferArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let report = report?;
     eprintln!(
-        "wrote {} ({} nodes x {} columns; {} edges) in {:.1} ms with {} threads{}",
+        "wrote {} ({} nodes x {} columns; {} edges) in {:.1} ms with {} thread(s){}",
         config.out.display(),
         report.num_nodes,
         report.out_width,

@@ -126,6 +126,8 @@ fn name_flag(e: NeighbourError, config: &NeighboursConfig) -> NeighboursError {
 pub fn run_neighbours(config: &NeighboursConfig) -> Result<NeighboursReport, NeighboursError> {
     let start = Instant::now();
     let threads = config.threads.unwrap_or_else(rayon::current_num_threads);
+    crate::infer::check_output_file("--out", &config.out)
+        .map_err(|e| NeighboursError::Input(NeighbourError::from(e)))?;
     let nb = build_neighbours(config, threads)?;
     nb.write_npy(&config.out).map_err(NeighboursError::Input)?;
     let degrees = (0..nb.num_nodes()).map(|i| nb.of(i).len());
@@ -315,7 +317,7 @@ pub fn neighbours_command(args: NeighboursArgs) -> Result<(), NeighboursError> {
     };
     let r = run_neighbours(&config)?;
     eprintln!(
-        "wrote {} ({} edges over {} nodes; in-degree {}..{}) in {:.1} ms with {} threads",
+        "wrote {} ({} edges over {} nodes; in-degree {}..{}) in {:.1} ms with {} thread(s)",
         config.out.display(),
         r.num_edges,
         r.num_nodes,

@@ -124,7 +124,8 @@ pub fn format_job(j: &JobInfo) -> String {
         j.layers,
         j.parts,
         j.parts,
-        work_fraction(j) * 100.0,
+        // + 0.0 turns a negative zero into "0".
+        work_fraction(j) * 100.0 + 0.0,
         j.seconds
     );
     if j.state == distgat_client::v1::JobState::Queued as i32 {

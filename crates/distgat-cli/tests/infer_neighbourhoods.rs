@@ -235,6 +235,37 @@ fn neighbourhood_options_given_wrongly_are_refused_by_name() {
         &["--radius"],
         dir,
     );
+    // The edges would overwrite the output, or land in a directory after all the work.
+    refused(
+        &[
+            &["--points", p, "--knn", "8", "--neighbours-out", o][..],
+            &base[..],
+        ]
+        .concat(),
+        &["--neighbours-out", "--out"],
+        dir,
+    );
+    let sub = dir.join("sub");
+    fs::create_dir(&sub).unwrap();
+    let run = infer(
+        &[
+            &["--points", p, "--knn", "8", "--neighbours-out", s(&sub)][..],
+            &base[..],
+        ]
+        .concat(),
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        stderr.contains("--neighbours-out") && stderr.contains("is a directory"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("building"),
+        "checked only after the work: {stderr}"
+    );
+    assert!(!out.exists());
+    fs::remove_dir(&sub).unwrap();
     // Edge features cannot belong to built edges.
     refused(
         &[

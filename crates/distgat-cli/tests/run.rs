@@ -713,6 +713,27 @@ fn zero_workers_is_an_error_about_workers() {
         stderr.contains("--workers") && !stderr.contains("--parts"),
         "{stderr}"
     );
+    // A summary that cannot be written is refused before any work, naming the flag.
+    let mut cmd = Command::new(exe());
+    cmd.arg("run");
+    common_args(
+        &mut cmd,
+        &inputs,
+        &tmp.path().join("o.npy"),
+        &tmp.path().join("a"),
+    );
+    let output = cmd
+        .args(["--workers", "2", "--summary-json"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("--summary-json") && !stderr.contains("partitioning"),
+        "{stderr}"
+    );
+    assert!(!tmp.path().join("o.npy").exists());
     // More workers than nodes (200): the partitioner's refusal names --workers too.
     let mut cmd = Command::new(exe());
     cmd.arg("run");
