@@ -164,10 +164,6 @@ pub fn build_neighbours(
             "is used only by --knn and --radius (--hops counts edges)",
         ));
     }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| flag("--threads", e.to_string()))?;
     let points = match &config.points {
         Some(path) => Some(Points::read_npy(path).map_err(NeighboursError::Input)?),
         None => None,
@@ -189,8 +185,18 @@ pub fn build_neighbours(
         },
         search: Search::Auto,
     };
-    pool.install(|| build(&rule, points.as_ref(), graph.as_ref(), &options))
-        .map_err(|e| name_flag(e, config))
+    let run = || build(&rule, points.as_ref(), graph.as_ref(), &options);
+    // `infer` calls this inside its own pool of `threads`: no second pool then.
+    let built = if rayon::current_num_threads() == threads {
+        run()
+    } else {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| flag("--threads", e.to_string()))?
+            .install(run)
+    };
+    built.map_err(|e| name_flag(e, config))
 }
 
 /// `--metric` values.

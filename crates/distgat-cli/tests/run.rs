@@ -698,57 +698,33 @@ fn infer_off_a_terminal_logs_plain_progress_inside_each_layer() {
 fn zero_workers_is_an_error_about_workers() {
     let inputs = reference("gatv2-n200");
     let tmp = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(exe());
-    cmd.arg("run");
-    common_args(
-        &mut cmd,
-        &inputs,
-        &tmp.path().join("o.npy"),
-        &tmp.path().join("a"),
-    );
-    let output = cmd.args(["--workers", "0"]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let out = tmp.path().join("o.npy");
+    // `distgat run` on the case with `extra` flags must fail; returns its stderr.
+    let refused = |extra: &[&str]| -> String {
+        let mut cmd = Command::new(exe());
+        cmd.arg("run");
+        common_args(&mut cmd, &inputs, &out, &tmp.path().join("a"));
+        let output = cmd.args(extra).output().unwrap();
+        assert!(!output.status.success(), "{extra:?} succeeded");
+        assert!(!out.exists(), "{extra:?} left {}", out.display());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = refused(&["--workers", "0"]);
     assert!(
         stderr.contains("--workers") && !stderr.contains("--parts"),
         "{stderr}"
     );
     // A summary that cannot be written is refused before any work, naming the flag.
-    let mut cmd = Command::new(exe());
-    cmd.arg("run");
-    common_args(
-        &mut cmd,
-        &inputs,
-        &tmp.path().join("o.npy"),
-        &tmp.path().join("a"),
-    );
-    let output = cmd
-        .args(["--workers", "2", "--summary-json"])
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let dir = tmp.path().to_str().unwrap();
+    let stderr = refused(&["--workers", "2", "--summary-json", dir]);
     assert!(
         stderr.contains("--summary-json") && !stderr.contains("partitioning"),
         "{stderr}"
     );
-    assert!(!tmp.path().join("o.npy").exists());
     // More workers than nodes (200): the partitioner's refusal names --workers too.
-    let mut cmd = Command::new(exe());
-    cmd.arg("run");
-    common_args(
-        &mut cmd,
-        &inputs,
-        &tmp.path().join("o.npy"),
-        &tmp.path().join("a"),
-    );
-    let output = cmd.args(["--workers", "201"]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let stderr = refused(&["--workers", "201"]);
     assert!(
         stderr.contains("--workers: 201 workers for 200 nodes") && !stderr.contains("--parts"),
         "{stderr}"
     );
-    assert!(!tmp.path().join("o.npy").exists());
 }
