@@ -273,17 +273,29 @@ fn read_text_edges(path: &Path) -> Result<EdgeList> {
         if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('%') {
             return Ok(true);
         }
-        let mut fields = trimmed
-            .split(|c: char| c == ',' || c.is_whitespace())
-            .filter(|t| !t.is_empty());
-        let (Some(a), Some(b), None) = (fields.next(), fields.next(), fields.next()) else {
-            let count = trimmed
-                .split(|c: char| c == ',' || c.is_whitespace())
-                .filter(|t| !t.is_empty())
-                .count();
+        // Comma-separated when the line has a comma (every field then non-empty: `0,,1`
+        // is an error, not the edge 0 -> 1), else whitespace-separated.
+        let fields: Vec<&str> = if trimmed.contains(',') {
+            trimmed.split(',').map(str::trim).collect()
+        } else {
+            trimmed.split_whitespace().collect()
+        };
+        if let Some(empty) = fields.iter().position(|t| t.is_empty()) {
             return Err(GraphError::format(
                 path,
-                format!("line {number}: expected 2 fields 'src dst', found {count}: '{trimmed}'"),
+                format!(
+                    "line {number}: field {} is empty in '{trimmed}' (expected 'src,dst')",
+                    empty + 1
+                ),
+            ));
+        }
+        let [a, b] = fields[..] else {
+            return Err(GraphError::format(
+                path,
+                format!(
+                    "line {number}: expected 2 fields 'src dst', found {}: '{trimmed}'",
+                    fields.len()
+                ),
             ));
         };
         src.push(parse_node_id(path, number, a, "source id")?);

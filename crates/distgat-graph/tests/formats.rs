@@ -210,9 +210,18 @@ fn edge_list_errors() {
     graph_error(
         &dir,
         "comma3.csv",
-        "# h\n0,1,\n1,2,3\n",
+        "# h\n0,1\n1,2,3\n",
         &["line 3", "found 3"],
     );
+    // An empty field is an error naming the line, never skipped: `0,,1` is not 0 -> 1.
+    graph_error(
+        &dir,
+        "empty.csv",
+        "0,1\n0,,1\n",
+        &["line 2", "field 2 is empty", "'0,,1'"],
+    );
+    graph_error(&dir, "trailing.csv", "0,1,\n", &["line 1", "field 3 is empty"]);
+    graph_error(&dir, "leading.csv", ",0,1\n", &["line 1", "field 1 is empty"]);
     graph_error(
         &dir,
         "word.tsv",
