@@ -220,8 +220,18 @@ fn edge_list_errors() {
         "0,1\n0,,1\n",
         &["line 2", "field 2 is empty", "'0,,1'"],
     );
-    graph_error(&dir, "trailing.csv", "0,1,\n", &["line 1", "field 3 is empty"]);
-    graph_error(&dir, "leading.csv", ",0,1\n", &["line 1", "field 1 is empty"]);
+    graph_error(
+        &dir,
+        "trailing.csv",
+        "0,1,\n",
+        &["line 1", "field 3 is empty"],
+    );
+    graph_error(
+        &dir,
+        "leading.csv",
+        ",0,1\n",
+        &["line 1", "field 1 is empty"],
+    );
     graph_error(
         &dir,
         "word.tsv",

@@ -214,7 +214,9 @@ fn metis(
     let mut part = vec![0i32; n];
     let mut g = metis::Graph::new(ncon, nparts, &graph.xadj, &graph.adjncy)
         .map_err(|e| PartitionError::Metis(format!("{e}")))?
-        .set_option(metis::option::Seed((seed & 0x7fff_ffff) as i32))
+        // GKlib seeds glibc's rand() with srand(seed), and glibc treats srand(0) as srand(1):
+        // seeds 0 and 1 gave the same partition. METIS gets seed + 1 (in 1..=i32::MAX).
+        .set_option(metis::option::Seed((seed % i32::MAX as u64) as i32 + 1))
         .set_option(metis::option::UFactor(ufactor.max(1)))
         .set_option(metis::option::NCuts(trials as i32))
         .set_option(match objective {
