@@ -3,7 +3,7 @@
 //! the order in which the file lists them.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use crate::error::{GraphError, Result};
@@ -213,6 +213,14 @@ fn read_npy_edges(path: &Path) -> Result<EdgeList> {
     Ok(EdgeList::from_split_ids(ids, 0))
 }
 
+/// Whether the file starts with the `.npy` magic string (`\x93NUMPY`).
+fn starts_with_npy_magic(path: &Path) -> bool {
+    let mut magic = [0u8; 6];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|()| &magic == b"\x93NUMPY")
+}
+
 /// Iterates the lines of a text file with 1-based line numbers.
 fn for_each_line(path: &Path, mut f: impl FnMut(usize, &str) -> Result<bool>) -> Result<()> {
     let file = File::open(path).map_err(|e| GraphError::io(path, e))?;
@@ -223,7 +231,17 @@ fn for_each_line(path: &Path, mut f: impl FnMut(usize, &str) -> Result<bool>) ->
         line.clear();
         let n = reader.read_line(&mut line).map_err(|e| {
             if e.kind() == std::io::ErrorKind::InvalidData {
-                GraphError::format(path, format!("line {}: not valid UTF-8 text", number + 1))
+                let npy = number == 0 && starts_with_npy_magic(path);
+                let hint = if npy {
+                    ": the file is a .npy array (it starts with the npy magic), not text; \
+                     read it with the npy format"
+                } else {
+                    ""
+                };
+                GraphError::format(
+                    path,
+                    format!("line {}: not valid UTF-8 text{hint}", number + 1),
+                )
             } else {
                 GraphError::io(path, e)
             }
