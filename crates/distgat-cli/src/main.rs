@@ -111,7 +111,7 @@ enum Command {
         /// Wait until at least this many healthy workers are registered
         #[arg(long, value_name = "K")]
         wait: Option<usize>,
-        /// Seconds to wait for --wait (default 60)
+        /// Seconds to wait for --wait, for the coordinator to answer as well (default 60)
         #[arg(long, value_name = "SECONDS", requires = "wait")]
         timeout: Option<u64>,
         /// Print JSON instead of a table
@@ -519,7 +519,13 @@ fn main() -> ExitCode {
             timeout,
             json,
             client,
-        } => client_command(&client, |c| workers(c, wait, timeout.unwrap_or(60), json)),
+        } => {
+            // --wait also waits for the coordinator itself to come up, within --timeout.
+            let timeout = timeout.unwrap_or(60);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+            let patience = wait.map(|_| (std::time::Duration::from_secs(timeout), "--timeout"));
+            client_command_within(&client, patience, |c| workers(c, wait, deadline, json))
+        }
         Command::Health {
             address,
             service,
@@ -755,6 +761,20 @@ where
     F: FnOnce(distgat_client::Client) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
+    client_command_within(args, None, command)
+}
+
+/// [`client_command`], but when `patience` is given, keeps trying to reach a coordinator
+/// that is not up yet for that long (a cluster being started), instead of a few attempts.
+fn client_command_within<F, Fut>(
+    args: &ClientArgs,
+    patience: Option<(std::time::Duration, &str)>,
+    command: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(distgat_client::Client) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
     let file = load_config(args.config.as_deref())?;
     let address = pick(
         args.coordinator.clone(),
@@ -762,7 +782,26 @@ where
         "127.0.0.1:50051".to_string(),
     );
     tokio_runtime()?.block_on(async {
-        let client = distgat_client::Client::connect(&address).await?;
+        let client = match patience {
+            None => distgat_client::Client::connect(&address).await?,
+            Some((within, flag)) => {
+                let retry = distgat_client::RetryPolicy {
+                    attempts: u32::MAX,
+                    ..Default::default()
+                };
+                tokio::time::timeout(
+                    within,
+                    distgat_client::Client::connect_with(&address, retry),
+                )
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "no coordinator answered at {address} within {} s ({flag})",
+                        within.as_secs()
+                    )
+                })??
+            }
+        };
         command(client).await
     })
 }
@@ -924,14 +963,13 @@ async fn explain(
 async fn workers(
     mut client: distgat_client::Client,
     wait: Option<usize>,
-    timeout: u64,
+    deadline: std::time::Instant,
     json: bool,
 ) -> anyhow::Result<()> {
     let status = match wait {
         Some(k) => {
-            client
-                .wait_for_workers(k, std::time::Duration::from_secs(timeout))
-                .await?
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            client.wait_for_workers(k, left).await?
         }
         None => client.cluster_status().await?,
     };

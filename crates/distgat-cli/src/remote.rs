@@ -283,7 +283,12 @@ pub async fn check_health(address: &str, service: &str, wait: Duration) -> anyho
             Err(e) => format!("connecting: {e}"),
         };
         if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!("{address} is not serving '{service}': {last}");
+            let what = if service.is_empty() {
+                "as a whole (the '' service)".to_string()
+            } else {
+                format!("'{service}'")
+            };
+            anyhow::bail!("{address} is not serving {what}: {last}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -65,6 +65,41 @@ fn client_address_precedence() {
     );
 }
 
+/// `workers --wait` is what scripts run right after starting a coordinator: it keeps
+/// trying to connect for the whole --timeout, not a fixed handful of attempts.
+#[test]
+fn workers_wait_keeps_trying_to_connect_for_the_timeout() {
+    let started = std::time::Instant::now();
+    let o = distgat(
+        &[
+            "workers",
+            "--coordinator",
+            "127.0.0.1:1",
+            "--wait",
+            "1",
+            "--timeout",
+            "3",
+        ],
+        &[],
+    );
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("no coordinator answered at 127.0.0.1:1 within 3 s (--timeout)"),
+        "{e}"
+    );
+    assert!(took >= 2.9, "gave up after {took:.1} s of a 3 s --timeout");
+}
+
+#[test]
+fn health_names_the_whole_server_service() {
+    let o = distgat(&["health", "127.0.0.1:1", "--timeout", "0"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("127.0.0.1:1 is not serving as a whole"), "{e}");
+}
+
 #[test]
 fn bad_config_names_file_and_key() {
     let dir = tempfile::tempdir().unwrap();

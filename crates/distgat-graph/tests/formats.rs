@@ -941,7 +941,11 @@ fn edge_list_id_u64_max() {
 fn npy_file_read_as_text_says_it_is_npy() {
     let dir = Dir::new();
     let path = dir.npy::<i64>("e.npy", &[2, 2], Order::C, &[0, 1, 1, 0]);
-    for format in [GraphFormat::EdgeList, GraphFormat::Metis, GraphFormat::MatrixMarket] {
+    for format in [
+        GraphFormat::EdgeList,
+        GraphFormat::Metis,
+        GraphFormat::MatrixMarket,
+    ] {
         assert_error(
             read_graph(&path, Some(format)),
             &path,
