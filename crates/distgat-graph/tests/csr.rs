@@ -1,0 +1,103 @@
+//! The incoming-edge CSR against a reference written here (a stable sort of the edges by
+//! target, PyG's self-loop handling), built on 1 and on several threads: the parallel
+//! build must give the same rows, entry keys and attention order.
+
+use distgat_graph::{EdgeList, IncomingCsr};
+
+/// splitmix64: a fixed pseudo-random stream, so the test graph is the same every run.
+fn stream(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// Per row: (source, input edge index or -(v+1) for v's added loop), in summation order.
+fn reference(src: &[u64], dst: &[u64], n: usize, loops: bool) -> Vec<Vec<(u32, i64)>> {
+    let mut rows = vec![Vec::new(); n];
+    for k in 0..src.len() {
+        if !(loops && src[k] == dst[k]) {
+            rows[dst[k] as usize].push((src[k] as u32, k as i64));
+        }
+    }
+    if loops {
+        for (v, row) in rows.iter_mut().enumerate() {
+            row.push((v as u32, -(v as i64) - 1));
+        }
+    }
+    rows
+}
+
+fn build_on(
+    threads: usize,
+    edges: &EdgeList,
+    n: usize,
+    loops: bool,
+) -> (IncomingCsr, Vec<usize>, Vec<i64>) {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let (csr, order) = IncomingCsr::build(edges, n, loops, true).unwrap();
+        let keys = csr.entry_keys(edges);
+        (csr, order.unwrap(), keys)
+    })
+}
+
+#[test]
+fn parallel_build_equals_the_stable_sort_reference() {
+    // Enough edges for the parallel path (a hub, duplicates, self loops, isolated nodes).
+    let (n, e) = (3000usize, 300_000usize);
+    let mut next = stream(7);
+    let mut src = Vec::with_capacity(e);
+    let mut dst = Vec::with_capacity(e);
+    for k in 0..e {
+        let s = next() % n as u64;
+        // Every 5th edge into node 17 (a hub); nodes >= 2900 get no edges.
+        let d = if k % 5 == 0 { 17 } else { next() % 2900 };
+        let s = if k % 101 == 0 { d } else { s };
+        src.push(s);
+        dst.push(d);
+    }
+    let edges = EdgeList::from_pairs(&src, &dst);
+    for loops in [false, true] {
+        let want = reference(&src, &dst, n, loops);
+        for threads in [1, 2, 3] {
+            let (csr, order, keys) = build_on(threads, &edges, n, loops);
+            assert_eq!(csr.num_nodes, n);
+            for (i, row) in want.iter().enumerate() {
+                let got: Vec<(u32, i64)> = csr
+                    .row(i)
+                    .iter()
+                    .zip(&keys[csr.row_ptr[i]..csr.row_ptr[i + 1]])
+                    .map(|(&s, &k)| (s, k))
+                    .collect();
+                assert_eq!(&got, row, "row {i}, loops {loops}, {threads} threads");
+            }
+            let kept = want.iter().map(Vec::len).sum::<usize>() - if loops { n } else { 0 };
+            assert_eq!(csr.kept_edges, kept);
+            // The attention order: kept input edges in input order, then the loops.
+            let mut expected_order = Vec::new();
+            for k in 0..e {
+                if !(loops && src[k] == dst[k]) {
+                    expected_order.push(keys.iter().position(|&x| x == k as i64).unwrap());
+                }
+                if expected_order.len() == 50 {
+                    break;
+                }
+            }
+            assert_eq!(&order[..50], &expected_order[..], "{threads} threads");
+            for (j, &pos) in order.iter().enumerate().take(kept).skip(50).step_by(997) {
+                let k = keys[pos];
+                assert!(
+                    k >= 0 && (j == 0 || k > keys[order[j - 1]]),
+                    "order entry {j}"
+                );
+            }
+        }
+    }
+}
