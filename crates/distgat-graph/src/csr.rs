@@ -101,11 +101,10 @@ impl IncomingCsr {
         let order = want_attention_order.then(|| {
             let mut order = Vec::with_capacity(col.len());
             let mut cursor = row_ptr[..num_nodes].to_vec();
-            for k in 0..src.len() {
+            for (k, &d) in dst.iter().enumerate() {
                 if keep(k) {
-                    let row = dst[k] as usize;
-                    order.push(cursor[row]);
-                    cursor[row] += 1;
+                    order.push(cursor[d as usize]);
+                    cursor[d as usize] += 1;
                 }
             }
             if add_self_loops {
