@@ -238,7 +238,7 @@ impl NpyBody {
 /// Writes `data` as a C-order `.npy` array of `shape`, atomically (temp file, then rename).
 pub fn write_npy<T>(path: &Path, shape: &[u64], data: &[T]) -> Result<()>
 where
-    T: npyz::Serialize + npyz::AutoSerialize + Copy,
+    T: npyz::Serialize + npyz::AutoSerialize + bytemuck::Pod,
 {
     let expected: u64 = shape.iter().product();
     if expected != data.len() as u64 {
@@ -253,13 +253,26 @@ where
     let file = AtomicFile::create(path)?;
     let result = (|| -> std::io::Result<()> {
         let mut buffered = BufWriter::with_capacity(1 << 20, file.as_file());
+        // npyz writes the header (numpy's format, version and padding); the body of a
+        // little-endian machine is the values' own bytes, written in large blocks.
         let mut writer = npyz::WriteOptions::new()
             .default_dtype()
             .shape(shape)
             .writer(&mut buffered)
             .begin_nd()?;
-        writer.extend(data.iter().copied())?;
-        writer.finish()?;
+        // npyz's default dtypes of plain numbers are little-endian ('<f4', '<i8', ...).
+        match cfg!(target_endian = "little").then(|| bytemuck::cast_slice::<T, u8>(data)) {
+            Some(bytes) => {
+                // The writer has written the header; dropping it unfinished writes nothing
+                // more (its drop only checks the element count, ignoring the result).
+                drop(writer);
+                buffered.write_all(bytes)?;
+            }
+            None => {
+                writer.extend(data.iter().copied())?;
+                writer.finish()?;
+            }
+        }
         buffered.flush()
     })();
     result.map_err(|e| GraphError::io(path, e))?;

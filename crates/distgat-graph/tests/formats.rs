@@ -953,3 +953,30 @@ fn npy_file_read_as_text_says_it_is_npy() {
         );
     }
 }
+
+#[test]
+fn write_npy_bytes_equal_npyz_element_writer() {
+    // The fast path writes the values' bytes after npyz's header: the file must be the
+    // one npyz writes element by element (the reference here), for each dtype we write.
+    fn check<T>(dir: &Dir, name: &str, shape: &[u64], data: &[T])
+    where
+        T: npyz::Serialize + npyz::AutoSerialize + bytemuck::Pod,
+    {
+        let ours = dir.0.path().join(name);
+        distgat_graph::write_npy(&ours, shape, data).unwrap();
+        let reference = dir.npy(&format!("ref-{name}"), shape, Order::C, data);
+        assert_eq!(
+            fs::read(&ours).unwrap(),
+            fs::read(&reference).unwrap(),
+            "{name}"
+        );
+    }
+    let dir = Dir::new();
+    let floats: Vec<f32> = (0..3000).map(|i| (i as f32).sin() * 1e3).collect();
+    check(&dir, "f32.npy", &[1000, 3], &floats);
+    let doubles: Vec<f64> = floats.iter().map(|&v| f64::from(v) / 7.0).collect();
+    check(&dir, "f64.npy", &[3000], &doubles);
+    let ids: Vec<i64> = (0..4000).map(|i| i * 7919 - 10).collect();
+    check(&dir, "i64.npy", &[2, 2000], &ids);
+    check::<i32>(&dir, "empty.npy", &[0, 5], &[]);
+}
