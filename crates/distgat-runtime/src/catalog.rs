@@ -339,12 +339,20 @@ impl JobRecord {
 
     /// Applies `f` to the status and wakes watchers. Terminal states are final.
     pub fn update(&self, f: impl FnOnce(&mut JobStatus)) {
+        self.update_if(|s| {
+            f(s);
+            true
+        });
+    }
+
+    /// Applies `f` to the status; wakes watchers only when `f` says it changed something.
+    /// Terminal states are final.
+    fn update_if(&self, f: impl FnOnce(&mut JobStatus) -> bool) {
         {
             let mut s = lock(&self.status);
-            if s.state.is_terminal() {
+            if s.state.is_terminal() || !f(&mut s) {
                 return;
             }
-            f(&mut s);
             if s.state.is_terminal() {
                 if let Some(t) = s.started {
                     s.seconds = t.elapsed().as_secs_f64();
@@ -430,14 +438,16 @@ impl JobRecord {
 
     /// A heartbeat's report that `part` has aggregated `done` of the `total` entries of
     /// `layer`; kept only while that is the part's next layer to finish (a late report of a
-    /// finished layer is dropped).
+    /// finished layer is dropped). Watchers wake only when the numbers changed (heartbeats repeat them).
     pub fn layer_progress(&self, part: u32, layer: u32, done: u64, total: u64) {
-        self.update(|s| {
-            if let Some(p) = s.progress.get_mut(part as usize) {
-                if p.layers_done == layer {
-                    (p.layer_entries_done, p.layer_entries_total) = (done.min(total), total);
-                }
+        self.update_if(|s| match s.progress.get_mut(part as usize) {
+            Some(p) if p.layers_done == layer => {
+                let now = (done.min(total), total);
+                let changed = (p.layer_entries_done, p.layer_entries_total) != now;
+                (p.layer_entries_done, p.layer_entries_total) = now;
+                changed
             }
+            _ => false,
         });
     }
 
@@ -517,4 +527,56 @@ pub(crate) fn load_model(path: &Path, graph: &GraphEntry) -> Result<Model> {
         .check_edge_features("the graph's edge_features", edge)
         .map_err(|e| RuntimeError::InvalidArgument(e.to_string()))?;
     Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> JobRecord {
+        let graph = GraphEntry {
+            id: "g".into(),
+            name: "g".into(),
+            graph: PathBuf::from("g.npy"),
+            format: None,
+            features: PathBuf::from("x.npy"),
+            nodes: 10,
+            edges: 20,
+            feature_width: 4,
+            edge_features: None,
+            edge_feature_width: 0,
+            uploaded: false,
+        };
+        let spec = JobSpec {
+            graph,
+            partition: None,
+            parts: 2,
+            method: Method::metis_default(),
+            model: PathBuf::from("m.json"),
+            normalize_features: false,
+            attention: false,
+            threads_per_worker: 1,
+        };
+        JobRecord::new("j".into(), 0, spec, PathBuf::from("out"), 2)
+    }
+
+    /// Heartbeats repeat the same numbers every interval: only a change wakes watchers.
+    #[test]
+    fn repeated_layer_progress_does_not_wake_watchers() {
+        let job = record();
+        job.set_state(JobState::Running);
+        job.set_assigned(&[("w0".into(), "a0".into()), ("w1".into(), "a1".into())]);
+        let mut watcher = job.subscribe();
+        watcher.mark_unchanged();
+        job.layer_progress(1, 0, 50, 100);
+        assert!(watcher.has_changed().unwrap(), "new numbers wake watchers");
+        watcher.mark_unchanged();
+        job.layer_progress(1, 0, 50, 100);
+        assert!(!watcher.has_changed().unwrap(), "the same numbers again");
+        job.layer_progress(1, 3, 70, 100); // not the part's current layer: dropped
+        assert!(!watcher.has_changed().unwrap(), "a report of another layer");
+        job.layer_progress(1, 0, 60, 100);
+        assert!(watcher.has_changed().unwrap());
+        assert_eq!(job.status().progress[1].layer_entries_done, 60);
+    }
 }
