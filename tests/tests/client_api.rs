@@ -38,15 +38,24 @@ async fn cluster(workers: usize, max_upload_bytes: u64) -> Cluster {
 }
 
 async fn cluster_in(data_root: &Path, workers: usize, max_upload_bytes: u64) -> Cluster {
-    let work = tempfile::tempdir().unwrap();
-    let coordinator = start_coordinator(CoordinatorConfig {
-        data_root: data_root.to_path_buf(),
-        work_dir: work.path().join("work"),
-        max_upload_bytes,
-        ..Default::default()
+    cluster_with(workers, |c| {
+        c.data_root = data_root.to_path_buf();
+        c.max_upload_bytes = max_upload_bytes;
     })
     .await
-    .unwrap();
+}
+
+/// A cluster whose coordinator's config `edit` adjusts (data root: the repository; work
+/// dir: `<temp>/work`).
+async fn cluster_with(workers: usize, edit: impl FnOnce(&mut CoordinatorConfig)) -> Cluster {
+    let work = tempfile::tempdir().unwrap();
+    let mut config = CoordinatorConfig {
+        data_root: repo_root(),
+        work_dir: work.path().join("work"),
+        ..Default::default()
+    };
+    edit(&mut config);
+    let coordinator = start_coordinator(config).await.unwrap();
     let address = coordinator.addr.to_string();
     let mut servers = vec![coordinator];
     for _ in 0..workers {
@@ -562,4 +571,149 @@ async fn edge_features_registered_and_uploaded_give_infers_output() {
     let (status, message) = code(err);
     assert_eq!(status, Code::InvalidArgument, "{message}");
     assert!(message.contains("200 rows of edge features"), "{message}");
+}
+
+async fn cora_job(client: &mut Client, graph_id: &str, partition_id: &str) -> String {
+    client
+        .submit(Submit {
+            graph_id: graph_id.into(),
+            partition_id: partition_id.into(),
+            model: CORA_MODEL.into(),
+            normalize_features: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .job_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_refuses_what_is_in_use_and_frees_the_rest() {
+    let c = cluster(2, 64 << 20).await;
+    let work = c._work.path().join("work");
+    let mut client = client(&c).await;
+    client
+        .wait_for_workers(2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let graph = client
+        .register_graph(CORA_EDGES, CORA_FEATURES, "", "cora")
+        .await
+        .unwrap()
+        .graph_id;
+
+    // A job that has not ended cannot be deleted.
+    let job = cora_job(&mut client, &graph, "").await;
+    let (code_, message) = code(client.delete_job(&job).await.unwrap_err());
+    assert_eq!(code_, Code::FailedPrecondition, "{message}");
+    assert!(
+        message.contains(&job) && message.contains("cancel it first"),
+        "{message}"
+    );
+    let done = client.wait(&job, |_| {}).await.unwrap();
+    let partition = done.partition_id.clone();
+    assert!(work.join("jobs").join(&job).join("out.npy").is_file());
+
+    // The graph is used by the job and by the partition the job made.
+    let (code_, message) = code(client.delete_graph(&graph).await.unwrap_err());
+    assert_eq!(code_, Code::FailedPrecondition, "{message}");
+    assert!(
+        message.contains(&job) && message.contains("delete the job first"),
+        "{message}"
+    );
+
+    let deleted = client.delete_job(&job).await.unwrap();
+    assert_eq!(deleted.id, job);
+    assert!(
+        deleted.bytes_freed >= 2708 * 7 * 4,
+        "{}",
+        deleted.bytes_freed
+    );
+    assert!(
+        !work.join("jobs").join(&job).exists(),
+        "the job's files are gone"
+    );
+    assert_eq!(code(client.job(&job).await.unwrap_err()).0, Code::NotFound);
+    assert_eq!(
+        code(client.delete_job(&job).await.unwrap_err()).0,
+        Code::NotFound
+    );
+
+    let (code_, message) = code(client.delete_graph(&graph).await.unwrap_err());
+    assert_eq!(code_, Code::FailedPrecondition, "{message}");
+    assert!(message.contains(&partition), "{message}");
+
+    // A partition in use by a job that has not ended cannot be deleted.
+    let second = cora_job(&mut client, &graph, &partition).await;
+    let (code_, message) = code(client.delete_partition(&partition).await.unwrap_err());
+    assert_eq!(code_, Code::FailedPrecondition, "{message}");
+    assert!(message.contains(&second), "{message}");
+    client.wait(&second, |_| {}).await.unwrap();
+    client.delete_job(&second).await.unwrap();
+
+    let deleted = client.delete_partition(&partition).await.unwrap();
+    assert!(deleted.bytes_freed > 0);
+    assert!(!work.join("partitions").join(&partition).exists());
+    // A registered graph's files are the user's: forgotten, not deleted.
+    let deleted = client.delete_graph(&graph).await.unwrap();
+    assert_eq!(deleted.bytes_freed, 0);
+    assert!(repo_root().join(CORA_EDGES).is_file());
+    assert_eq!(
+        code(client.delete_graph(&graph).await.unwrap_err()).0,
+        Code::NotFound
+    );
+    // A deleted graph cannot take new jobs.
+    let err = client
+        .submit(Submit {
+            graph_id: graph.clone(),
+            model: CORA_MODEL.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(err).0, Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_jobs_deletes_the_oldest_ended_jobs() {
+    let c = cluster_with(1, |config| config.keep_jobs = 1).await;
+    let work = c._work.path().join("work");
+    let mut client = client(&c).await;
+    client
+        .wait_for_workers(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let graph = client
+        .register_graph(CORA_EDGES, CORA_FEATURES, "", "cora")
+        .await
+        .unwrap()
+        .graph_id;
+    let first = cora_job(&mut client, &graph, "").await;
+    client.wait(&first, |_| {}).await.unwrap();
+    let second = cora_job(&mut client, &graph, "").await;
+    client.wait(&second, |_| {}).await.unwrap();
+    // Retention runs right after a job ends; give it a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ids: Vec<String> = client
+            .jobs()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|j| j.job_id)
+            .collect();
+        if ids == [second.clone()] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "jobs still listed: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !work.join("jobs").join(&first).exists(),
+        "the oldest job's files are gone"
+    );
+    assert!(work.join("jobs").join(&second).join("out.npy").is_file());
 }

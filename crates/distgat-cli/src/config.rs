@@ -41,6 +41,7 @@ pub struct CoordinatorSection {
     pub max_upload_bytes: Option<u64>,
     pub heartbeat_timeout_ms: Option<u64>,
     pub addr_file: Option<PathBuf>,
+    pub keep_jobs: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -106,6 +106,19 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Delete an ended job (its output), a partition, or a graph from the coordinator.
+    ///
+    /// Nothing in use can be deleted: a queued or running job (cancel it first), a
+    /// partition a queued or running job uses, a graph a partition or job refers to. An
+    /// uploaded graph's files are deleted; a registered graph's files are left alone.
+    Delete {
+        #[arg(value_enum)]
+        what: DeleteWhat,
+        /// Its id (job-N, partition-N, graph-N as listed)
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List the registered workers, their health and parts.
     Workers {
         /// Wait until at least this many healthy workers are registered
@@ -165,10 +178,21 @@ struct CoordinatorArgs {
     /// TOML configuration file ([coordinator] section)
     #[arg(long, env = "DISTGAT_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Ended jobs to keep with their outputs; as more end, the oldest are deleted (0 keeps
+    /// all) [default: 0]
+    #[arg(long, env = "DISTGAT_KEEP_JOBS", value_name = "N")]
+    keep_jobs: Option<usize>,
     /// Serve RunJob, whose paths are not confined to the data root (for the private
     /// loopback cluster `distgat run` starts; never on a shared network)
     #[arg(long, hide = true)]
     allow_run_job: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DeleteWhat {
+    Job,
+    Partition,
+    Graph,
 }
 
 #[derive(clap::Args)]
@@ -514,6 +538,19 @@ fn main() -> ExitCode {
             println!("{}", distgat_cli::remote::format_job(&info));
             Ok(())
         }),
+        Command::Delete { what, id, client } => client_command(&client, |mut c| async move {
+            let reply = match what {
+                DeleteWhat::Job => c.delete_job(&id).await?,
+                DeleteWhat::Partition => c.delete_partition(&id).await?,
+                DeleteWhat::Graph => c.delete_graph(&id).await?,
+            };
+            println!(
+                "deleted {}; {} freed in the coordinator's work dir",
+                reply.id,
+                distgat_cli::remote::human_bytes(reply.bytes_freed)
+            );
+            Ok(())
+        }),
         Command::Workers {
             wait,
             timeout,
@@ -712,6 +749,7 @@ fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         )
         .pipe(std::time::Duration::from_millis),
         allow_run_job: args.allow_run_job,
+        keep_jobs: pick(args.keep_jobs, c.keep_jobs, defaults.keep_jobs),
         ..defaults
     };
     let addr_file = args.addr_file.or(c.addr_file.clone());

@@ -306,6 +306,21 @@ pub fn write_addr_file(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Bytes for people: `512 B`, `3.4 MiB`, `1.2 GiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 #[cfg(test)]
 mod tests {
     use distgat_client::v1::{JobInfo, PartProgress};
@@ -348,5 +363,13 @@ mod tests {
         assert_eq!(work_fraction(&over), 1.0);
         let empty = JobInfo::default();
         assert_eq!(work_fraction(&empty), 0.0);
+    }
+
+    #[test]
+    fn human_bytes_units() {
+        assert_eq!(super::human_bytes(0), "0 B");
+        assert_eq!(super::human_bytes(1023), "1023 B");
+        assert_eq!(super::human_bytes(1536), "1.5 KiB");
+        assert_eq!(super::human_bytes(3 << 30), "3.0 GiB");
     }
 }

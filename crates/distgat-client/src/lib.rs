@@ -34,6 +34,7 @@ use distgat_proto::v1::fetch_output_request::Selection as WireSelection;
 use distgat_proto::v1::upload_graph_chunk::Body as UploadBody;
 use distgat_proto::v1::{
     CancelJobRequest, ClusterStatusRequest, ClusterStatusResponse, CreatePartitionRequest,
+    DeleteGraphRequest, DeleteJobRequest, DeletePartitionRequest, DeleteResponse,
     FetchAttentionRequest, FetchAttentionResponse, FetchOutputRequest, GetJobRequest, GraphInfo,
     JobInfo, JobState, ListJobsRequest, NodeList, NodeRange, PartitionInfo, RegisterGraphRequest,
     SubmitJobRequest, UploadGraphChunk, UploadHeader,
@@ -373,6 +374,45 @@ impl Client {
         self.retrying(true, |mut c| {
             let req = req.clone();
             async move { c.cancel_job(req).await }
+        })
+        .await
+    }
+
+    /// Deletes an ended job and its output files (FAILED_PRECONDITION while it is queued
+    /// or running). Not retried: a repeated delete would say NOT_FOUND.
+    pub async fn delete_job(&mut self, job_id: &str) -> Result<DeleteResponse> {
+        let req = DeleteJobRequest {
+            job_id: job_id.into(),
+        };
+        self.retrying(false, |mut c| {
+            let req = req.clone();
+            async move { c.delete_job(req).await }
+        })
+        .await
+    }
+
+    /// Deletes a partition and its directory (FAILED_PRECONDITION while a queued or
+    /// running job uses it).
+    pub async fn delete_partition(&mut self, partition_id: &str) -> Result<DeleteResponse> {
+        let req = DeletePartitionRequest {
+            partition_id: partition_id.into(),
+        };
+        self.retrying(false, |mut c| {
+            let req = req.clone();
+            async move { c.delete_partition(req).await }
+        })
+        .await
+    }
+
+    /// Forgets a graph, deleting an uploaded graph's files (FAILED_PRECONDITION while a
+    /// partition or a job refers to it).
+    pub async fn delete_graph(&mut self, graph_id: &str) -> Result<DeleteResponse> {
+        let req = DeleteGraphRequest {
+            graph_id: graph_id.into(),
+        };
+        self.retrying(false, |mut c| {
+            let req = req.clone();
+            async move { c.delete_graph(req).await }
         })
         .await
     }

@@ -41,7 +41,9 @@ fn join_error(e: tokio::task::JoinError) -> RuntimeError {
     RuntimeError::Io(std::io::Error::other(e))
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(join_error)?
 }
 
@@ -266,9 +268,20 @@ pub async fn create_partition(
     let method = parse_method("method", &req.method, req.seed)?;
     let id = new_id(state, "partition");
     let dir = state.storage.work_dir.join("partitions").join(&id);
+    let graph_id = graph.id.clone();
     let entry = blocking(move || partition_graph(id, &graph, parts, method, dir)).await?;
     let info = convert::partition_info(&entry);
+    // The graph may have been deleted meanwhile (lock order: graphs, then partitions).
+    let graphs = lock(&state.catalog.graphs);
+    if !graphs.contains_key(&graph_id) {
+        drop(graphs);
+        let _ = std::fs::remove_dir_all(&entry.dir);
+        return Err(RuntimeError::NotFound(format!(
+            "graph_id '{graph_id}' was deleted while it was being partitioned"
+        )));
+    }
     lock(&state.catalog.partitions).insert(entry.id.clone(), Arc::new(entry));
+    drop(graphs);
     Ok(info)
 }
 
@@ -319,6 +332,21 @@ pub async fn submit_job(state: &Arc<State>, req: SubmitJobRequest) -> Result<Job
     let model = blocking(move || load_model(&model_path, &entry).map(|m| (m, model_path))).await?;
     let (model, model_path) = model;
     let mut jobs = lock(&state.catalog.jobs);
+    // Under the jobs lock, which deletions take first: the graph and partition still exist.
+    if !lock(&state.catalog.graphs).contains_key(&graph.id) {
+        return Err(RuntimeError::NotFound(format!(
+            "graph_id '{}' was deleted",
+            graph.id
+        )));
+    }
+    if let Some(p) = &partition {
+        if !lock(&state.catalog.partitions).contains_key(&p.id) {
+            return Err(RuntimeError::NotFound(format!(
+                "partition_id '{}' was deleted",
+                p.id
+            )));
+        }
+    }
     // Counted and pushed under one lock, so concurrent submits cannot overfill the queue.
     let queued = jobs
         .iter()
@@ -434,6 +462,7 @@ pub async fn run_queue(state: Weak<State>, mut queue: mpsc::UnboundedReceiver<Ar
             tracing::warn!(job = %record.id, "job failed: {e}");
             record.fail(e.to_string());
         }
+        super::delete::enforce_retention(&state).await;
     }
 }
 
@@ -448,8 +477,9 @@ async fn execute(state: &Arc<State>, record: &Arc<JobRecord>) -> Result<()> {
             let graph = spec.graph.clone();
             let (parts, method) = (spec.parts, spec.method.clone());
             let entry = blocking(move || partition_graph(id, &graph, parts, method, dir)).await?;
-            lock(&state.catalog.partitions).insert(entry.id.clone(), Arc::new(entry.clone()));
+            // The job names it before it is listed, so it cannot be deleted under the job.
             record.update(|s| s.partition_id = entry.id.clone());
+            lock(&state.catalog.partitions).insert(entry.id.clone(), Arc::new(entry.clone()));
             entry
         }
     };

@@ -6,6 +6,7 @@
 //! `mod -> api -> job -> sink/state`, never back.
 
 mod api;
+mod delete;
 mod job;
 mod sink;
 mod state;
@@ -18,6 +19,7 @@ use std::time::Instant;
 use distgat_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
 use distgat_proto::v1::{
     CancelJobRequest, ClusterStatusRequest, ClusterStatusResponse, CreatePartitionRequest,
+    DeleteGraphRequest, DeleteJobRequest, DeletePartitionRequest, DeleteResponse,
     FetchAttentionRequest, FetchAttentionResponse, FetchOutputRequest, GetJobRequest, GraphInfo,
     HeartbeatRequest, HeartbeatResponse, JobInfo, ListGraphsRequest, ListGraphsResponse,
     ListJobsRequest, ListJobsResponse, ListPartitionsRequest, ListPartitionsResponse, OutputChunk,
@@ -296,6 +298,36 @@ impl Coordinator for Service {
             &req.job_id,
             &req.reason,
         )?))
+    }
+
+    async fn delete_job(
+        &self,
+        request: Request<DeleteJobRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(
+            delete::delete_job(&self.0, &req.job_id).await?,
+        ))
+    }
+
+    async fn delete_partition(
+        &self,
+        request: Request<DeletePartitionRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(
+            delete::delete_partition(&self.0, &req.partition_id).await?,
+        ))
+    }
+
+    async fn delete_graph(
+        &self,
+        request: Request<DeleteGraphRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(
+            delete::delete_graph(&self.0, &req.graph_id).await?,
+        ))
     }
 
     type FetchOutputStream = ReceiverStream<Result<OutputRows, Status>>;

@@ -31,6 +31,9 @@ pub struct CoordinatorConfig {
     /// Serve `RunJob`, whose paths are not confined to the data root: only for a private
     /// cluster such as `distgat run` starts on loopback.
     pub allow_run_job: bool,
+    /// Ended jobs kept (with their output files); older ones are deleted as new jobs end.
+    /// 0 keeps every job.
+    pub keep_jobs: usize,
 }
 
 impl Default for CoordinatorConfig {
@@ -44,6 +47,7 @@ impl Default for CoordinatorConfig {
             work_dir: PathBuf::from("distgat-work"),
             max_upload_bytes: 64 << 20,
             allow_run_job: false,
+            keep_jobs: 0,
         }
     }
 }
