@@ -26,7 +26,7 @@ fi
 shellcheck --version | sed -n 2p
 shellcheck "$cluster/local.sh" "$cluster/slurm/distgat.sbatch" "$cluster/validate.sh" \
   "$cluster/tests/smoke.sh" "$cluster/tests/fake-distgat" "$cluster/tests/fake-slurm/srun" \
-  "$cluster/tests/fake-slurm/scontrol"
+  "$cluster/tests/fake-slurm/scontrol" "$cluster/tests/fake-slurm/scancel" "$cluster/tests/slurm.sh"
 echo "shellcheck: clean"
 
 step "Kubernetes manifests (validate_k8s.py)"
