@@ -7,8 +7,9 @@
 #      machine is left alone;
 #   3. waits for the node to be idle, submits the sbatch script with the Cora job
 #      (DISTGAT_SUBMIT_ARGS, DISTGAT_FETCH_OUT) and waits for it to complete;
-#   4. checks that the job completed with exit code 0, that its output has no srun error
-#      (no step reported as Killed or Terminated), that no step process is left on the node,
+#   4. checks that the job completed with exit code 0, that its output and the steps' logs
+#      have no srun or slurmstepd error (no step Killed, Terminated or CANCELLED), that no
+#      step process is left on the node,
 #      and that the fetched output equals `distgat infer` on the same inputs byte for byte;
 #   5. stops (in an EXIT trap) only the daemons it started, by their pid files, and removes
 #      the temp dir.
@@ -236,8 +237,9 @@ say "job $job: $state, exit code $exit_code, $((SECONDS - started)) s since star
 # --- 4. checks -----------------------------------------------------------------------------
 [[ "$state" == COMPLETED && "$exit_code" == 0:0 ]] \
   || die "job $job ended $state with exit code $exit_code"
-if grep -nE 'srun: (error|Job step aborted|forcing job termination)|Killed|Terminated' "$tmp/job.out" >&2; then
-  die "the job output reports steps that did not end cleanly (lines above)"
+if grep -HnE 'srun: (error|Job step aborted|forcing job termination)|slurmstepd.*error|CANCELLED|Killed|Terminated' \
+  "$tmp/job.out" "$tmp"/work/logs/*.log >&2; then
+  die "the job output or a step's log reports steps that did not end cleanly (lines above)"
 fi
 grep -q "^COORDINATOR=$node:$distgat_port\$" "$tmp/job.out" \
   || die "the job output has no COORDINATOR=$node:$distgat_port line"

@@ -116,14 +116,14 @@ check "sbatch: submits to the first node's coordinator" \
 check "sbatch: DISTGAT_FETCH_OUT fetches the job's output" grep -qx "fetched job-1" "$tmp/submit/out.npy"
 check "sbatch: 3 workers, one log each" test -s "$tmp/submit/distgat-work/7/logs/worker-2.log"
 check "sbatch: nothing left running after the job" no_fakes
-check "sbatch: the steps stop on scancel's SIGTERM, none killed by srun" fails srun_noise "$tmp/batch.out"
+check "sbatch: the steps stop on scancel's SIGINT, none killed by srun" fails srun_noise "$tmp/batch.out"
 
-# A worker that ignores SIGTERM: srun stops its step after DISTGAT_STOP_TIMEOUT.
+# Servers that ignore the signal: srun stops their steps after DISTGAT_STOP_TIMEOUT.
 rm -rf "$FAKE_DISTGAT_STATE"
 (cd "$tmp/submit" && "${slurm_env[@]}" DISTGAT_SUBMIT_ARGS="--model m.json" FAKE_DISTGAT_IGNORE_TERM=1 \
   DISTGAT_STOP_TIMEOUT=1 bash "$cluster/slurm/distgat.sbatch" >"$tmp/batch3.out" 2>&1) || true
-check "sbatch: steps that ignore SIGTERM are stopped after DISTGAT_STOP_TIMEOUT" no_fakes
-check "... and the script says so" grep -q "still runs 1 s after SIGTERM" "$tmp/batch3.out"
+check "sbatch: steps that ignore SIGINT are stopped after DISTGAT_STOP_TIMEOUT" no_fakes
+check "... and the script says so" grep -q "still runs 1 s after SIGINT" "$tmp/batch3.out"
 
 (cd "$tmp/submit" && exec "${slurm_env[@]}" bash "$cluster/slurm/distgat.sbatch" >"$tmp/batch2.out" 2>&1) &
 batch_pid=$!
