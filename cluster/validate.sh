@@ -101,6 +101,6 @@ step "summary"
 if ((${#skipped[@]} > 0)); then
   printf 'skipped: %s\n' "${skipped[@]}"
 fi
-echo "Not checked here: a real Kubernetes cluster (kubectl apply), a real Slurm allocation,"
+echo "Not checked here: a real Kubernetes cluster (kubectl apply), a real Slurm allocation (tests/slurm.sh, its own CI step),"
 echo "docker build (no Docker daemon)."
 echo "cluster/validate.sh: OK"
