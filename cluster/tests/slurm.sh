@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # cluster/slurm/distgat.sbatch on a real, one-node Slurm cluster on this machine:
-#   1. installs slurm-wlm and munge with apt-get if they are missing (needs root);
+#   1. installs slurm-wlm and munge with apt-get if they are missing (it runs as root);
 #   2. starts its own munged, slurmctld and slurmd from a private slurm.conf in a temp dir
 #      (the node's real CPUs and memory from `slurmd -C`, free ports, its own state, spool,
 #      log and pid files, its own munge key and socket), so a Slurm already running on the
@@ -9,8 +9,8 @@
 #      (DISTGAT_SUBMIT_ARGS, DISTGAT_FETCH_OUT) and waits for it to complete;
 #   4. checks that the job completed with exit code 0, that its output and the steps' logs
 #      have no srun or slurmstepd error (no step Killed, Terminated or CANCELLED), that no
-#      step process is left on the node,
-#      and that the fetched output equals `distgat infer` on the same inputs byte for byte;
+#      step process is left on the node, and that the fetched output equals `distgat infer`
+#      on the same inputs byte for byte;
 #   5. stops (in an EXIT trap) only the daemons it started, by their pid files, and removes
 #      the temp dir.
 #
@@ -30,7 +30,9 @@ started=$SECONDS
 say() { echo "slurm.sh: $*"; }
 die() { echo "slurm.sh: FAILED: $*" >&2; exit 1; }
 have() { command -v "$1" >/dev/null 2>&1; }
+PATH="$PATH:/usr/sbin:/sbin"   # munged, slurmctld, slurmd
 
+((EUID == 0)) || die "run it as root: its slurmd (SlurmdUser=root) starts the job's processes"
 [[ -x "$bin" ]] || die "no distgat binary at $bin: cargo build --release -p distgat-cli, or set DISTGAT_BIN"
 bin="$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")"
 
@@ -39,16 +41,15 @@ tools=(munged mungekey slurmctld slurmd sbatch sinfo squeue scontrol scancel sru
 missing=()
 for t in "${tools[@]}"; do have "$t" || missing+=("$t"); done
 if ((${#missing[@]} > 0)); then
-  ((EUID == 0)) || die "missing ${missing[*]}: install slurm-wlm and munge (as root: apt-get install slurm-wlm munge)"
   have apt-get || die "missing ${missing[*]} and no apt-get to install slurm-wlm and munge"
   say "installing slurm-wlm munge with apt-get (missing: ${missing[*]})"
   apt_log="$(mktemp)"
   apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      slurm-wlm munge >>"$apt_log" 2>&1
+      -o DPkg::Lock::Timeout=120 slurm-wlm munge >>"$apt_log" 2>&1
   }
   # An old or missing package list: update it once and try again.
-  if ! apt_install && ! { apt-get update -qq >>"$apt_log" 2>&1 && apt_install; }; then
+  if ! apt_install && ! { apt-get update -qq -o DPkg::Lock::Timeout=120 >>"$apt_log" 2>&1 && apt_install; }; then
     tail -n 20 "$apt_log" >&2
     rm -f "$apt_log"
     die "apt-get install slurm-wlm munge failed (log above)"
@@ -124,8 +125,8 @@ teardown() {
   exit "$rc"
 }
 trap teardown EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'echo "slurm.sh: interrupted (SIGINT)" >&2; exit 130' INT
+trap 'echo "slurm.sh: interrupted (SIGTERM)" >&2; exit 143' TERM
 
 not_running() { [[ ! -e "/proc/$1" ]] || [[ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" == Z ]]; }
 job_gone() { [[ -z "$(squeue -h -j "$job" -o %i 2>/dev/null)" ]]; }
