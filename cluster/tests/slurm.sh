@@ -100,7 +100,7 @@ show_logs() {
 
 # shellcheck disable=SC2317,SC2329  # invoked by the EXIT trap
 teardown() {
-  local rc=$? i name pidfile binary pid
+  local rc=$? i name pidfile binary pid pids
   trap - EXIT INT TERM
   trap '' PIPE   # a closed stdout/stderr (| head) must not stop the teardown half-way
   set +e
@@ -110,6 +110,14 @@ teardown() {
   if [[ -n "$job" ]] && [[ -n "$(squeue -h -j "$job" -o %i 2>/dev/null)" ]]; then
     scancel "$job" 2>/dev/null
     wait_for 30 "job $job to end after scancel" job_gone || rc=1
+  fi
+  # Processes of the job that slurmd still tracks (none, normally) would outlive it.
+  if [[ -n "$job" ]] && pids="$(scontrol listpids 2>/dev/null | awk 'NR > 1 { print $1 }')" \
+    && [[ -n "$pids" ]]; then
+    echo "slurm.sh: killing the job's leftover processes: $(echo "$pids" | xargs)" >&2
+    # shellcheck disable=SC2086 # one pid per word
+    kill -KILL $pids 2>/dev/null
+    rc=1
   fi
   for ((i = ${#daemons[@]} - 1; i >= 0; i--)); do   # slurmd, slurmctld, munged
     IFS=: read -r name pidfile binary <<<"${daemons[$i]}"
@@ -131,8 +139,8 @@ trap 'echo "slurm.sh: interrupted (SIGTERM)" >&2; exit 143' TERM
 not_running() { [[ ! -e "/proc/$1" ]] || [[ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" == Z ]]; }
 job_gone() { [[ -z "$(squeue -h -j "$job" -o %i 2>/dev/null)" ]]; }
 
-# Free TCP ports: not listening now (IPv4 or IPv6), distinct, from a range away from the
-# usual Slurm (6817/6818) and distgat (50051) ports.
+# Free TCP ports: not listening now (IPv4 or IPv6), distinct, below Linux's ephemeral range
+# and away from the usual Slurm (6817/6818) and distgat (50051) ports.
 listening=""
 while read -r _ local_address _ st _; do   # st 0A: LISTEN; the port is the address's hex tail
   if [[ "$st" == 0A ]]; then listening+="$((16#${local_address##*:}))"$'\n'; fi
@@ -140,7 +148,7 @@ done < <(cat /proc/net/tcp /proc/net/tcp6 2>/dev/null)
 free_port() {
   local p tries
   for ((tries = 0; tries < 200; tries++)); do
-    p=$((20000 + RANDOM % 20000))
+    p=$((20000 + RANDOM % 12000))
     if ! grep -qx "$p" <<<"$listening"; then echo "$p"; return 0; fi
   done
   return 1
