@@ -127,7 +127,7 @@ check "... and the script says so" grep -q "still runs 1 s after SIGINT" "$tmp/b
 
 (cd "$tmp/submit" && exec "${slurm_env[@]}" bash "$cluster/slurm/distgat.sbatch" >"$tmp/batch2.out" 2>&1) &
 batch_pid=$!
-for _ in $(seq 50); do grep -q "^COORDINATOR=" "$tmp/batch2.out" && break; sleep 0.2; done
+for _ in $(seq 50); do grep -qs "^COORDINATOR=" "$tmp/batch2.out" && break; sleep 0.2; done
 check "sbatch without a job: cluster stays up" all_alive "$batch_pid"
 check "... with 3 workers, each advertising its host name" \
   equal "$(procs "^bash $fake worker .*--advertise-host $(hostname)\$")" 3
