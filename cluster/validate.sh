@@ -26,7 +26,7 @@ fi
 shellcheck --version | sed -n 2p
 shellcheck "$cluster/local.sh" "$cluster/slurm/distgat.sbatch" "$cluster/validate.sh" \
   "$cluster/tests/smoke.sh" "$cluster/tests/fake-distgat" "$cluster/tests/fake-slurm/srun" \
-  "$cluster/tests/fake-slurm/scontrol"
+  "$cluster/tests/fake-slurm/scontrol" "$cluster/tests/fake-slurm/scancel" "$cluster/tests/slurm.sh"
 echo "shellcheck: clean"
 
 step "Kubernetes manifests (validate_k8s.py)"
@@ -101,6 +101,6 @@ step "summary"
 if ((${#skipped[@]} > 0)); then
   printf 'skipped: %s\n' "${skipped[@]}"
 fi
-echo "Not checked here: a real Kubernetes cluster (kubectl apply), a real Slurm allocation,"
+echo "Not checked here: a real Kubernetes cluster (kubectl apply), a real Slurm allocation (tests/slurm.sh, its own CI step),"
 echo "docker build (no Docker daemon)."
 echo "cluster/validate.sh: OK"

@@ -18,7 +18,7 @@ batch_pid=""
 finish() {
   "$cluster/local.sh" stop >/dev/null 2>&1 || true
   if [[ -n "$batch_pid" ]]; then kill -TERM "$batch_pid" 2>/dev/null || true; wait "$batch_pid" 2>/dev/null || true; fi
-  rm -rf "$tmp"
+  if [[ -n "${SMOKE_KEEP:-}" ]]; then echo "kept $tmp"; else rm -rf "$tmp"; fi
 }
 trap finish EXIT
 
@@ -98,22 +98,36 @@ if [[ -z "${SMOKE_BIN:-}" ]]; then
   check "... and says so" grep -q SIGKILL "$tmp/stop.err"
 fi
 
-echo "== slurm/distgat.sbatch (fake srun/scontrol, fake binary)"
+echo "== slurm/distgat.sbatch (fake srun/scontrol/scancel, fake binary)"
 rm -rf "$FAKE_DISTGAT_STATE"
 mkdir -p "$tmp/submit"
 slurm_env=(env "PATH=$here/fake-slurm:$PATH" "DISTGAT_BIN=$fake" "SLURM_JOB_ID=7"
   "SLURM_JOB_NUM_NODES=3" "SLURM_JOB_NODELIST=nodeA,nodeB,nodeC"
-  "SLURM_SUBMIT_DIR=$tmp/submit" "DISTGAT_PORT=45999")
+  "SLURM_SUBMIT_DIR=$tmp/submit" "DISTGAT_PORT=45999" "FAKE_SLURM_STATE=$tmp/slurm")
+# A step that srun had to kill, as the fake srun reports it (like the real one).
+srun_noise() { grep -E 'srun: (error|forcing)|Killed|Terminated' "$1"; }
+batch_rc=0
 (cd "$tmp/submit" && "${slurm_env[@]}" DISTGAT_SUBMIT_ARGS="--partition p --model m.json" \
-  bash "$cluster/slurm/distgat.sbatch" >"$tmp/batch.out" 2>&1) || true
+  DISTGAT_FETCH_OUT="$tmp/submit/out.npy" \
+  bash "$cluster/slurm/distgat.sbatch" >"$tmp/batch.out" 2>&1) || batch_rc=$?
+check "sbatch: exits 0 after the job" equal "$batch_rc" 0
 check "sbatch: submits to the first node's coordinator" \
   grep -qx "submitted: --coordinator nodeA:45999 --partition p --model m.json --watch" "$tmp/batch.out"
+check "sbatch: DISTGAT_FETCH_OUT fetches the job's output" grep -qx "fetched job-1" "$tmp/submit/out.npy"
 check "sbatch: 3 workers, one log each" test -s "$tmp/submit/distgat-work/7/logs/worker-2.log"
 check "sbatch: nothing left running after the job" no_fakes
+check "sbatch: the steps stop on scancel's SIGINT, none killed by srun" fails srun_noise "$tmp/batch.out"
+
+# Servers that ignore the signal: srun stops their steps after DISTGAT_STOP_TIMEOUT.
+rm -rf "$FAKE_DISTGAT_STATE"
+(cd "$tmp/submit" && "${slurm_env[@]}" DISTGAT_SUBMIT_ARGS="--model m.json" FAKE_DISTGAT_IGNORE_TERM=1 \
+  DISTGAT_STOP_TIMEOUT=1 bash "$cluster/slurm/distgat.sbatch" >"$tmp/batch3.out" 2>&1) || true
+check "sbatch: steps that ignore SIGINT are stopped after DISTGAT_STOP_TIMEOUT" no_fakes
+check "... and the script says so" grep -q "still runs 1 s after SIGINT" "$tmp/batch3.out"
 
 (cd "$tmp/submit" && exec "${slurm_env[@]}" bash "$cluster/slurm/distgat.sbatch" >"$tmp/batch2.out" 2>&1) &
 batch_pid=$!
-for _ in $(seq 50); do grep -q "^COORDINATOR=" "$tmp/batch2.out" && break; sleep 0.2; done
+for _ in $(seq 50); do grep -qs "^COORDINATOR=" "$tmp/batch2.out" && break; sleep 0.2; done
 check "sbatch without a job: cluster stays up" all_alive "$batch_pid"
 check "... with 3 workers, each advertising its host name" \
   equal "$(procs "^bash $fake worker .*--advertise-host $(hostname)\$")" 3
@@ -121,6 +135,7 @@ kill -TERM "$batch_pid"
 wait "$batch_pid" 2>/dev/null || true
 batch_pid=""
 check "... and SIGTERM (end of allocation) stops every step" no_fakes
+check "... cleanly (no step killed by srun)" fails srun_noise "$tmp/batch2.out"
 
 echo "$passed passed, $failed failed"
 ((failed == 0))
