@@ -717,3 +717,88 @@ async fn keep_jobs_deletes_the_oldest_ended_jobs() {
     );
     assert!(work.join("jobs").join(&second).join("out.npy").is_file());
 }
+
+/// A coordinator restarted on the same work dir lists and serves what it had: the graph,
+/// the partition and the succeeded job, whose output fetches byte for byte as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_coordinator_keeps_its_catalog() {
+    let work = tempfile::tempdir().unwrap();
+    let config = || CoordinatorConfig {
+        data_root: repo_root(),
+        work_dir: work.path().join("work"),
+        ..Default::default()
+    };
+    let out = work.path().join("before.npy");
+    let again = work.path().join("after.npy");
+    let (graph, job) = {
+        let coordinator = start_coordinator(config()).await.unwrap();
+        let address = coordinator.addr.to_string();
+        // A second coordinator on the same work dir is refused, naming why.
+        let err = match start_coordinator(config()).await {
+            Ok(_) => panic!("two coordinators opened one work dir"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("another coordinator is using this work dir"),
+            "{err}"
+        );
+        let worker = start_worker(WorkerConfig {
+            coordinator: address.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut client = Client::connect(&address).await.unwrap();
+        client
+            .wait_for_workers(1, Duration::from_secs(20))
+            .await
+            .unwrap();
+        let graph = client
+            .register_graph(CORA_EDGES, CORA_FEATURES, "", "cora")
+            .await
+            .unwrap()
+            .graph_id;
+        let job = cora_job(&mut client, &graph, "").await;
+        client.wait(&job, |_| {}).await.unwrap();
+        client
+            .fetch_to_npy(&job, Selection::All, &out)
+            .await
+            .unwrap();
+        for server in [worker, coordinator] {
+            let _ = server.shutdown.send(());
+            let _ = server.join.await;
+        }
+        (graph, job)
+    };
+    // The database is closed once the old coordinator's state is gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let coordinator = loop {
+        match start_coordinator(config()).await {
+            Ok(c) => break c,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("restart: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("restart: {e}"),
+        }
+    };
+    let mut client = Client::connect(&coordinator.addr.to_string())
+        .await
+        .unwrap();
+    let info = client.job(&job).await.unwrap();
+    assert_eq!(info.state, JobState::Succeeded as i32);
+    assert!(!info.partition_id.is_empty());
+    client
+        .fetch_to_npy(&job, Selection::All, &again)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
+    // New ids do not collide with the old ones.
+    let second = client
+        .register_graph(CORA_EDGES, CORA_FEATURES, "", "cora again")
+        .await
+        .unwrap()
+        .graph_id;
+    assert_ne!(second, graph);
+    let _ = coordinator.shutdown.send(());
+}

@@ -12,9 +12,11 @@ use distgat_attention::Model;
 use distgat_graph::{read_graph, Features, GraphFormat};
 use distgat_partition::{run_partition, Method, PartitionConfig};
 use distgat_proto::v1::LayerStats;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::error::{Result, RuntimeError};
+use crate::store::{Loaded, Store, StoredJob, Table};
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -36,6 +38,22 @@ pub(crate) fn consecutive_runs(ids: &[u64]) -> impl Iterator<Item = std::ops::Ra
         start = end;
         Some(run)
     })
+}
+
+/// A graph format stored by its name (`npy`, `edgelist`, `metis`, `mtx`).
+mod format_name {
+    use distgat_graph::GraphFormat;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(f: &Option<GraphFormat>, s: S) -> Result<S::Ok, S::Error> {
+        f.map(|f| f.name()).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<GraphFormat>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|name| GraphFormat::from_name(&name).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 /// Where client-supplied paths may point, and where the coordinator keeps its own files.
@@ -105,11 +123,12 @@ impl Storage {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct GraphEntry {
     pub id: String,
     pub name: String,
     pub graph: PathBuf,
+    #[serde(with = "format_name")]
     pub format: Option<GraphFormat>,
     pub features: PathBuf,
     pub nodes: u64,
@@ -156,7 +175,7 @@ impl GraphEntry {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct PartitionEntry {
     pub id: String,
     pub graph_id: String,
@@ -218,7 +237,7 @@ pub(crate) fn partition_graph(
     })
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobState {
     Queued,
     Partitioning,
@@ -238,7 +257,7 @@ impl JobState {
 }
 
 /// What a submitted job runs, validated at submission.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct JobSpec {
     pub graph: GraphEntry,
     pub partition: Option<PartitionEntry>,
@@ -250,7 +269,7 @@ pub(crate) struct JobSpec {
     pub threads_per_worker: u32,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct PartStatus {
     pub part: u32,
     pub worker_id: String,
@@ -262,7 +281,7 @@ pub(crate) struct PartStatus {
     pub layer_entries_total: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct JobStatus {
     pub state: JobState,
     pub partition_id: String,
@@ -272,6 +291,8 @@ pub(crate) struct JobStatus {
     pub error: String,
     pub output_rows: u64,
     pub output_width: u32,
+    /// Not stored: a reloaded job is never running.
+    #[serde(skip)]
     pub started: Option<Instant>,
     pub seconds: f64,
     pub summary_json: String,
@@ -288,6 +309,8 @@ pub(crate) struct JobRecord {
     /// Bumped on every status change; WatchJob streams follow it.
     changed: watch::Sender<u64>,
     pub cancel: Arc<AtomicBool>,
+    /// Where state changes are recorded (none in unit tests).
+    store: Option<Arc<Store>>,
 }
 
 impl JobRecord {
@@ -317,6 +340,42 @@ impl JobRecord {
             status: Mutex::new(status),
             changed: watch::channel(0).0,
             cancel: Arc::new(AtomicBool::new(false)),
+            store: None,
+        }
+    }
+
+    /// Records this job (now and at every change of state) in `store`.
+    pub fn stored_in(mut self, store: Option<Arc<Store>>) -> Result<Self> {
+        self.store = store;
+        self.persist(&lock(&self.status))?;
+        Ok(self)
+    }
+
+    /// A job read back from the store (one that had not ended is marked failed).
+    pub fn reloaded(job: StoredJob, store: Arc<Store>) -> Result<Self> {
+        let mut status = job.status;
+        let was = status.state;
+        crate::store::interrupted(&mut status);
+        let record = JobRecord {
+            id: job.id,
+            seq: job.seq,
+            spec: job.spec,
+            out_dir: job.out_dir,
+            status: Mutex::new(status),
+            changed: watch::channel(0).0,
+            cancel: Arc::new(AtomicBool::new(false)),
+            store: Some(store),
+        };
+        if !was.is_terminal() {
+            record.persist(&lock(&record.status))?;
+        }
+        Ok(record)
+    }
+
+    fn persist(&self, status: &JobStatus) -> Result<()> {
+        match &self.store {
+            Some(store) => store.put_job(&self.id, self.seq, &self.spec, &self.out_dir, status),
+            None => Ok(()),
         }
     }
 
@@ -350,12 +409,19 @@ impl JobRecord {
     fn update_if(&self, f: impl FnOnce(&mut JobStatus) -> bool) {
         {
             let mut s = lock(&self.status);
+            let before = s.state;
             if s.state.is_terminal() || !f(&mut s) {
                 return;
             }
             if s.state.is_terminal() {
                 if let Some(t) = s.started {
                     s.seconds = t.elapsed().as_secs_f64();
+                }
+            }
+            // Recorded under the status lock, so the store never ends on an older state.
+            if s.state != before {
+                if let Err(e) = self.persist(&s) {
+                    tracing::error!(job = %self.id, "recording the job's state: {e}");
                 }
             }
         }
@@ -463,6 +529,8 @@ impl JobRecord {
 /// Everything the client API keeps.
 #[derive(Default)]
 pub(crate) struct Catalog {
+    /// The same, on disk (none in unit tests).
+    pub store: Option<Arc<Store>>,
     pub graphs: Mutex<HashMap<String, Arc<GraphEntry>>>,
     pub partitions: Mutex<HashMap<String, Arc<PartitionEntry>>>,
     /// In submission order.
@@ -470,6 +538,71 @@ pub(crate) struct Catalog {
 }
 
 impl Catalog {
+    /// A catalog holding what `store` had (jobs that had not ended are marked failed), and
+    /// the next free id number.
+    pub fn reload(store: Store) -> Result<(Self, u64)> {
+        let store = Arc::new(store);
+        let Loaded {
+            graphs,
+            partitions,
+            jobs,
+        } = store.load()?;
+        let number = |id: &str| {
+            id.rsplit('-')
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let mut next = 1;
+        for id in graphs
+            .iter()
+            .map(|g| &g.id)
+            .chain(partitions.iter().map(|p| &p.id))
+        {
+            next = next.max(number(id) + 1);
+        }
+        for job in &jobs {
+            next = next.max(job.seq + 1).max(number(&job.id) + 1);
+        }
+        let catalog = Catalog {
+            graphs: Mutex::new(
+                graphs
+                    .into_iter()
+                    .map(|g| (g.id.clone(), Arc::new(g)))
+                    .collect(),
+            ),
+            partitions: Mutex::new(
+                partitions
+                    .into_iter()
+                    .map(|p| (p.id.clone(), Arc::new(p)))
+                    .collect(),
+            ),
+            jobs: Mutex::new(
+                jobs.into_iter()
+                    .map(|j| JobRecord::reloaded(j, store.clone()).map(Arc::new))
+                    .collect::<Result<_>>()?,
+            ),
+            store: Some(store),
+        };
+        Ok((catalog, next))
+    }
+
+    /// Records `value` under `id` in the store (if there is one).
+    pub fn record<T: Serialize>(&self, table: Table, id: &str, value: &T) -> Result<()> {
+        match &self.store {
+            Some(store) => store.put(table, id, value),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes `id` from the store (if there is one).
+    pub fn forget(&self, table: Table, id: &str) -> Result<()> {
+        match &self.store {
+            Some(store) => store.remove(table, id),
+            None => Ok(()),
+        }
+    }
+
     pub fn graph(&self, id: &str) -> Result<Arc<GraphEntry>> {
         if id.is_empty() {
             return Err(RuntimeError::InvalidArgument("graph_id is empty".into()));
@@ -558,6 +691,56 @@ mod tests {
             threads_per_worker: 1,
         };
         JobRecord::new("j".into(), 0, spec, PathBuf::from("out"), 2)
+    }
+
+    /// The catalog survives a restart: graphs, partitions and jobs come back; a job that
+    /// had not ended is failed with the reason; ids continue after the largest.
+    #[test]
+    fn reload_restores_records_and_fails_unfinished_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Arc::new(Store::open(dir.path()).unwrap());
+            let catalog = Catalog {
+                store: Some(store.clone()),
+                ..Default::default()
+            };
+            let graph = record().spec.graph;
+            catalog.record(Table::Graphs, &graph.id, &graph).unwrap();
+            let done = JobRecord::new("job-3".into(), 3, record().spec, "o3".into(), 2)
+                .stored_in(Some(store.clone()))
+                .unwrap();
+            done.set_state(JobState::Running);
+            done.update(|s| {
+                s.state = JobState::Succeeded;
+                s.summary_json = "{}".into();
+            });
+            let running = JobRecord::new("job-9".into(), 9, record().spec, "o9".into(), 2)
+                .stored_in(Some(store))
+                .unwrap();
+            running.set_state(JobState::Running);
+            running.layer_done(0, &LayerStats::default()); // progress alone is not stored
+        }
+        let (catalog, next) = Catalog::reload(Store::open(dir.path()).unwrap()).unwrap();
+        assert_eq!(next, 10);
+        assert!(lock(&catalog.graphs).contains_key("g"));
+        let jobs = lock(&catalog.jobs);
+        let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, ["job-3", "job-9"], "submission order");
+        let done = jobs[0].status();
+        assert_eq!(
+            (done.state, done.summary_json.as_str()),
+            (JobState::Succeeded, "{}")
+        );
+        let failed = jobs[1].status();
+        assert_eq!(failed.state, JobState::Failed);
+        assert!(failed
+            .error
+            .contains("coordinator stopped while the job was running"));
+        drop(jobs);
+        // The failure was recorded: a second restart reads it back as it is.
+        drop(catalog);
+        let (catalog, _) = Catalog::reload(Store::open(dir.path()).unwrap()).unwrap();
+        assert_eq!(lock(&catalog.jobs)[1].status().state, JobState::Failed);
     }
 
     /// Heartbeats repeat the same numbers every interval: only a change wakes watchers.

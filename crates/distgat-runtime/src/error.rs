@@ -45,6 +45,9 @@ pub enum RuntimeError {
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The coordinator's catalog database failed (the text names its file).
+    #[error("{0}")]
+    Store(String),
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
@@ -65,7 +68,7 @@ impl From<RuntimeError> for tonic::Status {
             RuntimeError::WorkerFailed { .. } => Code::Aborted,
             RuntimeError::Cancelled(_) => Code::Cancelled,
             RuntimeError::Transport { status, .. } => status.code(),
-            RuntimeError::Io(_) => Code::Internal,
+            RuntimeError::Io(_) | RuntimeError::Store(_) => Code::Internal,
         };
         tonic::Status::new(code, e.to_string())
     }

@@ -8,6 +8,7 @@ pub mod error;
 mod net;
 mod registry;
 mod standard;
+mod store;
 pub mod worker;
 
 pub use coordinator::{start_coordinator, CoordinatorConfig, JobSummary};

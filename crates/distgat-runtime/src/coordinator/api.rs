@@ -29,6 +29,7 @@ use crate::catalog::{
 };
 use crate::convert;
 use crate::error::{Result, RuntimeError};
+use crate::store::Table;
 
 /// Most jobs waiting in the queue; more is RESOURCE_EXHAUSTED.
 pub const MAX_QUEUED_JOBS: usize = 64;
@@ -81,14 +82,15 @@ pub async fn register_graph(state: &Arc<State>, req: RegisterGraphRequest) -> Re
     let entry =
         blocking(move || GraphEntry::load(id, name, graph, format, features, edge_features, false))
             .await?;
-    Ok(add_graph(state, entry))
+    add_graph(state, entry)
 }
 
-fn add_graph(state: &State, entry: GraphEntry) -> GraphInfo {
+fn add_graph(state: &State, entry: GraphEntry) -> Result<GraphInfo> {
     tracing::info!(graph = %entry.id, nodes = entry.nodes, edges = entry.edges, "graph registered");
     let info = convert::graph_info(&entry);
+    state.catalog.record(Table::Graphs, &entry.id, &entry)?;
     lock(&state.catalog.graphs).insert(entry.id.clone(), Arc::new(entry));
-    info
+    Ok(info)
 }
 
 /// Receives an upload into a temporary directory under the work dir; only a complete,
@@ -221,7 +223,7 @@ pub async fn upload_graph(
         if entry.edge_features.is_some() {
             entry.edge_features = Some(final_dir.join("edge_attr.npy"));
         }
-        Ok(add_graph(&state, entry))
+        add_graph(&state, entry)
     })
     .await
 }
@@ -280,6 +282,7 @@ pub async fn create_partition(
             "graph_id '{graph_id}' was deleted while it was being partitioned"
         )));
     }
+    state.catalog.record(Table::Partitions, &entry.id, &entry)?;
     lock(&state.catalog.partitions).insert(entry.id.clone(), Arc::new(entry));
     drop(graphs);
     Ok(info)
@@ -370,14 +373,9 @@ pub async fn submit_job(state: &Arc<State>, req: SubmitJobRequest) -> Result<Job
         threads_per_worker: req.threads_per_worker.max(1),
     };
     let out_dir = state.storage.work_dir.join("jobs").join(&id);
-    let record = Arc::new(JobRecord::new(
-        id.clone(),
-        seq,
-        spec,
-        out_dir,
-        model.layers.len() as u32,
-    ));
+    let record = JobRecord::new(id.clone(), seq, spec, out_dir, model.layers.len() as u32);
     record.update(|s| s.output_width = model.out_width() as u32);
+    let record = Arc::new(record.stored_in(state.catalog.store.clone())?);
     jobs.push(record.clone());
     drop(jobs);
     state
@@ -479,6 +477,7 @@ async fn execute(state: &Arc<State>, record: &Arc<JobRecord>) -> Result<()> {
             let entry = blocking(move || partition_graph(id, &graph, parts, method, dir)).await?;
             // The job names it before it is listed, so it cannot be deleted under the job.
             record.update(|s| s.partition_id = entry.id.clone());
+            state.catalog.record(Table::Partitions, &entry.id, &entry)?;
             lock(&state.catalog.partitions).insert(entry.id.clone(), Arc::new(entry.clone()));
             entry
         }

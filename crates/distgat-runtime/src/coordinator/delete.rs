@@ -15,6 +15,7 @@ use distgat_proto::v1::DeleteResponse;
 use super::state::State;
 use crate::catalog::{lock, JobRecord, JobState};
 use crate::error::{Result, RuntimeError};
+use crate::store::Table;
 
 /// Bytes of the regular files under `path` (0 when it does not exist).
 fn tree_bytes(path: &Path) -> u64 {
@@ -75,6 +76,7 @@ pub async fn delete_job(state: &Arc<State>, job_id: &str) -> Result<DeleteRespon
                 state_name(job_state)
             )));
         }
+        state.catalog.forget(Table::Jobs, job_id)?;
         jobs.remove(at)
     };
     remove_job_files(record).await
@@ -102,9 +104,15 @@ pub async fn delete_partition(state: &Arc<State>, partition_id: &str) -> Result<
             )));
         }
         let mut partitions = lock(&state.catalog.partitions);
-        partitions.remove(partition_id).ok_or_else(|| {
-            RuntimeError::NotFound(format!("partition_id '{partition_id}' is not known"))
-        })?
+        if !partitions.contains_key(partition_id) {
+            return Err(RuntimeError::NotFound(format!(
+                "partition_id '{partition_id}' is not known"
+            )));
+        }
+        state.catalog.forget(Table::Partitions, partition_id)?;
+        partitions
+            .remove(partition_id)
+            .expect("checked under this lock")
     };
     let dir = entry.dir.clone();
     let bytes = super::api::blocking(move || remove_tree(&dir)).await?;
@@ -145,6 +153,7 @@ pub async fn delete_graph(state: &Arc<State>, graph_id: &str) -> Result<DeleteRe
             )));
         }
         drop(partitions);
+        state.catalog.forget(Table::Graphs, graph_id)?;
         graphs.remove(graph_id).expect("checked under this lock")
     };
     // Only an upload's files are the coordinator's; a registered graph's are the user's.
@@ -175,6 +184,10 @@ pub async fn enforce_retention(state: &Arc<State>) {
         // Submission order: the oldest ended jobs go first.
         jobs.retain(|j| {
             if excess > 0 && j.state().is_terminal() {
+                if let Err(e) = state.catalog.forget(Table::Jobs, &j.id) {
+                    tracing::warn!(job = %j.id, "retention: {e}");
+                    return true;
+                }
                 excess -= 1;
                 expired.push(j.clone());
                 false

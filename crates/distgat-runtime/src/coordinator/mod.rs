@@ -40,6 +40,7 @@ use crate::error::{Result, RuntimeError};
 use crate::net::RunningServer;
 use crate::registry::{prune_departed, WorkerEntry};
 use crate::standard::standard_routes;
+use crate::store::Store;
 pub use api::{MAX_ATTENTION_NODES, MAX_QUEUED_JOBS};
 use job::run_job;
 pub use job::JobSummary;
@@ -48,19 +49,21 @@ use state::State;
 
 pub async fn start_coordinator(config: CoordinatorConfig) -> Result<RunningServer> {
     let storage = Storage::new(&config.data_root, &config.work_dir, config.max_upload_bytes)?;
+    // What an earlier coordinator on this work dir registered, partitioned and ran.
+    let (catalog, next_id) = Catalog::reload(Store::open(&storage.work_dir)?)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let (queue, queued) = mpsc::unbounded_channel();
     let state = Arc::new(State {
         config,
         storage,
-        catalog: Catalog::default(),
+        catalog,
         queue,
         workers: Mutex::new(Vec::new()),
         jobs: Mutex::new(HashMap::new()),
         assignment: Mutex::new(None),
         job_lock: tokio::sync::Mutex::new(()),
-        next_id: AtomicU64::new(1),
+        next_id: AtomicU64::new(next_id),
     });
     tokio::spawn(api::run_queue(Arc::downgrade(&state), queued));
     // The coordinator serves from the start.
