@@ -79,7 +79,7 @@ impl Store {
         // Create the tables, so reads of a new store find them.
         store.write(|tx| {
             for t in [Table::Graphs, Table::Partitions, Table::Jobs] {
-                tx.open_table(t.definition())?;
+                tx.open_table(t.definition()).map_err(|e| store.error(e))?;
             }
             Ok(())
         })?;
@@ -90,12 +90,9 @@ impl Store {
         RuntimeError::Store(format!("catalog {}: {e}", self.path.display()))
     }
 
-    fn write(
-        &self,
-        f: impl FnOnce(&redb::WriteTransaction) -> std::result::Result<(), redb::Error>,
-    ) -> Result<()> {
+    fn write(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<()>) -> Result<()> {
         let tx = self.db.begin_write().map_err(|e| self.error(e))?;
-        f(&tx).map_err(|e| self.error(e))?;
+        f(&tx)?;
         tx.commit().map_err(|e| self.error(e))
     }
 
@@ -103,16 +100,17 @@ impl Store {
     pub fn put<T: Serialize>(&self, table: Table, id: &str, value: &T) -> Result<()> {
         let bytes = serde_json::to_vec(value).map_err(|e| self.error(e))?;
         self.write(|tx| {
-            tx.open_table(table.definition())?
-                .insert(id, bytes.as_slice())?;
-            Ok(())
+            tx.open_table(table.definition())
+                .and_then(|mut t| t.insert(id, bytes.as_slice()).map(drop).map_err(Into::into))
+                .map_err(|e| self.error(e))
         })
     }
 
     pub fn remove(&self, table: Table, id: &str) -> Result<()> {
         self.write(|tx| {
-            tx.open_table(table.definition())?.remove(id)?;
-            Ok(())
+            tx.open_table(table.definition())
+                .and_then(|mut t| t.remove(id).map(drop).map_err(Into::into))
+                .map_err(|e| self.error(e))
         })
     }
 
