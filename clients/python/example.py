@@ -24,9 +24,9 @@ import grpc
 import numpy as np
 
 try:
-    import distgat_client
-    from distgat_client import pb, state_name
-except ImportError as _err:  # the generated stubs are missing: say so after --help
+    from distgat import client as distgat_client
+    from distgat.client import pb, state_name
+except ImportError as _err:  # the package is not installed: say so after --help
     _IMPORT_ERROR: ImportError | None = _err
 else:
     _IMPORT_ERROR = None

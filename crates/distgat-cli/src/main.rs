@@ -112,6 +112,7 @@ enum Command {
     /// partition a queued or running job uses, a graph a partition or job refers to. An
     /// uploaded graph's files are deleted; a registered graph's files are left alone.
     Delete {
+        /// What to delete: a job, a partition or a graph
         #[arg(value_enum)]
         what: DeleteWhat,
         /// Its id (job-N, partition-N, graph-N as listed)
@@ -190,8 +191,11 @@ struct CoordinatorArgs {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum DeleteWhat {
+    /// An ended job and its output files
     Job,
+    /// A partition no queued or running job uses
     Partition,
+    /// A graph no partition or job refers to
     Graph,
 }
 

@@ -1,6 +1,8 @@
-"""A small Python client for the distgat coordinator's client API (gRPC, distgat.v1).
+"""A Python client for the distgat coordinator's client API (gRPC, ``distgat.v1``).
 
-    import distgat_client
+Install with ``pip install "./python[client]"`` (from the repository root)::
+
+    from distgat import client as distgat_client
     with distgat_client.connect("127.0.0.1:50051") as c:
         g = c.register_graph("data/cora/edges.npy", "data/cora/features.npy")
         job = c.submit(g.graph_id, "reference/cora-gat/model.json", normalize_features=True)
@@ -9,33 +11,27 @@
         out = c.fetch_output(job.job_id)          # numpy float32 [nodes, width]
 
 Server-side paths (graph, features, model) are relative to the coordinator's data root.
-The generated stubs are imported from `gen/` next to this file: run `./generate.sh` first.
-Failed calls raise `grpc.RpcError` (use `.code()` and `.details()`).
+The stubs (``distgat.v1.distgat_pb2``, ``distgat_pb2_grpc``) are generated from
+``proto/distgat/v1/distgat.proto`` by ``clients/python/generate.sh`` and committed; CI
+regenerates them and fails if they differ. Failed calls raise ``grpc.RpcError`` (use
+``.code()`` and ``.details()``).
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Iterable, Iterator, Optional, Sequence
 
-import grpc
-import numpy as np
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-GEN_DIR = os.path.join(_HERE, "gen")
-if GEN_DIR not in sys.path:
-    sys.path.insert(0, GEN_DIR)
-
 try:
-    from distgat.v1 import distgat_pb2 as pb  # noqa: E402
-    from distgat.v1 import distgat_pb2_grpc as pb_grpc  # noqa: E402
-except ImportError as exc:  # pragma: no cover - depends on the checkout
+    import grpc
+    import numpy as np
+except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(
-        f"distgat gRPC stubs not found in {GEN_DIR} ({exc}). "
-        f"Generate them first: {os.path.join(_HERE, 'generate.sh')} "
-        "(with the packages of requirements.txt installed)"
+        f"distgat.client needs grpcio, protobuf and numpy ({exc}); install the client "
+        'extra: pip install "distgat[client]" (from the repository: pip install "./python[client]")'
     ) from exc
+
+from distgat.v1 import distgat_pb2 as pb
+from distgat.v1 import distgat_pb2_grpc as pb_grpc
 
 __all__ = [
     "Client",
@@ -208,6 +204,22 @@ class Client:
         req = pb.CancelJobRequest(job_id=job_id, reason=reason)
         return self.stub.CancelJob(req, timeout=self.timeout)
 
+    def delete_job(self, job_id: str) -> pb.DeleteResponse:
+        """Deletes an ended job and its output files (FAILED_PRECONDITION while it is
+        queued or running: cancel it first)."""
+        return self.stub.DeleteJob(pb.DeleteJobRequest(job_id=job_id), timeout=self.timeout)
+
+    def delete_partition(self, partition_id: str) -> pb.DeleteResponse:
+        """Deletes a partition (FAILED_PRECONDITION while a queued or running job uses it)."""
+        req = pb.DeletePartitionRequest(partition_id=partition_id)
+        return self.stub.DeletePartition(req, timeout=self.timeout)
+
+    def delete_graph(self, graph_id: str) -> pb.DeleteResponse:
+        """Forgets a graph, deleting an uploaded graph's files (FAILED_PRECONDITION while a
+        partition or job refers to it)."""
+        req = pb.DeleteGraphRequest(graph_id=graph_id)
+        return self.stub.DeleteGraph(req, timeout=self.timeout)
+
     # ---- results
 
     def fetch_output(
@@ -282,6 +294,17 @@ class Client:
             job_id=job_id, layer=layer, nodes=[int(n) for n in nodes], top_k=top_k
         )
         return self.stub.FetchAttention(req, timeout=self.timeout)
+
+    def explain(
+        self, job_id: str, nodes: Iterable[int], layer: int = 0, top_k: int = 3
+    ) -> dict[int, list[tuple[int, float]]]:
+        """The neighbours that mattered most, as ``distgat explain`` prints them: for each
+        target node, ``top_k`` pairs ``(source node, mean attention coefficient over the
+        heads)``, largest first (jobs submitted with ``attention=True``)."""
+        reply = self.fetch_attention(job_id, layer, nodes, top_k)
+        return {
+            t.node: [(n.source, float(n.mean_alpha)) for n in t.top] for t in reply.nodes
+        }
 
     # ---- cluster
 
