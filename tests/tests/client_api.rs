@@ -802,3 +802,89 @@ async fn a_restarted_coordinator_keeps_its_catalog() {
     assert_ne!(second, graph);
     let _ = coordinator.shutdown.send(());
 }
+
+/// `GET path` over HTTP/1.1 on `addr`: the status line and the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// The value of the sample `name` (with its labels, as exposed) in a scrape.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Prometheus metrics on --metrics-listen: jobs by state, queue length, workers by health,
+/// RPC errors by code on the coordinator; layer times, halo bytes and rows on the workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoints_count_jobs_workers_errors_and_halo_bytes() {
+    let any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    let c = cluster_with(0, |config| config.metrics_listen = Some(any)).await;
+    let coordinator_metrics = c.servers[0].metrics_addr.expect("metrics address");
+    let mut servers = Vec::new();
+    let mut worker_metrics = Vec::new();
+    for _ in 0..2 {
+        let w = start_worker(WorkerConfig {
+            coordinator: c.address.clone(),
+            metrics_listen: Some(any),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        worker_metrics.push(w.metrics_addr.unwrap());
+        servers.push(w);
+    }
+    let mut client = client(&c).await;
+    client
+        .wait_for_workers(2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let graph = client
+        .register_graph(CORA_EDGES, CORA_FEATURES, "", "cora")
+        .await
+        .unwrap()
+        .graph_id;
+    let job = cora_job(&mut client, &graph, "").await;
+    client.wait(&job, |_| {}).await.unwrap();
+    assert_eq!(
+        code(client.job("job-none").await.unwrap_err()).0,
+        Code::NotFound
+    );
+
+    let (status, text) = http_get(coordinator_metrics, "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(sample(&text, "distgat_jobs{state=\"succeeded\"}"), 1.0);
+    assert_eq!(sample(&text, "distgat_jobs{state=\"running\"}"), 0.0);
+    assert_eq!(sample(&text, "distgat_job_queue_length"), 0.0);
+    assert_eq!(sample(&text, "distgat_workers{health=\"healthy\"}"), 2.0);
+    assert!(sample(&text, "distgat_rpc_errors_total{code=\"NOT_FOUND\"}") >= 1.0);
+    // The worker's numbers (one registry per process: in this test process, the sums over
+    // every worker of every test, so at least this job's).
+    let (_, text) = http_get(worker_metrics[0], "/metrics").await;
+    assert!(
+        sample(&text, "distgat_layer_seconds_count") >= 4.0,
+        "2 layers x 2 parts"
+    );
+    assert!(sample(&text, "distgat_rows_computed_total") >= 2.0 * 2708.0);
+    assert!(sample(&text, "distgat_halo_bytes_sent_total") > 0.0);
+    assert!(sample(&text, "distgat_halo_bytes_received_total") > 0.0);
+    let (status, _) = http_get(worker_metrics[1], "/other").await;
+    assert!(status.contains("404"), "{status}");
+    for s in servers {
+        let _ = s.shutdown.send(());
+    }
+}

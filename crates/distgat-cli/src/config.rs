@@ -42,6 +42,7 @@ pub struct CoordinatorSection {
     pub heartbeat_timeout_ms: Option<u64>,
     pub addr_file: Option<PathBuf>,
     pub keep_jobs: Option<usize>,
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -51,6 +52,7 @@ pub struct WorkerSection {
     pub listen: Option<String>,
     pub advertise_host: Option<String>,
     pub addr_file: Option<PathBuf>,
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

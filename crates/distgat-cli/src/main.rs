@@ -179,6 +179,9 @@ struct CoordinatorArgs {
     /// TOML configuration file ([coordinator] section)
     #[arg(long, env = "DISTGAT_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free port)
+    #[arg(long, env = "DISTGAT_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Ended jobs to keep with their outputs; as more end, the oldest are deleted (0 keeps
     /// all) [default: 0]
     #[arg(long, env = "DISTGAT_KEEP_JOBS", value_name = "N")]
@@ -214,6 +217,9 @@ struct WorkerArgs {
     /// Write the bound host:port here once registered (for scripts)
     #[arg(long, env = "DISTGAT_ADDR_FILE", value_name = "FILE")]
     addr_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free port)
+    #[arg(long, env = "DISTGAT_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// TOML configuration file ([worker] section)
     #[arg(long, env = "DISTGAT_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -754,6 +760,10 @@ fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         .pipe(std::time::Duration::from_millis),
         allow_run_job: args.allow_run_job,
         keep_jobs: pick(args.keep_jobs, c.keep_jobs, defaults.keep_jobs),
+        metrics_listen: match args.metrics_listen {
+            Some(a) => Some(a),
+            None => file.parse("coordinator.metrics_listen", c.metrics_listen.as_ref())?,
+        },
         ..defaults
     };
     let addr_file = args.addr_file.or(c.addr_file.clone());
@@ -780,6 +790,10 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             ([127, 0, 0, 1], 0).into(),
         ),
         advertise_host: args.advertise_host.or(w.advertise_host.clone()),
+        metrics_listen: match args.metrics_listen {
+            Some(a) => Some(a),
+            None => file.parse("worker.metrics_listen", w.metrics_listen.as_ref())?,
+        },
         ..Default::default()
     };
     let addr_file = args.addr_file.or(w.addr_file.clone());
@@ -1033,6 +1047,9 @@ fn serve(
     runtime.block_on(async {
         let server = start.await?;
         println!("listening on {}", server.addr);
+        if let Some(metrics) = server.metrics_addr {
+            println!("metrics on http://{metrics}/metrics");
+        }
         if let Some(path) = &addr_file {
             distgat_cli::remote::write_addr_file(path, &server.addr.to_string())?;
         }

@@ -5,6 +5,7 @@ mod catalog;
 mod convert;
 pub mod coordinator;
 pub mod error;
+mod metrics;
 mod net;
 mod registry;
 mod standard;

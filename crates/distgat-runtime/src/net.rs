@@ -12,6 +12,8 @@ use crate::error::{Result, RuntimeError};
 /// A running server: its real address, and how to stop it.
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// Where `GET /metrics` is served, when a metrics address was configured.
+    pub metrics_addr: Option<SocketAddr>,
     pub shutdown: oneshot::Sender<()>,
     pub join: tokio::task::JoinHandle<Result<()>>,
 }

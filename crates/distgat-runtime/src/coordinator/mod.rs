@@ -66,6 +66,24 @@ pub async fn start_coordinator(config: CoordinatorConfig) -> Result<RunningServe
         next_id: AtomicU64::new(next_id),
     });
     tokio::spawn(api::run_queue(Arc::downgrade(&state), queued));
+    let (metrics_addr, metrics_guard) = match state.config.metrics_listen {
+        Some(at) => {
+            // Weak: the endpoint must not keep a stopped coordinator's state (its catalog
+            // database) alive.
+            let weak = Arc::downgrade(&state);
+            let (guard, stop) = oneshot::channel::<()>();
+            let refresh = Arc::new(move || {
+                if let Some(state) = weak.upgrade() {
+                    refresh_metrics(&state);
+                }
+            });
+            (
+                Some(crate::metrics::serve(at, refresh, stop).await?),
+                Some(guard),
+            )
+        }
+        None => (None, None),
+    };
     // The coordinator serves from the start.
     let (_health, routes) =
         standard_routes(COORDINATOR_SERVICE, &[COORDINATOR_SERVICE], true).await?;
@@ -81,15 +99,64 @@ pub async fn start_coordinator(config: CoordinatorConfig) -> Result<RunningServe
             let _ = shutdown_rx.await;
         });
     let join = tokio::spawn(async move {
+        // The metrics endpoint stops with the server (when its guard drops).
+        let _metrics = metrics_guard;
         server
             .await
             .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))
     });
     Ok(RunningServer {
         addr,
+        metrics_addr,
         shutdown,
         join,
     })
+}
+
+/// Sets the coordinator's gauges from its state (before each scrape).
+fn refresh_metrics(state: &State) {
+    use crate::catalog::JobState;
+    use crate::metrics::{HealthLabel, StateLabel, METRICS};
+    const STATES: [(JobState, &str); 6] = [
+        (JobState::Queued, "queued"),
+        (JobState::Partitioning, "partitioning"),
+        (JobState::Running, "running"),
+        (JobState::Succeeded, "succeeded"),
+        (JobState::Failed, "failed"),
+        (JobState::Cancelled, "cancelled"),
+    ];
+    let mut counts = [0i64; STATES.len()];
+    for job in lock(&state.catalog.jobs).iter() {
+        let s = job.state();
+        if let Some(i) = STATES.iter().position(|(k, _)| *k == s) {
+            counts[i] += 1;
+        }
+    }
+    for ((_, name), count) in STATES.iter().zip(counts) {
+        METRICS
+            .jobs
+            .get_or_create(&StateLabel { state: name })
+            .set(count);
+    }
+    METRICS.queue_length.set(state.catalog.queued() as i64);
+    let (mut healthy, mut unhealthy) = (0, 0);
+    for w in lock(&state.workers).iter() {
+        if state.is_live(w) {
+            healthy += 1;
+        } else {
+            unhealthy += 1;
+        }
+    }
+    METRICS
+        .workers
+        .get_or_create(&HealthLabel { health: "healthy" })
+        .set(healthy);
+    METRICS
+        .workers
+        .get_or_create(&HealthLabel {
+            health: "unhealthy",
+        })
+        .set(unhealthy);
 }
 
 struct Service(Arc<State>);

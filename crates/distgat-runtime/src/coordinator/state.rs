@@ -34,6 +34,8 @@ pub struct CoordinatorConfig {
     /// Ended jobs kept (with their output files); older ones are deleted as new jobs end.
     /// 0 keeps every job.
     pub keep_jobs: usize,
+    /// Serve Prometheus metrics (`GET /metrics`) here; none by default.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for CoordinatorConfig {
@@ -48,6 +50,7 @@ impl Default for CoordinatorConfig {
             max_upload_bytes: 64 << 20,
             allow_run_job: false,
             keep_jobs: 0,
+            metrics_listen: None,
         }
     }
 }

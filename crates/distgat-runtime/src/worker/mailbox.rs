@@ -18,6 +18,9 @@ pub(super) struct Mailbox {
 
 impl Mailbox {
     pub(super) fn put(&self, chunk: RowChunk) {
+        crate::metrics::METRICS
+            .halo_bytes_received
+            .inc_by(chunk.payload.len() as u64);
         let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
         inbox
             .entry((chunk.job_id.clone(), chunk.layer))

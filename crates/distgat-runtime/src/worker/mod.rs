@@ -52,6 +52,8 @@ pub struct WorkerConfig {
     pub advertise_host: Option<String>,
     /// How long to keep trying to register.
     pub register_timeout: Duration,
+    /// Serve Prometheus metrics (`GET /metrics`) here; none by default.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for WorkerConfig {
@@ -61,6 +63,7 @@ impl Default for WorkerConfig {
             listen: ([127, 0, 0, 1], 0).into(),
             advertise_host: None,
             register_timeout: Duration::from_secs(30),
+            metrics_listen: None,
         }
     }
 }
@@ -148,7 +151,17 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
             }
         }
     });
+    let (metrics_addr, metrics_guard) = match config.metrics_listen {
+        Some(at) => {
+            let (guard, stop) = oneshot::channel::<()>();
+            let addr = crate::metrics::serve(at, Arc::new(|| {}), stop).await?;
+            (Some(addr), Some(guard))
+        }
+        None => (None, None),
+    };
     let join = tokio::spawn(async move {
+        // The metrics endpoint stops with the server (when its guard drops).
+        let _metrics = metrics_guard;
         serving
             .await
             .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))?
@@ -156,6 +169,7 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
     });
     Ok(RunningServer {
         addr,
+        metrics_addr,
         shutdown,
         join,
     })

@@ -417,6 +417,11 @@ pub(super) fn compute_part(
             bytes_planned: rows_sent * width as u64 * 4,
         };
         send_output(out, req, Body::Progress(layer_stats))?;
+        let metrics = &crate::metrics::METRICS;
+        metrics.layer_seconds.observe(compute.as_secs_f64());
+        metrics.halo_bytes_sent.inc_by(bytes_sent);
+        metrics.halo_rows_sent.inc_by(rows_sent);
+        metrics.rows_computed.inc_by(n_owned as u64);
         stats.push(layer_stats);
         if k + 1 < model.layers.len() {
             model.activation.apply(&mut out_rows);
