@@ -455,3 +455,62 @@ fn nystrom_error_falls_with_more_landmarks_on_cora() {
     // the global mean, so 8 -> 64 gains little; 6-node segments (m = 512) gain more.
     assert!(errors[2] < 0.8 * errors[0], "barely decreasing: {errors:?}");
 }
+
+/// A global layer chained with a graph layer: `MultiheadAttention` (the mha case's
+/// weights) then `GATv2Conv` (layer 1 of gatv2-n200, 32 inputs) over gatv2-n200's graph,
+/// ELU between them, equals the two run one after the other; the topology is built for the
+/// graph layer only, and the global layer's attention entry is empty.
+#[test]
+fn global_and_graph_layers_chain() {
+    use distgat_attention::Activation;
+    use distgat_graph::read_graph;
+    let mut mha = Model::load(&reference_case("mha-global-n256").join("model.json")).unwrap();
+    let gat_dir = reference_case("gatv2-n200");
+    let mut gat = Model::load(&gat_dir.join("model.json")).unwrap();
+    let edges = read_graph(&gat_dir.join("edge_index.npy"), None).unwrap();
+    let n = 200;
+    let x = Rng(200).vec(n * 32, 1.5);
+    let chained = Model {
+        layers: vec![mha.layers.remove(0), gat.layers.remove(1)],
+        activation: Activation::Elu,
+    };
+    let topology = Topology::build(&edges, n, &chained, true).unwrap();
+    let out = run_model(
+        &chained,
+        &topology,
+        x.clone(),
+        None,
+        Execution::Parallel,
+        true,
+        false,
+        &Progress::default(),
+    )
+    .unwrap();
+    assert!(out.attention[0].is_empty() && !out.attention[1].is_empty());
+
+    let mut hidden = chained.layers[0]
+        .global()
+        .unwrap()
+        .forward(&x, Execution::Parallel)
+        .unwrap();
+    Activation::Elu.apply(&mut hidden);
+    let [_, second] = <[_; 2]>::try_from(chained.layers).unwrap();
+    let alone = Model {
+        layers: vec![second],
+        activation: Activation::Elu,
+    };
+    let topology = Topology::build(&edges, n, &alone, false).unwrap();
+    let want = run_model(
+        &alone,
+        &topology,
+        hidden,
+        None,
+        Execution::Parallel,
+        false,
+        false,
+        &Progress::default(),
+    )
+    .unwrap();
+    assert_eq!(out.values, want.values);
+    assert_eq!(out.width, 6);
+}
