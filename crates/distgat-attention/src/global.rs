@@ -57,7 +57,8 @@
 //! mean over `l` padded positions of which only `l − p` are real nodes, every A3 row gets
 //! `p·exp(−max)` more in its denominator, and the padded rows' outputs are dropped. Unlike
 //! NystromAttention (where the package defines m > N by padding), `m > N` is an error for
-//! `approx`: it would approximate with more landmarks than keys.
+//! `approx`: it would approximate with more landmarks than keys. Both kinds accept at most
+//! [`crate::model::MAX_LANDMARKS`] landmarks.
 
 use std::fmt::Debug;
 use std::path::PathBuf;

@@ -31,6 +31,10 @@ pub const PYG_MODEL_FORMAT: &str = "pyg-attention-model-v1";
 /// enough that buffer sizes cannot overflow.
 const MAX_WIDTH: usize = 1 << 20;
 
+/// Most Nyström landmarks accepted: each head keeps several float64 `m x m` matrices and
+/// the pinv iteration costs `O(m³)` per head and step.
+pub const MAX_LANDMARKS: usize = 2048;
+
 /// The non-linearity applied between layers (never after the last one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -1090,6 +1094,13 @@ fn load_mha(a: &MhaArgs, t: &mut LayerTensors<'_>) -> Result<GlobalAttention> {
                     ap.landmarks
                 )));
             }
+            if ap.landmarks > MAX_LANDMARKS as i64 {
+                return Err(t.spec(format!(
+                    "approx.landmarks is {}, above the supported {MAX_LANDMARKS} (the m x m \
+                     landmark matrices and the O(m³) pinv per head)",
+                    ap.landmarks
+                )));
+            }
             Method::Nystrom {
                 landmarks: usize::try_from(ap.landmarks).expect("positive"),
                 pinv_iterations: ap.pinv_iterations.unwrap_or(6),
@@ -1143,8 +1154,11 @@ fn load_nystrom(a: &NystromArgs, t: &mut LayerTensors<'_>) -> Result<GlobalAtten
             "dim ({dim}), heads ({heads}) and dim_head ({d}) must be at least 1"
         )));
     }
-    if m == 0 {
-        return Err(t.spec("num_landmarks is 0, expected at least 1".into()));
+    if m == 0 || m > MAX_LANDMARKS {
+        return Err(t.spec(format!(
+            "num_landmarks is {m}, expected 1 to {MAX_LANDMARKS} (the m x m landmark \
+             matrices and the O(m³) pinv per head bound it)"
+        )));
     }
     if heads.checked_mul(d).is_none_or(|w| w > MAX_WIDTH) || dim > MAX_WIDTH {
         return Err(t.spec(format!(

@@ -290,6 +290,10 @@ fn bad_approx_options_are_errors_naming_the_field() {
             vec!["approx.landmarks is 257", "256 nodes"],
         ),
         (
+            serde_json::json!({"method": "nystrom", "landmarks": 100_000}),
+            vec!["approx.landmarks is 100000", "above the supported 2048"],
+        ),
+        (
             serde_json::json!({"method": "nystrom", "landmarks": 8, "iterations": 6}),
             vec!["unknown field `iterations`"],
         ),
@@ -378,6 +382,12 @@ fn bad_nystrom_arguments_and_weights_are_errors() {
     let case = Case::new("nystrom-n512-m32");
     case.edit_model(|m| m["layers"][0]["args"]["num_landmarks"] = 0.into());
     case.expect_error(&[], &["model.json", "num_landmarks is 0"]);
+    let case = Case::new("nystrom-n512-m32");
+    case.edit_model(|m| m["layers"][0]["args"]["num_landmarks"] = 1_000_000.into());
+    case.expect_error(
+        &[],
+        &["model.json", "num_landmarks is 1000000", "1 to 2048"],
+    );
     let case = Case::new("nystrom-n512-m32");
     case.edit_model(|m| m["layers"][0]["args"]["heads"] = 2.into());
     case.expect_error(
