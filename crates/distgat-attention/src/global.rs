@@ -399,7 +399,7 @@ pub fn exact_attention(
 #[inline(always)]
 pub fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const C1: f32 = 0.693_359_375;
+    const C1: f32 = 0.693_359_4; // 355/512 exactly in f32
     const C2: f32 = -2.121_944_4e-4;
     // 1.5·2^23: adding and subtracting it rounds to the nearest integer (|v| < 2^22).
     const ROUND: f32 = 12_582_912.0;
@@ -410,7 +410,7 @@ pub fn exp_nonpositive(x: f32) -> f32 {
         * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1)
+        + 0.5)
         * (r * r)
         + r)
         + 1.0;
