@@ -21,7 +21,8 @@
 //! SGEMM. The running max, sum and accumulator are **float32**: the denominator is a sum of
 //! at most N terms in `(0, 1]` whose largest is 1, so its relative rounding error is about
 //! `(N / key block)·2^-24` plus the within-block SGEMM error, far below the 1e-4 tolerance
-//! (measured: 2e-7 on the reference case; the float64 dense test asserts 1e-5 at N = 37).
+//! (measured: max |diff| 1.0e-7 against torch on the reference case, 4.7e-8 against the
+//! float64 dense test at N = 37, which asserts 1e-5).
 //!
 //! The `N²` exponentials use [`exp_nonpositive`], a branch-free float32 `exp` (Cephes'
 //! `expf` polynomial, within 2 ulp of the true value for the `x ≤ 0` arguments a softmax
