@@ -365,6 +365,23 @@ async fn each_error_code() {
             .unwrap_err(),
     );
     assert_eq!(k, Code::InvalidArgument, "{m}");
+    // A model with a global layer: the runtime does not run those yet.
+    let (k, m) = code(
+        client
+            .submit(Submit {
+                model: "reference/mha-global-n256/model.json".into(),
+                ..job.clone()
+            })
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(k, Code::InvalidArgument, "{m}");
+    assert!(
+        m.contains("model.json")
+            && m.contains("layers[0] is MultiheadAttention")
+            && m.contains("global layers run only in `distgat infer` for now"),
+        "{m}"
+    );
     let (k, m) = code(
         client
             .submit(Submit {

@@ -8,8 +8,8 @@
 //! sequential and parallel execution give the same bits.
 
 use distgat_attention::{
-    run_model, Activation, Execution, FillValue, GatConv, GatV2Conv, Layer, Linear, Model,
-    Progress, Topology, TransformerConv,
+    run_model, Activation, AttentionKind, Execution, FillValue, GatConv, GatV2Conv, Layer, Linear,
+    Model, Progress, Topology, TransformerConv,
 };
 use distgat_graph::{EdgeList, Features};
 use proptest::prelude::*;
@@ -316,9 +316,13 @@ fn edge_embedding(attr: &[f64], d: usize, lin_edge: &[f32], hc: usize) -> Vec<f6
 
 /// Runs `layer` in parallel and sequentially, checks both give the same bits, and returns
 /// the output rows and the attention coefficients.
-fn run(layer: Layer, g: &Graph, with_attr: bool) -> Result<(Vec<f32>, Vec<f32>), TestCaseError> {
+fn run(
+    layer: Box<dyn AttentionKind>,
+    g: &Graph,
+    with_attr: bool,
+) -> Result<(Vec<f32>, Vec<f32>), TestCaseError> {
     let model = Model {
-        layers: vec![layer],
+        layers: vec![Layer::Local(layer)],
         activation: Activation::Elu,
     };
     let topology = Topology::build(&EdgeList::from_pairs(&g.src, &g.dst), g.n, &model, true)
@@ -332,6 +336,7 @@ fn run(layer: Layer, g: &Graph, with_attr: bool) -> Result<(Vec<f32>, Vec<f32>),
             edge_attr.as_ref(),
             exec,
             true,
+            false,
             &Progress::default(),
         )
         .map(|mut out| (out.values, out.attention.remove(0)))
@@ -361,7 +366,11 @@ fn compare(what: &str, ours: &[f32], want: &[f64]) -> Result<(), TestCaseError> 
     Ok(())
 }
 
-fn check(layer: Layer, c: &Case, want: (Vec<f64>, Vec<f64>)) -> Result<(), TestCaseError> {
+fn check(
+    layer: Box<dyn AttentionKind>,
+    c: &Case,
+    want: (Vec<f64>, Vec<f64>),
+) -> Result<(), TestCaseError> {
     let (out, alpha) = run(layer, &c.g, c.s.edge)?;
     compare("out", &out, &want.0)?;
     compare("alpha", &alpha, &want.1)

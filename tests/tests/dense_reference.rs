@@ -2,7 +2,9 @@
 //! `GATConv` written here from `../shared/reference/README.md` (section 5), on small random graphs
 //! with duplicate edges, self loops and isolated nodes.
 
-use distgat_attention::{run_model, Activation, Execution, GatConv, Model, Progress, Topology};
+use distgat_attention::{
+    run_model, Activation, Execution, GatConv, Layer, Model, Progress, Topology,
+};
 use distgat_graph::EdgeList;
 use proptest::prelude::*;
 
@@ -157,7 +159,7 @@ fn ours(c: &Case, exec: Execution) -> (Vec<f32>, Vec<f32>) {
         c.bias.clone(),
     );
     let model = Model {
-        layers: vec![Box::new(layer)],
+        layers: vec![Layer::Local(Box::new(layer))],
         activation: Activation::Elu,
     };
     let edges = EdgeList::from_pairs(&c.src, &c.dst);
@@ -169,6 +171,7 @@ fn ours(c: &Case, exec: Execution) -> (Vec<f32>, Vec<f32>) {
         None,
         exec,
         true,
+        false,
         &Progress::default(),
     )
     .unwrap();

@@ -184,3 +184,134 @@ pub fn gemm_strided(
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0.0, |acc, (x, y)| acc + x * y)
 }
+
+/// Row and column strides of a matrix operand, in elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Strides {
+    pub row: usize,
+    pub col: usize,
+}
+
+impl Strides {
+    /// Row-major with rows `ld` elements apart.
+    pub const fn rows(ld: usize) -> Self {
+        Strides { row: ld, col: 1 }
+    }
+    /// The transpose of a row-major matrix with rows `ld` elements apart.
+    pub const fn transposed(ld: usize) -> Self {
+        Strides { row: 1, col: ld }
+    }
+}
+
+/// Largest offset `(rows - 1) * s.row + (cols - 1) * s.col` an operand touches, or `None`
+/// on overflow.
+fn last_offset(rows: usize, cols: usize, s: Strides) -> Option<usize> {
+    (rows - 1)
+        .checked_mul(s.row)?
+        .checked_add((cols - 1).checked_mul(s.col)?)
+}
+
+/// `c[i * ldc + j] = alpha * sum_p a(i, p) * b(p, j)` for `i < m`, `j < n`, with
+/// `a(i, p) = a[i * sa.row + p * sa.col]` (`[m, k]`) and `b(p, j) = b[p * sb.row + j * sb.col]`
+/// (`[k, n]`): matrixmultiply's SGEMM on strided views, so a head's columns of a
+/// `[N, 3E]` projection (or its transpose) are used in place. As with [`gemm_strided`], the
+/// sum order of an element depends only on `k`, never on `m`, `n` or which rows share a call.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_views(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    sa: Strides,
+    b: &[f32],
+    sb: Strides,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(ldc >= n, "gemm: c's row stride is below n");
+    let c_last = last_offset(m, n, Strides::rows(ldc)).expect("gemm: c overflows");
+    assert!(c_last < c.len(), "gemm: c holds fewer than m rows");
+    if k == 0 {
+        for row in c.chunks_mut(ldc).take(m) {
+            row[..n].fill(0.0);
+        }
+        return;
+    }
+    let a_last = last_offset(m, k, sa).expect("gemm: a overflows");
+    let b_last = last_offset(k, n, sb).expect("gemm: b overflows");
+    assert!(a_last < a.len(), "gemm: a is smaller than its [m, k] view");
+    assert!(b_last < b.len(), "gemm: b is smaller than its [k, n] view");
+    assert!(
+        [sa.row, sa.col, sb.row, sb.col, ldc]
+            .iter()
+            .all(|&s| s <= isize::MAX as usize),
+        "gemm: stride beyond isize"
+    );
+    // SAFETY: matrixmultiply reads a[i*sa.row + p*sa.col] (i < m, p < k) and
+    // b[p*sb.row + j*sb.col] (p < k, j < n), and writes c[i*ldc + j] (i < m, j < n). The
+    // asserts above prove the largest such offsets are inside a, b and c, and that the
+    // strides fit isize. Since ldc >= n, distinct (i, j) write distinct elements of c. `c`
+    // is a unique borrow, so it aliases neither `a` nor `b`. With beta = 0, c's previous
+    // contents are never read (matrixmultiply documents that).
+    #[allow(unsafe_code)]
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            alpha,
+            a.as_ptr(),
+            sa.row as isize,
+            sa.col as isize,
+            b.as_ptr(),
+            sb.row as isize,
+            sb.col as isize,
+            0.0,
+            c.as_mut_ptr(),
+            ldc as isize,
+            1,
+        );
+    }
+}
+
+/// `c = a · b` for row-major float64 `a` (`[m, k]`), `b` (`[k, n]`) and `c` (`[m, n]`), by
+/// matrixmultiply's DGEMM (the small landmark matrices of Nyström attention).
+pub fn dgemm(m: usize, k: usize, n: usize, a: &[f64], b: &[f64], c: &mut [f64]) {
+    assert_eq!(a.len(), m * k, "dgemm: a is not [m, k]");
+    assert_eq!(b.len(), k * n, "dgemm: b is not [k, n]");
+    assert_eq!(c.len(), m * n, "dgemm: c is not [m, n]");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.fill(0.0);
+        return;
+    }
+    // SAFETY: row-major operands with row strides k, n and n and column stride 1; the
+    // asserts above prove a, b and c hold exactly [m, k], [k, n] and [m, n] elements, so
+    // every access is inside its slice; `c` is a unique borrow (no aliasing), and with
+    // beta = 0 its previous contents are never read.
+    #[allow(unsafe_code)]
+    unsafe {
+        matrixmultiply::dgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            k as isize,
+            1,
+            b.as_ptr(),
+            n as isize,
+            1,
+            0.0,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}

@@ -10,8 +10,9 @@ use crate::buffer::RowBuffer;
 use crate::edge_attr::entry_edge_attr;
 use crate::error::{ModelError, Result};
 use crate::exec::Execution;
+use crate::global::relative_frobenius_error;
 use crate::kind::{aggregate_into, source_aux, transform_into, RowInputs};
-use crate::model::Model;
+use crate::model::{Layer, Model};
 use crate::progress::Progress;
 
 /// The CSRs a model needs (one per self-loop setting its layers use).
@@ -44,7 +45,7 @@ impl Topology {
             let layers: Vec<_> = model
                 .layers
                 .iter()
-                .filter(|l| l.add_self_loops() == loops)
+                .filter(|l| l.add_self_loops() == Some(loops))
                 .collect();
             if layers.is_empty() {
                 return Ok(None);
@@ -69,6 +70,25 @@ impl Topology {
         })
     }
 
+    /// The topology of a model whose layers are all global: `num_nodes` nodes and no graph
+    /// (see [`Model::first_local`]; a local layer run on it is an error).
+    pub fn without_graph(num_nodes: usize) -> Self {
+        Topology {
+            num_nodes,
+            num_edges: 0,
+            with_loops: None,
+            without_loops: None,
+        }
+    }
+
+    fn try_view(&self, add_self_loops: bool) -> Option<&GraphView> {
+        if add_self_loops {
+            self.with_loops.as_ref()
+        } else {
+            self.without_loops.as_ref()
+        }
+    }
+
     fn view(&self, add_self_loops: bool) -> &GraphView {
         let v = if add_self_loops {
             &self.with_loops
@@ -88,8 +108,12 @@ impl Topology {
 pub struct LayerTiming {
     /// Dense transforms (GEMMs, per-node scores).
     pub transform: Duration,
-    /// Fused softmax and aggregation.
+    /// Fused softmax and aggregation (for a global layer: the whole attention, after the
+    /// q/k/v projection, including the output projection).
     pub aggregate: Duration,
+    /// Global layers with an approximation, when asked: the relative Frobenius error of
+    /// the layer's output against exact blockwise attention on the same input.
+    pub approximation_error: Option<f64>,
 }
 
 /// What a model run produces.
@@ -97,7 +121,8 @@ pub struct ModelOutput {
     /// `[num_nodes, width]`, row-major, original node order.
     pub values: Vec<f32>,
     pub width: usize,
-    /// Per layer (when asked): coefficients `[E', heads]` in PyG's attention edge order.
+    /// Per layer (when asked): coefficients `[E', heads]` in PyG's attention edge order;
+    /// empty for global layers (they have no edges).
     pub attention: Vec<Vec<f32>>,
     pub timings: Vec<LayerTiming>,
 }
@@ -106,7 +131,12 @@ pub struct ModelOutput {
 /// memory is released after the first transform). `edge_attr` (`[E, edge_dim]`, row e for
 /// edge e of the graph the topology was built from) is required exactly when a layer has
 /// `edge_dim` (check with [`Model::check_edge_features`] first). `progress` is told as each
-/// layer starts and as its entries are aggregated, for progress reporting.
+/// layer starts and as its entries are aggregated, for progress reporting (a global layer
+/// counts its N query rows as its entries). Global layers run through
+/// [`GlobalKind::forward`] and need no graph ([`Topology::without_graph`]); with
+/// `report_approximation`, each approximating global layer also runs exactly on the same
+/// input and its error goes into [`LayerTiming::approximation_error`].
+#[allow(clippy::too_many_arguments)]
 pub fn run_model(
     model: &Model,
     topology: &Topology,
@@ -114,6 +144,7 @@ pub fn run_model(
     edge_attr: Option<&Features>,
     exec: Execution,
     want_attention: bool,
+    report_approximation: bool,
     progress: &Progress,
 ) -> Result<ModelOutput> {
     let n = topology.num_nodes;
@@ -128,8 +159,46 @@ pub fn run_model(
     let mut attention = Vec::new();
     let mut timings = Vec::with_capacity(model.layers.len());
     for (k, layer) in model.layers.iter().enumerate() {
-        let layer = layer.as_ref();
-        let entries = topology.view(layer.add_self_loops()).csr.num_entries() as u64;
+        let layer = match layer {
+            Layer::Local(l) => l.as_ref(),
+            Layer::Global(g) => {
+                let g = g.as_ref();
+                progress.start_layer(k, model.layers.len(), n as u64);
+                let started = Instant::now();
+                let mut out = g.forward(&x, exec)?;
+                let aggregate = started.elapsed();
+                let approximation_error = match (report_approximation, g.approximation()) {
+                    (true, Some(_)) => {
+                        let exact = g.forward_exact(&x, exec)?;
+                        Some(relative_frobenius_error(&out, &exact))
+                    }
+                    _ => None,
+                };
+                progress.add_entries(n as u64);
+                drop(x);
+                timings.push(LayerTiming {
+                    transform: Duration::ZERO,
+                    aggregate,
+                    approximation_error,
+                });
+                if want_attention {
+                    attention.push(Vec::new());
+                }
+                if k + 1 < model.layers.len() {
+                    activate(model, &mut out, exec);
+                }
+                x = out;
+                continue;
+            }
+        };
+        let view = topology.try_view(layer.add_self_loops()).ok_or_else(|| {
+            ModelError::Mismatch(format!(
+                "layers[{k}] ({}) attends over a graph's edges, but the model was run without \
+                 a graph",
+                layer.kind()
+            ))
+        })?;
+        let entries = view.csr.num_entries() as u64;
         progress.start_layer(k, model.layers.len(), entries);
         let started = Instant::now();
         let mut source = RowBuffer::zeroed(n * layer.source_width());
@@ -138,7 +207,6 @@ pub fn run_model(
         drop(x);
         let transformed = Instant::now();
 
-        let view = topology.view(layer.add_self_loops());
         let entry_attr = match layer.edge_dim() {
             Some(d) => {
                 let ea = edge_attr.ok_or_else(|| {
@@ -189,17 +257,13 @@ pub fn run_model(
         timings.push(LayerTiming {
             transform: transformed - started,
             aggregate: transformed.elapsed(),
+            approximation_error: None,
         });
         if let (Some(alpha_csr), Some(order)) = (alpha_csr, view.attention_order.as_ref()) {
             attention.push(to_attention_order(&alpha_csr, order, layer.heads(), exec));
         }
         if k + 1 < model.layers.len() {
-            match exec {
-                Execution::Sequential => model.activation.apply(&mut out),
-                Execution::Parallel => out
-                    .par_chunks_mut(64 * 1024)
-                    .for_each(|c| model.activation.apply(c)),
-            }
+            activate(model, &mut out, exec);
         }
         x = out;
     }
@@ -209,6 +273,16 @@ pub fn run_model(
         attention,
         timings,
     })
+}
+
+/// The activation between layers, over a layer's output.
+fn activate(model: &Model, out: &mut [f32], exec: Execution) {
+    match exec {
+        Execution::Sequential => model.activation.apply(out),
+        Execution::Parallel => out
+            .par_chunks_mut(64 * 1024)
+            .for_each(|c| model.activation.apply(c)),
+    }
 }
 
 /// Reorders per-CSR-entry coefficients into PyG's attention edge order.

@@ -1,6 +1,8 @@
 //! Graph attention for distgat: model files with PyG weights, the attention-kind seam
 //! ([`AttentionKind`]) with PyG-exact `GATConv`, `GATv2Conv` and `TransformerConv`, dense
-//! transforms, fused sparse kernels, and the single-process engine.
+//! transforms, fused sparse kernels, global attention over all nodes ([`GlobalKind`]:
+//! torch's `MultiheadAttention`, blockwise, and `NystromAttention`), and the single-process
+//! engine.
 //!
 //! Semantics follow PyTorch Geometric 2.8.1 in eval mode (see `reference/README.md` in
 //! the repository and each kind's module documentation).
@@ -13,6 +15,7 @@ pub mod error;
 pub mod exec;
 pub mod gat;
 pub mod gatv2;
+pub mod global;
 pub mod kind;
 pub mod model;
 pub mod progress;
@@ -27,6 +30,7 @@ pub use error::{ModelError, Result};
 pub use exec::Execution;
 pub use gat::GatConv;
 pub use gatv2::GatV2Conv;
+pub use global::{relative_frobenius_error, Blocks, GlobalAttention, GlobalKind, Method};
 pub use kind::{
     aggregate_into, source_aux, transform_into, AttentionKind, FillValue, HaloPayload, RowInputs,
     Scratch,

@@ -17,6 +17,7 @@ use crate::dense::Linear;
 use crate::error::{ModelError, Result};
 use crate::gat::GatConv;
 use crate::gatv2::GatV2Conv;
+use crate::global::{Blocks, GlobalAttention, GlobalKind, Method};
 use crate::kind::{AttentionKind, FillValue};
 use crate::transformer::TransformerConv;
 use crate::weights::WeightsFile;
@@ -29,6 +30,10 @@ pub const PYG_MODEL_FORMAT: &str = "pyg-attention-model-v1";
 /// Widest layer accepted (heads x out_channels): far beyond any attention layer, small
 /// enough that buffer sizes cannot overflow.
 const MAX_WIDTH: usize = 1 << 20;
+
+/// Most Nyström landmarks accepted: each head keeps several float64 `m x m` matrices and
+/// the pinv iteration costs `O(m³)` per head and step.
+pub const MAX_LANDMARKS: usize = 2048;
 
 /// The non-linearity applied between layers (never after the last one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,8 +58,61 @@ impl Activation {
     }
 }
 
-/// One layer of any kind.
-pub type Layer = Box<dyn AttentionKind>;
+/// One layer of a model: local attention over a graph's edges, or global attention over
+/// all nodes. The engine dispatches on this once per layer; everything else goes through
+/// the two seams ([`AttentionKind`], [`GlobalKind`]).
+#[derive(Debug)]
+pub enum Layer {
+    /// Attention over the incoming edges of each node (`GATConv`, `GATv2Conv`,
+    /// `TransformerConv`).
+    Local(Box<dyn AttentionKind>),
+    /// Attention over all nodes as one sequence (`MultiheadAttention`, `NystromAttention`).
+    Global(Box<dyn GlobalKind>),
+}
+
+impl Layer {
+    /// The model file's class name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Layer::Local(l) => l.kind(),
+            Layer::Global(g) => g.kind(),
+        }
+    }
+    pub fn in_features(&self) -> usize {
+        match self {
+            Layer::Local(l) => l.in_features(),
+            Layer::Global(g) => g.in_features(),
+        }
+    }
+    pub fn out_width(&self) -> usize {
+        match self {
+            Layer::Local(l) => l.out_width(),
+            Layer::Global(g) => g.out_width(),
+        }
+    }
+    /// The layer as a graph attention kind, if it is one.
+    pub fn local(&self) -> Option<&dyn AttentionKind> {
+        match self {
+            Layer::Local(l) => Some(l.as_ref()),
+            Layer::Global(_) => None,
+        }
+    }
+    /// The layer as a global attention kind, if it is one.
+    pub fn global(&self) -> Option<&dyn GlobalKind> {
+        match self {
+            Layer::Local(_) => None,
+            Layer::Global(g) => Some(g.as_ref()),
+        }
+    }
+    /// `add_self_loops` of a local layer; `None` for a global one (it reads no graph).
+    pub fn add_self_loops(&self) -> Option<bool> {
+        self.local().map(|l| l.add_self_loops())
+    }
+    /// `edge_dim` of a local layer (`None` for global layers).
+    pub fn edge_dim(&self) -> Option<usize> {
+        self.local().and_then(|l| l.edge_dim())
+    }
+}
 
 #[derive(Debug)]
 pub struct Model {
@@ -65,6 +123,32 @@ pub struct Model {
 impl Model {
     pub fn out_width(&self) -> usize {
         self.layers.last().map_or(0, |l| l.out_width())
+    }
+
+    /// The first local layer (index and kind), if any: a model with one needs a graph.
+    pub fn first_local(&self) -> Option<(usize, &'static str)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .find_map(|(k, l)| l.local().map(|l| (k, l.kind())))
+    }
+
+    /// The layers as graph attention kinds, for runners that only run those (the
+    /// distributed runtime). `runner` names the refusing program in the error, which names
+    /// the first global layer's index and kind.
+    pub fn local_layers(&self, runner: &str) -> Result<Vec<&dyn AttentionKind>> {
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(k, l)| match l {
+                Layer::Local(l) => Ok(l.as_ref()),
+                Layer::Global(g) => Err(ModelError::Mismatch(format!(
+                    "layers[{k}] is {} (global attention over all nodes), which {runner} does \
+                     not support yet: global layers run only in `distgat infer` for now",
+                    g.kind()
+                ))),
+            })
+            .collect()
     }
 
     /// Checks that the model accepts `width` input features.
@@ -247,9 +331,11 @@ impl Model {
                 context: String::new(),
             };
             let layer: Layer = match args {
-                Args::Gat(a) => Box::new(load_gat(&a, &mut t)?),
-                Args::GatV2(a) => Box::new(load_gatv2(&a, &mut t)?),
-                Args::Transformer(a) => Box::new(load_transformer(&a, &mut t)?),
+                Args::Gat(a) => Layer::Local(Box::new(load_gat(&a, &mut t)?)),
+                Args::GatV2(a) => Layer::Local(Box::new(load_gatv2(&a, &mut t)?)),
+                Args::Transformer(a) => Layer::Local(Box::new(load_transformer(&a, &mut t)?)),
+                Args::Mha(a) => Layer::Global(Box::new(load_mha(&a, &mut t)?)),
+                Args::Nystrom(a) => Layer::Global(Box::new(load_nystrom(&a, &mut t)?)),
             };
             if let Some(declared) = &declared_tensors {
                 t.check_declared(declared)?;
@@ -312,6 +398,8 @@ fn hint_for(name: &str) -> &'static str {
         " (an edge_dim tensor: is \"edge_dim\" missing from the layer's args?)"
     } else if name.contains("res.") {
         " (a residual tensor: is \"residual\": true missing?)"
+    } else if name.contains("res_conv") {
+        " (NystromAttention's residual convolution: distgat does not implement residual=True)"
     } else if name.contains("lin_beta") {
         " (is \"beta\": true missing?)"
     } else if base == "bias" {
@@ -360,6 +448,52 @@ enum Args {
     Gat(GatArgs),
     GatV2(GatV2Args),
     Transformer(TransformerArgs),
+    Mha(MhaArgs),
+    Nystrom(NystromArgs),
+}
+
+/// `torch.nn.MultiheadAttention`'s constructor arguments (torch 2.15), plus distgat's
+/// `approx`. `dropout` is inert in eval mode; `batch_first` only says how torch laid out
+/// its batch (distgat runs one sequence of all nodes either way).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MhaArgs {
+    embed_dim: usize,
+    num_heads: usize,
+    dropout: Option<f64>,
+    bias: Option<bool>,
+    add_bias_kv: Option<bool>,
+    add_zero_attn: Option<bool>,
+    kdim: Option<usize>,
+    vdim: Option<usize>,
+    batch_first: Option<bool>,
+    approx: Option<ApproxArgs>,
+}
+
+/// `"approx"` of a MultiheadAttention layer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproxArgs {
+    method: String,
+    landmarks: i64,
+    pinv_iterations: Option<usize>,
+}
+
+/// `nystrom_attention.NystromAttention`'s constructor arguments (0.0.14), with its
+/// defaults. `eps` only enters with a mask (distgat has none), `dropout` is inert in eval
+/// mode, `residual_conv_kernel` only matters with `residual`, which is refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NystromArgs {
+    dim: usize,
+    dim_head: Option<usize>,
+    heads: Option<usize>,
+    num_landmarks: Option<usize>,
+    pinv_iterations: Option<usize>,
+    residual: Option<bool>,
+    residual_conv_kernel: Option<usize>,
+    eps: Option<f64>,
+    dropout: Option<f64>,
 }
 
 /// `GATConv`'s constructor arguments (PyG 2.8.1).
@@ -428,15 +562,12 @@ fn parse_args(kind: &str, args: &str) -> std::result::Result<Args, String> {
         "GATConv" => Args::Gat(serde_json::from_str(args).map_err(hint)?),
         "GATv2Conv" => Args::GatV2(serde_json::from_str(args).map_err(hint)?),
         "TransformerConv" => Args::Transformer(serde_json::from_str(args).map_err(hint)?),
-        "MultiheadAttention" | "NystromAttention" => {
-            return Err(format!(
-                "kind \"{kind}\" (global attention over all nodes) is not supported yet; \
-                 supported kinds: GATConv, GATv2Conv, TransformerConv"
-            ))
-        }
+        "MultiheadAttention" => Args::Mha(serde_json::from_str(args).map_err(|e| e.to_string())?),
+        "NystromAttention" => Args::Nystrom(serde_json::from_str(args).map_err(|e| e.to_string())?),
         other => {
             return Err(format!(
-                "unknown kind \"{other}\"; supported kinds: GATConv, GATv2Conv, TransformerConv"
+                "unknown kind \"{other}\"; supported kinds: GATConv, GATv2Conv, \
+                 TransformerConv, MultiheadAttention, NystromAttention"
             ))
         }
     };
@@ -896,5 +1027,165 @@ fn load_transformer(a: &TransformerArgs, t: &mut LayerTensors<'_>) -> Result<Tra
         lin_edge,
         lin_skip,
         lin_beta,
+    })
+}
+
+fn check_dropout(t: &LayerTensors<'_>, dropout: Option<f64>) -> Result<()> {
+    match dropout {
+        Some(p) if !(0.0..=1.0).contains(&p) => {
+            Err(t.spec(format!("dropout is {p}, expected a probability in [0, 1]")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `torch.nn.MultiheadAttention` (README 8.7), exact or with `approx`.
+fn load_mha(a: &MhaArgs, t: &mut LayerTensors<'_>) -> Result<GlobalAttention> {
+    let (e, h) = (a.embed_dim, a.num_heads);
+    if e == 0 || h == 0 {
+        return Err(t.spec(format!(
+            "embed_dim ({e}) and num_heads ({h}) must be at least 1"
+        )));
+    }
+    if e > MAX_WIDTH {
+        return Err(t.spec(format!(
+            "embed_dim = {e} is beyond the supported width of {MAX_WIDTH} columns"
+        )));
+    }
+    if e % h != 0 {
+        return Err(t.spec(format!(
+            "embed_dim ({e}) is not divisible by num_heads ({h}): each head gets \
+             embed_dim / num_heads columns (torch requires the same)"
+        )));
+    }
+    check_dropout(t, a.dropout)?;
+    for (name, value) in [
+        ("add_bias_kv", a.add_bias_kv),
+        ("add_zero_attn", a.add_zero_attn),
+    ] {
+        if value == Some(true) {
+            return Err(t.spec(format!(
+                "{name} is true: the extra key/value row it appends is not supported"
+            )));
+        }
+    }
+    for (name, value) in [("kdim", a.kdim), ("vdim", a.vdim)] {
+        if let Some(v) = value.filter(|&v| v != e) {
+            return Err(t.spec(format!(
+                "{name} is {v}, not embed_dim ({e}): separate key/value widths \
+                 (q_proj_weight, k_proj_weight, v_proj_weight) are not supported; distgat \
+                 runs self-attention over one node set"
+            )));
+        }
+    }
+    let _ = a.batch_first;
+    let method = match &a.approx {
+        None => Method::Exact,
+        Some(ap) => {
+            if ap.method != "nystrom" {
+                return Err(t.spec(format!(
+                    "approx.method is \"{}\", expected \"nystrom\" (the only approximation)",
+                    ap.method
+                )));
+            }
+            if ap.landmarks < 1 {
+                return Err(t.spec(format!(
+                    "approx.landmarks is {}, expected at least 1",
+                    ap.landmarks
+                )));
+            }
+            if ap.landmarks > MAX_LANDMARKS as i64 {
+                return Err(t.spec(format!(
+                    "approx.landmarks is {}, above the supported {MAX_LANDMARKS} (the m x m \
+                     landmark matrices and the O(m³) pinv per head)",
+                    ap.landmarks
+                )));
+            }
+            Method::Nystrom {
+                landmarks: usize::try_from(ap.landmarks).expect("positive"),
+                pinv_iterations: ap.pinv_iterations.unwrap_or(6),
+            }
+        }
+    };
+    let bias = a.bias.unwrap_or(true);
+    t.context = format!(" (embed_dim = {e}, num_heads = {h}, bias = {bias})");
+    let (_, w) = t.required("in_proj_weight", &[Some(3 * e), Some(e)])?;
+    let b = if bias {
+        t.required("in_proj_bias", &[Some(3 * e)])?.1
+    } else {
+        Vec::new()
+    };
+    let qkv = Linear::from_torch(&w, 3 * e, e, b);
+    let out = t.linear("out_proj", e, Some(e), bias)?;
+    Ok(GlobalAttention {
+        kind: "MultiheadAttention",
+        dim: e,
+        heads: h,
+        head_dim: e / h,
+        qkv,
+        out,
+        method,
+        blocks: Blocks::default(),
+        model: t.model.to_path_buf(),
+        layer: t.k,
+    })
+}
+
+/// `nystrom_attention.NystromAttention` 0.0.14 (README 8.8), `residual=False` only.
+fn load_nystrom(a: &NystromArgs, t: &mut LayerTensors<'_>) -> Result<GlobalAttention> {
+    if a.residual.unwrap_or(true) {
+        return Err(t.spec(format!(
+            "residual is {} (the package's default is true): its depthwise convolution \
+             'res_conv.weight' is not implemented, so the output would differ; export the \
+             layer with residual=False",
+            if a.residual.is_some() {
+                "true"
+            } else {
+                "not given"
+            }
+        )));
+    }
+    let dim = a.dim;
+    let heads = a.heads.unwrap_or(8);
+    let d = a.dim_head.unwrap_or(64);
+    let m = a.num_landmarks.unwrap_or(256);
+    if dim == 0 || heads == 0 || d == 0 {
+        return Err(t.spec(format!(
+            "dim ({dim}), heads ({heads}) and dim_head ({d}) must be at least 1"
+        )));
+    }
+    if m == 0 || m > MAX_LANDMARKS {
+        return Err(t.spec(format!(
+            "num_landmarks is {m}, expected 1 to {MAX_LANDMARKS} (the m x m landmark \
+             matrices and the O(m³) pinv per head bound it)"
+        )));
+    }
+    if heads.checked_mul(d).is_none_or(|w| w > MAX_WIDTH) || dim > MAX_WIDTH {
+        return Err(t.spec(format!(
+            "dim = {dim} or heads x dim_head = {heads} x {d} is beyond the supported width of \
+             {MAX_WIDTH} columns"
+        )));
+    }
+    check_dropout(t, a.dropout)?;
+    let _ = (a.eps, a.residual_conv_kernel);
+    let inner = heads * d;
+    t.context = format!(" (dim = {dim}, heads = {heads}, dim_head = {d})");
+    let (_, w) = t.required("to_qkv.weight", &[Some(3 * inner), Some(dim)])?;
+    let qkv = Linear::from_torch(&w, 3 * inner, dim, Vec::new());
+    let out = t.linear("to_out.0", dim, Some(inner), true)?;
+    Ok(GlobalAttention {
+        kind: "NystromAttention",
+        dim,
+        heads,
+        head_dim: d,
+        qkv,
+        out,
+        method: Method::Nystrom {
+            landmarks: m,
+            pinv_iterations: a.pinv_iterations.unwrap_or(6),
+        },
+        blocks: Blocks::default(),
+        model: t.model.to_path_buf(),
+        layer: t.k,
     })
 }

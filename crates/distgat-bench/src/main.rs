@@ -251,7 +251,7 @@ fn kernel_child(dir: &Path, repeats: usize, threads: usize) -> anyhow::Result<()
         let n = features.num_nodes;
         let topology = Topology::build(&edges, n, &model, false)?;
         drop(edges);
-        let layer = model.layers[0].as_ref();
+        let layer = model.local_layers("the kernel benchmark")?[0];
         let csr = topology.csr(layer.add_self_loops());
         let mut source = RowBuffer::zeroed(n * layer.source_width());
         let mut target = vec![0f32; n * layer.target_width()];

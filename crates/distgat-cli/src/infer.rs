@@ -7,8 +7,8 @@ use distgat_attention::{run_model, Execution, Model, ModelError, Progress, Topol
 use std::io::Write;
 
 use distgat_graph::{
-    attention_edge_index, read_graph, write_npy, AtomicFile, Features, GraphError, GraphFormat,
-    Normalization, NpyBody,
+    attention_edge_index, read_graph, write_npy, AtomicFile, EdgeList, Features, GraphError,
+    GraphFormat, Normalization, NpyBody,
 };
 use serde::Serialize;
 
@@ -43,6 +43,9 @@ pub struct InferConfig {
     pub test_idx: Option<PathBuf>,
     /// Writes the [`InferReport`] here as JSON.
     pub stats_json: Option<PathBuf>,
+    /// Also run every approximating global layer exactly on the same input and report the
+    /// relative Frobenius error of its output (an error when no layer approximates).
+    pub report_approximation_error: bool,
     /// Called with a short description as each phase starts.
     pub on_phase: Option<fn(&str)>,
     /// Told as each layer starts and as its edges are aggregated (for a progress bar that
@@ -70,8 +73,14 @@ pub struct InferReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LayerReport {
+    /// The layer's class name (`GATConv`, `MultiheadAttention`, ...).
+    pub kind: String,
     pub transform_ms: f64,
     pub aggregate_ms: f64,
+    /// With `--report-approximation-error`, for approximating global layers:
+    /// `‖out − exact‖_F / ‖exact‖_F` against exact blockwise attention on the same input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approximation_error: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -170,6 +179,79 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     let t = Instant::now();
     let model = Model::load(&config.model)?;
     let load_model_ms = ms(t);
+    // A model of global layers only attends over all nodes: it reads no graph, and one
+    // given would be ignored. Any local layer needs one.
+    let needs_graph = model.first_local();
+    let graph_given = !config.graph.as_os_str().is_empty() || config.neighbourhood.is_some();
+    match (needs_graph, graph_given) {
+        (Some((k, kind)), false) => {
+            return Err(GraphError::argument(
+                "--graph",
+                format!(
+                    "missing: layers[{k}] ({kind}) of {} attends over a graph's edges; give \
+                     --graph, or build a neighbourhood with --knn, --radius or --hops",
+                    config.model.display()
+                ),
+            )
+            .into())
+        }
+        (None, true) => {
+            return Err(GraphError::argument(
+                if config.neighbourhood.is_some() {
+                    "--knn/--radius/--hops"
+                } else {
+                    "--graph"
+                },
+                format!(
+                    "every layer of {} is global attention over all nodes, so no graph is \
+                     read; drop it",
+                    config.model.display()
+                ),
+            )
+            .into())
+        }
+        _ => {}
+    }
+    if let (None, Some(path)) = (needs_graph, &config.edge_features) {
+        return Err(GraphError::argument(
+            "--edge-features",
+            format!(
+                "{}: every layer of {} is global attention over all nodes, which reads no \
+                 edge features; drop --edge-features",
+                path.display(),
+                config.model.display()
+            ),
+        )
+        .into());
+    }
+    if config.report_approximation_error
+        && !model
+            .layers
+            .iter()
+            .any(|l| l.global().is_some_and(|g| g.approximation().is_some()))
+    {
+        return Err(GraphError::argument(
+            "--report-approximation-error",
+            format!(
+                "no layer of {} approximates attention (only MultiheadAttention with \
+                 \"approx\" and NystromAttention do), so there is no error to report",
+                config.model.display()
+            ),
+        )
+        .into());
+    }
+    if let (None, Some(dir)) = (needs_graph, &config.attention_dir) {
+        return Err(GraphError::argument(
+            "--attention-dir",
+            format!(
+                "{}: every layer of {} is global attention, which has no per-edge \
+                 coefficients to write",
+                dir.display(),
+                config.model.display()
+            ),
+        )
+        .into());
+    }
 
     if let Some(out) = &config.neighbours_out {
         check_output_file("--neighbours-out", out)?;
@@ -196,6 +278,7 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     // The graph: read, or built as a neighbourhood (then also kept as an edge index for
     // --neighbours-out, and with the points' row count to check against the features).
     let (edges, built) = match &config.neighbourhood {
+        None if needs_graph.is_none() => (EdgeList::default(), None),
         None => {
             phase("reading graph");
             (read_graph(&config.graph, config.format)?, None)
@@ -307,11 +390,19 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     phase("building CSR");
     let t = Instant::now();
     let want_attention = config.attention_dir.is_some();
-    let topology = Topology::build(&edges, n, &model, want_attention)?;
+    let topology = if needs_graph.is_some() {
+        Topology::build(&edges, n, &model, want_attention)?
+    } else {
+        Topology::without_graph(n)
+    };
     let build_csr_ms = ms(t);
     let num_edges = edges.len();
     let attention_edges: Vec<(bool, Vec<i64>)> = if want_attention {
-        let mut settings: Vec<bool> = model.layers.iter().map(|l| l.add_self_loops()).collect();
+        let mut settings: Vec<bool> = model
+            .layers
+            .iter()
+            .filter_map(|l| l.add_self_loops())
+            .collect();
         settings.sort_unstable();
         settings.dedup();
         settings
@@ -337,6 +428,7 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         edge_attr.as_ref(),
         Execution::Parallel,
         want_attention,
+        config.report_approximation_error,
         &progress,
     )?;
     drop(topology);
@@ -376,9 +468,14 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
             std::fs::create_dir(dir).map_err(|e| GraphError::io(dir, e))?;
         }
         for (k, (layer, alpha)) in model.layers.iter().zip(&output.attention).enumerate() {
+            // Global layers have no edges (and an empty entry in `output.attention`).
+            let Some(loops) = layer.add_self_loops() else {
+                continue;
+            };
+            let layer = layer.local().expect("a layer with add_self_loops is local");
             let edge_index = &attention_edges
                 .iter()
-                .find(|(loops, _)| *loops == layer.add_self_loops())
+                .find(|(l, _)| *l == loops)
                 .expect("an edge index per self-loop setting")
                 .1;
             let e = (edge_index.len() / 2) as u64;
@@ -412,9 +509,12 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         layers: output
             .timings
             .iter()
-            .map(|t| LayerReport {
+            .zip(&model.layers)
+            .map(|(t, l)| LayerReport {
+                kind: l.kind().to_string(),
                 transform_ms: t.transform.as_secs_f64() * 1e3,
                 aggregate_ms: t.aggregate.as_secs_f64() * 1e3,
+                approximation_error: t.approximation_error,
             })
             .collect(),
         write_ms,

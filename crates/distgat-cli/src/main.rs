@@ -452,8 +452,8 @@ enum NormalizeArg {
 
 #[derive(clap::Args)]
 struct InferArgs {
-    /// Graph file: .npy edge index, text edge list (.txt .tsv .csv .el .edges), METIS .graph or Matrix Market .mtx; with --hops, the graph it walks; not given with --knn or --radius, whose neighbourhood is the graph
-    #[arg(long, value_name = "G", required_unless_present_any = ["knn", "radius"])]
+    /// Graph file: .npy edge index, text edge list (.txt .tsv .csv .el .edges), METIS .graph or Matrix Market .mtx; with --hops, the graph it walks; not given with --knn or --radius, whose neighbourhood is the graph, nor for a model of global layers only (MultiheadAttention, NystromAttention), which attend over all nodes
+    #[arg(long, value_name = "G")]
     graph: Option<PathBuf>,
     #[command(flatten)]
     neighbourhood: distgat_cli::neighbours::NeighbourhoodArgs,
@@ -475,7 +475,7 @@ struct InferArgs {
     /// Edge attributes: float32 or float64 .npy [E, D], row e for edge e of the graph file (PyG's edge_attr); required exactly when a layer has edge_dim
     #[arg(long, value_name = "E.npy")]
     edge_features: Option<PathBuf>,
-    /// Model JSON (pyg-attention-model-v1 for GATConv/GATv2Conv/TransformerConv, or gat-model-v1) naming its safetensors weights
+    /// Model JSON (pyg-attention-model-v1 for GATConv/GATv2Conv/TransformerConv/MultiheadAttention/NystromAttention, or gat-model-v1) naming its safetensors weights
     #[arg(long, value_name = "M")]
     model: PathBuf,
     /// Output: float32 .npy [N, D], the last layer's output in original node order
@@ -496,6 +496,9 @@ struct InferArgs {
     /// Write the run's report (phase times, peak memory, accuracy) as JSON
     #[arg(long, value_name = "S.json")]
     stats_json: Option<PathBuf>,
+    /// Also run each approximating global layer (NystromAttention, MultiheadAttention with "approx") exactly and print its relative Frobenius error (also in --stats-json)
+    #[arg(long)]
+    report_approximation_error: bool,
 }
 
 fn main() -> ExitCode {
@@ -1285,6 +1288,7 @@ fn infer(args: InferArgs) -> anyhow::Result<()> {
         labels: args.labels,
         test_idx: args.test_idx,
         stats_json: args.stats_json,
+        report_approximation_error: args.report_approximation_error,
         on_phase: Some(show_phase),
         progress: Some(progress.clone()),
     };
@@ -1304,6 +1308,14 @@ fn infer(args: InferArgs) -> anyhow::Result<()> {
             .map(|b| format!(", peak memory {:.1} MiB", b as f64 / (1 << 20) as f64))
             .unwrap_or_default()
     );
+    for (k, layer) in report.layers.iter().enumerate() {
+        if let Some(err) = layer.approximation_error {
+            println!(
+                "layer {k} ({}): relative Frobenius error vs exact attention: {err:.6e}",
+                layer.kind
+            );
+        }
+    }
     if let Some(acc) = &report.accuracy {
         println!(
             "test accuracy: {:.4} ({}/{})",

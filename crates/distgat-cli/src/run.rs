@@ -119,6 +119,13 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
             config.out.display()
         );
     }
+    // The runtime runs graph attention only: a model with a global layer is refused here,
+    // before partitioning (the coordinator and the workers refuse it too).
+    let model = distgat_attention::Model::load(&config.model)?;
+    model
+        .local_layers("distgat run (the distributed runtime)")
+        .map_err(|e| anyhow::anyhow!("--model {}: {e}", config.model.display()))?;
+    drop(model);
     let temp = tempfile::tempdir()?;
     let t = std::time::Instant::now();
     let partition = match &config.partition {

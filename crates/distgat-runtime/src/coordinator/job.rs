@@ -276,6 +276,9 @@ fn prepare(
     let manifest = &partition.manifest;
     let n = manifest.graph.rows;
     let model = Model::load(model_path)?;
+    let layers = model
+        .local_layers("the distributed runtime (distgat run)")
+        .map_err(|e| RuntimeError::InvalidArgument(format!("{}: {e}", model_path.display())))?;
     let features_path = if req.features.is_empty() {
         manifest.features.as_ref().map(|f| PathBuf::from(&f.path))
     } else {
@@ -370,7 +373,7 @@ fn prepare(
             loops_before.push(loops);
             loops += u32::from(s == d);
         }
-        for (k, layer) in model.layers.iter().enumerate() {
+        for (k, layer) in layers.iter().enumerate() {
             let index = attention_edge_index(&edges, n, layer.add_self_loops());
             let e = index.len() / 2;
             let (file, header_len) = presized(

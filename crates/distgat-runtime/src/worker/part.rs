@@ -150,6 +150,9 @@ pub(super) fn compute_part(
     let dir = PartitionDir::open(std::path::Path::new(&req.partition_dir))?;
     let shard = dir.load_shard(req.part)?;
     let model = Model::load(std::path::Path::new(&req.model))?;
+    // The coordinator refuses global layers before a job starts; checked again here, as
+    // every input a worker gets is.
+    let layers = model.local_layers("the distributed runtime (distgat run)")?;
     let plan = shard.plan;
     let (n_owned, n_halo) = (plan.owned.len(), plan.halo.len());
     let n_local = n_owned + n_halo;
@@ -191,8 +194,7 @@ pub(super) fn compute_part(
         .num_threads((req.threads as usize).clamp(1, max_threads()))
         .build()
         .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))?;
-    let splits: HashMap<bool, RowSplit> = model
-        .layers
+    let splits: HashMap<bool, RowSplit> = layers
         .iter()
         .map(|l| l.add_self_loops())
         .collect::<std::collections::BTreeSet<_>>()
@@ -254,9 +256,8 @@ pub(super) fn compute_part(
     };
 
     let mut x = features.values;
-    let mut stats = Vec::with_capacity(model.layers.len());
-    for (k, layer) in model.layers.iter().enumerate() {
-        let layer = layer.as_ref();
+    let mut stats = Vec::with_capacity(layers.len());
+    for (k, &layer) in layers.iter().enumerate() {
         let (h, sw, tw, ow, f) = (
             layer.heads(),
             layer.source_width(),

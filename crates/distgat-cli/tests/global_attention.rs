@@ -1,0 +1,404 @@
+//! Black-box tests of `distgat infer` (and `distgat run`) with global attention layers
+//! (`MultiheadAttention`, `NystromAttention`): no graph needed, the reference cases
+//! reproduced, the approximation error reported, and every bad model refused with an error
+//! naming the file and the field or tensor.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+
+fn reference(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../reference")
+        .join(case)
+}
+
+struct Case {
+    dir: tempfile::TempDir,
+}
+
+impl Case {
+    fn new(case: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in fs::read_dir(reference(case)).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+            }
+        }
+        Case { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `distgat infer --features x.npy --model model.json --out out.npy` plus `extra`.
+    fn infer(&self, extra: &[&str]) -> Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_distgat"))
+            .arg("infer")
+            .arg("--features")
+            .arg(self.path("x.npy"))
+            .arg("--model")
+            .arg(self.path("model.json"))
+            .arg("--out")
+            .arg(self.path("out.npy"))
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    }
+
+    #[track_caller]
+    fn expect_error(&self, extra: &[&str], phrases: &[&str]) -> String {
+        let output = self.infer(extra);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            !output.status.success(),
+            "succeeded on bad input:\n{stderr}"
+        );
+        assert!(stderr.contains("error:"), "no 'error:' line:\n{stderr}");
+        assert!(!stderr.contains("panicked"), "panicked:\n{stderr}");
+        for p in phrases {
+            assert!(stderr.contains(p), "stderr lacks {p:?}:\n{stderr}");
+        }
+        assert!(!self.path("out.npy").exists(), "output left behind");
+        stderr
+    }
+
+    fn edit_model(&self, edit: impl FnOnce(&mut Value)) {
+        let path = self.path("model.json");
+        let mut spec: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        edit(&mut spec);
+        fs::write(&path, serde_json::to_string_pretty(&spec).unwrap()).unwrap();
+    }
+
+    /// Rewrites `model.safetensors` with one tensor reshaped to `shape` (same bytes).
+    fn reshape_tensor(&self, name: &str, shape: Vec<usize>) {
+        let path = self.path("model.safetensors");
+        let bytes = fs::read(&path).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let list: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| {
+                let s = if n == name {
+                    shape.clone()
+                } else {
+                    v.shape().to_vec()
+                };
+                (n, v.dtype(), s, v.data().to_vec())
+            })
+            .collect();
+        let views: Vec<(String, TensorView<'_>)> = list
+            .iter()
+            .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        safetensors::serialize_to_file(views, &None, &path).unwrap();
+    }
+}
+
+fn read_f64(path: &Path) -> Vec<f64> {
+    let bytes = fs::read(path).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    match npy.dtype() {
+        npyz::DType::Plain(t) if t.size_field() == 4 => npy
+            .into_vec::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+        _ => npy.into_vec::<f64>().unwrap(),
+    }
+}
+
+#[track_caller]
+fn assert_matches_reference(case: &Case, name: &str) {
+    let ours = read_f64(&case.path("out.npy"));
+    let want = read_f64(&reference(name).join("expected/out_f64.npy"));
+    assert_eq!(ours.len(), want.len());
+    for (k, (a, b)) in ours.iter().zip(&want).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-4 + 1e-4 * b.abs(),
+            "{name}: element {k}: ours {a}, expected {b}"
+        );
+    }
+}
+
+#[test]
+fn multihead_attention_runs_without_a_graph_and_matches_torch() {
+    let case = Case::new("mha-global-n256");
+    let output = case.infer(&["--threads", "2"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_matches_reference(&case, "mha-global-n256");
+}
+
+#[test]
+fn nystrom_matches_the_package_and_reports_its_error() {
+    let case = Case::new("nystrom-n512-m32");
+    let stats = case.path("stats.json");
+    let output = case.infer(&[
+        "--report-approximation-error",
+        "--stats-json",
+        stats.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_matches_reference(&case, "nystrom-n512-m32");
+    assert!(
+        stdout.contains(
+            "layer 0 (NystromAttention): relative Frobenius error vs exact attention: 4.417"
+        ),
+        "{stdout}"
+    );
+    let report: Value = serde_json::from_str(&fs::read_to_string(&stats).unwrap()).unwrap();
+    let err = report["layers"][0]["approximation_error"].as_f64().unwrap();
+    // The manifest's rel_fro_err_nystrom_f64_vs_exact: 0.04417189818218729.
+    assert!((err - 0.044_171_898).abs() < 1e-5, "{err}");
+    assert_eq!(report["layers"][0]["kind"], "NystromAttention");
+}
+
+#[test]
+fn multihead_attention_with_approx_runs_and_reports() {
+    let case = Case::new("mha-global-n256");
+    case.edit_model(|m| {
+        m["layers"][0]["args"]["approx"] =
+            serde_json::json!({"method": "nystrom", "landmarks": 48, "pinv_iterations": 6});
+    });
+    let output = case.infer(&["--report-approximation-error"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // 256 = 5·48 + 16: 32 padded rows; random features, so a coarse approximation.
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("layer 0 (MultiheadAttention): relative Frobenius error"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let err: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(err > 0.0 && err < 1.0, "{line}");
+}
+
+#[test]
+fn the_report_flag_without_an_approximated_layer_is_an_error() {
+    Case::new("mha-global-n256").expect_error(
+        &["--report-approximation-error"],
+        &[
+            "--report-approximation-error",
+            "no layer of",
+            "approximates",
+        ],
+    );
+}
+
+#[test]
+fn graph_inputs_for_a_global_model_are_refused() {
+    let case = Case::new("mha-global-n256");
+    let graph = reference("gatv2-n200").join("edge_index.npy");
+    case.expect_error(
+        &["--graph", graph.to_str().unwrap()],
+        &["--graph", "global attention over all nodes", "drop it"],
+    );
+    let ea = reference("gat-residual-edge-n120").join("edge_attr.npy");
+    case.expect_error(
+        &["--edge-features", ea.to_str().unwrap()],
+        &["--edge-features", "reads no edge features"],
+    );
+    let dir = case.path("att");
+    case.expect_error(
+        &["--attention-dir", dir.to_str().unwrap()],
+        &["--attention-dir", "no per-edge coefficients"],
+    );
+}
+
+#[test]
+fn a_graph_model_without_a_graph_is_refused() {
+    let case = Case::new("gatv2-n200");
+    case.expect_error(
+        &[],
+        &[
+            "--graph",
+            "missing",
+            "layers[0] (GATv2Conv)",
+            "attends over a graph",
+        ],
+    );
+}
+
+#[test]
+fn distgat_run_refuses_global_layers() {
+    let case = Case::new("mha-global-n256");
+    let graph = reference("gatv2-n200").join("edge_index.npy");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_distgat"))
+        .arg("run")
+        .arg("--graph")
+        .arg(&graph)
+        .arg("--features")
+        .arg(case.path("x.npy"))
+        .arg("--model")
+        .arg(case.path("model.json"))
+        .arg("--out")
+        .arg(case.path("out.npy"))
+        .args(["--workers", "2"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    for p in [
+        "model.json",
+        "layers[0] is MultiheadAttention",
+        "global layers run only in `distgat infer` for now",
+    ] {
+        assert!(stderr.contains(p), "lacks {p:?}: {stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!case.path("out.npy").exists());
+}
+
+#[test]
+fn bad_approx_options_are_errors_naming_the_field() {
+    for (approx, phrases) in [
+        (
+            serde_json::json!({"method": "linformer", "landmarks": 8}),
+            vec!["approx.method is \"linformer\"", "expected \"nystrom\""],
+        ),
+        (
+            serde_json::json!({"method": "nystrom", "landmarks": 0}),
+            vec!["approx.landmarks is 0", "at least 1"],
+        ),
+        (
+            serde_json::json!({"method": "nystrom", "landmarks": -3}),
+            vec!["approx.landmarks is -3", "at least 1"],
+        ),
+        (
+            serde_json::json!({"method": "nystrom", "landmarks": 257}),
+            vec!["approx.landmarks is 257", "256 nodes"],
+        ),
+        (
+            serde_json::json!({"method": "nystrom", "landmarks": 100_000}),
+            vec!["approx.landmarks is 100000", "above the supported 2048"],
+        ),
+        (
+            serde_json::json!({"method": "nystrom", "landmarks": 8, "iterations": 6}),
+            vec!["unknown field `iterations`"],
+        ),
+    ] {
+        let case = Case::new("mha-global-n256");
+        case.edit_model(|m| m["layers"][0]["args"]["approx"] = approx);
+        let mut want = vec!["model.json", "layers[0]"];
+        want.extend(phrases);
+        case.expect_error(&[], &want);
+    }
+}
+
+#[test]
+fn bad_multihead_arguments_and_weights_are_errors() {
+    let case = Case::new("mha-global-n256");
+    case.edit_model(|m| m["layers"][0]["args"]["num_heads"] = 5.into());
+    case.expect_error(
+        &[],
+        &[
+            "model.json",
+            "layers[0]",
+            "embed_dim (32) is not divisible by num_heads (5)",
+        ],
+    );
+    let case = Case::new("mha-global-n256");
+    case.edit_model(|m| m["layers"][0]["args"]["add_bias_kv"] = true.into());
+    case.expect_error(&[], &["model.json", "layers[0]", "add_bias_kv"]);
+    let case = Case::new("mha-global-n256");
+    case.edit_model(|m| m["layers"][0]["args"]["kdim"] = 16.into());
+    case.expect_error(&[], &["model.json", "kdim is 16"]);
+    let case = Case::new("mha-global-n256");
+    case.edit_model(|m| m["layers"][0]["args"]["embed_dims"] = 32.into());
+    case.expect_error(
+        &[],
+        &[
+            "layers[0].args (MultiheadAttention)",
+            "unknown field `embed_dims`",
+        ],
+    );
+    let case = Case::new("mha-global-n256");
+    case.reshape_tensor("layers.0.in_proj_weight", vec![32, 96]);
+    case.expect_error(
+        &[],
+        &[
+            "model.safetensors",
+            "'layers.0.in_proj_weight' has shape [32, 96]",
+            "expected [96, 32]",
+        ],
+    );
+    let case = Case::new("mha-global-n256");
+    case.reshape_tensor("layers.0.out_proj.bias", vec![4, 8]);
+    case.expect_error(
+        &[],
+        &["'layers.0.out_proj.bias' has shape [4, 8]", "expected [32]"],
+    );
+    // bias=false leaves the file's biases unused: an error naming them, not ignored.
+    let case = Case::new("mha-global-n256");
+    case.edit_model(|m| m["layers"][0]["args"]["bias"] = false.into());
+    case.expect_error(
+        &[],
+        &["model.safetensors", "in_proj_bias", "used by no layer"],
+    );
+}
+
+#[test]
+fn bad_nystrom_arguments_and_weights_are_errors() {
+    let case = Case::new("nystrom-n512-m32");
+    case.edit_model(|m| m["layers"][0]["args"]["residual"] = true.into());
+    case.expect_error(
+        &[],
+        &[
+            "model.json",
+            "layers[0]",
+            "residual is true",
+            "res_conv.weight",
+        ],
+    );
+    let case = Case::new("nystrom-n512-m32");
+    case.edit_model(|m| {
+        m["layers"][0]["args"]
+            .as_object_mut()
+            .unwrap()
+            .remove("residual");
+    });
+    case.expect_error(&[], &["residual is not given", "default is true"]);
+    let case = Case::new("nystrom-n512-m32");
+    case.edit_model(|m| m["layers"][0]["args"]["num_landmarks"] = 0.into());
+    case.expect_error(&[], &["model.json", "num_landmarks is 0"]);
+    let case = Case::new("nystrom-n512-m32");
+    case.edit_model(|m| m["layers"][0]["args"]["num_landmarks"] = 1_000_000.into());
+    case.expect_error(
+        &[],
+        &["model.json", "num_landmarks is 1000000", "1 to 2048"],
+    );
+    let case = Case::new("nystrom-n512-m32");
+    case.edit_model(|m| m["layers"][0]["args"]["heads"] = 2.into());
+    case.expect_error(
+        &[],
+        &[
+            "'layers.0.to_qkv.weight' has shape [96, 32]",
+            "expected [48, 32]",
+            "heads = 2",
+        ],
+    );
+    let case = Case::new("nystrom-n512-m32");
+    case.reshape_tensor("layers.0.to_out.0.weight", vec![1024]);
+    case.expect_error(&[], &["'layers.0.to_out.0.weight' has shape [1024]"]);
+}
