@@ -256,21 +256,28 @@ struct SubmitArgs {
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("input").multiple(true).args(["graph", "points"])))]
 struct RunArgs {
     /// Graph file (default: the shipped Cora graph, with its features, model and labels)
     #[arg(long, value_name = "G", requires_all = ["features", "model", "out"])]
     graph: Option<PathBuf>,
+    /// Build the graph from points instead (--points with --knn or --radius), distributed over the workers; the edges and the output are those of `distgat infer --points ...`
+    #[command(flatten)]
+    neighbourhood: distgat_cli::neighbours::NeighbourhoodArgs,
+    /// Also write the neighbourhood built from --points, as int64 .npy [2, E] sorted by (target, source)
+    #[arg(long, value_name = "EDGES.npy")]
+    neighbours_out: Option<PathBuf>,
     /// Graph format, overriding the file extension (with --graph)
     #[arg(long, value_enum, requires = "graph")]
     format: Option<FormatArg>,
-    /// Node features .npy [N, F] (with --graph)
-    #[arg(long, value_name = "X", requires = "graph")]
+    /// Node features .npy [N, F] (with --graph or --points)
+    #[arg(long, value_name = "X", requires = "input")]
     features: Option<PathBuf>,
-    /// Feature normalisation: none, or row (PyG's NormalizeFeatures); bare means row (with --graph; the Cora demo uses row)
-    #[arg(long, value_enum, requires = "graph", num_args = 0..=1, default_missing_value = "row")]
+    /// Feature normalisation: none, or row (PyG's NormalizeFeatures); bare means row (with --graph or --points; the Cora demo uses row)
+    #[arg(long, value_enum, requires = "input", num_args = 0..=1, default_missing_value = "row")]
     normalize_features: Option<NormalizeArg>,
-    /// Model JSON (with --graph)
-    #[arg(long, value_name = "M", requires = "graph")]
+    /// Model JSON (with --graph or --points)
+    #[arg(long, value_name = "M", requires = "input")]
     model: Option<PathBuf>,
     /// Edge attributes .npy [E, D] (row e for edge e of --graph); required exactly when a layer has edge_dim
     #[arg(long, value_name = "E.npy", requires = "graph")]
@@ -981,15 +988,39 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let root = std::env::var_os("DISTGAT_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
-    let shipped = args.graph.is_none();
-    let (graph, features, model, normalize) = match args.graph {
-        Some(g) => (
+    let neighbourhood = if args.neighbourhood.any() {
+        let spec = args.neighbourhood.config(args.graph.clone())?;
+        // --hops walks --graph; distgat run refuses it (check_distributed names the flag).
+        Some(spec)
+    } else {
+        None
+    };
+    let shipped = args.graph.is_none() && neighbourhood.is_none();
+    if neighbourhood.is_some() {
+        for (given, name) in [
+            (args.features.is_some(), "--features"),
+            (args.model.is_some(), "--model"),
+            (args.out.is_some(), "--out"),
+        ] {
+            if !given {
+                anyhow::bail!("{name}: required with --points (the run needs features, a model and an output file)");
+            }
+        }
+    }
+    let (graph, features, model, normalize) = match (args.graph, &neighbourhood) {
+        (Some(g), None) => (
             g,
             args.features.expect("clap requires it"),
             args.model.expect("clap requires it"),
             args.normalize_features.unwrap_or(NormalizeArg::None),
         ),
-        None => (
+        (g, Some(_)) => (
+            g.unwrap_or_default(),
+            args.features.expect("checked above"),
+            args.model.expect("checked above"),
+            args.normalize_features.unwrap_or(NormalizeArg::None),
+        ),
+        (None, None) => (
             root.join("data/cora/edges.npy"),
             root.join("data/cora/features.npy"),
             root.join("reference/cora-gat/model.json"),
@@ -1009,6 +1040,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let config = distgat_cli::run::RunConfig {
         graph,
+        neighbourhood,
+        neighbours_out: args.neighbours_out,
         format: args.format.map(graph_format),
         features,
         normalize: match normalize {
@@ -1034,6 +1067,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut parsed: serde_json::Value = serde_json::from_str(&outcome.summary_json)?;
     parsed["command_seconds"] = serde_json::json!({
         "total": total,
+        "building_neighbourhood": outcome.build_secs,
         "partitioning": outcome.partition_secs,
         "starting": outcome.start_secs,
         "job": outcome.job_secs,
@@ -1055,6 +1089,30 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         outcome.job_secs,
         outcome.stop_secs,
     );
+    if let Some(json) = &outcome.build_json {
+        let build: serde_json::Value = serde_json::from_str(json)?;
+        eprintln!(
+            "neighbourhood built distributed in {:.2} s: {} edges over {} nodes; point bytes \
+             fetched from peers vs. needed (fetched points that became neighbours):",
+            outcome.build_secs,
+            build["edges"].as_u64().unwrap_or(0),
+            build["nodes"].as_u64().unwrap_or(0),
+        );
+        eprintln!("part   points  boundary  search ms  fetch ms  bytes fetched  bytes needed");
+        for p in build["parts"].as_array().into_iter().flatten() {
+            eprintln!(
+                "{:>4} {:>8} {:>9} {:>10.1} {:>9.1} {:>14} {:>13}",
+                p["part"].as_u64().unwrap_or(0),
+                p["points"].as_u64().unwrap_or(0),
+                p["boundary_centres"].as_u64().unwrap_or(0),
+                p["search_ms"].as_f64().unwrap_or(0.0),
+                p["fetch_ms"].as_f64().unwrap_or(0.0),
+                p["bytes_fetched"].as_u64().unwrap_or(0),
+                p["bytes_needed"].as_u64().unwrap_or(0),
+            );
+        }
+        parsed["neighbourhood"] = build;
+    }
     eprintln!("part layer  compute ms  wait ms  send ms  rows sent  halo bytes (planned)");
     for w in parsed["workers"].as_array().into_iter().flatten() {
         for l in w["layers"].as_array().into_iter().flatten() {
