@@ -1075,10 +1075,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     // The whole command's time, then each phase's.
     eprintln!(
-        "wrote {} in {total:.2} s with {} workers: partitioning {:.2} s{}, starting the \
+        "wrote {} in {total:.2} s with {} workers: {}partitioning {:.2} s{}, starting the \
          processes {:.2} s, the job {:.2} s, stopping them {:.2} s",
         out.display(),
         config.workers,
+        if outcome.build_json.is_some() {
+            format!("building the neighbourhood {:.2} s, ", outcome.build_secs)
+        } else {
+            String::new()
+        },
         outcome.partition_secs,
         if config.partition.is_some() {
             " (reused)"

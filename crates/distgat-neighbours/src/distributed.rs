@@ -350,27 +350,57 @@ mod tests {
     }
 
     /// `within_reach` keeps every point within reach of some requesting centre (brute
-    /// force over all pairs), on grid points where distances tie exactly.
+    /// force over all pairs). On the grid the peer's points lie beside the centres', so
+    /// needed points sit exactly at the reach and at the box distance (`<` would fail).
     #[test]
     fn within_reach_covers_brute_force() {
         for (seed, grid) in [(1u64, true), (2, false), (3, true)] {
             let a = random_points(60, 3, seed, grid);
-            let b = random_points(80, 3, seed + 100, grid);
+            let mut b = random_points(80, 3, seed + 100, grid);
+            if grid {
+                let shifted: Vec<f32> = b
+                    .values()
+                    .chunks(3)
+                    .flat_map(|p| [p[0] + 6.0, p[1], p[2]])
+                    .collect();
+                b = Points::new(80, 3, shifted, "b").unwrap();
+            }
             let peer = BBox::of(&b, 0..b.len()).unwrap();
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            // Grid: every reach is the smallest distance between the sets, so the nearest
+            // peer points are needed at exactly the reach and at exactly the box distance.
+            let closest = (0..a.len())
+                .flat_map(|i| (0..b.len()).map(move |q| (i, q)))
+                .map(|(i, q)| squared_distance(a.row(i), b.row(q)))
+                .fold(f64::INFINITY, f64::min);
             let reach: Vec<f64> = (0..a.len())
-                .map(|_| rng.random_range(0.0..if grid { 3.0 } else { 0.05 }))
-                .map(|r: f64| if grid { r.floor() } else { r })
+                .map(|_| {
+                    if grid {
+                        closest
+                    } else {
+                        rng.random_range(0.0..0.05)
+                    }
+                })
                 .collect();
             let Some(request) = reach_request(&a, &reach, &peer) else {
-                continue;
+                panic!("seed {seed}: no centre reaches the peer");
             };
             let got = within_reach(&b, &request);
+            let mut at_the_edge = 0;
             for q in 0..b.len() {
                 let needed = (0..a.len()).any(|i| squared_distance(a.row(i), b.row(q)) <= reach[i]);
                 if needed {
                     assert!(got.contains(&q), "seed {seed}: point {q} missing");
                 }
+                if request.centres.distance(b.row(q)) == request.reach {
+                    at_the_edge += 1;
+                }
+            }
+            if grid {
+                assert!(
+                    at_the_edge > 0,
+                    "seed {seed}: the test has no boundary case"
+                );
             }
             // And the box distance is a lower bound of every exact distance.
             for i in 0..a.len() {

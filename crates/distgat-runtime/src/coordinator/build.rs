@@ -196,19 +196,20 @@ pub(crate) async fn build_neighbours(
         ));
     }
     // Every part's answer first; only then close the request streams (a worker keeps its
-    // points for its peers until then).
+    // points for its peers until then). On a failure, every stream is closed at once, so
+    // the other workers stop waiting for their peers and forget their points.
+    let (feeders, collecting): (Vec<_>, Vec<_>) = running.into_iter().unzip();
     let mut results = Vec::with_capacity(parts);
-    let mut feeders = Vec::with_capacity(parts);
-    let mut failure = None;
-    for (feeder, collecting) in running {
-        feeders.push(feeder);
-        match collecting
+    for c in collecting {
+        let outcome = c
             .await
             .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))
-        {
-            Ok(Ok(r)) => results.push(r),
-            Ok(Err(e)) | Err(e) => {
-                failure.get_or_insert(e);
+            .and_then(|r| r);
+        match outcome {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                feeders.iter().for_each(|f| f.abort());
+                return Err(e);
             }
         }
     }
@@ -216,16 +217,9 @@ pub(crate) async fn build_neighbours(
         // Dropping the senders closes the streams.
         match f.await {
             Ok(Ok(tx)) => drop(tx),
-            Ok(Err(e)) => {
-                failure.get_or_insert(e);
-            }
-            Err(e) => {
-                failure.get_or_insert(RuntimeError::Io(std::io::Error::other(e)));
-            }
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(RuntimeError::Io(std::io::Error::other(e))),
         }
-    }
-    if let Some(e) = failure {
-        return Err(e);
     }
 
     let summaries: Vec<PartBuildSummary> = results

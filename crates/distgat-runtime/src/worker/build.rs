@@ -106,7 +106,11 @@ pub(crate) async fn serve_build(
     let result = run_part(&slot, header, &mut inbound, &tx).await;
     if let Err(e) = result {
         tracing::warn!(build = %id, "neighbourhood build failed: {e}");
+        // Peers waiting for these points stop waiting (their watch closes).
+        drop(slot);
+        builds.forget(&id);
         let _ = tx.send(Err(e.into())).await;
+        return;
     }
     drop(tx);
     while let Ok(Some(_)) = inbound.message().await {}
