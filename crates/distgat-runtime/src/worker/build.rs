@@ -312,9 +312,9 @@ async fn run_part(
             let mut chunks = Vec::new();
             let mut current = CentreEdges::default();
             const SOURCES_PER_CHUNK: usize = MAX_CHUNK_BYTES / 4;
-            for r in 0..own_n {
+            for (r, slot) in slot_of.iter().enumerate() {
                 let e = edges_of(r);
-                if slot_of[r].is_some() {
+                if slot.is_some() {
                     for j in e {
                         if let Ok(pos) = sorted_fetched.binary_search(j) {
                             used[pos] = true;
