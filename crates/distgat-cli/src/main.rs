@@ -291,9 +291,9 @@ struct RunArgs {
     /// Reuse this partition directory (its parts must equal --workers)
     #[arg(long, value_name = "DIR")]
     partition: Option<PathBuf>,
-    /// Partitioner when no --partition is given
-    #[arg(long, default_value = "metis", value_parser = parse_method_name)]
-    method: MethodArg,
+    /// Partitioner when no --partition is given (default: metis; with --points, the spatial parts the neighbourhood was built on)
+    #[arg(long, value_parser = parse_method_name)]
+    method: Option<MethodArg>,
     /// Also write per layer layer{k}_alpha.npy [E', H] and layer{k}_att_edge_index.npy [2, E'] (PyG edge order)
     #[arg(long, value_name = "DIR")]
     attention_dir: Option<PathBuf>,
@@ -1053,7 +1053,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         out: out.clone(),
         workers,
         partition: args.partition,
-        method: method_of(args.method, 0),
+        method: args.method.map(|m| method_of(m, 0)),
         attention_dir: args.attention_dir,
         threads_per_worker: args.threads_per_worker,
         exe: std::env::current_exe()?,

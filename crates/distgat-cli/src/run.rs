@@ -40,7 +40,9 @@ pub struct RunConfig {
     pub workers: usize,
     /// Reuse this partition directory instead of partitioning.
     pub partition: Option<PathBuf>,
-    pub method: Method,
+    /// The partitioner; `None`: METIS for a graph file, the build's spatial parts (its
+    /// recursive coordinate bisection, no METIS) for a neighbourhood built from points.
+    pub method: Option<Method>,
     pub attention_dir: Option<PathBuf>,
     pub threads_per_worker: usize,
     /// The `distgat` binary to start the coordinator and workers with.
@@ -157,6 +159,8 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    // The build's own split, when it is the partition.
+    let spatial = temp.path().join("spatial_parts.npy");
     let graph = match &built {
         None => config.graph.clone(),
         Some((spec, edges)) => {
@@ -176,6 +180,11 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
                 out: abs(&edges),
                 parts: config.workers as u32,
                 threads_per_worker: config.threads_per_worker as u32,
+                assignment_out: if config.method.is_none() {
+                    abs(&spatial)
+                } else {
+                    String::new()
+                },
             };
             let address = coordinator.clone();
             let response = runtime.block_on(async move {
@@ -209,7 +218,13 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
                 // edge features file).
                 edge_features: config.edge_features.clone(),
                 parts: config.workers,
-                method: config.method.clone(),
+                method: match (&config.method, &built) {
+                    (Some(m), _) => m.clone(),
+                    (None, Some(_)) => Method::File {
+                        path: spatial.clone(),
+                    },
+                    (None, None) => Method::metis_default(),
+                },
                 out: dir.clone(),
                 ..PartitionConfig::default()
             })

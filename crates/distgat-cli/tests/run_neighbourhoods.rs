@@ -109,27 +109,27 @@ fn knn_reference_case_on_1_2_3_workers() {
     let path = dir.path().join("e.npy");
     fs::write(&path, &edges).unwrap();
     assert_eq!(body(&path), body(&reference(case, "expected/edges.npy")));
-    // And PyG's output, from a distributed run.
-    let out = dir.path().join("out.npy");
-    ok(
-        &distgat(&[
-            "run",
-            "--points",
-            s(&points),
-            "--knn",
-            "8",
-            "--features",
-            s(&x),
-            "--model",
-            s(&model),
-            "--workers",
-            "2",
-            "--out",
-            s(&out),
-        ]),
+    // And PyG's output, from a distributed run partitioned by METIS instead of on the
+    // build's spatial parts (the default): the same bits as infer.
+    let (out, infer_out) = (dir.path().join("out.npy"), dir.path().join("infer.npy"));
+    let common = ["--knn", "8", "--features", s(&x), "--model", s(&model)];
+    let mut args = vec![
         "run",
-    );
+        "--points",
+        s(&points),
+        "--workers",
+        "2",
+        "--method",
+        "metis",
+    ];
+    args.extend_from_slice(&common);
+    args.extend_from_slice(&["--out", s(&out)]);
+    ok(&distgat(&args), "run --method metis");
     check_pyg(case, &out);
+    let mut args = vec!["infer", "--points", s(&points), "--out", s(&infer_out)];
+    args.extend_from_slice(&common);
+    ok(&distgat(&args), "infer");
+    assert_eq!(fs::read(&out).unwrap(), fs::read(&infer_out).unwrap());
 }
 
 #[test]

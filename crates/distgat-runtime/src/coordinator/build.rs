@@ -40,7 +40,7 @@ pub struct BuildSummary {
     pub nodes: u64,
     pub edges: u64,
     pub seconds: f64,
-    /// Reading the points and splitting them, seconds.
+    /// Reading the points and splitting them (and writing the split), seconds.
     pub split_seconds: f64,
     pub parts: Vec<PartBuildSummary>,
 }
@@ -154,6 +154,18 @@ pub(crate) async fn build_neighbours(
         .await
         .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))?
     };
+    if !req.assignment_out.is_empty() {
+        let path = PathBuf::from(&req.assignment_out);
+        let mut assignment = vec![0i64; n];
+        for (k, ids) in split.iter().enumerate() {
+            ids.iter().for_each(|&i| assignment[i as usize] = k as i64);
+        }
+        tokio::task::spawn_blocking(move || {
+            distgat_graph::write_npy(&path, &[assignment.len() as u64], &assignment)
+        })
+        .await
+        .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
+    }
     let split_seconds = started.elapsed().as_secs_f64();
     let boxes: Vec<_> = boxes
         .iter()
