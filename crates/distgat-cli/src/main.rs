@@ -230,9 +230,9 @@ struct SubmitArgs {
     /// Parts, one worker each, at least 1 (default: one per live worker)
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
     parts: Option<u32>,
-    /// metis, random or range
-    #[arg(long, default_value = "metis")]
-    method: String,
+    /// metis, random or range (default: metis)
+    #[arg(long)]
+    method: Option<String>,
     /// Reuse a partition made before
     #[arg(long)]
     partition_id: Option<String>,
@@ -328,9 +328,9 @@ struct PartitionArgs {
     /// Number of parts (1..=N)
     #[arg(long, value_name = "K")]
     parts: usize,
-    /// metis, random, range (contiguous id blocks) or file:PARTS.npy (int32/int64 [N])
-    #[arg(long, default_value = "metis", value_parser = parse_method_name)]
-    method: MethodArg,
+    /// metis, random, range (contiguous id blocks) or file:PARTS.npy (int32/int64 [N]) (default: metis)
+    #[arg(long, value_parser = parse_method_name)]
+    method: Option<MethodArg>,
     /// METIS objective: edge cut or communication volume
     #[arg(long, value_enum, default_value = "cut")]
     objective: ObjectiveArg,
@@ -789,7 +789,7 @@ async fn submit(mut client: distgat_client::Client, args: SubmitArgs) -> anyhow:
         job: distgat_client::Submit {
             partition_id: args.partition_id.unwrap_or_default(),
             parts: args.parts.unwrap_or(0),
-            method: args.method,
+            method: args.method.unwrap_or_else(|| "metis".into()),
             model: args.model,
             normalize_features: matches!(args.normalize_features, Some(NormalizeArg::Row)),
             attention: args.attention,
@@ -1154,7 +1154,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 fn partition(args: PartitionArgs) -> anyhow::Result<()> {
-    let method = match args.method {
+    let method = match args.method.unwrap_or(MethodArg::Metis) {
         MethodArg::Metis => Method::Metis {
             objective: match args.objective {
                 ObjectiveArg::Cut => Objective::Cut,
