@@ -358,20 +358,32 @@ async fn collect(
     })
 }
 
-/// Places every centre's edges at its id; each of the `n` centres exactly once.
+/// Places every centre's edges at its id. Each of the `n` centres comes from exactly one
+/// part; a part may split a large neighbourhood over consecutive entries of the same
+/// centre, which are concatenated in order.
 fn assemble(n: usize, results: &[PartResult]) -> Result<Neighbours> {
-    let mut count = vec![u32::MAX; n];
-    for e in results.iter().flat_map(|r| &r.edges) {
-        for (&c, &k) in e.centres.iter().zip(&e.counts) {
-            if count[c as usize] != u32::MAX {
-                return Err(RuntimeError::InvalidArgument(format!(
-                    "centre {c} was sent twice"
-                )));
+    const NONE: u32 = u32::MAX;
+    let mut owner = vec![NONE; n];
+    let mut count = vec![0u64; n];
+    for r in results {
+        let mut last = None;
+        for e in &r.edges {
+            for (&c, &k) in e.centres.iter().zip(&e.counts) {
+                let o = &mut owner[c as usize];
+                if *o == NONE {
+                    *o = r.part;
+                } else if *o != r.part || last != Some(c) {
+                    return Err(RuntimeError::InvalidArgument(format!(
+                        "centre {c} was sent twice (parts {} and {})",
+                        *o, r.part
+                    )));
+                }
+                count[c as usize] += k as u64;
+                last = Some(c);
             }
-            count[c as usize] = k;
         }
     }
-    if let Some(missing) = count.iter().position(|&c| c == u32::MAX) {
+    if let Some(missing) = owner.iter().position(|&o| o == NONE) {
         return Err(RuntimeError::FailedPrecondition(format!(
             "the edges of centre {missing} never arrived"
         )));
@@ -379,14 +391,16 @@ fn assemble(n: usize, results: &[PartResult]) -> Result<Neighbours> {
     let mut offsets = Vec::with_capacity(n + 1);
     offsets.push(0u64);
     for &c in &count {
-        offsets.push(offsets.last().expect("non-empty") + c as u64);
+        offsets.push(offsets.last().expect("non-empty") + c);
     }
     let mut sources = vec![0u32; *offsets.last().expect("non-empty") as usize];
+    let mut filled = vec![0u64; n];
     for e in results.iter().flat_map(|r| &r.edges) {
         let mut at = 0usize;
         for (&c, &k) in e.centres.iter().zip(&e.counts) {
-            let start = offsets[c as usize] as usize;
+            let start = (offsets[c as usize] + filled[c as usize]) as usize;
             sources[start..start + k as usize].copy_from_slice(&e.sources[at..at + k as usize]);
+            filled[c as usize] += k as u64;
             at += k as usize;
         }
     }

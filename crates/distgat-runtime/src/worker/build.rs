@@ -309,9 +309,7 @@ async fn run_part(
             let mut sorted_fetched = fetched_ids.clone();
             sorted_fetched.sort_unstable();
             let mut used = vec![false; sorted_fetched.len()];
-            let mut chunks = Vec::new();
-            let mut current = CentreEdges::default();
-            const SOURCES_PER_CHUNK: usize = MAX_CHUNK_BYTES / 4;
+            let mut chunker = EdgeChunker::default();
             for (r, slot) in slot_of.iter().enumerate() {
                 let e = edges_of(r);
                 if slot.is_some() {
@@ -321,16 +319,9 @@ async fn run_part(
                         }
                     }
                 }
-                current.centres.push(own.ids[r]);
-                current.counts.push(e.len() as u32);
-                current.sources.extend_from_slice(e);
-                if current.sources.len() >= SOURCES_PER_CHUNK {
-                    chunks.push(std::mem::take(&mut current));
-                }
+                chunker.push(own.ids[r], e, MAX_CHUNK_BYTES / 4);
             }
-            if !current.centres.is_empty() {
-                chunks.push(current);
-            }
+            let chunks = chunker.finish();
             let needed = used.iter().filter(|&&u| u).count() as u64;
             Ok((chunks, boundary.len() as u64, needed))
         })
@@ -400,4 +391,70 @@ async fn fetch_from(
         convert::take_point_chunk(chunk, dim, total, &mut ids, &mut coords)?;
     }
     Ok((ids, coords))
+}
+
+/// Packs centres' edges into [`CentreEdges`] messages of at most `limit` sources each
+/// (plus one centre's id and count per entry). A centre with more neighbours than fit is
+/// split over consecutive entries with the same id; the coordinator concatenates them in
+/// order.
+#[derive(Default)]
+struct EdgeChunker {
+    chunks: Vec<CentreEdges>,
+    current: CentreEdges,
+}
+
+impl EdgeChunker {
+    fn push(&mut self, centre: u32, mut edges: &[u32], limit: usize) {
+        loop {
+            let room = limit - self.current.sources.len();
+            let take = edges.len().min(room);
+            self.current.centres.push(centre);
+            self.current.counts.push(take as u32);
+            self.current.sources.extend_from_slice(&edges[..take]);
+            edges = &edges[take..];
+            if self.current.sources.len() >= limit {
+                self.chunks.push(std::mem::take(&mut self.current));
+            }
+            if edges.is_empty() {
+                return;
+            }
+        }
+    }
+
+    fn finish(mut self) -> Vec<CentreEdges> {
+        if !self.current.centres.is_empty() {
+            self.chunks.push(self.current);
+        }
+        self.chunks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EdgeChunker;
+
+    #[test]
+    fn large_neighbourhoods_are_split_over_messages() {
+        let mut c = EdgeChunker::default();
+        let big: Vec<u32> = (0..25).collect();
+        c.push(7, &[1, 2, 3], 10);
+        c.push(8, &big, 10);
+        c.push(9, &[], 10);
+        let chunks = c.finish();
+        assert!(chunks.iter().all(|m| m.sources.len() <= 10));
+        // Concatenated per centre in order, the edges are the input's.
+        let mut per: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
+        for m in &chunks {
+            let mut at = 0;
+            for (&centre, &k) in m.centres.iter().zip(&m.counts) {
+                per.entry(centre)
+                    .or_default()
+                    .extend(&m.sources[at..at + k as usize]);
+                at += k as usize;
+            }
+        }
+        assert_eq!(per[&7], vec![1, 2, 3]);
+        assert_eq!(per[&8], big);
+        assert_eq!(per[&9], Vec::<u32>::new());
+    }
 }
