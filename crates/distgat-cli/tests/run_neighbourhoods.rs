@@ -146,6 +146,39 @@ fn radius_reference_case_on_2_workers() {
     let path = dir.path().join("e.npy");
     fs::write(&path, &edges).unwrap();
     assert_eq!(body(&path), body(&reference(case, "expected/edges.npy")));
+
+    // With --loop, row-normalised features and attention files: every file the same
+    // bytes as infer's.
+    let (a_infer, a_run) = (dir.path().join("a_infer"), dir.path().join("a_run"));
+    let (o_infer, o_run) = (dir.path().join("o_infer.npy"), dir.path().join("o_run.npy"));
+    let mut common = vec!["--points", s(&points), "--loop", "--normalize-features"];
+    common.extend_from_slice(&rule);
+    common.extend_from_slice(&["--features", s(&x), "--model", s(&model)]);
+    let mut args = vec![
+        "infer",
+        "--out",
+        s(&o_infer),
+        "--attention-dir",
+        s(&a_infer),
+    ];
+    args.extend_from_slice(&common);
+    ok(&distgat(&args), "infer --loop");
+    let mut args = vec!["run", "--out", s(&o_run), "--attention-dir", s(&a_run)];
+    args.extend_from_slice(&["--workers", "3"]);
+    args.extend_from_slice(&common);
+    ok(&distgat(&args), "run --loop");
+    assert_eq!(fs::read(&o_run).unwrap(), fs::read(&o_infer).unwrap());
+    let mut files = 0;
+    for entry in fs::read_dir(&a_infer).unwrap() {
+        let name = entry.unwrap().file_name();
+        assert_eq!(
+            fs::read(a_run.join(&name)).unwrap(),
+            fs::read(a_infer.join(&name)).unwrap(),
+            "{name:?}"
+        );
+        files += 1;
+    }
+    assert_eq!(files, 4);
 }
 
 fn write_f32(path: &Path, rows: usize, cols: usize, values: &[f32]) {
