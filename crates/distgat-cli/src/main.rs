@@ -264,9 +264,9 @@ struct SubmitArgs {
     /// Parts, one worker each, at least 1 (default: one per live worker)
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
     parts: Option<u32>,
-    /// metis, random or range
-    #[arg(long, default_value = "metis")]
-    method: String,
+    /// metis, random or range (default: metis)
+    #[arg(long)]
+    method: Option<String>,
     /// Reuse a partition made before
     #[arg(long)]
     partition_id: Option<String>,
@@ -290,21 +290,28 @@ struct SubmitArgs {
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("input").multiple(true).args(["graph", "points"])))]
 struct RunArgs {
     /// Graph file (default: the shipped Cora graph, with its features, model and labels)
     #[arg(long, value_name = "G", requires_all = ["features", "model", "out"])]
     graph: Option<PathBuf>,
+    /// Build the graph from points instead (--points with --knn or --radius), distributed over the workers; the edges and the output are those of `distgat infer --points ...`
+    #[command(flatten)]
+    neighbourhood: distgat_cli::neighbours::NeighbourhoodArgs,
+    /// Also write the neighbourhood built from --points, as int64 .npy [2, E] sorted by (target, source)
+    #[arg(long, value_name = "EDGES.npy")]
+    neighbours_out: Option<PathBuf>,
     /// Graph format, overriding the file extension (with --graph)
     #[arg(long, value_enum, requires = "graph")]
     format: Option<FormatArg>,
-    /// Node features .npy [N, F] (with --graph)
-    #[arg(long, value_name = "X", requires = "graph")]
+    /// Node features .npy [N, F] (with --graph or --points)
+    #[arg(long, value_name = "X", requires = "input")]
     features: Option<PathBuf>,
-    /// Feature normalisation: none, or row (PyG's NormalizeFeatures); bare means row (with --graph; the Cora demo uses row)
-    #[arg(long, value_enum, requires = "graph", num_args = 0..=1, default_missing_value = "row")]
+    /// Feature normalisation: none, or row (PyG's NormalizeFeatures); bare means row (with --graph or --points; the Cora demo uses row)
+    #[arg(long, value_enum, requires = "input", num_args = 0..=1, default_missing_value = "row")]
     normalize_features: Option<NormalizeArg>,
-    /// Model JSON (with --graph)
-    #[arg(long, value_name = "M", requires = "graph")]
+    /// Model JSON (with --graph or --points)
+    #[arg(long, value_name = "M", requires = "input")]
     model: Option<PathBuf>,
     /// Edge attributes .npy [E, D] (row e for edge e of --graph); required exactly when a layer has edge_dim
     #[arg(long, value_name = "E.npy", requires = "graph")]
@@ -318,9 +325,9 @@ struct RunArgs {
     /// Reuse this partition directory (its parts must equal --workers)
     #[arg(long, value_name = "DIR")]
     partition: Option<PathBuf>,
-    /// Partitioner when no --partition is given
-    #[arg(long, default_value = "metis", value_parser = parse_method_name)]
-    method: MethodArg,
+    /// Partitioner when no --partition is given (default: metis; with --points, the spatial parts the neighbourhood was built on)
+    #[arg(long, value_parser = parse_method_name)]
+    method: Option<MethodArg>,
     /// Also write per layer layer{k}_alpha.npy [E', H] and layer{k}_att_edge_index.npy [2, E'] (PyG edge order)
     #[arg(long, value_name = "DIR")]
     attention_dir: Option<PathBuf>,
@@ -355,9 +362,9 @@ struct PartitionArgs {
     /// Number of parts (1..=N)
     #[arg(long, value_name = "K")]
     parts: usize,
-    /// metis, random, range (contiguous id blocks) or file:PARTS.npy (int32/int64 [N])
-    #[arg(long, default_value = "metis", value_parser = parse_method_name)]
-    method: MethodArg,
+    /// metis, random, range (contiguous id blocks) or file:PARTS.npy (int32/int64 [N]) (default: metis)
+    #[arg(long, value_parser = parse_method_name)]
+    method: Option<MethodArg>,
     /// METIS objective: edge cut or communication volume
     #[arg(long, value_enum, default_value = "cut")]
     objective: ObjectiveArg,
@@ -880,7 +887,7 @@ async fn submit(mut client: distgat_client::Client, args: SubmitArgs) -> anyhow:
         job: distgat_client::Submit {
             partition_id: args.partition_id.unwrap_or_default(),
             parts: args.parts.unwrap_or(0),
-            method: args.method,
+            method: args.method.unwrap_or_else(|| "metis".into()),
             model: args.model,
             normalize_features: matches!(args.normalize_features, Some(NormalizeArg::Row)),
             attention: args.attention,
@@ -1081,15 +1088,39 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let root = std::env::var_os("DISTGAT_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
-    let shipped = args.graph.is_none();
-    let (graph, features, model, normalize) = match args.graph {
-        Some(g) => (
+    let neighbourhood = if args.neighbourhood.any() {
+        let spec = args.neighbourhood.config(args.graph.clone())?;
+        // --hops walks --graph; distgat run refuses it (check_distributed names the flag).
+        Some(spec)
+    } else {
+        None
+    };
+    let shipped = args.graph.is_none() && neighbourhood.is_none();
+    if neighbourhood.is_some() {
+        for (given, name) in [
+            (args.features.is_some(), "--features"),
+            (args.model.is_some(), "--model"),
+            (args.out.is_some(), "--out"),
+        ] {
+            if !given {
+                anyhow::bail!("{name}: required with --points (the run needs features, a model and an output file)");
+            }
+        }
+    }
+    let (graph, features, model, normalize) = match (args.graph, &neighbourhood) {
+        (Some(g), None) => (
             g,
             args.features.expect("clap requires it"),
             args.model.expect("clap requires it"),
             args.normalize_features.unwrap_or(NormalizeArg::None),
         ),
-        None => (
+        (g, Some(_)) => (
+            g.unwrap_or_default(),
+            args.features.expect("checked above"),
+            args.model.expect("checked above"),
+            args.normalize_features.unwrap_or(NormalizeArg::None),
+        ),
+        (None, None) => (
             root.join("data/cora/edges.npy"),
             root.join("data/cora/features.npy"),
             root.join("reference/cora-gat/model.json"),
@@ -1109,6 +1140,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let config = distgat_cli::run::RunConfig {
         graph,
+        neighbourhood,
+        neighbours_out: args.neighbours_out,
         format: args.format.map(graph_format),
         features,
         normalize: match normalize {
@@ -1120,7 +1153,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         out: out.clone(),
         workers,
         partition: args.partition,
-        method: method_of(args.method, 0),
+        method: args.method.map(|m| method_of(m, 0)),
         attention_dir: args.attention_dir,
         threads_per_worker: args.threads_per_worker,
         exe: std::env::current_exe()?,
@@ -1134,6 +1167,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut parsed: serde_json::Value = serde_json::from_str(&outcome.summary_json)?;
     parsed["command_seconds"] = serde_json::json!({
         "total": total,
+        "building_neighbourhood": outcome.build_secs,
         "partitioning": outcome.partition_secs,
         "starting": outcome.start_secs,
         "job": outcome.job_secs,
@@ -1141,10 +1175,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     // The whole command's time, then each phase's.
     eprintln!(
-        "wrote {} in {total:.2} s with {} workers: partitioning {:.2} s{}, starting the \
+        "wrote {} in {total:.2} s with {} workers: {}partitioning {:.2} s{}, starting the \
          processes {:.2} s, the job {:.2} s, stopping them {:.2} s",
         out.display(),
         config.workers,
+        if outcome.build_json.is_some() {
+            format!("building the neighbourhood {:.2} s, ", outcome.build_secs)
+        } else {
+            String::new()
+        },
         outcome.partition_secs,
         if config.partition.is_some() {
             " (reused)"
@@ -1155,6 +1194,30 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         outcome.job_secs,
         outcome.stop_secs,
     );
+    if let Some(json) = &outcome.build_json {
+        let build: serde_json::Value = serde_json::from_str(json)?;
+        eprintln!(
+            "neighbourhood built distributed in {:.2} s: {} edges over {} nodes; point bytes \
+             fetched from peers vs. needed (fetched points that became neighbours):",
+            outcome.build_secs,
+            build["edges"].as_u64().unwrap_or(0),
+            build["nodes"].as_u64().unwrap_or(0),
+        );
+        eprintln!("part   points  boundary  search ms  fetch ms  bytes fetched  bytes needed");
+        for p in build["parts"].as_array().into_iter().flatten() {
+            eprintln!(
+                "{:>4} {:>8} {:>9} {:>10.1} {:>9.1} {:>14} {:>13}",
+                p["part"].as_u64().unwrap_or(0),
+                p["points"].as_u64().unwrap_or(0),
+                p["boundary_centres"].as_u64().unwrap_or(0),
+                p["search_ms"].as_f64().unwrap_or(0.0),
+                p["fetch_ms"].as_f64().unwrap_or(0.0),
+                p["bytes_fetched"].as_u64().unwrap_or(0),
+                p["bytes_needed"].as_u64().unwrap_or(0),
+            );
+        }
+        parsed["neighbourhood"] = build;
+    }
     eprintln!("part layer  compute ms  wait ms  send ms  rows sent  halo bytes (planned)");
     for w in parsed["workers"].as_array().into_iter().flatten() {
         for l in w["layers"].as_array().into_iter().flatten() {
@@ -1191,7 +1254,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 fn partition(args: PartitionArgs) -> anyhow::Result<()> {
-    let method = match args.method {
+    let method = match args.method.unwrap_or(MethodArg::Metis) {
         MethodArg::Metis => Method::Metis {
             objective: match args.objective {
                 ObjectiveArg::Cut => Objective::Cut,

@@ -199,6 +199,60 @@ pub fn build_neighbours(
     built.map_err(|e| name_flag(e, config))
 }
 
+/// What `distgat run --points ...` checks before it starts any process: the same flag
+/// errors as [`build_neighbours`] (a stray `--graph`, a missing `--points`, K against the
+/// point count, R, M), plus what the distributed build does not do (`--hops`, `--metric
+/// cosine`), each naming its flag. Reads only the points file's header; the coordinator
+/// reads and validates its values. Returns the rule and options, and the point count N.
+pub fn check_distributed(
+    config: &NeighboursConfig,
+) -> Result<(NeighbourRule, Options, usize), NeighboursError> {
+    let rule = config.rule()?;
+    if matches!(rule, NeighbourRule::Hops { .. }) {
+        return Err(flag(
+            "--hops",
+            "distgat run builds --knn and --radius neighbourhoods distributed, not k-hop ones; \
+             build those with `distgat neighbours --hops H --graph G --out E.npy` and run over \
+             --graph E.npy",
+        ));
+    }
+    if config.metric != Metric::Euclidean {
+        return Err(flag(
+            "--metric",
+            "distgat run builds euclidean neighbourhoods only (a bounding box bounds no \
+             cosine distance); build cosine ones with `distgat neighbours --metric cosine` \
+             and run over --graph E.npy",
+        ));
+    }
+    let Some(path) = &config.points else {
+        return Err(flag("--points", "--knn and --radius need --points P.npy"));
+    };
+    if config.graph.is_some() {
+        return Err(flag(
+            "--graph",
+            "not used with --knn or --radius: the neighbourhood built from --points is the \
+             graph (run over a graph file without --points)",
+        ));
+    }
+    let body = distgat_graph::NpyBody::open(path)
+        .map_err(|e| NeighboursError::Input(NeighbourError::from(e)))?;
+    if body.shape.len() != 2 || body.shape[1] == 0 {
+        return Err(NeighboursError::Input(NeighbourError::Shape {
+            origin: path.display().to_string(),
+            shape: body.shape.clone(),
+        }));
+    }
+    let n = body.shape[0] as usize;
+    let options = Options {
+        metric: config.metric,
+        self_loops: config.self_loops,
+        execution: Execution::Sequential,
+        search: Search::Auto,
+    };
+    distgat_neighbours::check_rule(&rule, n, &options).map_err(|e| name_flag(e, config))?;
+    Ok((rule, options, n))
+}
+
 /// `--metric` values.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum MetricArg {

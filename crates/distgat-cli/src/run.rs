@@ -1,5 +1,9 @@
 //! `distgat run`: partition (or reuse a partition), start a coordinator and K workers on
 //! loopback as child processes, run the job, and stop every process started.
+//!
+//! With `--points P --knn K | --radius R` the graph is built first, distributed over the
+//! workers (the coordinator's `BuildNeighbours`), then partitioned with METIS and run like
+//! a graph file: the processes start before partitioning in that case.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -9,14 +13,23 @@ use std::time::Duration;
 use distgat_graph::{GraphFormat, Normalization};
 use distgat_partition::Method;
 use distgat_proto::v1::coordinator_client::CoordinatorClient;
-use distgat_proto::v1::RunJobRequest;
+use distgat_proto::v1::{BuildNeighboursRequest, NeighbourSpec, RunJobRequest};
+
+use crate::neighbours::NeighboursConfig;
 
 use distgat_partition::{run_partition, PartitionConfig};
 
 /// Everything `distgat run` needs.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
+    /// The graph file; unused (empty) when `neighbourhood` is given.
     pub graph: PathBuf,
+    /// Build the graph from points (knn or radius, euclidean), distributed over the
+    /// workers, instead of reading `graph`.
+    pub neighbourhood: Option<NeighboursConfig>,
+    /// Also keep the built neighbourhood here (int64 `[2, E]`, as `distgat neighbours`
+    /// writes it).
+    pub neighbours_out: Option<PathBuf>,
     pub format: Option<GraphFormat>,
     pub features: PathBuf,
     pub normalize: Normalization,
@@ -27,7 +40,9 @@ pub struct RunConfig {
     pub workers: usize,
     /// Reuse this partition directory instead of partitioning.
     pub partition: Option<PathBuf>,
-    pub method: Method,
+    /// The partitioner; `None`: METIS for a graph file, the build's spatial parts (its
+    /// recursive coordinate bisection, no METIS) for a neighbourhood built from points.
+    pub method: Option<Method>,
     pub attention_dir: Option<PathBuf>,
     pub threads_per_worker: usize,
     /// The `distgat` binary to start the coordinator and workers with.
@@ -90,6 +105,10 @@ pub fn spawn_server(
 #[derive(Debug, Clone)]
 pub struct RunOutcome {
     pub summary_json: String,
+    /// The coordinator's neighbourhood build summary (JSON), with `neighbourhood`.
+    pub build_json: Option<String>,
+    /// Building the neighbourhood (0 without one).
+    pub build_secs: f64,
     pub partition_secs: f64,
     pub start_secs: f64,
     pub job_secs: f64,
@@ -126,7 +145,68 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
         .local_layers("distgat run (the distributed runtime)")
         .map_err(|e| anyhow::anyhow!("--model {}: {e}", config.model.display()))?;
     drop(model);
+    let built = match &config.neighbourhood {
+        Some(spec) => Some(check_built(config, spec)?),
+        None => {
+            if config.neighbours_out.is_some() {
+                anyhow::bail!(
+                    "--neighbours-out: writes a neighbourhood built by --knn or --radius; give \
+                     --points with one of them"
+                );
+            }
+            None
+        }
+    };
     let temp = tempfile::tempdir()?;
+    let mut children = Children(Vec::new());
+    let mut coordinator = String::new();
+    let mut start_secs = 0.0;
+    let mut build_secs = 0.0;
+    let mut build_json = None;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    // The build's own split, when it is the partition.
+    let spatial = temp.path().join("spatial_parts.npy");
+    let graph = match &built {
+        None => config.graph.clone(),
+        Some((spec, edges)) => {
+            let edges = if edges.as_os_str().is_empty() {
+                temp.path().join("neighbours.npy")
+            } else {
+                edges.clone()
+            };
+            let t = std::time::Instant::now();
+            coordinator = start_processes(config, temp.path(), &mut children, on_phase)?;
+            start_secs = t.elapsed().as_secs_f64();
+            let t = std::time::Instant::now();
+            on_phase("building the neighbourhood");
+            let request = BuildNeighboursRequest {
+                points: abs(spec.points.as_deref().expect("checked")),
+                spec: Some(spec_of(spec)),
+                out: abs(&edges),
+                parts: config.workers as u32,
+                threads_per_worker: config.threads_per_worker as u32,
+                assignment_out: if config.method.is_none() {
+                    abs(&spatial)
+                } else {
+                    String::new()
+                },
+            };
+            let address = coordinator.clone();
+            let response = runtime.block_on(async move {
+                let mut client = CoordinatorClient::connect(format!("http://{address}")).await?;
+                let response = client
+                    .build_neighbours(request)
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+                anyhow::Ok(response.into_inner())
+            })?;
+            build_json = Some(response.summary_json);
+            build_secs = t.elapsed().as_secs_f64();
+            edges
+        }
+    };
     let t = std::time::Instant::now();
     let partition = match &config.partition {
         Some(dir) => dir.clone(),
@@ -134,14 +214,24 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
             on_phase("partitioning");
             let dir = temp.path().join("partition");
             run_partition(&PartitionConfig {
-                graph: config.graph.clone(),
-                format: config.format,
+                graph: graph.clone(),
+                format: if built.is_some() {
+                    Some(GraphFormat::Npy)
+                } else {
+                    config.format
+                },
                 features: Some(config.features.clone()),
                 // The shards keep their edges' attributes (the workers then need no
                 // edge features file).
                 edge_features: config.edge_features.clone(),
                 parts: config.workers,
-                method: config.method.clone(),
+                method: match (&config.method, &built) {
+                    (Some(m), _) => m.clone(),
+                    (None, Some(_)) => Method::File {
+                        path: spatial.clone(),
+                    },
+                    (None, None) => Method::metis_default(),
+                },
                 out: dir.clone(),
                 ..PartitionConfig::default()
             })
@@ -184,46 +274,13 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
     } else {
         t.elapsed().as_secs_f64()
     };
-    let t = std::time::Instant::now();
-    on_phase("starting coordinator and workers");
-    let mut children = Children(Vec::new());
-    let coordinator = spawn_server(
-        &config.exe,
-        &[
-            "coordinator",
-            "--allow-run-job",
-            "--listen",
-            "127.0.0.1:0",
-            "--work-dir",
-            &temp.path().join("work").display().to_string(),
-        ],
-        "coordinator",
-        &mut children,
-    )?;
-    for k in 0..config.workers {
-        spawn_server(
-            &config.exe,
-            &[
-                "worker",
-                "--coordinator",
-                &coordinator,
-                "--listen",
-                "127.0.0.1:0",
-            ],
-            &format!("worker {k}"),
-            &mut children,
-        )?;
+    if built.is_none() {
+        let t = std::time::Instant::now();
+        coordinator = start_processes(config, temp.path(), &mut children, on_phase)?;
+        start_secs = t.elapsed().as_secs_f64();
     }
-
-    let start_secs = t.elapsed().as_secs_f64();
     let t = std::time::Instant::now();
     on_phase("running");
-    let abs = |p: &Path| -> String {
-        std::path::absolute(p)
-            .unwrap_or_else(|_| p.to_path_buf())
-            .display()
-            .to_string()
-    };
     // A partition made just now from these files carries their rows in its shards: naming
     // the files again would only make the coordinator read and fingerprint them a second
     // time. A reused partition gets them named, so a mismatch is caught.
@@ -236,12 +293,16 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
         normalize_rows: config.normalize == Normalization::Row,
         out: abs(&config.out),
         attention_dir: config.attention_dir.as_deref().map(abs).unwrap_or_default(),
-        graph: abs(&config.graph),
-        graph_format: config
-            .format
-            .map(GraphFormat::name)
-            .unwrap_or_default()
-            .to_string(),
+        graph: abs(&graph),
+        graph_format: if built.is_some() {
+            GraphFormat::Npy.name().to_string()
+        } else {
+            config
+                .format
+                .map(GraphFormat::name)
+                .unwrap_or_default()
+                .to_string()
+        },
         threads_per_worker: config.threads_per_worker as u32,
         edge_features: config
             .edge_features
@@ -249,9 +310,6 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
             .map(named)
             .unwrap_or_default(),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     let summary = runtime.block_on(async {
         let mut client = CoordinatorClient::connect(format!("http://{coordinator}")).await?;
         let response = client
@@ -266,9 +324,117 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
     drop(children);
     Ok(RunOutcome {
         summary_json: summary,
+        build_json,
+        build_secs,
         partition_secs,
         start_secs,
         job_secs,
         stop_secs: t.elapsed().as_secs_f64(),
     })
+}
+
+fn abs(p: &Path) -> String {
+    std::path::absolute(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// The checks of a run over a built neighbourhood, before any process starts (the same
+/// refusals as `distgat infer --points`); returns the spec and where the edges go.
+fn check_built(
+    config: &RunConfig,
+    spec: &NeighboursConfig,
+) -> anyhow::Result<(NeighboursConfig, PathBuf)> {
+    if config.partition.is_some() {
+        anyhow::bail!(
+            "--partition: a reused partition is of another graph; with --points the \
+             neighbourhood built is partitioned (drop --partition)"
+        );
+    }
+    if config.edge_features.is_some() {
+        anyhow::bail!(
+            "--edge-features: its rows belong to the edges of a graph file, and a \
+             neighbourhood built by --knn or --radius has none; models with edge_dim need \
+             --graph"
+        );
+    }
+    let (_, _, n) = crate::neighbours::check_distributed(spec)?;
+    // Before the build, not after it: a bad model wastes no search.
+    distgat_attention::Model::load(&config.model)?;
+    let features = distgat_graph::NpyBody::open(&config.features)?;
+    let rows = features.shape.first().copied().unwrap_or(0) as usize;
+    if rows != n {
+        anyhow::bail!(
+            "--points: {} has {n} rows but {} has {rows} (one point per node)",
+            spec.points.as_deref().expect("checked").display(),
+            config.features.display()
+        );
+    }
+    let edges = match &config.neighbours_out {
+        Some(path) => {
+            crate::infer::check_output_file("--neighbours-out", path)?;
+            let same =
+                |other: &Path| std::path::absolute(other).ok() == std::path::absolute(path).ok();
+            if same(&config.out) {
+                anyhow::bail!(
+                    "--neighbours-out: {} is also named by --out; give each output its own file",
+                    path.display()
+                );
+            }
+            path.clone()
+        }
+        // In the run's temporary directory (named once it exists).
+        None => PathBuf::new(),
+    };
+    Ok((spec.clone(), edges))
+}
+
+/// The wire spec of a checked knn / radius config.
+fn spec_of(spec: &NeighboursConfig) -> NeighbourSpec {
+    NeighbourSpec {
+        knn: spec.knn.map(|k| k as u64),
+        radius: spec.radius,
+        max_neighbours: spec.max_neighbours.map(|m| m as u64),
+        self_loops: spec.self_loops,
+        metric: spec.metric.name().to_string(),
+    }
+}
+
+/// Starts the coordinator and one worker per part; returns the coordinator's address.
+fn start_processes(
+    config: &RunConfig,
+    temp: &Path,
+    children: &mut Children,
+    on_phase: fn(&str),
+) -> anyhow::Result<String> {
+    on_phase("starting coordinator and workers");
+    let coordinator = spawn_server(
+        &config.exe,
+        &[
+            "coordinator",
+            "--allow-run-job",
+            "--listen",
+            "127.0.0.1:0",
+            "--work-dir",
+            &temp.join("work").display().to_string(),
+        ],
+        "coordinator",
+        children,
+    )?;
+    for k in 0..config.workers {
+        spawn_server(
+            &config.exe,
+            &[
+                "worker",
+                "--coordinator",
+                &coordinator,
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            &format!("worker {k}"),
+            children,
+        )?;
+    }
+    Ok(coordinator)
 }

@@ -52,6 +52,9 @@ pub enum NeighbourError {
     /// The knn and radius rules were asked for without points.
     #[error("the {rule} rule needs points (none were given)")]
     MissingPoints { rule: &'static str },
+    /// A rule or metric the called function does not cover.
+    #[error("{what} is not supported")]
+    Unsupported { what: String },
     /// The graph names a node beyond the node count.
     #[error(
         "graph edge {edge}: node id {id} is beyond the node count {num_nodes} ({source_of_count})"

@@ -31,6 +31,7 @@
 //! Output: [`Neighbours`], the edges sorted by (target, source), as a CSR by target.
 
 pub mod brute;
+pub mod distributed;
 pub mod error;
 mod hops;
 pub mod metric;
@@ -157,6 +158,60 @@ impl Neighbours {
     }
 }
 
+/// The checks of `k` against the point count `n` that [`knn_graph`] makes.
+fn check_k(k: usize, n: usize, self_loops: bool) -> Result<()> {
+    if k < 1 {
+        return Err(NeighbourError::BadK {
+            k,
+            detail: "must be at least 1".into(),
+        });
+    }
+    if !self_loops && k >= n {
+        return Err(NeighbourError::BadK {
+            k,
+            detail: format!(
+                "must be less than the number of points ({n}) without self loops: a centre \
+                 has only {} other points",
+                n.saturating_sub(1)
+            ),
+        });
+    }
+    if self_loops && k > n {
+        return Err(NeighbourError::BadK {
+            k,
+            detail: format!(
+                "must be at most the number of points ({n}) with self loops (the centre \
+                 counts as one of the k)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Checks `rule`'s parameters against `n` points exactly as [`knn_graph`],
+/// [`radius_graph`] and [`hop_graph`] do (the same errors), without building anything:
+/// what a distributed build checks before it splits the points.
+pub fn check_rule(rule: &NeighbourRule, n: usize, options: &Options) -> Result<()> {
+    match *rule {
+        NeighbourRule::Knn { k } => check_k(k, n, options.self_loops),
+        NeighbourRule::Radius { r, max_neighbours } => {
+            if !r.is_finite() || r <= 0.0 {
+                return Err(NeighbourError::BadRadius { r });
+            }
+            check_cap(max_neighbours)
+        }
+        NeighbourRule::Hops {
+            hops,
+            max_neighbours,
+        } => {
+            if hops < 1 {
+                return Err(NeighbourError::BadHops { h: hops });
+            }
+            check_cap(max_neighbours)
+        }
+    }
+}
+
 fn check_cap(max_neighbours: Option<usize>) -> Result<()> {
     match max_neighbours {
         Some(0) => Err(NeighbourError::BadMaxNeighbours { m: 0 }),
@@ -216,31 +271,7 @@ fn with_search<T>(
 /// ([`NeighbourError::ZeroNorm`], naming the row).
 pub fn knn_graph(points: &Points, k: usize, options: &Options) -> Result<Neighbours> {
     let n = points.len();
-    if k < 1 {
-        return Err(NeighbourError::BadK {
-            k,
-            detail: "must be at least 1".into(),
-        });
-    }
-    if !options.self_loops && k >= n {
-        return Err(NeighbourError::BadK {
-            k,
-            detail: format!(
-                "must be less than the number of points ({n}) without self loops: a centre \
-                 has only {} other points",
-                n.saturating_sub(1)
-            ),
-        });
-    }
-    if options.self_loops && k > n {
-        return Err(NeighbourError::BadK {
-            k,
-            detail: format!(
-                "must be at most the number of points ({n}) with self loops (the centre \
-                 counts as one of the k)"
-            ),
-        });
-    }
+    check_k(k, n, options.self_loops)?;
     let m = k - usize::from(options.self_loops);
     let query = (m > 0).then_some(Query::Knn { m });
     with_search(points, options, |s, block| {

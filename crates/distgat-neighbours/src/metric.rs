@@ -61,6 +61,18 @@ pub(crate) fn squared_norm(x: &[f32]) -> f64 {
     s
 }
 
+/// The exact squared euclidean distance `Σ_t (a[t] − b[t])²`, each difference and square
+/// in float64 from the float32 coordinates, summed left to right.
+#[inline]
+pub(crate) fn euclidean(a: &[f32], b: &[f32]) -> f64 {
+    let mut s = 0.0f64;
+    for t in 0..a.len() {
+        let diff = a[t] as f64 - b[t] as f64;
+        s += diff * diff;
+    }
+    s
+}
+
 impl<'a> Exact<'a> {
     /// For the cosine metric, fails with the first row of norm 0.
     pub fn new(points: &'a Points, metric: Metric) -> Result<Self, usize> {
@@ -88,14 +100,7 @@ impl<'a> Exact<'a> {
     pub fn d(&self, i: usize, j: usize) -> f64 {
         let (a, b) = (self.points.row(i), self.points.row(j));
         match self.metric {
-            Metric::Euclidean => {
-                let mut s = 0.0f64;
-                for t in 0..a.len() {
-                    let diff = a[t] as f64 - b[t] as f64;
-                    s += diff * diff;
-                }
-                s
-            }
+            Metric::Euclidean => euclidean(a, b),
             Metric::Cosine => {
                 let mut dot = 0.0f64;
                 for t in 0..a.len() {

@@ -1,6 +1,10 @@
 //! Domain <-> wire conversions for the client API, in one place.
 
+use distgat_neighbours::distributed::{BBox, ReachRequest};
+use distgat_neighbours::{Execution, Metric, NeighbourRule, Options, Points, Search};
 use distgat_proto::v1;
+
+use crate::error::{Result, RuntimeError};
 
 use crate::catalog::{GraphEntry, JobRecord, JobState, JobStatus, PartitionEntry};
 use crate::registry::WorkerEntry;
@@ -87,4 +91,173 @@ pub(crate) fn worker_status(
         job_id: job.unwrap_or_default().to_string(),
         part,
     }
+}
+
+/// A neighbourhood spec from the wire: the rule and its options (sequential execution; the
+/// caller picks its own). Errors name the field.
+pub(crate) fn neighbour_spec(spec: Option<&v1::NeighbourSpec>) -> Result<(NeighbourRule, Options)> {
+    let spec = spec.ok_or_else(|| RuntimeError::InvalidArgument("spec is missing".into()))?;
+    let metric = match spec.metric.as_str() {
+        "" => Metric::Euclidean,
+        name => Metric::from_name(name).ok_or_else(|| {
+            RuntimeError::InvalidArgument(format!(
+                "spec.metric '{name}' is not one of {}",
+                Metric::NAMES
+            ))
+        })?,
+    };
+    let cap = |m: Option<u64>| m.map(|m| m as usize);
+    let rule = match (spec.knn, spec.radius) {
+        (Some(k), None) => {
+            if spec.max_neighbours.is_some() {
+                return Err(RuntimeError::InvalidArgument(
+                    "spec.max_neighbours applies to radius, not knn".into(),
+                ));
+            }
+            NeighbourRule::Knn { k: k as usize }
+        }
+        (None, Some(r)) => NeighbourRule::Radius {
+            r,
+            max_neighbours: cap(spec.max_neighbours),
+        },
+        _ => {
+            return Err(RuntimeError::InvalidArgument(
+                "spec: give exactly one of knn and radius".into(),
+            ))
+        }
+    };
+    let options = Options {
+        metric,
+        self_loops: spec.self_loops,
+        execution: Execution::Sequential,
+        search: Search::Auto,
+    };
+    Ok((rule, options))
+}
+
+/// The wire form of a knn or radius rule (hops has none: it is refused before).
+pub(crate) fn neighbour_spec_of(rule: &NeighbourRule, options: &Options) -> v1::NeighbourSpec {
+    let (knn, radius, max_neighbours) = match *rule {
+        NeighbourRule::Knn { k } => (Some(k as u64), None, None),
+        NeighbourRule::Radius { r, max_neighbours } => {
+            (None, Some(r), max_neighbours.map(|m| m as u64))
+        }
+        NeighbourRule::Hops { max_neighbours, .. } => {
+            (None, None, max_neighbours.map(|m| m as u64))
+        }
+    };
+    v1::NeighbourSpec {
+        knn,
+        radius,
+        max_neighbours,
+        self_loops: options.self_loops,
+        metric: options.metric.name().to_string(),
+    }
+}
+
+fn f32s_to_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Little-endian f32 bytes -> values; `field` names the bytes in the error.
+pub(crate) fn bytes_to_f32s(bytes: &[u8], expected: usize, field: &str) -> Result<Vec<f32>> {
+    if bytes.len() != expected * 4 {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "{field}: {} bytes, expected {} ({expected} f32)",
+            bytes.len(),
+            expected * 4
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+pub(crate) fn part_box(part: u32, b: &BBox) -> v1::PartBox {
+    v1::PartBox {
+        part,
+        lo: f32s_to_bytes(&b.lo),
+        hi: f32s_to_bytes(&b.hi),
+    }
+}
+
+/// A box from the wire, `dim` coordinates per corner, `lo <= hi`, finite.
+pub(crate) fn bbox(lo: &[u8], hi: &[u8], dim: usize, field: &str) -> Result<BBox> {
+    let lo = bytes_to_f32s(lo, dim, &format!("{field}.lo"))?;
+    let hi = bytes_to_f32s(hi, dim, &format!("{field}.hi"))?;
+    if lo
+        .iter()
+        .zip(&hi)
+        .any(|(l, h)| !(l.is_finite() && h.is_finite() && l <= h))
+    {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "{field}: corners must be finite with lo <= hi on every axis"
+        )));
+    }
+    Ok(BBox { lo, hi })
+}
+
+pub(crate) fn fetch_points_request(
+    build_id: &str,
+    part: u32,
+    request: &ReachRequest,
+) -> v1::FetchPointsRequest {
+    v1::FetchPointsRequest {
+        build_id: build_id.to_string(),
+        part,
+        lo: f32s_to_bytes(&request.centres.lo),
+        hi: f32s_to_bytes(&request.centres.hi),
+        reach: request.reach,
+    }
+}
+
+pub(crate) fn reach_request(req: &v1::FetchPointsRequest, dim: usize) -> Result<ReachRequest> {
+    if req.reach.is_nan() {
+        return Err(RuntimeError::InvalidArgument("reach is NaN".into()));
+    }
+    Ok(ReachRequest {
+        centres: bbox(&req.lo, &req.hi, dim, "FetchPointsRequest")?,
+        reach: req.reach,
+    })
+}
+
+/// Rows `rows` of `points` (global ids `ids[row]`) as point chunks of at most about
+/// `max_bytes` each.
+pub(crate) fn point_chunks(
+    points: &Points,
+    ids: &[u32],
+    rows: &[usize],
+    max_bytes: usize,
+) -> Vec<v1::PointChunk> {
+    let per = (max_bytes / (4 + 4 * points.dim())).max(1);
+    rows.chunks(per)
+        .map(|block| v1::PointChunk {
+            ids: block.iter().map(|&r| ids[r]).collect(),
+            coords: block
+                .iter()
+                .flat_map(|&r| points.row(r).iter().flat_map(|v| v.to_le_bytes()))
+                .collect(),
+        })
+        .collect()
+}
+
+/// A chunk's ids and coordinates, appended to `ids` / `coords` (`dim` per point); ids must
+/// be below `total`.
+pub(crate) fn take_point_chunk(
+    chunk: v1::PointChunk,
+    dim: usize,
+    total: u64,
+    ids: &mut Vec<u32>,
+    coords: &mut Vec<f32>,
+) -> Result<()> {
+    let values = bytes_to_f32s(&chunk.coords, chunk.ids.len() * dim, "PointChunk.coords")?;
+    if let Some(&bad) = chunk.ids.iter().find(|&&i| i as u64 >= total) {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "PointChunk.ids: id {bad} is not below the point count {total}"
+        )));
+    }
+    ids.extend_from_slice(&chunk.ids);
+    coords.extend(values);
+    Ok(())
 }

@@ -1,5 +1,6 @@
 use distgat_attention::ModelError;
 use distgat_graph::GraphError;
+use distgat_neighbours::NeighbourError;
 use distgat_partition::PartitionError;
 
 /// Errors of the distributed runtime, mapped to gRPC codes in one place
@@ -12,6 +13,9 @@ pub enum RuntimeError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Partition(#[from] PartitionError),
+    /// Bad points or neighbourhood parameters (the message names the file or parameter).
+    #[error(transparent)]
+    Neighbour(#[from] NeighbourError),
     /// A request or message is malformed (the text names the field).
     #[error("{0}")]
     InvalidArgument(String),
@@ -56,9 +60,10 @@ impl From<RuntimeError> for tonic::Status {
     fn from(e: RuntimeError) -> Self {
         use tonic::Code;
         let code = match &e {
-            RuntimeError::Graph(_) | RuntimeError::Model(_) | RuntimeError::Partition(_) => {
-                Code::InvalidArgument
-            }
+            RuntimeError::Graph(_)
+            | RuntimeError::Model(_)
+            | RuntimeError::Partition(_)
+            | RuntimeError::Neighbour(_) => Code::InvalidArgument,
             RuntimeError::InvalidArgument(_) => Code::InvalidArgument,
             RuntimeError::ProtocolVersion { .. } => Code::FailedPrecondition,
             RuntimeError::NotFound(_) => Code::NotFound,

@@ -570,3 +570,143 @@ class ClusterStatusResponse(_message.Message):
 class PushOutputResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class NeighbourSpec(_message.Message):
+    __slots__ = ("knn", "radius", "max_neighbours", "self_loops", "metric")
+    KNN_FIELD_NUMBER: _ClassVar[int]
+    RADIUS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
+    SELF_LOOPS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    knn: int
+    radius: float
+    max_neighbours: int
+    self_loops: bool
+    metric: str
+    def __init__(self, knn: _Optional[int] = ..., radius: _Optional[float] = ..., max_neighbours: _Optional[int] = ..., self_loops: _Optional[bool] = ..., metric: _Optional[str] = ...) -> None: ...
+
+class BuildNeighboursRequest(_message.Message):
+    __slots__ = ("points", "spec", "out", "parts", "threads_per_worker", "assignment_out")
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    OUT_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    THREADS_PER_WORKER_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENT_OUT_FIELD_NUMBER: _ClassVar[int]
+    points: str
+    spec: NeighbourSpec
+    out: str
+    parts: int
+    threads_per_worker: int
+    assignment_out: str
+    def __init__(self, points: _Optional[str] = ..., spec: _Optional[_Union[NeighbourSpec, _Mapping]] = ..., out: _Optional[str] = ..., parts: _Optional[int] = ..., threads_per_worker: _Optional[int] = ..., assignment_out: _Optional[str] = ...) -> None: ...
+
+class BuildNeighboursResponse(_message.Message):
+    __slots__ = ("summary_json", "nodes", "edges")
+    SUMMARY_JSON_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    summary_json: str
+    nodes: int
+    edges: int
+    def __init__(self, summary_json: _Optional[str] = ..., nodes: _Optional[int] = ..., edges: _Optional[int] = ...) -> None: ...
+
+class PartBox(_message.Message):
+    __slots__ = ("part", "lo", "hi")
+    PART_FIELD_NUMBER: _ClassVar[int]
+    LO_FIELD_NUMBER: _ClassVar[int]
+    HI_FIELD_NUMBER: _ClassVar[int]
+    part: int
+    lo: bytes
+    hi: bytes
+    def __init__(self, part: _Optional[int] = ..., lo: _Optional[bytes] = ..., hi: _Optional[bytes] = ...) -> None: ...
+
+class BuildHeader(_message.Message):
+    __slots__ = ("build_id", "part", "spec", "total_points", "dim", "own_points", "boxes", "peers", "threads")
+    BUILD_ID_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_POINTS_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    OWN_POINTS_FIELD_NUMBER: _ClassVar[int]
+    BOXES_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    build_id: str
+    part: int
+    spec: NeighbourSpec
+    total_points: int
+    dim: int
+    own_points: int
+    boxes: _containers.RepeatedCompositeFieldContainer[PartBox]
+    peers: _containers.RepeatedCompositeFieldContainer[Peer]
+    threads: int
+    def __init__(self, build_id: _Optional[str] = ..., part: _Optional[int] = ..., spec: _Optional[_Union[NeighbourSpec, _Mapping]] = ..., total_points: _Optional[int] = ..., dim: _Optional[int] = ..., own_points: _Optional[int] = ..., boxes: _Optional[_Iterable[_Union[PartBox, _Mapping]]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., threads: _Optional[int] = ...) -> None: ...
+
+class PointChunk(_message.Message):
+    __slots__ = ("ids", "coords")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    COORDS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    coords: bytes
+    def __init__(self, ids: _Optional[_Iterable[int]] = ..., coords: _Optional[bytes] = ...) -> None: ...
+
+class BuildChunk(_message.Message):
+    __slots__ = ("header", "points")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    header: BuildHeader
+    points: PointChunk
+    def __init__(self, header: _Optional[_Union[BuildHeader, _Mapping]] = ..., points: _Optional[_Union[PointChunk, _Mapping]] = ...) -> None: ...
+
+class CentreEdges(_message.Message):
+    __slots__ = ("centres", "counts", "sources")
+    CENTRES_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    centres: _containers.RepeatedScalarFieldContainer[int]
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    sources: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, centres: _Optional[_Iterable[int]] = ..., counts: _Optional[_Iterable[int]] = ..., sources: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class BuildStats(_message.Message):
+    __slots__ = ("points", "boundary_centres", "points_fetched", "bytes_fetched", "points_needed", "bytes_needed", "search_ms", "fetch_ms")
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    BOUNDARY_CENTRES_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FETCHED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FETCHED_FIELD_NUMBER: _ClassVar[int]
+    POINTS_NEEDED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_NEEDED_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_MS_FIELD_NUMBER: _ClassVar[int]
+    FETCH_MS_FIELD_NUMBER: _ClassVar[int]
+    points: int
+    boundary_centres: int
+    points_fetched: int
+    bytes_fetched: int
+    points_needed: int
+    bytes_needed: int
+    search_ms: float
+    fetch_ms: float
+    def __init__(self, points: _Optional[int] = ..., boundary_centres: _Optional[int] = ..., points_fetched: _Optional[int] = ..., bytes_fetched: _Optional[int] = ..., points_needed: _Optional[int] = ..., bytes_needed: _Optional[int] = ..., search_ms: _Optional[float] = ..., fetch_ms: _Optional[float] = ...) -> None: ...
+
+class BuildOutput(_message.Message):
+    __slots__ = ("edges", "stats")
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    edges: CentreEdges
+    stats: BuildStats
+    def __init__(self, edges: _Optional[_Union[CentreEdges, _Mapping]] = ..., stats: _Optional[_Union[BuildStats, _Mapping]] = ...) -> None: ...
+
+class FetchPointsRequest(_message.Message):
+    __slots__ = ("build_id", "part", "lo", "hi", "reach")
+    BUILD_ID_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    LO_FIELD_NUMBER: _ClassVar[int]
+    HI_FIELD_NUMBER: _ClassVar[int]
+    REACH_FIELD_NUMBER: _ClassVar[int]
+    build_id: str
+    part: int
+    lo: bytes
+    hi: bytes
+    reach: float
+    def __init__(self, build_id: _Optional[str] = ..., part: _Optional[int] = ..., lo: _Optional[bytes] = ..., hi: _Optional[bytes] = ..., reach: _Optional[float] = ...) -> None: ...

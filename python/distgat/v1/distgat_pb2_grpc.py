@@ -54,6 +54,11 @@ class CoordinatorStub:
                 request_serializer=distgat_dot_v1_dot_distgat__pb2.RunJobRequest.SerializeToString,
                 response_deserializer=distgat_dot_v1_dot_distgat__pb2.RunJobResponse.FromString,
                 _registered_method=True)
+        self.BuildNeighbours = channel.unary_unary(
+                '/distgat.v1.Coordinator/BuildNeighbours',
+                request_serializer=distgat_dot_v1_dot_distgat__pb2.BuildNeighboursRequest.SerializeToString,
+                response_deserializer=distgat_dot_v1_dot_distgat__pb2.BuildNeighboursResponse.FromString,
+                _registered_method=True)
         self.RegisterGraph = channel.unary_unary(
                 '/distgat.v1.Coordinator/RegisterGraph',
                 request_serializer=distgat_dot_v1_dot_distgat__pb2.RegisterGraphRequest.SerializeToString,
@@ -162,6 +167,16 @@ class CoordinatorServicer:
     def RunJob(self, request, context):
         """Runs one job to completion (partition directory -> output files) and returns its summary.
         Used by `distgat run`; paths are the caller's, not checked against the data root.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BuildNeighbours(self, request, context):
+        """Builds a kNN or radius neighbourhood distributed over the live workers (points split
+        by recursive coordinate bisection) and writes its int64 [2, E] edge index, sorted by
+        (target, source), exactly as `distgat neighbours` does. Like RunJob, takes the
+        caller's paths and is allowed only on a coordinator started with --allow-run-job.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -301,6 +316,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.RunJob,
                     request_deserializer=distgat_dot_v1_dot_distgat__pb2.RunJobRequest.FromString,
                     response_serializer=distgat_dot_v1_dot_distgat__pb2.RunJobResponse.SerializeToString,
+            ),
+            'BuildNeighbours': grpc.unary_unary_rpc_method_handler(
+                    servicer.BuildNeighbours,
+                    request_deserializer=distgat_dot_v1_dot_distgat__pb2.BuildNeighboursRequest.FromString,
+                    response_serializer=distgat_dot_v1_dot_distgat__pb2.BuildNeighboursResponse.SerializeToString,
             ),
             'RegisterGraph': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterGraph,
@@ -491,6 +511,33 @@ class Coordinator:
             '/distgat.v1.Coordinator/RunJob',
             distgat_dot_v1_dot_distgat__pb2.RunJobRequest.SerializeToString,
             distgat_dot_v1_dot_distgat__pb2.RunJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BuildNeighbours(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distgat.v1.Coordinator/BuildNeighbours',
+            distgat_dot_v1_dot_distgat__pb2.BuildNeighboursRequest.SerializeToString,
+            distgat_dot_v1_dot_distgat__pb2.BuildNeighboursResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -948,6 +995,11 @@ class WorkerStub:
                 request_serializer=distgat_dot_v1_dot_distgat__pb2.StartJobRequest.SerializeToString,
                 response_deserializer=distgat_dot_v1_dot_distgat__pb2.StartJobResponse.FromString,
                 _registered_method=True)
+        self.BuildNeighbours = channel.stream_stream(
+                '/distgat.v1.Worker/BuildNeighbours',
+                request_serializer=distgat_dot_v1_dot_distgat__pb2.BuildChunk.SerializeToString,
+                response_deserializer=distgat_dot_v1_dot_distgat__pb2.BuildOutput.FromString,
+                _registered_method=True)
         self.CancelJob = channel.unary_unary(
                 '/distgat.v1.Worker/CancelJob',
                 request_serializer=distgat_dot_v1_dot_distgat__pb2.CancelJobRequest.SerializeToString,
@@ -960,6 +1012,16 @@ class WorkerServicer:
 
     def StartJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BuildNeighbours(self, request_iterator, context):
+        """One part of a distributed neighbourhood build: a BuildHeader, then the part's points
+        (ascending ids) in chunks; the answer streams the part's centres' edges, then its
+        statistics. The worker keeps its points for peers' FetchPoints until the coordinator
+        closes its side of the stream.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -977,6 +1039,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.StartJob,
                     request_deserializer=distgat_dot_v1_dot_distgat__pb2.StartJobRequest.FromString,
                     response_serializer=distgat_dot_v1_dot_distgat__pb2.StartJobResponse.SerializeToString,
+            ),
+            'BuildNeighbours': grpc.stream_stream_rpc_method_handler(
+                    servicer.BuildNeighbours,
+                    request_deserializer=distgat_dot_v1_dot_distgat__pb2.BuildChunk.FromString,
+                    response_serializer=distgat_dot_v1_dot_distgat__pb2.BuildOutput.SerializeToString,
             ),
             'CancelJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelJob,
@@ -1011,6 +1078,33 @@ class Worker:
             '/distgat.v1.Worker/StartJob',
             distgat_dot_v1_dot_distgat__pb2.StartJobRequest.SerializeToString,
             distgat_dot_v1_dot_distgat__pb2.StartJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BuildNeighbours(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/distgat.v1.Worker/BuildNeighbours',
+            distgat_dot_v1_dot_distgat__pb2.BuildChunk.SerializeToString,
+            distgat_dot_v1_dot_distgat__pb2.BuildOutput.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1063,6 +1157,11 @@ class HaloExchangeStub:
                 request_serializer=distgat_dot_v1_dot_distgat__pb2.RowChunk.SerializeToString,
                 response_deserializer=distgat_dot_v1_dot_distgat__pb2.SendRowsResponse.FromString,
                 _registered_method=True)
+        self.FetchPoints = channel.unary_stream(
+                '/distgat.v1.HaloExchange/FetchPoints',
+                request_serializer=distgat_dot_v1_dot_distgat__pb2.FetchPointsRequest.SerializeToString,
+                response_deserializer=distgat_dot_v1_dot_distgat__pb2.PointChunk.FromString,
+                _registered_method=True)
 
 
 class HaloExchangeServicer:
@@ -1075,6 +1174,13 @@ class HaloExchangeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchPoints(self, request, context):
+        """A peer's points within reach of the asker's centres, in chunks (neighbourhood builds).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HaloExchangeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1082,6 +1188,11 @@ def add_HaloExchangeServicer_to_server(servicer, server):
                     servicer.SendRows,
                     request_deserializer=distgat_dot_v1_dot_distgat__pb2.RowChunk.FromString,
                     response_serializer=distgat_dot_v1_dot_distgat__pb2.SendRowsResponse.SerializeToString,
+            ),
+            'FetchPoints': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchPoints,
+                    request_deserializer=distgat_dot_v1_dot_distgat__pb2.FetchPointsRequest.FromString,
+                    response_serializer=distgat_dot_v1_dot_distgat__pb2.PointChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1111,6 +1222,33 @@ class HaloExchange:
             '/distgat.v1.HaloExchange/SendRows',
             distgat_dot_v1_dot_distgat__pb2.RowChunk.SerializeToString,
             distgat_dot_v1_dot_distgat__pb2.SendRowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchPoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/distgat.v1.HaloExchange/FetchPoints',
+            distgat_dot_v1_dot_distgat__pb2.FetchPointsRequest.SerializeToString,
+            distgat_dot_v1_dot_distgat__pb2.PointChunk.FromString,
             options,
             channel_credentials,
             insecure,

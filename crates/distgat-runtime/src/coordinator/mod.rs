@@ -6,6 +6,7 @@
 //! `mod -> api -> job -> sink/state`, never back.
 
 mod api;
+mod build;
 mod delete;
 mod job;
 mod sink;
@@ -18,13 +19,14 @@ use std::time::Instant;
 
 use distgat_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
 use distgat_proto::v1::{
-    CancelJobRequest, ClusterStatusRequest, ClusterStatusResponse, CreatePartitionRequest,
-    DeleteGraphRequest, DeleteJobRequest, DeletePartitionRequest, DeleteResponse,
-    FetchAttentionRequest, FetchAttentionResponse, FetchOutputRequest, GetJobRequest, GraphInfo,
-    HeartbeatRequest, HeartbeatResponse, JobInfo, ListGraphsRequest, ListGraphsResponse,
-    ListJobsRequest, ListJobsResponse, ListPartitionsRequest, ListPartitionsResponse, OutputChunk,
-    OutputRows, PartitionInfo, PushOutputResponse, RegisterGraphRequest, RegisterWorkerRequest,
-    RegisterWorkerResponse, RunJobRequest, RunJobResponse, SubmitJobRequest, UploadGraphChunk,
+    BuildNeighboursRequest, BuildNeighboursResponse, CancelJobRequest, ClusterStatusRequest,
+    ClusterStatusResponse, CreatePartitionRequest, DeleteGraphRequest, DeleteJobRequest,
+    DeletePartitionRequest, DeleteResponse, FetchAttentionRequest, FetchAttentionResponse,
+    FetchOutputRequest, GetJobRequest, GraphInfo, HeartbeatRequest, HeartbeatResponse, JobInfo,
+    ListGraphsRequest, ListGraphsResponse, ListJobsRequest, ListJobsResponse,
+    ListPartitionsRequest, ListPartitionsResponse, OutputChunk, OutputRows, PartitionInfo,
+    PushOutputResponse, RegisterGraphRequest, RegisterWorkerRequest, RegisterWorkerResponse,
+    RunJobRequest, RunJobResponse, SubmitJobRequest, UploadGraphChunk,
 };
 use distgat_proto::{
     CONNECTION_WINDOW, COORDINATOR_SERVICE, MAX_CHUNK_BYTES, PROTOCOL_VERSION, STREAM_WINDOW,
@@ -42,6 +44,7 @@ use crate::registry::{prune_departed, WorkerEntry};
 use crate::standard::standard_routes;
 use crate::store::Store;
 pub use api::{MAX_ATTENTION_NODES, MAX_QUEUED_JOBS};
+pub use build::{BuildSummary, PartBuildSummary};
 use job::run_job;
 pub use job::JobSummary;
 pub use state::CoordinatorConfig;
@@ -426,6 +429,44 @@ impl Coordinator for Service {
         _: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
         Ok(Response::new(api::cluster_status(&self.0)))
+    }
+
+    async fn build_neighbours(
+        &self,
+        request: Request<BuildNeighboursRequest>,
+    ) -> Result<Response<BuildNeighboursResponse>, Status> {
+        if !self.0.config.allow_run_job {
+            return Err(RuntimeError::PermissionDenied(
+                "BuildNeighbours takes paths outside the data root and is off on this \
+                 coordinator (start it with --allow-run-job for a private cluster)"
+                    .into(),
+            )
+            .into());
+        }
+        let req = request.into_inner();
+        let state = self.0.clone();
+        // On its own task, like RunJob: the build finishes and cleans up even if the
+        // caller goes away.
+        let build = tokio::spawn(async move {
+            let _one_at_a_time = state.job_lock.lock().await;
+            let id = format!("build-{}", state.next_id.fetch_add(1, Ordering::Relaxed));
+            let result = build::build_neighbours(&state, &id, req).await;
+            (id, result)
+        });
+        let (id, result) = build
+            .await
+            .map_err(|e| Status::from(RuntimeError::Io(std::io::Error::other(e))))?;
+        match result {
+            Ok(summary) => Ok(Response::new(BuildNeighboursResponse {
+                nodes: summary.nodes,
+                edges: summary.edges,
+                summary_json: serde_json::to_string(&summary).expect("summary serialises"),
+            })),
+            Err(e) => {
+                tracing::warn!(build = %id, "neighbourhood build failed: {e}");
+                Err(e.into())
+            }
+        }
     }
 
     async fn run_job(

@@ -7,6 +7,7 @@
 //! Modules: [`mailbox`] (received halo chunks), [`part`] (computing one part of a job);
 //! this file holds the gRPC services and the job thread.
 
+mod build;
 mod mailbox;
 mod part;
 
@@ -21,8 +22,9 @@ use distgat_proto::v1::halo_exchange_server::{HaloExchange, HaloExchangeServer};
 use distgat_proto::v1::output_chunk::Body;
 use distgat_proto::v1::worker_server::{Worker, WorkerServer};
 use distgat_proto::v1::{
-    CancelJobRequest, CancelJobResponse, HeartbeatRequest, OutputChunk, RegisterWorkerRequest,
-    RowChunk, RunningPart, SendRowsResponse, StartJobRequest, StartJobResponse,
+    BuildChunk, BuildOutput, CancelJobRequest, CancelJobResponse, FetchPointsRequest,
+    HeartbeatRequest, OutputChunk, PointChunk, RegisterWorkerRequest, RowChunk, RunningPart,
+    SendRowsResponse, StartJobRequest, StartJobResponse,
 };
 use distgat_proto::{
     CONNECTION_WINDOW, HALO_SERVICE, MAX_CHUNK_BYTES, PROTOCOL_VERSION, STREAM_WINDOW,
@@ -86,6 +88,7 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
 
     let state = Arc::new(WorkerState {
         mailbox: Mailbox::default(),
+        builds: Arc::new(build::Builds::default()),
         jobs: Mutex::new(HashMap::new()),
         coordinator: endpoint(&config.coordinator)?,
     });
@@ -97,10 +100,15 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .add_routes(routes)
-        .add_service(WorkerServer::new(WorkerService(state.clone())))
+        .add_service(
+            WorkerServer::new(WorkerService(state.clone()))
+                .max_decoding_message_size(2 * MAX_CHUNK_BYTES)
+                .max_encoding_message_size(2 * MAX_CHUNK_BYTES),
+        )
         .add_service(
             HaloExchangeServer::new(HaloService(state.clone()))
-                .max_decoding_message_size(2 * MAX_CHUNK_BYTES),
+                .max_decoding_message_size(2 * MAX_CHUNK_BYTES)
+                .max_encoding_message_size(2 * MAX_CHUNK_BYTES),
         )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             let _ = shutdown_rx.await;
@@ -198,6 +206,8 @@ async fn register(coordinator: &Endpoint, advertised: &str) -> Result<(String, D
 
 struct WorkerState {
     mailbox: Mailbox,
+    /// Points of the neighbourhood builds running here, for peers' fetches.
+    builds: Arc<build::Builds>,
     /// Running jobs: their part, cancellation flag and progress inside the current layer.
     jobs: Mutex<HashMap<String, RunningJob>>,
     coordinator: Endpoint,
@@ -297,6 +307,34 @@ impl Worker for WorkerService {
         Ok(Response::new(StartJobResponse {}))
     }
 
+    type BuildNeighboursStream = ReceiverStream<Result<BuildOutput, Status>>;
+
+    async fn build_neighbours(
+        &self,
+        request: Request<Streaming<BuildChunk>>,
+    ) -> Result<Response<Self::BuildNeighboursStream>, Status> {
+        let mut inbound = request.into_inner();
+        let header = match inbound.message().await? {
+            Some(BuildChunk {
+                body: Some(distgat_proto::v1::build_chunk::Body::Header(h)),
+            }) => h,
+            _ => {
+                return Err(RuntimeError::InvalidArgument(
+                    "the first BuildChunk must be the BuildHeader".into(),
+                )
+                .into())
+            }
+        };
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(build::serve_build(
+            self.0.builds.clone(),
+            header,
+            inbound,
+            tx,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     async fn cancel_job(
         &self,
         request: Request<CancelJobRequest>,
@@ -321,6 +359,24 @@ struct HaloService(Arc<WorkerState>);
 
 #[tonic::async_trait]
 impl HaloExchange for HaloService {
+    type FetchPointsStream = ReceiverStream<Result<PointChunk, Status>>;
+
+    async fn fetch_points(
+        &self,
+        request: Request<FetchPointsRequest>,
+    ) -> Result<Response<Self::FetchPointsStream>, Status> {
+        let chunks = build::fetch_points(&self.0.builds, request.into_inner()).await?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            for c in chunks {
+                if tx.send(Ok(c)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     async fn send_rows(
         &self,
         request: Request<Streaming<RowChunk>>,

@@ -1,0 +1,408 @@
+//! `BuildNeighbours`: a kNN or radius neighbourhood built distributed over the live
+//! workers, written as the same int64 `[2, E]` file `distgat neighbours` writes.
+//!
+//! The coordinator reads the points, checks the rule against them exactly as the
+//! single-process build does, splits them by recursive coordinate bisection
+//! ([`rcb`]), and streams each worker its part's points with every part's box and its
+//! peers' addresses. The workers fetch boundary points from each other
+//! (`HaloExchange.FetchPoints`) and stream back their centres' edges; the coordinator
+//! places them by centre id and writes the file atomically. Every centre's edges come
+//! from exactly one part, so the file does not depend on the part count.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use distgat_neighbours::distributed::{rcb, BBox};
+use distgat_neighbours::{check_rule, Metric, NeighbourRule, Neighbours, Options, Points};
+use distgat_proto::v1::build_chunk::Body as ChunkBody;
+use distgat_proto::v1::build_output::Body as OutputBody;
+use distgat_proto::v1::worker_client::WorkerClient;
+use distgat_proto::v1::{
+    BuildChunk, BuildHeader, BuildNeighboursRequest, BuildStats, CentreEdges, Peer,
+};
+use distgat_proto::MAX_CHUNK_BYTES;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::state::State;
+use crate::catalog::lock;
+use crate::convert;
+use crate::error::{transport, Result, RuntimeError};
+use crate::net::endpoint;
+
+/// What a distributed build did, per part and in total (the `summary_json` of
+/// `BuildNeighboursResponse`).
+#[derive(Debug, Serialize)]
+pub struct BuildSummary {
+    pub build_id: String,
+    pub nodes: u64,
+    pub edges: u64,
+    pub seconds: f64,
+    /// Reading the points and splitting them (and writing the split), seconds.
+    pub split_seconds: f64,
+    pub parts: Vec<PartBuildSummary>,
+}
+
+/// One part of a build. Point bytes count 4 for the id plus 4 per coordinate.
+#[derive(Debug, Serialize)]
+pub struct PartBuildSummary {
+    pub part: u32,
+    pub worker: String,
+    pub address: String,
+    pub points: u64,
+    pub boundary_centres: u64,
+    /// Points received from peers, and their bytes.
+    pub points_fetched: u64,
+    pub bytes_fetched: u64,
+    /// Of the fetched points, those that are the neighbour of one of the part's centres.
+    pub points_needed: u64,
+    pub bytes_needed: u64,
+    pub search_ms: f64,
+    pub fetch_ms: f64,
+}
+
+/// Rules the distributed build runs: knn and radius, euclidean.
+fn check_distributable(rule: &NeighbourRule, options: &Options) -> Result<()> {
+    if matches!(rule, NeighbourRule::Hops { .. }) {
+        return Err(RuntimeError::InvalidArgument(
+            "spec: the hops rule is not built distributed".into(),
+        ));
+    }
+    if options.metric != Metric::Euclidean {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "spec.metric: the distributed build supports euclidean only, not {}",
+            options.metric.name()
+        )));
+    }
+    Ok(())
+}
+
+/// Runs a build; the caller holds the job lock.
+pub(crate) async fn build_neighbours(
+    state: &State,
+    build_id: &str,
+    req: BuildNeighboursRequest,
+) -> Result<BuildSummary> {
+    let started = Instant::now();
+    let (rule, options) = convert::neighbour_spec(req.spec.as_ref())?;
+    check_distributable(&rule, &options)?;
+    if req.points.is_empty() {
+        return Err(RuntimeError::InvalidArgument("points is empty".into()));
+    }
+    if req.out.is_empty() {
+        return Err(RuntimeError::InvalidArgument("out is empty".into()));
+    }
+    let out = PathBuf::from(&req.out);
+    let points_path = PathBuf::from(&req.points);
+    let points = tokio::task::spawn_blocking(move || -> Result<Points> {
+        let points = Points::read_npy(&points_path)?;
+        check_rule(&rule, points.len(), &options)?;
+        Ok(points)
+    })
+    .await
+    .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
+    let n = points.len();
+
+    // Enough live workers?
+    let deadline = Instant::now() + state.config.worker_wait;
+    let assigned: Vec<(String, String)> = loop {
+        {
+            let workers = lock(&state.workers);
+            let live: Vec<_> = workers
+                .iter()
+                .filter(|w| state.is_live(w))
+                .map(|w| (w.id.clone(), w.address.clone()))
+                .collect();
+            let want = if req.parts == 0 {
+                live.len().max(1)
+            } else {
+                req.parts as usize
+            };
+            if live.len() >= want {
+                break live.into_iter().take(want).collect();
+            }
+            if Instant::now() >= deadline {
+                return Err(RuntimeError::FailedPrecondition(format!(
+                    "the build asks for {want} parts but {} live workers are registered",
+                    live.len()
+                )));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let parts = assigned.len();
+    if parts > n {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "parts: {parts} parts for {n} points; every part needs at least one point"
+        )));
+    }
+    let points = Arc::new(points);
+    let (split, boxes) = {
+        let points = points.clone();
+        tokio::task::spawn_blocking(move || {
+            let split = rcb(&points, parts);
+            let boxes: Vec<BBox> = split
+                .iter()
+                .map(|ids| {
+                    BBox::of(&points, ids.iter().map(|&i| i as usize)).expect("non-empty part")
+                })
+                .collect();
+            (split, boxes)
+        })
+        .await
+        .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))?
+    };
+    if !req.assignment_out.is_empty() {
+        let path = PathBuf::from(&req.assignment_out);
+        let mut assignment = vec![0i64; n];
+        for (k, ids) in split.iter().enumerate() {
+            ids.iter().for_each(|&i| assignment[i as usize] = k as i64);
+        }
+        tokio::task::spawn_blocking(move || {
+            distgat_graph::write_npy(&path, &[assignment.len() as u64], &assignment)
+        })
+        .await
+        .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
+    }
+    let split_seconds = started.elapsed().as_secs_f64();
+    let boxes: Vec<_> = boxes
+        .iter()
+        .enumerate()
+        .map(|(k, b)| convert::part_box(k as u32, b))
+        .collect();
+    let spec = convert::neighbour_spec_of(&rule, &options);
+
+    // One stream per part: header and points out, edges and statistics back.
+    let mut running = Vec::with_capacity(parts);
+    for (k, ids) in split.into_iter().enumerate() {
+        let header = BuildHeader {
+            build_id: build_id.to_string(),
+            part: k as u32,
+            spec: Some(spec.clone()),
+            total_points: n as u64,
+            dim: points.dim() as u32,
+            own_points: ids.len() as u64,
+            boxes: boxes.clone(),
+            peers: assigned
+                .iter()
+                .enumerate()
+                .filter(|&(q, _)| q != k)
+                .map(|(q, (_, address))| Peer {
+                    part: q as u32,
+                    address: address.clone(),
+                })
+                .collect(),
+            threads: req.threads_per_worker.max(1),
+        };
+        let address = assigned[k].1.clone();
+        let (tx, rx) = mpsc::channel::<BuildChunk>(4);
+        let feeder = tokio::spawn(feed(tx, header, points.clone(), ids));
+        let client = WorkerClient::new(endpoint(&address)?.connect_lazy())
+            .max_encoding_message_size(2 * MAX_CHUNK_BYTES)
+            .max_decoding_message_size(2 * MAX_CHUNK_BYTES);
+        running.push((
+            feeder,
+            tokio::spawn(collect(client, rx, k as u32, address, n as u64)),
+        ));
+    }
+    // Every part's answer first; only then close the request streams (a worker keeps its
+    // points for its peers until then). On a failure, every stream is closed at once, so
+    // the other workers stop waiting for their peers and forget their points.
+    let (feeders, collecting): (Vec<_>, Vec<_>) = running.into_iter().unzip();
+    let mut results = Vec::with_capacity(parts);
+    for c in collecting {
+        let outcome = c
+            .await
+            .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))
+            .and_then(|r| r);
+        match outcome {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                feeders.iter().for_each(|f| f.abort());
+                return Err(e);
+            }
+        }
+    }
+    for f in feeders {
+        // Dropping the senders closes the streams.
+        match f.await {
+            Ok(Ok(tx)) => drop(tx),
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(RuntimeError::Io(std::io::Error::other(e))),
+        }
+    }
+
+    let summaries: Vec<PartBuildSummary> = results
+        .iter()
+        .map(|r| {
+            let s = &r.stats;
+            PartBuildSummary {
+                part: r.part,
+                worker: assigned[r.part as usize].0.clone(),
+                address: r.address.clone(),
+                points: s.points,
+                boundary_centres: s.boundary_centres,
+                points_fetched: s.points_fetched,
+                bytes_fetched: s.bytes_fetched,
+                points_needed: s.points_needed,
+                bytes_needed: s.bytes_needed,
+                search_ms: s.search_ms,
+                fetch_ms: s.fetch_ms,
+            }
+        })
+        .collect();
+    let edges = tokio::task::spawn_blocking(move || -> Result<usize> {
+        let nb = assemble(n, &results)?;
+        nb.write_npy(&out)?;
+        Ok(nb.num_edges())
+    })
+    .await
+    .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
+    Ok(BuildSummary {
+        build_id: build_id.to_string(),
+        nodes: n as u64,
+        edges: edges as u64,
+        seconds: started.elapsed().as_secs_f64(),
+        split_seconds,
+        parts: summaries,
+    })
+}
+
+/// Sends the header, then the part's points in chunks; returns the sender, to be dropped
+/// when every part has answered.
+async fn feed(
+    tx: mpsc::Sender<BuildChunk>,
+    header: BuildHeader,
+    points: Arc<Points>,
+    ids: Vec<u32>,
+) -> Result<mpsc::Sender<BuildChunk>> {
+    let closed = || RuntimeError::Cancelled("a worker closed its build stream".into());
+    tx.send(BuildChunk {
+        body: Some(ChunkBody::Header(header)),
+    })
+    .await
+    .map_err(|_| closed())?;
+    let per = (MAX_CHUNK_BYTES / (4 + 4 * points.dim())).max(1);
+    for block in ids.chunks(per) {
+        let chunk = distgat_proto::v1::PointChunk {
+            ids: block.to_vec(),
+            coords: block
+                .iter()
+                .flat_map(|&i| points.row(i as usize).iter().flat_map(|v| v.to_le_bytes()))
+                .collect(),
+        };
+        tx.send(BuildChunk {
+            body: Some(ChunkBody::Points(chunk)),
+        })
+        .await
+        .map_err(|_| closed())?;
+    }
+    Ok(tx)
+}
+
+/// What one part sent back.
+struct PartResult {
+    edges: Vec<CentreEdges>,
+    stats: BuildStats,
+    part: u32,
+    address: String,
+}
+
+async fn collect(
+    mut client: WorkerClient<tonic::transport::Channel>,
+    rx: mpsc::Receiver<BuildChunk>,
+    part: u32,
+    address: String,
+    n: u64,
+) -> Result<PartResult> {
+    let context = format!("neighbourhood build, part {part} at {address}");
+    let mut stream = client
+        .build_neighbours(ReceiverStream::new(rx))
+        .await
+        .map_err(transport(context.clone()))?
+        .into_inner();
+    let mut edges = Vec::new();
+    let mut stats = None;
+    while let Some(out) = stream.message().await.map_err(transport(context.clone()))? {
+        match out.body {
+            Some(OutputBody::Edges(e)) => {
+                let total: u64 = e.counts.iter().map(|&c| c as u64).sum();
+                if e.centres.len() != e.counts.len() || total != e.sources.len() as u64 {
+                    return Err(RuntimeError::InvalidArgument(format!(
+                        "{context}: CentreEdges counts do not match its centres and sources"
+                    )));
+                }
+                if let Some(bad) = e.centres.iter().chain(&e.sources).find(|&&i| i as u64 >= n) {
+                    return Err(RuntimeError::InvalidArgument(format!(
+                        "{context}: node id {bad} is not below {n}"
+                    )));
+                }
+                edges.push(e);
+            }
+            Some(OutputBody::Stats(s)) => stats = Some(s),
+            None => {}
+        }
+    }
+    let stats = stats.ok_or_else(|| RuntimeError::WorkerFailed {
+        worker: address.clone(),
+        part,
+        detail: "the build stream ended without statistics".into(),
+    })?;
+    Ok(PartResult {
+        edges,
+        stats,
+        part,
+        address,
+    })
+}
+
+/// Places every centre's edges at its id. Each of the `n` centres comes from exactly one
+/// part; a part may split a large neighbourhood over consecutive entries of the same
+/// centre, which are concatenated in order.
+fn assemble(n: usize, results: &[PartResult]) -> Result<Neighbours> {
+    const NONE: u32 = u32::MAX;
+    let mut owner = vec![NONE; n];
+    let mut count = vec![0u64; n];
+    for r in results {
+        let mut last = None;
+        for e in &r.edges {
+            for (&c, &k) in e.centres.iter().zip(&e.counts) {
+                let o = &mut owner[c as usize];
+                if *o == NONE {
+                    *o = r.part;
+                } else if *o != r.part || last != Some(c) {
+                    return Err(RuntimeError::InvalidArgument(format!(
+                        "centre {c} was sent twice (parts {} and {})",
+                        *o, r.part
+                    )));
+                }
+                count[c as usize] += k as u64;
+                last = Some(c);
+            }
+        }
+    }
+    if let Some(missing) = owner.iter().position(|&o| o == NONE) {
+        return Err(RuntimeError::FailedPrecondition(format!(
+            "the edges of centre {missing} never arrived"
+        )));
+    }
+    let mut offsets = Vec::with_capacity(n + 1);
+    offsets.push(0u64);
+    for &c in &count {
+        offsets.push(offsets.last().expect("non-empty") + c);
+    }
+    let mut sources = vec![0u32; *offsets.last().expect("non-empty") as usize];
+    let mut filled = vec![0u64; n];
+    for e in results.iter().flat_map(|r| &r.edges) {
+        let mut at = 0usize;
+        for (&c, &k) in e.centres.iter().zip(&e.counts) {
+            let start = (offsets[c as usize] + filled[c as usize]) as usize;
+            sources[start..start + k as usize].copy_from_slice(&e.sources[at..at + k as usize]);
+            filled[c as usize] += k as u64;
+            at += k as usize;
+        }
+    }
+    Ok(Neighbours { offsets, sources })
+}
