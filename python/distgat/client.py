@@ -19,6 +19,7 @@ regenerates them and fails if they differ. Failed calls raise ``grpc.RpcError`` 
 
 from __future__ import annotations
 
+import os
 from typing import Iterable, Iterator, Optional, Sequence
 
 try:
@@ -162,6 +163,10 @@ class Client:
 
     def list_graphs(self) -> Sequence[pb.GraphInfo]:
         return self.stub.ListGraphs(pb.ListGraphsRequest(), timeout=self.timeout).graphs
+
+    def list_partitions(self) -> Sequence[pb.PartitionInfo]:
+        req = pb.ListPartitionsRequest()
+        return self.stub.ListPartitions(req, timeout=self.timeout).partitions
 
     # ---- jobs
 

@@ -21,7 +21,6 @@ import grpc
 import numpy as np
 
 from distgat import client as distgat_client
-from distgat.client import pb
 
 
 def check(ok: bool, what: str) -> None:
@@ -61,6 +60,10 @@ def main() -> int:
         check(np.array_equal(c.fetch_output(job.job_id, nodes=[17, 0, 5]), reference[[17, 0, 5]]),
               "a list of rows, in the order asked")
 
+        up = c.upload_graph("data/cora/edges.npy", "data/cora/features.npy", graph_format="npy")
+        check((up.nodes, up.edges) == (2708, 10556), "upload_graph streams a local graph")
+        check(c.delete_graph(up.graph_id).bytes_freed > 0, "deleting an uploaded graph frees its files")
+
         top = c.explain(job.job_id, nodes=[0, 5], layer=0, top_k=3)
         check(sorted(top) == [0, 5] and all(1 <= len(v) <= 3 for v in top.values()),
               "explain: up to 3 neighbours for each node asked")
@@ -78,6 +81,8 @@ def main() -> int:
         check(code_of(lambda: c.delete_job("job-none")) == grpc.StatusCode.NOT_FOUND,
               "deleting an unknown job is NOT_FOUND")
         check(g.graph_id in [x.graph_id for x in c.list_graphs()], "list_graphs lists the graph")
+        check(any(p.graph_id == g.graph_id for p in c.list_partitions()),
+              "list_partitions lists the partition the job made")
     print("check_client.py: all checks passed")
     return 0
 

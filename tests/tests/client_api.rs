@@ -787,6 +787,13 @@ async fn a_restarted_coordinator_keeps_its_catalog() {
         }
         (graph, job)
     };
+    // What a coordinator stopped mid-work leaves (a partition not yet recorded) goes at the
+    // restart; anything not named like the coordinator's own ids stays.
+    let orphan = work.path().join("work/partitions/partition-999");
+    let foreign = work.path().join("work/partitions/notes");
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join("manifest.json"), "{}").unwrap();
+    std::fs::create_dir_all(&foreign).unwrap();
     // The database is closed once the old coordinator's state is gone.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let coordinator = loop {
@@ -799,6 +806,11 @@ async fn a_restarted_coordinator_keeps_its_catalog() {
             Err(e) => panic!("restart: {e}"),
         }
     };
+    assert!(
+        !orphan.exists(),
+        "an unrecorded partition left by the old coordinator"
+    );
+    assert!(foreign.exists(), "a directory the coordinator did not make");
     let mut client = Client::connect(&coordinator.addr.to_string())
         .await
         .unwrap();

@@ -1,6 +1,6 @@
 //! `distgat`: graph attention inference on graphs too large for PyTorch Geometric.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -91,7 +91,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         layer: u32,
         /// How many neighbours to show per node, by mean coefficient over the heads
-        #[arg(long, default_value_t = 5)]
+        /// (1..=1000)
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
         top_k: u32,
         #[command(flatten)]
         client: ClientArgs,
@@ -541,7 +542,8 @@ fn main() -> ExitCode {
             range,
             ids_out,
             client,
-        } => client_command(&client, |c| fetch(c, job, out, nodes, range, ids_out)),
+        } => check_fetch_outputs(&out, ids_out.as_deref())
+            .and_then(|()| client_command(&client, |c| fetch(c, job, out, nodes, range, ids_out))),
         Command::Explain {
             job,
             nodes,
@@ -969,6 +971,21 @@ async fn watch(
         println!("{}", distgat_cli::remote::format_job(&info));
     } else {
         eprintln!("{}", distgat_cli::remote::format_job(&info));
+    }
+    Ok(())
+}
+
+/// `fetch`'s output files, checked before connecting: writable, and not the same file.
+fn check_fetch_outputs(out: &Path, ids_out: Option<&Path>) -> anyhow::Result<()> {
+    distgat_cli::infer::check_output_file("--out", out)?;
+    if let Some(ids) = ids_out {
+        distgat_cli::infer::check_output_file("--ids-out", ids)?;
+        if std::path::absolute(ids)? == std::path::absolute(out)? {
+            anyhow::bail!(
+                "--ids-out: {} is also named by --out; give each output its own file",
+                ids.display()
+            );
+        }
     }
     Ok(())
 }

@@ -161,3 +161,32 @@ fn missing_data_root_is_refused() {
         "{e}"
     );
 }
+
+/// `fetch --ids-out` naming the `--out` file would overwrite the rows with the ids: refused
+/// before connecting.
+#[test]
+fn fetch_refuses_one_file_for_rows_and_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("f.npy");
+    let out = out.to_str().unwrap();
+    let o = distgat(
+        &[
+            "fetch",
+            "job-1",
+            "--out",
+            out,
+            "--ids-out",
+            out,
+            "--coordinator",
+            "127.0.0.1:1",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("--ids-out") && e.contains("also named by --out"),
+        "{e}"
+    );
+    assert!(!std::path::Path::new(out).exists());
+}

@@ -155,7 +155,9 @@ pub(crate) async fn serve(
     refresh: Arc<dyn Fn() + Send + Sync>,
     mut shutdown: oneshot::Receiver<()>,
 ) -> Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        crate::error::RuntimeError::InvalidArgument(format!("--metrics-listen {addr}: {e}"))
+    })?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
         loop {

@@ -54,6 +54,7 @@ pub async fn start_coordinator(config: CoordinatorConfig) -> Result<RunningServe
     let storage = Storage::new(&config.data_root, &config.work_dir, config.max_upload_bytes)?;
     // What an earlier coordinator on this work dir registered, partitioned and ran.
     let (catalog, next_id) = Catalog::reload(Store::open(&storage.work_dir)?)?;
+    remove_orphans(&storage.work_dir, &catalog);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let (queue, queued) = mpsc::unbounded_channel();
@@ -114,6 +115,51 @@ pub async fn start_coordinator(config: CoordinatorConfig) -> Result<RunningServe
         shutdown,
         join,
     })
+}
+
+/// Removes what a coordinator stopped mid-work left in `work_dir` and its catalog does not
+/// know: a partition directory being written, a job's output dir, an upload in progress.
+fn remove_orphans(work_dir: &std::path::Path, catalog: &Catalog) {
+    let partitions: std::collections::HashSet<String> =
+        lock(&catalog.partitions).keys().cloned().collect();
+    let jobs: std::collections::HashSet<String> =
+        lock(&catalog.jobs).iter().map(|j| j.id.clone()).collect();
+    let graphs: std::collections::HashSet<String> = lock(&catalog.graphs).keys().cloned().collect();
+    let ours = |name: &str, prefix: &str| {
+        name.strip_prefix(prefix)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    for (sub, prefix, known) in [
+        ("partitions", "partition-", &partitions),
+        ("jobs", "job-", &jobs),
+        ("graphs", "graph-", &graphs),
+    ] {
+        let Ok(entries) = std::fs::read_dir(work_dir.join(sub)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Only names this coordinator makes (`job-7`), never anything else found there.
+            if ours(&name, prefix) && !known.contains(&name) {
+                let path = entry.path();
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => tracing::warn!(
+                        "removed {}: left by a coordinator that stopped before recording it",
+                        path.display()
+                    ),
+                    Err(e) => tracing::warn!("could not remove {}: {e}", path.display()),
+                }
+            }
+        }
+    }
+    // Uploads in progress (`.upload-*` temporary directories) never survive their coordinator.
+    if let Ok(entries) = std::fs::read_dir(work_dir.join("uploads")) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".upload-") {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
 }
 
 /// Sets the coordinator's gauges from its state (before each scrape).

@@ -117,14 +117,29 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
 
     // Register (retrying while the coordinator starts), then heartbeat.
     let deadline = Instant::now() + config.register_timeout;
+    let mut told = false;
     let (worker_id, interval) = loop {
         match register(&state.coordinator, &advertised).await {
             Ok(r) => break r,
             Err(e) if Instant::now() < deadline => {
-                tracing::debug!("registering with {}: {e}", config.coordinator);
+                if !told {
+                    // Once, so a wrong address is visible long before the timeout.
+                    tracing::warn!(
+                        "coordinator {} not reachable yet ({e}); retrying for up to {} s",
+                        config.coordinator,
+                        config.register_timeout.as_secs()
+                    );
+                    told = true;
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                return Err(RuntimeError::FailedPrecondition(format!(
+                    "coordinator {}: could not register within {} s: {e}",
+                    config.coordinator,
+                    config.register_timeout.as_secs()
+                )))
+            }
         }
     };
     tracing::info!(worker = %worker_id, %advertised, "registered with the coordinator");
