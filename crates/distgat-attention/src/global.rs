@@ -85,6 +85,8 @@ pub trait GlobalKind: Send + Sync + Debug {
     fn kind(&self) -> &'static str;
     /// Width of the input rows.
     fn in_features(&self) -> usize;
+    /// The model argument that sets it (`embed_dim`, `dim`), for errors.
+    fn in_features_arg(&self) -> &'static str;
     /// Width of the output rows.
     fn out_width(&self) -> usize;
     /// `Some(description)` when the layer approximates exact softmax attention.
@@ -234,6 +236,13 @@ impl GlobalKind for GlobalAttention {
     }
     fn in_features(&self) -> usize {
         self.dim
+    }
+    fn in_features_arg(&self) -> &'static str {
+        if self.kind == "MultiheadAttention" {
+            "embed_dim"
+        } else {
+            "dim"
+        }
     }
     fn out_width(&self) -> usize {
         self.dim

@@ -84,6 +84,14 @@ impl Layer {
             Layer::Global(g) => g.in_features(),
         }
     }
+    /// The model argument that sets [`Layer::in_features`] (`in_channels`, `embed_dim`,
+    /// `dim`), for errors.
+    pub fn in_features_arg(&self) -> &'static str {
+        match self {
+            Layer::Local(_) => "in_channels",
+            Layer::Global(g) => g.in_features_arg(),
+        }
+    }
     pub fn out_width(&self) -> usize {
         match self {
             Layer::Local(l) => l.out_width(),
@@ -156,9 +164,10 @@ impl Model {
         let want = self.layers[0].in_features();
         if want != width {
             return Err(ModelError::Mismatch(format!(
-                "{}: features have {width} columns, but layer 0 ({}) expects in_channels = {want}",
+                "{}: features have {width} columns, but layer 0 ({}) expects {} = {want}",
                 features.display(),
-                self.layers[0].kind()
+                self.layers[0].kind(),
+                self.layers[0].in_features_arg()
             )));
         }
         Ok(())

@@ -49,7 +49,7 @@ pub async fn submit(client: &mut Client, config: SubmitConfig) -> anyhow::Result
                         &config.name,
                     )
                     .await
-                    .context("uploading the graph")?
+                    .with_context(|| format!("uploading the graph {graph}"))?
             } else {
                 client
                     .register_graph_with_edge_features(

@@ -150,6 +150,9 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
     tokio::spawn(async move {
         let mut client = CoordinatorClient::new(heartbeat_channel);
         let mut worker_id = worker_id;
+        // A coordinator that is down fails every heartbeat: warn on the first failure and
+        // on recovery, not every interval.
+        let mut failing = false;
         loop {
             tokio::time::sleep(interval).await;
             let mut req = Request::new(HeartbeatRequest {
@@ -157,7 +160,12 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
                 running: reporting.running_parts(),
             });
             req.set_timeout(RPC_DEADLINE);
-            match client.heartbeat(req).await {
+            let reply = client.heartbeat(req).await;
+            if reply.is_ok() && failing {
+                tracing::warn!(worker = %worker_id, "heartbeats reach the coordinator again");
+                failing = false;
+            }
+            match reply {
                 Ok(_) => {}
                 // A restarted coordinator has forgotten us: register again, so the
                 // cluster heals without restarting workers.
@@ -170,7 +178,19 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
                         Err(e) => tracing::warn!("registering again: {e}"),
                     }
                 }
-                Err(e) => tracing::warn!(worker = %worker_id, "heartbeat failed: {e}"),
+                Err(e) if failing => {
+                    tracing::debug!(worker = %worker_id, "heartbeat failed: {}", e.message())
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        worker = %worker_id,
+                        "heartbeat failed ({:?}: {}); retrying every {} ms quietly",
+                        e.code(),
+                        e.message(),
+                        interval.as_millis()
+                    );
+                    failing = true;
+                }
             }
         }
     });
