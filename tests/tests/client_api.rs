@@ -659,6 +659,17 @@ async fn deletion_refuses_what_is_in_use_and_frees_the_rest() {
     let (code_, message) = code(client.delete_graph(&graph).await.unwrap_err());
     assert_eq!(code_, Code::FailedPrecondition, "{message}");
     assert!(message.contains(&partition), "{message}");
+    // What is left is listed, so it can be found and deleted.
+    let partitions = client.partitions().await.unwrap();
+    assert!(partitions
+        .iter()
+        .any(|p| p.partition_id == partition && p.graph_id == graph));
+    assert!(client
+        .graphs()
+        .await
+        .unwrap()
+        .iter()
+        .any(|g| g.graph_id == graph));
 
     // A partition in use by a job that has not ended cannot be deleted.
     let second = cora_job(&mut client, &graph, &partition).await;

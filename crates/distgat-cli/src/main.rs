@@ -54,6 +54,23 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List the coordinator's graphs (ids for submit --graph-id and delete graph).
+    Graphs {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the coordinator's partitions, including those jobs made (ids for submit
+    /// --partition-id and delete partition).
+    Partitions {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Follow a job with a progress bar until it ends (non-zero exit unless it succeeds).
     Watch {
         /// The job id (as submit printed it)
@@ -116,7 +133,7 @@ enum Command {
         /// What to delete: a job, a partition or a graph
         #[arg(value_enum)]
         what: DeleteWhat,
-        /// Its id (job-N, partition-N, graph-N as listed)
+        /// Its id (job-N, partition-N, graph-N, as `status`, `partitions` and `graphs` list)
         id: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -534,6 +551,19 @@ fn main() -> ExitCode {
         Command::Worker(args) => worker(args),
         Command::Submit(args) => client_command(&args.client.clone(), |c| submit(c, args)),
         Command::Status { job, json, client } => client_command(&client, |c| status(c, job, json)),
+        Command::Graphs { json, client } => client_command(&client, |mut c| async move {
+            let graphs = c.graphs().await?;
+            println!("{}", distgat_cli::remote::format_graphs(&graphs, json));
+            Ok(())
+        }),
+        Command::Partitions { json, client } => client_command(&client, |mut c| async move {
+            let partitions = c.partitions().await?;
+            println!(
+                "{}",
+                distgat_cli::remote::format_partitions(&partitions, json)
+            );
+            Ok(())
+        }),
         Command::Watch { job, client } => client_command(&client, |c| watch(c, job, true)),
         Command::Fetch {
             job,

@@ -306,6 +306,62 @@ pub fn write_addr_file(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The graphs as a table (or a JSON array with `json`).
+pub fn format_graphs(graphs: &[distgat_client::v1::GraphInfo], json: bool) -> String {
+    if json {
+        let rows: Vec<serde_json::Value> = graphs
+            .iter()
+            .map(|g| {
+                serde_json::json!({
+                    "graph_id": g.graph_id, "name": g.name, "nodes": g.nodes,
+                    "edges": g.edges, "feature_width": g.feature_width,
+                    "edge_feature_width": g.edge_feature_width, "source": g.source,
+                })
+            })
+            .collect();
+        return serde_json::Value::Array(rows).to_string();
+    }
+    let mut out = format!(
+        "{:<12} {:>10} {:>12} {:>8} {:>6}  {:<7} name",
+        "graph", "nodes", "edges", "features", "edge", "source"
+    );
+    for g in graphs {
+        out.push_str(&format!(
+            "\n{:<12} {:>10} {:>12} {:>8} {:>6}  {:<7} {}",
+            g.graph_id, g.nodes, g.edges, g.feature_width, g.edge_feature_width, g.source, g.name
+        ));
+    }
+    out
+}
+
+/// The partitions as a table (or a JSON array with `json`).
+pub fn format_partitions(partitions: &[distgat_client::v1::PartitionInfo], json: bool) -> String {
+    if json {
+        let rows: Vec<serde_json::Value> = partitions
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "partition_id": p.partition_id, "graph_id": p.graph_id, "parts": p.parts,
+                    "method": p.method, "edge_cut": p.edge_cut, "halo_rows": p.halo_rows,
+                    "seconds": p.seconds,
+                })
+            })
+            .collect();
+        return serde_json::Value::Array(rows).to_string();
+    }
+    let mut out = format!(
+        "{:<16} {:<12} {:>5} {:<8} {:>10} {:>10}",
+        "partition", "graph", "parts", "method", "edge cut", "halo rows"
+    );
+    for p in partitions {
+        out.push_str(&format!(
+            "\n{:<16} {:<12} {:>5} {:<8} {:>10} {:>10}",
+            p.partition_id, p.graph_id, p.parts, p.method, p.edge_cut, p.halo_rows
+        ));
+    }
+    out
+}
+
 /// Bytes for people: `512 B`, `3.4 MiB`, `1.2 GiB`.
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];

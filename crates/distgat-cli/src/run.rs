@@ -360,6 +360,14 @@ fn check_built(
         );
     }
     let (_, _, n) = crate::neighbours::check_distributed(spec)?;
+    if config.workers > n {
+        anyhow::bail!(
+            "--workers {}: more workers than the {n} points of {} (one part of points per \
+             worker)",
+            config.workers,
+            spec.points.as_deref().expect("checked").display()
+        );
+    }
     // Before the build, not after it: a bad model wastes no search.
     distgat_attention::Model::load(&config.model)?;
     let features = distgat_graph::NpyBody::open(&config.features)?;

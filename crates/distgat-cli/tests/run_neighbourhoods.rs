@@ -280,6 +280,28 @@ fn bad_input_is_refused_by_flag() {
         assert!(!stderr.contains("panicked"), "{rule:?}: {stderr}");
         assert!(!out.exists(), "{rule:?} left {}", out.display());
     }
+    // More workers than points is the user's --workers, named before anything starts.
+    let run = distgat(&[
+        "run",
+        "--points",
+        s(&short),
+        "--knn",
+        "3",
+        "--features",
+        s(&x),
+        "--model",
+        s(&model),
+        "--out",
+        s(&out),
+        "--workers",
+        "11",
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        stderr.contains("--workers 11: more workers than the 10 points"),
+        "{stderr}"
+    );
     // A NaN coordinate is found by the coordinator, which names the file and row.
     let nan = dir.path().join("nan.npy");
     let mut values = p.values.clone();

@@ -36,8 +36,9 @@ use distgat_proto::v1::{
     CancelJobRequest, ClusterStatusRequest, ClusterStatusResponse, CreatePartitionRequest,
     DeleteGraphRequest, DeleteJobRequest, DeletePartitionRequest, DeleteResponse,
     FetchAttentionRequest, FetchAttentionResponse, FetchOutputRequest, GetJobRequest, GraphInfo,
-    JobInfo, JobState, ListJobsRequest, NodeList, NodeRange, PartitionInfo, RegisterGraphRequest,
-    SubmitJobRequest, UploadGraphChunk, UploadHeader,
+    JobInfo, JobState, ListGraphsRequest, ListJobsRequest, ListPartitionsRequest, NodeList,
+    NodeRange, PartitionInfo, RegisterGraphRequest, SubmitJobRequest, UploadGraphChunk,
+    UploadHeader,
 };
 use distgat_proto::MAX_CHUNK_BYTES;
 use tonic::transport::Channel;
@@ -104,6 +105,14 @@ impl Default for RetryPolicy {
             max_backoff: Duration::from_secs(2),
         }
     }
+}
+
+/// The number of an id such as `graph-12` (for listing in creation order).
+fn id_number(id: &str) -> u64 {
+    id.rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u64::MAX)
 }
 
 /// Which output rows to fetch (original node ids).
@@ -364,6 +373,30 @@ impl Client {
             })
             .await?
             .jobs)
+    }
+
+    /// The registered graphs, in id order.
+    pub async fn graphs(&mut self) -> Result<Vec<GraphInfo>> {
+        let mut graphs = self
+            .retrying(true, |mut c| async move {
+                c.list_graphs(ListGraphsRequest {}).await
+            })
+            .await?
+            .graphs;
+        graphs.sort_by_key(|g| id_number(&g.graph_id));
+        Ok(graphs)
+    }
+
+    /// The partitions (made by CreatePartition or by jobs), in id order.
+    pub async fn partitions(&mut self) -> Result<Vec<PartitionInfo>> {
+        let mut partitions = self
+            .retrying(true, |mut c| async move {
+                c.list_partitions(ListPartitionsRequest {}).await
+            })
+            .await?
+            .partitions;
+        partitions.sort_by_key(|p| id_number(&p.partition_id));
+        Ok(partitions)
     }
 
     pub async fn cancel(&mut self, job_id: &str, reason: &str) -> Result<JobInfo> {
