@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use distgat_neighbours::distributed::{rcb, BBox};
 use distgat_neighbours::{check_rule, Metric, NeighbourRule, Neighbours, Options, Points};
@@ -26,8 +26,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::state::State;
-use crate::catalog::lock;
+use super::state::{Shortfall, State};
 use crate::convert;
 use crate::error::{transport, Result, RuntimeError};
 use crate::net::endpoint;
@@ -106,32 +105,25 @@ pub(crate) async fn build_neighbours(
     let n = points.len();
 
     // Enough live workers?
-    let deadline = Instant::now() + state.config.worker_wait;
-    let assigned: Vec<(String, String)> = loop {
-        {
-            let workers = lock(&state.workers);
-            let live: Vec<_> = workers
-                .iter()
-                .filter(|w| state.is_live(w))
-                .map(|w| (w.id.clone(), w.address.clone()))
-                .collect();
-            let want = if req.parts == 0 {
-                live.len().max(1)
-            } else {
-                req.parts as usize
-            };
-            if live.len() >= want {
-                break live.into_iter().take(want).collect();
-            }
-            if Instant::now() >= deadline {
-                return Err(RuntimeError::FailedPrecondition(format!(
-                    "the build asks for {want} parts but {} live workers are registered",
-                    live.len()
-                )));
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let parts_asked = req.parts as usize;
+    let assigned = state
+        .live_workers_for(
+            |live| {
+                if parts_asked == 0 {
+                    live.max(1)
+                } else {
+                    parts_asked
+                }
+            },
+            || false,
+        )
+        .await
+        .map_err(|shortfall| match shortfall {
+            Shortfall::TooFew { live, want } => RuntimeError::FailedPrecondition(format!(
+                "the build asks for {want} parts but {live} live workers are registered"
+            )),
+            Shortfall::Cancelled => RuntimeError::Cancelled("the build was cancelled".into()),
+        })?;
     let parts = assigned.len();
     if parts > n {
         return Err(RuntimeError::InvalidArgument(format!(

@@ -16,7 +16,7 @@ use serde::Serialize;
 use tonic::Request;
 
 use super::sink::{presized, AttentionSink, JobSink};
-use super::state::State;
+use super::state::{Shortfall, State};
 use crate::catalog::{lock, JobRecord};
 use crate::error::{transport, Result, RuntimeError};
 use crate::net::{endpoint, RPC_DEADLINE};
@@ -105,31 +105,16 @@ async fn run_job_inner(
     let sink = Arc::new(sink);
 
     // Enough live workers?
-    let deadline = Instant::now() + state.config.worker_wait;
-    let assigned: Vec<(String, String)> = loop {
-        {
-            let workers = lock(&state.workers);
-            let live: Vec<_> = workers
-                .iter()
-                .filter(|w| state.is_live(w))
-                .map(|w| (w.id.clone(), w.address.clone()))
-                .collect();
-            if live.len() >= parts {
-                break live.into_iter().take(parts).collect();
-            }
-            if cancelled() {
-                return Err(RuntimeError::Cancelled("cancelled by a client".into()));
-            }
-            if Instant::now() >= deadline {
-                return Err(RuntimeError::FailedPrecondition(format!(
-                    "the partition has {parts} parts but {} live workers are registered; start \
-                     more with `distgat worker --coordinator <this address>`",
-                    live.len()
-                )));
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let assigned = state
+        .live_workers_for(|_| parts, &cancelled)
+        .await
+        .map_err(|shortfall| match shortfall {
+            Shortfall::Cancelled => RuntimeError::Cancelled("cancelled by a client".into()),
+            Shortfall::TooFew { live, .. } => RuntimeError::FailedPrecondition(format!(
+                "the partition has {parts} parts but {live} live workers are registered; start \
+                 more with `distgat worker --coordinator <this address>`"
+            )),
+        })?;
     lock(&state.jobs).insert(job_id.to_string(), sink.clone());
     *lock(&state.assignment) = Some((
         job_id.to_string(),

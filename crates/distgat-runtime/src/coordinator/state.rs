@@ -71,7 +71,52 @@ pub(crate) struct State {
     pub next_id: AtomicU64,
 }
 
+/// Why [`State::live_workers_for`] gave up.
+pub(crate) enum Shortfall {
+    Cancelled,
+    /// The deadline passed with `live` live workers where `want` were needed.
+    TooFew {
+        live: usize,
+        want: usize,
+    },
+}
+
 impl State {
+    /// Waits up to `worker_wait` for enough live workers and returns the first `want(live)`
+    /// of them as (id, address); `want` gets the live count (a part count of 0 means "one
+    /// per live worker"). Polls every 100 ms; `cancelled` is checked each time.
+    pub(crate) async fn live_workers_for(
+        &self,
+        want: impl Fn(usize) -> usize,
+        cancelled: impl Fn() -> bool,
+    ) -> std::result::Result<Vec<(String, String)>, Shortfall> {
+        let deadline = std::time::Instant::now() + self.config.worker_wait;
+        loop {
+            {
+                let workers = crate::catalog::lock(&self.workers);
+                let live: Vec<_> = workers
+                    .iter()
+                    .filter(|w| self.is_live(w))
+                    .map(|w| (w.id.clone(), w.address.clone()))
+                    .collect();
+                let want = want(live.len());
+                if live.len() >= want {
+                    return Ok(live.into_iter().take(want).collect());
+                }
+                if cancelled() {
+                    return Err(Shortfall::Cancelled);
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(Shortfall::TooFew {
+                        live: live.len(),
+                        want,
+                    });
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// A worker counts as live (healthy) while its heartbeats arrive in time.
     pub(crate) fn is_live(&self, w: &WorkerEntry) -> bool {
         w.last_seen.elapsed() < self.config.heartbeat_timeout
