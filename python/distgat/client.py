@@ -161,6 +161,75 @@ class Client:
 
         return self.stub.UploadGraph(chunks(), timeout=self.timeout)
 
+    def register_neighbourhood(
+        self,
+        features: str,
+        *,
+        knn: Optional[int] = None,
+        radius: Optional[float] = None,
+        max_neighbours: Optional[int] = None,
+        loop: bool = False,
+        points: str = "",
+        parts: int = 0,
+        threads_per_worker: int = 0,
+        name: str = "",
+        timeout: Optional[float] = None,
+    ) -> pb.GraphInfo:
+        """Registers a graph built from points: the kNN (``knn=K``) or radius
+        (``radius=R``, optionally ``max_neighbours=M``) neighbourhood of ``points`` (.npy
+        [N, D] under the data root; "" means the features), euclidean, PyG's ``loop``,
+        built distributed over ``parts`` live workers (0: all). Edges j -> i, sorted by
+        (target, source), as ``distgat neighbours`` writes them; jobs on the graph run on
+        the build's spatial parts by default. Blocks until the build is done (no deadline
+        unless ``timeout`` seconds are given); raises grpc.RpcError (INVALID_ARGUMENT for a
+        bad rule or points whose rows differ from the features')."""
+        if (knn is None) == (radius is None):
+            raise ValueError("give exactly one of knn and radius")
+        if max_neighbours is not None and radius is None:
+            raise ValueError("max_neighbours applies to radius, not knn")
+        spec = pb.NeighbourSpec(self_loops=loop)
+        if knn is not None:
+            if knn < 1:
+                raise ValueError(f"knn must be at least 1, not {knn}")
+            spec.knn = knn
+        if radius is not None:
+            spec.radius = radius
+        if max_neighbours is not None:
+            if max_neighbours < 1:
+                raise ValueError(f"max_neighbours must be at least 1, not {max_neighbours}")
+            spec.max_neighbours = max_neighbours
+        req = pb.RegisterGraphRequest(
+            name=name,
+            features=features,
+            points=points,
+            neighbourhood=spec,
+            parts=parts,
+            threads_per_worker=threads_per_worker,
+        )
+        return self.stub.RegisterGraph(req, timeout=timeout)
+
+    def fetch_edges(self, graph_id: str) -> np.ndarray:
+        """A registered graph's edge index: int64 [2, E] (sources, then targets), in the
+        graph's edge order (a built neighbourhood's is sorted by (target, source))."""
+        total: Optional[int] = None
+        sources: list[np.ndarray] = []
+        targets: list[np.ndarray] = []
+        got = 0
+        req = pb.FetchEdgesRequest(graph_id=graph_id)
+        for chunk in self.stub.FetchEdges(req, timeout=self.timeout):
+            if total is None:
+                total = chunk.total_edges
+            if chunk.offset != got or len(chunk.sources) != len(chunk.targets) or chunk.total_edges != total:
+                raise RuntimeError(f"edge chunk at offset {chunk.offset} after {got} edges")
+            sources.append(np.asarray(chunk.sources, dtype=np.int64))
+            targets.append(np.asarray(chunk.targets, dtype=np.int64))
+            got += len(chunk.sources)
+        if got != (total or 0):
+            raise RuntimeError(f"the edge stream ended after {got} of {total} edges")
+        if not sources:
+            return np.zeros((2, 0), dtype=np.int64)
+        return np.stack([np.concatenate(sources), np.concatenate(targets)])
+
     def list_graphs(self) -> Sequence[pb.GraphInfo]:
         return self.stub.ListGraphs(pb.ListGraphsRequest(), timeout=self.timeout).graphs
 
@@ -182,7 +251,9 @@ class Client:
         threads_per_worker: int = 0,
         partition_id: str = "",
     ) -> pb.JobInfo:
-        """Queues a job. `parts=0`: one part per live worker; `method` "" means metis."""
+        """Queues a job. `parts=0`: one part per live worker; `method` "" means metis, or
+        the build's spatial parts for a graph from `register_neighbourhood` (when `parts`
+        matches); "spatial" asks for those explicitly."""
         req = pb.SubmitJobRequest(
             graph_id=graph_id,
             partition_id=partition_id,

@@ -8,7 +8,9 @@ REFERENCE.npy is `distgat infer`'s output on Cora (data/cora, reference/cora-gat
 normalisation). Checks: the committed stubs import; a Cora job's fetched output equals the
 reference exactly (all rows, a range, a list in the order asked); explain gives each
 node's top neighbours, largest first, with coefficients in (0, 1]; deletion refuses what
-is in use (FAILED_PRECONDITION) and unknown ids (NOT_FOUND), and frees the job's output.
+is in use (FAILED_PRECONDITION) and unknown ids (NOT_FOUND), and frees the job's output;
+a kNN graph built through register_neighbourhood has the reference case's edges
+(fetch_edges) and a job over it matches PyG's float64 output within 1e-4.
 Exits 1 on the first failed check.
 """
 
@@ -83,6 +85,26 @@ def main() -> int:
         check(g.graph_id in [x.graph_id for x in c.list_graphs()], "list_graphs lists the graph")
         check(any(p.graph_id == g.graph_id for p in c.list_partitions()),
               "list_partitions lists the partition the job made")
+
+        # A graph built from points: its edges are the reference case's expected edges.
+        case = "reference/knn-gatv2-n400"
+        nb = c.register_neighbourhood(f"{case}/x.npy", points=f"{case}/points.npy", knn=8)
+        check((nb.nodes, nb.edges, nb.neighbourhood) == (400, 3200, "knn:8"),
+              f"register_neighbourhood builds knn:8 on {nb.spatial_parts} parts")
+        edges = c.fetch_edges(nb.graph_id)
+        check(edges.dtype == np.int64 and np.array_equal(edges, np.load(f"{case}/expected/edges.npy")),
+              "fetch_edges returns the reference's expected edges")
+        nb_job = c.submit(nb.graph_id, f"{case}/model.json")
+        states = [distgat_client.state_name(i.state) for i in c.watch(nb_job.job_id)]
+        check(states[-1] == "SUCCEEDED", "a job over the built neighbourhood succeeded")
+        expected = np.load(f"{case}/expected/out_f64.npy")
+        got = c.fetch_output(nb_job.job_id).astype(np.float64)
+        check(bool(np.all(np.abs(got - expected) <= 1e-4 + 1e-4 * np.abs(expected))),
+              "its output is within 1e-4 of PyG's float64 output")
+        check(code_of(lambda: c.register_neighbourhood("data/cora/features.npy", knn=4,
+                                                       points=f"{case}/points.npy"))
+              == grpc.StatusCode.INVALID_ARGUMENT,
+              "points whose rows differ from the features' are INVALID_ARGUMENT")
     print("check_client.py: all checks passed")
     return 0
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use distgat_cli::{run_infer, InferConfig};
-use distgat_client::v1::JobState;
+use distgat_client::v1::{JobState, RegisterGraphRequest};
 use distgat_client::{Client, ClientError, RetryPolicy, Selection, Submit};
 use distgat_graph::Normalization;
 use distgat_runtime::{start_coordinator, start_worker, CoordinatorConfig, WorkerConfig};
@@ -927,4 +927,223 @@ async fn metrics_endpoints_count_jobs_workers_errors_and_halo_bytes() {
     for s in servers {
         let _ = s.shutdown.send(());
     }
+}
+
+/// A graph built from points through the client API (RegisterGraph with a neighbourhood,
+/// then SubmitJob on it): the fetched edges equal the reference case's expected edges,
+/// the job runs on the build's spatial parts by default, and its output equals
+/// `distgat infer --points`'s; bad requests name the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neighbourhood_built_through_the_api_matches_infer() {
+    use distgat_client::v1::NeighbourSpec;
+    let case = "reference/knn-gatv2-n400";
+    let (points, x, model) = (
+        format!("{case}/points.npy"),
+        format!("{case}/x.npy"),
+        format!("{case}/model.json"),
+    );
+    let c = cluster(2, 64 << 20).await;
+    let mut client = client(&c).await;
+    client
+        .wait_for_workers(2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let knn = |k: u64| NeighbourSpec {
+        knn: Some(k),
+        ..Default::default()
+    };
+    let graph = client
+        .register_neighbourhood(&x, Some(&points), knn(8), 0, "")
+        .await
+        .unwrap();
+    assert_eq!((graph.nodes, graph.edges), (400, 3200));
+    assert_eq!(
+        (
+            graph.source.as_str(),
+            graph.neighbourhood.as_str(),
+            graph.spatial_parts
+        ),
+        ("neighbourhood", "knn:8", 2)
+    );
+    let summary: serde_json::Value = serde_json::from_str(&graph.build_summary_json).unwrap();
+    assert_eq!(summary["parts"].as_array().unwrap().len(), 2);
+
+    // The edges, against the reference's (PyG's rule, sorted by (target, source)).
+    let root = repo_root();
+    let edges = client.fetch_edges(&graph.graph_id).await.unwrap();
+    let (shape, want) = distgat_tests::read_i64(&root.join(case).join("expected/edges.npy"));
+    assert_eq!(shape, vec![2, 3200]);
+    assert_eq!(edges.sources, want[..3200]);
+    assert_eq!(edges.targets, want[3200..]);
+    let work = tempfile::tempdir().unwrap();
+    let edges_npy = work.path().join("edges.npy");
+    client
+        .fetch_edges_to_npy(&graph.graph_id, &edges_npy)
+        .await
+        .unwrap();
+    assert_eq!(distgat_tests::read_i64(&edges_npy).1, want);
+
+    // A job on it: the spatial parts by default, the same bytes as infer --points.
+    let job = client
+        .submit(Submit {
+            graph_id: graph.graph_id.clone(),
+            model: model.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let done = client.wait(&job.job_id, |_| {}).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded as i32, "{}", done.error);
+    let partitions = client.partitions().await.unwrap();
+    let used = partitions
+        .iter()
+        .find(|p| p.partition_id == done.partition_id)
+        .unwrap();
+    assert_eq!((used.method.as_str(), used.parts), ("spatial", 2));
+    let fetched = work.path().join("fetched.npy");
+    client
+        .fetch_to_npy(&job.job_id, Selection::All, &fetched)
+        .await
+        .unwrap();
+    let infer_out = work.path().join("infer.npy");
+    let build = distgat_cli::neighbours::NeighboursConfig {
+        points: Some(root.join(&points)),
+        knn: Some(8),
+        ..Default::default()
+    };
+    run_infer(&InferConfig {
+        features: root.join(&x),
+        model: root.join(&model),
+        out: infer_out.clone(),
+        neighbourhood: Some(build),
+        threads: Some(1),
+        ..InferConfig::default()
+    })
+    .unwrap();
+    assert_eq!(
+        std::fs::read(&fetched).unwrap(),
+        std::fs::read(&infer_out).unwrap()
+    );
+
+    // METIS on request, and spatial refused where it does not apply.
+    let by_metis = client
+        .submit(Submit {
+            graph_id: graph.graph_id.clone(),
+            model: model.clone(),
+            method: "metis".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let done = client.wait(&by_metis.job_id, |_| {}).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded as i32, "{}", done.error);
+    let metis_out = work.path().join("metis.npy");
+    client
+        .fetch_to_npy(&by_metis.job_id, Selection::All, &metis_out)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(&metis_out).unwrap(),
+        std::fs::read(&infer_out).unwrap()
+    );
+    let (code_, msg) = code(
+        client
+            .submit(Submit {
+                graph_id: graph.graph_id.clone(),
+                model: model.clone(),
+                method: "spatial".into(),
+                parts: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code_, Code::InvalidArgument);
+    assert!(msg.contains("built on 2 parts"), "{msg}");
+    let cora = client
+        .register_graph(CORA_EDGES, CORA_FEATURES, "", "cora")
+        .await
+        .unwrap();
+    let (code_, msg) = code(
+        client
+            .create_partition(&cora.graph_id, 2, "spatial", 0)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code_, Code::InvalidArgument);
+    assert!(msg.contains("needs a graph built from points"), "{msg}");
+
+    // Bad requests, each refused by name before any build.
+    let bad = |spec: Option<NeighbourSpec>, points: &str, graph: &str| RegisterGraphRequest {
+        features: x.clone(),
+        points: points.into(),
+        graph: graph.into(),
+        neighbourhood: spec,
+        ..Default::default()
+    };
+    let cases = [
+        (bad(Some(knn(0)), &points, ""), "neighbourhood: k = 0"),
+        (bad(Some(knn(400)), &points, ""), "neighbourhood: k = 400"),
+        (
+            bad(
+                Some(NeighbourSpec {
+                    radius: Some(-1.0),
+                    ..Default::default()
+                }),
+                &points,
+                "",
+            ),
+            "neighbourhood: r",
+        ),
+        (
+            bad(Some(NeighbourSpec::default()), &points, ""),
+            "neighbourhood: give exactly one",
+        ),
+        (
+            bad(
+                Some(NeighbourSpec {
+                    knn: Some(4),
+                    metric: "cosine".into(),
+                    ..Default::default()
+                }),
+                &points,
+                "",
+            ),
+            "neighbourhood.metric",
+        ),
+        (
+            bad(Some(knn(4)), &points, CORA_EDGES),
+            "graph cannot be given",
+        ),
+        (
+            bad(Some(knn(4)), "data/cora/features.npy", ""),
+            "has 2708 rows",
+        ),
+        (
+            bad(None, &points, CORA_EDGES),
+            "points applies to a graph built",
+        ),
+    ];
+    let mut raw = distgat_client::v1::coordinator_client::CoordinatorClient::connect(format!(
+        "http://{}",
+        c.address
+    ))
+    .await
+    .unwrap();
+    for (req, want) in cases {
+        let status = raw.register_graph(req.clone()).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{req:?}: {status:?}");
+        assert!(
+            status.message().contains(want),
+            "{req:?}: {}",
+            status.message()
+        );
+    }
+    let status = raw
+        .fetch_edges(distgat_client::v1::FetchEdgesRequest {
+            graph_id: "graph-999".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
 }

@@ -97,6 +97,16 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Fetch a registered graph's edge index (e.g. a neighbourhood built by submit --knn) into an int64 [2, E] .npy.
+    FetchEdges {
+        /// The graph id (as submit or `distgat graphs` printed it)
+        graph: String,
+        /// Output .npy int64 [2, E]: sources, then targets, in the graph's edge order (a built neighbourhood's is sorted by (target, source))
+        #[arg(long, value_name = "EDGES.npy")]
+        out: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Show the neighbours that contributed most to chosen nodes (jobs run with --attention).
     Explain {
         /// The job id (a job submitted with --attention)
@@ -254,16 +264,32 @@ struct ClientArgs {
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("rule").args(["knn", "radius"])))]
 struct SubmitArgs {
     /// A graph registered before (see the graph line submit prints)
-    #[arg(long, conflicts_with_all = ["graph", "features"])]
+    #[arg(long, conflicts_with_all = ["graph", "features", "rule"])]
     graph_id: Option<String>,
     /// Graph file: a path under the coordinator's data root, or local with --upload
-    #[arg(long, requires = "features")]
+    #[arg(long, requires = "features", conflicts_with = "rule")]
     graph: Option<String>,
     /// Feature .npy: under the data root, or local with --upload
-    #[arg(long, requires = "graph")]
+    #[arg(long)]
     features: Option<String>,
+    /// Build the graph instead: each node's K nearest points (euclidean), distributed over the workers; the job then runs on the build's spatial parts
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+    knn: Option<u64>,
+    /// Build the graph instead: every point closer than R (strict), distributed over the workers
+    #[arg(long, value_name = "R")]
+    radius: Option<f64>,
+    /// With --radius: keep at most the M nearest (ties to the lower index)
+    #[arg(long, value_name = "M", requires = "radius", value_parser = clap::value_parser!(u64).range(1..))]
+    max_neighbours: Option<u64>,
+    /// With --knn/--radius: each node is its own neighbour (PyG's loop=True)
+    #[arg(long = "loop", requires = "rule")]
+    self_loops: bool,
+    /// With --knn/--radius: points .npy [N, D] under the data root (default: the --features)
+    #[arg(long, value_name = "P.npy", requires = "rule")]
+    points: Option<String>,
     /// Edge attributes .npy [E, D] (row e for edge e of --graph), for models with edge_dim layers: under the data root, or local with --upload
     #[arg(long, value_name = "E.npy", requires = "graph")]
     edge_features: Option<String>,
@@ -282,7 +308,7 @@ struct SubmitArgs {
     /// Parts, one worker each, at least 1 (default: one per live worker)
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
     parts: Option<u32>,
-    /// metis, random or range (default: metis)
+    /// metis, random, range, or spatial (a graph built by --knn/--radius; the default for one)
     #[arg(long)]
     method: Option<String>,
     /// Reuse a partition made before
@@ -574,6 +600,13 @@ fn main() -> ExitCode {
             client,
         } => check_fetch_outputs(&out, ids_out.as_deref())
             .and_then(|()| client_command(&client, |c| fetch(c, job, out, nodes, range, ids_out))),
+        Command::FetchEdges { graph, out, client } => client_command(&client, |mut c| async move {
+            let edges = c.fetch_edges_to_npy(&graph, &out).await.map_err(|e| {
+                anyhow::anyhow!("fetching the edges of {graph} into {}: {e}", out.display())
+            })?;
+            eprintln!("{} edges -> {}", edges.sources.len(), out.display());
+            Ok(())
+        }),
         Command::Explain {
             job,
             nodes,
@@ -916,10 +949,23 @@ async fn submit(mut client: distgat_client::Client, args: SubmitArgs) -> anyhow:
             .unwrap_or_default(),
         upload: args.upload,
         name: args.name,
+        neighbourhood: (args.knn.is_some() || args.radius.is_some()).then(|| {
+            distgat_cli::remote::Neighbourhood {
+                spec: distgat_client::v1::NeighbourSpec {
+                    knn: args.knn,
+                    radius: args.radius,
+                    max_neighbours: args.max_neighbours,
+                    self_loops: args.self_loops,
+                    metric: String::new(),
+                },
+                points: args.points,
+            }
+        }),
         job: distgat_client::Submit {
             partition_id: args.partition_id.unwrap_or_default(),
             parts: args.parts.unwrap_or(0),
-            method: args.method.unwrap_or_else(|| "metis".into()),
+            // Empty: the coordinator's default (metis, or a built graph's spatial parts).
+            method: args.method.unwrap_or_default(),
             model: args.model,
             normalize_features: matches!(args.normalize_features, Some(NormalizeArg::Row)),
             attention: args.attention,

@@ -22,11 +22,51 @@ pub struct SubmitConfig {
     /// Stream the local files instead of naming server-side paths.
     pub upload: bool,
     pub name: String,
+    /// Instead of `graph`: build the graph from points (with `features`).
+    pub neighbourhood: Option<Neighbourhood>,
     pub job: Submit,
+}
+
+/// `submit --knn K | --radius R [--max-neighbours M] [--loop] [--points P]`.
+#[derive(Debug, Clone)]
+pub struct Neighbourhood {
+    pub spec: distgat_client::v1::NeighbourSpec,
+    /// Under the data root; `None`: the features.
+    pub points: Option<String>,
 }
 
 pub async fn submit(client: &mut Client, config: SubmitConfig) -> anyhow::Result<JobInfo> {
     let graph_id = match (&config.graph_id, &config.graph, &config.features) {
+        (None, None, Some(features)) if config.neighbourhood.is_some() => {
+            let nb = config.neighbourhood.clone().expect("checked");
+            if config.upload {
+                anyhow::bail!(
+                    "--upload sends a graph file; a neighbourhood (--knn/--radius) is built \
+                     from --features and --points under the coordinator's data root"
+                );
+            }
+            eprintln!("building the neighbourhood over the coordinator's workers...");
+            let info = client
+                .register_neighbourhood(
+                    features,
+                    nb.points.as_deref(),
+                    nb.spec,
+                    config.job.parts,
+                    &config.name,
+                )
+                .await
+                .context("building the neighbourhood")?;
+            eprintln!(
+                "graph {}: {} nodes, {} edges ({} on {} parts), {} features",
+                info.graph_id,
+                info.nodes,
+                info.edges,
+                info.neighbourhood,
+                info.spatial_parts,
+                info.feature_width
+            );
+            info.graph_id
+        }
         (Some(id), None, None) => id.clone(),
         (None, Some(graph), Some(features)) => {
             // An upload has no server-side file name: the format comes from the local
@@ -76,7 +116,10 @@ pub async fn submit(client: &mut Client, config: SubmitConfig) -> anyhow::Result
             );
             info.graph_id
         }
-        _ => anyhow::bail!("give either --graph-id, or --graph and --features"),
+        _ => anyhow::bail!(
+            "give either --graph-id, or --graph and --features, or --features with --knn or \
+             --radius (and optionally --points)"
+        ),
     };
     let job = Submit {
         graph_id,
@@ -316,19 +359,26 @@ pub fn format_graphs(graphs: &[distgat_client::v1::GraphInfo], json: bool) -> St
                     "graph_id": g.graph_id, "name": g.name, "nodes": g.nodes,
                     "edges": g.edges, "feature_width": g.feature_width,
                     "edge_feature_width": g.edge_feature_width, "source": g.source,
+                    "neighbourhood": g.neighbourhood, "spatial_parts": g.spatial_parts,
                 })
             })
             .collect();
         return serde_json::Value::Array(rows).to_string();
     }
     let mut out = format!(
-        "{:<12} {:>10} {:>12} {:>8} {:>6}  {:<7} name",
+        "{:<12} {:>10} {:>12} {:>8} {:>6}  {:<13} name",
         "graph", "nodes", "edges", "features", "edge", "source"
     );
     for g in graphs {
+        // A built graph's source says how: "knn:16 (4 parts)".
+        let source = if g.neighbourhood.is_empty() {
+            g.source.clone()
+        } else {
+            format!("{} ({} parts)", g.neighbourhood, g.spatial_parts)
+        };
         out.push_str(&format!(
-            "\n{:<12} {:>10} {:>12} {:>8} {:>6}  {:<7} {}",
-            g.graph_id, g.nodes, g.edges, g.feature_width, g.edge_feature_width, g.source, g.name
+            "\n{:<12} {:>10} {:>12} {:>8} {:>6}  {:<13} {}",
+            g.graph_id, g.nodes, g.edges, g.feature_width, g.edge_feature_width, source, g.name
         ));
     }
     out

@@ -35,10 +35,10 @@ use distgat_proto::v1::upload_graph_chunk::Body as UploadBody;
 use distgat_proto::v1::{
     CancelJobRequest, ClusterStatusRequest, ClusterStatusResponse, CreatePartitionRequest,
     DeleteGraphRequest, DeleteJobRequest, DeletePartitionRequest, DeleteResponse,
-    FetchAttentionRequest, FetchAttentionResponse, FetchOutputRequest, GetJobRequest, GraphInfo,
-    JobInfo, JobState, ListGraphsRequest, ListJobsRequest, ListPartitionsRequest, NodeList,
-    NodeRange, PartitionInfo, RegisterGraphRequest, SubmitJobRequest, UploadGraphChunk,
-    UploadHeader,
+    FetchAttentionRequest, FetchAttentionResponse, FetchEdgesRequest, FetchOutputRequest,
+    GetJobRequest, GraphInfo, JobInfo, JobState, ListGraphsRequest, ListJobsRequest,
+    ListPartitionsRequest, NeighbourSpec, NodeList, NodeRange, PartitionInfo, RegisterGraphRequest,
+    SubmitJobRequest, UploadGraphChunk, UploadHeader,
 };
 use distgat_proto::MAX_CHUNK_BYTES;
 use tonic::transport::Channel;
@@ -146,6 +146,13 @@ pub struct Rows {
     pub values: Vec<f32>,
 }
 
+/// A graph's edge index: edge e is `sources[e] -> targets[e]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Edges {
+    pub sources: Vec<i64>,
+    pub targets: Vec<i64>,
+}
+
 #[derive(Clone)]
 pub struct Client {
     inner: CoordinatorClient<Channel>,
@@ -246,12 +253,91 @@ impl Client {
             graph_format: graph_format.into(),
             features: features.into(),
             edge_features: edge_features.unwrap_or_default().into(),
+            ..Default::default()
         };
         self.retrying(false, |mut c| {
             let req = req.clone();
             async move { c.register_graph(req).await }
         })
         .await
+    }
+
+    /// Registers a graph built from points: the coordinator builds the kNN or radius
+    /// neighbourhood (`spec`: knn K >= 1, or radius R > 0 with an optional cap; euclidean)
+    /// of `points` (`.npy` `[N, D]` under the data root; `None`: the features themselves)
+    /// distributed over `parts` live workers (0: all), with edges j -> i sorted by
+    /// (target, source) exactly as `distgat neighbours` writes them. Jobs on the graph run
+    /// on the build's spatial parts by default. The call returns when the build is done
+    /// (it waits for a running job first). Errors: INVALID_ARGUMENT for a bad spec or
+    /// points whose rows differ from the features'; FAILED_PRECONDITION without workers.
+    pub async fn register_neighbourhood(
+        &mut self,
+        features: &str,
+        points: Option<&str>,
+        spec: NeighbourSpec,
+        parts: u32,
+        name: &str,
+    ) -> Result<GraphInfo> {
+        let req = RegisterGraphRequest {
+            name: name.into(),
+            features: features.into(),
+            points: points.unwrap_or_default().into(),
+            neighbourhood: Some(spec),
+            parts,
+            ..Default::default()
+        };
+        // Not retried: a repeated call would build and register the graph twice.
+        Ok(self.inner.register_graph(req).await?.into_inner())
+    }
+
+    /// A registered graph's edge index as int64 `[2, E]` (sources, then targets), in the
+    /// graph file's order (sorted by (target, source) for a built neighbourhood).
+    pub async fn fetch_edges(&mut self, graph_id: &str) -> Result<Edges> {
+        let req = FetchEdgesRequest {
+            graph_id: graph_id.into(),
+        };
+        let mut stream = self
+            .retrying(true, |mut c| {
+                let req = req.clone();
+                async move { c.fetch_edges(req).await }
+            })
+            .await?;
+        let mut edges = Edges::default();
+        let mut total = None;
+        while let Some(chunk) = stream.message().await? {
+            let len = edges.sources.len() as u64;
+            if chunk.sources.len() != chunk.targets.len()
+                || chunk.offset != len
+                || *total.get_or_insert(chunk.total_edges) != chunk.total_edges
+            {
+                return Err(ClientError::Protocol(format!(
+                    "edge chunk at offset {} ({} sources, {} targets) after {len} edges",
+                    chunk.offset,
+                    chunk.sources.len(),
+                    chunk.targets.len()
+                )));
+            }
+            edges.sources.extend_from_slice(&chunk.sources);
+            edges.targets.extend_from_slice(&chunk.targets);
+        }
+        if edges.sources.len() as u64 != total.unwrap_or(0) {
+            return Err(ClientError::Protocol(format!(
+                "the edge stream ended after {} of {} edges",
+                edges.sources.len(),
+                total.unwrap_or(0)
+            )));
+        }
+        Ok(edges)
+    }
+
+    /// [`Client::fetch_edges`], written to `path` as int64 `.npy` `[2, E]` (atomically).
+    pub async fn fetch_edges_to_npy(&mut self, graph_id: &str, path: &Path) -> Result<Edges> {
+        let edges = self.fetch_edges(graph_id).await?;
+        let mut ids = Vec::with_capacity(2 * edges.sources.len());
+        ids.extend_from_slice(&edges.sources);
+        ids.extend_from_slice(&edges.targets);
+        distgat_graph::write_npy(path, &[2, edges.sources.len() as u64], &ids)?;
+        Ok(edges)
     }
 
     /// Uploads a graph and its features from local files (small graphs; the coordinator

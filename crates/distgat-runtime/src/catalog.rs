@@ -137,7 +137,23 @@ pub(crate) struct GraphEntry {
     /// Edge attributes `[edges, D]`, for models with `edge_dim` layers.
     pub edge_features: Option<PathBuf>,
     pub edge_feature_width: u32,
+    /// The coordinator's own files (an upload, a built neighbourhood): under
+    /// `work_dir/graphs/<id>`, deleted with the graph.
     pub uploaded: bool,
+    /// Set for a graph built from points (`RegisterGraph` with a neighbourhood).
+    #[serde(default)]
+    pub neighbourhood: Option<BuiltNeighbourhood>,
+}
+
+/// How a registered graph was built from points, and the spatial split of the build.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct BuiltNeighbourhood {
+    /// The rule as `distgat graphs` shows it, e.g. `knn:16` or `radius:0.5,loop`.
+    pub rule: String,
+    /// int64 `[N]`: the part of each node in the build's recursive coordinate bisection.
+    pub assignment: PathBuf,
+    pub parts: u32,
+    pub summary_json: String,
 }
 
 impl GraphEntry {
@@ -171,6 +187,7 @@ impl GraphEntry {
             format,
             features,
             uploaded,
+            neighbourhood: None,
         })
     }
 }
@@ -230,7 +247,11 @@ pub(crate) fn partition_graph(
         graph_id: graph.id.clone(),
         dir,
         parts,
-        method: method.name().to_string(),
+        // The split a graph built from points came with is shown as what it is.
+        method: match (&method, &graph.neighbourhood) {
+            (Method::File { path }, Some(nb)) if *path == nb.assignment => "spatial".into(),
+            _ => method.name().to_string(),
+        },
         edge_cut: manifest.stats.edge_cut as u64,
         halo_rows: manifest.stats.halo_rows_total as u64,
         seconds: started.elapsed().as_secs_f64(),
@@ -682,6 +703,7 @@ mod tests {
             edge_features: None,
             edge_feature_width: 0,
             uploaded: false,
+            neighbourhood: None,
         };
         let spec = JobSpec {
             graph,

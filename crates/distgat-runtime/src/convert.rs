@@ -30,7 +30,68 @@ pub(crate) fn graph_info(g: &GraphEntry) -> v1::GraphInfo {
         edges: g.edges,
         feature_width: g.feature_width,
         edge_feature_width: g.edge_feature_width,
-        source: if g.uploaded { "upload" } else { "path" }.into(),
+        source: match (&g.neighbourhood, g.uploaded) {
+            (Some(_), _) => "neighbourhood",
+            (None, true) => "upload",
+            (None, false) => "path",
+        }
+        .into(),
+        neighbourhood: g
+            .neighbourhood
+            .as_ref()
+            .map(|n| n.rule.clone())
+            .unwrap_or_default(),
+        spatial_parts: g.neighbourhood.as_ref().map_or(0, |n| n.parts),
+        build_summary_json: g
+            .neighbourhood
+            .as_ref()
+            .map(|n| n.summary_json.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// A knn or radius rule as listings show it: `knn:16`, `radius:0.5,max_neighbours:32`,
+/// with `,loop` for PyG's `loop=True` and `,cosine` for that metric.
+pub(crate) fn rule_text(rule: &NeighbourRule, options: &Options) -> String {
+    let mut text = match *rule {
+        NeighbourRule::Knn { k } => format!("knn:{k}"),
+        NeighbourRule::Radius { r, max_neighbours } => match max_neighbours {
+            Some(m) => format!("radius:{r},max_neighbours:{m}"),
+            None => format!("radius:{r}"),
+        },
+        NeighbourRule::Hops {
+            hops,
+            max_neighbours,
+        } => match max_neighbours {
+            Some(m) => format!("hops:{hops},max_neighbours:{m}"),
+            None => format!("hops:{hops}"),
+        },
+    };
+    if options.self_loops {
+        text.push_str(",loop");
+    }
+    if options.metric != Metric::Euclidean {
+        text.push(',');
+        text.push_str(options.metric.name());
+    }
+    text
+}
+
+/// Edges per `FetchEdges` chunk: 16 bytes each, at most [`distgat_proto::MAX_CHUNK_BYTES`].
+pub(crate) const EDGES_PER_CHUNK: usize = distgat_proto::MAX_CHUNK_BYTES / 16;
+
+/// One `FetchEdges` chunk: edges `offset..offset + sources.len()` of `total`.
+pub(crate) fn edge_chunk(
+    total: u64,
+    offset: u64,
+    sources: &[u64],
+    targets: &[u64],
+) -> v1::EdgeChunk {
+    v1::EdgeChunk {
+        total_edges: total,
+        offset,
+        sources: sources.iter().map(|&v| v as i64).collect(),
+        targets: targets.iter().map(|&v| v as i64).collect(),
     }
 }
 
@@ -95,13 +156,16 @@ pub(crate) fn worker_status(
 
 /// A neighbourhood spec from the wire: the rule and its options (sequential execution; the
 /// caller picks its own). Errors name the field.
-pub(crate) fn neighbour_spec(spec: Option<&v1::NeighbourSpec>) -> Result<(NeighbourRule, Options)> {
-    let spec = spec.ok_or_else(|| RuntimeError::InvalidArgument("spec is missing".into()))?;
+pub(crate) fn neighbour_spec(
+    field: &str,
+    spec: Option<&v1::NeighbourSpec>,
+) -> Result<(NeighbourRule, Options)> {
+    let spec = spec.ok_or_else(|| RuntimeError::InvalidArgument(format!("{field} is missing")))?;
     let metric = match spec.metric.as_str() {
         "" => Metric::Euclidean,
         name => Metric::from_name(name).ok_or_else(|| {
             RuntimeError::InvalidArgument(format!(
-                "spec.metric '{name}' is not one of {}",
+                "{field}.metric '{name}' is not one of {}",
                 Metric::NAMES
             ))
         })?,
@@ -110,9 +174,9 @@ pub(crate) fn neighbour_spec(spec: Option<&v1::NeighbourSpec>) -> Result<(Neighb
     let rule = match (spec.knn, spec.radius) {
         (Some(k), None) => {
             if spec.max_neighbours.is_some() {
-                return Err(RuntimeError::InvalidArgument(
-                    "spec.max_neighbours applies to radius, not knn".into(),
-                ));
+                return Err(RuntimeError::InvalidArgument(format!(
+                    "{field}.max_neighbours applies to radius, not knn"
+                )));
             }
             NeighbourRule::Knn { k: k as usize }
         }
@@ -121,9 +185,9 @@ pub(crate) fn neighbour_spec(spec: Option<&v1::NeighbourSpec>) -> Result<(Neighb
             max_neighbours: cap(spec.max_neighbours),
         },
         _ => {
-            return Err(RuntimeError::InvalidArgument(
-                "spec: give exactly one of knn and radius".into(),
-            ))
+            return Err(RuntimeError::InvalidArgument(format!(
+                "{field}: give exactly one of knn and radius"
+            )))
         }
     };
     let options = Options {

@@ -274,18 +274,26 @@ class WorkerStats(_message.Message):
     def __init__(self, layers: _Optional[_Iterable[_Union[LayerStats, _Mapping]]] = ...) -> None: ...
 
 class RegisterGraphRequest(_message.Message):
-    __slots__ = ("name", "graph", "graph_format", "features", "edge_features")
+    __slots__ = ("name", "graph", "graph_format", "features", "edge_features", "neighbourhood", "points", "parts", "threads_per_worker")
     NAME_FIELD_NUMBER: _ClassVar[int]
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     GRAPH_FORMAT_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     EDGE_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBOURHOOD_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    THREADS_PER_WORKER_FIELD_NUMBER: _ClassVar[int]
     name: str
     graph: str
     graph_format: str
     features: str
     edge_features: str
-    def __init__(self, name: _Optional[str] = ..., graph: _Optional[str] = ..., graph_format: _Optional[str] = ..., features: _Optional[str] = ..., edge_features: _Optional[str] = ...) -> None: ...
+    neighbourhood: NeighbourSpec
+    points: str
+    parts: int
+    threads_per_worker: int
+    def __init__(self, name: _Optional[str] = ..., graph: _Optional[str] = ..., graph_format: _Optional[str] = ..., features: _Optional[str] = ..., edge_features: _Optional[str] = ..., neighbourhood: _Optional[_Union[NeighbourSpec, _Mapping]] = ..., points: _Optional[str] = ..., parts: _Optional[int] = ..., threads_per_worker: _Optional[int] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
     __slots__ = ("name", "graph_format", "graph_bytes", "features_bytes", "edge_features_bytes")
@@ -314,7 +322,7 @@ class UploadGraphChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., graph_data: _Optional[bytes] = ..., features_data: _Optional[bytes] = ..., edge_features_data: _Optional[bytes] = ...) -> None: ...
 
 class GraphInfo(_message.Message):
-    __slots__ = ("graph_id", "name", "nodes", "edges", "feature_width", "source", "edge_feature_width")
+    __slots__ = ("graph_id", "name", "nodes", "edges", "feature_width", "source", "edge_feature_width", "neighbourhood", "spatial_parts", "build_summary_json")
     GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
@@ -322,6 +330,9 @@ class GraphInfo(_message.Message):
     FEATURE_WIDTH_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     EDGE_FEATURE_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBOURHOOD_FIELD_NUMBER: _ClassVar[int]
+    SPATIAL_PARTS_FIELD_NUMBER: _ClassVar[int]
+    BUILD_SUMMARY_JSON_FIELD_NUMBER: _ClassVar[int]
     graph_id: str
     name: str
     nodes: int
@@ -329,7 +340,28 @@ class GraphInfo(_message.Message):
     feature_width: int
     source: str
     edge_feature_width: int
-    def __init__(self, graph_id: _Optional[str] = ..., name: _Optional[str] = ..., nodes: _Optional[int] = ..., edges: _Optional[int] = ..., feature_width: _Optional[int] = ..., source: _Optional[str] = ..., edge_feature_width: _Optional[int] = ...) -> None: ...
+    neighbourhood: str
+    spatial_parts: int
+    build_summary_json: str
+    def __init__(self, graph_id: _Optional[str] = ..., name: _Optional[str] = ..., nodes: _Optional[int] = ..., edges: _Optional[int] = ..., feature_width: _Optional[int] = ..., source: _Optional[str] = ..., edge_feature_width: _Optional[int] = ..., neighbourhood: _Optional[str] = ..., spatial_parts: _Optional[int] = ..., build_summary_json: _Optional[str] = ...) -> None: ...
+
+class FetchEdgesRequest(_message.Message):
+    __slots__ = ("graph_id",)
+    GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
+    graph_id: str
+    def __init__(self, graph_id: _Optional[str] = ...) -> None: ...
+
+class EdgeChunk(_message.Message):
+    __slots__ = ("total_edges", "offset", "sources", "targets")
+    TOTAL_EDGES_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    total_edges: int
+    offset: int
+    sources: _containers.RepeatedScalarFieldContainer[int]
+    targets: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, total_edges: _Optional[int] = ..., offset: _Optional[int] = ..., sources: _Optional[_Iterable[int]] = ..., targets: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ListGraphsRequest(_message.Message):
     __slots__ = ()

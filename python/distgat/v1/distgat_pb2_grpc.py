@@ -74,6 +74,11 @@ class CoordinatorStub:
                 request_serializer=distgat_dot_v1_dot_distgat__pb2.ListGraphsRequest.SerializeToString,
                 response_deserializer=distgat_dot_v1_dot_distgat__pb2.ListGraphsResponse.FromString,
                 _registered_method=True)
+        self.FetchEdges = channel.unary_stream(
+                '/distgat.v1.Coordinator/FetchEdges',
+                request_serializer=distgat_dot_v1_dot_distgat__pb2.FetchEdgesRequest.SerializeToString,
+                response_deserializer=distgat_dot_v1_dot_distgat__pb2.EdgeChunk.FromString,
+                _registered_method=True)
         self.CreatePartition = channel.unary_unary(
                 '/distgat.v1.Coordinator/CreatePartition',
                 request_serializer=distgat_dot_v1_dot_distgat__pb2.CreatePartitionRequest.SerializeToString,
@@ -185,7 +190,11 @@ class CoordinatorServicer:
     def RegisterGraph(self, request, context):
         """---- Client API. Server-side paths are relative to (and must stay inside) the
         coordinator's data root; anything else is PERMISSION_DENIED.
-        Registers a graph from files under the data root (read and validated now).
+        Registers a graph from files under the data root (read and validated now). With a
+        neighbourhood instead of a graph file, the coordinator builds the kNN or radius
+        neighbourhood of the points distributed over the live workers (as BuildNeighbours
+        does; waits for a running job to end first) and registers the built edges; jobs on
+        that graph then run on the build's spatial parts by default.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -201,6 +210,15 @@ class CoordinatorServicer:
 
     def ListGraphs(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchEdges(self, request, context):
+        """A registered graph's edge index (int64, PyG's [2, E] as sources then targets, in the
+        graph file's order; for a built neighbourhood sorted by (target, source)), in chunks
+        of at most 1 MiB.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -336,6 +354,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ListGraphs,
                     request_deserializer=distgat_dot_v1_dot_distgat__pb2.ListGraphsRequest.FromString,
                     response_serializer=distgat_dot_v1_dot_distgat__pb2.ListGraphsResponse.SerializeToString,
+            ),
+            'FetchEdges': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchEdges,
+                    request_deserializer=distgat_dot_v1_dot_distgat__pb2.FetchEdgesRequest.FromString,
+                    response_serializer=distgat_dot_v1_dot_distgat__pb2.EdgeChunk.SerializeToString,
             ),
             'CreatePartition': grpc.unary_unary_rpc_method_handler(
                     servicer.CreatePartition,
@@ -619,6 +642,33 @@ class Coordinator:
             '/distgat.v1.Coordinator/ListGraphs',
             distgat_dot_v1_dot_distgat__pb2.ListGraphsRequest.SerializeToString,
             distgat_dot_v1_dot_distgat__pb2.ListGraphsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchEdges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/distgat.v1.Coordinator/FetchEdges',
+            distgat_dot_v1_dot_distgat__pb2.FetchEdgesRequest.SerializeToString,
+            distgat_dot_v1_dot_distgat__pb2.EdgeChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -9,12 +9,14 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use distgat_graph::{read_graph, Features, GraphFormat, NpyBody, NpyDtype};
+use distgat_partition::Method;
 use distgat_proto::v1::fetch_output_request::Selection;
 use distgat_proto::v1::upload_graph_chunk::Body as UploadBody;
 use distgat_proto::v1::{
-    ClusterStatusResponse, CreatePartitionRequest, FetchAttentionRequest, FetchAttentionResponse,
-    FetchOutputRequest, GraphInfo, JobInfo, Neighbour, NodeAttention, OutputRows, PartitionInfo,
-    RegisterGraphRequest, RunJobRequest, SubmitJobRequest, UploadGraphChunk,
+    BuildNeighboursRequest, ClusterStatusResponse, CreatePartitionRequest, EdgeChunk,
+    FetchAttentionRequest, FetchAttentionResponse, FetchOutputRequest, GraphInfo, JobInfo,
+    Neighbour, NodeAttention, OutputRows, PartitionInfo, RegisterGraphRequest, RunJobRequest,
+    SubmitJobRequest, UploadGraphChunk,
 };
 use distgat_proto::{MAX_CHUNK_BYTES, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
@@ -24,8 +26,8 @@ use tonic::Streaming;
 use super::job::run_job;
 use super::state::State;
 use crate::catalog::{
-    consecutive_runs, load_model, lock, parse_method, partition_graph, GraphEntry, JobRecord,
-    JobSpec, JobState,
+    consecutive_runs, load_model, lock, parse_method, partition_graph, BuiltNeighbourhood,
+    GraphEntry, JobRecord, JobSpec, JobState,
 };
 use crate::convert;
 use crate::error::{Result, RuntimeError};
@@ -65,6 +67,21 @@ fn parse_format(field: &str, name: &str) -> Result<Option<GraphFormat>> {
 }
 
 pub async fn register_graph(state: &Arc<State>, req: RegisterGraphRequest) -> Result<GraphInfo> {
+    if req.neighbourhood.is_some() {
+        return register_neighbourhood(state, req).await;
+    }
+    for (field, given) in [
+        ("points", !req.points.is_empty()),
+        ("parts", req.parts != 0),
+        ("threads_per_worker", req.threads_per_worker != 0),
+    ] {
+        if given {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "{field} applies to a graph built from points (with neighbourhood), not to \
+                 a graph file"
+            )));
+        }
+    }
     let graph = state.storage.resolve("graph", &req.graph)?;
     let features = state.storage.resolve("features", &req.features)?;
     let edge_features = if req.edge_features.is_empty() {
@@ -83,6 +100,179 @@ pub async fn register_graph(state: &Arc<State>, req: RegisterGraphRequest) -> Re
         blocking(move || GraphEntry::load(id, name, graph, format, features, edge_features, false))
             .await?;
     add_graph(state, entry)
+}
+
+/// `RegisterGraph` with a neighbourhood: builds the graph from points over the live
+/// workers (under the job lock, like a job), keeps its edges and spatial split under
+/// `work_dir/graphs/<id>`, and registers it.
+async fn register_neighbourhood(
+    state: &Arc<State>,
+    req: RegisterGraphRequest,
+) -> Result<GraphInfo> {
+    for (field, given) in [
+        ("graph", !req.graph.is_empty()),
+        ("graph_format", !req.graph_format.is_empty()),
+        ("edge_features", !req.edge_features.is_empty()),
+    ] {
+        if given {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "{field} cannot be given with neighbourhood: the graph is built from points \
+                 (and a built neighbourhood has no edge attributes)"
+            )));
+        }
+    }
+    let (rule, options) = convert::neighbour_spec("neighbourhood", req.neighbourhood.as_ref())?;
+    super::build::check_distributable("neighbourhood", &rule, &options)?;
+    let features = state.storage.resolve("features", &req.features)?;
+    let points = if req.points.is_empty() {
+        features.clone()
+    } else {
+        state.storage.resolve("points", &req.points)?
+    };
+    // Row counts first, from the headers: a mismatch costs no build.
+    let (fp, pp) = (features.clone(), points.clone());
+    let (feature_rows, point_rows) = blocking(move || {
+        let rows = |p: &std::path::Path| -> Result<u64> {
+            Ok(NpyBody::open(p)?.shape.first().copied().unwrap_or(0))
+        };
+        Ok((rows(&fp)?, rows(&pp)?))
+    })
+    .await?;
+    if feature_rows != point_rows {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "points '{}' has {point_rows} rows but features '{}' has {feature_rows}: one point \
+             per node",
+            req.points, req.features
+        )));
+    }
+    distgat_neighbours::check_rule(&rule, point_rows as usize, &options)
+        .map_err(|e| RuntimeError::InvalidArgument(format!("neighbourhood: {e}")))?;
+    let id = new_id(state, "graph");
+    let rule_text = convert::rule_text(&rule, &options);
+    // Listings show the rule next to the name: the default name is the points file.
+    let name = if req.name.is_empty() {
+        if req.points.is_empty() {
+            req.features.clone()
+        } else {
+            req.points.clone()
+        }
+    } else {
+        req.name.clone()
+    };
+    // Built into a temporary directory (removed on failure; a crash leaves it under
+    // uploads/, which a restarted coordinator clears), renamed into place when complete.
+    let uploads = state.storage.work_dir.join("uploads");
+    std::fs::create_dir_all(&uploads)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".build-")
+        .tempdir_in(&uploads)?;
+    let (edges_tmp, assignment_tmp) = (
+        tmp.path().join("edges.npy"),
+        tmp.path().join("assignment.npy"),
+    );
+    let build_req = BuildNeighboursRequest {
+        points: points.display().to_string(),
+        spec: Some(convert::neighbour_spec_of(&rule, &options)),
+        out: edges_tmp.display().to_string(),
+        parts: req.parts,
+        threads_per_worker: req.threads_per_worker.max(1),
+        assignment_out: assignment_tmp.display().to_string(),
+    };
+    let summary = {
+        let _one_at_a_time = state.job_lock.lock().await;
+        super::build::build_neighbours(state, &id, build_req).await?
+    };
+    let summary_json = serde_json::to_string(&summary).unwrap_or_default();
+    let parts = summary.parts.len() as u32;
+    let final_dir = state.storage.work_dir.join("graphs").join(&id);
+    let state = state.clone();
+    blocking(move || {
+        let mut entry = GraphEntry::load(
+            id,
+            name,
+            edges_tmp,
+            Some(GraphFormat::Npy),
+            features,
+            None,
+            true,
+        )?;
+        std::fs::create_dir_all(distgat_graph::parent_dir(&final_dir))?;
+        let kept = tmp.keep();
+        if let Err(e) = std::fs::rename(&kept, &final_dir) {
+            let _ = std::fs::remove_dir_all(&kept);
+            return Err(e.into());
+        }
+        entry.graph = final_dir.join("edges.npy");
+        entry.neighbourhood = Some(BuiltNeighbourhood {
+            rule: rule_text,
+            assignment: final_dir.join("assignment.npy"),
+            parts,
+            summary_json,
+        });
+        add_graph(&state, entry)
+    })
+    .await
+}
+
+/// A registered graph's edges, read from its file and streamed in chunks.
+pub fn fetch_edges(
+    state: &State,
+    graph_id: &str,
+) -> Result<ReceiverStream<Result<EdgeChunk, tonic::Status>>> {
+    let graph = state.catalog.graph(graph_id)?;
+    let (tx, rx) = mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let edges = match read_graph(&graph.graph, graph.format) {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(RuntimeError::from(e).into()));
+                return;
+            }
+        };
+        let total = edges.len() as u64;
+        let per = convert::EDGES_PER_CHUNK;
+        for (k, (s, t)) in edges
+            .src()
+            .chunks(per)
+            .zip(edges.dst().chunks(per))
+            .enumerate()
+        {
+            let chunk = convert::edge_chunk(total, (k * per) as u64, s, t);
+            if tx.blocking_send(Ok(chunk)).is_err() {
+                return; // the client went away
+            }
+        }
+    });
+    Ok(ReceiverStream::new(rx))
+}
+
+/// The partitioning method of a request on `graph` with `parts` parts: `name` as
+/// [`parse_method`] reads it, plus `spatial` (the split a graph built from points came
+/// with), which is also the default for such a graph when `parts` equals its build's.
+fn method_for(
+    field: &str,
+    name: &str,
+    seed: u64,
+    graph: &GraphEntry,
+    parts: u32,
+) -> Result<Method> {
+    let lower = name.to_ascii_lowercase();
+    match (&graph.neighbourhood, lower.as_str()) {
+        (Some(nb), "" | "spatial") if nb.parts == parts => Ok(Method::File {
+            path: nb.assignment.clone(),
+        }),
+        (Some(nb), "spatial") => Err(RuntimeError::InvalidArgument(format!(
+            "{field} 'spatial': graph '{}' was built on {} parts, not {parts}; ask for {} \
+             parts or another method",
+            graph.id, nb.parts, nb.parts
+        ))),
+        (None, "spatial") => Err(RuntimeError::InvalidArgument(format!(
+            "{field} 'spatial' needs a graph built from points (RegisterGraph with a \
+             neighbourhood); graph '{}' was registered from a file",
+            graph.id
+        ))),
+        _ => parse_method(field, name, seed),
+    }
 }
 
 fn add_graph(state: &State, entry: GraphEntry) -> Result<GraphInfo> {
@@ -267,7 +457,7 @@ pub async fn create_partition(
             graph.nodes
         )));
     }
-    let method = parse_method("method", &req.method, req.seed)?;
+    let method = method_for("method", &req.method, req.seed, &graph, parts)?;
     let id = new_id(state, "partition");
     let dir = state.storage.work_dir.join("partitions").join(&id);
     let graph_id = graph.id.clone();
@@ -303,7 +493,6 @@ pub async fn submit_job(state: &Arc<State>, req: SubmitJobRequest) -> Result<Job
         }
         Some((*p).clone())
     };
-    let method = parse_method("method", &req.method, 0)?;
     let live = live_workers(state);
     if live == 0 {
         return Err(no_workers());
@@ -331,6 +520,7 @@ pub async fn submit_job(state: &Arc<State>, req: SubmitJobRequest) -> Result<Job
             graph.nodes
         )));
     }
+    let method = method_for("method", &req.method, 0, &graph, parts)?;
     let entry = graph.clone();
     let model = blocking(move || load_model(&model_path, &entry).map(|m| (m, model_path))).await?;
     let (model, model_path) = model;

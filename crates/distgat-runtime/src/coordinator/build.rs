@@ -63,15 +63,19 @@ pub struct PartBuildSummary {
 }
 
 /// Rules the distributed build runs: knn and radius, euclidean.
-fn check_distributable(rule: &NeighbourRule, options: &Options) -> Result<()> {
+pub(crate) fn check_distributable(
+    field: &str,
+    rule: &NeighbourRule,
+    options: &Options,
+) -> Result<()> {
     if matches!(rule, NeighbourRule::Hops { .. }) {
-        return Err(RuntimeError::InvalidArgument(
-            "spec: the hops rule is not built distributed".into(),
-        ));
+        return Err(RuntimeError::InvalidArgument(format!(
+            "{field}: the hops rule is not built distributed"
+        )));
     }
     if options.metric != Metric::Euclidean {
         return Err(RuntimeError::InvalidArgument(format!(
-            "spec.metric: the distributed build supports euclidean only, not {}",
+            "{field}.metric: the distributed build supports euclidean only, not {}",
             options.metric.name()
         )));
     }
@@ -85,8 +89,8 @@ pub(crate) async fn build_neighbours(
     req: BuildNeighboursRequest,
 ) -> Result<BuildSummary> {
     let started = Instant::now();
-    let (rule, options) = convert::neighbour_spec(req.spec.as_ref())?;
-    check_distributable(&rule, &options)?;
+    let (rule, options) = convert::neighbour_spec("spec", req.spec.as_ref())?;
+    check_distributable("spec", &rule, &options)?;
     if req.points.is_empty() {
         return Err(RuntimeError::InvalidArgument("points is empty".into()));
     }

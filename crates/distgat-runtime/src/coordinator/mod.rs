@@ -21,12 +21,12 @@ use distgat_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
 use distgat_proto::v1::{
     BuildNeighboursRequest, BuildNeighboursResponse, CancelJobRequest, ClusterStatusRequest,
     ClusterStatusResponse, CreatePartitionRequest, DeleteGraphRequest, DeleteJobRequest,
-    DeletePartitionRequest, DeleteResponse, FetchAttentionRequest, FetchAttentionResponse,
-    FetchOutputRequest, GetJobRequest, GraphInfo, HeartbeatRequest, HeartbeatResponse, JobInfo,
-    ListGraphsRequest, ListGraphsResponse, ListJobsRequest, ListJobsResponse,
-    ListPartitionsRequest, ListPartitionsResponse, OutputChunk, OutputRows, PartitionInfo,
-    PushOutputResponse, RegisterGraphRequest, RegisterWorkerRequest, RegisterWorkerResponse,
-    RunJobRequest, RunJobResponse, SubmitJobRequest, UploadGraphChunk,
+    DeletePartitionRequest, DeleteResponse, EdgeChunk, FetchAttentionRequest,
+    FetchAttentionResponse, FetchEdgesRequest, FetchOutputRequest, GetJobRequest, GraphInfo,
+    HeartbeatRequest, HeartbeatResponse, JobInfo, ListGraphsRequest, ListGraphsResponse,
+    ListJobsRequest, ListJobsResponse, ListPartitionsRequest, ListPartitionsResponse, OutputChunk,
+    OutputRows, PartitionInfo, PushOutputResponse, RegisterGraphRequest, RegisterWorkerRequest,
+    RegisterWorkerResponse, RunJobRequest, RunJobResponse, SubmitJobRequest, UploadGraphChunk,
 };
 use distgat_proto::{
     CONNECTION_WINDOW, COORDINATOR_SERVICE, MAX_CHUNK_BYTES, PROTOCOL_VERSION, STREAM_WINDOW,
@@ -447,6 +447,18 @@ impl Coordinator for Service {
         Ok(Response::new(
             delete::delete_graph(&self.0, &req.graph_id).await?,
         ))
+    }
+
+    type FetchEdgesStream = ReceiverStream<Result<EdgeChunk, Status>>;
+
+    async fn fetch_edges(
+        &self,
+        request: Request<FetchEdgesRequest>,
+    ) -> Result<Response<Self::FetchEdgesStream>, Status> {
+        Ok(Response::new(api::fetch_edges(
+            &self.0,
+            &request.into_inner().graph_id,
+        )?))
     }
 
     type FetchOutputStream = ReceiverStream<Result<OutputRows, Status>>;

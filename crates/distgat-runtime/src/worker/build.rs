@@ -123,7 +123,7 @@ async fn run_part(
     inbound: &mut Streaming<BuildChunk>,
     tx: &mpsc::Sender<Result<BuildOutput, Status>>,
 ) -> Result<()> {
-    let (rule, mut options) = convert::neighbour_spec(header.spec.as_ref())?;
+    let (rule, mut options) = convert::neighbour_spec("spec", header.spec.as_ref())?;
     let dim = header.dim as usize;
     let total = header.total_points;
     let part = header.part;
