@@ -169,6 +169,7 @@ class Client:
         radius: Optional[float] = None,
         max_neighbours: Optional[int] = None,
         loop: bool = False,
+        metric: str = "euclidean",
         points: str = "",
         parts: int = 0,
         threads_per_worker: int = 0,
@@ -177,7 +178,8 @@ class Client:
     ) -> pb.GraphInfo:
         """Registers a graph built from points: the kNN (``knn=K``) or radius
         (``radius=R``, optionally ``max_neighbours=M``) neighbourhood of ``points`` (.npy
-        [N, D] under the data root; "" means the features), euclidean, PyG's ``loop``,
+        [N, D] under the data root; "" means the features), ``metric`` "euclidean" or
+        "cosine" (1 - cosine similarity), PyG's ``loop``,
         built distributed over ``parts`` live workers (0: all). Edges j -> i, sorted by
         (target, source), as ``distgat neighbours`` writes them; jobs on the graph run on
         the build's spatial parts by default. Blocks until the build is done (no deadline
@@ -187,7 +189,7 @@ class Client:
             raise ValueError("give exactly one of knn and radius")
         if max_neighbours is not None and radius is None:
             raise ValueError("max_neighbours applies to radius, not knn")
-        spec = pb.NeighbourSpec(self_loops=loop)
+        spec = pb.NeighbourSpec(self_loops=loop, metric=metric)
         if knn is not None:
             if knn < 1:
                 raise ValueError(f"knn must be at least 1, not {knn}")

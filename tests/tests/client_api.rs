@@ -1103,13 +1103,13 @@ async fn neighbourhood_built_through_the_api_matches_infer() {
             bad(
                 Some(NeighbourSpec {
                     knn: Some(4),
-                    metric: "cosine".into(),
+                    metric: "manhattan".into(),
                     ..Default::default()
                 }),
                 &points,
                 "",
             ),
-            "neighbourhood.metric",
+            "neighbourhood.metric 'manhattan'",
         ),
         (
             bad(Some(knn(4)), &points, CORA_EDGES),

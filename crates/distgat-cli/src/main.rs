@@ -284,6 +284,9 @@ struct SubmitArgs {
     /// With --radius: keep at most the M nearest (ties to the lower index)
     #[arg(long, value_name = "M", requires = "radius", value_parser = clap::value_parser!(u64).range(1..))]
     max_neighbours: Option<u64>,
+    /// With --knn/--radius: the distance, euclidean (default) or cosine (1 - cosine similarity)
+    #[arg(long, value_enum, requires = "rule")]
+    metric: Option<distgat_cli::neighbours::MetricArg>,
     /// With --knn/--radius: each node is its own neighbour (PyG's loop=True)
     #[arg(long = "loop", requires = "rule")]
     self_loops: bool,
@@ -956,7 +959,10 @@ async fn submit(mut client: distgat_client::Client, args: SubmitArgs) -> anyhow:
                     radius: args.radius,
                     max_neighbours: args.max_neighbours,
                     self_loops: args.self_loops,
-                    metric: String::new(),
+                    metric: match args.metric {
+                        Some(distgat_cli::neighbours::MetricArg::Cosine) => "cosine".into(),
+                        _ => String::new(),
+                    },
                 },
                 points: args.points,
             }

@@ -201,8 +201,8 @@ pub fn build_neighbours(
 
 /// What `distgat run --points ...` checks before it starts any process: the same flag
 /// errors as [`build_neighbours`] (a stray `--graph`, a missing `--points`, K against the
-/// point count, R, M), plus what the distributed build does not do (`--hops`, `--metric
-/// cosine`), each naming its flag. Reads only the points file's header; the coordinator
+/// point count, R, M), plus what the distributed build does not do (`--hops`), each
+/// naming its flag. Reads only the points file's header; the coordinator
 /// reads and validates its values. Returns the rule and options, and the point count N.
 pub fn check_distributed(
     config: &NeighboursConfig,
@@ -214,14 +214,6 @@ pub fn check_distributed(
             "distgat run builds --knn and --radius neighbourhoods distributed, not k-hop ones; \
              build those with `distgat neighbours --hops H --graph G --out E.npy` and run over \
              --graph E.npy",
-        ));
-    }
-    if config.metric != Metric::Euclidean {
-        return Err(flag(
-            "--metric",
-            "distgat run builds euclidean neighbourhoods only (a bounding box bounds no \
-             cosine distance); build cosine ones with `distgat neighbours --metric cosine` \
-             and run over --graph E.npy",
         ));
     }
     let Some(path) = &config.points else {

@@ -223,6 +223,25 @@ fn grid_ties_and_parts_smaller_than_k() {
         &["--radius", "1.5", "--max-neighbours", "6"],
         &[3],
     );
+    // Cosine, off the origin: grid points on the same ray are at cosine distance ~0 from
+    // each other (ties broken by id across parts).
+    let shifted: Vec<f32> = coords.iter().map(|&v| v + 1.0).collect();
+    let points = dir.path().join("grid1.npy");
+    write_f32(&points, n, 2, &shifted);
+    compare(
+        &points,
+        &x,
+        &model,
+        &["--knn", "7", "--metric", "cosine"],
+        &[2, 3],
+    );
+    compare(
+        &points,
+        &x,
+        &model,
+        &["--radius", "0.01", "--metric", "cosine", "--loop"],
+        &[3],
+    );
 }
 
 /// Each refusal names the flag, exits non-zero before starting anything, and leaves no
@@ -241,6 +260,11 @@ fn bad_input_is_refused_by_flag() {
     let p = Features::read_npy(&points).unwrap();
     write_f32(&short, 10, p.width, &p.values[..10 * p.width]);
     let out = dir.path().join("out.npy");
+    // A point at the origin has no cosine distance.
+    let zero = dir.path().join("zero.npy");
+    let mut zeroed = p.values.clone();
+    zeroed[5 * p.width..6 * p.width].fill(0.0);
+    write_f32(&zero, p.num_nodes, p.width, &zeroed);
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["--points", s(&points), "--knn", "8", "--graph", s(&graph)],
@@ -250,8 +274,8 @@ fn bad_input_is_refused_by_flag() {
         (vec!["--points", s(&points), "--knn", "0"], "--knn"),
         (vec!["--points", s(&points), "--radius", "-1"], "--radius"),
         (
-            vec!["--points", s(&points), "--knn", "8", "--metric", "cosine"],
-            "--metric",
+            vec!["--points", s(&zero), "--knn", "3", "--metric", "cosine"],
+            "zero.npy",
         ),
         (vec!["--graph", s(&graph), "--hops", "2"], "--hops"),
         (vec!["--points", s(&short), "--knn", "3"], "--points"),

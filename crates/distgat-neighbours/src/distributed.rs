@@ -14,7 +14,10 @@
 //!    its own points plus the points received, with their global ids: ties go to the
 //!    lower global id, so each centre gets exactly the single-process edges.
 //!
-//! Cosine distances are not covered (a box distance is not a lower bound of them).
+//! The cosine metric runs the same steps with the boxes, the split and the reach tests
+//! over each point's direction ([`directions`]) instead of the point, and each reach
+//! widened into that space by [`box_reach`]; the distances the rule ranks are still the
+//! exact cosine distances of the original coordinates.
 
 use crate::error::{NeighbourError, Result};
 use crate::metric::Metric;
@@ -94,6 +97,63 @@ impl BBox {
             s += g * g;
         }
         s
+    }
+}
+
+/// The coordinates the boxes, the split and the reach tests of a distributed build use:
+/// for the cosine metric each point's direction `u = p / |p|`, the norm and the quotient
+/// in float64 and `u` rounded to float32 (so `|ũ − û| <= 2^-23` for the exact unit vector
+/// `û`); `None` for the euclidean metric, which uses the points themselves.
+///
+/// Errors: [`NeighbourError::ZeroNorm`] naming the first point at the origin (cosine).
+pub fn directions(points: &Points, metric: Metric) -> Result<Option<Points>> {
+    if metric == Metric::Euclidean {
+        return Ok(None);
+    }
+    let (n, dim) = (points.len(), points.dim());
+    let mut values = Vec::with_capacity(n * dim);
+    for r in 0..n {
+        let p = points.row(r);
+        let norm = crate::metric::squared_norm(p).sqrt();
+        if norm == 0.0 {
+            return Err(NeighbourError::ZeroNorm {
+                origin: points.origin().to_string(),
+                row: r,
+            });
+        }
+        values.extend(p.iter().map(|&v| (v as f64 / norm) as f32));
+    }
+    Points::new(
+        n,
+        dim,
+        values,
+        &format!("directions of {}", points.origin()),
+    )
+    .map(Some)
+}
+
+/// A reach (the largest distance at which a point can still be a neighbour, in the
+/// metric's units) as a squared euclidean distance in the space of [`directions`]: the
+/// identity for euclidean; for cosine `(sqrt(2·(reach + δ)) + 2^-22)² · (1 + 2^-20)`.
+///
+/// Why it is safe for cosine: the computed distance `d̃ = 1 − dot / (|p|·|q|)` is within
+/// `δ = (2D + 16)·2^-52` of the exact `d = |û − v̂|² / 2` (the float32 products are exact
+/// in float64; the sum of D terms errs by at most `(D − 1)·2^-53·|p|·|q|` by
+/// Cauchy-Schwarz, the norms, their product, the quotient and the subtraction by a few
+/// ulps more). So `d̃ <= reach` gives `|û − v̂| <= sqrt(2·(reach + δ))`, the rounded
+/// directions move each point by at most `2^-23`, and the box distance, never above the
+/// computed distance between the rounded directions ([`BBox::distance`]), which is within
+/// a relative `(D + 2)·2^-53` of the exact one, stays below the returned value.
+/// `-inf` (nothing can be a neighbour) stays `-inf`.
+pub fn box_reach(reach: f64, metric: Metric, dim: usize) -> f64 {
+    match metric {
+        Metric::Euclidean => reach,
+        Metric::Cosine if reach == f64::NEG_INFINITY => reach,
+        Metric::Cosine => {
+            let delta = (2.0 * dim as f64 + 16.0) * f64::EPSILON;
+            let spread = (2.0 * (reach + delta).max(0.0)).sqrt() + 2f64.powi(-22);
+            spread * spread * (1.0 + 2f64.powi(-20))
+        }
     }
 }
 
@@ -199,14 +259,15 @@ pub fn within_reach(points: &Points, request: &ReachRequest) -> Vec<usize> {
 pub struct LocalNeighbours {
     /// The edges of the centres, in centre order; sources are global ids, ascending.
     pub neighbours: Neighbours,
-    /// Per centre, the largest squared distance at which a point outside the subset could
-    /// still be one of its neighbours: knn, its m-th smallest distance within the subset
-    /// (`+inf` when the subset holds fewer than m other points, `-inf` when m = 0, i.e.
-    /// `k = 1` with self loops); radius, `r·r`.
+    /// Per centre, the largest distance (the metric's: squared euclidean, or cosine) at
+    /// which a point outside the subset could still be one of its neighbours: knn, its
+    /// m-th smallest distance within the subset (`+inf` when the subset holds fewer than m
+    /// other points, `-inf` when m = 0, i.e. `k = 1` with self loops); radius, `r·r`
+    /// (euclidean) or `r` (cosine). [`box_reach`] turns it into a box-space reach.
     pub reach: Vec<f64>,
 }
 
-/// The kNN or radius neighbourhoods (euclidean, `options.metric` must be it) of the
+/// The kNN or radius neighbourhoods (either metric) of the
 /// centres `0..centres` of `points`, with every row of `points` as a candidate; row `r` is
 /// the point with global id `ids[r]` (`ids`: `[points.len()]`, distinct). `total` is the
 /// global point count the rule is checked against (the same errors as
@@ -217,7 +278,8 @@ pub struct LocalNeighbours {
 /// is applied to the same exact float64 distances and ties go to the lower global id.
 ///
 /// Errors: the rule's parameter errors; [`NeighbourError::Shape`] when `ids` or `centres`
-/// do not fit `points`; hops or the cosine metric ([`NeighbourError::Unsupported`]).
+/// do not fit `points`; hops ([`NeighbourError::Unsupported`]); a point at the origin
+/// with the cosine metric ([`NeighbourError::ZeroNorm`]).
 pub fn build_local(
     points: &Points,
     ids: &[u32],
@@ -227,11 +289,6 @@ pub fn build_local(
     options: &Options,
 ) -> Result<LocalNeighbours> {
     check_rule(rule, total, options)?;
-    if options.metric != Metric::Euclidean {
-        return Err(NeighbourError::Unsupported {
-            what: "the cosine metric in a distributed build".into(),
-        });
-    }
     if ids.len() != points.len() || centres > points.len() {
         return Err(NeighbourError::Shape {
             origin: points.origin().to_string(),
@@ -253,7 +310,12 @@ pub fn build_local(
         }
         NeighbourRule::Radius { r, max_neighbours } => {
             let keep = keep_others(max_neighbours, options.self_loops);
-            ((keep > 0).then_some(Query::Radius { limit: r * r }), keep)
+            // As radius_graph: d < r·r (squared euclidean) or d < r (cosine).
+            let limit = match options.metric {
+                Metric::Euclidean => r * r,
+                Metric::Cosine => r,
+            };
+            ((keep > 0).then_some(Query::Radius { limit }), keep)
         }
         NeighbourRule::Hops { .. } => {
             return Err(NeighbourError::Unsupported {
@@ -274,7 +336,11 @@ pub fn build_local(
         )
     })?;
     if let NeighbourRule::Radius { r, .. } = *rule {
-        let limit = if keep > 0 { r * r } else { f64::NEG_INFINITY };
+        let limit = match (keep, options.metric) {
+            (0, _) => f64::NEG_INFINITY,
+            (_, Metric::Euclidean) => r * r,
+            (_, Metric::Cosine) => r,
+        };
         reach.iter_mut().for_each(|x| *x = limit);
     }
     Ok(LocalNeighbours { neighbours, reach })
@@ -460,6 +526,95 @@ mod tests {
         }
     }
 
+    /// Cosine: the same procedure over directions, on points with exact ties (integer
+    /// grid points, many on the same ray: parallel duplicates at distance ~0) and in 64-D.
+    #[test]
+    fn cosine_parts_reproduce_the_single_process_graph() {
+        let shifted = |mut p: Points| {
+            // Off the origin (a zero vector has no direction).
+            let (n, d) = (p.len(), p.dim());
+            let values: Vec<f32> = (0..n)
+                .flat_map(|r| p.row(r).iter().map(|&v| v + 1.0).collect::<Vec<_>>())
+                .collect();
+            p = Points::new(n, d, values, "shifted").unwrap();
+            p
+        };
+        let cases: Vec<(Points, NeighbourRule, bool)> = vec![
+            (
+                shifted(random_points(200, 2, 21, true)),
+                NeighbourRule::Knn { k: 6 },
+                false,
+            ),
+            (
+                shifted(random_points(200, 3, 22, false)),
+                NeighbourRule::Knn { k: 5 },
+                true,
+            ),
+            (
+                shifted(random_points(120, 64, 23, false)),
+                NeighbourRule::Knn { k: 4 },
+                false,
+            ),
+            (
+                shifted(random_points(250, 3, 24, true)),
+                NeighbourRule::Radius {
+                    r: 0.01,
+                    max_neighbours: Some(5),
+                },
+                false,
+            ),
+            (
+                shifted(random_points(250, 2, 25, false)),
+                NeighbourRule::Radius {
+                    r: 0.002,
+                    max_neighbours: None,
+                },
+                true,
+            ),
+        ];
+        for (case, (points, rule, self_loops)) in cases.into_iter().enumerate() {
+            let options = Options {
+                self_loops,
+                metric: Metric::Cosine,
+                ..Options::default()
+            };
+            let want = crate::build(&rule, Some(&points), None, &options).unwrap();
+            assert!(want.num_edges() > 0, "case {case}");
+            for parts in 1..=4 {
+                let got = simulate(&points, &rule, &options, parts);
+                assert_eq!(got, want, "cosine case {case}, {parts} parts");
+            }
+        }
+    }
+
+    /// A cosine reach in box space covers every point the exact rule can keep: for random
+    /// pairs, the box distance between their directions is within the widened reach of
+    /// their computed cosine distance.
+    #[test]
+    fn cosine_box_reach_bounds_the_direction_distance() {
+        for (seed, dim) in [(31u64, 2usize), (32, 3), (33, 64)] {
+            let p = random_points(300, dim, seed, seed == 31);
+            let values: Vec<f32> = (0..p.len())
+                .flat_map(|r| p.row(r).iter().map(|&v| v - 0.25).collect::<Vec<_>>())
+                .collect();
+            let p = Points::new(p.len(), dim, values, "centred").unwrap();
+            let Ok(Some(dirs)) = directions(&p, Metric::Cosine) else {
+                continue; // a point at the origin: not this test's subject
+            };
+            let exact = crate::metric::Exact::new(&p, Metric::Cosine).unwrap();
+            for i in 0..p.len() {
+                for j in 0..p.len() {
+                    let d = exact.d(i, j);
+                    let b = BBox::of(&dirs, [j]).unwrap();
+                    assert!(
+                        b.distance(dirs.row(i)) <= box_reach(d, Metric::Cosine, dim),
+                        "seed {seed}: pair ({i}, {j})"
+                    );
+                }
+            }
+        }
+    }
+
     fn subset(points: &Points, rows: &[u32]) -> Points {
         let values = rows
             .iter()
@@ -475,23 +630,32 @@ mod tests {
         parts: usize,
     ) -> Neighbours {
         let n = points.len();
-        let split = rcb(points, parts);
+        // Boxes, split and reach tests in the metric's box space (as the runtime does).
+        let dirs = directions(points, options.metric).unwrap();
+        let space = dirs.as_ref().unwrap_or(points);
+        let split = rcb(space, parts);
         let boxes: Vec<BBox> = split
             .iter()
-            .map(|ids| BBox::of(points, ids.iter().map(|&i| i as usize)).unwrap())
+            .map(|ids| BBox::of(space, ids.iter().map(|&i| i as usize)).unwrap())
             .collect();
         let mut per_node: Vec<Vec<u32>> = vec![Vec::new(); n];
         for (p, own) in split.iter().enumerate() {
             let own_points = subset(points, own);
+            let own_space = subset(space, own);
             let first = build_local(&own_points, own, own.len(), n, rule, options).unwrap();
+            let reach: Vec<f64> = first
+                .reach
+                .iter()
+                .map(|&r| box_reach(r, options.metric, points.dim()))
+                .collect();
             let mut fetched: Vec<u32> = Vec::new();
             for (q, other) in split.iter().enumerate() {
                 if q == p {
                     continue;
                 }
-                if let Some(req) = reach_request(&own_points, &first.reach, &boxes[q]) {
-                    let other_points = subset(points, other);
-                    fetched.extend(within_reach(&other_points, &req).iter().map(|&r| other[r]));
+                if let Some(req) = reach_request(&own_space, &reach, &boxes[q]) {
+                    let other_space = subset(space, other);
+                    fetched.extend(within_reach(&other_space, &req).iter().map(|&r| other[r]));
                 }
             }
             fetched.sort_unstable();
@@ -505,7 +669,7 @@ mod tests {
                 let reaches = boxes
                     .iter()
                     .enumerate()
-                    .any(|(q, b)| q != p && b.distance(own_points.row(r)) <= first.reach[r]);
+                    .any(|(q, b)| q != p && b.distance(own_space.row(r)) <= reach[r]);
                 if !reaches {
                     assert_eq!(first.neighbours.of(r), &per_node[i as usize][..]);
                 }

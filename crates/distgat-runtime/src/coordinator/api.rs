@@ -122,7 +122,7 @@ async fn register_neighbourhood(
         }
     }
     let (rule, options) = convert::neighbour_spec("neighbourhood", req.neighbourhood.as_ref())?;
-    super::build::check_distributable("neighbourhood", &rule, &options)?;
+    super::build::check_distributable("neighbourhood", &rule)?;
     let features = state.storage.resolve("features", &req.features)?;
     let points = if req.points.is_empty() {
         features.clone()

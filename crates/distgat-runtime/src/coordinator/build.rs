@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use distgat_neighbours::distributed::{rcb, BBox};
-use distgat_neighbours::{check_rule, Metric, NeighbourRule, Neighbours, Options, Points};
+use distgat_neighbours::distributed::{directions, rcb, BBox};
+use distgat_neighbours::{check_rule, NeighbourRule, Neighbours, Points};
 use distgat_proto::v1::build_chunk::Body as ChunkBody;
 use distgat_proto::v1::build_output::Body as OutputBody;
 use distgat_proto::v1::worker_client::WorkerClient;
@@ -62,21 +62,11 @@ pub struct PartBuildSummary {
     pub fetch_ms: f64,
 }
 
-/// Rules the distributed build runs: knn and radius, euclidean.
-pub(crate) fn check_distributable(
-    field: &str,
-    rule: &NeighbourRule,
-    options: &Options,
-) -> Result<()> {
+/// Rules the distributed build runs: knn and radius (either metric); hops is refused.
+pub(crate) fn check_distributable(field: &str, rule: &NeighbourRule) -> Result<()> {
     if matches!(rule, NeighbourRule::Hops { .. }) {
         return Err(RuntimeError::InvalidArgument(format!(
             "{field}: the hops rule is not built distributed"
-        )));
-    }
-    if options.metric != Metric::Euclidean {
-        return Err(RuntimeError::InvalidArgument(format!(
-            "{field}.metric: the distributed build supports euclidean only, not {}",
-            options.metric.name()
         )));
     }
     Ok(())
@@ -90,7 +80,7 @@ pub(crate) async fn build_neighbours(
 ) -> Result<BuildSummary> {
     let started = Instant::now();
     let (rule, options) = convert::neighbour_spec("spec", req.spec.as_ref())?;
-    check_distributable("spec", &rule, &options)?;
+    check_distributable("spec", &rule)?;
     if req.points.is_empty() {
         return Err(RuntimeError::InvalidArgument("points is empty".into()));
     }
@@ -138,17 +128,20 @@ pub(crate) async fn build_neighbours(
     let (split, boxes) = {
         let points = points.clone();
         tokio::task::spawn_blocking(move || {
-            let split = rcb(&points, parts);
+            // Split and boxes in the metric's box space (cosine: the directions).
+            let dirs = directions(&points, options.metric)?;
+            let space = dirs.as_ref().unwrap_or(&points);
+            let split = rcb(space, parts);
             let boxes: Vec<BBox> = split
                 .iter()
                 .map(|ids| {
-                    BBox::of(&points, ids.iter().map(|&i| i as usize)).expect("non-empty part")
+                    BBox::of(space, ids.iter().map(|&i| i as usize)).expect("non-empty part")
                 })
                 .collect();
-            (split, boxes)
+            Ok::<_, RuntimeError>((split, boxes))
         })
         .await
-        .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))?
+        .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??
     };
     if !req.assignment_out.is_empty() {
         let path = PathBuf::from(&req.assignment_out);

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use distgat_neighbours::distributed::{build_local, reach_request, within_reach};
+use distgat_neighbours::distributed::{
+    box_reach, build_local, directions, reach_request, within_reach,
+};
 use distgat_neighbours::{Execution, Points};
 use distgat_proto::v1::build_chunk::Body as ChunkBody;
 use distgat_proto::v1::build_output::Body as OutputBody;
@@ -31,6 +33,9 @@ use crate::net::endpoint;
 /// A part's own points, kept for its peers' fetches while its build runs.
 pub(crate) struct OwnPoints {
     pub points: Points,
+    /// The points in the metric's box space (cosine: their directions); `None`: the
+    /// points themselves (euclidean).
+    pub space: Option<Points>,
     /// Global id of each row, ascending.
     pub ids: Vec<u32>,
 }
@@ -85,7 +90,7 @@ pub(crate) async fn fetch_points(
     let own = builds.points(&req.build_id).await?;
     let request = convert::reach_request(&req, own.points.dim())?;
     tokio::task::spawn_blocking(move || {
-        let rows = within_reach(&own.points, &request);
+        let rows = within_reach(own.space.as_ref().unwrap_or(&own.points), &request);
         convert::point_chunks(&own.points, &own.ids, &rows, MAX_CHUNK_BYTES)
     })
     .await
@@ -181,10 +186,18 @@ async fn run_part(
             ids.len()
         )));
     }
-    let own = Arc::new(OwnPoints {
-        points: Points::new(own_n, dim, coords, &format!("points of part {part}"))?,
-        ids,
-    });
+    let points = Points::new(own_n, dim, coords, &format!("points of part {part}"))?;
+    let metric = options.metric;
+    let own = Arc::new(
+        blocking(move || -> Result<OwnPoints> {
+            Ok(OwnPoints {
+                space: directions(&points, metric)?,
+                points,
+                ids,
+            })
+        })
+        .await??,
+    );
     slot.send_replace(Some(own.clone()));
     let receive_ms = t.elapsed().as_secs_f64() * 1e3;
 
@@ -223,6 +236,12 @@ async fn run_part(
         .await??
     };
     let mut search_ms = t.elapsed().as_secs_f64() * 1e3;
+    // Reaches and own rows in the box space the peers' boxes are in.
+    let reach: Vec<f64> = first
+        .reach
+        .iter()
+        .map(|&r| box_reach(r, metric, dim))
+        .collect();
 
     // Fetch from every peer some centre can reach.
     let t = Instant::now();
@@ -231,7 +250,8 @@ async fn run_part(
         if q == part as usize {
             continue;
         }
-        let Some(request) = reach_request(&own.points, &first.reach, b) else {
+        let space = own.space.as_ref().unwrap_or(&own.points);
+        let Some(request) = reach_request(space, &reach, b) else {
             continue;
         };
         let address = peers.get(&(q as u32)).cloned().ok_or_else(|| {
@@ -259,9 +279,11 @@ async fn run_part(
         blocking(move || -> Result<_> {
             let boundary: Vec<usize> = (0..own_n)
                 .filter(|&r| {
-                    boxes.iter().enumerate().any(|(q, b)| {
-                        q != part as usize && b.distance(own.points.row(r)) <= first.reach[r]
-                    })
+                    let space = own.space.as_ref().unwrap_or(&own.points);
+                    boxes
+                        .iter()
+                        .enumerate()
+                        .any(|(q, b)| q != part as usize && b.distance(space.row(r)) <= reach[r])
                 })
                 .collect();
             let mut second = None;
