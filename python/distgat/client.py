@@ -319,7 +319,11 @@ class Client:
         if nodes is not None:
             if start is not None or end is not None:
                 raise ValueError("give either nodes or start/end, not both")
-            wanted = np.asarray(list(nodes), dtype=np.uint64)
+            listed = [int(n) for n in nodes]
+            bad = [n for n in listed if n < 0]
+            if bad:
+                raise ValueError(f"node ids must be >= 0, got {bad[0]}")
+            wanted = np.asarray(listed, dtype=np.uint64)
             req.nodes.CopyFrom(pb.NodeList(ids=wanted.tolist()))
         elif start is not None or end is not None:
             lo = 0 if start is None else int(start)

@@ -700,6 +700,19 @@ async fn deletion_refuses_what_is_in_use_and_frees_the_rest() {
         .await
         .unwrap_err();
     assert_eq!(code(err).0, Code::NotFound);
+    // An empty id is a malformed request, named.
+    for (err, field) in [
+        (client.delete_job("").await.unwrap_err(), "job_id"),
+        (
+            client.delete_partition("").await.unwrap_err(),
+            "partition_id",
+        ),
+        (client.delete_graph("").await.unwrap_err(), "graph_id"),
+    ] {
+        let (c, message) = code(err);
+        assert_eq!(c, Code::InvalidArgument, "{message}");
+        assert!(message.contains(&format!("{field} is empty")), "{message}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,7 +62,16 @@ fn uses_partition(job: &JobRecord, partition_id: &str) -> bool {
                 .is_some_and(|p| p.id == partition_id))
 }
 
+/// An id field a request must set: empty is INVALID_ARGUMENT, not "not found".
+fn required_id(field: &str, id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(RuntimeError::InvalidArgument(format!("{field} is empty")));
+    }
+    Ok(())
+}
+
 pub async fn delete_job(state: &Arc<State>, job_id: &str) -> Result<DeleteResponse> {
+    required_id("job_id", job_id)?;
     let record = {
         let mut jobs = lock(&state.catalog.jobs);
         let at = jobs
@@ -93,6 +102,7 @@ async fn remove_job_files(record: Arc<JobRecord>) -> Result<DeleteResponse> {
 }
 
 pub async fn delete_partition(state: &Arc<State>, partition_id: &str) -> Result<DeleteResponse> {
+    required_id("partition_id", partition_id)?;
     let entry = {
         let jobs = lock(&state.catalog.jobs);
         if let Some(job) = jobs.iter().find(|j| uses_partition(j, partition_id)) {
@@ -124,6 +134,7 @@ pub async fn delete_partition(state: &Arc<State>, partition_id: &str) -> Result<
 }
 
 pub async fn delete_graph(state: &Arc<State>, graph_id: &str) -> Result<DeleteResponse> {
+    required_id("graph_id", graph_id)?;
     let entry = {
         let jobs = lock(&state.catalog.jobs);
         let mut graphs = lock(&state.catalog.graphs);
