@@ -164,7 +164,27 @@ fn connect_hint(e: &dyn std::error::Error, tls: bool) -> &'static str {
 }
 
 impl From<tonic::Status> for ClientError {
+    /// A status the transport made (it has a source: the connection failed or broke, the
+    /// server never answered) becomes UNAVAILABLE with its causes and a hint, since the
+    /// usual cause at a first call is a plaintext client at a TLS-only server.
     fn from(s: tonic::Status) -> Self {
+        use std::error::Error;
+        if let Some(source) = s.source() {
+            if matches!(
+                s.code(),
+                Code::Unknown | Code::Unavailable | Code::Cancelled
+            ) {
+                let detail = error_chain(source);
+                return ClientError::Status(Box::new(tonic::Status::new(
+                    Code::Unavailable,
+                    format!(
+                        "{}: {detail}; hint: if the coordinator speaks TLS, give --tls-ca \
+                         (TLS_CA in Python); if it speaks plaintext, drop the TLS flags",
+                        s.message()
+                    ),
+                )));
+            }
+        }
         ClientError::Status(Box::new(s))
     }
 }
