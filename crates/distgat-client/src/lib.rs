@@ -136,8 +136,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        // rustls errors repeat their cause's text; keep each once.
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
         source = s.source();
     }
     text
@@ -179,7 +183,7 @@ impl From<tonic::Status> for ClientError {
                     Code::Unavailable,
                     format!(
                         "{}: {detail}; hint: if the coordinator speaks TLS, give --tls-ca \
-                         (TLS_CA in Python); if it speaks plaintext, drop the TLS flags",
+                         (and use https:// or host:port); if it speaks plaintext, drop the TLS flags",
                         s.message()
                     ),
                 )));
@@ -301,7 +305,8 @@ impl Client {
         let channel = loop {
             match endpoint.connect().await {
                 Ok(c) => break c,
-                Err(e) if attempt < retry.attempts => {
+                // A certificate the CA does not vouch for will not change by waiting.
+                Err(e) if attempt < retry.attempts && !error_chain(&e).contains("certificate") => {
                     tracing::debug!("connecting to {address} (attempt {attempt}): {e}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(retry.max_backoff);
