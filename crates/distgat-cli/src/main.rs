@@ -162,6 +162,12 @@ enum Command {
         /// Keep asking for this many seconds before giving up (default: ask once)
         #[arg(long, value_name = "SECONDS")]
         timeout: Option<u64>,
+        /// PEM CA that signed the server's certificate (TLS; health needs no token)
+        #[arg(long, env = "DISTGAT_TLS_CA", value_name = "PEM")]
+        tls_ca: Option<PathBuf>,
+        /// The name in the server's certificate, when it differs from the address's host (TLS)
+        #[arg(long, env = "DISTGAT_TLS_DOMAIN", value_name = "NAME")]
+        tls_domain: Option<String>,
     },
     /// Verify a partition directory (checksums, shard structure) and show its report.
     PartitionReport {
@@ -660,11 +666,20 @@ fn main() -> ExitCode {
             address,
             service,
             timeout,
+            tls_ca,
+            tls_domain,
         } => tokio_runtime().and_then(|rt| {
+            let tls = distgat_proto::TlsFiles {
+                ca: tls_ca,
+                domain: tls_domain,
+                ..Default::default()
+            }
+            .load_client()?;
             rt.block_on(distgat_cli::remote::check_health(
                 &address,
                 &service,
                 std::time::Duration::from_secs(timeout.unwrap_or(0)),
+                tls.as_ref(),
             ))?;
             println!("{address}: SERVING");
             Ok(())

@@ -150,6 +150,10 @@ fn cli_over_tls_with_a_token() {
     args.extend(tls);
     start(&mut children, &args);
 
+    // Health needs TLS but no token, on the coordinator as on probes.
+    let o = distgat(&["health", &coordinator, "--tls-ca", &ca], &[]);
+    assert!(ok(&o, "health over TLS").contains("SERVING"));
+
     // The client: the CA by flag, the token from DISTGAT_TOKEN.
     let env = [
         ("DISTGAT_COORDINATOR", coordinator.as_str()),
