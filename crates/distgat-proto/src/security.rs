@@ -422,6 +422,9 @@ impl tonic::service::Interceptor for TokenCheck {
 /// Refuses a call that came without a client certificate (one that was presented has
 /// been verified against the CA in the handshake). Passes every call on a plaintext
 /// server (`tls_on` false).
+// Its callers (interceptors and service handlers) must return a `Status` themselves.
+/// (The interceptor form is [`ClientCertCheck`].)
+#[allow(clippy::result_large_err)]
 pub fn require_client_cert<T>(request: &Request<T>, tls_on: bool) -> Result<(), Status> {
     if !tls_on || request.peer_certs().is_some_and(|c| !c.is_empty()) {
         return Ok(());
@@ -430,4 +433,19 @@ pub fn require_client_cert<T>(request: &Request<T>, tls_on: bool) -> Result<(), 
         "this RPC is for the coordinator and workers: present a client certificate signed \
          by the cluster's --tls-ca (--tls-cert, --tls-key)",
     ))
+}
+
+/// [`require_client_cert`] as an interceptor, for whole services (the workers' Worker and
+/// HaloExchange).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientCertCheck {
+    /// Whether the server speaks TLS; a plaintext server lets every call through.
+    pub tls_on: bool,
+}
+
+impl tonic::service::Interceptor for ClientCertCheck {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        require_client_cert(&request, self.tls_on)?;
+        Ok(request)
+    }
 }

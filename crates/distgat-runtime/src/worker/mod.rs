@@ -120,9 +120,8 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
     // Only the coordinator and peers (client certificate signed by the CA) may call the
     // Worker and HaloExchange services; health and reflection stay open for probes.
-    let tls_on = dialer.tls.is_some();
-    let peers_only = move |request: Request<()>| {
-        distgat_proto::security::require_client_cert(&request, tls_on).map(|()| request)
+    let peers_only = distgat_proto::security::ClientCertCheck {
+        tls_on: dialer.tls.is_some(),
     };
     let server = dialer
         .server()?
