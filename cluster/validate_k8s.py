@@ -53,7 +53,9 @@ CONFIG_KEYS = {
 CONFIG_FILE_KEY = "distgat.toml"
 
 # Env vars each subcommand reads (DISTGAT_CONFIG: all of them).
-CLIENT_ENV = {"DISTGAT_COORDINATOR", "DISTGAT_CONFIG"}
+# TLS and token files (flags --tls-cert, --tls-key, --tls-ca, --auth-token-file).
+SECURITY_ENV = {"DISTGAT_TLS_CERT", "DISTGAT_TLS_KEY", "DISTGAT_TLS_CA", "DISTGAT_AUTH_TOKEN_FILE"}
+CLIENT_ENV = {"DISTGAT_COORDINATOR", "DISTGAT_CONFIG", "DISTGAT_TLS_DOMAIN"} | SECURITY_ENV
 ENV_BY_SUBCOMMAND = {
     "coordinator": {
         "DISTGAT_LISTEN",
@@ -63,6 +65,7 @@ ENV_BY_SUBCOMMAND = {
         "DISTGAT_HEARTBEAT_TIMEOUT_MS",
         "DISTGAT_ADDR_FILE",
         "DISTGAT_CONFIG",
+        *SECURITY_ENV,
     },
     "worker": {
         "DISTGAT_COORDINATOR",
@@ -70,6 +73,7 @@ ENV_BY_SUBCOMMAND = {
         "DISTGAT_ADVERTISE_HOST",
         "DISTGAT_ADDR_FILE",
         "DISTGAT_CONFIG",
+        *SECURITY_ENV,
     },
     **{c: CLIENT_ENV for c in ("submit", "status", "watch", "fetch", "cancel", "workers")},
 }

@@ -14,7 +14,10 @@ Server-side paths (graph, features, model) are relative to the coordinator's dat
 The stubs (``distgat.v1.distgat_pb2``, ``distgat_pb2_grpc``) are generated from
 ``proto/distgat/v1/distgat.proto`` by ``clients/python/generate.sh`` and committed; CI
 regenerates them and fails if they differ. Failed calls raise ``grpc.RpcError`` (use
-``.code()`` and ``.details()``).
+``.code()`` and ``.details()``): UNAUTHENTICATED for a missing or wrong token, UNAVAILABLE
+for a plaintext client at a TLS coordinator or a CA that did not sign its certificate.
+TLS and tokens: ``connect(address, tls_ca="ca.pem")``, token from ``DISTGAT_TOKEN`` or
+``token=``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ __all__ = [
     "state_name",
     "TERMINAL_STATES",
     "DEFAULT_CHUNK",
+    "TOKEN_ENV",
 ]
 
 #: Upload chunk size; the coordinator accepts messages up to 4 MiB.
@@ -68,24 +72,104 @@ def state_name(state: int) -> str:
     return name.removeprefix("JOB_STATE_")
 
 
-def connect(address: str, timeout: Optional[float] = 120.0) -> "Client":
-    """Opens an (insecure) channel to the coordinator at `host:port`.
+#: The environment variable the client reads its bearer token from.
+TOKEN_ENV = "DISTGAT_TOKEN"
+
+
+def connect(
+    address: str,
+    timeout: Optional[float] = 120.0,
+    *,
+    tls_ca: Optional[str] = None,
+    tls_cert: Optional[str] = None,
+    tls_key: Optional[str] = None,
+    tls_domain: Optional[str] = None,
+    token: Optional[str] = None,
+) -> "Client":
+    """Opens a channel to the coordinator at `host:port` (see `Client` for TLS and tokens).
 
     `timeout` is the deadline in seconds of each unary call and of each fetch
     (None: no deadline). `watch` has no deadline unless given one.
     """
-    return Client(address, timeout=timeout)
+    return Client(
+        address,
+        timeout=timeout,
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_domain=tls_domain,
+        token=token,
+    )
+
+
+def _read(flag: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: {exc.strerror or exc}") from exc
 
 
 class Client:
     """Wraps the generated `CoordinatorStub`; usable as a context manager."""
 
-    def __init__(self, address: str, timeout: Optional[float] = 120.0):
+    def __init__(
+        self,
+        address: str,
+        timeout: Optional[float] = 120.0,
+        *,
+        tls_ca: Optional[str] = None,
+        tls_cert: Optional[str] = None,
+        tls_key: Optional[str] = None,
+        tls_domain: Optional[str] = None,
+        token: Optional[str] = None,
+    ):
+        """`address` is `host:port` or `https://host:port`.
+
+        TLS: `tls_ca` (PEM path; required for TLS, which `https://` or any TLS argument
+        selects) is the CA that signed the coordinator's certificate; `tls_cert` and
+        `tls_key` (PEM paths, together) are an optional client certificate; `tls_domain`
+        is the name in the coordinator's certificate when it differs from the host.
+        `token` is sent as `authorization: Bearer <token>` on every call; it defaults to
+        the `DISTGAT_TOKEN` environment variable (stripped; empty means none).
+        Raises ValueError for a missing partner argument or an unreadable file (naming
+        the argument and the path).
+        """
         if not address:
             raise ValueError("coordinator address is empty (expected host:port)")
+        tls = address.startswith("https://") or any(
+            a is not None for a in (tls_ca, tls_cert, tls_key, tls_domain)
+        )
+        if address.startswith("http://") and tls:
+            raise ValueError(f"address {address!r} is plaintext (http://) but TLS arguments are given")
+        target = address.split("://", 1)[1] if "://" in address else address
+        if (tls_cert is None) != (tls_key is None):
+            given, missing = ("tls_cert", "tls_key") if tls_key is None else ("tls_key", "tls_cert")
+            raise ValueError(f"{given} was given without {missing}: a client certificate needs both")
+        if tls and tls_ca is None:
+            raise ValueError(
+                "TLS needs tls_ca: the CA (PEM) that signed the coordinator's certificate"
+            )
+        if token is None:
+            token = os.environ.get(TOKEN_ENV, "").strip() or None
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        self._metadata: Sequence[tuple[str, str]] = (
+            [("authorization", f"Bearer {token}")] if token else []
+        )
+        if tls:
+            assert tls_ca is not None
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=_read("tls_ca", tls_ca),
+                private_key=_read("tls_key", tls_key) if tls_key else None,
+                certificate_chain=_read("tls_cert", tls_cert) if tls_cert else None,
+            )
+            options = list(_CHANNEL_OPTIONS)
+            if tls_domain:
+                options.append(("grpc.ssl_target_name_override", tls_domain))
+            self.channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self.stub = pb_grpc.CoordinatorStub(self.channel)
 
     # ---- lifecycle
@@ -124,7 +208,7 @@ class Client:
             features=features,
             edge_features=edge_features,
         )
-        return self.stub.RegisterGraph(req, timeout=self.timeout)
+        return self.stub.RegisterGraph(req, timeout=self.timeout, metadata=self._metadata)
 
     def upload_graph(
         self,
@@ -159,7 +243,7 @@ class Client:
                 for data in _read_chunks(edge_features_path, chunk):
                     yield pb.UploadGraphChunk(edge_features_data=data)
 
-        return self.stub.UploadGraph(chunks(), timeout=self.timeout)
+        return self.stub.UploadGraph(chunks(), timeout=self.timeout, metadata=self._metadata)
 
     def register_neighbourhood(
         self,
@@ -233,11 +317,11 @@ class Client:
         return np.stack([np.concatenate(sources), np.concatenate(targets)])
 
     def list_graphs(self) -> Sequence[pb.GraphInfo]:
-        return self.stub.ListGraphs(pb.ListGraphsRequest(), timeout=self.timeout).graphs
+        return self.stub.ListGraphs(pb.ListGraphsRequest(), timeout=self.timeout, metadata=self._metadata).graphs
 
     def list_partitions(self) -> Sequence[pb.PartitionInfo]:
         req = pb.ListPartitionsRequest()
-        return self.stub.ListPartitions(req, timeout=self.timeout).partitions
+        return self.stub.ListPartitions(req, timeout=self.timeout, metadata=self._metadata).partitions
 
     # ---- jobs
 
@@ -266,37 +350,39 @@ class Client:
             attention=attention,
             threads_per_worker=threads_per_worker,
         )
-        return self.stub.SubmitJob(req, timeout=self.timeout)
+        return self.stub.SubmitJob(req, timeout=self.timeout, metadata=self._metadata)
 
     def watch(self, job_id: str, timeout: Optional[float] = None) -> Iterator[pb.JobInfo]:
         """Yields the job's current JobInfo, then one per change, until the job ends."""
-        yield from self.stub.WatchJob(pb.GetJobRequest(job_id=job_id), timeout=timeout)
+        yield from self.stub.WatchJob(
+            pb.GetJobRequest(job_id=job_id), timeout=timeout, metadata=self._metadata
+        )
 
     def get_job(self, job_id: str) -> pb.JobInfo:
-        return self.stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=self.timeout)
+        return self.stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=self.timeout, metadata=self._metadata)
 
     def list_jobs(self) -> Sequence[pb.JobInfo]:
-        return self.stub.ListJobs(pb.ListJobsRequest(), timeout=self.timeout).jobs
+        return self.stub.ListJobs(pb.ListJobsRequest(), timeout=self.timeout, metadata=self._metadata).jobs
 
     def cancel(self, job_id: str, reason: str = "") -> pb.JobInfo:
         req = pb.CancelJobRequest(job_id=job_id, reason=reason)
-        return self.stub.CancelJob(req, timeout=self.timeout)
+        return self.stub.CancelJob(req, timeout=self.timeout, metadata=self._metadata)
 
     def delete_job(self, job_id: str) -> pb.DeleteResponse:
         """Deletes an ended job and its output files (FAILED_PRECONDITION while it is
         queued or running: cancel it first)."""
-        return self.stub.DeleteJob(pb.DeleteJobRequest(job_id=job_id), timeout=self.timeout)
+        return self.stub.DeleteJob(pb.DeleteJobRequest(job_id=job_id), timeout=self.timeout, metadata=self._metadata)
 
     def delete_partition(self, partition_id: str) -> pb.DeleteResponse:
         """Deletes a partition (FAILED_PRECONDITION while a queued or running job uses it)."""
         req = pb.DeletePartitionRequest(partition_id=partition_id)
-        return self.stub.DeletePartition(req, timeout=self.timeout)
+        return self.stub.DeletePartition(req, timeout=self.timeout, metadata=self._metadata)
 
     def delete_graph(self, graph_id: str) -> pb.DeleteResponse:
         """Forgets a graph, deleting an uploaded graph's files (FAILED_PRECONDITION while a
         partition or job refers to it)."""
         req = pb.DeleteGraphRequest(graph_id=graph_id)
-        return self.stub.DeleteGraph(req, timeout=self.timeout)
+        return self.stub.DeleteGraph(req, timeout=self.timeout, metadata=self._metadata)
 
     # ---- results
 
@@ -345,7 +431,7 @@ class Client:
         id_parts: list[np.ndarray] = []
         value_parts: list[np.ndarray] = []
         width: Optional[int] = None
-        for rows in self.stub.FetchOutput(req, timeout=self.timeout):
+        for rows in self.stub.FetchOutput(req, timeout=self.timeout, metadata=self._metadata):
             n = len(rows.nodes)
             if n == 0 and not rows.values:
                 continue
@@ -375,7 +461,7 @@ class Client:
         req = pb.FetchAttentionRequest(
             job_id=job_id, layer=layer, nodes=[int(n) for n in nodes], top_k=top_k
         )
-        return self.stub.FetchAttention(req, timeout=self.timeout)
+        return self.stub.FetchAttention(req, timeout=self.timeout, metadata=self._metadata)
 
     def explain(
         self, job_id: str, nodes: Iterable[int], layer: int = 0, top_k: int = 3
@@ -391,7 +477,7 @@ class Client:
     # ---- cluster
 
     def cluster_status(self) -> pb.ClusterStatusResponse:
-        return self.stub.ClusterStatus(pb.ClusterStatusRequest(), timeout=self.timeout)
+        return self.stub.ClusterStatus(pb.ClusterStatusRequest(), timeout=self.timeout, metadata=self._metadata)
 
 
 def _read_chunks(path: str, size: int) -> Iterator[bytes]:

@@ -172,6 +172,12 @@ enum Command {
         /// Keep asking for this many seconds before giving up (default: ask once)
         #[arg(long, value_name = "SECONDS")]
         timeout: Option<u64>,
+        /// PEM CA that signed the server's certificate (TLS; health needs no token)
+        #[arg(long, env = "DISTGAT_TLS_CA", value_name = "PEM")]
+        tls_ca: Option<PathBuf>,
+        /// The name in the server's certificate, when it differs from the address's host (TLS)
+        #[arg(long, env = "DISTGAT_TLS_DOMAIN", value_name = "NAME")]
+        tls_domain: Option<String>,
     },
     /// Verify a partition directory (checksums, shard structure) and show its report.
     PartitionReport {
@@ -181,6 +187,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// TLS and bearer-token flags, the same on the coordinator, the workers, `distgat run`
+/// and the client subcommands.
+#[derive(clap::Args, Clone, Default)]
+struct SecurityArgs {
+    /// PEM certificate (chain) this process presents; with --tls-key (servers: and --tls-ca) it speaks TLS only
+    #[arg(long, env = "DISTGAT_TLS_CERT", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "DISTGAT_TLS_KEY", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate that signed the other side's certificate (servers: also required of workers and peers calling in)
+    #[arg(long, env = "DISTGAT_TLS_CA", value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// File holding the bearer token (trimmed) every Coordinator RPC must carry; clients: wins over DISTGAT_TOKEN
+    #[arg(long, env = "DISTGAT_AUTH_TOKEN_FILE", value_name = "FILE")]
+    auth_token_file: Option<PathBuf>,
+}
+
+impl SecurityArgs {
+    fn tls(&self, domain: Option<String>) -> distgat_proto::TlsFiles {
+        distgat_proto::TlsFiles {
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            ca: self.tls_ca.clone(),
+            domain,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -218,6 +253,8 @@ struct CoordinatorArgs {
     /// loopback cluster `distgat run` starts; never on a shared network)
     #[arg(long, hide = true)]
     allow_run_job: bool,
+    #[command(flatten)]
+    security: SecurityArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -251,6 +288,8 @@ struct WorkerArgs {
     /// TOML configuration file ([worker] section)
     #[arg(long, env = "DISTGAT_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    security: SecurityArgs,
 }
 
 #[derive(clap::Args, Clone)]
@@ -261,6 +300,11 @@ struct ClientArgs {
     /// TOML configuration file ([client] section)
     #[arg(long, env = "DISTGAT_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    security: SecurityArgs,
+    /// The name in the coordinator's certificate, when it differs from the address's host (TLS)
+    #[arg(long, env = "DISTGAT_TLS_DOMAIN", value_name = "NAME")]
+    tls_domain: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -384,6 +428,9 @@ struct RunArgs {
     /// Write the job summary (per worker and layer: times, rows and halo bytes) as JSON
     #[arg(long, value_name = "S.json")]
     summary_json: Option<PathBuf>,
+    /// TLS between the processes of this private cluster (the certificate must name 127.0.0.1) and a token on its coordinator
+    #[command(flatten)]
+    security: SecurityArgs,
 }
 
 #[derive(clap::Args)]
@@ -655,11 +702,20 @@ fn main() -> ExitCode {
             address,
             service,
             timeout,
+            tls_ca,
+            tls_domain,
         } => tokio_runtime().and_then(|rt| {
+            let tls = distgat_proto::TlsFiles {
+                ca: tls_ca,
+                domain: tls_domain,
+                ..Default::default()
+            }
+            .load_client()?;
             rt.block_on(distgat_cli::remote::check_health(
                 &address,
                 &service,
                 std::time::Duration::from_secs(timeout.unwrap_or(0)),
+                tls.as_ref(),
             ))?;
             println!("{address}: SERVING");
             Ok(())
@@ -842,6 +898,8 @@ fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
             Some(a) => Some(a),
             None => file.parse("coordinator.metrics_listen", c.metrics_listen.as_ref())?,
         },
+        tls: args.security.tls(None),
+        auth_token_file: args.security.auth_token_file.clone(),
         ..defaults
     };
     let addr_file = args.addr_file.or(c.addr_file.clone());
@@ -872,6 +930,8 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             Some(a) => Some(a),
             None => file.parse("worker.metrics_listen", w.metrics_listen.as_ref())?,
         },
+        tls: args.security.tls(None),
+        auth_token_file: args.security.auth_token_file.clone(),
         ..Default::default()
     };
     let addr_file = args.addr_file.or(w.addr_file.clone());
@@ -915,9 +975,22 @@ where
         file.client.coordinator.clone(),
         "127.0.0.1:50051".to_string(),
     );
+    let token = distgat_client::token_from(args.security.auth_token_file.as_deref())?;
+    if token.as_ref().map(|(_, from)| *from) == Some(distgat_client::TokenSource::File)
+        && std::env::var_os(distgat_client::TOKEN_ENV).is_some()
+    {
+        eprintln!("note: using the token of --auth-token-file; DISTGAT_TOKEN is ignored");
+    }
+    let security = distgat_client::Security {
+        tls: args.security.tls(args.tls_domain.clone()),
+        token: token.map(|(t, _)| t),
+    };
     tokio_runtime()?.block_on(async {
         let client = match patience {
-            None => distgat_client::Client::connect(&address).await?,
+            None => {
+                distgat_client::Client::connect_secure(&address, Default::default(), &security)
+                    .await?
+            }
             Some((within, flag)) => {
                 let retry = distgat_client::RetryPolicy {
                     attempts: u32::MAX,
@@ -925,7 +998,7 @@ where
                 };
                 tokio::time::timeout(
                     within,
-                    distgat_client::Client::connect_with(&address, retry),
+                    distgat_client::Client::connect_secure(&address, retry, &security),
                 )
                 .await
                 .map_err(|_| {
@@ -1256,6 +1329,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         attention_dir: args.attention_dir,
         threads_per_worker: args.threads_per_worker,
         exe: std::env::current_exe()?,
+        tls: args.security.tls(None),
+        auth_token_file: args.security.auth_token_file.clone(),
     };
     let bar = progress_bar();
     let started = std::time::Instant::now();

@@ -295,13 +295,18 @@ pub fn selection(nodes: Option<&str>, range: Option<&str>) -> anyhow::Result<Sel
     }
 }
 
-/// Asks a server's standard health service; Ok once it answers SERVING.
-pub async fn check_health(address: &str, service: &str, wait: Duration) -> anyhow::Result<()> {
+/// Asks a server's standard health service (over TLS when `tls` is given; health needs
+/// no token); Ok once it answers SERVING.
+pub async fn check_health(
+    address: &str,
+    service: &str,
+    wait: Duration,
+    tls: Option<&distgat_proto::Tls>,
+) -> anyhow::Result<()> {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
-    let endpoint = distgat_proto::endpoint(address)
-        .with_context(|| format!("address '{address}'"))?
+    let endpoint = distgat_proto::secure_endpoint(address, tls)?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5));
     let deadline = tokio::time::Instant::now() + wait;

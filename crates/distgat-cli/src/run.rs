@@ -47,6 +47,61 @@ pub struct RunConfig {
     pub threads_per_worker: usize,
     /// The `distgat` binary to start the coordinator and workers with.
     pub exe: PathBuf,
+    /// TLS between the coordinator, the workers and this process (all three files or
+    /// none; the certificate must name 127.0.0.1, where they listen).
+    pub tls: distgat_proto::TlsFiles,
+    /// The coordinator's bearer token file; this process and the workers send it.
+    pub auth_token_file: Option<PathBuf>,
+}
+
+impl RunConfig {
+    /// The TLS and token flags the coordinator and the workers are started with.
+    fn security_flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        for (flag, path) in [
+            ("--tls-cert", &self.tls.cert),
+            ("--tls-key", &self.tls.key),
+            ("--tls-ca", &self.tls.ca),
+            ("--auth-token-file", &self.auth_token_file),
+        ] {
+            if let Some(path) = path {
+                flags.push(flag.to_string());
+                flags.push(path.display().to_string());
+            }
+        }
+        flags
+    }
+
+    /// A Coordinator client over this cluster's TLS and with its token. The files were
+    /// checked before any process started ([`RunConfig::check_security`]).
+    async fn coordinator_client(
+        &self,
+        address: &str,
+    ) -> anyhow::Result<CoordinatorClient<distgat_proto::AuthChannel>> {
+        let tls = self.tls.load_client()?;
+        let token = self
+            .auth_token_file
+            .as_deref()
+            .map(distgat_proto::read_token_file)
+            .transpose()?;
+        let channel = distgat_proto::secure_endpoint(address, tls.as_ref())?
+            .connect()
+            .await?;
+        Ok(CoordinatorClient::with_interceptor(
+            channel,
+            distgat_proto::Bearer::new(token.as_deref())?,
+        ))
+    }
+
+    /// The TLS and token files, checked as the coordinator and workers will check them,
+    /// before anything starts: errors name the flag and the file.
+    pub fn check_security(&self) -> anyhow::Result<()> {
+        self.tls.load_server()?;
+        if let Some(path) = &self.auth_token_file {
+            distgat_proto::read_token_file(path)?;
+        }
+        Ok(())
+    }
 }
 
 /// Children that are killed when this guard drops, whatever happens.
@@ -122,6 +177,7 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
     if config.workers == 0 {
         anyhow::bail!("--workers: 0 workers; give at least 1 (one worker process per part)");
     }
+    config.check_security()?;
     // Where outputs go is checked before any work, naming the flag.
     if let Some(dir) = &config.attention_dir {
         if dir.exists() && !dir.is_dir() {
@@ -195,7 +251,7 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
             };
             let address = coordinator.clone();
             let response = runtime.block_on(async move {
-                let mut client = CoordinatorClient::connect(format!("http://{address}")).await?;
+                let mut client = config.coordinator_client(&address).await?;
                 let response = client
                     .build_neighbours(request)
                     .await
@@ -311,7 +367,7 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
             .unwrap_or_default(),
     };
     let summary = runtime.block_on(async {
-        let mut client = CoordinatorClient::connect(format!("http://{coordinator}")).await?;
+        let mut client = config.coordinator_client(&coordinator).await?;
         let response = client
             .run_job(request)
             .await
@@ -417,32 +473,29 @@ fn start_processes(
     on_phase: fn(&str),
 ) -> anyhow::Result<String> {
     on_phase("starting coordinator and workers");
-    let coordinator = spawn_server(
-        &config.exe,
-        &[
-            "coordinator",
-            "--allow-run-job",
+    let security = config.security_flags();
+    let security: Vec<&str> = security.iter().map(String::as_str).collect();
+    let work = temp.join("work").display().to_string();
+    let mut args = vec![
+        "coordinator",
+        "--allow-run-job",
+        "--listen",
+        "127.0.0.1:0",
+        "--work-dir",
+        &work,
+    ];
+    args.extend(&security);
+    let coordinator = spawn_server(&config.exe, &args, "coordinator", children)?;
+    for k in 0..config.workers {
+        let mut args = vec![
+            "worker",
+            "--coordinator",
+            &coordinator,
             "--listen",
             "127.0.0.1:0",
-            "--work-dir",
-            &temp.join("work").display().to_string(),
-        ],
-        "coordinator",
-        children,
-    )?;
-    for k in 0..config.workers {
-        spawn_server(
-            &config.exe,
-            &[
-                "worker",
-                "--coordinator",
-                &coordinator,
-                "--listen",
-                "127.0.0.1:0",
-            ],
-            &format!("worker {k}"),
-            children,
-        )?;
+        ];
+        args.extend(&security);
+        spawn_server(&config.exe, &args, &format!("worker {k}"), children)?;
     }
     Ok(coordinator)
 }

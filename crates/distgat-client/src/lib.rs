@@ -40,11 +40,69 @@ use distgat_proto::v1::{
     ListPartitionsRequest, NeighbourSpec, NodeList, NodeRange, PartitionInfo, RegisterGraphRequest,
     SubmitJobRequest, UploadGraphChunk, UploadHeader,
 };
+use distgat_proto::AuthChannel;
 use distgat_proto::MAX_CHUNK_BYTES;
-use tonic::transport::Channel;
 use tonic::Code;
 
 pub use distgat_proto::v1;
+pub use distgat_proto::{SecurityError, TlsFiles};
+
+/// The environment variable a client reads its bearer token from.
+pub const TOKEN_ENV: &str = "DISTGAT_TOKEN";
+
+/// How to reach a coordinator that speaks TLS or needs a bearer token. `Default` is
+/// plaintext without a token.
+#[derive(Clone, Default)]
+pub struct Security {
+    /// `--tls-ca` (required for TLS), optional `--tls-cert`/`--tls-key` (a client
+    /// certificate), `--tls-domain` (the name in the server's certificate, when it differs
+    /// from the address's host).
+    pub tls: TlsFiles,
+    /// Sent as `authorization: Bearer <token>` on every call.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security")
+            .field("tls", &self.tls)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+/// Where a token came from (see [`token_from`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    File,
+    Env,
+}
+
+/// The client's bearer token: from `file` (`--auth-token-file`, trimmed) when given, else
+/// from the `DISTGAT_TOKEN` variable (trimmed; empty means none). The file wins when both
+/// are set; the second value says which was used. Errors: an unreadable or empty file, or
+/// a token a header cannot carry, naming the file (or the variable).
+pub fn token_from(file: Option<&Path>) -> Result<Option<(String, TokenSource)>> {
+    if let Some(path) = file {
+        return Ok(Some((
+            distgat_proto::read_token_file(path)?,
+            TokenSource::File,
+        )));
+    }
+    match std::env::var(TOKEN_ENV) {
+        Ok(v) if !v.trim().is_empty() => {
+            let token = v.trim().to_string();
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ClientError::Address {
+                    address: TOKEN_ENV.into(),
+                    detail: "the token must be printable ASCII without spaces".into(),
+                });
+            }
+            Ok(Some((token, TokenSource::Env)))
+        }
+        _ => Ok(None),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -63,6 +121,9 @@ pub enum ClientError {
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A TLS flag or file, or the token file (the text names the flag and the file).
+    #[error(transparent)]
+    Security(#[from] SecurityError),
     #[error(transparent)]
     Output(#[from] distgat_graph::GraphError),
     /// The server sent something this client cannot make sense of.
@@ -70,8 +131,64 @@ pub enum ClientError {
     Protocol(String),
 }
 
+/// The error and its causes (tonic's own text is only "transport error").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        // rustls errors repeat their cause's text; keep each once.
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// A hint for a failed connection, from its causes' text.
+fn connect_hint(e: &dyn std::error::Error, tls: bool) -> &'static str {
+    let text = error_chain(e).to_ascii_lowercase();
+    if tls && (text.contains("unknownissuer") || text.contains("certificate")) {
+        "; hint: the server's certificate is not signed by the --tls-ca given, or its name \
+         does not match the address (--tls-domain)"
+    } else if tls && (text.contains("corrupt message") || text.contains("invalid content type")) {
+        "; hint: the server may speak plaintext: drop the TLS flags, or start it with TLS"
+    } else if !tls
+        && (text.contains("connection reset")
+            || text.contains("broken pipe")
+            || text.contains("frame with invalid size")
+            || text.contains("connection closed"))
+    {
+        "; hint: the server may speak TLS only: give --tls-ca (and use https:// or host:port)"
+    } else {
+        ""
+    }
+}
+
 impl From<tonic::Status> for ClientError {
+    /// A status the transport made (it has a source: the connection failed or broke, the
+    /// server never answered) becomes UNAVAILABLE with its causes and a hint, since the
+    /// usual cause at a first call is a plaintext client at a TLS-only server.
     fn from(s: tonic::Status) -> Self {
+        use std::error::Error;
+        if let Some(source) = s.source() {
+            if matches!(
+                s.code(),
+                Code::Unknown | Code::Unavailable | Code::Cancelled
+            ) {
+                let detail = error_chain(source);
+                return ClientError::Status(Box::new(tonic::Status::new(
+                    Code::Unavailable,
+                    format!(
+                        "{}: {detail}; hint: if the coordinator speaks TLS, give --tls-ca \
+                         (and use https:// or host:port); if it speaks plaintext, drop the TLS flags",
+                        s.message()
+                    ),
+                )));
+            }
+        }
         ClientError::Status(Box::new(s))
     }
 }
@@ -155,7 +272,7 @@ pub struct Edges {
 
 #[derive(Clone)]
 pub struct Client {
-    inner: CoordinatorClient<Channel>,
+    inner: CoordinatorClient<AuthChannel>,
     retry: RetryPolicy,
 }
 
@@ -174,16 +291,29 @@ impl Client {
     }
 
     pub async fn connect_with(address: &str, retry: RetryPolicy) -> Result<Self> {
-        let endpoint = distgat_proto::endpoint(address).map_err(|e| ClientError::Address {
-            address: address.into(),
-            detail: e.to_string(),
-        })?;
+        Self::connect_secure(address, retry, &Security::default()).await
+    }
+
+    /// [`Client::connect_with`] over TLS and/or with a bearer token. An `https://` address
+    /// or any TLS file selects TLS (`host:port` then means `https://host:port`); TLS needs
+    /// `security.tls.ca`. Errors: a bad TLS file or flag combination (naming the flag and
+    /// file), and connection failures, with a hint when the cause is likely a plaintext
+    /// client at a TLS server, a certificate signed by another CA, or the reverse.
+    pub async fn connect_secure(
+        address: &str,
+        retry: RetryPolicy,
+        security: &Security,
+    ) -> Result<Self> {
+        let tls = security.tls.load_client()?;
+        let bearer = distgat_proto::Bearer::new(security.token.as_deref())?;
+        let endpoint = distgat_proto::secure_endpoint(address, tls.as_ref())?;
         let mut backoff = retry.first_backoff;
         let mut attempt = 1;
         let channel = loop {
             match endpoint.connect().await {
                 Ok(c) => break c,
-                Err(e) if attempt < retry.attempts => {
+                // A certificate the CA does not vouch for will not change by waiting.
+                Err(e) if attempt < retry.attempts && !error_chain(&e).contains("certificate") => {
                     tracing::debug!("connecting to {address} (attempt {attempt}): {e}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(retry.max_backoff);
@@ -192,13 +322,18 @@ impl Client {
                 Err(e) => {
                     return Err(ClientError::Connect {
                         address: address.into(),
-                        detail: format!("{e} (after {attempt} attempts)"),
+                        detail: format!(
+                            "{} (after {attempt} attempts){}",
+                            error_chain(&e),
+                            connect_hint(&e, tls.is_some())
+                        ),
                     })
                 }
             }
         };
         Ok(Client {
-            inner: CoordinatorClient::new(channel).max_decoding_message_size(4 * MAX_CHUNK_BYTES),
+            inner: CoordinatorClient::with_interceptor(channel, bearer)
+                .max_decoding_message_size(4 * MAX_CHUNK_BYTES),
             retry,
         })
     }
@@ -206,7 +341,7 @@ impl Client {
     /// Runs `call` until it succeeds, fails for good, or the attempts run out.
     async fn retrying<T, F, Fut>(&self, idempotent: bool, mut call: F) -> Result<T>
     where
-        F: FnMut(CoordinatorClient<Channel>) -> Fut,
+        F: FnMut(CoordinatorClient<AuthChannel>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         let mut backoff = self.retry.first_backoff;

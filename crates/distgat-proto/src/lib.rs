@@ -4,6 +4,11 @@
 /// 2: workers send per-layer progress in PushOutput, which version 1 coordinators refuse.
 pub const PROTOCOL_VERSION: u32 = 2;
 
+pub mod security;
+pub use security::{
+    read_token_file, secure_endpoint, AuthChannel, Bearer, SecurityError, Tls, TlsFiles, TokenCheck,
+};
+
 /// Largest payload of one message; tonic's default receive limit is 4 MiB.
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;
 

@@ -49,6 +49,9 @@ pub enum RuntimeError {
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A TLS flag or file, the token file or an address (the text names the flag and file).
+    #[error(transparent)]
+    Security(#[from] distgat_proto::SecurityError),
     /// The coordinator's catalog database failed (the text names its file).
     #[error("{0}")]
     Store(String),
@@ -64,7 +67,7 @@ impl From<RuntimeError> for tonic::Status {
             | RuntimeError::Model(_)
             | RuntimeError::Partition(_)
             | RuntimeError::Neighbour(_) => Code::InvalidArgument,
-            RuntimeError::InvalidArgument(_) => Code::InvalidArgument,
+            RuntimeError::InvalidArgument(_) | RuntimeError::Security(_) => Code::InvalidArgument,
             RuntimeError::ProtocolVersion { .. } => Code::FailedPrecondition,
             RuntimeError::NotFound(_) => Code::NotFound,
             RuntimeError::PermissionDenied(_) => Code::PermissionDenied,

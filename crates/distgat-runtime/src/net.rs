@@ -1,11 +1,12 @@
 //! What the coordinator and the workers share about serving and calling: the running
-//! server handle, the RPC deadline and endpoint parsing.
+//! server handle, the RPC deadline, TLS and endpoint parsing.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use distgat_proto::{Bearer, Tls};
 use tokio::sync::oneshot;
-use tonic::transport::Endpoint;
+use tonic::transport::{Endpoint, Server};
 
 use crate::error::{Result, RuntimeError};
 
@@ -21,7 +22,27 @@ pub struct RunningServer {
 /// Deadline of every unary RPC.
 pub(crate) const RPC_DEADLINE: Duration = Duration::from_secs(10);
 
-pub(crate) fn endpoint(addr: &str) -> Result<Endpoint> {
-    distgat_proto::endpoint(addr)
-        .map_err(|e| RuntimeError::InvalidArgument(format!("address '{addr}': {e}")))
+/// How this process calls the others: over TLS (this side's certificate as client
+/// identity, the cluster CA as the only trust root) when the server was started with TLS,
+/// and with the bearer token on coordinator calls when it has one.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Dialer {
+    pub tls: Option<Tls>,
+    pub bearer: Bearer,
+}
+
+impl Dialer {
+    pub(crate) fn endpoint(&self, addr: &str) -> Result<Endpoint> {
+        Ok(distgat_proto::secure_endpoint(addr, self.tls.as_ref())?)
+    }
+
+    /// A server builder that speaks TLS only when this side has TLS.
+    pub(crate) fn server(&self) -> Result<Server> {
+        match &self.tls {
+            Some(tls) => Server::builder()
+                .tls_config(tls.server_config())
+                .map_err(|e| RuntimeError::Io(std::io::Error::other(format!("TLS: {e}")))),
+            None => Ok(Server::builder()),
+        }
+    }
 }

@@ -29,7 +29,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::state::{Shortfall, State};
 use crate::convert;
 use crate::error::{transport, Result, RuntimeError};
-use crate::net::endpoint;
 
 /// What a distributed build did, per part and in total (the `summary_json` of
 /// `BuildNeighboursResponse`).
@@ -188,7 +187,7 @@ pub(crate) async fn build_neighbours(
         let address = assigned[k].1.clone();
         let (tx, rx) = mpsc::channel::<BuildChunk>(4);
         let feeder = tokio::spawn(feed(tx, header, points.clone(), ids));
-        let client = WorkerClient::new(endpoint(&address)?.connect_lazy())
+        let client = WorkerClient::new(state.dialer.endpoint(&address)?.connect_lazy())
             .max_encoding_message_size(2 * MAX_CHUNK_BYTES)
             .max_decoding_message_size(2 * MAX_CHUNK_BYTES);
         running.push((

@@ -19,7 +19,7 @@ use super::sink::{presized, AttentionSink, JobSink};
 use super::state::{Shortfall, State};
 use crate::catalog::{lock, JobRecord};
 use crate::error::{transport, Result, RuntimeError};
-use crate::net::{endpoint, RPC_DEADLINE};
+use crate::net::RPC_DEADLINE;
 
 #[derive(Debug, Serialize)]
 pub struct JobSummary {
@@ -137,7 +137,7 @@ async fn run_job_inner(
     .await;
     if let Err(e) = &outcome {
         for (_, address) in &assigned {
-            if let Ok(ep) = endpoint(address) {
+            if let Ok(ep) = state.dialer.endpoint(address) {
                 let mut client = WorkerClient::new(ep.connect_lazy());
                 let mut r = Request::new(CancelJobRequest {
                     job_id: job_id.to_string(),
@@ -424,13 +424,18 @@ async fn drive(
                 address: a.clone(),
             })
             .collect();
-        let mut client = WorkerClient::new(endpoint(address)?.connect().await.map_err(|e| {
-            RuntimeError::WorkerFailed {
-                worker: id.clone(),
-                part: p as u32,
-                detail: format!("connecting: {e}"),
-            }
-        })?);
+        let mut client = WorkerClient::new(
+            state
+                .dialer
+                .endpoint(address)?
+                .connect()
+                .await
+                .map_err(|e| RuntimeError::WorkerFailed {
+                    worker: id.clone(),
+                    part: p as u32,
+                    detail: format!("connecting: {e}"),
+                })?,
+        );
         let mut r = Request::new(StartJobRequest {
             job_id: job_id.to_string(),
             partition_dir: req.partition_dir.clone(),

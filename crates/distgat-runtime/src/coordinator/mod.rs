@@ -33,7 +33,7 @@ use distgat_proto::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::transport::Server;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::catalog::{lock, Catalog, Storage};
@@ -50,7 +50,28 @@ pub use job::JobSummary;
 pub use state::CoordinatorConfig;
 use state::State;
 
+/// Starts the coordinator: binds `config.listen`, serves the Coordinator service (behind
+/// the bearer-token check when `auth_token_file` is set), health and reflection (always
+/// open), with TLS when `config.tls` is set. Errors: an unreadable or invalid TLS or
+/// token file (naming the flag and file), the work dir, the catalog, the bind.
 pub async fn start_coordinator(config: CoordinatorConfig) -> Result<RunningServer> {
+    let tls = config.tls.load_server()?;
+    let token = config
+        .auth_token_file
+        .as_deref()
+        .map(distgat_proto::read_token_file)
+        .transpose()?;
+    if token.is_some() && tls.is_none() {
+        tracing::warn!(
+            "a bearer token without TLS travels in plaintext: use --tls-cert, --tls-key and \
+             --tls-ca unless every client is on this machine"
+        );
+    }
+    let dialer = crate::net::Dialer {
+        tls,
+        bearer: Default::default(),
+    };
+    let token_check = distgat_proto::TokenCheck::new(token.as_deref());
     let storage = Storage::new(&config.data_root, &config.work_dir, config.max_upload_bytes)?;
     // What an earlier coordinator on this work dir registered, partitioned and ran.
     let (catalog, next_id) = Catalog::reload(Store::open(&storage.work_dir)?)?;
@@ -68,6 +89,7 @@ pub async fn start_coordinator(config: CoordinatorConfig) -> Result<RunningServe
         assignment: Mutex::new(None),
         job_lock: tokio::sync::Mutex::new(()),
         next_id: AtomicU64::new(next_id),
+        dialer,
     });
     tokio::spawn(api::run_queue(Arc::downgrade(&state), queued));
     let (metrics_addr, metrics_guard) = match state.config.metrics_listen {
@@ -92,13 +114,18 @@ pub async fn start_coordinator(config: CoordinatorConfig) -> Result<RunningServe
     let (_health, routes) =
         standard_routes(COORDINATOR_SERVICE, &[COORDINATOR_SERVICE], true).await?;
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-    let server = Server::builder()
+    let server = state
+        .dialer
+        .server()?
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .add_routes(routes)
-        .add_service(
+        // The token guards every Coordinator RPC, here in one place; health and reflection
+        // (the routes above) stay open for probes.
+        .add_service(InterceptedService::new(
             CoordinatorServer::new(Service(state)).max_decoding_message_size(4 * MAX_CHUNK_BYTES),
-        )
+            token_check,
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             let _ = shutdown_rx.await;
         });
@@ -210,12 +237,24 @@ fn refresh_metrics(state: &State) {
 
 struct Service(Arc<State>);
 
+impl Service {
+    /// The worker-facing RPCs (RegisterWorker, Heartbeat, PushOutput) need a client
+    /// certificate signed by the cluster CA when the coordinator speaks TLS; client-API
+    /// callers need none.
+    // Called from handlers, which return a `Status` themselves.
+    #[allow(clippy::result_large_err)]
+    fn worker_only<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        distgat_proto::security::require_client_cert(request, self.0.dialer.tls.is_some())
+    }
+}
+
 #[tonic::async_trait]
 impl Coordinator for Service {
     async fn register_worker(
         &self,
         request: Request<RegisterWorkerRequest>,
     ) -> Result<Response<RegisterWorkerResponse>, Status> {
+        self.worker_only(&request)?;
         let req = request.into_inner();
         if req.protocol_version != PROTOCOL_VERSION {
             return Err(RuntimeError::ProtocolVersion {
@@ -247,6 +286,7 @@ impl Coordinator for Service {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.worker_only(&request)?;
         let req = request.into_inner();
         let id = req.worker_id;
         let known = {
@@ -278,6 +318,7 @@ impl Coordinator for Service {
         &self,
         request: Request<Streaming<OutputChunk>>,
     ) -> Result<Response<PushOutputResponse>, Status> {
+        self.worker_only(&request)?;
         let mut stream = request.into_inner();
         // The sink is looked up per message and never held between messages: a stream that
         // stays open (a worker still cancelling) must not keep a failed job's files alive.

@@ -36,6 +36,13 @@ pub struct CoordinatorConfig {
     pub keep_jobs: usize,
     /// Serve Prometheus metrics (`GET /metrics`) here; none by default.
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS (`--tls-cert`, `--tls-key`, `--tls-ca`, all three or none): the server speaks
+    /// TLS only, and calls the workers over TLS with its certificate as client identity.
+    /// None by default (plaintext).
+    pub tls: distgat_proto::TlsFiles,
+    /// A file holding the bearer token every Coordinator-service RPC must carry
+    /// (`--auth-token-file`, trimmed; an empty file is an error). None: no token needed.
+    pub auth_token_file: Option<PathBuf>,
 }
 
 impl Default for CoordinatorConfig {
@@ -51,6 +58,8 @@ impl Default for CoordinatorConfig {
             allow_run_job: false,
             keep_jobs: 0,
             metrics_listen: None,
+            tls: Default::default(),
+            auth_token_file: None,
         }
     }
 }
@@ -69,6 +78,8 @@ pub(crate) struct State {
     /// One job at a time.
     pub job_lock: tokio::sync::Mutex<()>,
     pub next_id: AtomicU64,
+    /// How the coordinator calls its workers (TLS or not).
+    pub dialer: crate::net::Dialer,
 }
 
 /// Why [`State::live_workers_for`] gave up.

@@ -28,7 +28,7 @@ use tonic::{Status, Streaming};
 
 use crate::convert;
 use crate::error::{transport, Result, RuntimeError};
-use crate::net::endpoint;
+use crate::net::Dialer;
 
 /// A part's own points, kept for its peers' fetches while its build runs.
 pub(crate) struct OwnPoints {
@@ -101,6 +101,7 @@ pub(crate) async fn fetch_points(
 /// peers until the coordinator closes `inbound`, then forgets them.
 pub(crate) async fn serve_build(
     builds: Arc<Builds>,
+    dialer: Dialer,
     header: BuildHeader,
     mut inbound: Streaming<BuildChunk>,
     tx: mpsc::Sender<Result<BuildOutput, Status>>,
@@ -108,7 +109,7 @@ pub(crate) async fn serve_build(
     let id = header.build_id.clone();
     // Held for the whole build: peers' fetches wait on it.
     let slot = builds.slot(&id);
-    let result = run_part(&slot, header, &mut inbound, &tx).await;
+    let result = run_part(&slot, &dialer, header, &mut inbound, &tx).await;
     if let Err(e) = result {
         tracing::warn!(build = %id, "neighbourhood build failed: {e}");
         // Peers waiting for these points stop waiting (their watch closes).
@@ -124,6 +125,7 @@ pub(crate) async fn serve_build(
 
 async fn run_part(
     slot: &Slot,
+    dialer: &Dialer,
     header: BuildHeader,
     inbound: &mut Streaming<BuildChunk>,
     tx: &mpsc::Sender<Result<BuildOutput, Status>>,
@@ -258,7 +260,10 @@ async fn run_part(
             RuntimeError::InvalidArgument(format!("BuildHeader.peers has no address for part {q}"))
         })?;
         let req = convert::fetch_points_request(&header.build_id, part, &request);
-        fetches.push(tokio::spawn(fetch_from(address, q, req, dim, total)));
+        let endpoint = dialer.endpoint(&address)?;
+        fetches.push(tokio::spawn(fetch_from(
+            endpoint, address, q, req, dim, total,
+        )));
     }
     let (mut fetched_ids, mut fetched_coords) = (Vec::new(), Vec::new());
     for f in fetches {
@@ -394,6 +399,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 /// The points peer `q` (at `address`) sends for `req`: ids and `dim` coordinates each.
 async fn fetch_from(
+    endpoint: tonic::transport::Endpoint,
     address: String,
     q: usize,
     req: FetchPointsRequest,
@@ -401,7 +407,7 @@ async fn fetch_from(
     total: u64,
 ) -> Result<(Vec<u32>, Vec<f32>)> {
     let context = format!("fetching points from part {q} at {address}");
-    let mut client = HaloExchangeClient::new(endpoint(&address)?.connect_lazy())
+    let mut client = HaloExchangeClient::new(endpoint.connect_lazy())
         .max_decoding_message_size(2 * MAX_CHUNK_BYTES);
     let mut stream = client
         .fetch_points(req)

@@ -32,7 +32,8 @@ use distgat_proto::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::transport::{Endpoint, Server};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{transport, Result, RuntimeError};
@@ -42,7 +43,7 @@ use distgat_attention::Progress;
 use mailbox::Mailbox;
 use part::compute_part;
 
-use crate::net::{endpoint, RunningServer, RPC_DEADLINE};
+use crate::net::{Dialer, RunningServer, RPC_DEADLINE};
 
 /// How a worker starts; `Default` listens on an ephemeral loopback port.
 #[derive(Debug, Clone)]
@@ -56,6 +57,13 @@ pub struct WorkerConfig {
     pub register_timeout: Duration,
     /// Serve Prometheus metrics (`GET /metrics`) here; none by default.
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS (`--tls-cert`, `--tls-key`, `--tls-ca`, all three or none): the worker serves
+    /// TLS only, requires a client certificate signed by the CA on the Worker and
+    /// HaloExchange services, and presents its own when calling the coordinator and its
+    /// peers. None by default (plaintext).
+    pub tls: distgat_proto::TlsFiles,
+    /// The coordinator's bearer token, sent on every call to it (`--auth-token-file`).
+    pub auth_token_file: Option<std::path::PathBuf>,
 }
 
 impl Default for WorkerConfig {
@@ -66,12 +74,25 @@ impl Default for WorkerConfig {
             advertise_host: None,
             register_timeout: Duration::from_secs(30),
             metrics_listen: None,
+            tls: Default::default(),
+            auth_token_file: None,
         }
     }
 }
 
-/// Binds, registers with the coordinator, starts heartbeats and serves.
+/// Binds, registers with the coordinator, starts heartbeats and serves. Errors: an
+/// unreadable or invalid TLS or token file (naming the flag and file), the bind, or no
+/// registration within `register_timeout`.
 pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
+    let token = config
+        .auth_token_file
+        .as_deref()
+        .map(distgat_proto::read_token_file)
+        .transpose()?;
+    let dialer = Dialer {
+        tls: config.tls.load_server()?,
+        bearer: distgat_proto::Bearer::new(token.as_deref())?,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let host = config
@@ -90,26 +111,35 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
         mailbox: Mailbox::default(),
         builds: Arc::new(build::Builds::default()),
         jobs: Mutex::new(HashMap::new()),
-        coordinator: endpoint(&config.coordinator)?,
+        coordinator: dialer.endpoint(&config.coordinator)?,
+        dialer: dialer.clone(),
     });
     // Not serving until registered: a probe then means "part of a cluster".
     let (mut health, routes) =
         standard_routes(WORKER_SERVICE, &[WORKER_SERVICE, HALO_SERVICE], false).await?;
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-    let server = Server::builder()
+    // Only the coordinator and peers (client certificate signed by the CA) may call the
+    // Worker and HaloExchange services; health and reflection stay open for probes.
+    let peers_only = distgat_proto::security::ClientCertCheck {
+        tls_on: dialer.tls.is_some(),
+    };
+    let server = dialer
+        .server()?
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .add_routes(routes)
-        .add_service(
+        .add_service(InterceptedService::new(
             WorkerServer::new(WorkerService(state.clone()))
                 .max_decoding_message_size(2 * MAX_CHUNK_BYTES)
                 .max_encoding_message_size(2 * MAX_CHUNK_BYTES),
-        )
-        .add_service(
+            peers_only,
+        ))
+        .add_service(InterceptedService::new(
             HaloExchangeServer::new(HaloService(state.clone()))
                 .max_decoding_message_size(2 * MAX_CHUNK_BYTES)
                 .max_encoding_message_size(2 * MAX_CHUNK_BYTES),
-        )
+            peers_only,
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             let _ = shutdown_rx.await;
         });
@@ -119,7 +149,7 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
     let deadline = Instant::now() + config.register_timeout;
     let mut told = false;
     let (worker_id, interval) = loop {
-        match register(&state.coordinator, &advertised).await {
+        match register(&state.coordinator, &dialer.bearer, &advertised).await {
             Ok(r) => break r,
             Err(e) if Instant::now() < deadline => {
                 if !told {
@@ -147,8 +177,9 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
     let heartbeat_channel = state.coordinator.connect_lazy();
     let coordinator = state.coordinator.clone();
     let reporting = state.clone();
+    let bearer = dialer.bearer.clone();
     tokio::spawn(async move {
-        let mut client = CoordinatorClient::new(heartbeat_channel);
+        let mut client = CoordinatorClient::with_interceptor(heartbeat_channel, bearer.clone());
         let mut worker_id = worker_id;
         // A coordinator that is down fails every heartbeat: warn on the first failure and
         // on recovery, not every interval.
@@ -170,7 +201,7 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
                 // A restarted coordinator has forgotten us: register again, so the
                 // cluster heals without restarting workers.
                 Err(e) if e.code() == tonic::Code::NotFound => {
-                    match register(&coordinator, &advertised).await {
+                    match register(&coordinator, &bearer, &advertised).await {
                         Ok((id, _)) => {
                             tracing::info!(old = %worker_id, new = %id, "registered again");
                             worker_id = id;
@@ -218,7 +249,11 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
     })
 }
 
-async fn register(coordinator: &Endpoint, advertised: &str) -> Result<(String, Duration)> {
+async fn register(
+    coordinator: &Endpoint,
+    bearer: &distgat_proto::Bearer,
+    advertised: &str,
+) -> Result<(String, Duration)> {
     let channel = coordinator
         .connect()
         .await
@@ -228,7 +263,7 @@ async fn register(coordinator: &Endpoint, advertised: &str) -> Result<(String, D
         address: advertised.to_string(),
     });
     req.set_timeout(RPC_DEADLINE);
-    let resp = CoordinatorClient::new(channel)
+    let resp = CoordinatorClient::with_interceptor(channel, bearer.clone())
         .register_worker(req)
         .await
         .map_err(transport("registering"))?
@@ -246,6 +281,8 @@ struct WorkerState {
     /// Running jobs: their part, cancellation flag and progress inside the current layer.
     jobs: Mutex<HashMap<String, RunningJob>>,
     coordinator: Endpoint,
+    /// How this worker calls its peers and the coordinator (TLS, token).
+    dialer: Dialer,
 }
 
 struct RunningJob {
@@ -363,6 +400,7 @@ impl Worker for WorkerService {
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(build::serve_build(
             self.0.builds.clone(),
+            self.0.dialer.clone(),
             header,
             inbound,
             tx,
@@ -448,15 +486,24 @@ fn run_job(
     let (job, part) = (req.job_id.clone(), req.part);
     let (tx, rx) = mpsc::channel::<OutputChunk>(8);
     let channel = state.coordinator.connect_lazy();
+    let bearer = state.dialer.bearer.clone();
     let pushing = rt.spawn(async move {
-        CoordinatorClient::new(channel)
+        CoordinatorClient::with_interceptor(channel, bearer)
             .max_encoding_message_size(4 * MAX_CHUNK_BYTES)
             .push_output(ReceiverStream::new(rx))
             .await
     });
     // A panic in the job must still fail the job at the coordinator, not hang it.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        compute_part(&state.mailbox, rt, &req, cancel, progress, &tx)
+        compute_part(
+            &state.mailbox,
+            &state.dialer,
+            rt,
+            &req,
+            cancel,
+            progress,
+            &tx,
+        )
     }))
     .unwrap_or_else(|panic| {
         let what = panic

@@ -27,7 +27,7 @@ use tonic::Request;
 use crate::error::{transport, Result, RuntimeError};
 
 use super::mailbox::Mailbox;
-use crate::net::endpoint;
+use crate::net::Dialer;
 
 /// A part's rows split into those that need no halo row and those that do, each with its
 /// own CSR over the part's local ids (owned rows, then halo rows).
@@ -141,6 +141,7 @@ const HALO_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub(super) fn compute_part(
     mailbox: &Mailbox,
+    dialer: &Dialer,
     rt: &tokio::runtime::Handle,
     req: &StartJobRequest,
     cancel: &AtomicBool,
@@ -209,7 +210,7 @@ pub(super) fn compute_part(
     let peers: HashMap<u32, Channel> = req
         .peers
         .iter()
-        .map(|p| Ok((p.part, endpoint(&p.address)?.connect_lazy())))
+        .map(|p| Ok((p.part, dialer.endpoint(&p.address)?.connect_lazy())))
         .collect::<Result<_>>()?;
 
     // Edge attributes of the local edges: from the shard (rows in local entry order) or,

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Checks distgat.client with TLS and a bearer token, from the repository root:
+
+    DISTGAT_BIN=target/release/distgat python python/tests/check_client_tls.py REFERENCE.npy
+
+REFERENCE.npy is `distgat infer`'s output on Cora (row normalisation). Makes a CA and a
+certificate for 127.0.0.1 with the `openssl` command in a temporary directory (no key is
+committed), starts its own coordinator and one worker with --tls-cert/--tls-key/--tls-ca
+and --auth-token-file, and checks: a Cora job over TLS with the token (from
+DISTGAT_TOKEN) fetches the reference exactly; a missing and a wrong token are
+UNAUTHENTICATED; a plaintext client and a client trusting another CA are UNAVAILABLE.
+Stops only the processes it started. Exits 1 on the first failed check.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, List
+
+import grpc
+import numpy as np
+
+from distgat import client as distgat_client
+
+TOKEN = "python-check-token"
+
+
+def check(ok: bool, what: str) -> None:
+    if not ok:
+        print(f"check_client_tls.py: FAILED: {what}", file=sys.stderr)
+        sys.exit(1)
+    print(f"ok  {what}")
+
+
+def code_of(call: Callable[[], object]) -> grpc.StatusCode:
+    try:
+        call()
+    except grpc.RpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def make_pki(d: Path, name: str) -> None:
+    """`name`-ca.pem and a `name`.pem/`name`.key for IP 127.0.0.1 signed by it."""
+    ca_key, ca, key, csr, cert = (d / f"{name}-{x}" for x in ("ca.key", "ca.pem", "key", "csr", "pem"))
+    ext = d / f"{name}.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "2", "-subj", f"/CN={name} CA")
+    openssl("req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}")
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+            "-out", str(cert), "-days", "2", "-extfile", str(ext))
+
+
+def start(procs: List[subprocess.Popen], args: List[str]) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTGAT_")}
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env)
+    procs.append(p)
+    assert p.stdout is not None
+    line = p.stdout.readline().strip()
+    if not line.startswith("listening on "):
+        raise SystemExit(f"check_client_tls.py: {args[1]} did not start: {line!r}")
+    return line.removeprefix("listening on ")
+
+
+def main() -> None:
+    reference = np.load(sys.argv[1])
+    exe = os.environ.get("DISTGAT_BIN", "target/release/distgat")
+    procs: List[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        make_pki(d, "node")
+        make_pki(d, "other")
+        (d / "token").write_text(TOKEN + "\n")
+        tls = ["--tls-cert", str(d / "node-pem"), "--tls-key", str(d / "node-key"),
+               "--tls-ca", str(d / "node-ca.pem"), "--auth-token-file", str(d / "token")]
+        try:
+            address = start(procs, [exe, "coordinator", "--listen", "127.0.0.1:0",
+                                    "--work-dir", str(d / "work"), *tls])
+            start(procs, [exe, "worker", "--coordinator", address, *tls])
+            ca = str(d / "node-ca.pem")
+            os.environ["DISTGAT_TOKEN"] = TOKEN
+            with distgat_client.connect(address, tls_ca=ca) as c:
+                c.wait_ready()
+                g = c.register_graph("data/cora/edges.npy", "data/cora/features.npy")
+                job = c.submit(g.graph_id, "reference/cora-gat/model.json", normalize_features=True)
+                last = None
+                for info in c.watch(job.job_id, timeout=120):
+                    last = info
+                check(last is not None and last.state == distgat_client.pb.JOB_STATE_SUCCEEDED,
+                      "Cora job over TLS with the token from DISTGAT_TOKEN succeeded")
+                out = c.fetch_output(job.job_id)
+                check(out.dtype == reference.dtype and np.array_equal(out, reference),
+                      "fetched output over TLS equals distgat infer's")
+            del os.environ["DISTGAT_TOKEN"]
+            with distgat_client.connect(address, tls_ca=ca) as c:
+                check(code_of(c.list_jobs) == grpc.StatusCode.UNAUTHENTICATED,
+                      "no token: UNAUTHENTICATED")
+            with distgat_client.connect(address, tls_ca=ca, token="wrong") as c:
+                check(code_of(c.list_jobs) == grpc.StatusCode.UNAUTHENTICATED,
+                      "wrong token: UNAUTHENTICATED")
+            with distgat_client.connect(address, timeout=5, token=TOKEN) as c:
+                check(code_of(c.list_jobs) == grpc.StatusCode.UNAVAILABLE,
+                      "plaintext client at a TLS coordinator: UNAVAILABLE")
+            with distgat_client.connect(address, timeout=5, tls_ca=str(d / "other-ca.pem"), token=TOKEN) as c:
+                check(code_of(c.list_jobs) == grpc.StatusCode.UNAVAILABLE,
+                      "client trusting another CA: UNAVAILABLE")
+            try:
+                distgat_client.connect(address, tls_ca=str(d / "absent.pem"))
+                check(False, "an unreadable tls_ca is refused")
+            except ValueError as err:
+                check("tls_ca" in str(err) and "absent.pem" in str(err),
+                      f"an unreadable tls_ca is named: {err}")
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+
+
+if __name__ == "__main__":
+    main()
