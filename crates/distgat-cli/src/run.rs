@@ -45,6 +45,8 @@ pub struct RunConfig {
     pub method: Option<Method>,
     pub attention_dir: Option<PathBuf>,
     pub threads_per_worker: usize,
+    /// Where the workers get their inputs.
+    pub shard_source: distgat_runtime::ShardSource,
     /// The `distgat` binary to start the coordinator and workers with.
     pub exe: PathBuf,
 }
@@ -303,6 +305,7 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
                 .unwrap_or_default()
                 .to_string()
         },
+        shard_source: config.shard_source.name().to_string(),
         threads_per_worker: config.threads_per_worker as u32,
         edge_features: config
             .edge_features
@@ -431,6 +434,8 @@ fn start_processes(
         children,
     )?;
     for k in 0..config.workers {
+        // Each worker its own work dir (its shard cache), as on separate machines.
+        let work_dir = temp.join(format!("worker-{k}"));
         spawn_server(
             &config.exe,
             &[
@@ -439,6 +444,8 @@ fn start_processes(
                 &coordinator,
                 "--listen",
                 "127.0.0.1:0",
+                "--work-dir",
+                &work_dir.display().to_string(),
             ],
             &format!("worker {k}"),
             children,

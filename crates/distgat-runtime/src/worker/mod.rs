@@ -8,6 +8,7 @@
 //! this file holds the gRPC services and the job thread.
 
 mod build;
+mod fetch;
 mod mailbox;
 mod part;
 
@@ -41,6 +42,7 @@ use distgat_attention::Progress;
 
 use mailbox::Mailbox;
 use part::compute_part;
+pub(crate) use part::f32_bytes;
 
 use crate::net::{endpoint, RunningServer, RPC_DEADLINE};
 
@@ -56,6 +58,9 @@ pub struct WorkerConfig {
     pub register_timeout: Duration,
     /// Serve Prometheus metrics (`GET /metrics`) here; none by default.
     pub metrics_listen: Option<SocketAddr>,
+    /// This worker's own directory: streamed shards are cached in `DIR/shards`, by content
+    /// hash. `None`: a new temporary directory, removed when the worker stops.
+    pub work_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for WorkerConfig {
@@ -66,12 +71,14 @@ impl Default for WorkerConfig {
             advertise_host: None,
             register_timeout: Duration::from_secs(30),
             metrics_listen: None,
+            work_dir: None,
         }
     }
 }
 
 /// Binds, registers with the coordinator, starts heartbeats and serves.
 pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
+    let work_dir = WorkDir::open(config.work_dir.as_deref())?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let host = config
@@ -91,6 +98,7 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
         builds: Arc::new(build::Builds::default()),
         jobs: Mutex::new(HashMap::new()),
         coordinator: endpoint(&config.coordinator)?,
+        work_dir,
     });
     // Not serving until registered: a probe then means "part of a cluster".
     let (mut health, routes) =
@@ -239,8 +247,57 @@ async fn register(coordinator: &Endpoint, advertised: &str) -> Result<(String, D
     ))
 }
 
+/// The worker's directory: the one given (kept), or a temporary one (removed on drop).
+struct WorkDir {
+    shards: std::path::PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl WorkDir {
+    fn open(given: Option<&std::path::Path>) -> Result<Self> {
+        let (root, temp) = match given {
+            Some(dir) => (dir.to_path_buf(), None),
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("distgat-worker-")
+                    .tempdir()
+                    .map_err(|e| {
+                        RuntimeError::Io(std::io::Error::new(
+                            e.kind(),
+                            format!("creating a temporary work dir (give --work-dir): {e}"),
+                        ))
+                    })?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let bad = |e: std::io::Error| {
+            RuntimeError::InvalidArgument(format!("work dir (--work-dir) {}: {e}", root.display()))
+        };
+        let shards = root.join("shards");
+        std::fs::create_dir_all(&shards).map_err(bad)?;
+        // Writable? A probe file, removed at once, so a bad dir fails now, not mid-job.
+        tempfile::Builder::new()
+            .prefix(".probe-")
+            .tempfile_in(&shards)
+            .map_err(bad)?;
+        // Partial files of a worker that was killed mid-write are never used: drop them.
+        if let Ok(entries) = std::fs::read_dir(&shards) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().ends_with(".partial") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(WorkDir {
+            shards,
+            _temp: temp,
+        })
+    }
+}
+
 struct WorkerState {
     mailbox: Mailbox,
+    work_dir: WorkDir,
     /// Points of the neighbourhood builds running here, for peers' fetches.
     builds: Arc<build::Builds>,
     /// Running jobs: their part, cancellation flag and progress inside the current layer.
@@ -456,7 +513,16 @@ fn run_job(
     });
     // A panic in the job must still fail the job at the coordinator, not hang it.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        compute_part(&state.mailbox, rt, &req, cancel, progress, &tx)
+        compute_part(
+            &state.mailbox,
+            rt,
+            &state.coordinator,
+            &state.work_dir.shards,
+            &req,
+            cancel,
+            progress,
+            &tx,
+        )
     }))
     .unwrap_or_else(|panic| {
         let what = panic
