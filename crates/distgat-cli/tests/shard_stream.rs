@@ -355,8 +355,8 @@ fn workers_without_the_coordinators_files_compute_infers_bytes() {
     // 5. The control: with shard source shared these workers cannot open the files, so
     //    the job fails (if it passed, the namespace would not hide anything).
     let err = job(&cora_part, &cora_model, &cora_x, None, "c4.npy", "shared")
-        .err()
-        .expect("workers in their own mount namespace read the coordinator's files");
+        .map(|(_, summary)| summary)
+        .expect_err("workers in their own mount namespace read the coordinator's files");
     assert!(
         err.contains("No such file") || err.contains("not found"),
         "{err}"

@@ -465,7 +465,7 @@ impl PartitionDir {
     /// checks a manifest file.
     pub fn from_manifest(path: &Path, text: &str) -> Result<Self> {
         let manifest_path = path.join(MANIFEST);
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
             PartitionError::directory(&manifest_path, format!("not valid JSON: {e}"))
         })?;
         let format = value
@@ -543,7 +543,7 @@ impl PartitionDir {
 pub fn check_bytes(path: &Path, info: &FileInfo, bytes: &[u8]) -> Result<()> {
     if bytes.len() as u64 != info.bytes {
         return Err(PartitionError::directory(
-            &path,
+            path,
             format!(
                 "is {} bytes, the manifest says {} (truncated or replaced)",
                 bytes.len(),
@@ -551,10 +551,10 @@ pub fn check_bytes(path: &Path, info: &FileInfo, bytes: &[u8]) -> Result<()> {
             ),
         ));
     }
-    let hash = blake3::hash(&bytes).to_hex().to_string();
+    let hash = blake3::hash(bytes).to_hex().to_string();
     if hash != info.blake3 {
         return Err(PartitionError::directory(
-            &path,
+            path,
             format!(
                 "checksum mismatch: BLAKE3 {}, the manifest says {} (corrupted)",
                 &hash[..16],

@@ -458,6 +458,7 @@ fn prepare(
 }
 
 /// Starts every part and waits until all finish, one fails, or one goes silent.
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     state: &State,
     job_id: &str,
