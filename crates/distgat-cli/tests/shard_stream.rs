@@ -361,6 +361,36 @@ fn workers_without_the_coordinators_files_compute_infers_bytes() {
         err.contains("No such file") || err.contains("not found"),
         "{err}"
     );
+    // Fetching from a job that is not running is NOT_FOUND.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client = distgat_proto::v1::coordinator_client::CoordinatorClient::connect(
+            format!("http://{addr}"),
+        )
+        .await
+        .unwrap();
+        let status = client
+            .fetch_shard(distgat_proto::v1::FetchShardRequest {
+                job_id: "job-1".into(),
+                part: 0,
+                worker_id: "worker-1".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status}");
+        let status = client
+            .fetch_inputs(distgat_proto::v1::FetchInputsRequest {
+                job_id: "job-1".into(),
+                part: 0,
+                worker_id: "worker-1".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status}");
+    });
     // An unknown shard source is refused by name.
     let err = job(&cora_part, &cora_model, &cora_x, None, "c5.npy", "nfs")
         .err()

@@ -79,8 +79,28 @@ impl JobInputs {
 /// assigned to `worker_id`.
 fn checked(state: &State, job_id: &str, part: u32, worker_id: &str) -> Result<Arc<JobInputs>> {
     let inputs = lock(&state.inputs).get(job_id).cloned();
-    let Some(inputs) = inputs else {
-        return Err(if lock(&state.jobs).contains_key(job_id) {
+    let running = lock(&state.jobs).contains_key(job_id);
+    authorise(
+        job_id,
+        part,
+        worker_id,
+        inputs.as_ref().map(|i| i.workers.as_slice()),
+        running,
+    )?;
+    Ok(inputs.expect("authorised"))
+}
+
+/// Whether a worker may fetch `part` of `job_id`: `workers` are the job's worker ids by
+/// part when it runs with shard source `stream`; `running` whether it runs at all.
+fn authorise(
+    job_id: &str,
+    part: u32,
+    worker_id: &str,
+    workers: Option<&[String]>,
+    running: bool,
+) -> Result<()> {
+    let Some(workers) = workers else {
+        return Err(if running {
             RuntimeError::FailedPrecondition(format!(
                 "job {job_id} runs with shard source \"shared\": its workers open its files by path"
             ))
@@ -88,10 +108,10 @@ fn checked(state: &State, job_id: &str, part: u32, worker_id: &str) -> Result<Ar
             RuntimeError::NotFound(format!("job_id '{job_id}' is not running"))
         });
     };
-    let Some(owner) = inputs.workers.get(part as usize) else {
+    let Some(owner) = workers.get(part as usize) else {
         return Err(RuntimeError::InvalidArgument(format!(
             "part: job {job_id} has parts 0..{}, not {part}",
-            inputs.workers.len()
+            workers.len()
         )));
     };
     if owner != worker_id {
@@ -99,7 +119,7 @@ fn checked(state: &State, job_id: &str, part: u32, worker_id: &str) -> Result<Ar
             "part {part} of job {job_id} is assigned to {owner}, not to worker_id '{worker_id}'"
         )));
     }
-    Ok(inputs)
+    Ok(())
 }
 
 type Sender<T> = mpsc::Sender<Result<T, Status>>;
@@ -310,4 +330,32 @@ fn send_rows(
         )?;
     }
     Ok(ids.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::authorise;
+
+    #[test]
+    fn only_the_assigned_worker_of_a_streaming_job_may_fetch_a_part() {
+        let w = vec!["worker-1".to_string(), "worker-2".to_string()];
+        let code = |r: crate::error::Result<()>| tonic::Status::from(r.unwrap_err()).code();
+        assert!(authorise("job-1", 1, "worker-2", Some(&w), true).is_ok());
+        assert_eq!(
+            code(authorise("job-1", 1, "worker-1", Some(&w), true)),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            code(authorise("job-1", 2, "worker-2", Some(&w), true)),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            code(authorise("job-1", 0, "worker-1", None, true)),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(
+            code(authorise("job-9", 0, "worker-1", None, false)),
+            tonic::Code::NotFound
+        );
+    }
 }
