@@ -120,15 +120,31 @@ pub(super) fn shard(
     let received = label.join(&info.file);
     check_bytes(&received, &info, &bytes)?;
     let shard = dir.shard_from_bytes(req.part, &received, &bytes)?;
-    // Into the cache only once verified, and atomically: a reader never sees a partial file.
+    // Into the cache only once verified, and atomically (a reader never sees a partial
+    // file), on its own thread: the part computes meanwhile. A failed write costs only the
+    // next job a fetch, so it is logged as a warning, not failed.
+    let (shards_dir, job, part) = (shards_dir.to_path_buf(), req.job_id.clone(), req.part);
+    std::thread::Builder::new()
+        .name(format!("cache-{job}-{part}"))
+        .spawn(move || {
+            if let Err(e) = write_cache(&shards_dir, &cached, &bytes) {
+                tracing::warn!(%job, part, "could not cache the shard (the next job fetches it again): {e}");
+            }
+        })
+        .map_err(|e| RuntimeError::Io(std::io::Error::other(format!("starting the cache writer: {e}"))))?;
+    Ok((dir, shard, origin))
+}
+
+/// Writes `bytes` to `cached` through a temporary file in `shards_dir`, then a rename.
+fn write_cache(shards_dir: &Path, cached: &Path, bytes: &[u8]) -> Result<()> {
     let mut temp = tempfile::Builder::new()
         .prefix(".shard-")
         .suffix(".partial")
         .tempfile_in(shards_dir)
         .map_err(|e| io_at(shards_dir, e))?;
-    temp.write_all(&bytes).map_err(|e| io_at(temp.path(), e))?;
-    temp.persist(&cached).map_err(|e| io_at(&cached, e.error))?;
-    Ok((dir, shard, origin))
+    temp.write_all(bytes).map_err(|e| io_at(temp.path(), e))?;
+    temp.persist(cached).map_err(|e| io_at(cached, e.error))?;
+    Ok(())
 }
 
 fn io_at(path: &Path, e: std::io::Error) -> RuntimeError {
