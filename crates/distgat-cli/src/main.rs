@@ -375,9 +375,9 @@ struct RunArgs {
     /// Write the job summary (per worker and layer: times, rows and halo bytes; per worker the shard source, shard cache use and bytes streamed) as JSON
     #[arg(long, value_name = "S.json")]
     summary_json: Option<PathBuf>,
-    /// Where the workers get their inputs: stream (from the coordinator over gRPC, each worker caching its shard in its own work dir) or shared (they open the files by path)
-    #[arg(long, value_name = "SOURCE", default_value = "stream")]
-    shard_source: ShardSourceArg,
+    /// Where the workers get their inputs: stream (from the coordinator over gRPC, each worker caching its shard in its own work dir) or shared (they open the files by path) [default: stream]
+    #[arg(long, value_name = "SOURCE")]
+    shard_source: Option<ShardSourceArg>,
 }
 
 #[derive(clap::Args)]
@@ -1232,7 +1232,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         method: args.method.map(|m| method_of(m, 0)),
         attention_dir: args.attention_dir,
         threads_per_worker: args.threads_per_worker,
-        shard_source: args.shard_source.0,
+        shard_source: args
+            .shard_source
+            .map_or(distgat_runtime::ShardSource::Stream, |s| s.0),
         exe: std::env::current_exe()?,
     };
     let bar = progress_bar();
