@@ -285,8 +285,9 @@ cmd_start() {
   log "coordinator at $addr"
 
   for ((i = 1; i <= k; i++)); do
+    # Each worker its own work dir (its shard cache), as on separate machines.
     spawn "$STATE/worker-$i.log" "$BIN" worker --coordinator "$addr" --listen 127.0.0.1:0 \
-      --addr-file "$STATE/worker-$i.addr"
+      --addr-file "$STATE/worker-$i.addr" --work-dir "$STATE/worker-$i"
   done
   log "started $k worker(s), waiting for them to register"
 

@@ -66,6 +66,7 @@ ENV_BY_SUBCOMMAND = {
         "DISTGAT_ADDR_FILE",
         "DISTGAT_CONFIG",
         *SECURITY_ENV,
+        "DISTGAT_SHARD_SOURCE",
     },
     "worker": {
         "DISTGAT_COORDINATOR",
@@ -74,6 +75,7 @@ ENV_BY_SUBCOMMAND = {
         "DISTGAT_ADDR_FILE",
         "DISTGAT_CONFIG",
         *SECURITY_ENV,
+        "DISTGAT_WORKER_WORK_DIR",
     },
     **{c: CLIENT_ENV for c in ("submit", "status", "watch", "fetch", "cancel", "workers")},
 }
@@ -82,8 +84,9 @@ SERVER_SUBCOMMANDS = {"coordinator", "worker"}
 # DISTGAT_ADVERTISE_HOST is built from.
 DOWNWARD_ENV = {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
 INT_ENV = {"DISTGAT_MAX_UPLOAD_BYTES", "DISTGAT_HEARTBEAT_TIMEOUT_MS"}
-# Paths that must be on the shared volume: workers read what the coordinator writes there.
+# The coordinator's paths that must be on its persistent volume (a PVC).
 SHARED_PATH_ENV = {"DISTGAT_DATA_ROOT", "DISTGAT_WORK_DIR"}
+SHARD_SOURCES = {"stream", "shared"}
 
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
@@ -444,13 +447,23 @@ class Checker:
             if req is not None and lim is not None and req > lim:
                 self.err(d, f"{where}: resources.requests.{r} exceeds resources.limits.{r}")
 
-        # Data root and work dir must be on the shared (PVC) volume.
+        # The coordinator's data root and work dir must be on its persistent (PVC) volume.
         for name in SHARED_PATH_ENV & val.keys():
             m = mount_for(val[name], mounts)
             if m is None or "persistentVolumeClaim" not in volumes[m["name"]]:
-                self.err(d, f"{where}: env {name}={val[name]} is not on a PersistentVolumeClaim mount (must be shared storage)")
+                self.err(d, f"{where}: env {name}={val[name]} is not on a PersistentVolumeClaim mount (must be persistent storage)")
             elif m.get("readOnly") and name == "DISTGAT_WORK_DIR":
                 self.err(d, f"{where}: env {name}={val[name]} is on a read-only mount")
+        source = val.get("DISTGAT_SHARD_SOURCE")
+        if source is not None and source not in SHARD_SOURCES:
+            self.err(d, f"{where}: env DISTGAT_SHARD_SOURCE={source!r} is not one of {sorted(SHARD_SOURCES)}")
+        # A worker's own work dir (its shard cache): a writable volume, not the image's
+        # filesystem (emptyDir is the intended one).
+        wdir = val.get("DISTGAT_WORKER_WORK_DIR")
+        if wdir is not None:
+            m = mount_for(wdir, mounts)
+            if m is None or m.get("readOnly"):
+                self.err(d, f"{where}: env DISTGAT_WORKER_WORK_DIR={wdir} is not on a writable volume mount (use an emptyDir)")
 
         if sub == "worker":
             self.check_worker_addresses(d, where, val)
@@ -678,9 +691,18 @@ def _mutations():
     def _(docs):
         _find(docs, "Service")["spec"]["selector"] = {"app": "missing"}
 
-    @m("shared claim that is not ReadWriteMany", "ReadWriteMany")
+    @m("workers mounting the coordinator's ReadWriteOnce claim", "ReadWriteMany")
     def _(docs):
-        _find(docs, "PersistentVolumeClaim")["spec"]["accessModes"] = ["ReadWriteOnce"]
+        pod = _find(docs, "StatefulSet")["spec"]["template"]["spec"]
+        pod["volumes"].append({"name": "data", "persistentVolumeClaim": {"claimName": "distgat-data"}})
+
+    @m("worker work dir off any volume", "DISTGAT_WORKER_WORK_DIR")
+    def _(docs):
+        _env(_container(docs, "StatefulSet"), "DISTGAT_WORKER_WORK_DIR")["value"] = "/var/cache/distgat"
+
+    @m("unknown shard source", "DISTGAT_SHARD_SOURCE")
+    def _(docs):
+        _env(_container(docs, "Deployment"), "DISTGAT_SHARD_SOURCE")["value"] = "nfs"
 
     @m("container without an image", "missing image")
     def _(docs):

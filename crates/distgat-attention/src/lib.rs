@@ -35,6 +35,6 @@ pub use kind::{
     aggregate_into, source_aux, transform_into, AttentionKind, FillValue, HaloPayload, RowInputs,
     Scratch,
 };
-pub use model::{Activation, Layer, Model};
+pub use model::{Activation, Layer, Model, ModelFiles, WeightsBytes};
 pub use progress::{Progress, ProgressSnapshot};
 pub use transformer::TransformerConv;

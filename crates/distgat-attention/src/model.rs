@@ -231,6 +231,74 @@ impl Model {
             path: path.to_path_buf(),
             error,
         })?;
+        Self::load_from(path, bytes, None)
+    }
+
+    /// Reads the model JSON at `path` and every weights file it names, as bytes (what the
+    /// coordinator streams to a worker). Each file is read once, with every spelling the
+    /// JSON uses for it. The files are not validated here; [`Model::from_files`] does that.
+    pub fn read_files(path: &Path) -> Result<ModelFiles> {
+        let json = std::fs::read(path).map_err(|error| ModelError::Io {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let spec_err = |detail: String| ModelError::Spec {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let value: serde_json::Value = serde_json::from_slice(&json)
+            .map_err(|e| spec_err(format!("not a valid model JSON: {e}")))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut weights: Vec<(PathBuf, WeightsBytes)> = Vec::new();
+        let layers = value.get("layers").and_then(|l| l.as_array());
+        for (k, layer) in layers.into_iter().flatten().enumerate() {
+            let Some(name) = layer.get("weights").and_then(|w| w.as_str()) else {
+                continue; // Model::from_files names what is missing
+            };
+            let canonical =
+                std::fs::canonicalize(base.join(name)).map_err(|error| ModelError::Io {
+                    path: base.join(name),
+                    error: std::io::Error::new(
+                        error.kind(),
+                        format!("layers[{k}].weights: {error}"),
+                    ),
+                })?;
+            match weights.iter_mut().find(|(c, _)| *c == canonical) {
+                Some((_, w)) => {
+                    if !w.names.iter().any(|n| n == name) {
+                        w.names.push(name.to_string());
+                    }
+                }
+                None => {
+                    let bytes = std::fs::read(&canonical).map_err(|error| ModelError::Io {
+                        path: canonical.clone(),
+                        error,
+                    })?;
+                    weights.push((
+                        canonical,
+                        WeightsBytes {
+                            names: vec![name.to_string()],
+                            bytes,
+                        },
+                    ));
+                }
+            }
+        }
+        Ok(ModelFiles {
+            json,
+            weights: weights.into_iter().map(|(_, w)| w).collect(),
+        })
+    }
+
+    /// Loads a model received as bytes, with every check of [`Model::load`]; `label` (the
+    /// model's path where it came from) names it in errors, and each weights file is found
+    /// by the spelling its layer uses.
+    pub fn from_files(label: &Path, files: ModelFiles) -> Result<Self> {
+        Self::load_from(label, files.json, Some(files.weights))
+    }
+
+    fn load_from(path: &Path, bytes: Vec<u8>, received: Option<Vec<WeightsBytes>>) -> Result<Self> {
+        let mut received = received;
         let spec_err = |detail: String| ModelError::Spec {
             path: path.to_path_buf(),
             detail,
@@ -319,14 +387,38 @@ impl Model {
                 )));
             }
             // One file reached by two spellings is one file (its tensors are accounted once).
-            let weights_path =
-                std::fs::canonicalize(base.join(&weights)).map_err(|error| ModelError::Io {
-                    path: base.join(&weights),
-                    error: std::io::Error::new(
-                        error.kind(),
-                        format!("layers[{k}].weights: {error}"),
-                    ),
-                })?;
+            let weights_path = match &mut received {
+                None => {
+                    std::fs::canonicalize(base.join(&weights)).map_err(|error| ModelError::Io {
+                        path: base.join(&weights),
+                        error: std::io::Error::new(
+                            error.kind(),
+                            format!("layers[{k}].weights: {error}"),
+                        ),
+                    })?
+                }
+                Some(got) => {
+                    // Keyed by the received file's position (its spellings are one file).
+                    let Some(i) = got.iter().position(|w| w.names.contains(&weights)) else {
+                        return Err(ModelError::Io {
+                            path: base.join(&weights),
+                            error: std::io::Error::new(
+                                std::io::ErrorKind::NotFound,
+                                format!("layers[{k}].weights: not among the files received"),
+                            ),
+                        });
+                    };
+                    let key = PathBuf::from(format!("received file {i}"));
+                    if !files.contains_key(&key) {
+                        let bytes = std::mem::take(&mut got[i].bytes);
+                        files.insert(
+                            key.clone(),
+                            WeightsFile::from_bytes(&base.join(&weights), bytes)?,
+                        );
+                    }
+                    key
+                }
+            };
             if !files.contains_key(&weights_path) {
                 files.insert(weights_path.clone(), WeightsFile::open(&weights_path)?);
             }
@@ -381,6 +473,20 @@ impl Model {
         }
         Ok(Model { layers, activation })
     }
+}
+
+/// A model JSON and the weights files it names, as bytes.
+#[derive(Debug, Clone, Default)]
+pub struct ModelFiles {
+    pub json: Vec<u8>,
+    pub weights: Vec<WeightsBytes>,
+}
+
+/// One weights file: every spelling of it in the model JSON, and its bytes.
+#[derive(Debug, Clone, Default)]
+pub struct WeightsBytes {
+    pub names: Vec<String>,
+    pub bytes: Vec<u8>,
 }
 
 /// Names binary formats a user may pass where a model JSON belongs.

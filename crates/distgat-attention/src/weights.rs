@@ -30,6 +30,11 @@ impl WeightsFile {
             path: path.to_path_buf(),
             error,
         })?;
+        Self::from_bytes(path, bytes)
+    }
+
+    /// A weights file received as bytes; `path` names it in errors.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
         let names = SafeTensors::deserialize(&bytes)
             .map_err(|e| ModelError::Weights {
                 path: path.to_path_buf(),

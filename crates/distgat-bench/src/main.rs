@@ -128,6 +128,10 @@ struct RunBenchArgs {
     cores: usize,
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// `distgat run --shard-source` values to time, each on the same partition (run:
+    /// the ratio of each to the first is printed)
+    #[arg(long, value_delimiter = ',', default_value = "stream")]
+    shard_sources: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -530,9 +534,9 @@ fn run_bench(args: RunBenchArgs) -> anyhow::Result<()> {
     }
     let infer_ms = median(infer);
     let infer_bytes = std::fs::read(dir.join("infer.npy"))?;
-    println!("| workers | partition (metis) s | run wall ms | run / infer | halo bytes sent | planned | sent / planned | identical to infer |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---|");
-    println!("| infer | - | {infer_ms:.0} | 1.00 | - | - | - | - |");
+    println!("| workers | shard source | partition (metis) s | run wall ms | run / infer | vs first source | halo bytes sent | planned | sent / planned | bytes streamed per worker (shard + inputs) | identical to infer |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|");
+    println!("| infer | - | - | {infer_ms:.0} | 1.00 | - | - | - | - | - | - |");
     for &k in &args.workers {
         let part = dir.join(format!("partition-{k}"));
         eprintln!("partitioning into {k}");
@@ -547,49 +551,62 @@ fn run_bench(args: RunBenchArgs) -> anyhow::Result<()> {
                 .arg("--out")
                 .arg(&part),
         )?;
-        let mut walls = Vec::new();
-        let summary = dir.join(format!("summary-{k}.json"));
-        for _ in 0..args.repeats {
-            eprintln!("run --workers {k}");
-            walls.push(timed(
-                Command::new(&distgat)
-                    .arg("run")
-                    .arg("--graph")
-                    .arg(&graph)
-                    .arg("--features")
-                    .arg(&features)
-                    .arg("--model")
-                    .arg(&model)
-                    .arg("--out")
-                    .arg(dir.join("run.npy"))
-                    .args(["--workers", &k.to_string()])
-                    .arg("--partition")
-                    .arg(&part)
-                    .args(["--threads-per-worker", &(args.cores / k).max(1).to_string()])
-                    .arg("--summary-json")
-                    .arg(&summary),
-            )?);
-        }
-        let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary)?)?;
-        let (mut sent, mut planned) = (0u64, 0u64);
-        for w in s["workers"].as_array().into_iter().flatten() {
-            for l in w["layers"].as_array().into_iter().flatten() {
-                sent += l["halo_bytes_sent"].as_u64().unwrap_or(0);
-                planned += l["halo_bytes_planned"].as_u64().unwrap_or(0);
+        let mut first_wall = None;
+        for source in &args.shard_sources {
+            let mut walls = Vec::new();
+            let summary = dir.join(format!("summary-{k}-{source}.json"));
+            for _ in 0..args.repeats {
+                eprintln!("run --workers {k} --shard-source {source}");
+                walls.push(timed(
+                    Command::new(&distgat)
+                        .arg("run")
+                        .arg("--graph")
+                        .arg(&graph)
+                        .arg("--features")
+                        .arg(&features)
+                        .arg("--model")
+                        .arg(&model)
+                        .arg("--out")
+                        .arg(dir.join("run.npy"))
+                        .args(["--workers", &k.to_string()])
+                        .arg("--partition")
+                        .arg(&part)
+                        .args(["--shard-source", source])
+                        .args(["--threads-per-worker", &(args.cores / k).max(1).to_string()])
+                        .arg("--summary-json")
+                        .arg(&summary),
+                )?);
             }
-        }
-        let same = std::fs::read(dir.join("run.npy"))? == infer_bytes;
-        let wall = median(walls);
-        println!(
-            "| {k} | {:.1} | {wall:.0} | {:.2} | {sent} | {planned} | {:.4} | {same} |",
+            let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary)?)?;
+            let (mut sent, mut planned) = (0u64, 0u64);
+            let mut streamed = Vec::new();
+            for w in s["workers"].as_array().into_iter().flatten() {
+                streamed.push(format!(
+                    "{} + {}",
+                    w["shard_bytes_streamed"].as_u64().unwrap_or(0),
+                    w["input_bytes_streamed"].as_u64().unwrap_or(0)
+                ));
+                for l in w["layers"].as_array().into_iter().flatten() {
+                    sent += l["halo_bytes_sent"].as_u64().unwrap_or(0);
+                    planned += l["halo_bytes_planned"].as_u64().unwrap_or(0);
+                }
+            }
+            let same = std::fs::read(dir.join("run.npy"))? == infer_bytes;
+            let wall = median(walls);
+            let first = *first_wall.get_or_insert(wall);
+            println!(
+            "| {k} | {source} | {:.1} | {wall:.0} | {:.2} | {:.3} | {sent} | {planned} | {:.4} | {} | {same} |",
             part_ms / 1e3,
             wall / infer_ms,
+            wall / first,
             if planned > 0 {
                 sent as f64 / planned as f64
             } else {
                 1.0
             },
+            streamed.join("; "),
         );
+        }
     }
     Ok(())
 }

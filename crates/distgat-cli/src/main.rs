@@ -226,8 +226,8 @@ struct CoordinatorArgs {
     /// Clients' server-side paths must resolve inside this directory [default: .]
     #[arg(long, env = "DISTGAT_DATA_ROOT", value_name = "DIR")]
     data_root: Option<PathBuf>,
-    /// Uploads, partitions and job outputs; workers must see it at the same path
-    /// [default: distgat-work]
+    /// Uploads, partitions and job outputs (workers see it only with --shard-source
+    /// shared) [default: distgat-work]
     #[arg(long, env = "DISTGAT_WORK_DIR", value_name = "DIR")]
     work_dir: Option<PathBuf>,
     /// Largest graph upload in bytes [default: 67108864]
@@ -249,6 +249,9 @@ struct CoordinatorArgs {
     /// all) [default: 0]
     #[arg(long, env = "DISTGAT_KEEP_JOBS", value_name = "N")]
     keep_jobs: Option<usize>,
+    /// Where workers get their inputs for jobs that do not say: stream (the shard, feature rows, model and edge attributes from this coordinator over gRPC; workers need no shared storage) or shared (workers open this coordinator's paths: every node must mount the work dir and data root at the same paths) [default: stream]
+    #[arg(long, env = "DISTGAT_SHARD_SOURCE", value_name = "SOURCE")]
+    shard_source: Option<ShardSourceArg>,
     /// Serve RunJob, whose paths are not confined to the data root (for the private
     /// loopback cluster `distgat run` starts; never on a shared network)
     #[arg(long, hide = true)]
@@ -290,6 +293,20 @@ struct WorkerArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     security: SecurityArgs,
+    /// This worker's own directory (created if missing; must be writable): shards streamed from the coordinator are cached in DIR/shards by content hash, so a partition reused by the next job is not sent again [default: a temporary directory, removed when the worker stops]
+    #[arg(long, env = "DISTGAT_WORKER_WORK_DIR", value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+}
+
+/// `--shard-source`: parsed by the runtime's own names, so clap's error names the flag.
+#[derive(Clone, Copy, Debug)]
+struct ShardSourceArg(distgat_runtime::ShardSource);
+
+impl std::str::FromStr for ShardSourceArg {
+    type Err = distgat_runtime::UnknownShardSource;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(ShardSourceArg)
+    }
 }
 
 #[derive(clap::Args, Clone)]
@@ -370,6 +387,9 @@ struct SubmitArgs {
     /// Kernel threads per worker
     #[arg(long, default_value_t = 1)]
     threads_per_worker: u32,
+    /// Where the workers get their inputs: stream (from the coordinator) or shared (they open the coordinator's paths) [default: the coordinator's --shard-source]
+    #[arg(long, value_name = "SOURCE")]
+    shard_source: Option<ShardSourceArg>,
     /// Then follow it like `distgat watch`
     #[arg(long)]
     watch: bool,
@@ -425,12 +445,15 @@ struct RunArgs {
     /// Kernel threads per worker
     #[arg(long, default_value_t = 1)]
     threads_per_worker: usize,
-    /// Write the job summary (per worker and layer: times, rows and halo bytes) as JSON
+    /// Write the job summary (per worker and layer: times, rows and halo bytes; per worker the shard source, shard cache use and bytes streamed) as JSON
     #[arg(long, value_name = "S.json")]
     summary_json: Option<PathBuf>,
     /// TLS between the processes of this private cluster (the certificate must name 127.0.0.1) and a token on its coordinator
     #[command(flatten)]
     security: SecurityArgs,
+    /// Where the workers get their inputs: stream (from the coordinator over gRPC, each worker caching its shard in its own work dir) or shared (they open the files by path) [default: stream]
+    #[arg(long, value_name = "SOURCE")]
+    shard_source: Option<ShardSourceArg>,
 }
 
 #[derive(clap::Args)]
@@ -900,6 +923,7 @@ fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         },
         tls: args.security.tls(None),
         auth_token_file: args.security.auth_token_file.clone(),
+        shard_source: args.shard_source.map_or(defaults.shard_source, |s| s.0),
         ..defaults
     };
     let addr_file = args.addr_file.or(c.addr_file.clone());
@@ -932,6 +956,7 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         },
         tls: args.security.tls(None),
         auth_token_file: args.security.auth_token_file.clone(),
+        work_dir: args.work_dir,
         ..Default::default()
     };
     let addr_file = args.addr_file.or(w.addr_file.clone());
@@ -1049,6 +1074,10 @@ async fn submit(mut client: distgat_client::Client, args: SubmitArgs) -> anyhow:
             normalize_features: matches!(args.normalize_features, Some(NormalizeArg::Row)),
             attention: args.attention,
             threads_per_worker: args.threads_per_worker,
+            shard_source: args
+                .shard_source
+                .map(|s| s.0.name().to_string())
+                .unwrap_or_default(),
             ..Default::default()
         },
     };
@@ -1328,6 +1357,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         method: args.method.map(|m| method_of(m, 0)),
         attention_dir: args.attention_dir,
         threads_per_worker: args.threads_per_worker,
+        shard_source: args
+            .shard_source
+            .map_or(distgat_runtime::ShardSource::Stream, |s| s.0),
         exe: std::env::current_exe()?,
         tls: args.security.tls(None),
         auth_token_file: args.security.auth_token_file.clone(),

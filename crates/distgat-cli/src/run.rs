@@ -45,6 +45,8 @@ pub struct RunConfig {
     pub method: Option<Method>,
     pub attention_dir: Option<PathBuf>,
     pub threads_per_worker: usize,
+    /// Where the workers get their inputs.
+    pub shard_source: distgat_runtime::ShardSource,
     /// The `distgat` binary to start the coordinator and workers with.
     pub exe: PathBuf,
     /// TLS between the coordinator, the workers and this process (all three files or
@@ -359,6 +361,7 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
                 .unwrap_or_default()
                 .to_string()
         },
+        shard_source: config.shard_source.name().to_string(),
         threads_per_worker: config.threads_per_worker as u32,
         edge_features: config
             .edge_features
@@ -487,12 +490,16 @@ fn start_processes(
     args.extend(&security);
     let coordinator = spawn_server(&config.exe, &args, "coordinator", children)?;
     for k in 0..config.workers {
+        // Each worker its own work dir (its shard cache), as on separate machines.
+        let worker_dir = temp.join(format!("worker-{k}")).display().to_string();
         let mut args = vec![
             "worker",
             "--coordinator",
             &coordinator,
             "--listen",
             "127.0.0.1:0",
+            "--work-dir",
+            &worker_dir,
         ];
         args.extend(&security);
         spawn_server(&config.exe, &args, &format!("worker {k}"), children)?;

@@ -252,6 +252,9 @@ pub struct Submit {
     pub normalize_features: bool,
     pub attention: bool,
     pub threads_per_worker: u32,
+    /// "stream" or "shared" (where the workers get their inputs); empty: the
+    /// coordinator's default.
+    pub shard_source: String,
 }
 
 /// Fetched output rows, in the order asked for.
@@ -568,6 +571,7 @@ impl Client {
             normalize_features: job.normalize_features,
             attention: job.attention,
             threads_per_worker: job.threads_per_worker,
+            shard_source: job.shard_source,
         };
         self.retrying(false, |mut c| {
             let req = req.clone();

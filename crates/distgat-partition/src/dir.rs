@@ -457,7 +457,15 @@ impl PartitionDir {
         let manifest_path = path.join(MANIFEST);
         let text = std::fs::read_to_string(&manifest_path)
             .map_err(|e| PartitionError::io(&manifest_path, e))?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        Self::from_manifest(path, &text)
+    }
+
+    /// A partition known only by its manifest's text (a worker that receives its shard
+    /// over the network); `path` names it in errors. Checked as [`PartitionDir::open`]
+    /// checks a manifest file.
+    pub fn from_manifest(path: &Path, text: &str) -> Result<Self> {
+        let manifest_path = path.join(MANIFEST);
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
             PartitionError::directory(&manifest_path, format!("not valid JSON: {e}"))
         })?;
         let format = value
@@ -511,30 +519,53 @@ impl PartitionDir {
     fn read_checked(&self, info: &FileInfo) -> Result<Vec<u8>> {
         let path = self.path.join(&info.file);
         let bytes = std::fs::read(&path).map_err(|e| PartitionError::io(&path, e))?;
-        if bytes.len() as u64 != info.bytes {
-            return Err(PartitionError::directory(
-                &path,
-                format!(
-                    "is {} bytes, the manifest says {} (truncated or replaced)",
-                    bytes.len(),
-                    info.bytes
-                ),
-            ));
-        }
-        let hash = blake3::hash(&bytes).to_hex().to_string();
-        if hash != info.blake3 {
-            return Err(PartitionError::directory(
-                &path,
-                format!(
-                    "checksum mismatch: BLAKE3 {}, the manifest says {} (corrupted)",
-                    &hash[..16],
-                    &info.blake3[..16.min(info.blake3.len())]
-                ),
-            ));
-        }
+        check_bytes(&path, info, &bytes)?;
         Ok(bytes)
     }
 
+    /// The manifest's record of `part`'s shard file (name, size, BLAKE3).
+    pub fn shard_file(&self, part: u32) -> Result<&FileInfo> {
+        self.manifest
+            .shards
+            .iter()
+            .find(|s| s.part == part)
+            .map(|s| &s.file)
+            .ok_or_else(|| {
+                PartitionError::directory(
+                    &self.path,
+                    format!("no shard for part {part} (parts: {})", self.manifest.parts),
+                )
+            })
+    }
+}
+
+/// Checks `bytes` (the file `path`) against the manifest's size and BLAKE3 of it.
+pub fn check_bytes(path: &Path, info: &FileInfo, bytes: &[u8]) -> Result<()> {
+    if bytes.len() as u64 != info.bytes {
+        return Err(PartitionError::directory(
+            path,
+            format!(
+                "is {} bytes, the manifest says {} (truncated or replaced)",
+                bytes.len(),
+                info.bytes
+            ),
+        ));
+    }
+    let hash = blake3::hash(bytes).to_hex().to_string();
+    if hash != info.blake3 {
+        return Err(PartitionError::directory(
+            path,
+            format!(
+                "checksum mismatch: BLAKE3 {}, the manifest says {} (corrupted)",
+                &hash[..16],
+                &info.blake3[..16.min(info.blake3.len())]
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl PartitionDir {
     /// The node -> part map.
     pub fn load_assignment(&self) -> Result<Vec<u32>> {
         self.read_checked(&self.manifest.assignment)?;
@@ -557,6 +588,16 @@ impl PartitionDir {
 
     /// Loads and verifies the shard of `part`.
     pub fn load_shard(&self, part: u32) -> Result<Shard> {
+        let info = self.shard_file(part)?;
+        let path = self.path.join(&info.file);
+        let bytes = self.read_checked(info)?;
+        self.shard_from_bytes(part, &path, &bytes)
+    }
+
+    /// Parses the shard of `part` from `bytes` (whose size and BLAKE3 the caller checked
+    /// with [`check_bytes`]), with every structural check of [`PartitionDir::load_shard`];
+    /// `path` names it in errors.
+    pub fn shard_from_bytes(&self, part: u32, path: &Path, bytes: &[u8]) -> Result<Shard> {
         let info = self
             .manifest
             .shards
@@ -568,10 +609,8 @@ impl PartitionDir {
                     format!("no shard for part {part} (parts: {})", self.manifest.parts),
                 )
             })?;
-        let path = self.path.join(&info.file.file);
-        let bytes = self.read_checked(&info.file)?;
-        let bad = |detail: String| PartitionError::directory(&path, detail);
-        let (_, meta) = SafeTensors::read_metadata(&bytes)
+        let bad = |detail: String| PartitionError::directory(path, detail);
+        let (_, meta) = SafeTensors::read_metadata(bytes)
             .map_err(|e| bad(format!("not a valid shard: {e:?}")))?;
         let meta: ShardMeta = meta
             .metadata()
@@ -594,7 +633,7 @@ impl PartitionDir {
         if meta.graph_fingerprint != self.manifest.graph.fingerprint {
             return Err(bad("belongs to another graph than the manifest's".into()));
         }
-        let tensors = SafeTensors::deserialize(&bytes)
+        let tensors = SafeTensors::deserialize(bytes)
             .map_err(|e| bad(format!("not a valid shard: {e:?}")))?;
         let tensor = |name: &str, dtype: Dtype| -> Result<(Vec<usize>, &[u8])> {
             let t = tensors

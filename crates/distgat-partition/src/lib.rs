@@ -11,8 +11,8 @@ pub mod stats;
 pub mod symmetric;
 
 pub use dir::{
-    features_fingerprint, graph_fingerprint, write_partition, InputInfo, Manifest, NewPartition,
-    PartitionDir, RunInfo, Shard, PARTITION_FORMAT,
+    check_bytes, features_fingerprint, graph_fingerprint, write_partition, FileInfo, InputInfo,
+    Manifest, NewPartition, PartitionDir, RunInfo, Shard, PARTITION_FORMAT,
 };
 pub use error::{PartitionError, Result};
 pub use method::{assign, read_assignment, Method, Objective};

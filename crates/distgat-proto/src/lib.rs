@@ -2,7 +2,9 @@
 
 /// Bumped on any incompatible change; workers send it at registration.
 /// 2: workers send per-layer progress in PushOutput, which version 1 coordinators refuse.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: StartJobRequest may name no paths (shard source stream): the worker fetches its
+/// inputs with FetchShard and FetchInputs, which a version 2 worker would not do.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 pub mod security;
 pub use security::{

@@ -288,6 +288,10 @@ pub(crate) struct JobSpec {
     pub normalize_features: bool,
     pub attention: bool,
     pub threads_per_worker: u32,
+    /// "stream" or "shared" (checked at submission); empty (a job recorded before shard
+    /// sources existed): the coordinator's default.
+    #[serde(default)]
+    pub shard_source: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -714,6 +718,7 @@ mod tests {
             normalize_features: false,
             attention: false,
             threads_per_worker: 1,
+            shard_source: String::new(),
         };
         JobRecord::new("j".into(), 0, spec, PathBuf::from("out"), 2)
     }

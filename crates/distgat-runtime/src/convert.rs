@@ -8,6 +8,7 @@ use crate::error::{Result, RuntimeError};
 
 use crate::catalog::{GraphEntry, JobRecord, JobState, JobStatus, PartitionEntry};
 use crate::registry::WorkerEntry;
+use crate::source::ShardSource;
 
 impl From<JobState> for v1::JobState {
     fn from(s: JobState) -> Self {
@@ -19,6 +20,38 @@ impl From<JobState> for v1::JobState {
             JobState::Failed => v1::JobState::Failed,
             JobState::Cancelled => v1::JobState::Cancelled,
         }
+    }
+}
+
+/// A request's `shard_source` field: empty means `default`.
+pub(crate) fn shard_source(field: &str, value: &str, default: ShardSource) -> Result<ShardSource> {
+    if value.is_empty() {
+        return Ok(default);
+    }
+    value
+        .parse()
+        .map_err(|e: crate::source::UnknownShardSource| {
+            RuntimeError::InvalidArgument(format!("{field}: {e}"))
+        })
+}
+
+impl From<ShardSource> for v1::ShardSource {
+    fn from(s: ShardSource) -> Self {
+        match s {
+            ShardSource::Stream => v1::ShardSource::Stream,
+            ShardSource::Shared => v1::ShardSource::Shared,
+        }
+    }
+}
+
+/// StartJobRequest.shard_source; unspecified (an older coordinator) means shared paths.
+pub(crate) fn shard_source_of(value: i32) -> Result<ShardSource> {
+    match v1::ShardSource::try_from(value) {
+        Ok(v1::ShardSource::Stream) => Ok(ShardSource::Stream),
+        Ok(v1::ShardSource::Shared | v1::ShardSource::Unspecified) => Ok(ShardSource::Shared),
+        Err(_) => Err(RuntimeError::InvalidArgument(format!(
+            "shard_source: {value} is not a ShardSource"
+        ))),
     }
 }
 

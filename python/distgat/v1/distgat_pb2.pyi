@@ -7,6 +7,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ShardSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SHARD_SOURCE_UNSPECIFIED: _ClassVar[ShardSource]
+    SHARD_SOURCE_STREAM: _ClassVar[ShardSource]
+    SHARD_SOURCE_SHARED: _ClassVar[ShardSource]
+
 class PayloadKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PAYLOAD_KIND_UNSPECIFIED: _ClassVar[PayloadKind]
@@ -22,6 +28,9 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_SUCCEEDED: _ClassVar[JobState]
     JOB_STATE_FAILED: _ClassVar[JobState]
     JOB_STATE_CANCELLED: _ClassVar[JobState]
+SHARD_SOURCE_UNSPECIFIED: ShardSource
+SHARD_SOURCE_STREAM: ShardSource
+SHARD_SOURCE_SHARED: ShardSource
 PAYLOAD_KIND_UNSPECIFIED: PayloadKind
 PAYLOAD_KIND_RAW: PayloadKind
 PAYLOAD_KIND_TRANSFORMED: PayloadKind
@@ -76,7 +85,7 @@ class HeartbeatResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class RunJobRequest(_message.Message):
-    __slots__ = ("partition_dir", "model", "features", "normalize_rows", "out", "attention_dir", "graph", "graph_format", "threads_per_worker", "edge_features")
+    __slots__ = ("partition_dir", "model", "features", "normalize_rows", "out", "attention_dir", "graph", "graph_format", "threads_per_worker", "edge_features", "shard_source")
     PARTITION_DIR_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +96,7 @@ class RunJobRequest(_message.Message):
     GRAPH_FORMAT_FIELD_NUMBER: _ClassVar[int]
     THREADS_PER_WORKER_FIELD_NUMBER: _ClassVar[int]
     EDGE_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    SHARD_SOURCE_FIELD_NUMBER: _ClassVar[int]
     partition_dir: str
     model: str
     features: str
@@ -97,7 +107,8 @@ class RunJobRequest(_message.Message):
     graph_format: str
     threads_per_worker: int
     edge_features: str
-    def __init__(self, partition_dir: _Optional[str] = ..., model: _Optional[str] = ..., features: _Optional[str] = ..., normalize_rows: _Optional[bool] = ..., out: _Optional[str] = ..., attention_dir: _Optional[str] = ..., graph: _Optional[str] = ..., graph_format: _Optional[str] = ..., threads_per_worker: _Optional[int] = ..., edge_features: _Optional[str] = ...) -> None: ...
+    shard_source: str
+    def __init__(self, partition_dir: _Optional[str] = ..., model: _Optional[str] = ..., features: _Optional[str] = ..., normalize_rows: _Optional[bool] = ..., out: _Optional[str] = ..., attention_dir: _Optional[str] = ..., graph: _Optional[str] = ..., graph_format: _Optional[str] = ..., threads_per_worker: _Optional[int] = ..., edge_features: _Optional[str] = ..., shard_source: _Optional[str] = ...) -> None: ...
 
 class RunJobResponse(_message.Message):
     __slots__ = ("job_id", "summary_json")
@@ -116,7 +127,7 @@ class Peer(_message.Message):
     def __init__(self, part: _Optional[int] = ..., address: _Optional[str] = ...) -> None: ...
 
 class StartJobRequest(_message.Message):
-    __slots__ = ("job_id", "partition_dir", "part", "peers", "model", "features", "normalize_rows", "feature_min", "want_attention", "threads", "edge_features")
+    __slots__ = ("job_id", "partition_dir", "part", "peers", "model", "features", "normalize_rows", "feature_min", "want_attention", "threads", "edge_features", "shard_source", "partition_manifest", "worker_id")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PARTITION_DIR_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +139,9 @@ class StartJobRequest(_message.Message):
     WANT_ATTENTION_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
     EDGE_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    SHARD_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     partition_dir: str
     part: int
@@ -139,11 +153,92 @@ class StartJobRequest(_message.Message):
     want_attention: bool
     threads: int
     edge_features: str
-    def __init__(self, job_id: _Optional[str] = ..., partition_dir: _Optional[str] = ..., part: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., model: _Optional[str] = ..., features: _Optional[str] = ..., normalize_rows: _Optional[bool] = ..., feature_min: _Optional[float] = ..., want_attention: _Optional[bool] = ..., threads: _Optional[int] = ..., edge_features: _Optional[str] = ...) -> None: ...
+    shard_source: ShardSource
+    partition_manifest: str
+    worker_id: str
+    def __init__(self, job_id: _Optional[str] = ..., partition_dir: _Optional[str] = ..., part: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., model: _Optional[str] = ..., features: _Optional[str] = ..., normalize_rows: _Optional[bool] = ..., feature_min: _Optional[float] = ..., want_attention: _Optional[bool] = ..., threads: _Optional[int] = ..., edge_features: _Optional[str] = ..., shard_source: _Optional[_Union[ShardSource, str]] = ..., partition_manifest: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
 
 class StartJobResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class FetchShardRequest(_message.Message):
+    __slots__ = ("job_id", "part", "worker_id")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    part: int
+    worker_id: str
+    def __init__(self, job_id: _Optional[str] = ..., part: _Optional[int] = ..., worker_id: _Optional[str] = ...) -> None: ...
+
+class ShardChunk(_message.Message):
+    __slots__ = ("offset", "total_bytes", "data")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    total_bytes: int
+    data: bytes
+    def __init__(self, offset: _Optional[int] = ..., total_bytes: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class FetchInputsRequest(_message.Message):
+    __slots__ = ("job_id", "part", "worker_id")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    part: int
+    worker_id: str
+    def __init__(self, job_id: _Optional[str] = ..., part: _Optional[int] = ..., worker_id: _Optional[str] = ...) -> None: ...
+
+class ModelFileChunk(_message.Message):
+    __slots__ = ("name", "offset", "total_bytes", "data", "aliases")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    offset: int
+    total_bytes: int
+    data: bytes
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., offset: _Optional[int] = ..., total_bytes: _Optional[int] = ..., data: _Optional[bytes] = ..., aliases: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class InputRows(_message.Message):
+    __slots__ = ("first_row", "num_rows", "width", "values")
+    FIRST_ROW_FIELD_NUMBER: _ClassVar[int]
+    NUM_ROWS_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    first_row: int
+    num_rows: int
+    width: int
+    values: bytes
+    def __init__(self, first_row: _Optional[int] = ..., num_rows: _Optional[int] = ..., width: _Optional[int] = ..., values: _Optional[bytes] = ...) -> None: ...
+
+class InputsDone(_message.Message):
+    __slots__ = ("blake3", "feature_rows", "edge_rows")
+    BLAKE3_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_ROWS_FIELD_NUMBER: _ClassVar[int]
+    EDGE_ROWS_FIELD_NUMBER: _ClassVar[int]
+    blake3: str
+    feature_rows: int
+    edge_rows: int
+    def __init__(self, blake3: _Optional[str] = ..., feature_rows: _Optional[int] = ..., edge_rows: _Optional[int] = ...) -> None: ...
+
+class InputChunk(_message.Message):
+    __slots__ = ("model", "features", "edge_attr", "done")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    EDGE_ATTR_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    model: ModelFileChunk
+    features: InputRows
+    edge_attr: InputRows
+    done: InputsDone
+    def __init__(self, model: _Optional[_Union[ModelFileChunk, _Mapping]] = ..., features: _Optional[_Union[InputRows, _Mapping]] = ..., edge_attr: _Optional[_Union[InputRows, _Mapping]] = ..., done: _Optional[_Union[InputsDone, _Mapping]] = ...) -> None: ...
 
 class DeleteJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -268,10 +363,12 @@ class LayerStats(_message.Message):
     def __init__(self, layer: _Optional[int] = ..., compute_ms: _Optional[float] = ..., wait_ms: _Optional[float] = ..., send_ms: _Optional[float] = ..., rows_sent: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_planned: _Optional[int] = ...) -> None: ...
 
 class WorkerStats(_message.Message):
-    __slots__ = ("layers",)
+    __slots__ = ("layers", "shard_cache")
     LAYERS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_CACHE_FIELD_NUMBER: _ClassVar[int]
     layers: _containers.RepeatedCompositeFieldContainer[LayerStats]
-    def __init__(self, layers: _Optional[_Iterable[_Union[LayerStats, _Mapping]]] = ...) -> None: ...
+    shard_cache: str
+    def __init__(self, layers: _Optional[_Iterable[_Union[LayerStats, _Mapping]]] = ..., shard_cache: _Optional[str] = ...) -> None: ...
 
 class RegisterGraphRequest(_message.Message):
     __slots__ = ("name", "graph", "graph_format", "features", "edge_features", "neighbourhood", "points", "parts", "threads_per_worker")
@@ -414,7 +511,7 @@ class ListPartitionsResponse(_message.Message):
     def __init__(self, partitions: _Optional[_Iterable[_Union[PartitionInfo, _Mapping]]] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ("graph_id", "partition_id", "parts", "method", "model", "normalize_features", "attention", "threads_per_worker")
+    __slots__ = ("graph_id", "partition_id", "parts", "method", "model", "normalize_features", "attention", "threads_per_worker", "shard_source")
     GRAPH_ID_FIELD_NUMBER: _ClassVar[int]
     PARTITION_ID_FIELD_NUMBER: _ClassVar[int]
     PARTS_FIELD_NUMBER: _ClassVar[int]
@@ -423,6 +520,7 @@ class SubmitJobRequest(_message.Message):
     NORMALIZE_FEATURES_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_FIELD_NUMBER: _ClassVar[int]
     THREADS_PER_WORKER_FIELD_NUMBER: _ClassVar[int]
+    SHARD_SOURCE_FIELD_NUMBER: _ClassVar[int]
     graph_id: str
     partition_id: str
     parts: int
@@ -431,7 +529,8 @@ class SubmitJobRequest(_message.Message):
     normalize_features: bool
     attention: bool
     threads_per_worker: int
-    def __init__(self, graph_id: _Optional[str] = ..., partition_id: _Optional[str] = ..., parts: _Optional[int] = ..., method: _Optional[str] = ..., model: _Optional[str] = ..., normalize_features: _Optional[bool] = ..., attention: _Optional[bool] = ..., threads_per_worker: _Optional[int] = ...) -> None: ...
+    shard_source: str
+    def __init__(self, graph_id: _Optional[str] = ..., partition_id: _Optional[str] = ..., parts: _Optional[int] = ..., method: _Optional[str] = ..., model: _Optional[str] = ..., normalize_features: _Optional[bool] = ..., attention: _Optional[bool] = ..., threads_per_worker: _Optional[int] = ..., shard_source: _Optional[str] = ...) -> None: ...
 
 class PartProgress(_message.Message):
     __slots__ = ("part", "worker_id", "worker_address", "layers_done", "halo_bytes_sent", "layer_entries_done", "layer_entries_total")

@@ -59,6 +59,16 @@ class CoordinatorStub:
                 request_serializer=distgat_dot_v1_dot_distgat__pb2.BuildNeighboursRequest.SerializeToString,
                 response_deserializer=distgat_dot_v1_dot_distgat__pb2.BuildNeighboursResponse.FromString,
                 _registered_method=True)
+        self.FetchShard = channel.unary_stream(
+                '/distgat.v1.Coordinator/FetchShard',
+                request_serializer=distgat_dot_v1_dot_distgat__pb2.FetchShardRequest.SerializeToString,
+                response_deserializer=distgat_dot_v1_dot_distgat__pb2.ShardChunk.FromString,
+                _registered_method=True)
+        self.FetchInputs = channel.unary_stream(
+                '/distgat.v1.Coordinator/FetchInputs',
+                request_serializer=distgat_dot_v1_dot_distgat__pb2.FetchInputsRequest.SerializeToString,
+                response_deserializer=distgat_dot_v1_dot_distgat__pb2.InputChunk.FromString,
+                _registered_method=True)
         self.RegisterGraph = channel.unary_unary(
                 '/distgat.v1.Coordinator/RegisterGraph',
                 request_serializer=distgat_dot_v1_dot_distgat__pb2.RegisterGraphRequest.SerializeToString,
@@ -182,6 +192,25 @@ class CoordinatorServicer:
         by recursive coordinate bisection) and writes its int64 [2, E] edge index, sorted by
         (target, source), exactly as `distgat neighbours` does. Like RunJob, takes the
         caller's paths and is allowed only on a coordinator started with --allow-run-job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchShard(self, request, context):
+        """A worker of a running job (shard source "stream") fetches its part's shard file, in
+        chunks of at most 1 MiB; it checks the BLAKE3 named in its StartJobRequest. Refused
+        (NOT_FOUND / FAILED_PRECONDITION / PERMISSION_DENIED) unless the job is running with
+        shard source "stream" and the part is assigned to the asking worker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchInputs(self, request, context):
+        """The same worker fetches its other inputs: the model files, then the feature rows of
+        the nodes it owns and the edge attribute rows of its local edges (each only when its
+        shard does not carry them), then a checksum of everything sent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -339,6 +368,16 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.BuildNeighbours,
                     request_deserializer=distgat_dot_v1_dot_distgat__pb2.BuildNeighboursRequest.FromString,
                     response_serializer=distgat_dot_v1_dot_distgat__pb2.BuildNeighboursResponse.SerializeToString,
+            ),
+            'FetchShard': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchShard,
+                    request_deserializer=distgat_dot_v1_dot_distgat__pb2.FetchShardRequest.FromString,
+                    response_serializer=distgat_dot_v1_dot_distgat__pb2.ShardChunk.SerializeToString,
+            ),
+            'FetchInputs': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchInputs,
+                    request_deserializer=distgat_dot_v1_dot_distgat__pb2.FetchInputsRequest.FromString,
+                    response_serializer=distgat_dot_v1_dot_distgat__pb2.InputChunk.SerializeToString,
             ),
             'RegisterGraph': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterGraph,
@@ -561,6 +600,60 @@ class Coordinator:
             '/distgat.v1.Coordinator/BuildNeighbours',
             distgat_dot_v1_dot_distgat__pb2.BuildNeighboursRequest.SerializeToString,
             distgat_dot_v1_dot_distgat__pb2.BuildNeighboursResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchShard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/distgat.v1.Coordinator/FetchShard',
+            distgat_dot_v1_dot_distgat__pb2.FetchShardRequest.SerializeToString,
+            distgat_dot_v1_dot_distgat__pb2.ShardChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchInputs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/distgat.v1.Coordinator/FetchInputs',
+            distgat_dot_v1_dot_distgat__pb2.FetchInputsRequest.SerializeToString,
+            distgat_dot_v1_dot_distgat__pb2.InputChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -493,6 +493,8 @@ pub async fn submit_job(state: &Arc<State>, req: SubmitJobRequest) -> Result<Job
         }
         Some((*p).clone())
     };
+    let shard_source =
+        crate::convert::shard_source("shard_source", &req.shard_source, state.config.shard_source)?;
     let live = live_workers(state);
     if live == 0 {
         return Err(no_workers());
@@ -561,6 +563,7 @@ pub async fn submit_job(state: &Arc<State>, req: SubmitJobRequest) -> Result<Job
         normalize_features: req.normalize_features,
         attention: req.attention,
         threads_per_worker: req.threads_per_worker.max(1),
+        shard_source: shard_source.name().to_string(),
     };
     let out_dir = state.storage.work_dir.join("jobs").join(&id);
     let record = JobRecord::new(id.clone(), seq, spec, out_dir, model.layers.len() as u32);
@@ -701,6 +704,7 @@ async fn execute(state: &Arc<State>, record: &Arc<JobRecord>) -> Result<()> {
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         threads_per_worker: spec.threads_per_worker,
+        shard_source: spec.shard_source.clone(),
     };
     let summary = run_job(state, &record.id, req, Some(record)).await?;
     let json = serde_json::to_string(&summary).unwrap_or_default();

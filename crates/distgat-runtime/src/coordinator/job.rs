@@ -11,20 +11,25 @@ use distgat_attention::Model;
 use distgat_graph::{attention_edge_index, read_graph, write_npy, Features, GraphFormat};
 use distgat_partition::PartitionDir;
 use distgat_proto::v1::worker_client::WorkerClient;
-use distgat_proto::v1::{CancelJobRequest, Peer, RunJobRequest, StartJobRequest};
+use distgat_proto::v1::{self, CancelJobRequest, Peer, RunJobRequest, StartJobRequest};
 use serde::Serialize;
 use tonic::Request;
 
+use super::inputs::JobInputs;
 use super::sink::{presized, AttentionSink, JobSink};
 use super::state::{Shortfall, State};
 use crate::catalog::{lock, JobRecord};
+use crate::convert;
 use crate::error::{transport, Result, RuntimeError};
 use crate::net::RPC_DEADLINE;
+use crate::source::ShardSource;
 
 #[derive(Debug, Serialize)]
 pub struct JobSummary {
     pub job_id: String,
     pub seconds: f64,
+    /// "stream" or "shared": where the workers got their inputs.
+    pub shard_source: &'static str,
     pub workers: Vec<WorkerSummary>,
 }
 
@@ -33,6 +38,13 @@ pub struct WorkerSummary {
     pub part: u32,
     pub worker: String,
     pub address: String,
+    /// "shared" (read by path), "fetched" (streamed), "cached" (the worker's cache held
+    /// the shard: no shard byte sent), "refetched" (its cache entry was corrupt).
+    pub shard_cache: String,
+    /// Stream only: shard file bytes sent to this worker, and the bytes of its other
+    /// inputs (model files, feature rows, edge attribute rows).
+    pub shard_bytes_streamed: u64,
+    pub input_bytes_streamed: u64,
     pub layers: Vec<LayerSummary>,
 }
 
@@ -64,6 +76,7 @@ pub(crate) async fn run_job(
     record: Option<&Arc<JobRecord>>,
 ) -> Result<JobSummary> {
     let result = run_job_inner(state, job_id, req, record).await;
+    lock(&state.inputs).remove(job_id);
     lock(&state.jobs).remove(job_id);
     *lock(&state.assignment) = None;
     result
@@ -77,6 +90,8 @@ async fn run_job_inner(
 ) -> Result<JobSummary> {
     let cancelled = || record.is_some_and(|r| r.cancel.load(Ordering::SeqCst));
     let started = Instant::now();
+    let source =
+        convert::shard_source("shard_source", &req.shard_source, state.config.shard_source)?;
     let dir = PathBuf::from(required(&req.partition_dir, "partition_dir")?);
     let model_path = PathBuf::from(required(&req.model, "model")?);
     let out_path = PathBuf::from(required(&req.out, "out")?);
@@ -100,6 +115,8 @@ async fn run_job_inner(
         mut sink,
         feature_min,
         edge_indexes,
+        features_path,
+        edge_features_path,
     } = prepared;
     sink.progress = record.cloned();
     let sink = Arc::new(sink);
@@ -115,6 +132,22 @@ async fn run_job_inner(
                  more with `distgat worker --coordinator <this address>`"
             )),
         })?;
+    let inputs = match source {
+        ShardSource::Shared => None,
+        ShardSource::Stream => {
+            let dir = PathBuf::from(&req.partition_dir);
+            let model = PathBuf::from(&req.model);
+            let workers = assigned.iter().map(|(id, _)| id.clone()).collect();
+            let inputs = tokio::task::spawn_blocking(move || {
+                JobInputs::new(&dir, model, features_path, edge_features_path, workers)
+            })
+            .await
+            .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
+            let inputs = Arc::new(inputs);
+            lock(&state.inputs).insert(job_id.to_string(), inputs.clone());
+            Some(inputs)
+        }
+    };
     lock(&state.jobs).insert(job_id.to_string(), sink.clone());
     *lock(&state.assignment) = Some((
         job_id.to_string(),
@@ -132,6 +165,7 @@ async fn run_job_inner(
         &assigned,
         &sink,
         feature_min,
+        inputs.as_deref(),
         &cancelled,
     )
     .await;
@@ -199,6 +233,16 @@ async fn run_job_inner(
             part: p as u32,
             worker: id.clone(),
             address: address.clone(),
+            shard_cache: done
+                .get(&(p as u32))
+                .map(|s| s.shard_cache.clone())
+                .unwrap_or_default(),
+            shard_bytes_streamed: inputs
+                .as_ref()
+                .map_or(0, |i| i.shard_bytes[p].load(Ordering::Relaxed)),
+            input_bytes_streamed: inputs
+                .as_ref()
+                .map_or(0, |i| i.input_bytes[p].load(Ordering::Relaxed)),
             layers: done
                 .get(&(p as u32))
                 .map(|s| {
@@ -222,6 +266,7 @@ async fn run_job_inner(
     Ok(JobSummary {
         job_id: job_id.to_string(),
         seconds: started.elapsed().as_secs_f64(),
+        shard_source: source.name(),
         workers,
     })
 }
@@ -248,6 +293,10 @@ struct Prepared {
     feature_min: f32,
     /// Per layer: where its attention edge index goes, and the index.
     edge_indexes: Vec<(PathBuf, Vec<i64>)>,
+    /// The features file (when the shards carry no feature rows) and the edge features
+    /// file (when the model needs edge attributes the shards do not carry).
+    features_path: Option<PathBuf>,
+    edge_features_path: Option<PathBuf>,
 }
 
 fn prepare(
@@ -400,10 +449,16 @@ fn prepare(
         },
         feature_min,
         edge_indexes,
+        features_path: features_path.filter(|_| !manifest.features_in_shards),
+        edge_features_path: match (&edge_features, &manifest.edge_features) {
+            (Some(p), None) if model.edge_dim().is_some() => Some(p.clone()),
+            _ => None,
+        },
     })
 }
 
 /// Starts every part and waits until all finish, one fails, or one goes silent.
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     state: &State,
     job_id: &str,
@@ -411,6 +466,7 @@ async fn drive(
     assigned: &[(String, String)],
     sink: &JobSink,
     feature_min: f32,
+    inputs: Option<&JobInputs>,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<()> {
     let parts = assigned.len();
@@ -436,19 +492,34 @@ async fn drive(
                     detail: format!("connecting: {e}"),
                 })?,
         );
-        let mut r = Request::new(StartJobRequest {
+        let common = StartJobRequest {
             job_id: job_id.to_string(),
-            partition_dir: req.partition_dir.clone(),
             part: p as u32,
             peers,
-            model: req.model.clone(),
-            features: req.features.clone(),
             normalize_rows: req.normalize_rows,
             feature_min,
             want_attention: !req.attention_dir.is_empty(),
             threads: req.threads_per_worker.max(1),
-            edge_features: req.edge_features.clone(),
-        });
+            worker_id: id.clone(),
+            ..Default::default()
+        };
+        // Stream: no path at all, so a worker cannot silently read a file it happens to see.
+        let start = match inputs {
+            Some(inputs) => StartJobRequest {
+                shard_source: v1::ShardSource::Stream as i32,
+                partition_manifest: inputs.manifest_text.clone(),
+                ..common
+            },
+            None => StartJobRequest {
+                shard_source: v1::ShardSource::Shared as i32,
+                partition_dir: req.partition_dir.clone(),
+                model: req.model.clone(),
+                features: req.features.clone(),
+                edge_features: req.edge_features.clone(),
+                ..common
+            },
+        };
+        let mut r = Request::new(start);
         r.set_timeout(RPC_DEADLINE);
         client
             .start_job(r)

@@ -8,6 +8,7 @@
 mod api;
 mod build;
 mod delete;
+mod inputs;
 mod job;
 mod sink;
 mod state;
@@ -22,11 +23,12 @@ use distgat_proto::v1::{
     BuildNeighboursRequest, BuildNeighboursResponse, CancelJobRequest, ClusterStatusRequest,
     ClusterStatusResponse, CreatePartitionRequest, DeleteGraphRequest, DeleteJobRequest,
     DeletePartitionRequest, DeleteResponse, EdgeChunk, FetchAttentionRequest,
-    FetchAttentionResponse, FetchEdgesRequest, FetchOutputRequest, GetJobRequest, GraphInfo,
-    HeartbeatRequest, HeartbeatResponse, JobInfo, ListGraphsRequest, ListGraphsResponse,
-    ListJobsRequest, ListJobsResponse, ListPartitionsRequest, ListPartitionsResponse, OutputChunk,
-    OutputRows, PartitionInfo, PushOutputResponse, RegisterGraphRequest, RegisterWorkerRequest,
-    RegisterWorkerResponse, RunJobRequest, RunJobResponse, SubmitJobRequest, UploadGraphChunk,
+    FetchAttentionResponse, FetchEdgesRequest, FetchInputsRequest, FetchOutputRequest,
+    FetchShardRequest, GetJobRequest, GraphInfo, HeartbeatRequest, HeartbeatResponse, InputChunk,
+    JobInfo, ListGraphsRequest, ListGraphsResponse, ListJobsRequest, ListJobsResponse,
+    ListPartitionsRequest, ListPartitionsResponse, OutputChunk, OutputRows, PartitionInfo,
+    PushOutputResponse, RegisterGraphRequest, RegisterWorkerRequest, RegisterWorkerResponse,
+    RunJobRequest, RunJobResponse, ShardChunk, SubmitJobRequest, UploadGraphChunk,
 };
 use distgat_proto::{
     CONNECTION_WINDOW, COORDINATOR_SERVICE, MAX_CHUNK_BYTES, PROTOCOL_VERSION, STREAM_WINDOW,
@@ -86,6 +88,7 @@ pub async fn start_coordinator(config: CoordinatorConfig) -> Result<RunningServe
         queue,
         workers: Mutex::new(Vec::new()),
         jobs: Mutex::new(HashMap::new()),
+        inputs: Mutex::new(HashMap::new()),
         assignment: Mutex::new(None),
         job_lock: tokio::sync::Mutex::new(()),
         next_id: AtomicU64::new(next_id),
@@ -500,6 +503,30 @@ impl Coordinator for Service {
             &self.0,
             &request.into_inner().graph_id,
         )?))
+    }
+
+    type FetchShardStream = ReceiverStream<Result<ShardChunk, Status>>;
+
+    async fn fetch_shard(
+        &self,
+        request: Request<FetchShardRequest>,
+    ) -> Result<Response<Self::FetchShardStream>, Status> {
+        let req = request.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        inputs::fetch_shard(&self.0, &req.job_id, req.part, &req.worker_id, tx)?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type FetchInputsStream = ReceiverStream<Result<InputChunk, Status>>;
+
+    async fn fetch_inputs(
+        &self,
+        request: Request<FetchInputsRequest>,
+    ) -> Result<Response<Self::FetchInputsStream>, Status> {
+        let req = request.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        inputs::fetch_inputs(&self.0, &req.job_id, req.part, &req.worker_id, tx)?;
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     type FetchOutputStream = ReceiverStream<Result<OutputRows, Status>>;

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::inputs::JobInputs;
 use super::sink::JobSink;
 use crate::catalog::{Catalog, JobRecord, Storage};
 use crate::registry::WorkerEntry;
+use crate::source::ShardSource;
 
 /// How the coordinator starts; `Default` listens on an ephemeral loopback port.
 #[derive(Debug, Clone)]
@@ -24,7 +26,8 @@ pub struct CoordinatorConfig {
     pub worker_wait: Duration,
     /// Client-named paths must resolve inside this directory.
     pub data_root: PathBuf,
-    /// Uploads, partitions and job outputs (on storage the workers share).
+    /// Uploads, partitions and job outputs (workers need not see it with shard source
+    /// `stream`).
     pub work_dir: PathBuf,
     /// Largest graph upload (graph plus feature bytes).
     pub max_upload_bytes: u64,
@@ -43,6 +46,9 @@ pub struct CoordinatorConfig {
     /// A file holding the bearer token every Coordinator-service RPC must carry
     /// (`--auth-token-file`, trimmed; an empty file is an error). None: no token needed.
     pub auth_token_file: Option<PathBuf>,
+    /// Where workers get their inputs for jobs that do not say (RunJob and SubmitJob's
+    /// `shard_source`).
+    pub shard_source: ShardSource,
 }
 
 impl Default for CoordinatorConfig {
@@ -60,6 +66,7 @@ impl Default for CoordinatorConfig {
             metrics_listen: None,
             tls: Default::default(),
             auth_token_file: None,
+            shard_source: ShardSource::default(),
         }
     }
 }
@@ -73,6 +80,9 @@ pub(crate) struct State {
     pub workers: Mutex<Vec<WorkerEntry>>,
     /// Output sinks of running jobs, by job id.
     pub jobs: Mutex<HashMap<String, Arc<JobSink>>>,
+    /// Inputs of running jobs with shard source `stream`, by job id (FetchShard and
+    /// FetchInputs serve only these).
+    pub inputs: Mutex<HashMap<String, Arc<JobInputs>>>,
     /// The running job and its worker per part.
     pub assignment: Mutex<Option<(String, Vec<String>)>>,
     /// One job at a time.

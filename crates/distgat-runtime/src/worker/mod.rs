@@ -8,6 +8,7 @@
 //! this file holds the gRPC services and the job thread.
 
 mod build;
+mod fetch;
 mod mailbox;
 mod part;
 
@@ -42,6 +43,7 @@ use distgat_attention::Progress;
 
 use mailbox::Mailbox;
 use part::compute_part;
+pub(crate) use part::f32_bytes;
 
 use crate::net::{Dialer, RunningServer, RPC_DEADLINE};
 
@@ -64,6 +66,9 @@ pub struct WorkerConfig {
     pub tls: distgat_proto::TlsFiles,
     /// The coordinator's bearer token, sent on every call to it (`--auth-token-file`).
     pub auth_token_file: Option<std::path::PathBuf>,
+    /// This worker's own directory: streamed shards are cached in `DIR/shards`, by content
+    /// hash. `None`: a new temporary directory, removed when the worker stops.
+    pub work_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for WorkerConfig {
@@ -76,6 +81,7 @@ impl Default for WorkerConfig {
             metrics_listen: None,
             tls: Default::default(),
             auth_token_file: None,
+            work_dir: None,
         }
     }
 }
@@ -93,6 +99,7 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
         tls: config.tls.load_server()?,
         bearer: distgat_proto::Bearer::new(token.as_deref())?,
     };
+    let work_dir = WorkDir::open(config.work_dir.as_deref())?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let host = config
@@ -113,6 +120,7 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
         jobs: Mutex::new(HashMap::new()),
         coordinator: dialer.endpoint(&config.coordinator)?,
         dialer: dialer.clone(),
+        work_dir,
     });
     // Not serving until registered: a probe then means "part of a cluster".
     let (mut health, routes) =
@@ -274,8 +282,57 @@ async fn register(
     ))
 }
 
+/// The worker's directory: the one given (kept), or a temporary one (removed on drop).
+struct WorkDir {
+    shards: std::path::PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl WorkDir {
+    fn open(given: Option<&std::path::Path>) -> Result<Self> {
+        let (root, temp) = match given {
+            Some(dir) => (dir.to_path_buf(), None),
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("distgat-worker-")
+                    .tempdir()
+                    .map_err(|e| {
+                        RuntimeError::Io(std::io::Error::new(
+                            e.kind(),
+                            format!("creating a temporary work dir (give --work-dir): {e}"),
+                        ))
+                    })?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let bad = |e: std::io::Error| {
+            RuntimeError::InvalidArgument(format!("work dir (--work-dir) {}: {e}", root.display()))
+        };
+        let shards = root.join("shards");
+        std::fs::create_dir_all(&shards).map_err(bad)?;
+        // Writable? A probe file, removed at once, so a bad dir fails now, not mid-job.
+        tempfile::Builder::new()
+            .prefix(".probe-")
+            .tempfile_in(&shards)
+            .map_err(bad)?;
+        // Partial files of a worker that was killed mid-write are never used: drop them.
+        if let Ok(entries) = std::fs::read_dir(&shards) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().ends_with(".partial") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(WorkDir {
+            shards,
+            _temp: temp,
+        })
+    }
+}
+
 struct WorkerState {
     mailbox: Mailbox,
+    work_dir: WorkDir,
     /// Points of the neighbourhood builds running here, for peers' fetches.
     builds: Arc<build::Builds>,
     /// Running jobs: their part, cancellation flag and progress inside the current layer.
@@ -499,6 +556,8 @@ fn run_job(
             &state.mailbox,
             &state.dialer,
             rt,
+            &state.coordinator,
+            &state.work_dir.shards,
             &req,
             cancel,
             progress,

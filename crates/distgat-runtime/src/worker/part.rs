@@ -26,8 +26,12 @@ use tonic::Request;
 
 use crate::error::{transport, Result, RuntimeError};
 
+use super::fetch::{self, ShardOrigin};
 use super::mailbox::Mailbox;
 use crate::net::Dialer;
+use crate::source::ShardSource;
+use std::path::{Path, PathBuf};
+use tonic::transport::Endpoint;
 
 /// A part's rows split into those that need no halo row and those that do, each with its
 /// own CSR over the part's local ids (owned rows, then halo rows).
@@ -139,48 +143,30 @@ fn ms(d: Duration) -> f64 {
 /// Halo rows are expected within this time of the layer's start.
 const HALO_TIMEOUT: Duration = Duration::from_secs(120);
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn compute_part(
     mailbox: &Mailbox,
     dialer: &Dialer,
     rt: &tokio::runtime::Handle,
+    coordinator: &Endpoint,
+    shards_dir: &Path,
     req: &StartJobRequest,
     cancel: &AtomicBool,
     progress: &Progress,
     out: &mpsc::Sender<OutputChunk>,
 ) -> Result<()> {
-    let dir = PartitionDir::open(std::path::Path::new(&req.partition_dir))?;
-    let shard = dir.load_shard(req.part)?;
-    let model = Model::load(std::path::Path::new(&req.model))?;
+    let PartInputs {
+        shard_plan: plan,
+        model,
+        mut features,
+        edge_attr,
+        origin,
+    } = part_inputs(rt, coordinator, &dialer.bearer, req, shards_dir)?;
     // The coordinator refuses global layers before a job starts; checked again here, as
     // every input a worker gets is.
     let layers = model.local_layers("the distributed runtime (distgat run)")?;
-    let plan = shard.plan;
     let (n_owned, n_halo) = (plan.owned.len(), plan.halo.len());
     let n_local = n_owned + n_halo;
-    let mut features = match shard.features {
-        Some(f) => f,
-        None => {
-            if req.features.is_empty() {
-                return Err(RuntimeError::InvalidArgument(
-                    "features: the shards carry no feature rows, so a features file is needed"
-                        .into(),
-                ));
-            }
-            let all = Features::read_npy(std::path::Path::new(&req.features))?;
-            let mut rows = Vec::with_capacity(n_owned * all.width);
-            for &v in &plan.owned {
-                let v = v as usize;
-                if v >= all.num_nodes {
-                    return Err(RuntimeError::InvalidArgument(format!(
-                        "features: {} has {} rows, the partition needs node {v}",
-                        req.features, all.num_nodes
-                    )));
-                }
-                rows.extend_from_slice(all.row(v));
-            }
-            Features::new(n_owned, all.width, rows)
-        }
-    };
     if req.normalize_rows {
         features.normalize_rows_with_min(req.feature_min);
     }
@@ -212,49 +198,6 @@ pub(super) fn compute_part(
         .iter()
         .map(|p| Ok((p.part, dialer.endpoint(&p.address)?.connect_lazy())))
         .collect::<Result<_>>()?;
-
-    // Edge attributes of the local edges: from the shard (rows in local entry order) or,
-    // for a partition made without them, from the edge features file (by input edge).
-    let edge_attr = match (model.edge_dim(), shard.edge_attr) {
-        (Some(d), Some(ea)) => {
-            if ea.width != d {
-                return Err(RuntimeError::InvalidArgument(format!(
-                    "edge features: the partition's shards carry {} columns, the model's \
-                     edge_dim is {d}",
-                    ea.width
-                )));
-            }
-            Some(EdgeAttr::Shard(ea))
-        }
-        (Some(_), None) if req.edge_features.is_empty() => {
-            return Err(RuntimeError::InvalidArgument(
-                "edge_features: the model has edge_dim layers, but the job names no edge \
-                 features file"
-                    .into(),
-            ))
-        }
-        (Some(d), None) => {
-            let ea = Features::read_edge_npy(std::path::Path::new(&req.edge_features))?;
-            if ea.width != d {
-                return Err(RuntimeError::InvalidArgument(format!(
-                    "edge_features: {} has {} columns, the model's edge_dim is {d}",
-                    req.edge_features, ea.width
-                )));
-            }
-            // The coordinator checked the rows against the graph; the file is read again
-            // here, so a file replaced meanwhile is caught instead of indexed past its end.
-            if let Some(&last) = plan.edge_id.iter().max() {
-                if last as usize >= ea.num_nodes {
-                    return Err(RuntimeError::InvalidArgument(format!(
-                        "edge_features: {} has {} rows, but this part has edge {last}",
-                        req.edge_features, ea.num_nodes
-                    )));
-                }
-            }
-            Some(EdgeAttr::File(ea))
-        }
-        (None, _) => None,
-    };
 
     let mut x = features.values;
     let mut stats = Vec::with_capacity(layers.len());
@@ -446,7 +389,192 @@ pub(super) fn compute_part(
             }),
         )?;
     }
-    send_output(out, req, Body::Stats(WorkerStats { layers: stats }))
+    send_output(
+        out,
+        req,
+        Body::Stats(WorkerStats {
+            layers: stats,
+            shard_cache: origin.name().to_string(),
+        }),
+    )
+}
+
+/// Everything a part computes from, however it was obtained.
+struct PartInputs {
+    shard_plan: PartPlan,
+    model: Model,
+    /// The owned rows, `[owned, F]`, not yet normalised.
+    features: Features,
+    edge_attr: Option<EdgeAttr>,
+    origin: ShardOrigin,
+}
+
+/// Reads the part's inputs by path (shard source `shared`) or fetches them from the
+/// coordinator (`stream`), checking each as it enters.
+fn part_inputs(
+    rt: &tokio::runtime::Handle,
+    coordinator: &Endpoint,
+    bearer: &distgat_proto::Bearer,
+    req: &StartJobRequest,
+    shards_dir: &Path,
+) -> Result<PartInputs> {
+    match crate::convert::shard_source_of(req.shard_source)? {
+        ShardSource::Shared => shared_inputs(req),
+        ShardSource::Stream => {
+            if req.worker_id.is_empty() || req.partition_manifest.is_empty() {
+                return Err(RuntimeError::InvalidArgument(
+                    "shard_source stream needs worker_id and partition_manifest".into(),
+                ));
+            }
+            let (_, shard, origin) =
+                fetch::shard(rt, coordinator.connect_lazy(), bearer, req, shards_dir)?;
+            let got = fetch::inputs(rt, coordinator.connect_lazy(), bearer, req)?;
+            let label = PathBuf::from(format!("<coordinator>/model-of-{}.json", req.job_id));
+            let model = Model::from_files(&label, got.model)?;
+            let n_owned = shard.plan.owned.len();
+            let features =
+                match (shard.features, got.features) {
+                    (Some(f), None) => f,
+                    (None, Some(f)) if f.num_nodes == n_owned => f,
+                    (None, Some(f)) => {
+                        return Err(RuntimeError::InvalidArgument(format!(
+                            "features: the coordinator sent {} rows, this part owns {n_owned}",
+                            f.num_nodes
+                        )))
+                    }
+                    (Some(_), Some(_)) => return Err(RuntimeError::InvalidArgument(
+                        "features: the coordinator sent feature rows, but the shard carries them"
+                            .into(),
+                    )),
+                    (None, None) => return Err(RuntimeError::InvalidArgument(
+                        "features: the shard carries no feature rows and the coordinator sent none"
+                            .into(),
+                    )),
+                };
+            let entries = shard.plan.col.len();
+            let edge_attr = match (model.edge_dim(), shard.edge_attr, got.edge_attr) {
+                (None, _, None) => None,
+                (None, _, Some(_)) => {
+                    return Err(RuntimeError::InvalidArgument(
+                        "edge_attr: the coordinator sent edge attributes, but the model has no \
+                         edge_dim layer"
+                            .into(),
+                    ))
+                }
+                (Some(d), Some(ea), None) | (Some(d), None, Some(ea)) => {
+                    if ea.width != d || ea.num_nodes != entries {
+                        return Err(RuntimeError::InvalidArgument(format!(
+                            "edge attributes: [{}, {}] received, the part needs [{entries}, {d}] \
+                             (its local edges, the model's edge_dim)",
+                            ea.num_nodes, ea.width
+                        )));
+                    }
+                    Some(EdgeAttr::Shard(ea))
+                }
+                (Some(_), Some(_), Some(_)) => return Err(RuntimeError::InvalidArgument(
+                    "edge_attr: the coordinator sent edge attributes, but the shard carries them"
+                        .into(),
+                )),
+                (Some(_), None, None) => {
+                    return Err(RuntimeError::InvalidArgument(
+                        "edge_features: the model has edge_dim layers, but neither the shard nor \
+                         the coordinator provides edge attributes"
+                            .into(),
+                    ))
+                }
+            };
+            Ok(PartInputs {
+                shard_plan: shard.plan,
+                model,
+                features,
+                edge_attr,
+                origin,
+            })
+        }
+    }
+}
+
+/// Shard source `shared`: every input opened by the paths of the request.
+fn shared_inputs(req: &StartJobRequest) -> Result<PartInputs> {
+    let dir = PartitionDir::open(std::path::Path::new(&req.partition_dir))?;
+    let shard = dir.load_shard(req.part)?;
+    let model = Model::load(std::path::Path::new(&req.model))?;
+    let plan = shard.plan;
+    let n_owned = plan.owned.len();
+    let features = match shard.features {
+        Some(f) => f,
+        None => {
+            if req.features.is_empty() {
+                return Err(RuntimeError::InvalidArgument(
+                    "features: the shards carry no feature rows, so a features file is needed"
+                        .into(),
+                ));
+            }
+            let all = Features::read_npy(std::path::Path::new(&req.features))?;
+            let mut rows = Vec::with_capacity(n_owned * all.width);
+            for &v in &plan.owned {
+                let v = v as usize;
+                if v >= all.num_nodes {
+                    return Err(RuntimeError::InvalidArgument(format!(
+                        "features: {} has {} rows, the partition needs node {v}",
+                        req.features, all.num_nodes
+                    )));
+                }
+                rows.extend_from_slice(all.row(v));
+            }
+            Features::new(n_owned, all.width, rows)
+        }
+    };
+    // Edge attributes of the local edges: from the shard (rows in local entry order) or,
+    // for a partition made without them, from the edge features file (by input edge).
+    let edge_attr = match (model.edge_dim(), shard.edge_attr) {
+        (Some(d), Some(ea)) => {
+            if ea.width != d {
+                return Err(RuntimeError::InvalidArgument(format!(
+                    "edge features: the partition's shards carry {} columns, the model's \
+                     edge_dim is {d}",
+                    ea.width
+                )));
+            }
+            Some(EdgeAttr::Shard(ea))
+        }
+        (Some(_), None) if req.edge_features.is_empty() => {
+            return Err(RuntimeError::InvalidArgument(
+                "edge_features: the model has edge_dim layers, but the job names no edge \
+                 features file"
+                    .into(),
+            ))
+        }
+        (Some(d), None) => {
+            let ea = Features::read_edge_npy(std::path::Path::new(&req.edge_features))?;
+            if ea.width != d {
+                return Err(RuntimeError::InvalidArgument(format!(
+                    "edge_features: {} has {} columns, the model's edge_dim is {d}",
+                    req.edge_features, ea.width
+                )));
+            }
+            // The coordinator checked the rows against the graph; the file is read again
+            // here, so a file replaced meanwhile is caught instead of indexed past its end.
+            if let Some(&last) = plan.edge_id.iter().max() {
+                if last as usize >= ea.num_nodes {
+                    return Err(RuntimeError::InvalidArgument(format!(
+                        "edge_features: {} has {} rows, but this part has edge {last}",
+                        req.edge_features, ea.num_nodes
+                    )));
+                }
+            }
+            Some(EdgeAttr::File(ea))
+        }
+        (None, _) => None,
+    };
+
+    Ok(PartInputs {
+        shard_plan: plan,
+        model,
+        features,
+        edge_attr,
+        origin: ShardOrigin::Shared,
+    })
 }
 
 fn send_output(out: &mpsc::Sender<OutputChunk>, req: &StartJobRequest, body: Body) -> Result<()> {

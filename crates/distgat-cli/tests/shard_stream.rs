@@ -1,0 +1,475 @@
+//! Workers that cannot see the coordinator's files (shard source `stream`): each worker
+//! process runs in its own mount namespace with a tmpfs mounted over the directory that
+//! holds the coordinator's data root and work dir, so the job succeeds only if every
+//! input arrives over gRPC. Its output must be byte-identical to `distgat infer`.
+//!
+//! Needs `unshare --mount` and `mount -t tmpfs` (root, as here and in CI). Where they are
+//! unavailable the test fails with a message saying so; it is skipped only when
+//! `DISTGAT_SKIP_UNSHARE_TESTS=1` is set.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use distgat_proto::v1::RunJobRequest;
+
+fn exe() -> &'static str {
+    env!("CARGO_BIN_EXE_distgat")
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Child processes killed on drop.
+struct Cluster(Vec<Child>);
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts `cmd` and returns the address of its first line `listening on ADDR`.
+fn start(cluster: &mut Cluster, mut cmd: Command, what: &str) -> String {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let stdout = child.stdout.take().unwrap();
+    cluster.0.push(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    line.trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{what}: unexpected first line '{line}'"))
+        .to_string()
+}
+
+fn run_job(coordinator: &str, request: RunJobRequest) -> Result<serde_json::Value, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client = distgat_proto::v1::coordinator_client::CoordinatorClient::connect(
+            format!("http://{coordinator}"),
+        )
+        .await
+        .unwrap();
+        client
+            .run_job(request)
+            .await
+            .map(|r| serde_json::from_str(&r.into_inner().summary_json).unwrap())
+            .map_err(|status| status.message().to_string())
+    })
+}
+
+fn check(output: std::process::Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Whether this process can make a private mount namespace with a tmpfs in it.
+fn unshare_works() -> Result<(), String> {
+    let probe = tempfile::tempdir().unwrap();
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs none '{}' && exit 0",
+            probe.path().display()
+        ))
+        .output()
+        .map_err(|e| format!("running unshare: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+fn per_worker<'a>(summary: &'a serde_json::Value, key: &str) -> Vec<&'a serde_json::Value> {
+    summary["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| &w[key])
+        .collect()
+}
+
+#[test]
+fn workers_without_the_coordinators_files_compute_infers_bytes() {
+    if let Err(why) = unshare_works() {
+        if std::env::var("DISTGAT_SKIP_UNSHARE_TESTS").as_deref() == Ok("1") {
+            eprintln!("SKIPPED (DISTGAT_SKIP_UNSHARE_TESTS=1): unshare --mount unavailable: {why}");
+            return;
+        }
+        panic!(
+            "this test needs `unshare --mount --propagation private` and `mount -t tmpfs` \
+             (run as root), which failed: {why}. Set DISTGAT_SKIP_UNSHARE_TESTS=1 to skip it \
+             explicitly."
+        );
+    }
+    // The coordinator's files, all under `hidden`: workers see an empty tmpfs there.
+    let hidden = tempfile::tempdir().unwrap();
+    let (data, work) = (hidden.path().join("data"), hidden.path().join("work"));
+    std::fs::create_dir_all(&data).unwrap();
+    // Inputs copied under the data root, so no worker can find them in the repository.
+    let copy = |from: &str, to: &str| {
+        std::fs::create_dir_all(data.join(to).parent().unwrap()).unwrap();
+        std::fs::copy(repo().join(from), data.join(to)).unwrap();
+        data.join(to)
+    };
+    let cora_graph = copy("data/cora/edges.npy", "cora/edges.npy");
+    let cora_x = copy("data/cora/features.npy", "cora/features.npy");
+    let cora_model = copy("reference/cora-gat/model.json", "cora/model.json");
+    let cora_weights =
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&cora_model).unwrap())
+            .unwrap()["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["weights"].as_str().unwrap().to_string())
+            .collect::<std::collections::BTreeSet<_>>();
+    for w in &cora_weights {
+        copy(&format!("reference/cora-gat/{w}"), &format!("cora/{w}"));
+    }
+    let case = "reference/transformer-edge-beta-n200";
+    let tg = copy(&format!("{case}/edge_index.npy"), "edge/edge_index.npy");
+    let tx = copy(&format!("{case}/x.npy"), "edge/x.npy");
+    let te = copy(&format!("{case}/edge_attr.npy"), "edge/edge_attr.npy");
+    let tm = copy(&format!("{case}/model.json"), "edge/model.json");
+    copy(
+        &format!("{case}/model.safetensors"),
+        "edge/model.safetensors",
+    );
+
+    // The reference outputs, in one process.
+    let refs = tempfile::tempdir().unwrap();
+    let infer = |graph: &Path, x: &Path, model: &Path, extra: &[&Path], out: &Path| {
+        let mut cmd = Command::new(exe());
+        cmd.arg("infer")
+            .arg("--graph")
+            .arg(graph)
+            .arg("--features")
+            .arg(x)
+            .arg("--model")
+            .arg(model)
+            .arg("--out")
+            .arg(out);
+        if extra.is_empty() {
+            cmd.args(["--normalize-features", "row"]);
+        } else {
+            cmd.arg("--edge-features").arg(extra[0]);
+        }
+        check(cmd.output().unwrap(), "distgat infer");
+        std::fs::read(out).unwrap()
+    };
+    let cora_ref = infer(
+        &cora_graph,
+        &cora_x,
+        &cora_model,
+        &[],
+        &refs.path().join("c.npy"),
+    );
+    let edge_ref = infer(&tg, &tx, &tm, &[&te], &refs.path().join("e.npy"));
+
+    // Partitions without feature rows (Cora) and without edge attributes (the edge case)
+    // in the shards, so feature rows and edge attribute rows are streamed as well.
+    std::fs::create_dir_all(work.join("parts")).unwrap();
+    let partition = |graph: &Path, x: &Path, name: &str| {
+        let dir = work.join("parts").join(name);
+        check(
+            Command::new(exe())
+                .arg("partition")
+                .arg("--graph")
+                .arg(graph)
+                .arg("--features")
+                .arg(x)
+                .args(["--shared-features", "--parts", "2", "--out"])
+                .arg(&dir)
+                .output()
+                .unwrap(),
+            "distgat partition",
+        );
+        dir
+    };
+    let cora_part = partition(&cora_graph, &cora_x, "cora");
+    let edge_part = partition(&tg, &tx, "edge");
+
+    let mut cluster = Cluster(Vec::new());
+    let mut coordinator = Command::new(exe());
+    coordinator
+        .args(["coordinator", "--allow-run-job", "--listen", "127.0.0.1:0"])
+        .arg("--data-root")
+        .arg(&data)
+        .arg("--work-dir")
+        .arg(&work);
+    let addr = start(&mut cluster, coordinator, "the coordinator");
+    // Each worker's own work dir, outside the hidden tree.
+    let worker_dirs = tempfile::tempdir().unwrap();
+    for k in 0..2 {
+        let wdir = worker_dirs.path().join(format!("w{k}"));
+        let mut w = Command::new("unshare");
+        w.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount -t tmpfs none '{}' && exec '{}' worker --coordinator {addr} \
+                 --listen 127.0.0.1:0 --work-dir '{}'",
+                hidden.path().display(),
+                exe(),
+                wdir.display()
+            ));
+        start(
+            &mut cluster,
+            w,
+            &format!("worker {k} (own mount namespace)"),
+        );
+    }
+
+    let job = |part: &Path, model: &Path, x: &Path, edge: Option<&Path>, out: &str, src: &str| {
+        let out = work.join(out);
+        let result = run_job(
+            &addr,
+            RunJobRequest {
+                partition_dir: part.display().to_string(),
+                model: model.display().to_string(),
+                features: x.display().to_string(),
+                normalize_rows: edge.is_none(),
+                out: out.display().to_string(),
+                edge_features: edge.map(|e| e.display().to_string()).unwrap_or_default(),
+                threads_per_worker: 1,
+                shard_source: src.into(),
+                ..Default::default()
+            },
+        );
+        result.map(|summary| (std::fs::read(&out).unwrap(), summary))
+    };
+
+    // 1. Cora, streamed: byte-identical, every shard sent in full.
+    let (bytes, s) = job(&cora_part, &cora_model, &cora_x, None, "c1.npy", "stream").unwrap();
+    assert!(
+        bytes == cora_ref,
+        "Cora streamed differs from distgat infer"
+    );
+    assert_eq!(s["shard_source"], "stream", "{s}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cora_part.join("manifest.json")).unwrap())
+            .unwrap();
+    let shard_total: u64 = manifest["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["bytes"].as_u64().unwrap())
+        .sum();
+    let sent: u64 = per_worker(&s, "shard_bytes_streamed")
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(sent, shard_total, "{s}");
+    assert!(
+        per_worker(&s, "shard_cache")
+            .iter()
+            .all(|c| *c == "fetched"),
+        "{s}"
+    );
+    assert!(
+        per_worker(&s, "input_bytes_streamed")
+            .iter()
+            .all(|b| b.as_u64().unwrap() > 0),
+        "{s}"
+    );
+
+    // 2. The same partition again: every shard from the workers' caches, no shard byte sent.
+    let (bytes, s) = job(&cora_part, &cora_model, &cora_x, None, "c2.npy", "stream").unwrap();
+    assert!(
+        bytes == cora_ref,
+        "Cora from the cache differs from distgat infer"
+    );
+    assert!(
+        per_worker(&s, "shard_cache").iter().all(|c| *c == "cached"),
+        "{s}"
+    );
+    assert!(
+        per_worker(&s, "shard_bytes_streamed")
+            .iter()
+            .all(|b| b.as_u64() == Some(0)),
+        "{s}"
+    );
+
+    // 3. Damaged cache entries (one flipped byte, one truncated) are detected and fetched
+    //    again.
+    for (k, damage) in ["flip", "truncate"].iter().enumerate() {
+        let shards = worker_dirs.path().join(format!("w{k}/shards"));
+        let entries: Vec<_> = std::fs::read_dir(&shards)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(entries.len(), 1, "worker {k}'s cache: {entries:?}");
+        let mut b = std::fs::read(&entries[0]).unwrap();
+        if *damage == "flip" {
+            let mid = b.len() / 2;
+            b[mid] ^= 0x40;
+        } else {
+            b.truncate(b.len() / 3);
+        }
+        std::fs::write(&entries[0], b).unwrap();
+    }
+    let (bytes, s) = job(&cora_part, &cora_model, &cora_x, None, "c3.npy", "stream").unwrap();
+    assert!(
+        bytes == cora_ref,
+        "Cora after re-fetching differs from distgat infer"
+    );
+    assert!(
+        per_worker(&s, "shard_cache")
+            .iter()
+            .all(|c| *c == "refetched"),
+        "{s}"
+    );
+    let sent: u64 = per_worker(&s, "shard_bytes_streamed")
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(sent, shard_total, "{s}");
+
+    // 4. Edge features streamed as rows of each part's local edges.
+    let (bytes, s) = job(&edge_part, &tm, &tx, Some(&te), "e1.npy", "stream").unwrap();
+    assert!(
+        bytes == edge_ref,
+        "edge-feature case streamed differs from distgat infer"
+    );
+    assert!(
+        per_worker(&s, "shard_cache")
+            .iter()
+            .all(|c| *c == "fetched"),
+        "{s}"
+    );
+
+    // 5. The control: with shard source shared these workers cannot open the files, so
+    //    the job fails (if it passed, the namespace would not hide anything).
+    let err = job(&cora_part, &cora_model, &cora_x, None, "c4.npy", "shared")
+        .map(|(_, summary)| summary)
+        .expect_err("workers in their own mount namespace read the coordinator's files");
+    assert!(
+        err.contains("No such file") || err.contains("not found"),
+        "{err}"
+    );
+    // Fetching from a job that is not running is NOT_FOUND.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client = distgat_proto::v1::coordinator_client::CoordinatorClient::connect(
+            format!("http://{addr}"),
+        )
+        .await
+        .unwrap();
+        let status = client
+            .fetch_shard(distgat_proto::v1::FetchShardRequest {
+                job_id: "job-1".into(),
+                part: 0,
+                worker_id: "worker-1".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status}");
+        let status = client
+            .fetch_inputs(distgat_proto::v1::FetchInputsRequest {
+                job_id: "job-1".into(),
+                part: 0,
+                worker_id: "worker-1".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status}");
+    });
+    // An unknown shard source is refused by name.
+    let err = job(&cora_part, &cora_model, &cora_x, None, "c5.npy", "nfs")
+        .err()
+        .unwrap();
+    assert!(err.contains("shard_source") && err.contains("nfs"), "{err}");
+}
+
+/// `distgat run --shard-source shared` (workers open the files) and `stream` give
+/// `distgat infer`'s bytes; an unknown value is an error naming the flag.
+#[test]
+fn run_with_either_shard_source_is_bitwise_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = repo().join("reference/transformer-edge-beta-n200");
+    let out = |name: &str| dir.path().join(name);
+    let base = |cmd: &mut Command, o: &Path| {
+        cmd.arg("--graph")
+            .arg(case.join("edge_index.npy"))
+            .arg("--features")
+            .arg(case.join("x.npy"))
+            .arg("--model")
+            .arg(case.join("model.json"))
+            .arg("--edge-features")
+            .arg(case.join("edge_attr.npy"))
+            .arg("--out")
+            .arg(o);
+    };
+    let mut infer = Command::new(exe());
+    infer.arg("infer");
+    base(&mut infer, &out("infer.npy"));
+    check(infer.output().unwrap(), "distgat infer");
+    let want = std::fs::read(out("infer.npy")).unwrap();
+    for src in ["shared", "stream"] {
+        let mut run = Command::new(exe());
+        run.arg("run");
+        base(&mut run, &out(&format!("{src}.npy")));
+        run.args(["--workers", "3", "--shard-source", src])
+            .arg("--summary-json")
+            .arg(out(&format!("{src}.json")));
+        check(
+            run.output().unwrap(),
+            &format!("distgat run --shard-source {src}"),
+        );
+        assert!(
+            std::fs::read(out(&format!("{src}.npy"))).unwrap() == want,
+            "--shard-source {src} differs from distgat infer"
+        );
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out(&format!("{src}.json"))).unwrap())
+                .unwrap();
+        assert_eq!(s["shard_source"], src, "{s}");
+    }
+    let mut bad = Command::new(exe());
+    bad.arg("run");
+    base(&mut bad, &out("bad.npy"));
+    let o = bad.args(["--shard-source", "nfs"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("--shard-source") && err.contains("nfs"),
+        "{err}"
+    );
+    assert!(!out("bad.npy").exists());
+}
+
+/// A worker whose --work-dir cannot be used stops at once with an error naming it.
+#[test]
+fn an_unusable_worker_work_dir_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let o = Command::new(exe())
+        .args(["worker", "--coordinator", "127.0.0.1:9", "--work-dir"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("--work-dir") && err.contains("a-file"),
+        "{err}"
+    );
+}

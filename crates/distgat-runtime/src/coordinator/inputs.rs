@@ -1,0 +1,361 @@
+//! What the coordinator streams to the workers of a job run with shard source `stream`:
+//! each part's shard file (`FetchShard`) and its other inputs (`FetchInputs`): the model
+//! files, the feature rows of the nodes it owns and the edge attribute rows of its local
+//! edges, each only when the shard does not carry them. Every request is checked against
+//! the running job: the job exists and streams, and the part is the asking worker's.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use distgat_attention::Model;
+use distgat_graph::Features;
+use distgat_partition::PartitionDir;
+use distgat_proto::v1::input_chunk::Body;
+use distgat_proto::v1::{InputChunk, InputRows, InputsDone, ModelFileChunk, ShardChunk};
+use distgat_proto::MAX_CHUNK_BYTES;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use super::state::State;
+use crate::catalog::lock;
+use crate::error::{Result, RuntimeError};
+use crate::worker::f32_bytes;
+
+/// A running job's inputs, as the coordinator serves them to its workers.
+pub(crate) struct JobInputs {
+    pub partition: PartitionDir,
+    /// The manifest's text, sent to each worker in its StartJobRequest.
+    pub manifest_text: String,
+    pub model: PathBuf,
+    /// The features file, when the shards carry no feature rows.
+    pub features: Option<PathBuf>,
+    /// The edge features file, when the model needs edge attributes the shards lack.
+    pub edge_features: Option<PathBuf>,
+    /// The worker id of each part.
+    pub workers: Vec<String>,
+    /// Bytes sent per part: shard file bytes, and every other input's bytes.
+    pub shard_bytes: Vec<AtomicU64>,
+    pub input_bytes: Vec<AtomicU64>,
+    /// Files read once per job (by the first part that asks).
+    features_read: Mutex<Option<Arc<Features>>>,
+    edge_read: Mutex<Option<Arc<Features>>>,
+}
+
+impl JobInputs {
+    pub fn new(
+        partition_dir: &Path,
+        model: PathBuf,
+        features: Option<PathBuf>,
+        edge_features: Option<PathBuf>,
+        workers: Vec<String>,
+    ) -> Result<Self> {
+        let manifest_path = partition_dir.join("manifest.json");
+        let manifest_text = std::fs::read_to_string(&manifest_path).map_err(|e| {
+            RuntimeError::Io(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", manifest_path.display()),
+            ))
+        })?;
+        let partition = PartitionDir::from_manifest(partition_dir, &manifest_text)?;
+        let parts = workers.len();
+        Ok(JobInputs {
+            features: features.filter(|_| !partition.manifest.features_in_shards),
+            partition,
+            manifest_text,
+            model,
+            edge_features,
+            workers,
+            shard_bytes: (0..parts).map(|_| AtomicU64::new(0)).collect(),
+            input_bytes: (0..parts).map(|_| AtomicU64::new(0)).collect(),
+            features_read: Mutex::new(None),
+            edge_read: Mutex::new(None),
+        })
+    }
+}
+
+/// The inputs of `job_id` if it is running with shard source `stream` and `part` is
+/// assigned to `worker_id`.
+fn checked(state: &State, job_id: &str, part: u32, worker_id: &str) -> Result<Arc<JobInputs>> {
+    let inputs = lock(&state.inputs).get(job_id).cloned();
+    let running = lock(&state.jobs).contains_key(job_id);
+    authorise(
+        job_id,
+        part,
+        worker_id,
+        inputs.as_ref().map(|i| i.workers.as_slice()),
+        running,
+    )?;
+    Ok(inputs.expect("authorised"))
+}
+
+/// Whether a worker may fetch `part` of `job_id`: `workers` are the job's worker ids by
+/// part when it runs with shard source `stream`; `running` whether it runs at all.
+fn authorise(
+    job_id: &str,
+    part: u32,
+    worker_id: &str,
+    workers: Option<&[String]>,
+    running: bool,
+) -> Result<()> {
+    let Some(workers) = workers else {
+        return Err(if running {
+            RuntimeError::FailedPrecondition(format!(
+                "job {job_id} runs with shard source \"shared\": its workers open its files by path"
+            ))
+        } else {
+            RuntimeError::NotFound(format!("job_id '{job_id}' is not running"))
+        });
+    };
+    let Some(owner) = workers.get(part as usize) else {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "part: job {job_id} has parts 0..{}, not {part}",
+            workers.len()
+        )));
+    };
+    if owner != worker_id {
+        return Err(RuntimeError::PermissionDenied(format!(
+            "part {part} of job {job_id} is assigned to {owner}, not to worker_id '{worker_id}'"
+        )));
+    }
+    Ok(())
+}
+
+type Sender<T> = mpsc::Sender<Result<T, Status>>;
+
+/// Streams the shard file of `part` in chunks of at most [`MAX_CHUNK_BYTES`].
+pub(crate) fn fetch_shard(
+    state: &State,
+    job_id: &str,
+    part: u32,
+    worker_id: &str,
+    tx: Sender<ShardChunk>,
+) -> Result<()> {
+    let inputs = checked(state, job_id, part, worker_id)?;
+    let info = inputs.partition.shard_file(part)?.clone();
+    let path = inputs.partition.path.join(&info.file);
+    tokio::task::spawn_blocking(move || {
+        let send = || -> Result<()> {
+            let io = |e: std::io::Error| {
+                RuntimeError::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", path.display()),
+                ))
+            };
+            let mut file = std::fs::File::open(&path).map_err(io)?;
+            let mut offset = 0u64;
+            loop {
+                let mut data = vec![0u8; MAX_CHUNK_BYTES];
+                let mut got = 0;
+                while got < data.len() {
+                    match file.read(&mut data[got..]).map_err(io)? {
+                        0 => break,
+                        n => got += n,
+                    }
+                }
+                if got == 0 {
+                    break;
+                }
+                data.truncate(got);
+                let chunk = ShardChunk {
+                    offset,
+                    total_bytes: info.bytes,
+                    data,
+                };
+                offset += got as u64;
+                if tx.blocking_send(Ok(chunk)).is_err() {
+                    return Ok(()); // the worker went away
+                }
+                inputs.shard_bytes[part as usize].fetch_add(got as u64, Ordering::Relaxed);
+            }
+            Ok(())
+        };
+        if let Err(e) = send() {
+            let _ = tx.blocking_send(Err(e.into()));
+        }
+    });
+    Ok(())
+}
+
+/// Streams the model files, then the part's feature rows and edge attribute rows (when
+/// its shard lacks them), then an [`InputsDone`] with the BLAKE3 of everything sent.
+pub(crate) fn fetch_inputs(
+    state: &State,
+    job_id: &str,
+    part: u32,
+    worker_id: &str,
+    tx: Sender<InputChunk>,
+) -> Result<()> {
+    let inputs = checked(state, job_id, part, worker_id)?;
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = send_inputs(&inputs, part, &tx) {
+            let _ = tx.blocking_send(Err(e.into()));
+        }
+    });
+    Ok(())
+}
+
+fn send_inputs(inputs: &JobInputs, part: u32, tx: &Sender<InputChunk>) -> Result<()> {
+    let mut hasher = blake3::Hasher::new();
+    let send = |body: Body, payload_len: usize| -> Result<()> {
+        inputs.input_bytes[part as usize].fetch_add(payload_len as u64, Ordering::Relaxed);
+        tx.blocking_send(Ok(InputChunk { body: Some(body) }))
+            .map_err(|_| RuntimeError::Cancelled("the worker closed its FetchInputs stream".into()))
+    };
+    let files = Model::read_files(&inputs.model)?;
+    let mut model_files = vec![(String::new(), Vec::new(), files.json)];
+    for w in files.weights {
+        let mut names = w.names.into_iter();
+        let first = names.next().unwrap_or_default();
+        model_files.push((first, names.collect(), w.bytes));
+    }
+    for (name, aliases, bytes) in model_files {
+        let total = bytes.len() as u64;
+        let mut chunks = bytes.chunks(MAX_CHUNK_BYTES).peekable();
+        if chunks.peek().is_none() {
+            send(
+                Body::Model(ModelFileChunk {
+                    name: name.clone(),
+                    offset: 0,
+                    total_bytes: 0,
+                    data: Vec::new(),
+                    aliases: aliases.clone(),
+                }),
+                0,
+            )?;
+        }
+        let mut offset = 0u64;
+        for (i, data) in chunks.enumerate() {
+            hasher.update(data);
+            let n = data.len();
+            send(
+                Body::Model(ModelFileChunk {
+                    name: name.clone(),
+                    offset,
+                    total_bytes: total,
+                    data: data.to_vec(),
+                    aliases: if i == 0 { aliases.clone() } else { Vec::new() },
+                }),
+                n,
+            )?;
+            offset += n as u64;
+        }
+    }
+    let (mut feature_rows, mut edge_rows) = (0u64, 0u64);
+    if inputs.features.is_some() || inputs.edge_features.is_some() {
+        let shard = inputs.partition.load_shard(part)?;
+        let plan = shard.plan;
+        if let Some(path) = &inputs.features {
+            let all = read_once(&inputs.features_read, || Ok(Features::read_npy(path)?))?;
+            for &v in &plan.owned {
+                if v as usize >= all.num_nodes {
+                    return Err(RuntimeError::InvalidArgument(format!(
+                        "features: {} has {} rows, the partition needs node {v}",
+                        path.display(),
+                        all.num_nodes
+                    )));
+                }
+            }
+            feature_rows = send_rows(&all, &plan.owned, &mut hasher, &mut |rows, n| {
+                send(Body::Features(rows), n)
+            })?;
+        }
+        if let Some(path) = &inputs.edge_features {
+            let all = read_once(&inputs.edge_read, || Ok(Features::read_edge_npy(path)?))?;
+            if let Some(&last) = plan.edge_id.iter().max() {
+                if last as usize >= all.num_nodes {
+                    return Err(RuntimeError::InvalidArgument(format!(
+                        "edge_features: {} has {} rows, but part {part} has edge {last}",
+                        path.display(),
+                        all.num_nodes
+                    )));
+                }
+            }
+            edge_rows = send_rows(&all, &plan.edge_id, &mut hasher, &mut |rows, n| {
+                send(Body::EdgeAttr(rows), n)
+            })?;
+        }
+    }
+    send(
+        Body::Done(InputsDone {
+            blake3: hasher.finalize().to_hex().to_string(),
+            feature_rows,
+            edge_rows,
+        }),
+        0,
+    )
+}
+
+/// The file behind `slot`, read by the first caller.
+fn read_once(
+    slot: &Mutex<Option<Arc<Features>>>,
+    read: impl FnOnce() -> Result<Features>,
+) -> Result<Arc<Features>> {
+    let mut guard = lock(slot);
+    if let Some(f) = &*guard {
+        return Ok(f.clone());
+    }
+    let f = Arc::new(read()?);
+    *guard = Some(f.clone());
+    Ok(f)
+}
+
+/// Sends the rows `ids` of `all` in order, in chunks of at most [`MAX_CHUNK_BYTES`].
+fn send_rows(
+    all: &Features,
+    ids: &[u64],
+    hasher: &mut blake3::Hasher,
+    send: &mut dyn FnMut(InputRows, usize) -> Result<()>,
+) -> Result<u64> {
+    let width = all.width;
+    let per_chunk = (MAX_CHUNK_BYTES / (4 * width.max(1))).max(1);
+    let mut buf = Vec::with_capacity(per_chunk * width);
+    for (i, block) in ids.chunks(per_chunk).enumerate() {
+        buf.clear();
+        for &v in block {
+            buf.extend_from_slice(all.row(v as usize));
+        }
+        let values = f32_bytes(&buf);
+        hasher.update(&values);
+        let n = values.len();
+        send(
+            InputRows {
+                first_row: (i * per_chunk) as u64,
+                num_rows: block.len() as u32,
+                width: width as u32,
+                values,
+            },
+            n,
+        )?;
+    }
+    Ok(ids.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::authorise;
+
+    #[test]
+    fn only_the_assigned_worker_of_a_streaming_job_may_fetch_a_part() {
+        let w = vec!["worker-1".to_string(), "worker-2".to_string()];
+        let code = |r: crate::error::Result<()>| tonic::Status::from(r.unwrap_err()).code();
+        assert!(authorise("job-1", 1, "worker-2", Some(&w), true).is_ok());
+        assert_eq!(
+            code(authorise("job-1", 1, "worker-1", Some(&w), true)),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            code(authorise("job-1", 2, "worker-2", Some(&w), true)),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            code(authorise("job-1", 0, "worker-1", None, true)),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(
+            code(authorise("job-9", 0, "worker-1", None, false)),
+            tonic::Code::NotFound
+        );
+    }
+}
