@@ -102,7 +102,11 @@ impl NpyBody {
         let body_len = count
             .checked_mul(dtype.size() as u64)
             .ok_or_else(|| GraphError::format(path, format!("shape {shape:?} overflows")))?;
-        let expected_len = header_len + body_len;
+        // A header may claim a body of almost 2^64 bytes: the sum with the header's own
+        // length must not overflow (found by fuzzing).
+        let expected_len = header_len
+            .checked_add(body_len)
+            .ok_or_else(|| GraphError::format(path, format!("shape {shape:?} overflows")))?;
         if file_len < expected_len {
             return Err(GraphError::format(
                 path,
