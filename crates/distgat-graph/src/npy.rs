@@ -5,7 +5,7 @@
 //! truncated body is reported with its expected and actual size before anything is read.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, Write};
 use std::path::Path;
 
 use npyz::{DType, Order, WriterBuilder};
@@ -75,6 +75,16 @@ impl NpyBody {
         }
         let file_len = meta.len();
         let mut reader = BufReader::with_capacity(1 << 20, file);
+        // npyz multiplies the shape's dimensions unchecked (a panic in builds with overflow
+        // checks; found by fuzzing): refuse such a shape before npyz sees it.
+        if let Some(shape) = reader.fill_buf().ok().and_then(header_shape) {
+            if shape_overflows(&shape) {
+                return Err(GraphError::format(
+                    path,
+                    format!("shape {shape:?} overflows"),
+                ));
+            }
+        }
         let header = npyz::NpyHeader::from_reader(&mut reader)
             .map_err(|e| GraphError::format(path, format!("not a valid .npy file: {e}")))?;
         let header_len = reader
@@ -237,6 +247,33 @@ impl NpyBody {
         }
         Ok(out)
     }
+}
+
+/// The dimensions of the `shape` tuple in the header at the start of `bytes`, if they can
+/// be read as plain integers (anything else is left to npyz, which reports it).
+fn header_shape(bytes: &[u8]) -> Option<Vec<u64>> {
+    let text = std::str::from_utf8(bytes.get(10..bytes.len().min(10 + 65_536))?)
+        .or_else(|e| std::str::from_utf8(&bytes[10..10 + e.valid_up_to()]))
+        .ok()?;
+    let after = &text[text.find("shape")? + 5..];
+    let open = after.find('(')?;
+    let close = open + after[open..].find(')')?;
+    after[open + 1..close]
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| t.trim_end_matches('L').parse::<u64>().ok())
+        .collect()
+}
+
+/// Whether a product of some of the dimensions overflows u64 (npyz multiplies them for
+/// the element count and for every stride; zeros aside, the full product bounds them all).
+fn shape_overflows(shape: &[u64]) -> bool {
+    shape
+        .iter()
+        .filter(|&&d| d != 0)
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .is_none()
 }
 
 /// Writes `data` as a C-order `.npy` array of `shape`, atomically (temp file, then rename).

@@ -1035,3 +1035,14 @@ fn fuzz_metis_huge_ncon_is_an_error() {
         &["line 2", "vertex size/weight fields"],
     );
 }
+
+#[test]
+fn fuzz_npy_shape_whose_product_overflows_is_an_error() {
+    // npyz multiplied the dimensions unchecked (a panic with overflow checks), also for
+    // the strides of a shape with a zero.
+    let dir = Dir::new();
+    let path = dir.raw_npy("a.npy", "<i8", false, "(4294967296, 10000000000000)", b"");
+    assert_error(read_graph(&path, None), &path, &["overflows"]);
+    let path = dir.raw_npy("b.npy", "<f4", true, "(0, 4294967296, 10000000000000)", b"");
+    assert_error(Features::read_npy(&path), &path, &["overflows"]);
+}
