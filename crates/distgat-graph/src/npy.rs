@@ -77,13 +77,22 @@ impl NpyBody {
         let mut reader = BufReader::with_capacity(1 << 20, file);
         // npyz multiplies the shape's dimensions unchecked (a panic in builds with overflow
         // checks; found by fuzzing): refuse such a shape before npyz sees it.
-        if let Some(shape) = reader.fill_buf().ok().and_then(header_shape) {
-            if shape_overflows(&shape) {
+        // npyz also evaluates arithmetic in the tuple (`(10-1,)`): numpy writes plain
+        // integers only, and anything else is refused here.
+        match reader.fill_buf().ok().and_then(header_shape) {
+            Some(Ok(shape)) if shape_overflows(&shape) => {
                 return Err(GraphError::format(
                     path,
                     format!("shape {shape:?} overflows"),
                 ));
             }
+            Some(Err(token)) => {
+                return Err(GraphError::format(
+                    path,
+                    format!("not a valid .npy file: shape dimension '{token}' is not an integer"),
+                ));
+            }
+            _ => {}
         }
         let header = npyz::NpyHeader::from_reader(&mut reader)
             .map_err(|e| GraphError::format(path, format!("not a valid .npy file: {e}")))?;
@@ -249,9 +258,10 @@ impl NpyBody {
     }
 }
 
-/// The dimensions of the `shape` tuple in the header at the start of `bytes`, if they can
-/// be read as plain integers (anything else is left to npyz, which reports it).
-fn header_shape(bytes: &[u8]) -> Option<Vec<u64>> {
+/// The dimensions of the `shape` tuple in the header at the start of `bytes`, or the
+/// first that is not a plain integer; `None` when there is no `shape` tuple to find (left
+/// to npyz, which reports it).
+fn header_shape(bytes: &[u8]) -> Option<std::result::Result<Vec<u64>, String>> {
     let text = std::str::from_utf8(bytes.get(10..bytes.len().min(10 + 65_536))?)
         .or_else(|e| std::str::from_utf8(&bytes[10..10 + e.valid_up_to()]))
         .ok()?;
@@ -262,8 +272,13 @@ fn header_shape(bytes: &[u8]) -> Option<Vec<u64>> {
         .split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .map(|t| t.trim_end_matches('L').parse::<u64>().ok())
-        .collect()
+        .map(|t| {
+            t.trim_end_matches('L')
+                .parse::<u64>()
+                .map_err(|_| t.to_string())
+        })
+        .collect::<std::result::Result<Vec<u64>, String>>()
+        .into()
 }
 
 /// Whether a product of some of the dimensions overflows u64 (npyz multiplies them for

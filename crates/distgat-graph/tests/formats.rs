@@ -1046,3 +1046,16 @@ fn fuzz_npy_shape_whose_product_overflows_is_an_error() {
     let path = dir.raw_npy("b.npy", "<f4", true, "(0, 4294967296, 10000000000000)", b"");
     assert_error(Features::read_npy(&path), &path, &["overflows"]);
 }
+
+#[test]
+fn fuzz_npy_shape_with_arithmetic_is_an_error() {
+    // npyz evaluates `a-b` in the shape tuple, which hid an overflowing product from the
+    // check above; numpy writes plain integers only.
+    let dir = Dir::new();
+    let path = dir.raw_npy("c.npy", "<i8", false, "(4294967296, 10000000000000-1)", b"");
+    assert_error(
+        read_graph(&path, None),
+        &path,
+        &["'10000000000000-1' is not an integer"],
+    );
+}
