@@ -79,20 +79,21 @@ impl NpyBody {
         // checks; found by fuzzing): refuse such a shape before npyz sees it.
         // npyz also evaluates arithmetic in the tuple (`(10-1,)`): numpy writes plain
         // integers only, and anything else is refused here.
-        match reader.fill_buf().ok().and_then(header_shape) {
-            Some(Ok(shape)) if shape_overflows(&shape) => {
-                return Err(GraphError::format(
-                    path,
-                    format!("shape {shape:?} overflows"),
-                ));
+        match header_shapes(reader.fill_buf().unwrap_or_default()) {
+            Ok(shapes) => {
+                if let Some(shape) = shapes.iter().find(|s| shape_overflows(s)) {
+                    return Err(GraphError::format(
+                        path,
+                        format!("shape {shape:?} overflows"),
+                    ));
+                }
             }
-            Some(Err(token)) => {
+            Err(token) => {
                 return Err(GraphError::format(
                     path,
                     format!("not a valid .npy file: shape dimension '{token}' is not an integer"),
                 ));
             }
-            _ => {}
         }
         let header = npyz::NpyHeader::from_reader(&mut reader)
             .map_err(|e| GraphError::format(path, format!("not a valid .npy file: {e}")))?;
@@ -258,27 +259,49 @@ impl NpyBody {
     }
 }
 
-/// The dimensions of the `shape` tuple in the header at the start of `bytes`, or the
-/// first that is not a plain integer; `None` when there is no `shape` tuple to find (left
-/// to npyz, which reports it).
-fn header_shape(bytes: &[u8]) -> Option<std::result::Result<Vec<u64>, String>> {
-    let text = std::str::from_utf8(bytes.get(10..bytes.len().min(10 + 65_536))?)
-        .or_else(|e| std::str::from_utf8(&bytes[10..10 + e.valid_up_to()]))
-        .ok()?;
-    let after = &text[text.find("shape")? + 5..];
-    let open = after.find('(')?;
-    let close = open + after[open..].find(')')?;
-    after[open + 1..close]
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(|t| {
-            t.trim_end_matches('L')
-                .parse::<u64>()
-                .map_err(|_| t.to_string())
-        })
-        .collect::<std::result::Result<Vec<u64>, String>>()
-        .into()
+/// The dimensions of every `shape` tuple (or list) in the header at the start of `bytes`
+/// (npyz keeps the last of repeated keys), or the first token that is not a plain integer.
+/// A backslash (an escape that could spell the key otherwise) is refused too: numpy never
+/// writes one. The header is looked at within the bytes buffered (up to 1 MiB).
+fn header_shapes(bytes: &[u8]) -> std::result::Result<Vec<Vec<u64>>, String> {
+    // Magic (6 bytes), version (2), header length (u16 for version 1, else u32), header.
+    let (start, len) = match bytes {
+        [_, _, _, _, _, _, 1, _, a, b, ..] => (10, u16::from_le_bytes([*a, *b]) as usize),
+        [_, _, _, _, _, _, _, _, a, b, c, d, ..] => {
+            (12, u32::from_le_bytes([*a, *b, *c, *d]) as usize)
+        }
+        _ => return Ok(Vec::new()),
+    };
+    let bytes = &bytes[start.min(bytes.len())..start.saturating_add(len).min(bytes.len())];
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
+    };
+    if text.contains('\\') {
+        return Err("\\".into());
+    }
+    let mut shapes = Vec::new();
+    for (at, _) in text.match_indices("shape") {
+        let after = &text[at + 5..];
+        let Some(open) = after.find(['(', '[']) else {
+            continue;
+        };
+        let Some(len) = after[open..].find([')', ']']) else {
+            continue;
+        };
+        let shape = after[open + 1..open + len]
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                t.trim_end_matches('L')
+                    .parse::<u64>()
+                    .map_err(|_| t.to_string())
+            })
+            .collect::<std::result::Result<Vec<u64>, String>>()?;
+        shapes.push(shape);
+    }
+    Ok(shapes)
 }
 
 /// Whether a product of some of the dimensions overflows u64 (npyz multiplies them for

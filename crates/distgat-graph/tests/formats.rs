@@ -1059,3 +1059,17 @@ fn fuzz_npy_shape_with_arithmetic_is_an_error() {
         &["'10000000000000-1' is not an integer"],
     );
 }
+
+#[test]
+fn fuzz_npy_repeated_shape_key_is_checked_too() {
+    // npyz keeps the last of repeated keys: every `shape` is checked.
+    let dir = Dir::new();
+    let path = dir.raw_npy(
+        "d.npy",
+        "<f8",
+        true,
+        "(3, 3), 'shape': (4294967296, 10000000000000)",
+        b"",
+    );
+    assert_error(Features::read_npy(&path), &path, &["overflows"]);
+}
