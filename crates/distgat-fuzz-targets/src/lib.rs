@@ -19,9 +19,12 @@ use distgat_partition::PartitionDir;
 use distgat_proto::v1;
 use prost::Message;
 
+/// A target: any bytes in, a panic only on a bug.
+pub type Target = fn(&[u8]);
+
 /// Every target by name (the name of its `fuzz/corpus/<name>` directory and of its
 /// cargo-fuzz binary).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("npy_features", npy_features),
     ("npy_edges", npy_edges),
     ("npy_points", npy_points),
@@ -37,7 +40,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
 ];
 
 /// The target called `name`.
-pub fn target(name: &str) -> Option<fn(&[u8])> {
+pub fn target(name: &str) -> Option<Target> {
     TARGETS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }
 
