@@ -80,7 +80,7 @@ impl Features {
         let fortran = body.fortran_order;
         let mut values = body.read_f32(path)?;
         // An empty array needs no transpose; `[0, F]` with a huge F would otherwise loop F
-        // times over nothing (found by fuzzing).
+        // times over nothing (fuzz/README.md, bug 2).
         if fortran && !values.is_empty() {
             values = transpose(&values, f, n);
         }

@@ -123,7 +123,7 @@ impl NpyBody {
             .checked_mul(dtype.size() as u64)
             .ok_or_else(|| GraphError::format(path, format!("shape {shape:?} overflows")))?;
         // A header may claim a body of almost 2^64 bytes: the sum with the header's own
-        // length must not overflow (found by fuzzing).
+        // length must not overflow (fuzz/README.md, bug 1).
         let expected_len = header_len
             .checked_add(body_len)
             .ok_or_else(|| GraphError::format(path, format!("shape {shape:?} overflows")))?;

@@ -982,7 +982,7 @@ fn write_npy_bytes_equal_npyz_element_writer() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Inputs found by fuzzing (fuzz/README.md): each once panicked or hung.
+// Inputs of fuzz/README.md's crash table: each once panicked or hung.
 
 #[test]
 fn fuzz_npy_body_length_near_u64_max_is_an_error() {

@@ -225,7 +225,7 @@ fn cosine_with_a_zero_vector_names_the_row() {
 
 #[test]
 fn fuzz_empty_fortran_points_with_a_huge_dimension_are_read_at_once() {
-    // [0, 10^15] in Fortran order (found by fuzzing): the transpose looped 10^15 times
+    // [0, 10^15] in Fortran order (fuzz/README.md, bug 3): the transpose looped 10^15 times
     // over nothing.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.npy");
