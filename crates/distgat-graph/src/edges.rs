@@ -358,7 +358,9 @@ fn read_metis(path: &Path) -> Result<EdgeList> {
                 ));
             }
             let n = parse_node_id(path, number, tokens[0], "vertex count")?;
-            let m = parse_id(path, number, tokens[1], "edge count")?;
+            // Within int64 like the ids, so the adjacency entries `2 m` fit in a u64 (an
+            // edge count near 2^64 overflowed; fuzz/README.md, bug 4).
+            let m = parse_node_id(path, number, tokens[1], "edge count")?;
             let fmt = tokens.get(2).copied().unwrap_or("0");
             if fmt.len() > 3 || !fmt.chars().all(|c| c == '0' || c == '1') {
                 return Err(GraphError::format(
@@ -396,7 +398,9 @@ fn read_metis(path: &Path) -> Result<EdgeList> {
             return Ok(true);
         }
         vertex += 1;
-        let skip = usize::from(h.has_sizes) + h.vertex_weights;
+        // ncon comes from the file: a huge one overflowed this sum (fuzz/README.md, bug 5); no
+        // line has usize::MAX fields, so the saturated count is refused below.
+        let skip = usize::from(h.has_sizes).saturating_add(h.vertex_weights);
         if tokens.len() < skip {
             return Err(GraphError::format(
                 path,

@@ -79,7 +79,9 @@ impl Features {
         let (n, f) = (body.shape[0] as usize, body.shape[1] as usize);
         let fortran = body.fortran_order;
         let mut values = body.read_f32(path)?;
-        if fortran {
+        // An empty array needs no transpose; `[0, F]` with a huge F would otherwise loop F
+        // times over nothing (fuzz/README.md, bug 2).
+        if fortran && !values.is_empty() {
             values = transpose(&values, f, n);
         }
         if let Some(pos) = values.iter().position(|v| !v.is_finite()) {

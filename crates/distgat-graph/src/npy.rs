@@ -5,7 +5,7 @@
 //! truncated body is reported with its expected and actual size before anything is read.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, Write};
 use std::path::Path;
 
 use npyz::{DType, Order, WriterBuilder};
@@ -75,6 +75,26 @@ impl NpyBody {
         }
         let file_len = meta.len();
         let mut reader = BufReader::with_capacity(1 << 20, file);
+        // npyz multiplies the shape's dimensions unchecked (a panic in builds with overflow
+        // checks; found by fuzzing): refuse such a shape before npyz sees it.
+        // npyz also evaluates arithmetic in the tuple (`(10-1,)`): numpy writes plain
+        // integers only, and anything else is refused here.
+        match header_shapes(reader.fill_buf().unwrap_or_default()) {
+            Ok(shapes) => {
+                if let Some(shape) = shapes.iter().find(|s| shape_overflows(s)) {
+                    return Err(GraphError::format(
+                        path,
+                        format!("shape {shape:?} overflows"),
+                    ));
+                }
+            }
+            Err(token) => {
+                return Err(GraphError::format(
+                    path,
+                    format!("not a valid .npy file: shape dimension '{token}' is not an integer"),
+                ));
+            }
+        }
         let header = npyz::NpyHeader::from_reader(&mut reader)
             .map_err(|e| GraphError::format(path, format!("not a valid .npy file: {e}")))?;
         let header_len = reader
@@ -102,7 +122,11 @@ impl NpyBody {
         let body_len = count
             .checked_mul(dtype.size() as u64)
             .ok_or_else(|| GraphError::format(path, format!("shape {shape:?} overflows")))?;
-        let expected_len = header_len + body_len;
+        // A header may claim a body of almost 2^64 bytes: the sum with the header's own
+        // length must not overflow (fuzz/README.md, bug 1).
+        let expected_len = header_len
+            .checked_add(body_len)
+            .ok_or_else(|| GraphError::format(path, format!("shape {shape:?} overflows")))?;
         if file_len < expected_len {
             return Err(GraphError::format(
                 path,
@@ -233,6 +257,61 @@ impl NpyBody {
         }
         Ok(out)
     }
+}
+
+/// The dimensions of every `shape` tuple (or list) in the header at the start of `bytes`
+/// (npyz keeps the last of repeated keys), or the first token that is not a plain integer.
+/// A backslash (an escape that could spell the key otherwise) is refused too: numpy never
+/// writes one. The header is looked at within the bytes buffered (up to 1 MiB).
+fn header_shapes(bytes: &[u8]) -> std::result::Result<Vec<Vec<u64>>, String> {
+    // Magic (6 bytes), version (2), header length (u16 for version 1, else u32), header.
+    let (start, len) = match bytes {
+        [_, _, _, _, _, _, 1, _, a, b, ..] => (10, u16::from_le_bytes([*a, *b]) as usize),
+        [_, _, _, _, _, _, _, _, a, b, c, d, ..] => {
+            (12, u32::from_le_bytes([*a, *b, *c, *d]) as usize)
+        }
+        _ => return Ok(Vec::new()),
+    };
+    let bytes = &bytes[start.min(bytes.len())..start.saturating_add(len).min(bytes.len())];
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
+    };
+    if text.contains('\\') {
+        return Err("\\".into());
+    }
+    let mut shapes = Vec::new();
+    for (at, _) in text.match_indices("shape") {
+        let after = &text[at + 5..];
+        let Some(open) = after.find(['(', '[']) else {
+            continue;
+        };
+        let Some(len) = after[open..].find([')', ']']) else {
+            continue;
+        };
+        let shape = after[open + 1..open + len]
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                t.trim_end_matches('L')
+                    .parse::<u64>()
+                    .map_err(|_| t.to_string())
+            })
+            .collect::<std::result::Result<Vec<u64>, String>>()?;
+        shapes.push(shape);
+    }
+    Ok(shapes)
+}
+
+/// Whether a product of some of the dimensions overflows u64 (npyz multiplies them for
+/// the element count and for every stride; zeros aside, the full product bounds them all).
+fn shape_overflows(shape: &[u64]) -> bool {
+    shape
+        .iter()
+        .filter(|&&d| d != 0)
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .is_none()
 }
 
 /// Writes `data` as a C-order `.npy` array of `shape`, atomically (temp file, then rename).

@@ -980,3 +980,96 @@ fn write_npy_bytes_equal_npyz_element_writer() {
     check(&dir, "i64.npy", &[2, 2000], &ids);
     check::<i32>(&dir, "empty.npy", &[0, 5], &[]);
 }
+
+// ---------------------------------------------------------------------------------------
+// Inputs of fuzz/README.md's crash table: each once panicked or hung.
+
+#[test]
+fn fuzz_npy_body_length_near_u64_max_is_an_error() {
+    // 2^61 - 1 float64 elements: a body of 2^64 - 8 bytes, plus the header overflowed.
+    let dir = Dir::new();
+    let path = dir.raw_npy("huge.npy", "<f8", false, "(2305843009213693951,)", b"");
+    assert_error(Features::read_npy(&path), &path, &["overflows"]);
+    let path = dir.raw_npy(
+        "huge_edges.npy",
+        "<i8",
+        false,
+        "(2, 1152921504606846975)",
+        b"",
+    );
+    assert_error(read_graph(&path, None), &path, &["overflows"]);
+}
+
+#[test]
+fn fuzz_empty_fortran_features_with_a_huge_width_are_read_at_once() {
+    // [0, 10^15] in Fortran order: the transpose looped 10^15 times over nothing.
+    let dir = Dir::new();
+    let path = dir.raw_npy("x.npy", "<f4", true, "(0, 1000000000000000)", b"");
+    let f = Features::read_npy(&path).expect("an empty matrix");
+    assert_eq!(
+        (f.num_nodes, f.width, f.values.len()),
+        (0, 1_000_000_000_000_000, 0)
+    );
+}
+
+#[test]
+fn fuzz_metis_edge_count_beyond_int64_is_an_error() {
+    // 2 m overflowed for m >= 2^63.
+    let dir = Dir::new();
+    graph_error(
+        &dir,
+        "m.graph",
+        "1 9223372036854775808\n\n",
+        &["line 1", "edge count", "int64"],
+    );
+}
+
+#[test]
+fn fuzz_metis_huge_ncon_is_an_error() {
+    // sizes + ncon vertex weights overflowed for ncon = usize::MAX.
+    let dir = Dir::new();
+    graph_error(
+        &dir,
+        "ncon.graph",
+        "1 0 110 18446744073709551615\n1 2\n",
+        &["line 2", "vertex size/weight fields"],
+    );
+}
+
+#[test]
+fn fuzz_npy_shape_whose_product_overflows_is_an_error() {
+    // npyz multiplied the dimensions unchecked (a panic with overflow checks), also for
+    // the strides of a shape with a zero.
+    let dir = Dir::new();
+    let path = dir.raw_npy("a.npy", "<i8", false, "(4294967296, 10000000000000)", b"");
+    assert_error(read_graph(&path, None), &path, &["overflows"]);
+    let path = dir.raw_npy("b.npy", "<f4", true, "(0, 4294967296, 10000000000000)", b"");
+    assert_error(Features::read_npy(&path), &path, &["overflows"]);
+}
+
+#[test]
+fn fuzz_npy_shape_with_arithmetic_is_an_error() {
+    // npyz evaluates `a-b` in the shape tuple, which hid an overflowing product from the
+    // check above; numpy writes plain integers only.
+    let dir = Dir::new();
+    let path = dir.raw_npy("c.npy", "<i8", false, "(4294967296, 10000000000000-1)", b"");
+    assert_error(
+        read_graph(&path, None),
+        &path,
+        &["'10000000000000-1' is not an integer"],
+    );
+}
+
+#[test]
+fn fuzz_npy_repeated_shape_key_is_checked_too() {
+    // npyz keeps the last of repeated keys: every `shape` is checked.
+    let dir = Dir::new();
+    let path = dir.raw_npy(
+        "d.npy",
+        "<f8",
+        true,
+        "(3, 3), 'shape': (4294967296, 10000000000000)",
+        b"",
+    );
+    assert_error(Features::read_npy(&path), &path, &["overflows"]);
+}

@@ -76,7 +76,9 @@ impl Points {
         let fortran = body.fortran_order;
         let was_f64 = body.dtype == distgat_graph::NpyDtype::F64;
         let mut values = body.read_f32(path)?;
-        if fortran {
+        // An empty array needs no transpose; `[0, D]` with a huge D would otherwise loop D
+        // times over nothing (fuzz/README.md, bug 3).
+        if fortran && !values.is_empty() {
             let mut c = vec![0f32; values.len()];
             for col in 0..dim {
                 for row in 0..n {

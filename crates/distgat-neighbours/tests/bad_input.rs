@@ -222,3 +222,19 @@ fn cosine_with_a_zero_vector_names_the_row() {
     // The euclidean metric has no such problem.
     assert!(knn_graph(&p, 1, &Options::default()).is_ok());
 }
+
+#[test]
+fn fuzz_empty_fortran_points_with_a_huge_dimension_are_read_at_once() {
+    // [0, 10^15] in Fortran order (fuzz/README.md, bug 3): the transpose looped 10^15 times
+    // over nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.npy");
+    let dict = "{'descr': '<f4', 'fortran_order': True, 'shape': (0, 1000000000000000), }";
+    let header = format!("{dict:<117}\n");
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let p = Points::read_npy(&path).expect("no points");
+    assert_eq!((p.len(), p.dim()), (0, 1_000_000_000_000_000));
+}

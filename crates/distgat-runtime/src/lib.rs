@@ -19,3 +19,36 @@ pub use error::{Result, RuntimeError};
 pub use net::RunningServer;
 pub use source::{ShardSource, UnknownShardSource};
 pub use worker::{start_worker, WorkerConfig};
+
+/// Entry points for the fuzz targets (`fuzz/`, `crates/distgat-fuzz-targets`): the
+/// validation the services run on decoded requests. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use distgat_proto::v1;
+
+    use crate::convert;
+    use crate::error::Result;
+
+    /// What a worker checks of a `BuildHeader`'s neighbourhood spec.
+    pub fn neighbour_spec(spec: Option<&v1::NeighbourSpec>) -> Result<()> {
+        convert::neighbour_spec("spec", spec).map(|_| ())
+    }
+
+    /// What a worker checks of a `BuildHeader`'s part box, `dim` coordinates per corner.
+    pub fn part_box(b: &v1::PartBox, dim: usize) -> Result<()> {
+        convert::bbox(&b.lo, &b.hi, dim, "BuildHeader.boxes").map(|_| ())
+    }
+
+    /// What a worker checks of a `FetchPointsRequest` for points of `dim` coordinates.
+    pub fn fetch_points(req: &v1::FetchPointsRequest, dim: usize) -> Result<()> {
+        convert::reach_request(req, dim).map(|_| ())
+    }
+
+    /// What a worker checks of a `PointChunk` (ids below `total`, `dim` coordinates each);
+    /// returns the points taken.
+    pub fn point_chunk(chunk: v1::PointChunk, dim: usize, total: u64) -> Result<usize> {
+        let (mut ids, mut coords) = (Vec::new(), Vec::new());
+        convert::take_point_chunk(chunk, dim, total, &mut ids, &mut coords)?;
+        Ok(ids.len())
+    }
+}
