@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """``distgat neighbours --knn`` against scipy and scikit-learn (opt-in, not in CI).
 
-Two workloads, each timed as the median of R runs:
+Two workloads, each timed as the median of R runs, distgat and the baseline interleaved
+(A B A B ...) so that both see the same load on a shared machine (the load average is
+printed before and after each workload):
 
 1. low dimension: N = 1M uniform [0, 1)^3 float32 points, k = 16.
    - distgat: the whole process ``distgat neighbours --points P --knn 16 --threads T
@@ -36,14 +38,25 @@ import time
 import numpy as np
 
 
-def median_time(fn, repeats):
-    times = []
-    result = None
+def interleaved(fn_a, fn_b, repeats):
+    """Runs A B A B ... (``repeats`` each), so that both see the same machine load; returns
+    (median A, times A, last result A, median B, times B, last result B)."""
+    ta, tb = [], []
+    ra = rb = None
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times, result
+        for fn, times, slot in ((fn_a, ta, 0), (fn_b, tb, 1)):
+            t0 = time.perf_counter()
+            result = fn()
+            times.append(time.perf_counter() - t0)
+            if slot == 0:
+                ra = result
+            else:
+                rb = result
+    return statistics.median(ta), ta, ra, statistics.median(tb), tb, rb
+
+
+def load():
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def run_distgat(binary, points_path, k, threads, out_path):
@@ -66,6 +79,7 @@ def main():
     ap.add_argument("--dim-high", type=int, default=128, help="dimension of the high-D workload")
     ap.add_argument("--work-dir", default=None, help="where to write the inputs (default: a temp dir)")
     ap.add_argument("--skip-high", action="store_true", help="only the 3-D workload")
+    ap.add_argument("--skip-low", action="store_true", help="only the high-D workload")
     args = ap.parse_args()
 
     from scipy.spatial import cKDTree
@@ -86,16 +100,18 @@ def main():
     pts = rng.random((args.n_low, 3), dtype=np.float32)
     p_path = os.path.join(work, "low.npy")
     np.save(p_path, pts)
-    e_path = os.path.join(work, "low_edges.npy")
-    d_med, d_all, _ = median_time(run_distgat(args.distgat, p_path, k, t, e_path), r)
-
-    def scipy_knn():
-        tree = cKDTree(pts)
-        return tree.query(pts, k=k + 1, workers=t)
-    s_med, s_all, (_, idx) = median_time(scipy_knn, r)
-    edges = np.load(e_path)
-    ok = check_against(edges, idx, k)
-    rows.append((f"{args.n_low:,} x 3-D, k={k}", "scipy cKDTree", d_med, s_med, d_all, s_all, ok))
+    if not args.skip_low:  # the points are still drawn: the high-D ones come next
+        e_path = os.path.join(work, "low_edges.npy")
+        def scipy_knn():
+            tree = cKDTree(pts)
+            return tree.query(pts, k=k + 1, workers=t)
+        print(f"3-D start: {load()}", flush=True)
+        d_med, d_all, _, s_med, s_all, (_, idx) = interleaved(
+            run_distgat(args.distgat, p_path, k, t, e_path), scipy_knn, r)
+        print(f"3-D end: {load()}", flush=True)
+        edges = np.load(e_path)
+        ok = check_against(edges, idx, k)
+        rows.append((f"{args.n_low:,} x 3-D, k={k}", "scipy cKDTree", d_med, s_med, d_all, s_all, ok))
 
     # 2. 128-D, brute force.
     if not args.skip_high:
@@ -103,12 +119,13 @@ def main():
         p_path = os.path.join(work, "high.npy")
         np.save(p_path, pts)
         e_path = os.path.join(work, "high_edges.npy")
-        d_med, d_all, _ = median_time(run_distgat(args.distgat, p_path, k, t, e_path), r)
-
         def sk_knn():
             nn = NearestNeighbors(n_neighbors=k + 1, algorithm="brute", n_jobs=t).fit(pts)
             return nn.kneighbors(pts)
-        s_med, s_all, (_, idx) = median_time(sk_knn, r)
+        print(f"high-D start: {load()}", flush=True)
+        d_med, d_all, _, s_med, s_all, (_, idx) = interleaved(
+            run_distgat(args.distgat, p_path, k, t, e_path), sk_knn, r)
+        print(f"high-D end: {load()}", flush=True)
         edges = np.load(e_path)
         ok = check_against(edges, idx, k)
         rows.append((f"{args.n_high:,} x {args.dim_high}-D, k={k}",

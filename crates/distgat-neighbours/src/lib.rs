@@ -35,6 +35,7 @@ pub mod distributed;
 pub mod error;
 mod hops;
 pub mod metric;
+mod order;
 pub mod points;
 mod search;
 pub mod tree;
@@ -49,7 +50,7 @@ pub use metric::Metric;
 pub use points::Points;
 
 use crate::metric::Exact;
-use crate::search::{apply_rule, CandidateSearch, Query};
+use crate::search::{apply_rule, apply_rule_ids, CandidateSearch, Query};
 
 /// Which neighbourhood to build (reference README 8.6; PyG `knn_graph`, `radius_graph`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -151,9 +152,52 @@ impl Neighbours {
 
     /// Writes the int64 `[2, E]` edge index (row 0 = source j, row 1 = target i) as `.npy`,
     /// atomically: on failure no file (and no partial file) is left under `path`.
+    ///
+    /// The file holds the bytes `distgat_graph::write_npy` writes for [`Self::edge_index`]
+    /// (npyz's header, little-endian int64 body), streamed in blocks instead of
+    /// materialising the `2·E` int64 values first.
     pub fn write_npy(&self, path: &Path) -> Result<()> {
+        use npyz::WriterBuilder;
+        use std::io::Write;
+        /// Values converted per write.
+        const CHUNK: usize = 1 << 16;
         let e = self.sources.len() as u64;
-        distgat_graph::write_npy(path, &[2, e], &self.edge_index())?;
+        let file = distgat_graph::AtomicFile::create(path)?;
+        let result = (|| -> std::io::Result<()> {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, file.as_file());
+            // npyz writes the header (numpy's format, version and padding); dropping the
+            // writer unfinished writes nothing more (as in distgat_graph::write_npy).
+            let writer = npyz::WriteOptions::<i64>::new()
+                .default_dtype()
+                .shape(&[2, e])
+                .writer(&mut out)
+                .begin_nd()?;
+            drop(writer);
+            let mut bytes = Vec::with_capacity(CHUNK * 8);
+            for chunk in self.sources.chunks(CHUNK) {
+                bytes.clear();
+                for &j in chunk {
+                    bytes.extend_from_slice(&(j as i64).to_le_bytes());
+                }
+                out.write_all(&bytes)?;
+            }
+            bytes.clear();
+            for i in 0..self.num_nodes() {
+                let count = (self.offsets[i + 1] - self.offsets[i]) as usize;
+                let value = (i as i64).to_le_bytes();
+                for _ in 0..count {
+                    bytes.extend_from_slice(&value);
+                }
+                if bytes.len() >= CHUNK * 8 {
+                    out.write_all(&bytes)?;
+                    bytes.clear();
+                }
+            }
+            out.write_all(&bytes)?;
+            out.flush()
+        })();
+        result.map_err(|err| distgat_graph::GraphError::io(path, err))?;
+        file.commit()?;
         Ok(())
     }
 }
@@ -227,6 +271,64 @@ fn keep_others(cap: Option<usize>, self_loops: bool) -> usize {
     }
 }
 
+/// Whether `options.search` picks the k-d tree for `points`.
+fn uses_tree(points: &Points, options: &Options) -> bool {
+    !points.is_empty()
+        && match options.search {
+            Search::Auto => points.dim() <= tree::AUTO_TREE_MAX_DIM,
+            Search::Tree => points.dim() <= tree::TREE_MAX_DIM,
+            Search::Brute => false,
+        }
+}
+
+/// Point sets at least this large are searched in Morton order on the tree path.
+const MORTON_MIN_POINTS: usize = 4096;
+
+/// [`apply_rule`] with the search [`with_search`] picks; on the tree path (and for at least
+/// [`MORTON_MIN_POINTS`] points) over the points copied in Morton order, which gives the
+/// same edges faster (see `order.rs`).
+fn search_and_apply(
+    points: &Points,
+    options: &Options,
+    query: Option<Query>,
+    keep: usize,
+) -> Result<Neighbours> {
+    let n = points.len();
+    if uses_tree(points, options) && n >= MORTON_MIN_POINTS {
+        // Errors (a zero cosine norm) name the row of the caller's points.
+        Exact::new(points, options.metric).map_err(|row| NeighbourError::ZeroNorm {
+            origin: points.origin().to_string(),
+            row,
+        })?;
+        let perm = order::morton_order(points);
+        let sorted = order::permuted(points, &perm);
+        let (nb, _) = with_search(&sorted, options, |s, block| {
+            apply_rule_ids(
+                s,
+                n,
+                block,
+                query,
+                keep,
+                options.self_loops,
+                options.execution,
+                Some(&perm),
+            )
+        })?;
+        return Ok(order::unpermuted(&nb, &perm));
+    }
+    with_search(points, options, |s, block| {
+        apply_rule(
+            s,
+            n,
+            block,
+            query,
+            keep,
+            options.self_loops,
+            options.execution,
+        )
+    })
+}
+
 /// Runs `f` with the candidate search `options.search` picks for `points`.
 fn with_search<T>(
     points: &Points,
@@ -237,11 +339,7 @@ fn with_search<T>(
         origin: points.origin().to_string(),
         row,
     })?;
-    let use_tree = match options.search {
-        Search::Auto => points.dim() <= tree::AUTO_TREE_MAX_DIM,
-        Search::Tree => points.dim() <= tree::TREE_MAX_DIM,
-        Search::Brute => false,
-    };
+    let use_tree = uses_tree(points, options);
     const TREE_BLOCK: usize = 512;
     macro_rules! tree_dims {
         ($($d:literal)*) => {
@@ -254,7 +352,7 @@ fn with_search<T>(
             }
         };
     }
-    if use_tree && !points.is_empty() {
+    if use_tree {
         tree_dims!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
     }
     let b = brute::Brute::new(&exact);
@@ -274,9 +372,7 @@ pub fn knn_graph(points: &Points, k: usize, options: &Options) -> Result<Neighbo
     check_k(k, n, options.self_loops)?;
     let m = k - usize::from(options.self_loops);
     let query = (m > 0).then_some(Query::Knn { m });
-    with_search(points, options, |s, block| {
-        apply_rule(s, n, block, query, m, options.self_loops, options.execution)
-    })
+    search_and_apply(points, options, query, m)
 }
 
 /// Radius graph (PyG `radius_graph(pos, r, loop=options.self_loops,
@@ -304,18 +400,7 @@ pub fn radius_graph(
     };
     let keep = keep_others(max_neighbours, options.self_loops);
     let query = (keep > 0).then_some(Query::Radius { limit });
-    let n = points.len();
-    with_search(points, options, |s, block| {
-        apply_rule(
-            s,
-            n,
-            block,
-            query,
-            keep,
-            options.self_loops,
-            options.execution,
-        )
-    })
+    search_and_apply(points, options, query, keep)
 }
 
 /// k-hop graph: for each centre `i`, every `j ≠ i` with a directed path of at most `hops`

@@ -122,28 +122,36 @@ impl<'a, const D: usize> Tree<'a, D> {
         let n = self.coords.len();
         // m + 1 for the centre itself, + 1 to see past the m-th.
         let ask = (m + 2).min(n);
-        let found = self
-            .tree
-            .nearest_n::<SquaredEuclidean>(&self.coords[i], NonZero::new(ask).expect("m >= 1"));
+        // Unsorted (kiddo keeps a binary heap then, not a sorted vector it shifts on every
+        // insertion): only the set and its largest tree distance are used.
+        let found = self.tree.nearest_n_within::<SquaredEuclidean>(
+            &self.coords[i],
+            f64::INFINITY,
+            NonZero::new(ask).expect("m >= 1"),
+            false,
+        );
         let tree_max = found
             .iter()
             .map(|nb| nb.distance)
             .fold(f64::NEG_INFINITY, f64::max);
-        let mut exact: Vec<(f64, u32)> = found
-            .iter()
-            .filter(|nb| nb.item as usize != i)
-            .map(|nb| (self.exact.d(i, nb.item as usize), nb.item))
-            .collect();
-        exact.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        // The candidates go straight into `out` (empty on entry): no buffer per query.
+        out.reserve(ask);
+        out.extend(
+            found
+                .iter()
+                .filter(|nb| nb.item as usize != i)
+                .map(|nb| (self.exact.d(i, nb.item as usize), nb.item)),
+        );
         // m distinct points j != i were found, so the true m-th smallest distance is at
         // most theirs: t bounds it from above.
-        let t = exact[m - 1].0;
+        let (_, &mut (t, _), _) =
+            out.select_nth_unstable_by(m - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         if ask == n || tree_max > self.tree_radius(t) + self.abs_margin {
             // Every point was returned, or every point not returned has tree distance
             // ≥ tree_max − margin > tree_radius(t), hence exact distance > t: nothing
             // missing can tie with or beat the m-th.
-            out.extend(exact);
         } else {
+            out.clear();
             self.within(i, t, out);
         }
     }

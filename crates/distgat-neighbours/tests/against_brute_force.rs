@@ -352,3 +352,87 @@ fn tiny_and_degenerate_point_sets() {
         }
     }
 }
+
+/// Sets large enough for the paths small sets never take: the tree's Morton-ordered
+/// search (at least 4096 points) and the brute force's column tiles (more than 1024
+/// points, the last tile partial), with duplicate points and integer grids (exact ties).
+fn large_sets() -> Vec<Set> {
+    let mut rng = StdRng::seed_from_u64(20261201);
+    let mut out = Vec::new();
+    for dim in [1usize, 2, 3] {
+        out.push(Set {
+            name: format!("large-duplicates-{dim}d"),
+            dim,
+            values: with_duplicates(&mut rng, 4500, dim),
+        });
+    }
+    for (dim, side) in [(2usize, 30u32), (3, 10)] {
+        out.push(Set {
+            name: format!("large-grid-{dim}d"),
+            dim,
+            values: grid(&mut rng, 4500, dim, side),
+        });
+    }
+    out.push(Set {
+        name: "large-duplicates-64d".into(),
+        dim: 64,
+        values: with_duplicates(&mut rng, 2300, 64),
+    });
+    out.push(Set {
+        name: "large-grid-64d".into(),
+        dim: 64,
+        values: grid(&mut rng, 2300, 64, 2),
+    });
+    out
+}
+
+#[test]
+fn large_sets_equal_the_brute_force_rule() {
+    for set in large_sets() {
+        let n = set.values.len() / set.dim;
+        let points = Points::new(n, set.dim, set.values.clone(), &set.name).unwrap();
+        let metrics: &[Metric] = if set.name.contains("duplicates-3d") || set.dim == 64 {
+            &[Metric::Euclidean, Metric::Cosine]
+        } else {
+            &[Metric::Euclidean]
+        };
+        for &metric in metrics {
+            for (k, self_loops) in [(16usize, false), (5, true)] {
+                let want = ref_knn(&set.values, set.dim, metric, k, self_loops);
+                for search in [Search::Auto, Search::Brute] {
+                    let options = Options {
+                        metric,
+                        self_loops,
+                        search,
+                        execution: Execution::Parallel,
+                    };
+                    let got = knn_graph(&points, k, &options).unwrap();
+                    assert_eq!(edges_of(&got), want, "{} k={k} {options:?}", set.name);
+                }
+            }
+        }
+        // A radius at the 8th-nearest nonzero distance of point 0 (grids: 2, with many
+        // pairs exactly at it), capped and not.
+        let options = Options::default();
+        let r = match set.name.contains("grid") {
+            true => 2.0,
+            false => {
+                // Point 0 has many exact duplicates (distance 0): skip those.
+                let mut d: Vec<f64> = (1..n)
+                    .map(|j| common::dist(Metric::Euclidean, points.row(0), points.row(j)))
+                    .filter(|&d| d > 0.0)
+                    .collect();
+                d.sort_by(f64::total_cmp);
+                d[8].sqrt()
+            }
+        };
+        for cap in [None, Some(4)] {
+            let want = ref_radius(&set.values, set.dim, Metric::Euclidean, r, cap, false);
+            for search in [Search::Auto, Search::Brute] {
+                let options = Options { search, ..options };
+                let got = radius_graph(&points, r, cap, &options).unwrap();
+                assert_eq!(edges_of(&got), want, "{} r={r} cap={cap:?}", set.name);
+            }
+        }
+    }
+}
