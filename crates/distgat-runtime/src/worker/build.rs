@@ -158,8 +158,22 @@ async fn run_part(
 
     // The part's points.
     let t = Instant::now();
-    let own_n = header.own_points as usize;
-    let (mut ids, mut coords) = (Vec::with_capacity(own_n), Vec::with_capacity(own_n * dim));
+    if header.own_points > total {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "BuildHeader: own_points {} exceeds total_points {total}",
+            header.own_points
+        )));
+    }
+    let own_n = usize::try_from(header.own_points).map_err(|_| {
+        RuntimeError::InvalidArgument(format!("BuildHeader: own_points {}", header.own_points))
+    })?;
+    // Reserved from the header only up to what one chunk can hold: the vectors grow as
+    // points arrive, so a header that claims 10^12 points cannot allocate them up front.
+    let reserve = own_n.min(MAX_CHUNK_BYTES / 4);
+    let (mut ids, mut coords) = (
+        Vec::with_capacity(reserve),
+        Vec::with_capacity(reserve.saturating_mul(dim).min(MAX_CHUNK_BYTES / 4)),
+    );
     while ids.len() < own_n {
         match inbound
             .message()
