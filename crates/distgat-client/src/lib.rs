@@ -131,21 +131,7 @@ pub enum ClientError {
     Protocol(String),
 }
 
-/// The error and its causes (tonic's own text is only "transport error").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        // rustls errors repeat their cause's text; keep each once.
-        let next = s.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text
-}
+use distgat_proto::error_chain;
 
 /// A hint for a failed connection, from its causes' text.
 fn connect_hint(e: &dyn std::error::Error, tls: bool) -> &'static str {

@@ -8,7 +8,8 @@ pub const PROTOCOL_VERSION: u32 = 3;
 
 pub mod security;
 pub use security::{
-    read_token_file, secure_endpoint, AuthChannel, Bearer, SecurityError, Tls, TlsFiles, TokenCheck,
+    error_chain, read_token_file, secure_endpoint, AuthChannel, Bearer, SecurityError, Tls,
+    TlsFiles, TokenCheck,
 };
 
 /// Largest payload of one message; tonic's default receive limit is 4 MiB.

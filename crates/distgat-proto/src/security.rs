@@ -125,8 +125,8 @@ fn pem_key(path: &Path) -> Result<Vec<u8>, SecurityError> {
 }
 
 /// The error and its causes, one after the other (tonic's own text is only "transport
-/// error").
-fn chain(e: &dyn std::error::Error) -> String {
+/// error"); each cause's text once (rustls errors repeat their cause's).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -205,7 +205,7 @@ impl TlsFiles {
         let invalid = |e: tonic::transport::Error| SecurityError::Identity {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
-            detail: chain(&e),
+            detail: error_chain(&e),
         };
         tonic::transport::Server::builder()
             .tls_config(tls.server_config())
@@ -247,7 +247,7 @@ impl TlsFiles {
                 .map_err(|e| SecurityError::Identity {
                     cert: cert.to_path_buf(),
                     key: key.to_path_buf(),
-                    detail: chain(&e),
+                    detail: error_chain(&e),
                 })?;
         }
         Ok(Some(tls))
@@ -307,11 +307,11 @@ pub fn secure_endpoint(
         (None, Some(_)) => format!("https://{address}"),
         (None, None) => format!("http://{address}"),
     };
-    let endpoint = crate::endpoint(&uri).map_err(|e| bad(chain(&e)))?;
+    let endpoint = crate::endpoint(&uri).map_err(|e| bad(error_chain(&e)))?;
     match tls {
         Some(tls) => endpoint
             .tls_config(tls.client_config())
-            .map_err(|e| bad(chain(&e))),
+            .map_err(|e| bad(error_chain(&e))),
         None => Ok(endpoint),
     }
 }

@@ -196,12 +196,7 @@ async fn register_neighbourhood(
             None,
             true,
         )?;
-        std::fs::create_dir_all(distgat_graph::parent_dir(&final_dir))?;
-        let kept = tmp.keep();
-        if let Err(e) = std::fs::rename(&kept, &final_dir) {
-            let _ = std::fs::remove_dir_all(&kept);
-            return Err(e.into());
-        }
+        keep_as(tmp, &final_dir)?;
         entry.graph = final_dir.join("edges.npy");
         entry.neighbourhood = Some(BuiltNeighbourhood {
             rule: rule_text,
@@ -273,6 +268,17 @@ fn method_for(
         ))),
         _ => parse_method(field, name, seed),
     }
+}
+
+/// Keeps a complete temporary directory as `final_dir` (renamed; removed if that fails).
+fn keep_as(tmp: tempfile::TempDir, final_dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(distgat_graph::parent_dir(final_dir))?;
+    let kept = tmp.keep();
+    if let Err(e) = std::fs::rename(&kept, final_dir) {
+        let _ = std::fs::remove_dir_all(&kept);
+        return Err(e.into());
+    }
+    Ok(())
 }
 
 fn add_graph(state: &State, entry: GraphEntry) -> Result<GraphInfo> {
@@ -402,12 +408,7 @@ pub async fn upload_graph(
             edge,
             true,
         )?;
-        std::fs::create_dir_all(distgat_graph::parent_dir(&final_dir))?;
-        let kept = tmp.keep();
-        if let Err(e) = std::fs::rename(&kept, &final_dir) {
-            let _ = std::fs::remove_dir_all(&kept);
-            return Err(e.into());
-        }
+        keep_as(tmp, &final_dir)?;
         entry.graph = final_dir.join("graph");
         entry.features = final_dir.join("features.npy");
         if entry.edge_features.is_some() {
