@@ -185,7 +185,9 @@ fn remove_orphans(work_dir: &std::path::Path, catalog: &Catalog) {
     // Uploads in progress (`.upload-*` temporary directories) never survive their coordinator.
     if let Ok(entries) = std::fs::read_dir(work_dir.join("uploads")) {
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(".upload-") {
+            // Half-made uploads and neighbourhood builds (RegisterGraph with a neighbourhood).
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".upload-") || name.starts_with(".build-") {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
