@@ -818,6 +818,14 @@ async fn a_restarted_coordinator_keeps_its_catalog() {
     std::fs::create_dir_all(&orphan).unwrap();
     std::fs::write(orphan.join("manifest.json"), "{}").unwrap();
     std::fs::create_dir_all(&foreign).unwrap();
+    // And half-made uploads and neighbourhood builds.
+    let half_made = [
+        work.path().join("work/uploads/.upload-x"),
+        work.path().join("work/uploads/.build-x"),
+    ];
+    for dir in &half_made {
+        std::fs::create_dir_all(dir).unwrap();
+    }
     // The database is closed once the old coordinator's state is gone.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let coordinator = loop {
@@ -835,6 +843,9 @@ async fn a_restarted_coordinator_keeps_its_catalog() {
         "an unrecorded partition left by the old coordinator"
     );
     assert!(foreign.exists(), "a directory the coordinator did not make");
+    for dir in &half_made {
+        assert!(!dir.exists(), "{} was left", dir.display());
+    }
     let mut client = Client::connect(&coordinator.addr.to_string())
         .await
         .unwrap();
