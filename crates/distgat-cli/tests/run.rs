@@ -2,6 +2,9 @@
 //! loopback ports, every child killed on drop. The distributed output must be bitwise
 //! identical to `distgat infer`'s.
 
+mod common;
+use common::run_job;
+
 use std::io::{BufRead, BufReader};
 
 use npyz::WriterBuilder;
@@ -405,25 +408,6 @@ fn start(cluster: &mut Cluster, args: &[&str]) -> (String, mpsc::Receiver<String
         .unwrap_or_else(|| panic!("unexpected first line '{line}'"))
         .to_string();
     (addr, rx)
-}
-
-fn run_job(coordinator: &str, request: distgat_proto::v1::RunJobRequest) -> Result<String, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut client = distgat_proto::v1::coordinator_client::CoordinatorClient::connect(
-            format!("http://{coordinator}"),
-        )
-        .await
-        .unwrap();
-        client
-            .run_job(request)
-            .await
-            .map(|r| r.into_inner().summary_json)
-            .map_err(|status| status.message().to_string())
-    })
 }
 
 #[test]

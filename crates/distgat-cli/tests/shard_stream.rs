@@ -7,6 +7,8 @@
 //! unavailable the test fails with a message saying so; it is skipped only when
 //! `DISTGAT_SKIP_UNSHARE_TESTS=1` is set.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -52,22 +54,7 @@ fn start(cluster: &mut Cluster, mut cmd: Command, what: &str) -> String {
 }
 
 fn run_job(coordinator: &str, request: RunJobRequest) -> Result<serde_json::Value, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut client = distgat_proto::v1::coordinator_client::CoordinatorClient::connect(
-            format!("http://{coordinator}"),
-        )
-        .await
-        .unwrap();
-        client
-            .run_job(request)
-            .await
-            .map(|r| serde_json::from_str(&r.into_inner().summary_json).unwrap())
-            .map_err(|status| status.message().to_string())
-    })
+    common::run_job(coordinator, request).map(|json| serde_json::from_str(&json).unwrap())
 }
 
 fn check(output: std::process::Output, what: &str) {

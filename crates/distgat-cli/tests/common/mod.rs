@@ -22,3 +22,26 @@ pub fn body(path: &Path) -> Vec<u8> {
     let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize + 10;
     bytes[header_len..].to_vec()
 }
+
+/// `Coordinator.RunJob` on a running coordinator: the summary JSON, or the status message.
+pub fn run_job(
+    coordinator: &str,
+    request: distgat_proto::v1::RunJobRequest,
+) -> Result<String, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client = distgat_proto::v1::coordinator_client::CoordinatorClient::connect(
+            format!("http://{coordinator}"),
+        )
+        .await
+        .unwrap();
+        client
+            .run_job(request)
+            .await
+            .map(|r| r.into_inner().summary_json)
+            .map_err(|status| status.message().to_string())
+    })
+}
