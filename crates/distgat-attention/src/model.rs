@@ -227,7 +227,7 @@ impl Model {
     /// non-float or non-finite tensors; tensors no layer consumes; layers whose widths do
     /// not chain.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|error| ModelError::Io {
+        let bytes = distgat_graph::read_regular_file(path).map_err(|error| ModelError::Io {
             path: path.to_path_buf(),
             error,
         })?;
@@ -238,7 +238,7 @@ impl Model {
     /// coordinator streams to a worker). Each file is read once, with every spelling the
     /// JSON uses for it. The files are not validated here; [`Model::from_files`] does that.
     pub fn read_files(path: &Path) -> Result<ModelFiles> {
-        let json = std::fs::read(path).map_err(|error| ModelError::Io {
+        let json = distgat_graph::read_regular_file(path).map_err(|error| ModelError::Io {
             path: path.to_path_buf(),
             error,
         })?;
@@ -270,9 +270,11 @@ impl Model {
                     }
                 }
                 None => {
-                    let bytes = std::fs::read(&canonical).map_err(|error| ModelError::Io {
-                        path: canonical.clone(),
-                        error,
+                    let bytes = distgat_graph::read_regular_file(&canonical).map_err(|error| {
+                        ModelError::Io {
+                            path: canonical.clone(),
+                            error,
+                        }
                     })?;
                     weights.push((
                         canonical,

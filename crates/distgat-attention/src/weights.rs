@@ -26,7 +26,7 @@ pub(crate) struct Tensor {
 
 impl WeightsFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|error| ModelError::Io {
+        let bytes = distgat_graph::read_regular_file(path).map_err(|error| ModelError::Io {
             path: path.to_path_buf(),
             error,
         })?;

@@ -672,3 +672,13 @@ fn stats_json_in_missing_directory() {
     case.arg("--stats-json").arg(stats);
     case.expect_error("--stats-json", &["no_such_dir"]);
 }
+
+/// A text graph without line breaks (here `/dev/zero`: NUL bytes forever) is refused after
+/// at most 64 MiB instead of being read into memory without end.
+#[test]
+fn text_graph_without_line_breaks_is_refused() {
+    let mut case = Case::new();
+    case.graph = PathBuf::from("/dev/zero");
+    case.arg("--format").arg("edgelist");
+    case.expect_error("/dev/zero", &["line 1", "longer than 64 MiB"]);
+}

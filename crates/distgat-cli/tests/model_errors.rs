@@ -502,3 +502,20 @@ fn outputs_that_cannot_be_written_are_refused_before_any_work() {
     case.extra = vec!["--stats-json".into(), case.dir.path().display().to_string()];
     case.expect_error(&["--stats-json", "is a directory"]);
 }
+
+/// A weights file or model JSON that is a device (`/dev/zero` never ends), a directory or
+/// a FIFO is refused by name before it is read.
+#[test]
+fn weights_and_model_files_must_be_regular_files() {
+    let case = Case::new("gatv2-n200");
+    case.edit_model(|m| m["layers"][0]["weights"] = Value::from("/dev/zero"));
+    case.expect_error(&["/dev/zero", "not a regular file (a device, FIFO or socket)"]);
+
+    let case = Case::new("gatv2-n200");
+    let output = case.run_with_model(Path::new("/dev/zero"));
+    case.expect_error_output(output, &["/dev/zero", "not a regular file"]);
+
+    let case = Case::new("gatv2-n200");
+    let output = case.run_with_model(case.dir.path());
+    case.expect_error_output(output, &["not a regular file (a directory)"]);
+}

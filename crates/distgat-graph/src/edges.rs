@@ -221,6 +221,11 @@ fn starts_with_npy_magic(path: &Path) -> bool {
         .is_ok_and(|()| &magic == b"\x93NUMPY")
 }
 
+/// The longest line a text input may have: 64 MiB (a METIS adjacency line of a node with
+/// millions of neighbours fits; a file without line breaks is refused, not read into
+/// memory whole).
+pub const MAX_LINE_BYTES: usize = 64 << 20;
+
 /// Iterates the lines of a text file with 1-based line numbers.
 fn for_each_line(path: &Path, mut f: impl FnMut(usize, &str) -> Result<bool>) -> Result<()> {
     let file = File::open(path).map_err(|e| GraphError::io(path, e))?;
@@ -229,27 +234,42 @@ fn for_each_line(path: &Path, mut f: impl FnMut(usize, &str) -> Result<bool>) ->
     let mut number = 0usize;
     loop {
         line.clear();
-        let n = reader.read_line(&mut line).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::InvalidData {
-                let npy = number == 0 && starts_with_npy_magic(path);
-                let hint = if npy {
-                    ": the file is a .npy array (it starts with the npy magic), not text; \
+        // At most MAX_LINE_BYTES + 1 bytes per line: a file without line breaks (a device
+        // such as /dev/zero, or a binary file) is refused instead of filling memory.
+        let n = (&mut reader)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_line(&mut line)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    let npy = number == 0 && starts_with_npy_magic(path);
+                    let hint = if npy {
+                        ": the file is a .npy array (it starts with the npy magic), not text; \
                      read it with the npy format"
+                    } else {
+                        ""
+                    };
+                    GraphError::format(
+                        path,
+                        format!("line {}: not valid UTF-8 text{hint}", number + 1),
+                    )
                 } else {
-                    ""
-                };
-                GraphError::format(
-                    path,
-                    format!("line {}: not valid UTF-8 text{hint}", number + 1),
-                )
-            } else {
-                GraphError::io(path, e)
-            }
-        })?;
+                    GraphError::io(path, e)
+                }
+            })?;
         if n == 0 {
             return Ok(());
         }
         number += 1;
+        if line.len() > MAX_LINE_BYTES {
+            return Err(GraphError::format(
+                path,
+                format!(
+                    "line {number}: longer than {} MiB without a line break; an edge list \
+                     has one short line per edge (is this a binary file or a device?)",
+                    MAX_LINE_BYTES >> 20
+                ),
+            ));
+        }
         let text = line.trim_end_matches(['\n', '\r']);
         let text = if number == 1 {
             text.trim_start_matches('\u{feff}') // a UTF-8 byte order mark

@@ -8,6 +8,7 @@ pub mod csr;
 pub mod edges;
 pub mod error;
 pub mod features;
+pub mod files;
 pub mod npy;
 pub mod output;
 
@@ -15,5 +16,6 @@ pub use csr::{attention_edge_index, IncomingCsr};
 pub use edges::{read_graph, EdgeList, GraphFormat};
 pub use error::{GraphError, Result};
 pub use features::{Features, Normalization};
+pub use files::read_regular_file;
 pub use npy::{write_npy, NpyBody, NpyDtype};
 pub use output::{parent_dir, AtomicFile};

@@ -289,7 +289,7 @@ fn check_existing(dir: &Path, new: &Manifest, force: bool) -> Result<bool> {
 }
 
 fn file_info(path: &Path) -> Result<FileInfo> {
-    let bytes = std::fs::read(path).map_err(|e| PartitionError::io(path, e))?;
+    let bytes = distgat_graph::read_regular_file(path).map_err(|e| PartitionError::io(path, e))?;
     Ok(FileInfo {
         file: path
             .file_name()
@@ -518,7 +518,8 @@ impl PartitionDir {
 
     fn read_checked(&self, info: &FileInfo) -> Result<Vec<u8>> {
         let path = self.path.join(&info.file);
-        let bytes = std::fs::read(&path).map_err(|e| PartitionError::io(&path, e))?;
+        let bytes =
+            distgat_graph::read_regular_file(&path).map_err(|e| PartitionError::io(&path, e))?;
         check_bytes(&path, info, &bytes)?;
         Ok(bytes)
     }
