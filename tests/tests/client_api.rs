@@ -936,6 +936,9 @@ async fn metrics_endpoints_count_jobs_workers_errors_and_halo_bytes() {
     assert_eq!(sample(&text, "distgat_job_queue_length"), 0.0);
     assert_eq!(sample(&text, "distgat_workers{health=\"healthy\"}"), 2.0);
     assert!(sample(&text, "distgat_rpc_errors_total{code=\"NOT_FOUND\"}") >= 1.0);
+    // Each role lists its own series (and the shared ones), not the other role's.
+    assert!(!text.contains("distgat_layer_seconds"), "{text}");
+    assert!(!text.contains("distgat_halo_bytes"), "{text}");
     // The worker's numbers (one registry per process: in this test process, the sums over
     // every worker of every test, so at least this job's).
     let (_, text) = http_get(worker_metrics[0], "/metrics").await;
@@ -946,6 +949,10 @@ async fn metrics_endpoints_count_jobs_workers_errors_and_halo_bytes() {
     assert!(sample(&text, "distgat_rows_computed_total") >= 2.0 * 2708.0);
     assert!(sample(&text, "distgat_halo_bytes_sent_total") > 0.0);
     assert!(sample(&text, "distgat_halo_bytes_received_total") > 0.0);
+    assert!(text.contains("distgat_rpc_errors_total"), "{text}");
+    assert!(!text.contains("distgat_jobs"), "{text}");
+    assert!(!text.contains("distgat_workers"), "{text}");
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
     let (status, _) = http_get(worker_metrics[1], "/other").await;
     assert!(status.contains("404"), "{status}");
     for s in servers {

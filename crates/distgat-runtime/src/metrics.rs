@@ -2,7 +2,9 @@
 //! `--metrics-listen` (`GET /metrics`, OpenMetrics text format 1.0.0, through the
 //! Prometheus project's `prometheus-client` crate).
 //!
-//! One registry per process. Counters and the layer-time histogram are updated where the
+//! Three registries per process: the series of both roles, the coordinator's and the
+//! worker's; an endpoint serves the shared one and its own role's ([`Role`]), so a
+//! worker's `/metrics` has no coordinator series and the reverse. Counters and the layer-time histogram are updated where the
 //! work happens; the coordinator's gauges (jobs by state, queue length, workers by health)
 //! are computed from its state when scraped.
 //!
@@ -50,8 +52,18 @@ pub(crate) struct CodeLabel {
     pub code: String,
 }
 
+/// Which process serves the endpoint: it lists the shared series and its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    Coordinator,
+    Worker,
+}
+
 pub(crate) struct Metrics {
-    registry: Registry,
+    /// Series of both roles (RPC errors).
+    common: Registry,
+    coordinator: Registry,
+    worker: Registry,
     pub jobs: Family<StateLabel, Gauge>,
     pub queue_length: Gauge,
     pub workers: Family<HealthLabel, Gauge>,
@@ -65,64 +77,68 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     fn new() -> Self {
-        let mut registry = Registry::with_prefix("distgat");
+        let mut common = Registry::with_prefix("distgat");
+        let mut coordinator = Registry::with_prefix("distgat");
+        let mut worker = Registry::with_prefix("distgat");
         let jobs = Family::<StateLabel, Gauge>::default();
-        registry.register(
+        coordinator.register(
             "jobs",
             "Jobs in the coordinator's catalog, by state",
             jobs.clone(),
         );
         let queue_length = Gauge::default();
-        registry.register(
+        coordinator.register(
             "job_queue_length",
             "Jobs queued, not yet started",
             queue_length.clone(),
         );
         let workers = Family::<HealthLabel, Gauge>::default();
-        registry.register(
+        coordinator.register(
             "workers",
             "Registered workers, by health (heartbeats arriving in time)",
             workers.clone(),
         );
         let rpc_errors = Family::<CodeLabel, Counter>::default();
-        registry.register(
+        common.register(
             "rpc_errors",
             "gRPC calls this process answered with an error, by status code",
             rpc_errors.clone(),
         );
         // 1 ms .. about 9 min, doubling.
         let layer_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 20));
-        registry.register(
+        worker.register(
             "layer_seconds",
             "Compute time of one layer of one part on a worker, in seconds",
             layer_seconds.clone(),
         );
         let halo_bytes_sent = Counter::default();
-        registry.register(
+        worker.register(
             "halo_bytes_sent",
             "Halo row bytes this worker sent to its peers (encoded messages)",
             halo_bytes_sent.clone(),
         );
         let halo_bytes_received = Counter::default();
-        registry.register(
+        worker.register(
             "halo_bytes_received",
             "Halo row payload bytes this worker received from its peers",
             halo_bytes_received.clone(),
         );
         let halo_rows_sent = Counter::default();
-        registry.register(
+        worker.register(
             "halo_rows_sent",
             "Halo rows this worker sent to its peers",
             halo_rows_sent.clone(),
         );
         let rows_computed = Counter::default();
-        registry.register(
+        worker.register(
             "rows_computed",
             "Output rows this worker computed, summed over layers",
             rows_computed.clone(),
         );
         Metrics {
-            registry,
+            common,
+            coordinator,
+            worker,
             jobs,
             queue_length,
             workers,
@@ -135,10 +151,17 @@ impl Metrics {
         }
     }
 
-    /// The text exposition of every metric.
-    pub fn encode(&self) -> String {
+    /// The text exposition of the shared series and `role`'s.
+    pub fn encode(&self, role: Role) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
+        let own = match role {
+            Role::Coordinator => &self.coordinator,
+            Role::Worker => &self.worker,
+        };
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+        encode_registry(&mut text, &self.common)
+            .and_then(|()| encode_registry(&mut text, own))
+            .and_then(|()| encode_eof(&mut text))
             .expect("writing to a String cannot fail");
         text
     }
@@ -148,9 +171,11 @@ impl Metrics {
 pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 /// Serves `GET /metrics` on `addr` until `shutdown` fires; `refresh` runs before every
-/// scrape (the coordinator sets its gauges from its state there). Returns the bound
+/// scrape (the coordinator sets its gauges from its state there); `role` picks the
+/// series listed. Returns the bound
 /// address (port 0 picks a free one).
 pub(crate) async fn serve(
+    role: Role,
     addr: SocketAddr,
     refresh: Arc<dyn Fn() + Send + Sync>,
     mut shutdown: oneshot::Receiver<()>,
@@ -175,7 +200,7 @@ pub(crate) async fn serve(
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let refresh = refresh.clone();
-                    async move { Ok::<_, Infallible>(answer(&req, &*refresh)) }
+                    async move { Ok::<_, Infallible>(answer(role, &req, &*refresh)) }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -190,7 +215,11 @@ pub(crate) async fn serve(
     Ok(bound)
 }
 
-fn answer(req: &Request<Incoming>, refresh: &(dyn Fn() + Send + Sync)) -> Response<Full<Bytes>> {
+fn answer(
+    role: Role,
+    req: &Request<Incoming>,
+    refresh: &(dyn Fn() + Send + Sync),
+) -> Response<Full<Bytes>> {
     let reply = |status, content_type, body: String| {
         Response::builder()
             .status(status)
@@ -204,7 +233,7 @@ fn answer(req: &Request<Incoming>, refresh: &(dyn Fn() + Send + Sync)) -> Respon
             reply(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                METRICS.encode(),
+                METRICS.encode(role),
             )
         }
         (_, "/metrics") => reply(

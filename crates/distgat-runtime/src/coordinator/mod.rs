@@ -107,7 +107,10 @@ pub async fn start_coordinator(config: CoordinatorConfig) -> Result<RunningServe
                 }
             });
             (
-                Some(crate::metrics::serve(at, refresh, stop).await?),
+                Some(
+                    crate::metrics::serve(crate::metrics::Role::Coordinator, at, refresh, stop)
+                        .await?,
+                ),
                 Some(guard),
             )
         }

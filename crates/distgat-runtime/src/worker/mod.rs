@@ -236,7 +236,9 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
     let (metrics_addr, metrics_guard) = match config.metrics_listen {
         Some(at) => {
             let (guard, stop) = oneshot::channel::<()>();
-            let addr = crate::metrics::serve(at, Arc::new(|| {}), stop).await?;
+            let addr =
+                crate::metrics::serve(crate::metrics::Role::Worker, at, Arc::new(|| {}), stop)
+                    .await?;
             (Some(addr), Some(guard))
         }
         None => (None, None),
