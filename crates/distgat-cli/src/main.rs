@@ -625,6 +625,55 @@ struct InferArgs {
     report_approximation_error: bool,
 }
 
+/// Parses the command line. A bad value that came from an environment variable (clap's
+/// error names only the flag) also names the variable, which is what the user typed.
+fn parse_cli() -> Cli {
+    Cli::try_parse().unwrap_or_else(|e| {
+        if let Some(var) = env_source_of(&e) {
+            let _ = e.print();
+            eprintln!(
+                "note: that value came from the environment variable {var}, not the command \
+                 line: fix or unset {var}"
+            );
+            std::process::exit(e.exit_code());
+        }
+        e.exit()
+    })
+}
+
+/// The environment variable that supplied the invalid value of `e`, when the flag itself
+/// is not on the command line.
+fn env_source_of(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let flag = arg.split_whitespace().next()?.to_string();
+    let long = flag.strip_prefix("--")?;
+    let typed = std::env::args_os().skip(1).any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    });
+    if typed {
+        return None;
+    }
+    fn find(cmd: &clap::Command, long: &str) -> Option<String> {
+        cmd.get_arguments()
+            .filter(|a| a.get_long() == Some(long))
+            .filter_map(|a| a.get_env())
+            .map(|v| v.to_string_lossy().into_owned())
+            .find(|v| std::env::var_os(v).is_some())
+            .or_else(|| cmd.get_subcommands().find_map(|c| find(c, long)))
+    }
+    find(&<Cli as clap::CommandFactory>::command(), long)
+}
+
 fn main() -> ExitCode {
     // Colour only on a terminal, and never with NO_COLOR: logs written to files stay plain.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
@@ -637,7 +686,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let result = match cli.command {
         Command::Infer(args) => infer(args),
         Command::Partition(args) => partition(args),

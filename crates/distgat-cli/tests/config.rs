@@ -190,3 +190,32 @@ fn fetch_refuses_one_file_for_rows_and_ids() {
     );
     assert!(!std::path::Path::new(out).exists());
 }
+
+/// A bad value from a `DISTGAT_*` variable names the variable (clap alone names only the
+/// flag, which the user never typed); the same value typed as the flag names the flag only.
+#[test]
+fn bad_environment_value_names_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().to_str().unwrap();
+    let o = distgat(
+        &["coordinator", "--work-dir", work],
+        &[("DISTGAT_KEEP_JOBS", "x")],
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("invalid value 'x'"), "{err}");
+    assert!(
+        err.contains("environment variable DISTGAT_KEEP_JOBS"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    let o = distgat(
+        &["coordinator", "--work-dir", work, "--keep-jobs", "x"],
+        &[],
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("--keep-jobs"), "{err}");
+    assert!(!err.contains("environment variable"), "{err}");
+}
