@@ -225,6 +225,17 @@ async fn upload_then_limit_is_resource_exhausted() {
         .unwrap();
     assert_eq!((info.nodes, info.source.as_str()), (2708, "upload"));
 
+    // A bad upload's error names the uploaded file, not the coordinator's temporary path.
+    let (code_bad, message) = code(
+        client
+            .upload_graph(&root.join(CORA_EDGES), &root.join(CORA_EDGES), "npy", "")
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code_bad, Code::InvalidArgument, "{message}");
+    assert!(message.contains("the uploaded features"), "{message}");
+    assert!(!message.contains("uploads/"), "{message}");
+
     // Over the limit: refused, and nothing is left in the uploads directory.
     let small = cluster(0, 4096).await;
     let mut client = Client::connect(&small.address).await.unwrap();

@@ -398,16 +398,34 @@ pub async fn upload_graph(
     // meanwhile, the graph is still registered (ListGraphs shows it), never orphaned.
     blocking(move || {
         // A bad upload leaves nothing behind (tmp is dropped).
-        let edge = has_edges.then_some(edge_path);
+        // Errors name the uploaded files, not the coordinator's temporary paths (the
+        // client puts its own file names in front).
+        let labels = [
+            (graph_path.display().to_string(), "the uploaded graph"),
+            (features_path.display().to_string(), "the uploaded features"),
+            (
+                edge_path.display().to_string(),
+                "the uploaded edge features",
+            ),
+        ];
+        let edge = has_edges.then_some(edge_path.clone());
         let mut entry = GraphEntry::load(
             id,
             name,
-            graph_path,
+            graph_path.clone(),
             Some(format),
-            features_path,
+            features_path.clone(),
             edge,
             true,
-        )?;
+        )
+        .map_err(|e| match e {
+            RuntimeError::Graph(_) => RuntimeError::InvalidArgument(
+                labels.iter().fold(e.to_string(), |text, (path, label)| {
+                    text.replace(path, label)
+                }),
+            ),
+            other => other,
+        })?;
         keep_as(tmp, &final_dir)?;
         entry.graph = final_dir.join("graph");
         entry.features = final_dir.join("features.npy");
