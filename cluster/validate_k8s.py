@@ -38,6 +38,7 @@ except ModuleNotFoundError:  # Python < 3.11
 # ---- distgat's configuration surface --------------------------------------------------
 
 # distgat.toml: section -> key -> expected Python type.
+_SECURITY_KEYS = {"tls_cert": str, "tls_key": str, "tls_ca": str, "auth_token_file": str}
 CONFIG_KEYS = {
     "coordinator": {
         "listen": str,
@@ -46,9 +47,21 @@ CONFIG_KEYS = {
         "max_upload_bytes": int,
         "heartbeat_timeout_ms": int,
         "addr_file": str,
+        "keep_jobs": int,
+        "metrics_listen": str,
+        "shard_source": str,
+        **_SECURITY_KEYS,
     },
-    "worker": {"coordinator": str, "listen": str, "advertise_host": str, "addr_file": str},
-    "client": {"coordinator": str},
+    "worker": {
+        "coordinator": str,
+        "listen": str,
+        "advertise_host": str,
+        "addr_file": str,
+        "metrics_listen": str,
+        "work_dir": str,
+        **_SECURITY_KEYS,
+    },
+    "client": {"coordinator": str, "tls_domain": str, **_SECURITY_KEYS},
 }
 CONFIG_FILE_KEY = "distgat.toml"
 

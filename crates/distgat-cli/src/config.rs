@@ -43,6 +43,16 @@ pub struct CoordinatorSection {
     pub addr_file: Option<PathBuf>,
     pub keep_jobs: Option<usize>,
     pub metrics_listen: Option<String>,
+    /// `stream` or `shared` (`--shard-source`).
+    pub shard_source: Option<String>,
+    /// PEM certificate this process presents (`--tls-cert`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (`--tls-key`).
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA that signed the other side's certificate (`--tls-ca`).
+    pub tls_ca: Option<PathBuf>,
+    /// File holding the bearer token (`--auth-token-file`).
+    pub auth_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -53,12 +63,32 @@ pub struct WorkerSection {
     pub advertise_host: Option<String>,
     pub addr_file: Option<PathBuf>,
     pub metrics_listen: Option<String>,
+    /// The worker's own directory (`--work-dir`).
+    pub work_dir: Option<PathBuf>,
+    /// PEM certificate this process presents (`--tls-cert`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (`--tls-key`).
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA that signed the other side's certificate (`--tls-ca`).
+    pub tls_ca: Option<PathBuf>,
+    /// File holding the bearer token (`--auth-token-file`).
+    pub auth_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientSection {
     pub coordinator: Option<String>,
+    /// The name in the coordinator's certificate (`--tls-domain`).
+    pub tls_domain: Option<String>,
+    /// PEM certificate this process presents (`--tls-cert`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (`--tls-key`).
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA that signed the other side's certificate (`--tls-ca`).
+    pub tls_ca: Option<PathBuf>,
+    /// File holding the bearer token (`--auth-token-file`).
+    pub auth_token_file: Option<PathBuf>,
 }
 
 /// Reads the file, or returns an empty configuration when there is none.

@@ -208,6 +208,22 @@ struct SecurityArgs {
 }
 
 impl SecurityArgs {
+    /// Each setting from its flag (or variable), else from the config file's section.
+    fn or_file(
+        &self,
+        cert: &Option<PathBuf>,
+        key: &Option<PathBuf>,
+        ca: &Option<PathBuf>,
+        token: &Option<PathBuf>,
+    ) -> SecurityArgs {
+        SecurityArgs {
+            tls_cert: self.tls_cert.clone().or_else(|| cert.clone()),
+            tls_key: self.tls_key.clone().or_else(|| key.clone()),
+            tls_ca: self.tls_ca.clone().or_else(|| ca.clone()),
+            auth_token_file: self.auth_token_file.clone().or_else(|| token.clone()),
+        }
+    }
+
     fn tls(&self, domain: Option<String>) -> distgat_proto::TlsFiles {
         distgat_proto::TlsFiles {
             cert: self.tls_cert.clone(),
@@ -940,6 +956,9 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let file = load_config(args.config.as_deref())?;
     let c = &file.coordinator;
+    let security = args
+        .security
+        .or_file(&c.tls_cert, &c.tls_key, &c.tls_ca, &c.auth_token_file);
     let defaults = distgat_runtime::CoordinatorConfig::default();
     let config = distgat_runtime::CoordinatorConfig {
         listen: pick(
@@ -970,9 +989,14 @@ fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
             Some(a) => Some(a),
             None => file.parse("coordinator.metrics_listen", c.metrics_listen.as_ref())?,
         },
-        tls: args.security.tls(None),
-        auth_token_file: args.security.auth_token_file.clone(),
-        shard_source: args.shard_source.map_or(defaults.shard_source, |s| s.0),
+        tls: security.tls(None),
+        auth_token_file: security.auth_token_file.clone(),
+        shard_source: match args.shard_source {
+            Some(s) => s.0,
+            None => file
+                .parse::<ShardSourceArg>("coordinator.shard_source", c.shard_source.as_ref())?
+                .map_or(defaults.shard_source, |s| s.0),
+        },
         ..defaults
     };
     let addr_file = args.addr_file.or(c.addr_file.clone());
@@ -985,6 +1009,9 @@ fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
 fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let file = load_config(args.config.as_deref())?;
     let w = &file.worker;
+    let security = args
+        .security
+        .or_file(&w.tls_cert, &w.tls_key, &w.tls_ca, &w.auth_token_file);
     let coordinator = args.coordinator.or(w.coordinator.clone()).ok_or_else(|| {
         anyhow::anyhow!(
             "no coordinator address: give --coordinator HOST:PORT, DISTGAT_COORDINATOR or \
@@ -1003,9 +1030,9 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             Some(a) => Some(a),
             None => file.parse("worker.metrics_listen", w.metrics_listen.as_ref())?,
         },
-        tls: args.security.tls(None),
-        auth_token_file: args.security.auth_token_file.clone(),
-        work_dir: args.work_dir,
+        tls: security.tls(None),
+        auth_token_file: security.auth_token_file.clone(),
+        work_dir: args.work_dir.or(w.work_dir.clone()),
         ..Default::default()
     };
     let addr_file = args.addr_file.or(w.addr_file.clone());
@@ -1049,14 +1076,19 @@ where
         file.client.coordinator.clone(),
         "127.0.0.1:50051".to_string(),
     );
-    let token = distgat_client::token_from(args.security.auth_token_file.as_deref())?;
+    let cs = &file.client;
+    let from_file =
+        args.security
+            .or_file(&cs.tls_cert, &cs.tls_key, &cs.tls_ca, &cs.auth_token_file);
+    let tls_domain = args.tls_domain.clone().or(cs.tls_domain.clone());
+    let token = distgat_client::token_from(from_file.auth_token_file.as_deref())?;
     if token.as_ref().map(|(_, from)| *from) == Some(distgat_client::TokenSource::File)
         && std::env::var_os(distgat_client::TOKEN_ENV).is_some()
     {
         eprintln!("note: using the token of --auth-token-file; DISTGAT_TOKEN is ignored");
     }
     let security = distgat_client::Security {
-        tls: args.security.tls(args.tls_domain.clone()),
+        tls: from_file.tls(tls_domain),
         token: token.map(|(t, _)| t),
     };
     tokio_runtime()?.block_on(async {

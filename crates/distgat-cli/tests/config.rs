@@ -219,3 +219,61 @@ fn bad_environment_value_names_the_variable() {
     assert!(err.contains("--keep-jobs"), "{err}");
     assert!(!err.contains("environment variable"), "{err}");
 }
+
+/// The TLS, token and shard-source settings are also config-file keys, each checked and
+/// named like its flag.
+#[test]
+fn security_and_shard_source_keys_in_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+    let work = dir.path().join("work");
+    let run = |section: &str, body: &str, role: &[&str]| {
+        std::fs::write(&config, format!("[{section}]\n{body}\n")).unwrap();
+        let mut args = role.to_vec();
+        args.extend(["--config", config.to_str().unwrap()]);
+        let o = distgat(&args, &[]);
+        assert!(!o.status.success(), "{section}: {body}: succeeded");
+        let e = stderr(&o);
+        assert!(!e.contains("panicked"), "{e}");
+        e
+    };
+    let w = work.to_str().unwrap();
+    let coordinator = ["coordinator", "--work-dir", w, "--listen", "127.0.0.1:0"];
+
+    let e = run("coordinator", "shard_source = \"nfs\"", &coordinator);
+    assert!(
+        e.contains("coordinator.shard_source") && e.contains("nfs"),
+        "{e}"
+    );
+
+    let e = run(
+        "coordinator",
+        "tls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"\ntls_ca = \"/nonexistent/ca.pem\"",
+        &coordinator,
+    );
+    assert!(e.contains("/nonexistent/"), "{e}");
+
+    let e = run(
+        "coordinator",
+        "auth_token_file = \"/nonexistent/token\"",
+        &coordinator,
+    );
+    assert!(e.contains("/nonexistent/token"), "{e}");
+
+    let e = run(
+        "worker",
+        "coordinator = \"127.0.0.1:1\"\ntls_cert = \"/nonexistent/w.pem\"\ntls_key = \"/nonexistent/wk.pem\"\ntls_ca = \"/nonexistent/ca.pem\"",
+        &["worker"],
+    );
+    assert!(e.contains("/nonexistent/"), "{e}");
+
+    let e = run(
+        "client",
+        "coordinator = \"127.0.0.1:1\"\nauth_token_file = \"/nonexistent/ctoken\"",
+        &["workers"],
+    );
+    assert!(e.contains("/nonexistent/ctoken"), "{e}");
+
+    let e = run("worker", "work_directory = \"x\"", &["worker"]);
+    assert!(e.contains("work_directory"), "{e}");
+}
