@@ -59,6 +59,7 @@ CONFIG_KEYS = {
         "addr_file": str,
         "metrics_listen": str,
         "work_dir": str,
+        "shard_cache_max_bytes": int,
         **_SECURITY_KEYS,
     },
     "client": {"coordinator": str, "tls_domain": str, **_SECURITY_KEYS},
@@ -89,6 +90,7 @@ ENV_BY_SUBCOMMAND = {
         "DISTGAT_CONFIG",
         *SECURITY_ENV,
         "DISTGAT_WORKER_WORK_DIR",
+        "DISTGAT_SHARD_CACHE_MAX_BYTES",
     },
     **{c: CLIENT_ENV for c in ("submit", "status", "watch", "fetch", "cancel", "workers")},
 }

@@ -312,6 +312,9 @@ struct WorkerArgs {
     /// This worker's own directory (created if missing; must be writable): shards streamed from the coordinator are cached in DIR/shards by content hash, so a partition reused by the next job is not sent again [default: a temporary directory, removed when the worker stops]
     #[arg(long, env = "DISTGAT_WORKER_WORK_DIR", value_name = "DIR")]
     work_dir: Option<PathBuf>,
+    /// Size limit of the shard cache in --work-dir: after a shard is cached, the least recently used others are deleted until the cache fits; 0 caches nothing [default: 17179869184 (16 GiB)]
+    #[arg(long, env = "DISTGAT_SHARD_CACHE_MAX_BYTES", value_name = "BYTES")]
+    shard_cache_max_bytes: Option<u64>,
 }
 
 /// `--shard-source`: parsed by the runtime's own names, so clap's error names the flag.
@@ -1033,6 +1036,11 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         tls: security.tls(None),
         auth_token_file: security.auth_token_file.clone(),
         work_dir: args.work_dir.or(w.work_dir.clone()),
+        shard_cache_max_bytes: pick(
+            args.shard_cache_max_bytes,
+            w.shard_cache_max_bytes,
+            distgat_runtime::DEFAULT_SHARD_CACHE_MAX_BYTES,
+        ),
         ..Default::default()
     };
     let addr_file = args.addr_file.or(w.addr_file.clone());

@@ -192,6 +192,26 @@ fn workers_without_the_coordinators_files_compute_infers_bytes() {
     let cora_part = partition(&cora_graph, &cora_x, "cora");
     let edge_part = partition(&tg, &tx, "edge");
 
+    let shard_sizes = |part: &Path| -> Vec<(String, u64)> {
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(part.join("manifest.json")).unwrap())
+                .unwrap();
+        m["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["blake3"].as_str().unwrap().to_string(),
+                    s["bytes"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    // The workers' cache holds one Cora shard at most: a second shard pushes it out.
+    let cache_cap = shard_sizes(&cora_part).iter().map(|s| s.1).max().unwrap();
+    assert!(shard_sizes(&edge_part).iter().all(|s| s.1 <= cache_cap));
+
     let mut cluster = Cluster(Vec::new());
     let mut coordinator = Command::new(exe());
     coordinator
@@ -209,7 +229,7 @@ fn workers_without_the_coordinators_files_compute_infers_bytes() {
         w.args(["--mount", "--propagation", "private", "sh", "-c"])
             .arg(format!(
                 "mount -t tmpfs none '{}' && exec '{}' worker --coordinator {addr} \
-                 --listen 127.0.0.1:0 --work-dir '{}'",
+                 --listen 127.0.0.1:0 --work-dir '{}' --shard-cache-max-bytes {cache_cap}",
                 hidden.path().display(),
                 exe(),
                 wdir.display()
@@ -338,6 +358,24 @@ fn workers_without_the_coordinators_files_compute_infers_bytes() {
             .all(|c| *c == "fetched"),
         "{s}"
     );
+
+    //    Each cache held its Cora shard; the edge case's shard went in and, over the
+    //    --shard-cache-max-bytes limit, pushed the older Cora shard out.
+    let edge_hashes: Vec<String> = shard_sizes(&edge_part).into_iter().map(|s| s.0).collect();
+    for k in 0..2 {
+        let shards = worker_dirs.path().join(format!("w{k}/shards"));
+        let names: Vec<String> = std::fs::read_dir(&shards)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".safetensors"))
+            .collect();
+        assert_eq!(names.len(), 1, "worker {k}'s cache: {names:?}");
+        let hash = names[0].trim_end_matches(".safetensors");
+        assert!(
+            edge_hashes.iter().any(|h| h == hash),
+            "worker {k}: {names:?}"
+        );
+    }
 
     // 5. The control: with shard source shared these workers cannot open the files, so
     //    the job fails (if it passed, the namespace would not hide anything).

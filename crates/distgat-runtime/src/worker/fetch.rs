@@ -51,16 +51,61 @@ fn invalid(what: String) -> RuntimeError {
     RuntimeError::InvalidArgument(what)
 }
 
+/// The worker's shard cache: `dir/<blake3>.safetensors`, at most `max_bytes` in all.
+#[derive(Debug, Clone)]
+pub(crate) struct ShardCache {
+    pub dir: PathBuf,
+    /// The cache's size limit in bytes (`--shard-cache-max-bytes`): after a shard is
+    /// added, the least recently used others are removed until the total fits; 0 caches
+    /// nothing.
+    pub max_bytes: u64,
+}
+
+impl ShardCache {
+    /// Removes the least recently used `*.safetensors` files (by modification time,
+    /// which a cache hit refreshes), never `keep`, until the total is at most
+    /// `max_bytes` (or only `keep` is left). Returns the files removed.
+    pub fn prune(&self, keep: &Path) -> std::io::Result<Vec<PathBuf>> {
+        let mut entries = Vec::new();
+        let mut total = 0u64;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "safetensors") {
+                continue;
+            }
+            let meta = entry.metadata()?;
+            total += meta.len();
+            if path != keep {
+                entries.push((meta.modified()?, path, meta.len()));
+            }
+        }
+        entries.sort();
+        let mut removed = Vec::new();
+        for (_, path, len) in entries {
+            if total <= self.max_bytes {
+                break;
+            }
+            std::fs::remove_file(&path)?;
+            total -= len;
+            removed.push(path);
+        }
+        Ok(removed)
+    }
+}
+
 /// The part's shard: from the cache `shards_dir/<blake3>.safetensors` when it holds the
-/// file the manifest names (size and BLAKE3 checked), else streamed from the coordinator,
-/// checked, and written to the cache (temporary file, then rename).
+/// file the manifest names (size and BLAKE3 checked; the hit refreshes its modification
+/// time, the cache's LRU clock), else streamed from the coordinator, checked, and written
+/// to the cache (temporary file, then rename), which is then pruned to its size limit.
 pub(super) fn shard(
     rt: &tokio::runtime::Handle,
     channel: Channel,
     bearer: &Bearer,
     req: &StartJobRequest,
-    shards_dir: &Path,
+    cache: &ShardCache,
 ) -> Result<(PartitionDir, Shard, ShardOrigin)> {
+    let shards_dir = cache.dir.as_path();
     let label = PathBuf::from(format!("<coordinator>/partition-of-{}", req.job_id));
     let dir = PartitionDir::from_manifest(&label, &req.partition_manifest)?;
     let info = dir.shard_file(req.part)?.clone();
@@ -76,6 +121,11 @@ pub(super) fn shard(
     match std::fs::read(&cached) {
         Ok(bytes) => match check_bytes(&cached, &info, &bytes) {
             Ok(()) => {
+                // Most recently used now (best effort: a failure only ages it early).
+                let _ = std::fs::File::options()
+                    .append(true)
+                    .open(&cached)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()));
                 let shard = dir.shard_from_bytes(req.part, &cached, &bytes)?;
                 return Ok((dir, shard, ShardOrigin::Cached));
             }
@@ -131,12 +181,27 @@ pub(super) fn shard(
     // Into the cache only once verified, and atomically (a reader never sees a partial
     // file), on its own thread: the part computes meanwhile. A failed write costs only the
     // next job a fetch, so it is logged as a warning, not failed.
-    let (shards_dir, job, part) = (shards_dir.to_path_buf(), req.job_id.clone(), req.part);
+    if cache.max_bytes < info.bytes {
+        return Ok((dir, shard, origin)); // never fits (0: caching is off)
+    }
+    let (cache, job, part) = (cache.clone(), req.job_id.clone(), req.part);
     std::thread::Builder::new()
         .name(format!("cache-{job}-{part}"))
         .spawn(move || {
-            if let Err(e) = write_cache(&shards_dir, &cached, &bytes) {
+            if let Err(e) = write_cache(&cache.dir, &cached, &bytes) {
                 tracing::warn!(%job, part, "could not cache the shard (the next job fetches it again): {e}");
+                return;
+            }
+            match cache.prune(&cached) {
+                Ok(removed) if !removed.is_empty() => tracing::info!(
+                    %job,
+                    part,
+                    "shard cache over --shard-cache-max-bytes {}: removed {} least recently used",
+                    cache.max_bytes,
+                    removed.len()
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%job, part, "pruning the shard cache: {e}"),
             }
         })
         .map_err(|e| RuntimeError::Io(std::io::Error::other(format!("starting the cache writer: {e}"))))?;
@@ -313,4 +378,49 @@ pub(super) fn inputs(
             edge_attr: ew.map(|w| Features::new(enext as usize, w as usize, evals)),
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The least recently modified files go first, the one just added never, and files
+    /// that are not shards are left alone.
+    #[test]
+    fn prune_removes_least_recently_used_until_it_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |secs: u64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let make = |name: &str, len: usize, secs: u64| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, vec![0u8; len]).unwrap();
+            let f = std::fs::File::options().append(true).open(&path).unwrap();
+            f.set_modified(at(secs)).unwrap();
+            path
+        };
+        let old = make("a.safetensors", 100, 1_000);
+        let mid = make("b.safetensors", 100, 2_000);
+        let newest = make("c.safetensors", 100, 3_000);
+        let other = make("notes.txt", 1_000, 0);
+        let cache = ShardCache {
+            dir: dir.path().to_path_buf(),
+            max_bytes: 250,
+        };
+        // 300 bytes of shards > 250: the oldest goes, even though `mid` is older than
+        // `newest`, which is kept as the one just added.
+        assert_eq!(cache.prune(&newest).unwrap(), vec![old.clone()]);
+        assert!(!old.exists() && mid.exists() && newest.exists() && other.exists());
+        // Keeping the older file removes the newer one.
+        let tight = ShardCache {
+            max_bytes: 100,
+            ..cache.clone()
+        };
+        assert_eq!(tight.prune(&mid).unwrap(), vec![newest.clone()]);
+        // A limit below the kept file alone removes everything else, never it.
+        let none = ShardCache {
+            max_bytes: 0,
+            ..cache
+        };
+        assert!(none.prune(&mid).unwrap().is_empty());
+        assert!(mid.exists());
+    }
 }

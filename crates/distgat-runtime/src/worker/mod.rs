@@ -69,7 +69,14 @@ pub struct WorkerConfig {
     /// This worker's own directory: streamed shards are cached in `DIR/shards`, by content
     /// hash. `None`: a new temporary directory, removed when the worker stops.
     pub work_dir: Option<std::path::PathBuf>,
+    /// Size limit of the shard cache in bytes (`--shard-cache-max-bytes`): after a shard
+    /// is cached, the least recently used others are deleted until the cache fits. 0
+    /// caches nothing. Default 16 GiB.
+    pub shard_cache_max_bytes: u64,
 }
+
+/// [`WorkerConfig::shard_cache_max_bytes`]'s default: 16 GiB.
+pub const DEFAULT_SHARD_CACHE_MAX_BYTES: u64 = 16 << 30;
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -82,6 +89,7 @@ impl Default for WorkerConfig {
             tls: Default::default(),
             auth_token_file: None,
             work_dir: None,
+            shard_cache_max_bytes: DEFAULT_SHARD_CACHE_MAX_BYTES,
         }
     }
 }
@@ -99,7 +107,7 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
         tls: config.tls.load_server()?,
         bearer: distgat_proto::Bearer::new(token.as_deref())?,
     };
-    let work_dir = WorkDir::open(config.work_dir.as_deref())?;
+    let work_dir = WorkDir::open(config.work_dir.as_deref(), config.shard_cache_max_bytes)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let host = config
@@ -286,12 +294,12 @@ async fn register(
 
 /// The worker's directory: the one given (kept), or a temporary one (removed on drop).
 struct WorkDir {
-    shards: std::path::PathBuf,
+    shards: fetch::ShardCache,
     _temp: Option<tempfile::TempDir>,
 }
 
 impl WorkDir {
-    fn open(given: Option<&std::path::Path>) -> Result<Self> {
+    fn open(given: Option<&std::path::Path>, max_bytes: u64) -> Result<Self> {
         let (root, temp) = match given {
             Some(dir) => (dir.to_path_buf(), None),
             None => {
@@ -326,7 +334,10 @@ impl WorkDir {
             }
         }
         Ok(WorkDir {
-            shards,
+            shards: fetch::ShardCache {
+                dir: shards,
+                max_bytes,
+            },
             _temp: temp,
         })
     }

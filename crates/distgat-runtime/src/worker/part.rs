@@ -30,7 +30,7 @@ use super::fetch::{self, ShardOrigin};
 use super::mailbox::Mailbox;
 use crate::net::Dialer;
 use crate::source::ShardSource;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tonic::transport::Endpoint;
 
 /// A part's rows split into those that need no halo row and those that do, each with its
@@ -149,7 +149,7 @@ pub(super) fn compute_part(
     dialer: &Dialer,
     rt: &tokio::runtime::Handle,
     coordinator: &Endpoint,
-    shards_dir: &Path,
+    shards_dir: &fetch::ShardCache,
     req: &StartJobRequest,
     cancel: &AtomicBool,
     progress: &Progress,
@@ -416,7 +416,7 @@ fn part_inputs(
     coordinator: &Endpoint,
     bearer: &distgat_proto::Bearer,
     req: &StartJobRequest,
-    shards_dir: &Path,
+    shards_dir: &fetch::ShardCache,
 ) -> Result<PartInputs> {
     match crate::convert::shard_source_of(req.shard_source)? {
         ShardSource::Shared => shared_inputs(req),
