@@ -148,6 +148,10 @@ struct LayerArgs {
     /// Python with torch_geometric: measure PyG on the same files in this run
     #[arg(long, value_name = "PYTHON")]
     pyg: Option<PathBuf>,
+    /// Python with dgl 2.1 (its own venv; DGLBACKEND=pytorch is set): measure DGL's
+    /// GATConv forward on the same files in this run (bench/dgl_layer_bench.py)
+    #[arg(long, value_name = "PYTHON")]
+    dgl: Option<PathBuf>,
     /// Where to put the generated cases (default: a temporary directory)
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -182,6 +186,10 @@ struct Row {
     pyg_peak_rss_mb: f64,
     pyg_measured_here: bool,
     max_abs_diff_vs_pyg: Option<f64>,
+    /// DGL's GATConv forward alone (median ms) and its process's peak RSS, when measured.
+    dgl_ms: Option<f64>,
+    dgl_peak_rss_mb: Option<f64>,
+    max_abs_diff_vs_dgl: Option<f64>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -432,7 +440,32 @@ fn layer(args: LayerArgs) -> anyhow::Result<()> {
                     &dir.join("pyg_out.npy"),
                 )?);
             }
+            let (mut dgl_ms, mut dgl_rss, mut dgl_diff) = (None, None, None);
+            if let Some(python) = &args.dgl {
+                eprintln!("  DGL ({} repeats)", args.repeats);
+                let dgl_script =
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/dgl_layer_bench.py");
+                let v: serde_json::Value = run_json(
+                    Command::new(python)
+                        .env("DGLBACKEND", "pytorch")
+                        .arg(&dgl_script)
+                        .arg(&dir)
+                        .args(["--threads", &args.threads.to_string()])
+                        .args(["--repeats", &args.repeats.to_string()])
+                        .arg("--out")
+                        .arg(dir.join("dgl_out.npy")),
+                )?;
+                dgl_ms = v["median_ms"].as_f64();
+                dgl_rss = v["peak_rss_mb"].as_f64().map(|m| m * 1.048576);
+                dgl_diff = Some(max_abs_diff(
+                    &dir.join("out.npy"),
+                    &dir.join("dgl_out.npy"),
+                )?);
+            }
             rows.push(Row {
+                dgl_ms,
+                dgl_peak_rss_mb: dgl_rss,
+                max_abs_diff_vs_dgl: dgl_diff,
                 generator,
                 size,
                 nodes: n,
@@ -698,6 +731,42 @@ fn print_table(rows: &[Row], gather_bw: f64, threads: usize) {
         );
     }
     println!("({threads} threads; medians)");
+    if rows
+        .iter()
+        .any(|r| r.pyg_measured_here || r.dgl_ms.is_some())
+    {
+        println!();
+        println!("Whole `distgat infer` process (read, CSR, layer, write + fsync) against the baselines' forward alone, same run:");
+        println!();
+        println!("| graph | N | E | infer wall ms | PyG fwd ms | PyG fwd / infer | DGL fwd ms | DGL fwd / infer | DGL fwd / layer | infer RSS MB | PyG RSS MB | DGL RSS MB | infer RSS / PyG RSS | max abs diff vs DGL |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let opt = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
+        for r in rows {
+            let pyg = r.pyg_measured_here.then_some(r.pyg_ms);
+            println!(
+                "| {:?} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} |",
+                r.generator,
+                r.nodes,
+                r.edges,
+                r.infer_wall_ms,
+                opt(pyg, 0),
+                opt(pyg.map(|p| p / r.infer_wall_ms), 2),
+                opt(r.dgl_ms, 0),
+                opt(r.dgl_ms.map(|d| d / r.infer_wall_ms), 2),
+                opt(r.dgl_ms.map(|d| d / r.kernel.layer_ms), 2),
+                r.infer_peak_rss_mb,
+                opt(r.pyg_measured_here.then_some(r.pyg_peak_rss_mb), 0),
+                opt(r.dgl_peak_rss_mb, 0),
+                opt(
+                    r.pyg_measured_here
+                        .then_some(r.infer_peak_rss_mb / r.pyg_peak_rss_mb),
+                    3
+                ),
+                r.max_abs_diff_vs_dgl
+                    .map_or("-".into(), |d| format!("{d:.1e}")),
+            );
+        }
+    }
 }
 
 fn max_abs_diff(a: &Path, b: &Path) -> anyhow::Result<f64> {
