@@ -188,6 +188,33 @@ async fn cora_job_matches_infer_and_fetches_subsets() {
         assert_eq!(n.alpha, alpha.row(n.edge as usize), "edge {}", n.edge);
     }
 
+    // Every in-edge of a few nodes (FetchAttention reads them through the layer's index):
+    // the in-degree, edges, sources and rows of a scan of infer's attention files.
+    let index = distgat_graph::read_graph(
+        &dir.path().join("attention/layer1_att_edge_index.npy"),
+        None,
+    )
+    .unwrap();
+    let alpha1 =
+        distgat_graph::Features::read_npy(&dir.path().join("attention/layer1_alpha.npy")).unwrap();
+    let asked = vec![2707, 0, 1358, 0];
+    let att = client
+        .attention(&job.job_id, 1, asked.clone(), 1000)
+        .await
+        .unwrap();
+    for (v, got) in asked.iter().zip(&att.nodes) {
+        let want: Vec<usize> = (0..index.len()).filter(|&e| index.dst()[e] == *v).collect();
+        assert_eq!(got.node, *v);
+        assert_eq!(got.in_degree as usize, want.len(), "node {v}");
+        let mut edges: Vec<usize> = got.top.iter().map(|n| n.edge as usize).collect();
+        edges.sort_unstable();
+        assert_eq!(edges, want, "node {v}");
+        for n in &got.top {
+            assert_eq!(n.source, index.src()[n.edge as usize]);
+            assert_eq!(n.alpha, alpha1.row(n.edge as usize), "edge {}", n.edge);
+        }
+    }
+
     let too_many = client
         .attention(&job.job_id, 0, vec![0], 5_000)
         .await

@@ -1,14 +1,13 @@
 //! The coordinator's client API: graphs, partitions, the job queue, results and cluster
 //! status. Requests are validated here, at the boundary; every error names the field.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use distgat_graph::{read_graph, Features, GraphFormat, NpyBody, NpyDtype};
+use distgat_graph::{read_graph, GraphFormat, NpyBody, NpyDtype};
 use distgat_partition::Method;
 use distgat_proto::v1::fetch_output_request::Selection;
 use distgat_proto::v1::upload_graph_chunk::Body as UploadBody;
@@ -902,35 +901,22 @@ pub async fn fetch_attention(
     };
     let dir = record.attention_dir();
     let layer = req.layer;
+    let num_nodes = status.output_rows;
     blocking(move || {
-        let index = read_graph(
-            &dir.join(format!("layer{layer}_att_edge_index.npy")),
-            Some(GraphFormat::Npy),
-        )?;
-        let alpha = Features::read_npy(&dir.join(format!("layer{layer}_alpha.npy")))?;
-        let heads = alpha.width;
-        let mut incoming: HashMap<u64, Vec<usize>> =
-            req.nodes.iter().map(|&v| (v, Vec::new())).collect();
-        for (e, &d) in index.dst().iter().enumerate() {
-            if let Some(list) = incoming.get_mut(&d) {
-                list.push(e);
-            }
-        }
+        let (heads, lists) = super::attention_index::incoming(&dir, layer, num_nodes, &req.nodes)?;
         let nodes = req
             .nodes
             .iter()
-            .map(|&v| {
-                let edges = &incoming[&v];
+            .zip(lists)
+            .map(|(&v, edges)| {
+                let in_degree = edges.len() as u32;
                 let mut top: Vec<Neighbour> = edges
-                    .iter()
-                    .map(|&e| {
-                        let a = alpha.row(e);
-                        Neighbour {
-                            source: index.src()[e],
-                            edge: e as u64,
-                            mean_alpha: a.iter().sum::<f32>() / heads.max(1) as f32,
-                            alpha: a.to_vec(),
-                        }
+                    .into_iter()
+                    .map(|i| Neighbour {
+                        source: i.source,
+                        edge: i.edge,
+                        mean_alpha: i.alpha.iter().sum::<f32>() / heads.max(1) as f32,
+                        alpha: i.alpha,
                     })
                     .collect();
                 top.sort_by(|a, b| {
@@ -941,7 +927,7 @@ pub async fn fetch_attention(
                 top.truncate(top_k);
                 NodeAttention {
                     node: v,
-                    in_degree: edges.len() as u32,
+                    in_degree,
                     top,
                 }
             })

@@ -6,6 +6,7 @@
 //! `mod -> api -> job -> sink/state`, never back.
 
 mod api;
+mod attention_index;
 mod build;
 mod delete;
 mod inputs;
