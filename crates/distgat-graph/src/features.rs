@@ -68,7 +68,72 @@ impl Features {
         Ok(ea)
     }
 
-    fn read_matrix(path: &Path, what: &str, shape: &str) -> Result<Self> {
+    /// Checks a float32 or float64 `[N, F]` `.npy` as [`Features::read_npy`] does (shape,
+    /// dtype, every value finite) in one pass of bounded memory, without keeping it:
+    /// returns `(N, F, the smallest value)` (`+inf` when there are none). `what` names the
+    /// file in errors ("features", "edge features").
+    pub fn scan(path: &Path, what: &str) -> Result<(usize, usize, f32)> {
+        let shape = shape_of(what);
+        let body = Self::open_matrix(path, what, shape)?;
+        let (n, f) = (body.shape[0] as usize, body.shape[1] as usize);
+        if body.fortran_order {
+            let all = Self::read_matrix(path, what, shape)?;
+            return Ok((n, f, all.min_value()));
+        }
+        let mut min = f32::INFINITY;
+        body.for_each_f32_block(path, f, |first, values| {
+            check_finite(path, what, first, f, values)?;
+            min = values.iter().copied().fold(min, f32::min);
+            Ok(true)
+        })?;
+        Ok((n, f, min))
+    }
+
+    /// The rows `ids` (any order, repeats allowed, each below N) of a float32 or float64
+    /// `[N, F]` `.npy`, as `[ids.len(), F]` in the order of `ids`, read in one pass over
+    /// the file with bounded memory besides the result. Each row read must be finite
+    /// (errors as in [`Features::read_npy`], naming the file's row); an id beyond N is an
+    /// error naming it. `what` names the file in errors.
+    pub fn read_rows(path: &Path, what: &str, ids: &[u64]) -> Result<Self> {
+        let shape = shape_of(what);
+        let body = Self::open_matrix(path, what, shape)?;
+        let (n, f) = (body.shape[0] as usize, body.shape[1] as usize);
+        if let Some(&bad) = ids.iter().find(|&&v| v >= n as u64) {
+            return Err(GraphError::invalid(
+                path,
+                format!("row {bad} was asked for, but the {what} have {n} rows"),
+            ));
+        }
+        let mut out = vec![0f32; ids.len() * f];
+        if body.fortran_order {
+            let all = Self::read_matrix(path, what, shape)?;
+            for (k, &v) in ids.iter().enumerate() {
+                out[k * f..(k + 1) * f].copy_from_slice(all.row(v as usize));
+            }
+            return Ok(Features::new(ids.len(), f, out));
+        }
+        // Positions in `ids` by increasing id (stable), to fill in file order.
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        if !ids.windows(2).all(|w| w[0] <= w[1]) {
+            order.sort_by_key(|&k| ids[k]);
+        }
+        let mut next = 0usize;
+        body.for_each_f32_block(path, f, |first, values| {
+            let rows = values.len() / f.max(1);
+            while next < order.len() && (ids[order[next]] as usize) < first + rows {
+                let (k, v) = (order[next], ids[order[next]] as usize);
+                let row = &values[(v - first) * f..(v - first + 1) * f];
+                check_finite(path, what, v, f, row)?;
+                out[k * f..(k + 1) * f].copy_from_slice(row);
+                next += 1;
+            }
+            Ok(next < order.len())
+        })?;
+        Ok(Features::new(ids.len(), f, out))
+    }
+
+    /// Opens a 2-D `.npy` named `what` of the given `shape` description.
+    fn open_matrix(path: &Path, what: &str, shape: &str) -> Result<NpyBody> {
         let body = NpyBody::open(path)?;
         if body.shape.len() != 2 {
             return Err(GraphError::format(
@@ -76,6 +141,11 @@ impl Features {
                 format!("{what} must have shape {shape}, found {:?}", body.shape),
             ));
         }
+        Ok(body)
+    }
+
+    fn read_matrix(path: &Path, what: &str, shape: &str) -> Result<Self> {
+        let body = Self::open_matrix(path, what, shape)?;
         let (n, f) = (body.shape[0] as usize, body.shape[1] as usize);
         let fortran = body.fortran_order;
         let mut values = body.read_f32(path)?;
@@ -84,22 +154,7 @@ impl Features {
         if fortran && !values.is_empty() {
             values = transpose(&values, f, n);
         }
-        if let Some(pos) = values.iter().position(|v| !v.is_finite()) {
-            return Err(GraphError::invalid(
-                path,
-                format!(
-                    "row {}, column {}: value {} ({what} must be finite{})",
-                    pos / f.max(1),
-                    pos % f.max(1),
-                    values[pos],
-                    if values[pos].is_infinite() {
-                        "; float64 values beyond the float32 range become inf"
-                    } else {
-                        ""
-                    }
-                ),
-            ));
-        }
+        check_finite(path, what, 0, f, &values)?;
         Ok(Features::new(n, f, values))
     }
 
@@ -141,6 +196,37 @@ impl Features {
     }
 }
 
+/// The shape description of a matrix file named `what` in errors.
+fn shape_of(what: &str) -> &'static str {
+    if what.contains("edge") {
+        "[E, D]"
+    } else {
+        "[N, F]"
+    }
+}
+
+/// The first value of `values` (rows `first..` of width `width`) that is NaN or infinite,
+/// as an error naming its row and column.
+fn check_finite(path: &Path, what: &str, first: usize, width: usize, values: &[f32]) -> Result<()> {
+    let Some(pos) = values.iter().position(|v| !v.is_finite()) else {
+        return Ok(());
+    };
+    Err(GraphError::invalid(
+        path,
+        format!(
+            "row {}, column {}: value {} ({what} must be finite{})",
+            first + pos / width.max(1),
+            pos % width.max(1),
+            values[pos],
+            if values[pos].is_infinite() {
+                "; float64 values beyond the float32 range become inf"
+            } else {
+                ""
+            }
+        ),
+    ))
+}
+
 /// Transposes a row-major `[rows, cols]` matrix.
 fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0f32; values.len()];
@@ -150,4 +236,92 @@ fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use npyz::WriterBuilder;
+
+    fn save<T: npyz::Serialize + npyz::AutoSerialize + bytemuck::Pod>(
+        dir: &Path,
+        name: &str,
+        shape: &[u64],
+        data: &[T],
+    ) -> std::path::PathBuf {
+        let path = dir.join(name);
+        crate::write_npy(&path, shape, data).unwrap();
+        path
+    }
+
+    /// Row subsets and the streamed scan against the whole-file reader, for float32,
+    /// float64 and Fortran order, unsorted ids with repeats, and files spanning several
+    /// 16 MiB blocks.
+    #[test]
+    fn read_rows_and_scan_equal_the_whole_file_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let (n, f) = (70_000usize, 67usize); // 18 MB of float32: two blocks and a bit
+        let values: Vec<f32> = (0..n * f)
+            .map(|i| ((i * 7919) % 10007) as f32 - 5000.5)
+            .collect();
+        let f32_path = save(dir.path(), "a.npy", &[n as u64, f as u64], &values);
+        let wide: Vec<f64> = values.iter().map(|&v| f64::from(v) * 1.000_000_1).collect();
+        let f64_path = save(dir.path(), "b.npy", &[n as u64, f as u64], &wide);
+        let ids: Vec<u64> = vec![69_999, 0, 5, 5, 62_000, 1, 31_337, 69_999];
+        for path in [&f32_path, &f64_path] {
+            let all = Features::read_npy(path).unwrap();
+            let some = Features::read_rows(path, "features", &ids).unwrap();
+            assert_eq!((some.num_nodes, some.width), (ids.len(), f));
+            for (k, &v) in ids.iter().enumerate() {
+                assert_eq!(some.row(k), all.row(v as usize), "row {v}");
+            }
+            let sorted: Vec<u64> = (0..n as u64).step_by(3).collect();
+            let some = Features::read_rows(path, "features", &sorted).unwrap();
+            for (k, &v) in sorted.iter().enumerate() {
+                assert_eq!(some.row(k), all.row(v as usize));
+            }
+            assert_eq!(
+                Features::scan(path, "features").unwrap(),
+                (n, f, all.min_value())
+            );
+        }
+        // Fortran order: [3, 2] stored column by column.
+        let path = dir.path().join("fortran.npy");
+        let mut header = npyz::WriteOptions::<f32>::new()
+            .default_dtype()
+            .shape(&[3, 2])
+            .order(npyz::Order::Fortran)
+            .writer(std::fs::File::create(&path).unwrap())
+            .begin_nd()
+            .unwrap();
+        header.extend([1f32, 2., 3., 4., 5., 6.]).unwrap();
+        header.finish().unwrap();
+        let rows = Features::read_rows(&path, "features", &[2, 0]).unwrap();
+        assert_eq!(rows.values, vec![3., 6., 1., 4.]);
+        assert_eq!(Features::scan(&path, "features").unwrap(), (3, 2, 1.0));
+    }
+
+    /// A NaN in a row not asked for is not read; in a row asked for, it is an error naming
+    /// the file's row and column; so is an id beyond the rows.
+    #[test]
+    fn read_rows_checks_the_rows_it_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut values = vec![1f32; 10 * 3];
+        values[4 * 3 + 2] = f32::NAN;
+        let path = save(dir.path(), "x.npy", &[10, 3], &values);
+        assert!(Features::read_rows(&path, "features", &[0, 9, 3]).is_ok());
+        let e = Features::read_rows(&path, "features", &[9, 4])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("row 4, column 2") && e.contains("features must be finite"),
+            "{e}"
+        );
+        let e = Features::scan(&path, "features").unwrap_err().to_string();
+        assert!(e.contains("row 4, column 2"), "{e}");
+        let e = Features::read_rows(&path, "edge features", &[10])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("row 10") && e.contains("10 rows"), "{e}");
+    }
 }

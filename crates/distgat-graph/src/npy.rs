@@ -187,6 +187,58 @@ impl NpyBody {
         }
     }
 
+    /// Streams a float32 or float64 body (float64 rounded to nearest) in blocks of whole
+    /// rows of `row_len` values: `f(first_row, values)` gets at most about 16 MiB of
+    /// values at a time, in file order, and stops the pass by returning `false`. Memory
+    /// stays at one block whatever the file's size.
+    pub fn for_each_f32_block(
+        mut self,
+        path: &Path,
+        row_len: usize,
+        mut f: impl FnMut(usize, &[f32]) -> Result<bool>,
+    ) -> Result<()> {
+        let size = match self.dtype {
+            NpyDtype::F32 | NpyDtype::F64 => self.dtype.size(),
+            other => {
+                return Err(GraphError::format(
+                    path,
+                    format!(
+                        "dtype {} where float32 or float64 was expected",
+                        other.name()
+                    ),
+                ))
+            }
+        };
+        let row_len = row_len.max(1);
+        let rows_per_block = ((16usize << 20) / (row_len * 4)).max(1);
+        let mut bytes = vec![0u8; rows_per_block * row_len * size];
+        let mut values = vec![0f32; rows_per_block * row_len];
+        let rows = self.len / row_len;
+        let mut first = 0usize;
+        while first < rows {
+            let take = rows_per_block.min(rows - first);
+            let raw = &mut bytes[..take * row_len * size];
+            self.reader
+                .read_exact(raw)
+                .map_err(|e| GraphError::io(path, e))?;
+            let out = &mut values[..take * row_len];
+            if size == 4 {
+                for (v, b) in out.iter_mut().zip(raw.chunks_exact(4)) {
+                    *v = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+                }
+            } else {
+                for (v, b) in out.iter_mut().zip(raw.chunks_exact(8)) {
+                    *v = f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32;
+                }
+            }
+            if !f(first, out)? {
+                break;
+            }
+            first += take;
+        }
+        Ok(())
+    }
+
     /// Reads a float64 or float32 body as f64 (for reference outputs kept in float64).
     pub fn read_f64(self, path: &Path) -> Result<Vec<f64>> {
         match self.dtype {

@@ -7,7 +7,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use distgat_attention::Model;
 use distgat_graph::Features;
@@ -38,9 +38,6 @@ pub(crate) struct JobInputs {
     /// Bytes sent per part: shard file bytes, and every other input's bytes.
     pub shard_bytes: Vec<AtomicU64>,
     pub input_bytes: Vec<AtomicU64>,
-    /// Files read once per job (by the first part that asks).
-    features_read: Mutex<Option<Arc<Features>>>,
-    edge_read: Mutex<Option<Arc<Features>>>,
 }
 
 impl JobInputs {
@@ -69,8 +66,6 @@ impl JobInputs {
             workers,
             shard_bytes: (0..parts).map(|_| AtomicU64::new(0)).collect(),
             input_bytes: (0..parts).map(|_| AtomicU64::new(0)).collect(),
-            features_read: Mutex::new(None),
-            edge_read: Mutex::new(None),
         })
     }
 }
@@ -246,33 +241,23 @@ fn send_inputs(inputs: &JobInputs, part: u32, tx: &Sender<InputChunk>) -> Result
     if inputs.features.is_some() || inputs.edge_features.is_some() {
         let shard = inputs.partition.load_shard(part)?;
         let plan = shard.plan;
+        // Only this part's rows are read (one pass over the file, bounded memory besides
+        // those rows), so the coordinator never holds a whole features file.
         if let Some(path) = &inputs.features {
-            let all = read_once(&inputs.features_read, || Ok(Features::read_npy(path)?))?;
-            for &v in &plan.owned {
-                if v as usize >= all.num_nodes {
-                    return Err(RuntimeError::InvalidArgument(format!(
-                        "features: {} has {} rows, the partition needs node {v}",
-                        path.display(),
-                        all.num_nodes
-                    )));
-                }
-            }
-            feature_rows = send_rows(&all, &plan.owned, &mut hasher, &mut |rows, n| {
+            let rows = Features::read_rows(path, "features", &plan.owned).map_err(|e| {
+                RuntimeError::InvalidArgument(format!("features (part {part}'s rows): {e}"))
+            })?;
+            feature_rows = send_rows(&rows, &mut hasher, &mut |rows, n| {
                 send(Body::Features(rows), n)
             })?;
         }
         if let Some(path) = &inputs.edge_features {
-            let all = read_once(&inputs.edge_read, || Ok(Features::read_edge_npy(path)?))?;
-            if let Some(&last) = plan.edge_id.iter().max() {
-                if last as usize >= all.num_nodes {
-                    return Err(RuntimeError::InvalidArgument(format!(
-                        "edge_features: {} has {} rows, but part {part} has edge {last}",
-                        path.display(),
-                        all.num_nodes
-                    )));
-                }
-            }
-            edge_rows = send_rows(&all, &plan.edge_id, &mut hasher, &mut |rows, n| {
+            let rows = Features::read_rows(path, "edge features", &plan.edge_id).map_err(|e| {
+                RuntimeError::InvalidArgument(format!(
+                    "edge_features (part {part}'s local edges): {e}"
+                ))
+            })?;
+            edge_rows = send_rows(&rows, &mut hasher, &mut |rows, n| {
                 send(Body::EdgeAttr(rows), n)
             })?;
         }
@@ -287,49 +272,29 @@ fn send_inputs(inputs: &JobInputs, part: u32, tx: &Sender<InputChunk>) -> Result
     )
 }
 
-/// The file behind `slot`, read by the first caller.
-fn read_once(
-    slot: &Mutex<Option<Arc<Features>>>,
-    read: impl FnOnce() -> Result<Features>,
-) -> Result<Arc<Features>> {
-    let mut guard = lock(slot);
-    if let Some(f) = &*guard {
-        return Ok(f.clone());
-    }
-    let f = Arc::new(read()?);
-    *guard = Some(f.clone());
-    Ok(f)
-}
-
-/// Sends the rows `ids` of `all` in order, in chunks of at most [`MAX_CHUNK_BYTES`].
+/// Sends every row of `rows` in order, in chunks of at most [`MAX_CHUNK_BYTES`].
 fn send_rows(
-    all: &Features,
-    ids: &[u64],
+    rows: &Features,
     hasher: &mut blake3::Hasher,
     send: &mut dyn FnMut(InputRows, usize) -> Result<()>,
 ) -> Result<u64> {
-    let width = all.width;
+    let width = rows.width;
     let per_chunk = (MAX_CHUNK_BYTES / (4 * width.max(1))).max(1);
-    let mut buf = Vec::with_capacity(per_chunk * width);
-    for (i, block) in ids.chunks(per_chunk).enumerate() {
-        buf.clear();
-        for &v in block {
-            buf.extend_from_slice(all.row(v as usize));
-        }
-        let values = f32_bytes(&buf);
+    for (i, block) in rows.values.chunks(per_chunk * width.max(1)).enumerate() {
+        let values = f32_bytes(block);
         hasher.update(&values);
         let n = values.len();
         send(
             InputRows {
                 first_row: (i * per_chunk) as u64,
-                num_rows: block.len() as u32,
+                num_rows: (block.len() / width.max(1)) as u32,
                 width: width as u32,
                 values,
             },
             n,
         )?;
     }
-    Ok(ids.len() as u64)
+    Ok(rows.num_nodes as u64)
 }
 
 #[cfg(test)]

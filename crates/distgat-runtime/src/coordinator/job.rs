@@ -358,8 +358,8 @@ fn prepare(
     // Shards that carry feature rows are what the workers use: a features file given
     // with them must be the one they were made from (else its rows would be ignored).
     let given = (!req.features.is_empty()).then(|| PathBuf::from(&req.features));
-    let read = match (&given, manifest.features_in_shards, req.normalize_rows) {
-        (Some(p), true, _) | (Some(p), false, true) => Some(Features::read_npy(p)?),
+    let read = match (&given, manifest.features_in_shards) {
+        (Some(p), true) => Some(Features::read_npy(p)?),
         _ => None,
     };
     if let (Some(f), Some(p), true, Some(info)) = (
@@ -380,7 +380,8 @@ fn prepare(
     let feature_min = match (&read, &features_path, req.normalize_rows) {
         (_, _, false) => 0.0,
         (Some(f), _, true) => f.min_value(),
-        (None, Some(p), true) => Features::read_npy(p)?.min_value(),
+        // One bounded-memory pass (every value checked finite), not the whole file held.
+        (None, Some(p), true) => Features::scan(p, "features")?.2,
         (None, None, true) => 0.0,
     };
     let width = model.out_width();
