@@ -60,6 +60,7 @@ CONFIG_KEYS = {
         "metrics_listen": str,
         "work_dir": str,
         "shard_cache_max_bytes": int,
+        "mailbox_max_bytes": int,
         **_SECURITY_KEYS,
     },
     "client": {"coordinator": str, "tls_domain": str, **_SECURITY_KEYS},
@@ -91,6 +92,7 @@ ENV_BY_SUBCOMMAND = {
         *SECURITY_ENV,
         "DISTGAT_WORKER_WORK_DIR",
         "DISTGAT_SHARD_CACHE_MAX_BYTES",
+        "DISTGAT_MAILBOX_MAX_BYTES",
     },
     **{c: CLIENT_ENV for c in ("submit", "status", "watch", "fetch", "cancel", "workers")},
 }

@@ -1216,3 +1216,41 @@ async fn neighbourhood_built_through_the_api_matches_infer() {
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 }
+
+/// Workers whose halo mailbox holds less than one layer's halo rows: the job fails,
+/// cleanly and soon, with a message that names `--mailbox-max-bytes`; nothing hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_halo_mailbox_fails_the_job_naming_the_flag() {
+    let c = cluster_with(0, |_| {}).await;
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        servers.push(
+            start_worker(WorkerConfig {
+                coordinator: c.address.clone(),
+                mailbox_max_bytes: 4096,
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+        );
+    }
+    let mut client = client(&c).await;
+    client
+        .wait_for_workers(2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let graph = client
+        .register_graph(CORA_EDGES, CORA_FEATURES, "", "cora")
+        .await
+        .unwrap()
+        .graph_id;
+    let job = cora_job(&mut client, &graph, "").await;
+    let started = std::time::Instant::now();
+    let err = client.wait(&job, |_| {}).await.unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("--mailbox-max-bytes 4096"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{message}");
+    for s in servers {
+        let _ = s.shutdown.send(());
+    }
+}

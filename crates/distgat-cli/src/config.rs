@@ -67,6 +67,8 @@ pub struct WorkerSection {
     pub work_dir: Option<PathBuf>,
     /// The shard cache's size limit (`--shard-cache-max-bytes`).
     pub shard_cache_max_bytes: Option<u64>,
+    /// The halo mailbox's byte cap (`--mailbox-max-bytes`).
+    pub mailbox_max_bytes: Option<u64>,
     /// PEM certificate this process presents (`--tls-cert`).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert` (`--tls-key`).

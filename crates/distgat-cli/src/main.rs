@@ -315,6 +315,9 @@ struct WorkerArgs {
     /// Size limit of the shard cache in --work-dir: after a shard is cached, the least recently used others are deleted until the cache fits; 0 caches nothing [default: 17179869184 (16 GiB)]
     #[arg(long, env = "DISTGAT_SHARD_CACHE_MAX_BYTES", value_name = "BYTES")]
     shard_cache_max_bytes: Option<u64>,
+    /// Halo bytes this worker holds for its jobs at once; a peer's rows beyond it fail the job, naming this flag [default: 8589934592 (8 GiB)]
+    #[arg(long, env = "DISTGAT_MAILBOX_MAX_BYTES", value_name = "BYTES")]
+    mailbox_max_bytes: Option<u64>,
 }
 
 /// `--shard-source`: parsed by the runtime's own names, so clap's error names the flag.
@@ -1040,6 +1043,11 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             args.shard_cache_max_bytes,
             w.shard_cache_max_bytes,
             distgat_runtime::DEFAULT_SHARD_CACHE_MAX_BYTES,
+        ),
+        mailbox_max_bytes: pick(
+            args.mailbox_max_bytes,
+            w.mailbox_max_bytes,
+            distgat_runtime::DEFAULT_MAILBOX_MAX_BYTES,
         ),
         ..Default::default()
     };

@@ -18,7 +18,9 @@ pub use coordinator::{MAX_ATTENTION_NODES, MAX_QUEUED_JOBS};
 pub use error::{Result, RuntimeError};
 pub use net::RunningServer;
 pub use source::{ShardSource, UnknownShardSource};
-pub use worker::{start_worker, WorkerConfig, DEFAULT_SHARD_CACHE_MAX_BYTES};
+pub use worker::{
+    start_worker, WorkerConfig, DEFAULT_MAILBOX_MAX_BYTES, DEFAULT_SHARD_CACHE_MAX_BYTES,
+};
 
 /// Entry points for the fuzz targets (`fuzz/`, `crates/distgat-fuzz-targets`): the
 /// validation the services run on decoded requests. Not an API.

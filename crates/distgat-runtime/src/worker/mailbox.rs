@@ -1,6 +1,13 @@
 //! Halo chunks received by a worker, kept until the job's thread takes them.
+//!
+//! Bounded: the payload bytes held at once are capped (`--mailbox-max-bytes`); a chunk
+//! that would exceed the cap is refused with RESOURCE_EXHAUSTED, which fails the sending
+//! part's job with a message naming the flag. Chunks for a job that has ended on this
+//! worker (a late sender, a cancelled job) are refused with FAILED_PRECONDITION instead of
+//! being kept forever; a job's id is forgotten as ended after [`ENDED_MEMORY`] or when a
+//! job of that id starts here again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -9,33 +16,87 @@ use distgat_proto::v1::RowChunk;
 
 use crate::error::{Result, RuntimeError};
 
-/// Halo chunks received, by (job, layer), until the job's thread takes them.
+/// How long an ended job's late chunks are refused (rather than kept).
+pub(super) const ENDED_MEMORY: Duration = Duration::from_secs(600);
+/// At most this many ended job ids are remembered.
+const ENDED_CAPACITY: usize = 1024;
+
 #[derive(Default)]
+struct Inbox {
+    chunks: HashMap<(String, u32), Vec<RowChunk>>,
+    /// Payload bytes held in `chunks`.
+    bytes: u64,
+    /// Jobs that ended here, oldest first, with when.
+    ended: VecDeque<(String, Instant)>,
+}
+
+/// Halo chunks received, by (job, layer), until the job's thread takes them.
 pub(super) struct Mailbox {
-    inbox: Mutex<HashMap<(String, u32), Vec<RowChunk>>>,
+    inbox: Mutex<Inbox>,
     arrived: Condvar,
+    max_bytes: u64,
 }
 
 impl Mailbox {
-    pub(super) fn put(&self, chunk: RowChunk) {
-        crate::metrics::METRICS
-            .halo_bytes_received
-            .inc_by(chunk.payload.len() as u64);
+    /// A mailbox holding at most `max_bytes` payload bytes at once.
+    pub(super) fn new(max_bytes: u64) -> Self {
+        Mailbox {
+            inbox: Mutex::new(Inbox::default()),
+            arrived: Condvar::new(),
+            max_bytes,
+        }
+    }
+
+    /// Keeps `chunk` for its job's thread. Errors: the job ended here
+    /// (FAILED_PRECONDITION), or the chunk would take the mailbox over its byte cap
+    /// (RESOURCE_EXHAUSTED); the chunk is then dropped.
+    pub(super) fn put(&self, chunk: RowChunk) -> Result<()> {
+        let len = chunk.payload.len() as u64;
         let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        while inbox
+            .ended
+            .front()
+            .is_some_and(|(_, at)| now.duration_since(*at) > ENDED_MEMORY)
+        {
+            inbox.ended.pop_front();
+        }
+        if inbox.ended.iter().any(|(j, _)| *j == chunk.job_id) {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "job {} has ended on this worker: halo rows for it (layer {}, from part {}) \
+                 are not kept",
+                chunk.job_id, chunk.layer, chunk.source_part
+            )));
+        }
+        if inbox.bytes + len > self.max_bytes {
+            return Err(RuntimeError::ResourceExhausted(format!(
+                "the receiving worker's halo mailbox holds {} bytes; {len} more (job {}, layer \
+                 {}, from part {}) would exceed its --mailbox-max-bytes {}: raise it on the \
+                 workers, or use more workers so each receives fewer halo rows",
+                inbox.bytes, chunk.job_id, chunk.layer, chunk.source_part, self.max_bytes
+            )));
+        }
+        crate::metrics::METRICS.halo_bytes_received.inc_by(len);
+        inbox.bytes += len;
         inbox
+            .chunks
             .entry((chunk.job_id.clone(), chunk.layer))
             .or_default()
             .push(chunk);
         self.arrived.notify_all();
+        Ok(())
     }
 
-    /// Blocks until `rows` rows of (job, layer) arrived, the job is cancelled, or `timeout`.
+    /// Blocks until `rows` rows of (job, layer) arrived, the job is cancelled, one of this
+    /// part's own sends failed (`send_failed`, checked at least every 100 ms), or
+    /// `timeout`.
     pub(super) fn take(
         &self,
         job: &str,
         layer: u32,
         rows: u64,
         cancel: &AtomicBool,
+        send_failed: &AtomicBool,
         timeout: Duration,
     ) -> Result<Vec<RowChunk>> {
         let key = (job.to_string(), layer);
@@ -43,13 +104,22 @@ impl Mailbox {
         let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let have: u64 = inbox
+                .chunks
                 .get(&key)
                 .map_or(0, |c| c.iter().map(|c| c.num_rows as u64).sum());
             if have >= rows {
-                return Ok(inbox.remove(&key).unwrap_or_default());
+                let taken = inbox.chunks.remove(&key).unwrap_or_default();
+                inbox.bytes -= taken.iter().map(|c| c.payload.len() as u64).sum::<u64>();
+                return Ok(taken);
             }
             if cancel.load(Ordering::Relaxed) {
                 return Err(RuntimeError::Cancelled(format!("job {job}")));
+            }
+            if send_failed.load(Ordering::Relaxed) {
+                return Err(RuntimeError::FailedPrecondition(format!(
+                    "layer {layer}: sending this part's halo rows failed; {have} of {rows} \
+                     halo rows had arrived"
+                )));
             }
             let now = Instant::now();
             if now >= deadline {
@@ -66,11 +136,82 @@ impl Mailbox {
         }
     }
 
+    /// A job of this id starts here: its chunks are welcome again.
+    pub(super) fn job_started(&self, job: &str) {
+        let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        inbox.ended.retain(|(j, _)| j != job);
+    }
+
+    /// The job ended here: drops its chunks, and refuses later ones for a while.
     pub(super) fn forget_job(&self, job: &str) {
         let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        inbox.retain(|(j, _), _| j != job);
+        let mut freed = 0u64;
+        inbox.chunks.retain(|(j, _), chunks| {
+            let keep = j != job;
+            if !keep {
+                freed += chunks.iter().map(|c| c.payload.len() as u64).sum::<u64>();
+            }
+            keep
+        });
+        inbox.bytes -= freed;
+        if !inbox.ended.iter().any(|(j, _)| j == job) {
+            if inbox.ended.len() == ENDED_CAPACITY {
+                inbox.ended.pop_front();
+            }
+            inbox.ended.push_back((job.to_string(), Instant::now()));
+        }
         drop(inbox);
         // Wake a job thread waiting in `take`, so it sees its cancel flag at once.
         self.arrived.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(job: &str, layer: u32, rows: u32, width: u32) -> RowChunk {
+        RowChunk {
+            job_id: job.into(),
+            layer,
+            num_rows: rows,
+            row_width: width,
+            payload: vec![0u8; (rows * width * 4) as usize],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_byte_cap_refuses_and_taking_frees() {
+        let m = Mailbox::new(100);
+        let never = AtomicBool::new(false);
+        m.put(chunk("job-1", 0, 2, 8)).unwrap(); // 64 bytes
+        let e = m.put(chunk("job-1", 0, 2, 8)).unwrap_err().to_string();
+        assert!(
+            e.contains("--mailbox-max-bytes 100") && e.contains("holds 64 bytes"),
+            "{e}"
+        );
+        m.put(chunk("job-1", 1, 1, 8)).unwrap(); // 96 bytes
+        let got = m
+            .take("job-1", 0, 2, &never, &never, Duration::ZERO)
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        m.put(chunk("job-1", 0, 2, 8)).unwrap(); // 32 + 64: fits again
+        m.forget_job("job-1");
+        assert_eq!(m.inbox.lock().unwrap().bytes, 0);
+    }
+
+    #[test]
+    fn an_ended_jobs_late_chunks_are_refused_until_it_starts_again() {
+        let m = Mailbox::new(1 << 20);
+        m.put(chunk("job-2", 0, 1, 4)).unwrap();
+        m.forget_job("job-2");
+        let e = m.put(chunk("job-2", 1, 1, 4)).unwrap_err();
+        assert!(matches!(e, RuntimeError::FailedPrecondition(_)), "{e}");
+        assert!(e.to_string().contains("job job-2 has ended"), "{e}");
+        m.put(chunk("job-3", 0, 1, 4)).unwrap();
+        m.job_started("job-2");
+        m.put(chunk("job-2", 0, 1, 4)).unwrap();
+        assert_eq!(m.inbox.lock().unwrap().bytes, 32);
     }
 }

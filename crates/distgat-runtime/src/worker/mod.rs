@@ -73,7 +73,14 @@ pub struct WorkerConfig {
     /// is cached, the least recently used others are deleted until the cache fits. 0
     /// caches nothing. Default 16 GiB.
     pub shard_cache_max_bytes: u64,
+    /// Halo payload bytes this worker holds for its jobs at once
+    /// (`--mailbox-max-bytes`); a peer's chunk beyond it is refused (RESOURCE_EXHAUSTED),
+    /// failing the job with a message that names the flag. Default 8 GiB.
+    pub mailbox_max_bytes: u64,
 }
+
+/// [`WorkerConfig::mailbox_max_bytes`]'s default: 8 GiB.
+pub const DEFAULT_MAILBOX_MAX_BYTES: u64 = 8 << 30;
 
 /// [`WorkerConfig::shard_cache_max_bytes`]'s default: 16 GiB.
 pub const DEFAULT_SHARD_CACHE_MAX_BYTES: u64 = 16 << 30;
@@ -90,6 +97,7 @@ impl Default for WorkerConfig {
             auth_token_file: None,
             work_dir: None,
             shard_cache_max_bytes: DEFAULT_SHARD_CACHE_MAX_BYTES,
+            mailbox_max_bytes: DEFAULT_MAILBOX_MAX_BYTES,
         }
     }
 }
@@ -123,7 +131,7 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
     }
 
     let state = Arc::new(WorkerState {
-        mailbox: Mailbox::default(),
+        mailbox: Mailbox::new(config.mailbox_max_bytes),
         builds: Arc::new(build::Builds::default()),
         jobs: Mutex::new(HashMap::new()),
         coordinator: dialer.endpoint(&config.coordinator)?,
@@ -421,6 +429,7 @@ impl Worker for WorkerService {
                 },
             );
         }
+        self.0.mailbox.job_started(&req.job_id);
         let state = self.0.clone();
         let job_id = req.job_id.clone();
         let handle = tokio::runtime::Handle::current();
@@ -538,7 +547,7 @@ impl HaloExchange for HaloService {
                 )));
             }
             rows += chunk.num_rows as u64;
-            self.0.mailbox.put(chunk);
+            self.0.mailbox.put(chunk)?;
         }
         Ok(Response::new(SendRowsResponse { rows }))
     }

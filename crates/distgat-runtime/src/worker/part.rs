@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use distgat_attention::{
@@ -227,6 +228,9 @@ pub(super) fn compute_part(
         let raw = payload == HaloPayload::Raw;
         let width = if raw { f } else { sw };
         let mut sends = Vec::new();
+        // Set by a send that failed, so the wait for this layer's halo stops at once (the
+        // peer refused the rows, or is gone) instead of running into HALO_TIMEOUT.
+        let send_failed = Arc::new(AtomicBool::new(false));
         let mut rows_sent = 0u64;
         for (q, rows) in &plan.send {
             let channel = peers.get(q).cloned().ok_or_else(|| {
@@ -253,16 +257,21 @@ pub(super) fn compute_part(
             rows_sent += rows.len() as u64;
             let bytes: u64 = chunks.iter().map(|c| c.encoded_len() as u64).sum();
             let q = *q;
+            let failed = send_failed.clone();
             sends.push(rt.spawn(async move {
                 let t = Instant::now();
                 let mut client =
                     HaloExchangeClient::new(channel).max_encoding_message_size(2 * MAX_CHUNK_BYTES);
                 let mut request = Request::new(tokio_stream::iter(chunks));
                 request.set_timeout(HALO_TIMEOUT);
-                client
+                let sent = client
                     .send_rows(request)
                     .await
-                    .map_err(transport(format!("sending halo rows to part {q}")))?;
+                    .map_err(transport(format!("sending halo rows to part {q}")));
+                if sent.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                sent?;
                 Ok::<_, RuntimeError>((bytes, t.elapsed()))
             }));
         }
@@ -297,7 +306,26 @@ pub(super) fn compute_part(
 
         // Boundary rows once their halo rows are here.
         let waited = Instant::now();
-        let chunks = mailbox.take(&req.job_id, k as u32, n_halo as u64, cancel, HALO_TIMEOUT)?;
+        let taken = mailbox.take(
+            &req.job_id,
+            k as u32,
+            n_halo as u64,
+            cancel,
+            &send_failed,
+            HALO_TIMEOUT,
+        );
+        let chunks = match taken {
+            Ok(chunks) => chunks,
+            Err(e) => {
+                // A failed send is the cause worth reporting, not the wait it cut short.
+                for s in sends.into_iter().filter(|s| s.is_finished()) {
+                    if let Ok(Err(send_error)) = rt.block_on(s) {
+                        return Err(send_error);
+                    }
+                }
+                return Err(e);
+            }
+        };
         let wait = waited.elapsed();
         let t = Instant::now();
         place_halo(layer, &plan, &block_start, chunks, raw, &pool, &mut source)?;
