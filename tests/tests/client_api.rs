@@ -1254,3 +1254,50 @@ async fn a_full_halo_mailbox_fails_the_job_naming_the_flag() {
         let _ = s.shutdown.send(());
     }
 }
+
+/// An upload that stalls after its header ends with DEADLINE_EXCEEDED after the
+/// coordinator's stream idle deadline, naming it, and leaves nothing in the uploads dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_hits_the_idle_deadline() {
+    use distgat_proto::v1::upload_graph_chunk::Body;
+    use distgat_proto::v1::{UploadGraphChunk, UploadHeader};
+    let c = cluster_with(0, |config| {
+        config.stream_idle_timeout = Duration::from_millis(500)
+    })
+    .await;
+    let mut raw = distgat_proto::v1::coordinator_client::CoordinatorClient::connect(format!(
+        "http://{}",
+        c.address
+    ))
+    .await
+    .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(UploadGraphChunk {
+        body: Some(Body::Header(UploadHeader {
+            name: "stalled".into(),
+            graph_format: "npy".into(),
+            graph_bytes: 100,
+            features_bytes: 100,
+            edge_features_bytes: 0,
+        })),
+    })
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let status = raw
+        .upload_graph(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    drop(tx); // held open (silent) until the server gave up
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status}");
+    assert!(
+        status.message().contains("sent nothing for 500ms"),
+        "{status}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let uploads = c._work.path().join("work/uploads");
+    let left: Vec<_> = std::fs::read_dir(&uploads)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

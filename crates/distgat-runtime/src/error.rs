@@ -41,6 +41,9 @@ pub enum RuntimeError {
     },
     #[error("cancelled: {0}")]
     Cancelled(String),
+    /// A stream sent nothing for longer than its idle deadline.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// A gRPC call failed.
     #[error("{context}: {status}")]
     Transport {
@@ -75,6 +78,7 @@ impl From<RuntimeError> for tonic::Status {
             RuntimeError::FailedPrecondition(_) => Code::FailedPrecondition,
             RuntimeError::WorkerFailed { .. } => Code::Aborted,
             RuntimeError::Cancelled(_) => Code::Cancelled,
+            RuntimeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             RuntimeError::Transport { status, .. } => status.code(),
             RuntimeError::Io(_) | RuntimeError::Store(_) => Code::Internal,
         };

@@ -16,7 +16,7 @@ pub mod worker;
 pub use coordinator::{start_coordinator, CoordinatorConfig, JobSummary};
 pub use coordinator::{MAX_ATTENTION_NODES, MAX_QUEUED_JOBS};
 pub use error::{Result, RuntimeError};
-pub use net::RunningServer;
+pub use net::{RunningServer, DEFAULT_STREAM_IDLE_TIMEOUT};
 pub use source::{ShardSource, UnknownShardSource};
 pub use worker::{
     start_worker, WorkerConfig, DEFAULT_MAILBOX_MAX_BYTES, DEFAULT_SHARD_CACHE_MAX_BYTES,

@@ -22,6 +22,27 @@ pub struct RunningServer {
 /// Deadline of every unary RPC.
 pub(crate) const RPC_DEADLINE: Duration = Duration::from_secs(10);
 
+/// The default idle deadline of an incoming stream (`stream_idle_timeout` of the
+/// coordinator's and the workers' configs): a client stream that sends nothing for this
+/// long is ended with DEADLINE_EXCEEDED, so a stalled or vanished sender cannot hold the
+/// server's files, buffers and task forever.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The next message of an incoming stream, or DEADLINE_EXCEEDED (naming `what`) when none
+/// comes within `idle`. A broken stream is a transport error with `what` as its context.
+pub(crate) async fn next_message<T>(
+    stream: &mut tonic::Streaming<T>,
+    idle: Duration,
+    what: &str,
+) -> Result<Option<T>> {
+    match tokio::time::timeout(idle, stream.message()).await {
+        Ok(message) => message.map_err(crate::error::transport(what)),
+        Err(_) => Err(RuntimeError::DeadlineExceeded(format!(
+            "{what}: the stream sent nothing for {idle:?} (the server's idle deadline)"
+        ))),
+    }
+}
+
 /// How this process calls the others: over TLS (this side's certificate as client
 /// identity, the cluster CA as the only trust root) when the server was started with TLS,
 /// and with the bearer token on coordinator calls when it has one.

@@ -295,11 +295,8 @@ pub async fn upload_graph(
     mut stream: Streaming<UploadGraphChunk>,
 ) -> Result<GraphInfo> {
     let limit = state.storage.max_upload_bytes;
-    let header = match stream
-        .message()
-        .await
-        .map_err(crate::error::transport("upload"))?
-    {
+    let idle = state.config.stream_idle_timeout;
+    let header = match crate::net::next_message(&mut stream, idle, "upload").await? {
         Some(UploadGraphChunk {
             body: Some(UploadBody::Header(h)),
         }) => h,
@@ -339,11 +336,7 @@ pub async fn upload_graph(
     let mut features_file = std::io::BufWriter::new(std::fs::File::create(&features_path)?);
     let mut edge_file = std::io::BufWriter::new(std::fs::File::create(&edge_path)?);
     let (mut graph_bytes, mut features_bytes, mut edge_bytes) = (0u64, 0u64, 0u64);
-    while let Some(chunk) = stream
-        .message()
-        .await
-        .map_err(crate::error::transport("upload"))?
-    {
+    while let Some(chunk) = crate::net::next_message(&mut stream, idle, "upload").await? {
         let (file, count, data) = match chunk.body {
             Some(UploadBody::GraphData(d)) => (&mut graph_file, &mut graph_bytes, d),
             Some(UploadBody::FeaturesData(d)) => (&mut features_file, &mut features_bytes, d),

@@ -328,6 +328,9 @@ impl Coordinator for Service {
         request: Request<Streaming<OutputChunk>>,
     ) -> Result<Response<PushOutputResponse>, Status> {
         self.worker_only(&request)?;
+        // No idle deadline: the worker writes a progress message per layer, and a layer
+        // may take longer than any fixed deadline; a silent worker is caught by its
+        // heartbeats instead (heartbeat_timeout fails the job).
         let mut stream = request.into_inner();
         // The sink is looked up per message and never held between messages: a stream that
         // stays open (a worker still cancelling) must not keep a failed job's files alive.

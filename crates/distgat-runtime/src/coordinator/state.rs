@@ -49,6 +49,9 @@ pub struct CoordinatorConfig {
     /// Where workers get their inputs for jobs that do not say (RunJob and SubmitJob's
     /// `shard_source`).
     pub shard_source: ShardSource,
+    /// Idle deadline of incoming client streams (UploadGraph): one that sends nothing for
+    /// this long ends with DEADLINE_EXCEEDED and leaves nothing behind.
+    pub stream_idle_timeout: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -67,6 +70,7 @@ impl Default for CoordinatorConfig {
             tls: Default::default(),
             auth_token_file: None,
             shard_source: ShardSource::default(),
+            stream_idle_timeout: crate::net::DEFAULT_STREAM_IDLE_TIMEOUT,
         }
     }
 }

@@ -77,6 +77,9 @@ pub struct WorkerConfig {
     /// (`--mailbox-max-bytes`); a peer's chunk beyond it is refused (RESOURCE_EXHAUSTED),
     /// failing the job with a message that names the flag. Default 8 GiB.
     pub mailbox_max_bytes: u64,
+    /// Idle deadline of incoming SendRows streams (a peer's halo rows): one that sends
+    /// nothing for this long ends with DEADLINE_EXCEEDED. Default 60 s.
+    pub stream_idle_timeout: Duration,
 }
 
 /// [`WorkerConfig::mailbox_max_bytes`]'s default: 8 GiB.
@@ -98,6 +101,7 @@ impl Default for WorkerConfig {
             work_dir: None,
             shard_cache_max_bytes: DEFAULT_SHARD_CACHE_MAX_BYTES,
             mailbox_max_bytes: DEFAULT_MAILBOX_MAX_BYTES,
+            stream_idle_timeout: crate::net::DEFAULT_STREAM_IDLE_TIMEOUT,
         }
     }
 }
@@ -132,6 +136,7 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
 
     let state = Arc::new(WorkerState {
         mailbox: Mailbox::new(config.mailbox_max_bytes),
+        stream_idle_timeout: config.stream_idle_timeout,
         builds: Arc::new(build::Builds::default()),
         jobs: Mutex::new(HashMap::new()),
         coordinator: dialer.endpoint(&config.coordinator)?,
@@ -353,6 +358,8 @@ impl WorkDir {
 
 struct WorkerState {
     mailbox: Mailbox,
+    /// [`WorkerConfig::stream_idle_timeout`].
+    stream_idle_timeout: Duration,
     work_dir: WorkDir,
     /// Points of the neighbourhood builds running here, for peers' fetches.
     builds: Arc<build::Builds>,
@@ -535,7 +542,8 @@ impl HaloExchange for HaloService {
     ) -> Result<Response<SendRowsResponse>, Status> {
         let mut stream = request.into_inner();
         let mut rows = 0u64;
-        while let Some(chunk) = stream.message().await? {
+        let idle = self.0.stream_idle_timeout;
+        while let Some(chunk) = crate::net::next_message(&mut stream, idle, "halo rows").await? {
             let want = (chunk.num_rows as u64)
                 .checked_mul(chunk.row_width as u64)
                 .and_then(|v| v.checked_mul(4));
