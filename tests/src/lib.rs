@@ -52,3 +52,74 @@ pub fn assert_close(what: &str, ours: &[f64], expected: &[f64], width: usize) {
     }
     eprintln!("{what}: max |diff| = {worst:e}");
 }
+
+/// An in-process coordinator and workers on ephemeral loopback ports, all stopped when it
+/// is dropped. The coordinator's data root is the repository and its work dir
+/// `<temp>/work`, unless the config edit says otherwise.
+pub struct TestCluster {
+    /// The coordinator's host:port.
+    pub address: String,
+    /// The temporary directory holding the coordinator's work dir (`work/`).
+    pub temp: tempfile::TempDir,
+    /// The coordinator first, then the workers.
+    pub servers: Vec<distgat_runtime::RunningServer>,
+}
+
+impl TestCluster {
+    /// Starts the coordinator (its config adjusted by `coordinator`) and `workers` workers
+    /// (each config adjusted by `worker`; their coordinator address is already set).
+    pub async fn start(
+        workers: usize,
+        coordinator: impl FnOnce(&mut distgat_runtime::CoordinatorConfig),
+        worker: impl Fn(&mut distgat_runtime::WorkerConfig),
+    ) -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mut config = distgat_runtime::CoordinatorConfig {
+            data_root: repo_root(),
+            work_dir: temp.path().join("work"),
+            ..Default::default()
+        };
+        coordinator(&mut config);
+        let server = distgat_runtime::start_coordinator(config)
+            .await
+            .expect("starting the coordinator");
+        let mut cluster = TestCluster {
+            address: server.addr.to_string(),
+            temp,
+            servers: vec![server],
+        };
+        for _ in 0..workers {
+            cluster.add_worker(&worker).await;
+        }
+        cluster
+    }
+
+    /// Starts one more worker of this coordinator (its config adjusted by `edit`) and
+    /// returns its server handle's index in `servers`.
+    pub async fn add_worker(&mut self, edit: impl Fn(&mut distgat_runtime::WorkerConfig)) -> usize {
+        let mut config = distgat_runtime::WorkerConfig {
+            coordinator: self.address.clone(),
+            ..Default::default()
+        };
+        edit(&mut config);
+        let server = distgat_runtime::start_worker(config)
+            .await
+            .expect("starting a worker");
+        self.servers.push(server);
+        self.servers.len() - 1
+    }
+
+    /// The coordinator's work dir.
+    pub fn work_dir(&self) -> PathBuf {
+        self.temp.path().join("work")
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for s in self.servers.drain(..) {
+            let _ = s.shutdown.send(());
+            s.join.abort();
+        }
+    }
+}

@@ -10,28 +10,14 @@ use distgat_client::v1::{JobState, RegisterGraphRequest};
 use distgat_client::{Client, ClientError, RetryPolicy, Selection, Submit};
 use distgat_graph::Normalization;
 use distgat_runtime::{start_coordinator, start_worker, CoordinatorConfig, WorkerConfig};
-use distgat_tests::repo_root;
+use distgat_tests::{repo_root, TestCluster};
 use tonic::Code;
 
 const CORA_EDGES: &str = "data/cora/edges.npy";
 const CORA_FEATURES: &str = "data/cora/features.npy";
 const CORA_MODEL: &str = "reference/cora-gat/model.json";
 
-/// A coordinator (data root = the repository) and `workers` workers; stopped on drop.
-struct Cluster {
-    address: String,
-    _work: tempfile::TempDir,
-    servers: Vec<distgat_runtime::RunningServer>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for s in self.servers.drain(..) {
-            let _ = s.shutdown.send(());
-            s.join.abort();
-        }
-    }
-}
+type Cluster = TestCluster;
 
 async fn cluster(workers: usize, max_upload_bytes: u64) -> Cluster {
     cluster_in(&repo_root(), workers, max_upload_bytes).await
@@ -48,31 +34,7 @@ async fn cluster_in(data_root: &Path, workers: usize, max_upload_bytes: u64) -> 
 /// A cluster whose coordinator's config `edit` adjusts (data root: the repository; work
 /// dir: `<temp>/work`).
 async fn cluster_with(workers: usize, edit: impl FnOnce(&mut CoordinatorConfig)) -> Cluster {
-    let work = tempfile::tempdir().unwrap();
-    let mut config = CoordinatorConfig {
-        data_root: repo_root(),
-        work_dir: work.path().join("work"),
-        ..Default::default()
-    };
-    edit(&mut config);
-    let coordinator = start_coordinator(config).await.unwrap();
-    let address = coordinator.addr.to_string();
-    let mut servers = vec![coordinator];
-    for _ in 0..workers {
-        servers.push(
-            start_worker(WorkerConfig {
-                coordinator: address.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap(),
-        );
-    }
-    Cluster {
-        address,
-        _work: work,
-        servers,
-    }
+    TestCluster::start(workers, edit, |_| {}).await
 }
 
 async fn client(c: &Cluster) -> Client {
@@ -274,7 +236,7 @@ async fn upload_then_limit_is_resource_exhausted() {
     );
     assert_eq!(code, Code::ResourceExhausted, "{message}");
     assert!(message.contains("4096"), "{message}");
-    let uploads = small._work.path().join("work/uploads");
+    let uploads = small.work_dir().join("uploads");
     let left: Vec<_> = std::fs::read_dir(&uploads)
         .map(|d| d.flatten().collect())
         .unwrap_or_default();
@@ -645,7 +607,7 @@ async fn cora_job(client: &mut Client, graph_id: &str, partition_id: &str) -> St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletion_refuses_what_is_in_use_and_frees_the_rest() {
     let c = cluster(2, 64 << 20).await;
-    let work = c._work.path().join("work");
+    let work = c.work_dir();
     let mut client = client(&c).await;
     client
         .wait_for_workers(2, Duration::from_secs(20))
@@ -756,7 +718,7 @@ async fn deletion_refuses_what_is_in_use_and_frees_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_jobs_deletes_the_oldest_ended_jobs() {
     let c = cluster_with(1, |config| config.keep_jobs = 1).await;
-    let work = c._work.path().join("work");
+    let work = c.work_dir();
     let mut client = client(&c).await;
     client
         .wait_for_workers(1, Duration::from_secs(20))
@@ -935,21 +897,17 @@ fn sample(text: &str, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoints_count_jobs_workers_errors_and_halo_bytes() {
     let any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
-    let c = cluster_with(0, |config| config.metrics_listen = Some(any)).await;
+    let c = TestCluster::start(
+        2,
+        |config| config.metrics_listen = Some(any),
+        |config| config.metrics_listen = Some(any),
+    )
+    .await;
     let coordinator_metrics = c.servers[0].metrics_addr.expect("metrics address");
-    let mut servers = Vec::new();
-    let mut worker_metrics = Vec::new();
-    for _ in 0..2 {
-        let w = start_worker(WorkerConfig {
-            coordinator: c.address.clone(),
-            metrics_listen: Some(any),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        worker_metrics.push(w.metrics_addr.unwrap());
-        servers.push(w);
-    }
+    let worker_metrics: Vec<_> = c.servers[1..]
+        .iter()
+        .map(|w| w.metrics_addr.expect("metrics address"))
+        .collect();
     let mut client = client(&c).await;
     client
         .wait_for_workers(2, Duration::from_secs(20))
@@ -993,9 +951,6 @@ async fn metrics_endpoints_count_jobs_workers_errors_and_halo_bytes() {
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
     let (status, _) = http_get(worker_metrics[1], "/other").await;
     assert!(status.contains("404"), "{status}");
-    for s in servers {
-        let _ = s.shutdown.send(());
-    }
 }
 
 /// A graph built from points through the client API (RegisterGraph with a neighbourhood,
@@ -1221,19 +1176,7 @@ async fn neighbourhood_built_through_the_api_matches_infer() {
 /// cleanly and soon, with a message that names `--mailbox-max-bytes`; nothing hangs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_halo_mailbox_fails_the_job_naming_the_flag() {
-    let c = cluster_with(0, |_| {}).await;
-    let mut servers = Vec::new();
-    for _ in 0..2 {
-        servers.push(
-            start_worker(WorkerConfig {
-                coordinator: c.address.clone(),
-                mailbox_max_bytes: 4096,
-                ..Default::default()
-            })
-            .await
-            .unwrap(),
-        );
-    }
+    let c = TestCluster::start(2, |_| {}, |w| w.mailbox_max_bytes = 4096).await;
     let mut client = client(&c).await;
     client
         .wait_for_workers(2, Duration::from_secs(20))
@@ -1250,9 +1193,6 @@ async fn a_full_halo_mailbox_fails_the_job_naming_the_flag() {
     let message = err.to_string();
     assert!(message.contains("--mailbox-max-bytes 4096"), "{message}");
     assert!(started.elapsed() < Duration::from_secs(30), "{message}");
-    for s in servers {
-        let _ = s.shutdown.send(());
-    }
 }
 
 /// An upload that stalls after its header ends with DEADLINE_EXCEEDED after the
@@ -1295,7 +1235,7 @@ async fn a_stalled_upload_hits_the_idle_deadline() {
         "{status}"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
-    let uploads = c._work.path().join("work/uploads");
+    let uploads = c.work_dir().join("uploads");
     let left: Vec<_> = std::fs::read_dir(&uploads)
         .map(|d| d.flatten().collect())
         .unwrap_or_default();

@@ -15,8 +15,8 @@ use distgat_client::v1::{CancelJobRequest, JobState, RegisterWorkerRequest};
 use distgat_client::{Client, ClientError, RetryPolicy, Security, Selection, Submit, TlsFiles};
 use distgat_graph::Normalization;
 use distgat_proto::{secure_endpoint, Bearer, TlsFiles as ProtoTls};
-use distgat_runtime::{start_coordinator, start_worker, CoordinatorConfig, WorkerConfig};
-use distgat_tests::repo_root;
+use distgat_runtime::{start_coordinator, CoordinatorConfig};
+use distgat_tests::{repo_root, TestCluster};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -83,16 +83,7 @@ struct Cluster {
     worker: String,
     dir: tempfile::TempDir,
     pki: Pki,
-    servers: Vec<distgat_runtime::RunningServer>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for s in self.servers.drain(..) {
-            let _ = s.shutdown.send(());
-            s.join.abort();
-        }
-    }
+    _servers: TestCluster,
 }
 
 /// A TLS + token coordinator and `workers` workers on port 0.
@@ -101,36 +92,24 @@ async fn secure_cluster(workers: usize) -> Cluster {
     let pki = pki(dir.path(), "cluster");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let coordinator = start_coordinator(CoordinatorConfig {
-        data_root: repo_root(),
-        work_dir: dir.path().join("work"),
-        tls: pki.server(),
-        auth_token_file: Some(token_file.clone()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let address = coordinator.addr.to_string();
-    let mut servers = vec![coordinator];
-    for _ in 0..workers {
-        servers.push(
-            start_worker(WorkerConfig {
-                coordinator: address.clone(),
-                tls: pki.server(),
-                auth_token_file: Some(token_file.clone()),
-                ..Default::default()
-            })
-            .await
-            .unwrap(),
-        );
-    }
-    let worker = servers[1].addr.to_string();
+    let servers = TestCluster::start(
+        workers,
+        |c| {
+            c.tls = pki.server();
+            c.auth_token_file = Some(token_file.clone());
+        },
+        |w| {
+            w.tls = pki.server();
+            w.auth_token_file = Some(token_file.clone());
+        },
+    )
+    .await;
     Cluster {
-        address,
-        worker,
+        address: servers.address.clone(),
+        worker: servers.servers[1].addr.to_string(),
         dir,
         pki,
-        servers,
+        _servers: servers,
     }
 }
 
