@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 
 use npyz::WriterBuilder;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -370,43 +370,22 @@ fn halo_far_beyond_the_grpc_message_limit() {
     );
 }
 
-/// Child processes killed on drop.
-struct Cluster(Vec<Child>);
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+type Cluster = common::Children;
 
 /// Starts `distgat <args>` and returns the address it reports, plus its stderr lines.
 fn start(cluster: &mut Cluster, args: &[&str]) -> (String, mpsc::Receiver<String>) {
-    let mut child = Command::new(exe())
-        .args(args)
+    let mut cmd = Command::new(exe());
+    cmd.args(args)
         .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    cluster.0.push(child);
+        .stderr(Stdio::piped());
+    let (addr, stderr) = cluster.start_with_stderr(cmd, &format!("distgat {}", args.join(" ")));
     let (tx, rx) = mpsc::channel();
+    let stderr = stderr.expect("stderr is piped");
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line '{line}'"))
-        .to_string();
     (addr, rx)
 }
 
@@ -430,7 +409,7 @@ fn a_killed_worker_fails_the_job_cleanly_and_the_coordinator_runs_the_next() {
             .unwrap(),
         "distgat partition",
     );
-    let mut cluster = Cluster(Vec::new());
+    let mut cluster = Cluster::default();
     let work = tmp.path().join("coordinator-work");
     let (coordinator, _) = start(
         &mut cluster,
@@ -577,7 +556,7 @@ fn submit_watch_prints_only_the_job_id_and_upload_infers_the_format() {
     // the edge features, which travel with the upload.
     let tmp = tempfile::tempdir().unwrap();
     let case = repo().join("reference/transformer-edge-beta-n200");
-    let mut cluster = Cluster(Vec::new());
+    let mut cluster = Cluster::default();
     let work = tmp.path().join("work");
     let (coordinator, _) = start(
         &mut cluster,

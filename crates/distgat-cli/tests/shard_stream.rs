@@ -9,9 +9,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use distgat_proto::v1::RunJobRequest;
 
@@ -21,36 +20,6 @@ fn exe() -> &'static str {
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Child processes killed on drop.
-struct Cluster(Vec<Child>);
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Starts `cmd` and returns the address of its first line `listening on ADDR`.
-fn start(cluster: &mut Cluster, mut cmd: Command, what: &str) -> String {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
-    let stdout = child.stdout.take().unwrap();
-    cluster.0.push(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    line.trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{what}: unexpected first line '{line}'"))
-        .to_string()
 }
 
 fn run_job(coordinator: &str, request: RunJobRequest) -> Result<serde_json::Value, String> {
@@ -212,7 +181,7 @@ fn workers_without_the_coordinators_files_compute_infers_bytes() {
     let cache_cap = shard_sizes(&cora_part).iter().map(|s| s.1).max().unwrap();
     assert!(shard_sizes(&edge_part).iter().all(|s| s.1 <= cache_cap));
 
-    let mut cluster = Cluster(Vec::new());
+    let mut cluster = common::Children::default();
     let mut coordinator = Command::new(exe());
     coordinator
         .args(["coordinator", "--allow-run-job", "--listen", "127.0.0.1:0"])
@@ -220,7 +189,7 @@ fn workers_without_the_coordinators_files_compute_infers_bytes() {
         .arg(&data)
         .arg("--work-dir")
         .arg(&work);
-    let addr = start(&mut cluster, coordinator, "the coordinator");
+    let addr = cluster.start(coordinator, "the coordinator");
     // Each worker's own work dir, outside the hidden tree.
     let worker_dirs = tempfile::tempdir().unwrap();
     for k in 0..2 {
@@ -234,11 +203,7 @@ fn workers_without_the_coordinators_files_compute_infers_bytes() {
                 exe(),
                 wdir.display()
             ));
-        start(
-            &mut cluster,
-            w,
-            &format!("worker {k} (own mount namespace)"),
-        );
+        cluster.start(w, &format!("worker {k} (own mount namespace)"));
     }
 
     let job = |part: &Path, model: &Path, x: &Path, edge: Option<&Path>, out: &str, src: &str| {

@@ -4,9 +4,10 @@
 //! and the refusals a user sees (no token, plaintext, a flag without its partner), each a
 //! clear error and a non-zero exit, never a panic. Certificates come from rcgen here.
 
-use std::io::{BufRead, BufReader};
+mod common;
+use common::Children;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
 const TOKEN: &str = "cli-test-token";
 
@@ -67,34 +68,11 @@ fn pki(dir: &Path, name: &str) -> (String, String, String) {
     )
 }
 
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Starts `distgat args...` and returns the address it prints.
+/// Starts `distgat args...` (from the repository root) and returns the address it prints.
 fn start(children: &mut Children, args: &[&str]) -> String {
-    let mut child = Command::new(exe())
-        .args(args)
-        .current_dir(repo())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    children.0.push(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    line.trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line '{line}'"))
-        .to_string()
+    let mut cmd = Command::new(exe());
+    cmd.args(args).current_dir(repo());
+    children.start(cmd, &format!("distgat {}", args.join(" ")))
 }
 
 fn infer_cora(out: &Path) -> Vec<u8> {

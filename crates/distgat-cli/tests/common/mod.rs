@@ -45,3 +45,53 @@ pub fn run_job(
             .map_err(|status| status.message().to_string())
     })
 }
+
+/// Processes of a test cluster (`distgat coordinator`, `distgat worker`), killed and
+/// reaped on drop, so a failing test leaves nothing running.
+#[derive(Default)]
+pub struct Children(pub Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Children {
+    /// Spawns `cmd` (stdout piped; stderr as `cmd` says, inherited by default), keeps it,
+    /// and returns the address of its first stdout line, `listening on ADDR`. `what` names
+    /// the process in panics.
+    pub fn start(&mut self, cmd: std::process::Command, what: &str) -> String {
+        self.start_with_stderr(cmd, what).0
+    }
+
+    /// [`Children::start`], also handing back the child's stderr when `cmd` pipes it.
+    pub fn start_with_stderr(
+        &mut self,
+        mut cmd: std::process::Command,
+        what: &str,
+    ) -> (String, Option<std::process::ChildStderr>) {
+        use std::io::BufRead;
+        let mut child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take();
+        self.0.push(child);
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("reading {what}'s first line: {e}"));
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("{what}: unexpected first line '{line}'"))
+            .to_string();
+        (addr, stderr)
+    }
+}
