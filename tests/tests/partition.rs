@@ -79,31 +79,138 @@ fn metis_cuts_4elt_within_5_percent_of_gpmetis() {
 #[test]
 fn metis_seeds_differ_and_trials_keep_the_best() {
     // glibc's srand treats seeds 0 and 1 alike: METIS once gave the same partition for
-    // --seed 0 and --seed 1. And the best of 8 trials must never be worse than one run
-    // from the same seed (its first trial), and better for some seed.
+    // --seed 0 and --seed 1. `--trials T` runs METIS from seeds trial_seed(seed, 0..T)
+    // (run 0 is the single run) and keeps the best balanced one. Checked against the
+    // single runs from those seeds, computed separately here: the best of 4 is never worse
+    // than one trial, it is exactly the minimum of the four single-run cuts, and when a
+    // later run is better the result is that run's partition.
     let edges = read_graph(&repo_root().join("data/4elt/edges.npy"), None).unwrap();
     let n = edges.num_nodes as usize;
     let (a0, _, _) = partition(&edges, n, &metis_seeded(1, 0), 8);
     let (a1, _, _) = partition(&edges, n, &metis_seeded(1, 1), 8);
     assert_ne!(a0, a1, "--seed 0 and --seed 1 gave the same partition");
     let mut improved = 0;
-    for seed in 0..4 {
-        let (_, _, one) = partition(&edges, n, &metis_seeded(1, seed), 8);
-        let (_, _, best) = partition(&edges, n, &metis_seeded(8, seed), 8);
+    for seed in 0..4u64 {
+        let singles: Vec<(Vec<u32>, u64, f64)> = (0..4)
+            .map(|t| {
+                let (a, _, s) = partition(
+                    &edges,
+                    n,
+                    &metis_seeded(1, distgat_partition::trial_seed(seed, t)),
+                    8,
+                );
+                (a, s.edge_cut, s.node_imbalance)
+            })
+            .collect();
+        let cuts: Vec<u64> = singles.iter().map(|s| s.1).collect();
+        assert!(
+            cuts.windows(2).any(|w| w[0] != w[1]) || singles[0].0 != singles[1].0,
+            "seed {seed}: the four trial seeds gave the same partition"
+        );
+        let (best_a, _, best) = partition(&edges, n, &metis_seeded(4, seed), 8);
         eprintln!(
-            "4elt K=8 seed {seed}: cut {} (1 trial), {} (best of 8)",
-            one.edge_cut, best.edge_cut
+            "4elt K=8 seed {seed}: single-run cuts {cuts:?}, best of 4 {}",
+            best.edge_cut
         );
         assert!(
-            best.edge_cut <= one.edge_cut,
-            "seed {seed}: 8 trials worse than 1"
+            best.edge_cut <= cuts[0],
+            "seed {seed}: 4 trials worse than 1"
         );
-        improved += usize::from(best.edge_cut < one.edge_cut);
+        // Every single run here is within the 1.03 bound, so the best is the lowest cut,
+        // the earliest on ties.
+        assert!(singles.iter().all(|s| s.2 <= 1.03 + 5e-4));
+        let min = *cuts.iter().min().unwrap();
+        let first = cuts.iter().position(|&c| c == min).unwrap();
+        assert_eq!(
+            best.edge_cut, min,
+            "seed {seed}: not the best of the 4 runs"
+        );
+        assert_eq!(
+            best_a, singles[first].0,
+            "seed {seed}: not run {first}'s partition"
+        );
+        improved += usize::from(best.edge_cut < cuts[0]);
     }
     assert!(
         improved > 0,
-        "--trials 8 never improved on one run over 4 seeds"
+        "--trials 4 never improved on one run over 4 seeds"
     );
+}
+
+fn grid_2d(side: usize) -> EdgeList {
+    let (mut src, mut dst) = (Vec::new(), Vec::new());
+    for r in 0..side {
+        for c in 0..side {
+            let v = (r * side + c) as u64;
+            if c + 1 < side {
+                src.extend([v, v + 1]);
+                dst.extend([v + 1, v]);
+            }
+            if r + 1 < side {
+                src.extend([v, v + side as u64]);
+                dst.extend([v + side as u64, v]);
+            }
+        }
+    }
+    EdgeList::from_pairs(&src, &dst)
+}
+
+#[test]
+fn stream_is_valid_balanced_deterministic_and_far_better_than_random_on_a_grid() {
+    let side = 60;
+    let edges = grid_2d(side);
+    let n = side * side;
+    // A grid's optimal K-way cut is about side * (sqrt(K) - 1) * 2 for square blocks, or
+    // side * (K - 1) for strips; random cuts (1 - 1/K) of its 2 * side * (side - 1) pairs.
+    for parts in [2usize, 4, 8, 16] {
+        for imbalance in [1.03, 1.1] {
+            let method = Method::Stream { imbalance };
+            let (a, plan, s) = partition(&edges, n, &method, parts);
+            let (again, _, _) = partition(&edges, n, &method, parts);
+            assert_eq!(a, again, "K={parts}: not deterministic");
+            assert_eq!(a.len(), n);
+            assert!(a.iter().all(|&p| (p as usize) < parts), "part out of range");
+            let mut size = vec![0usize; parts];
+            a.iter().for_each(|&p| size[p as usize] += 1);
+            let max = *size.iter().max().unwrap() as f64;
+            assert!(
+                max <= (imbalance * n as f64 / parts as f64).max(n.div_ceil(parts) as f64),
+                "K={parts}: largest part {max} of {n} nodes beyond --imbalance {imbalance}"
+            );
+            assert_eq!(plan.parts.iter().map(|p| p.owned.len()).sum::<usize>(), n);
+            let (_, _, r) = partition(&edges, n, &Method::Random { seed: 3 }, parts);
+            eprintln!(
+                "grid {side}x{side} K={parts} imbalance {imbalance}: stream cut {} volume {}, \
+                 random cut {} volume {}",
+                s.edge_cut, s.communication_volume, r.edge_cut, r.communication_volume
+            );
+            // Measured: 5-20x below random for K <= 8, 3.7x at K = 16 (Fennel's single pass
+            // in row-major order cuts about twice what strips would).
+            assert!(
+                s.edge_cut * 3 < r.edge_cut,
+                "K={parts}: stream cut {} not far below random's {}",
+                s.edge_cut,
+                r.edge_cut
+            );
+        }
+    }
+}
+
+#[test]
+fn stream_rejects_a_bad_imbalance_and_handles_tiny_graphs() {
+    let edges = grid_2d(3);
+    let graph = SymmetricGraph::build(&edges, 9).unwrap();
+    for bad in [0.5, f64::NAN, 11.0] {
+        let err = assign(&Method::Stream { imbalance: bad }, &graph, &[], 2).unwrap_err();
+        assert!(err.to_string().contains("--imbalance"), "{err}");
+    }
+    // As many parts as nodes: one node each.
+    let a = assign(&Method::Stream { imbalance: 1.0 }, &graph, &[], 9).unwrap();
+    let mut sorted = a.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..9).collect::<Vec<u32>>());
+    let one = assign(&Method::Stream { imbalance: 1.03 }, &graph, &[], 1).unwrap();
+    assert_eq!(one, vec![0; 9]);
 }
 
 #[test]

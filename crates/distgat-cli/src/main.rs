@@ -501,7 +501,7 @@ struct PartitionArgs {
     /// Number of parts (1..=N)
     #[arg(long, value_name = "K")]
     parts: usize,
-    /// metis, random, range (contiguous id blocks) or file:PARTS.npy (int32/int64 [N]) (default: metis)
+    /// metis, random, range (contiguous id blocks), stream (Fennel, one pass, for graphs METIS cannot hold) or file:PARTS.npy (int32/int64 [N]) (default: metis)
     #[arg(long, value_parser = parse_method_name)]
     method: Option<MethodArg>,
     /// METIS objective: edge cut or communication volume
@@ -519,7 +519,7 @@ struct PartitionArgs {
     /// METIS partitions computed from different random starts; the best is kept
     #[arg(long, default_value_t = 1)]
     trials: u32,
-    /// Allowed largest part / average part (METIS ufactor = (x - 1) * 1000)
+    /// Allowed largest part / average part (METIS ufactor = (x - 1) * 1000; a hard cap for stream)
     #[arg(long, default_value_t = 1.03)]
     imbalance: f64,
     /// Output partition directory (created atomically)
@@ -547,6 +547,7 @@ enum MethodArg {
     Metis,
     Random,
     Range,
+    Stream,
     File(PathBuf),
 }
 
@@ -555,10 +556,11 @@ fn parse_method_name(s: &str) -> Result<MethodArg, String> {
         "metis" => Ok(MethodArg::Metis),
         "random" => Ok(MethodArg::Random),
         "range" => Ok(MethodArg::Range),
+        "stream" => Ok(MethodArg::Stream),
         _ => match s.strip_prefix("file:") {
             Some(p) if !p.is_empty() => Ok(MethodArg::File(PathBuf::from(p))),
             _ => Err(format!(
-                "'{s}': expected metis, random, range or file:PARTS.npy"
+                "'{s}': expected metis, random, range, stream or file:PARTS.npy"
             )),
         },
     }
@@ -1378,6 +1380,7 @@ fn method_of(arg: MethodArg, seed: u64) -> Method {
         MethodArg::Metis => Method::metis_default(),
         MethodArg::Random => Method::Random { seed },
         MethodArg::Range => Method::Range,
+        MethodArg::Stream => Method::Stream { imbalance: 1.03 },
         MethodArg::File(path) => Method::File { path },
     }
 }
@@ -1571,6 +1574,9 @@ fn partition(args: PartitionArgs) -> anyhow::Result<()> {
         },
         MethodArg::Random => Method::Random { seed: args.seed },
         MethodArg::Range => Method::Range,
+        MethodArg::Stream => Method::Stream {
+            imbalance: args.imbalance,
+        },
         MethodArg::File(path) => Method::File { path },
     };
     let config = PartitionConfig {

@@ -8,6 +8,7 @@ pub mod method;
 pub mod pipeline;
 pub mod plan;
 pub mod stats;
+pub mod stream;
 pub mod symmetric;
 
 pub use dir::{
@@ -15,10 +16,10 @@ pub use dir::{
     Manifest, NewPartition, PartitionDir, RunInfo, Shard, PARTITION_FORMAT,
 };
 pub use error::{PartitionError, Result};
-pub use method::{assign, read_assignment, Method, Objective};
+pub use method::{assign, read_assignment, trial_seed, Method, Objective};
 pub use pipeline::{
     format_report, peak_rss_bytes, run_partition, AssignmentDtype, PartitionConfig,
 };
 pub use plan::{HaloPlan, PartPlan};
-pub use stats::PartitionStats;
+pub use stats::{PartitionStats, Quality};
 pub use symmetric::SymmetricGraph;

@@ -159,27 +159,66 @@ pub fn run_partition(config: &PartitionConfig) -> Result<Manifest, PartitionErro
 
     phase("symmetrising");
     let graph = SymmetricGraph::build(&edges, n)?;
-    let mut in_degree = vec![0u64; n];
-    for &d in edges.dst() {
-        in_degree[d as usize] += 1;
-    }
-
-    phase(&format!("partitioning ({})", config.method.name()));
-    let assignment = assign(&config.method, &graph, &in_degree, config.parts)?;
-    drop(in_degree);
-
-    phase("building halo plan");
-    let plan = HaloPlan::build(&edges, n, &assignment, config.parts)?;
-    let stats = PartitionStats::compute(&graph, &assignment, &plan, edges.len(), config.row_width);
-    drop(graph);
-
-    phase("writing shards");
+    // Incoming edges per node: METIS's second constraint, only with --balance-edges.
+    let in_degree = match &config.method {
+        Method::Metis {
+            balance_edges: true,
+            ..
+        } => {
+            let mut d = vec![0u64; n];
+            for &t in edges.dst() {
+                d[t as usize] += 1;
+            }
+            d
+        }
+        _ => Vec::new(),
+    };
     let graph_info = InputInfo {
         path: config.graph.display().to_string(),
         rows: n,
         size: edges.len(),
         fingerprint: graph_fingerprint(&edges, n),
     };
+    // Memory: the edge list (16 bytes per edge) is not needed while the partitioner runs;
+    // a regular file is read again afterwards (and must not have changed), so the peak
+    // is the symmetric graph plus METIS's own copies, not the input as well.
+    let reread = std::fs::metadata(&config.graph)
+        .map(|m| m.is_file())
+        .unwrap_or(false);
+    let mut kept = Some(edges);
+    if reread {
+        kept = None;
+    }
+
+    phase(&format!("partitioning ({})", config.method.name()));
+    let assignment = assign(&config.method, &graph, &in_degree, config.parts)?;
+    drop(in_degree);
+    let quality = PartitionStats::quality(&graph, &assignment);
+    drop(graph);
+
+    let edges = match kept {
+        Some(edges) => edges,
+        None => {
+            phase("reading graph again");
+            let edges = read_graph(&config.graph, config.format)?;
+            if edges.len() != graph_info.size
+                || graph_fingerprint(&edges, n) != graph_info.fingerprint
+            {
+                return Err(GraphError::invalid(
+                    &config.graph,
+                    "changed while it was being partitioned; partition it again",
+                )
+                .into());
+            }
+            edges
+        }
+    };
+
+    phase("building halo plan");
+    let plan = HaloPlan::build(&edges, n, &assignment, config.parts)?;
+    let stats = PartitionStats::from_plan(quality, &plan, edges.len(), config.row_width);
+
+    phase("writing shards");
     drop(edges);
     let features_info = match (&features, &config.features) {
         (Some(f), Some(path)) => Some((

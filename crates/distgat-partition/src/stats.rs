@@ -5,6 +5,18 @@ use serde::{Deserialize, Serialize};
 use crate::plan::HaloPlan;
 use crate::symmetric::SymmetricGraph;
 
+/// Edge cut and communication volume of an assignment over the symmetric graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quality {
+    pub num_nodes: usize,
+    /// Undirected pairs {u, v} (u != v).
+    pub num_undirected_pairs: u64,
+    /// Pairs whose endpoints are in different parts.
+    pub edge_cut: u64,
+    /// Over all nodes, the number of other parts among its neighbours.
+    pub communication_volume: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PartitionStats {
     pub parts: usize,
@@ -44,6 +56,7 @@ impl PartitionStats {
             .collect()
     }
 
+    /// Statistics of `assignment` over `graph` with its halo `plan` (see the fields).
     pub fn compute(
         graph: &SymmetricGraph,
         assignment: &[u32],
@@ -51,7 +64,12 @@ impl PartitionStats {
         num_edges: usize,
         row_width: usize,
     ) -> Self {
-        let parts = plan.parts.len();
+        Self::from_plan(Self::quality(graph, assignment), plan, num_edges, row_width)
+    }
+
+    /// What needs the symmetric graph: its size, edge cut and communication volume (so
+    /// the graph can be dropped before the halo plan is built).
+    pub fn quality(graph: &SymmetricGraph, assignment: &[u32]) -> Quality {
         let mut edge_cut = 0u64;
         let mut volume = 0u64;
         let mut seen: Vec<u32> = Vec::new();
@@ -71,6 +89,17 @@ impl PartitionStats {
             }
             volume += seen.len() as u64;
         }
+        Quality {
+            num_nodes: graph.num_nodes,
+            num_undirected_pairs: graph.num_undirected_edges() as u64,
+            edge_cut,
+            communication_volume: volume,
+        }
+    }
+
+    /// The statistics from [`PartitionStats::quality`] and the halo plan.
+    pub fn from_plan(q: Quality, plan: &HaloPlan, num_edges: usize, row_width: usize) -> Self {
+        let parts = plan.parts.len();
         let owned_rows: Vec<u64> = plan.parts.iter().map(|p| p.owned.len() as u64).collect();
         let incoming_edges: Vec<u64> = plan.parts.iter().map(|p| p.col.len() as u64).collect();
         let halo_rows: Vec<u64> = plan.parts.iter().map(|p| p.halo.len() as u64).collect();
@@ -85,11 +114,11 @@ impl PartitionStats {
         };
         PartitionStats {
             parts,
-            num_nodes: graph.num_nodes,
+            num_nodes: q.num_nodes,
             num_edges,
-            num_undirected_pairs: graph.num_undirected_edges() as u64,
-            edge_cut,
-            communication_volume: volume,
+            num_undirected_pairs: q.num_undirected_pairs,
+            edge_cut: q.edge_cut,
+            communication_volume: q.communication_volume,
             node_imbalance: imbalance(&owned_rows),
             edge_imbalance: imbalance(&incoming_edges),
             owned_rows,
