@@ -880,3 +880,29 @@ fn rerun_gives_byte_identical_shards() {
         }
     }
 }
+
+#[test]
+fn stream_method_partitions_and_checks_imbalance() {
+    let case = Case::new();
+    let stdout = case
+        .partition(4)
+        .arg("--method")
+        .arg("stream")
+        .arg("--json")
+        .expect_success();
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["method"]["name"], "stream", "{stdout}");
+    assert!(read_manifest(&case.out)["method"]["imbalance"].is_number());
+    let case = Case::new();
+    case.partition(4)
+        .arg("--method")
+        .arg("stream")
+        .arg("--imbalance")
+        .arg("0.5")
+        .expect_error(
+            "--imbalance",
+            &["0.5", "between 1.0 and 10.0"],
+            case.dir.path(),
+        );
+    assert!(!case.out.exists());
+}
