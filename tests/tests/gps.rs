@@ -2,7 +2,7 @@
 //! `reference/tools/gps_cases.py`), through the same path as `distgat infer`, and the
 //! model errors a user can make when writing or exporting a GPSConv layer.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use distgat_attention::{Model, ModelError};
 use distgat_cli::{run_infer, InferConfig};
@@ -144,11 +144,16 @@ fn the_unedited_case_loads() {
 
 #[test]
 fn a_conv_whose_width_is_not_channels_is_refused() {
-    let err = error_of(
-        |l| l["args"]["conv"]["args"]["concat"] = json!(false),
-        None,
+    let err = error_of(|l| l["args"]["conv"]["args"]["concat"] = json!(false), None);
+    assert_mentions(
+        &err,
+        &[
+            "layers[0]",
+            "args.conv (GATConv)",
+            "8 columns",
+            "channels is 32",
+        ],
     );
-    assert_mentions(&err, &["layers[0]", "args.conv (GATConv)", "8 columns", "channels is 32"]);
 }
 
 #[test]
@@ -160,7 +165,10 @@ fn attn_type_performer_is_refused() {
 #[test]
 fn an_unknown_norm_is_refused() {
     let err = error_of(|l| l["args"]["norm"] = json!("graph_norm"), None);
-    assert_mentions(&err, &["norm is \"graph_norm\"", "batch_norm", "layer_norm"]);
+    assert_mentions(
+        &err,
+        &["norm is \"graph_norm\"", "batch_norm", "layer_norm"],
+    );
 }
 
 #[test]
@@ -181,10 +189,16 @@ fn channels_not_divisible_by_heads_are_refused() {
 fn a_missing_tensor_is_named() {
     let err = error_of(
         |_| {},
-        Some(weights_with(Some("layers.0.norm2.module.running_var"), None)),
+        Some(weights_with(
+            Some("layers.0.norm2.module.running_var"),
+            None,
+        )),
     );
     assert_mentions(&err, &["layers.0.norm2.module.running_var", "missing"]);
-    let err = error_of(|_| {}, Some(weights_with(Some("layers.0.mlp.3.weight"), None)));
+    let err = error_of(
+        |_| {},
+        Some(weights_with(Some("layers.0.mlp.3.weight"), None)),
+    );
     assert_mentions(&err, &["layers.0.mlp.3.weight", "missing"]);
 }
 
@@ -192,7 +206,10 @@ fn a_missing_tensor_is_named() {
 fn an_extra_tensor_is_named() {
     let err = error_of(
         |_| {},
-        Some(weights_with(None, Some(("layers.0.mlp.5.weight", vec![32, 32])))),
+        Some(weights_with(
+            None,
+            Some(("layers.0.mlp.5.weight", vec![32, 32])),
+        )),
     );
     assert_mentions(&err, &["layers.0.mlp.5.weight", "used by no layer"]);
 }
@@ -221,5 +238,4 @@ fn approx_with_more_landmarks_than_nodes_is_refused_when_run() {
     };
     let err = run_infer(&config).unwrap_err().to_string();
     assert_mentions(&err, &["approx.landmarks is 500", "200"]);
-    let _ = Path::new("");
 }

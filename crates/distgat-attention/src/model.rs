@@ -1551,7 +1551,6 @@ fn load_gps(a: &GpsArgs, t: &mut LayerTensors<'_>) -> Result<GpsConv> {
             [None, None, None]
         }
         Some((_, kind)) if kind == "batchnorm" => {
-            let nk_eps = nk.and_then(|k| k.eps);
             if let Some(k) = nk {
                 if k.mode.is_some() {
                     return Err(t.spec(
@@ -1568,7 +1567,7 @@ fn load_gps(a: &GpsArgs, t: &mut LayerTensors<'_>) -> Result<GpsConv> {
                 }
                 let _ = (&k.momentum, k.allow_single_element);
             }
-            let eps = nk_eps.unwrap_or(1e-5);
+            let eps = nk.and_then(|k| k.eps).unwrap_or(1e-5);
             let affine = nk.and_then(|k| k.affine).unwrap_or(true);
             let mut norms = [None, None, None];
             for (i, slot) in norms.iter_mut().enumerate() {
@@ -1577,7 +1576,7 @@ fn load_gps(a: &GpsArgs, t: &mut LayerTensors<'_>) -> Result<GpsConv> {
                 sub.context = format!(" (BatchNorm1d({c}))");
                 let mean = sub.required("running_mean", &[Some(c)])?.1;
                 let var = sub.required("running_var", &[Some(c)])?.1;
-                if let Some(j) = var.iter().position(|&v| !(f64::from(v) + eps > 0.0)) {
+                if let Some(j) = var.iter().position(|&v| f64::from(v) + eps <= 0.0) {
                     return Err(sub.weights(format!(
                         "tensor '{prefix}running_var' has {} at index {j}: a variance must \
                          be non-negative",

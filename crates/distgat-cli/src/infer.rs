@@ -225,10 +225,7 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         .into());
     }
     if config.report_approximation_error
-        && !model
-            .layers
-            .iter()
-            .any(|l| l.approximation().is_some())
+        && !model.layers.iter().any(|l| l.approximation().is_some())
     {
         return Err(GraphError::argument(
             "--report-approximation-error",
