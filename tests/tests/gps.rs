@@ -129,7 +129,7 @@ fn weights_with(drop: Option<&str>, add: Option<(&str, Vec<usize>)>) -> Vec<u8> 
             TensorView::new(safetensors::Dtype::F32, shape, &extra).unwrap(),
         ));
     }
-    safetensors::serialize(tensors, None).unwrap()
+    safetensors::serialize(tensors, &None).unwrap()
 }
 
 #[test]

@@ -1469,6 +1469,26 @@ fn load_gps(a: &GpsArgs, t: &mut LayerTensors<'_>) -> Result<GpsConv> {
         Some(spec) => {
             let args = parse_args(&spec.kind, spec.args.get())
                 .map_err(|e| t.spec(format!("args.conv ({}): {e}", spec.kind)))?;
+            // The declared output width, checked before the tensors (whose shapes follow it).
+            let (heads_c, out_c, concat_c) = match &args {
+                Args::Gat(a) => (a.heads, a.out_channels, a.concat),
+                Args::GatV2(a) => (a.heads, a.out_channels, a.concat),
+                Args::Transformer(a) => (a.heads, a.out_channels, a.concat),
+                _ => (None, c, None),
+            };
+            let declared = if concat_c.unwrap_or(true) {
+                heads_c.unwrap_or(1).saturating_mul(out_c)
+            } else {
+                out_c
+            };
+            if declared != c {
+                return Err(t.spec(format!(
+                    "args.conv ({}) outputs {declared} columns (heads x out_channels with \
+                     concat, out_channels without), but channels is {c}: GPSConv adds conv(x) \
+                     to x, so they must be equal",
+                    spec.kind
+                )));
+            }
             let prefix = format!("{parent}conv.");
             let mut sub = t.nested(&prefix);
             let conv: Box<dyn AttentionKind> = match args {
