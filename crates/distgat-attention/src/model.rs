@@ -1420,7 +1420,7 @@ fn load_gps(a: &GpsArgs, t: &mut LayerTensors<'_>) -> Result<GpsConv> {
             MAX_WIDTH / 2
         )));
     }
-    if c % heads != 0 {
+    if !c.is_multiple_of(heads) {
         return Err(t.spec(format!(
             "channels ({c}) is not divisible by heads ({heads}): each attention head gets \
              channels / heads columns (torch's MultiheadAttention requires the same)"
