@@ -23,11 +23,14 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 __all__ = ["export_model", "save_graph", "NotExportedWarning", "MODEL_FORMAT",
-           "ACTIVATIONS", "ATTENTION_KINDS"]
+           "ACTIVATIONS", "ATTENTION_KINDS", "GLOBAL_KINDS"]
 
 MODEL_FORMAT = "pyg-attention-model-v1"
 ACTIVATIONS = ("elu", "relu", "none")
 ATTENTION_KINDS = ("GATConv", "GATv2Conv", "TransformerConv")
+# Layers over all nodes (no graph needed unless they hold a conv): torch's
+# MultiheadAttention, nystrom_attention's NystromAttention (when installed), PyG's GPSConv.
+GLOBAL_KINDS = ("MultiheadAttention", "NystromAttention", "GPSConv")
 
 # Constructor keyword arguments of each layer, in PyG 2.8's signature order.
 ARG_ORDER: Dict[str, Tuple[str, ...]] = {
@@ -61,7 +64,100 @@ def _attention_classes() -> Dict[type, str]:
         raise ImportError(
             "export_model needs torch and torch_geometric installed "
             "(pip install torch torch_geometric)") from e
-    return {GATConv: "GATConv", GATv2Conv: "GATv2Conv", TransformerConv: "TransformerConv"}
+    import torch
+    from torch_geometric.nn import GPSConv
+    classes = {GPSConv: "GPSConv", GATConv: "GATConv", GATv2Conv: "GATv2Conv",
+               TransformerConv: "TransformerConv",
+               torch.nn.MultiheadAttention: "MultiheadAttention"}
+    try:
+        from nystrom_attention import NystromAttention
+        classes[NystromAttention] = "NystromAttention"
+    except ImportError:  # optional package: its layers are then simply not found
+        pass
+    return classes
+
+
+def _mha_args(m: Any, path: str) -> Dict[str, Any]:
+    """torch.nn.MultiheadAttention's constructor arguments (self-attention only)."""
+    where = f"MultiheadAttention at {_path_name(path)}"
+    if m.bias_k is not None:
+        raise ValueError(f"{where}: add_bias_kv=True is not supported by distgat")
+    if not m._qkv_same_embed_dim:
+        raise ValueError(f"{where}: kdim/vdim differ from embed_dim; distgat runs "
+                         f"self-attention over one node set")
+    return {"embed_dim": int(m.embed_dim), "num_heads": int(m.num_heads),
+            "dropout": float(m.dropout), "bias": m.in_proj_bias is not None,
+            "add_bias_kv": False, "add_zero_attn": bool(m.add_zero_attn),
+            "kdim": int(m.kdim), "vdim": int(m.vdim), "batch_first": bool(m.batch_first)}
+
+
+def _nystrom_args(m: Any, path: str) -> Dict[str, Any]:
+    """nystrom_attention.NystromAttention's (0.0.14) constructor arguments."""
+    if m.residual:
+        raise ValueError(f"NystromAttention at {_path_name(path)}: residual=True (its depthwise "
+                         f"convolution) is not supported by distgat; use residual=False")
+    inner = int(m.to_qkv.out_features) // 3
+    return {"dim": int(m.to_qkv.in_features), "dim_head": inner // int(m.heads),
+            "heads": int(m.heads), "num_landmarks": int(m.num_landmarks),
+            "pinv_iterations": int(m.pinv_iterations), "residual": False,
+            "eps": float(m.eps), "dropout": float(m.to_out[1].p)}
+
+
+def _gps_args(m: Any, path: str, classes: Dict[type, str]) -> Dict[str, Any]:
+    """PyG GPSConv's constructor arguments, its conv as a nested {"kind", "args"}."""
+    import torch
+    from torch_geometric.nn.norm import BatchNorm, LayerNorm
+    where = f"GPSConv at {_path_name(path)}"
+    if m.attn_type != "multihead":
+        raise ValueError(f"{where}: attn_type={m.attn_type!r}; distgat supports 'multihead'")
+    conv = None
+    if m.conv is not None:
+        kind = _kind_of(m.conv, classes)
+        if kind not in ATTENTION_KINDS:
+            raise ValueError(f"{where}: conv is a {type(m.conv).__name__}; distgat runs "
+                             f"GATConv, GATv2Conv or TransformerConv there")
+        conv = {"kind": kind, "args": _layer_args(m.conv, kind, f"{path}.conv")}
+    act = m.mlp[1]
+    if type(act) is torch.nn.ReLU:
+        act_name = "relu"
+    elif type(act) is torch.nn.GELU and act.approximate == "none":
+        act_name = "gelu"
+    else:
+        raise ValueError(f"{where}: act {act!r} is not supported (relu or gelu)")
+    norm, norm_kwargs = None, None
+    if isinstance(m.norm1, BatchNorm):
+        bn = m.norm1.module
+        if not bn.track_running_stats:
+            raise ValueError(f"{where}: BatchNorm without running statistics is not supported")
+        norm, norm_kwargs = "batch_norm", {"eps": float(bn.eps), "affine": bool(bn.affine)}
+    elif isinstance(m.norm1, LayerNorm):
+        norm = "layer_norm"
+        norm_kwargs = {"eps": float(m.norm1.eps), "affine": bool(m.norm1.affine),
+                       "mode": m.norm1.mode}
+    elif m.norm1 is not None:
+        raise ValueError(f"{where}: norm {type(m.norm1).__name__} is not supported "
+                         f"(batch_norm, layer_norm or None)")
+    attn = _mha_args(m.attn, f"{path}.attn")
+    return {"channels": int(m.channels), "conv": conv, "heads": int(m.heads),
+            "dropout": float(m.dropout), "act": act_name, "act_kwargs": None,
+            "norm": norm, "norm_kwargs": norm_kwargs, "attn_type": "multihead",
+            "attn_kwargs": {"dropout": attn["dropout"], "bias": attn["bias"],
+                            "add_zero_attn": attn["add_zero_attn"]}}
+
+
+def _any_args(m: Any, kind: str, path: str, classes: Dict[type, str]) -> Tuple[Dict[str, Any], int, int]:
+    """(args, input width, output width) of any exportable layer."""
+    if kind == "MultiheadAttention":
+        a = _mha_args(m, path)
+        return a, a["embed_dim"], a["embed_dim"]
+    if kind == "NystromAttention":
+        a = _nystrom_args(m, path)
+        return a, a["dim"], a["dim"]
+    if kind == "GPSConv":
+        a = _gps_args(m, path, classes)
+        return a, a["channels"], a["channels"]
+    a = _layer_args(m, kind, path)
+    return a, a["in_channels"], _out_width(a)
 
 
 def _kind_of(m: Any, classes: Dict[type, str]) -> Optional[str]:
@@ -191,7 +287,11 @@ def export_model(module: Any, out_dir: Union[str, Path], activation: str = "elu"
 
     Args:
         module: a ``torch.nn.Module`` that is, or contains, PyG ``GATConv``,
-            ``GATv2Conv`` or ``TransformerConv`` layers. They are taken in
+            ``GATv2Conv``, ``TransformerConv`` or ``GPSConv`` layers, torch
+            ``MultiheadAttention`` (self-attention over all nodes as one sequence) or
+            ``nystrom_attention.NystromAttention`` (residual=False; found only when
+            that package is installed). A GPSConv's conv and attention are exported
+            inside it (``args.conv`` is ``{"kind", "args"}``). They are taken in
             ``module.named_modules()`` order (registration order), which must
             be the order the model applies them in: distgat feeds layer k's
             output, through ``activation``, to layer k+1. Every layer gets the
@@ -241,7 +341,7 @@ def export_model(module: Any, out_dir: Union[str, Path], activation: str = "elu"
         kind = _kind_of(m, classes)
         if kind is None:
             continue
-        if any(path.startswith(p + ".") for p, _, _ in found if p):
+        if any(not p or path.startswith(p + ".") for p, _, _ in found):
             continue  # inside an attention layer already taken
         if type(m).__name__ != kind:
             warnings.warn(f"{_path_name(path)} is a {type(m).__name__}, exported as its PyG base "
@@ -249,28 +349,32 @@ def export_model(module: Any, out_dir: Union[str, Path], activation: str = "elu"
                           NotExportedWarning, stacklevel=2)
         found.append((path, m, kind))
     if not found:
-        raise ValueError(f"{type(module).__name__} holds no GATConv, GATv2Conv or TransformerConv "
-                         f"layer: nothing distgat can run")
+        raise ValueError(f"{type(module).__name__} holds no GATConv, GATv2Conv, TransformerConv, "
+                         f"MultiheadAttention, NystromAttention or GPSConv layer: nothing distgat "
+                         f"can run")
 
     layers: List[Dict[str, Any]] = []
     tensors: Dict[str, np.ndarray] = {}
     prev: Optional[Tuple[str, int]] = None
     edge_dim: Optional[Tuple[str, int]] = None
     for path, m, kind in found:
-        args = _layer_args(m, kind, path)
+        args, in_width, out_width = _any_args(m, kind, path, classes)
         prefix = f"{path}." if path else ""
-        if prev is not None and args["in_channels"] != prev[1]:
+        if prev is not None and in_width != prev[1]:
             raise ValueError(
-                f"{kind} at {_path_name(path)} has in_channels={args['in_channels']} but the layer "
+                f"{kind} at {_path_name(path)} takes {in_width} input columns (in_channels) but the layer "
                 f"before it ({_path_name(prev[0])}) outputs {prev[1]} columns: distgat chains the "
                 f"attention layers directly (only the activation between them)")
-        if args["edge_dim"] is not None:
-            if edge_dim is not None and edge_dim[1] != args["edge_dim"]:
+        layer_edge_dim = args.get("edge_dim")
+        if kind == "GPSConv" and args["conv"] is not None:
+            layer_edge_dim = args["conv"]["args"].get("edge_dim")
+        if layer_edge_dim is not None:
+            if edge_dim is not None and edge_dim[1] != layer_edge_dim:
                 raise ValueError(
-                    f"{kind} at {_path_name(path)} has edge_dim={args['edge_dim']} but "
+                    f"{kind} at {_path_name(path)} has edge_dim={layer_edge_dim} but "
                     f"{_path_name(edge_dim[0])} has edge_dim={edge_dim[1]}: distgat gives every "
                     f"layer the same edge features")
-            edge_dim = (path, args["edge_dim"])
+            edge_dim = (path, layer_edge_dim)
         for name, t in m.state_dict().items():
             if t is None:
                 continue
@@ -279,7 +383,7 @@ def export_model(module: Any, out_dir: Union[str, Path], activation: str = "elu"
                                  f"run one forward pass before exporting")
             tensors[prefix + name] = _to_f32(t)
         layers.append({"kind": kind, "args": args, "weights": weights, "prefix": prefix})
-        prev = (path, _out_width(args))
+        prev = (path, out_width)
 
     left_out = [k for k in module.state_dict().keys() if k not in tensors]
     if left_out:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file
 from torch import nn
-from torch_geometric.nn import GATConv, GATv2Conv, TransformerConv
+from torch_geometric.nn import GATConv, GATv2Conv, GPSConv, TransformerConv
 
 from distgat import NotExportedWarning, export_model, save_graph
 
@@ -294,6 +294,103 @@ def expected_args(m):
     return a
 
 
+# ------------------------------------------------- global attention and GPSConv
+
+class SelfAttention(nn.Module):
+    """torch MultiheadAttention as distgat runs it: all N nodes as one sequence."""
+
+    def __init__(self, e, h):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(e, h, batch_first=True)
+
+    def forward(self, x, edge_index=None):
+        return self.attn(x[None], x[None], x[None], need_weights=False)[0][0]
+
+
+class Nystrom(nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x, edge_index=None):
+        return self.layer(x[None])[0]
+
+
+def randomize_all(model, seed):
+    """Random parameters and BatchNorm running statistics (PyG starts them trivial)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if p.dim() > 1 else 0.2))
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.5)
+            elif name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
+    return model.eval()
+
+
+def global_cases():
+    torch.manual_seed(1)
+    cases = {
+        "mha": (SelfAttention(32, 4), False),
+        "gps-gat-batchnorm": (GPSConv(32, GATConv(32, 8, heads=4), heads=4), True),
+        "gps-transformer-layernorm-gelu": (
+            GPSConv(32, TransformerConv(32, 8, heads=4), heads=4, norm="layer_norm",
+                    act="gelu"), True),
+        "gps-noconv-nonorm": (GPSConv(32, None, heads=2, norm=None), False),
+    }
+    try:
+        from nystrom_attention import NystromAttention
+        cases["nystrom"] = (Nystrom(NystromAttention(dim=32, dim_head=8, heads=4,
+                                                     num_landmarks=16, residual=False)), False)
+    except ImportError:
+        print("     nystrom_attention not installed: NystromAttention export not checked")
+    for i, (m, _) in enumerate(cases.values()):
+        randomize_all(m, 200 + i)
+    return cases
+
+
+def check_global_case(name, model, uses_graph, root, distgat):
+    out = root / name
+    ei, _, _ = make_graph(seed=len(name))
+    x = np.random.default_rng(len(name)).standard_normal((N, 32)).astype(np.float32)
+
+    def export():
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            export_model(model, out, activation="none")
+        left = [str(x.message) for x in w if issubclass(x.category, NotExportedWarning)]
+        expect(not left, f"unexpected warning {left}")
+        save_graph(out, torch.from_numpy(ei), x=torch.from_numpy(x))
+        doc = json.loads((out / "model.json").read_text())
+        expect(len(doc["layers"]) == 1, f"{len(doc['layers'])} layers")
+        sd = load_file(str(out / "model.safetensors"))
+        state = model.state_dict()
+        expect(set(sd) == set(state), f"tensor names {sorted(set(sd) ^ set(state))}")
+        for k, v in sd.items():
+            expect(np.array_equal(v, state[k].detach().float().numpy()), f"{k} values differ")
+    check(f"{name}: export_model writes every tensor of the module", export)
+
+    if distgat is None:
+        return
+
+    def infer():
+        m = copy.deepcopy(model).double().eval()
+        with torch.no_grad():
+            ref = m(torch.from_numpy(x).double(), torch.from_numpy(ei)).numpy()
+        cmd = [distgat, "infer"]
+        if uses_graph:
+            cmd += ["--graph", str(out / "edges.npy")]
+        cmd += ["--features", str(out / "features.npy"), "--model", str(out / "model.json"),
+                "--out", str(out / "out.npy")]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        expect(r.returncode == 0, f"{' '.join(cmd)} exited {r.returncode}:\n{r.stdout}{r.stderr}")
+        worst = close(np.load(out / "out.npy"), ref)
+        print(f"     distgat vs torch f64: max |a-b| = {worst:.2e}")
+    check(f"{name}: distgat infer matches torch float64", infer)
+
+
 def check_refusals(root):
     def raises(fn, *words):
         try:
@@ -355,6 +452,8 @@ def main():
         root = Path(tmp)
         for name, (model, act, prefixes, uses_edge) in build_cases().items():
             check_case(name, model, act, prefixes, uses_edge, root, distgat)
+        for name, (model, uses_graph) in global_cases().items():
+            check_global_case(name, model, uses_graph, root, distgat)
         check_refusals(root)
     if distgat is None:
         print("DISTGAT_BIN not set: distgat infer was not run (files checked only)")

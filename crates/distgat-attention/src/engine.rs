@@ -11,7 +11,7 @@ use crate::edge_attr::entry_edge_attr;
 use crate::error::{ModelError, Result};
 use crate::exec::Execution;
 use crate::global::relative_frobenius_error;
-use crate::kind::{aggregate_into, source_aux, transform_into, RowInputs};
+use crate::kind::{aggregate_into, source_aux, transform_into, AttentionKind, RowInputs};
 use crate::model::{Layer, Model};
 use crate::progress::Progress;
 
@@ -190,78 +190,68 @@ pub fn run_model(
                 x = out;
                 continue;
             }
-        };
-        let view = topology.try_view(layer.add_self_loops()).ok_or_else(|| {
-            ModelError::Mismatch(format!(
-                "layers[{k}] ({}) attends over a graph's edges, but the model was run without \
-                 a graph",
-                layer.kind()
-            ))
-        })?;
-        let entries = view.csr.num_entries() as u64;
-        progress.start_layer(k, model.layers.len(), entries);
-        let started = Instant::now();
-        let mut source = RowBuffer::zeroed(n * layer.source_width());
-        let mut target = vec![0f32; n * layer.target_width()];
-        transform_into(layer, &x, exec, &mut source, &mut target);
-        drop(x);
-        let transformed = Instant::now();
-
-        let entry_attr = match layer.edge_dim() {
-            Some(d) => {
-                let ea = edge_attr.ok_or_else(|| {
-                    ModelError::Mismatch(format!(
-                        "layers[{k}] ({}) has edge_dim = {d} but no edge features were given",
-                        layer.kind()
-                    ))
-                })?;
-                if ea.width != d || ea.num_nodes != topology.num_edges {
-                    return Err(ModelError::Mismatch(format!(
-                        "edge features are [{}, {}], but the graph has {} edges and layers[{k}] \
-                         has edge_dim = {d}",
-                        ea.num_nodes, ea.width, topology.num_edges
-                    )));
+            Layer::Gps(g) => {
+                // The conv's edges, then the N attention rows.
+                let entries = match &g.conv {
+                    Some(conv) => local_entries(conv.as_ref(), topology, k)?,
+                    None => 0,
+                };
+                progress.start_layer(k, model.layers.len(), entries + n as u64);
+                let started = Instant::now();
+                let conv = match &g.conv {
+                    Some(conv) => Some(run_local(
+                        conv.as_ref(),
+                        topology,
+                        k,
+                        x.clone(),
+                        edge_attr,
+                        exec,
+                        want_attention,
+                        progress,
+                    )?),
+                    None => None,
+                };
+                let transform = started.elapsed();
+                let (alpha, conv_out) = match conv {
+                    Some(run) => (run.alpha, Some(run.out)),
+                    None => (want_attention.then(Vec::new), None),
+                };
+                let (mut out, approximation_error) =
+                    g.forward(&x, conv_out, exec, report_approximation)?;
+                progress.add_entries(n as u64);
+                drop(x);
+                timings.push(LayerTiming {
+                    transform,
+                    aggregate: started.elapsed() - transform,
+                    approximation_error,
+                });
+                attention.extend(alpha);
+                if k + 1 < model.layers.len() {
+                    activate(model, &mut out, exec);
                 }
-                let keys = view.keys.as_ref().expect("keys built for edge_dim layers");
-                Some(entry_edge_attr(
-                    &view.csr.row_ptr,
-                    keys,
-                    d,
-                    layer.fill_value(),
-                    &ea.values,
-                ))
+                x = out;
+                continue;
             }
-            None => None,
         };
-        let mut out = vec![0f32; n * layer.out_width()];
-        let mut alpha_csr =
-            want_attention.then(|| vec![0f32; view.csr.num_entries() * layer.heads()]);
-        let aux = source_aux(layer, &source);
-        let inputs = RowInputs {
-            source: &source,
-            source_aux: &aux,
-            target: &target,
-            edge_attr: entry_attr.as_deref(),
-        };
-        aggregate_into(
+        let entries = local_entries(layer, topology, k)?;
+        progress.start_layer(k, model.layers.len(), entries);
+        let run = run_local(
             layer,
-            &view.csr,
-            &inputs,
+            topology,
+            k,
+            x,
+            edge_attr,
             exec,
-            &mut out,
-            alpha_csr.as_deref_mut(),
-            Some(progress),
-        );
-        drop(source);
-        drop(target);
+            want_attention,
+            progress,
+        )?;
         timings.push(LayerTiming {
-            transform: transformed - started,
-            aggregate: transformed.elapsed(),
+            transform: run.transform,
+            aggregate: run.aggregate,
             approximation_error: None,
         });
-        if let (Some(alpha_csr), Some(order)) = (alpha_csr, view.attention_order.as_ref()) {
-            attention.push(to_attention_order(&alpha_csr, order, layer.heads(), exec));
-        }
+        attention.extend(run.alpha);
+        let mut out = run.out;
         if k + 1 < model.layers.len() {
             activate(model, &mut out, exec);
         }
@@ -272,6 +262,117 @@ pub fn run_model(
         width: model.out_width(),
         attention,
         timings,
+    })
+}
+
+/// What [`run_local`] produces.
+struct LocalRun {
+    out: Vec<f32>,
+    /// Coefficients in PyG's attention edge order, when asked.
+    alpha: Option<Vec<f32>>,
+    transform: Duration,
+    aggregate: Duration,
+}
+
+/// The graph view `layer` (`layers[k]`, or its conv) runs on, or an error when the model
+/// was run without a graph.
+fn view_for<'t>(
+    layer: &dyn AttentionKind,
+    topology: &'t Topology,
+    k: usize,
+) -> Result<&'t GraphView> {
+    topology.try_view(layer.add_self_loops()).ok_or_else(|| {
+        ModelError::Mismatch(format!(
+            "layers[{k}] ({}) attends over a graph's edges, but the model was run without \
+             a graph",
+            layer.kind()
+        ))
+    })
+}
+
+/// The CSR entries `layer` aggregates over (for progress).
+fn local_entries(layer: &dyn AttentionKind, topology: &Topology, k: usize) -> Result<u64> {
+    Ok(view_for(layer, topology, k)?.csr.num_entries() as u64)
+}
+
+/// One local attention layer (`layers[k]`, or a GPSConv's conv) over the graph: `x`
+/// `[N, in_features]` (consumed) into `[N, out_width]`.
+#[allow(clippy::too_many_arguments)]
+fn run_local(
+    layer: &dyn AttentionKind,
+    topology: &Topology,
+    k: usize,
+    x: Vec<f32>,
+    edge_attr: Option<&Features>,
+    exec: Execution,
+    want_attention: bool,
+    progress: &Progress,
+) -> Result<LocalRun> {
+    let n = topology.num_nodes;
+    let view = view_for(layer, topology, k)?;
+    let started = Instant::now();
+    let mut source = RowBuffer::zeroed(n * layer.source_width());
+    let mut target = vec![0f32; n * layer.target_width()];
+    transform_into(layer, &x, exec, &mut source, &mut target);
+    drop(x);
+    let transformed = Instant::now();
+
+    let entry_attr = match layer.edge_dim() {
+        Some(d) => {
+            let ea = edge_attr.ok_or_else(|| {
+                ModelError::Mismatch(format!(
+                    "layers[{k}] ({}) has edge_dim = {d} but no edge features were given",
+                    layer.kind()
+                ))
+            })?;
+            if ea.width != d || ea.num_nodes != topology.num_edges {
+                return Err(ModelError::Mismatch(format!(
+                    "edge features are [{}, {}], but the graph has {} edges and layers[{k}] \
+                     has edge_dim = {d}",
+                    ea.num_nodes, ea.width, topology.num_edges
+                )));
+            }
+            let keys = view.keys.as_ref().expect("keys built for edge_dim layers");
+            Some(entry_edge_attr(
+                &view.csr.row_ptr,
+                keys,
+                d,
+                layer.fill_value(),
+                &ea.values,
+            ))
+        }
+        None => None,
+    };
+    let mut out = vec![0f32; n * layer.out_width()];
+    let mut alpha_csr = want_attention.then(|| vec![0f32; view.csr.num_entries() * layer.heads()]);
+    let aux = source_aux(layer, &source);
+    let inputs = RowInputs {
+        source: &source,
+        source_aux: &aux,
+        target: &target,
+        edge_attr: entry_attr.as_deref(),
+    };
+    aggregate_into(
+        layer,
+        &view.csr,
+        &inputs,
+        exec,
+        &mut out,
+        alpha_csr.as_deref_mut(),
+        Some(progress),
+    );
+    let aggregate = transformed.elapsed();
+    let alpha = match (alpha_csr, view.attention_order.as_ref()) {
+        (Some(alpha_csr), Some(order)) => {
+            Some(to_attention_order(&alpha_csr, order, layer.heads(), exec))
+        }
+        _ => None,
+    };
+    Ok(LocalRun {
+        out,
+        alpha,
+        transform: transformed - started,
+        aggregate,
     })
 }
 

@@ -16,6 +16,7 @@ pub mod exec;
 pub mod gat;
 pub mod gatv2;
 pub mod global;
+pub mod gps;
 pub mod kind;
 pub mod model;
 pub mod progress;
@@ -31,6 +32,7 @@ pub use exec::Execution;
 pub use gat::GatConv;
 pub use gatv2::GatV2Conv;
 pub use global::{relative_frobenius_error, Blocks, GlobalAttention, GlobalKind, Method};
+pub use gps::{GpsActivation, GpsConv, GpsNorm};
 pub use kind::{
     aggregate_into, source_aux, transform_into, AttentionKind, FillValue, HaloPayload, RowInputs,
     Scratch,

@@ -18,6 +18,7 @@ use crate::error::{ModelError, Result};
 use crate::gat::GatConv;
 use crate::gatv2::GatV2Conv;
 use crate::global::{Blocks, GlobalAttention, GlobalKind, Method};
+use crate::gps::{GpsActivation, GpsConv, GpsNorm};
 use crate::kind::{AttentionKind, FillValue};
 use crate::transformer::TransformerConv;
 use crate::weights::WeightsFile;
@@ -68,6 +69,9 @@ pub enum Layer {
     Local(Box<dyn AttentionKind>),
     /// Attention over all nodes as one sequence (`MultiheadAttention`, `NystromAttention`).
     Global(Box<dyn GlobalKind>),
+    /// PyG's `GPSConv`: a local kind and global attention side by side, then an MLP
+    /// ([`GpsConv`]). It reads the graph through its conv ([`Layer::local`]).
+    Gps(Box<GpsConv>),
 }
 
 impl Layer {
@@ -76,12 +80,14 @@ impl Layer {
         match self {
             Layer::Local(l) => l.kind(),
             Layer::Global(g) => g.kind(),
+            Layer::Gps(_) => "GPSConv",
         }
     }
     pub fn in_features(&self) -> usize {
         match self {
             Layer::Local(l) => l.in_features(),
             Layer::Global(g) => g.in_features(),
+            Layer::Gps(g) => g.channels,
         }
     }
     /// The model argument that sets [`Layer::in_features`] (`in_channels`, `embed_dim`,
@@ -90,26 +96,39 @@ impl Layer {
         match self {
             Layer::Local(_) => "in_channels",
             Layer::Global(g) => g.in_features_arg(),
+            Layer::Gps(_) => "channels",
         }
     }
     pub fn out_width(&self) -> usize {
         match self {
             Layer::Local(l) => l.out_width(),
             Layer::Global(g) => g.out_width(),
+            Layer::Gps(g) => g.channels,
         }
     }
-    /// The layer as a graph attention kind, if it is one.
+    /// The graph attention kind the layer runs over the graph's edges, if any: the layer
+    /// itself, or a GPSConv's `conv`.
     pub fn local(&self) -> Option<&dyn AttentionKind> {
         match self {
             Layer::Local(l) => Some(l.as_ref()),
             Layer::Global(_) => None,
+            Layer::Gps(g) => g.conv.as_deref(),
         }
     }
-    /// The layer as a global attention kind, if it is one.
+    /// The layer as a global attention kind, if it is one (not a GPSConv's part).
     pub fn global(&self) -> Option<&dyn GlobalKind> {
         match self {
-            Layer::Local(_) => None,
             Layer::Global(g) => Some(g.as_ref()),
+            Layer::Local(_) | Layer::Gps(_) => None,
+        }
+    }
+    /// `Some(description)` when the layer (or its attention part) approximates exact
+    /// softmax attention.
+    pub fn approximation(&self) -> Option<String> {
+        match self {
+            Layer::Local(_) => None,
+            Layer::Global(g) => g.approximation(),
+            Layer::Gps(g) => g.attn.approximation(),
         }
     }
     /// `add_self_loops` of a local layer; `None` for a global one (it reads no graph).
@@ -154,6 +173,11 @@ impl Model {
                     "layers[{k}] is {} (global attention over all nodes), which {runner} does \
                      not support yet: global layers run only in `distgat infer` for now",
                     g.kind()
+                ))),
+                Layer::Gps(_) => Err(ModelError::Mismatch(format!(
+                    "layers[{k}] is GPSConv (a graph transformer layer with global attention \
+                     over all nodes), which {runner} does not support: GPSConv runs only in \
+                     `distgat infer`"
                 ))),
             })
             .collect()
@@ -439,6 +463,7 @@ impl Model {
                 Args::Transformer(a) => Layer::Local(Box::new(load_transformer(&a, &mut t)?)),
                 Args::Mha(a) => Layer::Global(Box::new(load_mha(&a, &mut t)?)),
                 Args::Nystrom(a) => Layer::Global(Box::new(load_nystrom(&a, &mut t)?)),
+                Args::Gps(a) => Layer::Gps(Box::new(load_gps(&a, &mut t)?)),
             };
             if let Some(declared) = &declared_tensors {
                 t.check_declared(declared)?;
@@ -567,6 +592,7 @@ enum Args {
     Transformer(TransformerArgs),
     Mha(MhaArgs),
     Nystrom(NystromArgs),
+    Gps(Box<GpsArgs>),
 }
 
 /// `torch.nn.MultiheadAttention`'s constructor arguments (torch 2.15), plus distgat's
@@ -588,7 +614,7 @@ struct MhaArgs {
 }
 
 /// `"approx"` of a MultiheadAttention layer.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ApproxArgs {
     method: String,
@@ -611,6 +637,67 @@ struct NystromArgs {
     residual_conv_kernel: Option<usize>,
     eps: Option<f64>,
     dropout: Option<f64>,
+}
+
+/// `GPSConv`'s constructor arguments (PyG 2.8.1), plus distgat's `approx` for its
+/// attention. `conv` is a nested layer spec (`{"kind", "args"}`, tensors under `conv.`) or
+/// null; `dropout` is inert in eval mode; `attn_kwargs` go to `MultiheadAttention`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GpsArgs {
+    channels: usize,
+    conv: Option<ConvSpec>,
+    heads: Option<usize>,
+    dropout: Option<f64>,
+    act: Option<String>,
+    act_kwargs: Option<serde_json::Map<String, Value>>,
+    /// Absent: PyG's default `"batch_norm"`; null: no normalisation.
+    #[serde(default = "default_gps_norm")]
+    norm: Value,
+    norm_kwargs: Option<NormKwargs>,
+    attn_type: Option<String>,
+    attn_kwargs: Option<AttnKwargs>,
+    approx: Option<ApproxArgs>,
+}
+
+fn default_gps_norm() -> Value {
+    Value::String("batch_norm".into())
+}
+
+/// GPSConv's `conv`: a local layer given as in a model's `layers` list, without weights.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConvSpec {
+    kind: String,
+    args: Box<serde_json::value::RawValue>,
+}
+
+/// GPSConv's `norm_kwargs` (for `BatchNorm` or PyG's `LayerNorm`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NormKwargs {
+    eps: Option<f64>,
+    affine: Option<bool>,
+    /// LayerNorm only: `"graph"` (PyG's default) or `"node"`.
+    mode: Option<String>,
+    /// BatchNorm only; inert in eval mode.
+    momentum: Option<Value>,
+    /// BatchNorm only; false would normalise with the batch's own statistics.
+    track_running_stats: Option<bool>,
+    /// BatchNorm only; in eval mode the running statistics are used either way.
+    allow_single_element: Option<bool>,
+}
+
+/// GPSConv's `attn_kwargs`: the `MultiheadAttention` arguments it passes on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttnKwargs {
+    dropout: Option<f64>,
+    bias: Option<bool>,
+    add_bias_kv: Option<bool>,
+    add_zero_attn: Option<bool>,
+    kdim: Option<usize>,
+    vdim: Option<usize>,
 }
 
 /// `GATConv`'s constructor arguments (PyG 2.8.1).
@@ -681,10 +768,11 @@ fn parse_args(kind: &str, args: &str) -> std::result::Result<Args, String> {
         "TransformerConv" => Args::Transformer(serde_json::from_str(args).map_err(hint)?),
         "MultiheadAttention" => Args::Mha(serde_json::from_str(args).map_err(|e| e.to_string())?),
         "NystromAttention" => Args::Nystrom(serde_json::from_str(args).map_err(|e| e.to_string())?),
+        "GPSConv" => Args::Gps(serde_json::from_str(args).map_err(|e| e.to_string())?),
         other => {
             return Err(format!(
                 "unknown kind \"{other}\"; supported kinds: GATConv, GATv2Conv, \
-                 TransformerConv, MultiheadAttention, NystromAttention"
+                 TransformerConv, MultiheadAttention, NystromAttention, GPSConv"
             ))
         }
     };
@@ -823,6 +911,17 @@ struct LayerTensors<'a> {
 }
 
 impl LayerTensors<'_> {
+    /// The same layer's tensors under `prefix` (a GPSConv's parts).
+    fn nested<'b>(&'b mut self, prefix: &'b str) -> LayerTensors<'b> {
+        LayerTensors {
+            model: self.model,
+            file: &mut *self.file,
+            prefix,
+            k: self.k,
+            v1: false,
+            context: String::new(),
+        }
+    }
     fn spec(&self, detail: String) -> ModelError {
         ModelError::Spec {
             path: self.model.to_path_buf(),
@@ -1304,5 +1403,288 @@ fn load_nystrom(a: &NystromArgs, t: &mut LayerTensors<'_>) -> Result<GlobalAtten
         blocks: Blocks::default(),
         model: t.model.to_path_buf(),
         layer: t.k,
+    })
+}
+
+/// PyG's `GPSConv` (2.8.1) in eval mode: `conv` under `conv.`, `MultiheadAttention` under
+/// `attn.`, the MLP's linears `mlp.0` and `mlp.3`, and `norm1..3` (see [`crate::gps`]).
+fn load_gps(a: &GpsArgs, t: &mut LayerTensors<'_>) -> Result<GpsConv> {
+    let c = a.channels;
+    let heads = a.heads.unwrap_or(1);
+    if c == 0 || heads == 0 {
+        return Err(t.spec(format!(
+            "channels ({c}) and heads ({heads}) must be at least 1"
+        )));
+    }
+    if c > MAX_WIDTH / 2 {
+        return Err(t.spec(format!(
+            "channels = {c} is beyond the supported width of {} columns (the MLP is 2 x channels wide)",
+            MAX_WIDTH / 2
+        )));
+    }
+    if !c.is_multiple_of(heads) {
+        return Err(t.spec(format!(
+            "channels ({c}) is not divisible by heads ({heads}): each attention head gets \
+             channels / heads columns (torch's MultiheadAttention requires the same)"
+        )));
+    }
+    check_dropout(t, a.dropout)?;
+    match a.attn_type.as_deref().unwrap_or("multihead") {
+        "multihead" => {}
+        "performer" => {
+            return Err(t.spec(
+                "attn_type is \"performer\": PyG's PerformerAttention (random feature \
+                 attention) is not supported; distgat runs attn_type \"multihead\" (exact, or \
+                 Nyström with \"approx\")"
+                    .into(),
+            ))
+        }
+        other => {
+            return Err(t.spec(format!(
+                "attn_type is \"{other}\", expected \"multihead\" (\"performer\" is not \
+                 supported)"
+            )))
+        }
+    }
+    let act_name = a.act.as_deref().unwrap_or("relu");
+    let act = match act_name.to_lowercase().replace('_', "").as_str() {
+        "relu" => GpsActivation::Relu,
+        "gelu" => GpsActivation::Gelu,
+        _ => {
+            return Err(t.spec(format!(
+                "act is \"{act_name}\", expected \"relu\" or \"gelu\" (the activations distgat \
+                 implements for GPSConv's MLP)"
+            )))
+        }
+    };
+    if let Some(kw) = a.act_kwargs.as_ref().filter(|kw| !kw.is_empty()) {
+        return Err(t.spec(format!(
+            "act_kwargs {:?} are not supported (GELU's \"approximate\" and other activation \
+             options change the output); pass act_kwargs null",
+            kw.keys().collect::<Vec<_>>()
+        )));
+    }
+    let parent = t.prefix.to_string();
+
+    let conv: Option<Box<dyn AttentionKind>> = match &a.conv {
+        None => None,
+        Some(spec) => {
+            let args = parse_args(&spec.kind, spec.args.get())
+                .map_err(|e| t.spec(format!("args.conv ({}): {e}", spec.kind)))?;
+            // The declared output width, checked before the tensors (whose shapes follow it).
+            let (heads_c, out_c, concat_c) = match &args {
+                Args::Gat(a) => (a.heads, a.out_channels, a.concat),
+                Args::GatV2(a) => (a.heads, a.out_channels, a.concat),
+                Args::Transformer(a) => (a.heads, a.out_channels, a.concat),
+                _ => (None, c, None),
+            };
+            let declared = if concat_c.unwrap_or(true) {
+                heads_c.unwrap_or(1).saturating_mul(out_c)
+            } else {
+                out_c
+            };
+            if declared != c {
+                return Err(t.spec(format!(
+                    "args.conv ({}) outputs {declared} columns (heads x out_channels with \
+                     concat, out_channels without), but channels is {c}: GPSConv adds conv(x) \
+                     to x, so they must be equal",
+                    spec.kind
+                )));
+            }
+            let prefix = format!("{parent}conv.");
+            let mut sub = t.nested(&prefix);
+            let conv: Box<dyn AttentionKind> = match args {
+                Args::Gat(a) => Box::new(load_gat(&a, &mut sub)?),
+                Args::GatV2(a) => Box::new(load_gatv2(&a, &mut sub)?),
+                Args::Transformer(a) => Box::new(load_transformer(&a, &mut sub)?),
+                Args::Mha(_) | Args::Nystrom(_) | Args::Gps(_) => {
+                    return Err(t.spec(format!(
+                        "args.conv.kind is \"{}\": GPSConv's conv must be a local message \
+                         passing kind (GATConv, GATv2Conv or TransformerConv)",
+                        spec.kind
+                    )))
+                }
+            };
+            if conv.in_features() != c {
+                return Err(t.weights(format!(
+                    "args.conv ({}) takes {} input columns ('{prefix}' tensors), but \
+                     channels is {c}: GPSConv runs conv on its own input",
+                    spec.kind,
+                    conv.in_features()
+                )));
+            }
+            if conv.out_width() != c {
+                return Err(t.spec(format!(
+                    "args.conv ({}) outputs {} columns (heads x out_channels with concat, \
+                     out_channels without), but channels is {c}: GPSConv adds conv(x) to x, \
+                     so they must be equal",
+                    spec.kind,
+                    conv.out_width()
+                )));
+            }
+            Some(conv)
+        }
+    };
+
+    let kw = a.attn_kwargs.as_ref();
+    let mha = MhaArgs {
+        embed_dim: c,
+        num_heads: heads,
+        dropout: kw.and_then(|k| k.dropout),
+        bias: kw.and_then(|k| k.bias),
+        add_bias_kv: kw.and_then(|k| k.add_bias_kv),
+        add_zero_attn: kw.and_then(|k| k.add_zero_attn),
+        kdim: kw.and_then(|k| k.kdim),
+        vdim: kw.and_then(|k| k.vdim),
+        batch_first: Some(true),
+        approx: a.approx.clone(),
+    };
+    let attn = {
+        let prefix = format!("{parent}attn.");
+        load_mha(&mha, &mut t.nested(&prefix))?
+    };
+
+    let (mlp_in, mlp_out) = {
+        let prefix = format!("{parent}mlp.");
+        let mut sub = t.nested(&prefix);
+        sub.context =
+            format!(" (channels = {c}: mlp = Linear(C, 2C), act, Dropout, Linear(2C, C), Dropout)");
+        (
+            sub.linear("0", 2 * c, Some(c), true)?,
+            sub.linear("3", c, Some(2 * c), true)?,
+        )
+    };
+
+    let norm_name = match &a.norm {
+        Value::Null => None,
+        Value::String(s) => Some(s.as_str()),
+        other => {
+            return Err(t.spec(format!(
+                "norm is {other}, expected \"batch_norm\", \"layer_norm\" or null"
+            )))
+        }
+    };
+    let nk = a.norm_kwargs.as_ref();
+    let norms = match norm_name.map(|n| (n, n.to_lowercase().replace('_', ""))) {
+        None => {
+            if nk.is_some() {
+                return Err(t.spec("norm_kwargs is given but norm is null".into()));
+            }
+            [None, None, None]
+        }
+        Some((_, kind)) if kind == "batchnorm" => {
+            if let Some(k) = nk {
+                if k.mode.is_some() {
+                    return Err(t.spec(
+                        "norm_kwargs.mode is a LayerNorm argument; norm is batch_norm".into(),
+                    ));
+                }
+                if k.track_running_stats == Some(false) {
+                    return Err(t.spec(
+                        "norm_kwargs.track_running_stats is false: BatchNorm then normalises \
+                         with the statistics of the batch even in eval mode, which distgat \
+                         does not implement"
+                            .into(),
+                    ));
+                }
+                let _ = (&k.momentum, k.allow_single_element);
+            }
+            let eps = nk.and_then(|k| k.eps).unwrap_or(1e-5);
+            let affine = nk.and_then(|k| k.affine).unwrap_or(true);
+            let mut norms = [None, None, None];
+            for (i, slot) in norms.iter_mut().enumerate() {
+                let prefix = format!("{parent}norm{}.module.", i + 1);
+                let mut sub = t.nested(&prefix);
+                sub.context = format!(" (BatchNorm1d({c}))");
+                let mean = sub.required("running_mean", &[Some(c)])?.1;
+                let var = sub.required("running_var", &[Some(c)])?.1;
+                if let Some(j) = var.iter().position(|&v| f64::from(v) + eps <= 0.0) {
+                    return Err(sub.weights(format!(
+                        "tensor '{prefix}running_var' has {} at index {j}: a variance must \
+                         be non-negative",
+                        var[j]
+                    )));
+                }
+                let wb = if affine {
+                    Some((
+                        sub.required("weight", &[Some(c)])?.1,
+                        sub.required("bias", &[Some(c)])?.1,
+                    ))
+                } else {
+                    None
+                };
+                // Read by BatchNorm only in training (momentum=None); an integer tensor.
+                let nbt = format!("{prefix}num_batches_tracked");
+                sub.file.mark_unused_by_pyg(sub.k, &nbt);
+                *slot = Some(GpsNorm::batch(
+                    &mean,
+                    &var,
+                    eps,
+                    wb.as_ref().map(|(w, b)| (w.as_slice(), b.as_slice())),
+                ));
+            }
+            norms
+        }
+        Some((_, kind)) if kind == "layernorm" => {
+            if let Some(k) = nk {
+                if k.momentum.is_some()
+                    || k.track_running_stats.is_some()
+                    || k.allow_single_element.is_some()
+                {
+                    return Err(t.spec(
+                        "norm_kwargs: momentum, track_running_stats and allow_single_element \
+                         are BatchNorm arguments; norm is layer_norm"
+                            .into(),
+                    ));
+                }
+            }
+            let eps = nk.and_then(|k| k.eps).unwrap_or(1e-5);
+            let affine = nk.and_then(|k| k.affine).unwrap_or(true);
+            let graph = match nk.and_then(|k| k.mode.as_deref()).unwrap_or("graph") {
+                "graph" => true,
+                "node" => false,
+                other => {
+                    return Err(t.spec(format!(
+                        "norm_kwargs.mode is \"{other}\", expected \"graph\" (PyG's default) \
+                         or \"node\""
+                    )))
+                }
+            };
+            let mut norms = [None, None, None];
+            for (i, slot) in norms.iter_mut().enumerate() {
+                let prefix = format!("{parent}norm{}.", i + 1);
+                let mut sub = t.nested(&prefix);
+                sub.context = format!(" (LayerNorm({c}))");
+                let affine = if affine {
+                    Some((
+                        sub.required("weight", &[Some(c)])?.1,
+                        sub.required("bias", &[Some(c)])?.1,
+                    ))
+                } else {
+                    None
+                };
+                *slot = Some(if graph {
+                    GpsNorm::Graph { eps, affine }
+                } else {
+                    GpsNorm::Node { eps, affine }
+                });
+            }
+            norms
+        }
+        Some((name, _)) => {
+            return Err(t.spec(format!(
+                "norm is \"{name}\", expected \"batch_norm\", \"layer_norm\" or null (the \
+                 normalisations distgat implements for GPSConv)"
+            )))
+        }
+    };
+    Ok(GpsConv {
+        channels: c,
+        conv,
+        attn,
+        mlp_in,
+        act,
+        mlp_out,
+        norms,
     })
 }

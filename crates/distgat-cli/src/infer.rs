@@ -225,15 +225,12 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         .into());
     }
     if config.report_approximation_error
-        && !model
-            .layers
-            .iter()
-            .any(|l| l.global().is_some_and(|g| g.approximation().is_some()))
+        && !model.layers.iter().any(|l| l.approximation().is_some())
     {
         return Err(GraphError::argument(
             "--report-approximation-error",
             format!(
-                "no layer of {} approximates attention (only MultiheadAttention with \
+                "no layer of {} approximates attention (only MultiheadAttention or GPSConv with \
                  \"approx\" and NystromAttention do), so there is no error to report",
                 config.model.display()
             ),
