@@ -37,6 +37,22 @@ async fn cluster_with(workers: usize, edit: impl FnOnce(&mut CoordinatorConfig))
     TestCluster::start(workers, edit, |_| {}).await
 }
 
+/// A client of `c` once `workers` workers are live, and the id of Cora registered as
+/// "cora".
+async fn cora_ready(c: &Cluster, workers: usize) -> (Client, String) {
+    let mut client = client(c).await;
+    client
+        .wait_for_workers(workers, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let graph = client
+        .register_graph(CORA_EDGES, CORA_FEATURES, "", "cora")
+        .await
+        .unwrap()
+        .graph_id;
+    (client, graph)
+}
+
 async fn client(c: &Cluster) -> Client {
     Client::connect(&c.address).await.unwrap()
 }
@@ -608,16 +624,7 @@ async fn cora_job(client: &mut Client, graph_id: &str, partition_id: &str) -> St
 async fn deletion_refuses_what_is_in_use_and_frees_the_rest() {
     let c = cluster(2, 64 << 20).await;
     let work = c.work_dir();
-    let mut client = client(&c).await;
-    client
-        .wait_for_workers(2, Duration::from_secs(20))
-        .await
-        .unwrap();
-    let graph = client
-        .register_graph(CORA_EDGES, CORA_FEATURES, "", "cora")
-        .await
-        .unwrap()
-        .graph_id;
+    let (mut client, graph) = cora_ready(&c, 2).await;
 
     // A job that has not ended cannot be deleted.
     let job = cora_job(&mut client, &graph, "").await;
@@ -719,16 +726,7 @@ async fn deletion_refuses_what_is_in_use_and_frees_the_rest() {
 async fn keep_jobs_deletes_the_oldest_ended_jobs() {
     let c = cluster_with(1, |config| config.keep_jobs = 1).await;
     let work = c.work_dir();
-    let mut client = client(&c).await;
-    client
-        .wait_for_workers(1, Duration::from_secs(20))
-        .await
-        .unwrap();
-    let graph = client
-        .register_graph(CORA_EDGES, CORA_FEATURES, "", "cora")
-        .await
-        .unwrap()
-        .graph_id;
+    let (mut client, graph) = cora_ready(&c, 1).await;
     let first = cora_job(&mut client, &graph, "").await;
     client.wait(&first, |_| {}).await.unwrap();
     let second = cora_job(&mut client, &graph, "").await;
@@ -908,16 +906,7 @@ async fn metrics_endpoints_count_jobs_workers_errors_and_halo_bytes() {
         .iter()
         .map(|w| w.metrics_addr.expect("metrics address"))
         .collect();
-    let mut client = client(&c).await;
-    client
-        .wait_for_workers(2, Duration::from_secs(20))
-        .await
-        .unwrap();
-    let graph = client
-        .register_graph(CORA_EDGES, CORA_FEATURES, "", "cora")
-        .await
-        .unwrap()
-        .graph_id;
+    let (mut client, graph) = cora_ready(&c, 2).await;
     let job = cora_job(&mut client, &graph, "").await;
     client.wait(&job, |_| {}).await.unwrap();
     assert_eq!(
@@ -1177,16 +1166,7 @@ async fn neighbourhood_built_through_the_api_matches_infer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_halo_mailbox_fails_the_job_naming_the_flag() {
     let c = TestCluster::start(2, |_| {}, |w| w.mailbox_max_bytes = 4096).await;
-    let mut client = client(&c).await;
-    client
-        .wait_for_workers(2, Duration::from_secs(20))
-        .await
-        .unwrap();
-    let graph = client
-        .register_graph(CORA_EDGES, CORA_FEATURES, "", "cora")
-        .await
-        .unwrap()
-        .graph_id;
+    let (mut client, graph) = cora_ready(&c, 2).await;
     let job = cora_job(&mut client, &graph, "").await;
     let started = std::time::Instant::now();
     let err = client.wait(&job, |_| {}).await.unwrap_err();
