@@ -50,6 +50,7 @@ CONFIG_KEYS = {
         "keep_jobs": int,
         "metrics_listen": str,
         "shard_source": str,
+        "max_concurrent_fetches": int,
         **_SECURITY_KEYS,
     },
     "worker": {
@@ -82,6 +83,7 @@ ENV_BY_SUBCOMMAND = {
         "DISTGAT_CONFIG",
         *SECURITY_ENV,
         "DISTGAT_SHARD_SOURCE",
+        "DISTGAT_MAX_CONCURRENT_FETCHES",
     },
     "worker": {
         "DISTGAT_COORDINATOR",

@@ -45,6 +45,8 @@ pub struct CoordinatorSection {
     pub metrics_listen: Option<String>,
     /// `stream` or `shared` (`--shard-source`).
     pub shard_source: Option<String>,
+    /// Client fetches at once (`--max-concurrent-fetches`).
+    pub max_concurrent_fetches: Option<u32>,
     /// PEM certificate this process presents (`--tls-cert`).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert` (`--tls-key`).

@@ -268,6 +268,9 @@ struct CoordinatorArgs {
     /// Where workers get their inputs for jobs that do not say: stream (the shard, feature rows, model and edge attributes from this coordinator over gRPC; workers need no shared storage) or shared (workers open this coordinator's paths: every node must mount the work dir and data root at the same paths) [default: stream]
     #[arg(long, env = "DISTGAT_SHARD_SOURCE", value_name = "SOURCE")]
     shard_source: Option<ShardSourceArg>,
+    /// Client fetches (fetch, fetch-edges, explain) streaming at once; one more is refused with RESOURCE_EXHAUSTED until one ends [default: 16]
+    #[arg(long, env = "DISTGAT_MAX_CONCURRENT_FETCHES", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrent_fetches: Option<u32>,
     /// Serve RunJob, whose paths are not confined to the data root (for the private
     /// loopback cluster `distgat run` starts; never on a shared network)
     #[arg(long, hide = true)]
@@ -999,6 +1002,15 @@ fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         },
         tls: security.tls(None),
         auth_token_file: security.auth_token_file.clone(),
+        max_concurrent_fetches: match (args.max_concurrent_fetches, c.max_concurrent_fetches) {
+            (Some(n), _) => n as usize,
+            (None, Some(0)) => anyhow::bail!(
+                "config file {}: coordinator.max_concurrent_fetches: 0: expected at least 1",
+                file.path.display()
+            ),
+            (None, Some(n)) => n as usize,
+            (None, None) => distgat_runtime::DEFAULT_MAX_CONCURRENT_FETCHES,
+        },
         shard_source: match args.shard_source {
             Some(s) => s.0,
             None => file

@@ -240,6 +240,14 @@ fn security_and_shard_source_keys_in_the_config_file() {
     let w = work.to_str().unwrap();
     let coordinator = ["coordinator", "--work-dir", w, "--listen", "127.0.0.1:0"];
 
+    let e = run("coordinator", "max_concurrent_fetches = 0", &coordinator);
+    assert!(
+        e.contains("coordinator.max_concurrent_fetches") && e.contains("at least 1"),
+        "{e}"
+    );
+    let o = distgat(&["coordinator", "--max-concurrent-fetches", "0"], &[]);
+    assert!(!o.status.success() && stderr(&o).contains("--max-concurrent-fetches"));
+
     let e = run("coordinator", "shard_source = \"nfs\"", &coordinator);
     assert!(
         e.contains("coordinator.shard_source") && e.contains("nfs"),

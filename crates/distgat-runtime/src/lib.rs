@@ -14,7 +14,7 @@ mod store;
 pub mod worker;
 
 pub use coordinator::{start_coordinator, CoordinatorConfig, JobSummary};
-pub use coordinator::{MAX_ATTENTION_NODES, MAX_QUEUED_JOBS};
+pub use coordinator::{DEFAULT_MAX_CONCURRENT_FETCHES, MAX_ATTENTION_NODES, MAX_QUEUED_JOBS};
 pub use error::{Result, RuntimeError};
 pub use net::{RunningServer, DEFAULT_STREAM_IDLE_TIMEOUT};
 pub use source::{ShardSource, UnknownShardSource};

@@ -214,8 +214,10 @@ pub fn fetch_edges(
     graph_id: &str,
 ) -> Result<ReceiverStream<Result<EdgeChunk, tonic::Status>>> {
     let graph = state.catalog.graph(graph_id)?;
+    let permit = state.fetch_permit()?;
     let (tx, rx) = mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
+        let _permit = permit; // held while the edges stream
         let edges = match read_graph(&graph.graph, graph.format) {
             Ok(e) => e,
             Err(e) => {
@@ -808,10 +810,12 @@ pub fn fetch_output(
     let file = Arc::new(output.file);
     let row_bytes = width * 4;
     let per_chunk = (MAX_CHUNK_BYTES / row_bytes.max(1)).max(1);
+    let permit = state.fetch_permit()?;
     let (tx, rx) = mpsc::channel(4);
     // An async task that borrows a blocking thread only for each chunk's read: a client
     // that stops reading parks this task, not one of the blocking pool's threads.
     tokio::spawn(async move {
+        let _permit = permit; // held while the rows stream
         let mut ids = ids.peekable();
         while ids.peek().is_some() {
             let nodes: Vec<u64> = ids.by_ref().take(per_chunk).collect();
@@ -895,7 +899,9 @@ pub async fn fetch_attention(
     let dir = record.attention_dir();
     let layer = req.layer;
     let num_nodes = status.output_rows;
+    let permit = state.fetch_permit()?;
     blocking(move || {
+        let _permit = permit;
         let (heads, lists) = super::attention_index::incoming(&dir, layer, num_nodes, &req.nodes)?;
         let nodes = req
             .nodes

@@ -50,8 +50,8 @@ pub use api::{MAX_ATTENTION_NODES, MAX_QUEUED_JOBS};
 pub use build::{BuildSummary, PartBuildSummary};
 use job::run_job;
 pub use job::JobSummary;
-pub use state::CoordinatorConfig;
 use state::State;
+pub use state::{CoordinatorConfig, DEFAULT_MAX_CONCURRENT_FETCHES};
 
 /// Starts the coordinator: binds `config.listen`, serves the Coordinator service (behind
 /// the bearer-token check when `auth_token_file` is set), health and reflection (always
@@ -82,6 +82,9 @@ pub async fn start_coordinator(config: CoordinatorConfig) -> Result<RunningServe
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let (queue, queued) = mpsc::unbounded_channel();
+    let fetches = Arc::new(tokio::sync::Semaphore::new(
+        config.max_concurrent_fetches.max(1),
+    ));
     let state = Arc::new(State {
         config,
         storage,
@@ -92,6 +95,7 @@ pub async fn start_coordinator(config: CoordinatorConfig) -> Result<RunningServe
         inputs: Mutex::new(HashMap::new()),
         assignment: Mutex::new(None),
         job_lock: tokio::sync::Mutex::new(()),
+        fetches,
         next_id: AtomicU64::new(next_id),
         dialer,
     });

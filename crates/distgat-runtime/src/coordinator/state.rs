@@ -15,6 +15,22 @@ use crate::catalog::{Catalog, JobRecord, Storage};
 use crate::registry::WorkerEntry;
 use crate::source::ShardSource;
 
+/// [`CoordinatorConfig::max_concurrent_fetches`]'s default.
+pub const DEFAULT_MAX_CONCURRENT_FETCHES: usize = 16;
+
+/// One permit of `fetches` (of `limit` in all), or RESOURCE_EXHAUSTED naming the flag.
+fn fetch_permit(
+    fetches: &Arc<tokio::sync::Semaphore>,
+    limit: usize,
+) -> crate::error::Result<tokio::sync::OwnedSemaphorePermit> {
+    fetches.clone().try_acquire_owned().map_err(|_| {
+        crate::error::RuntimeError::ResourceExhausted(format!(
+            "{limit} fetches are already streaming from this coordinator (its \
+             --max-concurrent-fetches): retry when one has ended"
+        ))
+    })
+}
+
 /// How the coordinator starts; `Default` listens on an ephemeral loopback port.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -52,6 +68,10 @@ pub struct CoordinatorConfig {
     /// Idle deadline of incoming client streams (UploadGraph): one that sends nothing for
     /// this long ends with DEADLINE_EXCEEDED and leaves nothing behind.
     pub stream_idle_timeout: Duration,
+    /// Client fetches (FetchOutput, FetchEdges, FetchAttention) served at once
+    /// (`--max-concurrent-fetches`); one more is refused with RESOURCE_EXHAUSTED until
+    /// one ends. At least 1.
+    pub max_concurrent_fetches: usize,
 }
 
 impl Default for CoordinatorConfig {
@@ -71,6 +91,7 @@ impl Default for CoordinatorConfig {
             auth_token_file: None,
             shard_source: ShardSource::default(),
             stream_idle_timeout: crate::net::DEFAULT_STREAM_IDLE_TIMEOUT,
+            max_concurrent_fetches: DEFAULT_MAX_CONCURRENT_FETCHES,
         }
     }
 }
@@ -94,6 +115,8 @@ pub(crate) struct State {
     pub next_id: AtomicU64,
     /// How the coordinator calls its workers (TLS or not).
     pub dialer: crate::net::Dialer,
+    /// Permits of the client fetches in progress ([`State::fetch_permit`]).
+    pub fetches: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why [`State::live_workers_for`] gave up.
@@ -107,6 +130,12 @@ pub(crate) enum Shortfall {
 }
 
 impl State {
+    /// A permit for one client fetch, held until its stream ends; RESOURCE_EXHAUSTED when
+    /// `max_concurrent_fetches` are in progress.
+    pub fn fetch_permit(&self) -> crate::error::Result<tokio::sync::OwnedSemaphorePermit> {
+        fetch_permit(&self.fetches, self.config.max_concurrent_fetches)
+    }
+
     /// Waits up to `worker_wait` for enough live workers and returns the first `want(live)`
     /// of them as (id, address); `want` gets the live count (a part count of 0 means "one
     /// per live worker"). Polls every 100 ms; `cancelled` is checked each time.
@@ -145,5 +174,28 @@ impl State {
     /// A worker counts as live (healthy) while its heartbeats arrive in time.
     pub(crate) fn is_live(&self, w: &WorkerEntry) -> bool {
         w.last_seen.elapsed() < self.config.heartbeat_timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_permits_are_capped_and_returned() {
+        let fetches = Arc::new(tokio::sync::Semaphore::new(2));
+        let a = fetch_permit(&fetches, 2).unwrap();
+        let _b = fetch_permit(&fetches, 2).unwrap();
+        let e = fetch_permit(&fetches, 2).unwrap_err();
+        assert!(matches!(
+            e,
+            crate::error::RuntimeError::ResourceExhausted(_)
+        ));
+        assert!(
+            e.to_string().contains("2 fetches")
+                && e.to_string().contains("--max-concurrent-fetches")
+        );
+        drop(a);
+        fetch_permit(&fetches, 2).unwrap();
     }
 }
