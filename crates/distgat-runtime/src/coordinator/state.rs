@@ -196,6 +196,6 @@ mod tests {
                 && e.to_string().contains("--max-concurrent-fetches")
         );
         drop(a);
-        fetch_permit(&fetches, 2).unwrap();
+        let _c = fetch_permit(&fetches, 2).unwrap();
     }
 }
