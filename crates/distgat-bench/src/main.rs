@@ -353,7 +353,6 @@ fn distgat_binary() -> anyhow::Result<PathBuf> {
 
 fn layer(args: LayerArgs) -> anyhow::Result<()> {
     let distgat = distgat_binary()?;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/pyg_layer_bench.py");
     let (work, _temp) = work_dir(args.work_dir.as_deref())?;
     let (read_bw, gather_bw) = bandwidth(args.threads)?;
     eprintln!("machine: stream read {read_bw:.1} GB/s, random row gather {gather_bw:.1} GB/s");
@@ -424,43 +423,15 @@ fn layer(args: LayerArgs) -> anyhow::Result<()> {
             let mut diff = None;
             if let Some(python) = &args.pyg {
                 eprintln!("  PyG ({} repeats)", args.repeats);
-                let v: serde_json::Value = run_json(
-                    Command::new(python)
-                        .arg(&script)
-                        .arg(&dir)
-                        .args(["--threads", &args.threads.to_string()])
-                        .args(["--repeats", &args.repeats.to_string()])
-                        .arg("--out")
-                        .arg(dir.join("pyg_out.npy")),
-                )?;
-                pyg_ms = v["median_ms"].as_f64().unwrap_or(f64::NAN);
-                pyg_rss = v["peak_rss_mb"].as_f64().unwrap_or(f64::NAN) * 1.048576;
-                diff = Some(max_abs_diff(
-                    &dir.join("out.npy"),
-                    &dir.join("pyg_out.npy"),
-                )?);
+                let b = baseline(python, "pyg_layer_bench.py", &dir, "pyg_out.npy", &args)?;
+                (pyg_ms, pyg_rss, diff) = (b.median_ms, b.peak_rss_mb, Some(b.max_abs_diff));
             }
             let (mut dgl_ms, mut dgl_rss, mut dgl_diff) = (None, None, None);
             if let Some(python) = &args.dgl {
                 eprintln!("  DGL ({} repeats)", args.repeats);
-                let dgl_script =
-                    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/dgl_layer_bench.py");
-                let v: serde_json::Value = run_json(
-                    Command::new(python)
-                        .env("DGLBACKEND", "pytorch")
-                        .arg(&dgl_script)
-                        .arg(&dir)
-                        .args(["--threads", &args.threads.to_string()])
-                        .args(["--repeats", &args.repeats.to_string()])
-                        .arg("--out")
-                        .arg(dir.join("dgl_out.npy")),
-                )?;
-                dgl_ms = v["median_ms"].as_f64();
-                dgl_rss = v["peak_rss_mb"].as_f64().map(|m| m * 1.048576);
-                dgl_diff = Some(max_abs_diff(
-                    &dir.join("out.npy"),
-                    &dir.join("dgl_out.npy"),
-                )?);
+                let b = baseline(python, "dgl_layer_bench.py", &dir, "dgl_out.npy", &args)?;
+                (dgl_ms, dgl_rss, dgl_diff) =
+                    (Some(b.median_ms), Some(b.peak_rss_mb), Some(b.max_abs_diff));
             }
             rows.push(Row {
                 dgl_ms,
@@ -485,6 +456,45 @@ fn layer(args: LayerArgs) -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&rows)? + "\n")?;
     }
     Ok(())
+}
+
+/// One baseline library's forward on a case directory, measured in this run.
+struct Baseline {
+    median_ms: f64,
+    /// MB (10^6 bytes) of the baseline's whole process.
+    peak_rss_mb: f64,
+    /// Largest difference between its output and ours (`dir/out.npy`).
+    max_abs_diff: f64,
+}
+
+/// Runs `bench/<script>` (`pyg_layer_bench.py`, `dgl_layer_bench.py`: the same arguments
+/// and one JSON line out) with `python` on `dir`, its output written to `dir/<out>`.
+fn baseline(
+    python: &Path,
+    script: &str,
+    dir: &Path,
+    out: &str,
+    args: &LayerArgs,
+) -> anyhow::Result<Baseline> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../bench")
+        .join(script);
+    let v: serde_json::Value = run_json(
+        Command::new(python)
+            .env("DGLBACKEND", "pytorch") // read by DGL only
+            .arg(&script)
+            .arg(dir)
+            .args(["--threads", &args.threads.to_string()])
+            .args(["--repeats", &args.repeats.to_string()])
+            .arg("--out")
+            .arg(dir.join(out)),
+    )?;
+    Ok(Baseline {
+        median_ms: v["median_ms"].as_f64().unwrap_or(f64::NAN),
+        // The scripts report MiB.
+        peak_rss_mb: v["peak_rss_mb"].as_f64().unwrap_or(f64::NAN) * 1.048576,
+        max_abs_diff: max_abs_diff(&dir.join("out.npy"), &dir.join(out))?,
+    })
 }
 
 fn timed(cmd: &mut Command) -> anyhow::Result<f64> {
