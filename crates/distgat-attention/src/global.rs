@@ -49,11 +49,25 @@
 //! `out_h = A1 (Z (A3 v_h))` (the package's `(A1 Z)(A3 v_h)`, reassociated so the N-sized
 //! products have inner dimension m), then `to_out`, keeping the n real rows.
 //!
-//! Precision: the landmarks, `A2`, `Z`, and the reduction `A3 v` over all N keys are
-//! float64 (the reduction combines per-key-block partials in block order, so it too is
-//! bitwise independent of the thread count); the N-sized score and value products are
-//! float32 SGEMMs.
+//! Precision: the landmarks, `A2`, `Z`, and `A3 v` are float64; the N-sized score and
+//! value products are float32 SGEMMs.
 //!
+//! **Partition independence.** Every reduction over nodes gives bits that do not depend on
+//! which worker or thread holds which rows, so a distributed run can match one process
+//! bit for bit ([`NystromPlan`] is the same computation in the steps a worker runs): the
+//! landmark segment sums are exact ([`crate::exact_sum::ExactSum`], a fixed-point
+//! superaccumulator, rounded once); the A3 maxima are maxima; the A3 denominators
+//! `Σ exp(s − max)` and numerators `Σ exp(s − max)·v` (with the *global* max) are exact
+//! `i128` sums of fixed-point terms, each term rounded to a unit fixed by global maxima
+//! alone ([`A3Sums`]: `2^-80`, and `2^-80` of the column's max `|v|` power of two). The
+//! float32 score of a (landmark, key) pair depends only on the two rows (matrixmultiply's
+//! sum order depends only on the inner dimension). Tested: random splits of the rows over
+//! 1–7 "workers" give the one-process bits. Cost measured at N = 100k, m = 64, E = 64,
+//! 4 heads, 2 threads (`cargo run --release -p distgat-attention --example nystrom_timing`):
+//! 0.38 s with the former float64 block partials, 1.6–1.9 s with the exact sums (the
+//! `N·m·E` numerator terms are now split into two float64 integer digits each instead of an
+//! SGEMM).
+
 //! # `approx` on MultiheadAttention
 //!
 //! `"approx": {"method": "nystrom", "landmarks": m, "pinv_iterations": 6}` runs the same
@@ -74,6 +88,7 @@ use rayon::prelude::*;
 
 use crate::dense::{dgemm, for_each_row_block, sgemm_views, Linear, Strides};
 use crate::error::{ModelError, Result};
+use crate::exact_sum::ExactSum;
 use crate::exec::Execution;
 use crate::kind::with_wide_vectors;
 
@@ -130,7 +145,7 @@ impl Default for Blocks {
         Blocks {
             query: 64,
             key: 512,
-            reduce: 4096,
+            reduce: 4096, // at most 2^12: A3Sums' exact float64 block sums
         }
     }
 }
@@ -508,8 +523,520 @@ pub fn iterative_pinv(a2: &[f64], heads: usize, m: usize, iterations: usize) -> 
     z
 }
 
+/// The shape of one Nyström computation over `n` real rows (README 8.8), split into the
+/// steps a distributed runtime runs on each worker's own rows, with the reductions over
+/// nodes in between. Every reduction over nodes is an exact sum ([`ExactSum`]) or a max,
+/// so the result does not depend on which worker (or thread) holds which rows:
+///
+/// 1. [`NystromPlan::landmark_sums`] — per padded segment, exact sums of the scaled q and
+///    the k rows (`[m, 2·H·d]` accumulators); merge by [`ExactSum::merge`].
+/// 2. [`NystromPlan::landmarks`] — landmarks, `A2` and `Z` (every worker the same bits).
+/// 3. [`NystromPlan::a3_max`] — per head and landmark, the max score over the rows; merge by
+///    elementwise max, then [`NystromPlan::include_padding_max`].
+/// 4. [`NystromPlan::a3_sums`] — exact `Σ exp(s − max)` and `Σ exp(s − max)·v`; merge.
+/// 5. [`NystromPlan::weights`] — `W_h = Z_h (A3 v_h)` as float32 `[H, m, d]`.
+/// 6. [`NystromPlan::output`] — `softmax(q k̃^T) W_h` for the rows, `[rows, H·d]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NystromPlan {
+    /// Real rows (nodes) over all workers.
+    pub n: usize,
+    pub heads: usize,
+    /// Per-head width.
+    pub d: usize,
+    /// Landmarks.
+    pub m: usize,
+    pub pinv_iterations: usize,
+    pub blocks: Blocks,
+}
+
+/// Landmarks and `Z` of one Nyström computation ([`NystromPlan::landmarks`]).
+#[derive(Debug, Clone)]
+pub struct NystromLandmarks {
+    /// `q̃` (scaled) and `k̃` as float32, `[H, m, d]`.
+    pub q32: Vec<f32>,
+    pub k32: Vec<f32>,
+    /// `Z ≈ pinv(A2)`, float64 `[H, m, m]`.
+    pub z: Vec<f64>,
+}
+
+/// The A3 maxima of [`NystromPlan::a3_max`]: per head and landmark the max score
+/// (`[H·m]`), and per value column the max `|v|` (`[H·d]`), which fixes the fixed-point
+/// scale of [`A3Sums::num`]. Merged by elementwise max (exact).
+#[derive(Debug, Clone, PartialEq)]
+pub struct A3Max {
+    pub score: Vec<f32>,
+    pub value: Vec<f32>,
+}
+
+impl A3Max {
+    /// Elementwise max with another worker's (or block's) maxima.
+    pub fn merge(&mut self, other: &A3Max) {
+        merge_max(&mut self.score, &other.score);
+        merge_max(&mut self.value, &other.value);
+    }
+}
+
+/// Bits kept above each fixed-point term's LSB: terms are below `2^FIXED_BITS` units.
+const FIXED_BITS: i32 = 80;
+
+/// The A3 reductions of [`NystromPlan::a3_sums`], as exact integer sums of fixed-point
+/// terms: `sum` `[H·m]` counts units of `2^-80` (every `p = exp(s − max) ≤ 1`), `num`
+/// `[H·m·d]` counts units of `2^(e_c − 80)` where `2^e_c` is the smallest power of two
+/// above column `c`'s max `|v|` ([`A3Max::value`]). Each term `p` or `p·v` (exact in
+/// float64) is truncated toward zero to its unit — a function of the term alone — and the
+/// truncated terms are summed exactly in `i128`, so any split of the keys over workers or
+/// threads gives the same integers. The truncation costs at most one unit per key:
+/// `N·2^-80·max|v|` absolute, `< 1e-12·max|v|` for `N < 2^40`, against denominators `≥ 1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct A3Sums {
+    pub sum: Vec<i128>,
+    pub num: Vec<i128>,
+}
+
+impl A3Sums {
+    /// Adds another worker's (or block's) sums (exact).
+    pub fn merge(&mut self, other: &A3Sums) {
+        for (a, b) in self.sum.iter_mut().zip(&other.sum) {
+            *a += b;
+        }
+        for (a, b) in self.num.iter_mut().zip(&other.num) {
+            *a += b;
+        }
+    }
+}
+
+/// The exponent `e` with `max < 2^e` (`max` finite and `> 0`), else 0.
+fn unit_exponent(max: f32) -> i32 {
+    if max.is_finite() && max > 0.0 {
+        let e = ((max.to_bits() >> 23) & 0xff) as i32;
+        if e == 0 {
+            -126
+        } else {
+            e - 126
+        }
+    } else {
+        0
+    }
+}
+
+/// `y` (`|y| < 2^80`) rounded to the nearest integer, as a (high, low) pair of integers
+/// `y ≈ high·2^40 + low` with `|high| ≤ 2^40`, `|low| ≤ 2^39`, both float64 and exact (the
+/// round-to-nearest is the `1.5·2^52` trick, so the loop vectorises; the remainder
+/// `y − high·2^40` is exact because it is a multiple of `y`'s ulp below `2^40`). Sums of up
+/// to `2^12` such integers are exact in float64.
+#[inline(always)]
+fn split_fixed(y: f64) -> (f64, f64) {
+    const R: f64 = (1u64 << 40) as f64;
+    const ROUND: f64 = 6_755_399_441_055_744.0; // 1.5·2^52
+    let hi = (y * (1.0 / R) + ROUND) - ROUND;
+    let lo = ((y - hi * R) + ROUND) - ROUND;
+    (hi, lo)
+}
+
+/// `high·2^40 + low` of float64 integers (`|·| < 2^53`), exactly.
+fn join_fixed(hi: f64, lo: f64) -> i128 {
+    ((hi as i128) << 40) + lo as i128
+}
+
+impl NystromPlan {
+    fn inner(&self) -> usize {
+        self.heads * self.d
+    }
+    /// Zero rows prepended: `(m − n mod m) mod m`.
+    pub fn pad(&self) -> usize {
+        (self.m - self.n % self.m) % self.m
+    }
+    /// Padded rows per segment.
+    pub fn segment_len(&self) -> usize {
+        (self.n + self.pad()) / self.m
+    }
+    fn scale(&self) -> f32 {
+        (self.d as f32).powf(-0.5)
+    }
+    fn rows(&self, qkv: &[f32]) -> usize {
+        let ld = 3 * self.inner();
+        assert_eq!(
+            qkv.len() % ld.max(1),
+            0,
+            "nystrom: qkv is not [rows, 3·H·d]"
+        );
+        qkv.len() / ld.max(1)
+    }
+
+    /// Step 1: exact per-segment sums of `q·d^-½` and of `k` over the rows of `qkv`
+    /// (`[rows, 3·H·d]`), whose global ids are `ids` (`None`: row `i` is node `i`); each
+    /// id must be `< n`. Returns `[m, 2·H·d]` accumulators (segment-major, q then k).
+    pub fn landmark_sums(
+        &self,
+        qkv: &[f32],
+        ids: Option<&[usize]>,
+        exec: Execution,
+    ) -> Vec<ExactSum> {
+        let inner = self.inner();
+        let ld = 3 * inner;
+        let rows = self.rows(qkv);
+        let (pad, l, scale) = (self.pad(), self.segment_len(), self.scale());
+        let id = |r: usize| ids.map_or(r, |ids| ids[r]);
+        // Rows of each segment (counting sort by segment).
+        let mut start = vec![0usize; self.m + 1];
+        for r in 0..rows {
+            start[(id(r) + pad) / l + 1] += 1;
+        }
+        for s in 0..self.m {
+            start[s + 1] += start[s];
+        }
+        let mut fill = start.clone();
+        let mut order = vec![0usize; rows];
+        for r in 0..rows {
+            let s = (id(r) + pad) / l;
+            order[fill[s]] = r;
+            fill[s] += 1;
+        }
+        let segment = |s: usize| -> Vec<ExactSum> {
+            let mut sums = vec![ExactSum::default(); 2 * inner];
+            for &r in &order[start[s]..start[s + 1]] {
+                let row = &qkv[r * ld..(r + 1) * ld];
+                for c in 0..inner {
+                    sums[c].add(f64::from(row[c] * scale));
+                    sums[inner + c].add(f64::from(row[inner + c]));
+                }
+            }
+            sums
+        };
+        let per: Vec<Vec<ExactSum>> = match exec {
+            Execution::Sequential => (0..self.m).map(segment).collect(),
+            Execution::Parallel => (0..self.m).into_par_iter().map(segment).collect(),
+        };
+        per.into_iter().flatten().collect()
+    }
+
+    /// Step 2: from the merged [`NystromPlan::landmark_sums`] of all rows, the landmarks
+    /// (sum / `l`, rounded once to float64), `A2 = softmax(q̃ k̃^T)` and `Z`.
+    pub fn landmarks(&self, sums: &[ExactSum]) -> NystromLandmarks {
+        let (heads, m, d, inner) = (self.heads, self.m, self.d, self.inner());
+        assert_eq!(
+            sums.len(),
+            m * 2 * inner,
+            "nystrom: landmark sums are not [m, 2·H·d]"
+        );
+        let l = self.segment_len() as f64;
+        let mut q_land = vec![0f64; heads * m * d];
+        let mut k_land = vec![0f64; heads * m * d];
+        for s in 0..m {
+            let sums = &sums[s * 2 * inner..(s + 1) * 2 * inner];
+            for h in 0..heads {
+                for c in 0..d {
+                    q_land[(h * m + s) * d + c] = sums[h * d + c].value() / l;
+                    k_land[(h * m + s) * d + c] = sums[inner + h * d + c].value() / l;
+                }
+            }
+        }
+        let mut a2 = vec![0f64; heads * m * m];
+        for h in 0..heads {
+            let qh = &q_land[h * m * d..(h + 1) * m * d];
+            let kh = &k_land[h * m * d..(h + 1) * m * d];
+            let a = &mut a2[h * m * m..(h + 1) * m * m];
+            for i in 0..m {
+                for j in 0..m {
+                    a[i * m + j] = (0..d).map(|c| qh[i * d + c] * kh[j * d + c]).sum();
+                }
+            }
+            softmax_rows_f64(a, m);
+        }
+        let z = iterative_pinv(&a2, heads, m, self.pinv_iterations);
+        NystromLandmarks {
+            q32: q_land.iter().map(|&v| v as f32).collect(),
+            k32: k_land.iter().map(|&v| v as f32).collect(),
+            z,
+        }
+    }
+
+    /// `S = q̃_h k_h^T` `[m, kb]` for the key rows `k0..k0+kb` of `qkv`.
+    fn a3_scores(
+        &self,
+        lm: &NystromLandmarks,
+        qkv: &[f32],
+        h: usize,
+        k0: usize,
+        kb: usize,
+        s: &mut [f32],
+    ) {
+        let (m, d, inner) = (self.m, self.d, self.inner());
+        sgemm_views(
+            m,
+            d,
+            kb,
+            1.0,
+            &lm.q32[h * m * d..(h + 1) * m * d],
+            Strides::rows(d),
+            &qkv[k0 * 3 * inner + inner + h * d..],
+            Strides::transposed(3 * inner),
+            s,
+            kb,
+        );
+    }
+
+    /// Step 3: per head and landmark, the max A3 score over the rows of `qkv` (`-inf`
+    /// when there are none), and per value column the max `|v|`.
+    pub fn a3_max(&self, lm: &NystromLandmarks, qkv: &[f32], exec: Execution) -> A3Max {
+        let (heads, m, inner) = (self.heads, self.m, self.inner());
+        let rows = self.rows(qkv);
+        let empty = || A3Max {
+            score: vec![f32::NEG_INFINITY; heads * m],
+            value: vec![0f32; inner],
+        };
+        let block = |b: usize| -> A3Max {
+            let k0 = b * self.blocks.reduce;
+            let kb = self.blocks.reduce.min(rows - k0);
+            let mut s = vec![0f32; m * kb];
+            let mut max = empty();
+            for h in 0..heads {
+                self.a3_scores(lm, qkv, h, k0, kb, &mut s);
+                for i in 0..m {
+                    max.score[h * m + i] = s[i * kb..(i + 1) * kb]
+                        .iter()
+                        .fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                }
+            }
+            for row in qkv[k0 * 3 * inner..(k0 + kb) * 3 * inner].chunks(3 * inner) {
+                for (m, &v) in max.value.iter_mut().zip(&row[2 * inner..]) {
+                    // NaN propagates (f32::max would drop it).
+                    *m = if v.is_nan() { v } else { m.max(v.abs()) };
+                }
+            }
+            max
+        };
+        let blocks = rows.div_ceil(self.blocks.reduce);
+        let parts: Vec<A3Max> = match exec {
+            Execution::Sequential => (0..blocks).map(block).collect(),
+            Execution::Parallel => (0..blocks).into_par_iter().map(block).collect(),
+        };
+        let mut max = empty();
+        for p in &parts {
+            max.merge(p);
+        }
+        max
+    }
+
+    /// The padded keys (score 0) take part in every A3 max when `pad > 0`.
+    pub fn include_padding_max(&self, max: &mut A3Max) {
+        if self.pad() > 0 {
+            max.score.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+    }
+
+    /// Step 4: the fixed-point sums `Σ_k exp(s − max)` and `Σ_k exp(s − max)·v_k` over the
+    /// rows of `qkv` ([`A3Sums`]), with `max` the merged maxima of all rows (padding
+    /// included). The padded keys are added by [`NystromPlan::weights`], once.
+    pub fn a3_sums(
+        &self,
+        lm: &NystromLandmarks,
+        max: &A3Max,
+        qkv: &[f32],
+        exec: Execution,
+    ) -> A3Sums {
+        let (heads, m, d, inner) = (self.heads, self.m, self.d, self.inner());
+        let ld = 3 * inner;
+        let rows = self.rows(qkv);
+        let units: Vec<f64> = max
+            .value
+            .iter()
+            .map(|&v| 2f64.powi(FIXED_BITS - unit_exponent(v)))
+            .collect();
+        let p_unit = 2f64.powi(FIXED_BITS);
+        let empty = || A3Sums {
+            sum: vec![0; heads * m],
+            num: vec![0; heads * m * d],
+        };
+        let block = |b: usize| -> A3Sums {
+            let k0 = b * self.blocks.reduce;
+            let kb = self.blocks.reduce.min(rows - k0);
+            let mut s = vec![0f32; m * kb];
+            let mut part = empty();
+            // v of this block in units: exact (a power-of-two scaling of a float32).
+            let mut vs = vec![0f64; kb * d];
+            let (mut hi, mut lo) = (vec![0f64; d], vec![0f64; d]);
+            for h in 0..heads {
+                for j in 0..kb {
+                    let v = &qkv[(k0 + j) * ld + 2 * inner + h * d..][..d];
+                    for ((t, &v), u) in vs[j * d..(j + 1) * d]
+                        .iter_mut()
+                        .zip(v)
+                        .zip(&units[h * d..])
+                    {
+                        *t = f64::from(v) * u;
+                    }
+                }
+                self.a3_scores(lm, qkv, h, k0, kb, &mut s);
+                with_wide_vectors(|| {
+                    for i in 0..m {
+                        softmax_block(&mut s[i * kb..(i + 1) * kb], max.score[h * m + i]);
+                    }
+                });
+                with_wide_vectors(|| {
+                    for i in 0..m {
+                        let r = h * m + i;
+                        hi.fill(0.0);
+                        lo.fill(0.0);
+                        let (mut sum_hi, mut sum_lo) = (0f64, 0f64);
+                        // |hi| ≤ 2^40, |lo| ≤ 2^39 per key, kb ≤ 2^12 keys: exact float64 sums.
+                        for (j, &p) in s[i * kb..(i + 1) * kb].iter().enumerate() {
+                            let p = f64::from(p);
+                            let (a, b) = split_fixed(p * p_unit);
+                            sum_hi += a;
+                            sum_lo += b;
+                            for ((h, l), &v) in hi
+                                .iter_mut()
+                                .zip(lo.iter_mut())
+                                .zip(&vs[j * d..(j + 1) * d])
+                            {
+                                let (a, b) = split_fixed(p * v);
+                                *h += a;
+                                *l += b;
+                            }
+                        }
+                        part.sum[r] = join_fixed(sum_hi, sum_lo);
+                        for (t, (&h, &l)) in part.num[r * d..(r + 1) * d]
+                            .iter_mut()
+                            .zip(hi.iter().zip(&lo))
+                        {
+                            *t = join_fixed(h, l);
+                        }
+                    }
+                });
+            }
+            part
+        };
+        assert!(
+            self.blocks.reduce <= 1 << 12,
+            "nystrom: reduce block above 2^12 keys"
+        );
+        let blocks = rows.div_ceil(self.blocks.reduce);
+        let parts: Vec<A3Sums> = match exec {
+            Execution::Sequential => (0..blocks).map(block).collect(),
+            Execution::Parallel => (0..blocks).into_par_iter().map(block).collect(),
+        };
+        let mut total = empty();
+        for p in &parts {
+            total.merge(p);
+        }
+        total
+    }
+
+    /// Step 5: `W_h = Z_h (A3 v_h)` `[H, m, d]` float32 from the merged maxima and sums of
+    /// all rows; adds the `pad` padded keys (`exp(0 − max)` each, to the denominators).
+    /// Each sum is rounded once to float64.
+    pub fn weights(&self, lm: &NystromLandmarks, max: &A3Max, sums: &A3Sums) -> Vec<f32> {
+        let (heads, m, d) = (self.heads, self.m, self.d);
+        let pad = self.pad() as f64;
+        let p_unit = 2f64.powi(-FIXED_BITS);
+        let units: Vec<f64> = max
+            .value
+            .iter()
+            .map(|&v| {
+                if v.is_finite() {
+                    2f64.powi(unit_exponent(v) - FIXED_BITS)
+                } else {
+                    f64::NAN
+                }
+            })
+            .collect();
+        let mut a3v = vec![0f64; heads * m * d];
+        for r in 0..heads * m {
+            let mut sum = sums.sum[r];
+            if pad > 0.0 {
+                let p = f64::from(exp_nonpositive(0.0 - max.score[r])) * (1.0 / p_unit);
+                let (hi, lo) = split_fixed(p);
+                sum += join_fixed(hi, lo) * self.pad() as i128;
+            }
+            let sum = sum as f64 * p_unit;
+            let h = r / m;
+            for c in 0..d {
+                a3v[r * d + c] = sums.num[r * d + c] as f64 * units[h * d + c] / sum;
+            }
+        }
+        let mut w = vec![0f64; heads * m * d];
+        for h in 0..heads {
+            dgemm(
+                m,
+                m,
+                d,
+                &lm.z[h * m * m..(h + 1) * m * m],
+                &a3v[h * m * d..(h + 1) * m * d],
+                &mut w[h * m * d..(h + 1) * m * d],
+            );
+        }
+        w.iter().map(|&v| v as f32).collect()
+    }
+
+    /// Step 6: `softmax(q k̃^T) W_h` for the rows of `qkv`, `[rows, H·d]`.
+    pub fn output(
+        &self,
+        lm: &NystromLandmarks,
+        w32: &[f32],
+        qkv: &[f32],
+        exec: Execution,
+    ) -> Vec<f32> {
+        let (heads, m, d, inner) = (self.heads, self.m, self.d, self.inner());
+        let ld = 3 * inner;
+        let rows = self.rows(qkv);
+        let scale = self.scale();
+        let mut att = vec![0f32; rows * inner];
+        if rows == 0 || inner == 0 {
+            return att;
+        }
+        for_each_chunk(&mut att, self.blocks.query * inner, exec, |b, rows_out| {
+            let q0 = b * self.blocks.query;
+            let rows = rows_out.len() / inner;
+            let mut s = vec![0f32; rows * m];
+            for h in 0..heads {
+                sgemm_views(
+                    rows,
+                    d,
+                    m,
+                    scale,
+                    &qkv[q0 * ld + h * d..],
+                    Strides::rows(ld),
+                    &lm.k32[h * m * d..(h + 1) * m * d],
+                    Strides::transposed(d),
+                    &mut s,
+                    m,
+                );
+                with_wide_vectors(|| {
+                    for row in s.chunks_mut(m) {
+                        let max = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                        let inv = 1.0 / softmax_block(row, max);
+                        row.iter_mut().for_each(|v| *v *= inv);
+                    }
+                });
+                sgemm_views(
+                    rows,
+                    m,
+                    d,
+                    1.0,
+                    &s,
+                    Strides::rows(m),
+                    &w32[h * m * d..(h + 1) * m * d],
+                    Strides::rows(d),
+                    &mut rows_out[h * d..],
+                    inner,
+                );
+            }
+        });
+        att
+    }
+}
+
+/// `acc = max(acc, other)` elementwise (exact, order-free).
+pub fn merge_max(acc: &mut [f32], other: &[f32]) {
+    for (a, &b) in acc.iter_mut().zip(other) {
+        *a = a.max(b);
+    }
+}
+
 /// Nyström attention (README 8.8) of the `[n, 3·heads·d]` projection `qkv`, into
-/// `[n, heads·d]`; see the module documentation for the steps and the padding rule.
+/// `[n, heads·d]`; see the module documentation for the steps and the padding rule, and
+/// [`NystromPlan`] for the same computation split over workers (same bits).
 #[allow(clippy::too_many_arguments)]
 pub fn nystrom_attention(
     qkv: &[f32],
@@ -522,206 +1049,25 @@ pub fn nystrom_attention(
     exec: Execution,
 ) -> Vec<f32> {
     let inner = heads * d;
-    let ld = 3 * inner;
-    assert_eq!(qkv.len(), n * ld, "nystrom: qkv is not [n, 3·H·d]");
+    assert_eq!(qkv.len(), n * 3 * inner, "nystrom: qkv is not [n, 3·H·d]");
     assert!(m > 0 && blocks.query > 0 && blocks.reduce > 0);
-    let mut att = vec![0f32; n * inner];
     if n == 0 || inner == 0 {
-        return att;
+        return vec![0f32; n * inner];
     }
-    let scale = (d as f32).powf(-0.5);
-    let pad = (m - n % m) % m;
-    let l = (n + pad) / m;
-
-    // Landmarks [heads, m, d] (float64): segment sums of scaled q and of k, divided by l.
-    let mut q_land = vec![0f64; heads * m * d];
-    let mut k_land = vec![0f64; heads * m * d];
-    let segment_sums = |s: usize| -> Vec<f64> {
-        // Real rows of padded segment s.
-        let lo = (s * l).saturating_sub(pad);
-        let hi = ((s + 1) * l).saturating_sub(pad);
-        let mut sums = vec![0f64; 2 * inner];
-        for i in lo..hi {
-            let row = &qkv[i * ld..(i + 1) * ld];
-            for c in 0..inner {
-                sums[c] += f64::from(row[c] * scale);
-                sums[inner + c] += f64::from(row[inner + c]);
-            }
-        }
-        sums
+    let plan = NystromPlan {
+        n,
+        heads,
+        d,
+        m,
+        pinv_iterations,
+        blocks,
     };
-    let sums: Vec<Vec<f64>> = match exec {
-        Execution::Sequential => (0..m).map(segment_sums).collect(),
-        Execution::Parallel => (0..m).into_par_iter().map(segment_sums).collect(),
-    };
-    for (s, sums) in sums.iter().enumerate() {
-        for h in 0..heads {
-            for c in 0..d {
-                q_land[(h * m + s) * d + c] = sums[h * d + c] / l as f64;
-                k_land[(h * m + s) * d + c] = sums[inner + h * d + c] / l as f64;
-            }
-        }
-    }
-
-    // A2 = softmax(q̃ k̃^T) per head, then Z for all heads together.
-    let mut a2 = vec![0f64; heads * m * m];
-    for h in 0..heads {
-        let qh = &q_land[h * m * d..(h + 1) * m * d];
-        let kh = &k_land[h * m * d..(h + 1) * m * d];
-        let a = &mut a2[h * m * m..(h + 1) * m * m];
-        for i in 0..m {
-            for j in 0..m {
-                a[i * m + j] = (0..d).map(|c| qh[i * d + c] * kh[j * d + c]).sum();
-            }
-        }
-        softmax_rows_f64(a, m);
-    }
-    let z = iterative_pinv(&a2, heads, m, pinv_iterations);
-    drop(a2);
-
-    let q_land32: Vec<f32> = q_land.iter().map(|&v| v as f32).collect();
-    let k_land32: Vec<f32> = k_land.iter().map(|&v| v as f32).collect();
-
-    // A3 v_h [heads, m, d]: per key block, for every head, (max, Σ exp(s − max),
-    // Σ exp(s − max) v) of each landmark row; partials combined in block order (float64).
-    struct Partial {
-        max: Vec<f64>,
-        sum: Vec<f64>,
-        num: Vec<f64>,
-    }
-    let key_block = |b: usize| -> Partial {
-        let k0 = b * blocks.reduce;
-        let kb = blocks.reduce.min(n - k0);
-        let mut s = vec![0f32; m * kb];
-        let mut num32 = vec![0f32; m * d];
-        let mut part = Partial {
-            max: vec![0f64; heads * m],
-            sum: vec![0f64; heads * m],
-            num: vec![0f64; heads * m * d],
-        };
-        for h in 0..heads {
-            sgemm_views(
-                m,
-                d,
-                kb,
-                1.0,
-                &q_land32[h * m * d..(h + 1) * m * d],
-                Strides::rows(d),
-                &qkv[k0 * ld + inner + h * d..],
-                Strides::transposed(ld),
-                &mut s,
-                kb,
-            );
-            with_wide_vectors(|| {
-                for i in 0..m {
-                    let row = &mut s[i * kb..(i + 1) * kb];
-                    let max = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-                    let sum = softmax_block(row, max);
-                    part.max[h * m + i] = f64::from(max);
-                    part.sum[h * m + i] = f64::from(sum);
-                }
-            });
-            sgemm_views(
-                m,
-                kb,
-                d,
-                1.0,
-                &s,
-                Strides::rows(kb),
-                &qkv[k0 * ld + 2 * inner + h * d..],
-                Strides::rows(ld),
-                &mut num32,
-                d,
-            );
-            for (t, &v) in part.num[h * m * d..(h + 1) * m * d].iter_mut().zip(&num32) {
-                *t = f64::from(v);
-            }
-        }
-        part
-    };
-    let key_blocks = n.div_ceil(blocks.reduce);
-    let partials: Vec<Partial> = match exec {
-        Execution::Sequential => (0..key_blocks).map(key_block).collect(),
-        Execution::Parallel => (0..key_blocks).into_par_iter().map(key_block).collect(),
-    };
-    // The padded keys come first: score 0, value 0.
-    let mut total = Partial {
-        max: vec![if pad > 0 { 0.0 } else { f64::NEG_INFINITY }; heads * m],
-        sum: vec![pad as f64; heads * m],
-        num: vec![0f64; heads * m * d],
-    };
-    for p in &partials {
-        for r in 0..heads * m {
-            let new_max = total.max[r].max(p.max[r]);
-            let (ct, cp) = ((total.max[r] - new_max).exp(), (p.max[r] - new_max).exp());
-            total.sum[r] = total.sum[r] * ct + p.sum[r] * cp;
-            for c in 0..d {
-                total.num[r * d + c] = total.num[r * d + c] * ct + p.num[r * d + c] * cp;
-            }
-            total.max[r] = new_max;
-        }
-    }
-    drop(partials);
-    // W_h = Z_h (A3 v_h)  [m, d], float64 then float32.
-    let mut a3v = total.num;
-    for r in 0..heads * m {
-        for c in 0..d {
-            a3v[r * d + c] /= total.sum[r];
-        }
-    }
-    let mut w = vec![0f64; heads * m * d];
-    for h in 0..heads {
-        dgemm(
-            m,
-            m,
-            d,
-            &z[h * m * m..(h + 1) * m * m],
-            &a3v[h * m * d..(h + 1) * m * d],
-            &mut w[h * m * d..(h + 1) * m * d],
-        );
-    }
-    let w32: Vec<f32> = w.iter().map(|&v| v as f32).collect();
-
-    // out_h = softmax(q k̃^T) W_h per query block (only the n real rows are kept).
-    for_each_chunk(&mut att, blocks.query * inner, exec, |b, rows_out| {
-        let q0 = b * blocks.query;
-        let rows = rows_out.len() / inner;
-        let mut s = vec![0f32; rows * m];
-        for h in 0..heads {
-            sgemm_views(
-                rows,
-                d,
-                m,
-                scale,
-                &qkv[q0 * ld + h * d..],
-                Strides::rows(ld),
-                &k_land32[h * m * d..(h + 1) * m * d],
-                Strides::transposed(d),
-                &mut s,
-                m,
-            );
-            with_wide_vectors(|| {
-                for row in s.chunks_mut(m) {
-                    let max = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-                    let inv = 1.0 / softmax_block(row, max);
-                    row.iter_mut().for_each(|v| *v *= inv);
-                }
-            });
-            sgemm_views(
-                rows,
-                m,
-                d,
-                1.0,
-                &s,
-                Strides::rows(m),
-                &w32[h * m * d..(h + 1) * m * d],
-                Strides::rows(d),
-                &mut rows_out[h * d..],
-                inner,
-            );
-        }
-    });
-    att
+    let lm = plan.landmarks(&plan.landmark_sums(qkv, None, exec));
+    let mut max = plan.a3_max(&lm, qkv, exec);
+    plan.include_padding_max(&mut max);
+    let sums = plan.a3_sums(&lm, &max, qkv, exec);
+    let w = plan.weights(&lm, &max, &sums);
+    plan.output(&lm, &w, qkv, exec)
 }
 
 #[cfg(test)]
@@ -744,5 +1090,87 @@ mod tests {
         assert_eq!(exp_nonpositive(0.0), 1.0);
         assert!(exp_nonpositive(f32::NEG_INFINITY) < 1e-37);
         assert!(exp_nonpositive(f32::NAN).is_nan());
+    }
+
+    /// The staged Nyström on random subsets of the rows (each worker's rows in a random
+    /// order, with their global ids), merged, gives the single-process bits.
+    #[test]
+    fn nystrom_split_over_workers_gives_the_same_bits() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut rnd = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (n, heads, d, m) = (1000, 2, 8, 24); // 1000 mod 24 != 0: padding
+        let ld = 3 * heads * d;
+        let qkv: Vec<f32> = (0..n * ld)
+            .map(|_| ((rnd() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0)
+            .collect();
+        let blocks = Blocks {
+            query: 16,
+            key: 64,
+            reduce: 96,
+        };
+        let want = nystrom_attention(&qkv, n, heads, d, m, 6, blocks, Execution::Parallel);
+        let plan = NystromPlan {
+            n,
+            heads,
+            d,
+            m,
+            pinv_iterations: 6,
+            blocks,
+        };
+        for parts in [1usize, 2, 3, 4, 7] {
+            let mut owned: Vec<Vec<usize>> = vec![Vec::new(); parts];
+            for i in 0..n {
+                owned[(rnd() % parts as u64) as usize].push(i);
+            }
+            for ids in owned.iter_mut() {
+                // A worker's rows in any order.
+                for k in (1..ids.len()).rev() {
+                    ids.swap(k, (rnd() % (k as u64 + 1)) as usize);
+                }
+            }
+            let local: Vec<Vec<f32>> = owned
+                .iter()
+                .map(|ids| {
+                    ids.iter()
+                        .flat_map(|&i| qkv[i * ld..(i + 1) * ld].to_vec())
+                        .collect()
+                })
+                .collect();
+            let mut sums = vec![ExactSum::default(); m * 2 * heads * d];
+            for (ids, x) in owned.iter().zip(&local) {
+                let part = plan.landmark_sums(x, Some(ids), Execution::Sequential);
+                sums.iter_mut().zip(&part).for_each(|(a, b)| a.merge(b));
+            }
+            let lm = plan.landmarks(&sums);
+            let mut max = plan.a3_max(&lm, &local[0], Execution::Sequential);
+            for x in &local[1..] {
+                max.merge(&plan.a3_max(&lm, x, Execution::Parallel));
+            }
+            plan.include_padding_max(&mut max);
+            let mut a3 = plan.a3_sums(&lm, &max, &local[0], Execution::Sequential);
+            for x in &local[1..] {
+                a3.merge(&plan.a3_sums(&lm, &max, x, Execution::Parallel));
+            }
+            let w = plan.weights(&lm, &max, &a3);
+            let inner = heads * d;
+            let mut got = vec![0f32; n * inner];
+            for (ids, x) in owned.iter().zip(&local) {
+                let out = plan.output(&lm, &w, x, Execution::Parallel);
+                for (r, &i) in ids.iter().enumerate() {
+                    got[i * inner..(i + 1) * inner]
+                        .copy_from_slice(&out[r * inner..(r + 1) * inner]);
+                }
+            }
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{parts} parts: output bits differ from one process");
+        }
     }
 }

@@ -12,6 +12,7 @@ pub mod dense;
 pub mod edge_attr;
 pub mod engine;
 pub mod error;
+pub mod exact_sum;
 pub mod exec;
 pub mod gat;
 pub mod gatv2;
