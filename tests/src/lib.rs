@@ -123,3 +123,79 @@ impl Drop for TestCluster {
         }
     }
 }
+
+/// W in-process "workers" exchanging through shared memory: a [`Collective`] per thread,
+/// for tests that split a global layer's rows over workers without the network.
+///
+/// [`Collective`]: distgat_attention::Collective
+pub mod loopback {
+    use std::borrow::Cow;
+    use std::sync::{Arc, Barrier, Mutex};
+
+    use distgat_attention::{Collective, Result};
+
+    struct Shared {
+        barrier: Barrier,
+        slots: Mutex<Vec<Vec<u8>>>,
+        /// Every part's ids, in part order.
+        ids: Vec<Vec<usize>>,
+        n: usize,
+    }
+
+    /// One member of a group made by [`group`].
+    pub struct Member {
+        shared: Arc<Shared>,
+        part: usize,
+    }
+
+    /// Members owning the nodes `assign[v] == p` for each part p (`parts` of them).
+    pub fn group(assign: &[usize], parts: usize) -> Vec<Member> {
+        let mut ids = vec![Vec::new(); parts];
+        for (v, &p) in assign.iter().enumerate() {
+            ids[p].push(v);
+        }
+        let shared = Arc::new(Shared {
+            barrier: Barrier::new(parts),
+            slots: Mutex::new(vec![Vec::new(); parts]),
+            ids,
+            n: assign.len(),
+        });
+        (0..parts)
+            .map(|part| Member {
+                shared: shared.clone(),
+                part,
+            })
+            .collect()
+    }
+
+    impl Collective for Member {
+        fn num_nodes(&self) -> usize {
+            self.shared.n
+        }
+        fn own_ids(&self) -> &[usize] {
+            &self.shared.ids[self.part]
+        }
+        fn all_gather_rows<'a>(&mut self, own: &'a [f32], width: usize) -> Result<Cow<'a, [f32]>> {
+            let bytes = own.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let all = self.all_gather_bytes(bytes)?;
+            let mut rows = vec![f32::NAN; self.shared.n * width];
+            for (p, bytes) in all.iter().enumerate() {
+                for (i, &v) in self.shared.ids[p].iter().enumerate() {
+                    for j in 0..width {
+                        let at = 4 * (i * width + j);
+                        rows[v * width + j] =
+                            f32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+                    }
+                }
+            }
+            Ok(Cow::Owned(rows))
+        }
+        fn all_gather_bytes(&mut self, own: Vec<u8>) -> Result<Vec<Vec<u8>>> {
+            self.shared.slots.lock().unwrap()[self.part] = own;
+            self.shared.barrier.wait();
+            let all = self.shared.slots.lock().unwrap().clone();
+            self.shared.barrier.wait();
+            Ok(all)
+        }
+    }
+}

@@ -514,3 +514,123 @@ fn global_and_graph_layers_chain() {
     assert_eq!(out.values, want.values);
     assert_eq!(out.width, 6);
 }
+
+/// Rows of `values` (`[N, width]`) at `ids`.
+fn rows_at(values: &[f32], width: usize, ids: &[usize]) -> Vec<f32> {
+    ids.iter()
+        .flat_map(|&i| &values[i * width..(i + 1) * width])
+        .copied()
+        .collect()
+}
+
+/// Splits the N nodes over `parts` workers at random (scattered ids, as METIS gives),
+/// runs `layer` on each worker's rows on its own thread through a loopback collective,
+/// and puts the rows back in node order.
+fn split_run(
+    n: usize,
+    parts: usize,
+    seed: u64,
+    width_out: usize,
+    layer: &(dyn Fn(&mut distgat_tests::loopback::Member) -> Vec<f32> + Sync),
+) -> Vec<f32> {
+    use distgat_attention::Collective;
+    let mut rng = Rng(seed);
+    let assign: Vec<usize> = (0..n)
+        .map(|_| (rng.next_u64() % parts as u64) as usize)
+        .collect();
+    let members = distgat_tests::loopback::group(&assign, parts);
+    let mut out = vec![f32::NAN; n * width_out];
+    std::thread::scope(|s| {
+        let runs: Vec<_> = members
+            .into_iter()
+            .map(|mut m| {
+                s.spawn(move || {
+                    let rows = layer(&mut m);
+                    (m.own_ids().to_vec(), rows)
+                })
+            })
+            .collect();
+        for run in runs {
+            let (ids, rows) = run.join().unwrap();
+            for (i, &v) in ids.iter().enumerate() {
+                out[v * width_out..(v + 1) * width_out]
+                    .copy_from_slice(&rows[i * width_out..(i + 1) * width_out]);
+            }
+        }
+    });
+    out
+}
+
+/// Issue 12's distribution invariant at the layer seam: exact MultiheadAttention,
+/// MultiheadAttention with a Nyström `approx` whose m does not divide N, NystromAttention
+/// and a GPSConv with graph-mode LayerNorm give, on 1-4 workers holding scattered rows,
+/// exactly the bits of the single-process layer.
+#[test]
+fn global_layers_split_over_workers_give_the_single_process_bits() {
+    use distgat_attention::{Collective, Layer};
+    let mut rng = Rng(41);
+    let (n, e) = (97, 8);
+    let x = rng.vec(n * e, 1.5);
+    let mut layers: Vec<(String, Box<dyn GlobalKind>)> = Vec::new();
+    for method in [
+        Method::Exact,
+        Method::Nystrom {
+            landmarks: 7,
+            pinv_iterations: 6,
+        },
+    ] {
+        let blocks = Blocks {
+            query: 5,
+            key: 11,
+            reduce: 13,
+        };
+        layers.push((
+            format!("{method:?}"),
+            Box::new(random_mha(&mut rng, e, 2, method, blocks)),
+        ));
+    }
+    for (name, layer) in &layers {
+        let whole = layer.forward(&x, Execution::Parallel).unwrap();
+        for parts in 1..=4 {
+            let split = split_run(n, parts, parts as u64, e, &|m| {
+                let own = rows_at(&x, e, m.own_ids());
+                layer.forward_part(&own, m, Execution::Parallel).unwrap()
+            });
+            assert!(split == whole, "{name}: {parts} workers differ");
+        }
+    }
+
+    let dir = reference_case("nystrom-n512-m32");
+    let model = Model::load(&dir.join("model.json")).unwrap();
+    let (n, x) = read_x("nystrom-n512-m32");
+    let layer = model.layers[0].global().unwrap();
+    let width = layer.in_features();
+    let whole = layer.forward(&x, Execution::Parallel).unwrap();
+    for parts in [2, 3] {
+        let split = split_run(n, parts, 7, width, &|m| {
+            let own = rows_at(&x, width, m.own_ids());
+            layer.forward_part(&own, m, Execution::Parallel).unwrap()
+        });
+        assert!(split == whole, "NystromAttention: {parts} workers differ");
+    }
+
+    let model = Model::load(&reference_case("gps-transformer-ln-n200").join("model.json")).unwrap();
+    let Layer::Gps(gps) = &model.layers[0] else {
+        panic!("gps-transformer-ln-n200: layer 0 is not GPSConv")
+    };
+    let (n, c) = (200, gps.channels);
+    let x = rng.vec(n * c, 1.0);
+    let conv = rng.vec(n * c, 1.0);
+    let (whole, _) = gps
+        .forward(&x, Some(conv.clone()), Execution::Parallel, false)
+        .unwrap();
+    for parts in 1..=4 {
+        let split = split_run(n, parts, 11 + parts as u64, c, &|m| {
+            let own = rows_at(&x, c, m.own_ids());
+            let own_conv = rows_at(&conv, c, m.own_ids());
+            gps.forward_part(&own, Some(own_conv), m, Execution::Parallel)
+                .unwrap()
+        });
+        assert!(split == whole, "GPSConv: {parts} workers differ");
+    }
+}

@@ -86,6 +86,10 @@ use std::path::PathBuf;
 
 use rayon::prelude::*;
 
+use crate::collective::{
+    all_reduce_exact_sums, decode_a3_max, decode_a3_sums, encode_a3_max, encode_a3_sums,
+    Collective, SingleProcess,
+};
 use crate::dense::{dgemm, for_each_row_block, sgemm_views, Linear, Strides};
 use crate::error::{ModelError, Result};
 use crate::exact_sum::ExactSum;
@@ -109,7 +113,20 @@ pub trait GlobalKind: Send + Sync + Debug {
     /// The layer over all rows of `x` (`[N, in_features]` float32, node order) into
     /// `[N, out_width]`. Errors when the layer cannot run on N rows (an `approx` with more
     /// landmarks than nodes).
-    fn forward(&self, x: &[f32], exec: Execution) -> Result<Vec<f32>>;
+    fn forward(&self, x: &[f32], exec: Execution) -> Result<Vec<f32>> {
+        let n = x.len() / self.in_features().max(1);
+        self.forward_part(x, &mut SingleProcess::new(n), exec)
+    }
+    /// The layer's output for this worker's rows only: `x` is `[own, in_features]` in the
+    /// order of `comm.own_ids()`, the result `[own, out_width]`; every other row is reached
+    /// through `comm`. Bitwise the rows [`GlobalKind::forward`] gives for those nodes, for
+    /// any split of the nodes over workers. Errors: as `forward`, and a failed exchange.
+    fn forward_part(
+        &self,
+        x: &[f32],
+        comm: &mut dyn Collective,
+        exec: Execution,
+    ) -> Result<Vec<f32>>;
     /// Exact softmax attention with the same weights (what [`GlobalKind::forward`]
     /// approximates; the same as `forward` for exact layers). For NystromAttention this is
     /// the reference's `exact_out`: `to_out(concat_h softmax(q_h k_h^T d^-½) v_h)`.
@@ -205,8 +222,29 @@ impl GlobalAttention {
         Ok(n)
     }
 
-    fn run(&self, x: &[f32], method: Method, exec: Execution) -> Result<Vec<f32>> {
-        let n = self.check_input(x)?;
+    /// The layer for this worker's rows (`x`: `[own, dim]`, see
+    /// [`GlobalKind::forward_part`]). Exact: gathers every input row and projects them all
+    /// (each worker computes every key and value; the input rows are a third of the
+    /// projection's bytes), then attends from its own query rows. Nyström: the
+    /// [`NystromPlan`] steps on its own rows, with the three reductions merged over
+    /// workers exactly.
+    fn run(
+        &self,
+        x: &[f32],
+        method: Method,
+        comm: &mut dyn Collective,
+        exec: Execution,
+    ) -> Result<Vec<f32>> {
+        let own = self.check_input(x)?;
+        let n = comm.num_nodes();
+        if own != comm.own_ids().len() {
+            return Err(ModelError::Mismatch(format!(
+                "layers[{}] ({}): {own} input rows for {} owned nodes",
+                self.layer,
+                self.kind,
+                comm.own_ids().len()
+            )));
+        }
         if let Method::Nystrom { landmarks, .. } = method {
             if self.kind == "MultiheadAttention" && landmarks > n {
                 return Err(ModelError::Spec {
@@ -222,27 +260,92 @@ impl GlobalAttention {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let qkv = Self::project(&self.qkv, x, exec);
+        let (heads, d) = (self.heads, self.head_dim);
         let att = match method {
-            Method::Exact => exact_attention(&qkv, n, self.heads, self.head_dim, self.blocks, exec),
+            Method::Exact => {
+                let all = comm.all_gather_rows(x, self.dim)?;
+                let keys = Self::project(&self.qkv, &all, exec);
+                drop(all);
+                if comm.owns_all() {
+                    exact_attention_for(&keys, &keys, heads, d, self.blocks, exec)
+                } else {
+                    let ld = self.qkv.out_features;
+                    let queries: Vec<f32> = comm
+                        .own_ids()
+                        .iter()
+                        .flat_map(|&i| &keys[i * ld..(i + 1) * ld])
+                        .copied()
+                        .collect();
+                    exact_attention_for(&queries, &keys, heads, d, self.blocks, exec)
+                }
+            }
             Method::Nystrom {
                 landmarks,
                 pinv_iterations,
-            } => nystrom_attention(
-                &qkv,
-                n,
-                self.heads,
-                self.head_dim,
-                landmarks,
-                pinv_iterations,
-                self.blocks,
-                exec,
-            ),
+            } => {
+                let qkv = Self::project(&self.qkv, x, exec);
+                let plan = NystromPlan {
+                    n,
+                    heads,
+                    d,
+                    m: landmarks,
+                    pinv_iterations,
+                    blocks: self.blocks,
+                };
+                nystrom_part(&plan, &qkv, comm, exec)?
+            }
         };
-        drop(qkv);
-        debug_assert_eq!(att.len(), n * self.inner());
+        debug_assert_eq!(att.len(), own * self.inner());
         Ok(Self::project(&self.out, &att, exec))
     }
+}
+
+/// Nyström attention of this worker's rows (`qkv`: `[own, 3·H·d]`, ids
+/// `comm.own_ids()`), the plan's steps with each reduction merged over all workers (exact
+/// merges: the result has the single-process bits for any split).
+fn nystrom_part(
+    plan: &NystromPlan,
+    qkv: &[f32],
+    comm: &mut dyn Collective,
+    exec: Execution,
+) -> Result<Vec<f32>> {
+    let ids = (!comm.owns_all()).then(|| comm.own_ids().to_vec());
+    let sums = plan.landmark_sums(qkv, ids.as_deref(), exec);
+    let sums = all_reduce_exact_sums(comm, sums, "Nyström landmark sums")?;
+    let lm = plan.landmarks(&sums);
+    let mut max = plan.a3_max(&lm, qkv, exec);
+    let (scores, values) = (max.score.len(), max.value.len());
+    for bytes in comm.all_gather_bytes(encode_a3_max(&max))? {
+        max.merge(&decode_a3_max(&bytes, scores, values)?);
+    }
+    plan.include_padding_max(&mut max);
+    let own = plan.a3_sums(&lm, &max, qkv, exec);
+    let all = comm.all_gather_bytes(encode_a3_sums(&own))?;
+    let sums = if all.len() == 1 {
+        own
+    } else {
+        let (s, v) = (own.sum.len(), own.num.len());
+        let mut merged = A3Sums {
+            sum: vec![0; s],
+            num: vec![0; v],
+        };
+        for bytes in all {
+            let part = decode_a3_sums(&bytes, s, v)?;
+            for (a, b) in merged
+                .sum
+                .iter_mut()
+                .chain(merged.num.iter_mut())
+                .zip(part.sum.iter().chain(&part.num))
+            {
+                *a = a.checked_add(*b).ok_or_else(|| {
+                    ModelError::Mismatch("Nyström A3 sums: the merged sum overflows".into())
+                })?;
+            }
+        }
+        merged
+    };
+    let w = plan.weights(&lm, &max, &sums);
+    Ok(plan.output(&lm, &w, qkv, exec))
 }
 
 impl GlobalKind for GlobalAttention {
@@ -273,11 +376,17 @@ impl GlobalKind for GlobalAttention {
             )),
         }
     }
-    fn forward(&self, x: &[f32], exec: Execution) -> Result<Vec<f32>> {
-        self.run(x, self.method, exec)
+    fn forward_part(
+        &self,
+        x: &[f32],
+        comm: &mut dyn Collective,
+        exec: Execution,
+    ) -> Result<Vec<f32>> {
+        self.run(x, self.method, comm, exec)
     }
     fn forward_exact(&self, x: &[f32], exec: Execution) -> Result<Vec<f32>> {
-        self.run(x, Method::Exact, exec)
+        let n = self.check_input(x)?;
+        self.run(x, Method::Exact, &mut SingleProcess::new(n), exec)
     }
 }
 
@@ -327,16 +436,45 @@ pub fn exact_attention(
     blocks: Blocks,
     exec: Execution,
 ) -> Vec<f32> {
+    assert_eq!(
+        qkv.len(),
+        n * 3 * heads * d,
+        "exact attention: qkv is not [n, 3·H·d]"
+    );
+    exact_attention_for(qkv, qkv, heads, d, blocks, exec)
+}
+
+/// Exact softmax attention of the query rows of `queries` (`[rows, 3·heads·d]`, only the
+/// q part is read) over every key and value row of `keys` (`[n, 3·heads·d]`, node order),
+/// into `[rows, heads·d]`. A query row's bits depend only on that row and `keys` (its
+/// score and value products have fixed inner dimensions and fixed key blocks), so a
+/// worker computing its own rows gets the single-process bits.
+pub fn exact_attention_for(
+    queries: &[f32],
+    keys: &[f32],
+    heads: usize,
+    d: usize,
+    blocks: Blocks,
+    exec: Execution,
+) -> Vec<f32> {
     let inner = heads * d;
     let ld = 3 * inner;
-    assert_eq!(qkv.len(), n * ld, "exact attention: qkv is not [n, 3·H·d]");
+    if ld == 0 {
+        return Vec::new();
+    }
+    assert!(
+        queries.len() % ld == 0 && keys.len() % ld == 0,
+        "exact attention: queries or keys are not [rows, 3·H·d]"
+    );
+    let (n, qkv) = (keys.len() / ld, keys);
+    let n_queries = queries.len() / ld;
     assert!(
         blocks.query > 0 && blocks.key > 0,
         "exact attention: empty blocks"
     );
     let scale = 1.0 / (d as f32).sqrt();
-    let mut att = vec![0f32; n * inner];
-    if n == 0 || inner == 0 {
+    let mut att = vec![0f32; n_queries * inner];
+    if n == 0 || n_queries == 0 {
         return att;
     }
     for_each_chunk(&mut att, blocks.query * inner, exec, |b, rows_out| {
@@ -351,7 +489,7 @@ pub fn exact_attention(
             max.fill(f32::NEG_INFINITY);
             sum.fill(0.0);
             acc.fill(0.0);
-            let q = &qkv[q0 * ld + h * d..];
+            let q = &queries[q0 * ld + h * d..];
             for k0 in (0..n).step_by(blocks.key) {
                 let kb = blocks.key.min(n - k0);
                 let k = &qkv[k0 * ld + inner + h * d..];

@@ -31,8 +31,10 @@
 
 use rayon::prelude::*;
 
+use crate::collective::{all_reduce_exact_sums, Collective, SingleProcess};
 use crate::dense::{for_each_row_block, Linear, ROWS_PER_BLOCK};
 use crate::error::{ModelError, Result};
+use crate::exact_sum::ExactSum;
 use crate::exec::Execution;
 use crate::global::{relative_frobenius_error, GlobalAttention, GlobalKind};
 use crate::kind::AttentionKind;
@@ -121,8 +123,15 @@ impl GpsNorm {
         GpsNorm::Batch { scale, shift }
     }
 
-    /// Normalises `x` (`[N, c]`) in place.
-    fn apply(&self, x: &mut [f32], c: usize, exec: Execution) {
+    /// Normalises `x` (this worker's rows of `[N, c]`) in place; graph mode reduces over
+    /// all workers' rows through `comm`.
+    fn apply(
+        &self,
+        x: &mut [f32],
+        c: usize,
+        comm: &mut dyn Collective,
+        exec: Execution,
+    ) -> Result<()> {
         match self {
             GpsNorm::Batch { scale, shift } => rows_mut(x, c, exec, &|rows| {
                 for row in rows.chunks_exact_mut(c) {
@@ -150,12 +159,16 @@ impl GpsNorm {
                 }
             }),
             GpsNorm::Graph { eps, affine } => {
-                let count = x.len() as f64;
+                let count = (comm.num_nodes() * c) as f64;
                 if count == 0.0 {
-                    return;
+                    return Ok(());
                 }
-                let mean = block_sums(x, c, exec, &|v| f64::from(v)) / count;
-                let var = block_sums(x, c, exec, &|v| (f64::from(v) - mean).powi(2)) / count;
+                let sum = exact_sum(x, c, exec, &|v| f64::from(v));
+                let mean =
+                    all_reduce_exact_sums(comm, vec![sum], "LayerNorm sum")?[0].value() / count;
+                let sq = exact_sum(x, c, exec, &|v| (f64::from(v) - mean).powi(2));
+                let var =
+                    all_reduce_exact_sums(comm, vec![sq], "LayerNorm squares")?[0].value() / count;
                 let inv = 1.0 / (var.sqrt() + eps);
                 rows_mut(x, c, exec, &|rows| {
                     for row in rows.chunks_exact_mut(c) {
@@ -170,6 +183,7 @@ impl GpsNorm {
                 })
             }
         }
+        Ok(())
     }
 }
 
@@ -182,15 +196,22 @@ fn rows_mut(x: &mut [f32], c: usize, exec: Execution, f: &(dyn Fn(&mut [f32]) + 
     }
 }
 
-/// `Σ f(v)` over `x` in float64: per fixed row block, the block sums added in block order.
-fn block_sums(x: &[f32], c: usize, exec: Execution, f: &(dyn Fn(f32) -> f64 + Sync)) -> f64 {
+/// The exact sum of the float64 terms `f(v)` over `x` ([`ExactSum`]: independent of how
+/// the rows are split over threads and workers).
+fn exact_sum(x: &[f32], c: usize, exec: Execution, f: &(dyn Fn(f32) -> f64 + Sync)) -> ExactSum {
     let chunk = ROWS_PER_BLOCK * c.max(1);
-    let partial = |b: &[f32]| b.iter().map(|&v| f(v)).sum::<f64>();
-    let parts: Vec<f64> = match exec {
+    let partial = |b: &[f32]| {
+        let mut s = ExactSum::default();
+        b.iter().for_each(|&v| s.add(f(v)));
+        s
+    };
+    let parts: Vec<ExactSum> = match exec {
         Execution::Sequential => x.chunks(chunk).map(partial).collect(),
         Execution::Parallel => x.par_chunks(chunk).map(partial).collect(),
     };
-    parts.iter().sum()
+    let mut total = ExactSum::default();
+    parts.iter().for_each(|p| total.merge(p));
+    total
 }
 
 /// `out[i] += add[i]`.
@@ -235,6 +256,28 @@ impl GpsConv {
         exec: Execution,
         report_approximation: bool,
     ) -> Result<(Vec<f32>, Option<f64>)> {
+        let n = x.len() / self.channels.max(1);
+        let mut comm = SingleProcess::new(n);
+        let error = match (report_approximation, self.attn.approximation()) {
+            (true, Some(_)) => Some(relative_frobenius_error(
+                &self.attn.forward(x, exec)?,
+                &self.attn.forward_exact(x, exec)?,
+            )),
+            _ => None,
+        };
+        Ok((self.forward_part(x, conv_out, &mut comm, exec)?, error))
+    }
+
+    /// The layer for this worker's rows: `x` and `conv_out` are `[own, C]` in the order of
+    /// `comm.own_ids()`; the attention and graph-mode norms reach the other rows through
+    /// `comm` (bitwise the rows of [`GpsConv::forward`] for any split).
+    pub fn forward_part(
+        &self,
+        x: &[f32],
+        conv_out: Option<Vec<f32>>,
+        comm: &mut dyn Collective,
+        exec: Execution,
+    ) -> Result<Vec<f32>> {
         let c = self.channels;
         let n = x.len() / c;
         let shape_err = |what: &str, len: usize| {
@@ -246,17 +289,10 @@ impl GpsConv {
         if n * c != x.len() {
             return Err(shape_err("the input", x.len()));
         }
-        let mut h = self.attn.forward(x, exec)?;
-        let error = match (report_approximation, self.attn.approximation()) {
-            (true, Some(_)) => Some(relative_frobenius_error(
-                &h,
-                &self.attn.forward_exact(x, exec)?,
-            )),
-            _ => None,
-        };
+        let mut h = self.attn.forward_part(x, comm, exec)?;
         add_assign(&mut h, x);
         if let Some(norm) = &self.norms[1] {
-            norm.apply(&mut h, c, exec);
+            norm.apply(&mut h, c, comm, exec)?;
         }
         match (conv_out, &self.conv) {
             (Some(mut local), Some(_)) => {
@@ -265,7 +301,7 @@ impl GpsConv {
                 }
                 add_assign(&mut local, x);
                 if let Some(norm) = &self.norms[0] {
-                    norm.apply(&mut local, c, exec);
+                    norm.apply(&mut local, c, comm, exec)?;
                 }
                 // PyG: sum([h_local, h_attn]) = (0 + h_local) + h_attn.
                 add_assign(&mut local, &h);
@@ -299,9 +335,9 @@ impl GpsConv {
         );
         drop(h);
         if let Some(norm) = &self.norms[2] {
-            norm.apply(&mut hidden_out, c, exec);
+            norm.apply(&mut hidden_out, c, comm, exec)?;
         }
-        Ok((hidden_out, error))
+        Ok(hidden_out)
     }
 }
 

@@ -8,6 +8,7 @@
 //! the repository and each kind's module documentation).
 
 pub mod buffer;
+pub mod collective;
 pub mod dense;
 pub mod edge_attr;
 pub mod engine;
@@ -25,6 +26,7 @@ pub mod transformer;
 mod weights;
 
 pub use buffer::RowBuffer;
+pub use collective::{Collective, SingleProcess};
 pub use dense::Linear;
 pub use edge_attr::entry_edge_attr;
 pub use engine::{run_model, LayerTiming, ModelOutput, Topology};
