@@ -381,7 +381,7 @@ async fn each_error_code() {
             .unwrap_err(),
     );
     assert_eq!(k, Code::InvalidArgument, "{m}");
-    // A model with a global layer: the runtime does not run those yet.
+    // A global layer runs distributed, but its width must fit the graph's features.
     let (k, m) = code(
         client
             .submit(Submit {
@@ -393,9 +393,7 @@ async fn each_error_code() {
     );
     assert_eq!(k, Code::InvalidArgument, "{m}");
     assert!(
-        m.contains("model.json")
-            && m.contains("layers[0] is MultiheadAttention")
-            && m.contains("global layers run only in `distgat infer` for now"),
+        m.contains("1433 columns") && m.contains("embed_dim = 32"),
         "{m}"
     );
     let (k, m) = code(

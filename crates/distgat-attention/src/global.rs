@@ -463,7 +463,7 @@ pub fn exact_attention_for(
         return Vec::new();
     }
     assert!(
-        queries.len() % ld == 0 && keys.len() % ld == 0,
+        queries.len().is_multiple_of(ld) && keys.len().is_multiple_of(ld),
         "exact attention: queries or keys are not [rows, 3·H·d]"
     );
     let (n, qkv) = (keys.len() / ld, keys);

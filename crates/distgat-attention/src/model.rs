@@ -171,13 +171,13 @@ impl Model {
                 Layer::Local(l) => Ok(l.as_ref()),
                 Layer::Global(g) => Err(ModelError::Mismatch(format!(
                     "layers[{k}] is {} (global attention over all nodes), which {runner} does \
-                     not support yet: global layers run only in `distgat infer` for now",
+                     not run: it runs graph attention layers only",
                     g.kind()
                 ))),
                 Layer::Gps(_) => Err(ModelError::Mismatch(format!(
                     "layers[{k}] is GPSConv (a graph transformer layer with global attention \
-                     over all nodes), which {runner} does not support: GPSConv runs only in \
-                     `distgat infer`"
+                     over all nodes), which {runner} does not run: it runs graph attention \
+                     layers only"
                 ))),
             })
             .collect()

@@ -440,14 +440,14 @@ struct RunArgs {
     /// Graph format, overriding the file extension (with --graph)
     #[arg(long, value_enum, requires = "graph")]
     format: Option<FormatArg>,
-    /// Node features .npy [N, F] (with --graph or --points)
-    #[arg(long, value_name = "X", requires = "input")]
+    /// Node features .npy [N, F] (with --graph or --points; alone with --model and --out for a model of global layers only)
+    #[arg(long, value_name = "X")]
     features: Option<PathBuf>,
-    /// Feature normalisation: none, or row (PyG's NormalizeFeatures); bare means row (with --graph or --points; the Cora demo uses row)
-    #[arg(long, value_enum, requires = "input", num_args = 0..=1, default_missing_value = "row")]
+    /// Feature normalisation: none, or row (PyG's NormalizeFeatures); bare means row (the Cora demo uses row)
+    #[arg(long, value_enum, requires = "features", num_args = 0..=1, default_missing_value = "row")]
     normalize_features: Option<NormalizeArg>,
-    /// Model JSON (with --graph or --points)
-    #[arg(long, value_name = "M", requires = "input")]
+    /// Model JSON (with --graph or --points; without them, a model of global layers only: MultiheadAttention, NystromAttention)
+    #[arg(long, value_name = "M")]
     model: Option<PathBuf>,
     /// Edge attributes .npy [E, D] (row e for edge e of --graph); required exactly when a layer has edge_dim
     #[arg(long, value_name = "E.npy", requires = "graph")]
@@ -1408,15 +1408,27 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let shipped = args.graph.is_none() && neighbourhood.is_none();
-    if neighbourhood.is_some() {
+    // No --graph and no --points: the Cora demo when none of --features/--model/--out is
+    // given, else a model of global layers only, which needs all three.
+    let global_only = args.graph.is_none()
+        && neighbourhood.is_none()
+        && (args.features.is_some() || args.model.is_some() || args.out.is_some());
+    let shipped = args.graph.is_none() && neighbourhood.is_none() && !global_only;
+    if neighbourhood.is_some() || global_only {
+        let with = if global_only {
+            "without --graph (a model of global layers only)"
+        } else {
+            "with --points"
+        };
         for (given, name) in [
             (args.features.is_some(), "--features"),
             (args.model.is_some(), "--model"),
             (args.out.is_some(), "--out"),
         ] {
             if !given {
-                anyhow::bail!("{name}: required with --points (the run needs features, a model and an output file)");
+                anyhow::bail!(
+                    "{name}: required {with} (the run needs features, a model and an output file)"
+                );
             }
         }
     }
@@ -1429,6 +1441,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         ),
         (g, Some(_)) => (
             g.unwrap_or_default(),
+            args.features.expect("checked above"),
+            args.model.expect("checked above"),
+            args.normalize_features.unwrap_or(NormalizeArg::None),
+        ),
+        (None, None) if global_only => (
+            PathBuf::new(),
             args.features.expect("checked above"),
             args.model.expect("checked above"),
             args.normalize_features.unwrap_or(NormalizeArg::None),

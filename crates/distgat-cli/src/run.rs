@@ -196,12 +196,42 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
             config.out.display()
         );
     }
-    // The runtime runs graph attention only: a model with a global layer is refused here,
-    // before partitioning (the coordinator and the workers refuse it too).
+    // Without a graph (and no --points), every layer must be global attention.
     let model = distgat_attention::Model::load(&config.model)?;
-    model
-        .local_layers("distgat run (the distributed runtime)")
-        .map_err(|e| anyhow::anyhow!("--model {}: {e}", config.model.display()))?;
+    let no_graph = config.graph.as_os_str().is_empty() && config.neighbourhood.is_none();
+    if let (true, Some((k, kind))) = (no_graph, model.first_local()) {
+        anyhow::bail!(
+            "--graph: layers[{k}] of {} is {kind}, which attends over a graph's edges; give \
+             --graph (or --points with --knn/--radius). Only a model of global layers \
+             (MultiheadAttention, NystromAttention) runs without one",
+            config.model.display()
+        );
+    }
+    if model.first_local().is_none() && !no_graph {
+        anyhow::bail!(
+            "{}: every layer of {} is global attention over all nodes, so no graph is read; \
+             drop it",
+            if config.neighbourhood.is_some() {
+                "--knn/--radius"
+            } else {
+                "--graph"
+            },
+            config.model.display()
+        );
+    }
+    if no_graph && config.attention_dir.is_some() {
+        anyhow::bail!(
+            "--attention-dir: every layer of {} is global attention, which has no per-edge \
+             coefficients to write; omit --attention-dir",
+            config.model.display()
+        );
+    }
+    if no_graph && config.partition.is_some() {
+        anyhow::bail!(
+            "--partition: a model of global layers only is run without a graph, on contiguous \
+             ranges of node ids; omit --partition"
+        );
+    }
     drop(model);
     let built = match &config.neighbourhood {
         Some(spec) => Some(check_built(config, spec)?),
@@ -227,6 +257,13 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
     // The build's own split, when it is the partition.
     let spatial = temp.path().join("spatial_parts.npy");
     let graph = match &built {
+        None if no_graph => {
+            // An edgeless graph of the features' N nodes: the partition is then only the
+            // split of the nodes (contiguous id ranges unless --method says otherwise).
+            let path = temp.path().join("no_edges.npy");
+            distgat_graph::write_npy::<i64>(&path, &[2, 0], &[])?;
+            path
+        }
         None => config.graph.clone(),
         Some((spec, edges)) => {
             let edges = if edges.as_os_str().is_empty() {
@@ -285,6 +322,7 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
                 parts: config.workers,
                 method: match (&config.method, &built) {
                     (Some(m), _) => m.clone(),
+                    (None, None) if no_graph => Method::Range,
                     (None, Some(_)) => Method::File {
                         path: spatial.clone(),
                     },

@@ -239,35 +239,274 @@ fn a_graph_model_without_a_graph_is_refused() {
     );
 }
 
-#[test]
-fn distgat_run_refuses_global_layers() {
-    let case = Case::new("mha-global-n256");
-    let graph = reference("gatv2-n200").join("edge_index.npy");
+/// `distgat run` plus `args`; stderr is checked for panics.
+fn run(args: &[&std::ffi::OsStr]) -> Output {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_distgat"))
         .arg("run")
-        .arg("--graph")
-        .arg(&graph)
-        .arg("--features")
-        .arg(case.path("x.npy"))
-        .arg("--model")
-        .arg(case.path("model.json"))
-        .arg("--out")
-        .arg(case.path("out.npy"))
-        .args(["--workers", "2"])
+        .args(args)
         .env_remove("RUST_LOG")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
-    for p in [
-        "model.json",
-        "layers[0] is MultiheadAttention",
-        "global layers run only in `distgat infer` for now",
-    ] {
-        assert!(stderr.contains(p), "lacks {p:?}: {stderr}");
-    }
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(!case.path("out.npy").exists());
+    output
+}
+
+/// The array bytes of an `.npy` (after its header).
+fn npy_body(path: &Path) -> Vec<u8> {
+    let bytes = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize + 10;
+    bytes[header_len..].to_vec()
+}
+
+/// Issue 12's distributed global attention: `distgat run` without a graph gives exactly
+/// `distgat infer`'s bytes for exact MultiheadAttention, NystromAttention and a Nyström
+/// `approx` whose landmarks do not divide N, on 1-4 workers, with contiguous (`range`,
+/// the default without a graph) and scattered (`random`) node splits; each part reports
+/// the bytes it sent.
+#[test]
+fn distgat_run_gives_infers_bytes_for_global_models_on_any_worker_count() {
+    let approx = Case::new("mha-global-n256");
+    approx.edit_model(|spec| {
+        spec["layers"][0]["args"]["approx"] =
+            serde_json::json!({"method": "nystrom", "landmarks": 7});
+    });
+    for (case, workers) in [
+        (Case::new("mha-global-n256"), &[1usize, 2, 3][..]),
+        (Case::new("nystrom-n512-m32"), &[2, 4][..]),
+        (approx, &[3][..]),
+    ] {
+        let out = case.infer(&[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let want = npy_body(&case.path("out.npy"));
+        for &w in workers {
+            for method in ["range", "random"] {
+                let dest = case.path(&format!("run-{w}-{method}.npy"));
+                let summary = case.path(&format!("run-{w}-{method}.json"));
+                let output = run(&[
+                    "--features".as_ref(),
+                    case.path("x.npy").as_os_str(),
+                    "--model".as_ref(),
+                    case.path("model.json").as_os_str(),
+                    "--out".as_ref(),
+                    dest.as_os_str(),
+                    "--workers".as_ref(),
+                    w.to_string().as_ref(),
+                    "--method".as_ref(),
+                    method.as_ref(),
+                    "--summary-json".as_ref(),
+                    summary.as_os_str(),
+                ]);
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                assert!(output.status.success(), "{w} workers, {method}: {stderr}");
+                assert!(
+                    npy_body(&dest) == want,
+                    "{w} workers, {method}: the output differs from infer's"
+                );
+                let summary: Value = serde_json::from_slice(&fs::read(&summary).unwrap()).unwrap();
+                let text = summary.to_string();
+                if w > 1 {
+                    assert!(text.contains("bytes_sent"), "{text}");
+                }
+            }
+        }
+    }
+}
+
+/// A model with a global layer then a graph layer (MultiheadAttention, then layer 1 of
+/// gatv2-n200, ELU between) and GPSConv with graph-mode LayerNorm run over METIS parts of
+/// one graph with exactly `distgat infer`'s output and attention coefficients.
+#[test]
+fn distgat_run_chains_global_and_graph_layers_and_runs_gpsconv() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mha = reference("mha-global-n256");
+    let gat = reference("gatv2-n200");
+    let gat_spec: Value =
+        serde_json::from_slice(&fs::read(gat.join("model.json")).unwrap()).unwrap();
+    let mha_spec: Value =
+        serde_json::from_slice(&fs::read(mha.join("model.json")).unwrap()).unwrap();
+    let mut first = mha_spec["layers"][0].clone();
+    first["weights"] = Value::from(mha.join("model.safetensors").to_str().unwrap());
+    // Only layer 1's tensors (an unused tensor is an error).
+    let bytes = fs::read(gat.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, TensorView<'_>)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("layers.1."))
+        .collect();
+    let weights = tmp.path().join("layer1.safetensors");
+    fs::write(&weights, safetensors::serialize(kept, &None).unwrap()).unwrap();
+    let mut second = gat_spec["layers"][1].clone();
+    second["weights"] = Value::from(weights.to_str().unwrap());
+    let chained = serde_json::json!({
+        "format": "pyg-attention-model-v1",
+        "activation": "elu",
+        "layers": [first, second],
+    });
+    let model = tmp.path().join("chained.json");
+    fs::write(&model, serde_json::to_vec(&chained).unwrap()).unwrap();
+    // 200 nodes x 32 features, from mha-global-n256's first rows.
+    let x: Vec<f32> = read_f64(&mha.join("x.npy"))
+        .iter()
+        .take(200 * 32)
+        .map(|&v| v as f32)
+        .collect();
+    let features = tmp.path().join("x.npy");
+    distgat_graph::write_npy::<f32>(&features, &[200, 32], &x).unwrap();
+
+    let gps = reference("gps-transformer-ln-n200");
+    for (i, (graph, features, model, workers)) in [
+        (gat.join("edge_index.npy"), features, model, [2usize, 3]),
+        (
+            gps.join("edge_index.npy"),
+            gps.join("x.npy"),
+            gps.join("model.json"),
+            [2, 4],
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let common = |out: &Path, att: &Path| -> Vec<std::ffi::OsString> {
+            [
+                "--graph".as_ref(),
+                graph.as_os_str(),
+                "--features".as_ref(),
+                features.as_os_str(),
+                "--model".as_ref(),
+                model.as_os_str(),
+                "--out".as_ref(),
+                out.as_os_str(),
+                "--attention-dir".as_ref(),
+                att.as_os_str(),
+            ]
+            .into_iter()
+            .map(|s: &std::ffi::OsStr| s.to_owned())
+            .collect()
+        };
+        let (out, att) = (
+            tmp.path().join(format!("infer{i}.npy")),
+            tmp.path().join(format!("infer{i}-att")),
+        );
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_distgat"))
+            .arg("infer")
+            .args(common(&out, &att))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        for w in workers {
+            let (rout, ratt) = (
+                tmp.path().join(format!("run{i}-{w}.npy")),
+                tmp.path().join(format!("run{i}-{w}-att")),
+            );
+            let mut args = common(&rout, &ratt);
+            args.extend(["--workers".into(), w.to_string().into()]);
+            let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+            let output = run(&args);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                output.status.success(),
+                "{}, {w} workers: {stderr}",
+                model.display()
+            );
+            assert!(
+                npy_body(&rout) == npy_body(&out),
+                "{}: {w} workers",
+                model.display()
+            );
+            let mut names: Vec<_> = fs::read_dir(&att)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            assert_eq!(names.len(), 2, "{names:?}: one graph layer's two files");
+            for name in names {
+                assert!(
+                    fs::read(att.join(&name)).unwrap() == fs::read(ratt.join(&name)).unwrap(),
+                    "{}: {name:?} differs",
+                    model.display()
+                );
+            }
+        }
+    }
+}
+
+/// Refusals of `distgat run` around global layers, each naming the flag, before any
+/// output is written.
+#[test]
+fn distgat_run_refusals_around_global_layers() {
+    let case = Case::new("mha-global-n256");
+    let graph = reference("gatv2-n200").join("edge_index.npy");
+    let gat_model = reference("gatv2-n200").join("model.json");
+    let x = case.path("x.npy");
+    let out = case.path("out.npy");
+    let m = case.path("model.json");
+    let att = case.path("att");
+    for (args, phrases) in [
+        (
+            vec![
+                "--graph".as_ref(),
+                graph.as_os_str(),
+                "--features".as_ref(),
+                x.as_os_str(),
+                "--model".as_ref(),
+                m.as_os_str(),
+                "--out".as_ref(),
+                out.as_os_str(),
+            ],
+            &["--graph", "every layer", "global attention", "drop it"][..],
+        ),
+        (
+            vec![
+                "--features".as_ref(),
+                x.as_os_str(),
+                "--model".as_ref(),
+                gat_model.as_os_str(),
+                "--out".as_ref(),
+                out.as_os_str(),
+            ],
+            &["--graph", "layers[0]", "GATv2Conv", "give --graph"][..],
+        ),
+        (
+            vec![
+                "--features".as_ref(),
+                x.as_os_str(),
+                "--model".as_ref(),
+                m.as_os_str(),
+                "--out".as_ref(),
+                out.as_os_str(),
+                "--attention-dir".as_ref(),
+                att.as_os_str(),
+            ],
+            &["--attention-dir", "no per-edge"][..],
+        ),
+        (
+            vec![
+                "--features".as_ref(),
+                x.as_os_str(),
+                "--model".as_ref(),
+                m.as_os_str(),
+            ],
+            &["--out", "required without --graph"][..],
+        ),
+    ] {
+        let output = run(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{stderr}");
+        for p in phrases {
+            assert!(stderr.contains(p), "lacks {p:?}: {stderr}");
+        }
+        assert!(!out.exists() && !att.exists());
+    }
 }
 
 #[test]

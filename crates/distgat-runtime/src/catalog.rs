@@ -676,9 +676,6 @@ impl Catalog {
 /// Loads a model to validate it against a registered graph (blocking).
 pub(crate) fn load_model(path: &Path, graph: &GraphEntry) -> Result<Model> {
     let model = Model::load(path)?;
-    model
-        .local_layers("the distributed runtime (distgat run)")
-        .map_err(|e| RuntimeError::InvalidArgument(format!("{}: {e}", path.display())))?;
     model.check_input_width(graph.feature_width as usize, &graph.features)?;
     let edge = graph
         .edge_features

@@ -18,6 +18,8 @@ class PayloadKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PAYLOAD_KIND_UNSPECIFIED: _ClassVar[PayloadKind]
     PAYLOAD_KIND_RAW: _ClassVar[PayloadKind]
     PAYLOAD_KIND_TRANSFORMED: _ClassVar[PayloadKind]
+    PAYLOAD_KIND_GATHER: _ClassVar[PayloadKind]
+    PAYLOAD_KIND_PARTIAL: _ClassVar[PayloadKind]
 
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -34,6 +36,8 @@ SHARD_SOURCE_SHARED: ShardSource
 PAYLOAD_KIND_UNSPECIFIED: PayloadKind
 PAYLOAD_KIND_RAW: PayloadKind
 PAYLOAD_KIND_TRANSFORMED: PayloadKind
+PAYLOAD_KIND_GATHER: PayloadKind
+PAYLOAD_KIND_PARTIAL: PayloadKind
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_PARTITIONING: JobState
@@ -279,7 +283,7 @@ class CancelJobResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class RowChunk(_message.Message):
-    __slots__ = ("job_id", "layer", "source_part", "first_row", "num_rows", "row_width", "kind", "payload")
+    __slots__ = ("job_id", "layer", "source_part", "first_row", "num_rows", "row_width", "kind", "payload", "step", "nodes")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     SOURCE_PART_FIELD_NUMBER: _ClassVar[int]
@@ -288,6 +292,8 @@ class RowChunk(_message.Message):
     ROW_WIDTH_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     layer: int
     source_part: int
@@ -296,7 +302,9 @@ class RowChunk(_message.Message):
     row_width: int
     kind: PayloadKind
     payload: bytes
-    def __init__(self, job_id: _Optional[str] = ..., layer: _Optional[int] = ..., source_part: _Optional[int] = ..., first_row: _Optional[int] = ..., num_rows: _Optional[int] = ..., row_width: _Optional[int] = ..., kind: _Optional[_Union[PayloadKind, str]] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    step: int
+    nodes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, job_id: _Optional[str] = ..., layer: _Optional[int] = ..., source_part: _Optional[int] = ..., first_row: _Optional[int] = ..., num_rows: _Optional[int] = ..., row_width: _Optional[int] = ..., kind: _Optional[_Union[PayloadKind, str]] = ..., payload: _Optional[bytes] = ..., step: _Optional[int] = ..., nodes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SendRowsResponse(_message.Message):
     __slots__ = ("rows",)

@@ -216,7 +216,7 @@ async fn run_job_inner(
                         "layer {k}: {missing} attention coefficient rows never arrived"
                     )));
                 }
-                if let Some((path, index)) = edge_indexes.get(k) {
+                if let Some(Some((path, index))) = edge_indexes.get(k) {
                     write_npy(path, &[2, (index.len() / 2) as u64], index)?;
                 }
                 a.file.commit()?;
@@ -292,7 +292,8 @@ struct Prepared {
     sink: JobSink,
     feature_min: f32,
     /// Per layer: where its attention edge index goes, and the index.
-    edge_indexes: Vec<(PathBuf, Vec<i64>)>,
+    /// Per layer, where its attention edge index goes (`None` for a global layer).
+    edge_indexes: Vec<Option<(PathBuf, Vec<i64>)>>,
     /// The features file (when the shards carry no feature rows) and the edge features
     /// file (when the model needs edge attributes the shards do not carry).
     features_path: Option<PathBuf>,
@@ -310,9 +311,6 @@ fn prepare(
     let manifest = &partition.manifest;
     let n = manifest.graph.rows;
     let model = Model::load(model_path)?;
-    let layers = model
-        .local_layers("the distributed runtime (distgat run)")
-        .map_err(|e| RuntimeError::InvalidArgument(format!("{}: {e}", model_path.display())))?;
     let features_path = if req.features.is_empty() {
         manifest.features.as_ref().map(|f| PathBuf::from(&f.path))
     } else {
@@ -408,7 +406,13 @@ fn prepare(
             loops_before.push(loops);
             loops += u32::from(s == d);
         }
-        for (k, layer) in layers.iter().enumerate() {
+        for (k, layer) in model.layers.iter().enumerate() {
+            // Global layers have no edges: no coefficient files (as `distgat infer`).
+            let Some(layer) = layer.local() else {
+                attention.push(None);
+                edge_indexes.push(None);
+                continue;
+            };
             let index = attention_edge_index(&edges, n, layer.add_self_loops());
             let e = index.len() / 2;
             let (file, header_len) = presized(
@@ -431,7 +435,10 @@ fn prepare(
                     edges.len()
                 },
             }));
-            edge_indexes.push((adir.join(format!("layer{k}_att_edge_index.npy")), index));
+            edge_indexes.push(Some((
+                adir.join(format!("layer{k}_att_edge_index.npy")),
+                index,
+            )));
         }
     }
     Ok(Prepared {

@@ -23,14 +23,16 @@ const ENDED_CAPACITY: usize = 1024;
 
 #[derive(Default)]
 struct Inbox {
-    chunks: HashMap<(String, u32), Vec<RowChunk>>,
+    /// By (job, layer, step): step 0 is a layer's halo, later steps its collectives.
+    chunks: HashMap<(String, u32, u32), Vec<RowChunk>>,
     /// Payload bytes held in `chunks`.
     bytes: u64,
     /// Jobs that ended here, oldest first, with when.
     ended: VecDeque<(String, Instant)>,
 }
 
-/// Halo chunks received, by (job, layer), until the job's thread takes them.
+/// Halo and collective chunks received, by (job, layer, step), until the job's thread
+/// takes them.
 pub(super) struct Mailbox {
     inbox: Mutex<Inbox>,
     arrived: Condvar,
@@ -80,26 +82,28 @@ impl Mailbox {
         inbox.bytes += len;
         inbox
             .chunks
-            .entry((chunk.job_id.clone(), chunk.layer))
+            .entry((chunk.job_id.clone(), chunk.layer, chunk.step))
             .or_default()
             .push(chunk);
         self.arrived.notify_all();
         Ok(())
     }
 
-    /// Blocks until `rows` rows of (job, layer) arrived, the job is cancelled, one of this
-    /// part's own sends failed (`send_failed`, checked at least every 100 ms), or
+    /// Blocks until `rows` rows of (job, layer, step) arrived, the job is cancelled, one
+    /// of this part's own sends failed (`send_failed`, checked at least every 100 ms), or
     /// `timeout`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn take(
         &self,
         job: &str,
         layer: u32,
+        step: u32,
         rows: u64,
         cancel: &AtomicBool,
         send_failed: &AtomicBool,
         timeout: Duration,
     ) -> Result<Vec<RowChunk>> {
-        let key = (job.to_string(), layer);
+        let key = (job.to_string(), layer, step);
         let deadline = Instant::now() + timeout;
         let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
         loop {
@@ -117,14 +121,16 @@ impl Mailbox {
             }
             if send_failed.load(Ordering::Relaxed) {
                 return Err(RuntimeError::FailedPrecondition(format!(
-                    "layer {layer}: sending this part's halo rows failed; {have} of {rows} \
-                     halo rows had arrived"
+                    "layer {layer}: sending this part's {what} failed; {have} of {rows} had \
+                     arrived",
+                    what = what(step)
                 )));
             }
             let now = Instant::now();
             if now >= deadline {
                 return Err(RuntimeError::FailedPrecondition(format!(
-                    "layer {layer}: {have} of {rows} halo rows arrived within {timeout:?}"
+                    "layer {layer}: {have} of {rows} {what} arrived within {timeout:?}",
+                    what = what(step)
                 )));
             }
             let wait = (deadline - now).min(Duration::from_millis(100));
@@ -146,7 +152,7 @@ impl Mailbox {
     pub(super) fn forget_job(&self, job: &str) {
         let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
         let mut freed = 0u64;
-        inbox.chunks.retain(|(j, _), chunks| {
+        inbox.chunks.retain(|(j, _, _), chunks| {
             let keep = j != job;
             if !keep {
                 freed += chunks.iter().map(|c| c.payload.len() as u64).sum::<u64>();
@@ -163,6 +169,15 @@ impl Mailbox {
         drop(inbox);
         // Wake a job thread waiting in `take`, so it sees its cancel flag at once.
         self.arrived.notify_all();
+    }
+}
+
+/// What step `step` of a layer exchanges, for errors.
+fn what(step: u32) -> String {
+    if step == 0 {
+        "halo rows".into()
+    } else {
+        format!("rows (or partial words) of the layer's exchange {step}")
     }
 }
 
@@ -193,7 +208,7 @@ mod tests {
         );
         m.put(chunk("job-1", 1, 1, 8)).unwrap(); // 96 bytes
         let got = m
-            .take("job-1", 0, 2, &never, &never, Duration::ZERO)
+            .take("job-1", 0, 0, 2, &never, &never, Duration::ZERO)
             .unwrap();
         assert_eq!(got.len(), 1);
         m.put(chunk("job-1", 0, 2, 8)).unwrap(); // 32 + 64: fits again

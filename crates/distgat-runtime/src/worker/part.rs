@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::borrow::Cow;
+
 use distgat_attention::{
-    aggregate_into, entry_edge_attr, transform_into, AttentionKind, Execution, HaloPayload, Model,
-    Progress, RowBuffer, RowInputs,
+    aggregate_into, entry_edge_attr, transform_into, AttentionKind, Collective, Execution,
+    HaloPayload, Layer, Model, Progress, RowBuffer, RowInputs,
 };
 use distgat_graph::{Features, IncomingCsr};
 use distgat_partition::{PartPlan, PartitionDir};
@@ -144,6 +146,56 @@ fn ms(d: Duration) -> f64 {
 /// Halo rows are expected within this time of the layer's start.
 const HALO_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// A global layer's exchanges (all-gathers of rows and of reduction partials) wait at most
+/// this long for the other parts. Longer than [`HALO_TIMEOUT`]: every part reaches them
+/// only after finishing the previous layer, so the wait includes the parts' imbalance; a
+/// dead part is caught sooner by the coordinator's heartbeats, which cancel the job.
+const COLLECTIVE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What one part computes with, shared by its layers.
+struct Part<'a> {
+    mailbox: &'a Mailbox,
+    rt: &'a tokio::runtime::Handle,
+    req: &'a StartJobRequest,
+    cancel: &'a AtomicBool,
+    progress: &'a Progress,
+    out: &'a mpsc::Sender<OutputChunk>,
+    plan: PartPlan,
+    /// N: the graph's nodes over all parts.
+    num_nodes: usize,
+    /// Global ids of the owned nodes (as `plan.owned`).
+    own_ids: Vec<usize>,
+    edge_attr: Option<EdgeAttr>,
+    pool: rayon::ThreadPool,
+    /// The row split of each self-loop rule the model's graph layers use.
+    splits: HashMap<bool, RowSplit>,
+    /// Where each owner's block starts in the halo (halo rows are grouped by owner).
+    block_start: HashMap<u32, usize>,
+    peers: HashMap<u32, Channel>,
+}
+
+/// A layer's numbers for [`LayerStats`], added up over its graph and global parts.
+#[derive(Default)]
+struct Measured {
+    compute: Duration,
+    wait: Duration,
+    send: Duration,
+    rows_sent: u64,
+    bytes_sent: u64,
+    bytes_planned: u64,
+}
+
+impl Measured {
+    fn add(&mut self, o: Measured) {
+        self.compute += o.compute;
+        self.wait += o.wait;
+        self.send = self.send.max(o.send);
+        self.rows_sent += o.rows_sent;
+        self.bytes_sent += o.bytes_sent;
+        self.bytes_planned += o.bytes_planned;
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn compute_part(
     mailbox: &Mailbox,
@@ -157,17 +209,14 @@ pub(super) fn compute_part(
     out: &mpsc::Sender<OutputChunk>,
 ) -> Result<()> {
     let PartInputs {
+        num_nodes,
         shard_plan: plan,
         model,
         mut features,
         edge_attr,
         origin,
     } = part_inputs(rt, coordinator, &dialer.bearer, req, shards_dir)?;
-    // The coordinator refuses global layers before a job starts; checked again here, as
-    // every input a worker gets is.
-    let layers = model.local_layers("the distributed runtime (distgat run)")?;
-    let (n_owned, n_halo) = (plan.owned.len(), plan.halo.len());
-    let n_local = n_owned + n_halo;
+    let n_owned = plan.owned.len();
     if req.normalize_rows {
         features.normalize_rows_with_min(req.feature_min);
     }
@@ -178,18 +227,24 @@ pub(super) fn compute_part(
             model.layers[0].in_features()
         )));
     }
+    if plan.owned.iter().any(|&v| v as usize >= num_nodes) {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "the shard of part {} owns a node beyond the partition's {num_nodes} nodes",
+            req.part
+        )));
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads((req.threads as usize).clamp(1, max_threads()))
         .build()
         .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))?;
-    let splits: HashMap<bool, RowSplit> = layers
+    let splits: HashMap<bool, RowSplit> = model
+        .layers
         .iter()
-        .map(|l| l.add_self_loops())
+        .filter_map(|l| l.add_self_loops())
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .map(|loops| (loops, RowSplit::new(&plan, loops)))
         .collect();
-    // Where each owner's block starts in the halo (halo rows are grouped by owner).
     let mut block_start: HashMap<u32, usize> = HashMap::new();
     for (i, &o) in plan.halo_owner.iter().enumerate() {
         block_start.entry(o).or_insert(i);
@@ -199,10 +254,133 @@ pub(super) fn compute_part(
         .iter()
         .map(|p| Ok((p.part, dialer.endpoint(&p.address)?.connect_lazy())))
         .collect::<Result<_>>()?;
+    let part = Part {
+        mailbox,
+        rt,
+        req,
+        cancel,
+        progress,
+        out,
+        own_ids: plan.owned.iter().map(|&v| v as usize).collect(),
+        plan,
+        num_nodes,
+        edge_attr,
+        pool,
+        splits,
+        block_start,
+        peers,
+    };
 
     let mut x = features.values;
-    let mut stats = Vec::with_capacity(layers.len());
-    for (k, &layer) in layers.iter().enumerate() {
+    let mut stats = Vec::with_capacity(model.layers.len());
+    for (k, layer) in model.layers.iter().enumerate() {
+        // Progress counts the graph layer's edges and a global layer's rows.
+        let entries = layer.local().map_or(0, |l| {
+            let view = &part.splits[&l.add_self_loops()];
+            (view.interior.csr.num_entries() + view.boundary.csr.num_entries()) as u64
+        });
+        let global_rows = match layer {
+            Layer::Local(_) => 0,
+            Layer::Global(_) | Layer::Gps(_) => n_owned as u64,
+        };
+        progress.start_layer(k, model.layers.len(), entries + global_rows);
+        let (mut out_rows, measured) = match layer {
+            Layer::Local(l) => part.graph_layer(l.as_ref(), k, &x)?,
+            Layer::Global(g) => {
+                part.global_layer(k, |comm| g.forward_part(&x, comm, Execution::Parallel))?
+            }
+            Layer::Gps(g) => {
+                let mut measured = Measured::default();
+                let conv_out = match &g.conv {
+                    Some(conv) => {
+                        let (rows, m) = part.graph_layer(conv.as_ref(), k, &x)?;
+                        measured.add(m);
+                        Some(rows)
+                    }
+                    None => None,
+                };
+                let (rows, m) = part.global_layer(k, |comm| {
+                    g.forward_part(&x, conv_out, comm, Execution::Parallel)
+                })?;
+                measured.add(m);
+                (rows, measured)
+            }
+        };
+        progress.add_entries(global_rows);
+        if cancel.load(Ordering::Relaxed) {
+            return Err(RuntimeError::Cancelled(format!("job {}", req.job_id)));
+        }
+        tracing::info!(
+            job = %req.job_id,
+            part = req.part,
+            layer = k,
+            compute_ms = ms(measured.compute),
+            wait_ms = ms(measured.wait),
+            "layer done"
+        );
+        let layer_stats = LayerStats {
+            layer: k as u32,
+            compute_ms: ms(measured.compute),
+            wait_ms: ms(measured.wait),
+            send_ms: ms(measured.send),
+            rows_sent: measured.rows_sent,
+            bytes_sent: measured.bytes_sent,
+            bytes_planned: measured.bytes_planned,
+        };
+        send_output(out, req, Body::Progress(layer_stats))?;
+        let metrics = &crate::metrics::METRICS;
+        metrics
+            .layer_seconds
+            .observe(measured.compute.as_secs_f64());
+        metrics.halo_bytes_sent.inc_by(measured.bytes_sent);
+        metrics.halo_rows_sent.inc_by(measured.rows_sent);
+        metrics.rows_computed.inc_by(n_owned as u64);
+        stats.push(layer_stats);
+        if k + 1 < model.layers.len() {
+            model.activation.apply(&mut out_rows);
+        }
+        x = out_rows;
+    }
+    // Output rows in chunks, in original ids.
+    let width = model.out_width();
+    let per_chunk = (MAX_CHUNK_BYTES / (4 * width.max(1))).max(1);
+    for (i, rows) in x.chunks(per_chunk * width.max(1)).enumerate() {
+        let first = i * per_chunk;
+        let n = rows.len() / width.max(1);
+        send_output(
+            out,
+            req,
+            Body::Rows(OutputRows {
+                nodes: part.plan.owned[first..first + n].to_vec(),
+                width: width as u32,
+                values: f32_bytes(rows),
+            }),
+        )?;
+    }
+    send_output(
+        out,
+        req,
+        Body::Stats(WorkerStats {
+            layers: stats,
+            shard_cache: origin.name().to_string(),
+        }),
+    )
+}
+
+impl Part<'_> {
+    /// A graph attention layer (`layers[k]`, or a GPSConv's conv) over the owned rows
+    /// `x` (`[owned, F]`): transform, send each peer its halo rows, aggregate the interior
+    /// rows while they travel, then the boundary rows. Sends the layer's attention
+    /// coefficients when the job wants them. Returns the `[owned, out_width]` rows.
+    fn graph_layer(
+        &self,
+        layer: &dyn AttentionKind,
+        k: usize,
+        x: &[f32],
+    ) -> Result<(Vec<f32>, Measured)> {
+        let (req, plan, pool) = (self.req, &self.plan, &self.pool);
+        let (n_owned, n_halo) = (plan.owned.len(), plan.halo.len());
+        let n_local = n_owned + n_halo;
         let (h, sw, tw, ow, f) = (
             layer.heads(),
             layer.source_width(),
@@ -216,7 +394,7 @@ pub(super) fn compute_part(
         pool.install(|| {
             transform_into(
                 layer,
-                &x,
+                x,
                 Execution::Parallel,
                 &mut source[..n_owned * sw],
                 &mut target,
@@ -233,9 +411,6 @@ pub(super) fn compute_part(
         let send_failed = Arc::new(AtomicBool::new(false));
         let mut rows_sent = 0u64;
         for (q, rows) in &plan.send {
-            let channel = peers.get(q).cloned().ok_or_else(|| {
-                RuntimeError::InvalidArgument(format!("peers: no address for part {q}"))
-            })?;
             let chunks = row_chunks(
                 req,
                 k as u32,
@@ -255,34 +430,11 @@ pub(super) fn compute_part(
                 },
             );
             rows_sent += rows.len() as u64;
-            let bytes: u64 = chunks.iter().map(|c| c.encoded_len() as u64).sum();
-            let q = *q;
-            let failed = send_failed.clone();
-            sends.push(rt.spawn(async move {
-                let t = Instant::now();
-                let mut client =
-                    HaloExchangeClient::new(channel).max_encoding_message_size(2 * MAX_CHUNK_BYTES);
-                let mut request = Request::new(tokio_stream::iter(chunks));
-                request.set_timeout(HALO_TIMEOUT);
-                let sent = client
-                    .send_rows(request)
-                    .await
-                    .map_err(transport(format!("sending halo rows to part {q}")));
-                if sent.is_err() {
-                    failed.store(true, Ordering::Relaxed);
-                }
-                sent?;
-                Ok::<_, RuntimeError>((bytes, t.elapsed()))
-            }));
+            sends.push(self.send(*q, chunks, &send_failed)?);
         }
 
         // Interior rows while the halo is in flight (they read owned source rows only).
-        let view = &splits[&layer.add_self_loops()];
-        progress.start_layer(
-            k,
-            model.layers.len(),
-            (view.interior.csr.num_entries() + view.boundary.csr.num_entries()) as u64,
-        );
+        let view = &self.splits[&layer.add_self_loops()];
         let aw = layer.source_aux_width();
         let mut aux = vec![0f32; n_local * aw];
         if aw > 0 {
@@ -291,78 +443,65 @@ pub(super) fn compute_part(
         let mut out_rows = vec![0f32; n_owned * ow];
         let mut alpha: Vec<(Vec<i64>, Vec<f32>)> = Vec::new();
         aggregate_subset(
-            &pool,
+            pool,
             layer,
             &view.interior,
             &source,
             &aux,
             &target,
-            edge_attr.as_ref(),
+            self.edge_attr.as_ref(),
             &mut out_rows,
             req.want_attention.then_some(&mut alpha),
-            progress,
+            self.progress,
         );
         let mut compute = started.elapsed();
 
         // Boundary rows once their halo rows are here.
         let waited = Instant::now();
-        let taken = mailbox.take(
+        let taken = self.mailbox.take(
             &req.job_id,
             k as u32,
+            0,
             n_halo as u64,
-            cancel,
+            self.cancel,
             &send_failed,
             HALO_TIMEOUT,
         );
-        let chunks = match taken {
-            Ok(chunks) => chunks,
-            Err(e) => {
-                // A failed send is the cause worth reporting, not the wait it cut short.
-                for s in sends.into_iter().filter(|s| s.is_finished()) {
-                    if let Ok(Err(send_error)) = rt.block_on(s) {
-                        return Err(send_error);
-                    }
-                }
-                return Err(e);
-            }
-        };
+        let chunks = self.or_send_error(taken, &mut sends)?;
         let wait = waited.elapsed();
         let t = Instant::now();
-        place_halo(layer, &plan, &block_start, chunks, raw, &pool, &mut source)?;
+        place_halo(
+            layer,
+            plan,
+            &self.block_start,
+            chunks,
+            raw,
+            pool,
+            &mut source,
+        )?;
         if aw > 0 {
             layer.fill_source_aux(&source[n_owned * sw..], &mut aux[n_owned * aw..]);
         }
         aggregate_subset(
-            &pool,
+            pool,
             layer,
             &view.boundary,
             &source,
             &aux,
             &target,
-            edge_attr.as_ref(),
+            self.edge_attr.as_ref(),
             &mut out_rows,
             req.want_attention.then_some(&mut alpha),
-            progress,
+            self.progress,
         );
         compute += t.elapsed();
         drop(source);
         drop(target);
 
-        let mut bytes_sent = 0u64;
-        let mut send_time = Duration::ZERO;
-        for s in sends {
-            let (bytes, took) = rt
-                .block_on(s)
-                .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
-            bytes_sent += bytes;
-            send_time = send_time.max(took);
-        }
-        if cancel.load(Ordering::Relaxed) {
-            return Err(RuntimeError::Cancelled(format!("job {}", req.job_id)));
-        }
+        let (bytes_sent, send) = self.join(sends)?;
         for (keys, values) in alpha {
             send_output(
-                out,
+                self.out,
                 req,
                 Body::Attention(AttentionValues {
                     layer: k as u32,
@@ -372,63 +511,360 @@ pub(super) fn compute_part(
                 }),
             )?;
         }
-        tracing::info!(
-            job = %req.job_id,
-            part = req.part,
-            layer = k,
-            compute_ms = ms(compute),
-            wait_ms = ms(wait),
-            "layer done"
-        );
-        let layer_stats = LayerStats {
+        Ok((
+            out_rows,
+            Measured {
+                compute,
+                wait,
+                send,
+                rows_sent,
+                bytes_sent,
+                bytes_planned: rows_sent * width as u64 * 4,
+            },
+        ))
+    }
+
+    /// A layer that reads every node (global attention, GPSConv's global part): runs
+    /// `forward` on the pool with a [`PeerCollective`] over the other parts.
+    fn global_layer(
+        &self,
+        k: usize,
+        forward: impl FnOnce(&mut dyn Collective) -> distgat_attention::Result<Vec<f32>> + Send,
+    ) -> Result<(Vec<f32>, Measured)> {
+        let started = Instant::now();
+        let mut comm = PeerCollective {
+            part: self,
             layer: k as u32,
-            compute_ms: ms(compute),
-            wait_ms: ms(wait),
-            send_ms: ms(send_time),
-            rows_sent,
-            bytes_sent,
-            bytes_planned: rows_sent * width as u64 * 4,
+            step: 0,
+            measured: Measured::default(),
+            failure: None,
         };
-        send_output(out, req, Body::Progress(layer_stats))?;
-        let metrics = &crate::metrics::METRICS;
-        metrics.layer_seconds.observe(compute.as_secs_f64());
-        metrics.halo_bytes_sent.inc_by(bytes_sent);
-        metrics.halo_rows_sent.inc_by(rows_sent);
-        metrics.rows_computed.inc_by(n_owned as u64);
-        stats.push(layer_stats);
-        if k + 1 < model.layers.len() {
-            model.activation.apply(&mut out_rows);
+        let result = self.pool.install(|| forward(&mut comm));
+        let mut measured = comm.measured;
+        let rows = match (result, comm.failure) {
+            (Ok(rows), _) => rows,
+            // The exchange's own error (cancelled, timed out, a peer's) is the cause.
+            (Err(_), Some(failure)) => return Err(failure),
+            (Err(e), None) => return Err(e.into()),
+        };
+        measured.compute = started.elapsed().saturating_sub(measured.wait);
+        Ok((rows, measured))
+    }
+
+    /// Starts sending `chunks` to part `q`; a failure sets `failed`.
+    fn send(
+        &self,
+        q: u32,
+        chunks: Vec<RowChunk>,
+        failed: &Arc<AtomicBool>,
+    ) -> Result<tokio::task::JoinHandle<Result<(u64, Duration)>>> {
+        let channel = self.peers.get(&q).cloned().ok_or_else(|| {
+            RuntimeError::InvalidArgument(format!("peers: no address for part {q}"))
+        })?;
+        let bytes: u64 = chunks.iter().map(|c| c.encoded_len() as u64).sum();
+        let failed = failed.clone();
+        Ok(self.rt.spawn(async move {
+            let t = Instant::now();
+            let mut client =
+                HaloExchangeClient::new(channel).max_encoding_message_size(2 * MAX_CHUNK_BYTES);
+            let mut request = Request::new(tokio_stream::iter(chunks));
+            request.set_timeout(HALO_TIMEOUT);
+            let sent = client
+                .send_rows(request)
+                .await
+                .map_err(transport(format!("sending rows to part {q}")));
+            if sent.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            sent?;
+            Ok::<_, RuntimeError>((bytes, t.elapsed()))
+        }))
+    }
+
+    /// `taken`, or, when it failed, the error of a send that failed first (the cause
+    /// worth reporting, not the wait it cut short).
+    fn or_send_error<T>(
+        &self,
+        taken: Result<T>,
+        sends: &mut Vec<tokio::task::JoinHandle<Result<(u64, Duration)>>>,
+    ) -> Result<T> {
+        match taken {
+            Ok(t) => Ok(t),
+            Err(e) => {
+                for s in std::mem::take(sends)
+                    .into_iter()
+                    .filter(|s| s.is_finished())
+                {
+                    if let Ok(Err(send_error)) = self.rt.block_on(s) {
+                        return Err(send_error);
+                    }
+                }
+                Err(e)
+            }
         }
-        x = out_rows;
     }
-    // Output rows in chunks, in original ids.
-    let width = model.out_width();
-    let per_chunk = (MAX_CHUNK_BYTES / (4 * width.max(1))).max(1);
-    for (i, rows) in x.chunks(per_chunk * width.max(1)).enumerate() {
-        let first = i * per_chunk;
-        let n = rows.len() / width.max(1);
-        send_output(
-            out,
-            req,
-            Body::Rows(OutputRows {
-                nodes: plan.owned[first..first + n].to_vec(),
-                width: width as u32,
-                values: f32_bytes(rows),
-            }),
-        )?;
+
+    /// Waits for `sends`: their bytes and the longest one's time.
+    fn join(
+        &self,
+        sends: Vec<tokio::task::JoinHandle<Result<(u64, Duration)>>>,
+    ) -> Result<(u64, Duration)> {
+        let (mut bytes, mut time) = (0u64, Duration::ZERO);
+        for s in sends {
+            let (b, took) = self
+                .rt
+                .block_on(s)
+                .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
+            bytes += b;
+            time = time.max(took);
+        }
+        Ok((bytes, time))
     }
-    send_output(
-        out,
-        req,
-        Body::Stats(WorkerStats {
-            layers: stats,
-            shard_cache: origin.name().to_string(),
-        }),
-    )
+}
+
+/// The [`Collective`] of one part of a distributed job: every exchange goes to every
+/// other part over `HaloExchange.SendRows` (the layer's steps 1, 2, ... in order, so
+/// each step's chunks are told apart in the mailbox) and waits for theirs.
+struct PeerCollective<'p, 'a> {
+    part: &'p Part<'a>,
+    layer: u32,
+    /// The last step used.
+    step: u32,
+    measured: Measured,
+    /// The runtime error behind a failed exchange (the layer's error is only its text).
+    failure: Option<RuntimeError>,
+}
+
+impl PeerCollective<'_, '_> {
+    /// Sends `chunks` to every other part, then takes `expected` rows of this step from
+    /// the mailbox.
+    fn exchange(&mut self, chunks: Vec<RowChunk>, expected: u64) -> Result<Vec<RowChunk>> {
+        let part = self.part;
+        let send_failed = Arc::new(AtomicBool::new(false));
+        let mut sends = Vec::new();
+        let mut rows = 0u64;
+        let mut planned = 0u64;
+        if !chunks.is_empty() {
+            for q in part.peers.keys() {
+                // Rows are counted for gathered rows; a partial's words are only bytes.
+                rows += chunks
+                    .iter()
+                    .filter(|c| c.kind == PayloadKind::Gather as i32)
+                    .map(|c| c.num_rows as u64)
+                    .sum::<u64>();
+                planned += chunks.iter().map(|c| c.payload.len() as u64).sum::<u64>();
+                sends.push(part.send(*q, chunks.clone(), &send_failed)?);
+            }
+        }
+        let waited = Instant::now();
+        let taken = part.mailbox.take(
+            &part.req.job_id,
+            self.layer,
+            self.step,
+            expected,
+            part.cancel,
+            &send_failed,
+            COLLECTIVE_TIMEOUT,
+        );
+        let taken = part.or_send_error(taken, &mut sends)?;
+        self.measured.wait += waited.elapsed();
+        let (bytes, time) = part.join(sends)?;
+        self.measured.rows_sent += rows;
+        self.measured.bytes_sent += bytes;
+        self.measured.bytes_planned += planned;
+        self.measured.send = self.measured.send.max(time);
+        Ok(taken)
+    }
+
+    fn chunk(&self, kind: PayloadKind, first: usize, rows: usize, width: usize) -> RowChunk {
+        RowChunk {
+            job_id: self.part.req.job_id.clone(),
+            layer: self.layer,
+            step: self.step,
+            source_part: self.part.req.part,
+            first_row: first as u64,
+            num_rows: rows as u32,
+            row_width: width as u32,
+            kind: kind as i32,
+            ..Default::default()
+        }
+    }
+
+    fn gather_rows(&mut self, own: &[f32], width: usize) -> Result<Vec<f32>> {
+        self.step += 1;
+        let part = self.part;
+        let (n, ids) = (part.num_nodes, &part.own_ids);
+        let per_chunk = (MAX_CHUNK_BYTES / (4 * width.max(1))).max(1);
+        let chunks: Vec<RowChunk> = ids
+            .chunks(per_chunk)
+            .enumerate()
+            .map(|(i, block)| {
+                let first = i * per_chunk;
+                RowChunk {
+                    nodes: block.iter().map(|&v| v as u32).collect(),
+                    payload: f32_bytes(&own[first * width..(first + block.len()) * width]),
+                    ..self.chunk(PayloadKind::Gather, first, block.len(), width)
+                }
+            })
+            .collect();
+        let received = self.exchange(chunks, (n - ids.len()) as u64)?;
+        let mut all = vec![0f32; n * width];
+        let mut filled = vec![false; n];
+        for (i, &v) in ids.iter().enumerate() {
+            all[v * width..(v + 1) * width].copy_from_slice(&own[i * width..(i + 1) * width]);
+            filled[v] = true;
+        }
+        for c in received {
+            let bad = |what: String| {
+                RuntimeError::InvalidArgument(format!(
+                    "layer {} exchange {}: rows from part {}: {what}",
+                    self.layer, self.step, c.source_part
+                ))
+            };
+            if c.kind != PayloadKind::Gather as i32 || c.row_width as usize != width {
+                return Err(bad(format!(
+                    "kind {} width {}, expected GATHER width {width}",
+                    c.kind, c.row_width
+                )));
+            }
+            if c.nodes.len() != c.num_rows as usize {
+                return Err(bad(format!(
+                    "{} node ids for {} rows",
+                    c.nodes.len(),
+                    c.num_rows
+                )));
+            }
+            for (i, &v) in c.nodes.iter().enumerate() {
+                let v = v as usize;
+                if v >= n || std::mem::replace(&mut filled[v], true) {
+                    return Err(bad(format!(
+                        "node {v} is beyond the {n} nodes or was sent twice"
+                    )));
+                }
+                read_f32s(
+                    &c.payload[i * width * 4..(i + 1) * width * 4],
+                    &mut all[v * width..(v + 1) * width],
+                );
+            }
+        }
+        if let Some(v) = filled.iter().position(|&f| !f) {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "layer {} exchange {}: the row of node {v} never arrived",
+                self.layer, self.step
+            )));
+        }
+        Ok(all)
+    }
+
+    fn gather_bytes(&mut self, own: Vec<u8>) -> Result<Vec<Vec<u8>>> {
+        self.step += 1;
+        let part = self.part;
+        if !own.len().is_multiple_of(4) {
+            return Err(RuntimeError::Io(std::io::Error::other(format!(
+                "a reduction partial of {} bytes is not whole 4-byte words",
+                own.len()
+            ))));
+        }
+        let words = own.len() / 4;
+        let per_chunk = MAX_CHUNK_BYTES / 4;
+        let chunks: Vec<RowChunk> = own
+            .chunks(per_chunk * 4)
+            .enumerate()
+            .map(|(i, bytes)| RowChunk {
+                payload: bytes.to_vec(),
+                ..self.chunk(PayloadKind::Partial, i * per_chunk, bytes.len() / 4, 1)
+            })
+            .collect();
+        let parts = part.peers.len() + 1;
+        let received = self.exchange(chunks, ((parts - 1) * words) as u64)?;
+        let mut all: Vec<Option<(Vec<u8>, Vec<bool>)>> = vec![None; parts];
+        for c in received {
+            let bad = |what: String| {
+                RuntimeError::InvalidArgument(format!(
+                    "layer {} exchange {}: partial from part {}: {what}",
+                    self.layer, self.step, c.source_part
+                ))
+            };
+            let p = c.source_part as usize;
+            if p >= parts || p == part.req.part as usize {
+                return Err(bad("not a peer of this job".into()));
+            }
+            if c.kind != PayloadKind::Partial as i32 || c.row_width != 1 {
+                return Err(bad(format!(
+                    "kind {} width {}, expected PARTIAL width 1",
+                    c.kind, c.row_width
+                )));
+            }
+            let (first, len) = (c.first_row, c.num_rows as u64);
+            if first.checked_add(len).is_none_or(|end| end > words as u64) {
+                return Err(bad(format!(
+                    "words {first} (+{len}) beyond the partial's {words}"
+                )));
+            }
+            let (buf, got) =
+                all[p].get_or_insert_with(|| (vec![0u8; own.len()], vec![false; words]));
+            let first = first as usize;
+            let range = &mut got[first..first + len as usize];
+            if let Some(w) = range.iter().position(|&g| g) {
+                return Err(bad(format!("word {} sent twice", first + w)));
+            }
+            range.fill(true);
+            buf[first * 4..first * 4 + c.payload.len()].copy_from_slice(&c.payload);
+        }
+        let me = part.req.part as usize;
+        all.into_iter()
+            .enumerate()
+            .map(|(p, got)| match (p == me, got) {
+                (true, _) => Ok(own.clone()),
+                (false, Some((buf, got))) if got.iter().all(|&g| g) => Ok(buf),
+                _ if words == 0 => Ok(Vec::new()),
+                _ => Err(RuntimeError::InvalidArgument(format!(
+                    "layer {} exchange {}: part {p}'s partial never arrived whole",
+                    self.layer, self.step
+                ))),
+            })
+            .collect()
+    }
+
+    /// Keeps `e` for [`Part::global_layer`] and gives the layer its text.
+    fn failed(&mut self, e: RuntimeError) -> distgat_attention::ModelError {
+        let text = e.to_string();
+        self.failure = Some(e);
+        distgat_attention::ModelError::Mismatch(text)
+    }
+}
+
+impl Collective for PeerCollective<'_, '_> {
+    fn num_nodes(&self) -> usize {
+        self.part.num_nodes
+    }
+    fn own_ids(&self) -> &[usize] {
+        &self.part.own_ids
+    }
+    fn all_gather_rows<'x>(
+        &mut self,
+        own: &'x [f32],
+        width: usize,
+    ) -> distgat_attention::Result<Cow<'x, [f32]>> {
+        if self.part.peers.is_empty() {
+            return Ok(Cow::Borrowed(own));
+        }
+        self.gather_rows(own, width)
+            .map(Cow::Owned)
+            .map_err(|e| self.failed(e))
+    }
+    fn all_gather_bytes(&mut self, own: Vec<u8>) -> distgat_attention::Result<Vec<Vec<u8>>> {
+        if self.part.peers.is_empty() {
+            return Ok(vec![own]);
+        }
+        self.gather_bytes(own).map_err(|e| self.failed(e))
+    }
 }
 
 /// Everything a part computes from, however it was obtained.
 struct PartInputs {
+    /// N: the graph's nodes over all parts (the manifest's).
+    num_nodes: usize,
     shard_plan: PartPlan,
     model: Model,
     /// The owned rows, `[owned, F]`, not yet normalised.
@@ -454,7 +890,7 @@ fn part_inputs(
                     "shard_source stream needs worker_id and partition_manifest".into(),
                 ));
             }
-            let (_, shard, origin) =
+            let (dir, shard, origin) =
                 fetch::shard(rt, coordinator.connect_lazy(), bearer, req, shards_dir)?;
             let got = fetch::inputs(rt, coordinator.connect_lazy(), bearer, req)?;
             let label = PathBuf::from(format!("<coordinator>/model-of-{}.json", req.job_id));
@@ -512,6 +948,7 @@ fn part_inputs(
                 }
             };
             Ok(PartInputs {
+                num_nodes: dir.manifest.graph.rows,
                 shard_plan: shard.plan,
                 model,
                 features,
@@ -597,6 +1034,7 @@ fn shared_inputs(req: &StartJobRequest) -> Result<PartInputs> {
     };
 
     Ok(PartInputs {
+        num_nodes: dir.manifest.graph.rows,
         shard_plan: plan,
         model,
         features,
@@ -656,6 +1094,7 @@ fn row_chunks(
             row_width: width as u32,
             kind: kind as i32,
             payload: f32_bytes(&buf),
+            ..Default::default()
         });
     }
     chunks
