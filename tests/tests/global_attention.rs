@@ -614,8 +614,9 @@ fn global_layers_split_over_workers_give_the_single_process_bits() {
         assert!(split == whole, "NystromAttention: {parts} workers differ");
     }
 
-    let model = Model::load(&reference_case("gps-transformer-ln-n200").join("model.json")).unwrap();
-    let Layer::Gps(gps) = &model.layers[0] else {
+    let mut model =
+        Model::load(&reference_case("gps-transformer-ln-n200").join("model.json")).unwrap();
+    let Layer::Gps(gps) = &mut model.layers[0] else {
         panic!("gps-transformer-ln-n200: layer 0 is not GPSConv")
     };
     let (n, c) = (200, gps.channels);
@@ -633,4 +634,20 @@ fn global_layers_split_over_workers_give_the_single_process_bits() {
         });
         assert!(split == whole, "GPSConv: {parts} workers differ");
     }
+    // Its attention with the Nyström option (m = 9 does not divide 200).
+    gps.attn.method = Method::Nystrom {
+        landmarks: 9,
+        pinv_iterations: 6,
+    };
+    let gps = &*gps;
+    let (whole, _) = gps
+        .forward(&x, Some(conv.clone()), Execution::Parallel, false)
+        .unwrap();
+    let split = split_run(n, 3, 5, c, &|m| {
+        let own = rows_at(&x, c, m.own_ids());
+        let own_conv = rows_at(&conv, c, m.own_ids());
+        gps.forward_part(&own, Some(own_conv), m, Execution::Parallel)
+            .unwrap()
+    });
+    assert!(split == whole, "GPSConv with Nyström: 3 workers differ");
 }
