@@ -19,6 +19,7 @@ use std::borrow::Cow;
 use crate::error::{ModelError, Result};
 use crate::exact_sum::{ExactSum, LIMBS};
 use crate::global::{A3Max, A3Sums};
+use crate::progress::Progress;
 
 /// How a worker reaches the rows and partials of the others. Implemented by the
 /// distributed runtime over gRPC and by [`SingleProcess`].
@@ -39,23 +40,42 @@ pub trait Collective {
     /// passes the same number of bytes (a multiple of 4); a peer's of another length is an
     /// error.
     fn all_gather_bytes(&mut self, own: Vec<u8>) -> Result<Vec<Vec<u8>>>;
+    /// `rows` more of this worker's output rows are computed (for progress reports).
+    fn rows_done(&mut self, _rows: usize) {}
 }
 
 /// One process owning all N nodes: gathers return this process's own values.
 #[derive(Debug, Clone)]
-pub struct SingleProcess {
+pub struct SingleProcess<'p> {
     ids: Vec<usize>,
+    progress: Option<&'p Progress>,
 }
 
-impl SingleProcess {
+impl SingleProcess<'static> {
     pub fn new(num_nodes: usize) -> Self {
         SingleProcess {
             ids: (0..num_nodes).collect(),
+            progress: None,
         }
     }
 }
 
-impl Collective for SingleProcess {
+impl<'p> SingleProcess<'p> {
+    /// Also counts the rows done as `progress` entries.
+    pub fn with_progress(num_nodes: usize, progress: &'p Progress) -> Self {
+        SingleProcess {
+            ids: (0..num_nodes).collect(),
+            progress: Some(progress),
+        }
+    }
+}
+
+impl Collective for SingleProcess<'_> {
+    fn rows_done(&mut self, rows: usize) {
+        if let Some(p) = self.progress {
+            p.add_entries(rows as u64);
+        }
+    }
     fn num_nodes(&self) -> usize {
         self.ids.len()
     }

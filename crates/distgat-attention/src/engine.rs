@@ -7,6 +7,7 @@ use distgat_graph::{EdgeList, Features, IncomingCsr};
 use rayon::prelude::*;
 
 use crate::buffer::RowBuffer;
+use crate::collective::SingleProcess;
 use crate::edge_attr::entry_edge_attr;
 use crate::error::{ModelError, Result};
 use crate::exec::Execution;
@@ -163,9 +164,10 @@ pub fn run_model(
             Layer::Local(l) => l.as_ref(),
             Layer::Global(g) => {
                 let g = g.as_ref();
-                progress.start_layer(k, model.layers.len(), n as u64);
+                progress.start_global_layer(k, model.layers.len(), n as u64);
                 let started = Instant::now();
-                let mut out = g.forward(&x, exec)?;
+                let mut comm = SingleProcess::with_progress(n, progress);
+                let mut out = g.forward_part(&x, &mut comm, exec)?;
                 let aggregate = started.elapsed();
                 let approximation_error = match (report_approximation, g.approximation()) {
                     (true, Some(_)) => {
@@ -174,7 +176,6 @@ pub fn run_model(
                     }
                     _ => None,
                 };
-                progress.add_entries(n as u64);
                 drop(x);
                 timings.push(LayerTiming {
                     transform: Duration::ZERO,

@@ -266,18 +266,35 @@ impl GlobalAttention {
                 let all = comm.all_gather_rows(x, self.dim)?;
                 let keys = Self::project(&self.qkv, &all, exec);
                 drop(all);
-                if comm.owns_all() {
-                    exact_attention_for(&keys, &keys, heads, d, self.blocks, exec)
+                let ld = self.qkv.out_features;
+                let gathered;
+                let queries: &[f32] = if comm.owns_all() {
+                    &keys
                 } else {
-                    let ld = self.qkv.out_features;
-                    let queries: Vec<f32> = comm
+                    gathered = comm
                         .own_ids()
                         .iter()
                         .flat_map(|&i| &keys[i * ld..(i + 1) * ld])
                         .copied()
-                        .collect();
-                    exact_attention_for(&queries, &keys, heads, d, self.blocks, exec)
+                        .collect::<Vec<f32>>();
+                    &gathered
+                };
+                // In runs of query blocks, reporting progress after each (a query row's
+                // bits do not depend on which rows are computed with it).
+                let chunk = PROGRESS_QUERY_BLOCKS * self.blocks.query.max(1) * ld;
+                let mut att = Vec::with_capacity(own * self.inner());
+                for rows in queries.chunks(chunk) {
+                    att.extend(exact_attention_for(
+                        rows,
+                        &keys,
+                        heads,
+                        d,
+                        self.blocks,
+                        exec,
+                    ));
+                    comm.rows_done(rows.len() / ld);
                 }
+                att
             }
             Method::Nystrom {
                 landmarks,
@@ -292,13 +309,18 @@ impl GlobalAttention {
                     pinv_iterations,
                     blocks: self.blocks,
                 };
-                nystrom_part(&plan, &qkv, comm, exec)?
+                let att = nystrom_part(&plan, &qkv, comm, exec)?;
+                comm.rows_done(own);
+                att
             }
         };
         debug_assert_eq!(att.len(), own * self.inner());
         Ok(Self::project(&self.out, &att, exec))
     }
 }
+
+/// Exact attention reports progress after every this many query blocks.
+const PROGRESS_QUERY_BLOCKS: usize = 16;
 
 /// Nyström attention of this worker's rows (`qkv`: `[own, 3·H·d]`, ids
 /// `comm.own_ids()`), the plan's steps with each reduction merged over all workers (exact

@@ -15,6 +15,8 @@ pub struct Progress {
     layers: AtomicUsize,
     entries_total: AtomicU64,
     entries_done: AtomicU64,
+    /// Whether the current layer counts rows (a global layer) rather than edges.
+    counts_rows: std::sync::atomic::AtomicBool,
     on_layer: Option<Box<dyn Fn(usize, usize) + Send + Sync>>,
 }
 
@@ -26,6 +28,8 @@ pub struct ProgressSnapshot {
     pub layers: usize,
     pub entries_done: u64,
     pub entries_total: u64,
+    /// What the entries are: `"edges"` (a graph layer) or `"rows"` (a global layer).
+    pub unit: &'static str,
 }
 
 impl ProgressSnapshot {
@@ -56,6 +60,17 @@ impl Progress {
 
     /// Layer `k` (0-based) of `layers` starts; it will aggregate `entries` attention entries.
     pub fn start_layer(&self, k: usize, layers: usize, entries: u64) {
+        self.counts_rows.store(false, Relaxed);
+        self.start(k, layers, entries);
+    }
+
+    /// Global layer `k` (0-based) of `layers` starts; it will compute `rows` output rows.
+    pub fn start_global_layer(&self, k: usize, layers: usize, rows: u64) {
+        self.counts_rows.store(true, Relaxed);
+        self.start(k, layers, rows);
+    }
+
+    fn start(&self, k: usize, layers: usize, entries: u64) {
         self.entries_done.store(0, Relaxed);
         self.entries_total.store(entries, Relaxed);
         self.layers.store(layers, Relaxed);
@@ -76,6 +91,11 @@ impl Progress {
             layers: self.layers.load(Relaxed),
             entries_done: self.entries_done.load(Relaxed),
             entries_total: self.entries_total.load(Relaxed),
+            unit: if self.counts_rows.load(Relaxed) {
+                "rows"
+            } else {
+                "edges"
+            },
         }
     }
 }

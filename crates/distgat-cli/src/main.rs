@@ -930,13 +930,14 @@ fn layer_progress_line(
         _ => String::new(),
     };
     format!(
-        "layer {}/{} [{}{}] {:>3.0}% of {} edges{left}",
+        "layer {}/{} [{}{}] {:>3.0}% of {} {}{left}",
         snap.layer,
         snap.layers,
         "#".repeat(filled),
         ".".repeat(20 - filled),
         fraction * 100.0,
-        snap.entries_total
+        snap.entries_total,
+        snap.unit
     )
 }
 

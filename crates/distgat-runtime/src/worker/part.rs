@@ -283,7 +283,10 @@ pub(super) fn compute_part(
             Layer::Local(_) => 0,
             Layer::Global(_) | Layer::Gps(_) => n_owned as u64,
         };
-        progress.start_layer(k, model.layers.len(), entries + global_rows);
+        match layer {
+            Layer::Global(_) => progress.start_global_layer(k, model.layers.len(), global_rows),
+            _ => progress.start_layer(k, model.layers.len(), entries + global_rows),
+        }
         let (mut out_rows, measured) = match layer {
             Layer::Local(l) => part.graph_layer(l.as_ref(), k, &x)?,
             Layer::Global(g) => {
@@ -306,7 +309,6 @@ pub(super) fn compute_part(
                 (rows, measured)
             }
         };
-        progress.add_entries(global_rows);
         if cancel.load(Ordering::Relaxed) {
             return Err(RuntimeError::Cancelled(format!("job {}", req.job_id)));
         }
@@ -852,6 +854,9 @@ impl Collective for PeerCollective<'_, '_> {
         self.gather_rows(own, width)
             .map(Cow::Owned)
             .map_err(|e| self.failed(e))
+    }
+    fn rows_done(&mut self, rows: usize) {
+        self.part.progress.add_entries(rows as u64);
     }
     fn all_gather_bytes(&mut self, own: Vec<u8>) -> distgat_attention::Result<Vec<Vec<u8>>> {
         if self.part.peers.is_empty() {
