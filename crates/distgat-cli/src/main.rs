@@ -444,7 +444,7 @@ struct RunArgs {
     #[arg(long, value_name = "X")]
     features: Option<PathBuf>,
     /// Feature normalisation: none, or row (PyG's NormalizeFeatures); bare means row (the Cora demo uses row)
-    #[arg(long, value_enum, requires = "features", num_args = 0..=1, default_missing_value = "row")]
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "row")]
     normalize_features: Option<NormalizeArg>,
     /// Model JSON (with --graph or --points; without them, a model of global layers only: MultiheadAttention, NystromAttention)
     #[arg(long, value_name = "M")]
@@ -1413,11 +1413,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     // given, else a model of global layers only, which needs all three.
     let global_only = args.graph.is_none()
         && neighbourhood.is_none()
-        && (args.features.is_some() || args.model.is_some() || args.out.is_some());
+        && (args.features.is_some() || args.model.is_some());
     let shipped = args.graph.is_none() && neighbourhood.is_none() && !global_only;
+    if shipped && args.normalize_features.is_some() {
+        anyhow::bail!(
+            "--normalize-features: applies to the job's --features, given with --graph (or \
+             --points, or alone for a model of global layers only); the Cora demo (no \
+             --graph) normalises its own"
+        );
+    }
     if neighbourhood.is_some() || global_only {
         let with = if global_only {
-            "without --graph (a model of global layers only)"
+            "without --graph (a model of global layers only; give --graph G for a graph model)"
         } else {
             "with --points"
         };
