@@ -3,6 +3,8 @@
 //! reproduced, the approximation error reported, and every bad model refused with an error
 //! naming the file and the field or tensor.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -252,13 +254,6 @@ fn run(args: &[&std::ffi::OsStr]) -> Output {
     output
 }
 
-/// The array bytes of an `.npy` (after its header).
-fn npy_body(path: &Path) -> Vec<u8> {
-    let bytes = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize + 10;
-    bytes[header_len..].to_vec()
-}
-
 /// Issue 12's distributed global attention: `distgat run` without a graph gives exactly
 /// `distgat infer`'s bytes for exact MultiheadAttention, NystromAttention and a Nyström
 /// `approx` whose landmarks do not divide N, on 1-4 workers, with contiguous (`range`,
@@ -282,7 +277,7 @@ fn distgat_run_gives_infers_bytes_for_global_models_on_any_worker_count() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let want = npy_body(&case.path("out.npy"));
+        let want = common::body(&case.path("out.npy"));
         for &w in workers {
             for method in ["range", "random"] {
                 let dest = case.path(&format!("run-{w}-{method}.npy"));
@@ -304,7 +299,7 @@ fn distgat_run_gives_infers_bytes_for_global_models_on_any_worker_count() {
                 let stderr = String::from_utf8_lossy(&output.stderr);
                 assert!(output.status.success(), "{w} workers, {method}: {stderr}");
                 assert!(
-                    npy_body(&dest) == want,
+                    common::body(&dest) == want,
                     "{w} workers, {method}: the output differs from infer's"
                 );
                 let summary: Value = serde_json::from_slice(&fs::read(&summary).unwrap()).unwrap();
@@ -419,7 +414,7 @@ fn distgat_run_chains_global_and_graph_layers_and_runs_gpsconv() {
                 model.display()
             );
             assert!(
-                npy_body(&rout) == npy_body(&out),
+                common::body(&rout) == common::body(&out),
                 "{}: {w} workers",
                 model.display()
             );
