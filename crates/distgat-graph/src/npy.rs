@@ -174,9 +174,27 @@ impl NpyBody {
 
     /// Reads a float32 or float64 body as f32 (float64 is rounded to nearest).
     pub fn read_f32(self, path: &Path) -> Result<Vec<f32>> {
+        self.read_f32_checked(path, |_, _| Ok(()))
+    }
+
+    /// [`NpyBody::read_f32`] that also runs `check(first, values)` over the values, in
+    /// pieces: `values` are the body's elements `first..first + values.len()` (in file
+    /// order, not necessarily whole rows). A float32 body is checked piece by piece right
+    /// after each piece is read, in parallel on the current rayon pool, while the piece is
+    /// still in the cache. When several pieces fail, the error of the first one in file
+    /// order is returned (so the report does not depend on the threads).
+    pub fn read_f32_checked(
+        self,
+        path: &Path,
+        check: impl Fn(usize, &[f32]) -> Result<()> + Sync,
+    ) -> Result<Vec<f32>> {
         match self.dtype {
-            NpyDtype::F32 => self.read_native(path, |b: [u8; 4]| f32::from_le_bytes(b)),
-            NpyDtype::F64 => self.read_elements(path, |b: [u8; 8]| f64::from_le_bytes(b) as f32),
+            NpyDtype::F32 => self.read_native(path, |b: [u8; 4]| f32::from_le_bytes(b), check),
+            NpyDtype::F64 => {
+                let values = self.read_elements(path, |b: [u8; 8]| f64::from_le_bytes(b) as f32)?;
+                check_in_pieces(&values, &check)?;
+                Ok(values)
+            }
             other => Err(GraphError::format(
                 path,
                 format!(
@@ -242,7 +260,9 @@ impl NpyBody {
     /// Reads a float64 or float32 body as f64 (for reference outputs kept in float64).
     pub fn read_f64(self, path: &Path) -> Result<Vec<f64>> {
         match self.dtype {
-            NpyDtype::F64 => self.read_native(path, |b: [u8; 8]| f64::from_le_bytes(b)),
+            NpyDtype::F64 => {
+                self.read_native(path, |b: [u8; 8]| f64::from_le_bytes(b), |_, _| Ok(()))
+            }
             NpyDtype::F32 => self.read_elements(path, |b: [u8; 4]| f32::from_le_bytes(b) as f64),
             other => Err(GraphError::format(
                 path,
@@ -256,7 +276,9 @@ impl NpyBody {
 
     pub fn read_i64(self, path: &Path) -> Result<Vec<i64>> {
         match self.dtype {
-            NpyDtype::I64 => self.read_native(path, |b: [u8; 8]| i64::from_le_bytes(b)),
+            NpyDtype::I64 => {
+                self.read_native(path, |b: [u8; 8]| i64::from_le_bytes(b), |_, _| Ok(()))
+            }
             NpyDtype::I32 => self.read_elements(path, |b: [u8; 4]| i32::from_le_bytes(b) as i64),
             other => Err(GraphError::format(
                 path,
@@ -265,25 +287,74 @@ impl NpyBody {
         }
     }
 
-    /// Reads a body whose stored type is `T` itself: on a little-endian machine the file's
-    /// bytes go straight into the returned vector (one copy, no per-element work, about
-    /// the page cache's speed); elsewhere element by element with `convert`.
-    fn read_native<T: bytemuck::Pod, const W: usize>(
-        mut self,
+    /// Reads an int64 or int32 body as the `u64` bits of its int64 values (two's
+    /// complement: a negative value has its top bit set), running `check(first, values)`
+    /// over the values in pieces as [`NpyBody::read_f32_checked`] does. Node ids are
+    /// read this way, straight into the `u64` vector the graph keeps, with the check for
+    /// negative ids fused into the read.
+    pub fn read_i64_bits_checked(
+        self,
+        path: &Path,
+        check: impl Fn(usize, &[u64]) -> Result<()> + Sync,
+    ) -> Result<Vec<u64>> {
+        match self.dtype {
+            NpyDtype::I64 => self.read_native(path, |b: [u8; 8]| u64::from_le_bytes(b), check),
+            NpyDtype::I32 => {
+                let values =
+                    self.read_elements(path, |b: [u8; 4]| i64::from(i32::from_le_bytes(b)) as u64)?;
+                check_in_pieces(&values, &check)?;
+                Ok(values)
+            }
+            other => Err(GraphError::format(
+                path,
+                format!("dtype {} where int64 or int32 was expected", other.name()),
+            )),
+        }
+    }
+
+    /// Reads a body whose stored type is `T` itself and runs `check` over it in pieces.
+    ///
+    /// On a little-endian Unix machine the file's bytes go straight into the returned
+    /// vector: pieces of [`READ_PIECE`] bytes are read with positional reads (`pread`) in
+    /// parallel on the current rayon pool, each checked right after its read. That is one
+    /// copy from the page cache, no per-element work, and the page faults of the new
+    /// vector and the copy split over the threads. Elsewhere element by element with
+    /// `convert`, then checked.
+    ///
+    /// Why not mmap: a mapped input that another process truncates or rewrites while we
+    /// read it is a SIGBUS or undefined behaviour, which no comment can prove away; a
+    /// read of a file being rewritten only gives wrong values, which the checks see like
+    /// any others. The engine also needs the features as an owned, writable `Vec` (row
+    /// normalisation, and the layer input is moved into the engine), so a mapping would
+    /// be copied once anyway.
+    fn read_native<T: bytemuck::Pod + Send + Sync, const W: usize>(
+        self,
         path: &Path,
         convert: impl Fn([u8; W]) -> T,
+        check: impl Fn(usize, &[T]) -> Result<()> + Sync,
     ) -> Result<Vec<T>> {
+        use rayon::prelude::*;
         debug_assert_eq!(std::mem::size_of::<T>(), W);
-        if cfg!(target_endian = "big") {
-            return self.read_elements(path, convert);
+        if cfg!(target_endian = "big") || cfg!(not(unix)) {
+            let values = self.read_elements(path, convert)?;
+            check_in_pieces(&values, &check)?;
+            return Ok(values);
         }
+        let header_len = self.header_len;
+        let file = self.reader.into_inner();
         let mut out = vec![T::zeroed(); self.len];
-        // Large reads straight into the output; the BufReader hands over what it buffered.
-        for chunk in bytemuck::cast_slice_mut::<T, u8>(&mut out).chunks_mut(1 << 26) {
-            self.reader
-                .read_exact(chunk)
-                .map_err(|e| GraphError::io(path, e))?;
-        }
+        let per_piece = (READ_PIECE / W).max(1);
+        let results: Vec<Result<()>> = out
+            .par_chunks_mut(per_piece)
+            .enumerate()
+            .map(|(k, piece)| {
+                let offset = header_len + (k * per_piece * W) as u64;
+                read_exact_at(&file, bytemuck::cast_slice_mut::<T, u8>(piece), offset)
+                    .map_err(|e| GraphError::io(path, e))?;
+                check(k * per_piece, piece)
+            })
+            .collect();
+        results.into_iter().collect::<Result<()>>()?;
         Ok(out)
     }
 
@@ -309,6 +380,37 @@ impl NpyBody {
         }
         Ok(out)
     }
+}
+
+/// Bytes per positional read of [`NpyBody::read_native`]: large enough that the system
+/// call costs nothing next to the copy, small enough that the check that follows finds
+/// the piece in the cache, and giving a few hundred pieces to balance over the threads.
+const READ_PIECE: usize = 2 << 20;
+
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_exact_at(_file: &File, _buf: &mut [u8], _offset: u64) -> std::io::Result<()> {
+    unreachable!("read_native reads sequentially on this platform")
+}
+
+/// Runs `check(first, piece)` over `values` in pieces of about a million elements, in
+/// parallel on the current rayon pool; the error of the first failing piece in order.
+fn check_in_pieces<T: Sync>(
+    values: &[T],
+    check: &(impl Fn(usize, &[T]) -> Result<()> + Sync),
+) -> Result<()> {
+    use rayon::prelude::*;
+    const PIECE: usize = 1 << 20;
+    let results: Vec<Result<()>> = values
+        .par_chunks(PIECE)
+        .enumerate()
+        .map(|(k, piece)| check(k * PIECE, piece))
+        .collect();
+    results.into_iter().collect()
 }
 
 /// The dimensions of every `shape` tuple (or list) in the header at the start of `bytes`
