@@ -8,7 +8,7 @@ use std::io::Write;
 
 use distgat_graph::{
     attention_edge_index, read_graph, write_npy, AtomicFile, EdgeList, Features, GraphError,
-    GraphFormat, Normalization, NpyBody,
+    GraphFormat, Normalization, NpyBody, NpyRowsFile,
 };
 use serde::Serialize;
 
@@ -65,7 +65,12 @@ pub struct InferReport {
     pub load_model_ms: f64,
     pub build_csr_ms: f64,
     pub layers: Vec<LayerReport>,
+    /// Writing the outputs after the layers (the output's remaining rows, fsync, rename;
+    /// attention files).
     pub write_ms: f64,
+    /// Whether the output's rows were written while the last layer computed (a local last
+    /// layer); otherwise they are all written after it, within `write_ms`.
+    pub output_streamed: bool,
     pub total_ms: f64,
     pub peak_rss_bytes: Option<u64>,
     pub accuracy: Option<Accuracy>,
@@ -418,6 +423,16 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         })),
         (None, None) => Default::default(),
     };
+    // The output file is written while the last layer computes: each chunk of its rows
+    // goes to the (temporary, presized) file as soon as it is final, from the thread that
+    // computed it, and a flusher thread pushes what is written to the disk meanwhile, so
+    // the final fsync has little left. The file appears under its name only at commit.
+    let out_file = std::sync::Arc::new(NpyRowsFile::create(&config.out, n, model.out_width())?);
+    let flusher = Flusher::start(out_file.clone());
+    progress.set_final_rows_sink(Some({
+        let file = out_file.clone();
+        std::sync::Arc::new(move |first, rows: &[f32]| file.write_rows(first, rows))
+    }));
     let output = run_model(
         &model,
         &topology,
@@ -427,11 +442,22 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         want_attention,
         config.report_approximation_error,
         &progress,
-    )?;
+    );
+    progress.set_final_rows_sink(None);
+    let flushed = flusher.stop();
+    let output = output?;
+    flushed?;
     drop(topology);
     // distgat refuses non-finite inputs; a non-finite output (features so large that
     // float32 overflows, as PyG's float32 forward does too) is reported, not hidden.
-    let non_finite = output.values.iter().filter(|v| !v.is_finite()).count();
+    let non_finite: usize = {
+        use rayon::prelude::*;
+        output
+            .values
+            .par_chunks(1 << 20)
+            .map(|c| c.iter().filter(|v| !v.is_finite()).count())
+            .sum()
+    };
     if non_finite > 0 {
         tracing::warn!(
             "{non_finite} of {} output values are NaN or infinite: the computation overflowed \
@@ -455,11 +481,14 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
 
     phase("writing output");
     let t = Instant::now();
-    write_npy(
-        &config.out,
-        &[n as u64, output.width as u64],
-        &output.values,
-    )?;
+    // A global or GPSConv last layer hands over no rows while it computes: all of them now.
+    let output_streamed = out_file.rows_written() == n;
+    if !output_streamed {
+        out_file.write_all(&output.values)?;
+    }
+    std::sync::Arc::into_inner(out_file)
+        .expect("the sink and the flusher have dropped their handles")
+        .commit()?;
     if let Some(dir) = &config.attention_dir {
         if !dir.is_dir() {
             std::fs::create_dir(dir).map_err(|e| GraphError::io(dir, e))?;
@@ -515,6 +544,7 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
             })
             .collect(),
         write_ms,
+        output_streamed,
         total_ms: ms(started),
         peak_rss_bytes: crate::stats::peak_rss_bytes(),
         accuracy,
@@ -531,6 +561,53 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         file.commit()?;
     }
     Ok(report)
+}
+
+/// Bytes of output written between two `fdatasync`s of the [`Flusher`].
+const FLUSH_BYTES: u64 = 64 << 20;
+
+/// A thread that, while the rows of the output are written, syncs the written part to the
+/// disk every [`FLUSH_BYTES`] (so the disk works while the layer computes, and the final
+/// fsync waits only for the tail).
+struct Flusher {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Result<(), GraphError>>,
+}
+
+impl Flusher {
+    fn start(file: std::sync::Arc<NpyRowsFile>) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let row_bytes = file.row_bytes();
+                let mut synced = 0u64;
+                while !stop.load(Relaxed) {
+                    std::thread::park_timeout(std::time::Duration::from_millis(20));
+                    let written = file.rows_written() as u64 * row_bytes;
+                    if written >= synced + FLUSH_BYTES {
+                        file.sync_data()?;
+                        synced = written;
+                    }
+                }
+                Ok(())
+            }
+        });
+        Flusher { stop, thread }
+    }
+
+    /// Stops the thread and waits for it: its first sync error, if any.
+    fn stop(self) -> Result<(), GraphError> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.thread().unpark();
+        self.thread.join().unwrap_or_else(|_| {
+            Err(GraphError::argument(
+                "--out",
+                "internal: the thread syncing the output panicked",
+            ))
+        })
+    }
 }
 
 /// Checks, before any work, that `out` (given by `flag`) can be written as a file: its

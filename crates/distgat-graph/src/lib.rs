@@ -17,5 +17,7 @@ pub use edges::{read_graph, EdgeList, GraphFormat};
 pub use error::{GraphError, Result};
 pub use features::{Features, Normalization};
 pub use files::read_regular_file;
+#[cfg(unix)]
+pub use npy::NpyRowsFile;
 pub use npy::{write_npy, NpyBody, NpyDtype};
 pub use output::{parent_dir, AtomicFile};
