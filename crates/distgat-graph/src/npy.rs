@@ -597,7 +597,7 @@ impl NpyRowsFile {
         use std::sync::atomic::Ordering::Relaxed;
         let width = self.width.max(1);
         let count = values.len() / width;
-        let result = if values.len() % width != 0 || first + count > self.rows {
+        let result = if !values.len().is_multiple_of(width) || first + count > self.rows {
             Err(std::io::Error::other(format!(
                 "internal: rows {first}..{} of width {width} do not fit the {} rows",
                 first + count,
