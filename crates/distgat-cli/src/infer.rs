@@ -46,11 +46,24 @@ pub struct InferConfig {
     /// Also run every approximating global layer exactly on the same input and report the
     /// relative Frobenius error of its output (an error when no layer approximates).
     pub report_approximation_error: bool,
+    /// Renumber the nodes for locality before the layers run (the outputs stay in the
+    /// input's numbering, with the same bits); local layers only.
+    pub reorder: Reorder,
     /// Called with a short description as each phase starts.
     pub on_phase: Option<fn(&str)>,
     /// Told as each layer starts and as its edges are aggregated (for a progress bar that
     /// another thread draws). Without it, layer starts go to `on_phase`.
     pub progress: Option<std::sync::Arc<Progress>>,
+}
+
+/// A node renumbering `distgat infer` runs the layers in (`--reorder`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Reorder {
+    /// The input's numbering.
+    #[default]
+    None,
+    /// Reverse Cuthill-McKee ([`distgat_graph::reorder::rcm_order`]).
+    Rcm,
 }
 
 /// What a run did, with the time of each phase in milliseconds.
@@ -64,6 +77,9 @@ pub struct InferReport {
     pub read_features_ms: f64,
     pub load_model_ms: f64,
     pub build_csr_ms: f64,
+    /// Computing the `--reorder` numbering and renumbering the edges and features (0
+    /// without it).
+    pub reorder_ms: f64,
     pub layers: Vec<LayerReport>,
     /// Writing the outputs after the layers (the output's remaining rows, fsync, rename;
     /// attention files).
@@ -242,6 +258,26 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         )
         .into());
     }
+    if config.reorder != Reorder::None {
+        if let Some((k, layer)) = model
+            .layers
+            .iter()
+            .enumerate()
+            .find(|(_, l)| !matches!(l, distgat_attention::Layer::Local(_)))
+        {
+            return Err(GraphError::argument(
+                "--reorder",
+                format!(
+                    "layers[{k}] ({}) of {} sums over all nodes in node order, so a \
+                     renumbering would change its bits; --reorder needs a model of local \
+                     layers only (GATConv, GATv2Conv, TransformerConv)",
+                    layer.kind(),
+                    config.model.display()
+                ),
+            )
+            .into());
+        }
+    }
     if let (None, Some(dir)) = (needs_graph, &config.attention_dir) {
         return Err(GraphError::argument(
             "--attention-dir",
@@ -389,11 +425,34 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
             .map(|(ea, p)| (p, ea.width)),
     )?;
 
+    // Locality: the layers run in a renumbering (`order[new] = old`); every id was
+    // checked below n above. Edge order, hence every row's summation order, is unchanged.
+    let t = Instant::now();
+    let renumbered = match config.reorder {
+        Reorder::None => None,
+        Reorder::Rcm => {
+            phase("reordering nodes (RCM)");
+            let order = distgat_graph::reorder::rcm_order(&edges, n);
+            let new_of = distgat_graph::reorder::inverse(&order);
+            let map = |ids: &[u64]| -> Vec<u64> {
+                use rayon::prelude::*;
+                ids.par_iter()
+                    .map(|&v| u64::from(new_of[v as usize]))
+                    .collect()
+            };
+            let relabelled = EdgeList::from_pairs(&map(edges.src()), &map(edges.dst()));
+            features.values = permute_rows(&features.values, features.width, &order);
+            Some((new_of, relabelled))
+        }
+    };
+    let reorder_ms = ms(t);
+
     phase("building CSR");
     let t = Instant::now();
     let want_attention = config.attention_dir.is_some();
     let topology = if needs_graph.is_some() {
-        Topology::build(&edges, n, &model, want_attention)?
+        let run_edges = renumbered.as_ref().map_or(&edges, |(_, e)| e);
+        Topology::build(run_edges, n, &model, want_attention)?
     } else {
         Topology::without_graph(n)
     };
@@ -415,6 +474,7 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         Vec::new()
     };
     drop(edges);
+    let new_of = renumbered.map(|(new_of, _)| new_of);
 
     let progress = match (&config.progress, config.on_phase) {
         (Some(p), _) => p.clone(),
@@ -429,10 +489,13 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     // the final fsync has little left. The file appears under its name only at commit.
     let out_file = std::sync::Arc::new(NpyRowsFile::create(&config.out, n, model.out_width())?);
     let flusher = Flusher::start(out_file.clone());
-    progress.set_final_rows_sink(Some({
-        let file = out_file.clone();
-        std::sync::Arc::new(move |first, rows: &[f32]| file.write_rows(first, rows))
-    }));
+    // Renumbered rows are not in the file's order: they are written after the layers.
+    if new_of.is_none() {
+        progress.set_final_rows_sink(Some({
+            let file = out_file.clone();
+            std::sync::Arc::new(move |first, rows: &[f32]| file.write_rows(first, rows))
+        }));
+    }
     let output = run_model(
         &model,
         &topology,
@@ -445,9 +508,22 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     );
     progress.set_final_rows_sink(None);
     let flushed = flusher.stop();
-    let output = output?;
+    let mut output = output?;
     flushed?;
     drop(topology);
+    if let Some(new_of) = &new_of {
+        // Back to the input's numbering: row `old` is the computed row `new_of[old]`, and
+        // so are the added loops at the end of each local layer's coefficients.
+        output.values = permute_rows(&output.values, output.width, new_of);
+        for (layer, alpha) in model.layers.iter().zip(output.attention.iter_mut()) {
+            if let (Some(true), Some(kind)) = (layer.add_self_loops(), layer.local()) {
+                let h = kind.heads();
+                let start = alpha.len() - n * h;
+                let loops = permute_rows(&alpha[start..], h, new_of);
+                alpha[start..].copy_from_slice(&loops);
+            }
+        }
+    }
     // distgat refuses non-finite inputs; a non-finite output (features so large that
     // float32 overflows, as PyG's float32 forward does too) is reported, not hidden.
     let non_finite: usize = {
@@ -532,6 +608,7 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         read_features_ms,
         load_model_ms,
         build_csr_ms,
+        reorder_ms,
         layers: output
             .timings
             .iter()
@@ -561,6 +638,22 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         file.commit()?;
     }
     Ok(report)
+}
+
+/// `[rows, width]` row-major with row `k` taken from row `from[k]` of `values`, in
+/// parallel.
+fn permute_rows(values: &[f32], width: usize, from: &[u32]) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out = vec![0f32; values.len()];
+    if width == 0 {
+        return out;
+    }
+    out.par_chunks_mut(width)
+        .zip(from.par_iter())
+        .for_each(|(row, &k)| {
+            row.copy_from_slice(&values[k as usize * width..(k as usize + 1) * width])
+        });
+    out
 }
 
 /// Bytes of output written between two `fdatasync`s of the [`Flusher`].

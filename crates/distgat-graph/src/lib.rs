@@ -11,6 +11,7 @@ pub mod features;
 pub mod files;
 pub mod npy;
 pub mod output;
+pub mod reorder;
 
 pub use csr::{attention_edge_index, IncomingCsr};
 pub use edges::{read_graph, EdgeList, GraphFormat};
