@@ -164,6 +164,16 @@ fn ours(c: &Case, exec: Execution) -> (Vec<f32>, Vec<f32>) {
     };
     let edges = EdgeList::from_pairs(&c.src, &c.dst);
     let topology = Topology::build(&edges, c.n, &model, true).unwrap();
+    // The final rows handed to a sink while the layer computes (what `distgat infer`
+    // writes to its output file): every row exactly once, with the output's bits.
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(usize, Vec<f32>)>::new()));
+    let progress = Progress::default();
+    progress.set_final_rows_sink(Some({
+        let received = received.clone();
+        std::sync::Arc::new(move |first, rows: &[f32]| {
+            received.lock().unwrap().push((first, rows.to_vec()))
+        })
+    }));
     let out = run_model(
         &model,
         &topology,
@@ -172,9 +182,26 @@ fn ours(c: &Case, exec: Execution) -> (Vec<f32>, Vec<f32>) {
         exec,
         true,
         false,
-        &Progress::default(),
+        &progress,
     )
     .unwrap();
+    let width = out.width;
+    let mut seen = vec![0usize; c.n];
+    for (first, rows) in received.lock().unwrap().iter() {
+        assert_eq!(rows.len() % width, 0);
+        for (r, row) in rows.chunks_exact(width).enumerate() {
+            seen[first + r] += 1;
+            let want = &out.values[(first + r) * width..(first + r + 1) * width];
+            assert!(row
+                .iter()
+                .map(|v| v.to_bits())
+                .eq(want.iter().map(|v| v.to_bits())));
+        }
+    }
+    assert!(
+        seen.iter().all(|&k| k == 1),
+        "every final row once: {seen:?}"
+    );
     (out.values, out.attention.into_iter().next().unwrap())
 }
 

@@ -236,6 +236,9 @@ pub fn run_model(
         };
         let entries = local_entries(layer, topology, k)?;
         progress.start_layer(k, model.layers.len(), entries);
+        // The last layer's aggregated rows are the output (no activation follows).
+        let last = k + 1 == model.layers.len();
+        progress.set_final_layer(last);
         let run = run_local(
             layer,
             topology,
@@ -245,7 +248,9 @@ pub fn run_model(
             exec,
             want_attention,
             progress,
-        )?;
+        );
+        progress.set_final_layer(false);
+        let run = run?;
         timings.push(LayerTiming {
             transform: run.transform,
             aggregate: run.aggregate,

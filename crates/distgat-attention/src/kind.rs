@@ -237,6 +237,7 @@ pub fn aggregate_into(
         let mut scratch = Scratch::default();
         with_wide_vectors(|| layer.aggregate_rows(csr, inputs, start..end, o, a, &mut scratch));
         if let Some(p) = progress {
+            p.rows_done(start, o);
             p.add_entries((csr.row_ptr[end] - csr.row_ptr[start]) as u64);
         }
     };

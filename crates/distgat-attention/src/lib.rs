@@ -41,5 +41,5 @@ pub use kind::{
     Scratch,
 };
 pub use model::{Activation, Layer, Model, ModelFiles, WeightsBytes};
-pub use progress::{Progress, ProgressSnapshot};
+pub use progress::{FinalRowsSink, Progress, ProgressSnapshot};
 pub use transformer::TransformerConv;

@@ -5,7 +5,12 @@
 //! relaxed atomics: a progress bar needs no ordering with the computation, and reading them
 //! never changes a bit of the output.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+
+/// Receives rows of the model's output as soon as they are final: `(first_row, values)`,
+/// `values` being whole rows `[rows, out_width]` (see [`Progress::set_final_rows_sink`]).
+pub type FinalRowsSink = Arc<dyn Fn(usize, &[f32]) + Send + Sync>;
 
 /// Shared progress of [`run_model`](crate::run_model) (or of a worker's layers).
 #[derive(Default)]
@@ -18,6 +23,10 @@ pub struct Progress {
     /// Whether the current layer counts rows (a global layer) rather than edges.
     counts_rows: std::sync::atomic::AtomicBool,
     on_layer: Option<Box<dyn Fn(usize, usize) + Send + Sync>>,
+    /// Set by the engine while the last layer (a local one: its aggregation's rows are
+    /// the model's output) is aggregated.
+    final_layer: AtomicBool,
+    final_rows: RwLock<Option<FinalRowsSink>>,
 }
 
 /// What [`Progress::snapshot`] read: layer `layer` of `layers` (1-based; 0 = not started)
@@ -83,6 +92,35 @@ impl Progress {
     /// `entries` more attention entries of the current layer are aggregated.
     pub fn add_entries(&self, entries: u64) {
         self.entries_done.fetch_add(entries, Relaxed);
+    }
+
+    /// Hands every row of the model's output, as soon as it is final, to `sink` (`None`
+    /// stops it). The engine calls the sink from the aggregation's threads, once per
+    /// edge-balanced chunk of the last layer, when that layer is a local one (GATConv,
+    /// GATv2Conv, TransformerConv: no activation follows it); each output row then goes
+    /// to the sink exactly once. With a global or GPSConv last layer the sink gets
+    /// nothing, so a caller compares the rows it received with N. `distgat infer` uses
+    /// it to write the output file while the rest of the layer computes.
+    pub fn set_final_rows_sink(&self, sink: Option<FinalRowsSink>) {
+        *self.final_rows.write().unwrap_or_else(|e| e.into_inner()) = sink;
+    }
+
+    /// Whether the layer now aggregated produces the model's final rows (set by the
+    /// engine around the last layer when it is local).
+    pub(crate) fn set_final_layer(&self, on: bool) {
+        self.final_layer.store(on, Relaxed);
+    }
+
+    /// Rows `first..first + values.len() / width` of the current layer's output are done;
+    /// they go to the sink when that layer is the last.
+    pub(crate) fn rows_done(&self, first: usize, values: &[f32]) {
+        if !self.final_layer.load(Relaxed) {
+            return;
+        }
+        let sink = self.final_rows.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(sink) = sink.as_ref() {
+            sink(first, values);
+        }
     }
 
     pub fn snapshot(&self) -> ProgressSnapshot {

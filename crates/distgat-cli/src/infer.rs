@@ -8,7 +8,7 @@ use std::io::Write;
 
 use distgat_graph::{
     attention_edge_index, read_graph, write_npy, AtomicFile, EdgeList, Features, GraphError,
-    GraphFormat, Normalization, NpyBody,
+    GraphFormat, Normalization, NpyBody, NpyRowsFile,
 };
 use serde::Serialize;
 
@@ -46,11 +46,24 @@ pub struct InferConfig {
     /// Also run every approximating global layer exactly on the same input and report the
     /// relative Frobenius error of its output (an error when no layer approximates).
     pub report_approximation_error: bool,
+    /// Renumber the nodes for locality before the layers run (the outputs stay in the
+    /// input's numbering, with the same bits); local layers only.
+    pub reorder: Reorder,
     /// Called with a short description as each phase starts.
     pub on_phase: Option<fn(&str)>,
     /// Told as each layer starts and as its edges are aggregated (for a progress bar that
     /// another thread draws). Without it, layer starts go to `on_phase`.
     pub progress: Option<std::sync::Arc<Progress>>,
+}
+
+/// A node renumbering `distgat infer` runs the layers in (`--reorder`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Reorder {
+    /// The input's numbering.
+    #[default]
+    None,
+    /// Reverse Cuthill-McKee ([`distgat_graph::reorder::rcm_order`]).
+    Rcm,
 }
 
 /// What a run did, with the time of each phase in milliseconds.
@@ -64,8 +77,16 @@ pub struct InferReport {
     pub read_features_ms: f64,
     pub load_model_ms: f64,
     pub build_csr_ms: f64,
+    /// Computing the `--reorder` numbering and renumbering the edges and features (0
+    /// without it).
+    pub reorder_ms: f64,
     pub layers: Vec<LayerReport>,
+    /// Writing the outputs after the layers (the output's remaining rows, fsync, rename;
+    /// attention files).
     pub write_ms: f64,
+    /// Whether the output's rows were written while the last layer computed (a local last
+    /// layer); otherwise they are all written after it, within `write_ms`.
+    pub output_streamed: bool,
     pub total_ms: f64,
     pub peak_rss_bytes: Option<u64>,
     pub accuracy: Option<Accuracy>,
@@ -237,6 +258,26 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         )
         .into());
     }
+    if config.reorder != Reorder::None {
+        if let Some((k, layer)) = model
+            .layers
+            .iter()
+            .enumerate()
+            .find(|(_, l)| !matches!(l, distgat_attention::Layer::Local(_)))
+        {
+            return Err(GraphError::argument(
+                "--reorder",
+                format!(
+                    "layers[{k}] ({}) of {} sums over all nodes in node order, so a \
+                     renumbering would change its bits; --reorder needs a model of local \
+                     layers only (GATConv, GATv2Conv, TransformerConv)",
+                    layer.kind(),
+                    config.model.display()
+                ),
+            )
+            .into());
+        }
+    }
     if let (None, Some(dir)) = (needs_graph, &config.attention_dir) {
         return Err(GraphError::argument(
             "--attention-dir",
@@ -384,11 +425,34 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
             .map(|(ea, p)| (p, ea.width)),
     )?;
 
+    // Locality: the layers run in a renumbering (`order[new] = old`); every id was
+    // checked below n above. Edge order, hence every row's summation order, is unchanged.
+    let t = Instant::now();
+    let renumbered = match config.reorder {
+        Reorder::None => None,
+        Reorder::Rcm => {
+            phase("reordering nodes (RCM)");
+            let order = distgat_graph::reorder::rcm_order(&edges, n);
+            let new_of = distgat_graph::reorder::inverse(&order);
+            let map = |ids: &[u64]| -> Vec<u64> {
+                use rayon::prelude::*;
+                ids.par_iter()
+                    .map(|&v| u64::from(new_of[v as usize]))
+                    .collect()
+            };
+            let relabelled = EdgeList::from_pairs(&map(edges.src()), &map(edges.dst()));
+            features.values = permute_rows(&features.values, features.width, &order);
+            Some((new_of, relabelled))
+        }
+    };
+    let reorder_ms = ms(t);
+
     phase("building CSR");
     let t = Instant::now();
     let want_attention = config.attention_dir.is_some();
     let topology = if needs_graph.is_some() {
-        Topology::build(&edges, n, &model, want_attention)?
+        let run_edges = renumbered.as_ref().map_or(&edges, |(_, e)| e);
+        Topology::build(run_edges, n, &model, want_attention)?
     } else {
         Topology::without_graph(n)
     };
@@ -410,6 +474,7 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         Vec::new()
     };
     drop(edges);
+    let new_of = renumbered.map(|(new_of, _)| new_of);
 
     let progress = match (&config.progress, config.on_phase) {
         (Some(p), _) => p.clone(),
@@ -418,6 +483,19 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         })),
         (None, None) => Default::default(),
     };
+    // The output file is written while the last layer computes: each chunk of its rows
+    // goes to the (temporary, presized) file as soon as it is final, from the thread that
+    // computed it, and a flusher thread pushes what is written to the disk meanwhile, so
+    // the final fsync has little left. The file appears under its name only at commit.
+    let out_file = std::sync::Arc::new(NpyRowsFile::create(&config.out, n, model.out_width())?);
+    let flusher = Flusher::start(out_file.clone());
+    // Renumbered rows are not in the file's order: they are written after the layers.
+    if new_of.is_none() {
+        progress.set_final_rows_sink(Some({
+            let file = out_file.clone();
+            std::sync::Arc::new(move |first, rows: &[f32]| file.write_rows(first, rows))
+        }));
+    }
     let output = run_model(
         &model,
         &topology,
@@ -427,11 +505,35 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         want_attention,
         config.report_approximation_error,
         &progress,
-    )?;
+    );
+    progress.set_final_rows_sink(None);
+    let flushed = flusher.stop();
+    let mut output = output?;
+    flushed?;
     drop(topology);
+    if let Some(new_of) = &new_of {
+        // Back to the input's numbering: row `old` is the computed row `new_of[old]`, and
+        // so are the added loops at the end of each local layer's coefficients.
+        output.values = permute_rows(&output.values, output.width, new_of);
+        for (layer, alpha) in model.layers.iter().zip(output.attention.iter_mut()) {
+            if let (Some(true), Some(kind)) = (layer.add_self_loops(), layer.local()) {
+                let h = kind.heads();
+                let start = alpha.len() - n * h;
+                let loops = permute_rows(&alpha[start..], h, new_of);
+                alpha[start..].copy_from_slice(&loops);
+            }
+        }
+    }
     // distgat refuses non-finite inputs; a non-finite output (features so large that
     // float32 overflows, as PyG's float32 forward does too) is reported, not hidden.
-    let non_finite = output.values.iter().filter(|v| !v.is_finite()).count();
+    let non_finite: usize = {
+        use rayon::prelude::*;
+        output
+            .values
+            .par_chunks(1 << 20)
+            .map(|c| c.iter().filter(|v| !v.is_finite()).count())
+            .sum()
+    };
     if non_finite > 0 {
         tracing::warn!(
             "{non_finite} of {} output values are NaN or infinite: the computation overflowed \
@@ -455,11 +557,14 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
 
     phase("writing output");
     let t = Instant::now();
-    write_npy(
-        &config.out,
-        &[n as u64, output.width as u64],
-        &output.values,
-    )?;
+    // A global or GPSConv last layer hands over no rows while it computes: all of them now.
+    let output_streamed = out_file.rows_written() == n;
+    if !output_streamed {
+        out_file.write_all(&output.values)?;
+    }
+    std::sync::Arc::into_inner(out_file)
+        .expect("the sink and the flusher have dropped their handles")
+        .commit()?;
     if let Some(dir) = &config.attention_dir {
         if !dir.is_dir() {
             std::fs::create_dir(dir).map_err(|e| GraphError::io(dir, e))?;
@@ -503,6 +608,7 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         read_features_ms,
         load_model_ms,
         build_csr_ms,
+        reorder_ms,
         layers: output
             .timings
             .iter()
@@ -515,6 +621,7 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
             })
             .collect(),
         write_ms,
+        output_streamed,
         total_ms: ms(started),
         peak_rss_bytes: crate::stats::peak_rss_bytes(),
         accuracy,
@@ -531,6 +638,69 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         file.commit()?;
     }
     Ok(report)
+}
+
+/// `[rows, width]` row-major with row `k` taken from row `from[k]` of `values`, in
+/// parallel.
+fn permute_rows(values: &[f32], width: usize, from: &[u32]) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out = vec![0f32; values.len()];
+    if width == 0 {
+        return out;
+    }
+    out.par_chunks_mut(width)
+        .zip(from.par_iter())
+        .for_each(|(row, &k)| {
+            row.copy_from_slice(&values[k as usize * width..(k as usize + 1) * width])
+        });
+    out
+}
+
+/// Bytes of output written between two `fdatasync`s of the [`Flusher`].
+const FLUSH_BYTES: u64 = 64 << 20;
+
+/// A thread that, while the rows of the output are written, syncs the written part to the
+/// disk every [`FLUSH_BYTES`] (so the disk works while the layer computes, and the final
+/// fsync waits only for the tail).
+struct Flusher {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Result<(), GraphError>>,
+}
+
+impl Flusher {
+    fn start(file: std::sync::Arc<NpyRowsFile>) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let row_bytes = file.row_bytes();
+                let mut synced = 0u64;
+                while !stop.load(Relaxed) {
+                    std::thread::park_timeout(std::time::Duration::from_millis(20));
+                    let written = file.rows_written() as u64 * row_bytes;
+                    if written >= synced + FLUSH_BYTES {
+                        file.sync_data()?;
+                        synced = written;
+                    }
+                }
+                Ok(())
+            }
+        });
+        Flusher { stop, thread }
+    }
+
+    /// Stops the thread and waits for it: its first sync error, if any.
+    fn stop(self) -> Result<(), GraphError> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.thread().unpark();
+        self.thread.join().unwrap_or_else(|_| {
+            Err(GraphError::argument(
+                "--out",
+                "internal: the thread syncing the output panicked",
+            ))
+        })
+    }
 }
 
 /// Checks, before any work, that `out` (given by `flag`) can be written as a file: its

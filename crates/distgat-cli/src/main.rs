@@ -650,6 +650,17 @@ struct InferArgs {
     /// Also run each approximating global layer (NystromAttention, MultiheadAttention with "approx") exactly and print its relative Frobenius error (also in --stats-json)
     #[arg(long)]
     report_approximation_error: bool,
+    /// Run the layers in a locality-friendly node numbering (rcm: reverse Cuthill-McKee); the outputs stay in the input's numbering with the same bits; local layers only
+    #[arg(long, value_enum, default_value = "none")]
+    reorder: ReorderArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReorderArg {
+    /// The input's numbering
+    None,
+    /// Reverse Cuthill-McKee
+    Rcm,
 }
 
 /// Parses the command line. A bad value that came from an environment variable (clap's
@@ -1699,6 +1710,10 @@ fn infer(args: InferArgs) -> anyhow::Result<()> {
         test_idx: args.test_idx,
         stats_json: args.stats_json,
         report_approximation_error: args.report_approximation_error,
+        reorder: match args.reorder {
+            ReorderArg::None => distgat_cli::infer::Reorder::None,
+            ReorderArg::Rcm => distgat_cli::infer::Reorder::Rcm,
+        },
         on_phase: Some(show_phase),
         progress: Some(progress.clone()),
     };

@@ -107,8 +107,9 @@ impl EdgeList {
     }
 
     fn from_split_ids(ids: Vec<u64>, declared_nodes: u64) -> Self {
+        use rayon::prelude::*;
         let num_nodes = ids
-            .iter()
+            .par_iter()
             .max()
             .map_or(0, |&m| m.saturating_add(1))
             .max(declared_nodes);
@@ -181,35 +182,46 @@ fn read_npy_edges(path: &Path) -> Result<EdgeList> {
         ));
     }
     let e = body.shape[1] as usize;
-    let fortran = body.fortran_order;
-    let raw = body.read_i64(path)?;
-    if let Some(pos) = raw.iter().position(|&v| v < 0) {
-        let (row, k) = if fortran {
-            (pos % 2, pos / 2)
-        } else {
-            (pos / e.max(1), pos % e.max(1))
-        };
-        return Err(GraphError::invalid(
+    let negative = |pos: usize, value: i64, row: usize, k: usize| {
+        debug_assert!(value < 0, "element {pos}");
+        GraphError::invalid(
             path,
             format!(
-                "edge {k}: negative {} id {}",
+                "edge {k}: negative {} id {value}",
                 if row == 0 { "source" } else { "target" },
-                raw[pos]
             ),
-        ));
-    }
-    let ids: Vec<u64> = if fortran {
+        )
+    };
+    if body.fortran_order {
         // Fortran order stores (src, dst) pairs interleaved.
+        let raw = body.read_i64(path)?;
+        if let Some(pos) = raw.iter().position(|&v| v < 0) {
+            return Err(negative(pos, raw[pos], pos % 2, pos / 2));
+        }
         let mut ids = vec![0u64; 2 * e];
         for (k, pair) in raw.chunks_exact(2).enumerate() {
             ids[k] = pair[0] as u64;
             ids[e + k] = pair[1] as u64;
         }
-        ids
-    } else {
-        // Reuses the allocation: same size, checked non-negative above.
-        raw.into_iter().map(|v| v as u64).collect()
-    };
+        return Ok(EdgeList::from_split_ids(ids, 0));
+    }
+    // C order is already the layout of `EdgeList::ids` (sources, then targets): the body
+    // is read straight into it, each piece checked for negative ids (the top bit of the
+    // int64's bits) as it is read.
+    let ids = body.read_i64_bits_checked(path, |first, piece| {
+        match piece.iter().position(|&v| v >> 63 != 0) {
+            None => Ok(()),
+            Some(p) => {
+                let pos = first + p;
+                Err(negative(
+                    pos,
+                    piece[p] as i64,
+                    pos / e.max(1),
+                    pos % e.max(1),
+                ))
+            }
+        }
+    })?;
     Ok(EdgeList::from_split_ids(ids, 0))
 }
 

@@ -147,14 +147,22 @@ impl Features {
     fn read_matrix(path: &Path, what: &str, shape: &str) -> Result<Self> {
         let body = Self::open_matrix(path, what, shape)?;
         let (n, f) = (body.shape[0] as usize, body.shape[1] as usize);
-        let fortran = body.fortran_order;
-        let mut values = body.read_f32(path)?;
-        // An empty array needs no transpose; `[0, F]` with a huge F would otherwise loop F
-        // times over nothing (fuzz/README.md, bug 2).
-        if fortran && !values.is_empty() {
-            values = transpose(&values, f, n);
+        if body.fortran_order {
+            let mut values = body.read_f32(path)?;
+            // An empty array needs no transpose; `[0, F]` with a huge F would otherwise
+            // loop F times over nothing (fuzz/README.md, bug 2).
+            if !values.is_empty() {
+                values = transpose(&values, f, n);
+            }
+            check_finite_par(path, what, f, &values)?;
+            return Ok(Features::new(n, f, values));
         }
-        check_finite(path, what, 0, f, &values)?;
+        // C order: every piece is checked for NaN and infinities as soon as it is read
+        // (in parallel, while it is in the cache); the first bad value in file order is
+        // the one reported.
+        let values = body.read_f32_checked(path, |first, piece| {
+            check_finite_from(path, what, first, f, piece)
+        })?;
         Ok(Features::new(n, f, values))
     }
 
@@ -208,15 +216,28 @@ fn shape_of(what: &str) -> &'static str {
 /// The first value of `values` (rows `first..` of width `width`) that is NaN or infinite,
 /// as an error naming its row and column.
 fn check_finite(path: &Path, what: &str, first: usize, width: usize, values: &[f32]) -> Result<()> {
+    check_finite_from(path, what, first * width.max(1), width, values)
+}
+
+/// [`check_finite`] for `values` that are the matrix's elements `first..` (row-major,
+/// `width` per row; a piece need not start at a row).
+fn check_finite_from(
+    path: &Path,
+    what: &str,
+    first: usize,
+    width: usize,
+    values: &[f32],
+) -> Result<()> {
     let Some(pos) = values.iter().position(|v| !v.is_finite()) else {
         return Ok(());
     };
+    let at = first + pos;
     Err(GraphError::invalid(
         path,
         format!(
             "row {}, column {}: value {} ({what} must be finite{})",
-            first + pos / width.max(1),
-            pos % width.max(1),
+            at / width.max(1),
+            at % width.max(1),
             values[pos],
             if values[pos].is_infinite() {
                 "; float64 values beyond the float32 range become inf"
@@ -225,6 +246,19 @@ fn check_finite(path: &Path, what: &str, first: usize, width: usize, values: &[f
             }
         ),
     ))
+}
+
+/// [`check_finite`] over a whole row-major matrix, in parallel pieces on the current
+/// rayon pool; the first bad value in row-major order is the one reported.
+fn check_finite_par(path: &Path, what: &str, width: usize, values: &[f32]) -> Result<()> {
+    use rayon::prelude::*;
+    const PIECE: usize = 1 << 20;
+    let results: Vec<Result<()>> = values
+        .par_chunks(PIECE)
+        .enumerate()
+        .map(|(k, piece)| check_finite_from(path, what, k * PIECE, width, piece))
+        .collect();
+    results.into_iter().collect()
 }
 
 /// Transposes a row-major `[rows, cols]` matrix.

@@ -11,11 +11,14 @@ pub mod features;
 pub mod files;
 pub mod npy;
 pub mod output;
+pub mod reorder;
 
 pub use csr::{attention_edge_index, IncomingCsr};
 pub use edges::{read_graph, EdgeList, GraphFormat};
 pub use error::{GraphError, Result};
 pub use features::{Features, Normalization};
 pub use files::read_regular_file;
+#[cfg(unix)]
+pub use npy::NpyRowsFile;
 pub use npy::{write_npy, NpyBody, NpyDtype};
 pub use output::{parent_dir, AtomicFile};

@@ -174,9 +174,27 @@ impl NpyBody {
 
     /// Reads a float32 or float64 body as f32 (float64 is rounded to nearest).
     pub fn read_f32(self, path: &Path) -> Result<Vec<f32>> {
+        self.read_f32_checked(path, |_, _| Ok(()))
+    }
+
+    /// [`NpyBody::read_f32`] that also runs `check(first, values)` over the values, in
+    /// pieces: `values` are the body's elements `first..first + values.len()` (in file
+    /// order, not necessarily whole rows). A float32 body is checked piece by piece right
+    /// after each piece is read, in parallel on the current rayon pool, while the piece is
+    /// still in the cache. When several pieces fail, the error of the first one in file
+    /// order is returned (so the report does not depend on the threads).
+    pub fn read_f32_checked(
+        self,
+        path: &Path,
+        check: impl Fn(usize, &[f32]) -> Result<()> + Sync,
+    ) -> Result<Vec<f32>> {
         match self.dtype {
-            NpyDtype::F32 => self.read_native(path, |b: [u8; 4]| f32::from_le_bytes(b)),
-            NpyDtype::F64 => self.read_elements(path, |b: [u8; 8]| f64::from_le_bytes(b) as f32),
+            NpyDtype::F32 => self.read_native(path, |b: [u8; 4]| f32::from_le_bytes(b), check),
+            NpyDtype::F64 => {
+                let values = self.read_elements(path, |b: [u8; 8]| f64::from_le_bytes(b) as f32)?;
+                check_in_pieces(&values, &check)?;
+                Ok(values)
+            }
             other => Err(GraphError::format(
                 path,
                 format!(
@@ -242,7 +260,9 @@ impl NpyBody {
     /// Reads a float64 or float32 body as f64 (for reference outputs kept in float64).
     pub fn read_f64(self, path: &Path) -> Result<Vec<f64>> {
         match self.dtype {
-            NpyDtype::F64 => self.read_native(path, |b: [u8; 8]| f64::from_le_bytes(b)),
+            NpyDtype::F64 => {
+                self.read_native(path, |b: [u8; 8]| f64::from_le_bytes(b), |_, _| Ok(()))
+            }
             NpyDtype::F32 => self.read_elements(path, |b: [u8; 4]| f32::from_le_bytes(b) as f64),
             other => Err(GraphError::format(
                 path,
@@ -256,7 +276,9 @@ impl NpyBody {
 
     pub fn read_i64(self, path: &Path) -> Result<Vec<i64>> {
         match self.dtype {
-            NpyDtype::I64 => self.read_native(path, |b: [u8; 8]| i64::from_le_bytes(b)),
+            NpyDtype::I64 => {
+                self.read_native(path, |b: [u8; 8]| i64::from_le_bytes(b), |_, _| Ok(()))
+            }
             NpyDtype::I32 => self.read_elements(path, |b: [u8; 4]| i32::from_le_bytes(b) as i64),
             other => Err(GraphError::format(
                 path,
@@ -265,25 +287,74 @@ impl NpyBody {
         }
     }
 
-    /// Reads a body whose stored type is `T` itself: on a little-endian machine the file's
-    /// bytes go straight into the returned vector (one copy, no per-element work, about
-    /// the page cache's speed); elsewhere element by element with `convert`.
-    fn read_native<T: bytemuck::Pod, const W: usize>(
-        mut self,
+    /// Reads an int64 or int32 body as the `u64` bits of its int64 values (two's
+    /// complement: a negative value has its top bit set), running `check(first, values)`
+    /// over the values in pieces as [`NpyBody::read_f32_checked`] does. Node ids are
+    /// read this way, straight into the `u64` vector the graph keeps, with the check for
+    /// negative ids fused into the read.
+    pub fn read_i64_bits_checked(
+        self,
+        path: &Path,
+        check: impl Fn(usize, &[u64]) -> Result<()> + Sync,
+    ) -> Result<Vec<u64>> {
+        match self.dtype {
+            NpyDtype::I64 => self.read_native(path, |b: [u8; 8]| u64::from_le_bytes(b), check),
+            NpyDtype::I32 => {
+                let values =
+                    self.read_elements(path, |b: [u8; 4]| i64::from(i32::from_le_bytes(b)) as u64)?;
+                check_in_pieces(&values, &check)?;
+                Ok(values)
+            }
+            other => Err(GraphError::format(
+                path,
+                format!("dtype {} where int64 or int32 was expected", other.name()),
+            )),
+        }
+    }
+
+    /// Reads a body whose stored type is `T` itself and runs `check` over it in pieces.
+    ///
+    /// On a little-endian Unix machine the file's bytes go straight into the returned
+    /// vector: pieces of [`READ_PIECE`] bytes are read with positional reads (`pread`) in
+    /// parallel on the current rayon pool, each checked right after its read. That is one
+    /// copy from the page cache, no per-element work, and the page faults of the new
+    /// vector and the copy split over the threads. Elsewhere element by element with
+    /// `convert`, then checked.
+    ///
+    /// Why not mmap: a mapped input that another process truncates or rewrites while we
+    /// read it is a SIGBUS or undefined behaviour, which no comment can prove away; a
+    /// read of a file being rewritten only gives wrong values, which the checks see like
+    /// any others. The engine also needs the features as an owned, writable `Vec` (row
+    /// normalisation, and the layer input is moved into the engine), so a mapping would
+    /// be copied once anyway.
+    fn read_native<T: bytemuck::Pod + Send + Sync, const W: usize>(
+        self,
         path: &Path,
         convert: impl Fn([u8; W]) -> T,
+        check: impl Fn(usize, &[T]) -> Result<()> + Sync,
     ) -> Result<Vec<T>> {
+        use rayon::prelude::*;
         debug_assert_eq!(std::mem::size_of::<T>(), W);
-        if cfg!(target_endian = "big") {
-            return self.read_elements(path, convert);
+        if cfg!(target_endian = "big") || cfg!(not(unix)) {
+            let values = self.read_elements(path, convert)?;
+            check_in_pieces(&values, &check)?;
+            return Ok(values);
         }
+        let header_len = self.header_len;
+        let file = self.reader.into_inner();
         let mut out = vec![T::zeroed(); self.len];
-        // Large reads straight into the output; the BufReader hands over what it buffered.
-        for chunk in bytemuck::cast_slice_mut::<T, u8>(&mut out).chunks_mut(1 << 26) {
-            self.reader
-                .read_exact(chunk)
-                .map_err(|e| GraphError::io(path, e))?;
-        }
+        let per_piece = (READ_PIECE / W).max(1);
+        let results: Vec<Result<()>> = out
+            .par_chunks_mut(per_piece)
+            .enumerate()
+            .map(|(k, piece)| {
+                let offset = header_len + (k * per_piece * W) as u64;
+                read_exact_at(&file, bytemuck::cast_slice_mut::<T, u8>(piece), offset)
+                    .map_err(|e| GraphError::io(path, e))?;
+                check(k * per_piece, piece)
+            })
+            .collect();
+        results.into_iter().collect::<Result<()>>()?;
         Ok(out)
     }
 
@@ -309,6 +380,37 @@ impl NpyBody {
         }
         Ok(out)
     }
+}
+
+/// Bytes per positional read of [`NpyBody::read_native`]: large enough that the system
+/// call costs nothing next to the copy, small enough that the check that follows finds
+/// the piece in the cache, and giving a few hundred pieces to balance over the threads.
+const READ_PIECE: usize = 2 << 20;
+
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_exact_at(_file: &File, _buf: &mut [u8], _offset: u64) -> std::io::Result<()> {
+    unreachable!("read_native reads sequentially on this platform")
+}
+
+/// Runs `check(first, piece)` over `values` in pieces of about a million elements, in
+/// parallel on the current rayon pool; the error of the first failing piece in order.
+fn check_in_pieces<T: Sync>(
+    values: &[T],
+    check: &(impl Fn(usize, &[T]) -> Result<()> + Sync),
+) -> Result<()> {
+    use rayon::prelude::*;
+    const PIECE: usize = 1 << 20;
+    let results: Vec<Result<()>> = values
+        .par_chunks(PIECE)
+        .enumerate()
+        .map(|(k, piece)| check(k * PIECE, piece))
+        .collect();
+    results.into_iter().collect()
 }
 
 /// The dimensions of every `shape` tuple (or list) in the header at the start of `bytes`
@@ -366,7 +468,42 @@ fn shape_overflows(shape: &[u64]) -> bool {
         .is_none()
 }
 
+/// The `.npy` header numpy writes for a C-order array of `T` with `shape` (npyz's
+/// format: magic, version, padded dict), as bytes.
+fn npy_header<T: npyz::Serialize + npyz::AutoSerialize>(shape: &[u64]) -> std::io::Result<Vec<u8>> {
+    let mut header = Vec::new();
+    // The writer writes the header when it begins; dropping it unfinished writes nothing
+    // more (its drop only checks the element count, ignoring the result).
+    let writer = npyz::WriteOptions::<T>::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(&mut header)
+        .begin_nd()?;
+    drop(writer);
+    Ok(header)
+}
+
+/// Bytes per positional write of an output body: large writes, a few hundred pieces for
+/// the threads at 512 MB.
+const WRITE_PIECE: usize = 4 << 20;
+
+/// Writes `bytes` at `offset` of `file` in pieces, in parallel on the current rayon pool
+/// (positional writes, so the pieces need no order); the first failing piece's error.
+#[cfg(unix)]
+fn write_all_at_par(file: &File, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+    use rayon::prelude::*;
+    use std::os::unix::fs::FileExt;
+    let results: Vec<std::io::Result<()>> = bytes
+        .par_chunks(WRITE_PIECE)
+        .enumerate()
+        .map(|(k, piece)| file.write_all_at(piece, offset + (k * WRITE_PIECE) as u64))
+        .collect();
+    results.into_iter().collect()
+}
+
 /// Writes `data` as a C-order `.npy` array of `shape`, atomically (temp file, then rename).
+/// On a little-endian Unix machine the body is the values' own bytes, written with
+/// positional writes in parallel pieces on the current rayon pool.
 pub fn write_npy<T>(path: &Path, shape: &[u64], data: &[T]) -> Result<()>
 where
     T: npyz::Serialize + npyz::AutoSerialize + bytemuck::Pod,
@@ -383,29 +520,225 @@ where
     }
     let file = AtomicFile::create(path)?;
     let result = (|| -> std::io::Result<()> {
+        #[cfg(unix)]
+        if cfg!(target_endian = "little") {
+            // npyz's default dtypes of plain numbers are little-endian ('<f4', '<i8', ...).
+            let header = npy_header::<T>(shape)?;
+            let body = bytemuck::cast_slice::<T, u8>(data);
+            file.as_file()
+                .set_len(header.len() as u64 + body.len() as u64)?;
+            std::os::unix::fs::FileExt::write_all_at(file.as_file(), &header, 0)?;
+            return write_all_at_par(file.as_file(), header.len() as u64, body);
+        }
         let mut buffered = BufWriter::with_capacity(1 << 20, file.as_file());
-        // npyz writes the header (numpy's format, version and padding); the body of a
-        // little-endian machine is the values' own bytes, written in large blocks.
         let mut writer = npyz::WriteOptions::new()
             .default_dtype()
             .shape(shape)
             .writer(&mut buffered)
             .begin_nd()?;
-        // npyz's default dtypes of plain numbers are little-endian ('<f4', '<i8', ...).
-        match cfg!(target_endian = "little").then(|| bytemuck::cast_slice::<T, u8>(data)) {
-            Some(bytes) => {
-                // The writer has written the header; dropping it unfinished writes nothing
-                // more (its drop only checks the element count, ignoring the result).
-                drop(writer);
-                buffered.write_all(bytes)?;
-            }
-            None => {
-                writer.extend(data.iter().copied())?;
-                writer.finish()?;
-            }
-        }
+        writer.extend(data.iter().copied())?;
+        writer.finish()?;
         buffered.flush()
     })();
     result.map_err(|e| GraphError::io(path, e))?;
     file.commit()
+}
+
+/// A float32 C-order `[rows, width]` `.npy` output filled by row ranges, in any order and
+/// from any thread, while the values are still being computed, then committed atomically
+/// (temp file in the destination directory, fsync, rename; dropped without commit, the
+/// temp file is removed and nothing appears under `path`).
+///
+/// The bytes equal [`write_npy`]'s for the same values: the same header (npyz), then row
+/// `i` at `header_len + i * width * 4`. Write errors are kept (the first one) and
+/// returned by [`NpyRowsFile::commit`], so a writer on a compute thread never panics.
+/// Unix only (positional writes).
+#[cfg(unix)]
+pub struct NpyRowsFile {
+    file: AtomicFile,
+    path: std::path::PathBuf,
+    header_len: u64,
+    rows: usize,
+    width: usize,
+    rows_written: std::sync::atomic::AtomicUsize,
+    error: std::sync::Mutex<Option<std::io::Error>>,
+}
+
+#[cfg(unix)]
+impl NpyRowsFile {
+    /// Creates the temp file beside `path` with the header of a float32 `[rows, width]`
+    /// array, presized to the whole array. Errors name `path`.
+    pub fn create(path: &Path, rows: usize, width: usize) -> Result<Self> {
+        let file = AtomicFile::create(path)?;
+        let header =
+            npy_header::<f32>(&[rows as u64, width as u64]).map_err(|e| GraphError::io(path, e))?;
+        let body = (rows as u64)
+            .checked_mul(width as u64 * 4)
+            .ok_or_else(|| GraphError::argument(path.display().to_string(), "output too large"))?;
+        (|| -> std::io::Result<()> {
+            file.as_file().set_len(header.len() as u64 + body)?;
+            std::os::unix::fs::FileExt::write_all_at(file.as_file(), &header, 0)
+        })()
+        .map_err(|e| GraphError::io(path, e))?;
+        Ok(NpyRowsFile {
+            file,
+            path: path.to_path_buf(),
+            header_len: header.len() as u64,
+            rows,
+            width,
+            rows_written: Default::default(),
+            error: Default::default(),
+        })
+    }
+
+    /// Writes rows `first..first + values.len() / width` (whole rows, row-major). A
+    /// failure (or rows out of range) is recorded for [`NpyRowsFile::commit`].
+    pub fn write_rows(&self, first: usize, values: &[f32]) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let width = self.width.max(1);
+        let count = values.len() / width;
+        let result = if !values.len().is_multiple_of(width) || first + count > self.rows {
+            Err(std::io::Error::other(format!(
+                "internal: rows {first}..{} of width {width} do not fit the {} rows",
+                first + count,
+                self.rows
+            )))
+        } else {
+            let offset = self.header_len + (first * self.width * 4) as u64;
+            std::os::unix::fs::FileExt::write_all_at(
+                self.file.as_file(),
+                bytemuck::cast_slice(values),
+                offset,
+            )
+        };
+        match result {
+            Ok(()) => {
+                self.rows_written.fetch_add(count, Relaxed);
+            }
+            Err(e) => {
+                let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+                slot.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> u64 {
+        self.width as u64 * 4
+    }
+
+    /// Rows written so far (each row is expected once).
+    pub fn rows_written(&self) -> usize {
+        self.rows_written.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Writes every row of `values` (`[rows, width]`), in parallel pieces; for when the
+    /// rows did not arrive one by one. Rows already written are written again with the
+    /// same bytes.
+    pub fn write_all(&self, values: &[f32]) -> Result<()> {
+        if values.len() != self.rows * self.width {
+            return Err(GraphError::argument(
+                self.path.display().to_string(),
+                format!(
+                    "internal: {} values for {} rows of width {}",
+                    values.len(),
+                    self.rows,
+                    self.width
+                ),
+            ));
+        }
+        write_all_at_par(
+            self.file.as_file(),
+            self.header_len,
+            bytemuck::cast_slice(values),
+        )
+        .map_err(|e| GraphError::io(&self.path, e))?;
+        self.rows_written
+            .store(self.rows, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Starts writing what is written so far to the disk and waits for it (`fdatasync`),
+    /// so that the final fsync of [`NpyRowsFile::commit`] has less left to do. Meant for a
+    /// background thread while the rows are computed.
+    pub fn sync_data(&self) -> Result<()> {
+        self.file
+            .as_file()
+            .sync_data()
+            .map_err(|e| GraphError::io(&self.path, e))
+    }
+
+    /// The first recorded write error, else: every row written, then fsync and rename.
+    pub fn commit(self) -> Result<()> {
+        let error = self.error.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(e) = error {
+            return Err(GraphError::io(&self.path, e));
+        }
+        if self.rows_written() < self.rows {
+            return Err(GraphError::argument(
+                self.path.display().to_string(),
+                format!(
+                    "internal: only {} of {} rows were written",
+                    self.rows_written(),
+                    self.rows
+                ),
+            ));
+        }
+        self.file.commit()
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    /// Rows written out of order from several threads give `write_npy`'s bytes; an
+    /// uncommitted file leaves nothing behind; a missing row is an error at commit.
+    #[test]
+    fn rows_file_equals_write_npy() {
+        use rayon::prelude::*;
+        let dir = tempfile::tempdir().unwrap();
+        let (rows, width) = (1000usize, 7usize);
+        let values: Vec<f32> = (0..rows * width).map(|i| i as f32 * 0.37 - 11.0).collect();
+        let want = dir.path().join("want.npy");
+        write_npy(&want, &[rows as u64, width as u64], &values).unwrap();
+        let got = dir.path().join("got.npy");
+        let file = NpyRowsFile::create(&got, rows, width).unwrap();
+        let bounds = [0usize, 3, 250, 251, 600, 999, 1000];
+        bounds
+            .windows(2)
+            .collect::<Vec<_>>()
+            .par_iter()
+            .rev()
+            .for_each(|w| {
+                file.write_rows(w[0], &values[w[0] * width..w[1] * width]);
+            });
+        assert_eq!(file.rows_written(), rows);
+        assert!(!got.exists(), "not visible before commit");
+        file.commit().unwrap();
+        assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&want).unwrap());
+
+        let all = dir.path().join("all.npy");
+        let file = NpyRowsFile::create(&all, rows, width).unwrap();
+        file.write_all(&values).unwrap();
+        file.commit().unwrap();
+        assert_eq!(std::fs::read(&all).unwrap(), std::fs::read(&want).unwrap());
+
+        let partial = dir.path().join("partial.npy");
+        let file = NpyRowsFile::create(&partial, rows, width).unwrap();
+        file.write_rows(0, &values[..10 * width]);
+        let e = file.commit().unwrap_err().to_string();
+        assert!(e.contains("only 10 of 1000 rows"), "{e}");
+        assert!(!partial.exists());
+        let file = NpyRowsFile::create(&partial, rows, width).unwrap();
+        file.write_rows(999, &values[..2 * width]);
+        let e = file.commit().unwrap_err().to_string();
+        assert!(e.contains("do not fit"), "{e}");
+        drop(NpyRowsFile::create(&partial, rows, width).unwrap());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            3,
+            "temp files removed"
+        );
+    }
 }

@@ -101,3 +101,70 @@ fn parallel_build_equals_the_stable_sort_reference() {
         }
     }
 }
+
+/// The blocked build over many blocks and several edge chunks (70k nodes: 137 blocks of
+/// 512 rows; 700k edges: 3 chunks), with duplicates and self loops, and small corner
+/// cases: a single node, no edges, nodes beyond every edge.
+#[test]
+fn blocked_build_equals_the_stable_sort_reference_on_many_blocks() {
+    let mut next = stream(11);
+    let mut cases = Vec::new();
+    let (n, e) = (70_000usize, 700_000usize);
+    let (mut src, mut dst) = (Vec::with_capacity(e), Vec::with_capacity(e));
+    for k in 0..e {
+        // Targets skewed to low ids (a power law of sorts), some duplicates and loops.
+        let d = (next() % n as u64) >> (next() % 4);
+        let s = match k % 53 {
+            0 => d,
+            1 => src.last().copied().unwrap_or(0),
+            _ => next() % n as u64,
+        };
+        src.push(s);
+        dst.push(if k % 53 == 1 {
+            dst.last().copied().unwrap_or(d)
+        } else {
+            d
+        });
+    }
+    cases.push((src, dst, n));
+    cases.push((vec![0, 0, 0], vec![0, 0, 0], 1));
+    cases.push((vec![], vec![], 5));
+    cases.push((vec![], vec![], 0));
+    cases.push((vec![3, 1, 3, 2], vec![1, 3, 1, 1], 300));
+    for (src, dst, n) in cases {
+        let edges = EdgeList::from_pairs(&src, &dst);
+        for loops in [false, true] {
+            let want = reference(&src, &dst, n, loops);
+            for threads in [1, 2, 5] {
+                let (csr, _, keys) = build_on(threads, &edges, n, loops);
+                assert_eq!(csr.row_ptr.len(), n + 1);
+                assert_eq!(csr.row_ptr[0], 0);
+                assert_eq!(csr.num_entries(), want.iter().map(Vec::len).sum::<usize>());
+                for (i, row) in want.iter().enumerate() {
+                    let got: Vec<(u32, i64)> = csr
+                        .row(i)
+                        .iter()
+                        .zip(&keys[csr.row_ptr[i]..csr.row_ptr[i + 1]])
+                        .map(|(&s, &k)| (s, k))
+                        .collect();
+                    assert_eq!(
+                        &got, row,
+                        "n {n}, row {i}, loops {loops}, {threads} threads"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// An id beyond the node count is an error naming the edge, not a dropped edge.
+#[test]
+fn an_id_beyond_the_nodes_is_an_error() {
+    let edges = EdgeList::from_pairs(&[0, 1, 2], &[1, 9, 0]);
+    for loops in [false, true] {
+        let e = IncomingCsr::build(&edges, 3, loops, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("edge 1") && e.contains("1 -> 9"), "{e}");
+    }
+}
