@@ -458,6 +458,9 @@ struct RunArgs {
     /// Worker processes, one per part (default: the parts of --partition, else 4)
     #[arg(long, value_name = "K")]
     workers: Option<usize>,
+    /// Extra idle worker processes: a worker lost mid-job has its part given to a spare and the job restarts (every part from layer 0; output unchanged), once per spare
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    spares: usize,
     /// Reuse this partition directory (its parts must equal --workers)
     #[arg(long, value_name = "DIR")]
     partition: Option<PathBuf>,
@@ -1483,6 +1486,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         edge_features: args.edge_features,
         out: out.clone(),
         workers,
+        spares: args.spares,
         partition: args.partition,
         method: args.method.map(|m| method_of(m, 0)),
         attention_dir: args.attention_dir,
