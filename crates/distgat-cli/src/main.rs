@@ -1574,6 +1574,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             );
         }
     }
+    for r in parsed["recoveries"].as_array().into_iter().flatten() {
+        eprintln!(
+            "recovered: worker {} (part {}) was lost {:.2} s into the job; {} took the part \
+             and the job restarted from layer 0 ({:.2} s lost): {}",
+            r["lost_worker"].as_str().unwrap_or("?"),
+            r["part"].as_u64().unwrap_or(0),
+            r["detected_after_s"].as_f64().unwrap_or(0.0),
+            r["replacement"].as_str().unwrap_or("?"),
+            r["time_lost_s"].as_f64().unwrap_or(0.0),
+            r["detail"].as_str().unwrap_or(""),
+        );
+    }
     if let Some(path) = &args.summary_json {
         std::fs::write(path, serde_json::to_string_pretty(&parsed)? + "\n")?;
     }

@@ -833,3 +833,21 @@ fn silent_worker(state: &State, assigned: &[(String, String)]) -> Option<SilentW
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_ids_map_back_to_their_job() {
+        assert_eq!(attempt_name("job-7", 0), "job-7");
+        assert_eq!(attempt_name("job-7", 2), "job-7-r2");
+        for k in 0..3 {
+            assert_eq!(job_of_attempt(&attempt_name("job-7", k)), "job-7");
+        }
+        // Ids that only look similar stay as they are.
+        assert_eq!(job_of_attempt("job-r"), "job-r");
+        assert_eq!(job_of_attempt("my-run"), "my-run");
+        assert_eq!(job_of_attempt("job-7-rx"), "job-7-rx");
+    }
+}

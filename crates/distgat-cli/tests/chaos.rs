@@ -1,0 +1,351 @@
+//! Chaos test of worker-loss recovery (issue 13): `distgat run --workers 3 --spares 1` on
+//! a generated graph, one worker process SIGKILLed at a random moment of the job; the job
+//! must still exit 0 with output byte-identical to `distgat infer`. A round that kills more
+//! workers than there are spares must fail cleanly, naming a lost worker, within a bounded
+//! time and with no output file left. Loopback only; a fixed number of rounds.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use npyz::WriterBuilder;
+
+fn exe() -> &'static str {
+    env!("CARGO_BIN_EXE_distgat")
+}
+
+/// A small deterministic generator (LCG); `seed` varies per use.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn unit(&mut self, scale: f32) -> f32 {
+        ((self.next() % 2001) as f32 / 1000.0 - 1.0) * scale
+    }
+}
+
+fn write_npy<T: npyz::Serialize + npyz::AutoSerialize + Copy>(
+    path: &Path,
+    shape: &[u64],
+    data: &[T],
+) {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(&mut file)
+        .begin_nd()
+        .unwrap();
+    w.extend(data.iter().copied()).unwrap();
+    w.finish().unwrap();
+}
+
+/// A random graph of `n` nodes and `e` edges, `f` features, and a 2-layer GAT
+/// (f -> 8 x 16 concat, ELU -> 1 x 8): graph, features, model paths.
+fn chaos_case(dir: &Path, n: usize, e: usize, f: usize) -> (PathBuf, PathBuf, PathBuf) {
+    let mut rng = Lcg(0x9e37_79b9_7f4a_7c15);
+    let mut edges: Vec<i64> = (0..e).map(|_| (rng.next() % n as u64) as i64).collect();
+    edges.extend((0..e).map(|_| (rng.next() % n as u64) as i64));
+    write_npy(&dir.join("edges.npy"), &[2, e as u64], &edges);
+    let x: Vec<f32> = (0..n * f).map(|_| rng.unit(1.0)).collect();
+    write_npy(&dir.join("x.npy"), &[n as u64, f as u64], &x);
+    let layers = [(f, 8usize, 16usize, true), (128, 1, 8, false)];
+    let mut specs = Vec::new();
+    for (k, &(fin, h, c, concat)) in layers.iter().enumerate() {
+        let out = if concat { h * c } else { c };
+        let tensors = [
+            ("lin.weight", vec![h * c, fin], h * c * fin, 0.1),
+            ("att_src", vec![1, h, c], h * c, 0.3),
+            ("att_dst", vec![1, h, c], h * c, 0.3),
+            ("bias", vec![out], out, 0.1),
+        ];
+        let bytes: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|t| (0..t.2).flat_map(|_| rng.unit(t.3).to_le_bytes()).collect())
+            .collect();
+        let views: Vec<_> = tensors
+            .iter()
+            .zip(&bytes)
+            .map(|(t, b)| {
+                (
+                    t.0.to_string(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.1.clone(), b)
+                        .unwrap(),
+                )
+            })
+            .collect();
+        let name = format!("layer{k}.safetensors");
+        safetensors::serialize_to_file(views, &None, &dir.join(&name)).unwrap();
+        specs.push(
+            serde_json::json!({"weights": name, "heads": h, "out_channels": c, "concat": concat}),
+        );
+    }
+    let model = serde_json::json!({"format": "gat-model-v1", "activation": "elu", "layers": specs});
+    std::fs::write(dir.join("model.json"), model.to_string()).unwrap();
+    (
+        dir.join("edges.npy"),
+        dir.join("x.npy"),
+        dir.join("model.json"),
+    )
+}
+
+/// The `distgat worker` processes among `parent`'s children, with their CPU time so far
+/// (utime + stime, in clock ticks).
+fn workers_of(parent: u32) -> Vec<(u32, u64)> {
+    let mut found = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) else {
+        return found;
+    };
+    for task in tasks.flatten() {
+        let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let is_worker = cmdline.split(|&b| b == 0).nth(1) == Some(b"worker".as_slice());
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Fields after the command name (which is in parentheses): utime is the 14th
+            // field of the line, stime the 15th.
+            let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            let cpu = fields
+                .get(11)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                + fields
+                    .get(12)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            if is_worker {
+                found.push((pid, cpu));
+            }
+        }
+    }
+    found
+}
+
+fn sigkill(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -KILL {pid} failed");
+}
+
+/// One round: `distgat run --workers 3 --spares 1` on the partition, `kills` busy workers
+/// SIGKILLed `delay` after all four worker processes exist. Returns the exit status,
+/// stderr, the summary (when it succeeded) and the seconds from the kill to the exit.
+#[allow(clippy::too_many_arguments)]
+fn round(
+    dir: &Path,
+    tag: &str,
+    inputs: [&Path; 3],
+    partition: &Path,
+    delay: Duration,
+    kills: usize,
+) -> (
+    std::process::ExitStatus,
+    String,
+    Option<serde_json::Value>,
+    f64,
+    PathBuf,
+) {
+    let out = dir.join(format!("{tag}.npy"));
+    let summary = dir.join(format!("{tag}.json"));
+    let stderr_path = dir.join(format!("{tag}.stderr"));
+    let mut child = Command::new(exe())
+        .arg("run")
+        .arg("--graph")
+        .arg(inputs[0])
+        .arg("--features")
+        .arg(inputs[1])
+        .arg("--model")
+        .arg(inputs[2])
+        .arg("--partition")
+        .arg(partition)
+        .arg("--out")
+        .arg(&out)
+        .args(["--workers", "3", "--spares", "1"])
+        .arg("--summary-json")
+        .arg(&summary)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let guard = KillOnDrop(child.id());
+    // All four workers up (the job starts only once they have registered).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut workers = workers_of(child.id());
+    while workers.len() < 4 {
+        assert!(Instant::now() < deadline, "{tag}: workers never started");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{tag}: distgat run ended before its workers started: {}",
+            std::fs::read_to_string(&stderr_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        workers = workers_of(child.id());
+    }
+    std::thread::sleep(delay);
+    // The spare idles: the least CPU. Kill among the three busy ones.
+    let mut workers = workers_of(child.id());
+    workers.sort_by_key(|&(_, cpu)| std::cmp::Reverse(cpu));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "{tag}: the job ended before the kill (delay {delay:?}); make the graph bigger: {}",
+        std::fs::read_to_string(&stderr_path).unwrap_or_default()
+    );
+    let seed = delay.as_nanos() as usize;
+    let busy = workers.len().min(3);
+    let killed_at = Instant::now();
+    for k in 0..kills {
+        sigkill(workers[(seed + k) % busy].0);
+    }
+    // Bounded: the job has at most this long after the kill to end either way.
+    let deadline = killed_at + Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{tag}: distgat run still running 90 s after the kill"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::mem::forget(guard);
+    let took = killed_at.elapsed().as_secs_f64();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let summary = status
+        .success()
+        .then(|| serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap());
+    (status, stderr, summary, took, out)
+}
+
+/// SIGKILLs a still-running `distgat run` if a round panics (its own children then go on
+/// their own: each exits when its parent's pipe closes).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
+
+#[test]
+fn a_killed_worker_is_replaced_by_a_spare_and_the_output_is_unchanged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (n, e, f) = (
+        env_or("DISTGAT_CHAOS_NODES", 200_000),
+        env_or("DISTGAT_CHAOS_EDGES", 2_000_000),
+        32,
+    );
+    let (graph, features, model) = chaos_case(dir, n, e, f);
+    let want = dir.join("infer.npy");
+    let output = Command::new(exe())
+        .arg("infer")
+        .arg("--graph")
+        .arg(&graph)
+        .arg("--features")
+        .arg(&features)
+        .arg("--model")
+        .arg(&model)
+        .arg("--out")
+        .arg(&want)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let want = std::fs::read(&want).unwrap();
+    let partition = dir.join("partition");
+    let output = Command::new(exe())
+        .arg("partition")
+        .arg("--graph")
+        .arg(&graph)
+        .arg("--features")
+        .arg(&features)
+        .args(["--parts", "3", "--method", "random"])
+        .arg("--out")
+        .arg(&partition)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // A random moment: the kill delay comes from the clock, and is printed to reproduce.
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    let mut rng = Lcg(clock);
+    let mut recoveries = 0;
+    for r in 0..2 {
+        let delay = Duration::from_millis(300 + rng.next() % 1200);
+        let tag = format!("round{r}");
+        let (status, stderr, summary, took, out) =
+            round(dir, &tag, [&graph, &features, &model], &partition, delay, 1);
+        eprintln!("{tag}: killed after {delay:?}, the job ended {took:.2} s later");
+        assert!(
+            status.success(),
+            "{tag} (kill after {delay:?}) failed: {stderr}"
+        );
+        assert!(
+            std::fs::read(&out).unwrap() == want,
+            "{tag}: output differs from distgat infer"
+        );
+        let summary = summary.unwrap();
+        for rec in summary["recoveries"].as_array().unwrap() {
+            eprintln!("{tag}: recovery {rec}");
+            assert!(rec["time_lost_s"].as_f64().unwrap() > 0.0);
+            recoveries += 1;
+        }
+    }
+    assert!(recoveries >= 1, "no round killed a busy worker in time");
+
+    // More kills than spares: a clean failure naming a lost worker, no output left.
+    let delay = Duration::from_millis(300 + rng.next() % 600);
+    let (status, stderr, _, took, out) = round(
+        dir,
+        "fail",
+        [&graph, &features, &model],
+        &partition,
+        delay,
+        2,
+    );
+    eprintln!("fail round: killed 2 after {delay:?}, failed {took:.2} s later");
+    assert!(
+        !status.success(),
+        "killing 2 workers with 1 spare succeeded"
+    );
+    assert!(stderr.contains("worker-"), "{stderr}");
+    assert!(stderr.contains("no spare worker was left"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(took < 60.0, "the failure took {took:.1} s");
+    assert!(!out.exists(), "a failed job left its output behind");
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
