@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use npyz::WriterBuilder;
 
+mod common;
+
 fn exe() -> &'static str {
     env!("CARGO_BIN_EXE_distgat")
 }
@@ -111,26 +113,28 @@ fn workers_of(parent: u32) -> Vec<(u32, u64)> {
             .filter_map(|p| p.parse::<u32>().ok())
         {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let is_worker = cmdline.split(|&b| b == 0).nth(1) == Some(b"worker".as_slice());
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // Fields after the command name (which is in parentheses): utime is the 14th
-            // field of the line, stime the 15th.
-            let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-            let fields: Vec<&str> = after.split_whitespace().collect();
-            let cpu = fields
-                .get(11)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-                + fields
-                    .get(12)
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
-            if is_worker {
-                found.push((pid, cpu));
+            if cmdline.split(|&b| b == 0).nth(1) == Some(b"worker".as_slice()) {
+                found.push((pid, cpu_ticks(pid)));
             }
         }
     }
     found
+}
+
+/// A process's CPU time so far (utime + stime, clock ticks; 0 when it is gone).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (in parentheses): utime and stime are the 14th
+    // and 15th fields of the line.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |k: usize| {
+        fields
+            .get(k)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
 }
 
 fn sigkill(pid: u32) {
@@ -313,9 +317,16 @@ fn a_killed_worker_is_replaced_by_a_spare_and_the_output_is_unchanged() {
     );
     let clean = summary.unwrap()["seconds"].as_f64().unwrap();
     eprintln!("clean: the job took {clean:.2} s");
+    // A kill between a quarter and 60% of the clean job's time after the processes exist
+    // (the job starts only once they registered), so it lands while the job runs on a
+    // fast machine or a loaded one.
+    let mut moment = || {
+        let fraction = 0.25 + (rng.next() % 1000) as f64 / 1000.0 * 0.35;
+        Duration::from_secs_f64((clean * fraction).max(0.3))
+    };
     let mut recoveries = 0;
     for r in 0..2 {
-        let delay = Duration::from_millis(300 + rng.next() % 1200);
+        let delay = moment();
         let tag = format!("round{r}");
         let (status, stderr, summary, took, out) =
             round(dir, &tag, [&graph, &features, &model], &partition, delay, 1);
@@ -343,7 +354,7 @@ fn a_killed_worker_is_replaced_by_a_spare_and_the_output_is_unchanged() {
     assert!(recoveries >= 1, "no round killed a busy worker in time");
 
     // More kills than spares: a clean failure naming a lost worker, no output left.
-    let delay = Duration::from_millis(300 + rng.next() % 600);
+    let delay = moment();
     let (status, stderr, _, took, out) = round(
         dir,
         "fail",
@@ -357,11 +368,93 @@ fn a_killed_worker_is_replaced_by_a_spare_and_the_output_is_unchanged() {
         !status.success(),
         "killing 2 workers with 1 spare succeeded"
     );
+    eprintln!(
+        "fail round: {}",
+        stderr
+            .lines()
+            .find(|l| l.starts_with("error"))
+            .unwrap_or("")
+    );
     assert!(stderr.contains("worker-"), "{stderr}");
     assert!(stderr.contains("no spare worker was left"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(took < 60.0, "the failure took {took:.1} s");
     assert!(!out.exists(), "a failed job left its output behind");
+
+    let delay = moment();
+    standing_cluster_round(dir, &partition, &model, &want, delay);
+}
+
+/// A standing cluster (`distgat coordinator` and four `distgat worker`s) running a 3-part
+/// job through `RunJob`: the idle fourth worker takes a killed worker's part.
+fn standing_cluster_round(
+    dir: &Path,
+    partition: &Path,
+    model: &Path,
+    want: &[u8],
+    delay: Duration,
+) {
+    let mut cluster = common::Children::default();
+    let work = dir.join("standing-work");
+    let mut coordinator_cmd = Command::new(exe());
+    coordinator_cmd
+        .args(["coordinator", "--allow-run-job", "--listen", "127.0.0.1:0"])
+        .arg("--work-dir")
+        .arg(&work);
+    let coordinator = cluster.start(coordinator_cmd, "distgat coordinator");
+    for k in 0..4 {
+        let mut cmd = Command::new(exe());
+        cmd.args([
+            "worker",
+            "--coordinator",
+            &coordinator,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--work-dir")
+        .arg(dir.join(format!("standing-worker-{k}")));
+        cluster.start(cmd, &format!("distgat worker {k}"));
+    }
+    // Registration follows the `listening on` line; give the fourth a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    let out = dir.join("standing.npy");
+    let request = distgat_proto::v1::RunJobRequest {
+        partition_dir: partition.display().to_string(),
+        model: model.display().to_string(),
+        out: out.display().to_string(),
+        threads_per_worker: 1,
+        ..Default::default()
+    };
+    let job = {
+        let c = coordinator.clone();
+        std::thread::spawn(move || common::run_job(&c, request))
+    };
+    std::thread::sleep(delay);
+    assert!(
+        !job.is_finished(),
+        "standing: the job ended before the kill"
+    );
+    // Child 0 is the coordinator; the busiest worker is in the job.
+    let pids: Vec<u32> = cluster.0[1..].iter().map(|c| c.id()).collect();
+    let victim = *pids.iter().max_by_key(|&&p| cpu_ticks(p)).unwrap();
+    let killed_at = Instant::now();
+    sigkill(victim);
+    let summary = job
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("standing: {e}"));
+    eprintln!(
+        "standing: killed pid {victim} after {delay:?}; the job ended {:.2} s later",
+        killed_at.elapsed().as_secs_f64()
+    );
+    assert!(
+        std::fs::read(&out).unwrap() == want,
+        "standing: output differs from infer"
+    );
+    let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    let recoveries = summary["recoveries"].as_array().unwrap();
+    assert_eq!(recoveries.len(), 1, "standing: {summary}");
+    eprintln!("standing: recovery {}", recoveries[0]);
 }
 
 fn env_or(name: &str, default: usize) -> usize {
