@@ -458,6 +458,9 @@ struct RunArgs {
     /// Worker processes, one per part (default: the parts of --partition, else 4)
     #[arg(long, value_name = "K")]
     workers: Option<usize>,
+    /// Extra idle worker processes: a worker lost mid-job has its part given to a spare and the job restarts (every part from layer 0; output unchanged), once per spare
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    spares: usize,
     /// Reuse this partition directory (its parts must equal --workers)
     #[arg(long, value_name = "DIR")]
     partition: Option<PathBuf>,
@@ -1502,6 +1505,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         edge_features: args.edge_features,
         out: out.clone(),
         workers,
+        spares: args.spares,
         partition: args.partition,
         method: args.method.map(|m| method_of(m, 0)),
         attention_dir: args.attention_dir,
@@ -1588,6 +1592,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 l["halo_bytes_planned"].as_u64().unwrap_or(0)
             );
         }
+    }
+    for r in parsed["recoveries"].as_array().into_iter().flatten() {
+        eprintln!(
+            "recovered: worker {} (part {}) was lost {:.2} s into the job; {} took the part \
+             and the job restarted from layer 0 ({:.2} s lost): {}",
+            r["lost_worker"].as_str().unwrap_or("?"),
+            r["part"].as_u64().unwrap_or(0),
+            r["detected_after_s"].as_f64().unwrap_or(0.0),
+            r["replacement"].as_str().unwrap_or("?"),
+            r["time_lost_s"].as_f64().unwrap_or(0.0),
+            r["detail"].as_str().unwrap_or(""),
+        );
     }
     if let Some(path) = &args.summary_json {
         std::fs::write(path, serde_json::to_string_pretty(&parsed)? + "\n")?;

@@ -38,6 +38,10 @@ pub struct RunConfig {
     pub edge_features: Option<PathBuf>,
     pub out: PathBuf,
     pub workers: usize,
+    /// Extra idle workers started beside the `workers` (`--spares`): when a worker is lost
+    /// mid-job, the coordinator gives its part to one and restarts the job (every part
+    /// from layer 0), at most once per spare.
+    pub spares: usize,
     /// Reuse this partition directory instead of partitioning.
     pub partition: Option<PathBuf>,
     /// The partitioner; `None`: METIS for a graph file, the build's spatial parts (its
@@ -409,6 +413,11 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
     };
     let summary = runtime.block_on(async {
         let mut client = config.coordinator_client(&coordinator).await?;
+        if config.spares > 0 {
+            // The job starts once its parts' workers are up; spares that register later
+            // would not be there for a loss early in the job.
+            wait_for_healthy(&mut client, config.workers + config.spares).await?;
+        }
         let response = client
             .run_job(request)
             .await
@@ -506,7 +515,34 @@ fn spec_of(spec: &NeighboursConfig) -> NeighbourSpec {
     }
 }
 
-/// Starts the coordinator and one worker per part; returns the coordinator's address.
+/// Waits up to 30 s until `count` workers are registered and healthy.
+async fn wait_for_healthy(
+    client: &mut CoordinatorClient<distgat_proto::AuthChannel>,
+    count: usize,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = client
+            .cluster_status(distgat_proto::v1::ClusterStatusRequest {})
+            .await
+            .map_err(|s| anyhow::anyhow!("cluster status: {}", s.message()))?
+            .into_inner();
+        let healthy = status.workers.iter().filter(|w| w.healthy).count();
+        if healthy >= count {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "--spares: {healthy} of {count} workers (--workers plus --spares) registered \
+                 within 30 s"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Starts the coordinator, one worker per part and the spares; returns the coordinator's
+/// address.
 fn start_processes(
     config: &RunConfig,
     temp: &Path,
@@ -527,7 +563,7 @@ fn start_processes(
     ];
     args.extend(&security);
     let coordinator = spawn_server(&config.exe, &args, "coordinator", children)?;
-    for k in 0..config.workers {
+    for k in 0..config.workers + config.spares {
         // Each worker its own work dir (its shard cache), as on separate machines.
         let worker_dir = temp.join(format!("worker-{k}")).display().to_string();
         let mut args = vec![

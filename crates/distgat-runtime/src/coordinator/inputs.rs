@@ -33,8 +33,9 @@ pub(crate) struct JobInputs {
     pub features: Option<PathBuf>,
     /// The edge features file, when the model needs edge attributes the shards lack.
     pub edge_features: Option<PathBuf>,
-    /// The worker id of each part.
-    pub workers: Vec<String>,
+    /// The worker id of each part; a recovery (`job.rs`) gives a lost worker's part to a
+    /// spare, so this changes between attempts.
+    pub workers: std::sync::Mutex<Vec<String>>,
     /// Bytes sent per part: shard file bytes, and every other input's bytes.
     pub shard_bytes: Vec<AtomicU64>,
     pub input_bytes: Vec<AtomicU64>,
@@ -63,7 +64,7 @@ impl JobInputs {
             manifest_text,
             model,
             edge_features,
-            workers,
+            workers: std::sync::Mutex::new(workers),
             shard_bytes: (0..parts).map(|_| AtomicU64::new(0)).collect(),
             input_bytes: (0..parts).map(|_| AtomicU64::new(0)).collect(),
         })
@@ -75,13 +76,8 @@ impl JobInputs {
 fn checked(state: &State, job_id: &str, part: u32, worker_id: &str) -> Result<Arc<JobInputs>> {
     let inputs = lock(&state.inputs).get(job_id).cloned();
     let running = lock(&state.jobs).contains_key(job_id);
-    authorise(
-        job_id,
-        part,
-        worker_id,
-        inputs.as_ref().map(|i| i.workers.as_slice()),
-        running,
-    )?;
+    let workers = inputs.as_ref().map(|i| lock(&i.workers).clone());
+    authorise(job_id, part, worker_id, workers.as_deref(), running)?;
     Ok(inputs.expect("authorised"))
 }
 

@@ -31,6 +31,129 @@ pub struct JobSummary {
     /// "stream" or "shared": where the workers got their inputs.
     pub shard_source: &'static str,
     pub workers: Vec<WorkerSummary>,
+    /// Each worker loss the job survived, in order (empty when none was lost).
+    pub recoveries: Vec<RecoverySummary>,
+}
+
+/// A worker loss the job survived: a whole-job restart with the lost worker's part given
+/// to a spare (every part restarts from layer 0; the output is the same bytes).
+#[derive(Debug, Serialize)]
+pub struct RecoverySummary {
+    pub part: u32,
+    pub lost_worker: String,
+    /// The idle worker that took the part.
+    pub replacement: String,
+    /// Seconds from the job's start until the loss was detected (heartbeats stop for
+    /// `heartbeat_timeout`, 3 s by default, before a silent worker counts as lost).
+    pub detected_after_s: f64,
+    /// The failed attempt's duration in seconds, from its start to its detected failure:
+    /// the compute thrown away plus the detection delay.
+    pub time_lost_s: f64,
+    /// Why the worker counts as lost.
+    pub detail: String,
+}
+
+/// Most recoveries one job makes (each also needs an idle live worker).
+pub const MAX_RECOVERIES: usize = 16;
+
+/// The id attempt `k` of `job_id` runs under on the workers: the job's own id first, then
+/// `<job>-r<k>` (worker job ids allow letters, digits, '-' and '_').
+fn attempt_name(job_id: &str, k: usize) -> String {
+    if k == 0 {
+        job_id.to_string()
+    } else {
+        format!("{job_id}-r{k}")
+    }
+}
+
+/// The job id an attempt id belongs to (`job-7-r2` -> `job-7`; any other id unchanged).
+pub(crate) fn job_of_attempt(id: &str) -> &str {
+    match id.rsplit_once("-r") {
+        Some((job, k)) if !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()) => job,
+        _ => id,
+    }
+}
+
+/// Why an attempt ended: a worker is gone (recoverable with a spare), or anything else
+/// (bad input, cancellation, a live worker's own failure), which fails the job.
+enum AttemptFailure {
+    Lost {
+        worker: String,
+        part: u32,
+        detail: String,
+    },
+    Other(RuntimeError),
+}
+
+impl std::fmt::Display for AttemptFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttemptFailure::Lost {
+                worker,
+                part,
+                detail,
+            } => write!(f, "worker {worker} (part {part}) lost: {detail}"),
+            AttemptFailure::Other(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<RuntimeError> for AttemptFailure {
+    fn from(e: RuntimeError) -> Self {
+        AttemptFailure::Other(e)
+    }
+}
+
+/// Tells every worker of a failed attempt to stop it (2 s each; a dead one just fails).
+async fn cancel_attempt(
+    state: &State,
+    attempt_id: &str,
+    assigned: &[(String, String)],
+    reason: &str,
+) {
+    for (_, address) in assigned {
+        if let Ok(ep) = state.dialer.endpoint(address) {
+            let mut client = WorkerClient::new(ep.connect_lazy());
+            let mut r = Request::new(CancelJobRequest {
+                job_id: attempt_id.to_string(),
+                reason: reason.to_string(),
+            });
+            r.set_timeout(Duration::from_secs(2));
+            let _ = client.cancel_job(r).await;
+        }
+    }
+}
+
+/// An idle live worker to take a lost part: registered, heartbeating, not in `assigned`,
+/// and not at an address lost in this job.
+fn spare_worker(
+    state: &State,
+    assigned: &[(String, String)],
+    lost_addresses: &HashSet<String>,
+) -> Option<(String, String)> {
+    lock(&state.workers)
+        .iter()
+        .filter(|w| state.is_live(w))
+        .find(|w| {
+            !assigned
+                .iter()
+                .any(|(id, a)| id == &w.id || a == &w.address)
+                && !lost_addresses.contains(&w.address)
+        })
+        .map(|w| (w.id.clone(), w.address.clone()))
+}
+
+/// Waits (up to 10 s) until no PushOutput handler holds the sink, so resetting it cannot
+/// race a failed attempt's last write; the caller has removed it from `state.jobs`.
+async fn quiescent(sink: &Arc<JobSink>) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Arc::strong_count(sink) > 1 {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
 }
 
 #[derive(Debug, Serialize)]
@@ -144,50 +267,126 @@ async fn run_job_inner(
             .await
             .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
             let inputs = Arc::new(inputs);
-            lock(&state.inputs).insert(job_id.to_string(), inputs.clone());
             Some(inputs)
         }
     };
-    lock(&state.jobs).insert(job_id.to_string(), sink.clone());
-    *lock(&state.assignment) = Some((
-        job_id.to_string(),
-        assigned.iter().map(|(id, _)| id.clone()).collect(),
-    ));
-    if let Some(r) = record {
-        r.set_assigned(&assigned);
-    }
-    tracing::info!(job = %job_id, parts, "job starting");
-
-    let outcome = drive(
-        state,
-        job_id,
-        &req,
-        &assigned,
-        &sink,
-        feature_min,
-        inputs.as_deref(),
-        &cancelled,
-    )
-    .await;
-    if let Err(e) = &outcome {
-        for (_, address) in &assigned {
-            if let Ok(ep) = state.dialer.endpoint(address) {
-                let mut client = WorkerClient::new(ep.connect_lazy());
-                let mut r = Request::new(CancelJobRequest {
-                    job_id: job_id.to_string(),
-                    reason: e.to_string(),
-                });
-                r.set_timeout(Duration::from_secs(2));
-                let _ = client.cancel_job(r).await;
-            }
+    // Attempts: the first runs under the job's id, each recovery under `<job>-r<k>`, so a
+    // late halo chunk or output message of a failed attempt can never mix into the next.
+    let mut assigned = assigned;
+    let mut recoveries: Vec<RecoverySummary> = Vec::new();
+    let mut lost_addresses: HashSet<String> = HashSet::new();
+    let mut attempt = 0usize;
+    loop {
+        let attempt_id = attempt_name(job_id, attempt);
+        let ids: Vec<String> = assigned.iter().map(|(id, _)| id.clone()).collect();
+        if let Some(inputs) = &inputs {
+            *lock(&inputs.workers) = ids.clone();
+            lock(&state.inputs).insert(attempt_id.clone(), inputs.clone());
         }
+        lock(&state.jobs).insert(attempt_id.clone(), sink.clone());
+        *lock(&state.assignment) = Some((job_id.to_string(), ids));
+        if let Some(r) = record {
+            r.set_assigned(&assigned);
+        }
+        tracing::info!(job = %job_id, attempt = %attempt_id, parts, "job starting");
+        let attempt_started = Instant::now();
+        let outcome = drive(
+            state,
+            &attempt_id,
+            &req,
+            &assigned,
+            &sink,
+            feature_min,
+            inputs.as_deref(),
+            &cancelled,
+        )
+        .await;
+        let failure = match outcome {
+            Ok(()) => {
+                lock(&state.jobs).remove(&attempt_id);
+                lock(&state.inputs).remove(&attempt_id);
+                break;
+            }
+            Err(failure) => failure,
+        };
+        let reason = failure.to_string();
+        cancel_attempt(state, &attempt_id, &assigned, &reason).await;
+        // No new message of this attempt reaches the sink or the inputs from here on.
+        lock(&state.jobs).remove(&attempt_id);
+        lock(&state.inputs).remove(&attempt_id);
+        let error = match failure {
+            AttemptFailure::Lost {
+                worker,
+                part,
+                detail,
+            } if !cancelled() => {
+                lost_addresses.insert(assigned[part as usize].1.clone());
+                let spare = (recoveries.len() < MAX_RECOVERIES)
+                    .then(|| spare_worker(state, &assigned, &lost_addresses))
+                    .flatten();
+                match spare {
+                    // Every output row of the next attempt must be checkable once more.
+                    Some(spare) if quiescent(&sink).await => {
+                        sink.reset();
+                        let detected = started.elapsed().as_secs_f64();
+                        tracing::warn!(
+                            job = %job_id, part, lost = %worker, replacement = %spare.0,
+                            "worker lost; restarting the job with a spare: {detail}"
+                        );
+                        recoveries.push(RecoverySummary {
+                            part,
+                            lost_worker: worker,
+                            replacement: spare.0.clone(),
+                            detected_after_s: detected,
+                            time_lost_s: attempt_started.elapsed().as_secs_f64(),
+                            detail,
+                        });
+                        assigned[part as usize] = spare;
+                        attempt += 1;
+                        continue;
+                    }
+                    Some(_) => RuntimeError::WorkerFailed {
+                        worker,
+                        part,
+                        detail: format!(
+                            "{detail}; a spare worker was idle, but the failed attempt's \
+                             output streams did not close within 10 s"
+                        ),
+                    },
+                    None => {
+                        let mut lost: Vec<&str> =
+                            recoveries.iter().map(|r| r.lost_worker.as_str()).collect();
+                        lost.push(&worker);
+                        let detail = format!(
+                            "{detail}; no spare worker was left to take part {part} (workers \
+                             lost in this job: {}; recoveries made: {})",
+                            lost.join(", "),
+                            recoveries.len()
+                        );
+                        RuntimeError::WorkerFailed {
+                            worker,
+                            part,
+                            detail,
+                        }
+                    }
+                }
+            }
+            AttemptFailure::Lost {
+                worker,
+                part,
+                detail,
+            } => RuntimeError::WorkerFailed {
+                worker,
+                part,
+                detail,
+            },
+            AttemptFailure::Other(e) => e,
+        };
         // Drop the temporary output files before answering, so a caller that sees the
         // failure never sees them.
-        lock(&state.jobs).remove(job_id);
         drop(released(sink).await);
-        return Err(outcome.unwrap_err());
+        return Err(error);
     }
-    lock(&state.jobs).remove(job_id);
     let sink = released(sink).await.ok_or_else(|| {
         RuntimeError::Io(std::io::Error::other(
             "an output stream did not close within 10 s of its last message",
@@ -268,6 +467,7 @@ async fn run_job_inner(
         seconds: started.elapsed().as_secs_f64(),
         shard_source: source.name(),
         workers,
+        recoveries,
     })
 }
 
@@ -476,7 +676,7 @@ async fn drive(
     feature_min: f32,
     inputs: Option<&JobInputs>,
     cancelled: &(dyn Fn() -> bool + Sync),
-) -> Result<()> {
+) -> std::result::Result<(), AttemptFailure> {
     let parts = assigned.len();
     for (p, (id, address)) in assigned.iter().enumerate() {
         let peers = assigned
@@ -494,7 +694,8 @@ async fn drive(
                 .endpoint(address)?
                 .connect()
                 .await
-                .map_err(|e| RuntimeError::WorkerFailed {
+                // A worker that cannot be reached is lost (a spare may take its part).
+                .map_err(|e| AttemptFailure::Lost {
                     worker: id.clone(),
                     part: p as u32,
                     detail: format!("connecting: {e}"),
@@ -529,20 +730,32 @@ async fn drive(
         };
         let mut r = Request::new(start);
         r.set_timeout(RPC_DEADLINE);
-        client
-            .start_job(r)
-            .await
-            .map_err(|status| RuntimeError::WorkerFailed {
-                worker: id.clone(),
-                part: p as u32,
-                detail: transport("starting the job")(status).to_string(),
-            })?;
+        client.start_job(r).await.map_err(|status| {
+            // UNAVAILABLE: the worker is gone (or unreachable); any other answer comes
+            // from a live worker refusing the job, which a spare would refuse too.
+            let lost = status.code() == tonic::Code::Unavailable;
+            let (worker, part) = (id.clone(), p as u32);
+            let detail = transport("starting the job")(status).to_string();
+            if lost {
+                AttemptFailure::Lost {
+                    worker,
+                    part,
+                    detail,
+                }
+            } else {
+                AttemptFailure::Other(RuntimeError::WorkerFailed {
+                    worker,
+                    part,
+                    detail,
+                })
+            }
+        })?;
         tracing::info!(job = %job_id, worker = %id, part = p, "part started");
     }
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if cancelled() {
-            return Err(RuntimeError::Cancelled("cancelled by a client".into()));
+            return Err(RuntimeError::Cancelled("cancelled by a client".into()).into());
         }
         let reported = lock(&sink.failure).clone();
         if let Some((part, detail)) = reported {
@@ -559,11 +772,14 @@ async fn drive(
             let worker = assigned
                 .get(part as usize)
                 .map_or("?".into(), |w| w.0.clone());
+            // No worker went silent: a live worker failed at its own work (bad input, a
+            // refused message); a spare would fail the same way.
             return Err(RuntimeError::WorkerFailed {
                 worker,
                 part,
                 detail,
-            });
+            }
+            .into());
         }
         let done: HashSet<u32> = lock(&sink.done).keys().copied().collect();
         if done.len() == parts {
@@ -583,12 +799,12 @@ struct SilentWorker {
 }
 
 impl SilentWorker {
-    fn into_error(self, context: Option<&str>) -> RuntimeError {
+    fn into_error(self, context: Option<&str>) -> AttemptFailure {
         let mut detail = format!("no heartbeat for {:.1} s", self.silent.as_secs_f64());
         if let Some(c) = context {
             detail += &format!(" ({c})");
         }
-        RuntimeError::WorkerFailed {
+        AttemptFailure::Lost {
             worker: self.worker,
             part: self.part,
             detail,
@@ -616,4 +832,22 @@ fn silent_worker(state: &State, assigned: &[(String, String)]) -> Option<SilentW
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_ids_map_back_to_their_job() {
+        assert_eq!(attempt_name("job-7", 0), "job-7");
+        assert_eq!(attempt_name("job-7", 2), "job-7-r2");
+        for k in 0..3 {
+            assert_eq!(job_of_attempt(&attempt_name("job-7", k)), "job-7");
+        }
+        // Ids that only look similar stay as they are.
+        assert_eq!(job_of_attempt("job-r"), "job-r");
+        assert_eq!(job_of_attempt("my-run"), "my-run");
+        assert_eq!(job_of_attempt("job-7-rx"), "job-7-rx");
+    }
 }

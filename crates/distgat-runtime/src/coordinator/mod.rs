@@ -315,7 +315,8 @@ impl Coordinator for Service {
                 // Progress inside a layer, for WatchJob; a job this coordinator does not
                 // know (finished and forgotten, or from before a restart) is skipped.
                 for r in &req.running {
-                    if let Ok(record) = self.0.catalog.job(&r.job_id) {
+                    // A recovery's attempt (`job-7-r1`) reports for its job.
+                    if let Ok(record) = self.0.catalog.job(job::job_of_attempt(&r.job_id)) {
                         record.layer_progress(r.part, r.layer, r.entries_done, r.entries_total);
                     }
                 }

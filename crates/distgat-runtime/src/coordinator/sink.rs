@@ -88,6 +88,20 @@ pub(super) fn presized(
 }
 
 impl JobSink {
+    /// Forgets what an attempt checked in (rows and attention rows seen, finished parts,
+    /// the reported failure), so the next attempt of the job (a recovery in `job.rs`) can
+    /// send every row again. The bytes already written stay: the next attempt writes the
+    /// same bytes at the same offsets (the output is deterministic). Call only when no
+    /// PushOutput handler holds the sink.
+    pub(super) fn reset(&self) {
+        lock(&self.rows_seen).fill(false);
+        for a in self.attention.iter().flatten() {
+            lock(&a.seen).fill(false);
+        }
+        lock(&self.done).clear();
+        *lock(&self.failure) = None;
+    }
+
     pub(super) fn fail(&self, part: u32, detail: String) {
         let mut failure = lock(&self.failure);
         if failure.is_none() {
