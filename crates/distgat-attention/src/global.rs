@@ -431,7 +431,8 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     // 1.5·2^23: adding and subtracting it rounds to the nearest integer (|v| < 2^22).
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 0.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = (x - n * C1) - n * C2;
     let p = ((((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
         * r
@@ -441,8 +442,12 @@ pub fn exp_nonpositive(x: f32) -> f32 {
         * (r * r)
         + r)
         + 1.0;
-    // n is in [-126, 0], so n + 127 is a normal exponent.
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // n is in [-126, 0], so n + 127 is a normal exponent. t = ROUND + n lies in
+    // [2^23, 2^24), where the ulp is 1, so its bits are ROUND's plus n: the integer n
+    // without a float-to-int conversion (whose saturation does not vectorise cheaply);
+    // the same bits as `n as i32`. (A NaN x gives a NaN p, so the scale does not matter.)
+    let n_int = t.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(n_int.wrapping_add(127) << 23);
     p * scale
 }
 
@@ -917,54 +922,61 @@ impl NystromPlan {
                     }
                 }
                 self.a3_scores(lm, qkv, h, k0, kb, &mut s);
-                with_wide_vectors(|| {
-                    for i in 0..m {
-                        softmax_block(&mut s[i * kb..(i + 1) * kb], max.score[h * m + i]);
-                    }
-                });
-                with_wide_vectors(|| {
-                    // Chunks of FIXED_CHUNK keys (their values stay in L1) against every
-                    // landmark, in groups of 8 value columns (accumulators in registers).
-                    for c0 in (0..kb).step_by(FIXED_CHUNK) {
-                        let cb = FIXED_CHUNK.min(kb - c0);
-                        let vc = &vs[c0 * d..(c0 + cb) * d];
-                        let bias = (cb as u64).wrapping_mul(ROUND_BITS);
+                with_wide_vectors(
+                    #[inline(always)]
+                    || {
                         for i in 0..m {
-                            let r = h * m + i;
-                            let ps = &s[i * kb + c0..i * kb + c0 + cb];
-                            let mut acc_p = 0u64;
-                            for &p in ps {
-                                acc_p = acc_p.wrapping_add(fixed_bits(f64::from(p) * p_unit));
-                            }
-                            sum64[r] = sum64[r].wrapping_add(acc_p.wrapping_sub(bias) as i64);
-                            for g in (0..d).step_by(8) {
-                                let w = 8.min(d - g);
-                                let mut acc = [0u64; 8];
-                                if w == 8 {
-                                    // Fixed width: the 8 lanes stay in two AVX2 registers.
-                                    for (&p, vrow) in ps.iter().zip(vc.chunks_exact(d)) {
-                                        let p = f64::from(p);
-                                        let v: &[f64; 8] = vrow[g..g + 8].try_into().unwrap();
-                                        for (a, &v) in acc.iter_mut().zip(v) {
-                                            *a = a.wrapping_add(fixed_bits(p * v));
-                                        }
-                                    }
-                                } else {
-                                    for (&p, vrow) in ps.iter().zip(vc.chunks_exact(d)) {
-                                        let p = f64::from(p);
-                                        for (a, &v) in acc.iter_mut().zip(&vrow[g..g + w]) {
-                                            *a = a.wrapping_add(fixed_bits(p * v));
-                                        }
-                                    }
+                            softmax_block(&mut s[i * kb..(i + 1) * kb], max.score[h * m + i]);
+                        }
+                    },
+                );
+                with_wide_vectors(
+                    #[inline(always)]
+                    || {
+                        // Chunks of FIXED_CHUNK keys (their values stay in L1) against every
+                        // landmark, in groups of 8 value columns (accumulators in registers).
+                        for c0 in (0..kb).step_by(FIXED_CHUNK) {
+                            let cb = FIXED_CHUNK.min(kb - c0);
+                            let vc = &vs[c0 * d..(c0 + cb) * d];
+                            let bias = (cb as u64).wrapping_mul(ROUND_BITS);
+                            for i in 0..m {
+                                let r = h * m + i;
+                                let ps = &s[i * kb + c0..i * kb + c0 + cb];
+                                let mut acc_p = 0u64;
+                                for &p in ps {
+                                    acc_p = acc_p.wrapping_add(fixed_bits(f64::from(p) * p_unit));
                                 }
-                                for (t, &a) in num64[r * d + g..r * d + g + w].iter_mut().zip(&acc)
-                                {
-                                    *t = t.wrapping_add(a.wrapping_sub(bias) as i64);
+                                sum64[r] = sum64[r].wrapping_add(acc_p.wrapping_sub(bias) as i64);
+                                for g in (0..d).step_by(8) {
+                                    let w = 8.min(d - g);
+                                    let mut acc = [0u64; 8];
+                                    if w == 8 {
+                                        // Fixed width: the 8 lanes stay in two AVX2 registers.
+                                        for (&p, vrow) in ps.iter().zip(vc.chunks_exact(d)) {
+                                            let p = f64::from(p);
+                                            let v: &[f64; 8] = vrow[g..g + 8].try_into().unwrap();
+                                            for (a, &v) in acc.iter_mut().zip(v) {
+                                                *a = a.wrapping_add(fixed_bits(p * v));
+                                            }
+                                        }
+                                    } else {
+                                        for (&p, vrow) in ps.iter().zip(vc.chunks_exact(d)) {
+                                            let p = f64::from(p);
+                                            for (a, &v) in acc.iter_mut().zip(&vrow[g..g + w]) {
+                                                *a = a.wrapping_add(fixed_bits(p * v));
+                                            }
+                                        }
+                                    }
+                                    for (t, &a) in
+                                        num64[r * d + g..r * d + g + w].iter_mut().zip(&acc)
+                                    {
+                                        *t = t.wrapping_add(a.wrapping_sub(bias) as i64);
+                                    }
                                 }
                             }
                         }
-                    }
-                });
+                    },
+                );
             }
             A3Sums {
                 sum: sum64.into_iter().map(i128::from).collect(),
@@ -1054,8 +1066,14 @@ impl NystromPlan {
         if rows == 0 || inner == 0 {
             return att;
         }
-        for_each_chunk(&mut att, self.blocks.query * inner, exec, |b, rows_out| {
-            let q0 = b * self.blocks.query;
+        // Work items of OUTPUT_QUERY_BLOCKS query blocks: the packing of the small `k̃` and
+        // `W` operands is amortised over more rows. A row's bits do not depend on the
+        // block it is in (matrixmultiply's sum order depends only on the inner dimension;
+        // the softmax is per row), so this is free to choose.
+        const OUTPUT_QUERY_BLOCKS: usize = 4;
+        let chunk_rows = self.blocks.query * OUTPUT_QUERY_BLOCKS;
+        for_each_chunk(&mut att, chunk_rows * inner, exec, |b, rows_out| {
+            let q0 = b * chunk_rows;
             let rows = rows_out.len() / inner;
             let mut s = vec![0f32; rows * m];
             for h in 0..heads {
@@ -1071,13 +1089,16 @@ impl NystromPlan {
                     &mut s,
                     m,
                 );
-                with_wide_vectors(|| {
-                    for row in s.chunks_mut(m) {
-                        let max = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-                        let inv = 1.0 / softmax_block(row, max);
-                        row.iter_mut().for_each(|v| *v *= inv);
-                    }
-                });
+                with_wide_vectors(
+                    #[inline(always)]
+                    || {
+                        for row in s.chunks_mut(m) {
+                            let max = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                            let inv = 1.0 / softmax_block(row, max);
+                            row.iter_mut().for_each(|v| *v *= inv);
+                        }
+                    },
+                );
                 sgemm_views(
                     rows,
                     m,
