@@ -147,7 +147,7 @@ impl Default for Blocks {
         Blocks {
             query: 64,
             key: 512,
-            reduce: 4096, // at most 2^12: A3Sums' exact float64 block sums
+            reduce: 4096, // at most 2^12: A3Sums sums a block in i64 (at most 2^60)
         }
     }
 }
@@ -841,13 +841,14 @@ impl NystromPlan {
             let mut max = empty();
             for h in 0..heads {
                 self.a3_scores(lm, qkv, h, k0, kb, &mut s);
-                for i in 0..m {
-                    let row = &s[i * kb..(i + 1) * kb];
-                    // Two vectorisable passes; NaN wins (f32::max alone would drop it).
-                    let mx = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-                    let nan = row.iter().fold(false, |a, &v| a | v.is_nan());
-                    max.score[h * m + i] = if nan { f32::NAN } else { mx };
-                }
+                with_wide_vectors(
+                    #[inline(always)]
+                    || {
+                        for i in 0..m {
+                            max.score[h * m + i] = row_max_nan(&s[i * kb..(i + 1) * kb]);
+                        }
+                    },
+                );
             }
             for row in qkv[k0 * 3 * inner..(k0 + kb) * 3 * inner].chunks(3 * inner) {
                 for (m, &v) in max.value.iter_mut().zip(&row[2 * inner..]) {
@@ -1122,6 +1123,33 @@ impl NystromPlan {
 pub fn merge_max(acc: &mut [f32], other: &[f32]) {
     for (a, &b) in acc.iter_mut().zip(other) {
         *a = max_nan(*a, b);
+    }
+}
+
+/// The max of `row` (`-inf` when empty), NaN when any value is NaN (`f32::max` would drop
+/// it). Eight lanes combined at the end: a max is exact, so the lanes give the same value
+/// as one pass (up to the sign of a zero max, which no later step can see: `s − 0` and
+/// `s − (−0)` are equal but for `s = −0`, and `exp` of either zero is 1), and they
+/// vectorise.
+#[inline(always)]
+fn row_max_nan(row: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let mut nan = [false; 8];
+    let mut lanes = |c: &[f32]| {
+        for ((a, n), &v) in acc.iter_mut().zip(nan.iter_mut()).zip(c) {
+            *a = if v > *a { v } else { *a };
+            *n |= v.is_nan();
+        }
+    };
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        lanes(c);
+    }
+    lanes(chunks.remainder());
+    if nan.iter().any(|&n| n) {
+        f32::NAN
+    } else {
+        acc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
     }
 }
 
