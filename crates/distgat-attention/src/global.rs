@@ -585,6 +585,9 @@ impl A3Max {
 
 /// Bits of each fixed-point A3 term: every term is at most `2^FIXED_BITS` units.
 const FIXED_BITS: i32 = 48;
+/// Keys per sub-block of the A3 steps: all heads pass over a sub-block's qkv rows
+/// (`A3_KEYS·3·H·d` float32) while they are in L2.
+const A3_KEYS: usize = 256;
 /// Keys per chunk of the A3 sums: their values (`FIXED_CHUNK·d` float64) stay in L1
 /// while every landmark passes over them.
 const FIXED_CHUNK: usize = 64;
@@ -835,21 +838,29 @@ impl NystromPlan {
             value: vec![0f32; inner],
         };
         let block = |b: usize| -> A3Max {
-            let k0 = b * self.blocks.reduce;
-            let kb = self.blocks.reduce.min(rows - k0);
-            let mut s = vec![0f32; m * kb];
+            let b0 = b * self.blocks.reduce;
+            let bl = self.blocks.reduce.min(rows - b0);
+            let mut s_buf = vec![0f32; m * A3_KEYS.min(bl)];
             let mut max = empty();
-            for h in 0..heads {
-                self.a3_scores(lm, qkv, h, k0, kb, &mut s);
-                with_wide_vectors(
-                    #[inline(always)]
-                    || {
-                        for i in 0..m {
-                            max.score[h * m + i] = row_max_nan(&s[i * kb..(i + 1) * kb]);
-                        }
-                    },
-                );
+            // Sub-blocks of A3_KEYS keys for all heads (their rows stay in L2).
+            for k0 in (b0..b0 + bl).step_by(A3_KEYS) {
+                let kb = A3_KEYS.min(b0 + bl - k0);
+                let s = &mut s_buf[..m * kb];
+                for h in 0..heads {
+                    self.a3_scores(lm, qkv, h, k0, kb, s);
+                    with_wide_vectors(
+                        #[inline(always)]
+                        || {
+                            for i in 0..m {
+                                let r = h * m + i;
+                                max.score[r] =
+                                    max_nan(max.score[r], row_max_nan(&s[i * kb..(i + 1) * kb]));
+                            }
+                        },
+                    );
+                }
             }
+            let (k0, kb) = (b0, bl);
             for row in qkv[k0 * 3 * inner..(k0 + kb) * 3 * inner].chunks(3 * inner) {
                 for (m, &v) in max.value.iter_mut().zip(&row[2 * inner..]) {
                     // NaN propagates (f32::max would drop it).
@@ -901,83 +912,93 @@ impl NystromPlan {
             num: vec![0; heads * m * d],
         };
         let block = |b: usize| -> A3Sums {
-            let k0 = b * self.blocks.reduce;
-            let kb = self.blocks.reduce.min(rows - k0);
-            let mut s = vec![0f32; m * kb];
+            let b0 = b * self.blocks.reduce;
+            let bl = self.blocks.reduce.min(rows - b0);
+            let mut s_buf = vec![0f32; m * A3_KEYS.min(bl)];
             // Each rounded term is an integer of magnitude ≤ 2^48 (p ≤ 1, |v| < 2^e_c), so
             // a block's (≤ 2^12 keys) sums fit in i64, |Σ| ≤ 2^60: the wrapping (modulo
             // 2^64) sums of `fixed_bits` minus the biases are the exact sums.
             let mut sum64 = vec![0i64; heads * m];
             let mut num64 = vec![0i64; heads * m * d];
             // v of this block in units: exact (a power-of-two scaling of a float32).
-            let mut vs = vec![0f64; kb * d];
-            for h in 0..heads {
-                for j in 0..kb {
-                    let v = &qkv[(k0 + j) * ld + 2 * inner + h * d..][..d];
-                    for ((t, &v), u) in vs[j * d..(j + 1) * d]
-                        .iter_mut()
-                        .zip(v)
-                        .zip(&units[h * d..])
-                    {
-                        *t = f64::from(v) * u;
-                    }
-                }
-                self.a3_scores(lm, qkv, h, k0, kb, &mut s);
-                with_wide_vectors(
-                    #[inline(always)]
-                    || {
-                        for i in 0..m {
-                            softmax_block(&mut s[i * kb..(i + 1) * kb], max.score[h * m + i]);
+            let mut vs_buf = vec![0f64; A3_KEYS.min(bl) * d];
+            // Sub-blocks of A3_KEYS keys for all heads: their qkv rows stay in L2 while the
+            // heads pass over them (a key's score and terms do not depend on its sub-block).
+            for k0 in (b0..b0 + bl).step_by(A3_KEYS) {
+                let kb = A3_KEYS.min(b0 + bl - k0);
+                let s = &mut s_buf[..m * kb];
+                let vs = &mut vs_buf[..kb * d];
+                for h in 0..heads {
+                    for j in 0..kb {
+                        let v = &qkv[(k0 + j) * ld + 2 * inner + h * d..][..d];
+                        for ((t, &v), u) in vs[j * d..(j + 1) * d]
+                            .iter_mut()
+                            .zip(v)
+                            .zip(&units[h * d..])
+                        {
+                            *t = f64::from(v) * u;
                         }
-                    },
-                );
-                with_wide_vectors(
-                    #[inline(always)]
-                    || {
-                        // Chunks of FIXED_CHUNK keys (their values stay in L1) against every
-                        // landmark, in groups of 8 value columns (accumulators in registers).
-                        for c0 in (0..kb).step_by(FIXED_CHUNK) {
-                            let cb = FIXED_CHUNK.min(kb - c0);
-                            let vc = &vs[c0 * d..(c0 + cb) * d];
-                            let bias = (cb as u64).wrapping_mul(ROUND_BITS);
+                    }
+                    self.a3_scores(lm, qkv, h, k0, kb, s);
+                    with_wide_vectors(
+                        #[inline(always)]
+                        || {
                             for i in 0..m {
-                                let r = h * m + i;
-                                let ps = &s[i * kb + c0..i * kb + c0 + cb];
-                                let mut acc_p = 0u64;
-                                for &p in ps {
-                                    acc_p = acc_p.wrapping_add(fixed_bits(f64::from(p) * p_unit));
-                                }
-                                sum64[r] = sum64[r].wrapping_add(acc_p.wrapping_sub(bias) as i64);
-                                for g in (0..d).step_by(8) {
-                                    let w = 8.min(d - g);
-                                    let mut acc = [0u64; 8];
-                                    if w == 8 {
-                                        // Fixed width: the 8 lanes stay in two AVX2 registers.
-                                        for (&p, vrow) in ps.iter().zip(vc.chunks_exact(d)) {
-                                            let p = f64::from(p);
-                                            let v: &[f64; 8] = vrow[g..g + 8].try_into().unwrap();
-                                            for (a, &v) in acc.iter_mut().zip(v) {
-                                                *a = a.wrapping_add(fixed_bits(p * v));
-                                            }
-                                        }
-                                    } else {
-                                        for (&p, vrow) in ps.iter().zip(vc.chunks_exact(d)) {
-                                            let p = f64::from(p);
-                                            for (a, &v) in acc.iter_mut().zip(&vrow[g..g + w]) {
-                                                *a = a.wrapping_add(fixed_bits(p * v));
-                                            }
-                                        }
+                                softmax_block(&mut s[i * kb..(i + 1) * kb], max.score[h * m + i]);
+                            }
+                        },
+                    );
+                    with_wide_vectors(
+                        #[inline(always)]
+                        || {
+                            // Chunks of FIXED_CHUNK keys (their values stay in L1) against every
+                            // landmark, in groups of 8 value columns (accumulators in registers).
+                            for c0 in (0..kb).step_by(FIXED_CHUNK) {
+                                let cb = FIXED_CHUNK.min(kb - c0);
+                                let vc = &vs[c0 * d..(c0 + cb) * d];
+                                let bias = (cb as u64).wrapping_mul(ROUND_BITS);
+                                for i in 0..m {
+                                    let r = h * m + i;
+                                    let ps = &s[i * kb + c0..i * kb + c0 + cb];
+                                    let mut acc_p = 0u64;
+                                    for &p in ps {
+                                        acc_p =
+                                            acc_p.wrapping_add(fixed_bits(f64::from(p) * p_unit));
                                     }
-                                    for (t, &a) in
-                                        num64[r * d + g..r * d + g + w].iter_mut().zip(&acc)
-                                    {
-                                        *t = t.wrapping_add(a.wrapping_sub(bias) as i64);
+                                    sum64[r] =
+                                        sum64[r].wrapping_add(acc_p.wrapping_sub(bias) as i64);
+                                    for g in (0..d).step_by(8) {
+                                        let w = 8.min(d - g);
+                                        let mut acc = [0u64; 8];
+                                        if w == 8 {
+                                            // Fixed width: the 8 lanes stay in two AVX2 registers.
+                                            for (&p, vrow) in ps.iter().zip(vc.chunks_exact(d)) {
+                                                let p = f64::from(p);
+                                                let v: &[f64; 8] =
+                                                    vrow[g..g + 8].try_into().unwrap();
+                                                for (a, &v) in acc.iter_mut().zip(v) {
+                                                    *a = a.wrapping_add(fixed_bits(p * v));
+                                                }
+                                            }
+                                        } else {
+                                            for (&p, vrow) in ps.iter().zip(vc.chunks_exact(d)) {
+                                                let p = f64::from(p);
+                                                for (a, &v) in acc.iter_mut().zip(&vrow[g..g + w]) {
+                                                    *a = a.wrapping_add(fixed_bits(p * v));
+                                                }
+                                            }
+                                        }
+                                        for (t, &a) in
+                                            num64[r * d + g..r * d + g + w].iter_mut().zip(&acc)
+                                        {
+                                            *t = t.wrapping_add(a.wrapping_sub(bias) as i64);
+                                        }
                                     }
                                 }
                             }
-                        }
-                    },
-                );
+                        },
+                    );
+                }
             }
             A3Sums {
                 sum: sum64.into_iter().map(i128::from).collect(),
