@@ -1287,30 +1287,40 @@ mod tests {
     /// divide the rows, and value columns of adversarial magnitudes.
     #[test]
     fn nystrom_split_over_workers_gives_the_same_bits() {
-        // (n, heads, d, m, adversarial values); 1000 mod 24 != 0 and 700 mod 7 == 0.
-        for (case, (n, heads, d, m, adversarial)) in [
-            (1000, 2, 8, 24, false),
-            (1000, 2, 8, 24, true),
-            (700, 3, 12, 7, true),
-            (301, 1, 3, 5, false),
+        // (n, heads, d, m, adversarial values, reduce block); 1000 mod 24 != 0 and
+        // 700 mod 7 == 0; a reduce block of 4096 spans several A3_KEYS sub-blocks.
+        for (case, (n, heads, d, m, adversarial, reduce)) in [
+            (1000, 2, 8, 24, false, 96),
+            (1000, 2, 8, 24, true, 96),
+            (700, 3, 12, 7, true, 96),
+            (301, 1, 3, 5, false, 96),
+            (1500, 2, 8, 16, true, 4096),
         ]
         .into_iter()
         .enumerate()
         {
-            split_case(n, heads, d, m, adversarial, case as u64 + 1);
+            let blocks = Blocks {
+                query: 16,
+                key: 64,
+                reduce,
+            };
+            split_case(n, heads, d, m, adversarial, blocks, case as u64 + 1);
         }
     }
 
-    fn split_case(n: usize, heads: usize, d: usize, m: usize, adversarial: bool, seed: u64) {
+    fn split_case(
+        n: usize,
+        heads: usize,
+        d: usize,
+        m: usize,
+        adversarial: bool,
+        blocks: Blocks,
+        seed: u64,
+    ) {
         let mut state = 0x2545_F491_4F6C_DD1Du64 ^ seed;
         let mut rnd = || xorshift(&mut state);
         let ld = 3 * heads * d;
         let qkv = random_qkv(n, heads, d, adversarial, seed);
-        let blocks = Blocks {
-            query: 16,
-            key: 64,
-            reduce: 96,
-        };
         let want = nystrom_attention(&qkv, n, heads, d, m, 6, blocks, Execution::Parallel);
         let plan = NystromPlan {
             n,
