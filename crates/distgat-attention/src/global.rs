@@ -63,12 +63,12 @@
 //! `2^-48` of the column's max `|v|` power of two). The float32 score of a (landmark, key)
 //! pair depends only on the two rows (matrixmultiply's sum order depends only on the inner
 //! dimension). Tested: random scattered splits of the rows over 1–7 "workers" give the
-//! one-process bits. Cost at N = 100k, m = 64, E = 64, 4 heads, 2 threads
-//! (`cargo run --release -p distgat-attention --example nystrom_steps`, per step): about
-//! 0.2 s, against 0.4 s for the first exact version (a superaccumulator add per landmark
-//! value; two float64 digits per `p·v` term) and 0.38 s for the former, not partition
-//! independent, float64 block partials (same machine, different days: see the report of
-//! the change for same-sitting ratios).
+//! one-process bits. Cost at N = 100k, m = 64, E = 64, 4 heads, 2 threads, per step
+//! (`cargo run --release -p distgat-attention --example nystrom_steps -- 100000 64 5`,
+//! medians of 5, alternated with the previous version in one sitting on a shared machine):
+//! about 0.13 s, against 0.41 s for the first exact version (a superaccumulator add per
+//! landmark value, two float64 digits per `p·v` term, SSE2 loops); 0.38 s was measured
+//! earlier for the former float64 block partials, which were not partition independent.
 
 //! # `approx` on MultiheadAttention
 //!
