@@ -55,18 +55,20 @@
 //! **Partition independence.** Every reduction over nodes gives bits that do not depend on
 //! which worker or thread holds which rows, so a distributed run can match one process
 //! bit for bit ([`NystromPlan`] is the same computation in the steps a worker runs): the
-//! landmark segment sums are exact ([`crate::exact_sum::ExactSum`], a fixed-point
-//! superaccumulator, rounded once); the A3 maxima are maxima; the A3 denominators
-//! `Σ exp(s − max)` and numerators `Σ exp(s − max)·v` (with the *global* max) are exact
-//! `i128` sums of fixed-point terms, each term rounded to a unit fixed by global maxima
-//! alone ([`A3Sums`]: `2^-80`, and `2^-80` of the column's max `|v|` power of two). The
-//! float32 score of a (landmark, key) pair depends only on the two rows (matrixmultiply's
-//! sum order depends only on the inner dimension). Tested: random splits of the rows over
-//! 1–7 "workers" give the one-process bits. Cost measured at N = 100k, m = 64, E = 64,
-//! 4 heads, 2 threads (`cargo run --release -p distgat-attention --example nystrom_timing`):
-//! 0.38 s with the former float64 block partials, 1.6–1.9 s with the exact sums (the
-//! `N·m·E` numerator terms are now split into two float64 integer digits each instead of an
-//! SGEMM).
+//! landmark segment sums are exact (float32 values summed exactly in float64 buckets per
+//! exponent group, then in a [`crate::exact_sum::ExactSum`] superaccumulator, rounded
+//! once); the A3 maxima are maxima; the A3 denominators `Σ exp(s − max)` and numerators
+//! `Σ exp(s − max)·v` (with the *global* max) are exact integer sums of fixed-point terms,
+//! each term rounded to a unit fixed by global maxima alone ([`A3Sums`]: `2^-48`, and
+//! `2^-48` of the column's max `|v|` power of two). The float32 score of a (landmark, key)
+//! pair depends only on the two rows (matrixmultiply's sum order depends only on the inner
+//! dimension). Tested: random scattered splits of the rows over 1–7 "workers" give the
+//! one-process bits. Cost at N = 100k, m = 64, E = 64, 4 heads, 2 threads, per step
+//! (`cargo run --release -p distgat-attention --example nystrom_steps -- 100000 64 5`,
+//! medians of 5, alternated with the previous version in one sitting on a shared machine):
+//! about 0.13 s, against 0.41 s for the first exact version (a superaccumulator add per
+//! landmark value, two float64 digits per `p·v` term, SSE2 loops); 0.38 s was measured
+//! earlier for the former float64 block partials, which were not partition independent.
 
 //! # `approx` on MultiheadAttention
 //!
@@ -162,7 +164,7 @@ impl Default for Blocks {
         Blocks {
             query: 64,
             key: 512,
-            reduce: 4096, // at most 2^12: A3Sums' exact float64 block sums
+            reduce: 4096, // at most 2^12: A3Sums sums a block in i64 (at most 2^60)
         }
     }
 }
@@ -589,7 +591,8 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     // 1.5·2^23: adding and subtracting it rounds to the nearest integer (|v| < 2^22).
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 0.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = (x - n * C1) - n * C2;
     let p = ((((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
         * r
@@ -599,8 +602,12 @@ pub fn exp_nonpositive(x: f32) -> f32 {
         * (r * r)
         + r)
         + 1.0;
-    // n is in [-126, 0], so n + 127 is a normal exponent.
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // n is in [-126, 0], so n + 127 is a normal exponent. t = ROUND + n lies in
+    // [2^23, 2^24), where the ulp is 1, so its bits are ROUND's plus n: the integer n
+    // without a float-to-int conversion (whose saturation does not vectorise cheaply);
+    // the same bits as `n as i32`. (A NaN x gives a NaN p, so the scale does not matter.)
+    let n_int = t.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(n_int.wrapping_add(127) << 23);
     p * scale
 }
 
@@ -736,17 +743,26 @@ impl A3Max {
     }
 }
 
-/// Bits kept above each fixed-point term's LSB: terms are below `2^FIXED_BITS` units.
-const FIXED_BITS: i32 = 80;
-
+/// Bits of each fixed-point A3 term: every term is at most `2^FIXED_BITS` units.
+const FIXED_BITS: i32 = 48;
+/// Keys per sub-block of the A3 steps: all heads pass over a sub-block's qkv rows
+/// (`A3_KEYS·3·H·d` float32) while they are in L2.
+const A3_KEYS: usize = 256;
+/// Keys per chunk of the A3 sums: their values (`FIXED_CHUNK·d` float64) stay in L1
+/// while every landmark passes over them.
+const FIXED_CHUNK: usize = 64;
 /// The A3 reductions of [`NystromPlan::a3_sums`], as exact integer sums of fixed-point
-/// terms: `sum` `[H·m]` counts units of `2^-80` (every `p = exp(s − max) ≤ 1`), `num`
-/// `[H·m·d]` counts units of `2^(e_c − 80)` where `2^e_c` is the smallest power of two
+/// terms: `sum` `[H·m]` counts units of `2^-48` (every `p = exp(s − max) ≤ 1`), `num`
+/// `[H·m·d]` counts units of `2^(e_c − 48)` where `2^e_c` is the smallest power of two
 /// above column `c`'s max `|v|` ([`A3Max::value`]). Each term `p` or `p·v` (exact in
-/// float64) is truncated toward zero to its unit — a function of the term alone — and the
-/// truncated terms are summed exactly in `i128`, so any split of the keys over workers or
-/// threads gives the same integers. The truncation costs at most one unit per key:
-/// `N·2^-80·max|v|` absolute, `< 1e-12·max|v|` for `N < 2^40`, against denominators `≥ 1`.
+/// float64: a product of two float32s, scaled by a power of two) is rounded to the nearest
+/// unit (ties to even) — a function of the term alone — and the rounded terms are summed
+/// exactly, so any split of the keys over workers or threads gives the same integers.
+///
+/// Accuracy: the rounding costs at most half a unit per key, `N·2^-49·max|v|` absolute in
+/// a numerator and `N·2^-49` in a denominator, against denominators `≥ 1` (the key with the
+/// max score has `p = 1`): below float32's resolution `2^-24` of `max|v|` for
+/// `N < 2^25`, and in practice far below, as the errors of round-to-nearest cancel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct A3Sums {
     pub sum: Vec<i128>,
@@ -779,23 +795,25 @@ fn unit_exponent(max: f32) -> i32 {
     }
 }
 
-/// `y` (`|y| < 2^80`) rounded to the nearest integer, as a (high, low) pair of integers
-/// `y ≈ high·2^40 + low` with `|high| ≤ 2^40`, `|low| ≤ 2^39`, both float64 and exact (the
-/// round-to-nearest is the `1.5·2^52` trick, so the loop vectorises; the remainder
-/// `y − high·2^40` is exact because it is a multiple of `y`'s ulp below `2^40`). Sums of up
-/// to `2^12` such integers are exact in float64.
+/// `1.5·2^52`: for `|y| ≤ 2^50`, `y + ROUND` lies in `[2^52, 2^53)`, where float64's ulp
+/// is 1, so the addition rounds `y` to the nearest integer `k` (ties to even), and the
+/// sum's bits are `ROUND_BITS + k` (same exponent; the mantissa field is `2^51 + k`).
+const ROUND: f64 = 6_755_399_441_055_744.0;
+const ROUND_BITS: u64 = 0x4338_0000_0000_0000;
+
+/// `ROUND_BITS + round(y)` for `|y| ≤ 2^50` (see [`ROUND`]): summing these with wrapping
+/// `u64` additions and subtracting `count·ROUND_BITS` gives `Σ round(y)` exactly modulo
+/// `2^64`, hence exactly when the true sum fits in `i64`. Branch-free, so loops over it
+/// vectorise (one float64 add and one integer add per term). The result depends only on
+/// `y`; a non-finite `y` gives meaningless bits (callers mark those sums NaN).
 #[inline(always)]
-fn split_fixed(y: f64) -> (f64, f64) {
-    const R: f64 = (1u64 << 40) as f64;
-    const ROUND: f64 = 6_755_399_441_055_744.0; // 1.5·2^52
-    let hi = (y * (1.0 / R) + ROUND) - ROUND;
-    let lo = ((y - hi * R) + ROUND) - ROUND;
-    (hi, lo)
+fn fixed_bits(y: f64) -> u64 {
+    (y + ROUND).to_bits()
 }
 
-/// `high·2^40 + low` of float64 integers (`|·| < 2^53`), exactly.
-fn join_fixed(hi: f64, lo: f64) -> i128 {
-    ((hi as i128) << 40) + lo as i128
+/// `y` (`|y| ≤ 2^50`) rounded to the nearest integer (ties to even), exactly.
+fn round_fixed(y: f64) -> i64 {
+    fixed_bits(y).wrapping_sub(ROUND_BITS) as i64
 }
 
 impl NystromPlan {
@@ -852,15 +870,49 @@ impl NystromPlan {
             order[fill[s]] = r;
             fill[s] += 1;
         }
+        // Exact float32 sums without a superaccumulator add per value: each value goes to
+        // the float64 bucket of its column and of its exponent group (the top 4 bits of
+        // the float32 exponent field, `e >> 4` of the biased exponent `e`). A float32 with
+        // biased exponent `e ∈ [16g, 16g + 15]` is a multiple of `u_g = 2^(16g − 150)`
+        // (subnormals: of `2^-149`) and below `2^(e − 126) ≤ 2^39·u_g` in magnitude, so
+        // every partial sum of up to `2^14` of them is a multiple of `u_g` below
+        // `2^53·u_g`: exact in float64 (`u_g ≥ 2^-150` is far above float64's subnormals).
+        // Buckets go into the ExactSums every `2^14` rows (exact too), so the result is the
+        // exact sum of the values, as before. Infinities and NaN reach the ExactSum
+        // through group 15 (a bucket with both infinities holds NaN: the value is NaN
+        // either way).
+        const GROUPS: usize = 16;
+        const FLUSH_ROWS: usize = 1 << 14;
+        let width = 2 * inner;
         let segment = |s: usize| -> Vec<ExactSum> {
-            let mut sums = vec![ExactSum::default(); 2 * inner];
-            for &r in &order[start[s]..start[s + 1]] {
+            let mut sums = vec![ExactSum::default(); width];
+            let mut buckets = vec![0f64; GROUPS * width];
+            let flush = |buckets: &mut [f64], sums: &mut [ExactSum]| {
+                for b in buckets.chunks_mut(width) {
+                    for (acc, v) in sums.iter_mut().zip(b.iter_mut()) {
+                        if *v != 0.0 {
+                            // (NaN included: NaN != 0)
+                            acc.add(*v);
+                            *v = 0.0;
+                        }
+                    }
+                }
+            };
+            let add = |buckets: &mut [f64], c: usize, x: f32| {
+                let g = ((x.to_bits() >> 27) & 0xf) as usize;
+                buckets[g * width + c] += f64::from(x);
+            };
+            for (k, &r) in order[start[s]..start[s + 1]].iter().enumerate() {
+                if k > 0 && k % FLUSH_ROWS == 0 {
+                    flush(&mut buckets, &mut sums);
+                }
                 let row = &qkv[r * ld..(r + 1) * ld];
                 for c in 0..inner {
-                    sums[c].add(f64::from(row[c] * scale));
-                    sums[inner + c].add(f64::from(row[inner + c]));
+                    add(&mut buckets, c, row[c] * scale);
+                    add(&mut buckets, inner + c, row[inner + c]);
                 }
             }
+            flush(&mut buckets, &mut sums);
             sums
         };
         let per: Vec<Vec<ExactSum>> = match exec {
@@ -946,18 +998,29 @@ impl NystromPlan {
             value: vec![0f32; inner],
         };
         let block = |b: usize| -> A3Max {
-            let k0 = b * self.blocks.reduce;
-            let kb = self.blocks.reduce.min(rows - k0);
-            let mut s = vec![0f32; m * kb];
+            let b0 = b * self.blocks.reduce;
+            let bl = self.blocks.reduce.min(rows - b0);
+            let mut s_buf = vec![0f32; m * A3_KEYS.min(bl)];
             let mut max = empty();
-            for h in 0..heads {
-                self.a3_scores(lm, qkv, h, k0, kb, &mut s);
-                for i in 0..m {
-                    max.score[h * m + i] = s[i * kb..(i + 1) * kb]
-                        .iter()
-                        .fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+            // Sub-blocks of A3_KEYS keys for all heads (their rows stay in L2).
+            for k0 in (b0..b0 + bl).step_by(A3_KEYS) {
+                let kb = A3_KEYS.min(b0 + bl - k0);
+                let s = &mut s_buf[..m * kb];
+                for h in 0..heads {
+                    self.a3_scores(lm, qkv, h, k0, kb, s);
+                    with_wide_vectors(
+                        #[inline(always)]
+                        || {
+                            for i in 0..m {
+                                let r = h * m + i;
+                                max.score[r] =
+                                    max_nan(max.score[r], row_max_nan(&s[i * kb..(i + 1) * kb]));
+                            }
+                        },
+                    );
                 }
             }
+            let (k0, kb) = (b0, bl);
             for row in qkv[k0 * 3 * inner..(k0 + kb) * 3 * inner].chunks(3 * inner) {
                 for (m, &v) in max.value.iter_mut().zip(&row[2 * inner..]) {
                     // NaN propagates (f32::max would drop it).
@@ -981,7 +1044,7 @@ impl NystromPlan {
     /// The padded keys (score 0) take part in every A3 max when `pad > 0`.
     pub fn include_padding_max(&self, max: &mut A3Max) {
         if self.pad() > 0 {
-            max.score.iter_mut().for_each(|v| *v = v.max(0.0));
+            max.score.iter_mut().for_each(|v| *v = max_nan(*v, 0.0));
         }
     }
 
@@ -1009,63 +1072,98 @@ impl NystromPlan {
             num: vec![0; heads * m * d],
         };
         let block = |b: usize| -> A3Sums {
-            let k0 = b * self.blocks.reduce;
-            let kb = self.blocks.reduce.min(rows - k0);
-            let mut s = vec![0f32; m * kb];
-            let mut part = empty();
+            let b0 = b * self.blocks.reduce;
+            let bl = self.blocks.reduce.min(rows - b0);
+            let mut s_buf = vec![0f32; m * A3_KEYS.min(bl)];
+            // Each rounded term is an integer of magnitude ≤ 2^48 (p ≤ 1, |v| < 2^e_c), so
+            // a block's (≤ 2^12 keys) sums fit in i64, |Σ| ≤ 2^60: the wrapping (modulo
+            // 2^64) sums of `fixed_bits` minus the biases are the exact sums.
+            let mut sum64 = vec![0i64; heads * m];
+            let mut num64 = vec![0i64; heads * m * d];
             // v of this block in units: exact (a power-of-two scaling of a float32).
-            let mut vs = vec![0f64; kb * d];
-            let (mut hi, mut lo) = (vec![0f64; d], vec![0f64; d]);
-            for h in 0..heads {
-                for j in 0..kb {
-                    let v = &qkv[(k0 + j) * ld + 2 * inner + h * d..][..d];
-                    for ((t, &v), u) in vs[j * d..(j + 1) * d]
-                        .iter_mut()
-                        .zip(v)
-                        .zip(&units[h * d..])
-                    {
-                        *t = f64::from(v) * u;
-                    }
-                }
-                self.a3_scores(lm, qkv, h, k0, kb, &mut s);
-                with_wide_vectors(|| {
-                    for i in 0..m {
-                        softmax_block(&mut s[i * kb..(i + 1) * kb], max.score[h * m + i]);
-                    }
-                });
-                with_wide_vectors(|| {
-                    for i in 0..m {
-                        let r = h * m + i;
-                        hi.fill(0.0);
-                        lo.fill(0.0);
-                        let (mut sum_hi, mut sum_lo) = (0f64, 0f64);
-                        // |hi| ≤ 2^40, |lo| ≤ 2^39 per key, kb ≤ 2^12 keys: exact float64 sums.
-                        for (j, &p) in s[i * kb..(i + 1) * kb].iter().enumerate() {
-                            let p = f64::from(p);
-                            let (a, b) = split_fixed(p * p_unit);
-                            sum_hi += a;
-                            sum_lo += b;
-                            for ((h, l), &v) in hi
-                                .iter_mut()
-                                .zip(lo.iter_mut())
-                                .zip(&vs[j * d..(j + 1) * d])
-                            {
-                                let (a, b) = split_fixed(p * v);
-                                *h += a;
-                                *l += b;
-                            }
-                        }
-                        part.sum[r] = join_fixed(sum_hi, sum_lo);
-                        for (t, (&h, &l)) in part.num[r * d..(r + 1) * d]
+            let mut vs_buf = vec![0f64; A3_KEYS.min(bl) * d];
+            // Sub-blocks of A3_KEYS keys for all heads: their qkv rows stay in L2 while the
+            // heads pass over them (a key's score and terms do not depend on its sub-block).
+            for k0 in (b0..b0 + bl).step_by(A3_KEYS) {
+                let kb = A3_KEYS.min(b0 + bl - k0);
+                let s = &mut s_buf[..m * kb];
+                let vs = &mut vs_buf[..kb * d];
+                for h in 0..heads {
+                    for j in 0..kb {
+                        let v = &qkv[(k0 + j) * ld + 2 * inner + h * d..][..d];
+                        for ((t, &v), u) in vs[j * d..(j + 1) * d]
                             .iter_mut()
-                            .zip(hi.iter().zip(&lo))
+                            .zip(v)
+                            .zip(&units[h * d..])
                         {
-                            *t = join_fixed(h, l);
+                            *t = f64::from(v) * u;
                         }
                     }
-                });
+                    self.a3_scores(lm, qkv, h, k0, kb, s);
+                    with_wide_vectors(
+                        #[inline(always)]
+                        || {
+                            for i in 0..m {
+                                softmax_block(&mut s[i * kb..(i + 1) * kb], max.score[h * m + i]);
+                            }
+                        },
+                    );
+                    with_wide_vectors(
+                        #[inline(always)]
+                        || {
+                            // Chunks of FIXED_CHUNK keys (their values stay in L1) against every
+                            // landmark, in groups of 8 value columns (accumulators in registers).
+                            for c0 in (0..kb).step_by(FIXED_CHUNK) {
+                                let cb = FIXED_CHUNK.min(kb - c0);
+                                let vc = &vs[c0 * d..(c0 + cb) * d];
+                                let bias = (cb as u64).wrapping_mul(ROUND_BITS);
+                                for i in 0..m {
+                                    let r = h * m + i;
+                                    let ps = &s[i * kb + c0..i * kb + c0 + cb];
+                                    let mut acc_p = 0u64;
+                                    for &p in ps {
+                                        acc_p =
+                                            acc_p.wrapping_add(fixed_bits(f64::from(p) * p_unit));
+                                    }
+                                    sum64[r] =
+                                        sum64[r].wrapping_add(acc_p.wrapping_sub(bias) as i64);
+                                    for g in (0..d).step_by(8) {
+                                        let w = 8.min(d - g);
+                                        let mut acc = [0u64; 8];
+                                        if w == 8 {
+                                            // Fixed width: the 8 lanes stay in two AVX2 registers.
+                                            for (&p, vrow) in ps.iter().zip(vc.chunks_exact(d)) {
+                                                let p = f64::from(p);
+                                                let v: &[f64; 8] =
+                                                    vrow[g..g + 8].try_into().unwrap();
+                                                for (a, &v) in acc.iter_mut().zip(v) {
+                                                    *a = a.wrapping_add(fixed_bits(p * v));
+                                                }
+                                            }
+                                        } else {
+                                            for (&p, vrow) in ps.iter().zip(vc.chunks_exact(d)) {
+                                                let p = f64::from(p);
+                                                for (a, &v) in acc.iter_mut().zip(&vrow[g..g + w]) {
+                                                    *a = a.wrapping_add(fixed_bits(p * v));
+                                                }
+                                            }
+                                        }
+                                        for (t, &a) in
+                                            num64[r * d + g..r * d + g + w].iter_mut().zip(&acc)
+                                        {
+                                            *t = t.wrapping_add(a.wrapping_sub(bias) as i64);
+                                        }
+                                    }
+                                }
+                            }
+                        },
+                    );
+                }
             }
-            part
+            A3Sums {
+                sum: sum64.into_iter().map(i128::from).collect(),
+                num: num64.into_iter().map(i128::from).collect(),
+            }
         };
         assert!(
             self.blocks.reduce <= 1 << 12,
@@ -1106,10 +1204,15 @@ impl NystromPlan {
             let mut sum = sums.sum[r];
             if pad > 0.0 {
                 let p = f64::from(exp_nonpositive(0.0 - max.score[r])) * (1.0 / p_unit);
-                let (hi, lo) = split_fixed(p);
-                sum += join_fixed(hi, lo) * self.pad() as i128;
+                sum += i128::from(round_fixed(p)) * self.pad() as i128;
             }
-            let sum = sum as f64 * p_unit;
+            // A NaN or infinite max score (NaN or overflowing inputs) leaves the sums
+            // meaningless: the weights become NaN rather than silently finite.
+            let sum = if max.score[r].is_finite() {
+                sum as f64 * p_unit
+            } else {
+                f64::NAN
+            };
             let h = r / m;
             for c in 0..d {
                 a3v[r * d + c] = sums.num[r * d + c] as f64 * units[h * d + c] / sum;
@@ -1145,8 +1248,14 @@ impl NystromPlan {
         if rows == 0 || inner == 0 {
             return att;
         }
-        for_each_chunk(&mut att, self.blocks.query * inner, exec, |b, rows_out| {
-            let q0 = b * self.blocks.query;
+        // Work items of OUTPUT_QUERY_BLOCKS query blocks: the packing of the small `k̃` and
+        // `W` operands is amortised over more rows. A row's bits do not depend on the
+        // block it is in (matrixmultiply's sum order depends only on the inner dimension;
+        // the softmax is per row), so this is free to choose.
+        const OUTPUT_QUERY_BLOCKS: usize = 4;
+        let chunk_rows = self.blocks.query * OUTPUT_QUERY_BLOCKS;
+        for_each_chunk(&mut att, chunk_rows * inner, exec, |b, rows_out| {
+            let q0 = b * chunk_rows;
             let rows = rows_out.len() / inner;
             let mut s = vec![0f32; rows * m];
             for h in 0..heads {
@@ -1162,13 +1271,16 @@ impl NystromPlan {
                     &mut s,
                     m,
                 );
-                with_wide_vectors(|| {
-                    for row in s.chunks_mut(m) {
-                        let max = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-                        let inv = 1.0 / softmax_block(row, max);
-                        row.iter_mut().for_each(|v| *v *= inv);
-                    }
-                });
+                with_wide_vectors(
+                    #[inline(always)]
+                    || {
+                        for row in s.chunks_mut(m) {
+                            let max = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                            let inv = 1.0 / softmax_block(row, max);
+                            row.iter_mut().for_each(|v| *v *= inv);
+                        }
+                    },
+                );
                 sgemm_views(
                     rows,
                     m,
@@ -1187,10 +1299,48 @@ impl NystromPlan {
     }
 }
 
-/// `acc = max(acc, other)` elementwise (exact, order-free).
+/// `acc = max(acc, other)` elementwise (exact, order-free; NaN wins, so a NaN score or
+/// value reaches [`NystromPlan::weights`], which makes the affected weights NaN).
 pub fn merge_max(acc: &mut [f32], other: &[f32]) {
     for (a, &b) in acc.iter_mut().zip(other) {
-        *a = a.max(b);
+        *a = max_nan(*a, b);
+    }
+}
+
+/// The max of `row` (`-inf` when empty), NaN when any value is NaN (`f32::max` would drop
+/// it). Eight lanes combined at the end: a max is exact, so the lanes give the same value
+/// as one pass (up to the sign of a zero max, which no later step can see: `s − 0` and
+/// `s − (−0)` are equal but for `s = −0`, and `exp` of either zero is 1), and they
+/// vectorise.
+#[inline(always)]
+fn row_max_nan(row: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let mut nan = [false; 8];
+    let mut lanes = |c: &[f32]| {
+        for ((a, n), &v) in acc.iter_mut().zip(nan.iter_mut()).zip(c) {
+            *a = if v > *a { v } else { *a };
+            *n |= v.is_nan();
+        }
+    };
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        lanes(c);
+    }
+    lanes(chunks.remainder());
+    if nan.iter().any(|&n| n) {
+        f32::NAN
+    } else {
+        acc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+    }
+}
+
+/// `max(a, b)`, NaN when either is (`f32::max` would drop the NaN).
+#[inline(always)]
+fn max_nan(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.max(b)
     }
 }
 
@@ -1254,25 +1404,83 @@ mod tests {
 
     /// The staged Nyström on random subsets of the rows (each worker's rows in a random
     /// order, with their global ids), merged, gives the single-process bits.
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    /// `[n, 3·H·d]` uniform in `[-2, 2)`; with `adversarial`, every value column gets its
+    /// own power-of-two scale in `[2^-30, 2^30]`, a few rows of huge values, and rows that
+    /// cancel (v, then −v).
+    fn random_qkv(n: usize, heads: usize, d: usize, adversarial: bool, seed: u64) -> Vec<f32> {
+        let mut state = seed;
+        let inner = heads * d;
+        let ld = 3 * inner;
+        let mut qkv: Vec<f32> = (0..n * ld)
+            .map(|_| ((xorshift(&mut state) >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0)
+            .collect();
+        if adversarial {
+            let scales: Vec<f32> = (0..inner)
+                .map(|_| 2f32.powi((xorshift(&mut state) % 61) as i32 - 30))
+                .collect();
+            for r in 0..n {
+                for (c, &scale) in scales.iter().enumerate() {
+                    let at = r * ld + 2 * inner + c;
+                    qkv[at] = if r % 2 == 1 && r % 5 != 0 {
+                        -qkv[at - ld]
+                    } else if r % 97 == 5 {
+                        qkv[at] * scale * 1e6
+                    } else {
+                        qkv[at] * scale
+                    };
+                }
+            }
+        }
+        qkv
+    }
+
+    /// The staged Nyström on random subsets of the rows (each worker's rows in a random
+    /// order, with their global ids), merged, gives the single-process bits: padding, a
+    /// head width with a tail beyond the 8-column groups (12), reduce blocks that do not
+    /// divide the rows, and value columns of adversarial magnitudes.
     #[test]
     fn nystrom_split_over_workers_gives_the_same_bits() {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut rnd = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let (n, heads, d, m) = (1000, 2, 8, 24); // 1000 mod 24 != 0: padding
+        // (n, heads, d, m, adversarial values, reduce block); 1000 mod 24 != 0 and
+        // 700 mod 7 == 0; a reduce block of 4096 spans several A3_KEYS sub-blocks.
+        for (case, (n, heads, d, m, adversarial, reduce)) in [
+            (1000, 2, 8, 24, false, 96),
+            (1000, 2, 8, 24, true, 96),
+            (700, 3, 12, 7, true, 96),
+            (301, 1, 3, 5, false, 96),
+            (1500, 2, 8, 16, true, 4096),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let blocks = Blocks {
+                query: 16,
+                key: 64,
+                reduce,
+            };
+            split_case(n, heads, d, m, adversarial, blocks, case as u64 + 1);
+        }
+    }
+
+    fn split_case(
+        n: usize,
+        heads: usize,
+        d: usize,
+        m: usize,
+        adversarial: bool,
+        blocks: Blocks,
+        seed: u64,
+    ) {
+        let mut state = 0x2545_F491_4F6C_DD1Du64 ^ seed;
+        let mut rnd = || xorshift(&mut state);
         let ld = 3 * heads * d;
-        let qkv: Vec<f32> = (0..n * ld)
-            .map(|_| ((rnd() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0)
-            .collect();
-        let blocks = Blocks {
-            query: 16,
-            key: 64,
-            reduce: 96,
-        };
+        let qkv = random_qkv(n, heads, d, adversarial, seed);
         let want = nystrom_attention(&qkv, n, heads, d, m, 6, blocks, Execution::Parallel);
         let plan = NystromPlan {
             n,
@@ -1330,7 +1538,182 @@ mod tests {
                 .iter()
                 .zip(&want)
                 .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "{parts} parts: output bits differ from one process");
+            assert!(
+                same,
+                "n={n} H={heads} d={d} m={m} adversarial={adversarial}, {parts} parts: \
+                 output bits differ from one process"
+            );
+        }
+    }
+
+    /// `Σ` of `±M·2^k` (`M < 2^24`, `k ∈ [-20, 60]`) with cancelling pairs, spanning more
+    /// than `2^14` rows per segment (the bucket flush): the landmark sums are the exact
+    /// sums, checked against i128 fixed-point sums in units of `2^-21` (q is scaled by
+    /// `d^-½ = ½`), and the same bits come from a scattered split over workers.
+    #[test]
+    fn landmark_sums_are_exact_on_adversarial_magnitudes() {
+        let (n, heads, d, m) = (40_000, 1, 4, 2); // segments of 20 000 rows
+        let ld = 3 * heads * d;
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut qkv = vec![0f32; n * ld];
+        for r in 0..n {
+            for c in 0..2 * d {
+                let x = if r % 2 == 1 && r < 30_000 {
+                    -qkv[(r - 1) * ld + c]
+                } else {
+                    let mant = (xorshift(&mut state) >> 40) as f32; // < 2^24: exact
+                    let k = (xorshift(&mut state) % 81) as i32 - 20;
+                    let sign = if xorshift(&mut state) & 1 == 0 {
+                        1.0
+                    } else {
+                        -1.0
+                    };
+                    sign * mant * 2f32.powi(k - 23)
+                };
+                qkv[r * ld + c] = x;
+            }
+        }
+        let plan = NystromPlan {
+            n,
+            heads,
+            d,
+            m,
+            pinv_iterations: 0,
+            blocks: Blocks::default(),
+        };
+        let sums = plan.landmark_sums(&qkv, None, Execution::Parallel);
+        let l = plan.segment_len();
+        let unit = 2f64.powi(-21 - 23);
+        for s in 0..m {
+            for c in 0..2 * d {
+                let scale = if c < d { 0.5 } else { 1.0 };
+                let exact: i128 = (s * l..(s + 1) * l)
+                    .map(|r| (f64::from(qkv[r * ld + c]) * scale / unit) as i128)
+                    .sum();
+                let want = exact as f64 * unit; // i128 -> f64 rounds once
+                let got = sums[s * 2 * d + c].value();
+                assert!(
+                    (got - want).abs() <= f64::EPSILON * want.abs(),
+                    "segment {s} column {c}: {got:e}, exact {want:e}"
+                );
+            }
+        }
+        // Scattered split over 3 workers: the same bits.
+        let mut owned: Vec<Vec<usize>> = vec![Vec::new(); 3];
+        for i in 0..n {
+            owned[(xorshift(&mut state) % 3) as usize].push(i);
+        }
+        let mut merged = vec![ExactSum::default(); m * 2 * d];
+        for ids in &owned {
+            let x: Vec<f32> = ids
+                .iter()
+                .flat_map(|&i| qkv[i * ld..(i + 1) * ld].to_vec())
+                .collect();
+            let part = plan.landmark_sums(&x, Some(ids), Execution::Sequential);
+            merged.iter_mut().zip(&part).for_each(|(a, b)| a.merge(b));
+        }
+        for (a, b) in merged.iter().zip(&sums) {
+            assert_eq!(a.value().to_bits(), b.value().to_bits());
+        }
+    }
+
+    /// Float32 extremes in one segment: a subnormal survives `2^100 − 2^100`, the largest
+    /// float32s do not overflow, and infinities and NaN are kept.
+    #[test]
+    fn landmark_sums_keep_subnormals_extremes_and_specials() {
+        let plan = NystromPlan {
+            n: 3,
+            heads: 1,
+            d: 1,
+            m: 1,
+            pinv_iterations: 0,
+            blocks: Blocks::default(),
+        };
+        let tiny = f32::from_bits(1); // 2^-149
+        let sums_of = |k: [f32; 3]| {
+            let qkv: Vec<f32> = k.iter().flat_map(|&k| [0.0, k, 0.0]).collect();
+            plan.landmark_sums(&qkv, None, Execution::Sequential)[1].value()
+        };
+        assert_eq!(
+            sums_of([2f32.powi(100), tiny, -2f32.powi(100)]),
+            2f64.powi(-149)
+        );
+        assert_eq!(
+            sums_of([f32::MAX, f32::MAX, -f32::MAX]),
+            f64::from(f32::MAX)
+        );
+        assert_eq!(sums_of([f32::INFINITY, 1.0, 2.0]), f64::INFINITY);
+        assert!(sums_of([f32::INFINITY, f32::NEG_INFINITY, 2.0]).is_nan());
+        assert!(sums_of([f32::NAN, 1.0, 2.0]).is_nan());
+    }
+
+    /// `W_h = Z_h (A3 v_h)` from the fixed-point sums against a float64 reference computed
+    /// here from the same landmarks (scores, `exp`, sums and products all in float64), on
+    /// value columns of adversarial magnitudes (and a head width with a tail group).
+    #[test]
+    fn a3_weights_match_a_float64_reference() {
+        for (n, heads, d, m) in [(2000, 2, 12, 16), (999, 1, 8, 10)] {
+            let qkv = random_qkv(n, heads, d, true, 11);
+            let inner = heads * d;
+            let ld = 3 * inner;
+            let plan = NystromPlan {
+                n,
+                heads,
+                d,
+                m,
+                pinv_iterations: 6,
+                blocks: Blocks::default(),
+            };
+            let exec = Execution::Parallel;
+            let lm = plan.landmarks(&plan.landmark_sums(&qkv, None, exec));
+            let mut max = plan.a3_max(&lm, &qkv, exec);
+            plan.include_padding_max(&mut max);
+            let w = plan.weights(&lm, &max, &plan.a3_sums(&lm, &max, &qkv, exec));
+            let pad = plan.pad() as f64;
+            for h in 0..heads {
+                let mut a3v = vec![0f64; m * d];
+                for i in 0..m {
+                    let q = &lm.q32[(h * m + i) * d..(h * m + i + 1) * d];
+                    let s: Vec<f64> = (0..n)
+                        .map(|j| {
+                            let k = &qkv[j * ld + inner + h * d..][..d];
+                            q.iter()
+                                .zip(k)
+                                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                                .sum()
+                        })
+                        .collect();
+                    let mut mx = s.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+                    if pad > 0.0 {
+                        mx = mx.max(0.0);
+                    }
+                    let mut den = pad * (-mx).exp();
+                    for (j, &sj) in s.iter().enumerate() {
+                        let p = (sj - mx).exp();
+                        den += p;
+                        for c in 0..d {
+                            a3v[i * d + c] += p * f64::from(qkv[j * ld + 2 * inner + h * d + c]);
+                        }
+                    }
+                    a3v[i * d..(i + 1) * d].iter_mut().for_each(|v| *v /= den);
+                }
+                let mut want = vec![0f64; m * d];
+                dgemm(m, m, d, &lm.z[h * m * m..(h + 1) * m * m], &a3v, &mut want);
+                // Per column, relative to the column's largest weight (the columns'
+                // magnitudes differ by up to 2^60).
+                for c in 0..d {
+                    let col_max = (0..m).map(|i| want[i * d + c].abs()).fold(0f64, f64::max);
+                    for i in 0..m {
+                        let got = f64::from(w[(h * m + i) * d + c]);
+                        let err = (got - want[i * d + c]).abs();
+                        assert!(
+                            err <= 1e-4 * col_max,
+                            "n={n} h={h} landmark {i} column {c}: {got:e} vs {:e}",
+                            want[i * d + c]
+                        );
+                    }
+                }
+            }
         }
     }
 }
