@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use npyz::WriterBuilder;
+use common::{write_npy, write_random_gat_model};
 
 mod common;
 
@@ -32,22 +32,6 @@ impl Lcg {
     }
 }
 
-fn write_npy<T: npyz::Serialize + npyz::AutoSerialize + Copy>(
-    path: &Path,
-    shape: &[u64],
-    data: &[T],
-) {
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(shape)
-        .writer(&mut file)
-        .begin_nd()
-        .unwrap();
-    w.extend(data.iter().copied()).unwrap();
-    w.finish().unwrap();
-}
-
 /// A random graph of `n` nodes and `e` edges, `f` features, and a 2-layer GAT
 /// (f -> 8 x 16 concat, ELU -> 1 x 8): graph, features, model paths.
 fn chaos_case(dir: &Path, n: usize, e: usize, f: usize) -> (PathBuf, PathBuf, PathBuf) {
@@ -58,38 +42,9 @@ fn chaos_case(dir: &Path, n: usize, e: usize, f: usize) -> (PathBuf, PathBuf, Pa
     let x: Vec<f32> = (0..n * f).map(|_| rng.unit(1.0)).collect();
     write_npy(&dir.join("x.npy"), &[n as u64, f as u64], &x);
     let layers = [(f, 8usize, 16usize, true), (128, 1, 8, false)];
-    let mut specs = Vec::new();
-    for (k, &(fin, h, c, concat)) in layers.iter().enumerate() {
-        let out = if concat { h * c } else { c };
-        let tensors = [
-            ("lin.weight", vec![h * c, fin], h * c * fin, 0.1),
-            ("att_src", vec![1, h, c], h * c, 0.3),
-            ("att_dst", vec![1, h, c], h * c, 0.3),
-            ("bias", vec![out], out, 0.1),
-        ];
-        let bytes: Vec<Vec<u8>> = tensors
-            .iter()
-            .map(|t| (0..t.2).flat_map(|_| rng.unit(t.3).to_le_bytes()).collect())
-            .collect();
-        let views: Vec<_> = tensors
-            .iter()
-            .zip(&bytes)
-            .map(|(t, b)| {
-                (
-                    t.0.to_string(),
-                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.1.clone(), b)
-                        .unwrap(),
-                )
-            })
-            .collect();
-        let name = format!("layer{k}.safetensors");
-        safetensors::serialize_to_file(views, &None, &dir.join(&name)).unwrap();
-        specs.push(
-            serde_json::json!({"weights": name, "heads": h, "out_channels": c, "concat": concat}),
-        );
-    }
-    let model = serde_json::json!({"format": "gat-model-v1", "activation": "elu", "layers": specs});
-    std::fs::write(dir.join("model.json"), model.to_string()).unwrap();
+    write_random_gat_model(dir, &layers, |len, scale| {
+        (0..len).map(|_| rng.unit(scale)).collect()
+    });
     (
         dir.join("edges.npy"),
         dir.join("x.npy"),

@@ -7,7 +7,7 @@ use common::run_job;
 
 use std::io::{BufRead, BufReader};
 
-use npyz::WriterBuilder;
+use common::{write_npy, write_random_gat_model};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -294,38 +294,7 @@ fn big_case(dir: &Path) -> Inputs {
             .collect()
     };
     let layers = [(f, 4usize, 64usize, true), (256, 1, 8, false)];
-    let mut specs = Vec::new();
-    for (k, &(fin, h, c, concat)) in layers.iter().enumerate() {
-        let out = if concat { h * c } else { c };
-        let tensors = [
-            ("lin.weight", vec![h * c, fin], uniform(h * c * fin, 0.1)),
-            ("att_src", vec![1, h, c], uniform(h * c, 0.3)),
-            ("att_dst", vec![1, h, c], uniform(h * c, 0.3)),
-            ("bias", vec![out], uniform(out, 0.1)),
-        ];
-        let bytes: Vec<Vec<u8>> = tensors
-            .iter()
-            .map(|t| t.2.iter().flat_map(|v| v.to_le_bytes()).collect())
-            .collect();
-        let views: Vec<_> = tensors
-            .iter()
-            .zip(&bytes)
-            .map(|(t, b)| {
-                (
-                    t.0.to_string(),
-                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.1.clone(), b)
-                        .unwrap(),
-                )
-            })
-            .collect();
-        let name = format!("layer{k}.safetensors");
-        safetensors::serialize_to_file(views, &None, &dir.join(&name)).unwrap();
-        specs.push(
-            serde_json::json!({"weights": name, "heads": h, "out_channels": c, "concat": concat}),
-        );
-    }
-    let model = serde_json::json!({"format": "gat-model-v1", "activation": "elu", "layers": specs});
-    std::fs::write(dir.join("model.json"), model.to_string()).unwrap();
+    write_random_gat_model(dir, &layers, &mut uniform);
     Inputs {
         graph: dir.join("edges.npy"),
         features: dir.join("x.npy"),
@@ -333,22 +302,6 @@ fn big_case(dir: &Path) -> Inputs {
         normalize: false,
         edge_features: None,
     }
-}
-
-fn write_npy<T: npyz::Serialize + npyz::AutoSerialize + Copy>(
-    path: &Path,
-    shape: &[u64],
-    data: &[T],
-) {
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(shape)
-        .writer(&mut file)
-        .begin_nd()
-        .unwrap();
-    w.extend(data.iter().copied()).unwrap();
-    w.finish().unwrap();
 }
 
 #[test]

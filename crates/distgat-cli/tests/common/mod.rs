@@ -95,3 +95,66 @@ impl Children {
         (addr, stderr)
     }
 }
+
+/// Writes `data` as an `.npy` of `shape` (dtype from `T`).
+pub fn write_npy<T: npyz::Serialize + npyz::AutoSerialize + Copy>(
+    path: &Path,
+    shape: &[u64],
+    data: &[T],
+) {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    use npyz::WriterBuilder;
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(&mut file)
+        .begin_nd()
+        .unwrap();
+    w.extend(data.iter().copied()).unwrap();
+    w.finish().unwrap();
+}
+
+/// A GATConv stack with random weights in `dir`: `layer{k}.safetensors` per layer and
+/// `model.json` (ELU between layers), returned. `layers` are `(F_in, heads, out_channels,
+/// concat)`; `uniform(len, scale)` gives `len` values in `[-scale, scale]`, drawn tensor by
+/// tensor in the order lin.weight, att_src, att_dst, bias.
+pub fn write_random_gat_model(
+    dir: &Path,
+    layers: &[(usize, usize, usize, bool)],
+    mut uniform: impl FnMut(usize, f32) -> Vec<f32>,
+) -> PathBuf {
+    let mut specs = Vec::new();
+    for (k, &(fin, h, c, concat)) in layers.iter().enumerate() {
+        let out = if concat { h * c } else { c };
+        let tensors = [
+            ("lin.weight", vec![h * c, fin], uniform(h * c * fin, 0.1)),
+            ("att_src", vec![1, h, c], uniform(h * c, 0.3)),
+            ("att_dst", vec![1, h, c], uniform(h * c, 0.3)),
+            ("bias", vec![out], uniform(out, 0.1)),
+        ];
+        let bytes: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|t| t.2.iter().flat_map(|v| v.to_le_bytes()).collect())
+            .collect();
+        let views: Vec<_> = tensors
+            .iter()
+            .zip(&bytes)
+            .map(|(t, b)| {
+                (
+                    t.0.to_string(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.1.clone(), b)
+                        .unwrap(),
+                )
+            })
+            .collect();
+        let name = format!("layer{k}.safetensors");
+        safetensors::serialize_to_file(views, &None, &dir.join(&name)).unwrap();
+        specs.push(
+            serde_json::json!({"weights": name, "heads": h, "out_channels": c, "concat": concat}),
+        );
+    }
+    let model = serde_json::json!({"format": "gat-model-v1", "activation": "elu", "layers": specs});
+    let path = dir.join("model.json");
+    std::fs::write(&path, model.to_string()).unwrap();
+    path
+}
