@@ -4,19 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use npyz::WriterBuilder;
-
-fn write_i64(path: &Path, shape: &[u64], data: &[i64]) {
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(shape)
-        .writer(&mut file)
-        .begin_nd()
-        .unwrap();
-    w.extend(data.iter().copied()).unwrap();
-    w.finish().unwrap();
-}
+mod common;
+use common::write_npy;
 
 fn partition(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_distgat"))
@@ -41,13 +30,13 @@ fn edge_cut_is_a_share_of_the_undirected_pairs() {
     let src: Vec<i64> = (0..n).collect();
     let dst: Vec<i64> = (0..n).map(|v| (v + 1) % n).collect();
     let one_way = tmp.path().join("one_way.npy");
-    write_i64(
+    write_npy::<i64>(
         &one_way,
         &[2, n as u64],
         &[src.clone(), dst.clone()].concat(),
     );
     let both = tmp.path().join("both.npy");
-    write_i64(
+    write_npy::<i64>(
         &both,
         &[2, 2 * n as u64],
         &[src.clone(), dst.clone(), dst, src].concat(),
@@ -81,10 +70,10 @@ fn empty_parts_are_warned_about() {
     let src: Vec<i64> = (0..n).collect();
     let dst: Vec<i64> = (0..n).map(|v| (v + 1) % n).collect();
     let graph = tmp.path().join("ring.npy");
-    write_i64(&graph, &[2, n as u64], &[src, dst].concat());
+    write_npy::<i64>(&graph, &[2, n as u64], &[src, dst].concat());
     // Part 2 of 4 gets no node.
     let parts = tmp.path().join("parts.npy");
-    write_i64(&parts, &[10], &[0, 0, 0, 1, 1, 1, 3, 3, 3, 3]);
+    write_npy::<i64>(&parts, &[10], &[0, 0, 0, 1, 1, 1, 3, 3, 3, 3]);
     let out = tmp.path().join("p");
     let method = format!("file:{}", parts.display());
     let (ok, stdout, stderr) = partition(&[
