@@ -1,7 +1,6 @@
 //! What `distgat partition` reports must be true: the edge cut as a share of the graph's
 //! undirected pairs (a known cut on a ring), and a warning for parts left empty.
 
-use std::path::Path;
 use std::process::Command;
 
 mod common;
