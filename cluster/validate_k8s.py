@@ -51,6 +51,7 @@ CONFIG_KEYS = {
         "metrics_listen": str,
         "shard_source": str,
         "max_concurrent_fetches": int,
+        "max_concurrent_shard_streams": int,
         **_SECURITY_KEYS,
     },
     "worker": {
@@ -84,6 +85,7 @@ ENV_BY_SUBCOMMAND = {
         *SECURITY_ENV,
         "DISTGAT_SHARD_SOURCE",
         "DISTGAT_MAX_CONCURRENT_FETCHES",
+        "DISTGAT_MAX_CONCURRENT_SHARD_STREAMS",
     },
     "worker": {
         "DISTGAT_COORDINATOR",

@@ -47,6 +47,8 @@ pub struct CoordinatorSection {
     pub shard_source: Option<String>,
     /// Client fetches at once (`--max-concurrent-fetches`).
     pub max_concurrent_fetches: Option<u32>,
+    /// Shards streamed at once (`--max-concurrent-shard-streams`; 0: all).
+    pub max_concurrent_shard_streams: Option<u32>,
     /// PEM certificate this process presents (`--tls-cert`).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert` (`--tls-key`).

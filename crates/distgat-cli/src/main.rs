@@ -271,6 +271,9 @@ struct CoordinatorArgs {
     /// Client fetches (fetch, fetch-edges, explain) streaming at once; one more is refused with RESOURCE_EXHAUSTED until one ends [default: 16]
     #[arg(long, env = "DISTGAT_MAX_CONCURRENT_FETCHES", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_concurrent_fetches: Option<u32>,
+    /// Shards streamed to workers at once (shard source stream), the largest first, a stream yielding to a larger one between chunks; 0 streams all at once. Use 1 when the coordinator's link or cores are the bottleneck (the part with the most work then starts first) [default: 0]
+    #[arg(long, env = "DISTGAT_MAX_CONCURRENT_SHARD_STREAMS", value_name = "N")]
+    max_concurrent_shard_streams: Option<u32>,
     /// Serve RunJob, whose paths are not confined to the data root (for the private
     /// loopback cluster `distgat run` starts; never on a shared network)
     #[arg(long, hide = true)]
@@ -479,7 +482,7 @@ struct RunArgs {
     /// TLS between the processes of this private cluster (the certificate must name 127.0.0.1) and a token on its coordinator
     #[command(flatten)]
     security: SecurityArgs,
-    /// Where the workers get their inputs: stream (from the coordinator over gRPC, each worker caching its shard in its own work dir) or shared (they open the files by path) [default: stream]
+    /// Where the workers get their inputs: stream (from the coordinator over gRPC; this command's workers cache no shard, as their work dirs are removed when it ends) or shared (they open the files by path) [default: stream]
     #[arg(long, value_name = "SOURCE")]
     shard_source: Option<ShardSourceArg>,
 }
@@ -1026,6 +1029,11 @@ fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
             (None, Some(n)) => n as usize,
             (None, None) => distgat_runtime::DEFAULT_MAX_CONCURRENT_FETCHES,
         },
+        max_concurrent_shard_streams: pick(
+            args.max_concurrent_shard_streams,
+            c.max_concurrent_shard_streams,
+            0,
+        ) as usize,
         shard_source: match args.shard_source {
             Some(s) => s.0,
             None => file

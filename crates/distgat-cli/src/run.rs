@@ -553,6 +553,8 @@ fn start_processes(
     let security = config.security_flags();
     let security: Vec<&str> = security.iter().map(String::as_str).collect();
     let work = temp.join("work").display().to_string();
+    // One shard stream at a time, the largest first: every process shares this machine's
+    // cores, so concurrent streams would delay the part with the most work.
     let mut args = vec![
         "coordinator",
         "--allow-run-job",
@@ -560,11 +562,15 @@ fn start_processes(
         "127.0.0.1:0",
         "--work-dir",
         &work,
+        "--max-concurrent-shard-streams",
+        "1",
     ];
     args.extend(&security);
     let coordinator = spawn_server(&config.exe, &args, "coordinator", children)?;
     for k in 0..config.workers + config.spares {
-        // Each worker its own work dir (its shard cache), as on separate machines.
+        // Each worker its own work dir, as on separate machines. No shard cache: the
+        // work dirs are removed when the run ends, so a cached shard would never be read
+        // again, and writing it (hundreds of MB at scale) competes with the kernels.
         let worker_dir = temp.join(format!("worker-{k}")).display().to_string();
         let mut args = vec![
             "worker",
@@ -574,6 +580,8 @@ fn start_processes(
             "127.0.0.1:0",
             "--work-dir",
             &worker_dir,
+            "--shard-cache-max-bytes",
+            "0",
         ];
         args.extend(&security);
         spawn_server(&config.exe, &args, &format!("worker {k}"), children)?;

@@ -5,13 +5,13 @@
 //! exit, an `error:` line that names the offending file (or flag) and says what is wrong, no
 //! panic, and no output (final or `*.partial`) left behind.
 
+mod common;
+
 use std::ffi::OsString;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use npyz::WriterBuilder;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
@@ -132,22 +132,6 @@ impl Case {
     }
 }
 
-fn write_npy<T>(path: &Path, shape: &[u64], data: &[T])
-where
-    T: npyz::Serialize + npyz::AutoSerialize + Copy,
-{
-    let mut file = std::io::BufWriter::new(fs::File::create(path).expect("create npy"));
-    let mut writer = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(shape)
-        .writer(&mut file)
-        .begin_nd()
-        .expect("npy header");
-    writer.extend(data.iter().copied()).expect("npy body");
-    writer.finish().expect("npy finish");
-    file.flush().expect("npy flush");
-}
-
 fn read_npy<T: npyz::Deserialize>(path: &Path) -> (Vec<u64>, Vec<T>) {
     let bytes = fs::read(path).expect("read npy");
     let npy = npyz::NpyFile::new(&bytes[..]).expect("npy header");
@@ -241,21 +225,21 @@ fn features_path_is_a_directory() {
 fn float32_edge_index() {
     let case = Case::new();
     let ids: Vec<f32> = reference_edges().iter().map(|&v| v as f32).collect();
-    write_npy(&case.graph, &[2, E], &ids);
+    common::write_npy(&case.graph, &[2, E], &ids);
     case.expect_error("edge_index.npy", &["float32", "int64"]);
 }
 
 #[test]
 fn uint8_features() {
     let case = Case::new();
-    write_npy(&case.features, &[N, F], &vec![1u8; (N * F) as usize]);
+    common::write_npy(&case.features, &[N, F], &vec![1u8; (N * F) as usize]);
     case.expect_error("x.npy", &["unsupported dtype", "float32"]);
 }
 
 #[test]
 fn int64_features() {
     let case = Case::new();
-    write_npy(&case.features, &[N, F], &vec![1i64; (N * F) as usize]);
+    common::write_npy(&case.features, &[N, F], &vec![1i64; (N * F) as usize]);
     case.expect_error("x.npy", &["int64", "float32"]);
 }
 
@@ -263,7 +247,7 @@ fn int64_features() {
 fn edge_index_rank_1() {
     let case = Case::new();
     let ids = reference_edges();
-    write_npy(&case.graph, &[2 * E], &ids);
+    common::write_npy(&case.graph, &[2 * E], &ids);
     case.expect_error("edge_index.npy", &["shape [2, E]", "[208]"]);
 }
 
@@ -272,14 +256,14 @@ fn edge_index_three_rows() {
     let case = Case::new();
     let mut ids = reference_edges();
     ids.extend(0..E as i64);
-    write_npy(&case.graph, &[3, E], &ids);
+    common::write_npy(&case.graph, &[3, E], &ids);
     case.expect_error("edge_index.npy", &["shape [2, E]", "[3, 104]"]);
 }
 
 #[test]
 fn features_rank_1() {
     let case = Case::new();
-    write_npy(&case.features, &[N * F], &reference_features());
+    common::write_npy(&case.features, &[N * F], &reference_features());
     case.expect_error("x.npy", &["shape [N, F]", "[240]"]);
 }
 
@@ -326,7 +310,7 @@ fn negative_edge_id() {
     let case = Case::new();
     let mut ids = reference_edges();
     ids[E as usize + 7] = -3; // target of edge 7
-    write_npy(&case.graph, &[2, E], &ids);
+    common::write_npy(&case.graph, &[2, E], &ids);
     case.expect_error("edge_index.npy", &["edge 7", "negative target id -3"]);
 }
 
@@ -335,7 +319,7 @@ fn edge_id_beyond_feature_rows() {
     let case = Case::new();
     let mut ids = reference_edges();
     ids[5] = N as i64; // source of edge 5
-    write_npy(&case.graph, &[2, E], &ids);
+    common::write_npy(&case.graph, &[2, E], &ids);
     case.expect_error(
         "edge_index.npy",
         &["edge 5", "source id 40", "node count 40", "x.npy"],
@@ -427,7 +411,7 @@ fn features_with_nan() {
     let case = Case::new();
     let mut x = reference_features();
     x[2 * F as usize + 3] = f32::NAN;
-    write_npy(&case.features, &[N, F], &x);
+    common::write_npy(&case.features, &[N, F], &x);
     case.expect_error("x.npy", &["row 2, column 3", "NaN", "finite"]);
 }
 
@@ -436,7 +420,7 @@ fn features_with_inf() {
     let case = Case::new();
     let mut x = reference_features();
     x[17 * F as usize] = f32::NEG_INFINITY;
-    write_npy(&case.features, &[N, F], &x);
+    common::write_npy(&case.features, &[N, F], &x);
     case.expect_error("x.npy", &["row 17, column 0", "inf", "finite"]);
 }
 
@@ -445,14 +429,14 @@ fn float64_features_beyond_float32_range() {
     let case = Case::new();
     let mut x: Vec<f64> = reference_features().iter().map(|&v| v as f64).collect();
     x[1] = 1e300;
-    write_npy(&case.features, &[N, F], &x);
+    common::write_npy(&case.features, &[N, F], &x);
     case.expect_error("x.npy", &["row 0, column 1", "float32 range"]);
 }
 
 #[test]
 fn features_width_disagrees_with_model() {
     let case = Case::new();
-    write_npy(
+    common::write_npy(
         &case.features,
         &[N, F + 1],
         &vec![0.5f32; (N * (F + 1)) as usize],

@@ -4,6 +4,8 @@
 //! changes one thing and checks the exit status, the `error:` line and that no output is
 //! left behind.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -129,19 +131,6 @@ impl Case {
 fn read_f32(path: &Path) -> Vec<f32> {
     let bytes = fs::read(path).unwrap();
     npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap()
-}
-
-fn write_f32(path: &Path, shape: &[u64], data: &[f32]) {
-    use npyz::WriterBuilder;
-    let mut file = std::io::BufWriter::new(fs::File::create(path).unwrap());
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(shape)
-        .writer(&mut file)
-        .begin_nd()
-        .unwrap();
-    w.extend(data.iter().copied()).unwrap();
-    w.finish().unwrap();
 }
 
 fn rename_tensor(list: &mut [(String, Dtype, Vec<usize>, Vec<u8>)], from: &str, to: &str) {
@@ -313,7 +302,7 @@ fn edge_features_are_checked_against_graph_and_model() {
     let rows = ea.len() / 3;
     // Rows != edges.
     let short = case.path("short.npy");
-    write_f32(&short, &[rows as u64 - 1, 3], &ea[..ea.len() - 3]);
+    common::write_npy(&short, &[rows as u64 - 1, 3], &ea[..ea.len() - 3]);
     case.edge_features = Some(short);
     case.expect_error(&[
         "short.npy",
@@ -322,14 +311,14 @@ fn edge_features_are_checked_against_graph_and_model() {
     ]);
     // Width != edge_dim.
     let wide = case.path("wide.npy");
-    write_f32(&wide, &[rows as u64, 1], &ea[..rows]);
+    common::write_npy(&wide, &[rows as u64, 1], &ea[..rows]);
     case.edge_features = Some(wide);
     case.expect_error(&["--edge-features", "wide.npy", "1 columns", "edge_dim = 3"]);
     // NaN.
     let mut bad = ea.clone();
     bad[7] = f32::NAN;
     let nan = case.path("nan.npy");
-    write_f32(&nan, &[rows as u64, 3], &bad);
+    common::write_npy(&nan, &[rows as u64, 3], &bad);
     case.edge_features = Some(nan);
     case.expect_error(&["nan.npy", "row 2, column 1", "edge features must be finite"]);
     // Missing while the model needs them.
@@ -347,7 +336,7 @@ fn edge_features_for_a_model_without_edge_dim_are_an_error() {
         npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap()
     };
     let ea = case.path("edge_attr.npy");
-    write_f32(
+    common::write_npy(
         &ea,
         &[edges.len() as u64 / 2, 3],
         &vec![0.5; edges.len() / 2 * 3],

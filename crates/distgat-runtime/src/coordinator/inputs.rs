@@ -39,6 +39,90 @@ pub(crate) struct JobInputs {
     /// Bytes sent per part: shard file bytes, and every other input's bytes.
     pub shard_bytes: Vec<AtomicU64>,
     pub input_bytes: Vec<AtomicU64>,
+    /// Turns of the shard streams (`--max-concurrent-shard-streams`).
+    pub shard_turns: ShardTurns,
+}
+
+/// Which shard streams may send now: at most `limit` at once (0: no limit), the largest
+/// waiting shard first (ties: the lower part), and a stream yields its turn between chunks
+/// when a larger shard is waiting. Streams that share the coordinator's cores or link
+/// delay each other's parts to the end of the slowest transfer; in turn, largest first,
+/// the part with the most work starts computing first while the others still receive.
+/// Senders are blocking threads, so a mutex and a condition variable suffice.
+pub(crate) struct ShardTurns {
+    limit: usize,
+    state: std::sync::Mutex<TurnState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct TurnState {
+    sending: usize,
+    /// (shard bytes, part) of each stream waiting for a turn.
+    waiting: Vec<(u64, u32)>,
+}
+
+/// Orders waiting streams: the larger shard first, then the lower part.
+fn before(a: (u64, u32), b: (u64, u32)) -> bool {
+    a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
+}
+
+/// A stream's turn; dropping it lets the next stream send.
+pub(crate) struct Turn<'a> {
+    turns: &'a ShardTurns,
+    me: (u64, u32),
+}
+
+impl ShardTurns {
+    pub fn new(limit: usize) -> Self {
+        ShardTurns {
+            limit,
+            state: std::sync::Mutex::new(TurnState::default()),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Blocks until the stream of `part` (its shard `bytes` long) may send.
+    pub fn take(&self, bytes: u64, part: u32) -> Turn<'_> {
+        let me = (bytes, part);
+        let mut state = lock(&self.state);
+        if self.limit > 0 {
+            state.waiting.push(me);
+            loop {
+                let first = state.waiting.iter().all(|&w| w == me || before(me, w));
+                if first && state.sending < self.limit {
+                    break;
+                }
+                state = self
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            state.waiting.retain(|&w| w != me);
+        }
+        state.sending += 1;
+        Turn { turns: self, me }
+    }
+}
+
+impl Turn<'_> {
+    /// Gives the turn up to a larger waiting shard, if any, and waits for the next one.
+    pub fn yield_to_larger(self) -> Self {
+        let (turns, me) = (self.turns, self.me);
+        let larger = turns.limit > 0 && lock(&turns.state).waiting.iter().any(|&w| before(w, me));
+        if !larger {
+            return self;
+        }
+        drop(self);
+        turns.take(me.0, me.1)
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        lock(&self.turns.state).sending -= 1;
+        self.turns.changed.notify_all();
+    }
 }
 
 impl JobInputs {
@@ -48,6 +132,7 @@ impl JobInputs {
         features: Option<PathBuf>,
         edge_features: Option<PathBuf>,
         workers: Vec<String>,
+        shard_streams: usize,
     ) -> Result<Self> {
         let manifest_path = partition_dir.join("manifest.json");
         let manifest_text = std::fs::read_to_string(&manifest_path).map_err(|e| {
@@ -67,6 +152,7 @@ impl JobInputs {
             workers: std::sync::Mutex::new(workers),
             shard_bytes: (0..parts).map(|_| AtomicU64::new(0)).collect(),
             input_bytes: (0..parts).map(|_| AtomicU64::new(0)).collect(),
+            shard_turns: ShardTurns::new(shard_streams),
         })
     }
 }
@@ -134,25 +220,24 @@ pub(crate) fn fetch_shard(
                     format!("{}: {e}", path.display()),
                 ))
             };
+            let mut turn = inputs.shard_turns.take(info.bytes, part);
             let mut file = std::fs::File::open(&path).map_err(io)?;
             let mut offset = 0u64;
             loop {
-                let mut data = vec![0u8; MAX_CHUNK_BYTES];
-                let mut got = 0;
-                while got < data.len() {
-                    match file.read(&mut data[got..]).map_err(io)? {
-                        0 => break,
-                        n => got += n,
-                    }
-                }
+                turn = turn.yield_to_larger();
+                // Read into spare capacity (no zero fill), up to one chunk.
+                let mut data = Vec::with_capacity(MAX_CHUNK_BYTES);
+                let got = (&mut file)
+                    .take(MAX_CHUNK_BYTES as u64)
+                    .read_to_end(&mut data)
+                    .map_err(io)?;
                 if got == 0 {
                     break;
                 }
-                data.truncate(got);
                 let chunk = ShardChunk {
                     offset,
                     total_bytes: info.bytes,
-                    data,
+                    data: data.into(),
                 };
                 offset += got as u64;
                 if tx.blocking_send(Ok(chunk)).is_err() {
@@ -295,7 +380,57 @@ fn send_rows(
 
 #[cfg(test)]
 mod tests {
-    use super::authorise;
+    use super::{authorise, ShardTurns};
+    use std::sync::{Arc, Mutex};
+
+    /// Waits (up to 10 s) until `n` streams wait for a turn.
+    fn until_waiting(turns: &ShardTurns, n: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while crate::catalog::lock(&turns.state).waiting.len() != n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} waiting streams expected"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn shard_turns_go_to_the_largest_waiting_shard_and_a_smaller_stream_yields() {
+        let turns = Arc::new(ShardTurns::new(1));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let small = turns.take(10, 1);
+        let waiters: Vec<_> = [(20u64, 2u32), (30, 0), (30, 3)]
+            .into_iter()
+            .map(|(bytes, part)| {
+                let (turns, order) = (turns.clone(), order.clone());
+                std::thread::spawn(move || {
+                    let _turn = turns.take(bytes, part);
+                    order.lock().unwrap().push(part);
+                })
+            })
+            .collect();
+        until_waiting(&turns, 3);
+        // Between chunks the small stream gives way to all three larger ones.
+        let small = small.yield_to_larger();
+        order.lock().unwrap().push(1);
+        drop(small);
+        for w in waiters {
+            w.join().unwrap();
+        }
+        // Larger first; equal sizes by part.
+        assert_eq!(*order.lock().unwrap(), vec![0, 3, 2, 1]);
+    }
+
+    #[test]
+    fn shard_turns_without_a_limit_never_wait() {
+        let turns = ShardTurns::new(0);
+        let a = turns.take(10, 0);
+        let b = turns.take(20, 1).yield_to_larger();
+        let _c = a.yield_to_larger();
+        drop(b);
+        assert_eq!(crate::catalog::lock(&turns.state).sending, 1);
+    }
 
     #[test]
     fn only_the_assigned_worker_of_a_streaming_job_may_fetch_a_part() {

@@ -261,8 +261,16 @@ async fn run_job_inner(
             let dir = PathBuf::from(&req.partition_dir);
             let model = PathBuf::from(&req.model);
             let workers = assigned.iter().map(|(id, _)| id.clone()).collect();
+            let streams = state.config.max_concurrent_shard_streams;
             let inputs = tokio::task::spawn_blocking(move || {
-                JobInputs::new(&dir, model, features_path, edge_features_path, workers)
+                JobInputs::new(
+                    &dir,
+                    model,
+                    features_path,
+                    edge_features_path,
+                    workers,
+                    streams,
+                )
             })
             .await
             .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;

@@ -72,6 +72,11 @@ pub struct CoordinatorConfig {
     /// (`--max-concurrent-fetches`); one more is refused with RESOURCE_EXHAUSTED until
     /// one ends. At least 1.
     pub max_concurrent_fetches: usize,
+    /// Shards streamed to workers at once (`--max-concurrent-shard-streams`; shard source
+    /// `stream`), the largest first; 0 (the default) streams all at once. `distgat run`
+    /// uses 1: its processes share one machine's cores, and the part with the most work
+    /// then starts first.
+    pub max_concurrent_shard_streams: usize,
 }
 
 impl Default for CoordinatorConfig {
@@ -92,6 +97,7 @@ impl Default for CoordinatorConfig {
             shard_source: ShardSource::default(),
             stream_idle_timeout: crate::net::DEFAULT_STREAM_IDLE_TIMEOUT,
             max_concurrent_fetches: DEFAULT_MAX_CONCURRENT_FETCHES,
+            max_concurrent_shard_streams: 0,
         }
     }
 }
