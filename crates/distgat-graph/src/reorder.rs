@@ -20,29 +20,9 @@ use crate::edges::EdgeList;
 /// on the edges. Memory: the undirected adjacency, 8 bytes per edge, plus 4-12 bytes per
 /// node. Ids must be below `num_nodes` (checked by the caller) and `num_nodes` below 2^32.
 pub fn rcm_order(edges: &EdgeList, num_nodes: usize) -> Vec<u32> {
-    let (src, dst) = (edges.src(), edges.dst());
     let n = num_nodes;
-    let mut ptr = vec![0usize; n + 1];
-    for (&s, &d) in src.iter().zip(dst) {
-        if s != d {
-            ptr[s as usize + 1] += 1;
-            ptr[d as usize + 1] += 1;
-        }
-    }
-    for i in 0..n {
-        ptr[i + 1] += ptr[i];
-    }
-    let mut adj = vec![0u32; ptr[n]];
-    let mut at = ptr[..n].to_vec();
-    for (&s, &d) in src.iter().zip(dst) {
-        if s != d {
-            adj[at[s as usize]] = d as u32;
-            at[s as usize] += 1;
-            adj[at[d as usize]] = s as u32;
-            at[d as usize] += 1;
-        }
-    }
-    drop(at);
+    let ptr = undirected_offsets(edges, n);
+    let adj = undirected_entries(edges, &ptr);
     let degree = |v: u32| ptr[v as usize + 1] - ptr[v as usize];
     let mut starts: Vec<u32> = (0..n as u32).collect();
     starts.sort_by_key(|&v| (degree(v), v));
@@ -74,6 +54,45 @@ pub fn rcm_order(edges: &EdgeList, num_nodes: usize) -> Vec<u32> {
     order
 }
 
+/// Row offsets of the undirected adjacency of `edges` over `num_nodes` nodes: every edge
+/// `s -> d` with `s != d` in both rows `s` and `d` (self loops left out, duplicates kept).
+/// `offsets[v]..offsets[v + 1]` is row `v` of [`undirected_entries`]; `offsets[num_nodes]`
+/// is the number of entries (twice the non-loop edges). Ids must be below `num_nodes`
+/// (checked by the caller). Shared by the RCM order here and the partitioners' symmetric
+/// graph (`distgat_partition::SymmetricGraph`, which then sorts and deduplicates rows).
+pub fn undirected_offsets(edges: &EdgeList, num_nodes: usize) -> Vec<usize> {
+    let mut offsets = vec![0usize; num_nodes + 1];
+    for (&s, &d) in edges.src().iter().zip(edges.dst()) {
+        if s != d {
+            offsets[s as usize + 1] += 1;
+            offsets[d as usize + 1] += 1;
+        }
+    }
+    for i in 0..num_nodes {
+        offsets[i + 1] += offsets[i];
+    }
+    offsets
+}
+
+/// The entries of the undirected adjacency whose rows [`undirected_offsets`] gave: each
+/// row lists its neighbours in input edge order (an edge `s -> d` adds `d` to row `s` and
+/// `s` to row `d` when it is reached). Memory: 4 bytes per entry plus 8 per node while
+/// filling.
+pub fn undirected_entries(edges: &EdgeList, offsets: &[usize]) -> Vec<u32> {
+    let n = offsets.len() - 1;
+    let mut adj = vec![0u32; offsets[n]];
+    let mut at = offsets[..n].to_vec();
+    for (&s, &d) in edges.src().iter().zip(edges.dst()) {
+        if s != d {
+            adj[at[s as usize]] = d as u32;
+            at[s as usize] += 1;
+            adj[at[d as usize]] = s as u32;
+            at[d as usize] += 1;
+        }
+    }
+    adj
+}
+
 /// The inverse of a permutation: `new_of[order[k]] = k`.
 pub fn inverse(order: &[u32]) -> Vec<u32> {
     let mut new_of = vec![0u32; order.len()];
@@ -103,5 +122,16 @@ mod tests {
         // Isolated node (degree 0) is the first root, so it comes last after reversal.
         assert_eq!(order[6], 6);
         assert_eq!(order, rcm_order(&edges, 7), "deterministic");
+    }
+
+    #[test]
+    fn undirected_adjacency_has_both_directions_no_loops_and_keeps_duplicates() {
+        // 0->1, 2->0, 1->1 (loop), 0->1 again, 3->2.
+        let edges = EdgeList::from_pairs(&[0, 2, 1, 0, 3], &[1, 0, 1, 1, 2]);
+        let offsets = undirected_offsets(&edges, 5);
+        assert_eq!(offsets, vec![0, 3, 5, 7, 8, 8]);
+        let adj = undirected_entries(&edges, &offsets);
+        // Row 0: 1, 2, 1; row 1: 0, 0; row 2: 0, 3; row 3: 2; row 4 (isolated): empty.
+        assert_eq!(adj, vec![1, 2, 1, 0, 0, 0, 3, 2]);
     }
 }

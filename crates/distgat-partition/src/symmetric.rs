@@ -23,39 +23,19 @@ impl SymmetricGraph {
         if num_nodes as u64 > METIS_MAX_INDEX {
             return Err(too_large(format!("{num_nodes} nodes")));
         }
-        let (src, dst) = (edges.src(), edges.dst());
-        let mut degree = vec![0u64; num_nodes + 1];
-        for (&s, &d) in src.iter().zip(dst) {
-            if s != d {
-                degree[s as usize + 1] += 1;
-                degree[d as usize + 1] += 1;
-            }
-        }
-        for v in 0..num_nodes {
-            degree[v + 1] += degree[v];
-        }
-        let total = degree[num_nodes];
+        let degree = distgat_graph::reorder::undirected_offsets(edges, num_nodes);
+        let total = degree[num_nodes] as u64;
         // Before deduplication: a bound that also keeps the temporary indexable.
         if total > 2 * METIS_MAX_INDEX {
             return Err(too_large(format!("{} directed adjacency entries", total)));
         }
-        let mut cursor: Vec<u64> = degree[..num_nodes].to_vec();
-        let mut adj = vec![0u32; total as usize];
-        for (&s, &d) in src.iter().zip(dst) {
-            if s != d {
-                adj[cursor[s as usize] as usize] = d as u32;
-                cursor[s as usize] += 1;
-                adj[cursor[d as usize] as usize] = s as u32;
-                cursor[d as usize] += 1;
-            }
-        }
-        drop(cursor);
+        let mut adj = distgat_graph::reorder::undirected_entries(edges, &degree);
         // Sort and deduplicate each row, compacting in place.
         let mut xadj = Vec::with_capacity(num_nodes + 1);
         xadj.push(0i32);
         let mut write = 0usize;
         for v in 0..num_nodes {
-            let (a, b) = (degree[v] as usize, degree[v + 1] as usize);
+            let (a, b) = (degree[v], degree[v + 1]);
             adj[a..b].sort_unstable();
             let mut last = None;
             for r in a..b {
