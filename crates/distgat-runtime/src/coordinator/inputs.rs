@@ -98,7 +98,11 @@ impl ShardTurns {
                     .wait(state)
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
-            state.waiting.retain(|&w| w != me);
+            // One entry: the same part may wait twice (a recovery's attempt while the
+            // previous attempt's stream still waits).
+            if let Some(i) = state.waiting.iter().position(|&w| w == me) {
+                state.waiting.swap_remove(i);
+            }
         }
         state.sending += 1;
         Turn { turns: self, me }
