@@ -288,7 +288,9 @@ pub(super) fn compute_part(
             _ => progress.start_layer(k, model.layers.len(), entries + global_rows),
         }
         let (mut out_rows, measured) = match layer {
-            Layer::Local(l) => part.graph_layer(l.as_ref(), k, &x)?,
+            // A local last layer's rows are the output (no activation follows): its
+            // interior rows go to the coordinator while the boundary rows compute.
+            Layer::Local(l) => part.graph_layer(l.as_ref(), k, &x, k + 1 == model.layers.len())?,
             Layer::Global(g) => {
                 part.global_layer(k, |comm| g.forward_part(&x, comm, Execution::Parallel))?
             }
@@ -296,7 +298,7 @@ pub(super) fn compute_part(
                 let mut measured = Measured::default();
                 let conv_out = match &g.conv {
                     Some(conv) => {
-                        let (rows, m) = part.graph_layer(conv.as_ref(), k, &x)?;
+                        let (rows, m) = part.graph_layer(conv.as_ref(), k, &x, false)?;
                         measured.add(m);
                         Some(rows)
                     }
@@ -343,21 +345,16 @@ pub(super) fn compute_part(
         }
         x = out_rows;
     }
-    // Output rows in chunks, in original ids.
+    // Output rows in chunks, in original ids: all of them, or, when a local last layer
+    // sent its interior rows already, its boundary rows.
     let width = model.out_width();
-    let per_chunk = (MAX_CHUNK_BYTES / (4 * width.max(1))).max(1);
-    for (i, rows) in x.chunks(per_chunk * width.max(1)).enumerate() {
-        let first = i * per_chunk;
-        let n = rows.len() / width.max(1);
-        send_output(
-            out,
-            req,
-            Body::Rows(OutputRows {
-                nodes: part.plan.owned[first..first + n].to_vec(),
-                width: width as u32,
-                values: f32_bytes(rows),
-            }),
-        )?;
+    match model.layers.last() {
+        Some(Layer::Local(l)) => {
+            let rows = &part.splits[&l.add_self_loops()].boundary.rows;
+            let (nodes, values) = gather_rows(&part.plan.owned, rows, &x, width);
+            send_rows(out, &req.job_id, req.part, &nodes, &values, width)?;
+        }
+        _ => send_rows(out, &req.job_id, req.part, &part.plan.owned, &x, width)?,
     }
     send_output(
         out,
@@ -379,6 +376,7 @@ impl Part<'_> {
         layer: &dyn AttentionKind,
         k: usize,
         x: &[f32],
+        final_rows: bool,
     ) -> Result<(Vec<f32>, Measured)> {
         let (req, plan, pool) = (self.req, &self.plan, &self.pool);
         let (n_owned, n_halo) = (plan.owned.len(), plan.halo.len());
@@ -457,6 +455,24 @@ impl Part<'_> {
             self.progress,
         );
         let mut compute = started.elapsed();
+        // The model's output: the interior rows are final now, so they travel to the
+        // coordinator on their own thread while the boundary rows wait and compute (the
+        // caller sends the boundary rows after the layer).
+        let early = if final_rows {
+            let (nodes, values) = gather_rows(&plan.owned, &view.interior.rows, &out_rows, ow);
+            let (tx, job, part) = (self.out.clone(), req.job_id.clone(), req.part);
+            let sender = std::thread::Builder::new()
+                .name(format!("output-{job}-{part}"))
+                .spawn(move || send_rows(&tx, &job, part, &nodes, &values, ow))
+                .map_err(|e| {
+                    RuntimeError::Io(std::io::Error::other(format!(
+                        "starting the output sender: {e}"
+                    )))
+                })?;
+            Some(sender)
+        } else {
+            None
+        };
 
         // Boundary rows once their halo rows are here.
         let waited = Instant::now();
@@ -499,6 +515,11 @@ impl Part<'_> {
         compute += t.elapsed();
         drop(source);
         drop(target);
+        if let Some(sender) = early {
+            sender.join().map_err(|_| {
+                RuntimeError::Io(std::io::Error::other("the output sender panicked"))
+            })??;
+        }
 
         let (bytes_sent, send) = self.join(sends)?;
         for (keys, values) in alpha {
@@ -1046,6 +1067,48 @@ fn shared_inputs(req: &StartJobRequest) -> Result<PartInputs> {
         edge_attr,
         origin: ShardOrigin::Shared,
     })
+}
+
+/// Global ids and values (`[rows.len(), width]`) of the local owned `rows` of `values`
+/// (`[owned, width]`).
+fn gather_rows(owned: &[u64], rows: &[u32], values: &[f32], width: usize) -> (Vec<u64>, Vec<f32>) {
+    let nodes = rows.iter().map(|&r| owned[r as usize]).collect();
+    let mut picked = Vec::with_capacity(rows.len() * width);
+    for &r in rows {
+        picked.extend_from_slice(&values[r as usize * width..(r as usize + 1) * width]);
+    }
+    (nodes, picked)
+}
+
+/// Sends output `values` (`[nodes.len(), width]`, row i for global id `nodes[i]`) in
+/// messages of at most [`MAX_CHUNK_BYTES`] of values.
+fn send_rows(
+    out: &mpsc::Sender<OutputChunk>,
+    job_id: &str,
+    part: u32,
+    nodes: &[u64],
+    values: &[f32],
+    width: usize,
+) -> Result<()> {
+    let per_chunk = (MAX_CHUNK_BYTES / (4 * width.max(1))).max(1);
+    for (ids, rows) in nodes
+        .chunks(per_chunk)
+        .zip(values.chunks(per_chunk * width.max(1)))
+    {
+        out.blocking_send(OutputChunk {
+            job_id: job_id.to_string(),
+            part,
+            body: Some(Body::Rows(OutputRows {
+                nodes: ids.to_vec(),
+                width: width as u32,
+                values: f32_bytes(rows),
+            })),
+        })
+        .map_err(|_| {
+            RuntimeError::Cancelled("the output stream to the coordinator closed".into())
+        })?;
+    }
+    Ok(())
 }
 
 fn send_output(out: &mpsc::Sender<OutputChunk>, req: &StartJobRequest, body: Body) -> Result<()> {
