@@ -39,8 +39,11 @@ pub(crate) struct JobInputs {
     /// Bytes sent per part: shard file bytes, and every other input's bytes.
     pub shard_bytes: Vec<AtomicU64>,
     pub input_bytes: Vec<AtomicU64>,
-    /// Turns of the shard streams (`--max-concurrent-shard-streams`).
-    pub shard_turns: ShardTurns,
+    /// Turns of the current attempt's shard streams (`--max-concurrent-shard-streams`):
+    /// each attempt gets its own ([`JobInputs::new_attempt`]), so a stream of a failed
+    /// attempt that is stuck on a silent worker can never hold up the next attempt.
+    pub shard_turns: std::sync::Mutex<Arc<ShardTurns>>,
+    shard_streams: usize,
 }
 
 /// Which shard streams may send now: at most `limit` at once (0: no limit), the largest
@@ -156,8 +159,15 @@ impl JobInputs {
             workers: std::sync::Mutex::new(workers),
             shard_bytes: (0..parts).map(|_| AtomicU64::new(0)).collect(),
             input_bytes: (0..parts).map(|_| AtomicU64::new(0)).collect(),
-            shard_turns: ShardTurns::new(shard_streams),
+            shard_turns: std::sync::Mutex::new(Arc::new(ShardTurns::new(shard_streams))),
+            shard_streams,
         })
+    }
+
+    /// A new attempt of the job runs on `workers` (by part), with fresh shard turns.
+    pub fn new_attempt(&self, workers: Vec<String>) {
+        *lock(&self.workers) = workers;
+        *lock(&self.shard_turns) = Arc::new(ShardTurns::new(self.shard_streams));
     }
 }
 
@@ -216,6 +226,7 @@ pub(crate) fn fetch_shard(
     let inputs = checked(state, job_id, part, worker_id)?;
     let info = inputs.partition.shard_file(part)?.clone();
     let path = inputs.partition.path.join(&info.file);
+    let turns = lock(&inputs.shard_turns).clone();
     tokio::task::spawn_blocking(move || {
         let send = || -> Result<()> {
             let io = |e: std::io::Error| {
@@ -224,7 +235,7 @@ pub(crate) fn fetch_shard(
                     format!("{}: {e}", path.display()),
                 ))
             };
-            let mut turn = inputs.shard_turns.take(info.bytes, part);
+            let mut turn = turns.take(info.bytes, part);
             let mut file = std::fs::File::open(&path).map_err(io)?;
             let mut offset = 0u64;
             loop {

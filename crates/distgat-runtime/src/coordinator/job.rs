@@ -288,7 +288,7 @@ async fn run_job_inner(
         let attempt_id = attempt_name(job_id, attempt);
         let ids: Vec<String> = assigned.iter().map(|(id, _)| id.clone()).collect();
         if let Some(inputs) = &inputs {
-            *lock(&inputs.workers) = ids.clone();
+            inputs.new_attempt(ids.clone());
             lock(&state.inputs).insert(attempt_id.clone(), inputs.clone());
         }
         lock(&state.jobs).insert(attempt_id.clone(), sink.clone());
