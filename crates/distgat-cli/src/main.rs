@@ -1030,10 +1030,10 @@ fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
             (None, None) => distgat_runtime::DEFAULT_MAX_CONCURRENT_FETCHES,
         },
         max_concurrent_shard_streams: pick(
-            args.max_concurrent_shard_streams,
-            c.max_concurrent_shard_streams,
-            0,
-        ) as usize,
+            args.max_concurrent_shard_streams.map(|n| n as usize),
+            c.max_concurrent_shard_streams.map(|n| n as usize),
+            defaults.max_concurrent_shard_streams,
+        ),
         shard_source: match args.shard_source {
             Some(s) => s.0,
             None => file

@@ -112,6 +112,7 @@ pub fn write_npy<T: npyz::Serialize + npyz::AutoSerialize + Copy>(
         .unwrap();
     w.extend(data.iter().copied()).unwrap();
     w.finish().unwrap();
+    std::io::Write::flush(&mut file).unwrap();
 }
 
 /// A GATConv stack with random weights in `dir`: `layer{k}.safetensors` per layer and

@@ -1095,26 +1095,25 @@ fn send_rows(
         .chunks(per_chunk)
         .zip(values.chunks(per_chunk * width.max(1)))
     {
-        out.blocking_send(OutputChunk {
-            job_id: job_id.to_string(),
-            part,
-            body: Some(Body::Rows(OutputRows {
-                nodes: ids.to_vec(),
-                width: width as u32,
-                values: f32_bytes(rows),
-            })),
-        })
-        .map_err(|_| {
-            RuntimeError::Cancelled("the output stream to the coordinator closed".into())
-        })?;
+        let rows = Body::Rows(OutputRows {
+            nodes: ids.to_vec(),
+            width: width as u32,
+            values: f32_bytes(rows),
+        });
+        send_body(out, job_id, part, rows)?;
     }
     Ok(())
 }
 
 fn send_output(out: &mpsc::Sender<OutputChunk>, req: &StartJobRequest, body: Body) -> Result<()> {
+    send_body(out, &req.job_id, req.part, body)
+}
+
+/// One message of part `part`'s PushOutput stream; blocks while the stream is full.
+fn send_body(out: &mpsc::Sender<OutputChunk>, job_id: &str, part: u32, body: Body) -> Result<()> {
     out.blocking_send(OutputChunk {
-        job_id: req.job_id.clone(),
-        part: req.part,
+        job_id: job_id.to_string(),
+        part,
         body: Some(body),
     })
     .map_err(|_| RuntimeError::Cancelled("the output stream to the coordinator closed".into()))
