@@ -488,7 +488,17 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     // computed it, and a flusher thread pushes what is written to the disk meanwhile, so
     // the final fsync has little left. The file appears under its name only at commit.
     let out_file = std::sync::Arc::new(NpyRowsFile::create(&config.out, n, model.out_width())?);
-    let flusher = Flusher::start(out_file.clone());
+    let flusher = distgat_graph::SyncBehind::start(
+        &config.out,
+        {
+            let file = out_file.clone();
+            move || file.rows_written() as u64 * file.row_bytes()
+        },
+        {
+            let file = out_file.clone();
+            move || file.sync_data()
+        },
+    );
     // Renumbered rows are not in the file's order: they are written after the layers.
     if new_of.is_none() {
         progress.set_final_rows_sink(Some({
@@ -654,53 +664,6 @@ fn permute_rows(values: &[f32], width: usize, from: &[u32]) -> Vec<f32> {
             row.copy_from_slice(&values[k as usize * width..(k as usize + 1) * width])
         });
     out
-}
-
-/// Bytes of output written between two `fdatasync`s of the [`Flusher`].
-const FLUSH_BYTES: u64 = 64 << 20;
-
-/// A thread that, while the rows of the output are written, syncs the written part to the
-/// disk every [`FLUSH_BYTES`] (so the disk works while the layer computes, and the final
-/// fsync waits only for the tail).
-struct Flusher {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<Result<(), GraphError>>,
-}
-
-impl Flusher {
-    fn start(file: std::sync::Arc<NpyRowsFile>) -> Self {
-        use std::sync::atomic::Ordering::Relaxed;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let thread = std::thread::spawn({
-            let stop = stop.clone();
-            move || {
-                let row_bytes = file.row_bytes();
-                let mut synced = 0u64;
-                while !stop.load(Relaxed) {
-                    std::thread::park_timeout(std::time::Duration::from_millis(20));
-                    let written = file.rows_written() as u64 * row_bytes;
-                    if written >= synced + FLUSH_BYTES {
-                        file.sync_data()?;
-                        synced = written;
-                    }
-                }
-                Ok(())
-            }
-        });
-        Flusher { stop, thread }
-    }
-
-    /// Stops the thread and waits for it: its first sync error, if any.
-    fn stop(self) -> Result<(), GraphError> {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.thread().unpark();
-        self.thread.join().unwrap_or_else(|_| {
-            Err(GraphError::argument(
-                "--out",
-                "internal: the thread syncing the output panicked",
-            ))
-        })
-    }
 }
 
 /// Checks, before any work, that `out` (given by `flag`) can be written as a file: its

@@ -21,4 +21,4 @@ pub use files::read_regular_file;
 #[cfg(unix)]
 pub use npy::NpyRowsFile;
 pub use npy::{write_npy, NpyBody, NpyDtype};
-pub use output::{parent_dir, AtomicFile};
+pub use output::{parent_dir, AtomicFile, SyncBehind};

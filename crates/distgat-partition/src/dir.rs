@@ -100,10 +100,9 @@ pub fn graph_fingerprint(edges: &EdgeList, num_nodes: usize) -> String {
     h.update(&(num_nodes as u64).to_le_bytes());
     h.update(&(edges.len() as u64).to_le_bytes());
     for ids in [edges.src(), edges.dst()] {
-        for chunk in ids.chunks(8192) {
-            let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
-            h.update(&bytes);
-        }
+        hash_le(&mut h, ids, |v, out| {
+            out.extend_from_slice(&v.to_le_bytes())
+        });
     }
     h.finalize().to_hex().to_string()
 }
@@ -114,11 +113,26 @@ pub fn features_fingerprint(features: &Features) -> String {
     h.update(b"distgat-features-v1");
     h.update(&(features.num_nodes as u64).to_le_bytes());
     h.update(&(features.width as u64).to_le_bytes());
-    for chunk in features.values.chunks(8192) {
-        let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
-        h.update(&bytes);
-    }
+    hash_le(&mut h, &features.values, |v, out| {
+        out.extend_from_slice(&v.to_le_bytes())
+    });
     h.finalize().to_hex().to_string()
+}
+
+/// Feeds `values` to `h` as their little-endian bytes. On a little-endian machine that is
+/// their memory, hashed in place on rayon's threads (BLAKE3 is a tree hash: the digest does
+/// not depend on how the input is split); elsewhere each value is converted (`le`) first.
+fn hash_le<T: bytemuck::Pod>(h: &mut blake3::Hasher, values: &[T], le: impl Fn(&T, &mut Vec<u8>)) {
+    if cfg!(target_endian = "little") {
+        h.update_rayon(bytemuck::cast_slice(values));
+    } else {
+        let mut bytes = Vec::new();
+        for chunk in values.chunks(8192) {
+            bytes.clear();
+            chunk.iter().for_each(|v| le(v, &mut bytes));
+            h.update(&bytes);
+        }
+    }
 }
 
 /// What goes into a new partition directory.

@@ -1,7 +1,7 @@
 //! Running one job: prepare the outputs, start every part on a worker, watch them until
 //! all finish, one fails or one goes silent.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -403,6 +403,7 @@ async fn run_job_inner(
     let done = std::mem::take(&mut *lock(&sink.done));
     let JobSink {
         out,
+        out_sync,
         rows_seen,
         attention,
         ..
@@ -429,6 +430,7 @@ async fn run_job_inner(
                 a.file.commit()?;
             }
         }
+        out_sync.stop()?;
         out.commit().map_err(RuntimeError::from)
     })
     .await
@@ -651,18 +653,15 @@ fn prepare(
     }
     Ok(Prepared {
         parts: manifest.parts,
-        sink: JobSink {
-            parts: manifest.parts,
-            num_nodes: n,
-            width,
+        sink: JobSink::new(
+            out_path,
             out,
             header_len,
-            rows_seen: Mutex::new(vec![false; n]),
+            manifest.parts,
+            n,
+            width,
             attention,
-            done: Mutex::new(HashMap::new()),
-            failure: Mutex::new(None),
-            progress: None,
-        },
+        )?,
         feature_min,
         edge_indexes,
         features_path: features_path.filter(|_| !manifest.features_in_shards),

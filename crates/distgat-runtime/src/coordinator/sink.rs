@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use distgat_graph::AtomicFile;
+use distgat_graph::{AtomicFile, SyncBehind};
 use distgat_proto::v1::output_chunk::Body;
 use distgat_proto::v1::{OutputChunk, WorkerStats};
 
@@ -20,6 +21,11 @@ pub(super) struct JobSink {
     pub(super) width: usize,
     pub(super) out: AtomicFile,
     pub(super) header_len: u64,
+    /// Bytes of output rows written so far (all attempts), for `out_sync`.
+    pub(super) out_written: Arc<AtomicU64>,
+    /// Pushes the output rows to the disk as they arrive, so the commit's fsync waits
+    /// only for the tail; stopped before the commit.
+    pub(super) out_sync: SyncBehind,
     pub(super) rows_seen: Mutex<Vec<bool>>,
     pub(super) attention: Vec<Option<AttentionSink>>,
     pub(super) done: Mutex<HashMap<u32, WorkerStats>>,
@@ -88,6 +94,50 @@ pub(super) fn presized(
 }
 
 impl JobSink {
+    /// The sink of `out` (presized, `header_len` bytes of header) with its rows synced
+    /// behind (see [`SyncBehind`]); the other fields start empty.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        out_path: &Path,
+        out: AtomicFile,
+        header_len: u64,
+        parts: usize,
+        num_nodes: usize,
+        width: usize,
+        attention: Vec<Option<AttentionSink>>,
+    ) -> Result<Self> {
+        let out_written = Arc::new(AtomicU64::new(0));
+        let out_sync = SyncBehind::start(
+            out_path,
+            {
+                let written = out_written.clone();
+                move || written.load(Ordering::Relaxed)
+            },
+            {
+                let file = out.as_file().try_clone()?;
+                let path = out_path.to_path_buf();
+                move || {
+                    file.sync_data()
+                        .map_err(|e| distgat_graph::GraphError::io(&path, e))
+                }
+            },
+        );
+        Ok(JobSink {
+            parts,
+            num_nodes,
+            width,
+            out,
+            header_len,
+            out_written,
+            out_sync,
+            rows_seen: Mutex::new(vec![false; num_nodes]),
+            attention,
+            done: Mutex::new(HashMap::new()),
+            failure: Mutex::new(None),
+            progress: None,
+        })
+    }
+
     /// Forgets what an attempt checked in (rows and attention rows seen, finished parts,
     /// the reported failure), so the next attempt of the job (a recovery in `job.rs`) can
     /// send every row again. The bytes already written stay: the next attempt writes the
@@ -141,6 +191,8 @@ impl JobSink {
                         self.header_len + rows.nodes[run.start] * row_bytes,
                     )?;
                 }
+                self.out_written
+                    .fetch_add(rows.values.len() as u64, Ordering::Relaxed);
             }
             Some(Body::Attention(a)) => {
                 let sink = self
