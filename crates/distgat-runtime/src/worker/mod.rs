@@ -11,6 +11,7 @@ mod build;
 mod fetch;
 mod mailbox;
 mod part;
+mod scratch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

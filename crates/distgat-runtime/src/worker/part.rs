@@ -11,7 +11,7 @@ use std::borrow::Cow;
 
 use distgat_attention::{
     aggregate_into, entry_edge_attr, transform_into, AttentionKind, Collective, Execution,
-    HaloPayload, Layer, Model, Progress, RowBuffer, RowInputs,
+    HaloPayload, Layer, Model, Progress, RowInputs,
 };
 use distgat_graph::{Features, IncomingCsr};
 use distgat_partition::{PartPlan, PartitionDir};
@@ -31,6 +31,7 @@ use crate::error::{transport, Result, RuntimeError};
 
 use super::fetch::{self, ShardOrigin};
 use super::mailbox::Mailbox;
+use super::scratch::Scratch;
 use crate::net::Dialer;
 use crate::source::ShardSource;
 use std::path::PathBuf;
@@ -172,6 +173,8 @@ struct Part<'a> {
     /// Where each owner's block starts in the halo (halo rows are grouped by owner).
     block_start: HashMap<u32, usize>,
     peers: HashMap<u32, Channel>,
+    /// Buffers one layer leaves for the next (fresh pages are the expensive part).
+    scratch: Scratch,
 }
 
 /// A layer's numbers for [`LayerStats`], added up over its graph and global parts.
@@ -269,6 +272,7 @@ pub(super) fn compute_part(
         splits,
         block_start,
         peers,
+        scratch: Scratch::default(),
     };
 
     let mut x = features.values;
@@ -343,15 +347,16 @@ pub(super) fn compute_part(
         if k + 1 < model.layers.len() {
             model.activation.apply(&mut out_rows);
         }
-        x = out_rows;
+        part.scratch.give(std::mem::replace(&mut x, out_rows));
     }
+    part.scratch.clear();
     // Output rows in chunks, in original ids: all of them, or, when a local last layer
     // sent its interior rows already, its boundary rows.
     let width = model.out_width();
     match model.layers.last() {
         Some(Layer::Local(l)) => {
             let rows = &part.splits[&l.add_self_loops()].boundary.rows;
-            let (nodes, values) = gather_rows(&part.plan.owned, rows, &x, width);
+            let (nodes, values) = gather_rows(&part.plan.owned, rows, &x, width, Vec::new());
             send_rows(out, &req.job_id, req.part, &nodes, &values, width)?;
         }
         _ => send_rows(out, &req.job_id, req.part, &part.plan.owned, &x, width)?,
@@ -389,8 +394,8 @@ impl Part<'_> {
             layer.in_features(),
         );
         let started = Instant::now();
-        let mut source = RowBuffer::zeroed(n_local * sw);
-        let mut target = vec![0f32; n_owned * tw];
+        let mut source = self.scratch.take_rows(n_local * sw);
+        let mut target = self.scratch.take(n_owned * tw);
         pool.install(|| {
             transform_into(
                 layer,
@@ -440,7 +445,7 @@ impl Part<'_> {
         if aw > 0 {
             layer.fill_source_aux(&source[..n_owned * sw], &mut aux[..n_owned * aw]);
         }
-        let mut out_rows = vec![0f32; n_owned * ow];
+        let mut out_rows = self.scratch.take(n_owned * ow);
         let mut alpha: Vec<(Vec<i64>, Vec<f32>)> = Vec::new();
         aggregate_subset(
             pool,
@@ -453,13 +458,18 @@ impl Part<'_> {
             &mut out_rows,
             req.want_attention.then_some(&mut alpha),
             self.progress,
+            &self.scratch,
         );
         let mut compute = started.elapsed();
         // The model's output: the interior rows are final now, so they travel to the
         // coordinator on their own thread while the boundary rows wait and compute (the
         // caller sends the boundary rows after the layer).
         let early = if final_rows {
-            let (nodes, values) = gather_rows(&plan.owned, &view.interior.rows, &out_rows, ow);
+            // Into a kept buffer (the interior's own, now free), so the copy adds no
+            // fresh memory to the layer's peak.
+            let picked = self.scratch.take_empty(view.interior.rows.len() * ow);
+            let (nodes, values) =
+                gather_rows(&plan.owned, &view.interior.rows, &out_rows, ow, picked);
             let (tx, job, part) = (self.out.clone(), req.job_id.clone(), req.part);
             let sender = std::thread::Builder::new()
                 .name(format!("output-{job}-{part}"))
@@ -511,10 +521,11 @@ impl Part<'_> {
             &mut out_rows,
             req.want_attention.then_some(&mut alpha),
             self.progress,
+            &self.scratch,
         );
         compute += t.elapsed();
-        drop(source);
-        drop(target);
+        self.scratch.give_rows(source);
+        self.scratch.give(target);
         if let Some(sender) = early {
             sender.join().map_err(|_| {
                 RuntimeError::Io(std::io::Error::other("the output sender panicked"))
@@ -1070,10 +1081,18 @@ fn shared_inputs(req: &StartJobRequest) -> Result<PartInputs> {
 }
 
 /// Global ids and values (`[rows.len(), width]`) of the local owned `rows` of `values`
-/// (`[owned, width]`).
-fn gather_rows(owned: &[u64], rows: &[u32], values: &[f32], width: usize) -> (Vec<u64>, Vec<f32>) {
+/// (`[owned, width]`); the values go into `picked` (cleared first; pass `Vec::new()` or a
+/// kept buffer).
+fn gather_rows(
+    owned: &[u64],
+    rows: &[u32],
+    values: &[f32],
+    width: usize,
+    mut picked: Vec<f32>,
+) -> (Vec<u64>, Vec<f32>) {
     let nodes = rows.iter().map(|&r| owned[r as usize]).collect();
-    let mut picked = Vec::with_capacity(rows.len() * width);
+    picked.clear();
+    picked.reserve(rows.len() * width);
     for &r in rows {
         picked.extend_from_slice(&values[r as usize * width..(r as usize + 1) * width]);
     }
@@ -1268,6 +1287,7 @@ fn aggregate_subset(
     out: &mut [f32],
     alpha: Option<&mut Vec<(Vec<i64>, Vec<f32>)>>,
     progress: &Progress,
+    scratch: &Scratch,
 ) {
     let (h, ow, tw) = (layer.heads(), layer.out_width(), layer.target_width());
     let n = subset.rows.len();
@@ -1296,7 +1316,7 @@ fn aggregate_subset(
         }
         _ => None,
     };
-    let mut rows_out = vec![0f32; n * ow];
+    let mut rows_out = scratch.take(n * ow);
     let mut coefficients = alpha
         .as_ref()
         .map(|_| vec![0f32; subset.csr.num_entries() * h]);
@@ -1321,6 +1341,7 @@ fn aggregate_subset(
         out[r as usize * ow..(r as usize + 1) * ow]
             .copy_from_slice(&rows_out[i * ow..(i + 1) * ow]);
     }
+    scratch.give(rows_out);
     if let (Some(alpha), Some(values)) = (alpha, coefficients) {
         // Chunk so no message exceeds the limit.
         let per_chunk = (MAX_CHUNK_BYTES / (4 * h + 8)).max(1);
