@@ -2,6 +2,8 @@
 
 use std::ops::{Deref, DerefMut};
 
+use crate::exec::Execution;
+
 /// Below this size a buffer stays on the heap: its pages fit in the TLB anyway.
 const HUGE_PAGE_THRESHOLD: usize = 4 << 20;
 
@@ -36,6 +38,25 @@ impl RowBuffer {
         RowBuffer {
             storage: Storage::Heap(vec![0.0; len]),
             len,
+        }
+    }
+}
+
+impl RowBuffer {
+    /// A zeroed buffer of `len` values: `kept`, zeroed again (on rayon's threads under
+    /// [`Execution::Parallel`]), when it has that length (its pages are resident), else
+    /// [`RowBuffer::zeroed`].
+    pub fn zeroed_reusing(kept: Option<RowBuffer>, len: usize, exec: Execution) -> Self {
+        match kept {
+            Some(mut b) if b.len == len => {
+                use rayon::prelude::*;
+                match exec {
+                    Execution::Sequential => b.fill(0.0),
+                    Execution::Parallel => b.par_chunks_mut(64 * 1024).for_each(|c| c.fill(0.0)),
+                }
+                b
+            }
+            _ => RowBuffer::zeroed(len),
         }
     }
 }

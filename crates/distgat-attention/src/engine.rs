@@ -159,6 +159,8 @@ pub fn run_model(
     let mut x = features;
     let mut attention = Vec::new();
     let mut timings = Vec::with_capacity(model.layers.len());
+    // A local layer's source rows, kept for the next local layer of the same size.
+    let mut kept_source = None;
     for (k, layer) in model.layers.iter().enumerate() {
         let layer = match layer {
             Layer::Local(l) => l.as_ref(),
@@ -209,6 +211,7 @@ pub fn run_model(
                         exec,
                         want_attention,
                         progress,
+                        &mut kept_source,
                     )?),
                     None => None,
                 };
@@ -248,6 +251,7 @@ pub fn run_model(
             exec,
             want_attention,
             progress,
+            &mut kept_source,
         );
         progress.set_final_layer(false);
         let run = run?;
@@ -313,14 +317,18 @@ fn run_local(
     exec: Execution,
     want_attention: bool,
     progress: &Progress,
+    kept_source: &mut Option<RowBuffer>,
 ) -> Result<LocalRun> {
     let n = topology.num_nodes;
     let view = view_for(layer, topology, k)?;
     let started = Instant::now();
-    let mut source = RowBuffer::zeroed(n * layer.source_width());
+    // The previous layer's source rows when they have this layer's size: their pages are
+    // resident, where fresh ones cost a fault and a kernel zero fill each.
+    let mut source = RowBuffer::zeroed_reusing(kept_source.take(), n * layer.source_width(), exec);
     let mut target = vec![0f32; n * layer.target_width()];
     transform_into(layer, &x, exec, &mut source, &mut target);
-    drop(x);
+    // The input's allocation becomes the output (same reason).
+    let mut out = zeroed_reusing(x, n * layer.out_width(), exec);
     let transformed = Instant::now();
 
     let entry_attr = match layer.edge_dim() {
@@ -349,7 +357,6 @@ fn run_local(
         }
         None => None,
     };
-    let mut out = vec![0f32; n * layer.out_width()];
     let mut alpha_csr = want_attention.then(|| vec![0f32; view.csr.num_entries() * layer.heads()]);
     let aux = source_aux(layer, &source);
     let inputs = RowInputs {
@@ -374,12 +381,29 @@ fn run_local(
         }
         _ => None,
     };
+    *kept_source = Some(source);
     Ok(LocalRun {
         out,
         alpha,
         transform: transformed - started,
         aggregate,
     })
+}
+
+/// `[len]` zeros in `buf`'s allocation when it has room (its pages are resident: zeroing
+/// them is a memset, where fresh pages cost a fault and a kernel zero fill each), else a
+/// new buffer.
+fn zeroed_reusing(mut buf: Vec<f32>, len: usize, exec: Execution) -> Vec<f32> {
+    if buf.capacity() < len {
+        return vec![0.0; len];
+    }
+    buf.truncate(len);
+    match exec {
+        Execution::Sequential => buf.fill(0.0),
+        Execution::Parallel => buf.par_chunks_mut(64 * 1024).for_each(|c| c.fill(0.0)),
+    }
+    buf.resize(len, 0.0);
+    buf
 }
 
 /// The activation between layers, over a layer's output.

@@ -9,7 +9,7 @@
 
 use std::sync::Mutex;
 
-use distgat_attention::RowBuffer;
+use distgat_attention::{Execution, RowBuffer};
 
 /// Buffers smaller than this are not worth keeping (their pages are few).
 const KEEP_MIN_BYTES: usize = 1 << 20;
@@ -76,13 +76,7 @@ impl Scratch {
     /// A zeroed [`RowBuffer`] of `len` values: the kept one when it has that length.
     pub(super) fn take_rows(&self, len: usize) -> RowBuffer {
         let kept = self.rows.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match kept {
-            Some(mut b) if b.len() == len => {
-                b.fill(0.0);
-                b
-            }
-            _ => RowBuffer::zeroed(len),
-        }
+        RowBuffer::zeroed_reusing(kept, len, Execution::Sequential)
     }
 
     /// Frees every kept buffer (after the last layer, so they do not add to the memory
