@@ -401,6 +401,9 @@ async fn run_job_inner(
         ))
     })?;
     let done = std::mem::take(&mut *lock(&sink.done));
+    // Every stream is closed: what waits in incomplete blocks (only when rows are missing,
+    // which is an error below) goes out now.
+    sink.flush_blocks()?;
     let JobSink {
         out,
         out_sync,
