@@ -61,7 +61,7 @@ enum Cmd {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum, Debug, Serialize)]
+#[derive(Clone, Copy, ValueEnum, Debug, Serialize, PartialEq, Eq)]
 enum Size {
     /// N = 10k, E = 100k
     Small,
@@ -69,6 +69,9 @@ enum Size {
     Medium,
     /// N = 1M, E = 10M (about 40 s of PyG and 14 GB of its memory: opt-in)
     Large,
+    /// N = 10M, E = 100M, with F = 32 and two 4 x 8 GAT layers (issue 15's scale case;
+    /// about 3 GB of input files and several minutes: opt-in; `run` and `api` only)
+    Huge,
 }
 
 impl Size {
@@ -77,15 +80,24 @@ impl Size {
             Size::Small => (10_000, 100_000),
             Size::Medium => (100_000, 2_000_000),
             Size::Large => (1_000_000, 10_000_000),
+            Size::Huge => (10_000_000, 100_000_000),
+        }
+    }
+    /// The `run` case's model: (in_features, heads, channels), two layers.
+    fn run_model(self) -> (usize, usize, usize) {
+        match self {
+            Size::Huge => (32, 4, 8),
+            _ => (128, 4, 32),
         }
     }
     /// PyG 2.8.1 / torch 2.15 on this 2-core machine, 2 threads, forward only, ER graph
     /// (from the engine issue): median ms and peak RSS MB. Used when --pyg is not given.
-    fn pyg_quoted(self) -> (f64, f64) {
+    fn pyg_quoted(self) -> Option<(f64, f64)> {
         match self {
-            Size::Small => (55.6, 871.0),
-            Size::Medium => (1175.0, 3082.0),
-            Size::Large => (12088.0, 13799.0),
+            Size::Small => Some((55.6, 871.0)),
+            Size::Medium => Some((1175.0, 3082.0)),
+            Size::Large => Some((12088.0, 13799.0)),
+            Size::Huge => None,
         }
     }
 }
@@ -356,6 +368,9 @@ fn layer(args: LayerArgs) -> anyhow::Result<()> {
     let (work, _temp) = work_dir(args.work_dir.as_deref())?;
     let (read_bw, gather_bw) = bandwidth(args.threads)?;
     eprintln!("machine: stream read {read_bw:.1} GB/s, random row gather {gather_bw:.1} GB/s");
+    if args.sizes.contains(&Size::Huge) {
+        bail!("--sizes huge: the layer bench runs F_in = 128 (5 GB of features at 10M nodes); huge is for `run` and `api` (F = 32)");
+    }
     let mut rows = Vec::new();
     for &generator in &args.generators {
         for &size in &args.sizes {
@@ -419,7 +434,7 @@ fn layer(args: LayerArgs) -> anyhow::Result<()> {
                 rss.push(stats["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / 1e6);
             }
 
-            let (mut pyg_ms, mut pyg_rss) = size.pyg_quoted();
+            let (mut pyg_ms, mut pyg_rss) = size.pyg_quoted().unwrap_or((f64::NAN, f64::NAN));
             let mut diff = None;
             if let Some(python) = &args.pyg {
                 eprintln!("  PyG ({} repeats)", args.repeats);
@@ -498,6 +513,11 @@ fn baseline(
 }
 
 fn timed(cmd: &mut Command) -> anyhow::Result<f64> {
+    Ok(timed_output(cmd)?.0)
+}
+
+/// Wall milliseconds and the output (stdout, then stderr) of a command that must succeed.
+fn timed_output(cmd: &mut Command) -> anyhow::Result<(f64, String)> {
     let t = Instant::now();
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
@@ -506,16 +526,31 @@ fn timed(cmd: &mut Command) -> anyhow::Result<f64> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(t.elapsed().as_secs_f64() * 1e3)
+    Ok((
+        t.elapsed().as_secs_f64() * 1e3,
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
 }
 
-/// Writes the 2-layer 4 x 32 case `run` and `api` use; returns its directory.
+/// The "peak memory X MiB" a distgat command printed, in MiB.
+fn printed_peak_mib(stdout: &str) -> Option<f64> {
+    let rest = &stdout[stdout.rfind("peak memory ")? + "peak memory ".len()..];
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// Writes the 2-layer case `run` and `api` use (F = 128 and 4 x 32, or at `huge` F = 32
+/// and 4 x 8); returns its directory.
 fn write_run_case(work: &Path, args: &RunBenchArgs) -> anyhow::Result<PathBuf> {
     let (n, e) = args.size.shape();
+    let (in_features, heads, channels) = args.size.run_model();
     let dir = work.join(format!("run-{:?}-{:?}", args.generator, args.size).to_lowercase());
     std::fs::create_dir_all(&dir)?;
     eprintln!(
-        "generating {:?} N={n} E={e}, 2 layers of 4 x 32",
+        "generating {:?} N={n} E={e}, F = {in_features}, 2 layers of {heads} x {channels}",
         args.generator
     );
     synth::write_case(
@@ -524,9 +559,9 @@ fn write_run_case(work: &Path, args: &RunBenchArgs) -> anyhow::Result<PathBuf> {
             generator: args.generator,
             nodes: n,
             edges: e,
-            in_features: 128,
-            heads: 4,
-            channels: 32,
+            in_features,
+            heads,
+            channels,
             layers: 2,
             seed: 42,
         },
@@ -560,30 +595,41 @@ fn run_bench(args: RunBenchArgs) -> anyhow::Result<()> {
     let features = dir.join("x.npy");
     let model = dir.join("model.json");
     let mut infer = Vec::new();
+    let mut infer_peak = None;
     for _ in 0..args.repeats {
-        infer.push(timed(
-            Command::new(&distgat)
-                .arg("infer")
-                .arg("--graph")
-                .arg(&graph)
-                .arg("--features")
-                .arg(&features)
-                .arg("--model")
-                .arg(&model)
-                .arg("--out")
-                .arg(dir.join("infer.npy"))
-                .args(["--threads", &args.cores.to_string()]),
-        )?);
+        infer.push(
+            timed_output(
+                Command::new(&distgat)
+                    .arg("infer")
+                    .arg("--graph")
+                    .arg(&graph)
+                    .arg("--features")
+                    .arg(&features)
+                    .arg("--model")
+                    .arg(&model)
+                    .arg("--out")
+                    .arg(dir.join("infer.npy"))
+                    .args(["--threads", &args.cores.to_string()]),
+            )
+            .map(|(ms, stdout)| {
+                infer_peak = printed_peak_mib(&stdout).or(infer_peak);
+                ms
+            })?,
+        );
     }
     let infer_ms = median(infer);
     let infer_bytes = std::fs::read(dir.join("infer.npy"))?;
-    println!("| workers | shard source | partition (metis) s | run wall ms | run / infer | vs first source | halo bytes sent | planned | sent / planned | bytes streamed per worker (shard + inputs) | identical to infer |");
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|");
-    println!("| infer | - | - | {infer_ms:.0} | 1.00 | - | - | - | - | - | - |");
+    let peak = |p: Option<f64>| p.map_or("-".to_string(), |p| format!("{p:.0}"));
+    println!("| workers | shard source | partition (metis) s | partition / infer peak MiB | run wall ms | run / infer | vs first source | halo bytes sent | planned | sent / planned | bytes streamed per worker (shard + inputs) | identical to infer |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
+    println!(
+        "| infer | - | - | {} | {infer_ms:.0} | 1.00 | - | - | - | - | - | - |",
+        peak(infer_peak)
+    );
     for &k in &args.workers {
         let part = dir.join(format!("partition-{k}"));
         eprintln!("partitioning into {k}");
-        let part_ms = timed(
+        let (part_ms, part_out) = timed_output(
             Command::new(&distgat)
                 .arg("partition")
                 .arg("--graph")
@@ -638,8 +684,9 @@ fn run_bench(args: RunBenchArgs) -> anyhow::Result<()> {
             let wall = median(walls);
             let first = *first_wall.get_or_insert(wall);
             println!(
-            "| {k} | {source} | {:.1} | {wall:.0} | {:.2} | {:.3} | {sent} | {planned} | {:.4} | {} | {same} |",
+            "| {k} | {source} | {:.1} | {} | {wall:.0} | {:.2} | {:.3} | {sent} | {planned} | {:.4} | {} | {same} |",
             part_ms / 1e3,
+            peak(printed_peak_mib(&part_out)),
             wall / infer_ms,
             wall / first,
             if planned > 0 {
