@@ -154,7 +154,7 @@ pub(super) struct JobSink {
     pub(super) width: usize,
     pub(super) out: AtomicFile,
     pub(super) header_len: u64,
-    /// Bytes of output rows written so far (all attempts), for `out_sync`.
+    /// Bytes of output rows written to the file so far (all attempts), for `out_sync`.
     pub(super) out_written: Arc<AtomicU64>,
     /// Pushes the output rows to the disk as they arrive, so the commit's fsync waits
     /// only for the tail; stopped before the commit.
@@ -302,6 +302,9 @@ impl JobSink {
             self.out
                 .as_file()
                 .write_all_at(&bytes, self.header_len + row * self.blocks_row_bytes())?;
+            // What the file holds now, for the sync behind it.
+            self.out_written
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -346,8 +349,6 @@ impl JobSink {
                 // of the file instead, each written once it is complete.
                 let writes = lock(&self.blocks).add(&rows.nodes, &rows.values);
                 self.write(writes)?;
-                self.out_written
-                    .fetch_add(rows.values.len() as u64, Ordering::Relaxed);
             }
             Some(Body::Attention(a)) => {
                 let sink = self
