@@ -594,22 +594,26 @@ fn run_bench(args: RunBenchArgs) -> anyhow::Result<()> {
     let graph = dir.join("edge_index.npy");
     let features = dir.join("x.npy");
     let model = dir.join("model.json");
+    // `distgat infer|run` over the case's graph, features and model, writing `out`.
+    let case_command = |verb: &str, out: &str| {
+        let mut cmd = Command::new(&distgat);
+        cmd.arg(verb)
+            .arg("--graph")
+            .arg(&graph)
+            .arg("--features")
+            .arg(&features)
+            .arg("--model")
+            .arg(&model)
+            .arg("--out")
+            .arg(dir.join(out));
+        cmd
+    };
     let mut infer = Vec::new();
     let mut infer_peak = None;
     for _ in 0..args.repeats {
         infer.push(
             timed_output(
-                Command::new(&distgat)
-                    .arg("infer")
-                    .arg("--graph")
-                    .arg(&graph)
-                    .arg("--features")
-                    .arg(&features)
-                    .arg("--model")
-                    .arg(&model)
-                    .arg("--out")
-                    .arg(dir.join("infer.npy"))
-                    .args(["--threads", &args.cores.to_string()]),
+                case_command("infer", "infer.npy").args(["--threads", &args.cores.to_string()]),
             )
             .map(|(ms, stdout)| {
                 infer_peak = printed_peak_mib(&stdout).or(infer_peak);
@@ -647,16 +651,7 @@ fn run_bench(args: RunBenchArgs) -> anyhow::Result<()> {
             for _ in 0..args.repeats {
                 eprintln!("run --workers {k} --shard-source {source}");
                 walls.push(timed(
-                    Command::new(&distgat)
-                        .arg("run")
-                        .arg("--graph")
-                        .arg(&graph)
-                        .arg("--features")
-                        .arg(&features)
-                        .arg("--model")
-                        .arg(&model)
-                        .arg("--out")
-                        .arg(dir.join("run.npy"))
+                    case_command("run", "run.npy")
                         .args(["--workers", &k.to_string()])
                         .arg("--partition")
                         .arg(&part)

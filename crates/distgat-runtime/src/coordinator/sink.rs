@@ -231,7 +231,6 @@ pub(super) fn presized(
 impl JobSink {
     /// The sink of `out` (presized, `header_len` bytes of header) with its rows synced
     /// behind (see [`SyncBehind`]); the other fields start empty.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         out_path: &Path,
         out: AtomicFile,
