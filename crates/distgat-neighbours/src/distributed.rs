@@ -21,8 +21,8 @@
 
 use crate::error::{NeighbourError, Result};
 use crate::metric::Metric;
-use crate::search::{apply_rule_ids, Query};
-use crate::{check_rule, keep_others, with_search, NeighbourRule, Neighbours, Options, Points};
+use crate::search::Query;
+use crate::{check_rule, keep_others, NeighbourRule, Neighbours, Options, Points};
 
 /// The axis-aligned bounding box of a non-empty set of points: `lo[t]` / `hi[t]` are the
 /// smallest / largest float32 coordinate on axis `t` (length `D` each).
@@ -323,18 +323,8 @@ pub fn build_local(
             })
         }
     };
-    let (neighbours, mut reach) = with_search(points, options, |s, block| {
-        apply_rule_ids(
-            s,
-            centres,
-            block,
-            query,
-            keep,
-            options.self_loops,
-            options.execution,
-            Some(ids),
-        )
-    })?;
+    let (neighbours, mut reach) =
+        crate::search_and_apply(points, options, query, keep, Some(ids), centres)?;
     if let NeighbourRule::Radius { r, .. } = *rule {
         let limit = match (keep, options.metric) {
             (0, _) => f64::NEG_INFINITY,
@@ -511,6 +501,13 @@ mod tests {
                     max_neighbours: None,
                 },
                 true,
+            ),
+            // Parts of at least MORTON_MIN_POINTS points: build_local's Morton path, with
+            // the fetched points after the centres (grid points: exact ties).
+            (
+                random_points(12_000, 3, 12, true),
+                NeighbourRule::Knn { k: 8 },
+                false,
             ),
         ];
         for (case, (points, rule, self_loops)) in cases.into_iter().enumerate() {

@@ -284,15 +284,22 @@ fn uses_tree(points: &Points, options: &Options) -> bool {
 /// Point sets at least this large are searched in Morton order on the tree path.
 const MORTON_MIN_POINTS: usize = 4096;
 
-/// [`apply_rule`] with the search [`with_search`] picks; on the tree path (and for at least
-/// [`MORTON_MIN_POINTS`] points) over the points copied in Morton order, which gives the
-/// same edges faster (see `order.rs`).
+/// [`apply_rule_ids`] with the search [`with_search`] picks, for the centres `0..centres`
+/// of `points` (row `r` has the global id `ids[r]`, `None`: the identity); returns the CSR
+/// in centre order and each centre's reach (see [`apply_rule_ids`]).
+///
+/// On the tree path (and for at least [`MORTON_MIN_POINTS`] points) the points are copied
+/// in Morton order, the centres first and then the other rows, each in Morton order among
+/// themselves, and searched with their global ids; the CSR and the reach are put back in
+/// centre order (see `order.rs`). Same edges, faster.
 fn search_and_apply(
     points: &Points,
     options: &Options,
     query: Option<Query>,
     keep: usize,
-) -> Result<Neighbours> {
+    ids: Option<&[u32]>,
+    centres: usize,
+) -> Result<(Neighbours, Vec<f64>)> {
     let n = points.len();
     if uses_tree(points, options) && n >= MORTON_MIN_POINTS {
         // Errors (a zero cosine norm) name the row of the caller's points.
@@ -300,31 +307,47 @@ fn search_and_apply(
             origin: points.origin().to_string(),
             row,
         })?;
-        let perm = order::morton_order(points);
+        let mut perm = order::morton_order(points);
+        if centres < n {
+            let c = centres as u32;
+            let others: Vec<u32> = perm.iter().copied().filter(|&r| r >= c).collect();
+            perm.retain(|&r| r < c);
+            perm.extend_from_slice(&others);
+        }
         let sorted = order::permuted(points, &perm);
-        let (nb, _) = with_search(&sorted, options, |s, block| {
+        let sorted_ids: Vec<u32> = match ids {
+            None => perm.clone(),
+            Some(ids) => perm.iter().map(|&r| ids[r as usize]).collect(),
+        };
+        let (nb, reach) = with_search(&sorted, options, |s, block| {
             apply_rule_ids(
                 s,
-                n,
+                centres,
                 block,
                 query,
                 keep,
                 options.self_loops,
                 options.execution,
-                Some(&perm),
+                Some(&sorted_ids),
             )
         })?;
-        return Ok(order::unpermuted(&nb, &perm));
+        let by_centre = &perm[..centres];
+        let mut centre_reach = vec![0.0; centres];
+        for (&i, &r) in by_centre.iter().zip(&reach) {
+            centre_reach[i as usize] = r;
+        }
+        return Ok((order::unpermuted(&nb, by_centre), centre_reach));
     }
     with_search(points, options, |s, block| {
-        apply_rule(
+        apply_rule_ids(
             s,
-            n,
+            centres,
             block,
             query,
             keep,
             options.self_loops,
             options.execution,
+            ids,
         )
     })
 }
@@ -372,7 +395,7 @@ pub fn knn_graph(points: &Points, k: usize, options: &Options) -> Result<Neighbo
     check_k(k, n, options.self_loops)?;
     let m = k - usize::from(options.self_loops);
     let query = (m > 0).then_some(Query::Knn { m });
-    search_and_apply(points, options, query, m)
+    search_and_apply(points, options, query, m, None, points.len()).map(|(nb, _)| nb)
 }
 
 /// Radius graph (PyG `radius_graph(pos, r, loop=options.self_loops,
@@ -400,7 +423,7 @@ pub fn radius_graph(
     };
     let keep = keep_others(max_neighbours, options.self_loops);
     let query = (keep > 0).then_some(Query::Radius { limit });
-    search_and_apply(points, options, query, keep)
+    search_and_apply(points, options, query, keep, None, points.len()).map(|(nb, _)| nb)
 }
 
 /// k-hop graph: for each centre `i`, every `j ≠ i` with a directed path of at most `hops`
