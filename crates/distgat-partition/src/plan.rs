@@ -149,3 +149,253 @@ impl HaloPlan {
         })
     }
 }
+
+/// What a part needs, besides its own rows' edges, when those edges stay on the worker
+/// that built them (`distgat run --points`, which never writes shards): its halo, its send
+/// lists, and where its rows' edges sit in the global edge list. [`held_lists`] computes
+/// them from the whole graph; [`PartPlan::from_held`] joins them with the part's own edges
+/// into the plan [`HaloPlan::build`] gives for the same edges.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeldLists {
+    /// As [`PartPlan::halo`], [`PartPlan::halo_owner`] and [`PartPlan::send`].
+    pub halo: Vec<u64>,
+    pub halo_owner: Vec<u32>,
+    pub send: Vec<(u32, Vec<u32>)>,
+    /// Per owned row (increasing global id): the input edge index of its first edge.
+    pub edge_base: Vec<u64>,
+}
+
+/// The [`HeldLists`] of every part of the graph whose incoming CSR is `offsets`
+/// (`[N + 1]`) and `sources` (global ids): row `v` lists the sources of the edges into `v`
+/// in input order, and the input edge list is the rows one after another (a graph sorted
+/// by target, as `distgat neighbours` writes it). `assignment`: node -> part (< `parts`).
+pub fn held_lists(
+    offsets: &[u64],
+    sources: &[u32],
+    assignment: &[u32],
+    parts: usize,
+) -> Vec<HeldLists> {
+    let n = assignment.len();
+    assert_eq!(offsets.len(), n + 1, "offsets length");
+    let mut owned: Vec<Vec<u64>> = vec![Vec::new(); parts];
+    for (v, &p) in assignment.iter().enumerate() {
+        owned[p as usize].push(v as u64);
+    }
+    let mut lists: Vec<HeldLists> = owned
+        .iter()
+        .enumerate()
+        .map(|(p, owned)| {
+            let mut halo: Vec<(u32, u64)> = Vec::new();
+            for &v in owned {
+                let row = &sources[offsets[v as usize] as usize..offsets[v as usize + 1] as usize];
+                for &j in row {
+                    let owner = assignment[j as usize];
+                    if owner as usize != p {
+                        halo.push((owner, j as u64));
+                    }
+                }
+            }
+            halo.sort_unstable();
+            halo.dedup();
+            HeldLists {
+                halo_owner: halo.iter().map(|&(o, _)| o).collect(),
+                halo: halo.into_iter().map(|(_, j)| j).collect(),
+                send: Vec::new(),
+                edge_base: owned.iter().map(|&v| offsets[v as usize]).collect(),
+            }
+        })
+        .collect();
+    // Send lists, as HaloPlan::build makes them: the block of q's halo owned by p, as p's
+    // local ids, in increasing q.
+    let mut sends: Vec<Vec<(u32, Vec<u32>)>> = vec![Vec::new(); parts];
+    for (q, l) in lists.iter().enumerate() {
+        let mut start = 0;
+        while start < l.halo.len() {
+            let owner = l.halo_owner[start];
+            let end = start + l.halo_owner[start..].partition_point(|&o| o == owner);
+            let sender = &owned[owner as usize];
+            let rows = l.halo[start..end]
+                .iter()
+                .map(|g| {
+                    sender
+                        .binary_search(g)
+                        .expect("a halo node is owned by its owner") as u32
+                })
+                .collect();
+            sends[owner as usize].push((q as u32, rows));
+            start = end;
+        }
+    }
+    for (l, send) in lists.iter_mut().zip(sends) {
+        l.send = send;
+    }
+    lists
+}
+
+impl PartPlan {
+    /// The plan of `part` from its own rows' edges and its [`HeldLists`]: `owned` are its
+    /// nodes (increasing global ids), and row `r`'s sources (global ids, input order) are
+    /// `sources[offsets[r]..offsets[r + 1]]`. Equal to [`HaloPlan::build`]'s plan of the
+    /// part for the same graph and assignment.
+    ///
+    /// Errors ([`PartitionError::Invalid`] naming `what`): lists that do not fit the rows
+    /// (an id not below `num_nodes`, a source neither owned nor in the halo, lengths that
+    /// differ, a send row beyond the owned rows, a halo node that is owned here).
+    pub fn from_held(
+        part: u32,
+        owned: Vec<u64>,
+        offsets: &[u64],
+        sources: &[u32],
+        lists: HeldLists,
+        num_nodes: usize,
+        what: &str,
+    ) -> Result<PartPlan> {
+        let bad = |detail: String| crate::PartitionError::invalid(what, detail);
+        let n_owned = owned.len();
+        if offsets.len() != n_owned + 1
+            || offsets.windows(2).any(|w| w[0] > w[1])
+            || offsets.last().copied() != Some(sources.len() as u64)
+        {
+            return Err(bad(format!(
+                "{} row offsets for {n_owned} owned rows and {} edges",
+                offsets.len(),
+                sources.len()
+            )));
+        }
+        if lists.edge_base.len() != n_owned || lists.halo.len() != lists.halo_owner.len() {
+            return Err(bad(format!(
+                "{} edge bases for {n_owned} owned rows, {} halo nodes with {} owners",
+                lists.edge_base.len(),
+                lists.halo.len(),
+                lists.halo_owner.len()
+            )));
+        }
+        const UNSET: u32 = u32::MAX;
+        let mut local_of = vec![UNSET; num_nodes];
+        for (l, &v) in owned.iter().enumerate() {
+            match local_of.get_mut(v as usize) {
+                Some(slot) => *slot = l as u32,
+                None => return Err(bad(format!("owned node {v} is not below {num_nodes}"))),
+            }
+        }
+        for (h, &j) in lists.halo.iter().enumerate() {
+            match local_of.get_mut(j as usize) {
+                Some(slot) if *slot == UNSET => *slot = (n_owned + h) as u32,
+                Some(_) => return Err(bad(format!("halo node {j} is owned here or listed twice"))),
+                None => return Err(bad(format!("halo node {j} is not below {num_nodes}"))),
+            }
+        }
+        for (q, rows) in &lists.send {
+            if let Some(&r) = rows.iter().find(|&&r| r as usize >= n_owned) {
+                return Err(bad(format!(
+                    "the send list for part {q} names row {r} of {n_owned} owned rows"
+                )));
+            }
+        }
+        let mut col = Vec::with_capacity(sources.len());
+        let mut edge_id = Vec::with_capacity(sources.len());
+        for (r, w) in offsets.windows(2).enumerate() {
+            for (k, &j) in sources[w[0] as usize..w[1] as usize].iter().enumerate() {
+                match local_of.get(j as usize) {
+                    Some(&l) if l != UNSET => col.push(l),
+                    _ => {
+                        return Err(bad(format!(
+                            "source {j} of node {} is neither owned by part {part} nor in its \
+                             halo",
+                            owned[r]
+                        )))
+                    }
+                }
+                edge_id.push(lists.edge_base[r] + k as u64);
+            }
+        }
+        Ok(PartPlan {
+            part,
+            owned,
+            halo: lists.halo,
+            halo_owner: lists.halo_owner,
+            row_ptr: offsets.iter().map(|&o| o - offsets[0]).collect(),
+            col,
+            edge_id,
+            send: lists.send,
+        })
+    }
+}
+
+#[cfg(test)]
+mod held_tests {
+    use super::*;
+
+    /// Held lists joined with each part's own rows give HaloPlan::build's plans, on random
+    /// target-sorted graphs with duplicate edges, self loops and an empty part.
+    #[test]
+    fn held_plans_equal_the_halo_plan() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |m: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % m
+        };
+        for (n, parts, degree) in [(50usize, 3usize, 4u64), (200, 4, 9), (30, 5, 2), (1, 1, 1)] {
+            let mut offsets = vec![0u64];
+            let mut sources = Vec::new();
+            for _ in 0..n {
+                let mut row: Vec<u32> = (0..next(degree + 1))
+                    .map(|_| next(n as u64) as u32)
+                    .collect();
+                row.sort_unstable();
+                sources.extend(&row);
+                offsets.push(sources.len() as u64);
+            }
+            // Part `parts - 1` stays empty when there are at least 2.
+            let used = if parts > 1 { parts - 1 } else { 1 };
+            let assignment: Vec<u32> = (0..n).map(|_| next(used as u64) as u32).collect();
+            let (mut src, mut dst) = (Vec::new(), Vec::new());
+            for v in 0..n {
+                for &j in &sources[offsets[v] as usize..offsets[v + 1] as usize] {
+                    src.push(j as u64);
+                    dst.push(v as u64);
+                }
+            }
+            let edges = EdgeList::from_pairs(&src, &dst);
+            let want = HaloPlan::build(&edges, n, &assignment, parts).unwrap();
+            let lists = held_lists(&offsets, &sources, &assignment, parts);
+            for (p, l) in lists.into_iter().enumerate() {
+                let owned: Vec<u64> = (0..n as u64)
+                    .filter(|&v| assignment[v as usize] as usize == p)
+                    .collect();
+                let mut row_offsets = vec![0u64];
+                let mut rows = Vec::new();
+                for &v in &owned {
+                    rows.extend_from_slice(
+                        &sources[offsets[v as usize] as usize..offsets[v as usize + 1] as usize],
+                    );
+                    row_offsets.push(rows.len() as u64);
+                }
+                let got = PartPlan::from_held(p as u32, owned, &row_offsets, &rows, l, n, "test")
+                    .unwrap();
+                assert_eq!(got, want.parts[p], "n {n}, part {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn held_lists_that_do_not_fit_are_errors() {
+        let lists = HeldLists {
+            halo: vec![],
+            halo_owner: vec![],
+            send: vec![],
+            edge_base: vec![0, 1],
+        };
+        // Node 1's source 2 is neither owned nor in the halo.
+        let e = PartPlan::from_held(0, vec![0, 1], &[0, 1, 2], &[1, 2], lists.clone(), 3, "plan")
+            .unwrap_err();
+        assert!(e.to_string().contains("source 2 of node 1"), "{e}");
+        let e = PartPlan::from_held(0, vec![0, 5], &[0, 0, 0], &[], lists.clone(), 3, "plan")
+            .unwrap_err();
+        assert!(e.to_string().contains("not below 3"), "{e}");
+        let e = PartPlan::from_held(0, vec![0], &[0, 0], &[], lists, 3, "plan").unwrap_err();
+        assert!(e.to_string().contains("edge bases"), "{e}");
+    }
+}
