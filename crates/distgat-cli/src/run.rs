@@ -260,6 +260,15 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
         .build()?;
     // The build's own split, when it is the partition.
     let spatial = temp.path().join("spatial_parts.npy");
+    // The job runs on the parts where they were built (no edges file, no partition, no
+    // shards) unless something needs a partition: another --method, per-edge attention
+    // files (their edge index comes from a graph file), or spares (a kept part cannot
+    // move to one).
+    let in_place = built.is_some()
+        && config.method.is_none()
+        && config.attention_dir.is_none()
+        && config.spares == 0;
+    let mut build_id = String::new();
     let graph = match &built {
         None if no_graph => {
             // An edgeless graph of the features' N nodes: the partition is then only the
@@ -270,10 +279,11 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
         }
         None => config.graph.clone(),
         Some((spec, edges)) => {
-            let edges = if edges.as_os_str().is_empty() {
-                temp.path().join("neighbours.npy")
-            } else {
-                edges.clone()
+            let edges = match (edges.as_os_str().is_empty(), in_place) {
+                (false, _) => edges.clone(),
+                (true, false) => temp.path().join("neighbours.npy"),
+                // Kept on the workers; no file asked for.
+                (true, true) => PathBuf::new(),
             };
             let t = std::time::Instant::now();
             coordinator = start_processes(config, temp.path(), &mut children, on_phase)?;
@@ -283,14 +293,19 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
             let request = BuildNeighboursRequest {
                 points: abs(spec.points.as_deref().expect("checked")),
                 spec: Some(spec_of(spec)),
-                out: abs(&edges),
+                out: if edges.as_os_str().is_empty() {
+                    String::new()
+                } else {
+                    abs(&edges)
+                },
                 parts: config.workers as u32,
                 threads_per_worker: config.threads_per_worker as u32,
-                assignment_out: if config.method.is_none() {
+                assignment_out: if config.method.is_none() && !in_place {
                     abs(&spatial)
                 } else {
                     String::new()
                 },
+                keep_parts: in_place,
             };
             let address = coordinator.clone();
             let response = runtime.block_on(async move {
@@ -302,12 +317,16 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
                 anyhow::Ok(response.into_inner())
             })?;
             build_json = Some(response.summary_json);
+            if in_place {
+                build_id = response.build_id;
+            }
             build_secs = t.elapsed().as_secs_f64();
             edges
         }
     };
     let t = std::time::Instant::now();
     let partition = match &config.partition {
+        _ if in_place => PathBuf::new(),
         Some(dir) => dir.clone(),
         None => {
             on_phase("partitioning");
@@ -350,8 +369,11 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
             dir
         }
     };
-    let opened = distgat_partition::PartitionDir::open(&partition)?;
-    if config.partition.is_some() {
+    let opened = match in_place {
+        true => None,
+        false => Some(distgat_partition::PartitionDir::open(&partition)?),
+    };
+    if let (Some(_), Some(opened)) = (&config.partition, &opened) {
         // A reused partition must come from this graph.
         // The graph's node count is its feature rows (as infer counts them), never the
         // partition's own count, which would hide the mismatch being reported.
@@ -360,7 +382,7 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
         let nodes = features.shape.first().copied().unwrap_or(0) as usize;
         opened.check_graph(&edges, nodes)?;
     }
-    if opened.manifest.parts != config.workers {
+    if let Some(opened) = opened.filter(|o| o.manifest.parts != config.workers) {
         anyhow::bail!(
             "--workers {} but the partition {} has {} parts",
             config.workers,
@@ -385,16 +407,29 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
     // the files again would only make the coordinator read and fingerprint them a second
     // time. A reused partition gets them named, so a mismatch is caught.
     let reused = config.partition.is_some();
-    let named = |p: &Path| if reused { abs(p) } else { String::new() };
+    let named = |p: &Path| {
+        if reused || in_place {
+            abs(p)
+        } else {
+            String::new()
+        }
+    };
     let request = RunJobRequest {
-        partition_dir: abs(&partition),
+        build_id,
+        partition_dir: if in_place {
+            String::new()
+        } else {
+            abs(&partition)
+        },
         model: abs(&config.model),
         features: named(&config.features),
         normalize_rows: config.normalize == Normalization::Row,
         out: abs(&config.out),
         attention_dir: config.attention_dir.as_deref().map(abs).unwrap_or_default(),
-        graph: abs(&graph),
-        graph_format: if built.is_some() {
+        graph: if in_place { String::new() } else { abs(&graph) },
+        graph_format: if in_place {
+            String::new()
+        } else if built.is_some() {
             GraphFormat::Npy.name().to_string()
         } else {
             config

@@ -334,6 +334,13 @@ pub fn proto_worker(data: &[u8]) {
                         assert_eq!(taken, n);
                     }
                 }
+                Some(v1::build_chunk::Body::Held(h)) => {
+                    if let Ok(lists) =
+                        distgat_runtime::fuzzing::held_part(vec![h], 64, 1 << 20, dim)
+                    {
+                        assert!(lists.edge_base.len() <= 64 && lists.halo.len() <= 1 << 20);
+                    }
+                }
                 None => {}
             }
         }

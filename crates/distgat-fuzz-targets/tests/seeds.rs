@@ -193,6 +193,23 @@ fn write_proto_seeds() {
                     address: "127.0.0.1:1".into(),
                 }],
                 threads: 1,
+                keep: true,
+            })),
+        },
+    );
+    put(
+        w,
+        "build-held",
+        &[1, 2],
+        &v1::BuildChunk {
+            body: Some(v1::build_chunk::Body::Held(v1::HeldPart {
+                halo: vec![3, 9],
+                halo_owner: vec![1, 1],
+                send_peer: vec![1],
+                send_count: vec![2],
+                send_rows: vec![0, 5],
+                edge_base: vec![0, 4, 8],
+                last: true,
             })),
         },
     );

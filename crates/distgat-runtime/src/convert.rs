@@ -358,3 +358,163 @@ pub(crate) fn take_point_chunk(
     coords.extend(values);
     Ok(())
 }
+
+/// Elements (ids, counts, bases) per [`v1::HeldPart`] chunk: at most 10 bytes each as
+/// varints, so a chunk stays within `MAX_CHUNK_BYTES`.
+const HELD_PER_CHUNK: usize = distgat_proto::MAX_CHUNK_BYTES / 10;
+
+/// A part's [`HeldLists`](distgat_partition::HeldLists) as [`v1::HeldPart`] chunks (halo,
+/// then send lists, then edge bases; the last chunk says so).
+pub(crate) fn held_chunks(l: &distgat_partition::HeldLists) -> Vec<v1::HeldPart> {
+    let mut chunks = Vec::new();
+    for (halo, owner) in l
+        .halo
+        .chunks(HELD_PER_CHUNK)
+        .zip(l.halo_owner.chunks(HELD_PER_CHUNK))
+    {
+        chunks.push(v1::HeldPart {
+            halo: halo.to_vec(),
+            halo_owner: owner.to_vec(),
+            ..Default::default()
+        });
+    }
+    chunks.push(v1::HeldPart {
+        send_peer: l.send.iter().map(|(q, _)| *q).collect(),
+        send_count: l.send.iter().map(|(_, rows)| rows.len() as u64).collect(),
+        ..Default::default()
+    });
+    let rows: Vec<u32> = l.send.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+    for block in rows.chunks(HELD_PER_CHUNK) {
+        chunks.push(v1::HeldPart {
+            send_rows: block.to_vec(),
+            ..Default::default()
+        });
+    }
+    for block in l.edge_base.chunks(HELD_PER_CHUNK) {
+        chunks.push(v1::HeldPart {
+            edge_base: block.to_vec(),
+            ..Default::default()
+        });
+    }
+    chunks.push(v1::HeldPart {
+        last: true,
+        ..Default::default()
+    });
+    chunks
+}
+
+/// [`v1::HeldPart`] chunks as they arrive, for a part of `owned` rows out of `total`
+/// nodes and `parts` parts; [`HeldAcc::finish`] checks the whole.
+#[derive(Default)]
+pub(crate) struct HeldAcc {
+    lists: distgat_partition::HeldLists,
+    send_peer: Vec<u32>,
+    send_count: Vec<u64>,
+    send_rows: Vec<u32>,
+}
+
+impl HeldAcc {
+    /// Appends a chunk; refuses lists longer than a part can need (so a bad stream cannot
+    /// grow them without bound). Returns whether it was the last chunk.
+    pub(crate) fn take(
+        &mut self,
+        c: v1::HeldPart,
+        owned: usize,
+        total: u64,
+        parts: usize,
+    ) -> Result<bool> {
+        let bad = |what: &str| RuntimeError::InvalidArgument(format!("HeldPart: {what}"));
+        if c.halo.len() != c.halo_owner.len() || c.send_peer.len() != c.send_count.len() {
+            return Err(bad(
+                "halo and halo_owner (or send_peer and send_count) differ in length",
+            ));
+        }
+        if let Some(&j) = c.halo.iter().find(|&&j| j >= total) {
+            return Err(bad(&format!("halo node {j} is not below {total}")));
+        }
+        if let Some(&o) = c
+            .halo_owner
+            .iter()
+            .chain(&c.send_peer)
+            .find(|&&o| o as usize >= parts)
+        {
+            return Err(bad(&format!("part {o} is not below {parts}")));
+        }
+        self.lists.halo.extend(c.halo);
+        self.lists.halo_owner.extend(c.halo_owner);
+        self.send_peer.extend(c.send_peer);
+        self.send_count.extend(c.send_count);
+        self.send_rows.extend(c.send_rows);
+        self.lists.edge_base.extend(c.edge_base);
+        if self.lists.halo.len() as u64 > total
+            || self.lists.edge_base.len() > owned
+            || self.send_peer.len() > parts
+            || self.send_rows.len() > owned.saturating_mul(parts)
+        {
+            return Err(bad("more entries than this part can need"));
+        }
+        Ok(c.last)
+    }
+
+    pub(crate) fn finish(self) -> Result<distgat_partition::HeldLists> {
+        let mut lists = self.lists;
+        let total: u64 = self.send_count.iter().sum();
+        if total != self.send_rows.len() as u64 {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "HeldPart: send counts add up to {total}, {} send rows came",
+                self.send_rows.len()
+            )));
+        }
+        let mut at = 0usize;
+        for (q, k) in self.send_peer.into_iter().zip(self.send_count) {
+            lists
+                .send
+                .push((q, self.send_rows[at..at + k as usize].to_vec()));
+            at += k as usize;
+        }
+        Ok(lists)
+    }
+}
+
+#[cfg(test)]
+mod held_tests {
+    use super::{held_chunks, HeldAcc};
+    use distgat_partition::HeldLists;
+
+    #[test]
+    fn held_lists_round_trip_through_chunks() {
+        let lists = HeldLists {
+            halo: (0..300_000).collect(),
+            halo_owner: (0..300_000).map(|i| (i % 3) as u32).collect(),
+            send: vec![(0, vec![1, 2, 3]), (2, (0..250_000).collect())],
+            edge_base: (0..400_000).map(|i| 16 * i).collect(),
+        };
+        let chunks = held_chunks(&lists);
+        assert!(chunks.len() > 5);
+        let mut acc = HeldAcc::default();
+        let mut last = false;
+        for c in chunks {
+            assert!(!last, "nothing after the last chunk");
+            last = acc.take(c, 400_000, 1_000_000, 3).unwrap();
+        }
+        assert!(last);
+        assert_eq!(acc.finish().unwrap(), lists);
+    }
+
+    #[test]
+    fn bad_held_chunks_are_refused() {
+        let mut acc = HeldAcc::default();
+        let c = distgat_proto::v1::HeldPart {
+            halo: vec![5],
+            halo_owner: vec![1],
+            ..Default::default()
+        };
+        let e = acc.take(c, 10, 5, 2).unwrap_err();
+        assert!(e.to_string().contains("halo node 5 is not below 5"), "{e}");
+        let c = distgat_proto::v1::HeldPart {
+            edge_base: vec![0; 11],
+            ..Default::default()
+        };
+        assert!(acc.take(c, 10, 100, 2).is_err());
+    }
+}

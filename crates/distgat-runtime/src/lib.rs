@@ -53,4 +53,22 @@ pub mod fuzzing {
         convert::take_point_chunk(chunk, dim, total, &mut ids, &mut coords)?;
         Ok(ids.len())
     }
+
+    /// What a worker checks of `HeldPart` chunks (ids below `total`, owners below
+    /// `parts`, no more entries than `owned` rows can need), then of the whole: the lists
+    /// it would build its plan from.
+    pub fn held_part(
+        chunks: Vec<v1::HeldPart>,
+        owned: usize,
+        total: u64,
+        parts: usize,
+    ) -> Result<distgat_partition::HeldLists> {
+        let mut acc = convert::HeldAcc::default();
+        for c in chunks {
+            if acc.take(c, owned, total, parts)? {
+                break;
+            }
+        }
+        acc.finish()
+    }
 }

@@ -176,6 +176,7 @@ async fn register_neighbourhood(
         parts: req.parts,
         threads_per_worker: req.threads_per_worker.max(1),
         assignment_out: assignment_tmp.display().to_string(),
+        keep_parts: false,
     };
     let summary = {
         let _one_at_a_time = state.job_lock.lock().await;
@@ -694,6 +695,7 @@ async fn execute(state: &Arc<State>, record: &Arc<JobRecord>) -> Result<()> {
     record.set_state(JobState::Running);
     std::fs::create_dir_all(&record.out_dir)?;
     let req = RunJobRequest {
+        build_id: String::new(),
         partition_dir: partition.dir.display().to_string(),
         model: spec.model.display().to_string(),
         features: spec.graph.features.display().to_string(),

@@ -15,18 +15,20 @@ use std::time::Instant;
 
 use distgat_neighbours::distributed::{directions, rcb, BBox};
 use distgat_neighbours::{check_rule, NeighbourRule, Neighbours, Points};
+use distgat_partition::{held_lists, HeldLists};
 use distgat_proto::v1::build_chunk::Body as ChunkBody;
 use distgat_proto::v1::build_output::Body as OutputBody;
 use distgat_proto::v1::worker_client::WorkerClient;
 use distgat_proto::v1::{
-    BuildChunk, BuildHeader, BuildNeighboursRequest, BuildStats, CentreEdges, Peer,
+    BuildChunk, BuildHeader, BuildNeighboursRequest, BuildOutput, BuildStats, CentreEdges, Peer,
 };
 use distgat_proto::MAX_CHUNK_BYTES;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::state::{Shortfall, State};
+use super::state::{KeptBuild, Shortfall, State, MAX_KEPT_BUILDS};
+use crate::catalog::lock;
 use crate::convert;
 use crate::error::{transport, Result, RuntimeError};
 
@@ -40,6 +42,10 @@ pub struct BuildSummary {
     pub seconds: f64,
     /// Reading the points and splitting them (and writing the split), seconds.
     pub split_seconds: f64,
+    /// Whether the workers kept their parts for a job (`keep_parts`), and the seconds
+    /// spent sending each its halo and send lists and waiting for its plan.
+    pub kept: bool,
+    pub keep_seconds: f64,
     pub parts: Vec<PartBuildSummary>,
 }
 
@@ -83,10 +89,12 @@ pub(crate) async fn build_neighbours(
     if req.points.is_empty() {
         return Err(RuntimeError::InvalidArgument("points is empty".into()));
     }
-    if req.out.is_empty() {
-        return Err(RuntimeError::InvalidArgument("out is empty".into()));
+    if req.out.is_empty() && !req.keep_parts {
+        return Err(RuntimeError::InvalidArgument(
+            "out is empty (it may be only with keep_parts)".into(),
+        ));
     }
-    let out = PathBuf::from(&req.out);
+    let out = (!req.out.is_empty()).then(|| PathBuf::from(&req.out));
     let points_path = PathBuf::from(&req.points);
     let points = tokio::task::spawn_blocking(move || -> Result<Points> {
         let points = Points::read_npy(&points_path)?;
@@ -142,12 +150,13 @@ pub(crate) async fn build_neighbours(
         .await
         .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??
     };
+    let mut part_of = vec![0u32; n];
+    for (k, ids) in split.iter().enumerate() {
+        ids.iter().for_each(|&i| part_of[i as usize] = k as u32);
+    }
     if !req.assignment_out.is_empty() {
         let path = PathBuf::from(&req.assignment_out);
-        let mut assignment = vec![0i64; n];
-        for (k, ids) in split.iter().enumerate() {
-            ids.iter().for_each(|&i| assignment[i as usize] = k as i64);
-        }
+        let assignment: Vec<i64> = part_of.iter().map(|&p| p as i64).collect();
         tokio::task::spawn_blocking(move || {
             distgat_graph::write_npy(&path, &[assignment.len() as u64], &assignment)
         })
@@ -183,6 +192,7 @@ pub(crate) async fn build_neighbours(
                 })
                 .collect(),
             threads: req.threads_per_worker.max(1),
+            keep: req.keep_parts,
         };
         let address = assigned[k].1.clone();
         let (tx, rx) = mpsc::channel::<BuildChunk>(4);
@@ -213,10 +223,10 @@ pub(crate) async fn build_neighbours(
             }
         }
     }
+    let mut senders = Vec::with_capacity(parts);
     for f in feeders {
-        // Dropping the senders closes the streams.
         match f.await {
-            Ok(Ok(tx)) => drop(tx),
+            Ok(Ok(tx)) => senders.push(tx),
             Ok(Err(e)) => return Err(e),
             Err(e) => return Err(RuntimeError::Io(std::io::Error::other(e))),
         }
@@ -241,19 +251,69 @@ pub(crate) async fn build_neighbours(
             }
         })
         .collect();
-    let edges = tokio::task::spawn_blocking(move || -> Result<usize> {
+    let mut streams: Vec<_> = results.iter_mut().map(|r| r.rest.take()).collect();
+    let keep = req.keep_parts;
+    let mut owned = keep.then(|| {
+        let mut owned: Vec<Vec<u64>> = vec![Vec::new(); parts];
+        for (v, &p) in part_of.iter().enumerate() {
+            owned[p as usize].push(v as u64);
+        }
+        owned
+    });
+    let (edges, held) = tokio::task::spawn_blocking(move || -> Result<_> {
         let nb = assemble(n, &results)?;
-        nb.write_npy(&out)?;
-        Ok(nb.num_edges())
+        drop(results);
+        if let Some(out) = &out {
+            nb.write_npy(out)?;
+        }
+        let held = keep.then(|| held_lists(&nb.offsets, &nb.sources, &part_of, parts));
+        Ok((nb.num_edges(), held))
     })
     .await
     .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
+    let t = Instant::now();
+    if let Some(held) = held {
+        // Each part's lists, then its PartKept; all parts at once.
+        let mut waiting = Vec::with_capacity(parts);
+        for (k, ((tx, lists), stream)) in senders
+            .drain(..)
+            .zip(held)
+            .zip(streams.iter_mut().map(Option::take))
+            .enumerate()
+        {
+            let address = assigned[k].1.clone();
+            waiting.push(tokio::spawn(keep_part(
+                tx, lists, stream, k as u32, address,
+            )));
+        }
+        for w in waiting {
+            w.await
+                .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
+        }
+        let mut kept = lock(&state.kept_builds);
+        if kept.len() >= MAX_KEPT_BUILDS {
+            kept.remove(0);
+        }
+        kept.push((
+            build_id.to_string(),
+            Arc::new(KeptBuild {
+                nodes: n,
+                workers: assigned.clone(),
+                owned: Arc::new(owned.take().expect("computed with keep_parts")),
+            }),
+        ));
+    }
+    // Dropping the senders closes the streams (the workers forget their points).
+    drop(senders);
+    drop(streams);
     Ok(BuildSummary {
         build_id: build_id.to_string(),
         nodes: n as u64,
         edges: edges as u64,
         seconds: started.elapsed().as_secs_f64(),
         split_seconds,
+        kept: keep,
+        keep_seconds: if keep { t.elapsed().as_secs_f64() } else { 0.0 },
         parts: summaries,
     })
 }
@@ -296,6 +356,9 @@ struct PartResult {
     stats: BuildStats,
     part: u32,
     address: String,
+    /// The answer stream after the statistics: a part that keeps its plan answers
+    /// PartKept there once it has its lists; otherwise it just ends.
+    rest: Option<tonic::Streaming<BuildOutput>>,
 }
 
 async fn collect(
@@ -329,7 +392,15 @@ async fn collect(
                 }
                 edges.push(e);
             }
-            Some(OutputBody::Stats(s)) => stats = Some(s),
+            Some(OutputBody::Stats(s)) => {
+                stats = Some(s);
+                break;
+            }
+            Some(OutputBody::Kept(_)) => {
+                return Err(RuntimeError::InvalidArgument(format!(
+                    "{context}: PartKept before the statistics"
+                )))
+            }
             None => {}
         }
     }
@@ -343,6 +414,45 @@ async fn collect(
         stats,
         part,
         address,
+        rest: Some(stream),
+    })
+}
+
+/// Sends part `part` its held lists and waits for its PartKept (the worker has built and
+/// stored its plan); the stream must then end.
+async fn keep_part(
+    tx: mpsc::Sender<BuildChunk>,
+    lists: HeldLists,
+    stream: Option<tonic::Streaming<BuildOutput>>,
+    part: u32,
+    address: String,
+) -> Result<()> {
+    let context = format!("neighbourhood build, part {part} at {address}, keeping its part");
+    let mut stream = stream.ok_or_else(|| {
+        RuntimeError::Io(std::io::Error::other(format!(
+            "{context}: no answer stream"
+        )))
+    })?;
+    for chunk in convert::held_chunks(&lists) {
+        tx.send(BuildChunk {
+            body: Some(ChunkBody::Held(chunk)),
+        })
+        .await
+        .map_err(|_| RuntimeError::WorkerFailed {
+            worker: address.clone(),
+            part,
+            detail: format!("{context}: the worker closed its build stream"),
+        })?;
+    }
+    while let Some(out) = stream.message().await.map_err(transport(context.clone()))? {
+        if let Some(OutputBody::Kept(_)) = out.body {
+            return Ok(());
+        }
+    }
+    Err(RuntimeError::WorkerFailed {
+        worker: address,
+        part,
+        detail: format!("{context}: the stream ended without PartKept"),
     })
 }
 

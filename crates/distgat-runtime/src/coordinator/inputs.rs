@@ -25,9 +25,14 @@ use crate::worker::f32_bytes;
 
 /// A running job's inputs, as the coordinator serves them to its workers.
 pub(crate) struct JobInputs {
-    pub partition: PartitionDir,
-    /// The manifest's text, sent to each worker in its StartJobRequest.
+    /// The partition directory; `None` for a job on a kept build, whose parts hold their
+    /// own plans (no shard to send).
+    pub partition: Option<PartitionDir>,
+    /// The manifest's text, sent to each worker in its StartJobRequest (empty for a kept
+    /// build).
     pub manifest_text: String,
+    /// A kept build's nodes per part, ascending (the feature rows each part gets).
+    pub owned: Option<Arc<Vec<Vec<u64>>>>,
     pub model: PathBuf,
     /// The features file, when the shards carry no feature rows.
     pub features: Option<PathBuf>,
@@ -152,8 +157,9 @@ impl JobInputs {
         let parts = workers.len();
         Ok(JobInputs {
             features: features.filter(|_| !partition.manifest.features_in_shards),
-            partition,
+            partition: Some(partition),
             manifest_text,
+            owned: None,
             model,
             edge_features,
             workers: std::sync::Mutex::new(workers),
@@ -162,6 +168,30 @@ impl JobInputs {
             shard_turns: std::sync::Mutex::new(Arc::new(ShardTurns::new(shard_streams))),
             shard_streams,
         })
+    }
+
+    /// The inputs of a job on a kept build: the model, and the feature rows of `owned[p]`
+    /// for part `p` (no shards, no edge features).
+    pub fn for_kept_build(
+        owned: Arc<Vec<Vec<u64>>>,
+        model: PathBuf,
+        features: PathBuf,
+        workers: Vec<String>,
+    ) -> Self {
+        let parts = workers.len();
+        JobInputs {
+            partition: None,
+            manifest_text: String::new(),
+            owned: Some(owned),
+            model,
+            features: Some(features),
+            edge_features: None,
+            workers: std::sync::Mutex::new(workers),
+            shard_bytes: (0..parts).map(|_| AtomicU64::new(0)).collect(),
+            input_bytes: (0..parts).map(|_| AtomicU64::new(0)).collect(),
+            shard_turns: std::sync::Mutex::new(Arc::new(ShardTurns::new(0))),
+            shard_streams: 0,
+        }
     }
 
     /// A new attempt of the job runs on `workers` (by part), with fresh shard turns.
@@ -224,8 +254,13 @@ pub(crate) fn fetch_shard(
     tx: Sender<ShardChunk>,
 ) -> Result<()> {
     let inputs = checked(state, job_id, part, worker_id)?;
-    let info = inputs.partition.shard_file(part)?.clone();
-    let path = inputs.partition.path.join(&info.file);
+    let Some(partition) = &inputs.partition else {
+        return Err(RuntimeError::FailedPrecondition(format!(
+            "job {job_id} runs on a kept neighbourhood build: its parts have no shard to fetch"
+        )));
+    };
+    let info = partition.shard_file(part)?.clone();
+    let path = partition.path.join(&info.file);
     let turns = lock(&inputs.shard_turns).clone();
     tokio::task::spawn_blocking(move || {
         let send = || -> Result<()> {
@@ -335,12 +370,19 @@ fn send_inputs(inputs: &JobInputs, part: u32, tx: &Sender<InputChunk>) -> Result
     }
     let (mut feature_rows, mut edge_rows) = (0u64, 0u64);
     if inputs.features.is_some() || inputs.edge_features.is_some() {
-        let shard = inputs.partition.load_shard(part)?;
-        let plan = shard.plan;
+        let shard_plan;
+        let (owned, edge_id): (&[u64], &[u64]) = match (&inputs.owned, &inputs.partition) {
+            (Some(owned), _) => (owned.get(part as usize).map_or(&[][..], |o| &o[..]), &[]),
+            (None, Some(partition)) => {
+                shard_plan = partition.load_shard(part)?.plan;
+                (&shard_plan.owned, &shard_plan.edge_id)
+            }
+            (None, None) => unreachable!("JobInputs holds a partition or a kept build's parts"),
+        };
         // Only this part's rows are read (one pass over the file, bounded memory besides
         // those rows), so the coordinator never holds a whole features file.
         if let Some(path) = &inputs.features {
-            let rows = Features::read_rows(path, "features", &plan.owned).map_err(|e| {
+            let rows = Features::read_rows(path, "features", owned).map_err(|e| {
                 RuntimeError::InvalidArgument(format!("features (part {part}'s rows): {e}"))
             })?;
             feature_rows = send_rows(&rows, &mut hasher, &mut |rows, n| {
@@ -348,7 +390,7 @@ fn send_inputs(inputs: &JobInputs, part: u32, tx: &Sender<InputChunk>) -> Result
             })?;
         }
         if let Some(path) = &inputs.edge_features {
-            let rows = Features::read_rows(path, "edge features", &plan.edge_id).map_err(|e| {
+            let rows = Features::read_rows(path, "edge features", edge_id).map_err(|e| {
                 RuntimeError::InvalidArgument(format!(
                     "edge_features (part {part}'s local edges): {e}"
                 ))

@@ -17,7 +17,7 @@ use tonic::Request;
 
 use super::inputs::JobInputs;
 use super::sink::{presized, AttentionSink, JobSink};
-use super::state::{Shortfall, State};
+use super::state::{KeptBuild, Shortfall, State};
 use crate::catalog::{lock, JobRecord};
 use crate::convert;
 use crate::error::{transport, Result, RuntimeError};
@@ -215,21 +215,31 @@ async fn run_job_inner(
     let started = Instant::now();
     let source =
         convert::shard_source("shard_source", &req.shard_source, state.config.shard_source)?;
-    let dir = PathBuf::from(required(&req.partition_dir, "partition_dir")?);
+    let kept = if req.build_id.is_empty() {
+        None
+    } else {
+        Some(take_kept_build(state, &req)?)
+    };
+    let dir = match kept {
+        Some(_) => PathBuf::new(),
+        None => PathBuf::from(required(&req.partition_dir, "partition_dir")?),
+    };
     let model_path = PathBuf::from(required(&req.model, "model")?);
     let out_path = PathBuf::from(required(&req.out, "out")?);
     let attention_dir = (!req.attention_dir.is_empty()).then(|| PathBuf::from(&req.attention_dir));
 
     // Everything that reads files runs off the async threads.
     let prep_req = req.clone();
-    let prepared = tokio::task::spawn_blocking(move || {
-        prepare(
+    let prep_kept = kept.clone();
+    let prepared = tokio::task::spawn_blocking(move || match prep_kept {
+        Some(k) => prepare_kept(&k, &model_path, &out_path, &prep_req),
+        None => prepare(
             &dir,
             &model_path,
             &out_path,
             attention_dir.as_deref(),
             &prep_req,
-        )
+        ),
     })
     .await
     .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
@@ -244,20 +254,29 @@ async fn run_job_inner(
     sink.progress = record.cloned();
     let sink = Arc::new(sink);
 
-    // Enough live workers?
-    let assigned = state
-        .live_workers_for(|_| parts, &cancelled)
-        .await
-        .map_err(|shortfall| match shortfall {
-            Shortfall::Cancelled => RuntimeError::Cancelled("cancelled by a client".into()),
-            Shortfall::TooFew { live, .. } => RuntimeError::FailedPrecondition(format!(
-                "the partition has {parts} parts but {live} live workers are registered; start \
-                 more with `distgat worker --coordinator <this address>`"
-            )),
-        })?;
-    let inputs = match source {
-        ShardSource::Shared => None,
-        ShardSource::Stream => {
+    // Enough live workers? (A kept build's parts run where they are kept.)
+    let assigned = match &kept {
+        Some(k) => kept_workers(state, &req.build_id, k)?,
+        None => state
+            .live_workers_for(|_| parts, &cancelled)
+            .await
+            .map_err(|shortfall| match shortfall {
+                Shortfall::Cancelled => RuntimeError::Cancelled("cancelled by a client".into()),
+                Shortfall::TooFew { live, .. } => RuntimeError::FailedPrecondition(format!(
+                    "the partition has {parts} parts but {live} live workers are registered; \
+                     start more with `distgat worker --coordinator <this address>`"
+                )),
+            })?,
+    };
+    let inputs = match (source, &kept) {
+        (ShardSource::Shared, _) => None,
+        (ShardSource::Stream, Some(k)) => Some(Arc::new(JobInputs::for_kept_build(
+            k.owned.clone(),
+            PathBuf::from(&req.model),
+            PathBuf::from(&req.features),
+            assigned.iter().map(|(id, _)| id.clone()).collect(),
+        ))),
+        (ShardSource::Stream, None) => {
             let dir = PathBuf::from(&req.partition_dir);
             let model = PathBuf::from(&req.model);
             let workers = assigned.iter().map(|(id, _)| id.clone()).collect();
@@ -306,6 +325,7 @@ async fn run_job_inner(
             &sink,
             feature_min,
             inputs.as_deref(),
+            kept.as_ref().map_or(0, |k| k.nodes as u64),
             &cancelled,
         )
         .await;
@@ -323,6 +343,20 @@ async fn run_job_inner(
         lock(&state.jobs).remove(&attempt_id);
         lock(&state.inputs).remove(&attempt_id);
         let error = match failure {
+            // A kept build's part lives only on its worker: no spare can take it.
+            AttemptFailure::Lost {
+                worker,
+                part,
+                detail,
+            } if kept.is_some() => RuntimeError::WorkerFailed {
+                worker,
+                part,
+                detail: format!(
+                    "{detail}; the part's edges were kept on that worker by build {}, so no \
+                     spare can take it: run again (or run on a partition, which can move parts)",
+                    req.build_id
+                ),
+            },
             AttemptFailure::Lost {
                 worker,
                 part,
@@ -498,6 +532,90 @@ async fn released(mut sink: Arc<JobSink>) -> Option<JobSink> {
             Err(_) => return None,
         }
     }
+}
+
+/// The kept build a job names (`build_id`), taken from the coordinator's list: checks
+/// that the request names nothing a kept build cannot use.
+fn take_kept_build(state: &State, req: &RunJobRequest) -> Result<Arc<KeptBuild>> {
+    let id = &req.build_id;
+    for (field, value) in [
+        ("partition_dir", &req.partition_dir),
+        ("graph", &req.graph),
+        ("graph_format", &req.graph_format),
+        ("edge_features", &req.edge_features),
+        ("attention_dir", &req.attention_dir),
+    ] {
+        if !value.is_empty() {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "{field}: a job on kept build {id} runs on the build's own parts and edges; \
+                 {field} must be empty (run on a partition for it)"
+            )));
+        }
+    }
+    required(&req.features, "features")?;
+    let mut kept = lock(&state.kept_builds);
+    let at = kept.iter().position(|(k, _)| k == id).ok_or_else(|| {
+        RuntimeError::NotFound(format!(
+            "build_id: no kept build {id} (a build made with keep_parts, not yet used by a job)"
+        ))
+    })?;
+    Ok(kept.remove(at).1)
+}
+
+/// The workers holding a kept build's parts, by part, each of which must still be live.
+fn kept_workers(state: &State, id: &str, k: &KeptBuild) -> Result<Vec<(String, String)>> {
+    let workers = lock(&state.workers);
+    for (p, (worker, _)) in k.workers.iter().enumerate() {
+        if !workers.iter().any(|w| &w.id == worker && state.is_live(w)) {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "part {p} of kept build {id} is held by worker {worker}, which is no longer \
+                 live; build the neighbourhood again"
+            )));
+        }
+    }
+    Ok(k.workers.clone())
+}
+
+/// [`prepare`] for a job on a kept build: N from the build, no partition, no attention.
+fn prepare_kept(
+    kept: &KeptBuild,
+    model_path: &Path,
+    out_path: &Path,
+    req: &RunJobRequest,
+) -> Result<Prepared> {
+    let n = kept.nodes;
+    let parts = kept.workers.len();
+    let model = Model::load(model_path)?;
+    model
+        .check_edge_features("edge_features (--edge-features)", None)
+        .map_err(|e| RuntimeError::InvalidArgument(e.to_string()))?;
+    let features_path = PathBuf::from(&req.features);
+    let rows = distgat_graph::NpyBody::open(&features_path)?
+        .shape
+        .first()
+        .copied()
+        .unwrap_or(0);
+    if rows != n as u64 {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "features: {} has {rows} rows, but the build has {n} points (one row per point)",
+            features_path.display()
+        )));
+    }
+    let feature_min = if req.normalize_rows {
+        Features::scan(&features_path, "features")?.2
+    } else {
+        0.0
+    };
+    let width = model.out_width();
+    let (out, header_len) = presized(out_path, "<f4", &[n as u64, width as u64], 4)?;
+    Ok(Prepared {
+        parts,
+        sink: JobSink::new(out_path, out, header_len, parts, n, width, Vec::new())?,
+        feature_min,
+        edge_indexes: Vec::new(),
+        features_path: Some(features_path),
+        edge_features_path: None,
+    })
 }
 
 struct Prepared {
@@ -685,6 +803,7 @@ async fn drive(
     sink: &JobSink,
     feature_min: f32,
     inputs: Option<&JobInputs>,
+    kept_nodes: u64,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> std::result::Result<(), AttemptFailure> {
     let parts = assigned.len();
@@ -720,6 +839,8 @@ async fn drive(
             want_attention: !req.attention_dir.is_empty(),
             threads: req.threads_per_worker.max(1),
             worker_id: id.clone(),
+            build_id: req.build_id.clone(),
+            num_nodes: kept_nodes,
             ..Default::default()
         };
         // Stream: no path at all, so a worker cannot silently read a file it happens to see.

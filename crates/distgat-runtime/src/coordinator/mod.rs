@@ -96,6 +96,7 @@ pub async fn start_coordinator(config: CoordinatorConfig) -> Result<RunningServe
         assignment: Mutex::new(None),
         job_lock: tokio::sync::Mutex::new(()),
         fetches,
+        kept_builds: Mutex::new(Vec::new()),
         next_id: AtomicU64::new(next_id),
         dialer,
     });
@@ -598,6 +599,7 @@ impl Coordinator for Service {
             .map_err(|e| Status::from(RuntimeError::Io(std::io::Error::other(e))))?;
         match result {
             Ok(summary) => Ok(Response::new(BuildNeighboursResponse {
+                build_id: summary.build_id.clone(),
                 nodes: summary.nodes,
                 edges: summary.edges,
                 summary_json: serde_json::to_string(&summary).expect("summary serialises"),

@@ -123,6 +123,23 @@ pub(crate) struct State {
     pub dialer: crate::net::Dialer,
     /// Permits of the client fetches in progress ([`State::fetch_permit`]).
     pub fetches: Arc<tokio::sync::Semaphore>,
+    /// Builds whose workers keep their parts for a job (`keep_parts`), by build id; a job
+    /// on one takes it. At most [`MAX_KEPT_BUILDS`], the oldest dropped first.
+    pub kept_builds: Mutex<Vec<(String, Arc<KeptBuild>)>>,
+}
+
+/// Kept builds remembered at most (each worker keeps at most two parts as well).
+pub(crate) const MAX_KEPT_BUILDS: usize = 2;
+
+/// A neighbourhood build whose parts stay on the workers that built them.
+#[derive(Debug)]
+pub(crate) struct KeptBuild {
+    /// N: the points (nodes) of the build.
+    pub nodes: usize,
+    /// The worker (id, address) holding each part, by part.
+    pub workers: Vec<(String, String)>,
+    /// Each part's nodes, ascending (whose feature rows the part needs).
+    pub owned: Arc<Vec<Vec<u64>>>,
 }
 
 /// Why [`State::live_workers_for`] gave up.

@@ -8,7 +8,7 @@
 //! are already exact: nothing outside the part is within their reach. The arithmetic runs
 //! on a rayon pool inside `spawn_blocking`, never on a tokio thread.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,11 +16,13 @@ use distgat_neighbours::distributed::{
     box_reach, build_local, directions, reach_request, within_reach,
 };
 use distgat_neighbours::{Execution, Points};
+use distgat_partition::PartPlan;
 use distgat_proto::v1::build_chunk::Body as ChunkBody;
 use distgat_proto::v1::build_output::Body as OutputBody;
 use distgat_proto::v1::halo_exchange_client::HaloExchangeClient;
 use distgat_proto::v1::{
-    BuildChunk, BuildHeader, BuildOutput, BuildStats, CentreEdges, FetchPointsRequest, PointChunk,
+    BuildChunk, BuildHeader, BuildOutput, BuildStats, CentreEdges, FetchPointsRequest, PartKept,
+    PointChunk,
 };
 use distgat_proto::MAX_CHUNK_BYTES;
 use tokio::sync::{mpsc, watch};
@@ -42,24 +44,56 @@ pub(crate) struct OwnPoints {
 
 type Slot = Arc<watch::Sender<Option<Arc<OwnPoints>>>>;
 
-/// The points of the builds running here, by build id; a fetch may arrive before the
-/// points do and then waits for them.
+/// A part kept after its build (`BuildHeader.keep`) for a job on it: its plan, as a shard
+/// would give it, and N.
+pub(crate) struct KeptPart {
+    pub plan: PartPlan,
+    pub num_nodes: usize,
+}
+
+/// Parts a worker keeps at most; a newer build's part evicts the oldest.
+const MAX_KEPT: usize = 2;
+
+/// The points of the builds running here, by build id (a fetch may arrive before the
+/// points do and then waits for them), and the parts kept for jobs.
 #[derive(Default)]
-pub(crate) struct Builds(Mutex<HashMap<String, Slot>>);
+pub(crate) struct Builds {
+    slots: Mutex<HashMap<String, Slot>>,
+    kept: Mutex<VecDeque<(String, KeptPart)>>,
+}
 
 /// How long a peer's fetch waits for this part's points to arrive.
 const FETCH_WAIT: Duration = Duration::from_secs(120);
 
 impl Builds {
     fn slot(&self, id: &str) -> Slot {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(id.to_string())
             .or_insert_with(|| Arc::new(watch::channel(None).0))
             .clone()
     }
 
     fn forget(&self, id: &str) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    fn keep(&self, id: &str, part: KeptPart) {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.retain(|(k, _)| k != id);
+        if kept.len() >= MAX_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back((id.to_string(), part));
+    }
+
+    /// The part kept from build `id`, taken (a job uses it once).
+    pub(crate) fn take_kept(&self, id: &str) -> Option<KeptPart> {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let i = kept.iter().position(|(k, _)| k == id)?;
+        kept.remove(i).map(|(_, p)| p)
     }
 
     /// The points of build `id`, waiting (up to [`FETCH_WAIT`]) until they arrived.
@@ -109,7 +143,7 @@ pub(crate) async fn serve_build(
     let id = header.build_id.clone();
     // Held for the whole build: peers' fetches wait on it.
     let slot = builds.slot(&id);
-    let result = run_part(&slot, &dialer, header, &mut inbound, &tx).await;
+    let result = run_part(&builds, &slot, &dialer, header, &mut inbound, &tx).await;
     if let Err(e) = result {
         tracing::warn!(build = %id, "neighbourhood build failed: {e}");
         // Peers waiting for these points stop waiting (their watch closes).
@@ -124,6 +158,7 @@ pub(crate) async fn serve_build(
 }
 
 async fn run_part(
+    builds: &Builds,
     slot: &Slot,
     dialer: &Dialer,
     header: BuildHeader,
@@ -293,7 +328,8 @@ async fn run_part(
 
     // Pass 2: the boundary centres over own + fetched points.
     let t = Instant::now();
-    let (output, boundary, needed) = {
+    let keep = header.keep;
+    let (output, boundary, needed, rows) = {
         let own = own.clone();
         blocking(move || -> Result<_> {
             let boundary: Vec<usize> = (0..own_n)
@@ -364,7 +400,18 @@ async fn run_part(
             }
             let chunks = chunker.finish();
             let needed = used.iter().filter(|&&u| u).count() as u64;
-            Ok((chunks, boundary.len() as u64, needed))
+            // Kept for a job: every own row's sources, rows in own (ascending id) order.
+            let rows = keep.then(|| {
+                let mut offsets = Vec::with_capacity(own_n + 1);
+                offsets.push(0u64);
+                let mut sources = Vec::new();
+                for r in 0..own_n {
+                    sources.extend_from_slice(edges_of(r));
+                    offsets.push(sources.len() as u64);
+                }
+                (offsets, sources)
+            });
+            Ok((chunks, boundary.len() as u64, needed, rows))
         })
         .await??
     };
@@ -396,7 +443,63 @@ async fn run_part(
             fetch_ms,
         }),
     )
-    .await
+    .await?;
+    let Some((offsets, sources)) = rows else {
+        return Ok(());
+    };
+    // Keep the part: its halo, send lists and edge bases come next.
+    let mut acc = convert::HeldAcc::default();
+    loop {
+        match inbound
+            .message()
+            .await
+            .map_err(transport("receiving the held part"))?
+        {
+            Some(BuildChunk {
+                body: Some(ChunkBody::Held(chunk)),
+            }) => {
+                if acc.take(chunk, own_n, total, parts)? {
+                    break;
+                }
+            }
+            Some(_) => {
+                return Err(RuntimeError::InvalidArgument(
+                    "BuildChunk: expected HeldPart chunks after the statistics".into(),
+                ))
+            }
+            None => {
+                return Err(RuntimeError::InvalidArgument(
+                    "the build stream ended before the held part's last chunk".into(),
+                ))
+            }
+        }
+    }
+    let lists = acc.finish()?;
+    let owned: Vec<u64> = own.ids.iter().map(|&i| i as u64).collect();
+    let plan = blocking(move || {
+        PartPlan::from_held(
+            part,
+            owned,
+            &offsets,
+            &sources,
+            lists,
+            total as usize,
+            "HeldPart",
+        )
+    })
+    .await??;
+    let kept = PartKept {
+        owned: plan.owned.len() as u64,
+        entries: plan.col.len() as u64,
+    };
+    builds.keep(
+        &header.build_id,
+        KeptPart {
+            plan,
+            num_nodes: total as usize,
+        },
+    );
+    send(tx, OutputBody::Kept(kept)).await
 }
 
 async fn send(tx: &mpsc::Sender<Result<BuildOutput, Status>>, body: OutputBody) -> Result<()> {

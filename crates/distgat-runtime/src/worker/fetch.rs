@@ -25,6 +25,8 @@ pub(super) enum ShardOrigin {
     Fetched,
     Cached,
     Refetched,
+    /// No shard: the part this worker kept from a neighbourhood build.
+    Kept,
 }
 
 impl ShardOrigin {
@@ -34,6 +36,7 @@ impl ShardOrigin {
             ShardOrigin::Fetched => "fetched",
             ShardOrigin::Cached => "cached",
             ShardOrigin::Refetched => "refetched",
+            ShardOrigin::Kept => "kept",
         }
     }
 }

@@ -589,6 +589,7 @@ fn run_job(
             rt,
             &state.coordinator,
             &state.work_dir.shards,
+            &state.builds,
             &req,
             cancel,
             progress,

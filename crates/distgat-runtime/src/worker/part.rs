@@ -206,6 +206,7 @@ pub(super) fn compute_part(
     rt: &tokio::runtime::Handle,
     coordinator: &Endpoint,
     shards_dir: &fetch::ShardCache,
+    builds: &super::build::Builds,
     req: &StartJobRequest,
     cancel: &AtomicBool,
     progress: &Progress,
@@ -218,7 +219,10 @@ pub(super) fn compute_part(
         mut features,
         edge_attr,
         origin,
-    } = part_inputs(rt, coordinator, &dialer.bearer, req, shards_dir)?;
+    } = match req.build_id.is_empty() {
+        true => part_inputs(rt, coordinator, &dialer.bearer, req, shards_dir)?,
+        false => kept_inputs(rt, coordinator, &dialer.bearer, req, builds)?,
+    };
     let n_owned = plan.owned.len();
     if req.normalize_rows {
         features.normalize_rows_with_min(req.feature_min);
@@ -1001,6 +1005,87 @@ fn part_inputs(
             })
         }
     }
+}
+
+/// A part kept from neighbourhood build `req.build_id` (no shard): its plan from the
+/// build, the model and its feature rows by path (shard source `shared`) or from the
+/// coordinator (`stream`).
+fn kept_inputs(
+    rt: &tokio::runtime::Handle,
+    coordinator: &Endpoint,
+    bearer: &distgat_proto::Bearer,
+    req: &StartJobRequest,
+    builds: &super::build::Builds,
+) -> Result<PartInputs> {
+    let kept = builds.take_kept(&req.build_id).ok_or_else(|| {
+        RuntimeError::NotFound(format!(
+            "build_id: this worker keeps no part of build {} (kept parts serve one job)",
+            req.build_id
+        ))
+    })?;
+    if kept.plan.part != req.part || kept.num_nodes as u64 != req.num_nodes {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "part {} of {} nodes asked, but this worker kept part {} of {} nodes of build {}",
+            req.part, req.num_nodes, kept.plan.part, kept.num_nodes, req.build_id
+        )));
+    }
+    let n_owned = kept.plan.owned.len();
+    let (model, features) = match crate::convert::shard_source_of(req.shard_source)? {
+        ShardSource::Shared => (
+            Model::load(std::path::Path::new(&req.model))?,
+            Features::read_rows(
+                std::path::Path::new(&req.features),
+                "features",
+                &kept.plan.owned,
+            )?,
+        ),
+        ShardSource::Stream => {
+            if req.worker_id.is_empty() {
+                return Err(RuntimeError::InvalidArgument(
+                    "shard_source stream needs worker_id".into(),
+                ));
+            }
+            let got = fetch::inputs(rt, coordinator.connect_lazy(), bearer, req)?;
+            let label = PathBuf::from(format!("<coordinator>/model-of-{}.json", req.job_id));
+            let model = Model::from_files(&label, got.model)?;
+            if got.edge_attr.is_some() {
+                return Err(RuntimeError::InvalidArgument(
+                    "edge_attr: the coordinator sent edge attributes for a kept build, which \
+                     has none"
+                        .into(),
+                ));
+            }
+            match got.features {
+                Some(f) if f.num_nodes == n_owned => (model, f),
+                Some(f) => {
+                    return Err(RuntimeError::InvalidArgument(format!(
+                        "features: the coordinator sent {} rows, this part owns {n_owned}",
+                        f.num_nodes
+                    )))
+                }
+                None => {
+                    return Err(RuntimeError::InvalidArgument(
+                        "features: the coordinator sent no feature rows".into(),
+                    ))
+                }
+            }
+        }
+    };
+    if model.edge_dim().is_some() {
+        return Err(RuntimeError::InvalidArgument(
+            "edge_features: the model has edge_dim layers, but a built neighbourhood has no \
+             edge attributes"
+                .into(),
+        ));
+    }
+    Ok(PartInputs {
+        num_nodes: kept.num_nodes,
+        shard_plan: kept.plan,
+        model,
+        features,
+        edge_attr: None,
+        origin: ShardOrigin::Kept,
+    })
 }
 
 /// Shard source `shared`: every input opened by the paths of the request.
