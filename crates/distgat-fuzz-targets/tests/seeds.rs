@@ -194,6 +194,7 @@ fn write_proto_seeds() {
                 }],
                 threads: 1,
                 keep: true,
+                counts_only: false,
             })),
         },
     );

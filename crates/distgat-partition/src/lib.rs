@@ -20,6 +20,6 @@ pub use method::{assign, read_assignment, trial_seed, Method, Objective};
 pub use pipeline::{
     format_report, peak_rss_bytes, run_partition, AssignmentDtype, PartitionConfig,
 };
-pub use plan::{held_lists, HaloPlan, HeldLists, PartPlan};
+pub use plan::{held_lists, held_lists_with_halos, HaloPlan, HeldLists, PartPlan};
 pub use stats::{PartitionStats, Quality};
 pub use symmetric::SymmetricGraph;

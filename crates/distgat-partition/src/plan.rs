@@ -177,32 +177,45 @@ pub fn held_lists(
 ) -> Vec<HeldLists> {
     let n = assignment.len();
     assert_eq!(offsets.len(), n + 1, "offsets length");
+    let mut halos: Vec<Vec<(u32, u64)>> = vec![Vec::new(); parts];
+    for (v, &p) in assignment.iter().enumerate() {
+        for &j in &sources[offsets[v] as usize..offsets[v + 1] as usize] {
+            let owner = assignment[j as usize];
+            if owner != p {
+                halos[p as usize].push((owner, j as u64));
+            }
+        }
+    }
+    for h in &mut halos {
+        h.sort_unstable();
+        h.dedup();
+    }
+    held_lists_with_halos(halos, offsets, assignment, parts)
+}
+
+/// [`held_lists`] when each part's halo is already known: `halos[p]` holds part `p`'s
+/// (owner, global id) pairs, sorted and distinct; `offsets` (`[N + 1]`) gives each node's
+/// first edge in the target-sorted edge list (the sources themselves are not needed).
+pub fn held_lists_with_halos(
+    halos: Vec<Vec<(u32, u64)>>,
+    offsets: &[u64],
+    assignment: &[u32],
+    parts: usize,
+) -> Vec<HeldLists> {
+    assert_eq!(offsets.len(), assignment.len() + 1, "offsets length");
+    assert_eq!(halos.len(), parts, "one halo per part");
     let mut owned: Vec<Vec<u64>> = vec![Vec::new(); parts];
     for (v, &p) in assignment.iter().enumerate() {
         owned[p as usize].push(v as u64);
     }
     let mut lists: Vec<HeldLists> = owned
         .iter()
-        .enumerate()
-        .map(|(p, owned)| {
-            let mut halo: Vec<(u32, u64)> = Vec::new();
-            for &v in owned {
-                let row = &sources[offsets[v as usize] as usize..offsets[v as usize + 1] as usize];
-                for &j in row {
-                    let owner = assignment[j as usize];
-                    if owner as usize != p {
-                        halo.push((owner, j as u64));
-                    }
-                }
-            }
-            halo.sort_unstable();
-            halo.dedup();
-            HeldLists {
-                halo_owner: halo.iter().map(|&(o, _)| o).collect(),
-                halo: halo.into_iter().map(|(_, j)| j).collect(),
-                send: Vec::new(),
-                edge_base: owned.iter().map(|&v| offsets[v as usize]).collect(),
-            }
+        .zip(halos)
+        .map(|(owned, halo)| HeldLists {
+            halo_owner: halo.iter().map(|&(o, _)| o).collect(),
+            halo: halo.into_iter().map(|(_, j)| j).collect(),
+            send: Vec::new(),
+            edge_base: owned.iter().map(|&v| offsets[v as usize]).collect(),
         })
         .collect();
     // Send lists, as HaloPlan::build makes them: the block of q's halo owned by p, as p's

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use distgat_neighbours::distributed::{directions, rcb, BBox};
 use distgat_neighbours::{check_rule, NeighbourRule, Neighbours, Points};
-use distgat_partition::{held_lists, HeldLists};
+use distgat_partition::{held_lists, held_lists_with_halos, HeldLists};
 use distgat_proto::v1::build_chunk::Body as ChunkBody;
 use distgat_proto::v1::build_output::Body as OutputBody;
 use distgat_proto::v1::worker_client::WorkerClient;
@@ -154,6 +154,9 @@ pub(crate) async fn build_neighbours(
     for (k, ids) in split.iter().enumerate() {
         ids.iter().for_each(|&i| part_of[i as usize] = k as u32);
     }
+    let part_of = Arc::new(part_of);
+    // Kept parts without an edges file: the workers send counts and halos, not edges.
+    let counts_only = req.keep_parts && out.is_none();
     if !req.assignment_out.is_empty() {
         let path = PathBuf::from(&req.assignment_out);
         let assignment: Vec<i64> = part_of.iter().map(|&p| p as i64).collect();
@@ -193,6 +196,7 @@ pub(crate) async fn build_neighbours(
                 .collect(),
             threads: req.threads_per_worker.max(1),
             keep: req.keep_parts,
+            counts_only,
         };
         let address = assigned[k].1.clone();
         let (tx, rx) = mpsc::channel::<BuildChunk>(4);
@@ -202,7 +206,14 @@ pub(crate) async fn build_neighbours(
             .max_decoding_message_size(2 * MAX_CHUNK_BYTES);
         running.push((
             feeder,
-            tokio::spawn(collect(client, rx, k as u32, address, n as u64)),
+            tokio::spawn(collect(
+                client,
+                rx,
+                k as u32,
+                address,
+                part_of.clone(),
+                counts_only,
+            )),
         ));
     }
     // Every part's answer first; only then close the request streams (a worker keeps its
@@ -261,6 +272,15 @@ pub(crate) async fn build_neighbours(
         owned
     });
     let (edges, held) = tokio::task::spawn_blocking(move || -> Result<_> {
+        if counts_only {
+            let offsets = offsets_of(n, &results)?;
+            let halos = results
+                .iter_mut()
+                .map(|r| std::mem::take(&mut r.halo))
+                .collect();
+            let held = held_lists_with_halos(halos, &offsets, &part_of, parts);
+            return Ok((offsets[n] as usize, Some(held)));
+        }
         let nb = assemble(n, &results)?;
         drop(results);
         if let Some(out) = &out {
@@ -353,6 +373,8 @@ async fn feed(
 /// What one part sent back.
 struct PartResult {
     edges: Vec<CentreEdges>,
+    /// `counts_only`: the part's halo as (owner, id), sorted and distinct.
+    halo: Vec<(u32, u64)>,
     stats: BuildStats,
     part: u32,
     address: String,
@@ -361,13 +383,17 @@ struct PartResult {
     rest: Option<tonic::Streaming<BuildOutput>>,
 }
 
+/// Reads a part's answer up to its statistics. `counts_only`: the CentreEdges carry no
+/// sources, and the part's halo comes as HeldHalo, each id checked against `part_of`.
 async fn collect(
     mut client: WorkerClient<tonic::transport::Channel>,
     rx: mpsc::Receiver<BuildChunk>,
     part: u32,
     address: String,
-    n: u64,
+    part_of: Arc<Vec<u32>>,
+    counts_only: bool,
 ) -> Result<PartResult> {
+    let n = part_of.len() as u64;
     let context = format!("neighbourhood build, part {part} at {address}");
     let mut stream = client
         .build_neighbours(ReceiverStream::new(rx))
@@ -375,12 +401,14 @@ async fn collect(
         .map_err(transport(context.clone()))?
         .into_inner();
     let mut edges = Vec::new();
+    let mut halo = Vec::new();
     let mut stats = None;
     while let Some(out) = stream.message().await.map_err(transport(context.clone()))? {
         match out.body {
             Some(OutputBody::Edges(e)) => {
                 let total: u64 = e.counts.iter().map(|&c| c as u64).sum();
-                if e.centres.len() != e.counts.len() || total != e.sources.len() as u64 {
+                let sources = if counts_only { 0 } else { total };
+                if e.centres.len() != e.counts.len() || sources != e.sources.len() as u64 {
                     return Err(RuntimeError::InvalidArgument(format!(
                         "{context}: CentreEdges counts do not match its centres and sources"
                     )));
@@ -391,6 +419,27 @@ async fn collect(
                     )));
                 }
                 edges.push(e);
+            }
+            Some(OutputBody::Halo(h)) if counts_only => {
+                if h.ids.len() != h.owners.len() {
+                    return Err(RuntimeError::InvalidArgument(format!(
+                        "{context}: HeldHalo ids and owners differ in length"
+                    )));
+                }
+                for (&j, &q) in h.ids.iter().zip(&h.owners) {
+                    if part_of.get(j as usize) != Some(&q) || q == part {
+                        return Err(RuntimeError::InvalidArgument(format!(
+                            "{context}: HeldHalo names node {j} as part {q}'s, which it is not \
+                             (or it is this part's own)"
+                        )));
+                    }
+                    halo.push((q, j as u64));
+                }
+            }
+            Some(OutputBody::Halo(_)) => {
+                return Err(RuntimeError::InvalidArgument(format!(
+                    "{context}: HeldHalo, but the build did not ask for counts only"
+                )))
             }
             Some(OutputBody::Stats(s)) => {
                 stats = Some(s);
@@ -409,8 +458,11 @@ async fn collect(
         part,
         detail: "the build stream ended without statistics".into(),
     })?;
+    halo.sort_unstable();
+    halo.dedup();
     Ok(PartResult {
         edges,
+        halo,
         stats,
         part,
         address,
@@ -460,6 +512,24 @@ async fn keep_part(
 /// part; a part may split a large neighbourhood over consecutive entries of the same
 /// centre, which are concatenated in order.
 fn assemble(n: usize, results: &[PartResult]) -> Result<Neighbours> {
+    let offsets = offsets_of(n, results)?;
+    let mut sources = vec![0u32; *offsets.last().expect("non-empty") as usize];
+    let mut filled = vec![0u64; n];
+    for e in results.iter().flat_map(|r| &r.edges) {
+        let mut at = 0usize;
+        for (&c, &k) in e.centres.iter().zip(&e.counts) {
+            let start = (offsets[c as usize] + filled[c as usize]) as usize;
+            sources[start..start + k as usize].copy_from_slice(&e.sources[at..at + k as usize]);
+            filled[c as usize] += k as u64;
+            at += k as usize;
+        }
+    }
+    Ok(Neighbours { offsets, sources })
+}
+
+/// Each centre's first edge in the target-sorted edge list (`[n + 1]`), from the parts'
+/// counts; checks that each of the `n` centres comes from exactly one part.
+fn offsets_of(n: usize, results: &[PartResult]) -> Result<Vec<u64>> {
     const NONE: u32 = u32::MAX;
     let mut owner = vec![NONE; n];
     let mut count = vec![0u64; n];
@@ -491,16 +561,5 @@ fn assemble(n: usize, results: &[PartResult]) -> Result<Neighbours> {
     for &c in &count {
         offsets.push(offsets.last().expect("non-empty") + c);
     }
-    let mut sources = vec![0u32; *offsets.last().expect("non-empty") as usize];
-    let mut filled = vec![0u64; n];
-    for e in results.iter().flat_map(|r| &r.edges) {
-        let mut at = 0usize;
-        for (&c, &k) in e.centres.iter().zip(&e.counts) {
-            let start = (offsets[c as usize] + filled[c as usize]) as usize;
-            sources[start..start + k as usize].copy_from_slice(&e.sources[at..at + k as usize]);
-            filled[c as usize] += k as u64;
-            at += k as usize;
-        }
-    }
-    Ok(Neighbours { offsets, sources })
+    Ok(offsets)
 }

@@ -21,8 +21,8 @@ use distgat_proto::v1::build_chunk::Body as ChunkBody;
 use distgat_proto::v1::build_output::Body as OutputBody;
 use distgat_proto::v1::halo_exchange_client::HaloExchangeClient;
 use distgat_proto::v1::{
-    BuildChunk, BuildHeader, BuildOutput, BuildStats, CentreEdges, FetchPointsRequest, PartKept,
-    PointChunk,
+    BuildChunk, BuildHeader, BuildOutput, BuildStats, CentreEdges, FetchPointsRequest, HeldHalo,
+    PartKept, PointChunk,
 };
 use distgat_proto::MAX_CHUNK_BYTES;
 use tokio::sync::{mpsc, watch};
@@ -310,15 +310,19 @@ async fn run_part(
         })?;
         let req = convert::fetch_points_request(&header.build_id, part, &request);
         let endpoint = dialer.endpoint(&address)?;
-        fetches.push(tokio::spawn(fetch_from(
-            endpoint, address, q, req, dim, total,
-        )));
+        fetches.push((
+            q as u32,
+            tokio::spawn(fetch_from(endpoint, address, q, req, dim, total)),
+        ));
     }
-    let (mut fetched_ids, mut fetched_coords) = (Vec::new(), Vec::new());
-    for f in fetches {
+    // Every fetched point with the part that owns it (the peer that sent it).
+    let (mut fetched_ids, mut fetched_coords, mut fetched_owner) =
+        (Vec::new(), Vec::new(), Vec::new());
+    for (q, f) in fetches {
         let (i, c) = f
             .await
             .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
+        fetched_owner.extend(std::iter::repeat_n(q, i.len()));
         fetched_ids.extend(i);
         fetched_coords.extend(c);
     }
@@ -329,7 +333,13 @@ async fn run_part(
     // Pass 2: the boundary centres over own + fetched points.
     let t = Instant::now();
     let keep = header.keep;
-    let (output, boundary, needed, rows) = {
+    let counts_only = header.counts_only;
+    if counts_only && !keep {
+        return Err(RuntimeError::InvalidArgument(
+            "BuildHeader: counts_only needs keep".into(),
+        ));
+    }
+    let (output, halo, boundary, needed, rows) = {
         let own = own.clone();
         blocking(move || -> Result<_> {
             let boundary: Vec<usize> = (0..own_n)
@@ -383,23 +393,43 @@ async fn run_part(
                     _ => first.neighbours.of(r),
                 }
             };
-            let mut sorted_fetched = fetched_ids.clone();
+            // (id, owner) of every fetched point, by id.
+            let mut sorted_fetched: Vec<(u32, u32)> = fetched_ids
+                .iter()
+                .copied()
+                .zip(fetched_owner.iter().copied())
+                .collect();
             sorted_fetched.sort_unstable();
             let mut used = vec![false; sorted_fetched.len()];
             let mut chunker = EdgeChunker::default();
             for (r, slot) in slot_of.iter().enumerate() {
                 let e = edges_of(r);
+                // Only a centre searched again has fetched neighbours.
                 if slot.is_some() {
-                    for j in e {
-                        if let Ok(pos) = sorted_fetched.binary_search(j) {
+                    for &j in e {
+                        if let Ok(pos) = sorted_fetched.binary_search_by_key(&j, |&(id, _)| id) {
                             used[pos] = true;
                         }
                     }
                 }
-                chunker.push(own.ids[r], e, MAX_CHUNK_BYTES / 4);
+                if counts_only {
+                    chunker.push_count(own.ids[r], e.len(), MAX_CHUNK_BYTES / 8);
+                } else {
+                    chunker.push(own.ids[r], e, MAX_CHUNK_BYTES / 4);
+                }
             }
             let chunks = chunker.finish();
             let needed = used.iter().filter(|&&u| u).count() as u64;
+            // The halo: the fetched points that became neighbours (ids ascending).
+            let halo: Vec<(u32, u32)> = match counts_only {
+                true => sorted_fetched
+                    .iter()
+                    .zip(&used)
+                    .filter(|&(_, &u)| u)
+                    .map(|(&p, _)| p)
+                    .collect(),
+                false => Vec::new(),
+            };
             // Kept for a job: every own row's sources, rows in own (ascending id) order.
             let rows = keep.then(|| {
                 let mut offsets = Vec::with_capacity(own_n + 1);
@@ -411,13 +441,20 @@ async fn run_part(
                 }
                 (offsets, sources)
             });
-            Ok((chunks, boundary.len() as u64, needed, rows))
+            Ok((chunks, halo, boundary.len() as u64, needed, rows))
         })
         .await??
     };
     search_ms += t.elapsed().as_secs_f64() * 1e3;
     for c in output {
         send(tx, OutputBody::Edges(c)).await?;
+    }
+    for block in halo.chunks(MAX_CHUNK_BYTES / 16) {
+        let chunk = HeldHalo {
+            ids: block.iter().map(|&(id, _)| id).collect(),
+            owners: block.iter().map(|&(_, q)| q).collect(),
+        };
+        send(tx, OutputBody::Halo(chunk)).await?;
     }
     tracing::info!(
         part,
@@ -563,6 +600,15 @@ impl EdgeChunker {
             if edges.is_empty() {
                 return;
             }
+        }
+    }
+
+    /// A centre's neighbour count only (no sources), at most `limit` centres per message.
+    fn push_count(&mut self, centre: u32, count: usize, limit: usize) {
+        self.current.centres.push(centre);
+        self.current.counts.push(count as u32);
+        if self.current.centres.len() >= limit {
+            self.chunks.push(std::mem::take(&mut self.current));
         }
     }
 
