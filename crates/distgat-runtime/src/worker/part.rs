@@ -59,24 +59,38 @@ impl RowSplit {
     /// Applies a layer's self-loop rule to the part's raw local CSR, in engine order.
     fn new(plan: &PartPlan, add_self_loops: bool) -> Self {
         let n_owned = plan.owned.len();
-        let mut interior = SubsetBuilder::default();
-        let mut boundary = SubsetBuilder::default();
-        for r in 0..n_owned {
-            let (a, b) = (plan.row_ptr[r] as usize, plan.row_ptr[r + 1] as usize);
-            let mut entries: Vec<(u32, i64, i64)> = (a..b)
-                .filter(|&k| !(add_self_loops && plan.col[k] as usize == r))
-                .map(|k| (plan.col[k], plan.edge_id[k] as i64, k as i64))
-                .collect();
+        let row = |r: usize| plan.row_ptr[r] as usize..plan.row_ptr[r + 1] as usize;
+        // Pass 1: which rows need a halo row, and each subset's size, so the builders
+        // allocate once (a part's subsets hold tens of millions of entries).
+        let mut boundary_row = vec![false; n_owned];
+        let (mut sizes, mut rows) = ([0usize; 2], [0usize; 2]);
+        for (r, b) in boundary_row.iter_mut().enumerate() {
+            let cols = &plan.col[row(r)];
+            *b = cols.iter().any(|&c| c as usize >= n_owned);
+            let dropped = if add_self_loops {
+                cols.iter().filter(|&&c| c as usize == r).count()
+            } else {
+                0
+            };
+            sizes[usize::from(*b)] += cols.len() - dropped + usize::from(add_self_loops);
+            rows[usize::from(*b)] += 1;
+        }
+        let mut interior = SubsetBuilder::with_capacity(rows[0], sizes[0]);
+        let mut boundary = SubsetBuilder::with_capacity(rows[1], sizes[1]);
+        for (r, &b) in boundary_row.iter().enumerate() {
+            let target = if b { &mut boundary } else { &mut interior };
+            target.start_row(r as u32);
+            for k in row(r) {
+                let c = plan.col[k];
+                if !(add_self_loops && c as usize == r) {
+                    target.entry(c, plan.edge_id[k] as i64, k as i64);
+                }
+            }
             if add_self_loops {
                 let key = -(plan.owned[r] as i64) - 1;
-                entries.push((r as u32, key, key));
+                target.entry(r as u32, key, key);
             }
-            let target = if entries.iter().all(|&(c, _, _)| (c as usize) < n_owned) {
-                &mut interior
-            } else {
-                &mut boundary
-            };
-            target.push(r as u32, &entries);
+            target.end_row();
         }
         RowSplit {
             interior: interior.finish(add_self_loops),
@@ -95,16 +109,27 @@ struct SubsetBuilder {
 }
 
 impl SubsetBuilder {
-    fn push(&mut self, row: u32, entries: &[(u32, i64, i64)]) {
-        if self.row_ptr.is_empty() {
-            self.row_ptr.push(0);
+    fn with_capacity(rows: usize, entries: usize) -> Self {
+        let mut row_ptr = Vec::with_capacity(rows + 1);
+        row_ptr.push(0);
+        SubsetBuilder {
+            rows: Vec::with_capacity(rows),
+            row_ptr,
+            col: Vec::with_capacity(entries),
+            keys: Vec::with_capacity(entries),
+            local_keys: Vec::with_capacity(entries),
         }
+    }
+    fn start_row(&mut self, row: u32) {
         self.rows.push(row);
-        for &(c, k, l) in entries {
-            self.col.push(c);
-            self.keys.push(k);
-            self.local_keys.push(l);
-        }
+    }
+    #[inline]
+    fn entry(&mut self, c: u32, key: i64, local_key: i64) {
+        self.col.push(c);
+        self.keys.push(key);
+        self.local_keys.push(local_key);
+    }
+    fn end_row(&mut self) {
         self.row_ptr.push(self.col.len());
     }
     fn finish(mut self, self_loops_added: bool) -> Subset {
@@ -219,9 +244,20 @@ pub(super) fn compute_part(
         mut features,
         edge_attr,
         origin,
-    } = match req.build_id.is_empty() {
-        true => part_inputs(rt, coordinator, &dialer.bearer, req, shards_dir)?,
-        false => kept_inputs(rt, coordinator, &dialer.bearer, req, builds)?,
+    } = {
+        let t = Instant::now();
+        let inputs = match req.build_id.is_empty() {
+            true => part_inputs(rt, coordinator, &dialer.bearer, req, shards_dir)?,
+            false => kept_inputs(rt, coordinator, &dialer.bearer, req, builds)?,
+        };
+        tracing::info!(
+            job = %req.job_id,
+            part = req.part,
+            shard = inputs.origin.name(),
+            ms = ms(t.elapsed()),
+            "part inputs ready"
+        );
+        inputs
     };
     let n_owned = plan.owned.len();
     if req.normalize_rows {
