@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """``distgat neighbours --knn`` against scipy and scikit-learn (opt-in, not in CI).
 
-Two workloads, each timed as the median of R runs, distgat and the baseline interleaved
+Up to three workloads, each timed as the median of R runs, distgat and the baseline interleaved
 (A B A B ...) so that both see the same load on a shared machine (the load average is
 printed before and after each workload):
 
@@ -15,6 +15,13 @@ printed before and after each workload):
    - distgat: as above (blocked float32 GEMM candidates, exact float64 re-rank);
    - scikit-learn: ``NearestNeighbors(n_neighbors=17, algorithm='brute',
      n_jobs=T).fit(points).kneighbors(points)``, fit plus query.
+
+3. distributed (``--distributed``): the same 1M 3-D points, k = 16, the attention model
+   of ``reference/knn-gatv2-n400`` over random 16-wide features: the whole process
+   ``distgat run --points P --knn 16 --workers 2 --threads-per-worker 1`` against the
+   whole single-process ``distgat infer --points P --knn 16 --threads 2``, interleaved;
+   the outputs must be byte-identical. Prints each part's point bytes fetched from its
+   peer against the bytes of fetched points that became neighbours.
 
 The comparison is generous to the Python side: its timings exclude interpreter start-up
 and file I/O, distgat's include them. distgat's edges are also checked against scipy's
@@ -80,6 +87,10 @@ def main():
     ap.add_argument("--work-dir", default=None, help="where to write the inputs (default: a temp dir)")
     ap.add_argument("--skip-high", action="store_true", help="only the 3-D workload")
     ap.add_argument("--skip-low", action="store_true", help="only the high-D workload")
+    ap.add_argument("--distributed", action="store_true",
+                    help="also run --points on 2 workers against infer --points (needs --model)")
+    ap.add_argument("--model", default=None,
+                    help="model for --distributed (reference/knn-gatv2-n400/model.json)")
     args = ap.parse_args()
 
     from scipy.spatial import cKDTree
@@ -112,6 +123,41 @@ def main():
         edges = np.load(e_path)
         ok = check_against(edges, idx, k)
         rows.append((f"{args.n_low:,} x 3-D, k={k}", "scipy cKDTree", d_med, s_med, d_all, s_all, ok))
+
+    # 3. Distributed: run --points on 2 workers against infer --points.
+    if args.distributed:
+        if not args.model:
+            sys.exit("--distributed needs --model (reference/knn-gatv2-n400/model.json)")
+        x = rng.standard_normal((args.n_low, 16), dtype=np.float32)
+        x_path = os.path.join(work, "low_x.npy")
+        np.save(x_path, x)
+        outs = {w: os.path.join(work, f"dist_out_{w}.npy") for w in ("infer", "run")}
+        summary = os.path.join(work, "dist_summary.json")
+        common = ["--points", p_path, "--knn", str(k), "--features", x_path,
+                  "--model", args.model]
+        def infer():
+            subprocess.run([args.distgat, "infer", *common, "--threads", str(t),
+                            "--out", outs["infer"]],
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        def run():
+            subprocess.run([args.distgat, "run", *common, "--workers", "2",
+                            "--threads-per-worker", str(max(1, t // 2)),
+                            "--out", outs["run"], "--summary-json", summary],
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        print(f"distributed start: {load()}", flush=True)
+        r_med, r_all, _, i_med, i_all, _ = interleaved(run, infer, r)
+        print(f"distributed end: {load()}", flush=True)
+        with open(outs["infer"], "rb") as a, open(outs["run"], "rb") as b:
+            same = a.read() == b.read()
+        import json
+        parts = json.load(open(summary))["neighbourhood"]["parts"]
+        for p in parts:
+            print(f"  part {p['part']}: {p['points']} points, {p['boundary_centres']} boundary "
+                  f"centres, {p['bytes_fetched']} point bytes fetched, {p['bytes_needed']} of "
+                  f"them neighbours")
+        rows.append((f"{args.n_low:,} x 3-D, k={k}, GATv2 x2: run --workers 2",
+                     "distgat infer", r_med, i_med, r_all, i_all,
+                     "outputs byte-identical" if same else "OUTPUTS DIFFER"))
 
     # 2. 128-D, brute force.
     if not args.skip_high:

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use distgat_neighbours::distributed::{
-    box_reach, build_local, directions, reach_request, within_reach,
+    box_reach, build_local, directions, reach_request, within_reach, BBox, ReachRequest,
 };
 use distgat_neighbours::{Execution, Points};
 use distgat_partition::PartPlan;
@@ -355,10 +355,25 @@ async fn run_part(
             if !boundary.is_empty() && !fetched_ids.is_empty() {
                 let mut is_boundary = vec![false; own_n];
                 boundary.iter().for_each(|&r| is_boundary[r] = true);
+                // The own points a boundary centre can reach: as a peer answers a fetch
+                // (within_reach), over the box of the boundary centres and their largest
+                // reach. Every own neighbour q of a boundary centre i has
+                // d(i, q) <= reach_i, so the box distance passes; the others cannot be
+                // neighbours and are left out of the second search.
+                let space = own.space.as_ref().unwrap_or(&own.points);
+                let request = ReachRequest {
+                    centres: BBox::of(space, boundary.iter().copied()).expect("non-empty"),
+                    reach: boundary
+                        .iter()
+                        .map(|&r| reach[r])
+                        .fold(f64::NEG_INFINITY, f64::max),
+                };
                 let order: Vec<usize> = boundary
                     .iter()
                     .copied()
-                    .chain((0..own_n).filter(|&r| !is_boundary[r]))
+                    .chain((0..own_n).filter(|&r| {
+                        !is_boundary[r] && request.centres.distance(space.row(r)) <= request.reach
+                    }))
                     .collect();
                 let mut ids: Vec<u32> = order.iter().map(|&r| own.ids[r]).collect();
                 let mut values: Vec<f32> = order
