@@ -118,28 +118,11 @@ impl HaloPlan {
                 send: Vec::new(),
             });
         }
-        // Send lists: the block of q's halo owned by p, as p's local ids.
-        let mut sends: Vec<Vec<(u32, Vec<u32>)>> = vec![Vec::new(); parts];
-        for q in &plans {
-            let mut start = 0;
-            while start < q.halo.len() {
-                let owner = q.halo_owner[start];
-                let end = start + q.halo_owner[start..].partition_point(|&o| o == owner);
-                let sender = &plans[owner as usize];
-                let rows = q.halo[start..end]
-                    .iter()
-                    .map(|g| {
-                        sender
-                            .owned
-                            .binary_search(g)
-                            .expect("halo node is owned by its owner")
-                            as u32
-                    })
-                    .collect();
-                sends[owner as usize].push((q.part, rows));
-                start = end;
-            }
-        }
+        let owned: Vec<&[u64]> = plans.iter().map(|p| &p.owned[..]).collect();
+        let sends = send_lists(
+            plans.iter().map(|p| (&p.halo[..], &p.halo_owner[..])),
+            &owned,
+        );
         for (plan, send) in plans.iter_mut().zip(sends) {
             plan.send = send;
         }
@@ -148,6 +131,35 @@ impl HaloPlan {
             parts: plans,
         })
     }
+}
+
+/// Every part's send lists from every part's halo (`halos`, in part order: ids grouped by
+/// owner, with their owners) and nodes (`owned`, ascending): part p sends part q the block
+/// of q's halo that p owns, as p's local ids, the lists in increasing q.
+fn send_lists<'a>(
+    halos: impl Iterator<Item = (&'a [u64], &'a [u32])>,
+    owned: &[&[u64]],
+) -> Vec<Vec<(u32, Vec<u32>)>> {
+    let mut sends: Vec<Vec<(u32, Vec<u32>)>> = vec![Vec::new(); owned.len()];
+    for (q, (halo, halo_owner)) in halos.enumerate() {
+        let mut start = 0;
+        while start < halo.len() {
+            let owner = halo_owner[start];
+            let end = start + halo_owner[start..].partition_point(|&o| o == owner);
+            let sender = owned[owner as usize];
+            let rows = halo[start..end]
+                .iter()
+                .map(|g| {
+                    sender
+                        .binary_search(g)
+                        .expect("a halo node is owned by its owner") as u32
+                })
+                .collect();
+            sends[owner as usize].push((q as u32, rows));
+            start = end;
+        }
+    }
+    sends
 }
 
 /// What a part needs, besides its own rows' edges, when those edges stay on the worker
@@ -218,27 +230,11 @@ pub fn held_lists_with_halos(
             edge_base: owned.iter().map(|&v| offsets[v as usize]).collect(),
         })
         .collect();
-    // Send lists, as HaloPlan::build makes them: the block of q's halo owned by p, as p's
-    // local ids, in increasing q.
-    let mut sends: Vec<Vec<(u32, Vec<u32>)>> = vec![Vec::new(); parts];
-    for (q, l) in lists.iter().enumerate() {
-        let mut start = 0;
-        while start < l.halo.len() {
-            let owner = l.halo_owner[start];
-            let end = start + l.halo_owner[start..].partition_point(|&o| o == owner);
-            let sender = &owned[owner as usize];
-            let rows = l.halo[start..end]
-                .iter()
-                .map(|g| {
-                    sender
-                        .binary_search(g)
-                        .expect("a halo node is owned by its owner") as u32
-                })
-                .collect();
-            sends[owner as usize].push((q as u32, rows));
-            start = end;
-        }
-    }
+    let owned: Vec<&[u64]> = owned.iter().map(|o| &o[..]).collect();
+    let sends = send_lists(
+        lists.iter().map(|l| (&l.halo[..], &l.halo_owner[..])),
+        &owned,
+    );
     for (l, send) in lists.iter_mut().zip(sends) {
         l.send = send;
     }
