@@ -89,7 +89,7 @@ class HeartbeatResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class RunJobRequest(_message.Message):
-    __slots__ = ("partition_dir", "model", "features", "normalize_rows", "out", "attention_dir", "graph", "graph_format", "threads_per_worker", "edge_features", "shard_source")
+    __slots__ = ("partition_dir", "model", "features", "normalize_rows", "out", "attention_dir", "graph", "graph_format", "threads_per_worker", "edge_features", "shard_source", "build_id")
     PARTITION_DIR_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +101,7 @@ class RunJobRequest(_message.Message):
     THREADS_PER_WORKER_FIELD_NUMBER: _ClassVar[int]
     EDGE_FEATURES_FIELD_NUMBER: _ClassVar[int]
     SHARD_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    BUILD_ID_FIELD_NUMBER: _ClassVar[int]
     partition_dir: str
     model: str
     features: str
@@ -112,7 +113,8 @@ class RunJobRequest(_message.Message):
     threads_per_worker: int
     edge_features: str
     shard_source: str
-    def __init__(self, partition_dir: _Optional[str] = ..., model: _Optional[str] = ..., features: _Optional[str] = ..., normalize_rows: _Optional[bool] = ..., out: _Optional[str] = ..., attention_dir: _Optional[str] = ..., graph: _Optional[str] = ..., graph_format: _Optional[str] = ..., threads_per_worker: _Optional[int] = ..., edge_features: _Optional[str] = ..., shard_source: _Optional[str] = ...) -> None: ...
+    build_id: str
+    def __init__(self, partition_dir: _Optional[str] = ..., model: _Optional[str] = ..., features: _Optional[str] = ..., normalize_rows: _Optional[bool] = ..., out: _Optional[str] = ..., attention_dir: _Optional[str] = ..., graph: _Optional[str] = ..., graph_format: _Optional[str] = ..., threads_per_worker: _Optional[int] = ..., edge_features: _Optional[str] = ..., shard_source: _Optional[str] = ..., build_id: _Optional[str] = ...) -> None: ...
 
 class RunJobResponse(_message.Message):
     __slots__ = ("job_id", "summary_json")
@@ -131,7 +133,7 @@ class Peer(_message.Message):
     def __init__(self, part: _Optional[int] = ..., address: _Optional[str] = ...) -> None: ...
 
 class StartJobRequest(_message.Message):
-    __slots__ = ("job_id", "partition_dir", "part", "peers", "model", "features", "normalize_rows", "feature_min", "want_attention", "threads", "edge_features", "shard_source", "partition_manifest", "worker_id")
+    __slots__ = ("job_id", "partition_dir", "part", "peers", "model", "features", "normalize_rows", "feature_min", "want_attention", "threads", "edge_features", "shard_source", "partition_manifest", "worker_id", "build_id", "num_nodes")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PARTITION_DIR_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +148,8 @@ class StartJobRequest(_message.Message):
     SHARD_SOURCE_FIELD_NUMBER: _ClassVar[int]
     PARTITION_MANIFEST_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    BUILD_ID_FIELD_NUMBER: _ClassVar[int]
+    NUM_NODES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     partition_dir: str
     part: int
@@ -160,7 +164,9 @@ class StartJobRequest(_message.Message):
     shard_source: ShardSource
     partition_manifest: str
     worker_id: str
-    def __init__(self, job_id: _Optional[str] = ..., partition_dir: _Optional[str] = ..., part: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., model: _Optional[str] = ..., features: _Optional[str] = ..., normalize_rows: _Optional[bool] = ..., feature_min: _Optional[float] = ..., want_attention: _Optional[bool] = ..., threads: _Optional[int] = ..., edge_features: _Optional[str] = ..., shard_source: _Optional[_Union[ShardSource, str]] = ..., partition_manifest: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
+    build_id: str
+    num_nodes: int
+    def __init__(self, job_id: _Optional[str] = ..., partition_dir: _Optional[str] = ..., part: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., model: _Optional[str] = ..., features: _Optional[str] = ..., normalize_rows: _Optional[bool] = ..., feature_min: _Optional[float] = ..., want_attention: _Optional[bool] = ..., threads: _Optional[int] = ..., edge_features: _Optional[str] = ..., shard_source: _Optional[_Union[ShardSource, str]] = ..., partition_manifest: _Optional[str] = ..., worker_id: _Optional[str] = ..., build_id: _Optional[str] = ..., num_nodes: _Optional[int] = ...) -> None: ...
 
 class StartJobResponse(_message.Message):
     __slots__ = ()
@@ -725,30 +731,34 @@ class NeighbourSpec(_message.Message):
     def __init__(self, knn: _Optional[int] = ..., radius: _Optional[float] = ..., max_neighbours: _Optional[int] = ..., self_loops: _Optional[bool] = ..., metric: _Optional[str] = ...) -> None: ...
 
 class BuildNeighboursRequest(_message.Message):
-    __slots__ = ("points", "spec", "out", "parts", "threads_per_worker", "assignment_out")
+    __slots__ = ("points", "spec", "out", "parts", "threads_per_worker", "assignment_out", "keep_parts")
     POINTS_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     OUT_FIELD_NUMBER: _ClassVar[int]
     PARTS_FIELD_NUMBER: _ClassVar[int]
     THREADS_PER_WORKER_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_OUT_FIELD_NUMBER: _ClassVar[int]
+    KEEP_PARTS_FIELD_NUMBER: _ClassVar[int]
     points: str
     spec: NeighbourSpec
     out: str
     parts: int
     threads_per_worker: int
     assignment_out: str
-    def __init__(self, points: _Optional[str] = ..., spec: _Optional[_Union[NeighbourSpec, _Mapping]] = ..., out: _Optional[str] = ..., parts: _Optional[int] = ..., threads_per_worker: _Optional[int] = ..., assignment_out: _Optional[str] = ...) -> None: ...
+    keep_parts: bool
+    def __init__(self, points: _Optional[str] = ..., spec: _Optional[_Union[NeighbourSpec, _Mapping]] = ..., out: _Optional[str] = ..., parts: _Optional[int] = ..., threads_per_worker: _Optional[int] = ..., assignment_out: _Optional[str] = ..., keep_parts: _Optional[bool] = ...) -> None: ...
 
 class BuildNeighboursResponse(_message.Message):
-    __slots__ = ("summary_json", "nodes", "edges")
+    __slots__ = ("summary_json", "nodes", "edges", "build_id")
     SUMMARY_JSON_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     EDGES_FIELD_NUMBER: _ClassVar[int]
+    BUILD_ID_FIELD_NUMBER: _ClassVar[int]
     summary_json: str
     nodes: int
     edges: int
-    def __init__(self, summary_json: _Optional[str] = ..., nodes: _Optional[int] = ..., edges: _Optional[int] = ...) -> None: ...
+    build_id: str
+    def __init__(self, summary_json: _Optional[str] = ..., nodes: _Optional[int] = ..., edges: _Optional[int] = ..., build_id: _Optional[str] = ...) -> None: ...
 
 class PartBox(_message.Message):
     __slots__ = ("part", "lo", "hi")
@@ -761,7 +771,7 @@ class PartBox(_message.Message):
     def __init__(self, part: _Optional[int] = ..., lo: _Optional[bytes] = ..., hi: _Optional[bytes] = ...) -> None: ...
 
 class BuildHeader(_message.Message):
-    __slots__ = ("build_id", "part", "spec", "total_points", "dim", "own_points", "boxes", "peers", "threads")
+    __slots__ = ("build_id", "part", "spec", "total_points", "dim", "own_points", "boxes", "peers", "threads", "keep", "counts_only")
     BUILD_ID_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -771,6 +781,8 @@ class BuildHeader(_message.Message):
     BOXES_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_ONLY_FIELD_NUMBER: _ClassVar[int]
     build_id: str
     part: int
     spec: NeighbourSpec
@@ -780,7 +792,9 @@ class BuildHeader(_message.Message):
     boxes: _containers.RepeatedCompositeFieldContainer[PartBox]
     peers: _containers.RepeatedCompositeFieldContainer[Peer]
     threads: int
-    def __init__(self, build_id: _Optional[str] = ..., part: _Optional[int] = ..., spec: _Optional[_Union[NeighbourSpec, _Mapping]] = ..., total_points: _Optional[int] = ..., dim: _Optional[int] = ..., own_points: _Optional[int] = ..., boxes: _Optional[_Iterable[_Union[PartBox, _Mapping]]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., threads: _Optional[int] = ...) -> None: ...
+    keep: bool
+    counts_only: bool
+    def __init__(self, build_id: _Optional[str] = ..., part: _Optional[int] = ..., spec: _Optional[_Union[NeighbourSpec, _Mapping]] = ..., total_points: _Optional[int] = ..., dim: _Optional[int] = ..., own_points: _Optional[int] = ..., boxes: _Optional[_Iterable[_Union[PartBox, _Mapping]]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., threads: _Optional[int] = ..., keep: _Optional[bool] = ..., counts_only: _Optional[bool] = ...) -> None: ...
 
 class PointChunk(_message.Message):
     __slots__ = ("ids", "coords")
@@ -791,12 +805,40 @@ class PointChunk(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ..., coords: _Optional[bytes] = ...) -> None: ...
 
 class BuildChunk(_message.Message):
-    __slots__ = ("header", "points")
+    __slots__ = ("header", "points", "held")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     POINTS_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
     header: BuildHeader
     points: PointChunk
-    def __init__(self, header: _Optional[_Union[BuildHeader, _Mapping]] = ..., points: _Optional[_Union[PointChunk, _Mapping]] = ...) -> None: ...
+    held: HeldPart
+    def __init__(self, header: _Optional[_Union[BuildHeader, _Mapping]] = ..., points: _Optional[_Union[PointChunk, _Mapping]] = ..., held: _Optional[_Union[HeldPart, _Mapping]] = ...) -> None: ...
+
+class HeldPart(_message.Message):
+    __slots__ = ("halo", "halo_owner", "send_peer", "send_count", "send_rows", "edge_base", "last")
+    HALO_FIELD_NUMBER: _ClassVar[int]
+    HALO_OWNER_FIELD_NUMBER: _ClassVar[int]
+    SEND_PEER_FIELD_NUMBER: _ClassVar[int]
+    SEND_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SEND_ROWS_FIELD_NUMBER: _ClassVar[int]
+    EDGE_BASE_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    halo: _containers.RepeatedScalarFieldContainer[int]
+    halo_owner: _containers.RepeatedScalarFieldContainer[int]
+    send_peer: _containers.RepeatedScalarFieldContainer[int]
+    send_count: _containers.RepeatedScalarFieldContainer[int]
+    send_rows: _containers.RepeatedScalarFieldContainer[int]
+    edge_base: _containers.RepeatedScalarFieldContainer[int]
+    last: bool
+    def __init__(self, halo: _Optional[_Iterable[int]] = ..., halo_owner: _Optional[_Iterable[int]] = ..., send_peer: _Optional[_Iterable[int]] = ..., send_count: _Optional[_Iterable[int]] = ..., send_rows: _Optional[_Iterable[int]] = ..., edge_base: _Optional[_Iterable[int]] = ..., last: _Optional[bool] = ...) -> None: ...
+
+class PartKept(_message.Message):
+    __slots__ = ("owned", "entries")
+    OWNED_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    owned: int
+    entries: int
+    def __init__(self, owned: _Optional[int] = ..., entries: _Optional[int] = ...) -> None: ...
 
 class CentreEdges(_message.Message):
     __slots__ = ("centres", "counts", "sources")
@@ -829,12 +871,24 @@ class BuildStats(_message.Message):
     def __init__(self, points: _Optional[int] = ..., boundary_centres: _Optional[int] = ..., points_fetched: _Optional[int] = ..., bytes_fetched: _Optional[int] = ..., points_needed: _Optional[int] = ..., bytes_needed: _Optional[int] = ..., search_ms: _Optional[float] = ..., fetch_ms: _Optional[float] = ...) -> None: ...
 
 class BuildOutput(_message.Message):
-    __slots__ = ("edges", "stats")
+    __slots__ = ("edges", "stats", "kept", "halo")
     EDGES_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    HALO_FIELD_NUMBER: _ClassVar[int]
     edges: CentreEdges
     stats: BuildStats
-    def __init__(self, edges: _Optional[_Union[CentreEdges, _Mapping]] = ..., stats: _Optional[_Union[BuildStats, _Mapping]] = ...) -> None: ...
+    kept: PartKept
+    halo: HeldHalo
+    def __init__(self, edges: _Optional[_Union[CentreEdges, _Mapping]] = ..., stats: _Optional[_Union[BuildStats, _Mapping]] = ..., kept: _Optional[_Union[PartKept, _Mapping]] = ..., halo: _Optional[_Union[HeldHalo, _Mapping]] = ...) -> None: ...
+
+class HeldHalo(_message.Message):
+    __slots__ = ("ids", "owners")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    OWNERS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    owners: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ..., owners: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class FetchPointsRequest(_message.Message):
     __slots__ = ("build_id", "part", "lo", "hi", "reach")
