@@ -142,7 +142,7 @@ struct RunBenchArgs {
     work_dir: Option<PathBuf>,
     /// `distgat run --shard-source` values to time, each on the same partition (run:
     /// the ratio of each to the first is printed)
-    #[arg(long, value_delimiter = ',', default_value = "stream")]
+    #[arg(long, value_delimiter = ',', default_value = "shared")]
     shard_sources: Vec<String>,
 }
 

@@ -482,7 +482,7 @@ struct RunArgs {
     /// TLS between the processes of this private cluster (the certificate must name 127.0.0.1) and a token on its coordinator
     #[command(flatten)]
     security: SecurityArgs,
-    /// Where the workers get their inputs: stream (from the coordinator over gRPC; this command's workers cache no shard, as their work dirs are removed when it ends) or shared (they open the files by path) [default: stream]
+    /// Where the workers get their inputs: shared (they open the files by path: this command starts every process on this machine) or stream (from the coordinator over gRPC, as on a cluster without shared storage; this command's workers cache no shard, as their work dirs are removed when it ends) [default: shared]
     #[arg(long, value_name = "SOURCE")]
     shard_source: Option<ShardSourceArg>,
 }
@@ -1518,9 +1518,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         method: args.method.map(|m| method_of(m, 0)),
         attention_dir: args.attention_dir,
         threads_per_worker: args.threads_per_worker,
+        // This command starts every process on this machine: they share its files.
         shard_source: args
             .shard_source
-            .map_or(distgat_runtime::ShardSource::Stream, |s| s.0),
+            .map_or(distgat_runtime::ShardSource::Shared, |s| s.0),
         exe: std::env::current_exe()?,
         tls: args.security.tls(None),
         auth_token_file: args.security.auth_token_file.clone(),
