@@ -159,6 +159,16 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     check_output_dir("--out", &config.out)?;
     if let Some(stats) = &config.stats_json {
         check_output_dir("--stats-json", stats)?;
+        if same_file(stats, &config.out) {
+            return Err(GraphError::argument(
+                "--stats-json",
+                format!(
+                    "{} is also named by --out; give each output its own file",
+                    stats.display()
+                ),
+            )
+            .into());
+        }
         if stats.is_dir() {
             return Err(GraphError::argument(
                 "--stats-json",
@@ -668,6 +678,11 @@ fn permute_rows(values: &[f32], width: usize, from: &[u32]) -> Vec<f32> {
 
 /// Checks, before any work, that `out` (given by `flag`) can be written as a file: its
 /// directory exists and it is not itself a directory.
+/// Whether two output paths name the same file (compared as absolute paths).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    std::path::absolute(a).ok() == std::path::absolute(b).ok()
+}
+
 pub fn check_output_file(flag: &str, out: &Path) -> Result<(), GraphError> {
     check_output_dir(flag, out)?;
     if out.is_dir() || out.as_os_str().to_string_lossy().ends_with('/') {

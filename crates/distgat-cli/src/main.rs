@@ -1492,6 +1492,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.summary_json {
         // Checked before the job, not after it.
         distgat_cli::infer::check_output_file("--summary-json", path)?;
+        let others = [Some(&out), args.neighbours_out.as_ref()];
+        if others
+            .into_iter()
+            .flatten()
+            .any(|o| distgat_cli::infer::same_file(o, path))
+        {
+            anyhow::bail!(
+                "--summary-json: {} is also named by --out or --neighbours-out; give each \
+                 output its own file",
+                path.display()
+            );
+        }
     }
     // With a reused partition and no --workers, one worker per part of that partition.
     let workers = match (args.workers, &args.partition) {

@@ -200,6 +200,7 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
             config.out.display()
         );
     }
+    crate::infer::check_output_file("--out", &config.out)?;
     // Without a graph (and no --points), every layer must be global attention.
     let model = distgat_attention::Model::load(&config.model)?;
     let no_graph = config.graph.as_os_str().is_empty() && config.neighbourhood.is_none();
@@ -260,6 +261,7 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
         .build()?;
     // The build's own split, when it is the partition.
     let spatial = temp.path().join("spatial_parts.npy");
+    let mut staged: Option<Staged> = None;
     // The job runs on the parts where they were built (no edges file, no partition, no
     // shards) unless something needs a partition: another --method, per-edge attention
     // files (their edge index comes from a graph file), or spares (a kept part cannot
@@ -280,7 +282,9 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
         None => config.graph.clone(),
         Some((spec, edges)) => {
             let edges = match (edges.as_os_str().is_empty(), in_place) {
-                (false, _) => edges.clone(),
+                // Written under a temporary name beside it, renamed once the job has
+                // succeeded: a failed run leaves no --neighbours-out behind.
+                (false, _) => staged.insert(Staged::beside(edges)).path.clone(),
                 (true, false) => temp.path().join("neighbours.npy"),
                 // Kept on the workers; no file asked for.
                 (true, true) => PathBuf::new(),
@@ -460,6 +464,9 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
         anyhow::Ok(response.into_inner().summary_json)
     })?;
     let job_secs = t.elapsed().as_secs_f64();
+    if let Some(staged) = staged {
+        staged.commit()?;
+    }
     let t = std::time::Instant::now();
     on_phase("stopping the processes");
     drop(children);
@@ -472,6 +479,45 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
         job_secs,
         stop_secs: t.elapsed().as_secs_f64(),
     })
+}
+
+/// An output written under a temporary name beside its final path (`.NAME.partial-PID`)
+/// and renamed onto it by [`Staged::commit`]; removed if dropped before.
+struct Staged {
+    path: PathBuf,
+    target: PathBuf,
+}
+
+impl Staged {
+    fn beside(target: &Path) -> Self {
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let path = distgat_graph::parent_dir(target)
+            .join(format!(".{name}.partial-{}", std::process::id()));
+        Staged {
+            path,
+            target: target.to_path_buf(),
+        }
+    }
+
+    fn commit(self) -> anyhow::Result<()> {
+        std::fs::rename(&self.path, &self.target).map_err(|e| {
+            anyhow::anyhow!(
+                "--neighbours-out: renaming {} to {}: {e}",
+                self.path.display(),
+                self.target.display()
+            )
+        })
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        // After commit the path no longer exists; before it, nothing of a failed run stays.
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 fn abs(p: &Path) -> String {
@@ -509,9 +555,31 @@ fn check_built(
             spec.points.as_deref().expect("checked").display()
         );
     }
-    // Before the build, not after it: a bad model wastes no search.
-    distgat_attention::Model::load(&config.model)?;
+    // Before the build, not after it: a bad model or features file wastes no search.
+    let model = distgat_attention::Model::load(&config.model)?;
+    if model.edge_dim().is_some() {
+        anyhow::bail!(
+            "--model: {} has edge_dim layers, which need edge attributes; a neighbourhood \
+             built by --knn or --radius has none (run such a model over --graph with \
+             --edge-features)",
+            config.model.display()
+        );
+    }
     let features = distgat_graph::NpyBody::open(&config.features)?;
+    let float = matches!(
+        features.dtype,
+        distgat_graph::NpyDtype::F32 | distgat_graph::NpyDtype::F64
+    );
+    let want = model.layers[0].in_features();
+    if !float || features.shape.len() != 2 || features.shape[1] as usize != want {
+        anyhow::bail!(
+            "--features: {} is {} {:?}; the model's layer 0 expects float32 or float64 \
+             [N, {want}]",
+            config.features.display(),
+            features.dtype.name(),
+            features.shape
+        );
+    }
     let rows = features.shape.first().copied().unwrap_or(0) as usize;
     if rows != n {
         anyhow::bail!(

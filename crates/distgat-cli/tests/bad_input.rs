@@ -666,3 +666,11 @@ fn text_graph_without_line_breaks_is_refused() {
     case.arg("--format").arg("edgelist");
     case.expect_error("/dev/zero", &["line 1", "longer than 64 MiB"]);
 }
+
+#[test]
+fn stats_json_naming_the_output_is_refused() {
+    let mut case = Case::new();
+    let out = case.out.clone();
+    case.arg("--stats-json").arg(&out);
+    case.expect_error("--stats-json", &["also named by --out"]);
+}

@@ -368,3 +368,97 @@ fn bad_input_is_refused_by_flag() {
     );
     assert!(!out.exists());
 }
+
+/// Inputs the job would refuse are refused before the build (naming the flag), and a run
+/// that fails after the build leaves no output behind: neither --out nor --neighbours-out
+/// (an existing --neighbours-out file keeps its bytes).
+#[test]
+fn late_failures_leave_no_output_and_early_checks_name_the_flag() {
+    let case = "knn-gatv2-n400";
+    let dir = tempfile::tempdir().unwrap();
+    let (points, x, model) = (
+        reference(case, "points.npy"),
+        reference(case, "x.npy"),
+        reference(case, "model.json"),
+    );
+    let f = Features::read_npy(&x).unwrap();
+    let (out, edges, summary) = (
+        dir.path().join("out.npy"),
+        dir.path().join("edges.npy"),
+        dir.path().join("s.json"),
+    );
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--points",
+            s(&points),
+            "--knn",
+            "8",
+            "--workers",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        distgat(&args)
+    };
+    let refused = |o: &Output, needles: &[&str]| {
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "accepted: {stderr}");
+        for n in needles {
+            assert!(stderr.contains(n), "{n}: {stderr}");
+        }
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!out.exists(), "left {}", out.display());
+    };
+    // Features of the wrong width: before any process starts.
+    let narrow = dir.path().join("narrow.npy");
+    let values: Vec<f32> = (0..f.num_nodes * 8).map(|i| i as f32).collect();
+    write_f32(&narrow, f.num_nodes, 8, &values);
+    let common = ["--model", s(&model), "--out", s(&out)];
+    let mut args = vec!["--features", s(&narrow)];
+    args.extend_from_slice(&common);
+    refused(&run(&args), &["--features", "narrow.npy", "16"]);
+    // A model with edge_dim: a built neighbourhood has no edge attributes.
+    let edge_model = reference("gat-residual-edge-n120", "model.json");
+    let args = [
+        "--features",
+        s(&x),
+        "--model",
+        s(&edge_model),
+        "--out",
+        s(&out),
+    ];
+    refused(&run(&args), &["--model", "edge_dim"]);
+    // --out in a directory that does not exist, and --summary-json naming --out.
+    let nowhere = dir.path().join("no/such/dir/out.npy");
+    let args = [
+        "--features",
+        s(&x),
+        "--model",
+        s(&model),
+        "--out",
+        s(&nowhere),
+    ];
+    refused(&run(&args), &["--out", "does not exist"]);
+    let mut args = vec!["--features", s(&x), "--summary-json", s(&out)];
+    args.extend_from_slice(&common);
+    refused(&run(&args), &["--summary-json", "--out"]);
+    // NaN in a feature row fails in the job, after the build: no --out, and the existing
+    // --neighbours-out is untouched.
+    let nan = dir.path().join("nan.npy");
+    let mut values = f.values.clone();
+    values[7 * f.width] = f32::NAN;
+    write_f32(&nan, f.num_nodes, f.width, &values);
+    fs::write(&edges, b"old bytes").unwrap();
+    let mut args = vec!["--features", s(&nan), "--neighbours-out", s(&edges)];
+    args.extend_from_slice(&common);
+    args.extend_from_slice(&["--summary-json", s(&summary)]);
+    refused(&run(&args), &["nan.npy"]);
+    assert_eq!(fs::read(&edges).unwrap(), b"old bytes");
+    assert!(!summary.exists());
+    let leftovers: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
