@@ -8,6 +8,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use distgat_graph::{GraphFormat, Normalization};
@@ -110,13 +111,48 @@ impl RunConfig {
     }
 }
 
-/// Children that are killed when this guard drops, whatever happens.
+/// Children that are killed when this guard drops, whatever happens (and, after
+/// [`Children::on_signal`], when this process gets SIGINT or SIGTERM).
 #[derive(Default)]
-pub struct Children(Vec<(String, Child)>);
+pub struct Children(Arc<Mutex<Vec<(String, Child)>>>);
+
+impl Children {
+    fn push(&self, name: &str, child: Child) {
+        lock(&self.0).push((name.to_string(), child));
+    }
+
+    /// On SIGINT or SIGTERM (Ctrl-C, `kill`, a supervisor stopping this command): kill
+    /// every child, remove `temp`, and exit with 128 + the signal's number, so nothing of
+    /// this private cluster outlives the command. Runs on `runtime`.
+    fn on_signal(&self, runtime: &tokio::runtime::Runtime, temp: PathBuf) -> anyhow::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut int = runtime.block_on(async { signal(SignalKind::interrupt()) })?;
+        let mut term = runtime.block_on(async { signal(SignalKind::terminate()) })?;
+        let children = self.0.clone();
+        runtime.spawn(async move {
+            let code = tokio::select! {
+                _ = int.recv() => 130,
+                _ = term.recv() => 143,
+            };
+            for (_, child) in lock(&children).iter_mut() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            let _ = std::fs::remove_dir_all(&temp);
+            eprintln!("distgat run: stopped by a signal; its processes are stopped");
+            std::process::exit(code);
+        });
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 impl Drop for Children {
     fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
+        for (_, child) in lock(&self.0).iter_mut() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -147,7 +183,7 @@ pub fn spawn_server(
         .spawn()
         .map_err(|e| anyhow::anyhow!("starting {name} ({}): {e}", exe.display()))?;
     let stdout = child.stdout.take().expect("piped");
-    children.0.push((name.to_string(), child));
+    children.push(name, child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
@@ -251,7 +287,7 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
         }
     };
     let temp = tempfile::tempdir()?;
-    let mut children = Children(Vec::new());
+    let mut children = Children::default();
     let mut coordinator = String::new();
     let mut start_secs = 0.0;
     let mut build_secs = 0.0;
@@ -259,6 +295,7 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    children.on_signal(&runtime, temp.path().to_path_buf())?;
     // The build's own split, when it is the partition.
     let spatial = temp.path().join("spatial_parts.npy");
     let mut staged: Option<Staged> = None;

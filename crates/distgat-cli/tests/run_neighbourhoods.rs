@@ -462,3 +462,66 @@ fn late_failures_leave_no_output_and_early_checks_name_the_flag() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// SIGTERM (a supervisor, `kill`) or SIGINT (Ctrl-C) to `distgat run` stops its
+/// coordinator and workers and removes its temporary directory; the exit code says which
+/// signal (128 + its number).
+#[test]
+fn a_signal_stops_every_process_of_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    // Enough work to be stopped midway: brute-force kNN over 64-D points.
+    let (n, d) = (30_000, 64);
+    let mut state = 12345u64;
+    let values: Vec<f32> = (0..n * d)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect();
+    let points = dir.path().join("p.npy");
+    write_f32(&points, n, d, &values);
+    let x = dir.path().join("x.npy");
+    write_f32(&x, n, 16, &values[..n * 16]);
+    let model = reference("knn-gatv2-n400", "model.json");
+    let out = dir.path().join("out.npy");
+    for (signal, code) in [("-TERM", 143), ("-INT", 130)] {
+        let child = Command::new(env!("CARGO_BIN_EXE_distgat"))
+            .args([
+                "run",
+                "--points",
+                s(&points),
+                "--knn",
+                "16",
+                "--workers",
+                "2",
+            ])
+            .args(["--features", s(&x), "--model", s(&model), "--out", s(&out)])
+            .env("TMPDIR", &tmp)
+            .env_remove("RUST_LOG")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let killed = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let result = child.wait_with_output().unwrap();
+        assert_eq!(result.status.code(), Some(code), "{signal}: {result:?}");
+        assert!(!out.exists());
+        // Nothing of the run is left: no process started with its temporary directory,
+        // and the directory itself is gone.
+        let left = Command::new("pgrep")
+            .args(["-f", s(&tmp)])
+            .output()
+            .unwrap();
+        assert!(left.stdout.is_empty(), "{signal}: processes left: {left:?}");
+        let entries: Vec<_> = fs::read_dir(&tmp).unwrap().collect();
+        assert!(entries.is_empty(), "{signal}: {entries:?}");
+    }
+}
