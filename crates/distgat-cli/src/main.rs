@@ -412,8 +412,8 @@ struct SubmitArgs {
     /// Keep attention coefficients (for `distgat explain`)
     #[arg(long)]
     attention: bool,
-    /// Kernel threads per worker
-    #[arg(long, default_value_t = 1)]
+    /// Kernel threads per worker (at least 1)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     threads_per_worker: u32,
     /// Where the workers get their inputs: stream (from the coordinator) or shared (they open the coordinator's paths) [default: the coordinator's --shard-source]
     #[arg(long, value_name = "SOURCE")]
@@ -473,9 +473,9 @@ struct RunArgs {
     /// Also write per layer layer{k}_alpha.npy [E', H] and layer{k}_att_edge_index.npy [2, E'] (PyG edge order)
     #[arg(long, value_name = "DIR")]
     attention_dir: Option<PathBuf>,
-    /// Kernel threads per worker
-    #[arg(long, default_value_t = 1)]
-    threads_per_worker: usize,
+    /// Kernel threads per worker (at least 1)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    threads_per_worker: u64,
     /// Write the job summary (per worker and layer: times, rows and halo bytes; per worker the shard source, shard cache use and bytes streamed) as JSON
     #[arg(long, value_name = "S.json")]
     summary_json: Option<PathBuf>,
@@ -1529,7 +1529,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         partition: args.partition,
         method: args.method.map(|m| method_of(m, 0)),
         attention_dir: args.attention_dir,
-        threads_per_worker: args.threads_per_worker,
+        threads_per_worker: args.threads_per_worker as usize,
         // This command starts every process on this machine: they share its files.
         shard_source: args
             .shard_source

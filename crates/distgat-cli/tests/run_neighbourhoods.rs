@@ -417,6 +417,10 @@ fn late_failures_leave_no_output_and_early_checks_name_the_flag() {
     let mut args = vec!["--features", s(&narrow)];
     args.extend_from_slice(&common);
     refused(&run(&args), &["--features", "narrow.npy", "16"]);
+    // No kernel thread at all is no setting.
+    let mut args = vec!["--features", s(&x), "--threads-per-worker", "0"];
+    args.extend_from_slice(&common);
+    refused(&run(&args), &["--threads-per-worker"]);
     // A model with edge_dim: a built neighbourhood has no edge attributes.
     let edge_model = reference("gat-residual-edge-n120", "model.json");
     let args = [
