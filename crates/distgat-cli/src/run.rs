@@ -122,9 +122,16 @@ impl Children {
     }
 
     /// On SIGINT or SIGTERM (Ctrl-C, `kill`, a supervisor stopping this command): kill
-    /// every child, remove `temp`, and exit with 128 + the signal's number, so nothing of
-    /// this private cluster outlives the command. Runs on `runtime`.
-    fn on_signal(&self, runtime: &tokio::runtime::Runtime, temp: PathBuf) -> anyhow::Result<()> {
+    /// every child, remove `temp` and the partial files the killed processes leave beside
+    /// the outputs (`leftovers`: directory, name prefix, name suffix), and exit with 128 +
+    /// the signal's number, so nothing of this private cluster outlives the command. Runs
+    /// on `runtime`.
+    fn on_signal(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        temp: PathBuf,
+        leftovers: Vec<(PathBuf, String, String)>,
+    ) -> anyhow::Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut int = runtime.block_on(async { signal(SignalKind::interrupt()) })?;
         let mut term = runtime.block_on(async { signal(SignalKind::terminate()) })?;
@@ -139,6 +146,14 @@ impl Children {
                 let _ = child.wait();
             }
             let _ = std::fs::remove_dir_all(&temp);
+            for (dir, prefix, suffix) in &leftovers {
+                for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if name.starts_with(prefix.as_str()) && name.ends_with(suffix.as_str()) {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
+            }
             eprintln!("distgat run: stopped by a signal; its processes are stopped");
             std::process::exit(code);
         });
@@ -295,7 +310,31 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    children.on_signal(&runtime, temp.path().to_path_buf())?;
+    // What a stopped run's processes leave beside the outputs: the coordinator's
+    // `.NAME.*.partial` files (out, attention files) and the staged --neighbours-out.
+    let partials = |p: &Path| {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+        let name = name.unwrap_or_default();
+        (
+            distgat_graph::parent_dir(p).to_path_buf(),
+            format!(".{name}."),
+            ".partial".to_string(),
+        )
+    };
+    let mut leftovers = vec![partials(&config.out)];
+    if let Some(dir) = &config.attention_dir {
+        leftovers.push((dir.clone(), ".layer".into(), ".partial".into()));
+    }
+    if let Some(edges) = &config.neighbours_out {
+        let staged = Staged::path_beside(edges);
+        let name = staged.file_name().map(|n| n.to_string_lossy().into_owned());
+        leftovers.push((
+            distgat_graph::parent_dir(edges).to_path_buf(),
+            name.unwrap_or_default(),
+            String::new(),
+        ));
+    }
+    children.on_signal(&runtime, temp.path().to_path_buf(), leftovers)?;
     // The build's own split, when it is the partition.
     let spatial = temp.path().join("spatial_parts.npy");
     let mut staged: Option<Staged> = None;
@@ -527,16 +566,18 @@ struct Staged {
 
 impl Staged {
     fn beside(target: &Path) -> Self {
+        Staged {
+            path: Self::path_beside(target),
+            target: target.to_path_buf(),
+        }
+    }
+
+    fn path_beside(target: &Path) -> PathBuf {
         let name = target
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let path = distgat_graph::parent_dir(target)
-            .join(format!(".{name}.partial-{}", std::process::id()));
-        Staged {
-            path,
-            target: target.to_path_buf(),
-        }
+        distgat_graph::parent_dir(target).join(format!(".{name}.partial-{}", std::process::id()))
     }
 
     fn commit(self) -> anyhow::Result<()> {

@@ -491,7 +491,7 @@ fn a_signal_stops_every_process_of_the_run() {
     let x = dir.path().join("x.npy");
     write_f32(&x, n, 16, &values[..n * 16]);
     let model = reference("knn-gatv2-n400", "model.json");
-    let out = dir.path().join("out.npy");
+    let (out, edges) = (dir.path().join("out.npy"), dir.path().join("edges.npy"));
     for (signal, code) in [("-TERM", 143), ("-INT", 130)] {
         let child = Command::new(env!("CARGO_BIN_EXE_distgat"))
             .args([
@@ -504,6 +504,7 @@ fn a_signal_stops_every_process_of_the_run() {
                 "2",
             ])
             .args(["--features", s(&x), "--model", s(&model), "--out", s(&out)])
+            .args(["--neighbours-out", s(&edges)])
             .env("TMPDIR", &tmp)
             .env_remove("RUST_LOG")
             .stderr(std::process::Stdio::piped())
@@ -517,7 +518,7 @@ fn a_signal_stops_every_process_of_the_run() {
         assert!(killed.success());
         let result = child.wait_with_output().unwrap();
         assert_eq!(result.status.code(), Some(code), "{signal}: {result:?}");
-        assert!(!out.exists());
+        assert!(!out.exists() && !edges.exists());
         // Nothing of the run is left: no process started with its temporary directory,
         // and the directory itself is gone.
         let left = Command::new("pgrep")
@@ -527,5 +528,12 @@ fn a_signal_stops_every_process_of_the_run() {
         assert!(left.stdout.is_empty(), "{signal}: processes left: {left:?}");
         let entries: Vec<_> = fs::read_dir(&tmp).unwrap().collect();
         assert!(entries.is_empty(), "{signal}: {entries:?}");
+        // Nor any partial output beside --out or --neighbours-out.
+        let partial: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("partial"))
+            .collect();
+        assert!(partial.is_empty(), "{signal}: {partial:?}");
     }
 }
