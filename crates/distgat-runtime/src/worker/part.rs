@@ -1053,6 +1053,17 @@ fn kept_inputs(
     req: &StartJobRequest,
     builds: &super::build::Builds,
 ) -> Result<PartInputs> {
+    for (field, value) in [
+        ("partition_dir", &req.partition_dir),
+        ("partition_manifest", &req.partition_manifest),
+    ] {
+        if !value.is_empty() {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "{field}: a part kept from build {} has no partition; {field} must be empty",
+                req.build_id
+            )));
+        }
+    }
     let kept = builds.take_kept(&req.build_id).ok_or_else(|| {
         RuntimeError::NotFound(format!(
             "build_id: this worker keeps no part of build {} (kept parts serve one job)",
