@@ -11,7 +11,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_build::configure()
         // Shard chunks (up to 1 MiB each, hundreds of MB per part) decode as slices of
         // tonic's receive buffer instead of a copy each.
-        .bytes([".distgat.v1.ShardChunk.data"])
+        // Halo row chunks likewise; a part that keeps its sent rows for a lost peer's
+        // replacement (StartJobRequest.keep_sent_rows) keeps them without a copy.
+        .bytes([
+            ".distgat.v1.ShardChunk.data",
+            ".distgat.v1.RowChunk.payload",
+        ])
         .file_descriptor_set_path(out_dir.join("distgat_descriptor.bin"))
         .compile_protos(&[proto], &[proto_root])?;
     Ok(())

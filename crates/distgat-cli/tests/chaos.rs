@@ -280,6 +280,7 @@ fn a_killed_worker_is_replaced_by_a_spare_and_the_output_is_unchanged() {
         Duration::from_secs_f64((clean * fraction).max(0.3))
     };
     let mut recoveries = 0;
+    let mut part_restarts = 0;
     for r in 0..2 {
         let delay = moment();
         let tag = format!("round{r}");
@@ -304,9 +305,17 @@ fn a_killed_worker_is_replaced_by_a_spare_and_the_output_is_unchanged() {
             eprintln!("{tag}: recovery {rec}");
             assert!(rec["time_lost_s"].as_f64().unwrap() > 0.0);
             recoveries += 1;
+            // A kill after every part started restarts the lost part alone; only a kill
+            // while parts are starting restarts the whole job.
+            match rec["restarted"].as_str().unwrap() {
+                "part" => part_restarts += 1,
+                "job" => {}
+                other => panic!("{tag}: restarted {other:?}"),
+            }
         }
     }
     assert!(recoveries >= 1, "no round killed a busy worker in time");
+    assert!(part_restarts >= 1, "no round restarted only the lost part");
 
     // More kills than spares: a clean failure naming a lost worker, no output left.
     let delay = moment();
@@ -409,6 +418,7 @@ fn standing_cluster_round(
     let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
     let recoveries = summary["recoveries"].as_array().unwrap();
     assert_eq!(recoveries.len(), 1, "standing: {summary}");
+    assert_eq!(recoveries[0]["restarted"], "part", "standing: {summary}");
     eprintln!("standing: recovery {}", recoveries[0]);
 }
 

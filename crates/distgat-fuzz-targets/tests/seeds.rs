@@ -161,7 +161,7 @@ fn write_proto_seeds() {
             num_rows: 2,
             row_width: 2,
             kind: v1::PayloadKind::Raw as i32,
-            payload: f32s(&[1.0, 2.0, 3.0, 4.0]),
+            payload: f32s(&[1.0, 2.0, 3.0, 4.0]).into(),
             ..Default::default()
         },
     );

@@ -133,7 +133,7 @@ class Peer(_message.Message):
     def __init__(self, part: _Optional[int] = ..., address: _Optional[str] = ...) -> None: ...
 
 class StartJobRequest(_message.Message):
-    __slots__ = ("job_id", "partition_dir", "part", "peers", "model", "features", "normalize_rows", "feature_min", "want_attention", "threads", "edge_features", "shard_source", "partition_manifest", "worker_id", "build_id", "num_nodes")
+    __slots__ = ("job_id", "partition_dir", "part", "peers", "model", "features", "normalize_rows", "feature_min", "want_attention", "threads", "edge_features", "shard_source", "partition_manifest", "worker_id", "build_id", "num_nodes", "keep_sent_rows")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PARTITION_DIR_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +150,7 @@ class StartJobRequest(_message.Message):
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     BUILD_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_NODES_FIELD_NUMBER: _ClassVar[int]
+    KEEP_SENT_ROWS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     partition_dir: str
     part: int
@@ -166,11 +167,28 @@ class StartJobRequest(_message.Message):
     worker_id: str
     build_id: str
     num_nodes: int
-    def __init__(self, job_id: _Optional[str] = ..., partition_dir: _Optional[str] = ..., part: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., model: _Optional[str] = ..., features: _Optional[str] = ..., normalize_rows: _Optional[bool] = ..., feature_min: _Optional[float] = ..., want_attention: _Optional[bool] = ..., threads: _Optional[int] = ..., edge_features: _Optional[str] = ..., shard_source: _Optional[_Union[ShardSource, str]] = ..., partition_manifest: _Optional[str] = ..., worker_id: _Optional[str] = ..., build_id: _Optional[str] = ..., num_nodes: _Optional[int] = ...) -> None: ...
+    keep_sent_rows: bool
+    def __init__(self, job_id: _Optional[str] = ..., partition_dir: _Optional[str] = ..., part: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., model: _Optional[str] = ..., features: _Optional[str] = ..., normalize_rows: _Optional[bool] = ..., feature_min: _Optional[float] = ..., want_attention: _Optional[bool] = ..., threads: _Optional[int] = ..., edge_features: _Optional[str] = ..., shard_source: _Optional[_Union[ShardSource, str]] = ..., partition_manifest: _Optional[str] = ..., worker_id: _Optional[str] = ..., build_id: _Optional[str] = ..., num_nodes: _Optional[int] = ..., keep_sent_rows: _Optional[bool] = ...) -> None: ...
 
 class StartJobResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class RerouteJobRequest(_message.Message):
+    __slots__ = ("job_id", "part", "address")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    part: int
+    address: str
+    def __init__(self, job_id: _Optional[str] = ..., part: _Optional[int] = ..., address: _Optional[str] = ...) -> None: ...
+
+class RerouteJobResponse(_message.Message):
+    __slots__ = ("chunks",)
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    chunks: int
+    def __init__(self, chunks: _Optional[int] = ...) -> None: ...
 
 class FetchShardRequest(_message.Message):
     __slots__ = ("job_id", "part", "worker_id")

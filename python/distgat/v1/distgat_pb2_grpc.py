@@ -1148,6 +1148,11 @@ class WorkerStub:
                 request_serializer=distgat_dot_v1_dot_distgat__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=distgat_dot_v1_dot_distgat__pb2.CancelJobResponse.FromString,
                 _registered_method=True)
+        self.RerouteJob = channel.unary_unary(
+                '/distgat.v1.Worker/RerouteJob',
+                request_serializer=distgat_dot_v1_dot_distgat__pb2.RerouteJobRequest.SerializeToString,
+                response_deserializer=distgat_dot_v1_dot_distgat__pb2.RerouteJobResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -1175,6 +1180,16 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RerouteJob(self, request, context):
+        """Part `part` of a running job moved to another worker (its worker was lost): send
+        there from now on, and re-send it every halo row this worker kept for it
+        (StartJobRequest.keep_sent_rows). FAILED_PRECONDITION when this worker keeps no rows
+        of the job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1192,6 +1207,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=distgat_dot_v1_dot_distgat__pb2.CancelJobRequest.FromString,
                     response_serializer=distgat_dot_v1_dot_distgat__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'RerouteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RerouteJob,
+                    request_deserializer=distgat_dot_v1_dot_distgat__pb2.RerouteJobRequest.FromString,
+                    response_serializer=distgat_dot_v1_dot_distgat__pb2.RerouteJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1275,6 +1295,33 @@ class Worker:
             '/distgat.v1.Worker/CancelJob',
             distgat_dot_v1_dot_distgat__pb2.CancelJobRequest.SerializeToString,
             distgat_dot_v1_dot_distgat__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RerouteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distgat.v1.Worker/RerouteJob',
+            distgat_dot_v1_dot_distgat__pb2.RerouteJobRequest.SerializeToString,
+            distgat_dot_v1_dot_distgat__pb2.RerouteJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -194,6 +194,13 @@ impl JobInputs {
         }
     }
 
+    /// Part `part` now runs on worker `worker` (a part restarted alone on a spare).
+    pub fn reassign(&self, part: usize, worker: String) {
+        if let Some(w) = lock(&self.workers).get_mut(part) {
+            *w = worker;
+        }
+    }
+
     /// A new attempt of the job runs on `workers` (by part), with fresh shard turns.
     pub fn new_attempt(&self, workers: Vec<String>) {
         *lock(&self.workers) = workers;

@@ -7,11 +7,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use distgat_attention::Model;
+use distgat_attention::{Layer, Model};
 use distgat_graph::{attention_edge_index, read_graph, write_npy, Features, GraphFormat};
 use distgat_partition::PartitionDir;
 use distgat_proto::v1::worker_client::WorkerClient;
-use distgat_proto::v1::{self, CancelJobRequest, Peer, RunJobRequest, StartJobRequest};
+use distgat_proto::v1::{
+    self, CancelJobRequest, Peer, RerouteJobRequest, RunJobRequest, StartJobRequest,
+};
 use serde::Serialize;
 use tonic::Request;
 
@@ -35,19 +37,24 @@ pub struct JobSummary {
     pub recoveries: Vec<RecoverySummary>,
 }
 
-/// A worker loss the job survived: a whole-job restart with the lost worker's part given
-/// to a spare (every part restarts from layer 0; the output is the same bytes).
+/// A worker loss the job survived: the lost worker's part went to a spare and restarted
+/// from layer 0, alone (`restarted: "part"`, the other parts running on) or with every
+/// part (`"job"`: when the worker was lost while parts were starting, or the job cannot
+/// restart a part alone: attention output, global layers, a kept build's parts). The
+/// output is the same bytes either way.
 #[derive(Debug, Serialize)]
 pub struct RecoverySummary {
     pub part: u32,
     pub lost_worker: String,
     /// The idle worker that took the part.
     pub replacement: String,
+    /// "part" or "job": what restarted.
+    pub restarted: &'static str,
     /// Seconds from the job's start until the loss was detected (heartbeats stop for
     /// `heartbeat_timeout`, 3 s by default, before a silent worker counts as lost).
     pub detected_after_s: f64,
-    /// The failed attempt's duration in seconds, from its start to its detected failure:
-    /// the compute thrown away plus the detection delay.
+    /// Seconds from the attempt's start to the detected loss: the compute thrown away (the
+    /// lost part's, or every part's for a job restart) plus the detection delay.
     pub time_lost_s: f64,
     /// Why the worker counts as lost.
     pub detail: String,
@@ -245,6 +252,7 @@ async fn run_job_inner(
     .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
     let Prepared {
         parts,
+        part_restart,
         mut sink,
         feature_min,
         edge_indexes,
@@ -297,8 +305,11 @@ async fn run_job_inner(
             Some(inputs)
         }
     };
-    // Attempts: the first runs under the job's id, each recovery under `<job>-r<k>`, so a
-    // late halo chunk or output message of a failed attempt can never mix into the next.
+    // Parts keep the halo rows they send when a lost part could restart alone: a job of
+    // graph layers with an idle worker to take it.
+    let keep_sent_rows = part_restart && spare_worker(state, &assigned, &HashSet::new()).is_some();
+    // Attempts: the first runs under the job's id, each job restart under `<job>-r<k>`, so
+    // a late halo chunk or output message of a failed attempt can never mix into the next.
     let mut assigned = assigned;
     let mut recoveries: Vec<RecoverySummary> = Vec::new();
     let mut lost_addresses: HashSet<String> = HashSet::new();
@@ -317,15 +328,23 @@ async fn run_job_inner(
         }
         tracing::info!(job = %job_id, attempt = %attempt_id, parts, "job starting");
         let attempt_started = Instant::now();
-        let outcome = drive(
+        let ctx = AttemptCtx {
             state,
-            &attempt_id,
-            &req,
-            &assigned,
-            &sink,
+            job_id: &attempt_id,
+            req: &req,
+            sink: &sink,
             feature_min,
-            inputs.as_deref(),
-            kept.as_ref().map_or(0, |k| k.nodes as u64),
+            inputs: inputs.as_deref(),
+            kept_nodes: kept.as_ref().map_or(0, |k| k.nodes as u64),
+            keep_sent_rows,
+            record,
+            job_started: started,
+        };
+        let outcome = drive(
+            &ctx,
+            &mut assigned,
+            &mut recoveries,
+            &mut lost_addresses,
             &cancelled,
         )
         .await;
@@ -333,6 +352,10 @@ async fn run_job_inner(
             Ok(()) => {
                 lock(&state.jobs).remove(&attempt_id);
                 lock(&state.inputs).remove(&attempt_id);
+                if keep_sent_rows {
+                    // The workers drop the halo rows they kept for a lost peer.
+                    cancel_attempt(state, &attempt_id, &assigned, "the job is done").await;
+                }
                 break;
             }
             Err(failure) => failure,
@@ -379,6 +402,7 @@ async fn run_job_inner(
                             part,
                             lost_worker: worker,
                             replacement: spare.0.clone(),
+                            restarted: "job",
                             detected_after_s: detected,
                             time_lost_s: attempt_started.elapsed().as_secs_f64(),
                             detail,
@@ -438,14 +462,13 @@ async fn run_job_inner(
     // Every stream is closed: what waits in incomplete blocks (only when rows are missing,
     // which is an error below) goes out now.
     sink.flush_blocks()?;
+    let missing = sink.missing_rows();
     let JobSink {
         out,
         out_sync,
-        rows_seen,
         attention,
         ..
     } = sink;
-    let missing = lock(&rows_seen).iter().filter(|&&s| !s).count();
     if missing > 0 {
         return Err(RuntimeError::FailedPrecondition(format!(
             "{missing} output rows never arrived"
@@ -610,6 +633,8 @@ fn prepare_kept(
     let (out, header_len) = presized(out_path, "<f4", &[n as u64, width as u64], 4)?;
     Ok(Prepared {
         parts,
+        // A kept part lives only on its worker.
+        part_restart: false,
         sink: JobSink::new(out_path, out, header_len, parts, n, width, Vec::new())?,
         feature_min,
         edge_indexes: Vec::new(),
@@ -620,6 +645,9 @@ fn prepare_kept(
 
 struct Prepared {
     parts: usize,
+    /// Whether a lost part can restart alone: only graph layers (no collectives) and no
+    /// attention output (its rows are not replayable).
+    part_restart: bool,
     sink: JobSink,
     feature_min: f32,
     /// Per layer: where its attention edge index goes, and the index.
@@ -774,6 +802,8 @@ fn prepare(
     }
     Ok(Prepared {
         parts: manifest.parts,
+        part_restart: attention_dir.is_none()
+            && model.layers.iter().all(|l| matches!(l, Layer::Local(_))),
         sink: JobSink::new(
             out_path,
             out,
@@ -793,97 +823,222 @@ fn prepare(
     })
 }
 
-/// Starts every part and waits until all finish, one fails, or one goes silent.
-#[allow(clippy::too_many_arguments)]
-async fn drive(
-    state: &State,
-    job_id: &str,
-    req: &RunJobRequest,
-    assigned: &[(String, String)],
-    sink: &JobSink,
+/// What a job's attempt needs to start a part and to restart a lost one.
+struct AttemptCtx<'a> {
+    state: &'a State,
+    job_id: &'a str,
+    req: &'a RunJobRequest,
+    sink: &'a JobSink,
     feature_min: f32,
-    inputs: Option<&JobInputs>,
+    inputs: Option<&'a JobInputs>,
     kept_nodes: u64,
+    /// Parts keep their sent halo rows, so a lost part can restart alone on a spare.
+    keep_sent_rows: bool,
+    record: Option<&'a Arc<JobRecord>>,
+    /// When the job started (for the recoveries' times).
+    job_started: Instant,
+}
+
+/// Sends part `p`'s StartJob to its worker `assigned[p]`.
+async fn start_part(
+    ctx: &AttemptCtx<'_>,
+    assigned: &[(String, String)],
+    p: usize,
+) -> std::result::Result<(), AttemptFailure> {
+    let (state, req) = (ctx.state, ctx.req);
+    let (id, address) = &assigned[p];
+    let peers = assigned
+        .iter()
+        .enumerate()
+        .filter(|&(q, _)| q != p)
+        .map(|(q, (_, a))| Peer {
+            part: q as u32,
+            address: a.clone(),
+        })
+        .collect();
+    let mut client = WorkerClient::new(
+        state
+            .dialer
+            .endpoint(address)?
+            .connect()
+            .await
+            // A worker that cannot be reached is lost (a spare may take its part).
+            .map_err(|e| AttemptFailure::Lost {
+                worker: id.clone(),
+                part: p as u32,
+                detail: format!("connecting: {e}"),
+            })?,
+    );
+    let common = StartJobRequest {
+        job_id: ctx.job_id.to_string(),
+        part: p as u32,
+        peers,
+        normalize_rows: req.normalize_rows,
+        feature_min: ctx.feature_min,
+        want_attention: !req.attention_dir.is_empty(),
+        threads: req.threads_per_worker.max(1),
+        worker_id: id.clone(),
+        build_id: req.build_id.clone(),
+        num_nodes: ctx.kept_nodes,
+        keep_sent_rows: ctx.keep_sent_rows,
+        ..Default::default()
+    };
+    // Stream: no path at all, so a worker cannot silently read a file it happens to see.
+    let start = match ctx.inputs {
+        Some(inputs) => StartJobRequest {
+            shard_source: v1::ShardSource::Stream as i32,
+            partition_manifest: inputs.manifest_text.clone(),
+            ..common
+        },
+        None => StartJobRequest {
+            shard_source: v1::ShardSource::Shared as i32,
+            partition_dir: req.partition_dir.clone(),
+            model: req.model.clone(),
+            features: req.features.clone(),
+            edge_features: req.edge_features.clone(),
+            ..common
+        },
+    };
+    let mut r = Request::new(start);
+    r.set_timeout(RPC_DEADLINE);
+    client.start_job(r).await.map_err(|status| {
+        // UNAVAILABLE: the worker is gone (or unreachable); any other answer comes
+        // from a live worker refusing the job, which a spare would refuse too.
+        let lost = status.code() == tonic::Code::Unavailable;
+        let (worker, part) = (id.clone(), p as u32);
+        let detail = transport("starting the job")(status).to_string();
+        if lost {
+            AttemptFailure::Lost {
+                worker,
+                part,
+                detail,
+            }
+        } else {
+            AttemptFailure::Other(RuntimeError::WorkerFailed {
+                worker,
+                part,
+                detail,
+            })
+        }
+    })?;
+    tracing::info!(job = %ctx.job_id, worker = %id, part = p, "part started");
+    Ok(())
+}
+
+/// Restarts the lost worker's part alone on a spare, the other parts running on: the
+/// spare starts the part from layer 0, and every other worker is told where the part is
+/// now (`RerouteJob`), sending it there the halo rows it kept for it. `Err` (the loss)
+/// when no spare is left or the recoveries are used up; the caller then fails the
+/// attempt, which may restart the whole job.
+async fn restart_part(
+    ctx: &AttemptCtx<'_>,
+    assigned: &mut [(String, String)],
+    recoveries: &mut Vec<RecoverySummary>,
+    lost_addresses: &mut HashSet<String>,
+    attempt_started: Instant,
+    dead: SilentWorker,
+) -> std::result::Result<(), AttemptFailure> {
+    let state = ctx.state;
+    let p = dead.part as usize;
+    let mut detail = dead.how;
+    let mut lost = dead.worker;
+    loop {
+        lost_addresses.insert(assigned[p].1.clone());
+        let spare = (recoveries.len() < MAX_RECOVERIES)
+            .then(|| spare_worker(state, assigned, lost_addresses))
+            .flatten();
+        let Some(spare) = spare else {
+            return Err(AttemptFailure::Lost {
+                worker: lost,
+                part: p as u32,
+                detail,
+            });
+        };
+        tracing::warn!(
+            job = %ctx.job_id, part = p, lost = %lost, replacement = %spare.0,
+            "worker lost; restarting its part on a spare: {detail}"
+        );
+        if let Some(inputs) = ctx.inputs {
+            inputs.reassign(p, spare.0.clone());
+        }
+        ctx.sink.replay_part(p as u32);
+        let lost_worker = std::mem::replace(&mut assigned[p], spare.clone());
+        recoveries.push(RecoverySummary {
+            part: p as u32,
+            lost_worker: lost_worker.0,
+            replacement: spare.0.clone(),
+            restarted: "part",
+            detected_after_s: ctx.job_started.elapsed().as_secs_f64(),
+            time_lost_s: attempt_started.elapsed().as_secs_f64(),
+            detail: detail.clone(),
+        });
+        match start_part(ctx, assigned, p).await {
+            Ok(()) => break,
+            // The spare is gone too: try the next one.
+            Err(AttemptFailure::Lost {
+                worker, detail: d, ..
+            }) => {
+                lost = worker;
+                detail = d;
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    *lock(&state.assignment) = Some((
+        ctx.job_id.to_string(),
+        assigned.iter().map(|(id, _)| id.clone()).collect(),
+    ));
+    if let Some(r) = ctx.record {
+        r.set_assigned(assigned);
+    }
+    let address = assigned[p].1.clone();
+    for (q, (id, a)) in assigned.iter().enumerate() {
+        if q == p {
+            continue;
+        }
+        let outcome = async {
+            let mut client = WorkerClient::new(state.dialer.endpoint(a)?.connect_lazy());
+            let mut r = Request::new(RerouteJobRequest {
+                job_id: ctx.job_id.to_string(),
+                part: p as u32,
+                address: address.clone(),
+            });
+            r.set_timeout(RPC_DEADLINE);
+            client
+                .reroute_job(r)
+                .await
+                .map_err(transport("rerouting the job"))
+        }
+        .await;
+        match outcome {
+            Ok(r) => tracing::info!(
+                job = %ctx.job_id, worker = %id, part = p, chunks = r.into_inner().chunks,
+                "rerouted"
+            ),
+            // A worker that is gone is caught by its heartbeats next.
+            Err(e) => tracing::warn!(job = %ctx.job_id, worker = %id, "rerouting part {p}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// Starts every part and waits until all finish, one fails, or one goes silent (whose
+/// part restarts alone on a spare when the parts keep their sent rows).
+async fn drive(
+    ctx: &AttemptCtx<'_>,
+    assigned: &mut [(String, String)],
+    recoveries: &mut Vec<RecoverySummary>,
+    lost_addresses: &mut HashSet<String>,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> std::result::Result<(), AttemptFailure> {
+    let (state, sink) = (ctx.state, ctx.sink);
     let parts = assigned.len();
-    for (p, (id, address)) in assigned.iter().enumerate() {
-        let peers = assigned
-            .iter()
-            .enumerate()
-            .filter(|&(q, _)| q != p)
-            .map(|(q, (_, a))| Peer {
-                part: q as u32,
-                address: a.clone(),
-            })
-            .collect();
-        let mut client = WorkerClient::new(
-            state
-                .dialer
-                .endpoint(address)?
-                .connect()
-                .await
-                // A worker that cannot be reached is lost (a spare may take its part).
-                .map_err(|e| AttemptFailure::Lost {
-                    worker: id.clone(),
-                    part: p as u32,
-                    detail: format!("connecting: {e}"),
-                })?,
-        );
-        let common = StartJobRequest {
-            job_id: job_id.to_string(),
-            part: p as u32,
-            peers,
-            normalize_rows: req.normalize_rows,
-            feature_min,
-            want_attention: !req.attention_dir.is_empty(),
-            threads: req.threads_per_worker.max(1),
-            worker_id: id.clone(),
-            build_id: req.build_id.clone(),
-            num_nodes: kept_nodes,
-            ..Default::default()
-        };
-        // Stream: no path at all, so a worker cannot silently read a file it happens to see.
-        let start = match inputs {
-            Some(inputs) => StartJobRequest {
-                shard_source: v1::ShardSource::Stream as i32,
-                partition_manifest: inputs.manifest_text.clone(),
-                ..common
-            },
-            None => StartJobRequest {
-                shard_source: v1::ShardSource::Shared as i32,
-                partition_dir: req.partition_dir.clone(),
-                model: req.model.clone(),
-                features: req.features.clone(),
-                edge_features: req.edge_features.clone(),
-                ..common
-            },
-        };
-        let mut r = Request::new(start);
-        r.set_timeout(RPC_DEADLINE);
-        client.start_job(r).await.map_err(|status| {
-            // UNAVAILABLE: the worker is gone (or unreachable); any other answer comes
-            // from a live worker refusing the job, which a spare would refuse too.
-            let lost = status.code() == tonic::Code::Unavailable;
-            let (worker, part) = (id.clone(), p as u32);
-            let detail = transport("starting the job")(status).to_string();
-            if lost {
-                AttemptFailure::Lost {
-                    worker,
-                    part,
-                    detail,
-                }
-            } else {
-                AttemptFailure::Other(RuntimeError::WorkerFailed {
-                    worker,
-                    part,
-                    detail,
-                })
-            }
-        })?;
-        tracing::info!(job = %job_id, worker = %id, part = p, "part started");
+    let attempt_started = Instant::now();
+    for p in 0..parts {
+        start_part(ctx, assigned, p).await?;
     }
-    loop {
+    let mut last_probe = Instant::now();
+    'wait: loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if cancelled() {
             return Err(RuntimeError::Cancelled("cancelled by a client".into()).into());
@@ -891,11 +1046,29 @@ async fn drive(
         let reported = lock(&sink.failure).clone();
         if let Some((part, detail)) = reported {
             // A part that reports a failure is often the victim (its peer died while it
-            // was sending). Give heartbeats the chance to name the worker that is gone.
+            // was sending), or the report is the lost worker's own broken output stream.
+            // Give heartbeats the chance to name the worker that is gone.
             let wait_until =
                 Instant::now() + state.config.heartbeat_timeout + Duration::from_secs(1);
+            // A worker whose port refuses connections is gone now (a killed process):
+            // no need to wait out its heartbeats.
+            let refused = unreachable_worker(state, assigned, part).await;
             while Instant::now() < wait_until {
-                if let Some(dead) = silent_worker(state, assigned) {
+                if let Some(dead) = refused.clone().or_else(|| silent_worker(state, assigned)) {
+                    // The lost worker's own report: its part restarts alone (which
+                    // clears the report); a live part's failure fails the attempt.
+                    if ctx.keep_sent_rows && dead.part == part {
+                        restart_part(
+                            ctx,
+                            assigned,
+                            recoveries,
+                            lost_addresses,
+                            attempt_started,
+                            dead,
+                        )
+                        .await?;
+                        continue 'wait;
+                    }
                     return Err(dead.into_error(Some(&format!("part {part} reported: {detail}"))));
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -916,22 +1089,94 @@ async fn drive(
         if done.len() == parts {
             return Ok(());
         }
-        if let Some(dead) = silent_worker(state, assigned) {
-            return Err(dead.into_error(None));
+        let mut gone = silent_worker(state, assigned);
+        if gone.is_none() && last_probe.elapsed() >= Duration::from_millis(500) {
+            last_probe = Instant::now();
+            gone = late_and_refusing(state, assigned).await;
+        }
+        if let Some(dead) = gone {
+            if !ctx.keep_sent_rows {
+                return Err(dead.into_error(None));
+            }
+            restart_part(
+                ctx,
+                assigned,
+                recoveries,
+                lost_addresses,
+                attempt_started,
+                dead,
+            )
+            .await?;
         }
     }
 }
 
-/// A worker of the job whose heartbeats stopped.
+/// Part `part`'s worker if its address refuses connections (within 1 s): it is dropped
+/// from the registry and counts as lost at once. A worker that answers, or a connection
+/// that times out (a silent machine), is left to the heartbeats.
+async fn unreachable_worker(
+    state: &State,
+    assigned: &[(String, String)],
+    part: u32,
+) -> Option<SilentWorker> {
+    let (id, address) = assigned.get(part as usize)?;
+    let endpoint = state.dialer.endpoint(address).ok()?;
+    let started = Instant::now();
+    match tokio::time::timeout(Duration::from_secs(1), endpoint.connect()).await {
+        Ok(Err(e)) => {
+            lock(&state.workers).retain(|w| &w.id != id);
+            tracing::warn!(worker = %id, part, "worker lost: its address refuses connections");
+            Some(SilentWorker {
+                worker: id.clone(),
+                part,
+                how: format!(
+                    "its address refuses connections ({e}; {:.0} ms)",
+                    started.elapsed().as_secs_f64() * 1e3
+                ),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A worker of the job whose heartbeat is two intervals late and whose address refuses
+/// connections: a killed worker is found in about a second, not the heartbeat timeout.
+async fn late_and_refusing(state: &State, assigned: &[(String, String)]) -> Option<SilentWorker> {
+    let late = 2 * state.config.heartbeat_interval;
+    let parts: Vec<u32> = {
+        let workers = lock(&state.workers);
+        assigned
+            .iter()
+            .enumerate()
+            .filter(|(_, (id, _))| {
+                workers
+                    .iter()
+                    .find(|w| &w.id == id)
+                    .is_some_and(|w| w.last_seen.elapsed() > late)
+            })
+            .map(|(p, _)| p as u32)
+            .collect()
+    };
+    for p in parts {
+        if let Some(dead) = unreachable_worker(state, assigned, p).await {
+            return Some(dead);
+        }
+    }
+    None
+}
+
+/// A worker of the job that is gone.
+#[derive(Clone)]
 struct SilentWorker {
     worker: String,
     part: u32,
-    silent: Duration,
+    /// How it was found gone (for the messages).
+    how: String,
 }
 
 impl SilentWorker {
     fn into_error(self, context: Option<&str>) -> AttemptFailure {
-        let mut detail = format!("no heartbeat for {:.1} s", self.silent.as_secs_f64());
+        let mut detail = self.how;
         if let Some(c) = context {
             detail += &format!(" ({c})");
         }
@@ -958,7 +1203,7 @@ fn silent_worker(state: &State, assigned: &[(String, String)]) -> Option<SilentW
             return Some(SilentWorker {
                 worker: id.clone(),
                 part: p as u32,
-                silent,
+                how: format!("no heartbeat for {:.1} s", silent.as_secs_f64()),
             });
         }
     }

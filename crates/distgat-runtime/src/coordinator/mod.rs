@@ -341,15 +341,17 @@ impl Coordinator for Service {
         // The sink is looked up per message and never held between messages: a stream that
         // stays open (a worker still cancelling) must not keep a failed job's files alive.
         let sink_of = |job: &str| lock(&self.0.jobs).get(job).cloned();
-        let mut current: Option<(String, u32)> = None;
+        // The stream's job, part, and the part's generation when the stream began: a
+        // stream of a lost worker whose part restarted elsewhere can no longer fail it.
+        let mut current: Option<(String, u32, u32)> = None;
         loop {
             let chunk = match stream.message().await {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(e) => {
-                    if let Some((job, part)) = &current {
+                    if let Some((job, part, generation)) = &current {
                         if let Some(sink) = sink_of(job) {
-                            sink.fail(*part, format!("output stream broke: {e}"));
+                            sink.fail_from(*part, *generation, format!("output stream broke: {e}"));
                         }
                     }
                     return Err(e);
@@ -358,21 +360,29 @@ impl Coordinator for Service {
             let sink = sink_of(&chunk.job_id).ok_or_else(|| {
                 Status::not_found(format!("job_id '{}' is not running", chunk.job_id))
             })?;
-            current = Some((chunk.job_id.clone(), chunk.part));
             let part = chunk.part;
+            let generation = match &current {
+                Some((job, p, g)) if *job == chunk.job_id && *p == part => *g,
+                _ => sink.generation(part),
+            };
+            current = Some((chunk.job_id.clone(), part, generation));
             let writer = sink.clone();
             let result = tokio::task::spawn_blocking(move || writer.accept(chunk))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
             if let Err(e) = result {
-                sink.fail(part, e.to_string());
+                sink.fail_from(part, generation, e.to_string());
                 return Err(e.into());
             }
         }
-        if let Some((job, part)) = current {
+        if let Some((job, part, generation)) = current {
             if let Some(sink) = sink_of(&job) {
                 if !lock(&sink.done).contains_key(&part) && lock(&sink.failure).is_none() {
-                    sink.fail(part, "output stream ended before the part finished".into());
+                    sink.fail_from(
+                        part,
+                        generation,
+                        "output stream ended before the part finished".into(),
+                    );
                 }
             }
         }

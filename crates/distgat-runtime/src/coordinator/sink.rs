@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use distgat_graph::{AtomicFile, SyncBehind};
 use distgat_proto::v1::output_chunk::Body;
-use distgat_proto::v1::{OutputChunk, WorkerStats};
+use distgat_proto::v1::{OutputChunk, OutputRows, WorkerStats};
 
 use crate::catalog::{consecutive_runs, lock, JobRecord};
 
@@ -150,7 +150,6 @@ use crate::error::{Result, RuntimeError};
 /// Where a running job's output goes.
 pub(super) struct JobSink {
     pub(super) parts: usize,
-    pub(super) num_nodes: usize,
     pub(super) width: usize,
     pub(super) out: AtomicFile,
     pub(super) header_len: u64,
@@ -159,7 +158,12 @@ pub(super) struct JobSink {
     /// Pushes the output rows to the disk as they arrive, so the commit's fsync waits
     /// only for the tail; stopped before the commit.
     pub(super) out_sync: SyncBehind,
-    pub(super) rows_seen: Mutex<Vec<bool>>,
+    /// Per output row: 0 until it arrived, then 1 + the part that sent it.
+    pub(super) rows_seen: Mutex<Vec<u16>>,
+    /// Parts restarted on another worker within the job ([`JobSink::replay_part`]), with
+    /// how often: their rows that already arrived may arrive again (the same bytes) and
+    /// are skipped, and the lost workers' streams can no longer fail the job.
+    pub(super) replayed: Mutex<HashMap<u32, u32>>,
     /// Output rows gathered into blocks before they are written (see [`Blocks`]).
     pub(super) blocks: Mutex<Blocks>,
     pub(super) attention: Vec<Option<AttentionSink>>,
@@ -240,6 +244,12 @@ impl JobSink {
         width: usize,
         attention: Vec<Option<AttentionSink>>,
     ) -> Result<Self> {
+        if parts >= u16::MAX as usize {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "a job of {parts} parts: at most {} are supported",
+                u16::MAX - 1
+            )));
+        }
         let out_written = Arc::new(AtomicU64::new(0));
         let out_sync = SyncBehind::start(
             out_path,
@@ -258,13 +268,13 @@ impl JobSink {
         );
         Ok(JobSink {
             parts,
-            num_nodes,
             width,
             out,
             header_len,
             out_written,
             out_sync,
-            rows_seen: Mutex::new(vec![false; num_nodes]),
+            rows_seen: Mutex::new(vec![0; num_nodes]),
+            replayed: Mutex::new(HashMap::new()),
             blocks: Mutex::new(Blocks::new(num_nodes, width * 4)),
             attention,
             done: Mutex::new(HashMap::new()),
@@ -279,13 +289,47 @@ impl JobSink {
     /// same bytes at the same offsets (the output is deterministic). Call only when no
     /// PushOutput handler holds the sink.
     pub(super) fn reset(&self) {
-        lock(&self.rows_seen).fill(false);
+        lock(&self.rows_seen).fill(0);
+        lock(&self.replayed).clear();
         lock(&self.blocks).reset();
         for a in self.attention.iter().flatten() {
             lock(&a.seen).fill(false);
         }
         lock(&self.done).clear();
         *lock(&self.failure) = None;
+    }
+
+    /// Part `part` restarts on another worker within the job: its rows may all arrive
+    /// again (those already here are skipped: the output is deterministic, so they are
+    /// the same bytes), it has not finished, and a failure it reported is forgotten. Its attention rows are not replayable;
+    /// jobs that write attention restart whole instead.
+    pub(super) fn replay_part(&self, part: u32) {
+        *lock(&self.replayed).entry(part).or_default() += 1;
+        lock(&self.done).remove(&part);
+        // The lost worker's own report (its output stream broke) is about the past.
+        let mut failure = lock(&self.failure);
+        if failure.as_ref().is_some_and(|(p, _)| *p == part) {
+            *failure = None;
+        }
+    }
+
+    /// Rows never checked in.
+    pub(super) fn missing_rows(&self) -> usize {
+        lock(&self.rows_seen).iter().filter(|&&s| s == 0).count()
+    }
+
+    /// How often `part` restarted: an output stream notes it at its first message, and
+    /// its failures count only while it is unchanged ([`JobSink::fail_from`]).
+    pub(super) fn generation(&self, part: u32) -> u32 {
+        lock(&self.replayed).get(&part).copied().unwrap_or(0)
+    }
+
+    /// A failure of `part` seen on a stream that began at `generation`: ignored when the
+    /// part restarted since (the stream was the lost worker's).
+    pub(super) fn fail_from(&self, part: u32, generation: u32, detail: String) {
+        if self.generation(part) == generation {
+            self.fail(part, detail);
+        }
     }
 
     pub(super) fn fail(&self, part: u32, detail: String) {
@@ -332,16 +376,43 @@ impl JobSink {
                         self.width
                     )));
                 }
+                let replayed = lock(&self.replayed).contains_key(&part);
                 let mut seen = lock(&self.rows_seen);
-                for &v in &rows.nodes {
+                let mut again = Vec::new();
+                for (i, &v) in rows.nodes.iter().enumerate() {
                     let v = v as usize;
-                    if v >= self.num_nodes || std::mem::replace(&mut seen[v], true) {
-                        return Err(RuntimeError::InvalidArgument(format!(
+                    let from = part as u16 + 1;
+                    match seen.get(v).copied() {
+                        Some(0) => seen[v] = from,
+                        // A restarted part's row that its lost worker had sent.
+                        Some(s) if replayed && s == from => again.push(i),
+                        _ => {
+                            return Err(RuntimeError::InvalidArgument(format!(
                             "output rows from part {part}: node {v} is out of range or sent twice"
-                        )));
+                        )))
+                        }
                     }
                 }
                 drop(seen);
+                let rows = if again.is_empty() {
+                    rows
+                } else {
+                    let rb = w * 4;
+                    let mut nodes = Vec::with_capacity(rows.nodes.len() - again.len());
+                    let mut values = Vec::with_capacity(nodes.capacity() * rb);
+                    let mut skip = again.into_iter().peekable();
+                    for (i, &v) in rows.nodes.iter().enumerate() {
+                        if skip.next_if_eq(&i).is_none() {
+                            nodes.push(v);
+                            values.extend_from_slice(&rows.values[i * rb..(i + 1) * rb]);
+                        }
+                    }
+                    OutputRows {
+                        nodes,
+                        values,
+                        ..rows
+                    }
+                };
                 // A part's owned ids are increasing but rarely consecutive (METIS parts
                 // interleave), so a write per run of consecutive ids was a syscall per row
                 // or two (7 s of a 40 s run at 10M nodes). Rows are gathered into blocks
@@ -474,5 +545,57 @@ mod tests {
                 "row {v}"
             );
         }
+    }
+
+    fn rows(part: u32, nodes: &[u64]) -> OutputChunk {
+        OutputChunk {
+            job_id: "job".into(),
+            part,
+            body: Some(Body::Rows(OutputRows {
+                nodes: nodes.to_vec(),
+                width: 1,
+                values: nodes
+                    .iter()
+                    .flat_map(|&v| (v as f32).to_le_bytes())
+                    .collect(),
+            })),
+        }
+    }
+
+    /// A part restarted on a spare sends every row again: the rows its lost worker had
+    /// sent are skipped, the others land; another part's rows are still refused twice,
+    /// and the lost worker's stream can no longer fail the job.
+    #[test]
+    fn a_replayed_part_may_send_its_rows_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.npy");
+        let (file, header_len) = presized(&path, "<f4", &[6, 1], 4).unwrap();
+        let sink = JobSink::new(&path, file, header_len, 2, 6, 1, Vec::new()).unwrap();
+        sink.accept(rows(0, &[0, 2, 4])).unwrap();
+        sink.accept(rows(1, &[1])).unwrap();
+        let old = sink.generation(1);
+        assert!(
+            sink.accept(rows(1, &[1])).is_err(),
+            "a repeat without a restart"
+        );
+        sink.replay_part(1);
+        sink.fail_from(1, old, "the lost worker's stream broke".into());
+        assert!(lock(&sink.failure).is_none());
+        sink.accept(rows(1, &[1, 3, 5])).unwrap();
+        assert!(
+            sink.accept(rows(1, &[1, 4])).is_err(),
+            "part 0's row 4 from part 1"
+        );
+        assert_eq!(sink.missing_rows(), 0);
+        sink.fail_from(1, sink.generation(1), "the replacement failed".into());
+        assert!(lock(&sink.failure).is_some());
+        sink.flush_blocks().unwrap();
+        let mut bytes = vec![0u8; 24];
+        sink.out
+            .as_file()
+            .read_exact_at(&mut bytes, header_len)
+            .unwrap();
+        let want: Vec<u8> = (0..6).flat_map(|v| (v as f32).to_le_bytes()).collect();
+        assert_eq!(bytes, want);
     }
 }

@@ -7,7 +7,7 @@
 //! being kept forever; a job's id is forgotten as ended after [`ENDED_MEMORY`] or when a
 //! job of that id starts here again.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -24,11 +24,23 @@ const ENDED_CAPACITY: usize = 1024;
 #[derive(Default)]
 struct Inbox {
     /// By (job, layer, step): step 0 is a layer's halo, later steps its collectives.
-    chunks: HashMap<(String, u32, u32), Vec<RowChunk>>,
+    chunks: HashMap<(String, u32, u32), Held>,
     /// Payload bytes held in `chunks`.
     bytes: u64,
-    /// Jobs that ended here, oldest first, with when.
-    ended: VecDeque<(String, Instant)>,
+    /// (job, layer, step) already taken by the job's thread.
+    taken: HashSet<(String, u32, u32)>,
+    /// Jobs that ended here, oldest first, with when, and whether their late chunks are
+    /// dropped quietly (a finished part of a job that keeps its sent rows: a restarted
+    /// peer sends it rows it no longer needs) rather than refused.
+    ended: VecDeque<(String, Instant, bool)>,
+}
+
+/// The chunks of one (job, layer, step), and which halo chunks they are.
+#[derive(Default)]
+struct Held {
+    chunks: Vec<RowChunk>,
+    /// (source part, first row) of each halo (step 0) chunk held.
+    halo: HashSet<(u32, u64)>,
 }
 
 /// Halo and collective chunks received, by (job, layer, step), until the job's thread
@@ -59,16 +71,26 @@ impl Mailbox {
         while inbox
             .ended
             .front()
-            .is_some_and(|(_, at)| now.duration_since(*at) > ENDED_MEMORY)
+            .is_some_and(|(_, at, _)| now.duration_since(*at) > ENDED_MEMORY)
         {
             inbox.ended.pop_front();
         }
-        if inbox.ended.iter().any(|(j, _)| *j == chunk.job_id) {
+        if let Some((_, _, quiet)) = inbox.ended.iter().find(|(j, _, _)| *j == chunk.job_id) {
+            if *quiet {
+                return Ok(());
+            }
             return Err(RuntimeError::FailedPrecondition(format!(
                 "job {} has ended on this worker: halo rows for it (layer {}, from part {}) \
                  are not kept",
                 chunk.job_id, chunk.layer, chunk.source_part
             )));
+        }
+        let key = (chunk.job_id.clone(), chunk.layer, chunk.step);
+        let halo = (chunk.source_part, chunk.first_row);
+        // Re-sent halo rows (a part restarted elsewhere, or its peers' re-send to it).
+        let here = |h: &Held| chunk.step == 0 && h.halo.contains(&halo);
+        if inbox.taken.contains(&key) || inbox.chunks.get(&key).is_some_and(here) {
+            return Ok(());
         }
         if inbox.bytes + len > self.max_bytes {
             return Err(RuntimeError::ResourceExhausted(format!(
@@ -78,13 +100,13 @@ impl Mailbox {
                 inbox.bytes, chunk.job_id, chunk.layer, chunk.source_part, self.max_bytes
             )));
         }
+        let held = inbox.chunks.entry(key).or_default();
+        if chunk.step == 0 {
+            held.halo.insert(halo);
+        }
+        held.chunks.push(chunk);
         crate::metrics::METRICS.halo_bytes_received.inc_by(len);
         inbox.bytes += len;
-        inbox
-            .chunks
-            .entry((chunk.job_id.clone(), chunk.layer, chunk.step))
-            .or_default()
-            .push(chunk);
         self.arrived.notify_all();
         Ok(())
     }
@@ -110,10 +132,11 @@ impl Mailbox {
             let have: u64 = inbox
                 .chunks
                 .get(&key)
-                .map_or(0, |c| c.iter().map(|c| c.num_rows as u64).sum());
+                .map_or(0, |h| h.chunks.iter().map(|c| c.num_rows as u64).sum());
             if have >= rows {
-                let taken = inbox.chunks.remove(&key).unwrap_or_default();
+                let taken = inbox.chunks.remove(&key).unwrap_or_default().chunks;
                 inbox.bytes -= taken.iter().map(|c| c.payload.len() as u64).sum::<u64>();
+                inbox.taken.insert(key);
                 return Ok(taken);
             }
             if cancel.load(Ordering::Relaxed) {
@@ -145,27 +168,36 @@ impl Mailbox {
     /// A job of this id starts here: its chunks are welcome again.
     pub(super) fn job_started(&self, job: &str) {
         let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        inbox.ended.retain(|(j, _)| j != job);
+        inbox.ended.retain(|(j, _, _)| j != job);
+        inbox.taken.retain(|(j, _, _)| j != job);
     }
 
-    /// The job ended here: drops its chunks, and refuses later ones for a while.
-    pub(super) fn forget_job(&self, job: &str) {
+    /// The job ended here: drops its chunks, and refuses later ones for a while (drops
+    /// them quietly when `quiet`: a finished part of a job that keeps its sent rows).
+    /// A job that ended quietly and then ends for good (CancelJob) refuses from then on.
+    pub(super) fn forget_job(&self, job: &str, quiet: bool) {
         let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
         let mut freed = 0u64;
-        inbox.chunks.retain(|(j, _, _), chunks| {
+        inbox.chunks.retain(|(j, _, _), held| {
             let keep = j != job;
             if !keep {
-                freed += chunks.iter().map(|c| c.payload.len() as u64).sum::<u64>();
+                freed += held
+                    .chunks
+                    .iter()
+                    .map(|c| c.payload.len() as u64)
+                    .sum::<u64>();
             }
             keep
         });
         inbox.bytes -= freed;
-        if !inbox.ended.iter().any(|(j, _)| j == job) {
-            if inbox.ended.len() == ENDED_CAPACITY {
-                inbox.ended.pop_front();
-            }
-            inbox.ended.push_back((job.to_string(), Instant::now()));
+        inbox.taken.retain(|(j, _, _)| j != job);
+        inbox.ended.retain(|(j, _, _)| j != job);
+        if inbox.ended.len() == ENDED_CAPACITY {
+            inbox.ended.pop_front();
         }
+        inbox
+            .ended
+            .push_back((job.to_string(), Instant::now(), quiet));
         drop(inbox);
         // Wake a job thread waiting in `take`, so it sees its cancel flag at once.
         self.arrived.notify_all();
@@ -186,12 +218,18 @@ mod tests {
     use super::*;
 
     fn chunk(job: &str, layer: u32, rows: u32, width: u32) -> RowChunk {
+        from(job, layer, 0, 0, rows, width)
+    }
+
+    fn from(job: &str, layer: u32, part: u32, first: u64, rows: u32, width: u32) -> RowChunk {
         RowChunk {
             job_id: job.into(),
+            source_part: part,
+            first_row: first,
             layer,
             num_rows: rows,
             row_width: width,
-            payload: vec![0u8; (rows * width * 4) as usize],
+            payload: vec![0u8; (rows * width * 4) as usize].into(),
             ..Default::default()
         }
     }
@@ -201,7 +239,7 @@ mod tests {
         let m = Mailbox::new(100);
         let never = AtomicBool::new(false);
         m.put(chunk("job-1", 0, 2, 8)).unwrap(); // 64 bytes
-        let e = m.put(chunk("job-1", 0, 2, 8)).unwrap_err().to_string();
+        let e = m.put(from("job-1", 0, 0, 2, 2, 8)).unwrap_err().to_string();
         assert!(
             e.contains("--mailbox-max-bytes 100") && e.contains("holds 64 bytes"),
             "{e}"
@@ -211,8 +249,8 @@ mod tests {
             .take("job-1", 0, 0, 2, &never, &never, Duration::ZERO)
             .unwrap();
         assert_eq!(got.len(), 1);
-        m.put(chunk("job-1", 0, 2, 8)).unwrap(); // 32 + 64: fits again
-        m.forget_job("job-1");
+        m.put(chunk("job-1", 2, 2, 8)).unwrap(); // 32 + 64: fits again
+        m.forget_job("job-1", false);
         assert_eq!(m.inbox.lock().unwrap().bytes, 0);
     }
 
@@ -220,7 +258,7 @@ mod tests {
     fn an_ended_jobs_late_chunks_are_refused_until_it_starts_again() {
         let m = Mailbox::new(1 << 20);
         m.put(chunk("job-2", 0, 1, 4)).unwrap();
-        m.forget_job("job-2");
+        m.forget_job("job-2", false);
         let e = m.put(chunk("job-2", 1, 1, 4)).unwrap_err();
         assert!(matches!(e, RuntimeError::FailedPrecondition(_)), "{e}");
         assert!(e.to_string().contains("job job-2 has ended"), "{e}");
@@ -228,5 +266,32 @@ mod tests {
         m.job_started("job-2");
         m.put(chunk("job-2", 0, 1, 4)).unwrap();
         assert_eq!(m.inbox.lock().unwrap().bytes, 32);
+    }
+
+    #[test]
+    fn re_sent_halo_chunks_and_chunks_of_taken_layers_are_dropped() {
+        let m = Mailbox::new(1 << 20);
+        let never = AtomicBool::new(false);
+        m.put(from("job-4", 0, 1, 0, 2, 4)).unwrap();
+        m.put(from("job-4", 0, 1, 0, 2, 4)).unwrap(); // the same chunk again: dropped
+        m.put(from("job-4", 0, 2, 0, 1, 4)).unwrap(); // another sender's first chunk
+        assert_eq!(m.inbox.lock().unwrap().bytes, 48);
+        // Three rows, not five: the duplicate does not count towards the layer.
+        let e = m.take("job-4", 0, 0, 4, &never, &never, Duration::ZERO);
+        assert!(e.is_err());
+        let got = m
+            .take("job-4", 0, 0, 3, &never, &never, Duration::ZERO)
+            .unwrap();
+        assert_eq!(got.len(), 2);
+        // The layer was taken: a re-send of it (a restarted peer) is dropped.
+        m.put(from("job-4", 0, 1, 0, 2, 4)).unwrap();
+        assert_eq!(m.inbox.lock().unwrap().bytes, 0);
+        // A finished part of a job that keeps its rows drops late chunks quietly, until
+        // the job ends for good.
+        m.forget_job("job-4", true);
+        m.put(from("job-4", 1, 1, 0, 2, 4)).unwrap();
+        assert_eq!(m.inbox.lock().unwrap().bytes, 0);
+        m.forget_job("job-4", false);
+        assert!(m.put(from("job-4", 1, 1, 0, 2, 4)).is_err());
     }
 }

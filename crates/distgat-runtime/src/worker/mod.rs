@@ -9,6 +9,7 @@
 
 mod build;
 mod fetch;
+mod links;
 mod mailbox;
 mod part;
 mod scratch;
@@ -25,8 +26,8 @@ use distgat_proto::v1::output_chunk::Body;
 use distgat_proto::v1::worker_server::{Worker, WorkerServer};
 use distgat_proto::v1::{
     BuildChunk, BuildOutput, CancelJobRequest, CancelJobResponse, FetchPointsRequest,
-    HeartbeatRequest, OutputChunk, PointChunk, RegisterWorkerRequest, RowChunk, RunningPart,
-    SendRowsResponse, StartJobRequest, StartJobResponse,
+    HeartbeatRequest, OutputChunk, PointChunk, RegisterWorkerRequest, RerouteJobRequest,
+    RerouteJobResponse, RowChunk, RunningPart, SendRowsResponse, StartJobRequest, StartJobResponse,
 };
 use distgat_proto::{
     CONNECTION_WINDOW, HALO_SERVICE, MAX_CHUNK_BYTES, PROTOCOL_VERSION, STREAM_WINDOW,
@@ -38,10 +39,12 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::catalog::lock;
 use crate::error::{transport, Result, RuntimeError};
 use crate::standard::{set_serving, standard_routes};
 use distgat_attention::Progress;
 
+use links::JobLinks;
 use mailbox::Mailbox;
 use part::compute_part;
 pub(crate) use part::f32_bytes;
@@ -140,6 +143,7 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
         stream_idle_timeout: config.stream_idle_timeout,
         builds: Arc::new(build::Builds::default()),
         jobs: Mutex::new(HashMap::new()),
+        links: Mutex::new(HashMap::new()),
         coordinator: dialer.endpoint(&config.coordinator)?,
         dialer: dialer.clone(),
         work_dir,
@@ -366,6 +370,9 @@ struct WorkerState {
     builds: Arc<build::Builds>,
     /// Running jobs: their part, cancellation flag and progress inside the current layer.
     jobs: Mutex<HashMap<String, RunningJob>>,
+    /// Jobs whose part keeps its sent halo rows (`StartJobRequest.keep_sent_rows`), until
+    /// the job ends (CancelJob) or [`mailbox::ENDED_MEMORY`] after the part ended.
+    links: Mutex<HashMap<String, Arc<JobLinks>>>,
     coordinator: Endpoint,
     /// How this worker calls its peers and the coordinator (TLS, token).
     dialer: Dialer,
@@ -419,6 +426,11 @@ impl Worker for WorkerService {
         }
         let cancel = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(Progress::default());
+        let links = Arc::new(JobLinks::new(
+            &req.peers,
+            &self.0.dialer,
+            req.keep_sent_rows,
+        )?);
         {
             let mut jobs = self.0.jobs.lock().unwrap_or_else(|p| p.into_inner());
             if jobs.contains_key(&req.job_id) {
@@ -438,6 +450,13 @@ impl Worker for WorkerService {
             );
         }
         self.0.mailbox.job_started(&req.job_id);
+        {
+            let mut kept = lock(&self.0.links);
+            kept.retain(|_, l| !l.ended_before(mailbox::ENDED_MEMORY));
+            if links.keep {
+                kept.insert(req.job_id.clone(), links.clone());
+            }
+        }
         let state = self.0.clone();
         let job_id = req.job_id.clone();
         let handle = tokio::runtime::Handle::current();
@@ -445,8 +464,11 @@ impl Worker for WorkerService {
             .name(format!("job-{}-part-{}", req.job_id, req.part))
             .spawn(move || {
                 let job = req.job_id.clone();
-                run_job(&state, &handle, req, &cancel, &progress);
-                state.mailbox.forget_job(&job);
+                let ok = run_job(&state, &handle, req, &links, &cancel, &progress);
+                // A finished part of a job that keeps its rows may still get a restarted
+                // peer's rows: they are dropped quietly (refused otherwise).
+                state.mailbox.forget_job(&job, ok && links.keep);
+                links.part_ended();
                 state
                     .jobs
                     .lock()
@@ -510,8 +532,42 @@ impl Worker for WorkerService {
             tracing::info!(job = %req.job_id, reason = %req.reason, "cancelling");
             flag.cancel.store(true, Ordering::Relaxed);
         }
-        self.0.mailbox.forget_job(&req.job_id);
+        lock(&self.0.links).remove(&req.job_id);
+        self.0.mailbox.forget_job(&req.job_id, false);
         Ok(Response::new(CancelJobResponse {}))
+    }
+
+    async fn reroute_job(
+        &self,
+        request: Request<RerouteJobRequest>,
+    ) -> Result<Response<RerouteJobResponse>, Status> {
+        let req = request.into_inner();
+        let links = lock(&self.0.links)
+            .get(&req.job_id)
+            .cloned()
+            .ok_or_else(|| {
+                RuntimeError::FailedPrecondition(format!(
+                    "this worker keeps no sent rows of job {}",
+                    req.job_id
+                ))
+            })?;
+        let channel = self.0.dialer.endpoint(&req.address)?.connect_lazy();
+        let chunks = links.reroute(req.part, channel.clone());
+        let n = chunks.len() as u64;
+        tracing::info!(
+            job = %req.job_id, part = req.part, to = %req.address, chunks = n,
+            "part moved: re-sending the rows kept for it"
+        );
+        if n > 0 {
+            let (job, part) = (req.job_id, req.part);
+            tokio::spawn(async move {
+                if let Err(status) = links::send_chunks(channel, chunks).await {
+                    // Its replacement is lost too: the coordinator reroutes again.
+                    tracing::warn!(%job, part, "re-sending kept rows failed: {}", status.message());
+                }
+            });
+        }
+        Ok(Response::new(RerouteJobResponse { chunks: n }))
     }
 }
 
@@ -563,13 +619,15 @@ impl HaloExchange for HaloService {
 }
 
 /// Runs a job on this thread and reports its outcome to the coordinator.
+/// Returns whether the part succeeded.
 fn run_job(
     state: &WorkerState,
     rt: &tokio::runtime::Handle,
     req: StartJobRequest,
+    links: &JobLinks,
     cancel: &AtomicBool,
     progress: &Progress,
-) {
+) -> bool {
     let _runtime = rt.enter(); // lazy channels spawn their connection tasks on it
     let (job, part) = (req.job_id.clone(), req.part);
     let (tx, rx) = mpsc::channel::<OutputChunk>(8);
@@ -590,6 +648,7 @@ fn run_job(
             &state.coordinator,
             &state.work_dir.shards,
             &state.builds,
+            links,
             &req,
             cancel,
             progress,
@@ -620,4 +679,5 @@ fn run_job(
     } else {
         tracing::info!(%job, part, ok = outcome.is_ok(), "job finished");
     }
+    outcome.is_ok()
 }

@@ -15,7 +15,6 @@ use distgat_attention::{
 };
 use distgat_graph::{Features, IncomingCsr};
 use distgat_partition::{PartPlan, PartitionDir};
-use distgat_proto::v1::halo_exchange_client::HaloExchangeClient;
 use distgat_proto::v1::output_chunk::Body;
 use distgat_proto::v1::{
     AttentionValues, LayerStats, OutputChunk, OutputRows, PayloadKind, RowChunk, StartJobRequest,
@@ -24,12 +23,11 @@ use distgat_proto::v1::{
 use distgat_proto::MAX_CHUNK_BYTES;
 use prost::Message;
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
-use tonic::Request;
 
 use crate::error::{transport, Result, RuntimeError};
 
 use super::fetch::{self, ShardOrigin};
+use super::links::{receiver_lost, send_chunks, JobLinks, HALO_TIMEOUT};
 use super::mailbox::Mailbox;
 use super::scratch::Scratch;
 use crate::net::Dialer;
@@ -169,9 +167,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Halo rows are expected within this time of the layer's start.
-const HALO_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// A global layer's exchanges (all-gathers of rows and of reduction partials) wait at most
 /// this long for the other parts. Longer than [`HALO_TIMEOUT`]: every part reaches them
 /// only after finishing the previous layer, so the wait includes the parts' imbalance; a
@@ -197,7 +192,8 @@ struct Part<'a> {
     splits: HashMap<bool, RowSplit>,
     /// Where each owner's block starts in the halo (halo rows are grouped by owner).
     block_start: HashMap<u32, usize>,
-    peers: HashMap<u32, Channel>,
+    /// Where each peer part runs (it may move: `Worker.RerouteJob`), and the rows kept.
+    links: &'a JobLinks,
     /// Buffers one layer leaves for the next (fresh pages are the expensive part).
     scratch: Scratch,
 }
@@ -232,6 +228,7 @@ pub(super) fn compute_part(
     coordinator: &Endpoint,
     shards_dir: &fetch::ShardCache,
     builds: &super::build::Builds,
+    links: &JobLinks,
     req: &StartJobRequest,
     cancel: &AtomicBool,
     progress: &Progress,
@@ -292,11 +289,6 @@ pub(super) fn compute_part(
     for (i, &o) in plan.halo_owner.iter().enumerate() {
         block_start.entry(o).or_insert(i);
     }
-    let peers: HashMap<u32, Channel> = req
-        .peers
-        .iter()
-        .map(|p| Ok((p.part, dialer.endpoint(&p.address)?.connect_lazy())))
-        .collect::<Result<_>>()?;
     let part = Part {
         mailbox,
         rt,
@@ -311,7 +303,7 @@ pub(super) fn compute_part(
         pool,
         splits,
         block_start,
-        peers,
+        links,
         scratch: Scratch::default(),
     };
 
@@ -639,26 +631,29 @@ impl Part<'_> {
         chunks: Vec<RowChunk>,
         failed: &Arc<AtomicBool>,
     ) -> Result<tokio::task::JoinHandle<Result<(u64, Duration)>>> {
-        let channel = self.peers.get(&q).cloned().ok_or_else(|| {
-            RuntimeError::InvalidArgument(format!("peers: no address for part {q}"))
-        })?;
+        let channel = self.links.route(q, &chunks)?;
+        let keep = self.links.keep;
         let bytes: u64 = chunks.iter().map(|c| c.encoded_len() as u64).sum();
         let failed = failed.clone();
+        let job = self.req.job_id.clone();
         Ok(self.rt.spawn(async move {
             let t = Instant::now();
-            let mut client =
-                HaloExchangeClient::new(channel).max_encoding_message_size(2 * MAX_CHUNK_BYTES);
-            let mut request = Request::new(tokio_stream::iter(chunks));
-            request.set_timeout(HALO_TIMEOUT);
-            let sent = client
-                .send_rows(request)
-                .await
-                .map_err(transport(format!("sending rows to part {q}")));
-            if sent.is_err() {
-                failed.store(true, Ordering::Relaxed);
+            match send_chunks(channel, chunks).await {
+                Ok(()) => Ok::<_, RuntimeError>((bytes, t.elapsed())),
+                // Kept for part q's replacement: RerouteJob sends them there.
+                Err(status) if keep && receiver_lost(&status) => {
+                    tracing::warn!(
+                        %job, part = q,
+                        "sending rows failed ({}); they are kept for the part's replacement",
+                        status.message()
+                    );
+                    Ok((0, t.elapsed()))
+                }
+                Err(status) => {
+                    failed.store(true, Ordering::Relaxed);
+                    Err(transport(format!("sending rows to part {q}"))(status))
+                }
             }
-            sent?;
-            Ok::<_, RuntimeError>((bytes, t.elapsed()))
         }))
     }
 
@@ -726,7 +721,7 @@ impl PeerCollective<'_, '_> {
         let mut rows = 0u64;
         let mut planned = 0u64;
         if !chunks.is_empty() {
-            for q in part.peers.keys() {
+            for q in part.links.peers() {
                 // Rows are counted for gathered rows; a partial's words are only bytes.
                 rows += chunks
                     .iter()
@@ -734,7 +729,7 @@ impl PeerCollective<'_, '_> {
                     .map(|c| c.num_rows as u64)
                     .sum::<u64>();
                 planned += chunks.iter().map(|c| c.payload.len() as u64).sum::<u64>();
-                sends.push(part.send(*q, chunks.clone(), &send_failed)?);
+                sends.push(part.send(q, chunks.clone(), &send_failed)?);
             }
         }
         let waited = Instant::now();
@@ -783,7 +778,7 @@ impl PeerCollective<'_, '_> {
                 let first = i * per_chunk;
                 RowChunk {
                     nodes: block.iter().map(|&v| v as u32).collect(),
-                    payload: f32_bytes(&own[first * width..(first + block.len()) * width]),
+                    payload: f32_bytes(&own[first * width..(first + block.len()) * width]).into(),
                     ..self.chunk(PayloadKind::Gather, first, block.len(), width)
                 }
             })
@@ -852,11 +847,11 @@ impl PeerCollective<'_, '_> {
             .chunks(per_chunk * 4)
             .enumerate()
             .map(|(i, bytes)| RowChunk {
-                payload: bytes.to_vec(),
+                payload: bytes.to_vec().into(),
                 ..self.chunk(PayloadKind::Partial, i * per_chunk, bytes.len() / 4, 1)
             })
             .collect();
-        let parts = part.peers.len() + 1;
+        let parts = part.req.peers.len() + 1;
         let received = self.exchange(chunks, ((parts - 1) * words) as u64)?;
         let mut all: Vec<Option<(Vec<u8>, Vec<bool>)>> = vec![None; parts];
         for c in received {
@@ -927,7 +922,7 @@ impl Collective for PeerCollective<'_, '_> {
         own: &'x [f32],
         width: usize,
     ) -> distgat_attention::Result<Cow<'x, [f32]>> {
-        if self.part.peers.is_empty() {
+        if self.part.req.peers.is_empty() {
             return Ok(Cow::Borrowed(own));
         }
         self.gather_rows(own, width)
@@ -938,7 +933,7 @@ impl Collective for PeerCollective<'_, '_> {
         self.part.progress.add_entries(rows as u64);
     }
     fn all_gather_bytes(&mut self, own: Vec<u8>) -> distgat_attention::Result<Vec<Vec<u8>>> {
-        if self.part.peers.is_empty() {
+        if self.part.req.peers.is_empty() {
             return Ok(vec![own]);
         }
         self.gather_bytes(own).map_err(|e| self.failed(e))
@@ -1350,7 +1345,7 @@ fn row_chunks(
             num_rows: block.len() as u32,
             row_width: width as u32,
             kind: kind as i32,
-            payload: f32_bytes(&buf),
+            payload: f32_bytes(&buf).into(),
             ..Default::default()
         });
     }

@@ -1,0 +1,136 @@
+//! Where a running part sends its halo rows, and the rows it keeps for a lost peer.
+//!
+//! A part of a job started with `StartJobRequest.keep_sent_rows` keeps every halo chunk it
+//! sends (step 0 of a graph layer), by receiving part, until the job ends on this worker
+//! (`CancelJob`). When the coordinator moves a lost part to another worker
+//! (`Worker.RerouteJob`), the route changes and every kept chunk for that part goes to the
+//! new worker, which restarts the part from layer 0: those are exactly the halo rows it
+//! needs, layer by layer, and receivers drop the chunks they already have
+//! (`Mailbox::put`). Chunks are `bytes::Bytes`, so keeping one costs no copy; the memory
+//! kept is the part's sent halo rows of every layer so far.
+//!
+//! Route change and keeping happen under one lock, so a send either kept its chunks before
+//! a reroute (and the reroute re-sends them) or uses the new route.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use distgat_proto::v1::halo_exchange_client::HaloExchangeClient;
+use distgat_proto::v1::{Peer, RowChunk};
+use distgat_proto::MAX_CHUNK_BYTES;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+use crate::error::{Result, RuntimeError};
+use crate::net::Dialer;
+
+/// Halo rows are expected within this time of the layer's start, and one stream of them
+/// may take at most this long.
+pub(super) const HALO_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The routes of one part of a job on this worker, and its kept chunks.
+pub(super) struct JobLinks {
+    /// Whether sent chunks are kept (`StartJobRequest.keep_sent_rows`).
+    pub(super) keep: bool,
+    inner: Mutex<Links>,
+}
+
+struct Links {
+    routes: HashMap<u32, Channel>,
+    /// By receiving part, in sending order.
+    kept: HashMap<u32, Vec<RowChunk>>,
+    /// When the part ended here (its links are dropped some time after).
+    ended: Option<Instant>,
+}
+
+impl JobLinks {
+    /// Routes to `peers` (connected lazily). Errors: an address that is not a valid URI.
+    pub(super) fn new(peers: &[Peer], dialer: &Dialer, keep: bool) -> Result<Self> {
+        let routes = peers
+            .iter()
+            .map(|p| Ok((p.part, dialer.endpoint(&p.address)?.connect_lazy())))
+            .collect::<Result<_>>()?;
+        Ok(JobLinks {
+            keep,
+            inner: Mutex::new(Links {
+                routes,
+                kept: HashMap::new(),
+                ended: None,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Links> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The other parts, ascending.
+    pub(super) fn peers(&self) -> Vec<u32> {
+        let mut parts: Vec<u32> = self.lock().routes.keys().copied().collect();
+        parts.sort_unstable();
+        parts
+    }
+
+    /// The channel to part `q`'s worker; with `keep`, `chunks` are kept for a re-send
+    /// first (only jobs without collective steps keep: a restarted part could not take
+    /// part in a collective that ran on).
+    pub(super) fn route(&self, q: u32, chunks: &[RowChunk]) -> Result<Channel> {
+        let mut links = self.lock();
+        let channel = links.routes.get(&q).cloned().ok_or_else(|| {
+            RuntimeError::InvalidArgument(format!("peers: no address for part {q}"))
+        })?;
+        if self.keep {
+            links
+                .kept
+                .entry(q)
+                .or_default()
+                .extend(chunks.iter().cloned());
+        }
+        Ok(channel)
+    }
+
+    /// Part `q` now runs behind `channel`: later sends go there; returns every chunk kept
+    /// for `q`, to be sent there again.
+    pub(super) fn reroute(&self, q: u32, channel: Channel) -> Vec<RowChunk> {
+        let mut links = self.lock();
+        links.routes.insert(q, channel);
+        links.kept.get(&q).cloned().unwrap_or_default()
+    }
+
+    /// The part ended on this worker (its kept chunks stay until the job ends).
+    pub(super) fn part_ended(&self) {
+        self.lock().ended = Some(Instant::now());
+    }
+
+    /// Whether the part ended more than `age` ago.
+    pub(super) fn ended_before(&self, age: Duration) -> bool {
+        self.lock().ended.is_some_and(|at| at.elapsed() > age)
+    }
+}
+
+/// Sends `chunks` to a peer in one `HaloExchange.SendRows` stream.
+pub(super) async fn send_chunks(
+    channel: Channel,
+    chunks: Vec<RowChunk>,
+) -> std::result::Result<(), Status> {
+    let mut client =
+        HaloExchangeClient::new(channel).max_encoding_message_size(2 * MAX_CHUNK_BYTES);
+    let mut request = Request::new(tokio_stream::iter(chunks));
+    request.set_timeout(HALO_TIMEOUT);
+    client.send_rows(request).await.map(|_| ())
+}
+
+/// Whether a failed send means the receiver (or the way to it) is gone, rather than a
+/// live receiver refusing the rows: such a send is left to a re-send to the part's
+/// replacement when rows are kept.
+pub(super) fn receiver_lost(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Internal
+    )
+}
