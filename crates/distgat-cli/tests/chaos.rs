@@ -167,8 +167,14 @@ fn round(
     let seed = delay.as_nanos() as usize;
     let busy = workers.len().min(3);
     let killed_at = Instant::now();
-    for k in 0..kills {
-        sigkill(workers[(seed + k) % busy].0);
+    if kills >= workers.len() {
+        for &(pid, _) in &workers {
+            sigkill(pid);
+        }
+    } else {
+        for k in 0..kills {
+            sigkill(workers[(seed + k) % busy].0);
+        }
     }
     // Bounded: the job has at most this long after the kill to end either way.
     let deadline = killed_at + Duration::from_secs(90);
@@ -317,7 +323,40 @@ fn a_killed_worker_is_replaced_by_a_spare_and_the_output_is_unchanged() {
     assert!(recoveries >= 1, "no round killed a busy worker in time");
     assert!(part_restarts >= 1, "no round restarted only the lost part");
 
-    // More kills than spares: a clean failure naming a lost worker, no output left.
+    // More kills than spares: the spare takes one part, a surviving worker the other.
+    let delay = moment();
+    let (status, stderr, summary, took, out) = round(
+        dir,
+        "two",
+        [&graph, &features, &model],
+        &partition,
+        delay,
+        2,
+    );
+    eprintln!("two round: killed 2 after {delay:?}, the job ended {took:.2} s later");
+    assert!(
+        status.success(),
+        "two (kill 2 after {delay:?}) failed: {stderr}"
+    );
+    assert!(
+        std::fs::read(&out).unwrap() == want,
+        "two: output differs from distgat infer"
+    );
+    let summary = summary.unwrap();
+    let recs = summary["recoveries"].as_array().unwrap();
+    eprintln!("two round: recoveries {recs:?}");
+    assert_eq!(recs.len(), 2, "two: {summary}");
+    // One of the two parts went to a worker that already ran a part of the job.
+    let workers: Vec<&str> = summary["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["worker"].as_str().unwrap())
+        .collect();
+    let distinct: std::collections::HashSet<&&str> = workers.iter().collect();
+    assert_eq!(distinct.len(), 2, "two: parts on {workers:?}");
+
+    // Every worker killed: a clean failure naming a lost worker, no output left.
     let delay = moment();
     let (status, stderr, _, took, out) = round(
         dir,
@@ -325,13 +364,10 @@ fn a_killed_worker_is_replaced_by_a_spare_and_the_output_is_unchanged() {
         [&graph, &features, &model],
         &partition,
         delay,
-        2,
+        4,
     );
-    eprintln!("fail round: killed 2 after {delay:?}, failed {took:.2} s later");
-    assert!(
-        !status.success(),
-        "killing 2 workers with 1 spare succeeded"
-    );
+    eprintln!("fail round: killed all 4 after {delay:?}, failed {took:.2} s later");
+    assert!(!status.success(), "killing every worker succeeded");
     eprintln!(
         "fail round: {}",
         stderr
@@ -340,7 +376,7 @@ fn a_killed_worker_is_replaced_by_a_spare_and_the_output_is_unchanged() {
             .unwrap_or("")
     );
     assert!(stderr.contains("worker-"), "{stderr}");
-    assert!(stderr.contains("no spare worker was left"), "{stderr}");
+    assert!(stderr.contains("no worker was left"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(took < 60.0, "the failure took {took:.1} s");
     assert!(!out.exists(), "a failed job left its output behind");

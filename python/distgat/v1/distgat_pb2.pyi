@@ -307,7 +307,7 @@ class CancelJobResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class RowChunk(_message.Message):
-    __slots__ = ("job_id", "layer", "source_part", "first_row", "num_rows", "row_width", "kind", "payload", "step", "nodes")
+    __slots__ = ("job_id", "layer", "source_part", "first_row", "num_rows", "row_width", "kind", "payload", "step", "nodes", "target_part")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     SOURCE_PART_FIELD_NUMBER: _ClassVar[int]
@@ -318,6 +318,7 @@ class RowChunk(_message.Message):
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
+    TARGET_PART_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     layer: int
     source_part: int
@@ -328,7 +329,8 @@ class RowChunk(_message.Message):
     payload: bytes
     step: int
     nodes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, job_id: _Optional[str] = ..., layer: _Optional[int] = ..., source_part: _Optional[int] = ..., first_row: _Optional[int] = ..., num_rows: _Optional[int] = ..., row_width: _Optional[int] = ..., kind: _Optional[_Union[PayloadKind, str]] = ..., payload: _Optional[bytes] = ..., step: _Optional[int] = ..., nodes: _Optional[_Iterable[int]] = ...) -> None: ...
+    target_part: int
+    def __init__(self, job_id: _Optional[str] = ..., layer: _Optional[int] = ..., source_part: _Optional[int] = ..., first_row: _Optional[int] = ..., num_rows: _Optional[int] = ..., row_width: _Optional[int] = ..., kind: _Optional[_Union[PayloadKind, str]] = ..., payload: _Optional[bytes] = ..., step: _Optional[int] = ..., nodes: _Optional[_Iterable[int]] = ..., target_part: _Optional[int] = ...) -> None: ...
 
 class SendRowsResponse(_message.Message):
     __slots__ = ("rows",)

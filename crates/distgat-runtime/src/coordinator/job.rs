@@ -37,8 +37,8 @@ pub struct JobSummary {
     pub recoveries: Vec<RecoverySummary>,
 }
 
-/// A worker loss the job survived: the lost worker's part went to a spare and restarted
-/// from layer 0, alone (`restarted: "part"`, the other parts running on) or with every
+/// A worker loss the job survived: the lost worker's part went to another worker (an idle
+/// spare, else a surviving worker of the job) and restarted from layer 0, alone (`restarted: "part"`, the other parts running on) or with every
 /// part (`"job"`: when the worker was lost while parts were starting, or the job cannot
 /// restart a part alone: attention output, global layers, a kept build's parts). The
 /// output is the same bytes either way.
@@ -131,14 +131,20 @@ async fn cancel_attempt(
     }
 }
 
-/// An idle live worker to take a lost part: registered, heartbeating, not in `assigned`,
-/// and not at an address lost in this job.
-fn spare_worker(
+/// A live worker to take lost part `part`: an idle one (registered, heartbeating, not in
+/// `assigned`) first, else a surviving worker of the job (then running two parts; the
+/// one with the fewest parts, ties by part), never one at an address lost in this job.
+fn replacement_worker(
     state: &State,
     assigned: &[(String, String)],
+    part: usize,
     lost_addresses: &HashSet<String>,
 ) -> Option<(String, String)> {
-    lock(&state.workers)
+    let workers = lock(&state.workers);
+    let live = |id: &str, address: &str| {
+        !lost_addresses.contains(address) && workers.iter().any(|w| w.id == id && state.is_live(w))
+    };
+    let idle = workers
         .iter()
         .filter(|w| state.is_live(w))
         .find(|w| {
@@ -147,7 +153,15 @@ fn spare_worker(
                 .any(|(id, a)| id == &w.id || a == &w.address)
                 && !lost_addresses.contains(&w.address)
         })
-        .map(|w| (w.id.clone(), w.address.clone()))
+        .map(|w| (w.id.clone(), w.address.clone()));
+    idle.or_else(|| {
+        assigned
+            .iter()
+            .enumerate()
+            .filter(|&(q, (id, a))| q != part && live(id, a))
+            .min_by_key(|&(q, (id, _))| (assigned.iter().filter(|(i, _)| i == id).count(), q))
+            .map(|(_, w)| w.clone())
+    })
 }
 
 /// Waits (up to 10 s) until no PushOutput handler holds the sink, so resetting it cannot
@@ -305,9 +319,9 @@ async fn run_job_inner(
             Some(inputs)
         }
     };
-    // Parts keep the halo rows they send when a lost part could restart alone: a job of
-    // graph layers with an idle worker to take it.
-    let keep_sent_rows = part_restart && spare_worker(state, &assigned, &HashSet::new()).is_some();
+    // Parts keep the halo rows they send when a lost part could restart alone (on an idle
+    // worker or a surviving one): a job of graph layers.
+    let keep_sent_rows = part_restart;
     // Attempts: the first runs under the job's id, each job restart under `<job>-r<k>`, so
     // a late halo chunk or output message of a failed attempt can never mix into the next.
     let mut assigned = assigned;
@@ -387,7 +401,7 @@ async fn run_job_inner(
             } if !cancelled() => {
                 lost_addresses.insert(assigned[part as usize].1.clone());
                 let spare = (recoveries.len() < MAX_RECOVERIES)
-                    .then(|| spare_worker(state, &assigned, &lost_addresses))
+                    .then(|| replacement_worker(state, &assigned, part as usize, &lost_addresses))
                     .flatten();
                 match spare {
                     // Every output row of the next attempt must be checkable once more.
@@ -396,7 +410,7 @@ async fn run_job_inner(
                         let detected = started.elapsed().as_secs_f64();
                         tracing::warn!(
                             job = %job_id, part, lost = %worker, replacement = %spare.0,
-                            "worker lost; restarting the job with a spare: {detail}"
+                            "worker lost; restarting the job with the part on another worker: {detail}"
                         );
                         recoveries.push(RecoverySummary {
                             part,
@@ -415,7 +429,7 @@ async fn run_job_inner(
                         worker,
                         part,
                         detail: format!(
-                            "{detail}; a spare worker was idle, but the failed attempt's \
+                            "{detail}; a worker could take the part, but the failed attempt's \
                              output streams did not close within 10 s"
                         ),
                     },
@@ -424,8 +438,9 @@ async fn run_job_inner(
                             recoveries.iter().map(|r| r.lost_worker.as_str()).collect();
                         lost.push(&worker);
                         let detail = format!(
-                            "{detail}; no spare worker was left to take part {part} (workers \
-                             lost in this job: {}; recoveries made: {})",
+                            "{detail}; no worker was left to take part {part} (no idle \
+                             spare, no surviving worker of the job; workers lost in this job: \
+                             {}; recoveries made: {})",
                             lost.join(", "),
                             recoveries.len()
                         );
@@ -832,7 +847,7 @@ struct AttemptCtx<'a> {
     feature_min: f32,
     inputs: Option<&'a JobInputs>,
     kept_nodes: u64,
-    /// Parts keep their sent halo rows, so a lost part can restart alone on a spare.
+    /// Parts keep their sent halo rows, so a lost part can restart alone on another worker.
     keep_sent_rows: bool,
     record: Option<&'a Arc<JobRecord>>,
     /// When the job started (for the recoveries' times).
@@ -925,10 +940,10 @@ async fn start_part(
     Ok(())
 }
 
-/// Restarts the lost worker's part alone on a spare, the other parts running on: the
-/// spare starts the part from layer 0, and every other worker is told where the part is
+/// Restarts the lost worker's part alone on another worker, the other parts running on:
+/// the replacement starts the part from layer 0, and every other worker is told where the part is
 /// now (`RerouteJob`), sending it there the halo rows it kept for it. `Err` (the loss)
-/// when no spare is left or the recoveries are used up; the caller then fails the
+/// when no worker is left to take it or the recoveries are used up; the caller then fails the
 /// attempt, which may restart the whole job.
 async fn restart_part(
     ctx: &AttemptCtx<'_>,
@@ -945,7 +960,7 @@ async fn restart_part(
     loop {
         lost_addresses.insert(assigned[p].1.clone());
         let spare = (recoveries.len() < MAX_RECOVERIES)
-            .then(|| spare_worker(state, assigned, lost_addresses))
+            .then(|| replacement_worker(state, assigned, p, lost_addresses))
             .flatten();
         let Some(spare) = spare else {
             return Err(AttemptFailure::Lost {
@@ -956,7 +971,7 @@ async fn restart_part(
         };
         tracing::warn!(
             job = %ctx.job_id, part = p, lost = %lost, replacement = %spare.0,
-            "worker lost; restarting its part on a spare: {detail}"
+            "worker lost; restarting its part on another worker: {detail}"
         );
         if let Some(inputs) = ctx.inputs {
             inputs.reassign(p, spare.0.clone());
@@ -992,8 +1007,10 @@ async fn restart_part(
         r.set_assigned(assigned);
     }
     let address = assigned[p].1.clone();
+    // Once per worker: a worker reroutes every part of the job it runs.
+    let mut told = HashSet::new();
     for (q, (id, a)) in assigned.iter().enumerate() {
-        if q == p {
+        if q == p || !told.insert(a.clone()) {
             continue;
         }
         let outcome = async {

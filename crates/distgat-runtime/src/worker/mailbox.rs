@@ -23,17 +23,23 @@ const ENDED_CAPACITY: usize = 1024;
 
 #[derive(Default)]
 struct Inbox {
-    /// By (job, layer, step): step 0 is a layer's halo, later steps its collectives.
-    chunks: HashMap<(String, u32, u32), Held>,
+    /// By (job, part, layer, step): step 0 is a layer's halo, later steps its
+    /// collectives; the part is the receiving one (one worker may run two parts of a job
+    /// after a recovery).
+    chunks: HashMap<Key, Held>,
     /// Payload bytes held in `chunks`.
     bytes: u64,
-    /// (job, layer, step) already taken by the job's thread.
-    taken: HashSet<(String, u32, u32)>,
+    /// (job, part, layer, step) already taken by the part's thread.
+    taken: HashSet<Key>,
     /// Jobs that ended here, oldest first, with when, and whether their late chunks are
     /// dropped quietly (a finished part of a job that keeps its sent rows: a restarted
     /// peer sends it rows it no longer needs) rather than refused.
-    ended: VecDeque<(String, Instant, bool)>,
+    /// The part is `None` when every part of the job ended (CancelJob).
+    ended: VecDeque<(String, Option<u32>, Instant, bool)>,
 }
+
+/// (job, receiving part, layer, step).
+type Key = (String, u32, u32, u32);
 
 /// The chunks of one (job, layer, step), and which halo chunks they are.
 #[derive(Default)]
@@ -71,21 +77,30 @@ impl Mailbox {
         while inbox
             .ended
             .front()
-            .is_some_and(|(_, at, _)| now.duration_since(*at) > ENDED_MEMORY)
+            .is_some_and(|(_, _, at, _)| now.duration_since(*at) > ENDED_MEMORY)
         {
             inbox.ended.pop_front();
         }
-        if let Some((_, _, quiet)) = inbox.ended.iter().find(|(j, _, _)| *j == chunk.job_id) {
+        let ended = inbox
+            .ended
+            .iter()
+            .find(|(j, p, _, _)| *j == chunk.job_id && p.is_none_or(|p| p == chunk.target_part));
+        if let Some((_, _, _, quiet)) = ended {
             if *quiet {
                 return Ok(());
             }
             return Err(RuntimeError::FailedPrecondition(format!(
-                "job {} has ended on this worker: halo rows for it (layer {}, from part {}) \
-                 are not kept",
-                chunk.job_id, chunk.layer, chunk.source_part
+                "part {} of job {} has ended on this worker: halo rows for it (layer {}, from \
+                 part {}) are not kept",
+                chunk.target_part, chunk.job_id, chunk.layer, chunk.source_part
             )));
         }
-        let key = (chunk.job_id.clone(), chunk.layer, chunk.step);
+        let key = (
+            chunk.job_id.clone(),
+            chunk.target_part,
+            chunk.layer,
+            chunk.step,
+        );
         let halo = (chunk.source_part, chunk.first_row);
         // Re-sent halo rows (a part restarted elsewhere, or its peers' re-send to it).
         let here = |h: &Held| chunk.step == 0 && h.halo.contains(&halo);
@@ -118,6 +133,7 @@ impl Mailbox {
     pub(super) fn take(
         &self,
         job: &str,
+        part: u32,
         layer: u32,
         step: u32,
         rows: u64,
@@ -125,7 +141,7 @@ impl Mailbox {
         send_failed: &AtomicBool,
         timeout: Duration,
     ) -> Result<Vec<RowChunk>> {
-        let key = (job.to_string(), layer, step);
+        let key = (job.to_string(), part, layer, step);
         let deadline = Instant::now() + timeout;
         let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
         loop {
@@ -165,21 +181,25 @@ impl Mailbox {
         }
     }
 
-    /// A job of this id starts here: its chunks are welcome again.
-    pub(super) fn job_started(&self, job: &str) {
+    /// Part `part` of job `job` starts here: its chunks are welcome again.
+    pub(super) fn job_started(&self, job: &str, part: u32) {
         let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        inbox.ended.retain(|(j, _, _)| j != job);
-        inbox.taken.retain(|(j, _, _)| j != job);
+        inbox
+            .ended
+            .retain(|(j, p, _, _)| !(j == job && p.is_none_or(|p| p == part)));
+        inbox.taken.retain(|(j, p, _, _)| !(j == job && *p == part));
     }
 
-    /// The job ended here: drops its chunks, and refuses later ones for a while (drops
-    /// them quietly when `quiet`: a finished part of a job that keeps its sent rows).
-    /// A job that ended quietly and then ends for good (CancelJob) refuses from then on.
-    pub(super) fn forget_job(&self, job: &str, quiet: bool) {
+    /// Part `part` of job `job` ended here (`None`: every part of the job, CancelJob):
+    /// drops its chunks, and refuses later ones for a while (drops them quietly when
+    /// `quiet`: a finished part of a job that keeps its sent rows). A part that ended
+    /// quietly and then ends for good refuses from then on.
+    pub(super) fn forget_job(&self, job: &str, part: Option<u32>, quiet: bool) {
         let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        let of = |j: &String, p: u32| j == job && part.is_none_or(|q| q == p);
         let mut freed = 0u64;
-        inbox.chunks.retain(|(j, _, _), held| {
-            let keep = j != job;
+        inbox.chunks.retain(|(j, p, _, _), held| {
+            let keep = !of(j, *p);
             if !keep {
                 freed += held
                     .chunks
@@ -190,14 +210,16 @@ impl Mailbox {
             keep
         });
         inbox.bytes -= freed;
-        inbox.taken.retain(|(j, _, _)| j != job);
-        inbox.ended.retain(|(j, _, _)| j != job);
+        inbox.taken.retain(|(j, p, _, _)| !of(j, *p));
+        inbox
+            .ended
+            .retain(|(j, p, _, _)| !(j == job && (part.is_none() || *p == part)));
         if inbox.ended.len() == ENDED_CAPACITY {
             inbox.ended.pop_front();
         }
         inbox
             .ended
-            .push_back((job.to_string(), Instant::now(), quiet));
+            .push_back((job.to_string(), part, Instant::now(), quiet));
         drop(inbox);
         // Wake a job thread waiting in `take`, so it sees its cancel flag at once.
         self.arrived.notify_all();
@@ -246,11 +268,11 @@ mod tests {
         );
         m.put(chunk("job-1", 1, 1, 8)).unwrap(); // 96 bytes
         let got = m
-            .take("job-1", 0, 0, 2, &never, &never, Duration::ZERO)
+            .take("job-1", 0, 0, 0, 2, &never, &never, Duration::ZERO)
             .unwrap();
         assert_eq!(got.len(), 1);
         m.put(chunk("job-1", 2, 2, 8)).unwrap(); // 32 + 64: fits again
-        m.forget_job("job-1", false);
+        m.forget_job("job-1", None, false);
         assert_eq!(m.inbox.lock().unwrap().bytes, 0);
     }
 
@@ -258,12 +280,12 @@ mod tests {
     fn an_ended_jobs_late_chunks_are_refused_until_it_starts_again() {
         let m = Mailbox::new(1 << 20);
         m.put(chunk("job-2", 0, 1, 4)).unwrap();
-        m.forget_job("job-2", false);
+        m.forget_job("job-2", None, false);
         let e = m.put(chunk("job-2", 1, 1, 4)).unwrap_err();
         assert!(matches!(e, RuntimeError::FailedPrecondition(_)), "{e}");
         assert!(e.to_string().contains("job job-2 has ended"), "{e}");
         m.put(chunk("job-3", 0, 1, 4)).unwrap();
-        m.job_started("job-2");
+        m.job_started("job-2", 0);
         m.put(chunk("job-2", 0, 1, 4)).unwrap();
         assert_eq!(m.inbox.lock().unwrap().bytes, 32);
     }
@@ -277,10 +299,10 @@ mod tests {
         m.put(from("job-4", 0, 2, 0, 1, 4)).unwrap(); // another sender's first chunk
         assert_eq!(m.inbox.lock().unwrap().bytes, 48);
         // Three rows, not five: the duplicate does not count towards the layer.
-        let e = m.take("job-4", 0, 0, 4, &never, &never, Duration::ZERO);
+        let e = m.take("job-4", 0, 0, 0, 4, &never, &never, Duration::ZERO);
         assert!(e.is_err());
         let got = m
-            .take("job-4", 0, 0, 3, &never, &never, Duration::ZERO)
+            .take("job-4", 0, 0, 0, 3, &never, &never, Duration::ZERO)
             .unwrap();
         assert_eq!(got.len(), 2);
         // The layer was taken: a re-send of it (a restarted peer) is dropped.
@@ -288,10 +310,10 @@ mod tests {
         assert_eq!(m.inbox.lock().unwrap().bytes, 0);
         // A finished part of a job that keeps its rows drops late chunks quietly, until
         // the job ends for good.
-        m.forget_job("job-4", true);
+        m.forget_job("job-4", Some(0), true);
         m.put(from("job-4", 1, 1, 0, 2, 4)).unwrap();
         assert_eq!(m.inbox.lock().unwrap().bytes, 0);
-        m.forget_job("job-4", false);
+        m.forget_job("job-4", None, false);
         assert!(m.put(from("job-4", 1, 1, 0, 2, 4)).is_err());
     }
 }

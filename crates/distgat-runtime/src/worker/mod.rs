@@ -368,18 +368,18 @@ struct WorkerState {
     work_dir: WorkDir,
     /// Points of the neighbourhood builds running here, for peers' fetches.
     builds: Arc<build::Builds>,
-    /// Running jobs: their part, cancellation flag and progress inside the current layer.
-    jobs: Mutex<HashMap<String, RunningJob>>,
+    /// Running parts by (job, part): cancellation flag and progress inside the current
+    /// layer. After a recovery one worker may run two parts of a job.
+    jobs: Mutex<HashMap<(String, u32), RunningJob>>,
     /// Jobs whose part keeps its sent halo rows (`StartJobRequest.keep_sent_rows`), until
     /// the job ends (CancelJob) or [`mailbox::ENDED_MEMORY`] after the part ended.
-    links: Mutex<HashMap<String, Arc<JobLinks>>>,
+    links: Mutex<HashMap<(String, u32), Arc<JobLinks>>>,
     coordinator: Endpoint,
     /// How this worker calls its peers and the coordinator (TLS, token).
     dialer: Dialer,
 }
 
 struct RunningJob {
-    part: u32,
     cancel: Arc<AtomicBool>,
     progress: Arc<Progress>,
 }
@@ -389,11 +389,11 @@ impl WorkerState {
     fn running_parts(&self) -> Vec<RunningPart> {
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         jobs.iter()
-            .filter_map(|(job, running)| {
+            .filter_map(|((job, part), running)| {
                 let snap = running.progress.snapshot();
                 (snap.layer > 0).then(|| RunningPart {
                     job_id: job.clone(),
-                    part: running.part,
+                    part: *part,
                     layer: (snap.layer - 1) as u32,
                     entries_done: snap.entries_done,
                     entries_total: snap.entries_total,
@@ -426,6 +426,7 @@ impl Worker for WorkerService {
         }
         let cancel = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(Progress::default());
+        let key = (req.job_id.clone(), req.part);
         let links = Arc::new(JobLinks::new(
             &req.peers,
             &self.0.dialer,
@@ -433,54 +434,44 @@ impl Worker for WorkerService {
         )?);
         {
             let mut jobs = self.0.jobs.lock().unwrap_or_else(|p| p.into_inner());
-            if jobs.contains_key(&req.job_id) {
+            if jobs.contains_key(&key) {
                 return Err(RuntimeError::FailedPrecondition(format!(
-                    "job {} is already running here",
-                    req.job_id
+                    "part {} of job {} is already running here",
+                    req.part, req.job_id
                 ))
                 .into());
             }
             jobs.insert(
-                req.job_id.clone(),
+                key.clone(),
                 RunningJob {
-                    part: req.part,
                     cancel: cancel.clone(),
                     progress: progress.clone(),
                 },
             );
         }
-        self.0.mailbox.job_started(&req.job_id);
+        self.0.mailbox.job_started(&req.job_id, req.part);
         {
             let mut kept = lock(&self.0.links);
             kept.retain(|_, l| !l.ended_before(mailbox::ENDED_MEMORY));
             if links.keep {
-                kept.insert(req.job_id.clone(), links.clone());
+                kept.insert(key.clone(), links.clone());
             }
         }
         let state = self.0.clone();
-        let job_id = req.job_id.clone();
         let handle = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name(format!("job-{}-part-{}", req.job_id, req.part))
             .spawn(move || {
-                let job = req.job_id.clone();
+                let (job, part) = (req.job_id.clone(), req.part);
                 let ok = run_job(&state, &handle, req, &links, &cancel, &progress);
                 // A finished part of a job that keeps its rows may still get a restarted
                 // peer's rows: they are dropped quietly (refused otherwise).
-                state.mailbox.forget_job(&job, ok && links.keep);
+                state.mailbox.forget_job(&job, Some(part), ok && links.keep);
                 links.part_ended();
-                state
-                    .jobs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&job);
+                lock(&state.jobs).remove(&(job, part));
             })
             .map_err(|e| {
-                self.0
-                    .jobs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&job_id);
+                lock(&self.0.jobs).remove(&key);
                 RuntimeError::Io(std::io::Error::other(format!(
                     "starting the job thread: {e}"
                 )))
@@ -522,18 +513,14 @@ impl Worker for WorkerService {
         request: Request<CancelJobRequest>,
     ) -> Result<Response<CancelJobResponse>, Status> {
         let req = request.into_inner();
-        if let Some(flag) = self
-            .0
-            .jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&req.job_id)
-        {
-            tracing::info!(job = %req.job_id, reason = %req.reason, "cancelling");
-            flag.cancel.store(true, Ordering::Relaxed);
+        for ((job, part), running) in lock(&self.0.jobs).iter() {
+            if *job == req.job_id {
+                tracing::info!(job = %req.job_id, part, reason = %req.reason, "cancelling");
+                running.cancel.store(true, Ordering::Relaxed);
+            }
         }
-        lock(&self.0.links).remove(&req.job_id);
-        self.0.mailbox.forget_job(&req.job_id, false);
+        lock(&self.0.links).retain(|(job, _), _| *job != req.job_id);
+        self.0.mailbox.forget_job(&req.job_id, None, false);
         Ok(Response::new(CancelJobResponse {}))
     }
 
@@ -542,17 +529,24 @@ impl Worker for WorkerService {
         request: Request<RerouteJobRequest>,
     ) -> Result<Response<RerouteJobResponse>, Status> {
         let req = request.into_inner();
-        let links = lock(&self.0.links)
-            .get(&req.job_id)
-            .cloned()
-            .ok_or_else(|| {
-                RuntimeError::FailedPrecondition(format!(
-                    "this worker keeps no sent rows of job {}",
-                    req.job_id
-                ))
-            })?;
+        // Every part of the job here except the moved one itself (it may have moved here).
+        let links: Vec<Arc<JobLinks>> = lock(&self.0.links)
+            .iter()
+            .filter(|((job, part), _)| *job == req.job_id && *part != req.part)
+            .map(|(_, l)| l.clone())
+            .collect();
+        if links.is_empty() {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "this worker keeps no sent rows of job {}",
+                req.job_id
+            ))
+            .into());
+        }
         let channel = self.0.dialer.endpoint(&req.address)?.connect_lazy();
-        let chunks = links.reroute(req.part, channel.clone());
+        let chunks: Vec<RowChunk> = links
+            .iter()
+            .flat_map(|l| l.reroute(req.part, channel.clone()))
+            .collect();
         let n = chunks.len() as u64;
         tracing::info!(
             job = %req.job_id, part = req.part, to = %req.address, chunks = n,

@@ -527,6 +527,7 @@ impl Part<'_> {
         let waited = Instant::now();
         let taken = self.mailbox.take(
             &req.job_id,
+            req.part,
             k as u32,
             0,
             n_halo as u64,
@@ -628,9 +629,12 @@ impl Part<'_> {
     fn send(
         &self,
         q: u32,
-        chunks: Vec<RowChunk>,
+        mut chunks: Vec<RowChunk>,
         failed: &Arc<AtomicBool>,
     ) -> Result<tokio::task::JoinHandle<Result<(u64, Duration)>>> {
+        for c in &mut chunks {
+            c.target_part = q;
+        }
         let channel = self.links.route(q, &chunks)?;
         let keep = self.links.keep;
         let bytes: u64 = chunks.iter().map(|c| c.encoded_len() as u64).sum();
@@ -735,6 +739,7 @@ impl PeerCollective<'_, '_> {
         let waited = Instant::now();
         let taken = part.mailbox.take(
             &part.req.job_id,
+            part.req.part,
             self.layer,
             self.step,
             expected,
