@@ -1,5 +1,6 @@
 //! Shared helpers of the integration tests: locating the shipped data and the PyG
-//! reference cases, reading `.npy` files, and the reference tolerance.
+//! reference cases, reading `.npy` files, the reference tolerance, an in-process cluster,
+//! throwaway certificates ([`certs`]) and metrics scrapes ([`scrape`]).
 
 use std::path::{Path, PathBuf};
 
@@ -121,6 +122,105 @@ impl Drop for TestCluster {
             let _ = s.shutdown.send(());
             s.join.abort();
         }
+    }
+}
+
+/// Throwaway TLS certificates made with rcgen at test time (no key is committed): the
+/// integration tests' and the `test_certs` example's (which python/tests/check_client_tls.py
+/// runs).
+pub mod certs {
+    use std::path::{Path, PathBuf};
+
+    use distgat_client::TlsFiles;
+
+    /// A CA and one certificate it signed (for 127.0.0.1 and localhost), as PEM files
+    /// `<name>-ca.pem`, `<name>-cert.pem` and `<name>-key.pem`.
+    pub struct Pki {
+        pub ca: PathBuf,
+        pub cert: PathBuf,
+        pub key: PathBuf,
+    }
+
+    /// Makes a new CA named `name` and a certificate it signed for 127.0.0.1 and localhost
+    /// (usable by servers and as a client certificate), written into `dir`.
+    pub fn pki(dir: &Path, name: &str) -> std::io::Result<Pki> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let bad = |e: rcgen::Error| std::io::Error::other(format!("rcgen: {e}"));
+        let ca_key = KeyPair::generate().map_err(bad)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(bad)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} CA"));
+        let ca = params.self_signed(&ca_key).map_err(bad)?;
+        let key = KeyPair::generate().map_err(bad)?;
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .map_err(bad)?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} node"));
+        let cert = params.signed_by(&key, &ca, &ca_key).map_err(bad)?;
+        let write = |file: &str, text: String| {
+            let path = dir.join(format!("{name}-{file}"));
+            std::fs::write(&path, text)?;
+            Ok::<_, std::io::Error>(path)
+        };
+        Ok(Pki {
+            ca: write("ca.pem", ca.pem())?,
+            cert: write("cert.pem", cert.pem())?,
+            key: write("key.pem", key.serialize_pem())?,
+        })
+    }
+
+    impl Pki {
+        /// A server's (coordinator's or worker's) files: certificate, key and CA.
+        pub fn server(&self) -> TlsFiles {
+            TlsFiles {
+                cert: Some(self.cert.clone()),
+                key: Some(self.key.clone()),
+                ca: Some(self.ca.clone()),
+                domain: None,
+            }
+        }
+
+        /// What a CLI or Python user has: the CA only.
+        pub fn client(&self) -> TlsFiles {
+            TlsFiles {
+                ca: Some(self.ca.clone()),
+                ..Default::default()
+            }
+        }
+    }
+}
+
+/// Reading a `--metrics-listen` endpoint.
+pub mod scrape {
+    /// `GET path` over HTTP/1.1 on `addr`: the status line and the body.
+    pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).await.unwrap();
+        let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+        (
+            head.lines().next().unwrap_or("").to_string(),
+            body.to_string(),
+        )
+    }
+
+    /// The value of the sample `name` (with its labels, as exposed) in a scrape, if listed.
+    pub fn find_sample(text: &str, name: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
+    }
+
+    /// The value of the sample `name` in a scrape; panics when it is not listed.
+    pub fn sample(text: &str, name: &str) -> f64 {
+        find_sample(text, name).unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
     }
 }
 

@@ -10,6 +10,7 @@ use distgat_client::v1::{JobState, RegisterGraphRequest};
 use distgat_client::{Client, ClientError, RetryPolicy, Selection, Submit};
 use distgat_graph::Normalization;
 use distgat_runtime::{start_coordinator, start_worker, CoordinatorConfig, WorkerConfig};
+use distgat_tests::scrape::{http_get, sample};
 use distgat_tests::{repo_root, TestCluster};
 use tonic::Code;
 
@@ -861,31 +862,6 @@ async fn a_restarted_coordinator_keeps_its_catalog() {
         .graph_id;
     assert_ne!(second, graph);
     let _ = coordinator.shutdown.send(());
-}
-
-/// `GET path` over HTTP/1.1 on `addr`: the status line and the body.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).await.unwrap();
-    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
-    (
-        head.lines().next().unwrap_or("").to_string(),
-        body.to_string(),
-    )
-}
-
-/// The value of the sample `name` (with its labels, as exposed) in a scrape.
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// Prometheus metrics on --metrics-listen: jobs by state, queue length, workers by health,

@@ -16,6 +16,7 @@ use distgat_client::{Client, ClientError, RetryPolicy, Security, Selection, Subm
 use distgat_graph::Normalization;
 use distgat_proto::{secure_endpoint, Bearer, TlsFiles as ProtoTls};
 use distgat_runtime::{start_coordinator, CoordinatorConfig};
+use distgat_tests::certs::Pki;
 use distgat_tests::{repo_root, TestCluster};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -24,58 +25,9 @@ use tonic_health::pb::HealthCheckRequest;
 
 const TOKEN: &str = "s3cret-token-for-tests";
 
-/// A CA and one certificate it signed (for 127.0.0.1 and localhost), as PEM files.
-struct Pki {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
+/// A CA named `name` and a certificate it signed, in `dir`.
 fn pki(dir: &Path, name: &str) -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, format!("{name} CA"));
-    let ca = params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, format!("{name} node"));
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    let write = |file: &str, text: String| {
-        let path = dir.join(format!("{name}-{file}"));
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    Pki {
-        ca: write("ca.pem", ca.pem()),
-        cert: write("cert.pem", cert.pem()),
-        key: write("key.pem", key.serialize_pem()),
-    }
-}
-
-impl Pki {
-    fn server(&self) -> ProtoTls {
-        ProtoTls {
-            cert: Some(self.cert.clone()),
-            key: Some(self.key.clone()),
-            ca: Some(self.ca.clone()),
-            domain: None,
-        }
-    }
-
-    /// What a CLI or Python user has: the CA only.
-    fn client(&self) -> TlsFiles {
-        TlsFiles {
-            ca: Some(self.ca.clone()),
-            ..Default::default()
-        }
-    }
+    distgat_tests::certs::pki(dir, name).unwrap()
 }
 
 struct Cluster {
