@@ -266,6 +266,114 @@ async fn refusals_have_the_right_codes() {
     assert!(refused, "a certificate of another CA was accepted");
 }
 
+/// Every worker-facing Coordinator RPC (RegisterWorker, Heartbeat, PushOutput, FetchShard,
+/// FetchInputs) needs a client certificate signed by the cluster CA, even with the token:
+/// UNAUTHENTICATED naming the RPC and the certificate. With the certificate each gets past
+/// that check (to its own answer about the request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_only_coordinator_rpcs_need_a_client_certificate() {
+    use distgat_client::v1::{
+        FetchInputsRequest, FetchShardRequest, HeartbeatRequest, OutputChunk,
+    };
+    let c = secure_cluster(1).await;
+    let channel = |cert: bool| {
+        let tls = ProtoTls {
+            cert: cert.then(|| c.pki.cert.clone()),
+            key: cert.then(|| c.pki.key.clone()),
+            ..c.pki.client()
+        }
+        .load_client()
+        .unwrap();
+        let address = c.address.clone();
+        async move {
+            let channel = secure_endpoint(&address, tls.as_ref())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            CoordinatorClient::with_interceptor(channel, Bearer::new(Some(TOKEN)).unwrap())
+        }
+    };
+    for cert in [false, true] {
+        let mut coordinator = channel(cert).await;
+        let answers: Vec<(&str, tonic::Status)> = vec![
+            (
+                "RegisterWorker",
+                coordinator
+                    .register_worker(RegisterWorkerRequest {
+                        protocol_version: 0, // refused after the check: nothing registers
+                        address: "127.0.0.1:1".into(),
+                    })
+                    .await
+                    .unwrap_err(),
+            ),
+            (
+                "Heartbeat",
+                coordinator
+                    .heartbeat(HeartbeatRequest {
+                        worker_id: "worker-none".into(),
+                        running: Vec::new(),
+                    })
+                    .await
+                    .unwrap_err(),
+            ),
+            (
+                "PushOutput",
+                coordinator
+                    .push_output(tokio_stream::iter(vec![OutputChunk {
+                        job_id: "job-none".into(),
+                        ..Default::default()
+                    }]))
+                    .await
+                    .unwrap_err(),
+            ),
+            (
+                "FetchShard",
+                coordinator
+                    .fetch_shard(FetchShardRequest {
+                        job_id: "job-none".into(),
+                        part: 0,
+                        worker_id: "worker-none".into(),
+                    })
+                    .await
+                    .unwrap_err(),
+            ),
+            (
+                "FetchInputs",
+                coordinator
+                    .fetch_inputs(FetchInputsRequest {
+                        job_id: "job-none".into(),
+                        part: 0,
+                        worker_id: "worker-none".into(),
+                    })
+                    .await
+                    .unwrap_err(),
+            ),
+        ];
+        for (rpc, status) in answers {
+            eprintln!("{rpc} (client certificate: {cert}): {status:?}");
+            if cert {
+                assert_ne!(status.code(), Code::Unauthenticated, "{rpc}: {status:?}");
+            } else {
+                assert_eq!(status.code(), Code::Unauthenticated, "{rpc}: {status:?}");
+                assert!(
+                    status.message().starts_with(rpc)
+                        && status.message().contains("client certificate")
+                        && status.message().contains("--tls-ca"),
+                    "{rpc}: {}",
+                    status.message()
+                );
+            }
+        }
+    }
+    // The client API needs no certificate (the token does).
+    let mut coordinator = channel(false).await;
+    coordinator
+        .list_jobs(distgat_client::v1::ListJobsRequest {})
+        .await
+        .unwrap();
+}
+
 /// Every bad TLS or token configuration is an error naming the flag and the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tls_and_token_files_are_named() {

@@ -7,7 +7,8 @@
 //!   `--tls-ca`: each side also calls the other and verifies its certificate against the CA.
 //!   It then speaks TLS only. Client certificates are verified against the CA when
 //!   presented; the worker-facing RPCs (the Worker and HaloExchange services, and the
-//!   coordinator's RegisterWorker, Heartbeat and PushOutput) refuse a caller without one.
+//!   coordinator's RegisterWorker, Heartbeat, PushOutput, FetchShard and FetchInputs)
+//!   refuse a caller without one.
 //!   Client-API callers (CLI, Rust and Python clients) need no certificate.
 //! - With a token, every Coordinator-service RPC needs `authorization: Bearer <token>`
 //!   (workers send it too); health and reflection stay open for probes.

@@ -252,13 +252,15 @@ fn refresh_metrics(state: &State) {
 struct Service(Arc<State>);
 
 impl Service {
-    /// The worker-facing RPCs (RegisterWorker, Heartbeat, PushOutput) need a client
-    /// certificate signed by the cluster CA when the coordinator speaks TLS; client-API
-    /// callers need none.
+    /// The worker-facing RPCs (RegisterWorker, Heartbeat, PushOutput, FetchShard,
+    /// FetchInputs) need a client certificate signed by the cluster CA when the
+    /// coordinator speaks TLS (UNAUTHENTICATED naming `rpc` and the certificate
+    /// otherwise), on top of the token; client-API callers need none.
     // Called from handlers, which return a `Status` themselves.
     #[allow(clippy::result_large_err)]
-    fn worker_only<T>(&self, request: &Request<T>) -> Result<(), Status> {
+    fn worker_only<T>(&self, rpc: &str, request: &Request<T>) -> Result<(), Status> {
         distgat_proto::security::require_client_cert(request, self.0.dialer.tls.is_some())
+            .map_err(|s| Status::new(s.code(), format!("{rpc}: {}", s.message())))
     }
 }
 
@@ -268,7 +270,7 @@ impl Coordinator for Service {
         &self,
         request: Request<RegisterWorkerRequest>,
     ) -> Result<Response<RegisterWorkerResponse>, Status> {
-        self.worker_only(&request)?;
+        self.worker_only("RegisterWorker", &request)?;
         let req = request.into_inner();
         if req.protocol_version != PROTOCOL_VERSION {
             return Err(RuntimeError::ProtocolVersion {
@@ -300,7 +302,7 @@ impl Coordinator for Service {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        self.worker_only(&request)?;
+        self.worker_only("Heartbeat", &request)?;
         let req = request.into_inner();
         let id = req.worker_id;
         let known = {
@@ -333,7 +335,7 @@ impl Coordinator for Service {
         &self,
         request: Request<Streaming<OutputChunk>>,
     ) -> Result<Response<PushOutputResponse>, Status> {
-        self.worker_only(&request)?;
+        self.worker_only("PushOutput", &request)?;
         // No idle deadline: the worker writes a progress message per layer, and a layer
         // may take longer than any fixed deadline; a silent worker is caught by its
         // heartbeats instead (heartbeat_timeout fails the job).
@@ -536,6 +538,7 @@ impl Coordinator for Service {
         &self,
         request: Request<FetchShardRequest>,
     ) -> Result<Response<Self::FetchShardStream>, Status> {
+        self.worker_only("FetchShard", &request)?;
         let req = request.into_inner();
         let (tx, rx) = mpsc::channel(4);
         inputs::fetch_shard(&self.0, &req.job_id, req.part, &req.worker_id, tx)?;
@@ -548,6 +551,7 @@ impl Coordinator for Service {
         &self,
         request: Request<FetchInputsRequest>,
     ) -> Result<Response<Self::FetchInputsStream>, Status> {
+        self.worker_only("FetchInputs", &request)?;
         let req = request.into_inner();
         let (tx, rx) = mpsc::channel(4);
         inputs::fetch_inputs(&self.0, &req.job_id, req.part, &req.worker_id, tx)?;
