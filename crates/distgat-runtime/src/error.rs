@@ -82,27 +82,10 @@ impl From<RuntimeError> for tonic::Status {
             RuntimeError::Transport { status, .. } => status.code(),
             RuntimeError::Io(_) | RuntimeError::Store(_) => Code::Internal,
         };
-        crate::metrics::METRICS
-            .rpc_errors
-            .get_or_create(&crate::metrics::CodeLabel {
-                code: code_name(code),
-            })
-            .inc();
+        // Counted in `distgat_rpc_errors_total` where it leaves the server (the
+        // `metrics::CountErrors` layer), as every other error status is.
         tonic::Status::new(code, e.to_string())
     }
-}
-
-/// The canonical name of a gRPC code (`NOT_FOUND`), as the gRPC docs spell it.
-fn code_name(code: tonic::Code) -> String {
-    let camel = format!("{code:?}"); // NotFound
-    let mut out = String::with_capacity(camel.len() + 4);
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_uppercase());
-    }
-    out
 }
 
 /// Wraps a failed gRPC call with what was being done.

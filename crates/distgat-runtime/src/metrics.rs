@@ -13,7 +13,7 @@
 //! | `distgat_jobs` | gauge | `state` | coordinator |
 //! | `distgat_job_queue_length` | gauge | | coordinator |
 //! | `distgat_workers` | gauge | `health` (`healthy`, `unhealthy`) | coordinator |
-//! | `distgat_rpc_errors_total` | counter | `code` (gRPC code name) | both |
+//! | `distgat_rpc_errors_total` | counter | `code` (gRPC code name) | both (every error status a server answers, see [`CountErrors`]) |
 //! | `distgat_layer_seconds` | histogram | | worker (compute of one layer of one part) |
 //! | `distgat_halo_bytes_sent_total` | counter | | worker |
 //! | `distgat_halo_bytes_received_total` | counter | | worker |
@@ -21,11 +21,14 @@
 //! | `distgat_rows_computed_total` | counter | | worker (output rows of every layer) |
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
 
 use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::{Request, Response, StatusCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -169,6 +172,138 @@ impl Metrics {
 
 /// This process's metrics.
 pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The canonical name of a gRPC code (`NOT_FOUND`), as the gRPC docs spell it.
+pub(crate) fn code_name(code: tonic::Code) -> String {
+    let camel = format!("{code:?}"); // NotFound
+    let mut out = String::with_capacity(camel.len() + 4);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// Counts one error answer in `distgat_rpc_errors_total` (OK is not an error).
+fn count_error(code: tonic::Code) {
+    if code != tonic::Code::Ok {
+        METRICS
+            .rpc_errors
+            .get_or_create(&CodeLabel {
+                code: code_name(code),
+            })
+            .inc();
+    }
+}
+
+/// The `grpc-status` of a response's headers or trailers, if they carry one.
+fn grpc_status(headers: &hyper::HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .map(|v| tonic::Code::from_bytes(v.as_bytes()))
+}
+
+/// The tower layer on every server of this process (coordinator and worker, see
+/// `Dialer::server`): counts each error status a server answers, once, by code, where it
+/// leaves the server: in the response headers (a call refused before any message: the
+/// token and client-certificate interceptors, an error returned by a handler) or in the
+/// trailers (a stream that ends with an error). Refusals made anywhere in a service are
+/// counted alike, however they were made. Not counted: a call cut by its own
+/// `grpc-timeout`, which tonic answers outside the services (CANCELLED), and TLS handshake
+/// failures, which are no gRPC answer.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CountErrors;
+
+impl<S> tower_layer::Layer<S> for CountErrors {
+    type Service = CountErrorsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CountErrorsService(inner)
+    }
+}
+
+/// [`CountErrors`] around one service.
+#[derive(Debug, Clone)]
+pub(crate) struct CountErrorsService<S>(S);
+
+impl<S, Req, B> tonic::codegen::Service<hyper::Request<Req>> for CountErrorsService<S>
+where
+    S: tonic::codegen::Service<hyper::Request<Req>, Response = hyper::Response<B>>,
+{
+    type Response = hyper::Response<CountedBody<B>>;
+    type Error = S::Error;
+    type Future = CountedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: hyper::Request<Req>) -> Self::Future {
+        CountedFuture(Box::pin(self.0.call(request)))
+    }
+}
+
+/// The response future of [`CountErrorsService`]: counts a status in the headers.
+pub(crate) struct CountedFuture<F>(Pin<Box<F>>);
+
+impl<F, B, E> Future for CountedFuture<F>
+where
+    F: Future<Output = Result<hyper::Response<B>, E>>,
+{
+    type Output = Result<hyper::Response<CountedBody<B>>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx).map_ok(|response| {
+            // A status in the headers is the whole answer (gRPC's trailers-only response).
+            let counted = match grpc_status(response.headers()) {
+                Some(code) => {
+                    count_error(code);
+                    true
+                }
+                None => false,
+            };
+            response.map(|body| CountedBody { body, counted })
+        })
+    }
+}
+
+/// A response body that counts the status in its trailers (once).
+pub(crate) struct CountedBody<B> {
+    body: B,
+    counted: bool,
+}
+
+impl<B: Body + Unpin> Body for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
+                if !this.counted {
+                    this.counted = true;
+                    count_error(code);
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
 
 /// Serves `GET /metrics` on `addr` until `shutdown` fires; `refresh` runs before every
 /// scrape (the coordinator sets its gauges from its state there); `role` picks the

@@ -7,8 +7,10 @@ use std::time::Duration;
 use distgat_proto::{Bearer, Tls};
 use tokio::sync::oneshot;
 use tonic::transport::{Endpoint, Server};
+use tower_layer::{Identity, Stack};
 
 use crate::error::{Result, RuntimeError};
+use crate::metrics::CountErrors;
 
 /// A running server: its real address, and how to stop it.
 pub struct RunningServer {
@@ -57,13 +59,16 @@ impl Dialer {
         Ok(distgat_proto::secure_endpoint(addr, self.tls.as_ref())?)
     }
 
-    /// A server builder that speaks TLS only when this side has TLS.
-    pub(crate) fn server(&self) -> Result<Server> {
-        match &self.tls {
+    /// A server builder that speaks TLS only when this side has TLS, and counts every
+    /// error status its services answer in `distgat_rpc_errors_total`
+    /// ([`crate::metrics::CountErrors`]).
+    pub(crate) fn server(&self) -> Result<Server<Stack<CountErrors, Identity>>> {
+        let builder = match &self.tls {
             Some(tls) => Server::builder()
                 .tls_config(tls.server_config())
-                .map_err(|e| RuntimeError::Io(std::io::Error::other(format!("TLS: {e}")))),
-            None => Ok(Server::builder()),
-        }
+                .map_err(|e| RuntimeError::Io(std::io::Error::other(format!("TLS: {e}"))))?,
+            None => Server::builder(),
+        };
+        Ok(builder.layer(CountErrors))
     }
 }
