@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use distgat_proto::v1::halo_exchange_client::HaloExchangeClient;
 use distgat_proto::v1::{Peer, RowChunk};
 use distgat_proto::MAX_CHUNK_BYTES;
+use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
@@ -38,6 +39,9 @@ pub(super) struct JobLinks {
 
 struct Links {
     routes: HashMap<u32, Channel>,
+    /// Bumped when a part moves: a send to its old worker that still hangs (a silent
+    /// machine) gives up then, its chunks being re-sent to the new one.
+    moved: HashMap<u32, watch::Sender<u64>>,
     /// By receiving part, in sending order.
     kept: HashMap<u32, Vec<RowChunk>>,
     /// When the part ended here (its links are dropped some time after).
@@ -50,11 +54,13 @@ impl JobLinks {
         let routes = peers
             .iter()
             .map(|p| Ok((p.part, dialer.endpoint(&p.address)?.connect_lazy())))
-            .collect::<Result<_>>()?;
+            .collect::<Result<HashMap<u32, Channel>>>()?;
+        let moved = routes.keys().map(|&q| (q, watch::channel(0).0)).collect();
         Ok(JobLinks {
             keep,
             inner: Mutex::new(Links {
                 routes,
+                moved,
                 kept: HashMap::new(),
                 ended: None,
             }),
@@ -75,11 +81,21 @@ impl JobLinks {
     /// The channel to part `q`'s worker; with `keep`, `chunks` are kept for a re-send
     /// first (only jobs without collective steps keep: a restarted part could not take
     /// part in a collective that ran on).
-    pub(super) fn route(&self, q: u32, chunks: &[RowChunk]) -> Result<Channel> {
+    /// Also returns a receiver that changes when part `q` moves.
+    pub(super) fn route(
+        &self,
+        q: u32,
+        chunks: &[RowChunk],
+    ) -> Result<(Channel, watch::Receiver<u64>)> {
         let mut links = self.lock();
         let channel = links.routes.get(&q).cloned().ok_or_else(|| {
             RuntimeError::InvalidArgument(format!("peers: no address for part {q}"))
         })?;
+        let moved = links
+            .moved
+            .entry(q)
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe();
         if self.keep {
             links
                 .kept
@@ -87,7 +103,7 @@ impl JobLinks {
                 .or_default()
                 .extend(chunks.iter().cloned());
         }
-        Ok(channel)
+        Ok((channel, moved))
     }
 
     /// Part `q` now runs behind `channel`: later sends go there; returns every chunk kept
@@ -95,6 +111,11 @@ impl JobLinks {
     pub(super) fn reroute(&self, q: u32, channel: Channel) -> Vec<RowChunk> {
         let mut links = self.lock();
         links.routes.insert(q, channel);
+        links
+            .moved
+            .entry(q)
+            .or_insert_with(|| watch::channel(0).0)
+            .send_modify(|n| *n += 1);
         links.kept.get(&q).cloned().unwrap_or_default()
     }
 

@@ -635,14 +635,23 @@ impl Part<'_> {
         for c in &mut chunks {
             c.target_part = q;
         }
-        let channel = self.links.route(q, &chunks)?;
+        let (channel, mut moved) = self.links.route(q, &chunks)?;
         let keep = self.links.keep;
         let bytes: u64 = chunks.iter().map(|c| c.encoded_len() as u64).sum();
         let failed = failed.clone();
         let job = self.req.job_id.clone();
         Ok(self.rt.spawn(async move {
             let t = Instant::now();
-            match send_chunks(channel, chunks).await {
+            let sent = tokio::select! {
+                sent = send_chunks(channel, chunks) => sent,
+                // Part q moved (its worker was lost) while this send hung: the chunks
+                // are kept and were re-sent to its new worker.
+                Ok(()) = moved.changed(), if keep => {
+                    tracing::warn!(%job, part = q, "part moved while sending to it; its kept rows went to its new worker");
+                    return Ok((0, t.elapsed()));
+                }
+            };
+            match sent {
                 Ok(()) => Ok::<_, RuntimeError>((bytes, t.elapsed())),
                 // Kept for part q's replacement: RerouteJob sends them there.
                 Err(status) if keep && receiver_lost(&status) => {
