@@ -644,3 +644,142 @@ fn zero_workers_is_an_error_about_workers() {
         "{stderr}"
     );
 }
+
+/// `distgat <args>` against a coordinator: stdout on success, a panic naming `what` else.
+fn client(args: &[&str], what: &str) -> String {
+    let output = Command::new(exe())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Issue 13's coordinator restart: a coordinator killed with SIGKILL (no shutdown at all)
+/// and started again on the same work dir lists its graphs and jobs, serves a finished
+/// job's output byte for byte, and reports the job that was running as failed, saying
+/// why.
+#[test]
+fn a_coordinator_killed_with_sigkill_restarts_with_its_catalog() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = big_case(tmp.path());
+    let work = tmp.path().join("work");
+    let coordinator_args = |work: &Path| -> Vec<String> {
+        [
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-root",
+            tmp.path().to_str().unwrap(),
+            "--work-dir",
+            work.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let args = coordinator_args(&work);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cluster = Cluster::default();
+    let (coordinator, _) = start(&mut cluster, &args);
+    let (_, _w) = start(&mut cluster, &["worker", "--coordinator", &coordinator]);
+    let submit = |coordinator: &str, watch: bool| -> String {
+        let mut a = vec!["submit", "--coordinator", coordinator];
+        a.extend([
+            "--graph",
+            inputs.graph.to_str().unwrap(),
+            "--features",
+            inputs.features.to_str().unwrap(),
+            "--model",
+            inputs.model.to_str().unwrap(),
+            "--parts",
+            "1",
+        ]);
+        if watch {
+            a.push("--watch");
+        }
+        client(&a, "distgat submit").trim().to_string()
+    };
+    let done = submit(&coordinator, true);
+    let before = tmp.path().join("before.npy");
+    client(
+        &[
+            "fetch",
+            "--coordinator",
+            &coordinator,
+            &done,
+            "--out",
+            before.to_str().unwrap(),
+        ],
+        "distgat fetch",
+    );
+    // A second job, kept running: its worker is stopped once the job runs.
+    let running = submit(&coordinator, false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = client(
+            &["status", "--coordinator", &coordinator, "--json", &running],
+            "distgat status",
+        );
+        if status.contains("\"state\":\"running\"") || status.contains("\"state\": \"running\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job never ran: {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let worker_pid = cluster.0[1].id();
+    let stop = Command::new("kill")
+        .args(["-STOP", &worker_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(stop.success());
+    // SIGKILL: the coordinator gets no chance to record anything more.
+    let mut killed = cluster.0.remove(0);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+
+    let (restarted, _) = start(&mut cluster, &args);
+    let graphs = client(&["graphs", "--coordinator", &restarted], "distgat graphs");
+    assert!(graphs.contains("graph-"), "{graphs}");
+    let jobs = client(
+        &["status", "--coordinator", &restarted, "--json"],
+        "distgat status",
+    );
+    assert!(
+        jobs.contains(&done) && jobs.contains(&running),
+        "the restarted coordinator lists: {jobs}"
+    );
+    let finished = client(
+        &["status", "--coordinator", &restarted, "--json", &done],
+        "distgat status",
+    );
+    assert!(finished.contains("succeeded"), "{finished}");
+    let lost = client(
+        &["status", "--coordinator", &restarted, "--json", &running],
+        "distgat status",
+    );
+    assert!(
+        lost.contains("failed") && lost.contains("coordinator stopped while the job was running"),
+        "{lost}"
+    );
+    let after = tmp.path().join("after.npy");
+    client(
+        &[
+            "fetch",
+            "--coordinator",
+            &restarted,
+            &done,
+            "--out",
+            after.to_str().unwrap(),
+        ],
+        "distgat fetch",
+    );
+    assert!(std::fs::read(&before).unwrap() == std::fs::read(&after).unwrap());
+    let _ = Command::new("kill")
+        .args(["-KILL", &worker_pid.to_string()])
+        .status();
+}
