@@ -243,8 +243,8 @@ fn a_killed_worker_is_replaced_by_a_spare_and_the_output_is_unchanged() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (n, e, f) = (
-        env_or("DISTGAT_CHAOS_NODES", 200_000),
-        env_or("DISTGAT_CHAOS_EDGES", 2_000_000),
+        env_or("DISTGAT_CHAOS_NODES", 400_000),
+        env_or("DISTGAT_CHAOS_EDGES", 4_000_000),
         32,
     );
     let (graph, features, model) = chaos_case(dir, n, e, f);
