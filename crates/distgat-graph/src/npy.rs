@@ -74,7 +74,24 @@ impl NpyBody {
             ));
         }
         let file_len = meta.len();
-        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let mut reader = BufReader::with_capacity(HEADER_BUFFER, file);
+        let head = reader.fill_buf().unwrap_or_default();
+        // npyz allocates the header's claimed length (u32 in versions 2 and 3) before
+        // reading it: 4 bytes could ask for 4 GiB (found by fuzzing). The header must fit
+        // in the file and in the first buffer (so the checks below see all of it; numpy
+        // itself refuses headers over 10 000 bytes by default).
+        if let Some((start, len)) = header_extent(head) {
+            let end = (start + len) as u64;
+            if end > file_len || end > HEADER_BUFFER as u64 {
+                return Err(GraphError::format(
+                    path,
+                    format!(
+                        "not a valid .npy file: the header claims {len} bytes, the file has \
+                         {file_len} (at most {HEADER_BUFFER} header bytes are read)"
+                    ),
+                ));
+            }
+        }
         // npyz multiplies the shape's dimensions unchecked (a panic in builds with overflow
         // checks; found by fuzzing): refuse such a shape before npyz sees it.
         // npyz also evaluates arithmetic in the tuple (`(10-1,)`): numpy writes plain
@@ -417,6 +434,24 @@ fn check_in_pieces<T: Sync>(
 /// (npyz keeps the last of repeated keys), or the first token that is not a plain integer.
 /// A backslash (an escape that could spell the key otherwise) is refused too: numpy never
 /// writes one. The header is looked at within the bytes buffered (up to 1 MiB).
+/// The bytes [`NpyBody::open`] buffers at once, and the longest header it accepts.
+const HEADER_BUFFER: usize = 1 << 20;
+
+/// Where a `.npy` file's header text starts and how long its pre-header says it is, when
+/// `bytes` begin with the magic and a version npyz reads (1, 2 or 3).
+fn header_extent(bytes: &[u8]) -> Option<(usize, usize)> {
+    // Magic (6 bytes), version (2), header length (u16 for version 1, else u32), header.
+    match bytes {
+        [0x93, b'N', b'U', b'M', b'P', b'Y', 1, _, a, b, ..] => {
+            Some((10, u16::from_le_bytes([*a, *b]) as usize))
+        }
+        [0x93, b'N', b'U', b'M', b'P', b'Y', 2 | 3, _, a, b, c, d, ..] => {
+            Some((12, u32::from_le_bytes([*a, *b, *c, *d]) as usize))
+        }
+        _ => None,
+    }
+}
+
 fn header_shapes(bytes: &[u8]) -> std::result::Result<Vec<Vec<u64>>, String> {
     // Magic (6 bytes), version (2), header length (u16 for version 1, else u32), header.
     let (start, len) = match bytes {

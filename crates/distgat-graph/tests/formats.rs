@@ -1073,3 +1073,30 @@ fn fuzz_npy_repeated_shape_key_is_checked_too() {
     );
     assert_error(Features::read_npy(&path), &path, &["overflows"]);
 }
+
+#[test]
+fn fuzz_npy_header_length_beyond_the_file_is_an_error() {
+    // A version 3 pre-header claiming a 3 GiB header: npyz allocated it before reading
+    // (out of memory under libFuzzer's limit). The claim must fit in the file.
+    let dir = Dir::new();
+    let mut bytes = b"\x93NUMPY\x03\x00".to_vec();
+    bytes.extend_from_slice(&0xb97b_0076u32.to_le_bytes());
+    bytes.extend_from_slice(b"{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }\n");
+    let path = dir.file("v3.npy", &bytes);
+    assert_error(
+        Features::read_npy(&path),
+        &path,
+        &["header claims 3111846006 bytes"],
+    );
+    assert_error(read_graph(&path, None), &path, &["header claims"]);
+    // Version 1 too, with a u16 length past the end of a short file.
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&60_000u16.to_le_bytes());
+    bytes.extend_from_slice(b"{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }\n");
+    let path = dir.file("v1.npy", &bytes);
+    assert_error(
+        Features::read_npy(&path),
+        &path,
+        &["header claims 60000 bytes"],
+    );
+}
