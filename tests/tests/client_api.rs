@@ -1149,6 +1149,35 @@ async fn a_full_halo_mailbox_fails_the_job_naming_the_flag() {
     assert!(started.elapsed() < Duration::from_secs(30), "{message}");
 }
 
+/// A worker's output stream that goes quiet (no rows, no keepalive) ends with
+/// DEADLINE_EXCEEDED after the coordinator's stream idle deadline, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_output_stream_hits_the_idle_deadline() {
+    let c = cluster_with(0, |config| {
+        config.stream_idle_timeout = Duration::from_millis(500)
+    })
+    .await;
+    let mut raw = distgat_proto::v1::coordinator_client::CoordinatorClient::connect(format!(
+        "http://{}",
+        c.address
+    ))
+    .await
+    .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<distgat_proto::v1::OutputChunk>(4);
+    let started = std::time::Instant::now();
+    let status = raw
+        .push_output(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    drop(tx); // held open (silent) until the server gave up
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status}");
+    assert!(
+        status.message().contains("output stream") && status.message().contains("500ms"),
+        "{status}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
 /// An upload that stalls after its header ends with DEADLINE_EXCEEDED after the
 /// coordinator's stream idle deadline, naming it, and leaves nothing in the uploads dir.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

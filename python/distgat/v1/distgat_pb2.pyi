@@ -339,7 +339,7 @@ class SendRowsResponse(_message.Message):
     def __init__(self, rows: _Optional[int] = ...) -> None: ...
 
 class OutputChunk(_message.Message):
-    __slots__ = ("job_id", "part", "rows", "attention", "stats", "failure", "progress")
+    __slots__ = ("job_id", "part", "rows", "attention", "stats", "failure", "progress", "alive")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -347,6 +347,7 @@ class OutputChunk(_message.Message):
     STATS_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    ALIVE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     part: int
     rows: OutputRows
@@ -354,7 +355,8 @@ class OutputChunk(_message.Message):
     stats: WorkerStats
     failure: str
     progress: LayerStats
-    def __init__(self, job_id: _Optional[str] = ..., part: _Optional[int] = ..., rows: _Optional[_Union[OutputRows, _Mapping]] = ..., attention: _Optional[_Union[AttentionValues, _Mapping]] = ..., stats: _Optional[_Union[WorkerStats, _Mapping]] = ..., failure: _Optional[str] = ..., progress: _Optional[_Union[LayerStats, _Mapping]] = ...) -> None: ...
+    alive: bool
+    def __init__(self, job_id: _Optional[str] = ..., part: _Optional[int] = ..., rows: _Optional[_Union[OutputRows, _Mapping]] = ..., attention: _Optional[_Union[AttentionValues, _Mapping]] = ..., stats: _Optional[_Union[WorkerStats, _Mapping]] = ..., failure: _Optional[str] = ..., progress: _Optional[_Union[LayerStats, _Mapping]] = ..., alive: _Optional[bool] = ...) -> None: ...
 
 class OutputRows(_message.Message):
     __slots__ = ("nodes", "width", "values")

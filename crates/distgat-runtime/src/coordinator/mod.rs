@@ -336,9 +336,9 @@ impl Coordinator for Service {
         request: Request<Streaming<OutputChunk>>,
     ) -> Result<Response<PushOutputResponse>, Status> {
         self.worker_only("PushOutput", &request)?;
-        // No idle deadline: the worker writes a progress message per layer, and a layer
-        // may take longer than any fixed deadline; a silent worker is caught by its
-        // heartbeats instead (heartbeat_timeout fails the job).
+        // An idle deadline (stream_idle_timeout): a worker sends `alive` whenever its part
+        // sent nothing for 2 s, so only a stuck stream runs into it (a silent worker is
+        // caught sooner by its heartbeats).
         let mut stream = request.into_inner();
         // The sink is looked up per message and never held between messages: a stream that
         // stays open (a worker still cancelling) must not keep a failed job's files alive.
@@ -346,8 +346,10 @@ impl Coordinator for Service {
         // The stream's job, part, and the part's generation when the stream began: a
         // stream of a lost worker whose part restarted elsewhere can no longer fail it.
         let mut current: Option<(String, u32, u32)> = None;
+        let idle = self.0.config.stream_idle_timeout;
         loop {
-            let chunk = match stream.message().await {
+            let next = crate::net::next_message(&mut stream, idle, "output stream").await;
+            let chunk = match next {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(e) => {
@@ -356,7 +358,7 @@ impl Coordinator for Service {
                             sink.fail_from(*part, *generation, format!("output stream broke: {e}"));
                         }
                     }
-                    return Err(e);
+                    return Err(e.into());
                 }
             };
             let sink = sink_of(&chunk.job_id).ok_or_else(|| {

@@ -463,6 +463,8 @@ impl JobSink {
                 lock(&self.done).insert(part, stats);
             }
             Some(Body::Failure(detail)) => self.fail(part, detail),
+            // The worker's keepalive on a quiet stream: nothing to record.
+            Some(Body::Alive(_)) => {}
             Some(Body::Progress(stats)) => {
                 if let Some(record) = &self.progress {
                     record.layer_done(part, &stats);

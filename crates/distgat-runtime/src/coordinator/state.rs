@@ -65,7 +65,8 @@ pub struct CoordinatorConfig {
     /// Where workers get their inputs for jobs that do not say (RunJob and SubmitJob's
     /// `shard_source`).
     pub shard_source: ShardSource,
-    /// Idle deadline of incoming client streams (UploadGraph): one that sends nothing for
+    /// Idle deadline of incoming streams (UploadGraph, and workers' PushOutput, which
+    /// send a keepalive every 2 s while a part computes): one that sends nothing for
     /// this long ends with DEADLINE_EXCEEDED and leaves nothing behind.
     pub stream_idle_timeout: Duration,
     /// Client fetches (FetchOutput, FetchEdges, FetchAttention) served at once

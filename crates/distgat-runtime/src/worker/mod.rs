@@ -613,6 +613,9 @@ impl HaloExchange for HaloService {
 }
 
 /// Runs a job on this thread and reports its outcome to the coordinator.
+/// How long a part's output stream may go without a message before it sends `alive`.
+const OUTPUT_KEEPALIVE: Duration = Duration::from_secs(2);
+
 /// Returns whether the part succeeded.
 fn run_job(
     state: &WorkerState,
@@ -624,13 +627,34 @@ fn run_job(
 ) -> bool {
     let _runtime = rt.enter(); // lazy channels spawn their connection tasks on it
     let (job, part) = (req.job_id.clone(), req.part);
-    let (tx, rx) = mpsc::channel::<OutputChunk>(8);
+    let (tx, mut rx) = mpsc::channel::<OutputChunk>(8);
     let channel = state.coordinator.connect_lazy();
     let bearer = state.dialer.bearer.clone();
+    // The stream carries an `alive` message whenever the part sent nothing for
+    // OUTPUT_KEEPALIVE, so the coordinator's idle deadline on it (60 s by default) catches
+    // only a stuck stream, never a long layer.
+    let (out_tx, out_rx) = mpsc::channel::<OutputChunk>(8);
+    let (alive_job, alive_part) = (job.clone(), part);
+    rt.spawn(async move {
+        loop {
+            let next = match tokio::time::timeout(OUTPUT_KEEPALIVE, rx.recv()).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(_) => OutputChunk {
+                    job_id: alive_job.clone(),
+                    part: alive_part,
+                    body: Some(Body::Alive(true)),
+                },
+            };
+            if out_tx.send(next).await.is_err() {
+                break;
+            }
+        }
+    });
     let pushing = rt.spawn(async move {
         CoordinatorClient::with_interceptor(channel, bearer)
             .max_encoding_message_size(4 * MAX_CHUNK_BYTES)
-            .push_output(ReceiverStream::new(rx))
+            .push_output(ReceiverStream::new(out_rx))
             .await
     });
     // A panic in the job must still fail the job at the coordinator, not hang it.
