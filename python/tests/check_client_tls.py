@@ -3,13 +3,14 @@
 
     DISTGAT_BIN=target/release/distgat python python/tests/check_client_tls.py REFERENCE.npy
 
-REFERENCE.npy is `distgat infer`'s output on Cora (row normalisation). Makes a CA and a
-certificate for 127.0.0.1 with the `openssl` command in a temporary directory (no key is
-committed), starts its own coordinator and one worker with --tls-cert/--tls-key/--tls-ca
-and --auth-token-file, and checks: a Cora job over TLS with the token (from
-DISTGAT_TOKEN) fetches the reference exactly; a missing and a wrong token are
-UNAUTHENTICATED; a plaintext client and a client trusting another CA are UNAVAILABLE.
-Stops only the processes it started. Exits 1 on the first failed check.
+REFERENCE.npy is `distgat infer`'s output on Cora (row normalisation). Makes a CA, a
+certificate it signed for 127.0.0.1 and a second, unrelated CA in a temporary directory
+with the repository's rcgen example (`cargo run --release -p distgat-tests --example
+test_certs`, built on first use; no key is committed), starts its own coordinator and one
+worker with --tls-cert/--tls-key/--tls-ca and --auth-token-file, and checks: a Cora job
+over TLS with the token (from DISTGAT_TOKEN) fetches the reference exactly; a missing and
+a wrong token are UNAUTHENTICATED; a plaintext client and a client trusting another CA
+are UNAVAILABLE. Stops only the processes it started. Exits 1 on the first failed check.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 from distgat import client as distgat_client
 
 TOKEN = "python-check-token"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def check(ok: bool, what: str) -> None:
@@ -44,20 +46,13 @@ def code_of(call: Callable[[], object]) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-def openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
-def make_pki(d: Path, name: str) -> None:
-    """`name`-ca.pem and a `name`.pem/`name`.key for IP 127.0.0.1 signed by it."""
-    ca_key, ca, key, csr, cert = (d / f"{name}-{x}" for x in ("ca.key", "ca.pem", "key", "csr", "pem"))
-    ext = d / f"{name}.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1\n")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "2", "-subj", f"/CN={name} CA")
-    openssl("req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}")
-    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
-            "-out", str(cert), "-days", "2", "-extfile", str(ext))
+def make_certs(d: Path) -> None:
+    """node-ca.pem, node-cert.pem and node-key.pem (for 127.0.0.1), and the other-* files of
+    an unrelated CA, in `d`, by the test_certs example (rcgen)."""
+    cargo = os.environ.get("CARGO", "cargo")
+    subprocess.run([cargo, "run", "--release", "--locked", "--quiet", "-p", "distgat-tests",
+                    "--example", "test_certs", "--", str(d)],
+                   cwd=REPO, check=True, stdout=subprocess.DEVNULL)
 
 
 def start(procs: List[subprocess.Popen], args: List[str]) -> str:
@@ -77,10 +72,9 @@ def main() -> None:
     procs: List[subprocess.Popen] = []
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        make_pki(d, "node")
-        make_pki(d, "other")
+        make_certs(d)
         (d / "token").write_text(TOKEN + "\n")
-        tls = ["--tls-cert", str(d / "node-pem"), "--tls-key", str(d / "node-key"),
+        tls = ["--tls-cert", str(d / "node-cert.pem"), "--tls-key", str(d / "node-key.pem"),
                "--tls-ca", str(d / "node-ca.pem"), "--auth-token-file", str(d / "token")]
         try:
             address = start(procs, [exe, "coordinator", "--listen", "127.0.0.1:0",
