@@ -16,13 +16,15 @@ The stubs (``distgat.v1.distgat_pb2``, ``distgat_pb2_grpc``) are generated from
 regenerates them and fails if they differ. Failed calls raise ``grpc.RpcError`` (use
 ``.code()`` and ``.details()``): UNAUTHENTICATED for a missing or wrong token, UNAVAILABLE
 for a plaintext client at a TLS coordinator or a CA that did not sign its certificate.
-TLS and tokens: ``connect(address, tls_ca="ca.pem")``, token from ``DISTGAT_TOKEN`` or
-``token=``.
+TLS and tokens: ``connect(address, tls_ca="ca.pem", token_file="token")``; without
+``token=`` or ``token_file=``, the token comes from the file ``DISTGAT_AUTH_TOKEN_FILE``
+names (as the CLI's ``--auth-token-file``), else from ``DISTGAT_TOKEN``.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Iterable, Iterator, Optional, Sequence
 
 try:
@@ -46,6 +48,8 @@ __all__ = [
     "TERMINAL_STATES",
     "DEFAULT_CHUNK",
     "TOKEN_ENV",
+    "TOKEN_FILE_ENV",
+    "read_token_file",
 ]
 
 #: Upload chunk size; the coordinator accepts messages up to 4 MiB.
@@ -75,6 +79,62 @@ def state_name(state: int) -> str:
 #: The environment variable the client reads its bearer token from.
 TOKEN_ENV = "DISTGAT_TOKEN"
 
+#: The environment variable naming a file that holds the bearer token, as for the CLI's
+#: ``--auth-token-file``; the file wins over ``DISTGAT_TOKEN``.
+TOKEN_FILE_ENV = "DISTGAT_AUTH_TOKEN_FILE"
+
+_TOKEN_CHARS = "the token must be printable ASCII without spaces (e.g. `openssl rand -hex 32`)"
+
+
+def _check_token(source: str, token: str) -> str:
+    if not all(33 <= ord(ch) <= 126 for ch in token):
+        raise ValueError(f"{source}: {_TOKEN_CHARS}")
+    return token
+
+
+def read_token_file(path: str, source: str = "token_file") -> str:
+    """The bearer token in the file `path`: its text, stripped, as the coordinator and the
+    CLI read `--auth-token-file`.
+
+    Raises ValueError naming `source` and the file when it cannot be read, is empty, or
+    holds characters a header cannot carry.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ValueError(f"{source} {path}: {exc.strerror or exc}") from exc
+    try:
+        token = data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{source} {path}: {_TOKEN_CHARS}") from None
+    if not token:
+        raise ValueError(f"{source} {path}: the file is empty (it must hold the token)")
+    return _check_token(f"{source} {path}", token)
+
+
+def _token(token: Optional[str], token_file: Optional[str]) -> Optional[str]:
+    """The token to send: `token`, else the file `token_file`, else the file
+    `DISTGAT_AUTH_TOKEN_FILE` names, else `DISTGAT_TOKEN` (stripped; empty means none).
+    A file wins over `DISTGAT_TOKEN`, with a warning when that is set too (as the CLI
+    notes it)."""
+    if token is not None and token_file is not None:
+        raise ValueError("token and token_file were both given: give one")
+    if token is not None:
+        return _check_token("token", token) if token else None
+    source = "token_file"
+    if token_file is None and os.environ.get(TOKEN_FILE_ENV):
+        token_file, source = os.environ[TOKEN_FILE_ENV], TOKEN_FILE_ENV
+    env = os.environ.get(TOKEN_ENV, "").strip()
+    if token_file is not None:
+        from_file = read_token_file(token_file, source)
+        if env:
+            warnings.warn(
+                f"using the token of {source} {token_file}; {TOKEN_ENV} is ignored", stacklevel=3
+            )
+        return from_file
+    return _check_token(TOKEN_ENV, env) if env else None
+
 
 def connect(
     address: str,
@@ -85,6 +145,7 @@ def connect(
     tls_key: Optional[str] = None,
     tls_domain: Optional[str] = None,
     token: Optional[str] = None,
+    token_file: Optional[str] = None,
 ) -> "Client":
     """Opens a channel to the coordinator at `host:port` (see `Client` for TLS and tokens).
 
@@ -99,6 +160,7 @@ def connect(
         tls_key=tls_key,
         tls_domain=tls_domain,
         token=token,
+        token_file=token_file,
     )
 
 
@@ -123,6 +185,7 @@ class Client:
         tls_key: Optional[str] = None,
         tls_domain: Optional[str] = None,
         token: Optional[str] = None,
+        token_file: Optional[str] = None,
     ):
         """`address` is `host:port` or `https://host:port`.
 
@@ -130,10 +193,13 @@ class Client:
         selects) is the CA that signed the coordinator's certificate; `tls_cert` and
         `tls_key` (PEM paths, together) are an optional client certificate; `tls_domain`
         is the name in the coordinator's certificate when it differs from the host.
-        `token` is sent as `authorization: Bearer <token>` on every call; it defaults to
-        the `DISTGAT_TOKEN` environment variable (stripped; empty means none).
-        Raises ValueError for a missing partner argument or an unreadable file (naming
-        the argument and the path).
+        `token` is sent as `authorization: Bearer <token>` on every call. `token_file`
+        (not with `token`) names a file holding it (its text, stripped), as the CLI's
+        `--auth-token-file`. Without either, the token comes from the file the
+        `DISTGAT_AUTH_TOKEN_FILE` environment variable names, else from `DISTGAT_TOKEN`
+        (stripped; empty means none); a file wins over `DISTGAT_TOKEN` (with a warning).
+        Raises ValueError for a missing partner argument, an unreadable file, or an
+        empty or unusable token file (naming the argument or variable and the path).
         """
         if not address:
             raise ValueError("coordinator address is empty (expected host:port)")
@@ -150,8 +216,7 @@ class Client:
             raise ValueError(
                 "TLS needs tls_ca: the CA (PEM) that signed the coordinator's certificate"
             )
-        if token is None:
-            token = os.environ.get(TOKEN_ENV, "").strip() or None
+        token = _token(token, token_file)
         self.address = address
         self.timeout = timeout
         self._metadata: Sequence[tuple[str, str]] = (
