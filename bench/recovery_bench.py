@@ -6,8 +6,8 @@ The whole `distgat run --workers 2 --spares 1 --partition P` process on R-MAT 1M
 case, generated once by bench/shard_source_bench.sh), in rounds of three runs,
 interleaved so that all see the same load:
 
-  clean   no kill, --spares 0 (no rows kept: the baseline of time and memory)
-  keep    no kill, --spares 1 (every part keeps the halo rows it sends)
+  clean   no kill, --recovery job (no rows kept: the baseline of time and memory)
+  keep    no kill, --recovery part (the default: every part keeps the halo rows it sends)
   kill    --spares 1, the busiest worker SIGKILLed at a random moment between 25% and
           75% of the clean job's time after the workers exist; the spare takes its part
 
@@ -80,7 +80,7 @@ def hwm_kib(pid):
     return None
 
 
-def run_once(args, work, tag, spares, kill_after):
+def run_once(args, work, tag, spares, kill_after, recovery="part"):
     out = os.path.join(work, f"{tag}.npy")
     summary = os.path.join(work, f"{tag}.json")
     case = args.case
@@ -91,7 +91,7 @@ def run_once(args, work, tag, spares, kill_after):
         "--model", f"{case}/model.json",
         "--partition", f"{case}/partition-2",
         "--out", out, "--summary-json", summary,
-        "--workers", "2", "--spares", str(spares),
+        "--workers", "2", "--spares", str(spares), "--recovery", recovery,
         "--threads-per-worker", "1",
     ]
     err = open(os.path.join(work, f"{tag}.stderr"), "w")
@@ -146,7 +146,7 @@ def main():
     reference = None
     # One clean run first, not counted: the page cache warms, and the kill moments are
     # drawn from a warm job's time.
-    _, s, _, _, out = run_once(args, work, "warmup", 0, None)
+    _, s, _, _, out = run_once(args, work, "warmup", 0, None, "job")
     with open(out, "rb") as f:
         reference = f.read()
     os.remove(out)
@@ -161,7 +161,8 @@ def main():
                 kill_after = clean_job * rng.uniform(0.25, 0.75)
             tag = f"{mode}-{r}"
             wall, s, peak, killed, out = run_once(
-                args, work, tag, 0 if mode == "clean" else 1, kill_after)
+                args, work, tag, 1 if mode == "kill" else 0, kill_after,
+                "job" if mode == "clean" else "part")
             with open(out, "rb") as f:
                 data = f.read()
             if reference is None:

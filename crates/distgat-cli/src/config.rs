@@ -45,6 +45,8 @@ pub struct CoordinatorSection {
     pub metrics_listen: Option<String>,
     /// `stream` or `shared` (`--shard-source`).
     pub shard_source: Option<String>,
+    /// `part` or `job` (`--recovery`).
+    pub recovery: Option<String>,
     /// Client fetches at once (`--max-concurrent-fetches`).
     pub max_concurrent_fetches: Option<u32>,
     /// Shards streamed at once (`--max-concurrent-shard-streams`; 0: all).

@@ -268,6 +268,9 @@ struct CoordinatorArgs {
     /// Where workers get their inputs for jobs that do not say: stream (the shard, feature rows, model and edge attributes from this coordinator over gRPC; workers need no shared storage) or shared (workers open this coordinator's paths: every node must mount the work dir and data root at the same paths) [default: stream]
     #[arg(long, env = "DISTGAT_SHARD_SOURCE", value_name = "SOURCE")]
     shard_source: Option<ShardSourceArg>,
+    /// What restarts when a worker is lost mid-job: part (only its part, on another worker; every part keeps the halo rows it sends until the job ends, about one layer's halo more memory per worker) or job (every part, nothing kept) [default: part]
+    #[arg(long, env = "DISTGAT_RECOVERY", value_name = "MODE")]
+    recovery: Option<RecoveryArg>,
     /// Client fetches (fetch, fetch-edges, explain) streaming at once; one more is refused with RESOURCE_EXHAUSTED until one ends [default: 16]
     #[arg(long, env = "DISTGAT_MAX_CONCURRENT_FETCHES", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_concurrent_fetches: Option<u32>,
@@ -334,6 +337,17 @@ impl std::str::FromStr for ShardSourceArg {
     type Err = distgat_runtime::UnknownShardSource;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         s.parse().map(ShardSourceArg)
+    }
+}
+
+/// `--recovery`: parsed by the runtime's own names, so clap's error names the flag.
+#[derive(Clone, Copy, Debug)]
+struct RecoveryArg(distgat_runtime::Recovery);
+
+impl std::str::FromStr for RecoveryArg {
+    type Err = distgat_runtime::UnknownRecovery;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(RecoveryArg)
     }
 }
 
@@ -461,9 +475,12 @@ struct RunArgs {
     /// Worker processes, one per part (default: the parts of --partition, else 4)
     #[arg(long, value_name = "K")]
     workers: Option<usize>,
-    /// Extra idle worker processes: a worker lost mid-job has its part given to a spare and the job restarts (every part from layer 0; output unchanged), once per spare
+    /// Extra idle worker processes: a worker lost mid-job has its part given to a spare (else to a surviving worker), which restarts it (output unchanged)
     #[arg(long, value_name = "S", default_value_t = 0)]
     spares: usize,
+    /// What restarts when a worker is lost: part (only its part; every part keeps the halo rows it sends until the job ends) or job (every part, nothing kept) [default: part]
+    #[arg(long, value_name = "MODE")]
+    recovery: Option<RecoveryArg>,
     /// Reuse this partition directory (its parts must equal --workers)
     #[arg(long, value_name = "DIR")]
     partition: Option<PathBuf>,
@@ -1040,6 +1057,12 @@ fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
                 .parse::<ShardSourceArg>("coordinator.shard_source", c.shard_source.as_ref())?
                 .map_or(defaults.shard_source, |s| s.0),
         },
+        recovery: match args.recovery {
+            Some(r) => r.0,
+            None => file
+                .parse::<RecoveryArg>("coordinator.recovery", c.recovery.as_ref())?
+                .map_or(defaults.recovery, |r| r.0),
+        },
         ..defaults
     };
     let addr_file = args.addr_file.or(c.addr_file.clone());
@@ -1526,6 +1549,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         out: out.clone(),
         workers,
         spares: args.spares,
+        recovery: args.recovery.map(|r| r.0),
         partition: args.partition,
         method: args.method.map(|m| method_of(m, 0)),
         attention_dir: args.attention_dir,

@@ -43,6 +43,8 @@ pub struct RunConfig {
     /// mid-job, the coordinator gives its part to one and restarts the job (every part
     /// from layer 0), at most once per spare.
     pub spares: usize,
+    /// `--recovery` for the coordinator (`None`: its default, part).
+    pub recovery: Option<distgat_runtime::Recovery>,
     /// Reuse this partition directory instead of partitioning.
     pub partition: Option<PathBuf>,
     /// The partitioner; `None`: METIS for a graph file, the build's spatial parts (its
@@ -746,6 +748,9 @@ fn start_processes(
         "--max-concurrent-shard-streams",
         "1",
     ];
+    if let Some(r) = config.recovery {
+        args.extend(["--recovery", r.name()]);
+    }
     args.extend(&security);
     let coordinator = spawn_server(&config.exe, &args, "coordinator", children)?;
     for k in 0..config.workers + config.spares {

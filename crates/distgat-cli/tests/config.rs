@@ -253,6 +253,15 @@ fn security_and_shard_source_keys_in_the_config_file() {
         e.contains("coordinator.shard_source") && e.contains("nfs"),
         "{e}"
     );
+    let e = run("coordinator", "recovery = \"retry\"", &coordinator);
+    assert!(
+        e.contains("coordinator.recovery") && e.contains("not one of: part, job"),
+        "{e}"
+    );
+    let o = distgat(&["coordinator", "--recovery", "retry"], &[]);
+    assert!(!o.status.success() && stderr(&o).contains("--recovery"));
+    let o = distgat(&["run", "--recovery", "retry"], &[]);
+    assert!(!o.status.success() && stderr(&o).contains("--recovery"));
 
     let e = run(
         "coordinator",

@@ -17,7 +17,7 @@ pub use coordinator::{start_coordinator, CoordinatorConfig, JobSummary};
 pub use coordinator::{DEFAULT_MAX_CONCURRENT_FETCHES, MAX_ATTENTION_NODES, MAX_QUEUED_JOBS};
 pub use error::{Result, RuntimeError};
 pub use net::{RunningServer, DEFAULT_STREAM_IDLE_TIMEOUT};
-pub use source::{ShardSource, UnknownShardSource};
+pub use source::{Recovery, ShardSource, UnknownRecovery, UnknownShardSource};
 pub use worker::{
     start_worker, WorkerConfig, DEFAULT_MAILBOX_MAX_BYTES, DEFAULT_SHARD_CACHE_MAX_BYTES,
 };

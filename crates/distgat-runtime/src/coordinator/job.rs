@@ -320,8 +320,8 @@ async fn run_job_inner(
         }
     };
     // Parts keep the halo rows they send when a lost part could restart alone (on an idle
-    // worker or a surviving one): a job of graph layers.
-    let keep_sent_rows = part_restart;
+    // worker or a surviving one): a job of graph layers, unless told `--recovery job`.
+    let keep_sent_rows = part_restart && state.config.recovery == crate::source::Recovery::Part;
     // Attempts: the first runs under the job's id, each job restart under `<job>-r<k>`, so
     // a late halo chunk or output message of a failed attempt can never mix into the next.
     let mut assigned = assigned;

@@ -65,6 +65,8 @@ pub struct CoordinatorConfig {
     /// Where workers get their inputs for jobs that do not say (RunJob and SubmitJob's
     /// `shard_source`).
     pub shard_source: ShardSource,
+    /// What restarts when a worker is lost (`--recovery`, default part).
+    pub recovery: crate::source::Recovery,
     /// Idle deadline of incoming streams (UploadGraph, and workers' PushOutput, which
     /// send a keepalive every 2 s while a part computes): one that sends nothing for
     /// this long ends with DEADLINE_EXCEEDED and leaves nothing behind.
@@ -96,6 +98,7 @@ impl Default for CoordinatorConfig {
             tls: Default::default(),
             auth_token_file: None,
             shard_source: ShardSource::default(),
+            recovery: crate::source::Recovery::default(),
             stream_idle_timeout: crate::net::DEFAULT_STREAM_IDLE_TIMEOUT,
             max_concurrent_fetches: DEFAULT_MAX_CONCURRENT_FETCHES,
             max_concurrent_shard_streams: 0,
