@@ -91,6 +91,21 @@ impl NpyBody {
                     ),
                 ));
             }
+            // npyz's Python-literal parser backtracks exponentially in nested brackets
+            // (`{{{{...`: 10 deep took 10 s in the fuzz build, 12 over a minute; found by
+            // fuzzing). numpy writes a dict holding a tuple (2 deep; a structured dtype,
+            // which distgat refuses anyway, a few more): deeper nesting is refused here.
+            let text = &head[start.min(head.len())..(start + len).min(head.len())];
+            let depth = nesting_depth(text);
+            if depth > MAX_HEADER_DEPTH {
+                return Err(GraphError::format(
+                    path,
+                    format!(
+                        "not a valid .npy file: the header nests brackets {depth} deep \
+                         (at most {MAX_HEADER_DEPTH})"
+                    ),
+                ));
+            }
         }
         // npyz multiplies the shape's dimensions unchecked (a panic in builds with overflow
         // checks; found by fuzzing): refuse such a shape before npyz sees it.
@@ -450,6 +465,27 @@ fn header_extent(bytes: &[u8]) -> Option<(usize, usize)> {
         }
         _ => None,
     }
+}
+
+/// The deepest nesting of the header text's brackets that [`NpyBody::open`] lets npyz
+/// parse.
+const MAX_HEADER_DEPTH: usize = 4;
+
+/// How deep `(`, `[` and `{` nest in `text` (quotes are not looked at: a bracket inside
+/// a string counts too, which only makes the bound stricter).
+fn nesting_depth(text: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for &b in text {
+        match b {
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 fn header_shapes(bytes: &[u8]) -> std::result::Result<Vec<Vec<u64>>, String> {

@@ -1100,3 +1100,40 @@ fn fuzz_npy_header_length_beyond_the_file_is_an_error() {
         &["header claims 60000 bytes"],
     );
 }
+
+#[test]
+fn fuzz_npy_header_nested_too_deep_is_an_error() {
+    // `{{{{...` in the header: npyz's Python-literal parser backtracks exponentially in
+    // the nesting (12 braces took over a minute in the fuzz build). More than 4 levels
+    // are refused first.
+    let dir = Dir::new();
+    for (name, open) in [
+        ("braces.npy", "{"),
+        ("lists.npy", "["),
+        ("mixed.npy", "{[("),
+    ] {
+        let header = format!("{{'descr': '<f4', {}\n", open.repeat(60 / open.len()));
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        let path = dir.file(name, &bytes);
+        let started = std::time::Instant::now();
+        assert_error(
+            Features::read_npy(&path),
+            &path,
+            &["nests brackets 61 deep"],
+        );
+        assert_error(read_graph(&path, None), &path, &["nests brackets"]);
+        assert!(
+            started.elapsed().as_secs() < 5,
+            "{name}: {:?}",
+            started.elapsed()
+        );
+    }
+    // numpy's own headers (a dict holding a tuple) still read.
+    let path = dir.npy("ok.npy", &[2, 1], Order::C, &[1.0f32, 2.0]);
+    assert_eq!(
+        Features::read_npy(&path).expect("features").values,
+        [1.0, 2.0]
+    );
+}
