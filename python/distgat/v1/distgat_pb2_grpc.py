@@ -201,7 +201,8 @@ class CoordinatorServicer:
         """A worker of a running job (shard source "stream") fetches its part's shard file, in
         chunks of at most 1 MiB; it checks the BLAKE3 named in its StartJobRequest. Refused
         (NOT_FOUND / FAILED_PRECONDITION / PERMISSION_DENIED) unless the job is running with
-        shard source "stream" and the part is assigned to the asking worker.
+        shard source "stream" and the part is assigned to the asking worker; with TLS,
+        UNAUTHENTICATED without a client certificate signed by the cluster's CA.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -210,7 +211,7 @@ class CoordinatorServicer:
     def FetchInputs(self, request, context):
         """The same worker fetches its other inputs: the model files, then the feature rows of
         the nodes it owns and the edge attribute rows of its local edges (each only when its
-        shard does not carry them), then a checksum of everything sent.
+        shard does not carry them), then a checksum of everything sent. Refused as FetchShard.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
