@@ -941,10 +941,10 @@ async fn start_part(
 }
 
 /// Restarts the lost worker's part alone on another worker, the other parts running on:
-/// the replacement starts the part from layer 0, and every other worker is told where the part is
-/// now (`RerouteJob`), sending it there the halo rows it kept for it. `Err` (the loss)
-/// when no worker is left to take it or the recoveries are used up; the caller then fails the
-/// attempt, which may restart the whole job.
+/// the replacement starts the part from layer 0, and every other worker is told where the
+/// part is now (`RerouteJob`), sending it there the halo rows it kept for it. `Err` (the
+/// loss) when no worker is left to take it or the recoveries are used up; the caller then
+/// fails the attempt, which may restart the whole job.
 async fn restart_part(
     ctx: &AttemptCtx<'_>,
     assigned: &mut [(String, String)],
@@ -1040,7 +1040,7 @@ async fn restart_part(
 }
 
 /// Starts every part and waits until all finish, one fails, or one goes silent (whose
-/// part restarts alone on a spare when the parts keep their sent rows).
+/// part restarts alone on another worker when the parts keep their sent rows).
 async fn drive(
     ctx: &AttemptCtx<'_>,
     assigned: &mut [(String, String)],
