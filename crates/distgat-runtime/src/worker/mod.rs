@@ -612,11 +612,11 @@ impl HaloExchange for HaloService {
     }
 }
 
-/// Runs a job on this thread and reports its outcome to the coordinator.
 /// How long a part's output stream may go without a message before it sends `alive`.
 const OUTPUT_KEEPALIVE: Duration = Duration::from_secs(2);
 
-/// Returns whether the part succeeded.
+/// Runs a job's part on this thread and reports its outcome to the coordinator; returns
+/// whether the part succeeded.
 fn run_job(
     state: &WorkerState,
     rt: &tokio::runtime::Handle,
