@@ -1,0 +1,1 @@
+#include <metis.h>
