@@ -51,27 +51,38 @@ fn metis_seeded(trials: u32, seed: u64) -> Method {
 }
 
 #[test]
-fn metis_cuts_4elt_within_5_percent_of_gpmetis() {
-    // Reference: Debian gpmetis 5.1.0, default options (data/README.md). The vendored
-    // METIS is 5.2.1, whose single run lands 0-16% away (154/396/665/1121); the best of 32
-    // starts is within 5% for every K.
+fn metis_mean_cut_on_4elt_within_3_percent_of_gpmetis_5_1() {
+    // Reference: Debian's gpmetis 5.1.0, `gpmetis -seed=S 4elt.graph K` for S = 0..7,
+    // default options; the per-seed cuts are in data/README.md. Issue 15's bound: the mean
+    // over 8 seeds of one METIS run each within 3% of gpmetis's mean. Unpatched METIS 5.2.1
+    // gives 156.0 / 383.5 / 692.6 / 1124.1 / 1829.6 here (5-8% above): the vendored copy
+    // restores 5.1.0's matching order, k-way refinement and coarsening depth
+    // (third_party/metis-sys/DISTGAT.md).
     let edges = read_graph(&repo_root().join("data/4elt/4elt.graph"), None).unwrap();
     let n = edges.num_nodes as usize;
-    for (parts, reference) in [(2, 150.0), (4, 341.0), (8, 624.0), (16, 1120.0)] {
-        let (_, _, stats) = partition(&edges, n, &metis(32), parts);
-        let cut = stats.edge_cut as f64;
+    for (parts, gpmetis_mean) in [
+        (2, 147.125),
+        (4, 357.0),
+        (8, 637.625),
+        (16, 1066.125),
+        (32, 1722.5),
+    ] {
+        let cuts: Vec<u64> = (0..8u64)
+            .map(|seed| {
+                let (_, _, stats) = partition(&edges, n, &metis_seeded(1, seed), parts);
+                assert!(
+                    stats.node_imbalance <= 1.03 + 1e-9,
+                    "K={parts} seed {seed}: imbalance {}",
+                    stats.node_imbalance
+                );
+                stats.edge_cut
+            })
+            .collect();
+        let mean = cuts.iter().sum::<u64>() as f64 / cuts.len() as f64;
+        eprintln!("4elt K={parts}: cuts {cuts:?}, mean {mean} (gpmetis 5.1 {gpmetis_mean})");
         assert!(
-            cut <= reference * 1.05,
-            "K={parts}: cut {cut} vs gpmetis {reference}"
-        );
-        assert!(
-            stats.node_imbalance <= 1.03 + 1e-9,
-            "K={parts}: imbalance {}",
-            stats.node_imbalance
-        );
-        eprintln!(
-            "4elt K={parts}: cut {cut} (gpmetis {reference}), imbalance {:.4}",
-            stats.node_imbalance
+            mean <= gpmetis_mean * 1.03,
+            "K={parts}: mean cut {mean} over seeds 0..7, gpmetis 5.1's {gpmetis_mean}"
         );
     }
 }

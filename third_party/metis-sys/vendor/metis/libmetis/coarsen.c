@@ -321,11 +321,9 @@ idx_t Match_SHEM(ctrl_t *ctrl, graph_t *graph)
   /* Determine a "random" traversal order that is biased towards low-degree vertices */
   irandArrayPermute(nvtxs, tperm, nvtxs/8, 1);
 
-  avgdegree = 4.0*(xadj[nvtxs]/nvtxs);
-  for (i=0; i<nvtxs; i++) {
-    bnum = sqrt(1+xadj[i+1]-xadj[i]);
-    degrees[i] = (bnum > avgdegree ? avgdegree : bnum);
-  }
+  avgdegree = 0.7*(xadj[nvtxs]/nvtxs);
+  for (i=0; i<nvtxs; i++) 
+    degrees[i] = (xadj[i+1]-xadj[i] > avgdegree ? avgdegree : xadj[i+1]-xadj[i]);
   BucketSortKeysInc(ctrl, nvtxs, avgdegree, degrees, tperm, perm);
 
 

@@ -5,7 +5,7 @@
 \date Started 7/28/97
 \author George
 \author Copyright 1997-2009, Regents of the University of Minnesota 
-\version $Id: kwayfm.c 17513 2014-08-05 16:20:50Z dominique $
+\version $Id: kwayfm.c 10567 2011-07-13 16:17:07Z karypis $
 */
 
 #include "metislib.h"
@@ -54,6 +54,7 @@ void Greedy_KWayOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
   \param omode is the type of optimization that will performed among
          OMODE_REFINE and OMODE_BALANCE 
          
+
 */
 /**************************************************************************/
 void Greedy_KWayCutOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter, 
@@ -63,12 +64,11 @@ void Greedy_KWayCutOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
   idx_t i, ii, iii, j, k, l, pass, nvtxs, nparts, gain; 
   idx_t from, me, to, oldcut, vwgt;
   idx_t *xadj, *adjncy, *adjwgt;
-  idx_t *where, *pwgts, *perm, *bndptr, *bndind, *minpwgts, *maxpwgts;
+  idx_t *where, *pwgts, *perm, *bndptr, *bndind, *minwgt, *maxwgt, *itpwgts;
   idx_t nmoved, nupd, *vstatus, *updptr, *updind;
   idx_t maxndoms, *safetos=NULL, *nads=NULL, *doms=NULL, **adids=NULL, **adwgts=NULL;
   idx_t *bfslvl=NULL, *bfsind=NULL, *bfsmrk=NULL;
   idx_t bndtype = (omode == OMODE_REFINE ? BNDTYPE_REFINE : BNDTYPE_BALANCE);
-  real_t *tpwgts, ubfactor;
 
   /* Edgecut-specific/different variables */
   idx_t nbnd, oldnnbrs;
@@ -77,7 +77,6 @@ void Greedy_KWayCutOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
   ckrinfo_t *myrinfo;
   cnbr_t *mynbrs;
 
-  ffactor = 0.0;
   WCOREPUSH;
 
   /* Link the graph fields */
@@ -93,20 +92,16 @@ void Greedy_KWayCutOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
   pwgts = graph->pwgts;
   
   nparts = ctrl->nparts;
-  tpwgts = ctrl->tpwgts;
 
   /* Setup the weight intervals of the various subdomains */
-  minpwgts = iwspacemalloc(ctrl, nparts);
-  maxpwgts = iwspacemalloc(ctrl, nparts);
-
-  if (omode == OMODE_BALANCE)
-    ubfactor = ctrl->ubfactors[0];
-  else
-    ubfactor = gk_max(ctrl->ubfactors[0], ComputeLoadImbalance(graph, nparts, ctrl->pijbm));
+  minwgt  = iwspacemalloc(ctrl, nparts);
+  maxwgt  = iwspacemalloc(ctrl, nparts);
+  itpwgts = iwspacemalloc(ctrl, nparts);
 
   for (i=0; i<nparts; i++) {
-    maxpwgts[i] = tpwgts[i]*graph->tvwgt[0]*ubfactor;
-    minpwgts[i] = tpwgts[i]*graph->tvwgt[0]*(1.0/ubfactor);
+    itpwgts[i] = ctrl->tpwgts[i]*graph->tvwgt[0];
+    maxwgt[i]  = ctrl->tpwgts[i]*graph->tvwgt[0]*ctrl->ubfactors[0];
+    minwgt[i]  = ctrl->tpwgts[i]*graph->tvwgt[0]*(1.0/ctrl->ubfactors[0]);
   }
 
   perm = iwspacemalloc(ctrl, nvtxs);
@@ -145,7 +140,7 @@ void Greedy_KWayCutOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
      printf("%s: [%6"PRIDX" %6"PRIDX"]-[%6"PRIDX" %6"PRIDX"], Bal: %5.3"PRREAL"," 
             " Nv-Nb[%6"PRIDX" %6"PRIDX"], Cut: %6"PRIDX,
             (omode == OMODE_REFINE ? "GRC" : "GBC"),
-            pwgts[iargmin(nparts, pwgts,1)], imax(nparts, pwgts,1), minpwgts[0], maxpwgts[0], 
+            pwgts[iargmin(nparts, pwgts,1)], imax(nparts, pwgts,1), minwgt[0], maxwgt[0], 
             ComputeLoadImbalance(graph, nparts, ctrl->pijbm), 
             graph->nvtxs, graph->nbnd, graph->mincut);
      if (ctrl->minconn) 
@@ -160,13 +155,11 @@ void Greedy_KWayCutOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
   *======================================================================*/
   for (pass=0; pass<niter; pass++) {
     ASSERT(ComputeCut(graph, where) == graph->mincut);
-    if (omode == OMODE_REFINE)
-      ASSERT(CheckBnd2(graph));
 
     if (omode == OMODE_BALANCE) {
       /* Check to see if things are out of balance, given the tolerance */
       for (i=0; i<nparts; i++) {
-        if (pwgts[i] > maxpwgts[i] || pwgts[i] < minpwgts[i])
+        if (pwgts[i] > maxwgt[i])
           break;
       }
       if (i == nparts) /* Things are balanced. Return right away */
@@ -204,17 +197,15 @@ void Greedy_KWayCutOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
       from = where[i];
       vwgt = graph->vwgt[i];
 
-#ifdef XXX
       /* Prevent moves that make 'from' domain underbalanced */
       if (omode == OMODE_REFINE) {
-        if (myrinfo->id > 0 && pwgts[from]-vwgt < minpwgts[from]) 
+        if (myrinfo->id > 0 && pwgts[from]-vwgt < minwgt[from]) 
           continue;   
       }
       else { /* OMODE_BALANCE */
-        if (pwgts[from]-vwgt < minpwgts[from]) 
+        if (pwgts[from]-vwgt < minwgt[from]) 
           continue;   
       }
-#endif
 
       if (ctrl->contig && IsArticulationNode(i, xadj, adjncy, where, bfslvl, bfsind, bfsmrk))
         continue;
@@ -227,15 +218,8 @@ void Greedy_KWayCutOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
         for (k=myrinfo->nnbrs-1; k>=0; k--) {
           if (!safetos[to=mynbrs[k].pid])
             continue;
-          if (((mynbrs[k].ed > myrinfo->id) && 
-               ((pwgts[from]-vwgt >= minpwgts[from]) ||
-                (tpwgts[from]*pwgts[to] < tpwgts[to]*(pwgts[from]-vwgt))) &&
-               ((pwgts[to]+vwgt <= maxpwgts[to]) || 
-                (tpwgts[from]*pwgts[to] < tpwgts[to]*(pwgts[from]-vwgt)))
-              ) ||
-              ((mynbrs[k].ed == myrinfo->id) && 
-               (tpwgts[from]*pwgts[to] < tpwgts[to]*(pwgts[from]-vwgt)))
-             )
+          gain = mynbrs[k].ed-myrinfo->id; 
+          if (gain >= 0 && pwgts[to]+vwgt <= maxwgt[to]+ffactor*gain)  
             break;
         }
         if (k < 0)
@@ -244,41 +228,34 @@ void Greedy_KWayCutOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
         for (j=k-1; j>=0; j--) {
           if (!safetos[to=mynbrs[j].pid])
             continue;
-          if (((mynbrs[j].ed > mynbrs[k].ed) && 
-              ((pwgts[from]-vwgt >= minpwgts[from]) ||
-               (tpwgts[from]*pwgts[to] < tpwgts[to]*(pwgts[from]-vwgt))) &&
-              ((pwgts[to]+vwgt <= maxpwgts[to]) ||
-               (tpwgts[from]*pwgts[to] < tpwgts[to]*(pwgts[from]-vwgt))) 
-              ) ||
-              ((mynbrs[j].ed == mynbrs[k].ed) && 
-               (tpwgts[mynbrs[k].pid]*pwgts[to] < tpwgts[to]*pwgts[mynbrs[k].pid]))
-             )
+          gain = mynbrs[j].ed-myrinfo->id; 
+          if ((mynbrs[j].ed > mynbrs[k].ed && pwgts[to]+vwgt <= maxwgt[to]+ffactor*gain) 
+              ||
+              (mynbrs[j].ed == mynbrs[k].ed && 
+               itpwgts[mynbrs[k].pid]*pwgts[to] < itpwgts[to]*pwgts[mynbrs[k].pid]))
             k = j;
         }
 
         to = mynbrs[k].pid;
 
         gain = mynbrs[k].ed-myrinfo->id;
-        /*
         if (!(gain > 0 
               || (gain == 0  
-                  && (pwgts[from] >= maxpwgts[from] 
-                      || tpwgts[to]*pwgts[from] > tpwgts[from]*(pwgts[to]+vwgt) 
+                  && (pwgts[from] >= maxwgt[from] 
+                      || itpwgts[to]*pwgts[from] > itpwgts[from]*(pwgts[to]+vwgt) 
                       || (iii%2 == 0 && safetos[to] == 2)
                      )
                  )
              )
            )
           continue;
-        */
       }
       else {  /* OMODE_BALANCE */
         for (k=myrinfo->nnbrs-1; k>=0; k--) {
           if (!safetos[to=mynbrs[k].pid])
             continue;
-          /* the correctness of the following test follows from the correctness
-             of the similar test in the subsequent loop */
-          if (from >= nparts || tpwgts[from]*pwgts[to] < tpwgts[to]*(pwgts[from]-vwgt))
+          if (pwgts[to]+vwgt <= maxwgt[to] || 
+              itpwgts[from]*(pwgts[to]+vwgt) <= itpwgts[to]*pwgts[from]) 
             break;
         }
         if (k < 0)
@@ -287,16 +264,17 @@ void Greedy_KWayCutOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
         for (j=k-1; j>=0; j--) {
           if (!safetos[to=mynbrs[j].pid])
             continue;
-          if (tpwgts[mynbrs[k].pid]*pwgts[to] < tpwgts[to]*pwgts[mynbrs[k].pid]) 
+          if (itpwgts[mynbrs[k].pid]*pwgts[to] < itpwgts[to]*pwgts[mynbrs[k].pid]) 
             k = j;
         }
 
         to = mynbrs[k].pid;
 
-        //if (pwgts[from] < maxpwgts[from] && pwgts[to] > minpwgts[to] && 
-        //    mynbrs[k].ed-myrinfo->id < 0) 
-        //  continue;
+        if (pwgts[from] < maxwgt[from] && pwgts[to] > minwgt[to] && 
+            mynbrs[k].ed-myrinfo->id < 0) 
+          continue;
       }
+
 
 
       /*=====================================================================
@@ -306,15 +284,15 @@ void Greedy_KWayCutOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
       nmoved++;
 
       IFSET(ctrl->dbglvl, METIS_DBG_MOVEINFO, 
-          printf("\t\tMoving %6"PRIDX" from %3"PRIDX"/%"PRIDX" to %3"PRIDX"/%"PRIDX" [%6"PRIDX" %6"PRIDX"]. Gain: %4"PRIDX". Cut: %6"PRIDX"\n", 
-              i, from, safetos[from], to, safetos[to], pwgts[from], pwgts[to], mynbrs[k].ed-myrinfo->id, graph->mincut));
+          printf("\t\tMoving %6"PRIDX" to %3"PRIDX". Gain: %4"PRIDX". Cut: %6"PRIDX"\n", 
+              i, to, mynbrs[k].ed-myrinfo->id, graph->mincut));
 
       /* Update the subdomain connectivity information */
       if (ctrl->minconn) {
         /* take care of i's move itself */
         UpdateEdgeSubDomainGraph(ctrl, from, to, myrinfo->id-mynbrs[k].ed, &maxndoms);
 
-        /* take care of the adjacent vertices */
+        /* take care of the adjancent vertices */
         for (j=xadj[i]; j<xadj[i+1]; j++) {
           me = where[adjncy[j]];
           if (me != from && me != to) {
@@ -345,7 +323,6 @@ void Greedy_KWayCutOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
 
         ASSERT(myrinfo->nnbrs <= xadj[ii+1]-xadj[ii]);
       }
-
     }
 
     graph->nbnd = nbnd;
@@ -397,12 +374,11 @@ void Greedy_KWayVolOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
   idx_t i, ii, iii, j, k, l, pass, nvtxs, nparts, gain; 
   idx_t from, me, to, oldcut, vwgt;
   idx_t *xadj, *adjncy;
-  idx_t *where, *pwgts, *perm, *bndptr, *bndind, *minpwgts, *maxpwgts;
+  idx_t *where, *pwgts, *perm, *bndptr, *bndind, *minwgt, *maxwgt, *itpwgts;
   idx_t nmoved, nupd, *vstatus, *updptr, *updind;
   idx_t maxndoms, *safetos=NULL, *nads=NULL, *doms=NULL, **adids=NULL, **adwgts=NULL;
   idx_t *bfslvl=NULL, *bfsind=NULL, *bfsmrk=NULL;
   idx_t bndtype = (omode == OMODE_REFINE ? BNDTYPE_REFINE : BNDTYPE_BALANCE);
-  real_t *tpwgts;
 
   /* Volume-specific/different variables */
   ipq_t *queue;
@@ -423,15 +399,16 @@ void Greedy_KWayVolOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
   pwgts  = graph->pwgts;
   
   nparts = ctrl->nparts;
-  tpwgts = ctrl->tpwgts;
 
   /* Setup the weight intervals of the various subdomains */
-  minpwgts  = iwspacemalloc(ctrl, nparts);
-  maxpwgts  = iwspacemalloc(ctrl, nparts);
+  minwgt  = iwspacemalloc(ctrl, nparts);
+  maxwgt  = iwspacemalloc(ctrl, nparts);
+  itpwgts = iwspacemalloc(ctrl, nparts);
 
   for (i=0; i<nparts; i++) {
-    maxpwgts[i]  = ctrl->tpwgts[i]*graph->tvwgt[0]*ctrl->ubfactors[0];
-    minpwgts[i]  = ctrl->tpwgts[i]*graph->tvwgt[0]*(1.0/ctrl->ubfactors[0]);
+    itpwgts[i] = ctrl->tpwgts[i]*graph->tvwgt[0];
+    maxwgt[i]  = ctrl->tpwgts[i]*graph->tvwgt[0]*ctrl->ubfactors[0];
+    minwgt[i]  = ctrl->tpwgts[i]*graph->tvwgt[0]*(1.0/ctrl->ubfactors[0]);
   }
 
   perm = iwspacemalloc(ctrl, nvtxs);
@@ -475,7 +452,7 @@ void Greedy_KWayVolOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
      printf("%s: [%6"PRIDX" %6"PRIDX"]-[%6"PRIDX" %6"PRIDX"], Bal: %5.3"PRREAL
          ", Nv-Nb[%6"PRIDX" %6"PRIDX"], Cut: %5"PRIDX", Vol: %5"PRIDX,
          (omode == OMODE_REFINE ? "GRV" : "GBV"),
-         pwgts[iargmin(nparts, pwgts,1)], imax(nparts, pwgts,1), minpwgts[0], maxpwgts[0], 
+         pwgts[iargmin(nparts, pwgts,1)], imax(nparts, pwgts,1), minwgt[0], maxwgt[0], 
          ComputeLoadImbalance(graph, nparts, ctrl->pijbm), 
          graph->nvtxs, graph->nbnd, graph->mincut, graph->minvol);
      if (ctrl->minconn) 
@@ -495,7 +472,7 @@ void Greedy_KWayVolOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
     if (omode == OMODE_BALANCE) {
       /* Check to see if things are out of balance, given the tolerance */
       for (i=0; i<nparts; i++) {
-        if (pwgts[i] > maxpwgts[i])
+        if (pwgts[i] > maxwgt[i])
           break;
       }
       if (i == nparts) /* Things are balanced. Return right away */
@@ -532,11 +509,11 @@ void Greedy_KWayVolOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
 
       /* Prevent moves that make 'from' domain underbalanced */
       if (omode == OMODE_REFINE) {
-        if (myrinfo->nid > 0 && pwgts[from]-vwgt < minpwgts[from]) 
+        if (myrinfo->nid > 0 && pwgts[from]-vwgt < minwgt[from]) 
           continue;
       }
       else { /* OMODE_BALANCE */
-        if (pwgts[from]-vwgt < minpwgts[from]) 
+        if (pwgts[from]-vwgt < minwgt[from]) 
           continue;
       }
 
@@ -554,7 +531,7 @@ void Greedy_KWayVolOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
           if (!safetos[to=mynbrs[k].pid])
             continue;
           gain = mynbrs[k].gv + xgain;
-          if (gain >= 0 && pwgts[to]+vwgt <= maxpwgts[to]+ffactor*gain)  
+          if (gain >= 0 && pwgts[to]+vwgt <= maxwgt[to]+ffactor*gain)  
             break;
         }
         if (k < 0)
@@ -565,15 +542,15 @@ void Greedy_KWayVolOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
             continue;
           gain = mynbrs[j].gv + xgain;
           if ((mynbrs[j].gv > mynbrs[k].gv && 
-               pwgts[to]+vwgt <= maxpwgts[to]+ffactor*gain) 
+               pwgts[to]+vwgt <= maxwgt[to]+ffactor*gain) 
               ||
               (mynbrs[j].gv == mynbrs[k].gv && 
                mynbrs[j].ned > mynbrs[k].ned &&
-               pwgts[to]+vwgt <= maxpwgts[to]) 
+               pwgts[to]+vwgt <= maxwgt[to]) 
               ||
               (mynbrs[j].gv == mynbrs[k].gv && 
                mynbrs[j].ned == mynbrs[k].ned &&
-               tpwgts[mynbrs[k].pid]*pwgts[to] < tpwgts[to]*pwgts[mynbrs[k].pid])
+               itpwgts[mynbrs[k].pid]*pwgts[to] < itpwgts[to]*pwgts[mynbrs[k].pid])
              )
             k = j;
         }
@@ -586,8 +563,8 @@ void Greedy_KWayVolOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
           j = 1;
         else if (mynbrs[k].ned-myrinfo->nid == 0) {
           if ((iii%2 == 0 && safetos[to] == 2) || 
-              pwgts[from] >= maxpwgts[from] || 
-              tpwgts[from]*(pwgts[to]+vwgt) < tpwgts[to]*pwgts[from])
+              pwgts[from] >= maxwgt[from] || 
+              itpwgts[from]*(pwgts[to]+vwgt) < itpwgts[to]*pwgts[from])
             j = 1;
         }
         if (j == 0)
@@ -597,8 +574,8 @@ void Greedy_KWayVolOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
         for (k=myrinfo->nnbrs-1; k>=0; k--) {
           if (!safetos[to=mynbrs[k].pid])
             continue;
-          if (pwgts[to]+vwgt <= maxpwgts[to] || 
-              tpwgts[from]*(pwgts[to]+vwgt) <= tpwgts[to]*pwgts[from])  
+          if (pwgts[to]+vwgt <= maxwgt[to] || 
+              itpwgts[from]*(pwgts[to]+vwgt) <= itpwgts[to]*pwgts[from])  
             break;
         }
         if (k < 0)
@@ -607,12 +584,12 @@ void Greedy_KWayVolOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
         for (j=k-1; j>=0; j--) {
           if (!safetos[to=mynbrs[j].pid])
             continue;
-          if (tpwgts[mynbrs[k].pid]*pwgts[to] < tpwgts[to]*pwgts[mynbrs[k].pid])
+          if (itpwgts[mynbrs[k].pid]*pwgts[to] < itpwgts[to]*pwgts[mynbrs[k].pid])
             k = j;
         }
         to = mynbrs[k].pid;
 
-        if (pwgts[from] < maxpwgts[from] && pwgts[to] > minpwgts[to] && 
+        if (pwgts[from] < maxwgt[from] && pwgts[to] > minwgt[to] && 
             (xgain+mynbrs[k].gv < 0 || 
              (xgain+mynbrs[k].gv == 0 &&  mynbrs[k].ned-myrinfo->nid < 0))
            )
@@ -640,7 +617,7 @@ void Greedy_KWayVolOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
         /* take care of i's move itself */
         UpdateEdgeSubDomainGraph(ctrl, from, to, myrinfo->nid-mynbrs[k].ned, &maxndoms);
 
-        /* take care of the adjacent vertices */
+        /* take care of the adjancent vertices */
         for (j=xadj[i]; j<xadj[i+1]; j++) {
           me = where[adjncy[j]];
           if (me != from && me != to) {
@@ -711,7 +688,7 @@ void Greedy_McKWayCutOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
   idx_t i, ii, iii, j, k, l, pass, nvtxs, ncon, nparts, gain; 
   idx_t from, me, to, cto, oldcut;
   idx_t *xadj, *vwgt, *adjncy, *adjwgt;
-  idx_t *where, *pwgts, *perm, *bndptr, *bndind, *minpwgts, *maxpwgts;
+  idx_t *where, *pwgts, *perm, *bndptr, *bndind, *minwgt, *maxwgt;
   idx_t nmoved, nupd, *vstatus, *updptr, *updind;
   idx_t maxndoms, *safetos=NULL, *nads=NULL, *doms=NULL, **adids=NULL, **adwgts=NULL;
   idx_t *bfslvl=NULL, *bfsind=NULL, *bfsmrk=NULL;
@@ -763,14 +740,14 @@ void Greedy_McKWayCutOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
 
 
   /* Setup the weight intervals of the various subdomains */
-  minpwgts  = iwspacemalloc(ctrl, nparts*ncon);
-  maxpwgts  = iwspacemalloc(ctrl, nparts*ncon);
+  minwgt  = iwspacemalloc(ctrl, nparts*ncon);
+  maxwgt  = iwspacemalloc(ctrl, nparts*ncon);
 
   for (i=0; i<nparts; i++) {
     for (j=0; j<ncon; j++) {
-      maxpwgts[i*ncon+j]  = ctrl->tpwgts[i*ncon+j]*graph->tvwgt[j]*ubfactors[j];
-      /*minpwgts[i*ncon+j]  = ctrl->tpwgts[i*ncon+j]*graph->tvwgt[j]*(.9/ubfactors[j]);*/
-      minpwgts[i*ncon+j]  = ctrl->tpwgts[i*ncon+j]*graph->tvwgt[j]*.2;
+      maxwgt[i*ncon+j]  = ctrl->tpwgts[i*ncon+j]*graph->tvwgt[j]*ubfactors[j];
+      /*minwgt[i*ncon+j]  = ctrl->tpwgts[i*ncon+j]*graph->tvwgt[j]*(.9/ubfactors[j]);*/
+      minwgt[i*ncon+j]  = ctrl->tpwgts[i*ncon+j]*graph->tvwgt[j]*.2;
     }
   }
 
@@ -810,7 +787,7 @@ void Greedy_McKWayCutOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
      printf("%s: [%6"PRIDX" %6"PRIDX" %6"PRIDX"], Bal: %5.3"PRREAL"(%.3"PRREAL")," 
             " Nv-Nb[%6"PRIDX" %6"PRIDX"], Cut: %6"PRIDX", (%"PRIDX")",
             (omode == OMODE_REFINE ? "GRC" : "GBC"),
-            imin(nparts*ncon, pwgts,1), imax(nparts*ncon, pwgts,1), imax(nparts*ncon, maxpwgts,1),
+            imin(nparts*ncon, pwgts,1), imax(nparts*ncon, pwgts,1), imax(nparts*ncon, maxwgt,1),
             ComputeLoadImbalance(graph, nparts, pijbm), origbal,
             graph->nvtxs, graph->nbnd, graph->mincut, niter);
      if (ctrl->minconn) 
@@ -826,8 +803,6 @@ void Greedy_McKWayCutOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
   *======================================================================*/
   for (pass=0; pass<niter; pass++) {
     ASSERT(ComputeCut(graph, where) == graph->mincut);
-    if (omode == OMODE_REFINE)
-      ASSERT(CheckBnd2(graph));
 
     /* In balancing mode, exit as soon as balance is reached */
     if (omode == OMODE_BALANCE && IsBalanced(ctrl, graph, 0)) 
@@ -866,11 +841,11 @@ void Greedy_McKWayCutOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
       /* Prevent moves that make 'from' domain underbalanced */
       if (omode == OMODE_REFINE) {
         if (myrinfo->id > 0 && 
-            !ivecaxpygez(ncon, -1, vwgt+i*ncon, pwgts+from*ncon, minpwgts+from*ncon))
+            !ivecaxpygez(ncon, -1, vwgt+i*ncon, pwgts+from*ncon, minwgt+from*ncon))
           continue;   
       }
       else { /* OMODE_BALANCE */
-        if (!ivecaxpygez(ncon, -1, vwgt+i*ncon, pwgts+from*ncon, minpwgts+from*ncon)) 
+        if (!ivecaxpygez(ncon, -1, vwgt+i*ncon, pwgts+from*ncon, minwgt+from*ncon)) 
           continue;   
       }
 
@@ -886,7 +861,7 @@ void Greedy_McKWayCutOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
           if (!safetos[to=mynbrs[k].pid])
             continue;
           gain = mynbrs[k].ed-myrinfo->id; 
-          if (gain >= 0 && ivecaxpylez(ncon, 1, vwgt+i*ncon, pwgts+to*ncon, maxpwgts+to*ncon))
+          if (gain >= 0 && ivecaxpylez(ncon, 1, vwgt+i*ncon, pwgts+to*ncon, maxwgt+to*ncon))
             break;
         }
         if (k < 0)
@@ -897,7 +872,7 @@ void Greedy_McKWayCutOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
           if (!safetos[to=mynbrs[j].pid])
             continue;
           if ((mynbrs[j].ed > mynbrs[k].ed && 
-               ivecaxpylez(ncon, 1, vwgt+i*ncon, pwgts+to*ncon, maxpwgts+to*ncon))
+               ivecaxpylez(ncon, 1, vwgt+i*ncon, pwgts+to*ncon, maxwgt+to*ncon))
               ||
               (mynbrs[j].ed == mynbrs[k].ed && 
                BetterBalanceKWay(ncon, vwgt+i*ncon, ubfactors, 
@@ -926,7 +901,7 @@ void Greedy_McKWayCutOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
         for (k=myrinfo->nnbrs-1; k>=0; k--) {
           if (!safetos[to=mynbrs[k].pid])
             continue;
-          if (ivecaxpylez(ncon, 1, vwgt+i*ncon, pwgts+to*ncon, maxpwgts+to*ncon) || 
+          if (ivecaxpylez(ncon, 1, vwgt+i*ncon, pwgts+to*ncon, maxwgt+to*ncon) || 
               BetterBalanceKWay(ncon, vwgt+i*ncon, ubfactors,
                   -1, pwgts+from*ncon, pijbm+from*ncon,
                   +1, pwgts+to*ncon, pijbm+to*ncon))
@@ -972,7 +947,7 @@ void Greedy_McKWayCutOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
         /* take care of i's move itself */
         UpdateEdgeSubDomainGraph(ctrl, from, to, myrinfo->id-mynbrs[k].ed, &maxndoms);
 
-        /* take care of the adjacent vertices */
+        /* take care of the adjancent vertices */
         for (j=xadj[i]; j<xadj[i+1]; j++) {
           me = where[adjncy[j]];
           if (me != from && me != to) {
@@ -1055,7 +1030,7 @@ void Greedy_McKWayVolOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
   idx_t i, ii, iii, j, k, l, pass, nvtxs, ncon, nparts, gain; 
   idx_t from, me, to, cto, oldcut;
   idx_t *xadj, *vwgt, *adjncy;
-  idx_t *where, *pwgts, *perm, *bndptr, *bndind, *minpwgts, *maxpwgts;
+  idx_t *where, *pwgts, *perm, *bndptr, *bndind, *minwgt, *maxwgt;
   idx_t nmoved, nupd, *vstatus, *updptr, *updind;
   idx_t maxndoms, *safetos=NULL, *nads=NULL, *doms=NULL, **adids=NULL, **adwgts=NULL;
   idx_t *bfslvl=NULL, *bfsind=NULL, *bfsmrk=NULL;
@@ -1104,14 +1079,14 @@ void Greedy_McKWayVolOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
 
 
   /* Setup the weight intervals of the various subdomains */
-  minpwgts  = iwspacemalloc(ctrl, nparts*ncon);
-  maxpwgts  = iwspacemalloc(ctrl, nparts*ncon);
+  minwgt  = iwspacemalloc(ctrl, nparts*ncon);
+  maxwgt  = iwspacemalloc(ctrl, nparts*ncon);
 
   for (i=0; i<nparts; i++) {
     for (j=0; j<ncon; j++) {
-      maxpwgts[i*ncon+j]  = ctrl->tpwgts[i*ncon+j]*graph->tvwgt[j]*ubfactors[j];
-      /*minpwgts[i*ncon+j]  = ctrl->tpwgts[i*ncon+j]*graph->tvwgt[j]*(.9/ubfactors[j]); */
-      minpwgts[i*ncon+j]  = ctrl->tpwgts[i*ncon+j]*graph->tvwgt[j]*.2;
+      maxwgt[i*ncon+j]  = ctrl->tpwgts[i*ncon+j]*graph->tvwgt[j]*ubfactors[j];
+      /*minwgt[i*ncon+j]  = ctrl->tpwgts[i*ncon+j]*graph->tvwgt[j]*(.9/ubfactors[j]); */
+      minwgt[i*ncon+j]  = ctrl->tpwgts[i*ncon+j]*graph->tvwgt[j]*.2;
     }
   }
 
@@ -1156,7 +1131,7 @@ void Greedy_McKWayVolOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
      printf("%s: [%6"PRIDX" %6"PRIDX" %6"PRIDX"], Bal: %5.3"PRREAL"(%.3"PRREAL"),"
          ", Nv-Nb[%6"PRIDX" %6"PRIDX"], Cut: %5"PRIDX", Vol: %5"PRIDX", (%"PRIDX")",
          (omode == OMODE_REFINE ? "GRV" : "GBV"),
-         imin(nparts*ncon, pwgts,1), imax(nparts*ncon, pwgts,1), imax(nparts*ncon, maxpwgts,1),
+         imin(nparts*ncon, pwgts,1), imax(nparts*ncon, pwgts,1), imax(nparts*ncon, maxwgt,1),
          ComputeLoadImbalance(graph, nparts, pijbm), origbal,
          graph->nvtxs, graph->nbnd, graph->mincut, graph->minvol, niter);
      if (ctrl->minconn) 
@@ -1207,11 +1182,11 @@ void Greedy_McKWayVolOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
       /* Prevent moves that make 'from' domain underbalanced */
       if (omode == OMODE_REFINE) {
         if (myrinfo->nid > 0 &&
-            !ivecaxpygez(ncon, -1, vwgt+i*ncon, pwgts+from*ncon, minpwgts+from*ncon))
+            !ivecaxpygez(ncon, -1, vwgt+i*ncon, pwgts+from*ncon, minwgt+from*ncon))
           continue;
       }
       else { /* OMODE_BALANCE */
-        if (!ivecaxpygez(ncon, -1, vwgt+i*ncon, pwgts+from*ncon, minpwgts+from*ncon))
+        if (!ivecaxpygez(ncon, -1, vwgt+i*ncon, pwgts+from*ncon, minwgt+from*ncon))
           continue;
       }
 
@@ -1229,7 +1204,7 @@ void Greedy_McKWayVolOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
           if (!safetos[to=mynbrs[k].pid])
             continue;
           gain = mynbrs[k].gv + xgain;
-          if (gain >= 0 && ivecaxpylez(ncon, 1, vwgt+i*ncon, pwgts+to*ncon, maxpwgts+to*ncon))
+          if (gain >= 0 && ivecaxpylez(ncon, 1, vwgt+i*ncon, pwgts+to*ncon, maxwgt+to*ncon))
             break;
         }
         if (k < 0)
@@ -1241,11 +1216,11 @@ void Greedy_McKWayVolOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
             continue;
           gain = mynbrs[j].gv + xgain;
           if ((mynbrs[j].gv > mynbrs[k].gv && 
-               ivecaxpylez(ncon, 1, vwgt+i*ncon, pwgts+to*ncon, maxpwgts+to*ncon))
+               ivecaxpylez(ncon, 1, vwgt+i*ncon, pwgts+to*ncon, maxwgt+to*ncon))
               ||
               (mynbrs[j].gv == mynbrs[k].gv && 
                mynbrs[j].ned > mynbrs[k].ned &&
-               ivecaxpylez(ncon, 1, vwgt+i*ncon, pwgts+to*ncon, maxpwgts+to*ncon))
+               ivecaxpylez(ncon, 1, vwgt+i*ncon, pwgts+to*ncon, maxwgt+to*ncon))
               ||
               (mynbrs[j].gv == mynbrs[k].gv && 
                mynbrs[j].ned == mynbrs[k].ned &&
@@ -1275,7 +1250,7 @@ void Greedy_McKWayVolOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
         for (k=myrinfo->nnbrs-1; k>=0; k--) {
           if (!safetos[to=mynbrs[k].pid])
             continue;
-          if (ivecaxpylez(ncon, 1, vwgt+i*ncon, pwgts+to*ncon, maxpwgts+to*ncon) ||
+          if (ivecaxpylez(ncon, 1, vwgt+i*ncon, pwgts+to*ncon, maxwgt+to*ncon) ||
               BetterBalanceKWay(ncon, vwgt+i*ncon, ubfactors,
                   -1, pwgts+from*ncon, pijbm+from*ncon,
                   +1, pwgts+to*ncon, pijbm+to*ncon))
@@ -1326,7 +1301,7 @@ void Greedy_McKWayVolOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter,
         /* take care of i's move itself */
         UpdateEdgeSubDomainGraph(ctrl, from, to, myrinfo->nid-mynbrs[k].ned, &maxndoms);
 
-        /* take care of the adjacent vertices */
+        /* take care of the adjancent vertices */
         for (j=xadj[i]; j<xadj[i+1]; j++) {
           me = where[adjncy[j]];
           if (me != from && me != to) {
@@ -1476,7 +1451,7 @@ idx_t IsArticulationNode(idx_t i, idx_t *xadj, idx_t *adjncy, idx_t *where,
         the queue. If queue is NULL, this parameter is ignored.
  \param vmarker is of size nvtxs and is used internally as a temporary array. 
         On entry and return all of its entries are 0.
- \param pmarker is of size nparts and is used internally as a temporary marking
+ \param pmarker is of sie nparts and is used internally as a temporary marking
         array. On entry and return all of its entries are -1.
  \param modind is an array of size nvtxs and is used to keep track of the 
         list of vertices whose gains need to be updated.
@@ -1578,7 +1553,7 @@ void KWayVolUpdate(ctrl_t *ctrl, graph_t *graph, idx_t v, idx_t from,
 
     myrinfo = graph->vkrinfo+ii;
     if (myrinfo->inbr == -1) 
-      myrinfo->inbr = vnbrpoolGetNext(ctrl, xadj[ii+1]-xadj[ii]);
+      myrinfo->inbr = vnbrpoolGetNext(ctrl, xadj[ii+1]-xadj[ii]+1);
     mynbrs = ctrl->vnbrpool + myrinfo->inbr;
 
     if (me == from) {
@@ -1873,348 +1848,5 @@ void KWayVolUpdate(ctrl_t *ctrl, graph_t *graph, idx_t v, idx_t from,
   
     vmarker[i] = 0;
   }
-}
-
-
-/*************************************************************************/
-/*! K-way partitioning optimization in which the vertices are visited in 
-    decreasing ed/sqrt(nnbrs)-id order. Note this is just an 
-    approximation, as the ed is often split across different subdomains 
-    and the sqrt(nnbrs) is just a crude approximation.
-
-  \param graph is the graph that is being refined.
-  \param niter is the number of refinement iterations.
-  \param ffactor is the \em fudge-factor for allowing positive gain moves 
-         to violate the max-pwgt constraint.
-  \param omode is the type of optimization that will performed among
-         OMODE_REFINE and OMODE_BALANCE 
-         
-
-*/
-/**************************************************************************/
-void Greedy_KWayEdgeStats(ctrl_t *ctrl, graph_t *graph)
-{
-  /* Common variables to all types of kway-refinement/balancing routines */
-  idx_t i, ii, iii, j, k, l, nvtxs, nparts, gain, u, v, uw, vw; 
-  idx_t *xadj, *adjncy, *adjwgt, *vwgt;
-  idx_t *where, *pwgts, *bndptr, *bndind, *minpwgts, *maxpwgts;
-  idx_t nbnd;
-  ckrinfo_t *urinfo, *vrinfo;
-  cnbr_t *unbrs, *vnbrs;
-  real_t *tpwgts, ubfactor;
-
-  WCOREPUSH;
-
-  /* Link the graph fields */
-  nvtxs  = graph->nvtxs;
-  xadj   = graph->xadj;
-  adjncy = graph->adjncy;
-  vwgt   = graph->vwgt;
-  adjwgt = graph->adjwgt;
-
-  bndind = graph->bndind;
-  bndptr = graph->bndptr;
-
-  where = graph->where;
-  pwgts = graph->pwgts;
-  
-  nparts = ctrl->nparts;
-  tpwgts = ctrl->tpwgts;
-
-  /* Setup the weight intervals of the various subdomains */
-  minpwgts  = iwspacemalloc(ctrl, nparts);
-  maxpwgts  = iwspacemalloc(ctrl, nparts);
-
-  ubfactor = ctrl->ubfactors[0];
-  for (i=0; i<nparts; i++) {
-    maxpwgts[i]  = tpwgts[i]*graph->tvwgt[0]*ubfactor;
-    minpwgts[i]  = tpwgts[i]*graph->tvwgt[0]*(0.95/ubfactor);
-  }
-
-  /* go and determine the positive gain valid swaps */
-  nbnd   = graph->nbnd;
-
-  for (ii=0; ii<nbnd; ii++) {
-    u  = bndind[ii];
-    uw = where[u];
-
-    urinfo = graph->ckrinfo+u;
-    unbrs  = ctrl->cnbrpool + urinfo->inbr;
-
-    for (j=xadj[u]; j<xadj[u+1]; j++) {
-      v  = adjncy[j];
-      vw = where[v];
-
-      vrinfo = graph->ckrinfo+v;
-      vnbrs  = ctrl->cnbrpool + vrinfo->inbr;
-
-      if (uw == vw)
-        continue;
-      if (pwgts[uw] - vwgt[u] + vwgt[v] > maxpwgts[uw] || 
-          pwgts[vw] - vwgt[v] + vwgt[u] > maxpwgts[vw])
-        continue;
-
-      for (k=urinfo->nnbrs-1; k>=0; k--) {
-        if (unbrs[k].pid == vw) 
-          break;
-      }
-      if (k < 0)
-        printf("Something went wrong!\n");
-      gain = unbrs[k].ed-urinfo->id; 
-
-      for (k=vrinfo->nnbrs-1; k>=0; k--) {
-        if (vnbrs[k].pid == uw) 
-          break;
-      }
-      if (k < 0)
-        printf("Something went wrong!\n");
-      gain += vnbrs[k].ed-vrinfo->id; 
-
-      gain -= 2*adjwgt[j];
-
-      if (gain > 0)
-        printf("  Gain: %"PRIDX" for moving (%"PRIDX", %"PRIDX") between (%"PRIDX", %"PRIDX")\n",
-            gain, u, v, uw, vw);
-    }
-  }
-
-  WCOREPOP;
-}
-
-
-/*************************************************************************/
-/*! K-way partitioning optimization in which the vertices are visited in 
-    random order and the best edge is selected to swap its incident vertices 
-
-  \param graph is the graph that is being refined.
-  \param niter is the number of refinement iterations.
-         
-*/
-/**************************************************************************/
-void Greedy_KWayEdgeCutOptimize(ctrl_t *ctrl, graph_t *graph, idx_t niter)
-{
-  /* Common variables to all types of kway-refinement/balancing routines */
-  idx_t ii, j, k, pass, nvtxs, nparts, u, v, uw, vw, gain, bestgain, jbest; 
-  idx_t from, me, to, oldcut, nmoved;
-  idx_t *xadj, *adjncy, *adjwgt, *vwgt;
-  idx_t *where, *pwgts, *perm, *bndptr, *bndind, *minpwgts, *maxpwgts;
-  idx_t bndtype = BNDTYPE_REFINE;
-  real_t *tpwgts, ubfactor;
-
-  /* Edgecut-specific/different variables */
-  idx_t nbnd, oldnnbrs;
-  ckrinfo_t *myrinfo, *urinfo, *vrinfo;
-  cnbr_t *unbrs, *vnbrs;
-
-  WCOREPUSH;
-
-  /* Link the graph fields */
-  nvtxs  = graph->nvtxs;
-  xadj   = graph->xadj;
-  adjncy = graph->adjncy;
-  adjwgt = graph->adjwgt;
-  vwgt   = graph->vwgt;
-
-  bndind = graph->bndind;
-  bndptr = graph->bndptr;
-
-  where = graph->where;
-  pwgts = graph->pwgts;
-  
-  nparts = ctrl->nparts;
-  tpwgts = ctrl->tpwgts;
-
-  /* Setup the weight intervals of the various subdomains */
-  minpwgts  = iwspacemalloc(ctrl, nparts);
-  maxpwgts  = iwspacemalloc(ctrl, nparts);
-
-  ubfactor = gk_max(ctrl->ubfactors[0], ComputeLoadImbalance(graph, nparts, ctrl->pijbm));
-  for (k=0; k<nparts; k++) {
-    maxpwgts[k] = tpwgts[k]*graph->tvwgt[0]*ubfactor;
-    minpwgts[k] = tpwgts[k]*graph->tvwgt[0]*(1.0/ubfactor);
-  }
-
-  perm = iwspacemalloc(ctrl, nvtxs);
-
-
-  if (ctrl->dbglvl&METIS_DBG_REFINE) {
-     printf("GRE: [%6"PRIDX" %6"PRIDX"]-[%6"PRIDX" %6"PRIDX"], Bal: %5.3"PRREAL"," 
-            " Nv-Nb[%6"PRIDX" %6"PRIDX"], Cut: %6"PRIDX"\n",
-            pwgts[iargmin(nparts, pwgts,1)], imax(nparts, pwgts,1), minpwgts[0], maxpwgts[0], 
-            ComputeLoadImbalance(graph, nparts, ctrl->pijbm), 
-            graph->nvtxs, graph->nbnd, graph->mincut);
-  }
-
-
-  /*=====================================================================
-  * The top-level refinement loop 
-  *======================================================================*/
-  for (pass=0; pass<niter; pass++) {
-    GKASSERT(ComputeCut(graph, where) == graph->mincut);
-
-    oldcut = graph->mincut;
-    nbnd   = graph->nbnd;
-    nmoved = 0;
-
-    /* Insert the boundary vertices in the priority queue */
-    /* Visit the vertices in random order and see if you can swap them */
-    irandArrayPermute(nvtxs, perm, nbnd, 1);
-    for (ii=0; ii<nvtxs; ii++) {
-      if (bndptr[u=perm[ii]] == -1)
-        continue;
-
-      uw = where[u];
-
-      urinfo = graph->ckrinfo+u;
-      unbrs  = ctrl->cnbrpool + urinfo->inbr;
-
-      bestgain = 0;
-      jbest    = -1;
-      for (j=xadj[u]; j<xadj[u+1]; j++) {
-        v  = adjncy[j];
-        vw = where[v];
-
-        if (uw == vw)
-          continue;
-        if (pwgts[uw] - vwgt[u] + vwgt[v] > maxpwgts[uw] || 
-            pwgts[vw] - vwgt[v] + vwgt[u] > maxpwgts[vw])
-          continue;
-        if (pwgts[uw] - vwgt[u] + vwgt[v] < minpwgts[uw] || 
-            pwgts[vw] - vwgt[v] + vwgt[u] < minpwgts[vw])
-          continue;
-
-        vrinfo = graph->ckrinfo+v;
-        vnbrs  = ctrl->cnbrpool + vrinfo->inbr;
-
-        gain = -2*adjwgt[j];
-
-        for (k=urinfo->nnbrs-1; k>=0; k--) {
-          if (unbrs[k].pid == vw) 
-            break;
-        }
-        GKASSERT(k>=0);
-        gain += unbrs[k].ed-urinfo->id; 
-
-        for (k=vrinfo->nnbrs-1; k>=0; k--) {
-          if (vnbrs[k].pid == uw) 
-            break;
-        }
-        GKASSERT(k>=0);
-        gain += vnbrs[k].ed-vrinfo->id; 
-
-        if (gain > bestgain && vnbrs[k].ed > adjwgt[j]) {
-          bestgain = gain;
-          jbest    = j;
-        }
-      }
-
-      if (jbest == -1)
-        continue;  /* no valid positive swap */
-
-
-      /*=====================================================================
-      * If we got here, we can now swap the vertices 
-      *======================================================================*/
-      v  = adjncy[jbest];
-      vw = where[v];
-
-      vrinfo = graph->ckrinfo+v;
-      vnbrs  = ctrl->cnbrpool + vrinfo->inbr;
-
-      /* move u to v's partition */
-      for (k=urinfo->nnbrs-1; k>=0; k--) {
-        if (unbrs[k].pid == vw) 
-          break;
-      }
-      GKASSERT(k>=0);
-
-      from = uw;
-      to   = vw;
-
-      graph->mincut -= unbrs[k].ed-urinfo->id;
-      nmoved++;
-
-      IFSET(ctrl->dbglvl, METIS_DBG_MOVEINFO, 
-          printf("\t\tMoving %6"PRIDX" from %3"PRIDX" to %3"PRIDX" [%6"PRIDX" %6"PRIDX"]. Gain: %4"PRIDX". Cut: %6"PRIDX"\n", 
-              u, from, to, pwgts[from], pwgts[to], unbrs[k].ed-urinfo->id, graph->mincut));
-
-      /* Update ID/ED and BND related information for the moved vertex */
-      INC_DEC(pwgts[to], pwgts[from], vwgt[u]);
-      UpdateMovedVertexInfoAndBND(u, from, k, to, urinfo, unbrs, where, nbnd, 
-          bndptr, bndind, bndtype);
-      
-      /* Update the degrees of adjacent vertices */
-      for (j=xadj[u]; j<xadj[u+1]; j++) {
-        ii = adjncy[j];
-        me = where[ii];
-        myrinfo = graph->ckrinfo+ii;
-
-        oldnnbrs = myrinfo->nnbrs;
-
-        UpdateAdjacentVertexInfoAndBND(ctrl, ii, xadj[ii+1]-xadj[ii], me, 
-            from, to, myrinfo, adjwgt[j], nbnd, bndptr, bndind, bndtype);
-
-        ASSERT(myrinfo->nnbrs <= xadj[ii+1]-xadj[ii]);
-      }
-
-      /* move v to u's partition */
-      for (k=vrinfo->nnbrs-1; k>=0; k--) {
-        if (vnbrs[k].pid == uw) 
-          break;
-      }
-      GKASSERT(k>=0);
-#ifdef XXX
-      if (k < 0) { /* that was removed, go and re-insert it */
-        k = vrinfo->nnbrs++;
-        vnbrs[k].pid = uw;
-        vnbrs[k].ed  = 0;
-      }
-#endif
-
-      from = vw;
-      to   = uw;
-
-      graph->mincut -= vnbrs[k].ed-vrinfo->id;
-      nmoved++;
-
-      IFSET(ctrl->dbglvl, METIS_DBG_MOVEINFO, 
-          printf("\t\tMoving %6"PRIDX" from %3"PRIDX" to %3"PRIDX" [%6"PRIDX" %6"PRIDX"]. Gain: %4"PRIDX". Cut: %6"PRIDX"\n", 
-              v, from, to, pwgts[from], pwgts[to], vnbrs[k].ed-vrinfo->id, graph->mincut));
-
-      /* Update ID/ED and BND related information for the moved vertex */
-      INC_DEC(pwgts[to], pwgts[from], vwgt[v]);
-      UpdateMovedVertexInfoAndBND(v, from, k, to, vrinfo, vnbrs, where, nbnd, 
-          bndptr, bndind, bndtype);
-      
-      /* Update the degrees of adjacent vertices */
-      for (j=xadj[v]; j<xadj[v+1]; j++) {
-        ii = adjncy[j];
-        me = where[ii];
-        myrinfo = graph->ckrinfo+ii;
-
-        oldnnbrs = myrinfo->nnbrs;
-
-        UpdateAdjacentVertexInfoAndBND(ctrl, ii, xadj[ii+1]-xadj[ii], me, 
-            from, to, myrinfo, adjwgt[j], nbnd, bndptr, bndind, bndtype);
-
-        ASSERT(myrinfo->nnbrs <= xadj[ii+1]-xadj[ii]);
-      }
-    }
-
-    graph->nbnd = nbnd;
-
-    if (ctrl->dbglvl&METIS_DBG_REFINE) {
-       printf("\t[%6"PRIDX" %6"PRIDX"], Bal: %5.3"PRREAL", Nb: %6"PRIDX"."
-              " Nmoves: %5"PRIDX", Cut: %6"PRIDX", Vol: %6"PRIDX"\n",
-              pwgts[iargmin(nparts, pwgts,1)], imax(nparts, pwgts,1),
-              ComputeLoadImbalance(graph, nparts, ctrl->pijbm), 
-              graph->nbnd, nmoved, graph->mincut, ComputeVolume(graph, where));
-    }
-
-    if (nmoved == 0 || graph->mincut == oldcut)
-      break;
-  }
-
-  WCOREPOP;
 }
 
