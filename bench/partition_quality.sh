@@ -9,6 +9,9 @@
 # K = 2, 4, 8, 16, 32, the mean edge cut over seeds 0..7 of distgat (--trials 1 and 4) and
 # of `gpmetis -seed=S`. Then, for GRAPH and every EDGES.npy, METIS vs stream: edge cut,
 # communication volume, wall time and peak RSS of the whole `distgat partition` process.
+# Issue 15's graphs are METIS's own sample graphs: 4elt (data/4elt/4elt.graph), copter2 and
+# mdual (METIS's graphs/ folder, e.g. `apt-get source metis` then metis-5.1.0/graphs/; not
+# committed, 11 MB).
 set -euo pipefail
 distgat=${1:?usage: $0 DISTGAT GRAPH.graph [EDGES.npy ...]}
 graph=${2:?usage: $0 DISTGAT GRAPH.graph [EDGES.npy ...]}
