@@ -107,16 +107,20 @@ impl JobLinks {
     }
 
     /// Part `q` now runs behind `channel`: later sends go there; returns every chunk kept
-    /// for `q`, to be sent there again.
-    pub(super) fn reroute(&self, q: u32, channel: Channel) -> Vec<RowChunk> {
+    /// for `q`, to be sent there again. `None` (nothing changed) when `q` is not one of
+    /// this part's peers.
+    pub(super) fn reroute(&self, q: u32, channel: Channel) -> Option<Vec<RowChunk>> {
         let mut links = self.lock();
+        if !links.routes.contains_key(&q) {
+            return None;
+        }
         links.routes.insert(q, channel);
         links
             .moved
             .entry(q)
             .or_insert_with(|| watch::channel(0).0)
             .send_modify(|n| *n += 1);
-        links.kept.get(&q).cloned().unwrap_or_default()
+        Some(links.kept.get(&q).cloned().unwrap_or_default())
     }
 
     /// The part ended on this worker (its kept chunks stay until the job ends).
@@ -154,4 +158,48 @@ pub(super) fn receiver_lost(status: &Status) -> bool {
             | tonic::Code::DeadlineExceeded
             | tonic::Code::Internal
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(target_part: u32, first_row: u64) -> RowChunk {
+        RowChunk {
+            job_id: "j".into(),
+            target_part,
+            first_row,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn reroute_resends_the_kept_chunks_and_refuses_a_part_that_is_no_peer() {
+        let dialer = Dialer {
+            tls: None,
+            bearer: distgat_proto::Bearer::new(None).unwrap(),
+        };
+        let peers = [1, 2].map(|part| Peer {
+            part,
+            address: format!("127.0.0.1:{}", 40000 + part),
+        });
+        let links = JobLinks::new(&peers, &dialer, true).unwrap();
+        let (_, moved) = links.route(1, &[chunk(1, 0), chunk(1, 8)]).unwrap();
+        links.route(2, &[chunk(2, 0)]).unwrap();
+        let new = dialer.endpoint("127.0.0.1:40009").unwrap().connect_lazy();
+        let kept = links.reroute(1, new.clone()).expect("part 1 is a peer");
+        assert_eq!(
+            kept.iter()
+                .map(|c| (c.target_part, c.first_row))
+                .collect::<Vec<_>>(),
+            [(1, 0), (1, 8)]
+        );
+        assert!(
+            moved.has_changed().unwrap(),
+            "a hanging send to part 1 is not told"
+        );
+        // Part 7 is not in the job (or is this part itself): nothing changes.
+        assert!(links.reroute(7, new).is_none());
+        assert_eq!(links.peers(), [1, 2]);
+    }
 }

@@ -543,10 +543,18 @@ impl Worker for WorkerService {
             .into());
         }
         let channel = self.0.dialer.endpoint(&req.address)?.connect_lazy();
-        let chunks: Vec<RowChunk> = links
+        let rerouted: Vec<Vec<RowChunk>> = links
             .iter()
-            .flat_map(|l| l.reroute(req.part, channel.clone()))
+            .filter_map(|l| l.reroute(req.part, channel.clone()))
             .collect();
+        if rerouted.is_empty() {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "part: no part of job {} on this worker sends rows to part {}",
+                req.job_id, req.part
+            ))
+            .into());
+        }
+        let chunks: Vec<RowChunk> = rerouted.into_iter().flatten().collect();
         let n = chunks.len() as u64;
         tracing::info!(
             job = %req.job_id, part = req.part, to = %req.address, chunks = n,
