@@ -1150,7 +1150,6 @@ fn shared_inputs(req: &StartJobRequest) -> Result<PartInputs> {
     let shard = dir.load_shard(req.part)?;
     let model = Model::load(std::path::Path::new(&req.model))?;
     let plan = shard.plan;
-    let n_owned = plan.owned.len();
     let features = match shard.features {
         Some(f) => f,
         None => {
@@ -1160,19 +1159,9 @@ fn shared_inputs(req: &StartJobRequest) -> Result<PartInputs> {
                         .into(),
                 ));
             }
-            let all = Features::read_npy(std::path::Path::new(&req.features))?;
-            let mut rows = Vec::with_capacity(n_owned * all.width);
-            for &v in &plan.owned {
-                let v = v as usize;
-                if v >= all.num_nodes {
-                    return Err(RuntimeError::InvalidArgument(format!(
-                        "features: {} has {} rows, the partition needs node {v}",
-                        req.features, all.num_nodes
-                    )));
-                }
-                rows.extend_from_slice(all.row(v));
-            }
-            Features::new(n_owned, all.width, rows)
+            // Only this part's rows, read in one pass over the file in bounded blocks: a
+            // worker never holds (or first-touches the pages of) the whole features file.
+            Features::read_rows(std::path::Path::new(&req.features), "features", &plan.owned)?
         }
     };
     // Edge attributes of the local edges: from the shard (rows in local entry order) or,
