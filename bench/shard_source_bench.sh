@@ -9,8 +9,8 @@
 #   bash bench/shard_source_bench.sh [ROUNDS]        (default 8; about 35 s per round)
 #
 # Env: DISTGAT_BIN (default target/release/distgat), WORK (default /tmp/shard-source-bench;
-# the generated case and the partition are reused when present). Needs openssl for the
-# throwaway test CA (never committed; made under $WORK).
+# the generated case and the partition are reused when present). The throwaway test CA is
+# made under $WORK by the rcgen example `test_certs` (never committed).
 set -euo pipefail
 rounds=${1:-8}
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,15 +27,9 @@ fi
 
 tls=$work/tls
 if [ ! -f "$tls/token" ]; then
-  mkdir -p "$tls"
-  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=bench-ca" \
-    -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null
-  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
-    -keyout "$tls/node.key" -out "$tls/node.csr" 2>/dev/null
-  printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=CA:FALSE" \
-    "keyUsage=digitalSignature" "extendedKeyUsage=serverAuth,clientAuth" >"$tls/ext.cnf"
-  openssl x509 -req -in "$tls/node.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" \
-    -CAcreateserial -days 2 -extfile "$tls/ext.cnf" -out "$tls/node.pem" 2>/dev/null
+  # Throwaway certificates from rcgen (the tests' own generator), never committed.
+  cargo run --quiet --release --locked --manifest-path "$repo/Cargo.toml" \
+    -p distgat-tests --example test_certs -- "$tls" >/dev/null
   head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$tls/token"
 fi
 
@@ -46,8 +40,8 @@ for i in $(seq 1 "$rounds"); do
     extra=(--shard-source stream)
     case $mode in
       shared) extra=(--shard-source shared) ;;
-      tls) extra=(--shard-source stream --tls-cert "$tls/node.pem" --tls-key "$tls/node.key"
-        --tls-ca "$tls/ca.pem" --auth-token-file "$tls/token") ;;
+      tls) extra=(--shard-source stream --tls-cert "$tls/node-cert.pem" --tls-key "$tls/node-key.pem"
+        --tls-ca "$tls/node-ca.pem" --auth-token-file "$tls/token") ;;
     esac
     start=$(date +%s.%N)
     "$bin" run --graph "$case_dir/edge_index.npy" --features "$case_dir/x.npy" \
