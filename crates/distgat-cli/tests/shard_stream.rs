@@ -177,9 +177,20 @@ fn workers_without_the_coordinators_files_compute_infers_bytes() {
             })
             .collect()
     };
-    // The workers' cache holds one Cora shard at most: a second shard pushes it out.
-    let cache_cap = shard_sizes(&cora_part).iter().map(|s| s.1).max().unwrap();
-    assert!(shard_sizes(&edge_part).iter().all(|s| s.1 <= cache_cap));
+    // The workers' cache holds the larger Cora shard and no more: the edge case's shard
+    // pushes that one out (the smaller Cora shard may fit beside it).
+    let sizes = |p: &Path| {
+        shard_sizes(p)
+            .into_iter()
+            .map(|s| s.1)
+            .collect::<Vec<u64>>()
+    };
+    let (cora_sizes, edge_sizes) = (sizes(&cora_part), sizes(&edge_part));
+    let cache_cap = *cora_sizes.iter().max().unwrap();
+    assert!(
+        edge_sizes.iter().all(|&e| e <= cache_cap),
+        "shard sizes {cora_sizes:?} and {edge_sizes:?}"
+    );
 
     let mut cluster = common::Children::default();
     let mut coordinator = Command::new(exe());
@@ -324,23 +335,36 @@ fn workers_without_the_coordinators_files_compute_infers_bytes() {
         "{s}"
     );
 
-    //    Each cache held its Cora shard; the edge case's shard went in and, over the
-    //    --shard-cache-max-bytes limit, pushed the older Cora shard out.
+    //    Each cache held its Cora shard; the edge case's shard went in, and where the two
+    //    are over the --shard-cache-max-bytes limit (at least the worker of the larger
+    //    Cora shard), it pushed the older Cora shard out. No cache is over the limit.
     let edge_hashes: Vec<String> = shard_sizes(&edge_part).into_iter().map(|s| s.0).collect();
+    let mut evicted = 0;
     for k in 0..2 {
         let shards = worker_dirs.path().join(format!("w{k}/shards"));
-        let names: Vec<String> = std::fs::read_dir(&shards)
+        let files: Vec<(String, u64)> = std::fs::read_dir(&shards)
             .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".safetensors"))
+            .map(|e| e.unwrap())
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, e.metadata().unwrap().len())
+            })
+            .filter(|(n, _)| n.ends_with(".safetensors"))
             .collect();
-        assert_eq!(names.len(), 1, "worker {k}'s cache: {names:?}");
-        let hash = names[0].trim_end_matches(".safetensors");
+        let held: u64 = files.iter().map(|f| f.1).sum();
         assert!(
-            edge_hashes.iter().any(|h| h == hash),
-            "worker {k}: {names:?}"
+            held <= cache_cap,
+            "worker {k}'s cache: {files:?} over {cache_cap}"
         );
+        assert!(
+            files.iter().any(|(n, _)| edge_hashes
+                .iter()
+                .any(|h| *h == n.trim_end_matches(".safetensors"))),
+            "worker {k}'s cache lacks the edge case's shard: {files:?}"
+        );
+        evicted += usize::from(files.len() == 1);
     }
+    assert!(evicted >= 1, "no worker's cache pushed its Cora shard out");
 
     // 5. The control: with shard source shared these workers cannot open the files, so
     //    the job fails (if it passed, the namespace would not hide anything).

@@ -273,6 +273,18 @@ pub(super) fn compute_part(
             req.part
         )));
     }
+    // A part restarted alone starts from layer 0 while the others run on: it could never
+    // rejoin a global layer's collective steps, so such jobs restart whole and keep nothing.
+    if links.keep
+        && model
+            .layers
+            .iter()
+            .any(|l| matches!(l, Layer::Global(_) | Layer::Gps(_)))
+    {
+        return Err(RuntimeError::InvalidArgument(
+            "keep_sent_rows: the model has global layers, whose parts cannot restart alone".into(),
+        ));
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads((req.threads as usize).clamp(1, max_threads()))
         .build()
