@@ -38,15 +38,16 @@ pub struct JobSummary {
 }
 
 /// A worker loss the job survived: the lost worker's part went to another worker (an idle
-/// spare, else a surviving worker of the job) and restarted from layer 0, alone (`restarted: "part"`, the other parts running on) or with every
-/// part (`"job"`: when the worker was lost while parts were starting, or the job cannot
-/// restart a part alone: attention output, global layers, a kept build's parts). The
-/// output is the same bytes either way.
+/// spare, else a surviving worker of the job) and restarted from layer 0, alone
+/// (`restarted: "part"`, the other parts running on) or with every part (`"job"`: when the
+/// worker was lost while parts were starting, or the job cannot restart a part alone:
+/// attention output, global layers, a kept build's parts). The output is the same bytes
+/// either way.
 #[derive(Debug, Serialize)]
 pub struct RecoverySummary {
     pub part: u32,
     pub lost_worker: String,
-    /// The idle worker that took the part.
+    /// The worker that took the part (an idle spare, else a surviving worker of the job).
     pub replacement: String,
     /// "part" or "job": what restarted.
     pub restarted: &'static str,
@@ -128,6 +129,74 @@ async fn cancel_attempt(
             r.set_timeout(Duration::from_secs(2));
             let _ = client.cancel_job(r).await;
         }
+    }
+}
+
+/// The worker losses one job survived, and every address lost in it (never chosen again):
+/// the one record both recoveries (a part restarted alone, or the whole job) keep.
+struct Recoveries {
+    made: Vec<RecoverySummary>,
+    lost_addresses: HashSet<String>,
+    /// When the job started (for the recoveries' times).
+    job_started: Instant,
+}
+
+impl Recoveries {
+    fn new(job_started: Instant) -> Self {
+        Recoveries {
+            made: Vec::new(),
+            lost_addresses: HashSet::new(),
+            job_started,
+        }
+    }
+
+    /// Part `part`'s worker is lost: its address is never used again in this job. Returns
+    /// the worker to take the part ([`replacement_worker`]), `None` when none is left or
+    /// [`MAX_RECOVERIES`] are made.
+    fn replacement(
+        &mut self,
+        state: &State,
+        assigned: &[(String, String)],
+        part: usize,
+    ) -> Option<(String, String)> {
+        self.lost_addresses.insert(assigned[part].1.clone());
+        (self.made.len() < MAX_RECOVERIES)
+            .then(|| replacement_worker(state, assigned, part, &self.lost_addresses))
+            .flatten()
+    }
+
+    /// Records that `lost` worker's part went to `replacement`, restarting `restarted`
+    /// ("part" or "job") after `attempt_started`.
+    fn record(
+        &mut self,
+        part: u32,
+        lost: String,
+        replacement: &str,
+        restarted: &'static str,
+        attempt_started: Instant,
+        detail: String,
+    ) {
+        self.made.push(RecoverySummary {
+            part,
+            lost_worker: lost,
+            replacement: replacement.to_string(),
+            restarted,
+            detected_after_s: self.job_started.elapsed().as_secs_f64(),
+            time_lost_s: attempt_started.elapsed().as_secs_f64(),
+            detail,
+        });
+    }
+
+    /// Why no worker could take `part` after `worker` was lost: every worker lost so far.
+    fn none_left(&self, worker: &str, part: u32) -> String {
+        let mut lost: Vec<&str> = self.made.iter().map(|r| r.lost_worker.as_str()).collect();
+        lost.push(worker);
+        format!(
+            "no worker was left to take part {part} (no idle spare, no surviving worker of \
+             the job; workers lost in this job: {}; recoveries made: {})",
+            lost.join(", "),
+            self.made.len()
+        )
     }
 }
 
@@ -325,8 +394,7 @@ async fn run_job_inner(
     // Attempts: the first runs under the job's id, each job restart under `<job>-r<k>`, so
     // a late halo chunk or output message of a failed attempt can never mix into the next.
     let mut assigned = assigned;
-    let mut recoveries: Vec<RecoverySummary> = Vec::new();
-    let mut lost_addresses: HashSet<String> = HashSet::new();
+    let mut recoveries = Recoveries::new(started);
     let mut attempt = 0usize;
     loop {
         let attempt_id = attempt_name(job_id, attempt);
@@ -352,16 +420,8 @@ async fn run_job_inner(
             kept_nodes: kept.as_ref().map_or(0, |k| k.nodes as u64),
             keep_sent_rows,
             record,
-            job_started: started,
         };
-        let outcome = drive(
-            &ctx,
-            &mut assigned,
-            &mut recoveries,
-            &mut lost_addresses,
-            &cancelled,
-        )
-        .await;
+        let outcome = drive(&ctx, &mut assigned, &mut recoveries, &cancelled).await;
         let failure = match outcome {
             Ok(()) => {
                 lock(&state.jobs).remove(&attempt_id);
@@ -399,28 +459,15 @@ async fn run_job_inner(
                 part,
                 detail,
             } if !cancelled() => {
-                lost_addresses.insert(assigned[part as usize].1.clone());
-                let spare = (recoveries.len() < MAX_RECOVERIES)
-                    .then(|| replacement_worker(state, &assigned, part as usize, &lost_addresses))
-                    .flatten();
-                match spare {
+                match recoveries.replacement(state, &assigned, part as usize) {
                     // Every output row of the next attempt must be checkable once more.
                     Some(spare) if quiescent(&sink).await => {
                         sink.reset();
-                        let detected = started.elapsed().as_secs_f64();
                         tracing::warn!(
                             job = %job_id, part, lost = %worker, replacement = %spare.0,
                             "worker lost; restarting the job with the part on another worker: {detail}"
                         );
-                        recoveries.push(RecoverySummary {
-                            part,
-                            lost_worker: worker,
-                            replacement: spare.0.clone(),
-                            restarted: "job",
-                            detected_after_s: detected,
-                            time_lost_s: attempt_started.elapsed().as_secs_f64(),
-                            detail,
-                        });
+                        recoveries.record(part, worker, &spare.0, "job", attempt_started, detail);
                         assigned[part as usize] = spare;
                         attempt += 1;
                         continue;
@@ -434,16 +481,7 @@ async fn run_job_inner(
                         ),
                     },
                     None => {
-                        let mut lost: Vec<&str> =
-                            recoveries.iter().map(|r| r.lost_worker.as_str()).collect();
-                        lost.push(&worker);
-                        let detail = format!(
-                            "{detail}; no worker was left to take part {part} (no idle \
-                             spare, no surviving worker of the job; workers lost in this job: \
-                             {}; recoveries made: {})",
-                            lost.join(", "),
-                            recoveries.len()
-                        );
+                        let detail = format!("{detail}; {}", recoveries.none_left(&worker, part));
                         RuntimeError::WorkerFailed {
                             worker,
                             part,
@@ -552,7 +590,7 @@ async fn run_job_inner(
         seconds: started.elapsed().as_secs_f64(),
         shard_source: source.name(),
         workers,
-        recoveries,
+        recoveries: recoveries.made,
     })
 }
 
@@ -850,8 +888,6 @@ struct AttemptCtx<'a> {
     /// Parts keep their sent halo rows, so a lost part can restart alone on another worker.
     keep_sent_rows: bool,
     record: Option<&'a Arc<JobRecord>>,
-    /// When the job started (for the recoveries' times).
-    job_started: Instant,
 }
 
 /// Sends part `p`'s StartJob to its worker `assigned[p]`.
@@ -948,8 +984,7 @@ async fn start_part(
 async fn restart_part(
     ctx: &AttemptCtx<'_>,
     assigned: &mut [(String, String)],
-    recoveries: &mut Vec<RecoverySummary>,
-    lost_addresses: &mut HashSet<String>,
+    recoveries: &mut Recoveries,
     attempt_started: Instant,
     dead: SilentWorker,
 ) -> std::result::Result<(), AttemptFailure> {
@@ -958,11 +993,7 @@ async fn restart_part(
     let mut detail = dead.how;
     let mut lost = dead.worker;
     loop {
-        lost_addresses.insert(assigned[p].1.clone());
-        let spare = (recoveries.len() < MAX_RECOVERIES)
-            .then(|| replacement_worker(state, assigned, p, lost_addresses))
-            .flatten();
-        let Some(spare) = spare else {
+        let Some(spare) = recoveries.replacement(state, assigned, p) else {
             return Err(AttemptFailure::Lost {
                 worker: lost,
                 part: p as u32,
@@ -978,15 +1009,14 @@ async fn restart_part(
         }
         ctx.sink.replay_part(p as u32);
         let lost_worker = std::mem::replace(&mut assigned[p], spare.clone());
-        recoveries.push(RecoverySummary {
-            part: p as u32,
-            lost_worker: lost_worker.0,
-            replacement: spare.0.clone(),
-            restarted: "part",
-            detected_after_s: ctx.job_started.elapsed().as_secs_f64(),
-            time_lost_s: attempt_started.elapsed().as_secs_f64(),
-            detail: detail.clone(),
-        });
+        recoveries.record(
+            p as u32,
+            lost_worker.0,
+            &spare.0,
+            "part",
+            attempt_started,
+            detail.clone(),
+        );
         match start_part(ctx, assigned, p).await {
             Ok(()) => break,
             // The spare is gone too: try the next one.
@@ -1044,8 +1074,7 @@ async fn restart_part(
 async fn drive(
     ctx: &AttemptCtx<'_>,
     assigned: &mut [(String, String)],
-    recoveries: &mut Vec<RecoverySummary>,
-    lost_addresses: &mut HashSet<String>,
+    recoveries: &mut Recoveries,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> std::result::Result<(), AttemptFailure> {
     let (state, sink) = (ctx.state, ctx.sink);
@@ -1075,15 +1104,7 @@ async fn drive(
                     // The lost worker's own report: its part restarts alone (which
                     // clears the report); a live part's failure fails the attempt.
                     if ctx.keep_sent_rows && dead.part == part {
-                        restart_part(
-                            ctx,
-                            assigned,
-                            recoveries,
-                            lost_addresses,
-                            attempt_started,
-                            dead,
-                        )
-                        .await?;
+                        restart_part(ctx, assigned, recoveries, attempt_started, dead).await?;
                         continue 'wait;
                     }
                     return Err(dead.into_error(Some(&format!("part {part} reported: {detail}"))));
@@ -1115,15 +1136,7 @@ async fn drive(
             if !ctx.keep_sent_rows {
                 return Err(dead.into_error(None));
             }
-            restart_part(
-                ctx,
-                assigned,
-                recoveries,
-                lost_addresses,
-                attempt_started,
-                dead,
-            )
-            .await?;
+            restart_part(ctx, assigned, recoveries, attempt_started, dead).await?;
         }
     }
 }
