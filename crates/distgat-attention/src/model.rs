@@ -67,8 +67,9 @@ impl Activation {
 /// 2e-17 relative), expm1(x) = 2^k expm1(r) + (2^k - 1), the last term exact.
 #[inline]
 pub fn elu(x: f32) -> f32 {
-    const LN2_HI: f64 = 0.693_147_180_369_123_816_49;
-    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+    // fdlibm's split of ln 2: LN2_HI's low 21 mantissa bits are zero, so k * LN2_HI is exact.
+    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
     const INV_LN2: f64 = std::f64::consts::LOG2_E;
     // 1.5 * 2^52: adding it rounds to the nearest integer, held in the low mantissa bits.
     const MAGIC: f64 = 6_755_399_441_055_744.0;
@@ -98,7 +99,7 @@ pub fn elu(x: f32) -> f32 {
     let k_bits = t.to_bits().wrapping_sub(MAGIC.to_bits());
     let scale = f64::from_bits(k_bits.wrapping_add(1023) << 52);
     let y = (scale * (p * r) + (scale - 1.0)) as f32;
-    if x > 0.0 || x == 0.0 || x.is_nan() {
+    if x >= 0.0 || x.is_nan() {
         x
     } else {
         y
