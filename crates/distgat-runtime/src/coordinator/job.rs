@@ -952,13 +952,18 @@ async fn start_part(
     };
     let mut r = Request::new(start);
     r.set_timeout(RPC_DEADLINE);
-    client.start_job(r).await.map_err(|status| {
-        // UNAVAILABLE: the worker is gone (or unreachable); any other answer comes
-        // from a live worker refusing the job, which a spare would refuse too.
-        let lost = status.code() == tonic::Code::Unavailable;
+    if let Err(status) = client.start_job(r).await {
+        // UNAVAILABLE, or any failure after which the worker's address refuses connections
+        // (a worker killed during the call fails it with UNKNOWN "transport error"): the
+        // worker is gone. Any other answer comes from a live worker refusing the job,
+        // which a spare would refuse too.
+        let lost = status.code() == tonic::Code::Unavailable
+            || unreachable_worker(state, assigned, p as u32)
+                .await
+                .is_some();
         let (worker, part) = (id.clone(), p as u32);
         let detail = transport("starting the job")(status).to_string();
-        if lost {
+        return Err(if lost {
             AttemptFailure::Lost {
                 worker,
                 part,
@@ -970,8 +975,8 @@ async fn start_part(
                 part,
                 detail,
             })
-        }
-    })?;
+        });
+    }
     tracing::info!(job = %ctx.job_id, worker = %id, part = p, "part started");
     Ok(())
 }
