@@ -199,6 +199,15 @@ impl Model {
         self.layers.last().map_or(0, |l| l.out_width())
     }
 
+    /// Whether any layer attends over all nodes (`Global`, or `Gps` with its global
+    /// half). In a distributed job such layers take collective steps across every part,
+    /// so a part cannot recompute them alone (the runtime restarts such jobs whole).
+    pub fn has_collective_layers(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|l| matches!(l, Layer::Global(_) | Layer::Gps(_)))
+    }
+
     /// The first local layer (index and kind), if any: a model with one needs a graph.
     pub fn first_local(&self) -> Option<(usize, &'static str)> {
         self.layers

@@ -30,6 +30,22 @@ pub(crate) const RPC_DEADLINE: Duration = Duration::from_secs(10);
 /// server's files, buffers and task forever.
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Whether a failed call's status can mean the peer (or the way to it) is gone, rather
+/// than a live peer refusing the call: UNAVAILABLE, or what tonic and hyper report for a
+/// connection cut mid-call (UNKNOWN "transport error", CANCELLED, DEADLINE_EXCEEDED,
+/// INTERNAL). A live peer's deliberate refusals (INVALID_ARGUMENT, NOT_FOUND,
+/// FAILED_PRECONDITION, UNAUTHENTICATED, ...) are not.
+pub(crate) fn transport_failure(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Internal
+    )
+}
+
 /// The next message of an incoming stream, or DEADLINE_EXCEEDED (naming `what`) when none
 /// comes within `idle`. A broken stream is a transport error with `what` as its context.
 pub(crate) async fn next_message<T>(

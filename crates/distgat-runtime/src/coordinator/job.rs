@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use distgat_attention::{Layer, Model};
+use distgat_attention::Model;
 use distgat_graph::{attention_edge_index, read_graph, write_npy, Features, GraphFormat};
 use distgat_partition::PartitionDir;
 use distgat_proto::v1::worker_client::WorkerClient;
@@ -855,8 +855,7 @@ fn prepare(
     }
     Ok(Prepared {
         parts: manifest.parts,
-        part_restart: attention_dir.is_none()
-            && model.layers.iter().all(|l| matches!(l, Layer::Local(_))),
+        part_restart: attention_dir.is_none() && !model.has_collective_layers(),
         sink: JobSink::new(
             out_path,
             out,
@@ -953,14 +952,15 @@ async fn start_part(
     let mut r = Request::new(start);
     r.set_timeout(RPC_DEADLINE);
     if let Err(status) = client.start_job(r).await {
-        // UNAVAILABLE, or any failure after which the worker's address refuses connections
-        // (a worker killed during the call fails it with UNKNOWN "transport error"): the
-        // worker is gone. Any other answer comes from a live worker refusing the job,
-        // which a spare would refuse too.
+        // UNAVAILABLE, or a transport-level failure after which the worker's address
+        // refuses connections (a worker killed during the call fails it with UNKNOWN
+        // "transport error"): the worker is gone. A live worker's refusal of the job
+        // (INVALID_ARGUMENT and the like), which a spare would refuse too, is not probed.
         let lost = status.code() == tonic::Code::Unavailable
-            || unreachable_worker(state, assigned, p as u32)
-                .await
-                .is_some();
+            || (crate::net::transport_failure(&status)
+                && unreachable_worker(state, assigned, p as u32)
+                    .await
+                    .is_some());
         let (worker, part) = (id.clone(), p as u32);
         let detail = transport("starting the job")(status).to_string();
         return Err(if lost {

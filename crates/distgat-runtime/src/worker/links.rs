@@ -150,14 +150,7 @@ pub(super) async fn send_chunks(
 /// live receiver refusing the rows: such a send is left to a re-send to the part's
 /// replacement when rows are kept.
 pub(super) fn receiver_lost(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::Unavailable
-            | tonic::Code::Unknown
-            | tonic::Code::Cancelled
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::Internal
-    )
+    crate::net::transport_failure(status)
 }
 
 #[cfg(test)]

@@ -275,12 +275,7 @@ pub(super) fn compute_part(
     }
     // A part restarted alone starts from layer 0 while the others run on: it could never
     // rejoin a global layer's collective steps, so such jobs restart whole and keep nothing.
-    if links.keep
-        && model
-            .layers
-            .iter()
-            .any(|l| matches!(l, Layer::Global(_) | Layer::Gps(_)))
-    {
+    if links.keep && model.has_collective_layers() {
         return Err(RuntimeError::InvalidArgument(
             "keep_sent_rows: the model has global layers, whose parts cannot restart alone".into(),
         ));
