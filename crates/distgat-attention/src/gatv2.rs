@@ -87,8 +87,28 @@ impl AttentionKind for GatV2Conv {
         }
     }
 
-    #[inline(always)]
+    /// Compiled for the widest vectors the CPU has
+    /// ([`crate::kind::aggregate_rows_dispatch`]).
     fn aggregate_rows(
+        &self,
+        csr: &IncomingCsr,
+        inputs: &RowInputs<'_>,
+        rows: std::ops::Range<usize>,
+        out: &mut [f32],
+        alpha: Option<&mut [f32]>,
+        scratch: &mut Scratch,
+    ) {
+        self.aggregate_rows_dispatched(csr, inputs, rows, out, alpha, scratch)
+    }
+}
+
+crate::kind::aggregate_rows_dispatch!(GatV2Conv);
+
+impl GatV2Conv {
+    /// The row loop of [`AttentionKind::aggregate_rows`], in the portable build unless
+    /// inlined into a wider one.
+    #[inline(always)]
+    fn aggregate_rows_portable(
         &self,
         csr: &IncomingCsr,
         inputs: &RowInputs<'_>,

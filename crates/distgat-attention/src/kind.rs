@@ -235,7 +235,7 @@ pub fn aggregate_into(
     }
     let run = |(start, end, o, a): (usize, usize, &mut [f32], Option<&mut [f32]>)| {
         let mut scratch = Scratch::default();
-        with_wide_vectors(|| layer.aggregate_rows(csr, inputs, start..end, o, a, &mut scratch));
+        layer.aggregate_rows(csr, inputs, start..end, o, a, &mut scratch);
         if let Some(p) = progress {
             p.rows_done(start, o);
             p.add_entries((csr.row_ptr[end] - csr.row_ptr[start]) as u64);
@@ -247,21 +247,144 @@ pub fn aggregate_into(
     }
 }
 
-/// Runs `f` compiled for AVX2 when the CPU has it (kinds mark their row loops
-/// `#[inline(always)]` so they are compiled into this frame). The arithmetic is the same
-/// IEEE operations in the same order either way (Rust never contracts to FMA or
-/// reassociates), only wider, so both paths give the same bits.
+/// Runs `f` compiled for AVX-512 (else AVX2) when the CPU has it, for small loops that
+/// LLVM inlines into the wide frame (ELU, the global kinds' row loops); a kind's
+/// aggregation uses [`aggregate_rows_dispatch`].
+/// The arithmetic is the same IEEE operations in the same order either way (Rust never
+/// contracts to FMA or reassociates, whatever the target features), only wider, so every
+/// path gives the same bits (checked by `a_row_aggregated_alone_has_the_same_bits_as_in_a_full_pass`
+/// and `elu_in_wide_vectors_has_the_portable_bits`).
 pub fn with_wide_vectors(f: impl FnOnce()) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: `run_avx2` only requires that the CPU supports AVX2, which was detected
-        // at run time just above.
+    match vector_width() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `run_avx512` only requires that the CPU supports AVX-512F (which implies
+        // AVX2 and FMA): `vector_width` returns `Avx512` only when it was detected.
         #[allow(unsafe_code)]
-        unsafe {
-            run_avx2(f);
-        }
-        return;
+        Vectors::Avx512 => unsafe { run_avx512(f) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, `Avx2` only when AVX2 was detected.
+        #[allow(unsafe_code)]
+        Vectors::Avx2 => unsafe { run_avx2(f) },
+        _ => f(),
     }
+}
+
+/// The widest vectors this CPU has (detected at run time, cached by std), within what
+/// tests allow ([`with_widest`]).
+pub(crate) fn vector_width() -> Vectors {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let widest = widest_allowed();
+        if widest >= Vectors::Avx512 && std::arch::is_x86_feature_detected!("avx512f") {
+            return Vectors::Avx512;
+        }
+        if widest >= Vectors::Avx2 && std::arch::is_x86_feature_detected!("avx2") {
+            return Vectors::Avx2;
+        }
+    }
+    Vectors::Portable
+}
+
+/// Implements a kind's `aggregate_rows_dispatched`: its `aggregate_rows_portable` row loop
+/// (`#[inline(always)]`) compiled for AVX-512, for AVX2 and portably, the widest the CPU
+/// has chosen at run time ([`vector_width`]). A closure through [`with_wide_vectors`]
+/// would not do here: LLVM does not inline a loop this large into the wide frame.
+macro_rules! aggregate_rows_dispatch {
+    ($kind:ty) => {
+        impl $kind {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            fn aggregate_rows_avx512(
+                &self,
+                csr: &IncomingCsr,
+                inputs: &RowInputs<'_>,
+                rows: std::ops::Range<usize>,
+                out: &mut [f32],
+                alpha: Option<&mut [f32]>,
+                scratch: &mut Scratch,
+            ) {
+                self.aggregate_rows_portable(csr, inputs, rows, out, alpha, scratch)
+            }
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            fn aggregate_rows_avx2(
+                &self,
+                csr: &IncomingCsr,
+                inputs: &RowInputs<'_>,
+                rows: std::ops::Range<usize>,
+                out: &mut [f32],
+                alpha: Option<&mut [f32]>,
+                scratch: &mut Scratch,
+            ) {
+                self.aggregate_rows_portable(csr, inputs, rows, out, alpha, scratch)
+            }
+
+            fn aggregate_rows_dispatched(
+                &self,
+                csr: &IncomingCsr,
+                inputs: &RowInputs<'_>,
+                rows: std::ops::Range<usize>,
+                out: &mut [f32],
+                alpha: Option<&mut [f32]>,
+                scratch: &mut Scratch,
+            ) {
+                match $crate::kind::vector_width() {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `vector_width` returns `Avx512` only on a CPU with AVX-512F.
+                    #[allow(unsafe_code)]
+                    $crate::kind::Vectors::Avx512 => unsafe {
+                        self.aggregate_rows_avx512(csr, inputs, rows, out, alpha, scratch)
+                    },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `vector_width` returns `Avx2` only on a CPU with AVX2.
+                    #[allow(unsafe_code)]
+                    $crate::kind::Vectors::Avx2 => unsafe {
+                        self.aggregate_rows_avx2(csr, inputs, rows, out, alpha, scratch)
+                    },
+                    _ => self.aggregate_rows_portable(csr, inputs, rows, out, alpha, scratch),
+                }
+            }
+        }
+    };
+}
+pub(crate) use aggregate_rows_dispatch;
+
+/// The vector widths [`with_wide_vectors`] may choose from, narrowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Vectors {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+#[cfg(test)]
+thread_local! {
+    static WIDEST: std::cell::Cell<Vectors> = const { std::cell::Cell::new(Vectors::Avx512) };
+}
+
+#[cfg(test)]
+fn widest_allowed() -> Vectors {
+    WIDEST.with(|w| w.get())
+}
+
+#[cfg(not(test))]
+fn widest_allowed() -> Vectors {
+    Vectors::Avx512
+}
+
+/// Tests: runs `f` with [`with_wide_vectors`] on this thread limited to `widest`.
+#[cfg(test)]
+pub(crate) fn with_widest<R>(widest: Vectors, f: impl FnOnce() -> R) -> R {
+    let old = WIDEST.with(|w| w.replace(widest));
+    let r = f();
+    WIDEST.with(|w| w.set(old));
+    r
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn run_avx512(f: impl FnOnce()) {
     f()
 }
 
@@ -623,20 +746,36 @@ mod tests {
             );
             assert!(same_bits(&full, &sequential), "{}", layer.kind());
             let mut scratch = Scratch::default();
+            // The AVX2 build over all rows on this thread (the dispatched one above is
+            // AVX-512 where the CPU has it): the same bits.
+            let mut avx2 = vec![0f32; s.csr.num_nodes * ow];
+            with_widest(Vectors::Avx2, || {
+                layer.aggregate_rows(
+                    &s.csr,
+                    &inputs,
+                    0..s.csr.num_nodes,
+                    &mut avx2,
+                    None,
+                    &mut scratch,
+                )
+            });
+            assert!(same_bits(&full, &avx2), "{} (AVX2)", layer.kind());
             for i in [0, 7, 199] {
                 let mut one = vec![0f32; ow];
                 let entries = s.csr.row(i).len();
                 let mut one_alpha = vec![0f32; entries * h];
-                // The portable build, on one row: the same bits as the dispatched (AVX2)
-                // build over all rows.
-                layer.aggregate_rows(
-                    &s.csr,
-                    &inputs,
-                    i..i + 1,
-                    &mut one,
-                    Some(&mut one_alpha),
-                    &mut scratch,
-                );
+                // The portable build, on one row: the same bits as the dispatched (AVX-512
+                // or AVX2) build over all rows.
+                with_widest(Vectors::Portable, || {
+                    layer.aggregate_rows(
+                        &s.csr,
+                        &inputs,
+                        i..i + 1,
+                        &mut one,
+                        Some(&mut one_alpha),
+                        &mut scratch,
+                    )
+                });
                 assert!(
                     same_bits(&one, &full[i * ow..(i + 1) * ow]),
                     "{} row {i}",

@@ -45,10 +45,14 @@ pub enum Activation {
 }
 
 impl Activation {
-    /// Applies the activation to every value in place. ELU is [`elu`].
+    /// Applies the activation to every value in place. ELU is [`elu`], compiled for AVX2
+    /// where the CPU has it ([`crate::kind::with_wide_vectors`]: the same operations in
+    /// the same order, so the same bits, four f64 lanes instead of two).
     pub fn apply(self, values: &mut [f32]) {
         match self {
-            Activation::Elu => values.iter_mut().for_each(|v| *v = elu(*v)),
+            Activation::Elu => {
+                crate::kind::with_wide_vectors(|| values.iter_mut().for_each(|v| *v = elu(*v)))
+            }
             Activation::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
             Activation::None => {}
         }
@@ -65,7 +69,7 @@ impl Activation {
 /// 2.3x glibc's scalar `expm1f` on this machine. Method: x = k ln2 + r with |r| <= ln2/2
 /// (Cody-Waite, ln2 in two parts), expm1(r) by its Taylor series to r^13 (remainder below
 /// 2e-17 relative), expm1(x) = 2^k expm1(r) + (2^k - 1), the last term exact.
-#[inline]
+#[inline(always)]
 pub fn elu(x: f32) -> f32 {
     // fdlibm's split of ln 2: LN2_HI's low 21 mantissa bits are zero, so k * LN2_HI is exact.
     const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
@@ -1763,6 +1767,32 @@ mod tests {
             checked += 1;
         }
         assert!(checked > 1_000_000);
+    }
+
+    /// `Activation::apply` runs ELU compiled for the widest vectors the CPU has; the
+    /// portable build of the same function (this loop) must give the same bits.
+    #[test]
+    fn elu_in_wide_vectors_has_the_portable_bits() {
+        let mut bits = 0x2545_f491u32;
+        let values: Vec<f32> = (0..1 << 20)
+            .map(|_| {
+                bits ^= bits << 13;
+                bits ^= bits >> 17;
+                bits ^= bits << 5;
+                f32::from_bits(bits)
+            })
+            .chain([0.0, -0.0, -1e-45, -20.0, -18.5, f32::NEG_INFINITY, f32::NAN])
+            .collect();
+        let mut wide = values.clone();
+        super::Activation::Elu.apply(&mut wide);
+        let mut avx2 = values.clone();
+        crate::kind::with_widest(crate::kind::Vectors::Avx2, || {
+            super::Activation::Elu.apply(&mut avx2)
+        });
+        for ((x, w), a) in values.iter().zip(&wide).zip(&avx2) {
+            assert_eq!(elu(*x).to_bits(), w.to_bits(), "elu({x:e})");
+            assert_eq!(elu(*x).to_bits(), a.to_bits(), "elu({x:e}) in AVX2");
+        }
     }
 
     #[test]
