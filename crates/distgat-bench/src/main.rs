@@ -135,7 +135,8 @@ struct RunBenchArgs {
     generator: Generator,
     #[arg(long, default_value_t = 3)]
     repeats: usize,
-    /// Cores to use in all: infer gets them all, each of K workers gets cores / K (min 1)
+    /// Cores to use in all: infer gets them all, and so does each of the K workers (they
+    /// share the cores, as `distgat run` does by default)
     #[arg(long, default_value_t = 2)]
     cores: usize,
     #[arg(long)]
@@ -656,7 +657,7 @@ fn run_bench(args: RunBenchArgs) -> anyhow::Result<()> {
                         .arg("--partition")
                         .arg(&part)
                         .args(["--shard-source", source])
-                        .args(["--threads-per-worker", &(args.cores / k).max(1).to_string()])
+                        .args(["--threads-per-worker", &args.cores.to_string()])
                         .arg("--summary-json")
                         .arg(&summary),
                 )?);

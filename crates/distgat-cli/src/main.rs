@@ -490,9 +490,9 @@ struct RunArgs {
     /// Also write per layer layer{k}_alpha.npy [E', H] and layer{k}_att_edge_index.npy [2, E'] (PyG edge order)
     #[arg(long, value_name = "DIR")]
     attention_dir: Option<PathBuf>,
-    /// Kernel threads per worker (at least 1)
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    threads_per_worker: u64,
+    /// Kernel threads per worker (at least 1) [default: this machine's cores; the workers share them, so a part waiting for halo rows leaves the cores to the parts still computing]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    threads_per_worker: Option<u64>,
     /// Write the job summary (per worker and layer: times, rows and halo bytes; per worker the shard source, shard cache use and bytes streamed) as JSON
     #[arg(long, value_name = "S.json")]
     summary_json: Option<PathBuf>,
@@ -1553,7 +1553,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         partition: args.partition,
         method: args.method.map(|m| method_of(m, 0)),
         attention_dir: args.attention_dir,
-        threads_per_worker: args.threads_per_worker as usize,
+        threads_per_worker: args.threads_per_worker.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |t| t as usize,
+        ),
         // This command starts every process on this machine: they share its files.
         shard_source: args
             .shard_source
