@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--parts", type=int, default=0, help="number of parts; 0 = one per worker")
     p.add_argument("--method", default="", help="metis | random | range; empty = metis")
-    p.add_argument("--threads-per-worker", type=int, default=0, help="0 = the worker's default")
+    p.add_argument("--threads-per-worker", type=int, default=0, help="0 = all of each worker's cores")
     p.add_argument(
         "--attention",
         action="store_true",

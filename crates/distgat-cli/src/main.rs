@@ -426,9 +426,9 @@ struct SubmitArgs {
     /// Keep attention coefficients (for `distgat explain`)
     #[arg(long)]
     attention: bool,
-    /// Kernel threads per worker (at least 1)
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    threads_per_worker: u32,
+    /// Kernel threads per worker (at least 1; capped at each worker's cores) [default: all of each worker's cores]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    threads_per_worker: Option<u32>,
     /// Where the workers get their inputs: stream (from the coordinator) or shared (they open the coordinator's paths) [default: the coordinator's --shard-source]
     #[arg(long, value_name = "SOURCE")]
     shard_source: Option<ShardSourceArg>,
@@ -1230,7 +1230,8 @@ async fn submit(mut client: distgat_client::Client, args: SubmitArgs) -> anyhow:
             model: args.model,
             normalize_features: matches!(args.normalize_features, Some(NormalizeArg::Row)),
             attention: args.attention,
-            threads_per_worker: args.threads_per_worker,
+            // 0: all of each worker's cores (the API's default).
+            threads_per_worker: args.threads_per_worker.unwrap_or(0),
             shard_source: args
                 .shard_source
                 .map(|s| s.0.name().to_string())

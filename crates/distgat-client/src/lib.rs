@@ -237,6 +237,7 @@ pub struct Submit {
     pub model: String,
     pub normalize_features: bool,
     pub attention: bool,
+    /// Kernel threads per worker; 0 (the default): all of each worker's cores.
     pub threads_per_worker: u32,
     /// "stream" or "shared" (where the workers get their inputs); empty: the
     /// coordinator's default.

@@ -174,7 +174,7 @@ async fn register_neighbourhood(
         spec: Some(convert::neighbour_spec_of(&rule, &options)),
         out: edges_tmp.display().to_string(),
         parts: req.parts,
-        threads_per_worker: req.threads_per_worker.max(1),
+        threads_per_worker: req.threads_per_worker,
         assignment_out: assignment_tmp.display().to_string(),
         keep_parts: false,
     };
@@ -576,7 +576,7 @@ pub async fn submit_job(state: &Arc<State>, req: SubmitJobRequest) -> Result<Job
         model: model_path,
         normalize_features: req.normalize_features,
         attention: req.attention,
-        threads_per_worker: req.threads_per_worker.max(1),
+        threads_per_worker: req.threads_per_worker,
         shard_source: shard_source.name().to_string(),
     };
     let out_dir = state.storage.work_dir.join("jobs").join(&id);

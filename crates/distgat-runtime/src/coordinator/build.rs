@@ -194,7 +194,7 @@ pub(crate) async fn build_neighbours(
                     address: address.clone(),
                 })
                 .collect(),
-            threads: req.threads_per_worker.max(1),
+            threads: req.threads_per_worker,
             keep: req.keep_parts,
             counts_only,
         };

@@ -252,10 +252,7 @@ async fn run_part(
     slot.send_replace(Some(own.clone()));
     let receive_ms = t.elapsed().as_secs_f64() * 1e3;
 
-    let threads = (header.threads as usize).clamp(
-        1,
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-    );
+    let threads = super::part::kernel_threads(header.threads);
     options.execution = if threads > 1 {
         Execution::Parallel
     } else {

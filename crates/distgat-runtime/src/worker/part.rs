@@ -163,6 +163,15 @@ fn max_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// The kernel threads for a request's `threads`: 0 (the API's default) is all of this
+/// machine's cores; more than the cores is capped at them.
+pub(super) fn kernel_threads(requested: u32) -> usize {
+    match requested {
+        0 => max_threads(),
+        t => (t as usize).clamp(1, max_threads()),
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -281,7 +290,7 @@ pub(super) fn compute_part(
         ));
     }
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads((req.threads as usize).clamp(1, max_threads()))
+        .num_threads(kernel_threads(req.threads))
         .build()
         .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))?;
     let splits: HashMap<bool, RowSplit> = model
@@ -1528,5 +1537,19 @@ fn aggregate_subset(
         {
             alpha.push((keys.to_vec(), vals.to_vec()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{kernel_threads, max_threads};
+
+    /// 0 (the API's default) is every core; a request is capped at the cores and never 0.
+    #[test]
+    fn zero_threads_means_every_core_and_requests_are_capped() {
+        let cores = max_threads();
+        assert_eq!(kernel_threads(0), cores);
+        assert_eq!(kernel_threads(1), 1);
+        assert_eq!(kernel_threads(u32::MAX), cores);
     }
 }
