@@ -87,24 +87,13 @@ impl AttentionKind for GatV2Conv {
         }
     }
 
-    /// Compiled for the widest vectors the CPU has
-    /// ([`crate::kind::aggregate_rows_dispatch`]).
-    fn aggregate_rows(
-        &self,
-        csr: &IncomingCsr,
-        inputs: &RowInputs<'_>,
-        rows: std::ops::Range<usize>,
-        out: &mut [f32],
-        alpha: Option<&mut [f32]>,
-        scratch: &mut Scratch,
-    ) {
-        self.aggregate_rows_dispatched(csr, inputs, rows, out, alpha, scratch)
-    }
+    // In the widest build the CPU has.
+    crate::kind::aggregate_rows_dispatch!();
 }
 
-crate::kind::aggregate_rows_dispatch!(GatV2Conv);
-
 impl GatV2Conv {
+    crate::kind::wide_aggregate_builds!();
+
     /// The row loop of [`AttentionKind::aggregate_rows`], in the portable build unless
     /// inlined into a wider one.
     #[inline(always)]

@@ -288,70 +288,69 @@ pub(crate) fn vector_width() -> Vectors {
     Vectors::Portable
 }
 
-/// Implements a kind's `aggregate_rows_dispatched`: its `aggregate_rows_portable` row loop
-/// (`#[inline(always)]`) compiled for AVX-512, for AVX2 and portably, the widest the CPU
-/// has chosen at run time ([`vector_width`]). A closure through [`with_wide_vectors`]
-/// would not do here: LLVM does not inline a loop this large into the wide frame.
+/// Implements [`AttentionKind::aggregate_rows`] (invoked inside a kind's `impl
+/// AttentionKind`): the kind's `aggregate_rows_portable` row loop (`#[inline(always)]`) in
+/// the widest build the CPU has, chosen at run time ([`vector_width`]) among those that
+/// [`wide_aggregate_builds`] adds. A closure through [`with_wide_vectors`] would not do
+/// here: LLVM does not inline a loop this large into the wide frame.
 macro_rules! aggregate_rows_dispatch {
-    ($kind:ty) => {
-        impl $kind {
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f")]
-            fn aggregate_rows_avx512(
-                &self,
-                csr: &IncomingCsr,
-                inputs: &RowInputs<'_>,
-                rows: std::ops::Range<usize>,
-                out: &mut [f32],
-                alpha: Option<&mut [f32]>,
-                scratch: &mut Scratch,
-            ) {
-                self.aggregate_rows_portable(csr, inputs, rows, out, alpha, scratch)
-            }
-
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2")]
-            fn aggregate_rows_avx2(
-                &self,
-                csr: &IncomingCsr,
-                inputs: &RowInputs<'_>,
-                rows: std::ops::Range<usize>,
-                out: &mut [f32],
-                alpha: Option<&mut [f32]>,
-                scratch: &mut Scratch,
-            ) {
-                self.aggregate_rows_portable(csr, inputs, rows, out, alpha, scratch)
-            }
-
-            fn aggregate_rows_dispatched(
-                &self,
-                csr: &IncomingCsr,
-                inputs: &RowInputs<'_>,
-                rows: std::ops::Range<usize>,
-                out: &mut [f32],
-                alpha: Option<&mut [f32]>,
-                scratch: &mut Scratch,
-            ) {
-                match $crate::kind::vector_width() {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `vector_width` returns `Avx512` only on a CPU with AVX-512F.
-                    #[allow(unsafe_code)]
-                    $crate::kind::Vectors::Avx512 => unsafe {
-                        self.aggregate_rows_avx512(csr, inputs, rows, out, alpha, scratch)
-                    },
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `vector_width` returns `Avx2` only on a CPU with AVX2.
-                    #[allow(unsafe_code)]
-                    $crate::kind::Vectors::Avx2 => unsafe {
-                        self.aggregate_rows_avx2(csr, inputs, rows, out, alpha, scratch)
-                    },
-                    _ => self.aggregate_rows_portable(csr, inputs, rows, out, alpha, scratch),
+    () => {
+        fn aggregate_rows(
+            &self,
+            csr: &IncomingCsr,
+            inputs: &RowInputs<'_>,
+            rows: std::ops::Range<usize>,
+            out: &mut [f32],
+            alpha: Option<&mut [f32]>,
+            scratch: &mut Scratch,
+        ) {
+            let args = (csr, inputs, rows, out, alpha, scratch);
+            match $crate::kind::vector_width() {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `vector_width` returns `Avx512` only on a CPU with AVX-512F.
+                #[allow(unsafe_code)]
+                $crate::kind::Vectors::Avx512 => unsafe { self.aggregate_rows_avx512(args) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `vector_width` returns `Avx2` only on a CPU with AVX2.
+                #[allow(unsafe_code)]
+                $crate::kind::Vectors::Avx2 => unsafe { self.aggregate_rows_avx2(args) },
+                _ => {
+                    let (csr, inputs, rows, out, alpha, scratch) = args;
+                    self.aggregate_rows_portable(csr, inputs, rows, out, alpha, scratch)
                 }
             }
         }
     };
 }
 pub(crate) use aggregate_rows_dispatch;
+
+/// The arguments of [`AttentionKind::aggregate_rows`], passed on to a wide build.
+pub(crate) type AggregateArgs<'a, 'i> = (
+    &'a IncomingCsr,
+    &'a RowInputs<'i>,
+    std::ops::Range<usize>,
+    &'a mut [f32],
+    Option<&'a mut [f32]>,
+    &'a mut Scratch,
+);
+
+/// Adds a kind's AVX-512F and AVX2 builds of its `aggregate_rows_portable` (invoked inside
+/// the kind's inherent `impl`), for [`aggregate_rows_dispatch`].
+macro_rules! wide_aggregate_builds {
+    () => {
+        $crate::kind::wide_aggregate_builds!(aggregate_rows_avx512, "avx512f");
+        $crate::kind::wide_aggregate_builds!(aggregate_rows_avx2, "avx2");
+    };
+    ($name:ident, $feature:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feature)]
+        fn $name(&self, args: $crate::kind::AggregateArgs<'_, '_>) {
+            let (csr, inputs, rows, out, alpha, scratch) = args;
+            self.aggregate_rows_portable(csr, inputs, rows, out, alpha, scratch)
+        }
+    };
+}
+pub(crate) use wide_aggregate_builds;
 
 /// The vector widths [`with_wide_vectors`] may choose from, narrowest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
