@@ -134,7 +134,7 @@ pub struct ModelOutput {
 /// `edge_dim` (check with [`Model::check_edge_features`] first). `progress` is told as each
 /// layer starts and as its entries are aggregated, for progress reporting (a global layer
 /// counts its N query rows as its entries). Global layers run through
-/// [`GlobalKind::forward`] and need no graph ([`Topology::without_graph`]); with
+/// [`crate::global::GlobalKind::forward`] and need no graph ([`Topology::without_graph`]); with
 /// `report_approximation`, each approximating global layer also runs exactly on the same
 /// input and its error goes into [`LayerTiming::approximation_error`].
 #[allow(clippy::too_many_arguments)]

@@ -250,7 +250,7 @@ pub fn aggregate_into(
 /// Runs `f` inside a frame compiled for AVX-512 (else AVX2) when the CPU has it. Only what
 /// LLVM inlines into that frame is built wide: a small closure such as ELU's is (3x
 /// faster, measured); a large one may stay a call to its portable build, which is why a
-/// kind's aggregation uses [`aggregate_rows_dispatch`] instead.
+/// kind's aggregation uses `aggregate_rows_dispatch!` instead.
 ///
 /// The arithmetic is the same IEEE operations in the same order either way (Rust never
 /// contracts to FMA or reassociates, whatever the target features), only wider, so every
