@@ -926,7 +926,8 @@ async fn start_part(
         normalize_rows: req.normalize_rows,
         feature_min: ctx.feature_min,
         want_attention: !req.attention_dir.is_empty(),
-        threads: req.threads_per_worker.max(1),
+        // 0: all of each worker's cores (the worker's `kernel_threads`).
+        threads: req.threads_per_worker,
         worker_id: id.clone(),
         build_id: req.build_id.clone(),
         num_nodes: ctx.kept_nodes,

@@ -261,6 +261,7 @@ pub(super) fn compute_part(
             part = req.part,
             shard = inputs.origin.name(),
             ms = ms(t.elapsed()),
+            threads = kernel_threads(req.threads),
             "part inputs ready"
         );
         inputs
