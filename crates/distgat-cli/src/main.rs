@@ -1554,10 +1554,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         partition: args.partition,
         method: args.method.map(|m| method_of(m, 0)),
         attention_dir: args.attention_dir,
-        threads_per_worker: args.threads_per_worker.map_or_else(
-            || std::thread::available_parallelism().map_or(1, |n| n.get()),
-            |t| t as usize,
-        ),
+        // 0: all of each worker's cores (the worker decides, as for a submitted job).
+        threads_per_worker: args.threads_per_worker.map_or(0, |t| t as usize),
         // This command starts every process on this machine: they share its files.
         shard_source: args
             .shard_source

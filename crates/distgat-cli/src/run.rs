@@ -51,6 +51,7 @@ pub struct RunConfig {
     /// recursive coordinate bisection, no METIS) for a neighbourhood built from points.
     pub method: Option<Method>,
     pub attention_dir: Option<PathBuf>,
+    /// Kernel threads per worker; 0: all of each worker's cores.
     pub threads_per_worker: usize,
     /// Where the workers get their inputs.
     pub shard_source: distgat_runtime::ShardSource,
