@@ -515,6 +515,17 @@ fn a_reused_partition_refuses_features_other_than_its_shards() {
         "{stderr}"
     );
     assert!(!out.exists());
+    // The check runs beside the job: whichever ends first, nothing half-written is left.
+    for dir in [tmp.path(), att.as_path()] {
+        let partial: Vec<_> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("partial") || n.starts_with("layer"))
+            .collect();
+        assert!(partial.is_empty(), "left behind in {dir:?}: {partial:?}");
+    }
 }
 
 #[test]

@@ -73,20 +73,24 @@ impl Features {
     /// returns `(N, F, the smallest value)` (`+inf` when there are none). `what` names the
     /// file in errors ("features", "edge features").
     pub fn scan(path: &Path, what: &str) -> Result<(usize, usize, f32)> {
-        let shape = shape_of(what);
-        let body = Self::open_matrix(path, what, shape)?;
-        let (n, f) = (body.shape[0] as usize, body.shape[1] as usize);
-        if body.fortran_order {
-            let all = Self::read_matrix(path, what, shape)?;
-            return Ok((n, f, all.min_value()));
-        }
+        let blocks = Self::blocks(path, what)?;
+        let (n, f) = (blocks.num_rows(), blocks.width());
         let mut min = f32::INFINITY;
-        body.for_each_f32_block(path, f, |first, values| {
-            check_finite(path, what, first, f, values)?;
+        blocks.for_each(|_, values| {
             min = values.iter().copied().fold(min, f32::min);
-            Ok(true)
+            Ok(())
         })?;
         Ok((n, f, min))
+    }
+
+    /// Opens a float32 or float64 `[N, F]` `.npy` (`[E, D]` when `what` names edge
+    /// features) to be read block by block with [`FeatureBlocks::for_each`]: the shape
+    /// and dtype are checked here, every value's finiteness as it is read, with the errors
+    /// of [`Features::read_npy`]. `what` names the file in errors ("features", "edge
+    /// features").
+    pub fn blocks<'p>(path: &'p Path, what: &'p str) -> Result<FeatureBlocks<'p>> {
+        let body = Self::open_matrix(path, what, shape_of(what))?;
+        Ok(FeatureBlocks { path, what, body })
     }
 
     /// The rows `ids` (any order, repeats allowed, each below N) of a float32 or float64
@@ -205,6 +209,44 @@ impl Features {
 }
 
 /// The shape description of a matrix file named `what` in errors.
+/// A features file being read in blocks of whole rows (from [`Features::blocks`]): the
+/// memory is one block of about 16 MiB whatever the file's size (a Fortran-order file is
+/// read whole and transposed, as [`Features::read_npy`] does).
+pub struct FeatureBlocks<'p> {
+    path: &'p Path,
+    what: &'p str,
+    body: NpyBody,
+}
+
+impl FeatureBlocks<'_> {
+    /// N (rows).
+    pub fn num_rows(&self) -> usize {
+        self.body.shape[0] as usize
+    }
+
+    /// F (values per row).
+    pub fn width(&self) -> usize {
+        self.body.shape[1] as usize
+    }
+
+    /// Calls `f(first_row, values)` on consecutive blocks of whole rows (row-major f32,
+    /// float64 rounded to nearest), in row order, each after its values were checked
+    /// finite; stops at the first error, of the file or of `f`.
+    pub fn for_each(self, mut f: impl FnMut(usize, &[f32]) -> Result<()>) -> Result<()> {
+        let (path, what) = (self.path, self.what);
+        let width = self.width();
+        if self.body.fortran_order {
+            let all = Features::read_matrix(path, what, shape_of(what))?;
+            return f(0, &all.values);
+        }
+        self.body.for_each_f32_block(path, width, |first, values| {
+            check_finite(path, what, first, width, values)?;
+            f(first, values)?;
+            Ok(true)
+        })
+    }
+}
+
 fn shape_of(what: &str) -> &'static str {
     if what.contains("edge") {
         "[E, D]"

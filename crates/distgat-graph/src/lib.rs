@@ -16,7 +16,7 @@ pub mod reorder;
 pub use csr::{attention_edge_index, IncomingCsr};
 pub use edges::{read_graph, EdgeList, GraphFormat};
 pub use error::{GraphError, Result};
-pub use features::{Features, Normalization};
+pub use features::{FeatureBlocks, Features, Normalization};
 pub use files::read_regular_file;
 #[cfg(unix)]
 pub use npy::NpyRowsFile;

@@ -119,6 +119,46 @@ pub fn features_fingerprint(features: &Features) -> String {
     h.finalize().to_hex().to_string()
 }
 
+/// What [`features_file_fingerprint`] learns in its pass over a features file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeaturesScan {
+    /// [`features_fingerprint`] of the file's matrix.
+    pub fingerprint: String,
+    /// `[num_nodes, width]`.
+    pub num_nodes: usize,
+    pub width: usize,
+    /// The smallest value (`+inf` when there are none), for row normalisation.
+    pub min_value: f32,
+}
+
+/// [`features_fingerprint`] of the float32 or float64 `[N, F]` `.npy` at `path`, without
+/// holding it: one pass of bounded memory (about 16 MiB blocks) with the checks and errors
+/// of [`Features::read_npy`] (`what` names the file in them: "features", "edge features").
+/// Equal to `features_fingerprint(&Features::read_npy(path)?)` since BLAKE3 digests a
+/// stream the same however it is split.
+pub fn features_file_fingerprint(path: &Path, what: &str) -> Result<FeaturesScan> {
+    let blocks = Features::blocks(path, what)?;
+    let (num_nodes, width) = (blocks.num_rows(), blocks.width());
+    let mut h = blake3::Hasher::new();
+    h.update(b"distgat-features-v1");
+    h.update(&(num_nodes as u64).to_le_bytes());
+    h.update(&(width as u64).to_le_bytes());
+    let mut min_value = f32::INFINITY;
+    blocks.for_each(|_, values| {
+        min_value = values.iter().copied().fold(min_value, f32::min);
+        hash_le(&mut h, values, |v, out| {
+            out.extend_from_slice(&v.to_le_bytes())
+        });
+        Ok(())
+    })?;
+    Ok(FeaturesScan {
+        fingerprint: h.finalize().to_hex().to_string(),
+        num_nodes,
+        width,
+        min_value,
+    })
+}
+
 /// Feeds `values` to `h` as their little-endian bytes. On a little-endian machine that is
 /// their memory, hashed in place on rayon's threads (BLAKE3 is a tree hash: the digest does
 /// not depend on how the input is split); elsewhere each value is converted (`le`) first.
@@ -778,5 +818,95 @@ impl PartitionDir {
             features,
             edge_attr,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `.npy` with a hand-written header (for float64 and Fortran order).
+    fn raw_npy(path: &Path, descr: &str, fortran: bool, shape: (usize, usize), body: &[u8]) {
+        let dict = format!(
+            "{{'descr': '{descr}', 'fortran_order': {}, 'shape': ({}, {}), }}",
+            if fortran { "True" } else { "False" },
+            shape.0,
+            shape.1
+        );
+        let mut header = dict.into_bytes();
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(b' ');
+        }
+        header.push(b'\n');
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(body);
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn file_fingerprint_equals_the_fingerprint_of_the_whole_matrix() {
+        let dir = tempfile::tempdir().unwrap();
+        // Rows of just over 8 MiB: the streaming pass reads one row per block, so it
+        // crosses block boundaries.
+        let (n, f) = (3usize, (1usize << 21) + 3);
+        let values: Vec<f32> = (0..n * f).map(|i| (i % 1013) as f32 * 0.25 - 7.0).collect();
+        let c32 = dir.path().join("c32.npy");
+        write_npy(&c32, &[n as u64, f as u64], &values).unwrap();
+        let c64 = dir.path().join("c64.npy");
+        let bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|&v| (v as f64).to_le_bytes())
+            .collect();
+        raw_npy(&c64, "<f8", false, (n, f), &bytes);
+        // Fortran order: column-major bytes of the same matrix.
+        let (fn_, ff) = (5usize, 3usize);
+        let small: Vec<f32> = (0..fn_ * ff).map(|i| i as f32 - 4.5).collect();
+        let fortran = dir.path().join("fortran.npy");
+        let column_major: Vec<u8> = (0..ff)
+            .flat_map(|c| (0..fn_).map(move |r| (r, c)))
+            .flat_map(|(r, c)| small[r * ff + c].to_le_bytes())
+            .collect();
+        raw_npy(&fortran, "<f4", true, (fn_, ff), &column_major);
+
+        for (path, rows, width, min) in [
+            (&c32, n, f, -7.0f32),
+            (&c64, n, f, -7.0),
+            (&fortran, fn_, ff, -4.5),
+        ] {
+            let whole = Features::read_npy(path).unwrap();
+            let scan = features_file_fingerprint(path, "features").unwrap();
+            assert_eq!(scan.fingerprint, features_fingerprint(&whole), "{path:?}");
+            assert_eq!((scan.num_nodes, scan.width), (rows, width));
+            assert_eq!(scan.min_value, min);
+        }
+        // Another value gives another fingerprint.
+        let mut changed = values.clone();
+        changed[n * f - 1] += 1.0;
+        let c32b = dir.path().join("c32b.npy");
+        write_npy(&c32b, &[n as u64, f as u64], &changed).unwrap();
+        assert_ne!(
+            features_file_fingerprint(&c32b, "features")
+                .unwrap()
+                .fingerprint,
+            features_file_fingerprint(&c32, "features")
+                .unwrap()
+                .fingerprint
+        );
+    }
+
+    #[test]
+    fn file_fingerprint_names_the_first_bad_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.npy");
+        write_npy(&path, &[2, 3], &[0.0f32, 1.0, 2.0, 3.0, f32::NAN, 5.0]).unwrap();
+        let err = features_file_fingerprint(&path, "features")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("x.npy") && err.contains("row 1, column 1"),
+            "{err}"
+        );
     }
 }

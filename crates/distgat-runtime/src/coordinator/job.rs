@@ -272,6 +272,11 @@ pub struct LayerSummary {
     pub halo_bytes_planned: u64,
 }
 
+/// The result of a blocking task that returns a [`Result`].
+fn joined(r: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
+    r.map_err(|e| RuntimeError::Io(std::io::Error::other(e)))?
+}
+
 fn required<'a>(value: &'a str, field: &str) -> Result<&'a str> {
     if value.is_empty() {
         Err(RuntimeError::InvalidArgument(format!("{field} is empty")))
@@ -341,7 +346,12 @@ async fn run_job_inner(
         edge_indexes,
         features_path,
         edge_features_path,
+        features_check,
     } = prepared;
+    // The features file's check runs beside the job; its failure stops the job, and the
+    // output is committed only after it passed.
+    let mut features_check =
+        features_check.map(|check| tokio::task::spawn_blocking(move || check.run().map(|_| ())));
     sink.progress = record.cloned();
     let sink = Arc::new(sink);
 
@@ -421,7 +431,23 @@ async fn run_job_inner(
             keep_sent_rows,
             record,
         };
-        let outcome = drive(&ctx, &mut assigned, &mut recoveries, &cancelled).await;
+        let outcome = {
+            let attempt = drive(&ctx, &mut assigned, &mut recoveries, &cancelled);
+            tokio::pin!(attempt);
+            loop {
+                tokio::select! {
+                    outcome = &mut attempt => break outcome,
+                    checked = async { features_check.as_mut().expect("guarded").await },
+                        if features_check.is_some() =>
+                    {
+                        features_check = None;
+                        if let Err(e) = joined(checked) {
+                            break Err(AttemptFailure::Other(e));
+                        }
+                    }
+                }
+            }
+        };
         let failure = match outcome {
             Ok(()) => {
                 lock(&state.jobs).remove(&attempt_id);
@@ -505,6 +531,12 @@ async fn run_job_inner(
         // failure never sees them.
         drop(released(sink).await);
         return Err(error);
+    }
+    if let Some(check) = features_check {
+        if let Err(e) = joined(check.await) {
+            drop(released(sink).await);
+            return Err(e);
+        }
     }
     let sink = released(sink).await.ok_or_else(|| {
         RuntimeError::Io(std::io::Error::other(
@@ -693,6 +725,7 @@ fn prepare_kept(
         edge_indexes: Vec::new(),
         features_path: Some(features_path),
         edge_features_path: None,
+        features_check: None,
     })
 }
 
@@ -710,6 +743,34 @@ struct Prepared {
     /// file (when the model needs edge attributes the shards do not carry).
     features_path: Option<PathBuf>,
     edge_features_path: Option<PathBuf>,
+    /// The job's features file, still to be checked against the shards' feature rows
+    /// (while the parts run; before the output is committed).
+    features_check: Option<FeaturesCheck>,
+}
+
+/// A features file named with a partition whose shards carry feature rows: it must be the
+/// file they were made from, or its rows would be silently ignored.
+struct FeaturesCheck {
+    path: PathBuf,
+    /// What the manifest recorded.
+    fingerprint: String,
+    partitioned: String,
+}
+
+impl FeaturesCheck {
+    /// Checks the file in one streaming pass; returns its smallest value.
+    fn run(&self) -> Result<f32> {
+        let scan = distgat_partition::features_file_fingerprint(&self.path, "features")?;
+        if scan.fingerprint != self.fingerprint {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "features: {} differs from the features the partition's shards carry ({}); \
+                 repartition with these features, or run without naming a features file",
+                self.path.display(),
+                self.partitioned
+            )));
+        }
+        Ok(scan.min_value)
+    }
 }
 
 fn prepare(
@@ -766,33 +827,24 @@ fn prepare(
         .check_edge_features("edge_features (--edge-features)", edge_width)
         .map_err(|e| RuntimeError::InvalidArgument(e.to_string()))?;
     // Shards that carry feature rows are what the workers use: a features file given
-    // with them must be the one they were made from (else its rows would be ignored).
+    // with them must be the one they were made from (else its rows would be ignored). One
+    // streaming pass checks it, without holding the matrix; unless row normalisation needs
+    // the minimum first, it runs while the workers load their shards.
     let given = (!req.features.is_empty()).then(|| PathBuf::from(&req.features));
-    let read = match (&given, manifest.features_in_shards) {
-        (Some(p), true) => Some(Features::read_npy(p)?),
+    let features_check = match (&given, manifest.features_in_shards, &manifest.features) {
+        (Some(p), true, Some(info)) => Some(FeaturesCheck {
+            path: p.clone(),
+            fingerprint: info.fingerprint.clone(),
+            partitioned: info.path.clone(),
+        }),
         _ => None,
     };
-    if let (Some(f), Some(p), true, Some(info)) = (
-        &read,
-        &given,
-        manifest.features_in_shards,
-        manifest.features.as_ref(),
-    ) {
-        if distgat_partition::features_fingerprint(f) != info.fingerprint {
-            return Err(RuntimeError::InvalidArgument(format!(
-                "features: {} differs from the features the partition's shards carry ({}); \
-                 repartition with these features, or run without naming a features file",
-                p.display(),
-                info.path
-            )));
-        }
-    }
-    let feature_min = match (&read, &features_path, req.normalize_rows) {
-        (_, _, false) => 0.0,
-        (Some(f), _, true) => f.min_value(),
+    let (features_check, feature_min) = match (features_check, &features_path) {
+        (check, _) if !req.normalize_rows => (check, 0.0),
+        (Some(check), _) => (None, check.run()?),
         // One bounded-memory pass (every value checked finite), not the whole file held.
-        (None, Some(p), true) => Features::scan(p, "features")?.2,
-        (None, None, true) => 0.0,
+        (None, Some(p)) => (None, Features::scan(p, "features")?.2),
+        (None, None) => (None, 0.0),
     };
     let width = model.out_width();
     let (out, header_len) = presized(out_path, "<f4", &[n as u64, width as u64], 4)?;
@@ -872,6 +924,7 @@ fn prepare(
             (Some(p), None) if model.edge_dim().is_some() => Some(p.clone()),
             _ => None,
         },
+        features_check,
     })
 }
 
