@@ -141,6 +141,11 @@ fn run(
         phase("job") >= summary["seconds"].as_f64().unwrap(),
         "{secs}"
     );
+    // Without --threads-per-worker, every worker computes on all the cores it may use.
+    let cores = std::thread::available_parallelism().unwrap().get() as u64;
+    for w in summary["workers"].as_array().unwrap() {
+        assert_eq!(w["threads"].as_u64(), Some(cores), "{w}");
+    }
     (files(&out, &att), summary)
 }
 

@@ -59,6 +59,9 @@ fn compare(points: &Path, x: &Path, model: &Path, rule: &[&str], workers: &[usiz
         // workers that built them.
         if w != 2 {
             args.extend_from_slice(&["--neighbours-out", s(&edges)]);
+        } else {
+            // One kernel thread each: the same bits, and the summary says so.
+            args.extend_from_slice(&["--threads-per-worker", "1"]);
         }
         args.extend_from_slice(&["--summary-json", s(&summary)]);
         ok(&distgat(&args), &format!("distgat run --workers {w}"));
@@ -82,8 +85,11 @@ fn compare(points: &Path, x: &Path, model: &Path, rule: &[&str], workers: &[usiz
         assert_eq!(parts.len(), w);
         // The job ran on the parts where they were built: no partition, no shard.
         assert_eq!(summary["neighbourhood"]["kept"], true, "{summary}");
+        let cores = std::thread::available_parallelism().unwrap().get() as u64;
         for worker in summary["workers"].as_array().unwrap() {
             assert_eq!(worker["shard_cache"], "kept", "{worker}");
+            let threads = if w == 2 { 1 } else { cores };
+            assert_eq!(worker["threads"].as_u64(), Some(threads), "{worker}");
         }
         for p in parts {
             let (fetched, needed) = (p["bytes_fetched"].as_u64(), p["bytes_needed"].as_u64());

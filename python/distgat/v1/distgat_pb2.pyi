@@ -399,12 +399,14 @@ class LayerStats(_message.Message):
     def __init__(self, layer: _Optional[int] = ..., compute_ms: _Optional[float] = ..., wait_ms: _Optional[float] = ..., send_ms: _Optional[float] = ..., rows_sent: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_planned: _Optional[int] = ...) -> None: ...
 
 class WorkerStats(_message.Message):
-    __slots__ = ("layers", "shard_cache")
+    __slots__ = ("layers", "shard_cache", "threads")
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     SHARD_CACHE_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
     layers: _containers.RepeatedCompositeFieldContainer[LayerStats]
     shard_cache: str
-    def __init__(self, layers: _Optional[_Iterable[_Union[LayerStats, _Mapping]]] = ..., shard_cache: _Optional[str] = ...) -> None: ...
+    threads: int
+    def __init__(self, layers: _Optional[_Iterable[_Union[LayerStats, _Mapping]]] = ..., shard_cache: _Optional[str] = ..., threads: _Optional[int] = ...) -> None: ...
 
 class RegisterGraphRequest(_message.Message):
     __slots__ = ("name", "graph", "graph_format", "features", "edge_features", "neighbourhood", "points", "parts", "threads_per_worker")

@@ -254,6 +254,8 @@ pub struct WorkerSummary {
     /// "shared" (read by path), "fetched" (streamed), "cached" (the worker's cache held
     /// the shard: no shard byte sent), "refetched" (its cache entry was corrupt).
     pub shard_cache: String,
+    /// Kernel threads the part computed with (0 when the worker did not report).
+    pub threads: u32,
     /// Stream only: shard file bytes sent to this worker, and the bytes of its other
     /// inputs (model files, feature rows, edge attribute rows).
     pub shard_bytes_streamed: u64,
@@ -591,6 +593,7 @@ async fn run_job_inner(
                 .get(&(p as u32))
                 .map(|s| s.shard_cache.clone())
                 .unwrap_or_default(),
+            threads: done.get(&(p as u32)).map_or(0, |s| s.threads),
             shard_bytes_streamed: inputs
                 .as_ref()
                 .map_or(0, |i| i.shard_bytes[p].load(Ordering::Relaxed)),

@@ -423,6 +423,7 @@ pub(super) fn compute_part(
         Body::Stats(WorkerStats {
             layers: stats,
             shard_cache: origin.name().to_string(),
+            threads: part.pool.current_num_threads() as u32,
         }),
     )
 }
