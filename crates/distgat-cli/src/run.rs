@@ -522,6 +522,9 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
                 .to_string()
         },
         shard_source: config.shard_source.name().to_string(),
+        // Its workers share this machine: with shared paths they write their output rows
+        // into the coordinator's file themselves (no row crosses a socket).
+        workers_write_output: config.shard_source == distgat_runtime::ShardSource::Shared,
         threads_per_worker: config.threads_per_worker as u32,
         edge_features: config
             .edge_features

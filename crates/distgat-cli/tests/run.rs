@@ -141,6 +141,8 @@ fn run(
         phase("job") >= summary["seconds"].as_f64().unwrap(),
         "{secs}"
     );
+    // Its workers share the machine and the files: they write their rows themselves.
+    assert_eq!(summary["output_rows"], "written", "{summary}");
     // Without --threads-per-worker, every worker computes on all the cores it may use.
     let cores = std::thread::available_parallelism().unwrap().get() as u64;
     for w in summary["workers"].as_array().unwrap() {

@@ -243,6 +243,7 @@ fn workers_without_the_coordinators_files_compute_infers_bytes() {
         "Cora streamed differs from distgat infer"
     );
     assert_eq!(s["shard_source"], "stream", "{s}");
+    assert_eq!(s["output_rows"], "sent", "{s}");
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(cora_part.join("manifest.json")).unwrap())
             .unwrap();
@@ -410,6 +411,29 @@ fn workers_without_the_coordinators_files_compute_infers_bytes() {
         .err()
         .unwrap();
     assert!(err.contains("shard_source") && err.contains("nfs"), "{err}");
+    // Workers that are sent their shards may not see the coordinator's files: writing its
+    // output file themselves is refused by name (before any file is made).
+    let out = work.join("c6.npy");
+    let err = run_job(
+        &addr,
+        RunJobRequest {
+            partition_dir: cora_part.display().to_string(),
+            model: cora_model.display().to_string(),
+            features: cora_x.display().to_string(),
+            normalize_rows: true,
+            out: out.display().to_string(),
+            shard_source: "stream".into(),
+            workers_write_output: true,
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.contains("workers_write_output") && err.contains("\"stream\""),
+        "{err}"
+    );
+    assert!(!out.exists());
 }
 
 /// `distgat run --shard-source shared` (workers open the files) and `stream` give

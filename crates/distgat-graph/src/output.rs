@@ -52,6 +52,11 @@ impl AtomicFile {
         self.temp.as_file()
     }
 
+    /// Where the file is until [`AtomicFile::commit`] renames it (beside its final path).
+    pub fn temp_path(&self) -> &Path {
+        self.temp.path()
+    }
+
     /// Flushes to disk and renames the temporary file to its final name.
     pub fn commit(self) -> Result<()> {
         // Temporary files are created private (0600); a finished output gets the usual

@@ -89,7 +89,7 @@ class HeartbeatResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class RunJobRequest(_message.Message):
-    __slots__ = ("partition_dir", "model", "features", "normalize_rows", "out", "attention_dir", "graph", "graph_format", "threads_per_worker", "edge_features", "shard_source", "build_id")
+    __slots__ = ("partition_dir", "model", "features", "normalize_rows", "out", "attention_dir", "graph", "graph_format", "threads_per_worker", "edge_features", "shard_source", "build_id", "workers_write_output")
     PARTITION_DIR_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,7 @@ class RunJobRequest(_message.Message):
     EDGE_FEATURES_FIELD_NUMBER: _ClassVar[int]
     SHARD_SOURCE_FIELD_NUMBER: _ClassVar[int]
     BUILD_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_WRITE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     partition_dir: str
     model: str
     features: str
@@ -114,7 +115,8 @@ class RunJobRequest(_message.Message):
     edge_features: str
     shard_source: str
     build_id: str
-    def __init__(self, partition_dir: _Optional[str] = ..., model: _Optional[str] = ..., features: _Optional[str] = ..., normalize_rows: _Optional[bool] = ..., out: _Optional[str] = ..., attention_dir: _Optional[str] = ..., graph: _Optional[str] = ..., graph_format: _Optional[str] = ..., threads_per_worker: _Optional[int] = ..., edge_features: _Optional[str] = ..., shard_source: _Optional[str] = ..., build_id: _Optional[str] = ...) -> None: ...
+    workers_write_output: bool
+    def __init__(self, partition_dir: _Optional[str] = ..., model: _Optional[str] = ..., features: _Optional[str] = ..., normalize_rows: _Optional[bool] = ..., out: _Optional[str] = ..., attention_dir: _Optional[str] = ..., graph: _Optional[str] = ..., graph_format: _Optional[str] = ..., threads_per_worker: _Optional[int] = ..., edge_features: _Optional[str] = ..., shard_source: _Optional[str] = ..., build_id: _Optional[str] = ..., workers_write_output: _Optional[bool] = ...) -> None: ...
 
 class RunJobResponse(_message.Message):
     __slots__ = ("job_id", "summary_json")
@@ -133,7 +135,7 @@ class Peer(_message.Message):
     def __init__(self, part: _Optional[int] = ..., address: _Optional[str] = ...) -> None: ...
 
 class StartJobRequest(_message.Message):
-    __slots__ = ("job_id", "partition_dir", "part", "peers", "model", "features", "normalize_rows", "feature_min", "want_attention", "threads", "edge_features", "shard_source", "partition_manifest", "worker_id", "build_id", "num_nodes", "keep_sent_rows")
+    __slots__ = ("job_id", "partition_dir", "part", "peers", "model", "features", "normalize_rows", "feature_min", "want_attention", "threads", "edge_features", "shard_source", "partition_manifest", "worker_id", "build_id", "num_nodes", "keep_sent_rows", "out_file", "out_header_len", "out_rows")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PARTITION_DIR_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +153,9 @@ class StartJobRequest(_message.Message):
     BUILD_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_NODES_FIELD_NUMBER: _ClassVar[int]
     KEEP_SENT_ROWS_FIELD_NUMBER: _ClassVar[int]
+    OUT_FILE_FIELD_NUMBER: _ClassVar[int]
+    OUT_HEADER_LEN_FIELD_NUMBER: _ClassVar[int]
+    OUT_ROWS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     partition_dir: str
     part: int
@@ -168,7 +173,10 @@ class StartJobRequest(_message.Message):
     build_id: str
     num_nodes: int
     keep_sent_rows: bool
-    def __init__(self, job_id: _Optional[str] = ..., partition_dir: _Optional[str] = ..., part: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., model: _Optional[str] = ..., features: _Optional[str] = ..., normalize_rows: _Optional[bool] = ..., feature_min: _Optional[float] = ..., want_attention: _Optional[bool] = ..., threads: _Optional[int] = ..., edge_features: _Optional[str] = ..., shard_source: _Optional[_Union[ShardSource, str]] = ..., partition_manifest: _Optional[str] = ..., worker_id: _Optional[str] = ..., build_id: _Optional[str] = ..., num_nodes: _Optional[int] = ..., keep_sent_rows: _Optional[bool] = ...) -> None: ...
+    out_file: str
+    out_header_len: int
+    out_rows: int
+    def __init__(self, job_id: _Optional[str] = ..., partition_dir: _Optional[str] = ..., part: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., model: _Optional[str] = ..., features: _Optional[str] = ..., normalize_rows: _Optional[bool] = ..., feature_min: _Optional[float] = ..., want_attention: _Optional[bool] = ..., threads: _Optional[int] = ..., edge_features: _Optional[str] = ..., shard_source: _Optional[_Union[ShardSource, str]] = ..., partition_manifest: _Optional[str] = ..., worker_id: _Optional[str] = ..., build_id: _Optional[str] = ..., num_nodes: _Optional[int] = ..., keep_sent_rows: _Optional[bool] = ..., out_file: _Optional[str] = ..., out_header_len: _Optional[int] = ..., out_rows: _Optional[int] = ...) -> None: ...
 
 class StartJobResponse(_message.Message):
     __slots__ = ()
@@ -339,7 +347,7 @@ class SendRowsResponse(_message.Message):
     def __init__(self, rows: _Optional[int] = ...) -> None: ...
 
 class OutputChunk(_message.Message):
-    __slots__ = ("job_id", "part", "rows", "attention", "stats", "failure", "progress", "alive")
+    __slots__ = ("job_id", "part", "rows", "attention", "stats", "failure", "progress", "alive", "rows_written")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -348,6 +356,7 @@ class OutputChunk(_message.Message):
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     ALIVE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_WRITTEN_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     part: int
     rows: OutputRows
@@ -356,7 +365,14 @@ class OutputChunk(_message.Message):
     failure: str
     progress: LayerStats
     alive: bool
-    def __init__(self, job_id: _Optional[str] = ..., part: _Optional[int] = ..., rows: _Optional[_Union[OutputRows, _Mapping]] = ..., attention: _Optional[_Union[AttentionValues, _Mapping]] = ..., stats: _Optional[_Union[WorkerStats, _Mapping]] = ..., failure: _Optional[str] = ..., progress: _Optional[_Union[LayerStats, _Mapping]] = ..., alive: _Optional[bool] = ...) -> None: ...
+    rows_written: RowsWritten
+    def __init__(self, job_id: _Optional[str] = ..., part: _Optional[int] = ..., rows: _Optional[_Union[OutputRows, _Mapping]] = ..., attention: _Optional[_Union[AttentionValues, _Mapping]] = ..., stats: _Optional[_Union[WorkerStats, _Mapping]] = ..., failure: _Optional[str] = ..., progress: _Optional[_Union[LayerStats, _Mapping]] = ..., alive: _Optional[bool] = ..., rows_written: _Optional[_Union[RowsWritten, _Mapping]] = ...) -> None: ...
+
+class RowsWritten(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, nodes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class OutputRows(_message.Message):
     __slots__ = ("nodes", "width", "values")

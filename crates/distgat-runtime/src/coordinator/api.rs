@@ -696,6 +696,8 @@ async fn execute(state: &Arc<State>, record: &Arc<JobRecord>) -> Result<()> {
     std::fs::create_dir_all(&record.out_dir)?;
     let req = RunJobRequest {
         build_id: String::new(),
+        // Client-API workers may run on other machines: they send their rows.
+        workers_write_output: false,
         partition_dir: partition.dir.display().to_string(),
         model: spec.model.display().to_string(),
         features: spec.graph.features.display().to_string(),

@@ -32,6 +32,9 @@ pub struct JobSummary {
     pub seconds: f64,
     /// "stream" or "shared": where the workers got their inputs.
     pub shard_source: &'static str,
+    /// "written" (each worker wrote its rows into the output file: workers_write_output)
+    /// or "sent" (the rows came to the coordinator over gRPC).
+    pub output_rows: &'static str,
     pub workers: Vec<WorkerSummary>,
     /// Each worker loss the job survived, in order (empty when none was lost).
     pub recoveries: Vec<RecoverySummary>,
@@ -312,6 +315,12 @@ async fn run_job_inner(
     let started = Instant::now();
     let source =
         convert::shard_source("shard_source", &req.shard_source, state.config.shard_source)?;
+    if req.workers_write_output && source != ShardSource::Shared {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "workers_write_output: the workers would open the coordinator's output file by \
+             path, which needs shard_source \"shared\" (this job's is \"{source}\")"
+        )));
+    }
     let kept = if req.build_id.is_empty() {
         None
     } else {
@@ -355,6 +364,16 @@ async fn run_job_inner(
     let mut features_check =
         features_check.map(|check| tokio::task::spawn_blocking(move || check.run().map(|_| ())));
     sink.progress = record.cloned();
+    if req.workers_write_output {
+        let temp = sink.out.temp_path();
+        let path = std::fs::canonicalize(temp).map_err(|e| {
+            RuntimeError::Io(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", temp.display()),
+            ))
+        })?;
+        sink.worker_written = Some(path.to_string_lossy().into_owned());
+    }
     let sink = Arc::new(sink);
 
     // Enough live workers? (A kept build's parts run where they are kept.)
@@ -624,6 +643,11 @@ async fn run_job_inner(
         job_id: job_id.to_string(),
         seconds: started.elapsed().as_secs_f64(),
         shard_source: source.name(),
+        output_rows: if req.workers_write_output {
+            "written"
+        } else {
+            "sent"
+        },
         workers,
         recoveries: recoveries.made,
     })
@@ -1003,6 +1027,9 @@ async fn start_part(
             model: req.model.clone(),
             features: req.features.clone(),
             edge_features: req.edge_features.clone(),
+            out_file: ctx.sink.worker_written.clone().unwrap_or_default(),
+            out_header_len: ctx.sink.header_len,
+            out_rows: ctx.sink.num_rows() as u64,
             ..common
         },
     };

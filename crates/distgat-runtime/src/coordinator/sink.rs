@@ -171,6 +171,9 @@ pub(super) struct JobSink {
     pub(super) failure: Mutex<Option<(u32, String)>>,
     /// The client-API job this output belongs to, for progress reports.
     pub(super) progress: Option<Arc<JobRecord>>,
+    /// With workers_write_output: the temporary output file's absolute path, which the
+    /// workers write their rows into (they report them with `rows_written`).
+    pub(super) worker_written: Option<String>,
 }
 
 pub(super) struct AttentionSink {
@@ -280,6 +283,7 @@ impl JobSink {
             done: Mutex::new(HashMap::new()),
             failure: Mutex::new(None),
             progress: None,
+            worker_written: None,
         })
     }
 
@@ -311,6 +315,11 @@ impl JobSink {
         if failure.as_ref().is_some_and(|(p, _)| *p == part) {
             *failure = None;
         }
+    }
+
+    /// N: the output's rows.
+    pub(super) fn num_rows(&self) -> usize {
+        lock(&self.rows_seen).len()
     }
 
     /// Rows never checked in.
@@ -362,6 +371,30 @@ impl JobSink {
         self.write(writes)
     }
 
+    /// Checks in output rows `nodes` of `part`: each must be in range and new, except
+    /// that a restarted part's rows its lost worker had delivered may come again. Returns
+    /// the positions in `nodes` of those repeats (to be skipped).
+    fn check_in(&self, part: u32, nodes: &[u64]) -> Result<Vec<usize>> {
+        let replayed = lock(&self.replayed).contains_key(&part);
+        let mut seen = lock(&self.rows_seen);
+        let mut again = Vec::new();
+        let from = part as u16 + 1;
+        for (i, &v) in nodes.iter().enumerate() {
+            let v = v as usize;
+            match seen.get(v).copied() {
+                Some(0) => seen[v] = from,
+                // A restarted part's row that its lost worker had delivered.
+                Some(s) if replayed && s == from => again.push(i),
+                _ => {
+                    return Err(RuntimeError::InvalidArgument(format!(
+                        "output rows from part {part}: node {v} is out of range or sent twice"
+                    )))
+                }
+            }
+        }
+        Ok(again)
+    }
+
     /// Writes one chunk of a worker's output into place.
     pub(super) fn accept(&self, chunk: OutputChunk) -> Result<()> {
         let part = chunk.part;
@@ -376,24 +409,7 @@ impl JobSink {
                         self.width
                     )));
                 }
-                let replayed = lock(&self.replayed).contains_key(&part);
-                let mut seen = lock(&self.rows_seen);
-                let mut again = Vec::new();
-                for (i, &v) in rows.nodes.iter().enumerate() {
-                    let v = v as usize;
-                    let from = part as u16 + 1;
-                    match seen.get(v).copied() {
-                        Some(0) => seen[v] = from,
-                        // A restarted part's row that its lost worker had sent.
-                        Some(s) if replayed && s == from => again.push(i),
-                        _ => {
-                            return Err(RuntimeError::InvalidArgument(format!(
-                            "output rows from part {part}: node {v} is out of range or sent twice"
-                        )))
-                        }
-                    }
-                }
-                drop(seen);
+                let again = self.check_in(part, &rows.nodes)?;
                 let rows = if again.is_empty() {
                     rows
                 } else {
@@ -419,6 +435,19 @@ impl JobSink {
                 // of the file instead, each written once it is complete.
                 let writes = lock(&self.blocks).add(&rows.nodes, &rows.values);
                 self.write(writes)?;
+            }
+            // Rows the part wrote into the output file itself (workers_write_output).
+            Some(Body::RowsWritten(written)) => {
+                if self.worker_written.is_none() {
+                    return Err(RuntimeError::InvalidArgument(format!(
+                        "rows_written from part {part}: this job's workers send their rows \
+                         (it has no workers_write_output)"
+                    )));
+                }
+                let again = self.check_in(part, &written.nodes)?;
+                let new_rows = (written.nodes.len() - again.len()) as u64;
+                self.out_written
+                    .fetch_add(new_rows * self.blocks_row_bytes(), Ordering::Relaxed);
             }
             Some(Body::Attention(a)) => {
                 let sink = self

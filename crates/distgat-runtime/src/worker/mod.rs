@@ -11,6 +11,7 @@ mod build;
 mod fetch;
 mod links;
 mod mailbox;
+mod output;
 mod part;
 mod scratch;
 

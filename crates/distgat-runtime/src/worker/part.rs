@@ -17,8 +17,8 @@ use distgat_graph::{Features, IncomingCsr};
 use distgat_partition::{PartPlan, PartitionDir};
 use distgat_proto::v1::output_chunk::Body;
 use distgat_proto::v1::{
-    AttentionValues, LayerStats, OutputChunk, OutputRows, PayloadKind, RowChunk, StartJobRequest,
-    WorkerStats,
+    AttentionValues, LayerStats, OutputChunk, OutputRows, PayloadKind, RowChunk, RowsWritten,
+    StartJobRequest, WorkerStats,
 };
 use distgat_proto::MAX_CHUNK_BYTES;
 use prost::Message;
@@ -29,6 +29,7 @@ use crate::error::{transport, Result, RuntimeError};
 use super::fetch::{self, ShardOrigin};
 use super::links::{receiver_lost, send_chunks, JobLinks, HALO_TIMEOUT};
 use super::mailbox::Mailbox;
+use super::output::OutputFile;
 use super::scratch::Scratch;
 use crate::net::Dialer;
 use crate::source::ShardSource;
@@ -190,6 +191,8 @@ struct Part<'a> {
     cancel: &'a AtomicBool,
     progress: &'a Progress,
     out: &'a mpsc::Sender<OutputChunk>,
+    /// Where the output rows go when the part writes them itself (`out_file`).
+    out_file: Option<Arc<OutputFile>>,
     plan: PartPlan,
     /// N: the graph's nodes over all parts.
     num_nodes: usize,
@@ -306,6 +309,16 @@ pub(super) fn compute_part(
     for (i, &o) in plan.halo_owner.iter().enumerate() {
         block_start.entry(o).or_insert(i);
     }
+    // Opened before any work, so a bad path fails the part at once.
+    let out_file = match req.out_file.as_str() {
+        "" => None,
+        path => Some(Arc::new(OutputFile::open(
+            path,
+            req.out_header_len,
+            req.out_rows,
+            model.out_width(),
+        )?)),
+    };
     let part = Part {
         mailbox,
         rt,
@@ -313,6 +326,7 @@ pub(super) fn compute_part(
         cancel,
         progress,
         out,
+        out_file,
         own_ids: plan.owned.iter().map(|&v| v as usize).collect(),
         plan,
         num_nodes,
@@ -407,6 +421,7 @@ pub(super) fn compute_part(
             let rows = &part.splits[&l.add_self_loops()].boundary.rows;
             send_picked_rows(
                 out,
+                part.out_file.as_deref(),
                 &req.job_id,
                 req.part,
                 &part.plan.owned,
@@ -415,7 +430,15 @@ pub(super) fn compute_part(
                 width,
             )?;
         }
-        _ => send_rows(out, &req.job_id, req.part, &part.plan.owned, &x, width)?,
+        _ => send_rows(
+            out,
+            part.out_file.as_deref(),
+            &req.job_id,
+            req.part,
+            &part.plan.owned,
+            &x,
+            width,
+        )?,
     }
     send_output(
         out,
@@ -528,9 +551,10 @@ impl Part<'_> {
             let (nodes, values) =
                 gather_rows(&plan.owned, &view.interior.rows, &out_rows, ow, picked);
             let (tx, job, part) = (self.out.clone(), req.job_id.clone(), req.part);
+            let file = self.out_file.clone();
             let sender = std::thread::Builder::new()
                 .name(format!("output-{job}-{part}"))
-                .spawn(move || send_rows(&tx, &job, part, &nodes, &values, ow))
+                .spawn(move || send_rows(&tx, file.as_deref(), &job, part, &nodes, &values, ow))
                 .map_err(|e| {
                     RuntimeError::Io(std::io::Error::other(format!(
                         "starting the output sender: {e}"
@@ -1258,8 +1282,13 @@ fn gather_rows(
 /// messages of at most [`MAX_CHUNK_BYTES`] of values, each built straight from `values`
 /// (no gathered copy of all the rows first: at 10M nodes that was 640 MB of fresh memory
 /// per worker).
+///
+/// With `file` (`out_file`), each chunk of rows is written into it instead and only
+/// their ids are sent (`rows_written`).
+#[allow(clippy::too_many_arguments)]
 fn send_picked_rows(
     out: &mpsc::Sender<OutputChunk>,
+    file: Option<&OutputFile>,
     job_id: &str,
     part: u32,
     owned: &[u64],
@@ -1268,6 +1297,14 @@ fn send_picked_rows(
     width: usize,
 ) -> Result<()> {
     let per_chunk = (MAX_CHUNK_BYTES / (4 * width.max(1))).max(1);
+    if let Some(file) = file {
+        for block in rows.chunks(per_chunk) {
+            file.write_picked(owned, block, values)?;
+            let nodes = block.iter().map(|&r| owned[r as usize]).collect();
+            send_body(out, job_id, part, Body::RowsWritten(RowsWritten { nodes }))?;
+        }
+        return Ok(());
+    }
     for block in rows.chunks(per_chunk) {
         let mut bytes = vec![0u8; block.len() * width * 4];
         for (dst, &r) in bytes.chunks_exact_mut(width * 4).zip(block) {
@@ -1288,8 +1325,11 @@ fn send_picked_rows(
 
 /// Sends output `values` (`[nodes.len(), width]`, row i for global id `nodes[i]`) in
 /// messages of at most [`MAX_CHUNK_BYTES`] of values.
+/// With `file` (`out_file`), the rows are written into it instead and only their ids
+/// are sent (`rows_written`).
 fn send_rows(
     out: &mpsc::Sender<OutputChunk>,
+    file: Option<&OutputFile>,
     job_id: &str,
     part: u32,
     nodes: &[u64],
@@ -1301,6 +1341,12 @@ fn send_rows(
         .chunks(per_chunk)
         .zip(values.chunks(per_chunk * width.max(1)))
     {
+        if let Some(file) = file {
+            file.write_rows(ids, rows)?;
+            let nodes = ids.to_vec();
+            send_body(out, job_id, part, Body::RowsWritten(RowsWritten { nodes }))?;
+            continue;
+        }
         let rows = Body::Rows(OutputRows {
             nodes: ids.to_vec(),
             width: width as u32,
