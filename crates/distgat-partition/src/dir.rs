@@ -17,13 +17,14 @@ use std::path::{Path, PathBuf};
 
 use distgat_graph::{write_npy, EdgeList, Features};
 use safetensors::tensor::TensorView;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PartitionError, Result};
 use crate::method::Method;
 use crate::plan::{HaloPlan, PartPlan};
 use crate::stats::PartitionStats;
+use crate::tensors::{ReadError, ShardTensors};
 
 pub const PARTITION_FORMAT: &str = "distgat-partition-v1";
 const MANIFEST: &str = "manifest.json";
@@ -597,27 +598,34 @@ impl PartitionDir {
 /// Checks `bytes` (the file `path`) against the manifest's size and BLAKE3 of it.
 pub fn check_bytes(path: &Path, info: &FileInfo, bytes: &[u8]) -> Result<()> {
     if bytes.len() as u64 != info.bytes {
-        return Err(PartitionError::directory(
-            path,
-            format!(
-                "is {} bytes, the manifest says {} (truncated or replaced)",
-                bytes.len(),
-                info.bytes
-            ),
-        ));
+        return Err(size_mismatch(path, bytes.len() as u64, info));
     }
     let hash = blake3::hash(bytes).to_hex().to_string();
     if hash != info.blake3 {
-        return Err(PartitionError::directory(
-            path,
-            format!(
-                "checksum mismatch: BLAKE3 {}, the manifest says {} (corrupted)",
-                &hash[..16],
-                &info.blake3[..16.min(info.blake3.len())]
-            ),
-        ));
+        return Err(hash_mismatch(path, &hash, info));
     }
     Ok(())
+}
+
+fn size_mismatch(path: &Path, len: u64, info: &FileInfo) -> PartitionError {
+    PartitionError::directory(
+        path,
+        format!(
+            "is {len} bytes, the manifest says {} (truncated or replaced)",
+            info.bytes
+        ),
+    )
+}
+
+fn hash_mismatch(path: &Path, hash: &str, info: &FileInfo) -> PartitionError {
+    PartitionError::directory(
+        path,
+        format!(
+            "checksum mismatch: BLAKE3 {}, the manifest says {} (corrupted)",
+            &hash[..16],
+            &info.blake3[..16.min(info.blake3.len())]
+        ),
+    )
 }
 
 impl PartitionDir {
@@ -641,18 +649,41 @@ impl PartitionDir {
             .collect()
     }
 
-    /// Loads and verifies the shard of `part`.
+    /// Loads and verifies the shard of `part`: its size and BLAKE3 against the manifest,
+    /// then every structural check. Each tensor is read from the file straight into the
+    /// array that keeps it ([`ShardTensors::read_file`]); a file whose header that reader
+    /// does not take is read whole instead, which names the problem.
     pub fn load_shard(&self, part: u32) -> Result<Shard> {
         let info = self.shard_file(part)?;
         let path = self.path.join(&info.file);
-        let bytes = self.read_checked(info)?;
-        self.shard_from_bytes(part, &path, &bytes)
+        let tensors = match ShardTensors::read_file(&path, info.bytes, &info.blake3) {
+            Ok(t) => t,
+            Err(ReadError::Io(e)) => return Err(PartitionError::io(&path, e)),
+            Err(ReadError::Size(len)) => return Err(size_mismatch(&path, len, info)),
+            Err(ReadError::Hash(hash)) => return Err(hash_mismatch(&path, &hash, info)),
+            Err(ReadError::Header) => {
+                let bytes = self.read_checked(info)?;
+                return self.shard_from_bytes(part, &path, &bytes);
+            }
+        };
+        self.shard_from_tensors(part, &path, tensors)
     }
 
     /// Parses the shard of `part` from `bytes` (whose size and BLAKE3 the caller checked
     /// with [`check_bytes`]), with every structural check of [`PartitionDir::load_shard`];
     /// `path` names it in errors.
     pub fn shard_from_bytes(&self, part: u32, path: &Path, bytes: &[u8]) -> Result<Shard> {
+        let tensors = ShardTensors::from_bytes(bytes)
+            .map_err(|e| PartitionError::directory(path, format!("not a valid shard: {e:?}")))?;
+        self.shard_from_tensors(part, path, tensors)
+    }
+
+    fn shard_from_tensors(
+        &self,
+        part: u32,
+        path: &Path,
+        mut tensors: ShardTensors,
+    ) -> Result<Shard> {
         let info = self
             .manifest
             .shards
@@ -665,12 +696,9 @@ impl PartitionDir {
                 )
             })?;
         let bad = |detail: String| PartitionError::directory(path, detail);
-        let (_, meta) = SafeTensors::read_metadata(bytes)
-            .map_err(|e| bad(format!("not a valid shard: {e:?}")))?;
-        let meta: ShardMeta = meta
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(SHARD_META_KEY))
+        let meta: ShardMeta = tensors
+            .metadata
+            .get(SHARD_META_KEY)
             .and_then(|json| serde_json::from_str(json).ok())
             .ok_or_else(|| bad("not a distgat shard (no shard metadata)".into()))?;
         if meta.format != PARTITION_FORMAT {
@@ -688,45 +716,15 @@ impl PartitionDir {
         if meta.graph_fingerprint != self.manifest.graph.fingerprint {
             return Err(bad("belongs to another graph than the manifest's".into()));
         }
-        let tensors = SafeTensors::deserialize(bytes)
-            .map_err(|e| bad(format!("not a valid shard: {e:?}")))?;
-        let tensor = |name: &str, dtype: Dtype| -> Result<(Vec<usize>, &[u8])> {
-            let t = tensors
-                .tensor(name)
-                .map_err(|_| bad(format!("tensor '{name}' is missing")))?;
-            if t.dtype() != dtype {
-                return Err(bad(format!(
-                    "tensor '{name}' has dtype {:?}, expected {dtype:?}",
-                    t.dtype()
-                )));
-            }
-            Ok((t.shape().to_vec(), t.data()))
-        };
-        let u64s = |name: &str| -> Result<Vec<u64>> {
-            let (_, d) = tensor(name, Dtype::I64)?;
-            d.chunks_exact(8)
-                .map(|c| {
-                    let v = i64::from_le_bytes(c.try_into().expect("8 bytes"));
-                    u64::try_from(v)
-                        .map_err(|_| bad(format!("tensor '{name}' holds a negative value")))
-                })
-                .collect()
-        };
-        let u32s = |name: &str| -> Result<Vec<u32>> {
-            let (_, d) = tensor(name, Dtype::U32)?;
-            Ok(d.chunks_exact(4)
-                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect())
-        };
-        let owned = u64s("owned")?;
-        let halo = u64s("halo")?;
-        let halo_owner = u32s("halo_owner")?;
-        let row_ptr = u64s("row_ptr")?;
-        let col = u32s("col")?;
-        let edge_id = u64s("edge_id")?;
-        let send_peer = u32s("send_peer")?;
-        let send_ptr = u64s("send_ptr")?;
-        let send_rows = u32s("send_rows")?;
+        let owned = tensors.u64s("owned").map_err(bad)?;
+        let halo = tensors.u64s("halo").map_err(bad)?;
+        let halo_owner = tensors.u32s("halo_owner").map_err(bad)?;
+        let row_ptr = tensors.u64s("row_ptr").map_err(bad)?;
+        let col = tensors.u32s("col").map_err(bad)?;
+        let edge_id = tensors.u64s("edge_id").map_err(bad)?;
+        let send_peer = tensors.u32s("send_peer").map_err(bad)?;
+        let send_ptr = tensors.u64s("send_ptr").map_err(bad)?;
+        let send_rows = tensors.u32s("send_rows").map_err(bad)?;
         // Structural checks, so a worker never indexes out of bounds.
         let n_local = owned.len() + halo.len();
         let consistent = halo_owner.len() == halo.len()
@@ -761,26 +759,22 @@ impl PartitionDir {
                 )
             })
             .collect();
-        let features = match tensors.tensor("features") {
-            Ok(_) => {
-                let (shape, d) = tensor("features", Dtype::F32)?;
+        let features = match tensors.tensors.contains_key("features") {
+            true => {
+                let (shape, values) = tensors.f32s("features").map_err(bad)?;
                 if shape.len() != 2 || shape[0] != owned.len() {
                     return Err(bad(format!(
                         "tensor 'features' has shape {shape:?}, expected [{}, F]",
                         owned.len()
                     )));
                 }
-                let values = d
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-                    .collect();
                 Some(Features::new(shape[0], shape[1], values))
             }
-            Err(_) => None,
+            false => None,
         };
-        let edge_attr = match tensors.tensor("edge_attr") {
-            Ok(_) => {
-                let (shape, d) = tensor("edge_attr", Dtype::F32)?;
+        let edge_attr = match tensors.tensors.contains_key("edge_attr") {
+            true => {
+                let (shape, values) = tensors.f32s("edge_attr").map_err(bad)?;
                 let want = self.manifest.edge_features.as_ref().map(|e| e.size);
                 if shape.len() != 2 || shape[0] != edge_id.len() || Some(shape[1]) != want {
                     return Err(bad(format!(
@@ -789,20 +783,16 @@ impl PartitionDir {
                         want.map_or("D".to_string(), |w| w.to_string())
                     )));
                 }
-                let values = d
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-                    .collect();
                 Some(Features::new(shape[0], shape[1], values))
             }
-            Err(_) if self.manifest.edge_features.is_some() => {
+            false if self.manifest.edge_features.is_some() => {
                 return Err(bad(
                     "tensor 'edge_attr' is missing, but the manifest says the shards carry \
                      edge features"
                         .into(),
                 ))
             }
-            Err(_) => None,
+            false => None,
         };
         Ok(Shard {
             plan: PartPlan {

@@ -10,6 +10,7 @@ pub mod plan;
 pub mod stats;
 pub mod stream;
 pub mod symmetric;
+mod tensors;
 
 pub use dir::{
     check_bytes, features_file_fingerprint, features_fingerprint, graph_fingerprint,
