@@ -260,10 +260,15 @@ impl NpyBody {
             }
         };
         let row_len = row_len.max(1);
-        let rows_per_block = ((16usize << 20) / (row_len * 4)).max(1);
+        let rows = self.len / row_len;
+        // No rows: nothing to size a buffer by (a `[0, 2^40]` header is 128 bytes).
+        if rows == 0 {
+            return Ok(());
+        }
+        // At most the file's rows (so the buffers never exceed what the file holds).
+        let rows_per_block = ((16usize << 20) / row_len.saturating_mul(4)).clamp(1, rows);
         let mut bytes = vec![0u8; rows_per_block * row_len * size];
         let mut values = vec![0f32; rows_per_block * row_len];
-        let rows = self.len / row_len;
         let mut first = 0usize;
         while first < rows {
             let take = rows_per_block.min(rows - first);

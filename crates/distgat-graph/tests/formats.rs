@@ -1001,6 +1001,29 @@ fn fuzz_npy_body_length_near_u64_max_is_an_error() {
 }
 
 #[test]
+fn empty_features_with_a_huge_width_stream_without_a_buffer() {
+    // [0, 2^40] in C order is a 128-byte file: the block readers (scan, read_rows, the
+    // coordinator's fingerprint pass) sized a 4 TiB buffer by the row before counting rows.
+    let dir = Dir::new();
+    let path = dir.raw_npy("x.npy", "<f4", false, "(0, 1099511627776)", b"");
+    assert_eq!(
+        Features::scan(&path, "features").unwrap(),
+        (0, 1 << 40, f32::INFINITY)
+    );
+    let blocks = Features::blocks(&path, "features").unwrap();
+    let mut calls = 0;
+    blocks
+        .for_each(|_, _| {
+            calls += 1;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(calls, 0);
+    let none = Features::read_rows(&path, "features", &[]).unwrap();
+    assert_eq!((none.num_nodes, none.width), (0, 1 << 40));
+}
+
+#[test]
 fn fuzz_empty_fortran_features_with_a_huge_width_are_read_at_once() {
     // [0, 10^15] in Fortran order: the transpose looped 10^15 times over nothing.
     let dir = Dir::new();

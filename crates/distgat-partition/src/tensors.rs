@@ -13,7 +13,6 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
-use serde::Deserialize;
 
 /// One tensor's values, kept as the type its dtype names (`I64` as the bits of each value,
 /// so a caller can refuse negative ones).
@@ -95,36 +94,40 @@ impl ShardTensors {
         let mut header = vec![0u8; n as usize];
         file.read_exact_at(&mut header, 8).map_err(ReadError::Io)?;
         hasher.update(&header);
-        let entries: HashMap<String, serde_json::Value> =
+        // The safetensors crate's own header parser (so exactly its headers are taken).
+        let parsed: safetensors::tensor::Metadata =
             serde_json::from_slice(&header).map_err(|_| ReadError::Header)?;
-        let mut metadata = HashMap::new();
-        let mut infos = Vec::new();
-        for (name, value) in entries {
-            if name == "__metadata__" {
-                metadata = serde_json::from_value(value).map_err(|_| ReadError::Header)?;
-                continue;
-            }
-            let info: Info = serde_json::from_value(value).map_err(|_| ReadError::Header)?;
-            infos.push((name, info));
-        }
+        let metadata = parsed.metadata().clone().unwrap_or_default();
+        let mut infos: Vec<(String, Info)> = parsed
+            .tensors()
+            .into_iter()
+            .map(|(name, t)| {
+                let info = Info {
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                    data_offsets: [t.data_offsets.0 as u64, t.data_offsets.1 as u64],
+                };
+                (name, info)
+            })
+            .collect();
         // The data section is exactly the tensors, back to back (as safetensors checks).
         infos.sort_by_key(|(_, i)| i.data_offsets);
         let data_start = 8 + n;
         let mut at = 0u64;
         for (_, info) in &infos {
             let [start, end] = info.data_offsets;
-            let size = dtype_size(&info.dtype).ok_or(ReadError::Header)?;
             let elements = info
                 .shape
                 .iter()
-                .try_fold(1u64, |a, &d| a.checked_mul(d))
+                .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
                 .ok_or(ReadError::Header)?;
-            if start != at || end < start || Some(end - start) != elements.checked_mul(size) {
+            let bytes = elements.checked_mul(info.dtype.size() as u64);
+            if start != at || end < start || Some(end - start) != bytes {
                 return Err(ReadError::Header);
             }
             at = end;
         }
-        if data_start + at != len {
+        if data_start.checked_add(at) != Some(len) {
             return Err(ReadError::Header);
         }
         let mut tensors = HashMap::with_capacity(infos.len());
@@ -132,20 +135,20 @@ impl ShardTensors {
             let [start, end] = info.data_offsets;
             let offset = data_start + start;
             let count = usize::try_from(end - start).map_err(|_| ReadError::Header)?;
-            let (dtype, data) = match info.dtype.as_str() {
-                "I64" => {
+            let (dtype, data) = match info.dtype {
+                Dtype::I64 => {
                     let mut v = vec![0u64; count / 8];
                     read_into(&file, offset, bytemuck::cast_slice_mut(&mut v), &mut hasher)?;
                     v.iter_mut().for_each(|x| *x = u64::from_le(*x));
                     (Dtype::I64, TensorData::I64(v))
                 }
-                "U32" => {
+                Dtype::U32 => {
                     let mut v = vec![0u32; count / 4];
                     read_into(&file, offset, bytemuck::cast_slice_mut(&mut v), &mut hasher)?;
                     v.iter_mut().for_each(|x| *x = u32::from_le(*x));
                     (Dtype::U32, TensorData::U32(v))
                 }
-                "F32" => {
+                Dtype::F32 => {
                     let mut v = vec![0f32; count / 4];
                     read_into(&file, offset, bytemuck::cast_slice_mut(&mut v), &mut hasher)?;
                     if cfg!(target_endian = "big") {
@@ -159,7 +162,7 @@ impl ShardTensors {
             };
             let tensor = Tensor {
                 dtype,
-                shape: info.shape.iter().map(|&d| d as usize).collect(),
+                shape: info.shape,
                 data,
             };
             tensors.insert(name, tensor);
@@ -213,22 +216,11 @@ impl ShardTensors {
     }
 }
 
-#[derive(Deserialize)]
+/// A tensor's entry in the header.
 struct Info {
-    dtype: String,
-    shape: Vec<u64>,
+    dtype: Dtype,
+    shape: Vec<usize>,
     data_offsets: [u64; 2],
-}
-
-/// Bytes per element of a safetensors dtype name.
-fn dtype_size(name: &str) -> Option<u64> {
-    Some(match name {
-        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" => 1,
-        "I16" | "U16" | "F16" | "BF16" => 2,
-        "I32" | "U32" | "F32" => 4,
-        "I64" | "U64" | "F64" => 8,
-        _ => return None,
-    })
 }
 
 fn read_into(
@@ -375,5 +367,16 @@ mod tests {
         gap.extend_from_slice(json);
         gap.extend_from_slice(&[0u8; 12]);
         assert!(header(&gap));
+        // Two metadata entries (safetensors refuses them; the last would win in a map).
+        let json = br#"{"__metadata__":{"distgat":"a"},"__metadata__":{"distgat":"b"},"a":{"dtype":"U32","shape":[1],"data_offsets":[0,4]}}"#;
+        let mut twice = (json.len() as u64).to_le_bytes().to_vec();
+        twice.extend_from_slice(json);
+        twice.extend_from_slice(&[0u8; 4]);
+        assert!(header(&twice));
+        // Offsets near 2^64: the data section's end must not overflow.
+        let json = br#"{"a":{"dtype":"U8","shape":[18446744073709551608],"data_offsets":[0,18446744073709551608]}}"#;
+        let mut huge = (json.len() as u64).to_le_bytes().to_vec();
+        huge.extend_from_slice(json);
+        assert!(header(&huge));
     }
 }
