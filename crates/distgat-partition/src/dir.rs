@@ -110,14 +110,20 @@ pub fn graph_fingerprint(edges: &EdgeList, num_nodes: usize) -> String {
 
 /// BLAKE3 of a feature matrix's shape and values (LE f32).
 pub fn features_fingerprint(features: &Features) -> String {
-    let mut h = blake3::Hasher::new();
-    h.update(b"distgat-features-v1");
-    h.update(&(features.num_nodes as u64).to_le_bytes());
-    h.update(&(features.width as u64).to_le_bytes());
+    let mut h = features_hasher(features.num_nodes, features.width);
     hash_le(&mut h, &features.values, |v, out| {
         out.extend_from_slice(&v.to_le_bytes())
     });
     h.finalize().to_hex().to_string()
+}
+
+/// A features fingerprint's hasher after the shape: `[num_nodes, width]`'s values follow.
+fn features_hasher(num_nodes: usize, width: usize) -> blake3::Hasher {
+    let mut h = blake3::Hasher::new();
+    h.update(b"distgat-features-v1");
+    h.update(&(num_nodes as u64).to_le_bytes());
+    h.update(&(width as u64).to_le_bytes());
+    h
 }
 
 /// What [`features_file_fingerprint`] learns in its pass over a features file.
@@ -140,10 +146,7 @@ pub struct FeaturesScan {
 pub fn features_file_fingerprint(path: &Path, what: &str) -> Result<FeaturesScan> {
     let blocks = Features::blocks(path, what)?;
     let (num_nodes, width) = (blocks.num_rows(), blocks.width());
-    let mut h = blake3::Hasher::new();
-    h.update(b"distgat-features-v1");
-    h.update(&(num_nodes as u64).to_le_bytes());
-    h.update(&(width as u64).to_le_bytes());
+    let mut h = features_hasher(num_nodes, width);
     let mut min_value = f32::INFINITY;
     blocks.for_each(|_, values| {
         min_value = values.iter().copied().fold(min_value, f32::min);

@@ -277,8 +277,9 @@ pub struct LayerSummary {
     pub halo_bytes_planned: u64,
 }
 
-/// The result of a blocking task that returns a [`Result`].
-fn joined(r: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
+/// The result of a blocking task that returns a [`Result`] (a task that panicked is an
+/// I/O error).
+fn joined<T>(r: std::result::Result<Result<T>, tokio::task::JoinError>) -> Result<T> {
     r.map_err(|e| RuntimeError::Io(std::io::Error::other(e)))?
 }
 
@@ -337,18 +338,19 @@ async fn run_job_inner(
     // Everything that reads files runs off the async threads.
     let prep_req = req.clone();
     let prep_kept = kept.clone();
-    let prepared = tokio::task::spawn_blocking(move || match prep_kept {
-        Some(k) => prepare_kept(&k, &model_path, &out_path, &prep_req),
-        None => prepare(
-            &dir,
-            &model_path,
-            &out_path,
-            attention_dir.as_deref(),
-            &prep_req,
-        ),
-    })
-    .await
-    .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
+    let prepared = joined(
+        tokio::task::spawn_blocking(move || match prep_kept {
+            Some(k) => prepare_kept(&k, &model_path, &out_path, &prep_req),
+            None => prepare(
+                &dir,
+                &model_path,
+                &out_path,
+                attention_dir.as_deref(),
+                &prep_req,
+            ),
+        })
+        .await,
+    )?;
     let Prepared {
         parts,
         part_restart,
@@ -403,18 +405,19 @@ async fn run_job_inner(
             let model = PathBuf::from(&req.model);
             let workers = assigned.iter().map(|(id, _)| id.clone()).collect();
             let streams = state.config.max_concurrent_shard_streams;
-            let inputs = tokio::task::spawn_blocking(move || {
-                JobInputs::new(
-                    &dir,
-                    model,
-                    features_path,
-                    edge_features_path,
-                    workers,
-                    streams,
-                )
-            })
-            .await
-            .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
+            let inputs = joined(
+                tokio::task::spawn_blocking(move || {
+                    JobInputs::new(
+                        &dir,
+                        model,
+                        features_path,
+                        edge_features_path,
+                        workers,
+                        streams,
+                    )
+                })
+                .await,
+            )?;
             let inputs = Arc::new(inputs);
             Some(inputs)
         }
@@ -580,27 +583,28 @@ async fn run_job_inner(
             "{missing} output rows never arrived"
         )));
     }
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        // Attention files first, out.npy last: a complete out.npy means a complete job.
-        for (k, a) in attention.into_iter().enumerate() {
-            if let Some(a) = a {
-                let missing = lock(&a.seen).iter().filter(|&&s| !s).count();
-                if missing > 0 {
-                    return Err(RuntimeError::FailedPrecondition(format!(
-                        "layer {k}: {missing} attention coefficient rows never arrived"
-                    )));
+    joined(
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            // Attention files first, out.npy last: a complete out.npy means a complete job.
+            for (k, a) in attention.into_iter().enumerate() {
+                if let Some(a) = a {
+                    let missing = lock(&a.seen).iter().filter(|&&s| !s).count();
+                    if missing > 0 {
+                        return Err(RuntimeError::FailedPrecondition(format!(
+                            "layer {k}: {missing} attention coefficient rows never arrived"
+                        )));
+                    }
+                    if let Some(Some((path, index))) = edge_indexes.get(k) {
+                        write_npy(path, &[2, (index.len() / 2) as u64], index)?;
+                    }
+                    a.file.commit()?;
                 }
-                if let Some(Some((path, index))) = edge_indexes.get(k) {
-                    write_npy(path, &[2, (index.len() / 2) as u64], index)?;
-                }
-                a.file.commit()?;
             }
-        }
-        out_sync.stop()?;
-        out.commit().map_err(RuntimeError::from)
-    })
-    .await
-    .map_err(|e| RuntimeError::Io(std::io::Error::other(e)))??;
+            out_sync.stop()?;
+            out.commit().map_err(RuntimeError::from)
+        })
+        .await,
+    )?;
     let workers = assigned
         .iter()
         .enumerate()
