@@ -143,12 +143,26 @@ pub struct FeaturesScan {
 /// of [`Features::read_npy`] (`what` names the file in them: "features", "edge features").
 /// Equal to `features_fingerprint(&Features::read_npy(path)?)` since BLAKE3 digests a
 /// stream the same however it is split.
-pub fn features_file_fingerprint(path: &Path, what: &str) -> Result<FeaturesScan> {
+///
+/// `stop` is read before each block: once it is set the pass ends with an I/O error of
+/// kind `Interrupted` naming the file (a caller that no longer needs the answer, such as a
+/// failed or cancelled job, sets it rather than wait for the rest of the file).
+pub fn features_file_fingerprint(
+    path: &Path,
+    what: &str,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<FeaturesScan> {
     let blocks = Features::blocks(path, what)?;
     let (num_nodes, width) = (blocks.num_rows(), blocks.width());
     let mut h = features_hasher(num_nodes, width);
     let mut min_value = f32::INFINITY;
     blocks.for_each(|_, values| {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(distgat_graph::GraphError::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::Interrupted, "check stopped"),
+            ));
+        }
         min_value = values.iter().copied().fold(min_value, f32::min);
         hash_le(&mut h, values, |v, out| {
             out.extend_from_slice(&v.to_le_bytes())
@@ -869,7 +883,7 @@ mod tests {
             (&fortran, fn_, ff, -4.5),
         ] {
             let whole = Features::read_npy(path).unwrap();
-            let scan = features_file_fingerprint(path, "features").unwrap();
+            let scan = features_file_fingerprint(path, "features", &go()).unwrap();
             assert_eq!(scan.fingerprint, features_fingerprint(&whole), "{path:?}");
             assert_eq!((scan.num_nodes, scan.width), (rows, width));
             assert_eq!(scan.min_value, min);
@@ -880,13 +894,32 @@ mod tests {
         let c32b = dir.path().join("c32b.npy");
         write_npy(&c32b, &[n as u64, f as u64], &changed).unwrap();
         assert_ne!(
-            features_file_fingerprint(&c32b, "features")
+            features_file_fingerprint(&c32b, "features", &go())
                 .unwrap()
                 .fingerprint,
-            features_file_fingerprint(&c32, "features")
+            features_file_fingerprint(&c32, "features", &go())
                 .unwrap()
                 .fingerprint
         );
+    }
+
+    fn go() -> std::sync::atomic::AtomicBool {
+        std::sync::atomic::AtomicBool::new(false)
+    }
+
+    #[test]
+    fn a_stopped_file_fingerprint_ends_with_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.npy");
+        write_npy(&path, &[2, 3], &[0.0f32; 6]).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(true);
+        let err = features_file_fingerprint(&path, "features", &stop).unwrap_err();
+        assert!(
+            matches!(&err, PartitionError::Graph(distgat_graph::GraphError::Io { error, .. })
+                if error.kind() == std::io::ErrorKind::Interrupted),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("x.npy: check stopped"), "{err}");
     }
 
     #[test]
@@ -894,7 +927,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.npy");
         write_npy(&path, &[2, 3], &[0.0f32, 1.0, 2.0, 3.0, f32::NAN, 5.0]).unwrap();
-        let err = features_file_fingerprint(&path, "features")
+        let err = features_file_fingerprint(&path, "features", &go())
             .unwrap_err()
             .to_string();
         assert!(

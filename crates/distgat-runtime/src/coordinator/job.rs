@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -362,9 +362,12 @@ async fn run_job_inner(
         features_check,
     } = prepared;
     // The features file's check runs beside the job; its failure stops the job, and the
-    // output is committed only after it passed.
-    let mut features_check =
-        features_check.map(|check| tokio::task::spawn_blocking(move || check.run().map(|_| ())));
+    // output is committed only after it passed. When the job ends first (failed or
+    // cancelled), `_stop_check` stops the check at its next block.
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_check = SetOnDrop(stop.clone());
+    let mut features_check = features_check
+        .map(|check| tokio::task::spawn_blocking(move || check.run(&stop).map(|_| ())));
     sink.progress = record.cloned();
     if req.workers_write_output {
         let temp = sink.out.temp_path();
@@ -779,6 +782,15 @@ struct Prepared {
     features_check: Option<FeaturesCheck>,
 }
 
+/// Sets its flag when dropped, on every way out of the scope that holds it.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// A features file named with a partition whose shards carry feature rows: it must be the
 /// file they were made from, or its rows would be silently ignored.
 struct FeaturesCheck {
@@ -789,9 +801,10 @@ struct FeaturesCheck {
 }
 
 impl FeaturesCheck {
-    /// Checks the file in one streaming pass; returns its smallest value.
-    fn run(&self) -> Result<f32> {
-        let scan = distgat_partition::features_file_fingerprint(&self.path, "features")?;
+    /// Checks the file in one streaming pass; returns its smallest value. Setting `stop`
+    /// ends the pass early with an error.
+    fn run(&self, stop: &AtomicBool) -> Result<f32> {
+        let scan = distgat_partition::features_file_fingerprint(&self.path, "features", stop)?;
         if scan.fingerprint != self.fingerprint {
             return Err(RuntimeError::InvalidArgument(format!(
                 "features: {} differs from the features the partition's shards carry ({}); \
@@ -872,7 +885,7 @@ fn prepare(
     };
     let (features_check, feature_min) = match (features_check, &features_path) {
         (check, _) if !req.normalize_rows => (check, 0.0),
-        (Some(check), _) => (None, check.run()?),
+        (Some(check), _) => (None, check.run(&AtomicBool::new(false))?),
         // One bounded-memory pass (every value checked finite), not the whole file held.
         (None, Some(p)) => (None, Features::scan(p, "features")?.2),
         (None, None) => (None, 0.0),
@@ -1025,17 +1038,28 @@ async fn start_part(
             partition_manifest: inputs.manifest_text.clone(),
             ..common
         },
-        None => StartJobRequest {
-            shard_source: v1::ShardSource::Shared as i32,
-            partition_dir: req.partition_dir.clone(),
-            model: req.model.clone(),
-            features: req.features.clone(),
-            edge_features: req.edge_features.clone(),
-            out_file: ctx.sink.worker_written.clone().unwrap_or_default(),
-            out_header_len: ctx.sink.header_len,
-            out_rows: ctx.sink.num_rows() as u64,
-            ..common
-        },
+        None => {
+            // The file's layout travels only with the file (a worker refuses it alone).
+            let (out_file, out_header_len, out_rows) = match &ctx.sink.worker_written {
+                Some(path) => (
+                    path.clone(),
+                    ctx.sink.header_len,
+                    ctx.sink.num_rows() as u64,
+                ),
+                None => (String::new(), 0, 0),
+            };
+            StartJobRequest {
+                shard_source: v1::ShardSource::Shared as i32,
+                partition_dir: req.partition_dir.clone(),
+                model: req.model.clone(),
+                features: req.features.clone(),
+                edge_features: req.edge_features.clone(),
+                out_file,
+                out_header_len,
+                out_rows,
+                ..common
+            }
+        }
     };
     let mut r = Request::new(start);
     r.set_timeout(RPC_DEADLINE);

@@ -26,6 +26,27 @@ pub(super) struct OutputFile {
 }
 
 impl OutputFile {
+    /// The file `StartJobRequest` names: `None` when `out_file` is empty (the rows are sent),
+    /// and then `out_header_len` and `out_rows` must be 0 (else an error naming them: a
+    /// field that describes no file is not ignored); else [`OutputFile::open`].
+    pub(super) fn requested(
+        path: &str,
+        header_len: u64,
+        rows: u64,
+        width: usize,
+    ) -> Result<Option<Self>> {
+        if !path.is_empty() {
+            return Self::open(path, header_len, rows, width).map(Some);
+        }
+        if header_len != 0 || rows != 0 {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "out_header_len ({header_len}) and out_rows ({rows}) describe out_file, \
+                 which is empty: the output rows are sent, not written"
+            )));
+        }
+        Ok(None)
+    }
+
     /// Opens `path` (`StartJobRequest.out_file`), which must be a regular file of exactly
     /// `header_len + rows * width * 4` bytes (else an error naming it: a stale or foreign
     /// path is never written past its end).
@@ -139,8 +160,7 @@ mod tests {
     fn rows_land_at_their_ids_and_nothing_else_changes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.npy");
-        // Three pages of rows: windows that start past the first page are mapped at a
-        // page boundary before their first row.
+        // Three pages of rows.
         let (header, rows, width) = (128u64, 1000u64, 3usize);
         let mut want = vec![0xAAu8; header as usize + rows as usize * width * 4];
         std::fs::write(&path, &want).unwrap();
@@ -192,5 +212,21 @@ mod tests {
             .to_string();
         assert!(err.contains("row 10: beyond the output's 10 rows"), "{err}");
         file.write_rows(&[], &[]).unwrap();
+    }
+
+    #[test]
+    fn no_file_takes_no_layout() {
+        assert!(OutputFile::requested("", 0, 0, 3).unwrap().is_none());
+        for (header, rows) in [(128, 0), (0, 10), (128, 10)] {
+            let err = OutputFile::requested("", header, rows, 3)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                err.contains(&format!("out_header_len ({header}) and out_rows ({rows})"))
+                    && err.contains("out_file, which is empty"),
+                "{err}"
+            );
+        }
     }
 }

@@ -310,15 +310,13 @@ pub(super) fn compute_part(
         block_start.entry(o).or_insert(i);
     }
     // Opened before any work, so a bad path fails the part at once.
-    let out_file = match req.out_file.as_str() {
-        "" => None,
-        path => Some(Arc::new(OutputFile::open(
-            path,
-            req.out_header_len,
-            req.out_rows,
-            model.out_width(),
-        )?)),
-    };
+    let out_file = OutputFile::requested(
+        &req.out_file,
+        req.out_header_len,
+        req.out_rows,
+        model.out_width(),
+    )?
+    .map(Arc::new);
     let part = Part {
         mailbox,
         rt,
