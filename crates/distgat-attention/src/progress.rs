@@ -106,8 +106,9 @@ impl Progress {
     }
 
     /// Whether the layer now aggregated produces the model's final rows (set by the
-    /// engine around the last layer when it is local).
-    pub(crate) fn set_final_layer(&self, on: bool) {
+    /// engine around the last layer when it is local; a worker sets it around the part
+    /// of that layer whose rows it hands to the sink as they are done).
+    pub fn set_final_layer(&self, on: bool) {
         self.final_layer.store(on, Relaxed);
     }
 

@@ -181,6 +181,18 @@ impl Mailbox {
         }
     }
 
+    /// Whether `rows` rows of (job, layer, step) are here, so that [`Mailbox::take`]
+    /// would return at once.
+    pub(super) fn ready(&self, job: &str, part: u32, layer: u32, step: u32, rows: u64) -> bool {
+        let key = (job.to_string(), part, layer, step);
+        let inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        let have: u64 = inbox
+            .chunks
+            .get(&key)
+            .map_or(0, |h| h.chunks.iter().map(|c| c.num_rows as u64).sum());
+        have >= rows
+    }
+
     /// Part `part` of job `job` starts here: its chunks are welcome again.
     pub(super) fn job_started(&self, job: &str, part: u32) {
         let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());

@@ -4,14 +4,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use std::borrow::Cow;
 
 use distgat_attention::{
     aggregate_into, entry_edge_attr, transform_into, AttentionKind, Collective, Execution,
-    HaloPayload, Layer, Model, Progress, RowInputs,
+    FinalRowsSink, HaloPayload, Layer, Model, Progress, RowBuffer, RowInputs,
 };
 use distgat_graph::{Features, IncomingCsr};
 use distgat_partition::{PartPlan, PartitionDir};
@@ -24,6 +24,7 @@ use distgat_proto::MAX_CHUNK_BYTES;
 use prost::Message;
 use tokio::sync::mpsc;
 
+use crate::catalog::lock;
 use crate::error::{transport, Result, RuntimeError};
 
 use super::fetch::{self, ShardOrigin};
@@ -41,6 +42,8 @@ use tonic::transport::Endpoint;
 struct RowSplit {
     interior: Subset,
     boundary: Subset,
+    /// Per owned row: whether it is a boundary row.
+    is_boundary: Arc<Vec<bool>>,
 }
 
 struct Subset {
@@ -110,6 +113,7 @@ impl RowSplit {
         RowSplit {
             interior: interior.finish(add_self_loops, true),
             boundary: boundary.finish(add_self_loops, false),
+            is_boundary: Arc::new(boundary_row),
         }
     }
 }
@@ -219,6 +223,8 @@ struct Part<'a> {
     num_nodes: usize,
     /// Global ids of the owned nodes (as `plan.owned`).
     own_ids: Vec<usize>,
+    /// `plan.owned`, shared with the threads that write the output rows.
+    owned: Arc<[u64]>,
     edge_attr: Option<EdgeAttr>,
     pool: rayon::ThreadPool,
     /// The row split of each self-loop rule the model's graph layers use.
@@ -240,10 +246,14 @@ struct Measured {
     rows_sent: u64,
     bytes_sent: u64,
     bytes_planned: u64,
+    /// Whether the layer sent its boundary rows as output rows already (a last layer
+    /// whose halo rows were there before its interior started).
+    boundary_rows_sent: bool,
 }
 
 impl Measured {
     fn add(&mut self, o: Measured) {
+        self.boundary_rows_sent |= o.boundary_rows_sent;
         self.compute += o.compute;
         self.wait += o.wait;
         self.send = self.send.max(o.send);
@@ -349,6 +359,7 @@ pub(super) fn compute_part(
         out,
         out_file,
         own_ids: plan.owned.iter().map(|&v| v as usize).collect(),
+        owned: plan.owned.as_slice().into(),
         plan,
         num_nodes,
         edge_attr,
@@ -361,6 +372,7 @@ pub(super) fn compute_part(
 
     let mut x = features.values;
     let mut stats = Vec::with_capacity(model.layers.len());
+    let mut boundary_rows_sent = false;
     for (k, layer) in model.layers.iter().enumerate() {
         // Progress counts the graph layer's edges and a global layer's rows.
         let entries = layer.local().map_or(0, |l| {
@@ -402,12 +414,14 @@ pub(super) fn compute_part(
         if cancel.load(Ordering::Relaxed) {
             return Err(RuntimeError::Cancelled(format!("job {}", req.job_id)));
         }
+        boundary_rows_sent = measured.boundary_rows_sent;
         tracing::info!(
             job = %req.job_id,
             part = req.part,
             layer = k,
             compute_ms = ms(measured.compute),
             wait_ms = ms(measured.wait),
+            boundary_first = measured.boundary_rows_sent,
             "layer done"
         );
         let layer_stats = LayerStats {
@@ -435,9 +449,10 @@ pub(super) fn compute_part(
     }
     part.scratch.clear();
     // Output rows in chunks, in original ids: all of them, or, when a local last layer
-    // sent its interior rows already, its boundary rows.
+    // sent its interior rows already, its boundary rows (unless it sent them too).
     let width = model.out_width();
     match model.layers.last() {
+        Some(Layer::Local(_)) if boundary_rows_sent => {}
         Some(Layer::Local(l)) => {
             let rows = &part.splits[&l.add_self_loops()].boundary.rows;
             send_picked_rows(
@@ -539,7 +554,6 @@ impl Part<'_> {
             sends.push(self.send(*q, chunks, &send_failed)?);
         }
 
-        // Interior rows while the halo is in flight (they read owned source rows only).
         let view = &self.splits[&layer.add_self_loops()];
         let aw = layer.source_aux_width();
         let mut aux = vec![0f32; n_local * aw];
@@ -548,92 +562,137 @@ impl Part<'_> {
         }
         let mut out_rows = self.scratch.take(n_owned * ow);
         let mut alpha: Vec<(Vec<i64>, Vec<f32>)> = Vec::new();
-        aggregate_subset(
-            pool,
-            layer,
-            &view.interior,
-            &source,
-            &aux,
-            &target,
-            self.edge_attr.as_ref(),
-            &mut out_rows,
-            req.want_attention.then_some(&mut alpha),
-            self.progress,
-            &self.scratch,
-        );
         let mut compute = started.elapsed();
-        // The model's output: the interior rows are final now, so they travel to the
-        // coordinator on their own thread while the boundary rows wait and compute (the
-        // caller sends the boundary rows after the layer).
-        let early = if final_rows {
-            // Into a kept buffer (the interior's own, now free), so the copy adds no
-            // fresh memory to the layer's peak.
-            let picked = self.scratch.take_empty(view.interior.rows.len() * ow);
-            let (nodes, values) =
-                gather_rows(&plan.owned, &view.interior.rows, &out_rows, ow, picked);
-            let (tx, job, part) = (self.out.clone(), req.job_id.clone(), req.part);
-            let file = self.out_file.clone();
-            let sender = std::thread::Builder::new()
-                .name(format!("output-{job}-{part}"))
-                .spawn(move || send_rows(&tx, file.as_deref(), &job, part, &nodes, &values, ow))
-                .map_err(|e| {
-                    RuntimeError::Io(std::io::Error::other(format!(
-                        "starting the output sender: {e}"
-                    )))
-                })?;
-            Some(sender)
-        } else {
-            None
+        let mut wait = Duration::ZERO;
+        // The halo rows: waited for, placed into `source`, their aux rows filled.
+        let mut take_halo = |source: &mut RowBuffer, aux: &mut [f32]| -> Result<Duration> {
+            let waited = Instant::now();
+            let taken = self.mailbox.take(
+                &req.job_id,
+                req.part,
+                k as u32,
+                0,
+                n_halo as u64,
+                self.cancel,
+                &send_failed,
+                HALO_TIMEOUT,
+            );
+            let chunks = self.or_send_error(taken, &mut sends)?;
+            wait = waited.elapsed();
+            let t = Instant::now();
+            place_halo(layer, plan, &self.block_start, chunks, raw, pool, source)?;
+            if aw > 0 {
+                layer.fill_source_aux(&source[n_owned * sw..], &mut aux[n_owned * aw..]);
+            }
+            Ok(t.elapsed())
         };
-
-        // Boundary rows once their halo rows are here.
-        let waited = Instant::now();
-        let taken = self.mailbox.take(
-            &req.job_id,
-            req.part,
-            k as u32,
-            0,
-            n_halo as u64,
-            self.cancel,
-            &send_failed,
-            HALO_TIMEOUT,
-        );
-        let chunks = self.or_send_error(taken, &mut sends)?;
-        let wait = waited.elapsed();
-        let t = Instant::now();
-        place_halo(
-            layer,
-            plan,
-            &self.block_start,
-            chunks,
-            raw,
-            pool,
-            &mut source,
-        )?;
-        if aw > 0 {
-            layer.fill_source_aux(&source[n_owned * sw..], &mut aux[n_owned * aw..]);
+        // The last layer's rows are the model's output (no activation follows). When the
+        // halo rows are already here (the other parts are ahead, waiting for this one's),
+        // the boundary rows compute and go out first: then the rows that go out last are
+        // the interior's, one edge-balanced chunk at a time in increasing owned order, so
+        // the output file fills in increasing id order and the coordinator can push each
+        // completed stretch to the disk while this part still computes. Otherwise the
+        // interior computes while the halo rows are in flight.
+        let boundary_first = final_rows
+            && self
+                .mailbox
+                .ready(&req.job_id, req.part, k as u32, 0, n_halo as u64);
+        let mut boundary_rows_sent = false;
+        if boundary_first {
+            compute += take_halo(&mut source, &mut aux)?;
+            let t = Instant::now();
+            let rows = aggregate_subset(
+                pool,
+                layer,
+                &view.boundary,
+                &source,
+                &aux,
+                &target,
+                self.edge_attr.as_ref(),
+                SubsetOut::Compact(&self.scratch),
+                req.want_attention.then_some(&mut alpha),
+                self.progress,
+            )
+            .unwrap_or_default();
+            compute += t.elapsed();
+            let nodes: Vec<u64> = view
+                .boundary
+                .rows
+                .iter()
+                .map(|&r| plan.owned[r as usize])
+                .collect();
+            send_rows(
+                self.out,
+                self.out_file.as_deref(),
+                &req.job_id,
+                req.part,
+                &nodes,
+                &rows,
+                ow,
+            )?;
+            let t = Instant::now();
+            self.aggregate_interior(
+                layer,
+                view,
+                &source,
+                &aux,
+                &target,
+                &mut out_rows,
+                &mut alpha,
+            )?;
+            // The boundary rows into place (the interior's pass wrote its empty rows there).
+            for (i, &r) in view.boundary.rows.iter().enumerate() {
+                out_rows[r as usize * ow..(r as usize + 1) * ow]
+                    .copy_from_slice(&rows[i * ow..(i + 1) * ow]);
+            }
+            compute += t.elapsed();
+            self.scratch.give(rows);
+            boundary_rows_sent = true;
+        } else {
+            let t = Instant::now();
+            if final_rows {
+                self.aggregate_interior(
+                    layer,
+                    view,
+                    &source,
+                    &aux,
+                    &target,
+                    &mut out_rows,
+                    &mut alpha,
+                )?;
+            } else {
+                aggregate_subset(
+                    pool,
+                    layer,
+                    &view.interior,
+                    &source,
+                    &aux,
+                    &target,
+                    self.edge_attr.as_ref(),
+                    SubsetOut::Into(&mut out_rows, &self.scratch),
+                    req.want_attention.then_some(&mut alpha),
+                    self.progress,
+                );
+            }
+            compute += t.elapsed();
+            compute += take_halo(&mut source, &mut aux)?;
+            let t = Instant::now();
+            aggregate_subset(
+                pool,
+                layer,
+                &view.boundary,
+                &source,
+                &aux,
+                &target,
+                self.edge_attr.as_ref(),
+                SubsetOut::Into(&mut out_rows, &self.scratch),
+                req.want_attention.then_some(&mut alpha),
+                self.progress,
+            );
+            compute += t.elapsed();
         }
-        aggregate_subset(
-            pool,
-            layer,
-            &view.boundary,
-            &source,
-            &aux,
-            &target,
-            self.edge_attr.as_ref(),
-            &mut out_rows,
-            req.want_attention.then_some(&mut alpha),
-            self.progress,
-            &self.scratch,
-        );
-        compute += t.elapsed();
         self.scratch.give_rows(source);
         self.scratch.give(target);
-        if let Some(sender) = early {
-            sender.join().map_err(|_| {
-                RuntimeError::Io(std::io::Error::other("the output sender panicked"))
-            })??;
-        }
 
         let (bytes_sent, send) = self.join(sends)?;
         for (keys, values) in alpha {
@@ -657,8 +716,72 @@ impl Part<'_> {
                 rows_sent,
                 bytes_sent,
                 bytes_planned: rows_sent * width as u64 * 4,
+                boundary_rows_sent,
             },
         ))
+    }
+
+    /// The last layer's interior rows, in place into `out_rows`, each edge-balanced chunk
+    /// written into the output file (or sent) as soon as it is done, from the pool's
+    /// threads: the rows are final, and writing them while the others compute keeps the
+    /// write off the end of the job.
+    #[allow(clippy::too_many_arguments)]
+    fn aggregate_interior(
+        &self,
+        layer: &dyn AttentionKind,
+        view: &RowSplit,
+        source: &[f32],
+        aux: &[f32],
+        target: &[f32],
+        out_rows: &mut [f32],
+        alpha: &mut Vec<(Vec<i64>, Vec<f32>)>,
+    ) -> Result<()> {
+        let ow = layer.out_width();
+        let failed: Arc<Mutex<Option<RuntimeError>>> = Arc::default();
+        let sink: FinalRowsSink = {
+            let (out, file) = (self.out.clone(), self.out_file.clone());
+            let (job, part) = (self.req.job_id.clone(), self.req.part);
+            let (owned, boundary) = (self.owned.clone(), view.is_boundary.clone());
+            let failed = failed.clone();
+            Arc::new(move |first: usize, values: &[f32]| {
+                let n = values.len() / ow;
+                // The chunk's boundary rows are the interior pass's empty rows.
+                let rows: Vec<u32> = (0..n as u32)
+                    .filter(|&i| !boundary[first + i as usize])
+                    .collect();
+                let sent = send_picked_rows(
+                    &out,
+                    file.as_deref(),
+                    &job,
+                    part,
+                    &owned[first..first + n],
+                    &rows,
+                    values,
+                    ow,
+                );
+                if let Err(e) = sent {
+                    lock(&failed).get_or_insert(e);
+                }
+            })
+        };
+        self.progress.set_final_rows_sink(Some(sink));
+        self.progress.set_final_layer(true);
+        aggregate_subset(
+            &self.pool,
+            layer,
+            &view.interior,
+            source,
+            aux,
+            target,
+            self.edge_attr.as_ref(),
+            SubsetOut::Into(out_rows, &self.scratch),
+            self.req.want_attention.then_some(alpha),
+            self.progress,
+        );
+        self.progress.set_final_layer(false);
+        self.progress.set_final_rows_sink(None);
+        let failure = lock(&failed).take();
+        failure.map_or(Ok(()), Err)
     }
 
     /// A layer that reads every node (global attention, GPSConv's global part): runs
@@ -1280,25 +1403,6 @@ fn shared_inputs(req: &StartJobRequest) -> Result<PartInputs> {
     })
 }
 
-/// Global ids and values (`[rows.len(), width]`) of the local owned `rows` of `values`
-/// (`[owned, width]`); the values go into `picked` (cleared first; pass `Vec::new()` or a
-/// kept buffer).
-fn gather_rows(
-    owned: &[u64],
-    rows: &[u32],
-    values: &[f32],
-    width: usize,
-    mut picked: Vec<f32>,
-) -> (Vec<u64>, Vec<f32>) {
-    let nodes = rows.iter().map(|&r| owned[r as usize]).collect();
-    picked.clear();
-    picked.reserve(rows.len() * width);
-    for &r in rows {
-        picked.extend_from_slice(&values[r as usize * width..(r as usize + 1) * width]);
-    }
-    (nodes, picked)
-}
-
 /// Sends the local owned `rows` of `values` (`[owned, width]`; global ids from `owned`) in
 /// messages of at most [`MAX_CHUNK_BYTES`] of values, each built straight from `values`
 /// (no gathered copy of all the rows first: at 10M nodes that was 640 MB of fresh memory
@@ -1528,7 +1632,19 @@ fn place_halo(
     Ok(())
 }
 
-/// Aggregates the rows of `subset` and scatters them into `out` (by owned row).
+/// Where [`aggregate_subset`] puts a subset's rows.
+enum SubsetOut<'a> {
+    /// Into the part's `[owned, out_width]` rows: in place for an
+    /// [in-place](Subset::in_place) subset, else through a buffer from the scratch,
+    /// scattered by owned row.
+    Into(&'a mut [f32], &'a Scratch),
+    /// Into a `[subset rows, out_width]` buffer from the scratch, returned (not for an
+    /// in-place subset).
+    Compact(&'a Scratch),
+}
+
+/// Aggregates the rows of `subset` into `out`; returns the rows with
+/// [`SubsetOut::Compact`] (`None` for an empty subset).
 #[allow(clippy::too_many_arguments)]
 fn aggregate_subset(
     pool: &rayon::ThreadPool,
@@ -1538,15 +1654,14 @@ fn aggregate_subset(
     source_aux: &[f32],
     target: &[f32],
     edge_attr: Option<&EdgeAttr>,
-    out: &mut [f32],
+    out: SubsetOut<'_>,
     alpha: Option<&mut Vec<(Vec<i64>, Vec<f32>)>>,
     progress: &Progress,
-    scratch: &Scratch,
-) {
+) -> Option<Vec<f32>> {
     let (h, ow, tw) = (layer.heads(), layer.out_width(), layer.target_width());
     let n = subset.rows.len();
     if n == 0 {
-        return;
+        return None;
     }
     // In place: the CSR's rows are the owned rows, so the kernel reads `target` and writes
     // `out` as they are. Else each subset row's target row is gathered, and its output
@@ -1604,17 +1719,31 @@ fn aggregate_subset(
             )
         })
     };
-    if subset.in_place {
-        aggregate(out, coefficients.as_deref_mut());
-    } else {
-        let mut rows_out = scratch.take(n * ow);
-        aggregate(&mut rows_out, coefficients.as_deref_mut());
-        for (i, &r) in subset.rows.iter().enumerate() {
-            out[r as usize * ow..(r as usize + 1) * ow]
-                .copy_from_slice(&rows_out[i * ow..(i + 1) * ow]);
+    let kept = match out {
+        SubsetOut::Into(out, _) if subset.in_place => {
+            aggregate(out, coefficients.as_deref_mut());
+            None
         }
-        scratch.give(rows_out);
-    }
+        SubsetOut::Into(out, scratch) => {
+            let mut rows_out = scratch.take(n * ow);
+            aggregate(&mut rows_out, coefficients.as_deref_mut());
+            for (i, &r) in subset.rows.iter().enumerate() {
+                out[r as usize * ow..(r as usize + 1) * ow]
+                    .copy_from_slice(&rows_out[i * ow..(i + 1) * ow]);
+            }
+            scratch.give(rows_out);
+            None
+        }
+        SubsetOut::Compact(scratch) => {
+            assert!(
+                !subset.in_place,
+                "an in-place subset has no rows of its own"
+            );
+            let mut rows_out = scratch.take(n * ow);
+            aggregate(&mut rows_out, coefficients.as_deref_mut());
+            Some(rows_out)
+        }
+    };
     if let (Some(alpha), Some(values)) = (alpha, coefficients) {
         // Chunk so no message exceeds the limit.
         let per_chunk = (MAX_CHUNK_BYTES / (4 * h + 8)).max(1);
@@ -1626,6 +1755,7 @@ fn aggregate_subset(
             alpha.push((keys.to_vec(), vals.to_vec()));
         }
     }
+    kept
 }
 
 #[cfg(test)]
