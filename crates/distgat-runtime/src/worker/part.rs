@@ -390,7 +390,14 @@ pub(super) fn compute_part(
         let (mut out_rows, measured) = match layer {
             // A local last layer's rows are the output (no activation follows): its
             // interior rows go to the coordinator while the boundary rows compute.
-            Layer::Local(l) => part.graph_layer(l.as_ref(), k, &x, k + 1 == model.layers.len())?,
+            // The layer's input is dead once it is transformed and its halo rows are
+            // sent: the layer takes it, so its allocation becomes the output rows.
+            Layer::Local(l) => part.graph_layer(
+                l.as_ref(),
+                k,
+                LayerInput::Owned(std::mem::take(&mut x)),
+                k + 1 == model.layers.len(),
+            )?,
             Layer::Global(g) => {
                 part.global_layer(k, |comm| g.forward_part(&x, comm, Execution::Parallel))?
             }
@@ -398,7 +405,8 @@ pub(super) fn compute_part(
                 let mut measured = Measured::default();
                 let conv_out = match &g.conv {
                     Some(conv) => {
-                        let (rows, m) = part.graph_layer(conv.as_ref(), k, &x, false)?;
+                        let (rows, m) =
+                            part.graph_layer(conv.as_ref(), k, LayerInput::Borrowed(&x), false)?;
                         measured.add(m);
                         Some(rows)
                     }
@@ -496,9 +504,13 @@ impl Part<'_> {
         &self,
         layer: &dyn AttentionKind,
         k: usize,
-        x: &[f32],
+        input: LayerInput<'_>,
         final_rows: bool,
     ) -> Result<(Vec<f32>, Measured)> {
+        let x: &[f32] = match &input {
+            LayerInput::Owned(v) => v,
+            LayerInput::Borrowed(v) => v,
+        };
         let (req, plan, pool) = (self.req, &self.plan, &self.pool);
         let (n_owned, n_halo) = (plan.owned.len(), plan.halo.len());
         let n_local = n_owned + n_halo;
@@ -554,6 +566,10 @@ impl Part<'_> {
             sends.push(self.send(*q, chunks, &send_failed)?);
         }
 
+        // The input is not read again: an owned one serves the output rows.
+        if let LayerInput::Owned(v) = input {
+            self.scratch.give(v);
+        }
         let view = &self.splits[&layer.add_self_loops()];
         let aw = layer.source_aux_width();
         let mut aux = vec![0f32; n_local * aw];
@@ -1630,6 +1646,14 @@ fn place_halo(
         });
     }
     Ok(())
+}
+
+/// A graph layer's input rows (`[owned, F]`).
+enum LayerInput<'a> {
+    /// Taken: freed for reuse (the output rows) once transformed and sent.
+    Owned(Vec<f32>),
+    /// Still needed after the layer (GPSConv's global part reads it).
+    Borrowed(&'a [f32]),
 }
 
 /// Where [`aggregate_subset`] puts a subset's rows.
