@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::error::{GraphError, Result};
-use crate::npy::NpyBody;
+use crate::npy::{NpyBody, NpyDtype};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Features {
@@ -243,6 +243,27 @@ impl FeatureBlocks<'_> {
             check_finite(path, what, first, width, values)?;
             f(first, values)?;
             Ok(true)
+        })
+    }
+
+    /// Calls `f` on the matrix's values as row-major little-endian float32 bytes, in
+    /// blocks, in row order. A float32 C-order file's bytes are passed as they are, with no
+    /// value converted or checked finite (for a digest compared with one recorded from a
+    /// checked matrix); other files go through [`FeatureBlocks::for_each`] (converted and
+    /// checked).
+    pub fn for_each_le_bytes(self, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let (path, width) = (self.path, self.width());
+        if self.body.dtype == NpyDtype::F32 && !self.body.fortran_order {
+            return self.body.for_each_f32_bytes_block(path, width, |bytes| {
+                f(bytes)?;
+                Ok(true)
+            });
+        }
+        let mut le = Vec::new();
+        self.for_each(|_, values| {
+            le.clear();
+            le.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+            f(&le)
         })
     }
 }

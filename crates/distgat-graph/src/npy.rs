@@ -294,6 +294,44 @@ impl NpyBody {
         Ok(())
     }
 
+    /// Streams a float32 body's bytes as they are in the file (little-endian), in blocks of
+    /// whole rows of `row_len` values, at most about 16 MiB each, in file order; `f` stops
+    /// the pass by returning `false`. No value is converted or checked. An error for any
+    /// other dtype.
+    pub fn for_each_f32_bytes_block(
+        mut self,
+        path: &Path,
+        row_len: usize,
+        mut f: impl FnMut(&[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        if self.dtype != NpyDtype::F32 {
+            return Err(GraphError::format(
+                path,
+                format!("dtype {} where float32 was expected", self.dtype.name()),
+            ));
+        }
+        let row_len = row_len.max(1);
+        let rows = self.len / row_len;
+        if rows == 0 {
+            return Ok(());
+        }
+        let rows_per_block = ((16usize << 20) / row_len.saturating_mul(4)).clamp(1, rows);
+        let mut bytes = vec![0u8; rows_per_block * row_len * 4];
+        let mut first = 0usize;
+        while first < rows {
+            let take = rows_per_block.min(rows - first);
+            let raw = &mut bytes[..take * row_len * 4];
+            self.reader
+                .read_exact(raw)
+                .map_err(|e| GraphError::io(path, e))?;
+            if !f(raw)? {
+                break;
+            }
+            first += take;
+        }
+        Ok(())
+    }
+
     /// Reads a float64 or float32 body as f64 (for reference outputs kept in float64).
     pub fn read_f64(self, path: &Path) -> Result<Vec<f64>> {
         match self.dtype {

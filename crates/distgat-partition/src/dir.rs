@@ -177,6 +177,32 @@ pub fn features_file_fingerprint(
     })
 }
 
+/// [`features_fingerprint`] of the float32 or float64 `[N, F]` `.npy` at `path`, with
+/// `[N, F]`, in one bounded pass like [`features_file_fingerprint`], for comparing with a
+/// recorded fingerprint: a float32 C-order file's bytes are hashed as they are, with no
+/// value converted or checked finite (a recorded fingerprint is of a checked matrix, so a
+/// file with a NaN never matches one). `stop` as in [`features_file_fingerprint`].
+pub fn features_file_digest(
+    path: &Path,
+    what: &str,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<(String, usize, usize)> {
+    let blocks = Features::blocks(path, what)?;
+    let (num_nodes, width) = (blocks.num_rows(), blocks.width());
+    let mut h = features_hasher(num_nodes, width);
+    blocks.for_each_le_bytes(|bytes| {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(distgat_graph::GraphError::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::Interrupted, "check stopped"),
+            ));
+        }
+        h.update_rayon(bytes);
+        Ok(())
+    })?;
+    Ok((h.finalize().to_hex().to_string(), num_nodes, width))
+}
+
 /// Feeds `values` to `h` as their little-endian bytes. On a little-endian machine that is
 /// their memory, hashed in place on rayon's threads (BLAKE3 is a tree hash: the digest does
 /// not depend on how the input is split); elsewhere each value is converted (`le`) first.
@@ -885,6 +911,8 @@ mod tests {
             let whole = Features::read_npy(path).unwrap();
             let scan = features_file_fingerprint(path, "features", &go()).unwrap();
             assert_eq!(scan.fingerprint, features_fingerprint(&whole), "{path:?}");
+            let digest = features_file_digest(path, "features", &go()).unwrap();
+            assert_eq!(digest, (scan.fingerprint.clone(), rows, width), "{path:?}");
             assert_eq!((scan.num_nodes, scan.width), (rows, width));
             assert_eq!(scan.min_value, min);
         }
@@ -913,6 +941,11 @@ mod tests {
         let path = dir.path().join("x.npy");
         write_npy(&path, &[2, 3], &[0.0f32; 6]).unwrap();
         let stop = std::sync::atomic::AtomicBool::new(true);
+        let digest_err = features_file_digest(&path, "features", &stop).unwrap_err();
+        assert!(
+            digest_err.to_string().contains("x.npy: check stopped"),
+            "{digest_err}"
+        );
         let err = features_file_fingerprint(&path, "features", &stop).unwrap_err();
         assert!(
             matches!(&err, PartitionError::Graph(distgat_graph::GraphError::Io { error, .. })
@@ -934,5 +967,9 @@ mod tests {
             err.contains("x.npy") && err.contains("row 1, column 1"),
             "{err}"
         );
+        // The digest only compares: it hashes the bytes as they are.
+        let (digest, n, f) = features_file_digest(&path, "features", &go()).unwrap();
+        assert_eq!((n, f), (2, 3));
+        assert_eq!(digest.len(), 64);
     }
 }

@@ -366,8 +366,8 @@ async fn run_job_inner(
     // cancelled), `_stop_check` stops the check at its next block.
     let stop = Arc::new(AtomicBool::new(false));
     let _stop_check = SetOnDrop(stop.clone());
-    let mut features_check = features_check
-        .map(|check| tokio::task::spawn_blocking(move || check.run(&stop).map(|_| ())));
+    let mut features_check =
+        features_check.map(|check| tokio::task::spawn_blocking(move || check.verify(&stop)));
     sink.progress = record.cloned();
     if req.workers_write_output {
         let temp = sink.out.temp_path();
@@ -805,7 +805,20 @@ impl FeaturesCheck {
     /// ends the pass early with an error.
     fn run(&self, stop: &AtomicBool) -> Result<f32> {
         let scan = distgat_partition::features_file_fingerprint(&self.path, "features", stop)?;
-        if scan.fingerprint != self.fingerprint {
+        self.compare(&scan.fingerprint)?;
+        Ok(scan.min_value)
+    }
+
+    /// [`FeaturesCheck::run`] without the smallest value: a float32 file's bytes are
+    /// hashed as they are (no conversion, no finiteness check: the shards' features were
+    /// checked when partitioned, so a file with a NaN never matches).
+    fn verify(&self, stop: &AtomicBool) -> Result<()> {
+        let (digest, _, _) = distgat_partition::features_file_digest(&self.path, "features", stop)?;
+        self.compare(&digest)
+    }
+
+    fn compare(&self, fingerprint: &str) -> Result<()> {
+        if fingerprint != self.fingerprint {
             return Err(RuntimeError::InvalidArgument(format!(
                 "features: {} differs from the features the partition's shards carry ({}); \
                  repartition with these features, or run without naming a features file",
@@ -813,7 +826,7 @@ impl FeaturesCheck {
                 self.partitioned
             )));
         }
-        Ok(scan.min_value)
+        Ok(())
     }
 }
 
