@@ -9,7 +9,9 @@ use distgat_cli::{run_infer, InferConfig};
 use distgat_client::v1::{JobState, RegisterGraphRequest};
 use distgat_client::{Client, ClientError, RetryPolicy, Selection, Submit};
 use distgat_graph::Normalization;
-use distgat_runtime::{start_coordinator, start_worker, CoordinatorConfig, WorkerConfig};
+use distgat_runtime::{
+    start_coordinator, start_worker, CoordinatorConfig, LastLayerOrder, WorkerConfig,
+};
 use distgat_tests::scrape::{http_get, sample};
 use distgat_tests::{repo_root, TestCluster};
 use tonic::Code;
@@ -80,6 +82,46 @@ fn infer_cora(out: &Path, attention: Option<PathBuf>) {
         ..InferConfig::default()
     })
     .unwrap();
+}
+
+/// The last layer's two orders (boundary rows first, as the part the others wait for
+/// runs it; interior rows first, while the halo rows travel), each forced on every worker
+/// so neither depends on timing: both give `distgat infer`'s bytes, and every attention
+/// coefficient arrives once (the coordinator refuses a repeat or a gap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn either_order_of_the_last_layer_gives_infers_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("infer.npy");
+    infer_cora(&reference, None);
+    for order in [LastLayerOrder::BoundaryFirst, LastLayerOrder::InteriorFirst] {
+        let c = TestCluster::start(3, |_| {}, move |w| w.last_layer_order = order).await;
+        let (mut client, graph_id) = cora_ready(&c, 3).await;
+        let job = client
+            .submit(Submit {
+                graph_id,
+                model: CORA_MODEL.into(),
+                normalize_features: true,
+                attention: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let done = client.wait(&job.job_id, |_| {}).await.unwrap();
+        assert_eq!(
+            done.state,
+            JobState::Succeeded as i32,
+            "{order:?}: {done:?}"
+        );
+        let fetched = dir.path().join(format!("{order:?}.npy"));
+        client
+            .fetch_to_npy(&job.job_id, Selection::All, &fetched)
+            .await
+            .unwrap();
+        assert!(
+            std::fs::read(&fetched).unwrap() == std::fs::read(&reference).unwrap(),
+            "{order:?}: the output differs from distgat infer's"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

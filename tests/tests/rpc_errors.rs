@@ -14,7 +14,7 @@ use distgat_client::v1::halo_exchange_client::HaloExchangeClient;
 use distgat_client::v1::worker_client::WorkerClient;
 use distgat_client::v1::{
     CancelJobRequest, FetchEdgesRequest, FetchShardRequest, GetJobRequest, ListJobsRequest,
-    OutputChunk, RowChunk,
+    OutputChunk, RowChunk, StartJobRequest,
 };
 use distgat_client::{Client, RetryPolicy, Security};
 use distgat_proto::{secure_endpoint, Bearer, TlsFiles};
@@ -179,6 +179,24 @@ async fn every_error_answer_is_counted_once_by_code() {
         .await
         .unwrap_err();
     seen.push(("worker CancelJob without a client certificate", status));
+    // A StartJob whose output layout describes no file: refused before any input is read.
+    let status = WorkerClient::new(worker_cert.clone())
+        .start_job(StartJobRequest {
+            job_id: "job-layout".into(),
+            out_header_len: 128,
+            out_rows: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        status.code() == Code::InvalidArgument
+            && status
+                .message()
+                .contains("out_header_len (128) and out_rows (10) describe out_file"),
+        "{status:?}"
+    );
+    seen.push(("StartJob with out_rows but no out_file", status));
     // A Status a worker's handler makes itself (SendRows' INVALID_ARGUMENT).
     let status = HaloExchangeClient::new(worker_cert)
         .send_rows(tokio_stream::iter(vec![RowChunk {

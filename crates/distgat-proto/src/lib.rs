@@ -4,7 +4,9 @@
 /// 2: workers send per-layer progress in PushOutput, which version 1 coordinators refuse.
 /// 3: StartJobRequest may name no paths (shard source stream): the worker fetches its
 /// inputs with FetchShard and FetchInputs, which a version 2 worker would not do.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: StartJobRequest.out_header_len and out_rows must be 0 without out_file (version 3
+/// coordinators always set them, which a version 4 worker refuses).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 pub mod security;
 pub use security::{

@@ -19,7 +19,8 @@ pub use error::{Result, RuntimeError};
 pub use net::{RunningServer, DEFAULT_STREAM_IDLE_TIMEOUT};
 pub use source::{Recovery, ShardSource, UnknownRecovery, UnknownShardSource};
 pub use worker::{
-    start_worker, WorkerConfig, DEFAULT_MAILBOX_MAX_BYTES, DEFAULT_SHARD_CACHE_MAX_BYTES,
+    start_worker, LastLayerOrder, WorkerConfig, DEFAULT_MAILBOX_MAX_BYTES,
+    DEFAULT_SHARD_CACHE_MAX_BYTES,
 };
 
 /// Entry points for the fuzz targets (`fuzz/`, `crates/distgat-fuzz-targets`): the

@@ -363,9 +363,9 @@ async fn run_job_inner(
     } = prepared;
     // The features file's check runs beside the job; its failure stops the job, and the
     // output is committed only after it passed. When the job ends first (failed or
-    // cancelled), `_stop_check` stops the check at its next block.
+    // cancelled), `stop_check` stops the check at its next block.
     let stop = Arc::new(AtomicBool::new(false));
-    let _stop_check = SetOnDrop(stop.clone());
+    let stop_check = SetOnDrop(stop.clone());
     let mut features_check =
         features_check.map(|check| tokio::task::spawn_blocking(move || check.verify(&stop)));
     sink.progress = record.cloned();
@@ -554,6 +554,8 @@ async fn run_job_inner(
             },
             AttemptFailure::Other(e) => e,
         };
+        // The features check is of no use now (it would read on while the streams close).
+        stop_check.set();
         // Drop the temporary output files before answering, so a caller that sees the
         // failure never sees them.
         drop(released(sink).await);
@@ -785,9 +787,16 @@ struct Prepared {
 /// Sets its flag when dropped, on every way out of the scope that holds it.
 struct SetOnDrop(Arc<AtomicBool>);
 
+impl SetOnDrop {
+    /// Sets the flag now.
+    fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Drop for SetOnDrop {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.set();
     }
 }
 

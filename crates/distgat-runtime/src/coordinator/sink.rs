@@ -159,6 +159,9 @@ pub(super) struct Filled {
     remaining: Vec<u32>,
     /// Byte ranges (offset, length) of blocks filled since the last sync.
     unsynced: Vec<(u64, u64)>,
+    /// Whether any row was counted (the workers write the rows: the file is synced by
+    /// filled blocks only).
+    counting: bool,
 }
 
 impl Filled {
@@ -169,6 +172,7 @@ impl Filled {
             num_rows,
             remaining: Vec::new(),
             unsynced: Vec::new(),
+            counting: false,
         };
         f.reset();
         f
@@ -185,6 +189,7 @@ impl Filled {
     /// Counts in rows `nodes` (new, in range); returns the bytes of blocks they filled.
     fn add(&mut self, nodes: impl Iterator<Item = u64>, header_len: u64, row_bytes: u64) -> u64 {
         let mut filled = 0;
+        self.counting = true;
         for v in nodes {
             let b = v as usize / self.block_rows;
             self.remaining[b] -= 1;
@@ -201,7 +206,16 @@ impl Filled {
 }
 
 /// Starts the disk writes of `ranges` of `file` (`sync_file_range` with
+/// `SYNC_FILE_RANGE_WRITE`: it does not wait for them; the commit's fsync does). Linux
+/// only; elsewhere an `fdatasync` of the whole file.
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(file: &std::fs::File, _ranges: &[(u64, u64)]) -> std::io::Result<()> {
+    file.sync_data()
+}
+
+/// Starts the disk writes of `ranges` of `file` (`sync_file_range` with
 /// `SYNC_FILE_RANGE_WRITE`: it does not wait for them; the commit's fsync does).
+#[cfg(target_os = "linux")]
 fn start_writeback(file: &std::fs::File, ranges: &[(u64, u64)]) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     for &(offset, len) in ranges {
@@ -342,13 +356,17 @@ impl JobSink {
                 let path = out_path.to_path_buf();
                 let filled = filled.clone();
                 move || {
-                    // Rows the workers wrote: the blocks they filled. Rows this process
-                    // wrote went out in whole blocks, so all of the file is due.
-                    let ranges = std::mem::take(&mut lock(&filled).unsynced);
-                    if ranges.is_empty() {
-                        file.sync_data()
-                    } else {
+                    // Rows the workers wrote: the blocks they filled (never a block
+                    // still filling). Rows this process wrote went out in whole blocks,
+                    // so all of the file is due.
+                    let (ranges, counting) = {
+                        let mut f = lock(&filled);
+                        (std::mem::take(&mut f.unsynced), f.counting)
+                    };
+                    if counting {
                         start_writeback(&file, &ranges)
+                    } else {
+                        file.sync_data()
                     }
                     .map_err(|e| distgat_graph::GraphError::io(&path, e))
                 }
@@ -688,12 +706,11 @@ mod tests {
         }
     }
 
-    /// A part restarted on a spare sends every row again: the rows its lost worker had
-    /// sent are skipped, the others land; another part's rows are still refused twice,
-    /// and the lost worker's stream can no longer fail the job.
+    /// Rows written by the workers count towards their block; a block is due for the
+    /// disk once, when its last row is in, and a new attempt counts from scratch.
     #[test]
     fn filled_blocks_are_synced_once_each_and_only_when_full() {
-        // 3 rows of 1 MiB: blocks of 4 rows, the last one of 2 (10 rows).
+        // 10 rows of 1 MiB: blocks of 4 rows, the last one of 2.
         let rb = 1u64 << 20;
         let mut f = Filled::new(10, rb as usize);
         assert_eq!(f.block_rows, 4);
@@ -710,6 +727,9 @@ mod tests {
         assert_eq!(f.add((0..4).map(|v| v as u64), 0, rb), 4 * rb);
     }
 
+    /// A part restarted on a spare sends every row again: the rows its lost worker had
+    /// sent are skipped, the others land; another part's rows are still refused twice,
+    /// and the lost worker's stream can no longer fail the job.
     #[test]
     fn a_replayed_part_may_send_its_rows_again() {
         let dir = tempfile::tempdir().unwrap();

@@ -85,6 +85,24 @@ pub struct WorkerConfig {
     /// Idle deadline of incoming SendRows streams (a peer's halo rows): one that sends
     /// nothing for this long ends with DEADLINE_EXCEEDED. Default 60 s.
     pub stream_idle_timeout: Duration,
+    /// Which rows of a job's last (local) layer a part computes and sends first. Not a
+    /// flag: [`LastLayerOrder::Auto`] is right for every job; the others make each path
+    /// testable on its own. The output's bytes are the same in every order.
+    pub last_layer_order: LastLayerOrder,
+}
+
+/// Which rows of a job's last local layer a part computes and sends first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LastLayerOrder {
+    /// The boundary rows when the layer's halo rows are already here (the part the
+    /// others wait for), so its interior rows, sent last, fill the output in id order;
+    /// else the interior rows, while the halo rows travel.
+    #[default]
+    Auto,
+    /// Always the boundary rows (waiting for the halo rows first).
+    BoundaryFirst,
+    /// Always the interior rows.
+    InteriorFirst,
 }
 
 /// [`WorkerConfig::mailbox_max_bytes`]'s default: 8 GiB.
@@ -107,6 +125,7 @@ impl Default for WorkerConfig {
             shard_cache_max_bytes: DEFAULT_SHARD_CACHE_MAX_BYTES,
             mailbox_max_bytes: DEFAULT_MAILBOX_MAX_BYTES,
             stream_idle_timeout: crate::net::DEFAULT_STREAM_IDLE_TIMEOUT,
+            last_layer_order: LastLayerOrder::Auto,
         }
     }
 }
@@ -142,6 +161,7 @@ pub async fn start_worker(config: WorkerConfig) -> Result<RunningServer> {
     let state = Arc::new(WorkerState {
         mailbox: Mailbox::new(config.mailbox_max_bytes),
         stream_idle_timeout: config.stream_idle_timeout,
+        last_layer_order: config.last_layer_order,
         builds: Arc::new(build::Builds::default()),
         jobs: Mutex::new(HashMap::new()),
         links: Mutex::new(HashMap::new()),
@@ -366,6 +386,8 @@ struct WorkerState {
     mailbox: Mailbox,
     /// [`WorkerConfig::stream_idle_timeout`].
     stream_idle_timeout: Duration,
+    /// [`WorkerConfig::last_layer_order`].
+    last_layer_order: LastLayerOrder,
     work_dir: WorkDir,
     /// Points of the neighbourhood builds running here, for peers' fetches.
     builds: Arc<build::Builds>,
@@ -425,6 +447,8 @@ impl Worker for WorkerService {
             )
             .into());
         }
+        // Refused here, before any input is fetched (the part opens the file itself).
+        output::check_layout(&req.out_file, req.out_header_len, req.out_rows)?;
         let cancel = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(Progress::default());
         let key = (req.job_id.clone(), req.part);
@@ -680,6 +704,7 @@ fn run_job(
             cancel,
             progress,
             &tx,
+            state.last_layer_order,
         )
     }))
     .unwrap_or_else(|panic| {

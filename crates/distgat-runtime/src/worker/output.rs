@@ -25,6 +25,18 @@ pub(super) struct OutputFile {
     row_bytes: usize,
 }
 
+/// `out_header_len` and `out_rows` describe `out_file`: without one they must be 0 (else an
+/// error naming them).
+pub(super) fn check_layout(path: &str, header_len: u64, rows: u64) -> Result<()> {
+    if path.is_empty() && (header_len != 0 || rows != 0) {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "out_header_len ({header_len}) and out_rows ({rows}) describe out_file, which is \
+             empty: the output rows are sent, not written"
+        )));
+    }
+    Ok(())
+}
+
 impl OutputFile {
     /// The file `StartJobRequest` names: `None` when `out_file` is empty (the rows are sent),
     /// and then `out_header_len` and `out_rows` must be 0 (else an error naming them: a
@@ -35,16 +47,11 @@ impl OutputFile {
         rows: u64,
         width: usize,
     ) -> Result<Option<Self>> {
-        if !path.is_empty() {
-            return Self::open(path, header_len, rows, width).map(Some);
+        check_layout(path, header_len, rows)?;
+        if path.is_empty() {
+            return Ok(None);
         }
-        if header_len != 0 || rows != 0 {
-            return Err(RuntimeError::InvalidArgument(format!(
-                "out_header_len ({header_len}) and out_rows ({rows}) describe out_file, \
-                 which is empty: the output rows are sent, not written"
-            )));
-        }
-        Ok(None)
+        Self::open(path, header_len, rows, width).map(Some)
     }
 
     /// Opens `path` (`StartJobRequest.out_file`), which must be a regular file of exactly

@@ -32,6 +32,7 @@ use super::links::{receiver_lost, send_chunks, JobLinks, HALO_TIMEOUT};
 use super::mailbox::Mailbox;
 use super::output::OutputFile;
 use super::scratch::Scratch;
+use super::LastLayerOrder;
 use crate::net::Dialer;
 use crate::source::ShardSource;
 use std::path::PathBuf;
@@ -235,6 +236,8 @@ struct Part<'a> {
     links: &'a JobLinks,
     /// Buffers one layer leaves for the next (fresh pages are the expensive part).
     scratch: Scratch,
+    /// [`LastLayerOrder`] of this worker.
+    last_layer_order: LastLayerOrder,
 }
 
 /// A layer's numbers for [`LayerStats`], added up over its graph and global parts.
@@ -276,6 +279,7 @@ pub(super) fn compute_part(
     cancel: &AtomicBool,
     progress: &Progress,
     out: &mpsc::Sender<OutputChunk>,
+    last_layer_order: LastLayerOrder,
 ) -> Result<()> {
     let PartInputs {
         num_nodes,
@@ -368,6 +372,7 @@ pub(super) fn compute_part(
         block_start,
         links,
         scratch: Scratch::default(),
+        last_layer_order,
     };
 
     let mut x = features.values;
@@ -610,9 +615,14 @@ impl Part<'_> {
         // completed stretch to the disk while this part still computes. Otherwise the
         // interior computes while the halo rows are in flight.
         let boundary_first = final_rows
-            && self
-                .mailbox
-                .ready(&req.job_id, req.part, k as u32, 0, n_halo as u64);
+            && match self.last_layer_order {
+                LastLayerOrder::Auto => {
+                    self.mailbox
+                        .ready(&req.job_id, req.part, k as u32, 0, n_halo as u64)
+                }
+                LastLayerOrder::BoundaryFirst => true,
+                LastLayerOrder::InteriorFirst => false,
+            };
         let mut boundary_rows_sent = false;
         if boundary_first {
             compute += take_halo(&mut source, &mut aux)?;
@@ -760,6 +770,10 @@ impl Part<'_> {
             let (owned, boundary) = (self.owned.clone(), view.is_boundary.clone());
             let failed = failed.clone();
             Arc::new(move |first: usize, values: &[f32]| {
+                // After a failure the rest of the rows stay here: the part fails anyway.
+                if lock(&failed).is_some() {
+                    return;
+                }
                 let n = values.len() / ow;
                 // The chunk's boundary rows are the interior pass's empty rows.
                 let rows: Vec<u32> = (0..n as u32)
