@@ -157,12 +157,7 @@ pub fn features_file_fingerprint(
     let mut h = features_hasher(num_nodes, width);
     let mut min_value = f32::INFINITY;
     blocks.for_each(|_, values| {
-        if stop.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(distgat_graph::GraphError::io(
-                path,
-                std::io::Error::new(std::io::ErrorKind::Interrupted, "check stopped"),
-            ));
-        }
+        stopped(path, stop)?;
         min_value = values.iter().copied().fold(min_value, f32::min);
         hash_le(&mut h, values, |v, out| {
             out.extend_from_slice(&v.to_le_bytes())
@@ -191,16 +186,22 @@ pub fn features_file_digest(
     let (num_nodes, width) = (blocks.num_rows(), blocks.width());
     let mut h = features_hasher(num_nodes, width);
     blocks.for_each_le_bytes(|bytes| {
-        if stop.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(distgat_graph::GraphError::io(
-                path,
-                std::io::Error::new(std::io::ErrorKind::Interrupted, "check stopped"),
-            ));
-        }
+        stopped(path, stop)?;
         h.update_rayon(bytes);
         Ok(())
     })?;
     Ok((h.finalize().to_hex().to_string(), num_nodes, width))
+}
+
+/// An `Interrupted` I/O error naming `path` once `stop` is set.
+fn stopped(path: &Path, stop: &std::sync::atomic::AtomicBool) -> distgat_graph::Result<()> {
+    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(distgat_graph::GraphError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::Interrupted, "check stopped"),
+        ));
+    }
+    Ok(())
 }
 
 /// Feeds `values` to `h` as their little-endian bytes. On a little-endian machine that is

@@ -20,6 +20,11 @@ const BLOCK_BYTES: usize = 4 << 20;
 /// straight to the file.
 const MAX_PENDING_BYTES: usize = 512 << 20;
 
+/// Rows of `row_bytes` in one block of about [`BLOCK_BYTES`] (at least one).
+fn rows_per_block(row_bytes: usize) -> usize {
+    (BLOCK_BYTES / row_bytes.max(1)).max(1)
+}
+
 /// Output rows gathered by block of the file (`block_rows` consecutive node ids), so rows
 /// that arrive scattered (a part's ids interleave with the other parts') reach the disk in
 /// a few large writes. A block is written when all its rows are in; past
@@ -43,7 +48,7 @@ struct Pending {
 
 impl Blocks {
     fn new(num_rows: usize, row_bytes: usize) -> Self {
-        let block_rows = (BLOCK_BYTES / row_bytes.max(1)).max(1);
+        let block_rows = rows_per_block(row_bytes);
         Blocks {
             num_rows,
             row_bytes,
@@ -166,7 +171,7 @@ pub(super) struct Filled {
 
 impl Filled {
     fn new(num_rows: usize, row_bytes: usize) -> Self {
-        let block_rows = (BLOCK_BYTES / row_bytes.max(1)).max(1);
+        let block_rows = rows_per_block(row_bytes);
         let mut f = Filled {
             block_rows,
             num_rows,

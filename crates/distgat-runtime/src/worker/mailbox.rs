@@ -41,6 +41,15 @@ struct Inbox {
 /// (job, receiving part, layer, step).
 type Key = (String, u32, u32, u32);
 
+impl Inbox {
+    /// Rows held for `key`.
+    fn rows_held(&self, key: &Key) -> u64 {
+        self.chunks
+            .get(key)
+            .map_or(0, |h| h.chunks.iter().map(|c| c.num_rows as u64).sum())
+    }
+}
+
 /// The chunks of one (job, layer, step), and which halo chunks they are.
 #[derive(Default)]
 struct Held {
@@ -145,10 +154,7 @@ impl Mailbox {
         let deadline = Instant::now() + timeout;
         let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            let have: u64 = inbox
-                .chunks
-                .get(&key)
-                .map_or(0, |h| h.chunks.iter().map(|c| c.num_rows as u64).sum());
+            let have = inbox.rows_held(&key);
             if have >= rows {
                 let taken = inbox.chunks.remove(&key).unwrap_or_default().chunks;
                 inbox.bytes -= taken.iter().map(|c| c.payload.len() as u64).sum::<u64>();
@@ -186,11 +192,7 @@ impl Mailbox {
     pub(super) fn ready(&self, job: &str, part: u32, layer: u32, step: u32, rows: u64) -> bool {
         let key = (job.to_string(), part, layer, step);
         let inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        let have: u64 = inbox
-            .chunks
-            .get(&key)
-            .map_or(0, |h| h.chunks.iter().map(|c| c.num_rows as u64).sum());
-        have >= rows
+        inbox.rows_held(&key) >= rows
     }
 
     /// Part `part` of job `job` starts here: its chunks are welcome again.

@@ -614,6 +614,26 @@ impl Part<'_> {
         // the output file fills in increasing id order and the coordinator can push each
         // completed stretch to the disk while this part still computes. Otherwise the
         // interior computes while the halo rows are in flight.
+        // One subset of this layer's rows (the rest of aggregate_subset's arguments are
+        // the layer's).
+        let subset = |subset: &Subset,
+                      source: &[f32],
+                      aux: &[f32],
+                      out: SubsetOut<'_>,
+                      alpha: &mut Vec<(Vec<i64>, Vec<f32>)>| {
+            aggregate_subset(
+                pool,
+                layer,
+                subset,
+                source,
+                aux,
+                &target,
+                self.edge_attr.as_ref(),
+                out,
+                req.want_attention.then_some(alpha),
+                self.progress,
+            )
+        };
         let boundary_first = final_rows
             && match self.last_layer_order {
                 LastLayerOrder::Auto => {
@@ -627,17 +647,12 @@ impl Part<'_> {
         if boundary_first {
             compute += take_halo(&mut source, &mut aux)?;
             let t = Instant::now();
-            let rows = aggregate_subset(
-                pool,
-                layer,
+            let rows = subset(
                 &view.boundary,
                 &source,
                 &aux,
-                &target,
-                self.edge_attr.as_ref(),
                 SubsetOut::Compact(&self.scratch),
-                req.want_attention.then_some(&mut alpha),
-                self.progress,
+                &mut alpha,
             )
             .unwrap_or_default();
             compute += t.elapsed();
@@ -687,33 +702,23 @@ impl Part<'_> {
                     &mut alpha,
                 )?;
             } else {
-                aggregate_subset(
-                    pool,
-                    layer,
+                subset(
                     &view.interior,
                     &source,
                     &aux,
-                    &target,
-                    self.edge_attr.as_ref(),
                     SubsetOut::Into(&mut out_rows, &self.scratch),
-                    req.want_attention.then_some(&mut alpha),
-                    self.progress,
+                    &mut alpha,
                 );
             }
             compute += t.elapsed();
             compute += take_halo(&mut source, &mut aux)?;
             let t = Instant::now();
-            aggregate_subset(
-                pool,
-                layer,
+            subset(
                 &view.boundary,
                 &source,
                 &aux,
-                &target,
-                self.edge_attr.as_ref(),
                 SubsetOut::Into(&mut out_rows, &self.scratch),
-                req.want_attention.then_some(&mut alpha),
-                self.progress,
+                &mut alpha,
             );
             compute += t.elapsed();
         }
