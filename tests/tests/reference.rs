@@ -203,6 +203,53 @@ fn layer_outputs_match_pyg_layer_by_layer() {
 }
 
 #[test]
+fn a_one_layer_model_with_its_source_rows_over_its_input_matches_pyg() {
+    // F_in = heads x out_channels = 64: a one-layer model's transform writes its source
+    // rows over the features and its rows go only to the output file. Checked against
+    // PyG's layer 0, and byte for byte against the path that keeps the rows in memory
+    // (taken when the accuracy needs them).
+    for case in ["er-n200", "rmat-n5000"] {
+        let dir = reference_case(case);
+        let (want_shape, want) = read_f64(&dir.join("expected/layer0_out.npy"));
+        let tmp = tempfile::tempdir().unwrap();
+        let mut spec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("model.json")).unwrap())
+                .unwrap();
+        spec["layers"].as_array_mut().unwrap().truncate(1);
+        std::fs::copy(
+            dir.join("layer0.safetensors"),
+            tmp.path().join("layer0.safetensors"),
+        )
+        .unwrap();
+        let model = tmp.path().join("model.json");
+        std::fs::write(&model, spec.to_string()).unwrap();
+        let n = want_shape[0];
+        let labels = tmp.path().join("labels.npy");
+        distgat_graph::write_npy(&labels, &[n], &vec![0i64; n as usize]).unwrap();
+        let test_idx = tmp.path().join("test_idx.npy");
+        distgat_graph::write_npy(&test_idx, &[2], &[0i64, 1]).unwrap();
+        let mut outputs = Vec::new();
+        for keep_rows in [false, true] {
+            let out = tmp.path().join(format!("out-{keep_rows}.npy"));
+            let config = InferConfig {
+                model: model.clone(),
+                out: out.clone(),
+                threads: Some(2),
+                labels: keep_rows.then(|| labels.clone()),
+                test_idx: keep_rows.then(|| test_idx.clone()),
+                ..config_for(case)
+            };
+            run_infer(&config).unwrap_or_else(|e| panic!("{case}: {e}"));
+            let (shape, ours) = read_f64(&out);
+            assert_eq!(shape, want_shape, "{case}: layer 0 shape");
+            assert_close(&format!("{case} layer 0"), &ours, &want, shape[1] as usize);
+            outputs.push(bytes(&out));
+        }
+        assert!(outputs[0] == outputs[1], "{case}: the two paths differ");
+    }
+}
+
+#[test]
 fn cora_predictions_and_accuracy_match_pyg() {
     let (run, report) = run("cora-gat", 2);
     let (shape, out) = read_f64(&run.out);

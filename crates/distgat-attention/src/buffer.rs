@@ -43,6 +43,14 @@ impl RowBuffer {
 }
 
 impl RowBuffer {
+    /// `values` as a buffer, in their own allocation (no copy).
+    pub fn from_vec(values: Vec<f32>) -> Self {
+        RowBuffer {
+            len: values.len(),
+            storage: Storage::Heap(values),
+        }
+    }
+
     /// A zeroed buffer of `len` values: `kept`, zeroed again (on rayon's threads under
     /// [`Execution::Parallel`]), when it has that length (its pages are resident), else
     /// [`RowBuffer::zeroed`].

@@ -12,7 +12,10 @@ use crate::edge_attr::entry_edge_attr;
 use crate::error::{ModelError, Result};
 use crate::exec::Execution;
 use crate::global::relative_frobenius_error;
-use crate::kind::{aggregate_into, source_aux, transform_into, AttentionKind, RowInputs};
+use crate::kind::{
+    aggregate_into, aggregate_to_sink, source_aux, transform_in_place, transform_into,
+    AttentionKind, RowInputs,
+};
 use crate::model::{Layer, Model};
 use crate::progress::Progress;
 
@@ -119,7 +122,8 @@ pub struct LayerTiming {
 
 /// What a model run produces.
 pub struct ModelOutput {
-    /// `[num_nodes, width]`, row-major, original node order.
+    /// `[num_nodes, width]`, row-major, original node order; empty when the last layer
+    /// handed its rows only to the sink of [`Progress::set_final_rows_sink_only`].
     pub values: Vec<f32>,
     pub width: usize,
     /// Per layer (when asked): coefficients `[E', heads]` in PyG's attention edge order;
@@ -322,13 +326,30 @@ fn run_local(
     let n = topology.num_nodes;
     let view = view_for(layer, topology, k)?;
     let started = Instant::now();
-    // The previous layer's source rows when they have this layer's size: their pages are
-    // resident, where fresh ones cost a fault and a kernel zero fill each.
-    let mut source = RowBuffer::zeroed_reusing(kept_source.take(), n * layer.source_width(), exec);
+    // The last layer of a run whose caller takes the output rows only through the
+    // progress sink: no `[N, out_width]` array at all (`aggregate_to_sink`).
+    let to_sink = progress.sinks_final_rows() && progress.final_rows_sink_only();
+    let sw = layer.source_width();
     let mut target = vec![0f32; n * layer.target_width()];
-    transform_into(layer, &x, exec, &mut source, &mut target);
+    // Fresh pages cost a fault and a kernel zero fill each, about what the aggregation's
+    // gathers cost on a VM, so the rows go into allocations whose pages are resident:
+    // the previous layer's source rows when they have this layer's size; else, when no
+    // output array is needed, the input's own rows, transformed in place; else new ones.
+    let kept = kept_source.take().filter(|b| b.len() == n * sw);
+    let (source, x) = if kept.is_none() && to_sink && sw == layer.in_features() {
+        let mut x = x;
+        transform_in_place(layer, &mut x, exec, &mut target);
+        (RowBuffer::from_vec(x), None)
+    } else {
+        let mut source = RowBuffer::zeroed_reusing(kept, n * sw, exec);
+        transform_into(layer, &x, exec, &mut source, &mut target);
+        (source, Some(x))
+    };
     // The input's allocation becomes the output (same reason).
-    let mut out = zeroed_reusing(x, n * layer.out_width(), exec);
+    let mut out = match x {
+        Some(x) if !to_sink => zeroed_reusing(x, n * layer.out_width(), exec),
+        _ => Vec::new(),
+    };
     let transformed = Instant::now();
 
     let entry_attr = match layer.edge_dim() {
@@ -365,15 +386,26 @@ fn run_local(
         target: &target,
         edge_attr: entry_attr.as_deref(),
     };
-    aggregate_into(
-        layer,
-        &view.csr,
-        &inputs,
-        exec,
-        &mut out,
-        alpha_csr.as_deref_mut(),
-        Some(progress),
-    );
+    if to_sink {
+        aggregate_to_sink(
+            layer,
+            &view.csr,
+            &inputs,
+            exec,
+            alpha_csr.as_deref_mut(),
+            progress,
+        );
+    } else {
+        aggregate_into(
+            layer,
+            &view.csr,
+            &inputs,
+            exec,
+            &mut out,
+            alpha_csr.as_deref_mut(),
+            Some(progress),
+        );
+    }
     let aggregate = transformed.elapsed();
     let alpha = match (alpha_csr, view.attention_order.as_ref()) {
         (Some(alpha_csr), Some(order)) => {

@@ -179,6 +179,57 @@ pub fn transform_into(
     });
 }
 
+/// [`transform_into`] with the source rows written over the input rows: `x`
+/// (`[rows, in_features]`) becomes `[rows, source_width]` in place, which needs
+/// `source_width == in_features` (panics otherwise). Each block of
+/// [`ROWS_PER_BLOCK`](crate::dense::ROWS_PER_BLOCK) rows is transformed into a per-thread
+/// buffer by the same call as [`transform_into`] makes, then copied over its own input
+/// rows, so the bits are the same. It saves a `[rows, source_width]` allocation, whose
+/// fresh pages cost a fault and a kernel zero fill each.
+pub fn transform_in_place(
+    layer: &dyn AttentionKind,
+    x: &mut [f32],
+    exec: Execution,
+    target: &mut [f32],
+) {
+    use crate::dense::ROWS_PER_BLOCK;
+    let (f, sw, tw) = (
+        layer.in_features(),
+        layer.source_width(),
+        layer.target_width(),
+    );
+    assert_eq!(
+        f, sw,
+        "transform in place: source rows as wide as the input"
+    );
+    let rows = x.len().checked_div(f).unwrap_or(0);
+    assert_eq!(x.len(), rows * f, "transform: x is not [rows, in_features]");
+    assert_eq!(target.len(), rows * tw, "transform: target buffer size");
+    if rows == 0 {
+        return;
+    }
+    let xs = x.chunks_mut(ROWS_PER_BLOCK * f);
+    let ts: Vec<&mut [f32]> = if tw == 0 {
+        (0..xs.len()).map(|_| &mut [][..]).collect()
+    } else {
+        target.chunks_mut(ROWS_PER_BLOCK * tw).collect()
+    };
+    let work: Vec<_> = xs.zip(ts).collect();
+    let run = |buf: &mut Vec<f32>, (x, t): (&mut [f32], &mut [f32])| {
+        buf.clear();
+        buf.resize(x.len(), 0.0);
+        layer.transform_block(x, buf, t);
+        x.copy_from_slice(buf);
+    };
+    match exec {
+        Execution::Sequential => {
+            let mut buf = Vec::new();
+            work.into_iter().for_each(|w| run(&mut buf, w))
+        }
+        Execution::Parallel => work.into_par_iter().for_each_init(Vec::new, run),
+    }
+}
+
 /// Aggregates every CSR row into `out` (`[rows, out_width]`, row-major). With `alpha`
 /// (`[csr entries, heads]`), also writes the attention coefficients in CSR order.
 /// Work is split into chunks of whole rows holding about [`EDGES_PER_CHUNK`] entries, so
@@ -191,12 +242,55 @@ pub fn aggregate_into(
     inputs: &RowInputs<'_>,
     exec: Execution,
     out: &mut [f32],
+    alpha: Option<&mut [f32]>,
+    progress: Option<&Progress>,
+) {
+    let rows = csr.row_ptr.len() - 1;
+    assert_eq!(
+        out.len(),
+        rows * layer.out_width(),
+        "aggregate: out buffer size"
+    );
+    aggregate_chunks(layer, csr, inputs, exec, Some(out), alpha, progress);
+}
+
+/// [`aggregate_into`] without an output array: each edge-balanced chunk of rows is
+/// computed into a small per-thread buffer (the same bits) and handed to `progress`'s
+/// final-rows sink ([`Progress::set_final_rows_sink`]), which must be set and whose layer
+/// must be marked final ([`Progress::set_final_layer`]); the rows are kept nowhere else.
+/// This is how a model's last layer writes its output file without holding
+/// `[rows, out_width]` in memory.
+///
+/// # Panics
+/// When `progress` has no final-rows sink or is not in its final layer (the rows would
+/// be lost).
+pub fn aggregate_to_sink(
+    layer: &dyn AttentionKind,
+    csr: &IncomingCsr,
+    inputs: &RowInputs<'_>,
+    exec: Execution,
+    alpha: Option<&mut [f32]>,
+    progress: &Progress,
+) {
+    assert!(
+        progress.sinks_final_rows(),
+        "aggregate_to_sink: no final-rows sink to take the rows"
+    );
+    aggregate_chunks(layer, csr, inputs, exec, None, alpha, Some(progress));
+}
+
+/// The driver of [`aggregate_into`] (`out` given) and [`aggregate_to_sink`] (`None`).
+fn aggregate_chunks(
+    layer: &dyn AttentionKind,
+    csr: &IncomingCsr,
+    inputs: &RowInputs<'_>,
+    exec: Execution,
+    out: Option<&mut [f32]>,
     mut alpha: Option<&mut [f32]>,
     progress: Option<&Progress>,
 ) {
     let rows = csr.row_ptr.len() - 1;
     let (h, ow) = (layer.heads(), layer.out_width());
-    assert_eq!(out.len(), rows * ow, "aggregate: out buffer size");
     assert_eq!(
         inputs.target.len(),
         rows * layer.target_width(),
@@ -221,8 +315,14 @@ pub fn aggregate_into(
     let mut alpha_rest = alpha.take();
     for w in bounds.windows(2) {
         let (start, end) = (w[0], w[1]);
-        let (o, rest) = out_rest.split_at_mut((end - start) * ow);
-        out_rest = rest;
+        let o = match out_rest.take() {
+            Some(o) => {
+                let (head, rest) = o.split_at_mut((end - start) * ow);
+                out_rest = Some(rest);
+                Some(head)
+            }
+            None => None,
+        };
         let a = match alpha_rest.take() {
             Some(a) => {
                 let (head, rest) = a.split_at_mut((csr.row_ptr[end] - csr.row_ptr[start]) * h);
@@ -233,17 +333,30 @@ pub fn aggregate_into(
         };
         work.push((start, end, o, a));
     }
-    let run = |(start, end, o, a): (usize, usize, &mut [f32], Option<&mut [f32]>)| {
-        let mut scratch = Scratch::default();
-        layer.aggregate_rows(csr, inputs, start..end, o, a, &mut scratch);
+    type Chunk<'o> = (usize, usize, Option<&'o mut [f32]>, Option<&'o mut [f32]>);
+    // Per thread: the row scratch and, without `out`, the chunk's rows.
+    let run = |(scratch, rows_buf): &mut (Scratch, Vec<f32>), (start, end, o, a): Chunk<'_>| {
+        let o = match o {
+            Some(o) => o,
+            None => {
+                rows_buf.clear();
+                rows_buf.resize((end - start) * ow, 0.0);
+                &mut rows_buf[..]
+            }
+        };
+        layer.aggregate_rows(csr, inputs, start..end, o, a, scratch);
         if let Some(p) = progress {
             p.rows_done(start, o);
             p.add_entries((csr.row_ptr[end] - csr.row_ptr[start]) as u64);
         }
     };
+    let init = || (Scratch::default(), Vec::new());
     match exec {
-        Execution::Sequential => work.into_iter().for_each(run),
-        Execution::Parallel => work.into_par_iter().for_each(run),
+        Execution::Sequential => {
+            let mut state = init();
+            work.into_iter().for_each(|c| run(&mut state, c))
+        }
+        Execution::Parallel => work.into_par_iter().for_each_init(init, run),
     }
 }
 
@@ -575,8 +688,13 @@ mod tests {
 
     /// One layer of each kind (3 heads x 5, F_in 37, with residual/root, edge_dim 2).
     fn kinds() -> Vec<Box<dyn AttentionKind>> {
+        kinds_with_in(37)
+    }
+
+    /// [`kinds`] with `f` input features.
+    fn kinds_with_in(f: usize) -> Vec<Box<dyn AttentionKind>> {
         let mut next = stream(0x2545_f491_4f6c_dd1d);
-        let (f, h, c, d) = (37, 3, 5, 2);
+        let (h, c, d) = (3, 5, 2);
         let hc = h * c;
         let w: Vec<f32> = (0..hc * f).map(|_| next()).collect();
         let mut gat = GatConv::from_pyg(
@@ -665,6 +783,99 @@ mod tests {
 
     fn same_bits(a: &[f32], b: &[f32]) -> bool {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+
+    #[test]
+    fn the_transform_in_place_and_the_aggregation_to_a_sink_give_the_same_bits() {
+        // Source rows as wide as the input: GAT and GATv2 at F_in = H x C = 15,
+        // TransformerConv (key and value) at 30; 600 rows span three row blocks.
+        let n = 600;
+        for f in [15, 30] {
+            for layer in kinds_with_in(f) {
+                let layer = layer.as_ref();
+                if layer.source_width() != f {
+                    continue;
+                }
+                let s = setup(layer, n);
+                for exec in [Execution::Sequential, Execution::Parallel] {
+                    let mut x = s.x.clone();
+                    let mut target = vec![0f32; n * layer.target_width()];
+                    transform_in_place(layer, &mut x, exec, &mut target);
+                    assert!(
+                        same_bits(&x, &s.source),
+                        "{} source, {exec:?}",
+                        layer.kind()
+                    );
+                    assert!(same_bits(&target, &s.target), "{} target", layer.kind());
+                }
+                let inputs = RowInputs {
+                    source: &s.source,
+                    source_aux: &s.aux,
+                    target: &s.target,
+                    edge_attr: Some(&s.edge_attr),
+                };
+                let (ow, h) = (layer.out_width(), layer.heads());
+                let mut rows = vec![0f32; n * ow];
+                let mut alpha = vec![0f32; s.csr.num_entries() * h];
+                aggregate_into(
+                    layer,
+                    &s.csr,
+                    &inputs,
+                    Execution::Parallel,
+                    &mut rows,
+                    Some(&mut alpha),
+                    None,
+                );
+                for exec in [Execution::Sequential, Execution::Parallel] {
+                    let sunk = std::sync::Arc::new(std::sync::Mutex::new(vec![f32::NAN; n * ow]));
+                    let progress = Progress::default();
+                    progress.set_final_rows_sink_only({
+                        let sunk = sunk.clone();
+                        std::sync::Arc::new(move |first, values: &[f32]| {
+                            sunk.lock().unwrap()[first * ow..first * ow + values.len()]
+                                .copy_from_slice(values)
+                        })
+                    });
+                    progress.set_final_layer(true);
+                    let mut sunk_alpha = vec![0f32; s.csr.num_entries() * h];
+                    aggregate_to_sink(
+                        layer,
+                        &s.csr,
+                        &inputs,
+                        exec,
+                        Some(&mut sunk_alpha),
+                        &progress,
+                    );
+                    assert!(same_bits(&sunk.lock().unwrap(), &rows), "{}", layer.kind());
+                    assert!(same_bits(&sunk_alpha, &alpha), "{} alpha", layer.kind());
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "no final-rows sink")]
+    fn the_aggregation_to_a_sink_refuses_to_lose_rows() {
+        let kinds = kinds();
+        let layer = kinds[0].as_ref();
+        let s = setup(layer, 20);
+        let inputs = RowInputs {
+            source: &s.source,
+            source_aux: &s.aux,
+            target: &s.target,
+            edge_attr: Some(&s.edge_attr),
+        };
+        // A sink, but the layer is not marked final: its rows would go nowhere.
+        let progress = Progress::default();
+        progress.set_final_rows_sink_only(std::sync::Arc::new(|_, _: &[f32]| {}));
+        aggregate_to_sink(
+            layer,
+            &s.csr,
+            &inputs,
+            Execution::Sequential,
+            None,
+            &progress,
+        );
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct Progress {
     /// the model's output) is aggregated.
     final_layer: AtomicBool,
     final_rows: RwLock<Option<FinalRowsSink>>,
+    /// Set by [`Progress::set_final_rows_sink_only`]: the engine need not keep the rows
+    /// it hands to the sink.
+    sink_only: AtomicBool,
 }
 
 /// What [`Progress::snapshot`] read: layer `layer` of `layers` (1-based; 0 = not started)
@@ -102,7 +105,40 @@ impl Progress {
     /// nothing, so a caller compares the rows it received with N. `distgat infer` uses
     /// it to write the output file while the rest of the layer computes.
     pub fn set_final_rows_sink(&self, sink: Option<FinalRowsSink>) {
+        self.sink_only.store(false, Relaxed);
         *self.final_rows.write().unwrap_or_else(|e| e.into_inner()) = sink;
+    }
+
+    /// [`Progress::set_final_rows_sink`], for a caller that needs the output rows only
+    /// through `sink`: when the last layer is a local one, the engine then aggregates it
+    /// chunk by chunk into small buffers ([`crate::kind::aggregate_to_sink`]) instead of
+    /// a `[N, out_width]` array, and [`crate::ModelOutput::values`] comes back empty.
+    /// With a global or GPSConv last layer nothing changes: the sink gets no rows and
+    /// the values are returned as usual.
+    pub fn set_final_rows_sink_only(&self, sink: FinalRowsSink) {
+        *self.final_rows.write().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+        self.sink_only.store(true, Relaxed);
+    }
+
+    /// Whether a sink set by [`Progress::set_final_rows_sink_only`] takes the last
+    /// layer's rows (so the engine need not keep them).
+    pub(crate) fn final_rows_sink_only(&self) -> bool {
+        self.sink_only.load(Relaxed)
+            && self
+                .final_rows
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+    }
+
+    /// Whether rows now done reach a sink (a sink is set and the current layer is final).
+    pub(crate) fn sinks_final_rows(&self) -> bool {
+        self.final_layer.load(Relaxed)
+            && self
+                .final_rows
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
     }
 
     /// Whether the layer now aggregated produces the model's final rows (set by the

@@ -510,11 +510,26 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         },
     );
     // Renumbered rows are not in the file's order: they are written after the layers.
+    // Unless the accuracy needs them, the rows go only to the file, so a local last
+    // layer needs no output array; the sink counts their non-finite values.
+    let sunk_non_finite = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     if new_of.is_none() {
-        progress.set_final_rows_sink(Some({
+        let sink: distgat_attention::FinalRowsSink = {
             let file = out_file.clone();
-            std::sync::Arc::new(move |first, rows: &[f32]| file.write_rows(first, rows))
-        }));
+            let non_finite = sunk_non_finite.clone();
+            std::sync::Arc::new(move |first, rows: &[f32]| {
+                let bad = rows.iter().filter(|v| !v.is_finite()).count();
+                if bad > 0 {
+                    non_finite.fetch_add(bad, std::sync::atomic::Ordering::Relaxed);
+                }
+                file.write_rows(first, rows)
+            })
+        };
+        if config.labels.is_none() && config.test_idx.is_none() {
+            progress.set_final_rows_sink_only(sink);
+        } else {
+            progress.set_final_rows_sink(Some(sink));
+        }
     }
     let output = run_model(
         &model,
@@ -546,20 +561,25 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     }
     // distgat refuses non-finite inputs; a non-finite output (features so large that
     // float32 overflows, as PyG's float32 forward does too) is reported, not hidden.
+    // (Rows the last layer handed only to the file were counted as they went.)
     let non_finite: usize = {
         use rayon::prelude::*;
         output
             .values
             .par_chunks(1 << 20)
             .map(|c| c.iter().filter(|v| !v.is_finite()).count())
-            .sum()
+            .sum::<usize>()
+    };
+    let non_finite = match output.values.is_empty() && n * output.width > 0 {
+        true => sunk_non_finite.load(std::sync::atomic::Ordering::Relaxed),
+        false => non_finite,
     };
     if non_finite > 0 {
         tracing::warn!(
             "{non_finite} of {} output values are NaN or infinite: the computation overflowed \
              float32 (PyG's float32 forward gives the same); check the scale of the features \
              and weights",
-            output.values.len()
+            n * output.width
         );
     }
 
