@@ -533,6 +533,22 @@ fn a_reused_partition_refuses_features_other_than_its_shards() {
             .collect();
         assert!(partial.is_empty(), "left behind in {dir:?}: {partial:?}");
     }
+    // A NaN in the file is named by its row and column, not as a different file.
+    x[0] -= 1.0;
+    x[3 * shape[1] as usize + 2] = f32::NAN;
+    write_npy(&other, &shape, &x);
+    let mut cmd = Command::new(exe());
+    cmd.arg("run");
+    common_args(&mut cmd, &changed, &out, &att);
+    cmd.args(["--workers", "2", "--partition"]).arg(&dir);
+    let output = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "ran with a NaN:\n{stderr}");
+    assert!(
+        stderr.contains("other.npy") && stderr.contains("row 3, column 2"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
 }
 
 #[test]

@@ -820,9 +820,14 @@ impl FeaturesCheck {
 
     /// [`FeaturesCheck::run`] without the smallest value: a float32 file's bytes are
     /// hashed as they are (no conversion, no finiteness check: the shards' features were
-    /// checked when partitioned, so a file with a NaN never matches).
+    /// checked when partitioned, so a file with a NaN never matches). On a mismatch the
+    /// file is read again with its values checked, so a non-finite value is reported by
+    /// its row and column rather than as a different file.
     fn verify(&self, stop: &AtomicBool) -> Result<()> {
         let (digest, _, _) = distgat_partition::features_file_digest(&self.path, "features", stop)?;
+        if digest != self.fingerprint {
+            self.run(stop)?;
+        }
         self.compare(&digest)
     }
 
