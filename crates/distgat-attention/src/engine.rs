@@ -279,6 +279,19 @@ pub fn run_model(
     })
 }
 
+/// Whether [`run_model`], given a sink by [`Progress::set_final_rows_sink_only`], writes
+/// `model`'s source rows over the features it is given (a one-layer model whose layer is
+/// local and whose source rows are as wide as its input rows) instead of into a new
+/// buffer. The aggregation then gathers rows from the features' own allocation, so a
+/// caller reading large features should put them in transparent huge pages
+/// (`Features::read_npy_in_huge_pages`): with 4 KiB pages the gathers miss the TLB.
+pub fn transforms_features_in_place(model: &Model) -> bool {
+    match model.layers.as_slice() {
+        [Layer::Local(l)] => l.source_width() == l.in_features(),
+        _ => false,
+    }
+}
+
 /// What [`run_local`] produces.
 struct LocalRun {
     out: Vec<f32>,
@@ -333,10 +346,11 @@ fn run_local(
     let mut target = vec![0f32; n * layer.target_width()];
     // Fresh pages cost a fault and a kernel zero fill each, about what the aggregation's
     // gathers cost on a VM, so the rows go into allocations whose pages are resident:
-    // the previous layer's source rows when they have this layer's size; else, when no
-    // output array is needed, the input's own rows, transformed in place; else new ones.
+    // the previous layer's source rows when they have this layer's size; else, in a
+    // one-layer model streamed to its sink, the features themselves, transformed in
+    // place (see `transforms_features_in_place`); else new ones.
     let kept = kept_source.take().filter(|b| b.len() == n * sw);
-    let (source, x) = if kept.is_none() && to_sink && sw == layer.in_features() {
+    let (source, x) = if kept.is_none() && to_sink && k == 0 && sw == layer.in_features() {
         let mut x = x;
         transform_in_place(layer, &mut x, exec, &mut target);
         (RowBuffer::from_vec(x), None)

@@ -29,7 +29,7 @@ pub use buffer::RowBuffer;
 pub use collective::{Collective, SingleProcess};
 pub use dense::Linear;
 pub use edge_attr::entry_edge_attr;
-pub use engine::{run_model, LayerTiming, ModelOutput, Topology};
+pub use engine::{run_model, transforms_features_in_place, LayerTiming, ModelOutput, Topology};
 pub use error::{ModelError, Result};
 pub use exec::Execution;
 pub use gat::GatConv;

@@ -371,7 +371,16 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
 
     phase("reading features");
     let t = Instant::now();
-    let mut features = Features::read_npy(&config.features)?;
+    // Its rows go only to the output file (no renumbering, no accuracy): a one-layer
+    // model then transforms the features in place and gathers from them, so they go
+    // into huge pages, as the engine's source rows otherwise do.
+    let sink_only =
+        config.reorder == Reorder::None && config.labels.is_none() && config.test_idx.is_none();
+    let mut features = if sink_only && distgat_attention::transforms_features_in_place(&model) {
+        Features::read_npy_in_huge_pages(&config.features)?
+    } else {
+        Features::read_npy(&config.features)?
+    };
     features.normalize(config.normalize);
     let read_features_ms = ms(t);
 
@@ -525,7 +534,7 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
                 file.write_rows(first, rows)
             })
         };
-        if config.labels.is_none() && config.test_idx.is_none() {
+        if sink_only {
             progress.set_final_rows_sink_only(sink);
         } else {
             progress.set_final_rows_sink(Some(sink));

@@ -40,14 +40,21 @@ impl Features {
     /// Reads a float32 or float64 `[N, F]` `.npy` (float64 is rounded to float32) and
     /// rejects NaN and infinite values, naming the first one.
     pub fn read_npy(path: &Path) -> Result<Self> {
-        Self::read_matrix(path, "features", "[N, F]")
+        Self::read_matrix(path, "features", "[N, F]", false)
+    }
+
+    /// [`Features::read_npy`] into memory advised to use transparent huge pages (see
+    /// [`NpyBody::in_huge_pages`]): for features whose allocation a kernel will gather
+    /// rows from at random.
+    pub fn read_npy_in_huge_pages(path: &Path) -> Result<Self> {
+        Self::read_matrix(path, "features", "[N, F]", true)
     }
 
     /// Reads edge attributes: a float32 or float64 `[E, D]` `.npy` whose row e belongs to
     /// edge e of the graph file (PyG's `edge_attr`). Same checks as [`Features::read_npy`],
     /// with errors that say "edge features".
     pub fn read_edge_npy(path: &Path) -> Result<Self> {
-        Self::read_matrix(path, "edge features", "[E, D]")
+        Self::read_matrix(path, "edge features", "[E, D]", false)
     }
 
     /// [`Features::read_edge_npy`] for a graph of `num_edges` edges read from `graph`:
@@ -110,7 +117,7 @@ impl Features {
         }
         let mut out = vec![0f32; ids.len() * f];
         if body.fortran_order {
-            let all = Self::read_matrix(path, what, shape)?;
+            let all = Self::read_matrix(path, what, shape, false)?;
             for (k, &v) in ids.iter().enumerate() {
                 out[k * f..(k + 1) * f].copy_from_slice(all.row(v as usize));
             }
@@ -148,8 +155,13 @@ impl Features {
         Ok(body)
     }
 
-    fn read_matrix(path: &Path, what: &str, shape: &str) -> Result<Self> {
+    fn read_matrix(path: &Path, what: &str, shape: &str, huge_pages: bool) -> Result<Self> {
         let body = Self::open_matrix(path, what, shape)?;
+        let body = if huge_pages {
+            body.in_huge_pages()
+        } else {
+            body
+        };
         let (n, f) = (body.shape[0] as usize, body.shape[1] as usize);
         if body.fortran_order {
             let mut values = body.read_f32(path)?;
@@ -236,7 +248,7 @@ impl FeatureBlocks<'_> {
         let (path, what) = (self.path, self.what);
         let width = self.width();
         if self.body.fortran_order {
-            let all = Features::read_matrix(path, what, shape_of(what))?;
+            let all = Features::read_matrix(path, what, shape_of(what), false)?;
             return f(0, &all.values);
         }
         self.body.for_each_f32_block(path, width, |first, values| {

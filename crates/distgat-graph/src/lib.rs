@@ -20,5 +20,5 @@ pub use features::{FeatureBlocks, Features, Normalization};
 pub use files::read_regular_file;
 #[cfg(unix)]
 pub use npy::NpyRowsFile;
-pub use npy::{advise_huge_pages, write_npy, NpyBody, NpyDtype};
+pub use npy::{write_npy, NpyBody, NpyDtype};
 pub use output::{parent_dir, AtomicFile, SyncBehind};

@@ -59,9 +59,23 @@ pub struct NpyBody {
     /// `header_len + i * row_bytes`.
     pub header_len: u64,
     len: usize,
+    /// Read the body into memory advised to use transparent huge pages
+    /// ([`NpyBody::in_huge_pages`]).
+    huge_pages: bool,
 }
 
 impl NpyBody {
+    /// Reads the body (native float32/int64/float64 C-order reads) into memory advised to
+    /// use 2 MiB transparent huge pages. Worth it only for an array a kernel will gather
+    /// rows of at random (fewer TLB misses); elsewhere it costs: on a VM whose host
+    /// reclaims free huge blocks (virtio-balloon free page reporting), a huge page's
+    /// first touch costs more than the 4 KiB pages it replaces (measured in
+    /// `docs/performance.md`, tenth session).
+    pub fn in_huge_pages(mut self) -> Self {
+        self.huge_pages = true;
+        self
+    }
+
     /// Opens `path`, parses the header and checks that the file holds exactly the bytes
     /// the header promises.
     pub fn open(path: &Path) -> Result<Self> {
@@ -188,6 +202,7 @@ impl NpyBody {
             shape,
             header_len,
             len,
+            huge_pages: false,
         })
     }
 
@@ -418,7 +433,9 @@ impl NpyBody {
         let header_len = self.header_len;
         let file = self.reader.into_inner();
         let mut out = vec![T::zeroed(); self.len];
-        advise_huge_pages(bytemuck::cast_slice_mut(&mut out));
+        if self.huge_pages {
+            advise_huge_pages(bytemuck::cast_slice_mut(&mut out));
+        }
         let per_piece = (READ_PIECE / W).max(1);
         // Pieces start at READ_PIECE (2 MiB) boundaries of memory, so each huge page is
         // faulted in by one thread: a piece straddling two would have both threads wait
@@ -470,13 +487,13 @@ impl NpyBody {
     }
 }
 
-/// Asks the kernel to back `bytes` (best a fresh, still untouched allocation) with 2 MiB
+/// Asks the kernel to back `bytes` (a fresh, still untouched allocation) with 2 MiB
 /// transparent huge pages where whole ones fit, before the read first touches it: one
-/// fault and zero fill per 2 MiB instead of per 4 KiB, and rows that a kernel later
-/// gathers at random (a layer's input can become its source rows, transformed in place)
-/// cost far fewer TLB misses. Only a hint: without THP, or below 4 MiB, nothing changes.
+/// fault per 2 MiB instead of per 4 KiB, and rows that a kernel later gathers at random
+/// (a one-layer model's features become its source rows, transformed in place) cost far
+/// fewer TLB misses. Only a hint: without THP, or below 4 MiB, nothing changes.
 #[cfg(target_os = "linux")]
-pub fn advise_huge_pages(bytes: &mut [u8]) {
+fn advise_huge_pages(bytes: &mut [u8]) {
     const HUGE: usize = 2 << 20;
     if bytes.len() < 2 * HUGE {
         return;
@@ -498,7 +515,7 @@ pub fn advise_huge_pages(bytes: &mut [u8]) {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn advise_huge_pages(_bytes: &mut [u8]) {}
+fn advise_huge_pages(_bytes: &mut [u8]) {}
 
 /// Bytes per positional read of [`NpyBody::read_native`]: large enough that the system
 /// call costs nothing next to the copy, small enough that the check that follows finds
@@ -875,6 +892,12 @@ mod tests {
             })
             .unwrap();
         assert!(got == values);
+        let huge = NpyBody::open(&path)
+            .unwrap()
+            .in_huge_pages()
+            .read_f32(&path)
+            .unwrap();
+        assert!(huge == values, "read into huge pages");
         let mut seen = seen.into_inner().unwrap();
         seen.sort();
         let mut next = 0;

@@ -138,21 +138,18 @@ impl ShardTensors {
             let (dtype, data) = match info.dtype {
                 Dtype::I64 => {
                     let mut v = vec![0u64; count / 8];
-                    distgat_graph::advise_huge_pages(bytemuck::cast_slice_mut(&mut v));
                     read_into(&file, offset, bytemuck::cast_slice_mut(&mut v), &mut hasher)?;
                     v.iter_mut().for_each(|x| *x = u64::from_le(*x));
                     (Dtype::I64, TensorData::I64(v))
                 }
                 Dtype::U32 => {
                     let mut v = vec![0u32; count / 4];
-                    distgat_graph::advise_huge_pages(bytemuck::cast_slice_mut(&mut v));
                     read_into(&file, offset, bytemuck::cast_slice_mut(&mut v), &mut hasher)?;
                     v.iter_mut().for_each(|x| *x = u32::from_le(*x));
                     (Dtype::U32, TensorData::U32(v))
                 }
                 Dtype::F32 => {
                     let mut v = vec![0f32; count / 4];
-                    distgat_graph::advise_huge_pages(bytemuck::cast_slice_mut(&mut v));
                     read_into(&file, offset, bytemuck::cast_slice_mut(&mut v), &mut hasher)?;
                     if cfg!(target_endian = "big") {
                         v.iter_mut()
