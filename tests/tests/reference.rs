@@ -150,6 +150,18 @@ fn transformer_mean_without_root_matches_pyg() {
     check_case("transformer-mean-noroot-n150");
 }
 
+/// A one-layer model in `tmp`: layer 0 of reference case `dir`'s model, with a copy of
+/// its weights file `weights`.
+fn layer0_model(dir: &Path, tmp: &Path, weights: &str) -> PathBuf {
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("model.json")).unwrap()).unwrap();
+    spec["layers"].as_array_mut().unwrap().truncate(1);
+    std::fs::copy(dir.join(weights), tmp.join(weights)).unwrap();
+    let model = tmp.join("model.json");
+    std::fs::write(&model, spec.to_string()).unwrap();
+    model
+}
+
 #[test]
 fn layer_outputs_match_pyg_layer_by_layer() {
     // The final output could hide two compensating errors; every layer's raw output is
@@ -164,18 +176,7 @@ fn layer_outputs_match_pyg_layer_by_layer() {
         let dir = reference_case(case);
         let (want_shape, want) = read_f64(&dir.join("expected/layer0_out.npy"));
         let tmp = tempfile::tempdir().unwrap();
-        // A one-layer model: layer 0 of the case's model.
-        let mut spec: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("model.json")).unwrap())
-                .unwrap();
-        spec["layers"].as_array_mut().unwrap().truncate(1);
-        std::fs::copy(
-            dir.join("model.safetensors"),
-            tmp.path().join("model.safetensors"),
-        )
-        .unwrap();
-        let model = tmp.path().join("model.json");
-        std::fs::write(&model, spec.to_string()).unwrap();
+        let model = layer0_model(&dir, tmp.path(), "model.safetensors");
         let out = tmp.path().join("out.npy");
         let config = InferConfig {
             model,
@@ -212,17 +213,7 @@ fn a_one_layer_model_with_its_source_rows_over_its_input_matches_pyg() {
         let dir = reference_case(case);
         let (want_shape, want) = read_f64(&dir.join("expected/layer0_out.npy"));
         let tmp = tempfile::tempdir().unwrap();
-        let mut spec: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("model.json")).unwrap())
-                .unwrap();
-        spec["layers"].as_array_mut().unwrap().truncate(1);
-        std::fs::copy(
-            dir.join("layer0.safetensors"),
-            tmp.path().join("layer0.safetensors"),
-        )
-        .unwrap();
-        let model = tmp.path().join("model.json");
-        std::fs::write(&model, spec.to_string()).unwrap();
+        let model = layer0_model(&dir, tmp.path(), "layer0.safetensors");
         let n = want_shape[0];
         let labels = tmp.path().join("labels.npy");
         distgat_graph::write_npy(&labels, &[n], &vec![0i64; n as usize]).unwrap();

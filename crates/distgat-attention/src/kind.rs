@@ -750,6 +750,18 @@ mod tests {
         edge_attr: Vec<f32>,
     }
 
+    impl Setup {
+        /// The aggregation's inputs, edge attributes included.
+        fn inputs(&self) -> RowInputs<'_> {
+            RowInputs {
+                source: &self.source,
+                source_aux: &self.aux,
+                target: &self.target,
+                edge_attr: Some(&self.edge_attr),
+            }
+        }
+    }
+
     fn setup(layer: &dyn AttentionKind, n: usize) -> Setup {
         let mut next = stream(7);
         let (src, dst): (Vec<u64>, Vec<u64>) = (0..8 * n)
@@ -808,12 +820,7 @@ mod tests {
                     );
                     assert!(same_bits(&target, &s.target), "{} target", layer.kind());
                 }
-                let inputs = RowInputs {
-                    source: &s.source,
-                    source_aux: &s.aux,
-                    target: &s.target,
-                    edge_attr: Some(&s.edge_attr),
-                };
+                let inputs = s.inputs();
                 let (ow, h) = (layer.out_width(), layer.heads());
                 let mut rows = vec![0f32; n * ow];
                 let mut alpha = vec![0f32; s.csr.num_entries() * h];
@@ -859,12 +866,7 @@ mod tests {
         let kinds = kinds();
         let layer = kinds[0].as_ref();
         let s = setup(layer, 20);
-        let inputs = RowInputs {
-            source: &s.source,
-            source_aux: &s.aux,
-            target: &s.target,
-            edge_attr: Some(&s.edge_attr),
-        };
+        let inputs = s.inputs();
         // A sink, but the layer is not marked final: its rows would go nowhere.
         let progress = Progress::default();
         progress.set_final_rows_sink_only(std::sync::Arc::new(|_, _: &[f32]| {}));
@@ -924,12 +926,7 @@ mod tests {
         for layer in kinds() {
             let layer = layer.as_ref();
             let s = setup(layer, 200);
-            let inputs = RowInputs {
-                source: &s.source,
-                source_aux: &s.aux,
-                target: &s.target,
-                edge_attr: Some(&s.edge_attr),
-            };
+            let inputs = s.inputs();
             let (ow, h) = (layer.out_width(), layer.heads());
             let mut full = vec![0f32; s.csr.num_nodes * ow];
             let mut alpha = vec![0f32; s.csr.num_entries() * h];

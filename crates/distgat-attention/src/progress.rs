@@ -123,22 +123,19 @@ impl Progress {
     /// Whether a sink set by [`Progress::set_final_rows_sink_only`] takes the last
     /// layer's rows (so the engine need not keep them).
     pub(crate) fn final_rows_sink_only(&self) -> bool {
-        self.sink_only.load(Relaxed)
-            && self
-                .final_rows
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some()
+        self.sink_only.load(Relaxed) && self.has_sink()
     }
 
     /// Whether rows now done reach a sink (a sink is set and the current layer is final).
     pub(crate) fn sinks_final_rows(&self) -> bool {
-        self.final_layer.load(Relaxed)
-            && self
-                .final_rows
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some()
+        self.final_layer.load(Relaxed) && self.has_sink()
+    }
+
+    fn has_sink(&self) -> bool {
+        self.final_rows
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     /// Whether the layer now aggregated produces the model's final rows (set by the
