@@ -335,9 +335,11 @@ async fn run_job_inner(
     let out_path = PathBuf::from(required(&req.out, "out")?);
     let attention_dir = (!req.attention_dir.is_empty()).then(|| PathBuf::from(&req.attention_dir));
 
-    // Everything that reads files runs off the async threads.
+    // Everything that reads files runs off the async threads. A cancel stops the
+    // features file's pass (when row normalisation needs it before the job starts).
     let prep_req = req.clone();
     let prep_kept = kept.clone();
+    let prep_cancel = record.map(|r| r.cancel.clone()).unwrap_or_default();
     let prepared = joined(
         tokio::task::spawn_blocking(move || match prep_kept {
             Some(k) => prepare_kept(&k, &model_path, &out_path, &prep_req),
@@ -347,10 +349,17 @@ async fn run_job_inner(
                 &out_path,
                 attention_dir.as_deref(),
                 &prep_req,
+                &prep_cancel,
             ),
         })
         .await,
-    )?;
+    );
+    let prepared = match prepared {
+        Err(_) if cancelled() => {
+            return Err(RuntimeError::Cancelled("cancelled by a client".into()))
+        }
+        r => r?,
+    };
     let Prepared {
         parts,
         part_restart,
@@ -850,6 +859,7 @@ fn prepare(
     out_path: &Path,
     attention_dir: Option<&Path>,
     req: &RunJobRequest,
+    cancel: &AtomicBool,
 ) -> Result<Prepared> {
     let partition = PartitionDir::open(dir)?;
     let manifest = &partition.manifest;
@@ -912,7 +922,7 @@ fn prepare(
     };
     let (features_check, feature_min) = match (features_check, &features_path) {
         (check, _) if !req.normalize_rows => (check, 0.0),
-        (Some(check), _) => (None, check.run(&AtomicBool::new(false))?),
+        (Some(check), _) => (None, check.run(cancel)?),
         // One bounded-memory pass (every value checked finite), not the whole file held.
         (None, Some(p)) => (None, Features::scan(p, "features")?.2),
         (None, None) => (None, 0.0),
