@@ -520,15 +520,15 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     );
     // Renumbered rows are not in the file's order: they are written after the layers.
     // Unless the accuracy needs them, the rows go only to the file, so a local last
-    // layer needs no output array; the sink counts their non-finite values.
+    // layer needs no output array; the sink then counts their non-finite values.
     let sunk_non_finite = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     if new_of.is_none() {
         let sink: distgat_attention::FinalRowsSink = {
             let file = out_file.clone();
             let non_finite = sunk_non_finite.clone();
             std::sync::Arc::new(move |first, rows: &[f32]| {
-                let bad = rows.iter().filter(|v| !v.is_finite()).count();
-                if bad > 0 {
+                if sink_only {
+                    let bad = rows.iter().filter(|v| !v.is_finite()).count();
                     non_finite.fetch_add(bad, std::sync::atomic::Ordering::Relaxed);
                 }
                 file.write_rows(first, rows)

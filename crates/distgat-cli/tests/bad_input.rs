@@ -416,6 +416,47 @@ fn features_with_nan() {
 }
 
 #[test]
+fn an_overflowing_output_is_written_and_reported() {
+    // Finite features so large that float32 overflows in the layers: the output is
+    // written (PyG's float32 forward gives the same) and the warning counts the bad
+    // values, whether the last layer's rows went only to the file or were kept for
+    // the accuracy.
+    let x = reference_features();
+    let top = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let x: Vec<f32> = x.iter().map(|v| v / top * 3e38).collect();
+    let inputs = Case::new();
+    let labels = inputs.path("labels.npy");
+    common::write_npy(&labels, &[N], &vec![0i64; N as usize]);
+    let test_idx = inputs.path("test_idx.npy");
+    common::write_npy(&test_idx, &[1], &[0i64]);
+    let mut counts = Vec::new();
+    for keep in [false, true] {
+        let mut case = Case::new();
+        common::write_npy(&case.features, &[N, F], &x);
+        if keep {
+            case.arg("--labels")
+                .arg(&labels)
+                .arg("--test-idx")
+                .arg(&test_idx);
+        }
+        let output = case.run();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        assert!(case.out.exists());
+        let (_, out) = read_npy::<f32>(&case.out);
+        let bad = out.iter().filter(|v| !v.is_finite()).count();
+        assert!(bad > 0, "no overflow to report");
+        let want = format!("{bad} of {} output values are NaN or infinite", out.len());
+        assert!(
+            stderr.contains(&want),
+            "keep = {keep}, want {want:?}:\n{stderr}"
+        );
+        counts.push(bad);
+    }
+    assert_eq!(counts[0], counts[1]);
+}
+
+#[test]
 fn features_with_inf() {
     let case = Case::new();
     let mut x = reference_features();
