@@ -279,6 +279,9 @@ pub fn aggregate_to_sink(
     aggregate_chunks(layer, csr, inputs, exec, None, alpha, Some(progress));
 }
 
+/// Rows per buffer handed to the sink by [`aggregate_to_sink`] (256 KiB at 64 floats).
+const SINK_ROWS: usize = 1024;
+
 /// The driver of [`aggregate_into`] (`out` given) and [`aggregate_to_sink`] (`None`).
 fn aggregate_chunks(
     layer: &dyn AttentionKind,
@@ -334,19 +337,39 @@ fn aggregate_chunks(
         work.push((start, end, o, a));
     }
     type Chunk<'o> = (usize, usize, Option<&'o mut [f32]>, Option<&'o mut [f32]>);
-    // Per thread: the row scratch and, without `out`, the chunk's rows.
+    // Per thread: the row scratch and, without `out`, a buffer of at most
+    // SINK_ROWS rows (a chunk of low-degree rows can hold 16 k of them).
     let run = |(scratch, rows_buf): &mut (Scratch, Vec<f32>), (start, end, o, a): Chunk<'_>| {
-        let o = match o {
-            Some(o) => o,
-            None => {
-                rows_buf.clear();
-                rows_buf.resize((end - start) * ow, 0.0);
-                &mut rows_buf[..]
+        match o {
+            Some(o) => {
+                layer.aggregate_rows(csr, inputs, start..end, o, a, scratch);
+                if let Some(p) = progress {
+                    p.rows_done(start, o);
+                }
             }
-        };
-        layer.aggregate_rows(csr, inputs, start..end, o, a, scratch);
+            None => {
+                let mut a = a;
+                for first in (start..end).step_by(SINK_ROWS) {
+                    let last = (first + SINK_ROWS).min(end);
+                    let a_rows = match a.take() {
+                        Some(rest) => {
+                            let entries = csr.row_ptr[last] - csr.row_ptr[first];
+                            let (head, rest) = rest.split_at_mut(entries * h);
+                            a = Some(rest);
+                            Some(head)
+                        }
+                        None => None,
+                    };
+                    rows_buf.clear();
+                    rows_buf.resize((last - first) * ow, 0.0);
+                    layer.aggregate_rows(csr, inputs, first..last, rows_buf, a_rows, scratch);
+                    if let Some(p) = progress {
+                        p.rows_done(first, rows_buf);
+                    }
+                }
+            }
+        }
         if let Some(p) = progress {
-            p.rows_done(start, o);
             p.add_entries((csr.row_ptr[end] - csr.row_ptr[start]) as u64);
         }
     };
@@ -800,8 +823,9 @@ mod tests {
     #[test]
     fn the_transform_in_place_and_the_aggregation_to_a_sink_give_the_same_bits() {
         // Source rows as wide as the input: GAT and GATv2 at F_in = H x C = 15,
-        // TransformerConv (key and value) at 30; 600 rows span three row blocks.
-        let n = 600;
+        // TransformerConv (key and value) at 30. 3000 rows span 12 row blocks, and two
+        // edge-balanced chunks, one of more than SINK_ROWS rows.
+        let n = 3000;
         for f in [15, 30] {
             for layer in kinds_with_in(f) {
                 let layer = layer.as_ref();
@@ -809,6 +833,12 @@ mod tests {
                     continue;
                 }
                 let s = setup(layer, n);
+                let bounds = chunk_bounds(&s.csr.row_ptr, EDGES_PER_CHUNK);
+                assert!(bounds.len() > 2, "{bounds:?}");
+                assert!(
+                    bounds.windows(2).any(|w| w[1] - w[0] > SINK_ROWS),
+                    "{bounds:?}"
+                );
                 for exec in [Execution::Sequential, Execution::Parallel] {
                     let mut x = s.x.clone();
                     let mut target = vec![0f32; n * layer.target_width()];
