@@ -255,9 +255,10 @@ pub fn aggregate_into(
 }
 
 /// [`aggregate_into`] without an output array: each edge-balanced chunk of rows is
-/// computed into a small per-thread buffer (the same bits) and handed to `progress`'s
-/// final-rows sink ([`Progress::set_final_rows_sink`]), which must be set and whose layer
-/// must be marked final ([`Progress::set_final_layer`]); the rows are kept nowhere else.
+/// computed in pieces of at most 1024 rows into a small per-thread buffer (the same
+/// bits), and each piece is handed to `progress`'s final-rows sink
+/// ([`Progress::set_final_rows_sink`]), which must be set and whose layer must be marked
+/// final ([`Progress::set_final_layer`]); the rows are kept nowhere else.
 /// This is how a model's last layer writes its output file without holding
 /// `[rows, out_width]` in memory.
 ///

@@ -99,7 +99,8 @@ impl Progress {
 
     /// Hands every row of the model's output, as soon as it is final, to `sink` (`None`
     /// stops it). The engine calls the sink from the aggregation's threads, once per
-    /// edge-balanced chunk of the last layer, when that layer is a local one (GATConv,
+    /// edge-balanced chunk of the last layer (with [`Progress::set_final_rows_sink_only`],
+    /// once per piece of at most 1024 rows of one), when that layer is a local one (GATConv,
     /// GATv2Conv, TransformerConv: no activation follows it); each output row then goes
     /// to the sink exactly once. With a global or GPSConv last layer the sink gets
     /// nothing, so a caller compares the rows it received with N. `distgat infer` uses

@@ -67,10 +67,9 @@ pub struct NpyBody {
 impl NpyBody {
     /// Reads the body (native float32/int64/float64 C-order reads) into memory advised to
     /// use 2 MiB transparent huge pages. Worth it only for an array a kernel will gather
-    /// rows of at random (fewer TLB misses); elsewhere it costs: on a VM whose host
-    /// reclaims free huge blocks (virtio-balloon free page reporting), a huge page's
-    /// first touch costs more than the 4 KiB pages it replaces (measured in
-    /// `docs/performance.md`, tenth session).
+    /// rows of at random (fewer TLB misses); elsewhere it costs: on the test VM a huge
+    /// page's first touch cost more system time than the 4 KiB pages it replaces
+    /// (`docs/performance.md`, tenth session, gives the measurement and a guess at why).
     pub fn in_huge_pages(mut self) -> Self {
         self.huge_pages = true;
         self
