@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use std::borrow::Cow;
 
 use distgat_attention::{
-    aggregate_into, entry_edge_attr, transform_into, AttentionKind, Collective, Execution,
-    FinalRowsSink, HaloPayload, Layer, Model, Progress, RowBuffer, RowInputs,
+    aggregate_into, aggregate_to_sink, entry_edge_attr, transform_into, AttentionKind, Collective,
+    Execution, FinalRowsSink, HaloPayload, Layer, Model, Progress, RowBuffer, RowInputs,
 };
 use distgat_graph::{Features, IncomingCsr};
 use distgat_partition::{PartPlan, PartitionDir};
@@ -672,35 +672,17 @@ impl Part<'_> {
                 ow,
             )?;
             let t = Instant::now();
-            self.aggregate_interior(
-                layer,
-                view,
-                &source,
-                &aux,
-                &target,
-                &mut out_rows,
-                &mut alpha,
-            )?;
-            // The boundary rows into place (the interior's pass wrote its empty rows there).
-            for (i, &r) in view.boundary.rows.iter().enumerate() {
-                out_rows[r as usize * ow..(r as usize + 1) * ow]
-                    .copy_from_slice(&rows[i * ow..(i + 1) * ow]);
-            }
+            // Every output row is sent now: `out_rows` is not read after the last layer.
+            self.aggregate_interior(layer, view, &source, &aux, &target, &mut alpha)?;
             compute += t.elapsed();
             self.scratch.give(rows);
             boundary_rows_sent = true;
         } else {
             let t = Instant::now();
             if final_rows {
-                self.aggregate_interior(
-                    layer,
-                    view,
-                    &source,
-                    &aux,
-                    &target,
-                    &mut out_rows,
-                    &mut alpha,
-                )?;
+                // `out_rows` gets only the boundary rows below, which are sent after the
+                // layer; the interior ones are sent now.
+                self.aggregate_interior(layer, view, &source, &aux, &target, &mut alpha)?;
             } else {
                 subset(
                     &view.interior,
@@ -752,11 +734,11 @@ impl Part<'_> {
         ))
     }
 
-    /// The last layer's interior rows, in place into `out_rows`, each edge-balanced chunk
-    /// written into the output file (or sent) as soon as it is done, from the pool's
-    /// threads: the rows are final, and writing them while the others compute keeps the
-    /// write off the end of the job.
-    #[allow(clippy::too_many_arguments)]
+    /// The last layer's interior rows, each piece of at most 1024 rows written into the
+    /// output file (or sent) as soon as it is done, from the pool's threads: the rows
+    /// are final, and writing them while the others compute keeps the write off the end
+    /// of the job. They are kept nowhere else (no `[owned, out_width]` array is written):
+    /// after the last layer only its boundary rows are read from the part's rows.
     fn aggregate_interior(
         &self,
         layer: &dyn AttentionKind,
@@ -764,7 +746,6 @@ impl Part<'_> {
         source: &[f32],
         aux: &[f32],
         target: &[f32],
-        out_rows: &mut [f32],
         alpha: &mut Vec<(Vec<i64>, Vec<f32>)>,
     ) -> Result<()> {
         let ow = layer.out_width();
@@ -809,7 +790,7 @@ impl Part<'_> {
             aux,
             target,
             self.edge_attr.as_ref(),
-            SubsetOut::Into(out_rows, &self.scratch),
+            SubsetOut::ToSink,
             self.req.want_attention.then_some(alpha),
             self.progress,
         );
@@ -1684,6 +1665,9 @@ enum SubsetOut<'a> {
     /// Into a `[subset rows, out_width]` buffer from the scratch, returned (not for an
     /// in-place subset).
     Compact(&'a Scratch),
+    /// Only to the progress's final-rows sink, in small pieces
+    /// ([`aggregate_to_sink`]; an in-place subset of the last layer): kept nowhere.
+    ToSink,
 }
 
 /// Aggregates the rows of `subset` into `out`; returns the rows with
@@ -1775,6 +1759,23 @@ fn aggregate_subset(
                     .copy_from_slice(&rows_out[i * ow..(i + 1) * ow]);
             }
             scratch.give(rows_out);
+            None
+        }
+        SubsetOut::ToSink => {
+            assert!(
+                subset.in_place,
+                "only an in-place subset's rows go to the sink"
+            );
+            pool.install(|| {
+                aggregate_to_sink(
+                    layer,
+                    &subset.csr,
+                    &inputs,
+                    Execution::Parallel,
+                    coefficients.as_deref_mut(),
+                    progress,
+                )
+            });
             None
         }
         SubsetOut::Compact(scratch) => {
