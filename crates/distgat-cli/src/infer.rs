@@ -570,18 +570,17 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     }
     // distgat refuses non-finite inputs; a non-finite output (features so large that
     // float32 overflows, as PyG's float32 forward does too) is reported, not hidden.
-    // (Rows the last layer handed only to the file were counted as they went.)
-    let non_finite: usize = {
+    // Rows the last layer handed only to the file (no values kept) were counted as they
+    // went.
+    let non_finite: usize = if output.values.is_empty() {
+        sunk_non_finite.load(std::sync::atomic::Ordering::Relaxed)
+    } else {
         use rayon::prelude::*;
         output
             .values
             .par_chunks(1 << 20)
             .map(|c| c.iter().filter(|v| !v.is_finite()).count())
-            .sum::<usize>()
-    };
-    let non_finite = match output.values.is_empty() && n * output.width > 0 {
-        true => sunk_non_finite.load(std::sync::atomic::Ordering::Relaxed),
-        false => non_finite,
+            .sum()
     };
     if non_finite > 0 {
         tracing::warn!(
