@@ -249,14 +249,14 @@ struct Measured {
     rows_sent: u64,
     bytes_sent: u64,
     bytes_planned: u64,
-    /// Whether the layer sent its boundary rows as output rows already (a last layer
-    /// whose halo rows were there before its interior started).
-    boundary_rows_sent: bool,
+    /// Whether a last layer computed (and sent) its boundary rows before its interior
+    /// rows, its halo rows being there before its interior started.
+    boundary_first: bool,
 }
 
 impl Measured {
     fn add(&mut self, o: Measured) {
-        self.boundary_rows_sent |= o.boundary_rows_sent;
+        self.boundary_first |= o.boundary_first;
         self.compute += o.compute;
         self.wait += o.wait;
         self.send = self.send.max(o.send);
@@ -377,7 +377,6 @@ pub(super) fn compute_part(
 
     let mut x = features.values;
     let mut stats = Vec::with_capacity(model.layers.len());
-    let mut boundary_rows_sent = false;
     for (k, layer) in model.layers.iter().enumerate() {
         // Progress counts the graph layer's edges and a global layer's rows.
         let entries = layer.local().map_or(0, |l| {
@@ -393,8 +392,8 @@ pub(super) fn compute_part(
             _ => progress.start_layer(k, model.layers.len(), entries + global_rows),
         }
         let (mut out_rows, measured) = match layer {
-            // A local last layer's rows are the output (no activation follows): its
-            // interior rows go to the coordinator while the boundary rows compute.
+            // A local last layer's rows are the output (no activation follows): the
+            // layer sends them all itself, as they finish, and returns none.
             // The layer's input is dead once it is transformed and its halo rows are
             // sent: the layer takes it, so its allocation becomes the output rows.
             Layer::Local(l) => part.graph_layer(
@@ -427,14 +426,13 @@ pub(super) fn compute_part(
         if cancel.load(Ordering::Relaxed) {
             return Err(RuntimeError::Cancelled(format!("job {}", req.job_id)));
         }
-        boundary_rows_sent = measured.boundary_rows_sent;
         tracing::info!(
             job = %req.job_id,
             part = req.part,
             layer = k,
             compute_ms = ms(measured.compute),
             wait_ms = ms(measured.wait),
-            boundary_first = measured.boundary_rows_sent,
+            boundary_first = measured.boundary_first,
             "layer done"
         );
         let layer_stats = LayerStats {
@@ -461,33 +459,18 @@ pub(super) fn compute_part(
         part.scratch.give(std::mem::replace(&mut x, out_rows));
     }
     part.scratch.clear();
-    // Output rows in chunks, in original ids: all of them, or, when a local last layer
-    // sent its interior rows already, its boundary rows (unless it sent them too).
-    let width = model.out_width();
-    match model.layers.last() {
-        Some(Layer::Local(_)) if boundary_rows_sent => {}
-        Some(Layer::Local(l)) => {
-            let rows = &part.splits[&l.add_self_loops()].boundary.rows;
-            send_picked_rows(
-                out,
-                part.out_file.as_deref(),
-                &req.job_id,
-                req.part,
-                &part.plan.owned,
-                rows,
-                &x,
-                width,
-            )?;
-        }
-        _ => send_rows(
+    // A local last layer sent every output row itself; after a global one, the output
+    // rows go in chunks, in original ids.
+    if !matches!(model.layers.last(), Some(Layer::Local(_))) {
+        send_rows(
             out,
             part.out_file.as_deref(),
             &req.job_id,
             req.part,
             &part.plan.owned,
             &x,
-            width,
-        )?,
+            model.out_width(),
+        )?;
     }
     send_output(
         out,
@@ -504,7 +487,9 @@ impl Part<'_> {
     /// A graph attention layer (`layers[k]`, or a GPSConv's conv) over the owned rows
     /// `x` (`[owned, F]`): transform, send each peer its halo rows, aggregate the interior
     /// rows while they travel, then the boundary rows. Sends the layer's attention
-    /// coefficients when the job wants them. Returns the `[owned, out_width]` rows.
+    /// coefficients when the job wants them. Returns the `[owned, out_width]` rows, or,
+    /// with `final_rows` (the model's last layer), none: it sends every output row itself
+    /// (to the coordinator or into the output file) as soon as it is computed.
     fn graph_layer(
         &self,
         layer: &dyn AttentionKind,
@@ -581,7 +566,6 @@ impl Part<'_> {
         if aw > 0 {
             layer.fill_source_aux(&source[..n_owned * sw], &mut aux[..n_owned * aw]);
         }
-        let mut out_rows = self.scratch.take(n_owned * ow);
         let mut alpha: Vec<(Vec<i64>, Vec<f32>)> = Vec::new();
         let mut compute = started.elapsed();
         let mut wait = Duration::ZERO;
@@ -643,19 +627,17 @@ impl Part<'_> {
                 LastLayerOrder::BoundaryFirst => true,
                 LastLayerOrder::InteriorFirst => false,
             };
-        let mut boundary_rows_sent = false;
-        if boundary_first {
-            compute += take_halo(&mut source, &mut aux)?;
-            let t = Instant::now();
+        // The last layer's boundary rows: computed into a compact buffer and sent, like
+        // its interior rows (so the part's `[owned, out_width]` rows are never needed).
+        let send_boundary = |source: &[f32], aux: &[f32], alpha: &mut Vec<_>| -> Result<()> {
             let rows = subset(
                 &view.boundary,
-                &source,
-                &aux,
+                source,
+                aux,
                 SubsetOut::Compact(&self.scratch),
-                &mut alpha,
+                alpha,
             )
             .unwrap_or_default();
-            compute += t.elapsed();
             let nodes: Vec<u64> = view
                 .boundary
                 .rows
@@ -671,27 +653,34 @@ impl Part<'_> {
                 &rows,
                 ow,
             )?;
+            self.scratch.give(rows);
+            Ok(())
+        };
+        let mut out_rows = Vec::new();
+        if boundary_first {
+            compute += take_halo(&mut source, &mut aux)?;
             let t = Instant::now();
-            // Every output row is sent now: `out_rows` is not read after the last layer.
+            send_boundary(&source, &aux, &mut alpha)?;
             self.aggregate_interior(layer, view, &source, &aux, &target, &mut alpha)?;
             compute += t.elapsed();
-            self.scratch.give(rows);
-            boundary_rows_sent = true;
-        } else {
+        } else if final_rows {
             let t = Instant::now();
-            if final_rows {
-                // `out_rows` gets only the boundary rows below, which are sent after the
-                // layer; the interior ones are sent now.
-                self.aggregate_interior(layer, view, &source, &aux, &target, &mut alpha)?;
-            } else {
-                subset(
-                    &view.interior,
-                    &source,
-                    &aux,
-                    SubsetOut::Into(&mut out_rows, &self.scratch),
-                    &mut alpha,
-                );
-            }
+            self.aggregate_interior(layer, view, &source, &aux, &target, &mut alpha)?;
+            compute += t.elapsed();
+            compute += take_halo(&mut source, &mut aux)?;
+            let t = Instant::now();
+            send_boundary(&source, &aux, &mut alpha)?;
+            compute += t.elapsed();
+        } else {
+            out_rows = self.scratch.take(n_owned * ow);
+            let t = Instant::now();
+            subset(
+                &view.interior,
+                &source,
+                &aux,
+                SubsetOut::Into(&mut out_rows, &self.scratch),
+                &mut alpha,
+            );
             compute += t.elapsed();
             compute += take_halo(&mut source, &mut aux)?;
             let t = Instant::now();
@@ -729,7 +718,7 @@ impl Part<'_> {
                 rows_sent,
                 bytes_sent,
                 bytes_planned: rows_sent * width as u64 * 4,
-                boundary_rows_sent,
+                boundary_first,
             },
         ))
     }
