@@ -18,8 +18,8 @@ use distgat_graph::IncomingCsr;
 
 use crate::dense::{dot, Linear};
 use crate::kind::{
-    add_into, combine_heads, exponentiate, leaky_relu, prefetch_ahead, prefetch_row, write_alpha,
-    AttentionKind, FillValue, RowInputs, Scratch, SOFTMAX_EPS,
+    add_into, combine_heads, exponentiate, leaky_relu, prefetch_ahead, prefetch_distance,
+    prefetch_row, write_alpha, AttentionKind, FillValue, RowInputs, Scratch, SOFTMAX_EPS,
 };
 
 /// Pass 1 reads only `H` scores per entry, so it prefetches further ahead.
@@ -193,6 +193,7 @@ impl GatConv {
         scratch.max.resize(h, 0.0);
         scratch.sum.resize(h, 0.0);
         scratch.acc.resize(hc, 0.0);
+        let ahead = prefetch_distance(sw);
         for (local, i) in rows.enumerate() {
             let sources = csr.row(i);
             let row_start = csr.row_ptr[i];
@@ -238,7 +239,7 @@ impl GatConv {
                 // Pass 2: the weighted sum of source rows.
                 scratch.acc.fill(0.0);
                 for (k, (&j, w)) in sources.iter().zip(weights.chunks_exact(h)).enumerate() {
-                    prefetch_ahead(csr, row_start + k, inputs.source, sw);
+                    prefetch_ahead(csr, row_start + k, ahead, inputs.source, sw);
                     let z = &inputs.source[j as usize * sw..(j as usize + 1) * sw];
                     for head in 0..h {
                         let wh = w[head];

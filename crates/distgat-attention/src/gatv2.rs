@@ -13,8 +13,8 @@ use distgat_graph::IncomingCsr;
 
 use crate::dense::Linear;
 use crate::kind::{
-    add_into, combine_heads, dot_lanes, exponentiate, leaky_relu, prefetch_ahead, write_alpha,
-    AttentionKind, FillValue, RowInputs, Scratch, SOFTMAX_EPS,
+    add_into, combine_heads, dot_lanes, exponentiate, leaky_relu, prefetch_ahead,
+    prefetch_distance, write_alpha, AttentionKind, FillValue, RowInputs, Scratch, SOFTMAX_EPS,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -120,6 +120,7 @@ impl GatV2Conv {
         scratch.acc.resize(hc, 0.0);
         scratch.edge.resize(hc, 0.0);
         scratch.row.resize(hc, 0.0);
+        let ahead = prefetch_distance(hc);
         for (local, i) in rows.enumerate() {
             let sources = csr.row(i);
             let row_start = csr.row_ptr[i];
@@ -134,7 +135,7 @@ impl GatV2Conv {
                 weights.clear();
                 scratch.max.fill(f32::NEG_INFINITY);
                 for (k, &j) in sources.iter().enumerate() {
-                    prefetch_ahead(csr, row_start + k, inputs.source, hc);
+                    prefetch_ahead(csr, row_start + k, ahead, inputs.source, hc);
                     let x_l = &inputs.source[j as usize * hc..(j as usize + 1) * hc];
                     match &self.lin_edge {
                         None => {

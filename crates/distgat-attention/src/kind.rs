@@ -549,10 +549,24 @@ pub fn chunk_bounds(row_ptr: &[usize], edges_per_chunk: usize) -> Vec<usize> {
     bounds
 }
 
-/// How many CSR entries ahead kernels prefetch source rows. A row is 128-512 bytes read
-/// from a random place; without prefetching the kernel runs at memory latency rather than
-/// bandwidth (measured at 1M nodes / 10M edges: 2.7 s without, 1.3-1.6 s with 8 ahead).
+/// How many CSR entries ahead kernels prefetch source rows, at least. A row is 128-512
+/// bytes read from a random place; without prefetching the kernel runs at memory latency
+/// rather than bandwidth (measured at 1M nodes / 10M edges, 512-byte rows: 2.7 s without,
+/// 1.3-1.6 s with 8 ahead).
 pub(crate) const PREFETCH_DISTANCE: usize = 8;
+
+/// Bytes of source rows requested ahead of the gathers: narrow rows are prefetched more
+/// entries ahead, so that as many cache lines are in flight as with 512-byte rows at
+/// [`PREFETCH_DISTANCE`] (64 lines). At 10M nodes / 100M edges with 128-byte rows
+/// (4 x 8 heads) 32 entries ahead instead of 8 took the aggregation from 8.06-8.16 s
+/// to 7.90-7.92 s (docs/performance.md, eleventh session).
+const PREFETCH_BYTES: usize = 4096;
+
+/// How many CSR entries ahead to prefetch rows of `width` `f32`s: [`PREFETCH_BYTES`] of
+/// rows, no fewer than [`PREFETCH_DISTANCE`] entries and no more than 64.
+pub(crate) fn prefetch_distance(width: usize) -> usize {
+    (PREFETCH_BYTES / (4 * width.max(1))).clamp(PREFETCH_DISTANCE, 64)
+}
 
 #[inline(always)]
 pub(crate) fn prefetch_row(row: &[f32]) {
@@ -571,11 +585,17 @@ pub(crate) fn prefetch_row(row: &[f32]) {
     let _ = row;
 }
 
-/// Prefetches the source row of the CSR entry `entry + PREFETCH_DISTANCE` (across row
-/// boundaries: rows are often shorter than the distance).
+/// Prefetches the source row of the CSR entry `entry + distance` (across row boundaries:
+/// rows are often shorter than the distance); `distance` from [`prefetch_distance`].
 #[inline(always)]
-pub(crate) fn prefetch_ahead(csr: &IncomingCsr, entry: usize, source: &[f32], width: usize) {
-    if let Some(&ahead) = csr.col.get(entry + PREFETCH_DISTANCE) {
+pub(crate) fn prefetch_ahead(
+    csr: &IncomingCsr,
+    entry: usize,
+    distance: usize,
+    source: &[f32],
+    width: usize,
+) {
+    if let Some(&ahead) = csr.col.get(entry + distance) {
         let a = ahead as usize * width;
         if let Some(row) = source.get(a..a + width) {
             prefetch_row(row);

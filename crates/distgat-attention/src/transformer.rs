@@ -14,8 +14,8 @@ use distgat_graph::IncomingCsr;
 
 use crate::dense::Linear;
 use crate::kind::{
-    add_into, combine_heads, dot_lanes, exponentiate, prefetch_ahead, write_alpha, AttentionKind,
-    FillValue, RowInputs, Scratch, SOFTMAX_EPS,
+    add_into, combine_heads, dot_lanes, exponentiate, prefetch_ahead, prefetch_distance,
+    write_alpha, AttentionKind, FillValue, RowInputs, Scratch, SOFTMAX_EPS,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -112,6 +112,7 @@ impl TransformerConv {
         scratch.edge.resize(hc, 0.0);
         scratch.row.resize(hc, 0.0);
         let edge_attr = inputs.edge_attr.unwrap_or_default();
+        let ahead = prefetch_distance(sw);
         for (local, i) in rows.enumerate() {
             let sources = csr.row(i);
             let row_start = csr.row_ptr[i];
@@ -126,7 +127,7 @@ impl TransformerConv {
                 weights.clear();
                 scratch.max.fill(f32::NEG_INFINITY);
                 for (k, &j) in sources.iter().enumerate() {
-                    prefetch_ahead(csr, row_start + k, inputs.source, sw);
+                    prefetch_ahead(csr, row_start + k, ahead, inputs.source, sw);
                     let key = &inputs.source[j as usize * sw..j as usize * sw + hc];
                     let key = match &self.lin_edge {
                         Some(lin_edge) => {
