@@ -559,7 +559,7 @@ pub(crate) const PREFETCH_DISTANCE: usize = 8;
 /// entries ahead, so that as many cache lines are in flight as with 512-byte rows at
 /// [`PREFETCH_DISTANCE`] (64 lines). At 10M nodes / 100M edges with 128-byte rows
 /// (4 x 8 heads) 32 entries ahead instead of 8 took the aggregation from 8.06-8.16 s
-/// to 7.90-7.92 s (docs/performance.md, eleventh session).
+/// to 7.88-7.92 s (docs/performance.md, eleventh session).
 const PREFETCH_BYTES: usize = 4096;
 
 /// How many CSR entries ahead to prefetch rows of `width` `f32`s: [`PREFETCH_BYTES`] of
