@@ -25,6 +25,16 @@ use crate::kind::{
 /// Pass 1 reads only `H` scores per entry, so it prefetches further ahead.
 const SCORE_PREFETCH_DISTANCE: usize = 32;
 
+/// Source rows at most this wide (bytes) have their scores `<z_j[h], att_src[h]>`
+/// computed in pass 1 from the row itself, which pass 2 then finds in L1, instead of
+/// looked up in the `[N, H]` score table: at 128-byte rows a score is a random 64-byte
+/// line an edge besides the row's two. The same [`dot`] in the same order as
+/// [`AttentionKind::fill_source_aux`], so the same bits. Measured at 10M nodes / 100M
+/// edges with 4 x 8 heads: 7.37 s -> 6.03 s a layer; at 1M / 10M with 4 x 32 heads
+/// (512-byte rows) it was slower (1.25-1.29 s -> 1.43-1.46 s: four sequential 32-term
+/// dot products an edge), hence the bound (docs/performance.md, eleventh session).
+const SCORES_FROM_ROWS_MAX_BYTES: usize = 256;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatConv {
     pub heads: usize,
@@ -183,8 +193,26 @@ impl GatConv {
         inputs: &RowInputs<'_>,
         rows: std::ops::Range<usize>,
         out: &mut [f32],
+        alpha: Option<&mut [f32]>,
+        scratch: &mut Scratch,
+    ) {
+        let from_rows = 4 * self.source_width() <= SCORES_FROM_ROWS_MAX_BYTES;
+        self.aggregate_rows_scored(csr, inputs, rows, out, alpha, scratch, from_rows);
+    }
+
+    /// [`GatConv::aggregate_rows_portable`], with the source scores computed from the
+    /// source rows (`scores_from_rows`) or read from `inputs.source_aux`: the same bits.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub(crate) fn aggregate_rows_scored(
+        &self,
+        csr: &IncomingCsr,
+        inputs: &RowInputs<'_>,
+        rows: std::ops::Range<usize>,
+        out: &mut [f32],
         mut alpha: Option<&mut [f32]>,
         scratch: &mut Scratch,
+        scores_from_rows: bool,
     ) {
         let (h, c, hc, ow) = (self.heads, self.channels, self.hc(), self.out_width());
         let (sw, tw) = (self.source_width(), self.target_width());
@@ -193,6 +221,7 @@ impl GatConv {
         scratch.max.resize(h, 0.0);
         scratch.sum.resize(h, 0.0);
         scratch.acc.resize(hc, 0.0);
+        scratch.row.resize(h, 0.0);
         let ahead = prefetch_distance(sw);
         for (local, i) in rows.enumerate() {
             let sources = csr.row(i);
@@ -209,14 +238,25 @@ impl GatConv {
                 weights.clear();
                 scratch.max.fill(f32::NEG_INFINITY);
                 for (k, &j) in sources.iter().enumerate() {
-                    if let Some(&ahead) = csr.col.get(row_start + k + SCORE_PREFETCH_DISTANCE) {
-                        let a = ahead as usize * h;
-                        if let Some(row) = inputs.source_aux.get(a..a + h) {
-                            prefetch_row(row);
-                        }
-                    }
                     let j = j as usize;
-                    let s_src = &inputs.source_aux[j * h..(j + 1) * h];
+                    let s_src: &[f32] = if scores_from_rows {
+                        prefetch_ahead(csr, row_start + k, ahead, inputs.source, sw);
+                        let z = &inputs.source[j * sw..(j + 1) * sw];
+                        for (head, s) in scratch.row.iter_mut().enumerate() {
+                            let att = &self.att_src[head * c..(head + 1) * c];
+                            *s = dot(&z[head * c..(head + 1) * c], att);
+                        }
+                        &scratch.row
+                    } else {
+                        let next = csr.col.get(row_start + k + SCORE_PREFETCH_DISTANCE);
+                        if let Some(&next) = next {
+                            let a = next as usize * h;
+                            if let Some(row) = inputs.source_aux.get(a..a + h) {
+                                prefetch_row(row);
+                            }
+                        }
+                        &inputs.source_aux[j * h..(j + 1) * h]
+                    };
                     let edge = self.edge_score.as_ref().map(|(d, v)| {
                         let e = row_start + k;
                         (
@@ -239,7 +279,10 @@ impl GatConv {
                 // Pass 2: the weighted sum of source rows.
                 scratch.acc.fill(0.0);
                 for (k, (&j, w)) in sources.iter().zip(weights.chunks_exact(h)).enumerate() {
-                    prefetch_ahead(csr, row_start + k, ahead, inputs.source, sw);
+                    if !scores_from_rows {
+                        // (Pass 1 read the row already when it computed the scores.)
+                        prefetch_ahead(csr, row_start + k, ahead, inputs.source, sw);
+                    }
                     let z = &inputs.source[j as usize * sw..(j as usize + 1) * sw];
                     for head in 0..h {
                         let wh = w[head];
