@@ -146,19 +146,19 @@ impl AttentionKind for GatConv {
         self.heads + self.res.as_ref().map_or(0, |r| r.out_features)
     }
 
+    /// `H` (the score table) for wide source rows; 0 when the scores come from the rows
+    /// themselves (see [`GatConv::scores_from_rows`]), so no caller builds the table.
     fn source_aux_width(&self) -> usize {
-        self.heads
+        if self.scores_from_rows() {
+            0
+        } else {
+            self.heads
+        }
     }
 
     fn fill_source_aux(&self, source: &[f32], aux: &mut [f32]) {
-        let (c, hc, h) = (self.channels, self.hc(), self.heads);
-        for (z, s) in source.chunks_exact(hc).zip(aux.chunks_exact_mut(h)) {
-            for head in 0..h {
-                s[head] = dot(
-                    &z[head * c..(head + 1) * c],
-                    &self.att_src[head * c..(head + 1) * c],
-                );
-            }
+        if self.source_aux_width() > 0 {
+            self.fill_source_scores(source, aux);
         }
     }
 
@@ -196,8 +196,29 @@ impl GatConv {
         alpha: Option<&mut [f32]>,
         scratch: &mut Scratch,
     ) {
-        let from_rows = 4 * self.source_width() <= SCORES_FROM_ROWS_MAX_BYTES;
+        let from_rows = self.scores_from_rows();
         self.aggregate_rows_scored(csr, inputs, rows, out, alpha, scratch, from_rows);
+    }
+
+    /// Whether the aggregation computes each source score `<z_j[h], att_src[h]>` from the
+    /// source row itself (rows of at most [`SCORES_FROM_ROWS_MAX_BYTES`]) instead of
+    /// reading the `[N, H]` score table; then the table has width 0 and is never built.
+    pub fn scores_from_rows(&self) -> bool {
+        4 * self.source_width() <= SCORES_FROM_ROWS_MAX_BYTES
+    }
+
+    /// The `[rows, H]` source scores of `source` (`[rows, H*C]`) into `aux`:
+    /// `aux[r, h] = <source[r, h*C..(h+1)*C], att_src[h]>` (PyG's `alpha_src`).
+    pub(crate) fn fill_source_scores(&self, source: &[f32], aux: &mut [f32]) {
+        let (c, hc, h) = (self.channels, self.hc(), self.heads);
+        for (z, s) in source.chunks_exact(hc).zip(aux.chunks_exact_mut(h)) {
+            for head in 0..h {
+                s[head] = dot(
+                    &z[head * c..(head + 1) * c],
+                    &self.att_src[head * c..(head + 1) * c],
+                );
+            }
+        }
     }
 
     /// [`GatConv::aggregate_rows_portable`], with the source scores computed from the

@@ -832,13 +832,23 @@ mod tests {
         gat.res = Some(linear(&mut next, hc, f, false));
         let n = 300;
         let s = setup(&gat, n);
+        assert!(
+            gat.scores_from_rows() && s.aux.is_empty(),
+            "no table is built"
+        );
+        let mut table = vec![0f32; n * h];
+        gat.fill_source_scores(&s.source, &mut table);
         let entries = s.csr.num_entries();
         let run = |from_rows: bool| {
             let mut out = vec![0f32; n * gat.out_width()];
             let mut alpha = vec![0f32; entries * h];
+            let inputs = RowInputs {
+                source_aux: &table,
+                ..s.inputs()
+            };
             gat.aggregate_rows_scored(
                 &s.csr,
-                &s.inputs(),
+                &inputs,
                 0..n,
                 &mut out,
                 Some(&mut alpha),
