@@ -24,6 +24,11 @@ use rayon::prelude::*;
 use serde::Serialize;
 use synth::Generator;
 
+/// Large blocks start on a page boundary (rows gathered from them stay cache-line
+/// aligned): see `distgat_graph::alloc`.
+#[global_allocator]
+static ALLOCATOR: distgat_graph::LargePageAligned = distgat_graph::LargePageAligned;
+
 #[derive(Parser)]
 #[command(
     name = "distgat-bench",

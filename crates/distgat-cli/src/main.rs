@@ -12,6 +12,11 @@ use distgat_graph::{GraphFormat, Normalization};
 use distgat_partition::{Method, Objective};
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// Large blocks start on a page boundary (rows gathered from them stay cache-line
+/// aligned): see `distgat_graph::alloc`.
+#[global_allocator]
+static ALLOCATOR: distgat_graph::LargePageAligned = distgat_graph::LargePageAligned;
+
 #[derive(Parser)]
 #[command(
     name = "distgat",

@@ -4,6 +4,7 @@
 //! Everything that enters from a file is checked here, and every error names the file and
 //! says where (line, row, edge) and what was expected.
 
+pub mod alloc;
 pub mod csr;
 pub mod edges;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod npy;
 pub mod output;
 pub mod reorder;
 
+pub use alloc::LargePageAligned;
 pub use csr::{attention_edge_index, IncomingCsr};
 pub use edges::{read_graph, EdgeList, GraphFormat};
 pub use error::{GraphError, Result};
