@@ -333,6 +333,7 @@ fn run(
             &model,
             &topology,
             g.x.clone(),
+            None,
             edge_attr.as_ref(),
             exec,
             true,

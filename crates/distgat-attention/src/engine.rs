@@ -141,11 +141,17 @@ pub struct ModelOutput {
 /// [`crate::global::GlobalKind::forward`] and need no graph ([`Topology::without_graph`]); with
 /// `report_approximation`, each approximating global layer also runs exactly on the same
 /// input and its error goes into [`LayerTiming::approximation_error`].
+///
+/// `spare` is memory the caller no longer needs and whose pages are resident (`infer`
+/// gives the edge ids' once the CSR is built, [`RowBuffer::spare_words`]): the first
+/// layer's source rows go there when it has room, instead of into new pages (each a fault
+/// and a kernel zero fill); otherwise it is dropped before the first transform.
 #[allow(clippy::too_many_arguments)]
 pub fn run_model(
     model: &Model,
     topology: &Topology,
     features: Vec<f32>,
+    spare: Option<RowBuffer>,
     edge_attr: Option<&Features>,
     exec: Execution,
     want_attention: bool,
@@ -163,8 +169,8 @@ pub fn run_model(
     let mut x = features;
     let mut attention = Vec::new();
     let mut timings = Vec::with_capacity(model.layers.len());
-    // A local layer's source rows, kept for the next local layer of the same size.
-    let mut kept_source = None;
+    // A local layer's source rows, kept for the next local layer with room in them.
+    let mut kept_source = spare.filter(|_| !matches!(model.layers[0], Layer::Global(_)));
     for (k, layer) in model.layers.iter().enumerate() {
         let layer = match layer {
             Layer::Local(l) => l.as_ref(),
@@ -346,10 +352,10 @@ fn run_local(
     let mut target = vec![0f32; n * layer.target_width()];
     // Fresh pages cost a fault and a kernel zero fill each, about what the aggregation's
     // gathers cost on a VM, so the rows go into allocations whose pages are resident:
-    // the previous layer's source rows when they have this layer's size; else, in a
-    // one-layer model streamed to its sink, the features themselves, transformed in
-    // place (see `transforms_features_in_place`); else new ones.
-    let kept = kept_source.take().filter(|b| b.len() == n * sw);
+    // the previous layer's source rows (or the caller's spare memory) when they have room
+    // for this layer's; else, in a one-layer model streamed to its sink, the features
+    // themselves, transformed in place (see `transforms_features_in_place`); else new ones.
+    let kept = kept_source.take().filter(|b| b.room() >= n * sw);
     let (source, x) = if kept.is_none() && to_sink && k == 0 && sw == layer.in_features() {
         let mut x = x;
         transform_in_place(layer, &mut x, exec, &mut target);

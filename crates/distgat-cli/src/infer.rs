@@ -492,7 +492,9 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     } else {
         Vec::new()
     };
-    drop(edges);
+    // The edge ids' resident memory (huge pages for an .npy graph) can hold the first
+    // layer's source rows (`run_model`'s `spare`).
+    let spare = distgat_attention::RowBuffer::spare_words(edges.into_ids());
     let new_of = renumbered.map(|(new_of, _)| new_of);
 
     let progress = match (&config.progress, config.on_phase) {
@@ -544,6 +546,7 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         &model,
         &topology,
         features.values,
+        Some(spare),
         edge_attr.as_ref(),
         Execution::Parallel,
         want_attention,

@@ -133,6 +133,13 @@ impl EdgeList {
         &self.ids[self.len()..]
     }
 
+    /// The ids' memory (`[2 * E]`, sources then targets), for reuse once the edges are no
+    /// longer needed: an `.npy` edge index is read into transparent huge pages, so rows
+    /// gathered at random can go there (`RowBuffer::spare_words` in distgat-attention).
+    pub fn into_ids(self) -> Vec<u64> {
+        self.ids
+    }
+
     /// Checks every id against the node count the graph is used with (usually the
     /// feature rows), naming the first offending edge.
     pub fn check_ids(&self, num_nodes: u64, path: &Path, node_count_source: &str) -> Result<()> {
@@ -207,21 +214,24 @@ fn read_npy_edges(path: &Path) -> Result<EdgeList> {
     }
     // C order is already the layout of `EdgeList::ids` (sources, then targets): the body
     // is read straight into it, each piece checked for negative ids (the top bit of the
-    // int64's bits) as it is read.
-    let ids = body.read_i64_bits_checked(path, |first, piece| {
-        match piece.iter().position(|&v| v >> 63 != 0) {
-            None => Ok(()),
-            Some(p) => {
-                let pos = first + p;
-                Err(negative(
-                    pos,
-                    piece[p] as i64,
-                    pos / e.max(1),
-                    pos % e.max(1),
-                ))
+    // int64's bits) as it is read; into huge pages, for reuse as gathered rows
+    // (`EdgeList::into_ids`).
+    let ids = body
+        .in_huge_pages()
+        .read_i64_bits_checked(path, |first, piece| {
+            match piece.iter().position(|&v| v >> 63 != 0) {
+                None => Ok(()),
+                Some(p) => {
+                    let pos = first + p;
+                    Err(negative(
+                        pos,
+                        piece[p] as i64,
+                        pos / e.max(1),
+                        pos % e.max(1),
+                    ))
+                }
             }
-        }
-    })?;
+        })?;
     Ok(EdgeList::from_split_ids(ids, 0))
 }
 
