@@ -494,7 +494,9 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     };
     // The edge ids' resident memory (huge pages for an .npy graph) can hold the first
     // layer's source rows (`run_model`'s `spare`).
-    let spare = distgat_attention::RowBuffer::spare_words(edges.into_ids());
+    let spare = edges
+        .into_spare_ids()
+        .map(distgat_attention::RowBuffer::spare_words);
     let new_of = renumbered.map(|(new_of, _)| new_of);
 
     let progress = match (&config.progress, config.on_phase) {
@@ -546,7 +548,7 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         &model,
         &topology,
         features.values,
-        Some(spare),
+        spare,
         edge_attr.as_ref(),
         Execution::Parallel,
         want_attention,

@@ -84,7 +84,20 @@ pub struct EdgeList {
     pub num_nodes: u64,
     /// Things the reader accepted but that the engine does not use (e.g. edge weights).
     pub warnings: Vec<String>,
+    /// Whether `ids` were allocated in transparent huge pages (`.npy` input).
+    ids_in_huge_pages: Placement,
 }
+
+/// Where a buffer's memory lies: not part of the value (always equal).
+#[derive(Debug, Clone, Copy, Default)]
+struct Placement(bool);
+
+impl PartialEq for Placement {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for Placement {}
 
 impl EdgeList {
     /// Builds an edge list from parallel source and target arrays.
@@ -103,6 +116,7 @@ impl EdgeList {
             ids,
             num_nodes,
             warnings: Vec::new(),
+            ids_in_huge_pages: Placement(false),
         }
     }
 
@@ -117,6 +131,7 @@ impl EdgeList {
             ids,
             num_nodes,
             warnings: Vec::new(),
+            ids_in_huge_pages: Placement(false),
         }
     }
 
@@ -134,10 +149,12 @@ impl EdgeList {
     }
 
     /// The ids' memory (`[2 * E]`, sources then targets), for reuse once the edges are no
-    /// longer needed: an `.npy` edge index is read into transparent huge pages, so rows
-    /// gathered at random can go there (`RowBuffer::spare_words` in distgat-attention).
-    pub fn into_ids(self) -> Vec<u64> {
-        self.ids
+    /// longer needed, when it lies in transparent huge pages (an `.npy` edge index is read
+    /// into them), so rows gathered at random can go there (`RowBuffer::spare_words` in
+    /// distgat-attention); `None` for other inputs, whose 4 KiB pages would make such
+    /// gathers miss the TLB.
+    pub fn into_spare_ids(self) -> Option<Vec<u64>> {
+        self.ids_in_huge_pages.0.then_some(self.ids)
     }
 
     /// Checks every id against the node count the graph is used with (usually the
@@ -206,16 +223,19 @@ fn read_npy_edges(path: &Path) -> Result<EdgeList> {
             return Err(negative(pos, raw[pos], pos % 2, pos / 2));
         }
         let mut ids = vec![0u64; 2 * e];
+        crate::npy::advise_huge_pages(bytemuck::cast_slice_mut(&mut ids));
         for (k, pair) in raw.chunks_exact(2).enumerate() {
             ids[k] = pair[0] as u64;
             ids[e + k] = pair[1] as u64;
         }
-        return Ok(EdgeList::from_split_ids(ids, 0));
+        let mut edges = EdgeList::from_split_ids(ids, 0);
+        edges.ids_in_huge_pages = Placement(true);
+        return Ok(edges);
     }
     // C order is already the layout of `EdgeList::ids` (sources, then targets): the body
     // is read straight into it, each piece checked for negative ids (the top bit of the
     // int64's bits) as it is read; into huge pages, for reuse as gathered rows
-    // (`EdgeList::into_ids`).
+    // (`EdgeList::into_spare_ids`).
     let ids = body
         .in_huge_pages()
         .read_i64_bits_checked(path, |first, piece| {
@@ -232,7 +252,9 @@ fn read_npy_edges(path: &Path) -> Result<EdgeList> {
                 }
             }
         })?;
-    Ok(EdgeList::from_split_ids(ids, 0))
+    let mut edges = EdgeList::from_split_ids(ids, 0);
+    edges.ids_in_huge_pages = Placement(true);
+    Ok(edges)
 }
 
 /// Whether the file starts with the `.npy` magic string (`\x93NUMPY`).

@@ -492,7 +492,7 @@ impl NpyBody {
 /// (a one-layer model's features become its source rows, transformed in place) cost far
 /// fewer TLB misses. Only a hint: without THP, or below 4 MiB, nothing changes.
 #[cfg(target_os = "linux")]
-fn advise_huge_pages(bytes: &mut [u8]) {
+pub(crate) fn advise_huge_pages(bytes: &mut [u8]) {
     const HUGE: usize = 2 << 20;
     if bytes.len() < 2 * HUGE {
         return;
@@ -514,7 +514,7 @@ fn advise_huge_pages(bytes: &mut [u8]) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn advise_huge_pages(_bytes: &mut [u8]) {}
+pub(crate) fn advise_huge_pages(_bytes: &mut [u8]) {}
 
 /// Bytes per positional read of [`NpyBody::read_native`]: large enough that the system
 /// call costs nothing next to the copy, small enough that the check that follows finds

@@ -1160,3 +1160,32 @@ fn fuzz_npy_header_nested_too_deep_is_an_error() {
         [1.0, 2.0]
     );
 }
+
+/// The edge ids' memory is offered for reuse (as gathered rows) only when an `.npy` edge
+/// index was read into huge pages, in either memory order, and never for text input; where
+/// the memory lies does not change the value.
+#[test]
+fn spare_ids_only_from_npy_input() {
+    let dir = Dir::new();
+    let (src, dst) = ([0u64, 1, 2], [1u64, 2, 0]);
+    let ids: Vec<i64> = src.iter().chain(&dst).map(|&v| v as i64).collect();
+    let c = dir.npy("c.npy", &[2, 3], Order::C, &ids);
+    let pairs: Vec<i64> = src
+        .iter()
+        .zip(&dst)
+        .flat_map(|(&s, &d)| [s as i64, d as i64])
+        .collect();
+    let f = dir.npy("f.npy", &[2, 3], Order::Fortran, &pairs);
+    let text = dir.file("g.txt", "0 1\n1 2\n2 0\n");
+    let want = EdgeList::from_pairs(&src, &dst);
+    for path in [&c, &f] {
+        let edges = read_graph(path, None).unwrap();
+        assert_eq!(edges, want, "{}", path.display());
+        let spare = edges.into_spare_ids().expect("npy ids are offered");
+        assert_eq!(spare, [0, 1, 2, 1, 2, 0]);
+    }
+    let edges = read_graph(&text, None).unwrap();
+    assert_eq!(edges, want);
+    assert!(edges.into_spare_ids().is_none());
+    assert!(want.into_spare_ids().is_none());
+}
