@@ -235,7 +235,10 @@ fn read_npy_edges(path: &Path) -> Result<EdgeList> {
     // C order is already the layout of `EdgeList::ids` (sources, then targets): the body
     // is read straight into it, each piece checked for negative ids (the top bit of the
     // int64's bits) as it is read; into huge pages, for reuse as gathered rows
-    // (`EdgeList::into_spare_ids`).
+    // (`EdgeList::into_spare_ids`). Only int64 bodies on little-endian Unix are read
+    // straight into the ids (others are converted element by element, into 4 KiB pages).
+    let in_place =
+        body.dtype == crate::npy::NpyDtype::I64 && cfg!(all(unix, target_endian = "little"));
     let ids = body
         .in_huge_pages()
         .read_i64_bits_checked(path, |first, piece| {
@@ -253,7 +256,7 @@ fn read_npy_edges(path: &Path) -> Result<EdgeList> {
             }
         })?;
     let mut edges = EdgeList::from_split_ids(ids, 0);
-    edges.ids_in_huge_pages = Placement(true);
+    edges.ids_in_huge_pages = Placement(in_place);
     Ok(edges)
 }
 
