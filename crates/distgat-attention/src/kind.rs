@@ -735,28 +735,44 @@ mod tests {
         kinds_with_in(37)
     }
 
-    /// [`kinds`] with `f` input features.
-    fn kinds_with_in(f: usize) -> Vec<Box<dyn AttentionKind>> {
-        let mut next = stream(0x2545_f491_4f6c_dd1d);
-        let (h, c, d) = (3, 5, 2);
+    /// A GATConv with random weights (`f` inputs, `h` x `c`, `concat`), an edge score of
+    /// width `d` and a residual: every optional part of the kernel in use.
+    fn random_gat(
+        next: &mut impl FnMut() -> f32,
+        f: usize,
+        h: usize,
+        c: usize,
+        concat: bool,
+        d: usize,
+    ) -> GatConv {
         let hc = h * c;
+        let ow = if concat { hc } else { c };
         let w: Vec<f32> = (0..hc * f).map(|_| next()).collect();
         let mut gat = GatConv::from_pyg(
             f,
             h,
             c,
-            false,
+            concat,
             0.2,
             true,
             &w,
             (0..hc).map(|_| next()).collect(),
             (0..hc).map(|_| next()).collect(),
-            (0..c).map(|_| next()).collect(),
+            (0..ow).map(|_| next()).collect(),
         );
         let lin_edge: Vec<f32> = (0..hc * d).map(|_| next()).collect();
         let att_edge: Vec<f32> = (0..hc).map(|_| next()).collect();
         gat.edge_score = Some((d, GatConv::fold_edge(h, c, d, &lin_edge, &att_edge)));
-        gat.res = Some(linear(&mut next, c, f, false));
+        gat.res = Some(linear(next, ow, f, false));
+        gat
+    }
+
+    /// [`kinds`] with `f` input features.
+    fn kinds_with_in(f: usize) -> Vec<Box<dyn AttentionKind>> {
+        let mut next = stream(0x2545_f491_4f6c_dd1d);
+        let (h, c, d) = (3, 5, 2);
+        let hc = h * c;
+        let gat = random_gat(&mut next, f, h, c, false, d);
         let gatv2 = GatV2Conv {
             heads: h,
             channels: c,
@@ -812,24 +828,7 @@ mod tests {
     fn gat_scores_from_rows_give_the_table_bits() {
         let mut next = stream(11);
         let (f, h, c, d) = (13, 4, 8, 2);
-        let hc = h * c;
-        let w: Vec<f32> = (0..hc * f).map(|_| next()).collect();
-        let mut gat = GatConv::from_pyg(
-            f,
-            h,
-            c,
-            true,
-            0.2,
-            true,
-            &w,
-            (0..hc).map(|_| next()).collect(),
-            (0..hc).map(|_| next()).collect(),
-            (0..hc).map(|_| next()).collect(),
-        );
-        let lin_edge: Vec<f32> = (0..hc * d).map(|_| next()).collect();
-        let att_edge: Vec<f32> = (0..hc).map(|_| next()).collect();
-        gat.edge_score = Some((d, GatConv::fold_edge(h, c, d, &lin_edge, &att_edge)));
-        gat.res = Some(linear(&mut next, hc, f, false));
+        let gat = random_gat(&mut next, f, h, c, true, d);
         let n = 300;
         let s = setup(&gat, n);
         assert!(
