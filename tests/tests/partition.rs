@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use distgat_graph::{read_graph, EdgeList, Features};
 use distgat_partition::{
     assign, graph_fingerprint, write_partition, HaloPlan, InputInfo, Method, NewPartition,
-    PartitionDir, PartitionStats, RunInfo, SymmetricGraph,
+    PartPlan, PartitionDir, PartitionStats, RunInfo, SymmetricGraph,
 };
 use distgat_tests::repo_root;
 use proptest::prelude::*;
@@ -449,6 +449,16 @@ fn partition_directory_round_trip() {
     for part in &plan.parts {
         let shard = opened.load_shard(part.part).unwrap();
         assert_eq!(&shard.plan, part, "part {}", part.part);
+        // Without the edge ids: the same plan but them, the same rows.
+        let lean = opened
+            .load_shard_with(part.part, distgat_partition::EdgeIds::Skip)
+            .unwrap();
+        let without = PartPlan {
+            edge_id: Vec::new(),
+            ..part.clone()
+        };
+        assert_eq!(lean.plan, without, "part {}", part.part);
+        assert_eq!(lean.features, shard.features);
         let rows = shard.features.expect("features in shards");
         for (l, &g) in part.owned.iter().enumerate() {
             assert_eq!(rows.row(l), features.row(g as usize));
@@ -458,4 +468,45 @@ fn partition_directory_round_trip() {
     let other = EdgeList::from_pairs(&[0, 1], &[1, 0]);
     let err = opened.check_graph(&other, n).unwrap_err().to_string();
     assert!(err.contains("another graph"), "{err}");
+
+    // The graph files: an int64 C-order .npy is fingerprinted from its bytes, equal to the
+    // fingerprint of the edges read from it; other files are read (same verdicts).
+    let cora = root.join("data/cora/edges.npy");
+    assert_eq!(
+        distgat_partition::npy_graph_fingerprint(&cora, n).unwrap(),
+        Some(graph_fingerprint(&edges, n))
+    );
+    opened.check_graph_file(&cora, None, n).unwrap();
+    let (src, dst) = (edges.src(), edges.dst());
+    let text = tmp.path().join("cora.txt");
+    let lines: String = src
+        .iter()
+        .zip(dst)
+        .map(|(s, d)| format!("{s} {d}\n"))
+        .collect();
+    std::fs::write(&text, lines).unwrap();
+    opened.check_graph_file(&text, None, n).unwrap();
+    let as_i32 = tmp.path().join("cora-i32.npy");
+    let ids: Vec<i32> = src.iter().chain(dst).map(|&v| v as i32).collect();
+    distgat_graph::write_npy::<i32>(&as_i32, &[2, edges.len() as u64], &ids).unwrap();
+    assert_eq!(
+        distgat_partition::npy_graph_fingerprint(&as_i32, n).unwrap(),
+        None
+    );
+    opened.check_graph_file(&as_i32, None, n).unwrap();
+    let two = tmp.path().join("two.npy");
+    distgat_graph::write_npy::<i64>(&two, &[2, 2], &[0, 1, 1, 0]).unwrap();
+    let err = opened
+        .check_graph_file(&two, None, n)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("another graph") && err.contains("2 edges"),
+        "{err}"
+    );
+    let err = opened
+        .check_graph_file(&tmp.path().join("missing.npy"), None, n)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("missing.npy"), "{err}");
 }

@@ -460,10 +460,9 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
         // A reused partition must come from this graph.
         // The graph's node count is its feature rows (as infer counts them), never the
         // partition's own count, which would hide the mismatch being reported.
-        let edges = distgat_graph::read_graph(&config.graph, config.format)?;
         let features = distgat_graph::NpyBody::open(&config.features)?;
         let nodes = features.shape.first().copied().unwrap_or(0) as usize;
-        opened.check_graph(&edges, nodes)?;
+        opened.check_graph_file(&config.graph, config.format, nodes)?;
     }
     if let Some(opened) = opened.filter(|o| o.manifest.parts != config.workers) {
         anyhow::bail!(

@@ -308,6 +308,29 @@ impl NpyBody {
         Ok(())
     }
 
+    /// Streams the whole body's bytes as they are in the file (any dtype, little-endian),
+    /// in blocks of at most 16 MiB, in file order, through one reused buffer (so a pass
+    /// over a large file touches no fresh memory beyond it). No value is converted or
+    /// checked. Errors: reading the file (naming `path`), or `f`'s own.
+    pub fn for_each_bytes_block(
+        mut self,
+        path: &Path,
+        mut f: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let total = self.len.saturating_mul(self.dtype.size());
+        let mut bytes = vec![0u8; total.min(16 << 20)];
+        let mut done = 0usize;
+        while done < total {
+            let raw = &mut bytes[..(total - done).min(16 << 20)];
+            self.reader
+                .read_exact(raw)
+                .map_err(|e| GraphError::io(path, e))?;
+            f(raw)?;
+            done += raw.len();
+        }
+        Ok(())
+    }
+
     /// Streams a float32 body's bytes as they are in the file (little-endian), in blocks of
     /// whole rows of `row_len` values, at most about 16 MiB each, in file order; `f` stops
     /// the pass by returning `false`. No value is converted or checked. An error for any

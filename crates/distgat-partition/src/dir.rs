@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use distgat_graph::{write_npy, EdgeList, Features};
+use distgat_graph::{write_npy, EdgeList, Features, GraphFormat};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
@@ -24,7 +24,7 @@ use crate::error::{PartitionError, Result};
 use crate::method::Method;
 use crate::plan::{HaloPlan, PartPlan};
 use crate::stats::PartitionStats;
-use crate::tensors::{ReadError, ShardTensors};
+use crate::tensors::{ReadError, ShardTensors, TensorData};
 
 pub const PARTITION_FORMAT: &str = "distgat-partition-v1";
 const MANIFEST: &str = "manifest.json";
@@ -96,16 +96,47 @@ pub struct RunInfo {
 
 /// BLAKE3 of a graph's node count and edges (sources, then targets, as LE u64).
 pub fn graph_fingerprint(edges: &EdgeList, num_nodes: usize) -> String {
-    let mut h = blake3::Hasher::new();
-    h.update(b"distgat-graph-v1");
-    h.update(&(num_nodes as u64).to_le_bytes());
-    h.update(&(edges.len() as u64).to_le_bytes());
+    let mut h = graph_hasher(num_nodes, edges.len() as u64);
     for ids in [edges.src(), edges.dst()] {
         hash_le(&mut h, ids, |v, out| {
             out.extend_from_slice(&v.to_le_bytes())
         });
     }
     h.finalize().to_hex().to_string()
+}
+
+/// [`graph_fingerprint`] of the `.npy` edge index `path` of `num_nodes` nodes, straight
+/// from the file's bytes when they are exactly the fingerprint's input: an int64
+/// (little-endian) C-order `[2, E]` body is the sources, then the targets, as
+/// little-endian u64. Streamed in 16 MiB blocks, hashed on the rayon pool. The ids are not
+/// checked (a negative id hashes as its bits): equal to a fingerprint taken of a read
+/// graph means the same ids. `None` for any other `.npy` (int32, Fortran order, another
+/// shape): read it. Errors: the file cannot be opened, parsed or read (naming it).
+pub fn npy_graph_fingerprint(path: &Path, num_nodes: usize) -> Result<Option<String>> {
+    let body = distgat_graph::NpyBody::open(path)?;
+    if body.dtype != distgat_graph::NpyDtype::I64
+        || body.fortran_order
+        || body.shape.len() != 2
+        || body.shape[0] != 2
+    {
+        return Ok(None);
+    }
+    let mut h = graph_hasher(num_nodes, body.shape[1]);
+    body.for_each_bytes_block(path, |block| {
+        h.update_rayon(block);
+        Ok(())
+    })?;
+    Ok(Some(h.finalize().to_hex().to_string()))
+}
+
+/// A graph fingerprint's hasher after the node and edge counts: the sources, then the
+/// targets, as little-endian u64, follow.
+fn graph_hasher(num_nodes: usize, num_edges: u64) -> blake3::Hasher {
+    let mut h = blake3::Hasher::new();
+    h.update(b"distgat-graph-v1");
+    h.update(&(num_nodes as u64).to_le_bytes());
+    h.update(&num_edges.to_le_bytes());
+    h
 }
 
 /// BLAKE3 of a feature matrix's shape and values (LE f32).
@@ -540,6 +571,15 @@ pub struct PartitionDir {
     pub manifest: Manifest,
 }
 
+/// Whether [`PartitionDir::load_shard_with`] keeps the shard's `edge_id` tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeIds {
+    /// `plan.edge_id` holds each entry's input edge.
+    Keep,
+    /// `plan.edge_id` is empty (the tensor is verified, not kept).
+    Skip,
+}
+
 /// A loaded shard: the part's plan and, if the shard carries them, its feature rows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Shard {
@@ -599,6 +639,38 @@ impl PartitionDir {
     /// Refuses a graph other than the one this directory was made from.
     pub fn check_graph(&self, edges: &EdgeList, num_nodes: usize) -> Result<()> {
         let fp = graph_fingerprint(edges, num_nodes);
+        self.check_graph_fingerprint(&fp, num_nodes, edges.len())
+    }
+
+    /// [`PartitionDir::check_graph`] for the graph file `path` (`format` as
+    /// [`distgat_graph::read_graph`] takes it) of `num_nodes` nodes. An int64 C-order
+    /// `.npy` edge index is fingerprinted from its bytes ([`npy_graph_fingerprint`]), with
+    /// no edge list in memory (at 100M edges the edge list was 1.6 GB of fresh memory and
+    /// about 4 s of `distgat run`); a match is the partition's own graph, validated when
+    /// it was partitioned. Any other file, or a mismatch, is read whole, so the error
+    /// names its edge count. Errors: the file cannot be read or parsed (naming it), or
+    /// the partition was made from another graph.
+    pub fn check_graph_file(
+        &self,
+        path: &Path,
+        format: Option<GraphFormat>,
+        num_nodes: usize,
+    ) -> Result<()> {
+        let npy = match format {
+            Some(f) => f == GraphFormat::Npy,
+            None => GraphFormat::from_path(path)? == GraphFormat::Npy,
+        };
+        if npy
+            && npy_graph_fingerprint(path, num_nodes)?.as_ref()
+                == Some(&self.manifest.graph.fingerprint)
+        {
+            return Ok(());
+        }
+        let edges = distgat_graph::read_graph(path, format)?;
+        self.check_graph(&edges, num_nodes)
+    }
+
+    fn check_graph_fingerprint(&self, fp: &str, num_nodes: usize, num_edges: usize) -> Result<()> {
         if fp != self.manifest.graph.fingerprint {
             return Err(PartitionError::directory(
                 &self.path,
@@ -608,7 +680,7 @@ impl PartitionDir {
                     self.manifest.graph.rows,
                     self.manifest.graph.size,
                     self.manifest.graph.fingerprint.get(..16).unwrap_or("?"),
-                    edges.len()
+                    num_edges
                 ),
             ));
         }
@@ -698,9 +770,22 @@ impl PartitionDir {
     /// array that keeps it ([`ShardTensors::read_file`]); a file whose header that reader
     /// does not take is read whole instead, which names the problem.
     pub fn load_shard(&self, part: u32) -> Result<Shard> {
+        self.load_shard_with(part, EdgeIds::Keep)
+    }
+
+    /// [`PartitionDir::load_shard`], keeping `plan.edge_id` or not. With
+    /// [`EdgeIds::Skip`] the `edge_id` tensor is read and hashed (the shard is verified
+    /// whole) but not kept: `plan.edge_id` is empty. That is 8 bytes an entry of fresh
+    /// memory saved (387 MB for a part of the 100M-edge graph) for a job that needs no
+    /// edge ids (no attention coefficients, no edge attributes from a file).
+    pub fn load_shard_with(&self, part: u32, edge_ids: EdgeIds) -> Result<Shard> {
         let info = self.shard_file(part)?;
         let path = self.path.join(&info.file);
-        let tensors = match ShardTensors::read_file(&path, info.bytes, &info.blake3) {
+        let skip: &[&str] = match edge_ids {
+            EdgeIds::Keep => &[],
+            EdgeIds::Skip => &["edge_id"],
+        };
+        let tensors = match ShardTensors::read_file(&path, info.bytes, &info.blake3, skip) {
             Ok(t) => t,
             Err(ReadError::Io(e)) => return Err(PartitionError::io(&path, e)),
             Err(ReadError::Size(len)) => return Err(size_mismatch(&path, len, info)),
@@ -765,7 +850,18 @@ impl PartitionDir {
         let halo_owner = tensors.u32s("halo_owner").map_err(bad)?;
         let row_ptr = tensors.u64s("row_ptr").map_err(bad)?;
         let col = tensors.u32s("col").map_err(bad)?;
-        let edge_id = tensors.u64s("edge_id").map_err(bad)?;
+        // The entry count comes from the tensor's shape whether it was kept or skipped.
+        let (edge_id, entries) = match tensors.tensors.get("edge_id").map(|t| &t.data) {
+            Some(TensorData::Skipped) => (
+                Vec::new(),
+                tensors.count("edge_id", Dtype::I64).map_err(bad)?,
+            ),
+            _ => {
+                let v = tensors.u64s("edge_id").map_err(bad)?;
+                let n = v.len();
+                (v, n)
+            }
+        };
         let send_peer = tensors.u32s("send_peer").map_err(bad)?;
         let send_ptr = tensors.u64s("send_ptr").map_err(bad)?;
         let send_rows = tensors.u32s("send_rows").map_err(bad)?;
@@ -776,7 +872,7 @@ impl PartitionDir {
             && row_ptr.first() == Some(&0)
             && row_ptr.windows(2).all(|w| w[0] <= w[1])
             && row_ptr.last() == Some(&(col.len() as u64))
-            && edge_id.len() == col.len()
+            && entries == col.len()
             && col.iter().all(|&c| (c as usize) < n_local)
             && halo_owner
                 .iter()
@@ -820,10 +916,10 @@ impl PartitionDir {
             true => {
                 let (shape, values) = tensors.f32s("edge_attr").map_err(bad)?;
                 let want = self.manifest.edge_features.as_ref().map(|e| e.size);
-                if shape.len() != 2 || shape[0] != edge_id.len() || Some(shape[1]) != want {
+                if shape.len() != 2 || shape[0] != entries || Some(shape[1]) != want {
                     return Err(bad(format!(
                         "tensor 'edge_attr' has shape {shape:?}, expected [{}, {}]",
-                        edge_id.len(),
+                        entries,
                         want.map_or("D".to_string(), |w| w.to_string())
                     )));
                 }

@@ -14,8 +14,8 @@ mod tensors;
 
 pub use dir::{
     check_bytes, features_file_digest, features_file_fingerprint, features_fingerprint,
-    graph_fingerprint, write_partition, FeaturesScan, FileInfo, InputInfo, Manifest, NewPartition,
-    PartitionDir, RunInfo, Shard, PARTITION_FORMAT,
+    graph_fingerprint, npy_graph_fingerprint, write_partition, EdgeIds, FeaturesScan, FileInfo,
+    InputInfo, Manifest, NewPartition, PartitionDir, RunInfo, Shard, PARTITION_FORMAT,
 };
 pub use error::{PartitionError, Result};
 pub use method::{assign, read_assignment, trial_seed, Method, Objective};

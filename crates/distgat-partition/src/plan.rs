@@ -20,7 +20,8 @@ pub struct PartPlan {
     /// single-process engine's order (input order), input self loops included.
     pub row_ptr: Vec<u64>,
     pub col: Vec<u32>,
-    /// Input edge index (column of the global edge index) of every local entry.
+    /// Input edge index (column of the global edge index) of every local entry; empty for
+    /// a shard loaded with [`crate::EdgeIds::Skip`].
     pub edge_id: Vec<u64>,
     /// Per peer that needs rows from this part: the peer and the local (owned) ids to
     /// send, in the order the peer stores them in its halo.

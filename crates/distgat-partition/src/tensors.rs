@@ -22,6 +22,8 @@ pub(crate) enum TensorData {
     F32(Vec<f32>),
     /// Any other dtype (no distgat tensor has one; its `dtype` is an error where read).
     Other,
+    /// Hashed but not kept ([`ShardTensors::read_file`]'s `skip`): only its shape is known.
+    Skipped,
 }
 
 pub(crate) struct Tensor {
@@ -69,8 +71,15 @@ impl ShardTensors {
     }
 
     /// Reads the shard file `path` of `len` bytes whose BLAKE3 must be `blake3` (hex),
-    /// each tensor straight into its typed array, in file order, hashing as it goes.
-    pub(crate) fn read_file(path: &Path, len: u64, blake3: &str) -> Result<Self, ReadError> {
+    /// each tensor straight into its typed array, in file order, hashing as it goes. The
+    /// tensors named in `skip` are hashed through one reused 8 MiB buffer and not kept
+    /// ([`TensorData::Skipped`]): no fresh memory for an array the caller will not read.
+    pub(crate) fn read_file(
+        path: &Path,
+        len: u64,
+        blake3: &str,
+        skip: &[&str],
+    ) -> Result<Self, ReadError> {
         let file = File::open(path).map_err(ReadError::Io)?;
         let meta = file.metadata().map_err(ReadError::Io)?;
         if !meta.is_file() {
@@ -136,6 +145,16 @@ impl ShardTensors {
             let offset = data_start + start;
             let count = usize::try_from(end - start).map_err(|_| ReadError::Header)?;
             let (dtype, data) = match info.dtype {
+                Dtype::I64 | Dtype::U32 | Dtype::F32 if skip.contains(&name.as_str()) => {
+                    let mut buf = vec![0u8; count.min(8 << 20)];
+                    let mut done = 0usize;
+                    while done < count {
+                        let take = (count - done).min(buf.len());
+                        read_into(&file, offset + done as u64, &mut buf[..take], &mut hasher)?;
+                        done += take;
+                    }
+                    (info.dtype, TensorData::Skipped)
+                }
                 Dtype::I64 => {
                     let mut v = vec![0u64; count / 8];
                     read_into(&file, offset, bytemuck::cast_slice_mut(&mut v), &mut hasher)?;
@@ -195,15 +214,23 @@ impl ShardTensors {
     pub(crate) fn u64s(&mut self, name: &str) -> Result<Vec<u64>, String> {
         match self.take(name, Dtype::I64)?.1 {
             TensorData::I64(v) if v.iter().all(|&x| x <= i64::MAX as u64) => Ok(v),
-            _ => Err(format!("tensor '{name}' holds a negative value")),
+            TensorData::I64(_) => Err(format!("tensor '{name}' holds a negative value")),
+            _ => Err(format!("tensor '{name}' was not kept")),
         }
+    }
+
+    /// The element count of tensor `name`, which must have `dtype` (kept or skipped); the
+    /// tensor is taken.
+    pub(crate) fn count(&mut self, name: &str, dtype: Dtype) -> Result<usize, String> {
+        let (shape, _) = self.take(name, dtype)?;
+        Ok(shape.iter().product())
     }
 
     /// Takes uint32 tensor `name`.
     pub(crate) fn u32s(&mut self, name: &str) -> Result<Vec<u32>, String> {
         match self.take(name, Dtype::U32)?.1 {
             TensorData::U32(v) => Ok(v),
-            _ => unreachable!("a U32 tensor holds u32 values"),
+            _ => Err(format!("tensor '{name}' was not kept")),
         }
     }
 
@@ -211,7 +238,7 @@ impl ShardTensors {
     pub(crate) fn f32s(&mut self, name: &str) -> Result<(Vec<usize>, Vec<f32>), String> {
         match self.take(name, Dtype::F32)? {
             (shape, TensorData::F32(v)) => Ok((shape, v)),
-            _ => unreachable!("an F32 tensor holds f32 values"),
+            _ => Err(format!("tensor '{name}' was not kept")),
         }
     }
 }
@@ -314,7 +341,7 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let hash = blake3::hash(&bytes).to_hex().to_string();
         let want = ShardTensors::from_bytes(&bytes).unwrap();
-        let got = match ShardTensors::read_file(&path, bytes.len() as u64, &hash) {
+        let got = match ShardTensors::read_file(&path, bytes.len() as u64, &hash, &[]) {
             Ok(t) => t,
             Err(_) => panic!("the file reader refused a valid shard"),
         };
@@ -328,12 +355,54 @@ mod tests {
         // Another BLAKE3, another size.
         let other = blake3::hash(b"other").to_hex().to_string();
         assert!(matches!(
-            ShardTensors::read_file(&path, bytes.len() as u64, &other),
+            ShardTensors::read_file(&path, bytes.len() as u64, &other, &[]),
             Err(ReadError::Hash(h)) if h == hash
         ));
         assert!(matches!(
-            ShardTensors::read_file(&path, bytes.len() as u64 + 1, &hash),
+            ShardTensors::read_file(&path, bytes.len() as u64 + 1, &hash, &[]),
             Err(ReadError::Size(n)) if n == bytes.len() as u64
+        ));
+    }
+
+    /// A skipped tensor keeps its dtype and shape but no values, the others are read as
+    /// before, and the skipped bytes still count in the hash: one changed byte inside them
+    /// is refused.
+    #[test]
+    fn skipped_tensors_are_hashed_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part.safetensors");
+        let mut bytes = shard_bytes(Dtype::U32);
+        std::fs::write(&path, &bytes).unwrap();
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        let want = ShardTensors::from_bytes(&bytes).unwrap();
+        let Ok(mut got) = ShardTensors::read_file(&path, bytes.len() as u64, &hash, &["owned"])
+        else {
+            panic!("the file reader refused a valid shard");
+        };
+        let owned = &got.tensors["owned"];
+        assert_eq!((owned.dtype, &owned.shape), (Dtype::I64, &vec![4]));
+        assert!(matches!(owned.data, TensorData::Skipped));
+        for name in ["col", "features", "extra"] {
+            assert!(
+                same(&got.tensors[name].data, &want.tensors[name].data),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            got.u64s("owned").unwrap_err(),
+            "tensor 'owned' was not kept"
+        );
+        assert_eq!(got.count("col", Dtype::U32), Ok(3));
+        // The owned ids' bytes: 1 << 40 is the third of them; flip one of its bits.
+        let at = bytes
+            .windows(8)
+            .position(|w| w == (1i64 << 40).to_le_bytes())
+            .unwrap();
+        bytes[at] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            ShardTensors::read_file(&path, bytes.len() as u64, &hash, &["owned"]),
+            Err(ReadError::Hash(_))
         ));
     }
 
@@ -345,7 +414,7 @@ mod tests {
             std::fs::write(&path, bytes).unwrap();
             let hash = blake3::hash(bytes).to_hex().to_string();
             matches!(
-                ShardTensors::read_file(&path, bytes.len() as u64, &hash),
+                ShardTensors::read_file(&path, bytes.len() as u64, &hash, &[]),
                 Err(ReadError::Header)
             )
         };

@@ -14,7 +14,7 @@ use distgat_attention::{
     Execution, FinalRowsSink, HaloPayload, Layer, Model, Progress, RowBuffer, RowInputs,
 };
 use distgat_graph::{Features, IncomingCsr};
-use distgat_partition::{PartPlan, PartitionDir};
+use distgat_partition::{EdgeIds, PartPlan, PartitionDir};
 use distgat_proto::v1::output_chunk::Body;
 use distgat_proto::v1::{
     AttentionValues, LayerStats, OutputChunk, OutputRows, PayloadKind, RowChunk, RowsWritten,
@@ -101,7 +101,9 @@ impl RowSplit {
             for k in row(r) {
                 let c = plan.col[k];
                 if !(add_self_loops && c as usize == r) {
-                    target.entry(c, plan.edge_id[k] as i64, k as i64);
+                    // `plan.edge_id` is empty when the job needs no keys (EdgeIds::Skip).
+                    let key = if keys { plan.edge_id[k] as i64 } else { 0 };
+                    target.entry(c, key, k as i64);
                     target.kept += 1;
                 }
             }
@@ -1342,8 +1344,14 @@ fn kept_inputs(
 /// Shard source `shared`: every input opened by the paths of the request.
 fn shared_inputs(req: &StartJobRequest) -> Result<PartInputs> {
     let dir = PartitionDir::open(std::path::Path::new(&req.partition_dir))?;
-    let shard = dir.load_shard(req.part)?;
     let model = Model::load(std::path::Path::new(&req.model))?;
+    // The entries' input edge ids name attention coefficients and index an edge features
+    // file; a job with neither never reads them (8 bytes an entry, not kept).
+    let edge_ids = match req.want_attention || model.edge_dim().is_some() {
+        true => EdgeIds::Keep,
+        false => EdgeIds::Skip,
+    };
+    let shard = dir.load_shard_with(req.part, edge_ids)?;
     let plan = shard.plan;
     let features = match shard.features {
         Some(f) => f,
@@ -1522,8 +1530,14 @@ fn extend_f32_bytes(out: &mut Vec<u8>, values: &[f32]) {
     }
 }
 
-/// Decodes little-endian f32 `bytes` into `dst` (same element count).
+/// Decodes little-endian f32 `bytes` into `dst` (same element count): one copy on a
+/// little-endian machine (the bytes of an `f32` slice are its values' little-endian bytes
+/// there; `bytes` need not be aligned).
 pub(crate) fn read_f32s(bytes: &[u8], dst: &mut [f32]) {
+    if cfg!(target_endian = "little") {
+        bytemuck::cast_slice_mut::<f32, u8>(dst).copy_from_slice(bytes);
+        return;
+    }
     for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
         *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     }
@@ -1589,14 +1603,18 @@ fn place_halo(
     } else {
         Vec::new()
     };
+    let expected_kind = if raw {
+        PayloadKind::Raw
+    } else {
+        PayloadKind::Transformed
+    };
+    // Every chunk checked first (one pass over the slots), then the rows copied on the
+    // pool: each chunk fills its own run of slots (at 100M edges a part receives 5M rows,
+    // 640 MB, a layer).
+    let mut runs: Vec<(usize, RowChunk)> = Vec::with_capacity(chunks.len());
     for c in chunks {
         let bad = |what: String| {
             RuntimeError::InvalidArgument(format!("halo chunk from part {}: {what}", c.source_part))
-        };
-        let expected_kind = if raw {
-            PayloadKind::Raw
-        } else {
-            PayloadKind::Transformed
         };
         if c.kind != expected_kind as i32 || c.row_width as usize != width {
             return Err(bad(format!(
@@ -1621,19 +1639,18 @@ fn place_halo(
             )));
         }
         let (first, n) = (first as usize, n as usize);
+        if c.payload.len() != n * width * 4 {
+            return Err(bad(format!(
+                "{} payload bytes for {n} rows of width {width}",
+                c.payload.len()
+            )));
+        }
         for i in 0..n {
-            let slot = start + first + i;
-            if std::mem::replace(&mut filled[slot], true) {
+            if std::mem::replace(&mut filled[start + first + i], true) {
                 return Err(bad(format!("row {} sent twice", first + i)));
             }
-            let row = &c.payload[i * width * 4..(i + 1) * width * 4];
-            if raw {
-                read_f32s(row, &mut x_halo[slot * f..(slot + 1) * f]);
-            } else {
-                let l = n_owned + slot;
-                read_f32s(row, &mut source[l * sw..(l + 1) * sw]);
-            }
         }
+        runs.push((start + first, c));
     }
     if let Some(slot) = filled.iter().position(|&f| !f) {
         return Err(RuntimeError::InvalidArgument(format!(
@@ -1641,6 +1658,29 @@ fn place_halo(
             plan.halo[slot], plan.halo_owner[slot]
         )));
     }
+    // The runs are disjoint (each slot filled once) and cover every slot: in slot order,
+    // each takes its rows off the front of what is left.
+    runs.sort_unstable_by_key(|(slot, _)| *slot);
+    let mut rest: &mut [f32] = if raw {
+        &mut x_halo
+    } else {
+        &mut source[n_owned * sw..(n_owned + n_halo) * sw]
+    };
+    let mut copies = Vec::with_capacity(runs.len());
+    let mut at = 0;
+    for (slot, c) in &runs {
+        debug_assert_eq!(*slot, at, "the runs tile the halo slots");
+        at += c.num_rows as usize;
+        let (dst, tail) = std::mem::take(&mut rest).split_at_mut(c.num_rows as usize * width);
+        copies.push((dst, &c.payload[..]));
+        rest = tail;
+    }
+    pool.install(|| {
+        use rayon::prelude::*;
+        copies
+            .into_par_iter()
+            .for_each(|(dst, bytes)| read_f32s(bytes, dst));
+    });
     if raw && n_halo > 0 {
         let mut target_unused = vec![0f32; n_halo * layer.target_width()];
         pool.install(|| {
@@ -1835,12 +1875,18 @@ mod tests {
             .flat_map(|v| v.to_bits().to_le_bytes())
             .collect();
         assert_eq!(f32_bytes(&values), expected);
-        let mut back = [0f32; 8];
-        read_f32s(&expected, &mut back);
-        assert!(back
-            .iter()
-            .zip(&values)
-            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        // From aligned bytes, and from bytes one past an alignment (a payload inside a
+        // received buffer need not be aligned for f32).
+        let mut shifted = vec![0u8; 1];
+        shifted.extend_from_slice(&expected);
+        for bytes in [&expected[..], &shifted[1..]] {
+            let mut back = [0f32; 8];
+            read_f32s(bytes, &mut back);
+            assert!(back
+                .iter()
+                .zip(&values)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
     }
 
     /// Halo chunks hold the asked rows in the asked order, cut at the chunk size, each
@@ -1885,6 +1931,104 @@ mod tests {
             assert_eq!(first as usize, rows.len());
             assert!(payload == expected);
         }
+    }
+
+    /// Received halo rows land in their slots after the owned rows whatever order the
+    /// chunks arrive in, the owned rows untouched; a row sent twice, a missing row, rows
+    /// beyond the sender's block, a short payload and a sender with no block are errors
+    /// naming what is wrong.
+    #[test]
+    fn halo_rows_land_in_their_slots_and_bad_chunks_are_refused() {
+        use distgat_proto::v1::RowChunk;
+        let (f, c) = (4, 2); // transformed rows of width 2
+        let layer = distgat_attention::GatConv::from_pyg(
+            f,
+            1,
+            c,
+            true,
+            0.2,
+            true,
+            &[0.5; 8],
+            vec![1.0; 2],
+            vec![1.0; 2],
+            Vec::new(),
+        );
+        let plan = distgat_partition::PartPlan {
+            part: 0,
+            owned: vec![0, 1],
+            halo: vec![10, 11, 12, 13, 14],
+            halo_owner: vec![1, 1, 1, 2, 2],
+            row_ptr: vec![0, 0, 0],
+            col: Vec::new(),
+            edge_id: Vec::new(),
+            send: Vec::new(),
+        };
+        let block_start = std::collections::HashMap::from([(1u32, 0usize), (2, 3)]);
+        let chunk = |from: u32, first: u64, rows: &[f32]| RowChunk {
+            source_part: from,
+            first_row: first,
+            num_rows: (rows.len() / c) as u32,
+            row_width: c as u32,
+            kind: PayloadKind::Transformed as i32,
+            payload: f32_bytes(rows).into(),
+            ..Default::default()
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let place = |chunks: Vec<RowChunk>| {
+            let mut source = vec![f32::NAN; 7 * c];
+            source[..4].copy_from_slice(&[-1.0, -2.0, -3.0, -4.0]);
+            super::place_halo(
+                &layer,
+                &plan,
+                &block_start,
+                chunks,
+                false,
+                &pool,
+                &mut source,
+            )
+            .map(|()| source)
+            .map_err(|e| e.to_string())
+        };
+        let good = || {
+            vec![
+                chunk(2, 0, &[13.0, 13.5, 14.0, 14.5]),
+                chunk(1, 1, &[11.0, 11.5, 12.0, 12.5]),
+                chunk(1, 0, &[10.0, 10.5]),
+            ]
+        };
+        let got = place(good()).unwrap();
+        let want = [
+            -1.0, -2.0, -3.0, -4.0, 10.0, 10.5, 11.0, 11.5, 12.0, 12.5, 13.0, 13.5,
+        ];
+        assert_eq!(&got[..12], &want);
+        assert_eq!(&got[12..], &[14.0, 14.5]);
+
+        let mut twice = good();
+        twice.push(chunk(1, 2, &[12.0, 12.5]));
+        assert!(place(twice).unwrap_err().contains("row 2 sent twice"));
+        let mut missing = good();
+        missing.pop();
+        let err = place(missing).unwrap_err();
+        assert!(
+            err.contains("node 10 (owner part 1) never arrived"),
+            "{err}"
+        );
+        let mut beyond = good();
+        beyond[0] = chunk(2, 1, &[13.0, 13.5, 14.0, 14.5]);
+        assert!(place(beyond).unwrap_err().contains("beyond its block of 2"));
+        let mut short = good();
+        short[2].payload = short[2].payload.slice(..4);
+        assert!(place(short)
+            .unwrap_err()
+            .contains("4 payload bytes for 1 rows"));
+        let mut stranger = good();
+        stranger.push(chunk(3, 0, &[0.0, 0.0]));
+        assert!(place(stranger)
+            .unwrap_err()
+            .contains("part 3: this part needs no rows"));
     }
 
     /// 0 (the API's default) is every core; a request is capped at the cores and never 0.
