@@ -114,7 +114,7 @@ fn cli_over_tls_with_a_token() {
         "--auth-token-file",
         &token_file,
     ];
-    let mut children = Children(Vec::new());
+    let mut children = Children::default();
     let mut args = vec![
         "coordinator",
         "--listen",

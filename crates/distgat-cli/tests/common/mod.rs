@@ -47,9 +47,16 @@ pub fn run_job(
 }
 
 /// Processes of a test cluster (`distgat coordinator`, `distgat worker`), killed and
-/// reaped on drop, so a failing test leaves nothing running.
-#[derive(Default)]
-pub struct Children(pub Vec<std::process::Child>);
+/// reaped on drop, so a failing test leaves nothing running. Each runs with `TMPDIR` in a
+/// directory of the cluster's own, removed after the kill: a SIGKILLed worker cannot
+/// remove its temporary work dir itself, and those piled up in `/tmp` (32 MB each).
+pub struct Children(pub Vec<std::process::Child>, tempfile::TempDir);
+
+impl Default for Children {
+    fn default() -> Self {
+        Children(Vec::new(), tempfile::tempdir().expect("a temporary dir"))
+    }
+}
 
 impl Drop for Children {
     fn drop(&mut self) {
@@ -76,6 +83,7 @@ impl Children {
     ) -> (String, Option<std::process::ChildStderr>) {
         use std::io::BufRead;
         let mut child = cmd
+            .env("TMPDIR", self.1.path())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .spawn()
