@@ -777,7 +777,7 @@ impl PartitionDir {
     /// [`EdgeIds::Skip`] the `edge_id` tensor is read and hashed (the shard is verified
     /// whole) but not kept: `plan.edge_id` is empty. That is 8 bytes an entry of fresh
     /// memory saved (387 MB for a part of the 100M-edge graph) for a job that needs no
-    /// edge ids (no attention coefficients, no edge attributes from a file).
+    /// edge ids (no attention coefficients, no edge attributes).
     pub fn load_shard_with(&self, part: u32, edge_ids: EdgeIds) -> Result<Shard> {
         let info = self.shard_file(part)?;
         let path = self.path.join(&info.file);

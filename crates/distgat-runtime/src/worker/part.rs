@@ -1021,6 +1021,13 @@ impl PeerCollective<'_, '_> {
                     c.num_rows
                 )));
             }
+            if c.payload.len() != c.nodes.len() * width * 4 {
+                return Err(bad(format!(
+                    "{} payload bytes for {} rows of width {width}",
+                    c.payload.len(),
+                    c.nodes.len()
+                )));
+            }
             for (i, &v) in c.nodes.iter().enumerate() {
                 let v = v as usize;
                 if v >= n || std::mem::replace(&mut filled[v], true) {
