@@ -187,15 +187,8 @@ impl GatConv {
     /// The row loop of [`AttentionKind::aggregate_rows`], in the portable build unless
     /// inlined into a wider one.
     #[inline(always)]
-    fn aggregate_rows_portable(
-        &self,
-        csr: &IncomingCsr,
-        inputs: &RowInputs<'_>,
-        rows: std::ops::Range<usize>,
-        out: &mut [f32],
-        alpha: Option<&mut [f32]>,
-        scratch: &mut Scratch,
-    ) {
+    fn aggregate_rows_portable(&self, args: crate::kind::AggregateArgs<'_, '_>) {
+        let (csr, inputs, rows, out, alpha, scratch) = args;
         let from_rows = self.scores_from_rows();
         self.aggregate_rows_scored(csr, inputs, rows, out, alpha, scratch, from_rows);
     }

@@ -97,15 +97,8 @@ impl GatV2Conv {
     /// The row loop of [`AttentionKind::aggregate_rows`], in the portable build unless
     /// inlined into a wider one.
     #[inline(always)]
-    fn aggregate_rows_portable(
-        &self,
-        csr: &IncomingCsr,
-        inputs: &RowInputs<'_>,
-        rows: std::ops::Range<usize>,
-        out: &mut [f32],
-        mut alpha: Option<&mut [f32]>,
-        scratch: &mut Scratch,
-    ) {
+    fn aggregate_rows_portable(&self, args: crate::kind::AggregateArgs<'_, '_>) {
+        let (csr, inputs, rows, out, mut alpha, scratch) = args;
         let (h, c, hc, ow, tw) = (
             self.heads,
             self.channels,

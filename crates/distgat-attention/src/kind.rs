@@ -451,17 +451,15 @@ macro_rules! aggregate_rows_dispatch {
                 // SAFETY: `vector_width` returns `Avx2` only on a CPU with AVX2.
                 #[allow(unsafe_code)]
                 $crate::kind::Vectors::Avx2 => unsafe { self.aggregate_rows_avx2(args) },
-                _ => {
-                    let (csr, inputs, rows, out, alpha, scratch) = args;
-                    self.aggregate_rows_portable(csr, inputs, rows, out, alpha, scratch)
-                }
+                _ => self.aggregate_rows_portable(args),
             }
         }
     };
 }
 pub(crate) use aggregate_rows_dispatch;
 
-/// The arguments of [`AttentionKind::aggregate_rows`], passed on to a wide build.
+/// The arguments of [`AttentionKind::aggregate_rows`], passed on to a wide build and to
+/// each kind's `aggregate_rows_portable` (one argument list, declared once).
 pub(crate) type AggregateArgs<'a, 'i> = (
     &'a IncomingCsr,
     &'a RowInputs<'i>,
@@ -482,8 +480,7 @@ macro_rules! wide_aggregate_builds {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $feature)]
         fn $name(&self, args: $crate::kind::AggregateArgs<'_, '_>) {
-            let (csr, inputs, rows, out, alpha, scratch) = args;
-            self.aggregate_rows_portable(csr, inputs, rows, out, alpha, scratch)
+            self.aggregate_rows_portable(args)
         }
     };
 }
