@@ -531,6 +531,7 @@ impl Part<'_> {
                 &mut target,
             )
         });
+        let transformed = started.elapsed();
         // Send each peer its rows once: raw input rows or source rows, whichever is
         // smaller (the kind decides).
         let payload = layer.halo_payload();
@@ -561,6 +562,7 @@ impl Part<'_> {
             rows_sent += rows.len() as u64;
             sends.push(self.send(*q, chunks, &send_failed)?);
         }
+        let chunked = started.elapsed() - transformed;
 
         // The input is not read again: an owned one serves the output rows.
         if let LayerInput::Owned(v) = input {
@@ -575,6 +577,7 @@ impl Part<'_> {
         let mut alpha: Vec<(Vec<i64>, Vec<f32>)> = Vec::new();
         let mut compute = started.elapsed();
         let mut wait = Duration::ZERO;
+        let mut placed = Duration::ZERO;
         // The halo rows: waited for, placed into `source`, their aux rows filled.
         let mut take_halo = |source: &mut RowBuffer, aux: &mut [f32]| -> Result<Duration> {
             let waited = Instant::now();
@@ -595,7 +598,8 @@ impl Part<'_> {
             if aw > 0 {
                 layer.fill_source_aux(&source[n_owned * sw..], &mut aux[n_owned * aw..]);
             }
-            Ok(t.elapsed())
+            placed = t.elapsed();
+            Ok(placed)
         };
         // The last layer's rows are the model's output (no activation follows). When the
         // halo rows are already here (the other parts are ahead, waiting for this one's),
@@ -701,6 +705,17 @@ impl Part<'_> {
         }
         self.scratch.give_rows(source);
         self.scratch.give(target);
+        tracing::debug!(
+            job = %req.job_id,
+            part = req.part,
+            layer = k,
+            transform_ms = ms(transformed),
+            chunks_ms = ms(chunked),
+            wait_ms = ms(wait),
+            place_ms = ms(placed),
+            aggregate_ms = ms(compute.saturating_sub(transformed + chunked + placed)),
+            "graph layer phases"
+        );
 
         let (bytes_sent, send) = self.join(sends)?;
         for (keys, values) in alpha {
