@@ -232,8 +232,8 @@ struct Part<'a> {
     pool: rayon::ThreadPool,
     /// The row split of each self-loop rule the model's graph layers use.
     splits: HashMap<bool, RowSplit>,
-    /// Where each owner's block starts in the halo (halo rows are grouped by owner).
-    block_start: HashMap<u32, usize>,
+    /// Each owner's block of halo slots (halo rows are grouped by owner).
+    halo_blocks: HashMap<u32, std::ops::Range<usize>>,
     /// Where each peer part runs (it may move: `Worker.RerouteJob`), and the rows kept.
     links: &'a JobLinks,
     /// Buffers one layer leaves for the next (fresh pages are the expensive part).
@@ -350,10 +350,7 @@ pub(super) fn compute_part(
     plan.row_ptr = Vec::new();
     plan.col = Vec::new();
     plan.edge_id = Vec::new();
-    let mut block_start: HashMap<u32, usize> = HashMap::new();
-    for (i, &o) in plan.halo_owner.iter().enumerate() {
-        block_start.entry(o).or_insert(i);
-    }
+    let halo_blocks = halo_blocks(&plan.halo_owner);
     // Opened before any work, so a bad path fails the part at once.
     let out_file = OutputFile::requested(
         &req.out_file,
@@ -377,7 +374,7 @@ pub(super) fn compute_part(
         edge_attr,
         pool,
         splits,
-        block_start,
+        halo_blocks,
         links,
         scratch: Scratch::default(),
         last_layer_order,
@@ -594,7 +591,7 @@ impl Part<'_> {
             let chunks = self.or_send_error(taken, &mut sends)?;
             wait = waited.elapsed();
             let t = Instant::now();
-            place_halo(layer, plan, &self.block_start, chunks, raw, pool, source)?;
+            place_halo(layer, plan, &self.halo_blocks, chunks, raw, pool, source)?;
             if aw > 0 {
                 layer.fill_source_aux(&source[n_owned * sw..], &mut aux[n_owned * aw..]);
             }
@@ -1604,12 +1601,27 @@ fn row_chunks<'s>(
     })
 }
 
+/// Each owner's block of halo slots: from its first slot, the run of slots it owns (the
+/// plan groups halo rows by owner). Found once per part: a chunk's check is then a
+/// lookup (it was a scan of the block per chunk, 1-2 s a layer at 100M edges).
+fn halo_blocks(halo_owner: &[u32]) -> HashMap<u32, std::ops::Range<usize>> {
+    let mut blocks: HashMap<u32, std::ops::Range<usize>> = HashMap::new();
+    let mut i = 0;
+    while i < halo_owner.len() {
+        let o = halo_owner[i];
+        let len = halo_owner[i..].iter().take_while(|&&x| x == o).count();
+        blocks.entry(o).or_insert(i..i + len);
+        i += len;
+    }
+    blocks
+}
+
 /// Copies received halo rows into their local slots of `source` (transforming raw rows
 /// first, with the same transform the owner runs, so the bits are the owner's).
 fn place_halo(
     layer: &dyn AttentionKind,
     plan: &PartPlan,
-    block_start: &HashMap<u32, usize>,
+    halo_blocks: &HashMap<u32, std::ops::Range<usize>>,
     chunks: Vec<RowChunk>,
     raw: bool,
     pool: &rayon::ThreadPool,
@@ -1644,13 +1656,10 @@ fn place_halo(
                 c.kind, c.row_width, expected_kind
             )));
         }
-        let start = *block_start
+        let block = halo_blocks
             .get(&c.source_part)
             .ok_or_else(|| bad("this part needs no rows from it".into()))?;
-        let block_len = plan.halo_owner[start..]
-            .iter()
-            .take_while(|&&o| o == c.source_part)
-            .count();
+        let (start, block_len) = (block.start, block.len());
         let (first, n) = (c.first_row, c.num_rows as u64);
         if first
             .checked_add(n)
@@ -1985,7 +1994,11 @@ mod tests {
             edge_id: Vec::new(),
             send: Vec::new(),
         };
-        let block_start = std::collections::HashMap::from([(1u32, 0usize), (2, 3)]);
+        let halo_blocks = super::halo_blocks(&plan.halo_owner);
+        assert_eq!(
+            halo_blocks,
+            std::collections::HashMap::from([(1u32, 0..3), (2, 3..5)])
+        );
         let chunk = |from: u32, first: u64, rows: &[f32]| RowChunk {
             source_part: from,
             first_row: first,
@@ -2005,7 +2018,7 @@ mod tests {
             super::place_halo(
                 &layer,
                 &plan,
-                &block_start,
+                &halo_blocks,
                 chunks,
                 false,
                 &pool,
