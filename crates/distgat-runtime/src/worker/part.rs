@@ -636,6 +636,8 @@ impl Part<'_> {
             };
         // The last layer's boundary rows: computed into a compact buffer and sent, like
         // its interior rows (so the part's `[owned, out_width]` rows are never needed).
+        // The time the last layer's boundary rows took to write or send (after computing).
+        let written = std::cell::Cell::new(Duration::ZERO);
         let send_boundary = |source: &[f32], aux: &[f32], alpha: &mut Vec<_>| -> Result<()> {
             let rows = subset(
                 &view.boundary,
@@ -651,6 +653,7 @@ impl Part<'_> {
                 .iter()
                 .map(|&r| plan.owned[r as usize])
                 .collect();
+            let t = Instant::now();
             send_rows(
                 self.out,
                 self.out_file.as_deref(),
@@ -660,6 +663,7 @@ impl Part<'_> {
                 &rows,
                 ow,
             )?;
+            written.set(t.elapsed());
             self.scratch.give(rows);
             Ok(())
         };
@@ -710,7 +714,8 @@ impl Part<'_> {
             chunks_ms = ms(chunked),
             wait_ms = ms(wait),
             place_ms = ms(placed),
-            aggregate_ms = ms(compute.saturating_sub(transformed + chunked + placed)),
+            aggregate_ms = ms(compute.saturating_sub(transformed + chunked + placed + written.get())),
+            boundary_rows_out_ms = ms(written.get()),
             "graph layer phases"
         );
 
