@@ -14,21 +14,15 @@ use std::path::Path;
 use crate::error::{Result, RuntimeError};
 
 /// The coordinator's presized output file: row `id` (`width` float32, little-endian) at
-/// byte `header_len + id * width * 4`.
-///
-/// On a local file system the rows are stored into a shared mapping of the whole file, no
-/// system call a row. A part's ids come in short runs (about 2 rows on a METIS split of a
-/// random graph), and a positioned write per run took 4.1-4.8 s a part at 100M edges (2.5 M
-/// writes, the parts contending for the file's inode lock). The mapping's pages count in
-/// the worker's resident memory (page cache it shares, up to the file's size; 470 MB on
-/// R-MAT 1M/10M). Elsewhere (a network file system), a positioned write per run of
-/// consecutive ids.
+/// byte `header_len + id * width * 4`, written with a positioned write per run of
+/// consecutive ids. (A shared mapping of the whole file added its pages to the worker's
+/// resident memory, 470 MB on R-MAT 1M/10M; mapping each chunk's stretch of the file
+/// instead made the job slower than sending the rows.)
 pub(super) struct OutputFile {
     file: std::fs::File,
     header_len: usize,
     rows: usize,
     row_bytes: usize,
-    map: Option<memmap2::MmapRaw>,
 }
 
 /// `out_header_len` and `out_rows` describe `out_file`: without one they must be 0 (else an
@@ -84,9 +78,7 @@ impl OutputFile {
             )));
         }
         usize::try_from(expected).map_err(|_| bad("too large to map".into()))?;
-        let map = mapped(&file, expected, header_len);
         Ok(OutputFile {
-            map,
             file,
             header_len: header_len as usize,
             rows: rows as usize,
@@ -152,60 +144,9 @@ impl OutputFile {
     /// [`OutputFile::check_ids`]).
     fn write_run(&self, first: u64, values: &[f32]) -> Result<()> {
         let at = (self.header_len + first as usize * self.row_bytes) as u64;
-        if let Some(map) = &self.map {
-            store(map, at as usize, values);
-            return Ok(());
-        }
         self.file
             .write_all_at(&little_endian(values), at)
             .map_err(|e| RuntimeError::Io(std::io::Error::new(e.kind(), format!("out_file: {e}"))))
-    }
-}
-
-/// A shared writable mapping of `file` (`len` bytes, rows from `header_len`) when rows can
-/// be stored into it safely, else `None` (the rows are then written):
-/// - a local file system (ext4, XFS, tmpfs): on a network file system a page dirtied
-///   through a mapping is written back whole, over rows another host wrote into it;
-/// - every block allocated first (`fallocate`), so a store never meets a full disk (that
-///   would be a SIGBUS, not an error);
-/// - 4-byte aligned rows (an npy header is 64-byte aligned).
-fn mapped(file: &std::fs::File, len: u64, header_len: u64) -> Option<memmap2::MmapRaw> {
-    const EXT4: i64 = 0xEF53;
-    const XFS: i64 = 0x5846_5342;
-    const TMPFS: i64 = 0x0102_1994;
-    if !header_len.is_multiple_of(4) || len == 0 {
-        return None;
-    }
-    let fs = rustix::fs::fstatfs(file).ok()?;
-    #[allow(clippy::unnecessary_cast)] // f_type's type differs between C libraries
-    if ![EXT4, XFS, TMPFS].contains(&(fs.f_type as i64)) {
-        return None;
-    }
-    rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len).ok()?;
-    memmap2::MmapOptions::new()
-        .len(usize::try_from(len).ok()?)
-        .map_raw(file)
-        .ok()
-}
-
-/// Stores `values` as little-endian float32 at byte `at` of `map`.
-fn store(map: &memmap2::MmapRaw, at: usize, values: &[f32]) {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    assert!(
-        at.is_multiple_of(4) && at + values.len() * 4 <= map.len(),
-        "rows inside the mapped file"
-    );
-    let base = map.as_mut_ptr();
-    for (i, v) in values.iter().enumerate() {
-        // SAFETY: `at + 4 i` lies inside the mapping (asserted above) and is 4-byte
-        // aligned (the mapping starts on a page; `at` is asserted a multiple of 4), and
-        // the mapping lives as long as `map`, borrowed here. No reference to the mapped
-        // bytes is ever made: every access this process makes to them is an atomic store
-        // like this one, so two threads storing one row (a duplicate id) would not be a
-        // data race. Stores by other processes (the other parts) are outside this program.
-        #[allow(unsafe_code)]
-        let cell = unsafe { AtomicU32::from_ptr(base.add(at + 4 * i).cast::<u32>()) };
-        cell.store(v.to_bits().to_le(), Ordering::Relaxed);
     }
 }
 
@@ -222,30 +163,15 @@ fn little_endian(values: &[f32]) -> std::borrow::Cow<'_, [u8]> {
 mod tests {
     use super::*;
 
-    /// Through the mapping (a tmpfs in /dev/shm, and the temporary dir's file system when
-    /// it is one that takes it) and through positioned writes.
     #[test]
     fn rows_land_at_their_ids_and_nothing_else_changes() {
-        let shm = tempfile::tempdir_in("/dev/shm").unwrap();
-        let file = rows_land(shm.path(), true);
-        assert!(file.map.is_some(), "a tmpfs file is mapped");
         let dir = tempfile::tempdir().unwrap();
-        rows_land(dir.path(), true);
-        rows_land(dir.path(), false);
-    }
-
-    /// Writes rows into a fresh file in `dir` (mapped if `map` and the file system takes
-    /// it), checks every byte of the file, and returns the handle.
-    fn rows_land(dir: &std::path::Path, map: bool) -> OutputFile {
-        let path = dir.join(format!("out-{map}.npy"));
+        let path = dir.path().join("out.npy");
         // Three pages of rows.
         let (header, rows, width) = (128u64, 1000u64, 3usize);
         let mut want = vec![0xAAu8; header as usize + rows as usize * width * 4];
         std::fs::write(&path, &want).unwrap();
-        let mut file = OutputFile::open(path.to_str().unwrap(), header, rows, width).unwrap();
-        if !map {
-            file.map = None;
-        }
+        let file = OutputFile::open(path.to_str().unwrap(), header, rows, width).unwrap();
         let put = |want: &mut Vec<u8>, v: u64, row: &[f32]| {
             let at = header as usize + v as usize * width * 4;
             for (c, x) in row.iter().enumerate() {
@@ -266,9 +192,8 @@ mod tests {
         for r in [0usize, 1, 3] {
             put(&mut want, owned[r], &local[r * width..(r + 1) * width]);
         }
-        // Read while the mapping is alive: the page cache holds the stores.
-        assert!(std::fs::read(&path).unwrap() == want, "map {map}");
-        file
+        drop(file);
+        assert_eq!(std::fs::read(&path).unwrap(), want);
     }
 
     #[test]
