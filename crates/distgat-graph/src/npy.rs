@@ -313,22 +313,12 @@ impl NpyBody {
     /// over a large file touches no fresh memory beyond it). No value is converted or
     /// checked. Errors: reading the file (naming `path`), or `f`'s own.
     pub fn for_each_bytes_block(
-        mut self,
+        self,
         path: &Path,
         mut f: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
         let total = self.len.saturating_mul(self.dtype.size());
-        let mut bytes = vec![0u8; total.min(16 << 20)];
-        let mut done = 0usize;
-        while done < total {
-            let raw = &mut bytes[..(total - done).min(16 << 20)];
-            self.reader
-                .read_exact(raw)
-                .map_err(|e| GraphError::io(path, e))?;
-            f(raw)?;
-            done += raw.len();
-        }
-        Ok(())
+        self.stream_bytes(path, total, 16 << 20, |raw| f(raw).map(|()| true))
     }
 
     /// Streams a float32 body's bytes as they are in the file (little-endian), in blocks of
@@ -336,10 +326,10 @@ impl NpyBody {
     /// the pass by returning `false`. No value is converted or checked. An error for any
     /// other dtype.
     pub fn for_each_f32_bytes_block(
-        mut self,
+        self,
         path: &Path,
         row_len: usize,
-        mut f: impl FnMut(&[u8]) -> Result<bool>,
+        f: impl FnMut(&[u8]) -> Result<bool>,
     ) -> Result<()> {
         if self.dtype != NpyDtype::F32 {
             return Err(GraphError::format(
@@ -347,24 +337,36 @@ impl NpyBody {
                 format!("dtype {} where float32 was expected", self.dtype.name()),
             ));
         }
-        let row_len = row_len.max(1);
-        let rows = self.len / row_len;
+        let row_bytes = row_len.max(1) * 4;
+        let rows = self.len / row_len.max(1);
         if rows == 0 {
             return Ok(());
         }
-        let rows_per_block = ((16usize << 20) / row_len.saturating_mul(4)).clamp(1, rows);
-        let mut bytes = vec![0u8; rows_per_block * row_len * 4];
-        let mut first = 0usize;
-        while first < rows {
-            let take = rows_per_block.min(rows - first);
-            let raw = &mut bytes[..take * row_len * 4];
+        let rows_per_block = ((16usize << 20) / row_bytes).clamp(1, rows);
+        self.stream_bytes(path, rows * row_bytes, rows_per_block * row_bytes, f)
+    }
+
+    /// The first `total` body bytes, in file order, in blocks of `block` bytes (the last
+    /// may be shorter) through one reused buffer; `f` stops the pass by returning `false`.
+    fn stream_bytes(
+        mut self,
+        path: &Path,
+        total: usize,
+        block: usize,
+        mut f: impl FnMut(&[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        let block = block.max(1);
+        let mut bytes = vec![0u8; total.min(block)];
+        let mut done = 0usize;
+        while done < total {
+            let raw = &mut bytes[..(total - done).min(block)];
             self.reader
                 .read_exact(raw)
                 .map_err(|e| GraphError::io(path, e))?;
             if !f(raw)? {
                 break;
             }
-            first += take;
+            done += raw.len();
         }
         Ok(())
     }

@@ -647,8 +647,9 @@ impl PartitionDir {
     /// `.npy` edge index is fingerprinted from its bytes ([`npy_graph_fingerprint`]), with
     /// no edge list in memory (at 100M edges the edge list was 1.6 GB of fresh memory and
     /// about 4 s of `distgat run`); a match is the partition's own graph, validated when
-    /// it was partitioned. Any other file, or a mismatch, is read whole, so the error
-    /// names its edge count. Errors: the file cannot be read or parsed (naming it), or
+    /// it was partitioned. Any other file, or a mismatch, is read whole (a mismatch is
+    /// the error path: reading it lets a malformed file, such as an id beyond
+    /// `num_nodes`, get its own error, not only "another graph"). Errors: the file cannot be read or parsed (naming it), or
     /// the partition was made from another graph.
     pub fn check_graph_file(
         &self,

@@ -1012,59 +1012,7 @@ impl PeerCollective<'_, '_> {
             })
             .collect();
         let received = self.exchange(chunks, (n - ids.len()) as u64)?;
-        let mut all = vec![0f32; n * width];
-        let mut filled = vec![false; n];
-        for (i, &v) in ids.iter().enumerate() {
-            all[v * width..(v + 1) * width].copy_from_slice(&own[i * width..(i + 1) * width]);
-            filled[v] = true;
-        }
-        for c in received {
-            let bad = |what: String| {
-                RuntimeError::InvalidArgument(format!(
-                    "layer {} exchange {}: rows from part {}: {what}",
-                    self.layer, self.step, c.source_part
-                ))
-            };
-            if c.kind != PayloadKind::Gather as i32 || c.row_width as usize != width {
-                return Err(bad(format!(
-                    "kind {} width {}, expected GATHER width {width}",
-                    c.kind, c.row_width
-                )));
-            }
-            if c.nodes.len() != c.num_rows as usize {
-                return Err(bad(format!(
-                    "{} node ids for {} rows",
-                    c.nodes.len(),
-                    c.num_rows
-                )));
-            }
-            if c.payload.len() != c.nodes.len() * width * 4 {
-                return Err(bad(format!(
-                    "{} payload bytes for {} rows of width {width}",
-                    c.payload.len(),
-                    c.nodes.len()
-                )));
-            }
-            for (i, &v) in c.nodes.iter().enumerate() {
-                let v = v as usize;
-                if v >= n || std::mem::replace(&mut filled[v], true) {
-                    return Err(bad(format!(
-                        "node {v} is beyond the {n} nodes or was sent twice"
-                    )));
-                }
-                read_f32s(
-                    &c.payload[i * width * 4..(i + 1) * width * 4],
-                    &mut all[v * width..(v + 1) * width],
-                );
-            }
-        }
-        if let Some(v) = filled.iter().position(|&f| !f) {
-            return Err(RuntimeError::InvalidArgument(format!(
-                "layer {} exchange {}: the row of node {v} never arrived",
-                self.layer, self.step
-            )));
-        }
-        Ok(all)
+        place_gathered(own, ids, received, n, width, (self.layer, self.step))
     }
 
     fn gather_bytes(&mut self, own: Vec<u8>) -> Result<Vec<Vec<u8>>> {
@@ -1621,6 +1569,75 @@ fn halo_blocks(halo_owner: &[u32]) -> HashMap<u32, std::ops::Range<usize>> {
     blocks
 }
 
+/// All `n` rows of width `width` in node order (row-major, f32): this part's `own` rows
+/// (the rows of `own_ids`, in that order) and the rows every other part sent in
+/// `received` (GATHER chunks naming their nodes). `at` is (layer, exchange step), for the
+/// errors. Errors: a chunk of another kind or width, node ids not matching its rows, a
+/// payload not `rows x width x 4` bytes, a node beyond `n` or sent twice, a node whose row
+/// never arrived (each naming the layer, the exchange and the sending part).
+fn place_gathered(
+    own: &[f32],
+    own_ids: &[usize],
+    received: Vec<RowChunk>,
+    n: usize,
+    width: usize,
+    at: (u32, u32),
+) -> Result<Vec<f32>> {
+    let (layer, step) = at;
+    let mut all = vec![0f32; n * width];
+    let mut filled = vec![false; n];
+    for (i, &v) in own_ids.iter().enumerate() {
+        all[v * width..(v + 1) * width].copy_from_slice(&own[i * width..(i + 1) * width]);
+        filled[v] = true;
+    }
+    for c in received {
+        let bad = |what: String| {
+            RuntimeError::InvalidArgument(format!(
+                "layer {layer} exchange {step}: rows from part {}: {what}",
+                c.source_part
+            ))
+        };
+        if c.kind != PayloadKind::Gather as i32 || c.row_width as usize != width {
+            return Err(bad(format!(
+                "kind {} width {}, expected GATHER width {width}",
+                c.kind, c.row_width
+            )));
+        }
+        if c.nodes.len() != c.num_rows as usize {
+            return Err(bad(format!(
+                "{} node ids for {} rows",
+                c.nodes.len(),
+                c.num_rows
+            )));
+        }
+        if c.payload.len() != c.nodes.len() * width * 4 {
+            return Err(bad(format!(
+                "{} payload bytes for {} rows of width {width}",
+                c.payload.len(),
+                c.nodes.len()
+            )));
+        }
+        for (i, &v) in c.nodes.iter().enumerate() {
+            let v = v as usize;
+            if v >= n || std::mem::replace(&mut filled[v], true) {
+                return Err(bad(format!(
+                    "node {v} is beyond the {n} nodes or was sent twice"
+                )));
+            }
+            read_f32s(
+                &c.payload[i * width * 4..(i + 1) * width * 4],
+                &mut all[v * width..(v + 1) * width],
+            );
+        }
+    }
+    if let Some(v) = filled.iter().position(|&f| !f) {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "layer {layer} exchange {step}: the row of node {v} never arrived"
+        )));
+    }
+    Ok(all)
+}
+
 /// Copies received halo rows into their local slots of `source` (transforming raw rows
 /// first, with the same transform the owner runs, so the bits are the owner's).
 fn place_halo(
@@ -2069,6 +2086,65 @@ mod tests {
         assert!(place(stranger)
             .unwrap_err()
             .contains("part 3: this part needs no rows"));
+    }
+
+    /// A gathered exchange puts every part's rows at their nodes, whatever order the
+    /// chunks arrive in; a short payload, a node sent twice or beyond the nodes, ids not
+    /// matching the rows, another kind and a row that never arrived are errors naming the
+    /// sending part or the node.
+    #[test]
+    fn gathered_rows_land_at_their_nodes_and_bad_chunks_are_refused() {
+        use distgat_proto::v1::RowChunk;
+        let width = 2;
+        let chunk = |from: u32, nodes: &[u32], rows: &[f32]| RowChunk {
+            source_part: from,
+            num_rows: nodes.len() as u32,
+            row_width: width as u32,
+            kind: PayloadKind::Gather as i32,
+            nodes: nodes.to_vec(),
+            payload: f32_bytes(rows).into(),
+            ..Default::default()
+        };
+        let own = [1.0, 1.5, 4.0, 4.5];
+        let place = |chunks: Vec<RowChunk>| {
+            super::place_gathered(&own, &[1, 4], chunks, 5, width, (1, 3))
+                .map_err(|e| e.to_string())
+        };
+        let good = || {
+            vec![
+                chunk(2, &[3], &[3.0, 3.5]),
+                chunk(1, &[2, 0], &[2.0, 2.5, 0.0, 0.5]),
+            ]
+        };
+        assert_eq!(
+            place(good()).unwrap(),
+            [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5]
+        );
+        let mut short = good();
+        short[1].payload = short[1].payload.slice(..12);
+        let err = place(short).unwrap_err();
+        assert!(
+            err.contains("layer 1 exchange 3: rows from part 1: 12 payload bytes for 2 rows"),
+            "{err}"
+        );
+        let mut twice = good();
+        twice[0].nodes = vec![4];
+        assert!(place(twice).unwrap_err().contains("node 4 is beyond"));
+        let mut beyond = good();
+        beyond[0].nodes = vec![5];
+        assert!(place(beyond)
+            .unwrap_err()
+            .contains("node 5 is beyond the 5 nodes"));
+        let mut ids = good();
+        ids[1].nodes.pop();
+        assert!(place(ids).unwrap_err().contains("1 node ids for 2 rows"));
+        let mut kind = good();
+        kind[0].kind = PayloadKind::Transformed as i32;
+        assert!(place(kind).unwrap_err().contains("expected GATHER width 2"));
+        let mut missing = good();
+        missing.pop();
+        let err = place(missing).unwrap_err();
+        assert!(err.contains("the row of node 0 never arrived"), "{err}");
     }
 
     /// 0 (the API's default) is every core; a request is capped at the cores and never 0.
