@@ -325,7 +325,7 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     let t = Instant::now();
     // The graph: read, or built as a neighbourhood (then also kept as an edge index for
     // --neighbours-out, and with the points' row count to check against the features).
-    let (edges, built) = match &config.neighbourhood {
+    let (mut edges, built) = match &config.neighbourhood {
         None if needs_graph.is_none() => (EdgeList::default(), None),
         None => {
             phase("reading graph");
@@ -451,16 +451,28 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         Reorder::None => None,
         Reorder::Rcm => {
             phase("reordering nodes (RCM)");
-            let order = distgat_graph::reorder::rcm_order(&edges, n);
+            let t = Instant::now();
+            let order = distgat_graph::reorder::rcm_order(&edges, n)?;
+            let order_ms = ms(t);
             let new_of = distgat_graph::reorder::inverse(&order);
-            let map = |ids: &[u64]| -> Vec<u64> {
-                use rayon::prelude::*;
-                ids.par_iter()
-                    .map(|&v| u64::from(new_of[v as usize]))
-                    .collect()
+            // The input's numbering is needed after the layers only to write attention
+            // coefficients (their edge index); otherwise the edges are renamed in place.
+            let relabelled = if config.attention_dir.is_some() {
+                let mut copy = edges.clone();
+                copy.rename(&new_of);
+                Some(copy)
+            } else {
+                edges.rename(&new_of);
+                None
             };
-            let relabelled = EdgeList::from_pairs(&map(edges.src()), &map(edges.dst()));
+            let relabel_ms = ms(t) - order_ms;
             features.values = permute_rows(&features.values, features.width, &order);
+            tracing::debug!(
+                order_ms,
+                relabel_ms,
+                features_ms = ms(t) - order_ms - relabel_ms,
+                "RCM renumbering"
+            );
             Some((new_of, relabelled))
         }
     };
@@ -470,7 +482,10 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     let t = Instant::now();
     let want_attention = config.attention_dir.is_some();
     let topology = if needs_graph.is_some() {
-        let run_edges = renumbered.as_ref().map_or(&edges, |(_, e)| e);
+        let run_edges = match &renumbered {
+            Some((_, Some(copy))) => copy,
+            _ => &edges,
+        };
         Topology::build(run_edges, n, &model, want_attention)?
     } else {
         Topology::without_graph(n)
@@ -526,6 +541,7 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     // Unless the accuracy needs them, the rows go only to the file, so a local last
     // layer needs no output array; the sink then counts their non-finite values.
     let sunk_non_finite = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let rows_only = config.labels.is_none() && config.test_idx.is_none();
     if new_of.is_none() {
         let sink: distgat_attention::FinalRowsSink = {
             let file = out_file.clone();
@@ -562,8 +578,11 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     drop(topology);
     if let Some(new_of) = &new_of {
         // Back to the input's numbering: row `old` is the computed row `new_of[old]`, and
-        // so are the added loops at the end of each local layer's coefficients.
-        output.values = permute_rows(&output.values, output.width, new_of);
+        // so are the added loops at the end of each local layer's coefficients. Rows that
+        // only go to the file are put back in order as they are written.
+        if !rows_only {
+            output.values = permute_rows(&output.values, output.width, new_of);
+        }
         for (layer, alpha) in model.layers.iter().zip(output.attention.iter_mut()) {
             if let (Some(true), Some(kind)) = (layer.add_self_loops(), layer.local()) {
                 let h = kind.heads();
@@ -610,6 +629,9 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
 
     phase("writing output");
     let t = Instant::now();
+    if let (Some(new_of), true) = (&new_of, rows_only) {
+        write_rows_from(&out_file, &output.values, output.width, new_of);
+    }
     // A global or GPSConv last layer hands over no rows while it computes: all of them now.
     let output_streamed = out_file.rows_written() == n;
     if !output_streamed {
@@ -691,6 +713,27 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         file.commit()?;
     }
     Ok(report)
+}
+
+/// Writes `[rows, width]` row-major rows to `file` with file row `k` taken from row
+/// `from[k]` of `values`: in parallel pieces of about 2 MiB, each gathered into its
+/// thread's reused buffer (no permuted copy of the whole array; a write error is kept by
+/// `file` for its commit).
+fn write_rows_from(file: &NpyRowsFile, values: &[f32], width: usize, from: &[u32]) {
+    use rayon::prelude::*;
+    if width == 0 {
+        return;
+    }
+    let piece_rows = ((2usize << 20) / (4 * width)).max(1);
+    from.par_chunks(piece_rows)
+        .enumerate()
+        .for_each_init(Vec::new, |buf, (i, rows)| {
+            buf.clear();
+            for &k in rows {
+                buf.extend_from_slice(&values[k as usize * width..(k as usize + 1) * width]);
+            }
+            file.write_rows(i * piece_rows, buf);
+        });
 }
 
 /// `[rows, width]` row-major with row `k` taken from row `from[k]` of `values`, in

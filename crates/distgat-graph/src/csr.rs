@@ -57,7 +57,7 @@ impl IncomingCsr {
         let (src, dst) = (edges.src(), edges.dst());
         let keep = |k: usize| !(add_self_loops && src[k] == dst[k]);
         let (row_ptr, col, kept_edges) =
-            blocked_counting_sort(src, dst, num_nodes, add_self_loops)?;
+            blocked_counting_sort(src, dst, num_nodes, Rows::Incoming { add_self_loops })?;
         // PyG's attention order needs, per kept edge, its CSR position: one sequential
         // pass (only when attention coefficients are written).
         let order = want_attention_order.then(|| {
@@ -145,9 +145,42 @@ fn block_shift(num_nodes: usize) -> u32 {
     bits.saturating_sub(8).max(8)
 }
 
+/// Which rows [`blocked_counting_sort`] builds from the edges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    /// Row `d` lists the source `s` of each edge `s -> d` ([`IncomingCsr`]).
+    Incoming { add_self_loops: bool },
+    /// Rows `s` and `d` list each other for each edge `s -> d` with `s != d`
+    /// ([`undirected_adjacency`]).
+    Undirected,
+}
+
+/// The undirected adjacency of `edges` over `num_nodes` nodes, `(offsets, entries)`:
+/// row `v` (`entries[offsets[v]..offsets[v + 1]]`) lists, for every edge with `v` at one
+/// end and another node at the other, that node, in input edge order (self loops left
+/// out, duplicates kept). The same rows as the sequential
+/// [`crate::reorder::undirected_offsets`] and [`crate::reorder::undirected_entries`]
+/// give, built by [`blocked_counting_sort`] on the current rayon pool; it holds 8 bytes
+/// per entry (twice the non-loop edges) of temporary memory besides its result, so the
+/// partitioners, whose peak memory is bounded, keep the sequential build. Errors: an id
+/// `>= num_nodes` names the first such edge.
+pub fn undirected_adjacency(edges: &EdgeList, num_nodes: usize) -> Result<(Vec<usize>, Vec<u32>)> {
+    if num_nodes > u32::MAX as usize {
+        return Err(GraphError::argument(
+            "graph",
+            format!("{num_nodes} nodes: node ids are indexed with 32 bits here"),
+        ));
+    }
+    let (offsets, entries, _) =
+        blocked_counting_sort(edges.src(), edges.dst(), num_nodes, Rows::Undirected)?;
+    Ok((offsets, entries))
+}
+
 /// The stable counting sort of the edges by target: `(row_ptr, col, kept_edges)` of
 /// [`IncomingCsr`] (row `i` = the sources of the kept edges into `i` in input order, then
-/// `i` itself when `add_self_loops`; with it, every input self loop is dropped).
+/// `i` itself when `add_self_loops`; with it, every input self loop is dropped). With
+/// [`Rows::Undirected`] each non-loop edge is two entries (one in each end's row) and
+/// `kept_edges` counts entries; nothing is appended.
 ///
 /// A plain counting sort scatters every edge to a random place in `col` (40 MB at 10M
 /// edges) and bumps a random counter (8 MB at 1M nodes): two cache misses per edge per
@@ -174,9 +207,30 @@ fn blocked_counting_sort(
     src: &[u64],
     dst: &[u64],
     num_nodes: usize,
-    add_self_loops: bool,
+    rows: Rows,
 ) -> Result<(Vec<usize>, Vec<u32>, usize)> {
     use rayon::prelude::*;
+    let add_self_loops = rows
+        == Rows::Incoming {
+            add_self_loops: true,
+        };
+    // The entries edge `s -> d` adds, as (row, value), in this order.
+    #[inline(always)]
+    fn entries(rows: Rows, s: u64, d: u64, mut put: impl FnMut(u64, u64)) {
+        match rows {
+            Rows::Incoming { add_self_loops } => {
+                if !(add_self_loops && s == d) {
+                    put(d, s);
+                }
+            }
+            Rows::Undirected => {
+                if s != d {
+                    put(s, d);
+                    put(d, s);
+                }
+            }
+        }
+    }
     let shift = block_shift(num_nodes);
     let blocks = num_nodes.div_ceil(1 << shift);
     let n = num_nodes as u64;
@@ -192,9 +246,7 @@ fn blocked_counting_sort(
                 if s >= n || d >= n {
                     return Err(a + k);
                 }
-                if !(add_self_loops && s == d) {
-                    count[(d >> shift) as usize] += 1;
-                }
+                entries(rows, s, d, |row, _| count[(row >> shift) as usize] += 1);
             }
             Ok(count)
         })
@@ -238,11 +290,11 @@ fn blocked_counting_sort(
             .for_each(|(&(a, b), out)| {
                 let mut at = vec![0usize; blocks];
                 for (&s, &d) in src[a..b].iter().zip(&dst[a..b]) {
-                    if !(add_self_loops && s == d) {
-                        let blk = (d >> shift) as usize;
-                        out[blk][at[blk]] = s | (d << 32);
+                    entries(rows, s, d, |row, value| {
+                        let blk = (row >> shift) as usize;
+                        out[blk][at[blk]] = value | (row << 32);
                         at[blk] += 1;
-                    }
+                    });
                 }
             });
     }

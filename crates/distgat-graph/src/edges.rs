@@ -148,6 +148,20 @@ impl EdgeList {
         &self.ids[self.len()..]
     }
 
+    /// Renames every node `v` to `new_of[v]`, in place and in parallel (a renumbering
+    /// such as the inverse of [`crate::reorder::rcm_order`]): the edge order stays, and
+    /// `num_nodes` becomes `new_of.len()`. Every id must be below `new_of.len()` (callers
+    /// check the ids first, naming the file); an id beyond it panics.
+    pub fn rename(&mut self, new_of: &[u32]) {
+        use rayon::prelude::*;
+        self.ids.par_chunks_mut(1 << 16).for_each(|piece| {
+            for v in piece {
+                *v = u64::from(new_of[*v as usize]);
+            }
+        });
+        self.num_nodes = new_of.len() as u64;
+    }
+
     /// The ids' memory (`[2 * E]`, sources then targets), for reuse once the edges are no
     /// longer needed, when it lies in transparent huge pages (an `.npy` edge index is read
     /// into them), so rows gathered at random can go there (`RowBuffer::spare_words` in

@@ -8,6 +8,7 @@
 //! LayerNorm) would not, and callers refuse them.
 
 use crate::edges::EdgeList;
+use crate::error::Result;
 
 /// The reverse Cuthill-McKee order of the undirected graph of `edges` over `num_nodes`
 /// nodes (self loops ignored, duplicates counted in the degrees): `order[new] = old`.
@@ -17,15 +18,19 @@ use crate::edges::EdgeList;
 /// (degree, id); the whole sequence is then reversed (George and Liu, *Computer Solution
 /// of Large Sparse Positive Definite Systems*, 1981, ch. 4; the start is the simple
 /// minimum-degree choice, not a pseudo-peripheral node). Deterministic: it depends only
-/// on the edges. Memory: the undirected adjacency, 8 bytes per edge, plus 4-12 bytes per
-/// node. Ids must be below `num_nodes` (checked by the caller) and `num_nodes` below 2^32.
-pub fn rcm_order(edges: &EdgeList, num_nodes: usize) -> Vec<u32> {
+/// on the edges, not on the threads. The adjacency ([`crate::csr::undirected_adjacency`])
+/// and the ranking of the starts run on the current rayon pool; the walk is sequential.
+/// Memory: the undirected adjacency, 12 bytes per non-loop edge (8 more while it is
+/// built), plus 4-12 bytes per node. Errors: an id `>= num_nodes` (callers check ids
+/// first and name the file) or `num_nodes` of 2^32 or more.
+pub fn rcm_order(edges: &EdgeList, num_nodes: usize) -> Result<Vec<u32>> {
+    use rayon::prelude::*;
     let n = num_nodes;
-    let ptr = undirected_offsets(edges, n);
-    let adj = undirected_entries(edges, &ptr);
+    let (ptr, adj) = crate::csr::undirected_adjacency(edges, n)?;
     let degree = |v: u32| ptr[v as usize + 1] - ptr[v as usize];
     let mut starts: Vec<u32> = (0..n as u32).collect();
-    starts.sort_by_key(|&v| (degree(v), v));
+    // The keys are distinct (ids are), so an unstable sort has one result.
+    starts.par_sort_unstable_by_key(|&v| (degree(v), v));
     let mut visited = vec![false; n];
     let mut order: Vec<u32> = Vec::with_capacity(n);
     let mut next = Vec::new();
@@ -51,15 +56,17 @@ pub fn rcm_order(edges: &EdgeList, num_nodes: usize) -> Vec<u32> {
         }
     }
     order.reverse();
-    order
+    Ok(order)
 }
 
 /// Row offsets of the undirected adjacency of `edges` over `num_nodes` nodes: every edge
 /// `s -> d` with `s != d` in both rows `s` and `d` (self loops left out, duplicates kept).
 /// `offsets[v]..offsets[v + 1]` is row `v` of [`undirected_entries`]; `offsets[num_nodes]`
 /// is the number of entries (twice the non-loop edges). Ids must be below `num_nodes`
-/// (checked by the caller). Shared by the RCM order here and the partitioners' symmetric
-/// graph (`distgat_partition::SymmetricGraph`, which then sorts and deduplicates rows).
+/// (checked by the caller). Sequential, with no temporary beyond 8 bytes per node: the
+/// partitioners' symmetric graph (`distgat_partition::SymmetricGraph`, which then sorts
+/// and deduplicates rows) uses it under its peak-memory bound; the RCM order uses the
+/// parallel [`crate::csr::undirected_adjacency`], which gives the same rows.
 pub fn undirected_offsets(edges: &EdgeList, num_nodes: usize) -> Vec<usize> {
     let mut offsets = vec![0usize; num_nodes + 1];
     for (&s, &d) in edges.src().iter().zip(edges.dst()) {
@@ -110,7 +117,7 @@ mod tests {
     fn rcm_of_a_path_and_a_star_is_a_permutation_with_small_bandwidth() {
         // A path 0-5-2-4-1-3 (ids scrambled), an isolated node 6, a self loop on 2.
         let edges = EdgeList::from_pairs(&[0, 5, 2, 4, 1, 2], &[5, 2, 4, 1, 3, 2]);
-        let order = rcm_order(&edges, 7);
+        let order = rcm_order(&edges, 7).unwrap();
         let mut sorted = order.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, (0..7).collect::<Vec<u32>>());
@@ -121,7 +128,7 @@ mod tests {
         }
         // Isolated node (degree 0) is the first root, so it comes last after reversal.
         assert_eq!(order[6], 6);
-        assert_eq!(order, rcm_order(&edges, 7), "deterministic");
+        assert_eq!(order, rcm_order(&edges, 7).unwrap(), "deterministic");
     }
 
     #[test]

@@ -168,3 +168,59 @@ fn an_id_beyond_the_nodes_is_an_error() {
         assert!(e.contains("edge 1") && e.contains("1 -> 9"), "{e}");
     }
 }
+
+/// The parallel undirected adjacency (the RCM order's input) against a reference written
+/// here: row `v` lists the other end of every edge at `v`, in input edge order, self
+/// loops left out, duplicates kept. Many blocks and several edge chunks, on 1, 2 and 5
+/// threads; it must also equal the sequential build the partitioners use.
+#[test]
+fn undirected_adjacency_equals_the_reference_on_any_threads() {
+    let mut next = stream(23);
+    let (n, e) = (40_000usize, 300_000usize);
+    let (mut src, mut dst) = (Vec::with_capacity(e), Vec::with_capacity(e));
+    for k in 0..e {
+        let d = (next() % n as u64) >> (next() % 4);
+        let s = if k % 41 == 0 { d } else { next() % n as u64 };
+        src.push(s);
+        dst.push(d);
+        if k % 97 == 0 {
+            src.push(s);
+            dst.push(d);
+        }
+    }
+    let mut rows = vec![Vec::new(); n];
+    for (&s, &d) in src.iter().zip(&dst) {
+        if s != d {
+            rows[s as usize].push(d as u32);
+            rows[d as usize].push(s as u32);
+        }
+    }
+    let edges = EdgeList::from_pairs(&src, &dst);
+    let sequential = distgat_graph::reorder::undirected_offsets(&edges, n);
+    let sequential = (
+        sequential.clone(),
+        distgat_graph::reorder::undirected_entries(&edges, &sequential),
+    );
+    for threads in [1, 2, 5] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let (offsets, entries) = pool
+            .install(|| distgat_graph::csr::undirected_adjacency(&edges, n))
+            .unwrap();
+        assert_eq!(offsets.len(), n + 1);
+        for (v, row) in rows.iter().enumerate() {
+            assert_eq!(
+                &entries[offsets[v]..offsets[v + 1]],
+                row.as_slice(),
+                "row {v}, {threads} threads"
+            );
+        }
+        assert_eq!(offsets[n], entries.len());
+        assert_eq!((offsets, entries), sequential);
+    }
+    let bad = EdgeList::from_pairs(&[0, 1], &[1, 7]);
+    let err = distgat_graph::csr::undirected_adjacency(&bad, 3).unwrap_err();
+    assert!(err.to_string().contains("1 -> 7"), "{err}");
+}
