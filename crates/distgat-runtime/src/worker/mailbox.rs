@@ -6,6 +6,14 @@
 //! worker (a late sender, a cancelled job) are refused with FAILED_PRECONDITION instead of
 //! being kept forever; a job's id is forgotten as ended after [`ENDED_MEMORY`] or when a
 //! job of that id starts here again.
+//!
+//! Payloads are copied out of the transport's receive buffer into buffers the mailbox
+//! keeps ([`Mailbox::put`]). A received chunk's payload is otherwise a slice of tonic's
+//! receive buffer, which then cannot be reused while the chunk waits here, so every
+//! received byte landed on a fresh page: a fault and a kernel zero fill each, 16% of a
+//! `run`'s faults on R-MAT 1M/10M (docs/performance.md). After placing a layer's halo
+//! rows the part hands the chunks back ([`Mailbox::recycle`]), and their buffers take
+//! the next layer's.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +21,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use distgat_proto::v1::RowChunk;
+use prost::bytes::BytesMut;
 
 use crate::error::{Result, RuntimeError};
 
@@ -64,7 +73,13 @@ pub(super) struct Mailbox {
     inbox: Mutex<Inbox>,
     arrived: Condvar,
     max_bytes: u64,
+    /// Payload buffers handed back by [`Mailbox::recycle`], for the next chunks; at most
+    /// `max_bytes` of capacity in all.
+    spare: Mutex<Vec<BytesMut>>,
 }
+
+/// Payloads smaller than this stay in the transport's buffer (their pages are few).
+const OWN_MIN_BYTES: usize = 64 << 10;
 
 impl Mailbox {
     /// A mailbox holding at most `max_bytes` payload bytes at once.
@@ -73,6 +88,45 @@ impl Mailbox {
             inbox: Mutex::new(Inbox::default()),
             arrived: Condvar::new(),
             max_bytes,
+            spare: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// `chunk` with its payload copied into a kept buffer (or a new one), so the
+    /// transport's receive buffer is free for the next message. Small payloads are left
+    /// as they are.
+    fn own_payload(&self, mut chunk: RowChunk) -> RowChunk {
+        let len = chunk.payload.len();
+        if len < OWN_MIN_BYTES {
+            return chunk;
+        }
+        let kept = {
+            let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+            let fit = spare.iter().position(|b| b.capacity() >= len);
+            fit.map(|i| spare.swap_remove(i))
+        };
+        let mut buf = kept.unwrap_or_else(|| BytesMut::with_capacity(len));
+        buf.clear();
+        buf.extend_from_slice(&chunk.payload);
+        chunk.payload = buf.freeze();
+        chunk
+    }
+
+    /// Keeps the payload buffers of `chunks` (taken and used) for later chunks, while
+    /// nothing else holds them and the kept capacity stays within the byte cap.
+    pub(super) fn recycle(&self, chunks: Vec<RowChunk>) {
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kept: u64 = spare.iter().map(|b| b.capacity() as u64).sum();
+        for c in chunks {
+            if c.payload.len() < OWN_MIN_BYTES {
+                continue;
+            }
+            if let Ok(buf) = c.payload.try_into_mut() {
+                if kept + buf.capacity() as u64 <= self.max_bytes {
+                    kept += buf.capacity() as u64;
+                    spare.push(buf);
+                }
+            }
         }
     }
 
@@ -80,6 +134,7 @@ impl Mailbox {
     /// (FAILED_PRECONDITION), or the chunk would take the mailbox over its byte cap
     /// (RESOURCE_EXHAUSTED); the chunk is then dropped.
     pub(super) fn put(&self, chunk: RowChunk) -> Result<()> {
+        let chunk = self.own_payload(chunk);
         let len = chunk.payload.len() as u64;
         let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
@@ -234,7 +289,12 @@ impl Mailbox {
         inbox
             .ended
             .push_back((job.to_string(), part, Instant::now(), quiet));
+        let idle = inbox.chunks.is_empty();
         drop(inbox);
+        if idle {
+            // Nothing is waiting here: the kept buffers go back to the system.
+            self.spare.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
         // Wake a job thread waiting in `take`, so it sees its cancel flag at once.
         self.arrived.notify_all();
     }
@@ -268,6 +328,69 @@ mod tests {
             payload: vec![0u8; (rows * width * 4) as usize].into(),
             ..Default::default()
         }
+    }
+
+    /// A large payload is copied out of the buffer it came in (same bytes); handed back
+    /// after use, its buffer takes the next large payload; small payloads stay as they
+    /// came; the kept buffers are freed when no chunk is left (the job ended).
+    #[test]
+    fn payloads_are_copied_into_kept_buffers_that_are_reused() {
+        let m = Mailbox::new(1 << 30);
+        let never = AtomicBool::new(false);
+        let rows = (OWN_MIN_BYTES / 16) as u32; // width 4: 16 bytes a row
+        let mut big = from("job-5", 0, 1, 0, rows, 4);
+        big.payload = (0..rows * 16).map(|i| i as u8).collect::<Vec<u8>>().into();
+        let sent = big.payload.clone();
+        m.put(big).unwrap();
+        let got = m
+            .take(
+                "job-5",
+                0,
+                0,
+                0,
+                rows as u64,
+                &never,
+                &never,
+                Duration::ZERO,
+            )
+            .unwrap();
+        assert_eq!(got[0].payload, sent, "same bytes");
+        assert_ne!(got[0].payload.as_ptr(), sent.as_ptr(), "copied out");
+        let buffer = got[0].payload.as_ptr();
+        m.recycle(got);
+        assert_eq!(m.spare.lock().unwrap().len(), 1);
+        m.put(from("job-5", 1, 1, 0, rows, 4)).unwrap();
+        let again = m
+            .take(
+                "job-5",
+                0,
+                1,
+                0,
+                rows as u64,
+                &never,
+                &never,
+                Duration::ZERO,
+            )
+            .unwrap();
+        assert_eq!(again[0].payload.as_ptr(), buffer, "the kept buffer reused");
+        assert!(again[0].payload.iter().all(|&b| b == 0));
+        let small = from("job-5", 2, 1, 0, 2, 4);
+        let small_ptr = small.payload.as_ptr();
+        m.put(small).unwrap();
+        let got = m
+            .take("job-5", 0, 2, 0, 2, &never, &never, Duration::ZERO)
+            .unwrap();
+        assert_eq!(
+            got[0].payload.as_ptr(),
+            small_ptr,
+            "small payloads not copied"
+        );
+        m.recycle(again);
+        m.forget_job("job-5", None, false);
+        assert!(
+            m.spare.lock().unwrap().is_empty(),
+            "freed when the job ends"
+        );
     }
 
     #[test]

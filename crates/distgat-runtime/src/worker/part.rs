@@ -591,7 +591,10 @@ impl Part<'_> {
             let chunks = self.or_send_error(taken, &mut sends)?;
             wait = waited.elapsed();
             let t = Instant::now();
-            place_halo(layer, plan, &self.halo_blocks, chunks, raw, pool, source)?;
+            let placed_chunks =
+                place_halo(layer, plan, &self.halo_blocks, chunks, raw, pool, source)?;
+            // Their payload buffers serve the next layer's halo rows.
+            self.mailbox.recycle(placed_chunks);
             if aw > 0 {
                 layer.fill_source_aux(&source[n_owned * sw..], &mut aux[n_owned * aw..]);
             }
@@ -1640,6 +1643,8 @@ fn place_gathered(
 
 /// Copies received halo rows into their local slots of `source` (transforming raw rows
 /// first, with the same transform the owner runs, so the bits are the owner's).
+/// Returns the chunks, whose payload buffers can then be reused
+/// ([`super::mailbox::Mailbox::recycle`]).
 fn place_halo(
     layer: &dyn AttentionKind,
     plan: &PartPlan,
@@ -1648,7 +1653,7 @@ fn place_halo(
     raw: bool,
     pool: &rayon::ThreadPool,
     source: &mut [f32],
-) -> Result<()> {
+) -> Result<Vec<RowChunk>> {
     let n_owned = plan.owned.len();
     let n_halo = plan.halo.len();
     let (sw, f) = (layer.source_width(), layer.in_features());
@@ -1746,7 +1751,7 @@ fn place_halo(
             )
         });
     }
-    Ok(())
+    Ok(runs.into_iter().map(|(_, c)| c).collect())
 }
 
 /// A graph layer's input rows (`[owned, F]`).
@@ -2046,7 +2051,7 @@ mod tests {
                 &pool,
                 &mut source,
             )
-            .map(|()| source)
+            .map(|_| source)
             .map_err(|e| e.to_string())
         };
         let good = || {
