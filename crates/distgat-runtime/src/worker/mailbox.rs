@@ -337,49 +337,39 @@ mod tests {
     fn payloads_are_copied_into_kept_buffers_that_are_reused() {
         let m = Mailbox::new(1 << 30);
         let never = AtomicBool::new(false);
-        let rows = (OWN_MIN_BYTES / 16) as u32; // width 4: 16 bytes a row
-        let mut big = from("job-5", 0, 1, 0, rows, 4);
-        big.payload = (0..rows * 16).map(|i| i as u8).collect::<Vec<u8>>().into();
-        let sent = big.payload.clone();
-        m.put(big).unwrap();
-        let got = m
-            .take(
+        // Layer `layer`'s chunks of job-5, part 0 (all `rows` of them arrived).
+        let take = |layer: u32, rows: u32| {
+            m.take(
                 "job-5",
                 0,
-                0,
+                layer,
                 0,
                 rows as u64,
                 &never,
                 &never,
                 Duration::ZERO,
             )
-            .unwrap();
+            .unwrap()
+        };
+        let rows = (OWN_MIN_BYTES / 16) as u32; // width 4: 16 bytes a row
+        let mut big = from("job-5", 0, 1, 0, rows, 4);
+        big.payload = (0..rows * 16).map(|i| i as u8).collect::<Vec<u8>>().into();
+        let sent = big.payload.clone();
+        m.put(big).unwrap();
+        let got = take(0, rows);
         assert_eq!(got[0].payload, sent, "same bytes");
         assert_ne!(got[0].payload.as_ptr(), sent.as_ptr(), "copied out");
         let buffer = got[0].payload.as_ptr();
         m.recycle(got);
         assert_eq!(m.spare.lock().unwrap().len(), 1);
         m.put(from("job-5", 1, 1, 0, rows, 4)).unwrap();
-        let again = m
-            .take(
-                "job-5",
-                0,
-                1,
-                0,
-                rows as u64,
-                &never,
-                &never,
-                Duration::ZERO,
-            )
-            .unwrap();
+        let again = take(1, rows);
         assert_eq!(again[0].payload.as_ptr(), buffer, "the kept buffer reused");
         assert!(again[0].payload.iter().all(|&b| b == 0));
         let small = from("job-5", 2, 1, 0, 2, 4);
         let small_ptr = small.payload.as_ptr();
         m.put(small).unwrap();
-        let got = m
-            .take("job-5", 0, 2, 0, 2, &never, &never, Duration::ZERO)
-            .unwrap();
+        let got = take(2, 2);
         assert_eq!(
             got[0].payload.as_ptr(),
             small_ptr,
