@@ -7,13 +7,16 @@
 //! being kept forever; a job's id is forgotten as ended after [`ENDED_MEMORY`] or when a
 //! job of that id starts here again.
 //!
-//! Payloads are copied out of the transport's receive buffer into buffers the mailbox
-//! keeps ([`Mailbox::put`]). A received chunk's payload is otherwise a slice of tonic's
-//! receive buffer, which then cannot be reused while the chunk waits here, so every
-//! received byte landed on a fresh page: a fault and a kernel zero fill each, 16% of a
-//! `run`'s faults on R-MAT 1M/10M (docs/performance.md). After placing a layer's halo
-//! rows the part hands the chunks back ([`Mailbox::recycle`]), and their buffers take
-//! the next layer's.
+//! Payloads of 64 KiB or more are copied out of the transport's receive buffer into
+//! buffers the mailbox keeps ([`Mailbox::put`]). A received chunk's payload is otherwise
+//! a slice of tonic's receive buffer, which then cannot be reused while the chunk waits
+//! here, so tonic put every received byte on a fresh page (a fault and a kernel zero
+//! fill each). After placing a layer's halo rows the part hands the chunks back
+//! ([`Mailbox::recycle`]), and their buffers take later chunks. A peer usually sends
+//! the next layer's rows before they come back, so in a two-layer job the copies fault
+//! about as much as tonic's buffer did (docs/performance.md: faults 3-5% fewer, wall
+//! unchanged); deeper models reuse them from the third layer on. The kept buffers and
+//! the held chunks stay within the byte cap together.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,8 +76,8 @@ pub(super) struct Mailbox {
     inbox: Mutex<Inbox>,
     arrived: Condvar,
     max_bytes: u64,
-    /// Payload buffers handed back by [`Mailbox::recycle`], for the next chunks; at most
-    /// `max_bytes` of capacity in all.
+    /// Payload buffers handed back by [`Mailbox::recycle`], for the next chunks; their
+    /// capacity and the held payload bytes are within `max_bytes` together when kept.
     spare: Mutex<Vec<BytesMut>>,
 }
 
@@ -113,10 +116,12 @@ impl Mailbox {
     }
 
     /// Keeps the payload buffers of `chunks` (taken and used) for later chunks, while
-    /// nothing else holds them and the kept capacity stays within the byte cap.
+    /// nothing else holds them and the kept capacity plus the payload bytes held stay
+    /// within the byte cap.
     pub(super) fn recycle(&self, chunks: Vec<RowChunk>) {
+        let held = self.inbox.lock().unwrap_or_else(|p| p.into_inner()).bytes;
         let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-        let mut kept: u64 = spare.iter().map(|b| b.capacity() as u64).sum();
+        let mut kept: u64 = held + spare.iter().map(|b| b.capacity() as u64).sum::<u64>();
         for c in chunks {
             if c.payload.len() < OWN_MIN_BYTES {
                 continue;
@@ -381,6 +386,28 @@ mod tests {
             m.spare.lock().unwrap().is_empty(),
             "freed when the job ends"
         );
+
+        // Held chunks and kept buffers share the byte cap: with one chunk held, a
+        // mailbox of 1.5 chunks keeps no buffer.
+        let cap = (OWN_MIN_BYTES + OWN_MIN_BYTES / 2) as u64;
+        let m = Mailbox::new(cap);
+        let never = AtomicBool::new(false);
+        m.put(from("job-6", 0, 1, 0, rows, 4)).unwrap();
+        let first = m
+            .take(
+                "job-6",
+                0,
+                0,
+                0,
+                rows as u64,
+                &never,
+                &never,
+                Duration::ZERO,
+            )
+            .unwrap();
+        m.put(from("job-6", 1, 1, 0, rows, 4)).unwrap();
+        m.recycle(first);
+        assert!(m.spare.lock().unwrap().is_empty(), "over the cap: not kept");
     }
 
     #[test]
