@@ -374,8 +374,9 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     // Its rows go only to the output file (no renumbering, no accuracy): a one-layer
     // model then transforms the features in place and gathers from them, so they go
     // into huge pages, as the engine's source rows otherwise do.
-    let sink_only =
-        config.reorder == Reorder::None && config.labels.is_none() && config.test_idx.is_none();
+    // The rows are needed only for the output file (no accuracy to score).
+    let rows_only = config.labels.is_none() && config.test_idx.is_none();
+    let sink_only = config.reorder == Reorder::None && rows_only;
     let mut features = if sink_only && distgat_attention::transforms_features_in_place(&model) {
         Features::read_npy_in_huge_pages(&config.features)?
     } else {
@@ -541,7 +542,6 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     // Unless the accuracy needs them, the rows go only to the file, so a local last
     // layer needs no output array; the sink then counts their non-finite values.
     let sunk_non_finite = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let rows_only = config.labels.is_none() && config.test_idx.is_none();
     if new_of.is_none() {
         let sink: distgat_attention::FinalRowsSink = {
             let file = out_file.clone();
