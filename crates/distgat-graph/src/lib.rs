@@ -6,6 +6,8 @@
 
 pub mod alloc;
 pub mod csr;
+#[cfg(unix)]
+mod direct;
 pub mod edges;
 pub mod error;
 pub mod features;
