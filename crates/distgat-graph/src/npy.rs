@@ -723,10 +723,32 @@ where
             // npyz's default dtypes of plain numbers are little-endian ('<f4', '<i8', ...).
             let header = npy_header::<T>(shape)?;
             let body = bytemuck::cast_slice::<T, u8>(data);
-            file.as_file()
-                .set_len(header.len() as u64 + body.len() as u64)?;
+            let len = header.len() as u64 + body.len() as u64;
+            file.as_file().set_len(len)?;
             std::os::unix::fs::FileExt::write_all_at(file.as_file(), &header, 0)?;
-            return write_all_at_par(file.as_file(), header.len() as u64, body);
+            // A large body goes around the page cache, as `NpyRowsFile`'s does.
+            let segment = crate::direct::SEGMENT_BYTES;
+            let direct = (body.len() >= 4 * segment)
+                .then(|| {
+                    crate::direct::DirectWriter::open(
+                        file.temp_path(),
+                        file.as_file(),
+                        len,
+                        segment,
+                    )
+                })
+                .flatten();
+            let Some(direct) = direct else {
+                return write_all_at_par(file.as_file(), header.len() as u64, body);
+            };
+            use rayon::prelude::*;
+            direct.write_at(&header, 0);
+            body.par_chunks(WRITE_PIECE)
+                .enumerate()
+                .for_each(|(k, piece)| {
+                    direct.write_at(piece, (header.len() + k * WRITE_PIECE) as u64)
+                });
+            return direct.finish();
         }
         let mut buffered = BufWriter::with_capacity(1 << 20, file.as_file());
         let mut writer = npyz::WriteOptions::new()
@@ -1096,5 +1118,21 @@ mod tests {
         let e = file.commit().unwrap_err().to_string();
         assert!(e.contains("only 4999 of 5000 rows"), "{e}");
         assert!(!partial.exists());
+    }
+
+    /// A body large enough to go around the page cache (17 MiB, pieces of 4 MiB that do
+    /// not start on segment boundaries because of the header) reads back exactly.
+    #[test]
+    fn a_large_write_npy_reads_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.npy");
+        let (rows, width) = (17 * 1024 + 3, 256usize);
+        let values: Vec<f32> = (0..rows * width).map(|i| (i % 9973) as f32 * 0.5).collect();
+        write_npy(&path, &[rows as u64, width as u64], &values).unwrap();
+        let body = NpyBody::open(&path).unwrap();
+        assert_eq!(body.shape, [rows as u64, width as u64]);
+        assert!(body.read_f32(&path).unwrap() == values);
+        let bytes = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(bytes, 128 + values.len() as u64 * 4);
     }
 }
