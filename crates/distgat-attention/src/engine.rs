@@ -45,7 +45,19 @@ impl Topology {
         model: &Model,
         want_attention: bool,
     ) -> Result<Self> {
-        let view = |loops: bool| -> Result<Option<GraphView>> {
+        Self::build_with_scratch(edges, num_nodes, model, want_attention, &mut Vec::new())
+    }
+
+    /// [`Topology::build`] whose CSR builds take their temporary memory from `scratch`
+    /// (see [`IncomingCsr::build_with_scratch`]); its values on return are unspecified.
+    pub fn build_with_scratch(
+        edges: &EdgeList,
+        num_nodes: usize,
+        model: &Model,
+        want_attention: bool,
+        scratch: &mut Vec<f32>,
+    ) -> Result<Self> {
+        let mut view = |loops: bool| -> Result<Option<GraphView>> {
             let layers: Vec<_> = model
                 .layers
                 .iter()
@@ -55,7 +67,7 @@ impl Topology {
                 return Ok(None);
             }
             let (csr, attention_order) =
-                IncomingCsr::build(edges, num_nodes, loops, want_attention)?;
+                IncomingCsr::build_with_scratch(edges, num_nodes, loops, want_attention, scratch)?;
             let keys = layers
                 .iter()
                 .any(|l| l.edge_dim().is_some())

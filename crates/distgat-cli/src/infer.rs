@@ -369,23 +369,10 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     }
     let read_graph_ms = ms(t);
 
-    phase("reading features");
-    let t = Instant::now();
-    // Its rows go only to the output file (no renumbering, no accuracy): a one-layer
-    // model then transforms the features in place and gathers from them, so they go
-    // into huge pages, as the engine's source rows otherwise do.
-    // The rows are needed only for the output file (no accuracy to score).
-    let rows_only = config.labels.is_none() && config.test_idx.is_none();
-    let sink_only = config.reorder == Reorder::None && rows_only;
-    let mut features = if sink_only && distgat_attention::transforms_features_in_place(&model) {
-        Features::read_npy_in_huge_pages(&config.features)?
-    } else {
-        Features::read_npy(&config.features)?
-    };
-    features.normalize(config.normalize);
-    let read_features_ms = ms(t);
-
-    let n = features.num_nodes;
+    // The features' shape from their header: the graph is checked against it and the
+    // CSR built before the body is read, so that the CSR's temporary memory can become
+    // the features' (a fresh page costs a fault and a zero fill; see below).
+    let (n, width) = Features::npy_shape(&config.features)?;
     if let Some((Some((points, rows)), _)) = &built {
         if *rows != n {
             return Err(GraphError::argument(
@@ -428,7 +415,7 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
         )
         .into());
     }
-    model.check_input_width(features.width, &config.features)?;
+    model.check_input_width(width, &config.features)?;
     let edge_attr = match &config.edge_features {
         Some(path) => Some(Features::read_edge_npy_for(
             path,
@@ -467,31 +454,63 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
                 None
             };
             let relabel_ms = ms(t) - order_ms;
-            features.values = permute_rows(&features.values, features.width, &order);
-            tracing::debug!(
-                order_ms,
-                relabel_ms,
-                features_ms = ms(t) - order_ms - relabel_ms,
-                "RCM renumbering"
-            );
-            Some((new_of, relabelled))
+            tracing::debug!(order_ms, relabel_ms, "RCM renumbering");
+            Some((new_of, relabelled, order))
         }
     };
-    let reorder_ms = ms(t);
+    let mut reorder_ms = ms(t);
+
+    // Its rows go only to the output file (no renumbering, no accuracy): a one-layer
+    // model then transforms the features in place and gathers from them, so they go
+    // into huge pages, as the engine's source rows otherwise do.
+    let rows_only = config.labels.is_none() && config.test_idx.is_none();
+    let sink_only = config.reorder == Reorder::None && rows_only;
+    let huge_pages = sink_only && distgat_attention::transforms_features_in_place(&model);
+    // One allocation serves first as the CSR build's temporary memory (8 bytes per kept
+    // edge), then holds the features: its pages are faulted in and zeroed once, where a
+    // fresh allocation for each cost 0.8 GB more of new pages at 100M edges
+    // (docs/performance.md, sixteenth session).
+    let csr_scratch = if needs_graph.is_some() {
+        2 * edges.len()
+    } else {
+        0
+    };
+    let mut scratch = Features::buffer((n.saturating_mul(width)).max(csr_scratch), huge_pages);
 
     phase("building CSR");
     let t = Instant::now();
     let want_attention = config.attention_dir.is_some();
     let topology = if needs_graph.is_some() {
         let run_edges = match &renumbered {
-            Some((_, Some(copy))) => copy,
+            Some((_, Some(copy), _)) => copy,
             _ => &edges,
         };
-        Topology::build(run_edges, n, &model, want_attention)?
+        Topology::build_with_scratch(run_edges, n, &model, want_attention, &mut scratch)?
     } else {
         Topology::without_graph(n)
     };
     let build_csr_ms = ms(t);
+
+    phase("reading features");
+    let t = Instant::now();
+    let mut features = Features::read_npy_into(&config.features, scratch)?;
+    if (features.num_nodes, features.width) != (n, width) {
+        return Err(GraphError::invalid(
+            &config.features,
+            format!(
+                "changed while being read: its header said [{n}, {width}], now [{}, {}]",
+                features.num_nodes, features.width
+            ),
+        )
+        .into());
+    }
+    features.normalize(config.normalize);
+    let read_features_ms = ms(t);
+    if let Some((_, _, order)) = &renumbered {
+        let t = Instant::now();
+        features.values = permute_rows(&features.values, features.width, order);
+        reorder_ms += ms(t);
+    }
     let num_edges = edges.len();
     let attention_edges: Vec<(bool, Vec<i64>)> = if want_attention {
         let mut settings: Vec<bool> = model
@@ -513,7 +532,7 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
     let spare = edges
         .into_spare_ids()
         .map(distgat_attention::RowBuffer::spare_words);
-    let new_of = renumbered.map(|(new_of, _)| new_of);
+    let new_of = renumbered.map(|(new_of, _, _)| new_of);
 
     let progress = match (&config.progress, config.on_phase) {
         (Some(p), _) => p.clone(),

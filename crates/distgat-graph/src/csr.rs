@@ -44,6 +44,30 @@ impl IncomingCsr {
         add_self_loops: bool,
         want_attention_order: bool,
     ) -> Result<(Self, Option<Vec<usize>>)> {
+        Self::build_with_scratch(
+            edges,
+            num_nodes,
+            add_self_loops,
+            want_attention_order,
+            &mut Vec::new(),
+        )
+    }
+
+    /// [`IncomingCsr::build`] whose temporary memory (8 bytes per kept edge) is the
+    /// front of `scratch`, so a caller can hand that memory on afterwards instead of
+    /// letting it be freed, and the next large array does not fault in fresh pages
+    /// (`distgat infer` reads the features into it: on the test VM a fresh page costs
+    /// more than the sort's own work, `docs/performance.md`, sixteenth session).
+    /// `scratch`'s values on entry do not matter and on return are unspecified; when it
+    /// holds fewer than two `f32`s per kept edge it is replaced by a new zeroed vector of
+    /// that length. The CSR is the same as [`IncomingCsr::build`]'s, bit for bit.
+    pub fn build_with_scratch(
+        edges: &EdgeList,
+        num_nodes: usize,
+        add_self_loops: bool,
+        want_attention_order: bool,
+        scratch: &mut Vec<f32>,
+    ) -> Result<(Self, Option<Vec<usize>>)> {
         if num_nodes > u32::MAX as usize {
             return Err(GraphError::argument(
                 "graph",
@@ -56,8 +80,13 @@ impl IncomingCsr {
         }
         let (src, dst) = (edges.src(), edges.dst());
         let keep = |k: usize| !(add_self_loops && src[k] == dst[k]);
-        let (row_ptr, col, kept_edges) =
-            blocked_counting_sort(src, dst, num_nodes, Rows::Incoming { add_self_loops })?;
+        let (row_ptr, col, kept_edges) = blocked_counting_sort(
+            src,
+            dst,
+            num_nodes,
+            Rows::Incoming { add_self_loops },
+            scratch,
+        )?;
         // PyG's attention order needs, per kept edge, its CSR position: one sequential
         // pass (only when attention coefficients are written).
         let order = want_attention_order.then(|| {
@@ -171,8 +200,13 @@ pub fn undirected_adjacency(edges: &EdgeList, num_nodes: usize) -> Result<(Vec<u
             format!("{num_nodes} nodes: node ids are indexed with 32 bits here"),
         ));
     }
-    let (offsets, entries, _) =
-        blocked_counting_sort(edges.src(), edges.dst(), num_nodes, Rows::Undirected)?;
+    let (offsets, entries, _) = blocked_counting_sort(
+        edges.src(),
+        edges.dst(),
+        num_nodes,
+        Rows::Undirected,
+        &mut Vec::new(),
+    )?;
     Ok((offsets, entries))
 }
 
@@ -190,8 +224,9 @@ pub fn undirected_adjacency(edges: &EdgeList, num_nodes: usize) -> Result<(Vec<u
 ///    kept edges per block of `2^block_shift` consecutive target rows (about 256 counters).
 /// 2. A temporary array holds, for each block in turn, chunk 0's edges of that block,
 ///    then chunk 1's, and so on; each chunk copies its kept edges into its own disjoint
-///    sub-slices in input order, as `source | target << 32` (ids are below 2^32). So each
-///    block's region lists the block's edges in input order.
+///    sub-slices in input order, as `[source, target]` (ids are below 2^32). So each
+///    block's region lists the block's edges in input order. The array is the front of
+///    `scratch`, viewed as pairs of `u32` (replaced by a zeroed vector when too short).
 /// 3. Each block then counts its rows, writes its part of `row_ptr` (its first entry is
 ///    the sum of the earlier blocks' entries) and places its region's edges into its rows
 ///    in region order, then the loops.
@@ -199,7 +234,7 @@ pub fn undirected_adjacency(edges: &EdgeList, num_nodes: usize) -> Result<(Vec<u
 /// Chunks and blocks depend only on the edge and node counts, the output of a stable sort
 /// is unique, and every task writes its own slices, so the result is the same for any
 /// thread count (tests/csr.rs checks it against a plain stable sort). Memory: 8 bytes per
-/// kept edge for the temporary array, freed on return.
+/// kept edge for the temporary array, left in `scratch` for the caller.
 ///
 /// Errors: an id `>= num_nodes` names the first such edge (callers check ids against
 /// the feature rows first, so this is a guard, not the usual report).
@@ -208,6 +243,7 @@ fn blocked_counting_sort(
     dst: &[u64],
     num_nodes: usize,
     rows: Rows,
+    scratch: &mut Vec<f32>,
 ) -> Result<(Vec<usize>, Vec<u32>, usize)> {
     use rayon::prelude::*;
     let add_self_loops = rows
@@ -271,12 +307,17 @@ fn blocked_counting_sort(
         .collect();
     let kept_edges: usize = block_edges.iter().sum();
     // Step 2: the block-major temporary array, cut into each chunk's sub-slices.
-    let mut temp = vec![0u64; kept_edges];
+    // Any bits are a valid f32, so the scratch's old values need no clearing: every pair
+    // below is written before it is read.
+    if scratch.len() < 2 * kept_edges {
+        *scratch = vec![0f32; 2 * kept_edges];
+    }
+    let temp: &mut [[u32; 2]] = bytemuck::cast_slice_mut(&mut scratch[..2 * kept_edges]);
     {
-        let mut slices: Vec<Vec<&mut [u64]>> = (0..chunks.len())
+        let mut slices: Vec<Vec<&mut [[u32; 2]]>> = (0..chunks.len())
             .map(|_| Vec::with_capacity(blocks))
             .collect();
-        let mut rest = temp.as_mut_slice();
+        let mut rest = &mut temp[..];
         for b in 0..blocks {
             for (c, count) in per_chunk.iter().enumerate() {
                 let (head, tail) = rest.split_at_mut(count[b]);
@@ -292,7 +333,8 @@ fn blocked_counting_sort(
                 for (&s, &d) in src[a..b].iter().zip(&dst[a..b]) {
                     entries(rows, s, d, |row, value| {
                         let blk = (row >> shift) as usize;
-                        out[blk][at[blk]] = value | (row << 32);
+                        // Both below 2^32: ids were checked against num_nodes.
+                        out[blk][at[blk]] = [value as u32, row as u32];
                         at[blk] += 1;
                     });
                 }
@@ -311,8 +353,7 @@ fn blocked_counting_sort(
     let mut col = vec![0u32; block_entries.iter().sum()];
     {
         let mut tasks = Vec::with_capacity(blocks);
-        let (mut regions, mut cols, mut ptrs) =
-            (temp.as_slice(), col.as_mut_slice(), &mut row_ptr[1..]);
+        let (mut regions, mut cols, mut ptrs) = (&temp[..], col.as_mut_slice(), &mut row_ptr[1..]);
         let mut base = 0usize;
         for b in 0..blocks {
             let (lo, hi) = rows_of(b);
@@ -328,8 +369,8 @@ fn blocked_counting_sort(
             .for_each(|(lo, base, region, out, ptr)| {
                 // Row r's entries first hold its count, then its running position in `out`.
                 let mut cursor = vec![0usize; ptr.len()];
-                for &e in region {
-                    cursor[(e >> 32) as usize - lo] += 1;
+                for &[_, row] in region {
+                    cursor[row as usize - lo] += 1;
                 }
                 let mut at = 0usize;
                 for (c, p) in cursor.iter_mut().zip(ptr.iter_mut()) {
@@ -338,9 +379,9 @@ fn blocked_counting_sort(
                     *p = base + at;
                     *c = start;
                 }
-                for &e in region {
-                    let r = (e >> 32) as usize - lo;
-                    out[cursor[r]] = e as u32;
+                for &[value, row] in region {
+                    let r = row as usize - lo;
+                    out[cursor[r]] = value;
                     cursor[r] += 1;
                 }
                 if add_self_loops {

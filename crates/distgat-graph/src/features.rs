@@ -50,6 +50,31 @@ impl Features {
         Self::read_matrix(path, "features", "[N, F]", true)
     }
 
+    /// The `(N, F)` of a features `.npy`, from its header alone: the same header checks
+    /// and errors as [`Features::read_npy`], before the body is read.
+    pub fn npy_shape(path: &Path) -> Result<(usize, usize)> {
+        let body = Self::open_matrix(path, "features", "[N, F]")?;
+        Ok((body.shape[0] as usize, body.shape[1] as usize))
+    }
+
+    /// [`Features::read_npy`] into `buffer`'s memory (see [`NpyBody::reusing`]: used
+    /// when the file is float32 in C order and `buffer` holds at least `N * F` values).
+    /// The same values and errors as [`Features::read_npy`].
+    pub fn read_npy_into(path: &Path, buffer: Vec<f32>) -> Result<Self> {
+        Self::read_matrix_into(path, "features", "[N, F]", false, Some(buffer))
+    }
+
+    /// `len` zeros for [`Features::read_npy_into`] to read into later, their memory
+    /// advised to use transparent huge pages when `huge_pages` (as
+    /// [`Features::read_npy_in_huge_pages`] does). The pages are untouched until used.
+    pub fn buffer(len: usize, huge_pages: bool) -> Vec<f32> {
+        let mut buffer = vec![0f32; len];
+        if huge_pages {
+            crate::npy::advise_huge_pages(bytemuck::cast_slice_mut(&mut buffer));
+        }
+        buffer
+    }
+
     /// Reads edge attributes: a float32 or float64 `[E, D]` `.npy` whose row e belongs to
     /// edge e of the graph file (PyG's `edge_attr`). Same checks as [`Features::read_npy`],
     /// with errors that say "edge features".
@@ -156,12 +181,23 @@ impl Features {
     }
 
     fn read_matrix(path: &Path, what: &str, shape: &str, huge_pages: bool) -> Result<Self> {
-        let body = Self::open_matrix(path, what, shape)?;
-        let body = if huge_pages {
-            body.in_huge_pages()
-        } else {
-            body
-        };
+        Self::read_matrix_into(path, what, shape, huge_pages, None)
+    }
+
+    fn read_matrix_into(
+        path: &Path,
+        what: &str,
+        shape: &str,
+        huge_pages: bool,
+        reuse: Option<Vec<f32>>,
+    ) -> Result<Self> {
+        let mut body = Self::open_matrix(path, what, shape)?;
+        if huge_pages {
+            body = body.in_huge_pages();
+        }
+        if let Some(buffer) = reuse {
+            body = body.reusing(buffer);
+        }
         let (n, f) = (body.shape[0] as usize, body.shape[1] as usize);
         if body.fortran_order {
             let mut values = body.read_f32(path)?;
@@ -408,6 +444,41 @@ mod tests {
         let rows = Features::read_rows(&path, "features", &[2, 0]).unwrap();
         assert_eq!(rows.values, vec![3., 6., 1., 4.]);
         assert_eq!(Features::scan(&path, "features").unwrap(), (3, 2, 1.0));
+    }
+
+    /// Reading into a caller's buffer (`read_npy_into`, as `infer` does with the CSR's
+    /// scratch) gives the file's values whatever the buffer held and however long it was:
+    /// float32 (read into the buffer, its spare length given back), float64 and Fortran
+    /// order (a new allocation); a NaN is still the error naming its row and column.
+    #[test]
+    fn read_npy_into_a_dirty_buffer_gives_the_files_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let (n, f) = (9_000usize, 131usize); // 4.7 MB: several 2 MiB read pieces
+        let values: Vec<f32> = (0..n * f).map(|i| ((i * 31) % 997) as f32 * 0.25).collect();
+        let f32_path = save(dir.path(), "a.npy", &[n as u64, f as u64], &values);
+        let wide: Vec<f64> = values.iter().map(|&v| f64::from(v)).collect();
+        let f64_path = save(dir.path(), "b.npy", &[n as u64, f as u64], &wide);
+        assert_eq!(Features::npy_shape(&f32_path).unwrap(), (n, f));
+        for path in [&f32_path, &f64_path] {
+            for (len, huge) in [(n * f + 1000, false), (n * f, true), (17, false)] {
+                let mut buffer = Features::buffer(len, huge);
+                buffer.fill(f32::from_bits(0x7fc0_0001));
+                let got = Features::read_npy_into(path, buffer).unwrap();
+                assert_eq!((got.num_nodes, got.width), (n, f));
+                assert!(got.values == values, "{} into {len}", path.display());
+                assert_eq!(got.values.capacity(), n * f, "{len}");
+            }
+        }
+        let mut bad = values.clone();
+        bad[7_000 * f + 3] = f32::INFINITY;
+        let bad_path = save(dir.path(), "bad.npy", &[n as u64, f as u64], &bad);
+        let e = Features::read_npy_into(&bad_path, vec![0f32; n * f])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("row 7000, column 3"), "{e}");
+        let flat = save(dir.path(), "flat.npy", &[n as u64], &values[..n]);
+        let e = Features::npy_shape(&flat).unwrap_err().to_string();
+        assert!(e.contains("[N, F]"), "{e}");
     }
 
     /// A NaN in a row not asked for is not read; in a row asked for, it is an error naming

@@ -62,6 +62,8 @@ pub struct NpyBody {
     /// Read the body into memory advised to use transparent huge pages
     /// ([`NpyBody::in_huge_pages`]).
     huge_pages: bool,
+    /// Memory a float32 C-order body is read into ([`NpyBody::reusing`]).
+    reuse: Option<Vec<f32>>,
 }
 
 impl NpyBody {
@@ -72,6 +74,16 @@ impl NpyBody {
     /// (`docs/performance.md`, tenth session, gives the measurement and a guess at why).
     pub fn in_huge_pages(mut self) -> Self {
         self.huge_pages = true;
+        self
+    }
+
+    /// Reads a float32 C-order body into `buffer`'s memory when it holds at least the
+    /// body's values (its values are overwritten, and its capacity beyond them is given
+    /// back): memory the caller has already touched costs no page faults, where a new
+    /// allocation's first touch faults and zero-fills every page. Any other body, or a
+    /// shorter buffer, gets a new allocation as without this call.
+    pub fn reusing(mut self, buffer: Vec<f32>) -> Self {
+        self.reuse = Some(buffer);
         self
     }
 
@@ -202,6 +214,7 @@ impl NpyBody {
             header_len,
             len,
             huge_pages: false,
+            reuse: None,
         })
     }
 
@@ -230,12 +243,22 @@ impl NpyBody {
     /// still in the cache. When several pieces fail, the error of the first one in file
     /// order is returned (so the report does not depend on the threads).
     pub fn read_f32_checked(
-        self,
+        mut self,
         path: &Path,
         check: impl Fn(usize, &[f32]) -> Result<()> + Sync,
     ) -> Result<Vec<f32>> {
         match self.dtype {
-            NpyDtype::F32 => self.read_native(path, |b: [u8; 4]| f32::from_le_bytes(b), check),
+            NpyDtype::F32 => {
+                let out = match self.reuse.take() {
+                    Some(mut buffer) if buffer.len() >= self.len => {
+                        buffer.truncate(self.len);
+                        buffer.shrink_to_fit();
+                        buffer
+                    }
+                    _ => vec![0f32; self.len],
+                };
+                self.read_native_into(path, out, |b: [u8; 4]| f32::from_le_bytes(b), check)
+            }
             NpyDtype::F64 => {
                 let values = self.read_elements(path, |b: [u8; 8]| f64::from_le_bytes(b) as f32)?;
                 check_in_pieces(&values, &check)?;
@@ -447,8 +470,22 @@ impl NpyBody {
         convert: impl Fn([u8; W]) -> T,
         check: impl Fn(usize, &[T]) -> Result<()> + Sync,
     ) -> Result<Vec<T>> {
+        let out = vec![T::zeroed(); self.len];
+        self.read_native_into(path, out, convert, check)
+    }
+
+    /// [`NpyBody::read_native`] into `out` (`self.len` values, whose old values are
+    /// overwritten).
+    fn read_native_into<T: bytemuck::Pod + Send + Sync, const W: usize>(
+        self,
+        path: &Path,
+        mut out: Vec<T>,
+        convert: impl Fn([u8; W]) -> T,
+        check: impl Fn(usize, &[T]) -> Result<()> + Sync,
+    ) -> Result<Vec<T>> {
         use rayon::prelude::*;
         debug_assert_eq!(std::mem::size_of::<T>(), W);
+        debug_assert_eq!(out.len(), self.len);
         if cfg!(target_endian = "big") || cfg!(not(unix)) {
             let values = self.read_elements(path, convert)?;
             check_in_pieces(&values, &check)?;
@@ -456,7 +493,6 @@ impl NpyBody {
         }
         let header_len = self.header_len;
         let file = self.reader.into_inner();
-        let mut out = vec![T::zeroed(); self.len];
         if self.huge_pages {
             advise_huge_pages(bytemuck::cast_slice_mut(&mut out));
         }

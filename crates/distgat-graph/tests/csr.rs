@@ -157,6 +157,49 @@ fn blocked_build_equals_the_stable_sort_reference_on_many_blocks() {
     }
 }
 
+/// The build with caller-given scratch memory (`build_with_scratch`): old values in the
+/// scratch (NaN bits, ids beyond every node, a previous build's leftovers) never leak into
+/// the CSR, a scratch too short is replaced, and one longer keeps its length, so the
+/// caller can read its features into it. Checked against the reference, not `build`.
+#[test]
+fn build_with_dirty_scratch_equals_the_stable_sort_reference() {
+    let mut next = stream(31);
+    let (n, e) = (20_000usize, 400_000usize);
+    let (mut src, mut dst) = (Vec::with_capacity(e), Vec::with_capacity(e));
+    for k in 0..e {
+        let d = (next() % n as u64) >> (next() % 3);
+        let s = if k % 37 == 0 { d } else { next() % n as u64 };
+        src.push(s);
+        dst.push(d);
+    }
+    let edges = EdgeList::from_pairs(&src, &dst);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    // Too short (replaced), exactly two values per edge, and longer than needed; each
+    // filled with bits that would show up as wrong sources or rows if read before written.
+    let lengths = [10usize, 2 * e, 2 * e + 12_345];
+    for (case, &len) in lengths.iter().enumerate() {
+        let fill = f32::from_bits(if case == 1 { 0x7fc0_0001 } else { 0xffff_ffff });
+        let mut scratch = vec![fill; len];
+        for loops in [true, false] {
+            let want = reference(&src, &dst, n, loops);
+            let (csr, _) = pool
+                .install(|| IncomingCsr::build_with_scratch(&edges, n, loops, false, &mut scratch))
+                .unwrap();
+            assert!(scratch.len() >= len.max(2 * csr.kept_edges), "case {case}");
+            assert_eq!(csr.row_ptr[0], 0);
+            for (i, row) in want.iter().enumerate() {
+                let got: Vec<u32> = csr.row(i).to_vec();
+                let expected: Vec<u32> = row.iter().map(|&(s, _)| s).collect();
+                assert_eq!(got, expected, "case {case}, row {i}, loops {loops}");
+            }
+            assert_eq!(csr.row_ptr[n], csr.num_entries());
+        }
+    }
+}
+
 /// An id beyond the node count is an error naming the edge, not a dropped edge.
 #[test]
 fn an_id_beyond_the_nodes_is_an_error() {
