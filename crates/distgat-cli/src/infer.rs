@@ -398,6 +398,21 @@ fn infer_in_pool(config: &InferConfig, threads: usize) -> Result<InferReport, In
             .into());
         }
     }
+    if edges.num_nodes > n as u64 && built.is_some() {
+        // Only --hops gets here (--knn/--radius nodes are the points, checked above): the
+        // walked graph's ids reach beyond the features. Its edge numbers are not the
+        // file's, so the file is named with its largest id instead.
+        return Err(GraphError::invalid(
+            &config.graph,
+            format!(
+                "has node ids up to {}, but {} has only {n} feature rows (one row per node; \
+                 --hops walks this graph)",
+                edges.num_nodes - 1,
+                config.features.display()
+            ),
+        )
+        .into());
+    }
     if edges.num_nodes > n as u64 {
         edges.check_ids(
             n as u64,

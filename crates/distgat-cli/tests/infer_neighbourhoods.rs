@@ -276,6 +276,29 @@ fn neighbourhood_options_given_wrongly_are_refused_by_name() {
         &["--edge-features", "--knn"],
         dir,
     );
+    // --hops over a graph whose ids reach beyond the features' rows: named by the file
+    // and its largest id (the walked graph's edge numbers are not the file's).
+    let few = s(&other);
+    refused(
+        &[
+            "--graph",
+            g,
+            "--hops",
+            "2",
+            "--features",
+            few,
+            "--model",
+            m,
+            "--out",
+            o,
+        ],
+        &[
+            "edge_index.npy",
+            "node ids up to 399",
+            "has only 200 feature rows",
+        ],
+        dir,
+    );
     // --hops without a graph to walk.
     refused(
         &[&["--points", p, "--hops", "2"][..], &base[..]].concat(),

@@ -51,9 +51,19 @@ impl Features {
     }
 
     /// The `(N, F)` of a features `.npy`, from its header alone: the same header checks
-    /// and errors as [`Features::read_npy`], before the body is read.
+    /// and errors as [`Features::read_npy`] (shape, size, and a float32 or float64
+    /// dtype), before the body is read.
     pub fn npy_shape(path: &Path) -> Result<(usize, usize)> {
         let body = Self::open_matrix(path, "features", "[N, F]")?;
+        if !matches!(body.dtype, NpyDtype::F32 | NpyDtype::F64) {
+            return Err(GraphError::format(
+                path,
+                format!(
+                    "dtype {} where float32 or float64 was expected",
+                    body.dtype.name()
+                ),
+            ));
+        }
         Ok((body.shape[0] as usize, body.shape[1] as usize))
     }
 
@@ -479,6 +489,9 @@ mod tests {
         let flat = save(dir.path(), "flat.npy", &[n as u64], &values[..n]);
         let e = Features::npy_shape(&flat).unwrap_err().to_string();
         assert!(e.contains("[N, F]"), "{e}");
+        let ints = save(dir.path(), "ints.npy", &[2, 3], &[1i64, 2, 3, 4, 5, 6]);
+        let e = Features::npy_shape(&ints).unwrap_err().to_string();
+        assert!(e.contains("dtype int64 where float32 or float64"), "{e}");
     }
 
     /// A NaN in a row not asked for is not read; in a row asked for, it is an error naming
