@@ -181,11 +181,15 @@ impl EdgeList {
             } else {
                 ("target", pos - e)
             };
+            let allowed = match num_nodes {
+                0 => "there are no nodes, so no edge can be given".to_string(),
+                n => format!("ids must be 0 to {}", n - 1),
+            };
             return Err(GraphError::invalid(
                 path,
                 format!(
                     "edge {k}: {row} id {} is beyond the node count {num_nodes} given by \
-                     {node_count_source} (ids must be 0..{num_nodes})",
+                     {node_count_source} ({allowed})",
                     self.ids[pos]
                 ),
             ));

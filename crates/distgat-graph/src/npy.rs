@@ -92,10 +92,10 @@ impl NpyBody {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| GraphError::io(path, e))?;
         let meta = file.metadata().map_err(|e| GraphError::io(path, e))?;
-        if !meta.is_file() {
+        if let Some(what) = crate::files::irregular_kind(&meta) {
             return Err(GraphError::argument(
                 path.display().to_string(),
-                "is not a regular file (a directory?)",
+                format!("is not a regular file ({what}); .npy inputs are read by position"),
             ));
         }
         let file_len = meta.len();
