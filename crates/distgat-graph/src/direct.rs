@@ -1,10 +1,10 @@
 //! Writing a large output around the page cache (Linux `O_DIRECT`), for
-//! [`crate::NpyRowsFile`].
+//! [`crate::NpyRowsFile`] and [`crate::write_npy`] (bodies of 16 MiB or more).
 //!
 //! A buffered write of a 1.28 GB output costs the writing threads a fresh page-cache page
 //! per 4 KiB (allocation, on a VM often a hypervisor fault, and a copy), and the kernel's
-//! writeback later. Measured on the project's 2-core VM with `dd` (1.28 GB, 2 MiB blocks):
-//! buffered 3.1-3.4 s, `O_DIRECT` 0.9-1.2 s with 0.24 s of system time. `O_DIRECT` needs
+//! writeback later. Measured on the project's 2-core VM with `dd` (1.28 GB; docs/performance.md):
+//! buffered 3.1-3.4 s, `O_DIRECT` 0.78-1.16 s with 0.24 s of system time. `O_DIRECT` needs
 //! block-aligned offsets, lengths and memory, while rows arrive as row ranges of any size
 //! from any thread, so the file is cut into aligned segments of [`SEGMENT_BYTES`]: the
 //! bytes of a segment are gathered in a staging buffer, and the segment is written by a
