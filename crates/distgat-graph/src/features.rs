@@ -55,15 +55,7 @@ impl Features {
     /// dtype), before the body is read.
     pub fn npy_shape(path: &Path) -> Result<(usize, usize)> {
         let body = Self::open_matrix(path, "features", "[N, F]")?;
-        if !matches!(body.dtype, NpyDtype::F32 | NpyDtype::F64) {
-            return Err(GraphError::format(
-                path,
-                format!(
-                    "dtype {} where float32 or float64 was expected",
-                    body.dtype.name()
-                ),
-            ));
-        }
+        body.expect_float(path)?;
         Ok((body.shape[0] as usize, body.shape[1] as usize))
     }
 

@@ -264,14 +264,27 @@ impl NpyBody {
                 check_in_pieces(&values, &check)?;
                 Ok(values)
             }
-            other => Err(GraphError::format(
-                path,
-                format!(
-                    "dtype {} where float32 or float64 was expected",
-                    other.name()
-                ),
-            )),
+            _ => Err(self.not_float(path)),
         }
+    }
+
+    /// `Ok` for a float32 or float64 body, else the error naming `path` and the dtype
+    /// found (the one every float reader gives).
+    pub fn expect_float(&self, path: &Path) -> Result<()> {
+        match self.dtype {
+            NpyDtype::F32 | NpyDtype::F64 => Ok(()),
+            _ => Err(self.not_float(path)),
+        }
+    }
+
+    fn not_float(&self, path: &Path) -> GraphError {
+        GraphError::format(
+            path,
+            format!(
+                "dtype {} where float32 or float64 was expected",
+                self.dtype.name()
+            ),
+        )
     }
 
     /// Streams a float32 or float64 body (float64 rounded to nearest) in blocks of whole
@@ -284,18 +297,8 @@ impl NpyBody {
         row_len: usize,
         mut f: impl FnMut(usize, &[f32]) -> Result<bool>,
     ) -> Result<()> {
-        let size = match self.dtype {
-            NpyDtype::F32 | NpyDtype::F64 => self.dtype.size(),
-            other => {
-                return Err(GraphError::format(
-                    path,
-                    format!(
-                        "dtype {} where float32 or float64 was expected",
-                        other.name()
-                    ),
-                ))
-            }
-        };
+        self.expect_float(path)?;
+        let size = self.dtype.size();
         let row_len = row_len.max(1);
         let rows = self.len / row_len;
         // No rows: nothing to size a buffer by (a `[0, 2^40]` header is 128 bytes).
@@ -763,22 +766,11 @@ where
             file.as_file().set_len(len)?;
             std::os::unix::fs::FileExt::write_all_at(file.as_file(), &header, 0)?;
             // A large body goes around the page cache, as `NpyRowsFile`'s does.
-            let segment = crate::direct::SEGMENT_BYTES;
-            let direct = (body.len() >= 4 * segment)
-                .then(|| {
-                    crate::direct::DirectWriter::open(
-                        file.temp_path(),
-                        file.as_file(),
-                        len,
-                        segment,
-                    )
-                })
-                .flatten();
+            let direct = staged_writer(&file, &header, len, crate::direct::SEGMENT_BYTES);
             let Some(direct) = direct else {
                 return write_all_at_par(file.as_file(), header.len() as u64, body);
             };
             use rayon::prelude::*;
-            direct.write_at(&header, 0);
             body.par_chunks(WRITE_PIECE)
                 .enumerate()
                 .for_each(|(k, piece)| {
@@ -798,6 +790,26 @@ where
     })();
     result.map_err(|e| GraphError::io(path, e))?;
     file.commit()
+}
+
+/// The direct writer (see `direct.rs`) of `file`'s temp file of `len` bytes, whose
+/// `header` is already written plainly, when the body after it spans at least four
+/// segments of `segment` bytes; `None` otherwise or where `O_DIRECT` is refused. The
+/// header is staged into segment 0 too, as that segment's direct write covers it.
+#[cfg(unix)]
+fn staged_writer(
+    file: &AtomicFile,
+    header: &[u8],
+    len: u64,
+    segment: usize,
+) -> Option<crate::direct::DirectWriter> {
+    let body = len - header.len() as u64;
+    if body < 4 * segment as u64 {
+        return None;
+    }
+    let direct = crate::direct::DirectWriter::open(file.temp_path(), file.as_file(), len, segment)?;
+    direct.write_at(header, 0);
+    Some(direct)
 }
 
 /// A float32 C-order `[rows, width]` `.npy` output filled by row ranges, in any order and
@@ -848,17 +860,8 @@ impl NpyRowsFile {
             std::os::unix::fs::FileExt::write_all_at(file.as_file(), &header, 0)
         })()
         .map_err(|e| GraphError::io(path, e))?;
-        let len = header.len() as u64 + body;
-        let direct = (body >= 4 * segment as u64)
-            .then(|| {
-                crate::direct::DirectWriter::open(file.temp_path(), file.as_file(), len, segment)
-            })
-            .flatten();
-        if let Some(direct) = &direct {
-            // The header is on disk already (for `write_all`, which drops staged bytes);
-            // segment 0 holds it too, as its direct write covers it.
-            direct.write_at(&header, 0);
-        }
+        // The header is on disk already (for `write_all`, which drops staged bytes).
+        let direct = staged_writer(&file, &header, header.len() as u64 + body, segment);
         Ok(NpyRowsFile {
             direct,
             file,
