@@ -565,6 +565,59 @@ pub(crate) fn prefetch_distance(width: usize) -> usize {
     (PREFETCH_BYTES / (4 * width.max(1))).clamp(PREFETCH_DISTANCE, 64)
 }
 
+/// Bytes of source rows requested ahead into the L2 cache by [`prefetch_ahead_to_l2`]:
+/// 48 rows of 512 bytes. At 1M nodes / 10M edges with 4 x 32 heads, GATConv's pass 2
+/// took 0.94-0.99 s with 16-32 KiB ahead into L2, against 1.18-1.22 s with 4 KiB (or
+/// 12 KiB) ahead into L1 (docs/performance.md, seventeenth session).
+const L2_PREFETCH_BYTES: usize = 24 << 10;
+
+/// How many CSR entries ahead [`prefetch_ahead_to_l2`] requests rows of `width` `f32`s:
+/// [`L2_PREFETCH_BYTES`] of rows, no fewer than [`PREFETCH_DISTANCE`] entries and no
+/// more than 64.
+pub(crate) fn l2_prefetch_distance(width: usize) -> usize {
+    (L2_PREFETCH_BYTES / (4 * width.max(1))).clamp(PREFETCH_DISTANCE, 64)
+}
+
+/// Requests `row` into the L2 cache (`prefetcht1`). A request into L1 (`prefetcht0`)
+/// waits for one of the core's few L1 fill buffers when they are all busy, which caps
+/// the lines in flight; measured on this Xeon, wide (512-byte) random rows arrive
+/// faster requested into L2 from further ahead. Narrow rows (128 bytes, whose scores
+/// pass 1 computes from the row) did better with [`prefetch_row`] (same measurement).
+#[inline(always)]
+pub(crate) fn prefetch_row_to_l2(row: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in row.chunks(16) {
+        // SAFETY: as in `prefetch_row`: a prefetch is only a cache hint (it never
+        // faults and has no observable effect on memory), of an address from a live
+        // slice; SSE is part of the x86_64 baseline.
+        #[allow(unsafe_code)]
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+            _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast::<i8>());
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
+}
+
+/// [`prefetch_ahead`] into the L2 cache ([`prefetch_row_to_l2`]); `distance` from
+/// [`l2_prefetch_distance`].
+#[inline(always)]
+pub(crate) fn prefetch_ahead_to_l2(
+    csr: &IncomingCsr,
+    entry: usize,
+    distance: usize,
+    source: &[f32],
+    width: usize,
+) {
+    if let Some(&ahead) = csr.col.get(entry + distance) {
+        let a = ahead as usize * width;
+        if let Some(row) = source.get(a..a + width) {
+            prefetch_row_to_l2(row);
+        }
+    }
+}
+
 #[inline(always)]
 pub(crate) fn prefetch_row(row: &[f32]) {
     #[cfg(target_arch = "x86_64")]
