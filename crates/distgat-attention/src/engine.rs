@@ -411,7 +411,7 @@ fn run_local(
         None => None,
     };
     let mut alpha_csr = want_attention.then(|| vec![0f32; view.csr.num_entries() * layer.heads()]);
-    let aux = source_aux(layer, &source);
+    let aux = source_aux(layer, &source, exec);
     let inputs = RowInputs {
         source: &source,
         source_aux: &aux,

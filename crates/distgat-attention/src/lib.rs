@@ -37,8 +37,8 @@ pub use gatv2::GatV2Conv;
 pub use global::{relative_frobenius_error, Blocks, GlobalAttention, GlobalKind, Method};
 pub use gps::{GpsActivation, GpsConv, GpsNorm};
 pub use kind::{
-    aggregate_into, aggregate_to_sink, source_aux, transform_in_place, transform_into,
-    AttentionKind, FillValue, HaloPayload, RowInputs, Scratch,
+    aggregate_into, aggregate_to_sink, fill_source_aux_in, source_aux, transform_in_place,
+    transform_into, AttentionKind, FillValue, HaloPayload, RowInputs, Scratch,
 };
 pub use model::{Activation, Layer, Model, ModelFiles, WeightsBytes};
 pub use progress::{FinalRowsSink, Progress, ProgressSnapshot};

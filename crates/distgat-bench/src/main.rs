@@ -297,7 +297,7 @@ fn kernel_child(dir: &Path, repeats: usize, threads: usize) -> anyhow::Result<()
                 &mut target,
             );
             let t1 = Instant::now();
-            let aux = distgat_attention::source_aux(layer, &source);
+            let aux = distgat_attention::source_aux(layer, &source, Execution::Parallel);
             let inputs = RowInputs {
                 source: &source,
                 source_aux: &aux,
@@ -398,6 +398,7 @@ fn layer(args: LayerArgs) -> anyhow::Result<()> {
                 seed: 42,
             };
             synth::write_case(&dir, &spec)?;
+            sync_files_in(&dir)?;
 
             eprintln!("  kernels ({} repeats)", args.repeats);
             let exe = std::env::current_exe()?;
@@ -844,6 +845,18 @@ fn max_abs_diff(a: &Path, b: &Path) -> anyhow::Result<f64> {
         .zip(&b.values)
         .map(|(x, y)| (x - y).abs() as f64)
         .fold(0.0, f64::max))
+}
+
+/// Flushes every file in `dir` to the disk, so that no timed run shares the machine with
+/// the kernel's writeback of the 0.7 GB of inputs the bench has just written.
+fn sync_files_in(dir: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 /// (streaming read GB/s, random 512-byte row gather GB/s) with `threads` threads: the

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use std::borrow::Cow;
 
 use distgat_attention::{
-    aggregate_into, aggregate_to_sink, entry_edge_attr, transform_into, AttentionKind, Collective,
-    Execution, FinalRowsSink, HaloPayload, Layer, Model, Progress, RowBuffer, RowInputs,
+    aggregate_into, aggregate_to_sink, entry_edge_attr, fill_source_aux_in, transform_into,
+    AttentionKind, Collective, Execution, FinalRowsSink, HaloPayload, Layer, Model, Progress,
+    RowBuffer, RowInputs,
 };
 use distgat_graph::{Features, IncomingCsr};
 use distgat_partition::{EdgeIds, PartPlan, PartitionDir};
@@ -568,9 +569,14 @@ impl Part<'_> {
         let view = &self.splits[&layer.add_self_loops()];
         let aw = layer.source_aux_width();
         let mut aux = vec![0f32; n_local * aw];
-        if aw > 0 {
-            layer.fill_source_aux(&source[..n_owned * sw], &mut aux[..n_owned * aw]);
-        }
+        pool.install(|| {
+            fill_source_aux_in(
+                layer,
+                &source[..n_owned * sw],
+                &mut aux[..n_owned * aw],
+                Execution::Parallel,
+            )
+        });
         let mut alpha: Vec<(Vec<i64>, Vec<f32>)> = Vec::new();
         let mut compute = started.elapsed();
         let mut wait = Duration::ZERO;
@@ -595,9 +601,14 @@ impl Part<'_> {
                 place_halo(layer, plan, &self.halo_blocks, chunks, raw, pool, source)?;
             // Their payload buffers serve the next layer's halo rows.
             self.mailbox.recycle(placed_chunks);
-            if aw > 0 {
-                layer.fill_source_aux(&source[n_owned * sw..], &mut aux[n_owned * aw..]);
-            }
+            pool.install(|| {
+                fill_source_aux_in(
+                    layer,
+                    &source[n_owned * sw..],
+                    &mut aux[n_owned * aw..],
+                    Execution::Parallel,
+                )
+            });
             placed = t.elapsed();
             Ok(placed)
         };
