@@ -295,18 +295,35 @@ impl GatConv {
                 exponentiate(weights, &scratch.max, &mut scratch.sum);
                 // Pass 2: the weighted sum of source rows. (When pass 1 computed the
                 // scores from the rows, it prefetched them already.)
-                let sum = WeightedSum {
-                    csr,
-                    row_start,
-                    ahead: (!scores_from_rows).then_some(ahead_to_l2),
-                    sources,
-                    weights,
-                    source: inputs.source,
-                    width: sw,
-                };
-                match registers {
-                    Some(shape) => shape.weighted_sum(&sum, h, &mut scratch.acc),
-                    None => sum.run_in_memory(h, c, &mut scratch.acc),
+                if scores_from_rows {
+                    // Narrow rows, already prefetched by pass 1: the plain loop (with the
+                    // register loop or this loop inside `WeightedSum`, the aggregation at
+                    // 10M nodes / 100M edges with 4 x 8 heads was 7-15% slower).
+                    scratch.acc.fill(0.0);
+                    for (&j, w) in sources.iter().zip(weights.chunks_exact(h)) {
+                        let z = &inputs.source[j as usize * sw..(j as usize + 1) * sw];
+                        for head in 0..h {
+                            let wh = w[head];
+                            let acc = &mut scratch.acc[head * c..(head + 1) * c];
+                            for (a, &zv) in acc.iter_mut().zip(&z[head * c..(head + 1) * c]) {
+                                *a += wh * zv;
+                            }
+                        }
+                    }
+                } else {
+                    let sum = WeightedSum {
+                        csr,
+                        row_start,
+                        ahead: Some(ahead_to_l2),
+                        sources,
+                        weights,
+                        source: inputs.source,
+                        width: sw,
+                    };
+                    match registers {
+                        Some(shape) => shape.weighted_sum(&sum, h, &mut scratch.acc),
+                        None => sum.run_in_memory(h, c, &mut scratch.acc),
+                    }
                 }
                 for s in scratch.sum.iter_mut() {
                     *s = 1.0 / (*s + SOFTMAX_EPS);
@@ -376,9 +393,8 @@ impl WeightedSum<'_> {
     /// `HC = 128`) instead of loading and storing it for every entry. Block `b` of `L`
     /// lanes belongs to head `head_of[b]`. The same additions in the same order as
     /// [`WeightedSum::run_in_memory`], hence the same bits. At 1M nodes / 10M edges
-    /// with 4 x 32 heads this took the aggregation from 1.29-1.33 s to 1.19-1.22 s,
-    /// and with 4 x 8 heads from 0.39-0.43 s to 0.34-0.39 s a layer (docs/performance.md,
-    /// seventeenth session).
+    /// with 4 x 32 heads this took the aggregation from 1.29-1.33 s to 1.19-1.22 s
+    /// (docs/performance.md, seventeenth session).
     #[inline(always)]
     fn run_in_registers<const HC: usize, const L: usize>(
         &self,
@@ -406,8 +422,9 @@ impl WeightedSum<'_> {
 }
 
 /// The row shapes whose pass 2 runs with its accumulator in registers
-/// ([`WeightedSum::run_in_registers`]): `H*C` of 32, 64, 128 or 256 floats, `C` a
-/// multiple of 8, the source rows exactly `H*C` wide.
+/// ([`WeightedSum::run_in_registers`]): `H*C` of 128 or 256 floats (narrower rows take
+/// the plain loop: their scores come from the rows), `C` a multiple of 8, the source
+/// rows exactly `H*C` wide.
 #[derive(Clone, Copy)]
 struct RegisterShape {
     hc: usize,
@@ -420,7 +437,7 @@ struct RegisterShape {
 impl RegisterShape {
     fn of(hc: usize, c: usize, width: usize) -> Option<Self> {
         let lanes = if c.is_multiple_of(16) { 16 } else { 8 };
-        if !matches!(hc, 32 | 64 | 128 | 256) || !c.is_multiple_of(lanes) || width != hc {
+        if !matches!(hc, 128 | 256) || !c.is_multiple_of(lanes) || width != hc {
             return None;
         }
         let mut head_of = [0u8; 32];
@@ -434,10 +451,6 @@ impl RegisterShape {
     fn weighted_sum(&self, sum: &WeightedSum<'_>, h: usize, acc: &mut [f32]) {
         let head_of = &self.head_of[..self.hc / self.lanes];
         match (self.hc, self.lanes) {
-            (32, 8) => sum.run_in_registers::<32, 8>(h, head_of, acc),
-            (32, 16) => sum.run_in_registers::<32, 16>(h, head_of, acc),
-            (64, 8) => sum.run_in_registers::<64, 8>(h, head_of, acc),
-            (64, 16) => sum.run_in_registers::<64, 16>(h, head_of, acc),
             (128, 8) => sum.run_in_registers::<128, 8>(h, head_of, acc),
             (128, 16) => sum.run_in_registers::<128, 16>(h, head_of, acc),
             (256, 8) => sum.run_in_registers::<256, 8>(h, head_of, acc),
@@ -468,12 +481,6 @@ mod tests {
     #[test]
     fn weighted_sum_in_registers_has_the_in_memory_bits() {
         let admitted = [
-            (4, 8),
-            (1, 32),
-            (2, 16),
-            (8, 8),
-            (4, 16),
-            (2, 32),
             (4, 32),
             (16, 8),
             (8, 16),
@@ -544,6 +551,7 @@ mod tests {
         }
         // Not admitted: another width, C not a multiple of 8, rows wider than H*C.
         assert!(RegisterShape::of(96, 32, 96).is_none());
+        assert!(RegisterShape::of(64, 16, 64).is_none());
         assert!(RegisterShape::of(32, 4, 32).is_none());
         assert!(RegisterShape::of(128, 32, 132).is_none());
         assert!(RegisterShape::of(512, 64, 512).is_none());
