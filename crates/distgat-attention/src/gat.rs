@@ -463,17 +463,7 @@ impl RegisterShape {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A deterministic pseudo-random stream in [-1, 1).
-    fn stream(seed: u64) -> impl FnMut() -> f32 {
-        let mut state = seed | 1;
-        move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        }
-    }
+    use crate::kind::tests::stream;
 
     /// Pass 2 with the accumulator in registers gives the in-memory loop's bits for every
     /// admitted shape (and both lane widths), and both agree with a float64 sum; shapes

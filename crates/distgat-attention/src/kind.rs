@@ -606,48 +606,22 @@ pub(crate) fn l2_prefetch_distance(width: usize) -> usize {
     (L2_PREFETCH_BYTES / (4 * width.max(1))).clamp(PREFETCH_DISTANCE, 64)
 }
 
-/// Requests `row` into the L2 cache (`prefetcht1`). A request into L1 (`prefetcht0`)
-/// waits for one of the core's few L1 fill buffers when they are all busy, which caps
-/// the lines in flight; measured on this Xeon, wide (512-byte) random rows arrive
-/// faster requested into L2 from further ahead. Narrow rows (128 bytes, whose scores
-/// pass 1 computes from the row) did better with [`prefetch_row`] (same measurement).
-#[inline(always)]
-pub(crate) fn prefetch_row_to_l2(row: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in row.chunks(16) {
-        // SAFETY: as in `prefetch_row`: a prefetch is only a cache hint (it never
-        // faults and has no observable effect on memory), of an address from a live
-        // slice; SSE is part of the x86_64 baseline.
-        #[allow(unsafe_code)]
-        unsafe {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-            _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast::<i8>());
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = row;
+/// The cache level a prefetch requests a row into.
+#[derive(Clone, Copy)]
+enum CacheLevel {
+    /// `prefetcht0`.
+    L1,
+    /// `prefetcht1`. A request into L1 waits for one of the core's few L1 fill buffers
+    /// when they are all busy, which caps the lines in flight; measured on this Xeon,
+    /// wide (512-byte) random rows arrive faster requested into L2 from further ahead.
+    /// Narrow rows (128 bytes, whose scores GATConv's pass 1 computes from the row) did
+    /// better into L1 (docs/performance.md, seventeenth session).
+    L2,
 }
 
-/// [`prefetch_ahead`] into the L2 cache ([`prefetch_row_to_l2`]); `distance` from
-/// [`l2_prefetch_distance`].
+/// Requests every cache line of `row` into `level`.
 #[inline(always)]
-pub(crate) fn prefetch_ahead_to_l2(
-    csr: &IncomingCsr,
-    entry: usize,
-    distance: usize,
-    source: &[f32],
-    width: usize,
-) {
-    if let Some(&ahead) = csr.col.get(entry + distance) {
-        let a = ahead as usize * width;
-        if let Some(row) = source.get(a..a + width) {
-            prefetch_row_to_l2(row);
-        }
-    }
-}
-
-#[inline(always)]
-pub(crate) fn prefetch_row(row: &[f32]) {
+fn prefetch_lines(row: &[f32], level: CacheLevel) {
     #[cfg(target_arch = "x86_64")]
     for line in row.chunks(16) {
         // SAFETY: a prefetch is only a cache hint: it never faults, reads nothing into the
@@ -655,16 +629,45 @@ pub(crate) fn prefetch_row(row: &[f32]) {
         // slice besides. SSE (which `_mm_prefetch` needs) is part of the x86_64 baseline.
         #[allow(unsafe_code)]
         unsafe {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast::<i8>());
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+            let p = line.as_ptr().cast::<i8>();
+            match level {
+                CacheLevel::L1 => _mm_prefetch::<_MM_HINT_T0>(p),
+                CacheLevel::L2 => _mm_prefetch::<_MM_HINT_T1>(p),
+            }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = row;
+    let _ = (row, level);
 }
 
-/// Prefetches the source row of the CSR entry `entry + distance` (across row boundaries:
-/// rows are often shorter than the distance); `distance` from [`prefetch_distance`].
+/// Requests `row` into the L1 cache.
+#[inline(always)]
+pub(crate) fn prefetch_row(row: &[f32]) {
+    prefetch_lines(row, CacheLevel::L1);
+}
+
+/// Requests the source row of the CSR entry `entry + distance` into `level` (across row
+/// boundaries: rows are often shorter than the distance).
+#[inline(always)]
+fn prefetch_entry(
+    csr: &IncomingCsr,
+    entry: usize,
+    distance: usize,
+    source: &[f32],
+    width: usize,
+    level: CacheLevel,
+) {
+    if let Some(&ahead) = csr.col.get(entry + distance) {
+        let a = ahead as usize * width;
+        if let Some(row) = source.get(a..a + width) {
+            prefetch_lines(row, level);
+        }
+    }
+}
+
+/// Prefetches the source row of the CSR entry `entry + distance` into L1; `distance`
+/// from [`prefetch_distance`].
 #[inline(always)]
 pub(crate) fn prefetch_ahead(
     csr: &IncomingCsr,
@@ -673,12 +676,19 @@ pub(crate) fn prefetch_ahead(
     source: &[f32],
     width: usize,
 ) {
-    if let Some(&ahead) = csr.col.get(entry + distance) {
-        let a = ahead as usize * width;
-        if let Some(row) = source.get(a..a + width) {
-            prefetch_row(row);
-        }
-    }
+    prefetch_entry(csr, entry, distance, source, width, CacheLevel::L1);
+}
+
+/// [`prefetch_ahead`] into the L2 cache; `distance` from [`l2_prefetch_distance`].
+#[inline(always)]
+pub(crate) fn prefetch_ahead_to_l2(
+    csr: &IncomingCsr,
+    entry: usize,
+    distance: usize,
+    source: &[f32],
+    width: usize,
+) {
+    prefetch_entry(csr, entry, distance, source, width, CacheLevel::L2);
 }
 
 /// Lanes of [`dot_lanes`]: one AVX register of f32.
@@ -780,7 +790,7 @@ pub(crate) fn add_into(row: &mut [f32], v: &[f32]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use distgat_graph::EdgeList;
 
     use super::*;
@@ -788,7 +798,7 @@ mod tests {
     use crate::{GatConv, GatV2Conv, TransformerConv};
 
     /// A deterministic pseudo-random stream in [-1, 1).
-    fn stream(seed: u64) -> impl FnMut() -> f32 {
+    pub(crate) fn stream(seed: u64) -> impl FnMut() -> f32 {
         let mut state = seed | 1;
         move || {
             state ^= state << 13;
