@@ -293,8 +293,7 @@ impl GatConv {
                     }
                 }
                 exponentiate(weights, &scratch.max, &mut scratch.sum);
-                // Pass 2: the weighted sum of source rows. (When pass 1 computed the
-                // scores from the rows, it prefetched them already.)
+                // Pass 2: the weighted sum of source rows.
                 if scores_from_rows {
                     // Narrow rows, already prefetched by pass 1: the plain loop (with the
                     // register loop or this loop inside `WeightedSum`, the aggregation at
@@ -314,7 +313,7 @@ impl GatConv {
                     let sum = WeightedSum {
                         csr,
                         row_start,
-                        ahead: Some(ahead_to_l2),
+                        ahead: ahead_to_l2,
                         sources,
                         weights,
                         source: inputs.source,
@@ -351,9 +350,8 @@ struct WeightedSum<'a> {
     csr: &'a IncomingCsr,
     /// The CSR entry of `sources[0]`.
     row_start: usize,
-    /// Entries ahead to prefetch source rows into L2 ([`l2_prefetch_distance`]), or
-    /// `None` when pass 1 already prefetched them.
-    ahead: Option<usize>,
+    /// Entries ahead to prefetch source rows into L2 ([`l2_prefetch_distance`]).
+    ahead: usize,
     sources: &'a [u32],
     /// `[sources.len(), H]` softmax numerators.
     weights: &'a [f32],
@@ -365,9 +363,8 @@ struct WeightedSum<'a> {
 impl WeightedSum<'_> {
     #[inline(always)]
     fn prefetch(&self, k: usize) {
-        if let Some(ahead) = self.ahead {
-            prefetch_ahead_to_l2(self.csr, self.row_start + k, ahead, self.source, self.width);
-        }
+        let (ahead, width) = (self.ahead, self.width);
+        prefetch_ahead_to_l2(self.csr, self.row_start + k, ahead, self.source, width);
     }
 
     /// Any shape: the `[H*C]` accumulator `acc` lives in memory (L1).
@@ -485,8 +482,8 @@ mod tests {
             assert!(RegisterShape::of(hc, c, hc).is_some(), "{h} x {c}");
             let mut next = stream((h * 1000 + c) as u64);
             let n = 37;
-            // Rows of 0 to 40 entries with repeats; one row longer than the prefetch
-            // distance reaches across row ends.
+            // Rows of 0 to 40 entries with repeats; the prefetches reach across row
+            // ends and past the last entry.
             let mut row_ptr = vec![0usize];
             let mut col = Vec::new();
             for i in 0..n {
@@ -510,7 +507,7 @@ mod tests {
                 let sum = WeightedSum {
                     csr: &csr,
                     row_start: start,
-                    ahead: Some(l2_prefetch_distance(hc)),
+                    ahead: l2_prefetch_distance(hc),
                     sources,
                     weights: &weights,
                     source: &source,
