@@ -182,5 +182,22 @@ for gen in "$tmp"/attn-cases/*/; do
   compare_tree "$gen" "$here/$name" "$name"
 done
 
+# This repository's own case, made with the founders' generator: pass 2's register
+# accumulator (`H*C` of 128 and 256, 8- and 16-lane blocks, TransformerConv's values after
+# its keys) checked against PyG; the founders' public cases have narrower heads.
+name=wide-heads-n120
+if [ -d "$here/$name" ]; then
+  echo "== $name"
+  run "$tmp/$name.log" "$py" tools/attention_reference.py case --out "$tmp/$name" --name "$name" \
+    --seed 207 --graph er --n 120 --avg-degree 6 --dups 2 --self-loops 2 --isolated 2 \
+    --features 16 \
+    --description "pass 2 in registers: GATConv 4x32 (wide rows), GATv2Conv 16x8, TransformerConv 2x128 (values after keys), GATv2Conv 2x64 mean" \
+    --layer "GATConv out_channels=32 heads=4 concat=true" \
+    --layer "GATv2Conv out_channels=8 heads=16 concat=true" \
+    --layer "TransformerConv out_channels=128 heads=2 concat=true" \
+    --layer "GATv2Conv out_channels=64 heads=2 concat=false"
+  compare_tree "$tmp/$name" "$here/$name" "$name"
+fi
+
 echo "$((checked - failures)) passed, $failures failed"
 [ "$failures" = 0 ]

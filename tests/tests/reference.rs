@@ -145,6 +145,13 @@ fn transformer_with_beta_and_edge_features_matches_pyg() {
 }
 
 #[test]
+fn wide_heads_with_pass_two_in_registers_match_pyg() {
+    // H*C of 128 (16- and 8-lane blocks) and 256, TransformerConv's value rows after its
+    // keys: the shapes whose weighted sum keeps its accumulator in registers.
+    check_case("wide-heads-n120");
+}
+
+#[test]
 fn transformer_mean_without_root_matches_pyg() {
     // The file's unused lin_skip is accepted (PyG keeps it and never reads it).
     check_case("transformer-mean-noroot-n150");
@@ -172,6 +179,7 @@ fn layer_outputs_match_pyg_layer_by_layer() {
         "gatv2-shared-edge-noloops-n150",
         "transformer-edge-beta-n200",
         "transformer-mean-noroot-n150",
+        "wide-heads-n120",
     ] {
         let dir = reference_case(case);
         let (want_shape, want) = read_f64(&dir.join("expected/layer0_out.npy"));

@@ -19,9 +19,10 @@ use distgat_graph::IncomingCsr;
 use crate::dense::{dot, Linear};
 use crate::kind::{
     add_into, combine_heads, exponentiate, l2_prefetch_distance, leaky_relu, prefetch_ahead,
-    prefetch_ahead_to_l2, prefetch_distance, prefetch_row, write_alpha, AttentionKind, FillValue,
-    RowInputs, Scratch, SOFTMAX_EPS,
+    prefetch_distance, prefetch_row, write_alpha, AttentionKind, FillValue, RowInputs, Scratch,
+    SOFTMAX_EPS,
 };
+use crate::weighted_sum::{weighted_sum, RegisterShape, WeightedSum};
 
 /// Pass 1 reads only `H` scores per entry, so it prefetches further ahead.
 const SCORE_PREFETCH_DISTANCE: usize = 32;
@@ -239,7 +240,8 @@ impl GatConv {
         scratch.row.resize(h, 0.0);
         let ahead = prefetch_distance(sw);
         let ahead_to_l2 = l2_prefetch_distance(sw);
-        let registers = RegisterShape::of(hc, c, sw);
+        // The register loop needs the rows to be exactly the summed `H*C` values.
+        let registers = RegisterShape::of(hc, c).filter(|_| sw == hc);
         for (local, i) in rows.enumerate() {
             let sources = csr.row(i);
             let row_start = csr.row_ptr[i];
@@ -310,7 +312,7 @@ impl GatConv {
                         }
                     }
                 } else {
-                    let sum = WeightedSum {
+                    let sum = WeightedSum::<true> {
                         csr,
                         row_start,
                         ahead: ahead_to_l2,
@@ -318,11 +320,9 @@ impl GatConv {
                         weights,
                         source: inputs.source,
                         width: sw,
+                        offset: 0,
                     };
-                    match registers {
-                        Some(shape) => shape.weighted_sum(&sum, h, &mut scratch.acc),
-                        None => sum.run_in_memory(h, c, &mut scratch.acc),
-                    }
+                    weighted_sum(registers, &sum, h, c, &mut scratch.acc);
                 }
                 for s in scratch.sum.iter_mut() {
                     *s = 1.0 / (*s + SOFTMAX_EPS);
@@ -340,207 +340,5 @@ impl GatConv {
             add_into(out_row, res);
             add_into(out_row, &self.bias);
         }
-    }
-}
-
-/// One target row's pass 2: `acc[h*C + e] = sum_k w[k, h] * source[sources[k], h*C + e]`
-/// over its CSR entries `k` in order, each term added as `acc += w * z` (no fused
-/// multiply-add), so every way of running it gives the same bits.
-struct WeightedSum<'a> {
-    csr: &'a IncomingCsr,
-    /// The CSR entry of `sources[0]`.
-    row_start: usize,
-    /// Entries ahead to prefetch source rows into L2 ([`l2_prefetch_distance`]).
-    ahead: usize,
-    sources: &'a [u32],
-    /// `[sources.len(), H]` softmax numerators.
-    weights: &'a [f32],
-    /// `[N, width]` source rows.
-    source: &'a [f32],
-    width: usize,
-}
-
-impl WeightedSum<'_> {
-    #[inline(always)]
-    fn prefetch(&self, k: usize) {
-        let (ahead, width) = (self.ahead, self.width);
-        prefetch_ahead_to_l2(self.csr, self.row_start + k, ahead, self.source, width);
-    }
-
-    /// Any shape: the `[H*C]` accumulator `acc` lives in memory (L1).
-    #[inline(always)]
-    fn run_in_memory(&self, h: usize, c: usize, acc: &mut [f32]) {
-        acc.fill(0.0);
-        let (sources, width) = (self.sources, self.width);
-        for (k, (&j, w)) in sources.iter().zip(self.weights.chunks_exact(h)).enumerate() {
-            self.prefetch(k);
-            let z = &self.source[j as usize * width..(j as usize + 1) * width];
-            for head in 0..h {
-                let wh = w[head];
-                let acc = &mut acc[head * c..(head + 1) * c];
-                for (a, &zv) in acc.iter_mut().zip(&z[head * c..(head + 1) * c]) {
-                    *a += wh * zv;
-                }
-            }
-        }
-    }
-
-    /// `HC = H*C` known at compile time and `C` a multiple of `L`: the accumulator is a
-    /// local `[f32; HC]` that LLVM keeps in vector registers (8 AVX-512 registers at
-    /// `HC = 128`) instead of loading and storing it for every entry. Block `b` of `L`
-    /// lanes belongs to head `head_of[b]`. The same additions in the same order as
-    /// [`WeightedSum::run_in_memory`], hence the same bits. At 1M nodes / 10M edges
-    /// with 4 x 32 heads this took the aggregation from 1.29-1.33 s to 1.19-1.22 s
-    /// (docs/performance.md, seventeenth session).
-    #[inline(always)]
-    fn run_in_registers<const HC: usize, const L: usize>(
-        &self,
-        h: usize,
-        head_of: &[u8],
-        acc: &mut [f32],
-    ) {
-        let mut sum = [0f32; HC];
-        let (sources, width) = (self.sources, self.width);
-        for (k, (&j, w)) in sources.iter().zip(self.weights.chunks_exact(h)).enumerate() {
-            self.prefetch(k);
-            let start = j as usize * width;
-            let z: &[f32; HC] = self.source[start..start + HC]
-                .try_into()
-                .expect("a range of HC elements");
-            for ((a, z), &head) in sum.chunks_exact_mut(L).zip(z.chunks_exact(L)).zip(head_of) {
-                let wh = w[usize::from(head)];
-                for (a, &zv) in a.iter_mut().zip(z) {
-                    *a += wh * zv;
-                }
-            }
-        }
-        acc[..HC].copy_from_slice(&sum);
-    }
-}
-
-/// The row shapes whose pass 2 runs with its accumulator in registers
-/// ([`WeightedSum::run_in_registers`]): `H*C` of 128 or 256 floats (narrower rows take
-/// the plain loop: their scores come from the rows), `C` a multiple of 8, the source
-/// rows exactly `H*C` wide.
-#[derive(Clone, Copy)]
-struct RegisterShape {
-    hc: usize,
-    /// Lanes per block: 16 when `C` is a multiple of 16, else 8.
-    lanes: usize,
-    /// `head_of[b]`: the head of lanes `b*lanes..(b+1)*lanes`.
-    head_of: [u8; 32],
-}
-
-impl RegisterShape {
-    fn of(hc: usize, c: usize, width: usize) -> Option<Self> {
-        let lanes = if c.is_multiple_of(16) { 16 } else { 8 };
-        if !matches!(hc, 128 | 256) || !c.is_multiple_of(lanes) || width != hc {
-            return None;
-        }
-        let mut head_of = [0u8; 32];
-        for (b, head) in head_of.iter_mut().enumerate().take(hc / lanes) {
-            *head = u8::try_from(b * lanes / c).expect("at most 32 heads here");
-        }
-        Some(Self { hc, lanes, head_of })
-    }
-
-    #[inline(always)]
-    fn weighted_sum(&self, sum: &WeightedSum<'_>, h: usize, acc: &mut [f32]) {
-        let head_of = &self.head_of[..self.hc / self.lanes];
-        match (self.hc, self.lanes) {
-            (128, 8) => sum.run_in_registers::<128, 8>(h, head_of, acc),
-            (128, 16) => sum.run_in_registers::<128, 16>(h, head_of, acc),
-            (256, 8) => sum.run_in_registers::<256, 8>(h, head_of, acc),
-            (256, 16) => sum.run_in_registers::<256, 16>(h, head_of, acc),
-            _ => unreachable!("RegisterShape::of admits only these shapes"),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::kind::tests::stream;
-
-    /// Pass 2 with the accumulator in registers gives the in-memory loop's bits for every
-    /// admitted shape (and both lane widths), and both agree with a float64 sum; shapes
-    /// outside the list are not admitted.
-    #[test]
-    fn weighted_sum_in_registers_has_the_in_memory_bits() {
-        let admitted = [
-            (4, 32),
-            (16, 8),
-            (8, 16),
-            (1, 128),
-            (32, 8),
-            (4, 64),
-            (2, 128),
-            (1, 256),
-        ];
-        for &(h, c) in &admitted {
-            let hc = h * c;
-            assert!(RegisterShape::of(hc, c, hc).is_some(), "{h} x {c}");
-            let mut next = stream((h * 1000 + c) as u64);
-            let n = 37;
-            // Rows of 0 to 40 entries with repeats; the prefetches reach across row
-            // ends and past the last entry.
-            let mut row_ptr = vec![0usize];
-            let mut col = Vec::new();
-            for i in 0..n {
-                let len = (i * 7) % 41;
-                col.extend((0..len).map(|k| ((i * 13 + k * k * 5) % n) as u32));
-                row_ptr.push(col.len());
-            }
-            let csr = IncomingCsr {
-                num_nodes: n,
-                row_ptr,
-                col,
-                self_loops_added: false,
-                kept_edges: 0,
-            };
-            let source: Vec<f32> = (0..n * hc).map(|_| next() * 3.0).collect();
-            let shape = RegisterShape::of(hc, c, hc).expect("admitted");
-            for i in 0..n {
-                let (start, end) = (csr.row_ptr[i], csr.row_ptr[i + 1]);
-                let sources = &csr.col[start..end];
-                let weights: Vec<f32> = (0..sources.len() * h).map(|_| next().abs()).collect();
-                let sum = WeightedSum {
-                    csr: &csr,
-                    row_start: start,
-                    ahead: l2_prefetch_distance(hc),
-                    sources,
-                    weights: &weights,
-                    source: &source,
-                    width: hc,
-                };
-                let mut in_memory = vec![f32::NAN; hc];
-                sum.run_in_memory(h, c, &mut in_memory);
-                let mut in_registers = vec![f32::NAN; hc];
-                shape.weighted_sum(&sum, h, &mut in_registers);
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&in_registers), bits(&in_memory), "{h} x {c}, row {i}");
-                for e in 0..hc {
-                    let reference: f64 = sources
-                        .iter()
-                        .enumerate()
-                        .map(|(k, &j)| {
-                            f64::from(weights[k * h + e / c])
-                                * f64::from(source[j as usize * hc + e])
-                        })
-                        .sum();
-                    let got = f64::from(in_registers[e]);
-                    assert!(
-                        (got - reference).abs() <= 1e-5 * (1.0 + reference.abs()),
-                        "{h} x {c}, row {i}, lane {e}: {got} vs {reference}"
-                    );
-                }
-            }
-        }
-        // Not admitted: another width, C not a multiple of 8, rows wider than H*C.
-        assert!(RegisterShape::of(96, 32, 96).is_none());
-        assert!(RegisterShape::of(64, 16, 64).is_none());
-        assert!(RegisterShape::of(32, 4, 32).is_none());
-        assert!(RegisterShape::of(128, 32, 132).is_none());
-        assert!(RegisterShape::of(512, 64, 512).is_none());
     }
 }

@@ -16,6 +16,7 @@ use crate::kind::{
     add_into, combine_heads, dot_lanes, exponentiate, leaky_relu, prefetch_ahead,
     prefetch_distance, write_alpha, AttentionKind, FillValue, RowInputs, Scratch, SOFTMAX_EPS,
 };
+use crate::weighted_sum::{weighted_sum, RegisterShape, WeightedSum};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatV2Conv {
@@ -114,6 +115,7 @@ impl GatV2Conv {
         scratch.edge.resize(hc, 0.0);
         scratch.row.resize(hc, 0.0);
         let ahead = prefetch_distance(hc);
+        let registers = RegisterShape::of(hc, c);
         for (local, i) in rows.enumerate() {
             let sources = csr.row(i);
             let row_start = csr.row_ptr[i];
@@ -166,18 +168,18 @@ impl GatV2Conv {
                     }
                 }
                 exponentiate(weights, &scratch.max, &mut scratch.sum);
-                // Pass 2: the weighted sum of x_l rows.
-                scratch.acc.fill(0.0);
-                for (&j, w) in sources.iter().zip(weights.chunks_exact(h)) {
-                    let x_l = &inputs.source[j as usize * hc..(j as usize + 1) * hc];
-                    for head in 0..h {
-                        let wh = w[head];
-                        let acc = &mut scratch.acc[head * c..(head + 1) * c];
-                        for (a, &v) in acc.iter_mut().zip(&x_l[head * c..(head + 1) * c]) {
-                            *a += wh * v;
-                        }
-                    }
-                }
+                // Pass 2: the weighted sum of x_l rows (pass 1 read them: no prefetch).
+                let sum = WeightedSum::<false> {
+                    csr,
+                    row_start,
+                    ahead: 0,
+                    sources,
+                    weights,
+                    source: inputs.source,
+                    width: hc,
+                    offset: 0,
+                };
+                weighted_sum(registers, &sum, h, c, &mut scratch.acc);
                 for s in scratch.sum.iter_mut() {
                     *s = 1.0 / (*s + SOFTMAX_EPS);
                 }

@@ -23,6 +23,7 @@ pub mod kind;
 pub mod model;
 pub mod progress;
 pub mod transformer;
+mod weighted_sum;
 mod weights;
 
 pub use buffer::RowBuffer;

@@ -17,6 +17,7 @@ use crate::kind::{
     add_into, combine_heads, dot_lanes, exponentiate, prefetch_ahead, prefetch_distance,
     write_alpha, AttentionKind, FillValue, RowInputs, Scratch, SOFTMAX_EPS,
 };
+use crate::weighted_sum::{weighted_sum, RegisterShape, WeightedSum};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransformerConv {
@@ -106,6 +107,7 @@ impl TransformerConv {
         scratch.row.resize(hc, 0.0);
         let edge_attr = inputs.edge_attr.unwrap_or_default();
         let ahead = prefetch_distance(sw);
+        let registers = RegisterShape::of(hc, c);
         for (local, i) in rows.enumerate() {
             let sources = csr.row(i);
             let row_start = csr.row_ptr[i];
@@ -145,31 +147,46 @@ impl TransformerConv {
                     }
                 }
                 exponentiate(weights, &scratch.max, &mut scratch.sum);
-                // Pass 2: the weighted sum of value rows (plus the edge embedding).
-                scratch.acc.fill(0.0);
-                for (k, (&j, w)) in sources.iter().zip(weights.chunks_exact(h)).enumerate() {
-                    let value = &inputs.source[j as usize * sw + hc..(j as usize + 1) * sw];
-                    let value = match &self.lin_edge {
-                        Some(lin_edge) => {
-                            let (d, e) = (lin_edge.in_features, row_start + k);
-                            lin_edge.apply_row_no_bias(
-                                &edge_attr[e * d..(e + 1) * d],
-                                &mut scratch.edge,
-                            );
-                            for ((m, &a), &b) in
-                                scratch.row.iter_mut().zip(value).zip(&scratch.edge)
-                            {
-                                *m = a + b;
-                            }
-                            &scratch.row[..]
-                        }
-                        None => value,
+                // Pass 2: the weighted sum of value rows (plus the edge embedding). Pass 1
+                // prefetched whole rows, the values too.
+                if self.lin_edge.is_none() {
+                    let sum = WeightedSum::<false> {
+                        csr,
+                        row_start,
+                        ahead: 0,
+                        sources,
+                        weights,
+                        source: inputs.source,
+                        width: sw,
+                        offset: hc,
                     };
-                    for head in 0..h {
-                        let wh = w[head];
-                        let acc = &mut scratch.acc[head * c..(head + 1) * c];
-                        for (a, &v) in acc.iter_mut().zip(&value[head * c..(head + 1) * c]) {
-                            *a += wh * v;
+                    weighted_sum(registers, &sum, h, c, &mut scratch.acc);
+                } else {
+                    scratch.acc.fill(0.0);
+                    for (k, (&j, w)) in sources.iter().zip(weights.chunks_exact(h)).enumerate() {
+                        let value = &inputs.source[j as usize * sw + hc..(j as usize + 1) * sw];
+                        let value = match &self.lin_edge {
+                            Some(lin_edge) => {
+                                let (d, e) = (lin_edge.in_features, row_start + k);
+                                lin_edge.apply_row_no_bias(
+                                    &edge_attr[e * d..(e + 1) * d],
+                                    &mut scratch.edge,
+                                );
+                                for ((m, &a), &b) in
+                                    scratch.row.iter_mut().zip(value).zip(&scratch.edge)
+                                {
+                                    *m = a + b;
+                                }
+                                &scratch.row[..]
+                            }
+                            None => value,
+                        };
+                        for head in 0..h {
+                            let wh = w[head];
+                            let acc = &mut scratch.acc[head * c..(head + 1) * c];
+                            for (a, &v) in acc.iter_mut().zip(&value[head * c..(head + 1) * c]) {
+                                *a += wh * v;
+                            }
                         }
                     }
                 }
