@@ -96,6 +96,7 @@ use crate::dense::{dgemm, for_each_row_block, sgemm_views, Linear, Strides};
 use crate::error::{ModelError, Result};
 use crate::exact_sum::ExactSum;
 use crate::exec::Execution;
+pub use crate::kind::exp_nonpositive;
 use crate::kind::with_wide_vectors;
 
 /// One global attention layer, ready to run: the seam through which the engine runs any
@@ -575,40 +576,6 @@ pub fn exact_attention_for(
         }
     });
     att
-}
-
-/// `exp(x)` for `x ≤ 0` (and `-inf`), in float32 without branches or calls, so loops over
-/// it vectorise: Cephes' `expf` (range reduction `x = n·ln 2 + r` with a two-part `ln 2`,
-/// a degree-7 polynomial for `e^r`, and `2^n` built in the exponent bits). Within 2 ulp of
-/// the true value for `-87 ≤ x ≤ 0`; below -87 it returns `exp(-87) ≈ 1.6e-38` instead of
-/// a smaller (or zero) number, which no softmax denominator (always ≥ 1) can notice.
-/// NaN stays NaN. Its bits depend only on `x`.
-#[inline(always)]
-pub fn exp_nonpositive(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const C1: f32 = 0.693_359_4; // 355/512 exactly in f32
-    const C2: f32 = -2.121_944_4e-4;
-    // 1.5·2^23: adding and subtracting it rounds to the nearest integer (|v| < 2^22).
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 0.0);
-    let t = x * LOG2E + ROUND;
-    let n = t - ROUND;
-    let r = (x - n * C1) - n * C2;
-    let p = ((((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
-        * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5)
-        * (r * r)
-        + r)
-        + 1.0;
-    // n is in [-126, 0], so n + 127 is a normal exponent. t = ROUND + n lies in
-    // [2^23, 2^24), where the ulp is 1, so its bits are ROUND's plus n: the integer n
-    // without a float-to-int conversion (whose saturation does not vectorise cheaply);
-    // the same bits as `n as i32`. (A NaN x gives a NaN p, so the scale does not matter.)
-    let n_int = t.to_bits().wrapping_sub(ROUND.to_bits());
-    let scale = f32::from_bits(n_int.wrapping_add(127) << 23);
-    p * scale
 }
 
 /// Replaces each score `v` of `row` by `exp_nonpositive(v − max)` and returns their sum,
@@ -1383,24 +1350,6 @@ pub fn nystrom_attention(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Against float64 `exp` over [-87, 0] in small steps and at the ends.
-    #[test]
-    fn exp_nonpositive_is_within_two_ulp() {
-        let mut worst = 0f64;
-        let mut x = -87.0f32;
-        while x <= 0.0 {
-            let want = f64::from(x).exp();
-            let got = f64::from(exp_nonpositive(x));
-            let ulp = f64::from(f32::EPSILON) * want;
-            worst = worst.max((got - want).abs() / ulp);
-            x += 0.000_97;
-        }
-        assert!(worst <= 2.0, "worst error {worst} ulp");
-        assert_eq!(exp_nonpositive(0.0), 1.0);
-        assert!(exp_nonpositive(f32::NEG_INFINITY) < 1e-37);
-        assert!(exp_nonpositive(f32::NAN).is_nan());
-    }
 
     /// The staged Nyström on random subsets of the rows (each worker's rows in a random
     /// order, with their global ids), merged, gives the single-process bits.
