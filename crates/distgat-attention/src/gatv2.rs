@@ -169,16 +169,15 @@ impl GatV2Conv {
                 }
                 exponentiate(weights, &scratch.max, &mut scratch.sum);
                 // Pass 2: the weighted sum of x_l rows (pass 1 read them: no prefetch).
-                let sum = WeightedSum::<false> {
+                let sum = WeightedSum::over_read_rows(
                     csr,
                     row_start,
-                    ahead: 0,
                     sources,
                     weights,
-                    source: inputs.source,
-                    width: hc,
-                    offset: 0,
-                };
+                    inputs.source,
+                    hc,
+                    0,
+                );
                 weighted_sum(registers, &sum, h, c, &mut scratch.acc);
                 for s in scratch.sum.iter_mut() {
                     *s = 1.0 / (*s + SOFTMAX_EPS);

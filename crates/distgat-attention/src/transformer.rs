@@ -150,16 +150,15 @@ impl TransformerConv {
                 // Pass 2: the weighted sum of value rows (plus the edge embedding). Pass 1
                 // prefetched whole rows, the values too.
                 if self.lin_edge.is_none() {
-                    let sum = WeightedSum::<false> {
+                    let sum = WeightedSum::over_read_rows(
                         csr,
                         row_start,
-                        ahead: 0,
                         sources,
                         weights,
-                        source: inputs.source,
-                        width: sw,
-                        offset: hc,
-                    };
+                        inputs.source,
+                        sw,
+                        hc,
+                    );
                     weighted_sum(registers, &sum, h, c, &mut scratch.acc);
                 } else {
                     scratch.acc.fill(0.0);

@@ -35,6 +35,31 @@ pub(crate) struct WeightedSum<'a, const L2_PREFETCH: bool> {
     pub(crate) offset: usize,
 }
 
+impl<'a> WeightedSum<'a, false> {
+    /// Over source rows that pass 1 already read (so no prefetch): GATv2Conv's `x_l`
+    /// rows (`offset` 0) and TransformerConv's value rows (`offset = H*C`).
+    pub(crate) fn over_read_rows(
+        csr: &'a IncomingCsr,
+        row_start: usize,
+        sources: &'a [u32],
+        weights: &'a [f32],
+        source: &'a [f32],
+        width: usize,
+        offset: usize,
+    ) -> Self {
+        WeightedSum {
+            csr,
+            row_start,
+            ahead: 0,
+            sources,
+            weights,
+            source,
+            width,
+            offset,
+        }
+    }
+}
+
 impl<const L2_PREFETCH: bool> WeightedSum<'_, L2_PREFETCH> {
     #[inline(always)]
     fn prefetch(&self, k: usize) {
@@ -218,16 +243,9 @@ mod tests {
                         width,
                         offset,
                     };
-                    let plain = WeightedSum::<false> {
-                        csr: &csr,
-                        row_start: start,
-                        ahead: 0,
-                        sources,
-                        weights: &weights,
-                        source: &source,
-                        width,
-                        offset,
-                    };
+                    let plain = WeightedSum::over_read_rows(
+                        &csr, start, sources, &weights, &source, width, offset,
+                    );
                     let mut in_memory = vec![f32::NAN; hc];
                     with_l2.run_in_memory(h, c, &mut in_memory);
                     for (label, got) in [
