@@ -298,8 +298,10 @@ impl GatConv {
                 // Pass 2: the weighted sum of source rows.
                 if scores_from_rows {
                     // Narrow rows, already prefetched by pass 1: the plain loop (with the
-                    // register loop or this loop inside `WeightedSum`, the aggregation at
-                    // 10M nodes / 100M edges with 4 x 8 heads was 7-15% slower).
+                    // register loop or this loop inside the seventeenth session's
+                    // `WeightedSum`, which prefetched, the aggregation at 10M nodes / 100M
+                    // edges with 4 x 8 heads was 7-15% slower). `WeightedSum::over_read_rows`
+                    // (no prefetch) is this loop's twin, not yet measured here.
                     scratch.acc.fill(0.0);
                     for (&j, w) in sources.iter().zip(weights.chunks_exact(h)) {
                         let z = &inputs.source[j as usize * sw..(j as usize + 1) * sw];
