@@ -552,6 +552,72 @@ fn a_reused_partition_refuses_features_other_than_its_shards() {
 }
 
 #[test]
+fn a_reused_partition_refuses_another_graph_and_runs_its_own() {
+    // Without attention output no part of the job reads the graph file: the coordinator
+    // checks it against the partition beside the job, and commits nothing unless it is
+    // the partition's own.
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = reference("gatv2-n200");
+    let dir = tmp.path().join("partition");
+    let mut cmd = Command::new(exe());
+    cmd.arg("partition")
+        .arg("--graph")
+        .arg(&inputs.graph)
+        .arg("--features")
+        .arg(&inputs.features)
+        .args(["--parts", "2", "--out"])
+        .arg(&dir);
+    check(cmd.output().unwrap(), "distgat partition");
+    // The same edges but the last one reversed: same size, another graph.
+    let bytes = std::fs::read(&inputs.graph).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let shape = npy.shape().to_vec();
+    let mut ids: Vec<i64> = npy.into_vec().unwrap();
+    let e = shape[1] as usize;
+    ids.swap(e - 1, 2 * e - 1);
+    let other = tmp.path().join("other-graph.npy");
+    write_npy(&other, &shape, &ids);
+    let run_with = |graph: &Path, out: &Path| {
+        let mut cmd = Command::new(exe());
+        cmd.arg("run")
+            .arg("--graph")
+            .arg(graph)
+            .arg("--features")
+            .arg(&inputs.features)
+            .arg("--model")
+            .arg(&inputs.model)
+            .arg("--out")
+            .arg(out)
+            .args(["--workers", "2", "--partition"])
+            .arg(&dir);
+        cmd.output().unwrap()
+    };
+    let out = tmp.path().join("run.npy");
+    let output = run_with(&other, &out);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "ran on another graph:\n{stderr}");
+    assert!(
+        stderr.contains("other-graph.npy") && stderr.contains("another graph"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    let partial: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial"))
+        .collect();
+    assert!(partial.is_empty(), "left behind: {partial:?}");
+    // Its own graph runs, with infer's bits.
+    check(
+        run_with(&inputs.graph, &out),
+        "distgat run on its own graph",
+    );
+    let want = infer(&inputs, tmp.path());
+    assert_eq!(std::fs::read(&out).unwrap(), want[0].1);
+}
+
+#[test]
 fn submit_watch_prints_only_the_job_id_and_upload_infers_the_format() {
     // `job=$(distgat submit ... --watch)` must capture the job id alone; an upload with no
     // --format takes the format from the file's extension, as infer does. The model needs

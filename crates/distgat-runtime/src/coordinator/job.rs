@@ -369,14 +369,25 @@ async fn run_job_inner(
         features_path,
         edge_features_path,
         features_check,
+        graph_check,
     } = prepared;
-    // The features file's check runs beside the job; its failure stops the job, and the
-    // output is committed only after it passed. When the job ends first (failed or
-    // cancelled), `stop_check` stops the check at its next block.
+    // The checks of the features file and the graph file run beside the job (one after
+    // the other, on one blocking thread); a failure stops the job, and the output is
+    // committed only after they passed. When the job ends first (failed or cancelled),
+    // `stop_check` stops the features check at its next block.
     let stop = Arc::new(AtomicBool::new(false));
     let stop_check = SetOnDrop(stop.clone());
-    let mut features_check =
-        features_check.map(|check| tokio::task::spawn_blocking(move || check.verify(&stop)));
+    let mut features_check = (features_check.is_some() || graph_check.is_some()).then(|| {
+        tokio::task::spawn_blocking(move || {
+            if let Some(check) = &features_check {
+                check.verify(&stop)?;
+            }
+            match &graph_check {
+                Some(check) if !stop.load(Ordering::Relaxed) => check.verify(),
+                _ => Ok(()),
+            }
+        })
+    });
     sink.progress = record.cloned();
     if req.workers_write_output {
         let temp = sink.out.temp_path();
@@ -563,7 +574,7 @@ async fn run_job_inner(
             },
             AttemptFailure::Other(e) => e,
         };
-        // The features check is of no use now (it would read on while the streams close).
+        // The input checks are of no use now (they would read on while the streams close).
         stop_check.set();
         // Drop the temporary output files before answering, so a caller that sees the
         // failure never sees them.
@@ -771,6 +782,7 @@ fn prepare_kept(
         features_path: Some(features_path),
         edge_features_path: None,
         features_check: None,
+        graph_check: None,
     })
 }
 
@@ -791,6 +803,8 @@ struct Prepared {
     /// The job's features file, still to be checked against the shards' feature rows
     /// (while the parts run; before the output is committed).
     features_check: Option<FeaturesCheck>,
+    /// The job's graph file, still to be checked against the partition (likewise).
+    graph_check: Option<GraphCheck>,
 }
 
 /// Sets its flag when dropped, on every way out of the scope that holds it.
@@ -851,6 +865,37 @@ impl FeaturesCheck {
             )));
         }
         Ok(())
+    }
+}
+
+/// A graph file named with a partition (`RunJobRequest.graph`, without attention output,
+/// which reads the graph itself): it must be the graph the partition was made from, or the
+/// job would silently run on another graph's edges than the one the caller named.
+struct GraphCheck {
+    partition: PartitionDir,
+    path: PathBuf,
+    format: Option<GraphFormat>,
+    /// The graph's node count as `distgat infer` counts it: the named features file's
+    /// rows, else the partition's nodes.
+    num_nodes: usize,
+}
+
+impl GraphCheck {
+    /// One streaming pass over an int64 `.npy` edge index (any other file is read whole),
+    /// compared with the manifest's fingerprint ([`PartitionDir::check_graph_file`]).
+    /// Errors name the `graph` field and the file.
+    fn verify(&self) -> Result<()> {
+        self.partition
+            .check_graph_file(&self.path, self.format, self.num_nodes)
+            .map_err(|e| {
+                // An error reading the file names it already; a mismatch names the
+                // partition, so the file is added.
+                let (path, e) = (self.path.display().to_string(), e.to_string());
+                RuntimeError::InvalidArgument(match e.contains(&path) {
+                    true => format!("graph: {e}"),
+                    false => format!("graph: {path}: {e}"),
+                })
+            })
     }
 }
 
@@ -919,6 +964,33 @@ fn prepare(
             fingerprint: info.fingerprint.clone(),
             partitioned: info.path.clone(),
         }),
+        _ => None,
+    };
+    // A graph named without attention output is checked against the partition beside the
+    // job (with attention output it is read and checked below, for the edge index).
+    let graph_check = match (req.graph.is_empty(), attention_dir) {
+        (false, None) => Some(GraphCheck {
+            partition: partition.clone(),
+            path: PathBuf::from(&req.graph),
+            format: match req.graph_format.as_str() {
+                "" => None,
+                name => Some(GraphFormat::from_name(name)?),
+            },
+            num_nodes: match &given {
+                Some(p) => distgat_graph::NpyBody::open(p)?
+                    .shape
+                    .first()
+                    .copied()
+                    .unwrap_or(0) as usize,
+                None => n,
+            },
+        }),
+        (true, _) if !req.graph_format.is_empty() => {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "graph_format ({}) describes graph, which is empty",
+                req.graph_format
+            )))
+        }
         _ => None,
     };
     let (features_check, feature_min) = match (features_check, &features_path) {
@@ -1001,6 +1073,7 @@ fn prepare(
         )?,
         feature_min,
         edge_indexes,
+        graph_check,
         features_path: features_path.filter(|_| !manifest.features_in_shards),
         edge_features_path: match (&edge_features, &manifest.edge_features) {
             (Some(p), None) if model.edge_dim().is_some() => Some(p.clone()),
