@@ -1266,3 +1266,198 @@ async fn a_stalled_upload_hits_the_idle_deadline() {
         .unwrap_or_default();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// Fields a request would leave unused are refused, naming them: a seed for a method that
+/// takes none, a method next to a partition made already, attention for a model with no
+/// edges, declared upload sizes that are not what arrived, and attention_dir on a raw
+/// RunJob of a global-only model. Each request's valid neighbour is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_a_request_would_not_use_are_refused() {
+    // A data root holding Cora and a global-attention case with a ring graph of its nodes.
+    let root = tempfile::tempdir().unwrap();
+    for (from, to) in [
+        (CORA_EDGES, "edges.npy"),
+        (CORA_FEATURES, "features.npy"),
+        (CORA_MODEL, "cora-model.json"),
+        ("reference/cora-gat/model.safetensors", "model.safetensors"),
+        ("reference/mha-global-n256/x.npy", "mha-x.npy"),
+        ("reference/mha-global-n256/model.json", "mha-model.json"),
+        (
+            "reference/mha-global-n256/model.safetensors",
+            "mha-model.safetensors",
+        ),
+    ] {
+        std::fs::copy(repo_root().join(from), root.path().join(to))
+            .unwrap_or_else(|e| panic!("{from}: {e}"));
+    }
+    // The copied model JSONs name their weights by file: point them at the copies.
+    for (json, weights) in [
+        ("cora-model.json", "model.safetensors"),
+        ("mha-model.json", "mha-model.safetensors"),
+    ] {
+        let path = root.path().join(json);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        fn rename(v: &mut serde_json::Value, to: &str) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, x) in m.iter_mut() {
+                        if k == "weights" && x.is_string() {
+                            *x = to.into();
+                        } else {
+                            rename(x, to);
+                        }
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter_mut().for_each(|x| rename(x, to)),
+                _ => {}
+            }
+        }
+        rename(&mut v, weights);
+        std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
+    }
+    let ring: Vec<i64> = (0..256).chain((0..256).map(|i| (i + 1) % 256)).collect();
+    distgat_graph::write_npy::<i64>(&root.path().join("ring.npy"), &[2, 256], &ring).unwrap();
+    let c = cluster_with(1, |cfg| {
+        cfg.data_root = root.path().to_path_buf();
+        cfg.allow_run_job = true;
+    })
+    .await;
+    let mut client = client(&c).await;
+    client
+        .wait_for_workers(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let cora = client
+        .register_graph("edges.npy", "features.npy", "", "cora")
+        .await
+        .unwrap()
+        .graph_id;
+
+    // CreatePartition: range takes no seed.
+    let (k, m) = code(
+        client
+            .create_partition(&cora, 1, "range", 5)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(k, Code::InvalidArgument, "{m}");
+    assert!(m.contains("seed 5") && m.contains("range"), "{m}");
+    let part = client
+        .create_partition(&cora, 1, "metis", 5)
+        .await
+        .unwrap()
+        .partition_id;
+
+    // SubmitJob: a method beside a partition made already.
+    let (k, m) = code(
+        client
+            .submit(Submit {
+                graph_id: cora.clone(),
+                partition_id: part.clone(),
+                method: "random".into(),
+                model: "cora-model.json".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(k, Code::InvalidArgument, "{m}");
+    assert!(m.contains("method 'random'") && m.contains(&part), "{m}");
+
+    // SubmitJob: attention for a model of global layers only.
+    let mha = client
+        .register_graph("ring.npy", "mha-x.npy", "", "ring")
+        .await
+        .unwrap()
+        .graph_id;
+    let global = Submit {
+        graph_id: mha.clone(),
+        model: "mha-model.json".into(),
+        attention: true,
+        ..Default::default()
+    };
+    let (k, m) = code(client.submit(global.clone()).await.unwrap_err());
+    assert_eq!(k, Code::InvalidArgument, "{m}");
+    assert!(
+        m.contains("attention") && m.contains("global attention"),
+        "{m}"
+    );
+    let job = client
+        .submit(Submit {
+            attention: false,
+            ..global
+        })
+        .await
+        .unwrap()
+        .job_id;
+    let done = client.wait(&job, |_| {}).await.unwrap();
+    assert_eq!(done.state(), JobState::Succeeded, "{}", done.error);
+
+    // RunJob: attention_dir for a model of global layers only.
+    let mut raw = distgat_client::v1::coordinator_client::CoordinatorClient::connect(format!(
+        "http://{}",
+        c.address
+    ))
+    .await
+    .unwrap();
+    let status = raw
+        .run_job(distgat_client::v1::RunJobRequest {
+            partition_dir: c
+                .work_dir()
+                .join("partitions")
+                .join(&part)
+                .display()
+                .to_string(),
+            model: root.path().join("mha-model.json").display().to_string(),
+            out: root.path().join("never.npy").display().to_string(),
+            attention_dir: root.path().join("att").display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status}");
+    assert!(status.message().contains("attention_dir"), "{status}");
+    assert!(!root.path().join("never.npy").exists());
+
+    // UploadGraph: declared sizes must be what arrived.
+    use distgat_client::v1::upload_graph_chunk::Body;
+    use distgat_client::v1::{UploadGraphChunk, UploadHeader};
+    let graph = std::fs::read(root.path().join("ring.npy")).unwrap();
+    let features = std::fs::read(root.path().join("mha-x.npy")).unwrap();
+    for (graph_bytes, features_bytes, field) in [
+        (graph.len() as u64 + 1, features.len() as u64, "graph_bytes"),
+        (
+            graph.len() as u64,
+            features.len() as u64 - 1,
+            "features_bytes",
+        ),
+    ] {
+        let chunks = vec![
+            UploadGraphChunk {
+                body: Some(Body::Header(UploadHeader {
+                    name: "ring".into(),
+                    graph_format: "npy".into(),
+                    graph_bytes,
+                    features_bytes,
+                    edge_features_bytes: 0,
+                })),
+            },
+            UploadGraphChunk {
+                body: Some(Body::GraphData(graph.clone())),
+            },
+            UploadGraphChunk {
+                body: Some(Body::FeaturesData(features.clone())),
+            },
+        ];
+        let status = raw
+            .upload_graph(tokio_stream::iter(chunks))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status}");
+        assert!(
+            status.message().contains(&format!("header.{field}")),
+            "{status}"
+        );
+    }
+}

@@ -405,13 +405,13 @@ struct SubmitArgs {
     #[arg(long, value_name = "E.npy", requires = "graph")]
     edge_features: Option<String>,
     /// Graph file format (default: from the --graph file's extension)
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, requires = "graph", conflicts_with = "graph_id")]
     format: Option<FormatArg>,
     /// Stream the local --graph and --features files to the coordinator
-    #[arg(long)]
+    #[arg(long, conflicts_with = "graph_id")]
     upload: bool,
-    /// A label for the graph
-    #[arg(long, default_value = "")]
+    /// A label for the graph this submit registers
+    #[arg(long, default_value = "", conflicts_with = "graph_id")]
     name: String,
     /// Model JSON (pyg-attention-model-v1 or gat-model-v1) under the coordinator's data root
     #[arg(long)]
@@ -490,7 +490,7 @@ struct RunArgs {
     #[arg(long, value_name = "DIR")]
     partition: Option<PathBuf>,
     /// Partitioner when no --partition is given (default: metis; with --points, the spatial parts the neighbourhood was built on)
-    #[arg(long, value_parser = parse_method_name)]
+    #[arg(long, value_parser = parse_method_name, conflicts_with = "partition")]
     method: Option<MethodArg>,
     /// Also write per layer layer{k}_alpha.npy [E', H] and layer{k}_att_edge_index.npy [2, E'] (PyG edge order)
     #[arg(long, value_name = "DIR")]
@@ -535,24 +535,24 @@ struct PartitionArgs {
     /// metis, random, range (contiguous id blocks), stream (Fennel, one pass, for graphs METIS cannot hold) or file:PARTS.npy (int32/int64 [N]) (default: metis)
     #[arg(long, value_parser = parse_method_name)]
     method: Option<MethodArg>,
-    /// METIS objective: edge cut or communication volume
-    #[arg(long, value_enum, default_value = "cut")]
-    objective: ObjectiveArg,
-    /// METIS recursive bisection instead of k-way
+    /// METIS objective: edge cut or communication volume (metis only) [default: cut]
+    #[arg(long, value_enum)]
+    objective: Option<ObjectiveArg>,
+    /// METIS recursive bisection instead of k-way (metis only)
     #[arg(long)]
     recursive: bool,
-    /// Balance incoming edges per part as well as nodes (a second METIS constraint)
+    /// Balance incoming edges per part as well as nodes (a second METIS constraint; metis only)
     #[arg(long)]
     balance_edges: bool,
-    /// Seed for METIS and random
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// METIS partitions computed from different random starts; the best is kept
-    #[arg(long, default_value_t = 1)]
-    trials: u32,
-    /// Allowed largest part / average part (METIS ufactor = (x - 1) * 1000; a hard cap for stream)
-    #[arg(long, default_value_t = 1.03)]
-    imbalance: f64,
+    /// Seed for metis and random [default: 0]
+    #[arg(long)]
+    seed: Option<u64>,
+    /// METIS partitions computed from different random starts; the best is kept (metis only) [default: 1]
+    #[arg(long)]
+    trials: Option<u32>,
+    /// Allowed largest part / average part (metis: ufactor = (x - 1) * 1000; stream: a hard cap) [default: 1.03]
+    #[arg(long)]
+    imbalance: Option<f64>,
     /// Output partition directory (created atomically)
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -562,9 +562,9 @@ struct PartitionArgs {
     /// Also write the node -> part map as .npy [N]
     #[arg(long, value_name = "A.npy")]
     assignment_out: Option<PathBuf>,
-    /// dtype of --assignment-out
-    #[arg(long, value_enum, default_value = "int64")]
-    assignment_dtype: DtypeArg,
+    /// dtype of --assignment-out [default: int64]
+    #[arg(long, value_enum, requires = "assignment_out")]
+    assignment_dtype: Option<DtypeArg>,
     /// f32 columns per halo row, for the halo bytes in the report
     #[arg(long, default_value_t = 128)]
     row_width: usize,
@@ -639,8 +639,8 @@ struct InferArgs {
     /// Also write the neighbourhood built by --knn, --radius or --hops, as int64 .npy [2, E] sorted by (target, source)
     #[arg(long, value_name = "EDGES.npy")]
     neighbours_out: Option<PathBuf>,
-    /// Graph format, overriding the file extension
-    #[arg(long, value_enum)]
+    /// Graph format, overriding the file extension (with --graph)
+    #[arg(long, value_enum, requires = "graph")]
     format: Option<FormatArg>,
     /// Node features: float32 or float64 .npy [N, F]; N (the rows) is the node count
     #[arg(long, value_name = "X")]
@@ -1676,26 +1676,68 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn partition(args: PartitionArgs) -> anyhow::Result<()> {
-    let method = match args.method.unwrap_or(MethodArg::Metis) {
+/// The partitioner `partition`'s flags describe. A flag the chosen `--method` does not
+/// use is an error naming it (given to another method, it would be silently ignored).
+fn partition_method(args: &PartitionArgs) -> anyhow::Result<Method> {
+    let method = args.method.clone().unwrap_or(MethodArg::Metis);
+    let (name, uses): (&str, &[&str]) = match &method {
+        MethodArg::Metis => (
+            "metis",
+            &[
+                "--objective",
+                "--recursive",
+                "--balance-edges",
+                "--seed",
+                "--trials",
+                "--imbalance",
+            ],
+        ),
+        MethodArg::Random => ("random", &["--seed"]),
+        MethodArg::Range => ("range", &[]),
+        MethodArg::Stream => ("stream", &["--imbalance"]),
+        MethodArg::File(_) => ("file", &[]),
+    };
+    let given = [
+        ("--objective", args.objective.is_some()),
+        ("--recursive", args.recursive),
+        ("--balance-edges", args.balance_edges),
+        ("--seed", args.seed.is_some()),
+        ("--trials", args.trials.is_some()),
+        ("--imbalance", args.imbalance.is_some()),
+    ];
+    if let Some((flag, _)) = given.iter().find(|(f, set)| *set && !uses.contains(f)) {
+        anyhow::bail!(
+            "{flag}: not used by --method {name} ({}); drop it or choose a method that uses it",
+            match uses {
+                [] => "which takes no options".to_string(),
+                _ => format!("which takes {}", uses.join(", ")),
+            }
+        );
+    }
+    let imbalance = args.imbalance.unwrap_or(1.03);
+    Ok(match method {
         MethodArg::Metis => Method::Metis {
-            objective: match args.objective {
+            objective: match args.objective.unwrap_or(ObjectiveArg::Cut) {
                 ObjectiveArg::Cut => Objective::Cut,
                 ObjectiveArg::Volume => Objective::Volume,
             },
             recursive: args.recursive,
-            seed: args.seed,
-            imbalance: args.imbalance,
+            seed: args.seed.unwrap_or(0),
+            imbalance,
             balance_edges: args.balance_edges,
-            trials: args.trials,
+            trials: args.trials.unwrap_or(1),
         },
-        MethodArg::Random => Method::Random { seed: args.seed },
+        MethodArg::Random => Method::Random {
+            seed: args.seed.unwrap_or(0),
+        },
         MethodArg::Range => Method::Range,
-        MethodArg::Stream => Method::Stream {
-            imbalance: args.imbalance,
-        },
+        MethodArg::Stream => Method::Stream { imbalance },
         MethodArg::File(path) => Method::File { path },
-    };
+    })
+}
+
+fn partition(args: PartitionArgs) -> anyhow::Result<()> {
+    let method = partition_method(&args)?;
     let config = PartitionConfig {
         graph: args.graph,
         format: args.format.map(graph_format),
@@ -1707,7 +1749,7 @@ fn partition(args: PartitionArgs) -> anyhow::Result<()> {
         method,
         out: args.out,
         assignment_out: args.assignment_out,
-        assignment_dtype: match args.assignment_dtype {
+        assignment_dtype: match args.assignment_dtype.unwrap_or(DtypeArg::Int64) {
             DtypeArg::Int32 => AssignmentDtype::Int32,
             DtypeArg::Int64 => AssignmentDtype::Int64,
         },

@@ -291,6 +291,27 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
              ranges of node ids; omit --partition"
         );
     }
+    if let (Some(path), None) = (&config.edge_features, model.edge_dim()) {
+        // The edge rows would go into the shards and never be read.
+        model.check_edge_features("--edge-features", Some((path, 0)))?;
+    }
+    // `--recovery part` is a promise that only the lost part restarts; where a part cannot
+    // restart alone, the job would silently restart whole instead.
+    if config.recovery == Some(distgat_runtime::Recovery::Part) {
+        let why = if config.attention_dir.is_some() {
+            Some("with --attention-dir a restarted part's coefficients cannot be replayed")
+        } else if model.has_collective_layers() {
+            Some("the model's global layers need every part at every step")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            anyhow::bail!(
+                "--recovery part: {why}, so a lost worker restarts the whole job; pass \
+                 --recovery job or drop --recovery"
+            );
+        }
+    }
     drop(model);
     let built = match &config.neighbourhood {
         Some(spec) => Some(check_built(config, spec)?),
@@ -349,6 +370,14 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
         && config.method.is_none()
         && config.attention_dir.is_none()
         && config.spares == 0;
+    if let (true, Some(r)) = (in_place, config.recovery) {
+        anyhow::bail!(
+            "--recovery {}: the parts of a neighbourhood built in place stay on the workers \
+             that built them, so a lost worker's part cannot restart anywhere; add --spares \
+             (the built graph is then partitioned) or drop --recovery",
+            r.name()
+        );
+    }
     let mut build_id = String::new();
     let graph = match &built {
         None if no_graph => {

@@ -215,6 +215,10 @@ pub(crate) fn parse_method(field: &str, name: &str, seed: u64) -> Result<Method>
             Ok(m)
         }
         "random" => Ok(Method::Random { seed }),
+        // The seed is proto3's 0 when unset; another seed would be silently unused.
+        "range" if seed != 0 => Err(RuntimeError::InvalidArgument(format!(
+            "seed {seed}: method 'range' (contiguous id blocks) takes no seed; leave seed 0"
+        ))),
         "range" => Ok(Method::Range),
         other => Err(RuntimeError::InvalidArgument(format!(
             "{field} '{other}' is not a method: expected metis, random or range"

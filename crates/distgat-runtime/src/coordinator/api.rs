@@ -255,6 +255,14 @@ fn method_for(
 ) -> Result<Method> {
     let lower = name.to_ascii_lowercase();
     match (&graph.neighbourhood, lower.as_str()) {
+        // The built graph's own parts are the neighbourhood's: nothing is seeded.
+        (Some(nb), "" | "spatial") if seed != 0 && nb.parts == parts => {
+            Err(RuntimeError::InvalidArgument(format!(
+                "seed {seed}: graph '{}' is partitioned into the spatial parts it was built on, \
+             which takes no seed; leave seed 0 (or name a seeded method: metis, random)",
+                graph.id
+            )))
+        }
         (Some(nb), "" | "spatial") if nb.parts == parts => Ok(Method::File {
             path: nb.assignment.clone(),
         }),
@@ -368,12 +376,21 @@ pub async fn upload_graph(
              (both files are required)"
         )));
     }
-    if edge_bytes != header.edge_features_bytes {
-        return Err(RuntimeError::InvalidArgument(format!(
-            "upload incomplete: header.edge_features_bytes is {}, but {edge_bytes} edge \
-             feature bytes arrived",
-            header.edge_features_bytes
-        )));
+    // A file cut short (or grown) on the way is refused rather than parsed as another one.
+    for (field, declared, arrived) in [
+        ("graph_bytes", header.graph_bytes, graph_bytes),
+        ("features_bytes", header.features_bytes, features_bytes),
+        (
+            "edge_features_bytes",
+            header.edge_features_bytes,
+            edge_bytes,
+        ),
+    ] {
+        if declared != arrived {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "upload incomplete: header.{field} is {declared}, but {arrived} bytes arrived"
+            )));
+        }
     }
     graph_file.flush()?;
     features_file.flush()?;
@@ -507,6 +524,13 @@ pub async fn submit_job(state: &Arc<State>, req: SubmitJobRequest) -> Result<Job
         }
         Some((*p).clone())
     };
+    if let (Some(p), false) = (&partition, req.method.is_empty()) {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "method '{}': partition_id '{}' names a partition made already (by {}); leave \
+             method empty, or partition_id empty to partition anew",
+            req.method, p.id, p.method
+        )));
+    }
     let shard_source =
         crate::convert::shard_source("shard_source", &req.shard_source, state.config.shard_source)?;
     let live = live_workers(state);
@@ -540,6 +564,13 @@ pub async fn submit_job(state: &Arc<State>, req: SubmitJobRequest) -> Result<Job
     let entry = graph.clone();
     let model = blocking(move || load_model(&model_path, &entry).map(|m| (m, model_path))).await?;
     let (model, model_path) = model;
+    if req.attention && model.first_local().is_none() {
+        return Err(RuntimeError::InvalidArgument(
+            "attention: every layer of the model is global attention over all nodes, which \
+             has no per-edge coefficients to keep; leave attention false"
+                .into(),
+        ));
+    }
     let mut jobs = lock(&state.catalog.jobs);
     // Under the jobs lock, which deletions take first: the graph and partition still exist.
     if !lock(&state.catalog.graphs).contains_key(&graph.id) {
@@ -708,12 +739,17 @@ async fn execute(state: &Arc<State>, record: &Arc<JobRecord>) -> Result<()> {
         } else {
             String::new()
         },
-        graph: spec.graph.graph.display().to_string(),
-        graph_format: spec
-            .graph
-            .format
-            .map(|f| f.name().to_string())
-            .unwrap_or_default(),
+        // Read for the attention edge index. Without attention the job does not read it: the
+        // coordinator made the partition from this registered graph itself, so it is not
+        // fingerprinted again.
+        graph: match spec.attention {
+            true => spec.graph.graph.display().to_string(),
+            false => String::new(),
+        },
+        graph_format: match (spec.attention, spec.graph.format) {
+            (true, Some(f)) => f.name().to_string(),
+            _ => String::new(),
+        },
         edge_features: spec
             .graph
             .edge_features

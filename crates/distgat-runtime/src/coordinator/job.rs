@@ -911,6 +911,13 @@ fn prepare(
     let manifest = &partition.manifest;
     let n = manifest.graph.rows;
     let model = Model::load(model_path)?;
+    if attention_dir.is_some() && model.first_local().is_none() {
+        return Err(RuntimeError::InvalidArgument(
+            "attention_dir: every layer of the model is global attention over all nodes, \
+             which has no per-edge coefficients to write; leave attention_dir empty"
+                .into(),
+        ));
+    }
     let features_path = if req.features.is_empty() {
         manifest.features.as_ref().map(|f| PathBuf::from(&f.path))
     } else {
