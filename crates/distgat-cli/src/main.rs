@@ -375,7 +375,10 @@ struct ClientArgs {
 #[command(group(clap::ArgGroup::new("rule").args(["knn", "radius"])))]
 struct SubmitArgs {
     /// A graph registered before (see the graph line submit prints)
-    #[arg(long, conflicts_with_all = ["graph", "features", "rule"])]
+    #[arg(long, conflicts_with_all = [
+        "graph", "features", "rule", "edge_features", "max_neighbours", "metric", "self_loops",
+        "points", "format", "upload", "name",
+    ])]
     graph_id: Option<String>,
     /// Graph file: a path under the coordinator's data root, or local with --upload
     #[arg(long, requires = "features", conflicts_with = "rule")]
@@ -422,8 +425,8 @@ struct SubmitArgs {
     /// metis, random, range, or spatial (a graph built by --knn/--radius; the default for one)
     #[arg(long)]
     method: Option<String>,
-    /// Reuse a partition made before
-    #[arg(long)]
+    /// Reuse a partition made before (of --graph-id: a graph this submit registers has none)
+    #[arg(long, conflicts_with_all = ["graph", "rule", "method"])]
     partition_id: Option<String>,
     /// Feature normalisation: none (the default), or row (PyG's NormalizeFeatures); a bare --normalize-features means row, on every subcommand
     #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "row")]
@@ -1712,6 +1715,12 @@ fn partition_method(args: &PartitionArgs) -> anyhow::Result<Method> {
                 [] => "which takes no options".to_string(),
                 _ => format!("which takes {}", uses.join(", ")),
             }
+        );
+    }
+    if args.recursive && matches!(args.objective, Some(ObjectiveArg::Volume)) {
+        anyhow::bail!(
+            "--objective volume: METIS's recursive bisection (--recursive) minimises the edge \
+             cut only; drop one of them"
         );
     }
     let imbalance = args.imbalance.unwrap_or(1.03);

@@ -36,6 +36,13 @@ pub struct Neighbourhood {
 }
 
 pub async fn submit(client: &mut Client, config: SubmitConfig) -> anyhow::Result<JobInfo> {
+    // Refused before a graph is registered (which would otherwise stay behind).
+    if config.graph.is_some() && config.job.method.eq_ignore_ascii_case("spatial") {
+        anyhow::bail!(
+            "--method spatial: the spatial parts are those of a neighbourhood built by \
+             --knn/--radius; a --graph file has none (use metis, random or range)"
+        );
+    }
     let graph_id = match (&config.graph_id, &config.graph, &config.features) {
         (None, None, Some(features)) if config.neighbourhood.is_some() => {
             let nb = config.neighbourhood.clone().expect("checked");

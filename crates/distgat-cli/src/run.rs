@@ -370,6 +370,13 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
         && config.method.is_none()
         && config.attention_dir.is_none()
         && config.spares == 0;
+    if let (Some(r), 1, 0) = (config.recovery, config.workers, config.spares) {
+        anyhow::bail!(
+            "--recovery {}: with one worker and no --spares, a lost worker leaves no other \
+             to restart on; add --spares or drop --recovery",
+            r.name()
+        );
+    }
     if let (true, Some(r)) = (in_place, config.recovery) {
         anyhow::bail!(
             "--recovery {}: the parts of a neighbourhood built in place stay on the workers \
@@ -572,7 +579,7 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
         let response = client
             .run_job(request)
             .await
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            .map_err(|s| anyhow::anyhow!("{}", as_flags(s.message())))?;
         anyhow::Ok(response.into_inner().summary_json)
     })?;
     let job_secs = t.elapsed().as_secs_f64();
@@ -632,6 +639,22 @@ impl Drop for Staged {
         // After commit the path no longer exists; before it, nothing of a failed run stays.
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// The coordinator names the `RunJobRequest` field an error is about (`graph: ...`); this
+/// command's user typed the flag, so a leading field name becomes the flag's.
+fn as_flags(message: &str) -> String {
+    for (field, flag) in [
+        ("graph: ", "--graph "),
+        ("features: ", "--features "),
+        ("edge_features: ", "--edge-features "),
+        ("edge_features (--edge-features): ", "--edge-features: "),
+    ] {
+        if let Some(rest) = message.strip_prefix(field) {
+            return format!("{flag}{rest}");
+        }
+    }
+    message.to_string()
 }
 
 fn abs(p: &Path) -> String {

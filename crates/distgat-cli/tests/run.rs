@@ -597,10 +597,37 @@ fn a_reused_partition_refuses_another_graph_and_runs_its_own() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "ran on another graph:\n{stderr}");
     assert!(
-        stderr.contains("other-graph.npy") && stderr.contains("another graph"),
+        stderr.contains("--graph")
+            && stderr.contains("other-graph.npy")
+            && stderr.contains("another graph"),
         "{stderr}"
     );
     assert!(!out.exists());
+    // With attention output the graph is read whole, and refused the same way, before
+    // anything is created.
+    let att = tmp.path().join("att");
+    let mut cmd = Command::new(exe());
+    cmd.arg("run")
+        .arg("--graph")
+        .arg(&other)
+        .arg("--features")
+        .arg(&inputs.features)
+        .arg("--model")
+        .arg(&inputs.model)
+        .arg("--out")
+        .arg(&out)
+        .arg("--attention-dir")
+        .arg(&att)
+        .args(["--workers", "2", "--partition"])
+        .arg(&dir);
+    let output = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--graph") && stderr.contains("other-graph.npy"),
+        "{stderr}"
+    );
+    assert!(!out.exists() && !att.exists(), "{stderr}");
     let partial: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
         .flatten()

@@ -152,6 +152,13 @@ fn run_refuses_a_method_with_a_reused_partition_and_recovery_it_cannot_keep() {
         ],
     );
     assert!(!Path::new(&out).exists());
+    // One worker and no spare: nothing to restart on.
+    let one = c.run_args(&out, &["--recovery", "job"]);
+    let one: Vec<&str> = one
+        .iter()
+        .map(|&a| if a == "2" { "1" } else { a })
+        .collect();
+    refused(&os(&one), &["--recovery job", "one worker", "--spares"]);
     // The same job with --recovery job runs.
     let (ok, stderr) = distgat(&os(&c.run_args(
         &out,
@@ -278,6 +285,11 @@ fn partition_refuses_options_its_method_does_not_take() {
         assert!(ok, "{extra:?}: {stderr}");
         std::fs::remove_dir_all(&out).unwrap();
     }
+    // Recursive bisection has no volume objective (METIS itself would only say "invalid
+    // input").
+    let v = base(&out, &["--recursive", "--objective", "volume"]);
+    let refs: Vec<&std::ffi::OsStr> = v.iter().map(std::ffi::OsStr::new).collect();
+    refused(&refs, &["--objective volume", "--recursive"]);
     // --assignment-dtype describes --assignment-out.
     let v = base(&out, &["--assignment-dtype", "int32"]);
     let refs: Vec<&std::ffi::OsStr> = v.iter().map(std::ffi::OsStr::new).collect();
@@ -313,9 +325,26 @@ fn infer_and_submit_refuse_a_format_with_no_graph_file() {
         &["--format", "mtx"][..],
         &["--name", "mine"][..],
         &["--upload"][..],
+        &["--edge-features", "ea.npy"][..],
+        &["--max-neighbours", "3"][..],
     ] {
         let mut v = vec!["submit", "--graph-id", "graph-1", "--model", "m.json"];
         v.extend_from_slice(extra);
         refused(&os(&v), &["--graph-id", extra[0], "cannot be used with"]);
     }
+    // A graph this submit registers has no partition yet.
+    refused(
+        &os(&[
+            "submit",
+            "--graph",
+            "g.npy",
+            "--features",
+            "x.npy",
+            "--partition-id",
+            "partition-1",
+            "--model",
+            "m.json",
+        ]),
+        &["--partition-id", "--graph", "cannot be used with"],
+    );
 }

@@ -676,12 +676,15 @@ impl PartitionDir {
             return Err(PartitionError::directory(
                 &self.path,
                 format!(
-                    "was made from another graph ({} nodes, {} edges, fingerprint {}); this one \
-                     has {num_nodes} nodes, {} edges, fingerprint {fp}",
+                    "was made from another graph ({} nodes, {} edges, fingerprint {}, from {}); \
+                     this one has {num_nodes} nodes, {} edges, fingerprint {}; name the graph \
+                     the partition was made from, or partition this one",
                     self.manifest.graph.rows,
                     self.manifest.graph.size,
                     self.manifest.graph.fingerprint.get(..16).unwrap_or("?"),
-                    num_edges
+                    self.manifest.graph.path,
+                    num_edges,
+                    fp.get(..16).unwrap_or("?"),
                 ),
             ));
         }

@@ -377,7 +377,7 @@ async fn run_job_inner(
     // `stop_check` stops the features check at its next block.
     let stop = Arc::new(AtomicBool::new(false));
     let stop_check = SetOnDrop(stop.clone());
-    let mut features_check = (features_check.is_some() || graph_check.is_some()).then(|| {
+    let mut input_checks = (features_check.is_some() || graph_check.is_some()).then(|| {
         tokio::task::spawn_blocking(move || {
             if let Some(check) = &features_check {
                 check.verify(&stop)?;
@@ -484,10 +484,10 @@ async fn run_job_inner(
             loop {
                 tokio::select! {
                     outcome = &mut attempt => break outcome,
-                    checked = async { features_check.as_mut().expect("guarded").await },
-                        if features_check.is_some() =>
+                    checked = async { input_checks.as_mut().expect("guarded").await },
+                        if input_checks.is_some() =>
                     {
-                        features_check = None;
+                        input_checks = None;
                         if let Err(e) = joined(checked) {
                             break Err(AttemptFailure::Other(e));
                         }
@@ -581,7 +581,7 @@ async fn run_job_inner(
         drop(released(sink).await);
         return Err(error);
     }
-    if let Some(check) = features_check {
+    if let Some(check) = input_checks {
         if let Err(e) = joined(check.await) {
             drop(released(sink).await);
             return Err(e);
@@ -859,7 +859,7 @@ impl FeaturesCheck {
         if fingerprint != self.fingerprint {
             return Err(RuntimeError::InvalidArgument(format!(
                 "features: {} differs from the features the partition's shards carry ({}); \
-                 repartition with these features, or run without naming a features file",
+                 name that file, or repartition with these features",
                 self.path.display(),
                 self.partitioned
             )));
@@ -887,16 +887,18 @@ impl GraphCheck {
     fn verify(&self) -> Result<()> {
         self.partition
             .check_graph_file(&self.path, self.format, self.num_nodes)
-            .map_err(|e| {
-                // An error reading the file names it already; a mismatch names the
-                // partition, so the file is added.
-                let (path, e) = (self.path.display().to_string(), e.to_string());
-                RuntimeError::InvalidArgument(match e.contains(&path) {
-                    true => format!("graph: {e}"),
-                    false => format!("graph: {path}: {e}"),
-                })
-            })
+            .map_err(|e| graph_error(&self.path, &e.to_string()))
     }
+}
+
+/// An error about the job's graph file `path`, naming the `graph` field and the file (an
+/// error reading the file names it already; a mismatch names the partition).
+fn graph_error(path: &Path, e: &str) -> RuntimeError {
+    let path = path.display().to_string();
+    RuntimeError::InvalidArgument(match e.contains(&path) {
+        true => format!("graph: {e}"),
+        false => format!("graph: {path}: {e}"),
+    })
 }
 
 fn prepare(
@@ -1012,7 +1014,6 @@ fn prepare(
     let mut attention = Vec::new();
     let mut edge_indexes = Vec::new();
     if let Some(adir) = attention_dir {
-        std::fs::create_dir_all(adir)?;
         let graph_path = if req.graph.is_empty() {
             PathBuf::from(&manifest.graph.path)
         } else {
@@ -1023,8 +1024,13 @@ fn prepare(
         } else {
             Some(GraphFormat::from_name(&req.graph_format)?)
         };
-        let edges = read_graph(&graph_path, format)?;
-        partition.check_graph(&edges, n)?;
+        let edges = read_graph(&graph_path, format)
+            .map_err(|e| graph_error(&graph_path, &e.to_string()))?;
+        partition
+            .check_graph(&edges, n)
+            .map_err(|e| graph_error(&graph_path, &e.to_string()))?;
+        // Only once the graph passed, so a refused job leaves no directory behind.
+        std::fs::create_dir_all(adir)?;
         let mut loops_before = Vec::with_capacity(edges.len());
         let mut loops = 0u32;
         for (&s, &d) in edges.src().iter().zip(edges.dst()) {

@@ -718,7 +718,13 @@ fn run_job(
         ))))
     });
     if let Err(e) = &outcome {
-        tracing::warn!(%job, part, "job failed: {e}");
+        // After a cancel (the coordinator ended the job: another part failed, an input
+        // check refused the job, a client cancelled), what failed here is a consequence:
+        // the coordinator reports the cause.
+        match cancel.load(Ordering::Relaxed) {
+            true => tracing::info!(%job, part, "part stopped after the job was cancelled: {e}"),
+            false => tracing::warn!(%job, part, "job failed: {e}"),
+        }
         let _ = tx.blocking_send(OutputChunk {
             job_id: job.clone(),
             part,
