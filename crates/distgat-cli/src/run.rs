@@ -648,7 +648,7 @@ fn as_flags(message: &str) -> String {
         ("graph: ", "--graph "),
         ("features: ", "--features "),
         ("edge_features: ", "--edge-features "),
-        ("edge_features (--edge-features): ", "--edge-features: "),
+        ("edge_features (--edge-features) ", "--edge-features "),
     ] {
         if let Some(rest) = message.strip_prefix(field) {
             return format!("{flag}{rest}");
@@ -830,4 +830,27 @@ fn start_processes(
         spawn_server(&config.exe, &args, &format!("worker {k}"), children)?;
     }
     Ok(coordinator)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::as_flags;
+
+    #[test]
+    fn leading_request_fields_become_the_flags_typed() {
+        assert_eq!(
+            as_flags("graph: /g.npy: /p: was made from another graph"),
+            "--graph /g.npy: /p: was made from another graph"
+        );
+        assert_eq!(
+            as_flags("features: /x.npy differs"),
+            "--features /x.npy differs"
+        );
+        assert_eq!(
+            as_flags("edge_features (--edge-features) /e.npy: no layer"),
+            "--edge-features /e.npy: no layer"
+        );
+        // Only a leading field name: the rest of a message is left alone.
+        assert_eq!(as_flags("the graph: changed"), "the graph: changed");
+    }
 }
