@@ -494,8 +494,8 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
     };
     // A reused partition must come from this graph: the coordinator checks the graph
     // named in the job against it while the workers load their shards (one pass over the
-    // file, which took 0.3 s before the processes started at R-MAT 1M/10M), and commits
-    // the output only after it passed.
+    // file: at R-MAT 1M/10M 0.1 s from the page cache, 0.4 s from the disk, before the
+    // processes started), and commits the output only after it passed.
     if let Some(opened) = opened.filter(|o| o.manifest.parts != config.workers) {
         anyhow::bail!(
             "--workers {} but the partition {} has {} parts",

@@ -479,13 +479,11 @@ fn job_inputs_without_graph_are_refused_not_replaced_by_the_demo() {
     }
 }
 
-#[test]
-fn a_reused_partition_refuses_features_other_than_its_shards() {
-    // The shards carry their feature rows; a different features file would be ignored
-    // (exit 0, the old numbers), so it is refused.
-    let tmp = tempfile::tempdir().unwrap();
+/// The gatv2-n200 case and its METIS partition into 2 parts (features in the shards), made
+/// in `tmp`.
+fn gatv2_in_two_parts(tmp: &Path) -> (Inputs, PathBuf) {
     let inputs = reference("gatv2-n200");
-    let dir = tmp.path().join("partition");
+    let dir = tmp.join("partition");
     let mut cmd = Command::new(exe());
     cmd.arg("partition")
         .arg("--graph")
@@ -495,6 +493,15 @@ fn a_reused_partition_refuses_features_other_than_its_shards() {
         .args(["--parts", "2", "--out"])
         .arg(&dir);
     check(cmd.output().unwrap(), "distgat partition");
+    (inputs, dir)
+}
+
+#[test]
+fn a_reused_partition_refuses_features_other_than_its_shards() {
+    // The shards carry their feature rows; a different features file would be ignored
+    // (exit 0, the old numbers), so it is refused.
+    let tmp = tempfile::tempdir().unwrap();
+    let (inputs, dir) = gatv2_in_two_parts(tmp.path());
     let bytes = std::fs::read(&inputs.features).unwrap();
     let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
     let shape = npy.shape().to_vec();
@@ -557,17 +564,7 @@ fn a_reused_partition_refuses_another_graph_and_runs_its_own() {
     // checks it against the partition beside the job, and commits nothing unless it is
     // the partition's own.
     let tmp = tempfile::tempdir().unwrap();
-    let inputs = reference("gatv2-n200");
-    let dir = tmp.path().join("partition");
-    let mut cmd = Command::new(exe());
-    cmd.arg("partition")
-        .arg("--graph")
-        .arg(&inputs.graph)
-        .arg("--features")
-        .arg(&inputs.features)
-        .args(["--parts", "2", "--out"])
-        .arg(&dir);
-    check(cmd.output().unwrap(), "distgat partition");
+    let (inputs, dir) = gatv2_in_two_parts(tmp.path());
     // The same edges but the last one reversed: same size, another graph.
     let bytes = std::fs::read(&inputs.graph).unwrap();
     let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
@@ -577,7 +574,7 @@ fn a_reused_partition_refuses_another_graph_and_runs_its_own() {
     ids.swap(e - 1, 2 * e - 1);
     let other = tmp.path().join("other-graph.npy");
     write_npy(&other, &shape, &ids);
-    let run_with = |graph: &Path, out: &Path| {
+    let run_with = |graph: &Path, out: &Path, extra: &[&std::ffi::OsStr]| {
         let mut cmd = Command::new(exe());
         cmd.arg("run")
             .arg("--graph")
@@ -589,11 +586,12 @@ fn a_reused_partition_refuses_another_graph_and_runs_its_own() {
             .arg("--out")
             .arg(out)
             .args(["--workers", "2", "--partition"])
-            .arg(&dir);
+            .arg(&dir)
+            .args(extra);
         cmd.output().unwrap()
     };
     let out = tmp.path().join("run.npy");
-    let output = run_with(&other, &out);
+    let output = run_with(&other, &out, &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "ran on another graph:\n{stderr}");
     assert!(
@@ -606,21 +604,7 @@ fn a_reused_partition_refuses_another_graph_and_runs_its_own() {
     // With attention output the graph is read whole, and refused the same way, before
     // anything is created.
     let att = tmp.path().join("att");
-    let mut cmd = Command::new(exe());
-    cmd.arg("run")
-        .arg("--graph")
-        .arg(&other)
-        .arg("--features")
-        .arg(&inputs.features)
-        .arg("--model")
-        .arg(&inputs.model)
-        .arg("--out")
-        .arg(&out)
-        .arg("--attention-dir")
-        .arg(&att)
-        .args(["--workers", "2", "--partition"])
-        .arg(&dir);
-    let output = cmd.output().unwrap();
+    let output = run_with(&other, &out, &["--attention-dir".as_ref(), att.as_os_str()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(
@@ -637,7 +621,7 @@ fn a_reused_partition_refuses_another_graph_and_runs_its_own() {
     assert!(partial.is_empty(), "left behind: {partial:?}");
     // Its own graph runs, with infer's bits.
     check(
-        run_with(&inputs.graph, &out),
+        run_with(&inputs.graph, &out, &[]),
         "distgat run on its own graph",
     );
     let want = infer(&inputs, tmp.path());
