@@ -60,6 +60,18 @@ async fn client(c: &Cluster) -> Client {
     Client::connect(&c.address).await.unwrap()
 }
 
+/// The generated client of `c`'s coordinator, for requests `Client` never makes.
+async fn raw_client(
+    c: &Cluster,
+) -> distgat_client::v1::coordinator_client::CoordinatorClient<tonic::transport::Channel> {
+    distgat_client::v1::coordinator_client::CoordinatorClient::connect(format!(
+        "http://{}",
+        c.address
+    ))
+    .await
+    .unwrap()
+}
+
 fn code(e: ClientError) -> (Code, String) {
     match e {
         ClientError::Status(s) => (s.code(), s.message().to_string()),
@@ -532,12 +544,7 @@ async fn symlink_out_of_the_root_is_permission_denied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_job_is_refused_by_default() {
     let c = cluster(0, 1 << 20).await;
-    let mut raw = distgat_client::v1::coordinator_client::CoordinatorClient::connect(format!(
-        "http://{}",
-        c.address
-    ))
-    .await
-    .unwrap();
+    let mut raw = raw_client(&c).await;
     let status = raw
         .run_job(distgat_client::v1::RunJobRequest {
             partition_dir: "/tmp".into(),
@@ -1153,12 +1160,7 @@ async fn neighbourhood_built_through_the_api_matches_infer() {
             "points applies to a graph built",
         ),
     ];
-    let mut raw = distgat_client::v1::coordinator_client::CoordinatorClient::connect(format!(
-        "http://{}",
-        c.address
-    ))
-    .await
-    .unwrap();
+    let mut raw = raw_client(&c).await;
     for (req, want) in cases {
         let status = raw.register_graph(req.clone()).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{req:?}: {status:?}");
@@ -1199,12 +1201,7 @@ async fn a_quiet_output_stream_hits_the_idle_deadline() {
         config.stream_idle_timeout = Duration::from_millis(500)
     })
     .await;
-    let mut raw = distgat_proto::v1::coordinator_client::CoordinatorClient::connect(format!(
-        "http://{}",
-        c.address
-    ))
-    .await
-    .unwrap();
+    let mut raw = raw_client(&c).await;
     let (tx, rx) = tokio::sync::mpsc::channel::<distgat_proto::v1::OutputChunk>(4);
     let started = std::time::Instant::now();
     let status = raw
@@ -1230,12 +1227,7 @@ async fn a_stalled_upload_hits_the_idle_deadline() {
         config.stream_idle_timeout = Duration::from_millis(500)
     })
     .await;
-    let mut raw = distgat_proto::v1::coordinator_client::CoordinatorClient::connect(format!(
-        "http://{}",
-        c.address
-    ))
-    .await
-    .unwrap();
+    let mut raw = raw_client(&c).await;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(UploadGraphChunk {
         body: Some(Body::Header(UploadHeader {
@@ -1395,12 +1387,7 @@ async fn fields_a_request_would_not_use_are_refused() {
     assert_eq!(done.state(), JobState::Succeeded, "{}", done.error);
 
     // RunJob: attention_dir for a model of global layers only.
-    let mut raw = distgat_client::v1::coordinator_client::CoordinatorClient::connect(format!(
-        "http://{}",
-        c.address
-    ))
-    .await
-    .unwrap();
+    let mut raw = raw_client(&c).await;
     let status = raw
         .run_job(distgat_client::v1::RunJobRequest {
             partition_dir: c
