@@ -1326,17 +1326,25 @@ async fn fields_a_request_would_not_use_are_refused() {
         .unwrap()
         .graph_id;
 
-    // CreatePartition: range takes no seed.
+    // CreatePartition: range takes no seed, and one part runs no partitioner at all.
     let (k, m) = code(
         client
-            .create_partition(&cora, 1, "range", 5)
+            .create_partition(&cora, 2, "range", 5)
             .await
             .unwrap_err(),
     );
     assert_eq!(k, Code::InvalidArgument, "{m}");
     assert!(m.contains("seed 5") && m.contains("range"), "{m}");
+    let (k, m) = code(
+        client
+            .create_partition(&cora, 1, "metis", 5)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(k, Code::InvalidArgument, "{m}");
+    assert!(m.contains("seed 5") && m.contains("parts 1"), "{m}");
     let part = client
-        .create_partition(&cora, 1, "metis", 5)
+        .create_partition(&cora, 1, "metis", 0)
         .await
         .unwrap()
         .partition_id;

@@ -1708,6 +1708,16 @@ fn partition_method(args: &PartitionArgs) -> anyhow::Result<Method> {
         ("--trials", args.trials.is_some()),
         ("--imbalance", args.imbalance.is_some()),
     ];
+    // One part needs no partitioner: every node goes to part 0 whatever the method, so
+    // its options would be recorded in the report and never used.
+    if args.parts == 1 && !matches!(method, MethodArg::File(_)) {
+        if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+            anyhow::bail!(
+                "{flag}: not used with --parts 1 (every node goes to part 0 and no \
+                 partitioner runs); drop it or ask for more parts"
+            );
+        }
+    }
     if let Some((flag, _)) = given.iter().find(|(f, set)| *set && !uses.contains(f)) {
         anyhow::bail!(
             "{flag}: not used by --method {name} ({}); drop it or choose a method that uses it",

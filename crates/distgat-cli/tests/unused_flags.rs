@@ -159,6 +159,14 @@ fn run_refuses_a_method_with_a_reused_partition_and_recovery_it_cannot_keep() {
         .map(|&a| if a == "2" { "1" } else { a })
         .collect();
     refused(&os(&one), &["--recovery job", "one worker", "--spares"]);
+    // One worker: one part, and no partitioner runs.
+    let one = c.run_args(&out, &["--method", "random"]);
+    let one: Vec<&str> = one
+        .iter()
+        .map(|&a| if a == "2" { "1" } else { a })
+        .collect();
+    refused(&os(&one), &["--method", "--workers 1"]);
+    assert!(!Path::new(&out).exists());
     // The same job with --recovery job runs.
     let (ok, stderr) = distgat(&os(&c.run_args(
         &out,
@@ -285,6 +293,33 @@ fn partition_refuses_options_its_method_does_not_take() {
         assert!(ok, "{extra:?}: {stderr}");
         std::fs::remove_dir_all(&out).unwrap();
     }
+    // One part runs no partitioner: every method's options are unused (a parts file is
+    // still read and checked).
+    let one = |extra: &[&str]| -> Vec<String> {
+        let mut v = base(&out, extra);
+        let k = v.iter().position(|a| a == "--parts").unwrap();
+        v[k + 1] = "1".into();
+        v
+    };
+    for (extra, flag) in [
+        (&["--seed", "7"][..], "--seed"),
+        (&["--trials", "4"][..], "--trials"),
+        (&["--method", "random", "--seed", "2"][..], "--seed"),
+        (
+            &["--method", "stream", "--imbalance", "1.1"][..],
+            "--imbalance",
+        ),
+    ] {
+        let v = one(extra);
+        let refs: Vec<&std::ffi::OsStr> = v.iter().map(std::ffi::OsStr::new).collect();
+        refused(&refs, &[flag, "--parts 1"]);
+        assert!(!Path::new(&out).exists(), "{extra:?} wrote a partition");
+    }
+    let v = one(&["--method", "random"]);
+    let refs: Vec<&std::ffi::OsStr> = v.iter().map(std::ffi::OsStr::new).collect();
+    let (ok, stderr) = distgat(&refs);
+    assert!(ok, "--parts 1 --method random: {stderr}");
+    std::fs::remove_dir_all(&out).unwrap();
     // Recursive bisection has no volume objective (METIS itself would only say "invalid
     // input").
     let v = base(&out, &["--recursive", "--objective", "volume"]);

@@ -276,6 +276,12 @@ fn method_for(
              neighbourhood); graph '{}' was registered from a file",
             graph.id
         ))),
+        // One part needs no partitioner: every node goes to part 0, and a seed would be
+        // recorded and never used.
+        _ if parts == 1 && seed != 0 => Err(RuntimeError::InvalidArgument(format!(
+            "seed {seed}: parts 1 puts every node in part 0 and runs no partitioner; leave \
+             seed 0 or ask for more parts"
+        ))),
         _ => parse_method(field, name, seed),
     }
 }
