@@ -1108,6 +1108,81 @@ pub(crate) mod tests {
         assert_eq!(bits(&table.1), bits(&from_rows.1));
     }
 
+    /// GATConv's loop for narrow rows of a shape known at compile time (`narrow_rows`)
+    /// gives the bits of the general loop over the `[N, H]` score table, for every shape
+    /// it is built for and one it is not, concatenated heads or their mean, with the
+    /// residual and the attention coefficients, on every vector width.
+    #[test]
+    fn gat_narrow_rows_of_every_shape_give_the_general_bits() {
+        let mut next = stream(23);
+        let shapes = [
+            (1, 8),
+            (1, 16),
+            (1, 32),
+            (1, 64),
+            (2, 8),
+            (2, 16),
+            (2, 32),
+            (4, 8),
+            (4, 16),
+            (8, 8),
+            (3, 8),
+        ];
+        for (h, c) in shapes {
+            for concat in [true, false] {
+                let mut gat = random_gat(&mut next, 11, h, c, concat, 1);
+                gat.edge_score = None;
+                let n = 257;
+                let s = setup(&gat, n);
+                assert!(gat.scores_from_rows() && s.aux.is_empty());
+                let mut table = vec![0f32; n * h];
+                gat.fill_source_scores(&s.source, &mut table);
+                let entries = s.csr.num_entries();
+                for widest in [Vectors::Portable, Vectors::Avx2, Vectors::Avx512] {
+                    let run = |from_rows: bool| {
+                        let mut out = vec![0f32; n * gat.out_width()];
+                        let mut alpha = vec![0f32; entries * h];
+                        let inputs = RowInputs {
+                            source_aux: &table,
+                            ..s.inputs()
+                        };
+                        let scratch = &mut Scratch::default();
+                        if from_rows {
+                            // Through the dispatch, so `widest` picks the build.
+                            with_widest(widest, || {
+                                gat.aggregate_rows(
+                                    &s.csr,
+                                    &inputs,
+                                    0..n,
+                                    &mut out,
+                                    Some(&mut alpha),
+                                    scratch,
+                                )
+                            });
+                        } else {
+                            let (csr, alpha) = (&s.csr, Some(&mut alpha[..]));
+                            gat.aggregate_rows_scored(
+                                csr,
+                                &inputs,
+                                0..n,
+                                &mut out,
+                                alpha,
+                                scratch,
+                                false,
+                            );
+                        }
+                        (out, alpha)
+                    };
+                    let (general, narrow) = (run(false), run(true));
+                    assert!(general.0.iter().any(|&v| v != 0.0));
+                    let what = format!("{h} x {c}, concat {concat}, {widest:?}");
+                    assert!(same_bits(&general.0, &narrow.0), "output, {what}");
+                    assert!(same_bits(&general.1, &narrow.1), "alpha, {what}");
+                }
+            }
+        }
+    }
+
     fn setup(layer: &dyn AttentionKind, n: usize) -> Setup {
         let mut next = stream(7);
         let (src, dst): (Vec<u64>, Vec<u64>) = (0..8 * n)
