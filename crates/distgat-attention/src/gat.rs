@@ -37,6 +37,14 @@ const SCORE_PREFETCH_DISTANCE: usize = 32;
 /// dot products an edge), hence the bound (docs/performance.md, eleventh session).
 const SCORES_FROM_ROWS_MAX_BYTES: usize = 256;
 
+/// Bytes of source rows [`GatConv::narrow_rows`] prefetches ahead into L1 (16 rows of
+/// 128 bytes; no fewer than 8 rows and no more than 64). At 10M nodes / 100M edges with
+/// 4 x 8 heads, 8 interleaved runs each: 2 KiB ahead gave `infer` a median of 9.4 s
+/// against 11.2 s at 4 KiB (two runs each at 1.5 KiB, 11.0-11.3 s, and 3 KiB, 9.5-9.9 s).
+/// The runs of one setting spread by up to 6 s on this VM, so this is a lean, not a
+/// proof; at 1M / 10M no difference showed (docs/performance.md, twentieth session).
+const NARROW_PREFETCH_BYTES: usize = 2048;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatConv {
     pub heads: usize,
@@ -246,7 +254,7 @@ impl GatConv {
         let (ow, tw) = (self.out_width(), self.target_width());
         let slope = self.negative_slope;
         let first_entry = csr.row_ptr[rows.start];
-        let ahead = prefetch_distance(W);
+        let ahead = (NARROW_PREFETCH_BYTES / (4 * W)).clamp(8, 64);
         let row_of = |j: u32| -> &[f32; W] {
             let j = j as usize;
             inputs.source[j * W..(j + 1) * W]
