@@ -224,8 +224,9 @@ impl GatConv {
         }
     }
 
-    /// [`GatConv::aggregate_rows_scored`] for narrow rows (scores computed from the rows,
-    /// no edge scores) of `H` heads of `C` channels (`W = H * C`), known at compile time.
+    /// [`GatConv::aggregate_rows_scored`] for narrow rows (scores computed from the rows)
+    /// of `H` heads of `C` channels (`W = H * C`), known at compile time; with `edge_dim`,
+    /// each score adds the edge's `<edge_attr[e], v[h]>` as the general loop does.
     ///
     /// Every value goes through the same operations, on the same operands, in the same
     /// order as in the general loop, so the bits are the same (tested against the score
@@ -280,12 +281,24 @@ impl GatConv {
                 for (k, (&j, w)) in sources.iter().zip(weights.chunks_exact_mut(H)).enumerate() {
                     prefetch_ahead(csr, row_start + k, ahead, inputs.source, W);
                     let z = row_of(j);
+                    let edge = self.edge_score.as_ref().map(|(d, v)| {
+                        let e = row_start + k;
+                        (
+                            &inputs.edge_attr.unwrap_or_default()[e * d..(e + 1) * d],
+                            v,
+                            *d,
+                        )
+                    });
                     for head in 0..H {
                         let mut s = 0.0f32;
                         for ch in head * C..(head + 1) * C {
                             s += z[ch] * att[ch];
                         }
-                        let e = leaky_relu(s + s_dst[head], slope);
+                        let mut e = s + s_dst[head];
+                        if let Some((ea, v, d)) = edge {
+                            e += dot(ea, &v[head * d..(head + 1) * d]);
+                        }
+                        let e = leaky_relu(e, slope);
                         max[head] = max[head].max(e);
                         w[head] = e;
                     }
@@ -336,7 +349,7 @@ impl GatConv {
         scores_from_rows: bool,
     ) {
         let (h, c, hc, ow) = (self.heads, self.channels, self.hc(), self.out_width());
-        if scores_from_rows && self.edge_score.is_none() {
+        if scores_from_rows {
             // Narrow rows of a common shape: the same loop with `H` and `C` known to the
             // compiler (`narrow_rows`).
             macro_rules! shapes {

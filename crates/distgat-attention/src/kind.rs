@@ -1110,8 +1110,9 @@ pub(crate) mod tests {
 
     /// GATConv's loop for narrow rows of a shape known at compile time (`narrow_rows`)
     /// gives the bits of the general loop over the `[N, H]` score table, for every shape
-    /// it is built for and one it is not, concatenated heads or their mean, with the
-    /// residual and the attention coefficients, on every vector width.
+    /// it is built for and one it is not, concatenated heads or their mean, with and
+    /// without edge scores, with the residual and the attention coefficients, on every
+    /// vector width.
     #[test]
     fn gat_narrow_rows_of_every_shape_give_the_general_bits() {
         let mut next = stream(23);
@@ -1129,9 +1130,11 @@ pub(crate) mod tests {
             (3, 8),
         ];
         for (h, c) in shapes {
-            for concat in [true, false] {
-                let mut gat = random_gat(&mut next, 11, h, c, concat, 1);
-                gat.edge_score = None;
+            for (concat, edge_dim) in [(true, 0), (false, 0), (true, 3), (false, 2)] {
+                let mut gat = random_gat(&mut next, 11, h, c, concat, edge_dim.max(1));
+                if edge_dim == 0 {
+                    gat.edge_score = None;
+                }
                 let n = 257;
                 let s = setup(&gat, n);
                 assert!(gat.scores_from_rows() && s.aux.is_empty());
@@ -1175,7 +1178,8 @@ pub(crate) mod tests {
                     };
                     let (general, narrow) = (run(false), run(true));
                     assert!(general.0.iter().any(|&v| v != 0.0));
-                    let what = format!("{h} x {c}, concat {concat}, {widest:?}");
+                    let what =
+                        format!("{h} x {c}, concat {concat}, edge_dim {edge_dim}, {widest:?}");
                     assert!(same_bits(&general.0, &narrow.0), "output, {what}");
                     assert!(same_bits(&general.1, &narrow.1), "alpha, {what}");
                 }
