@@ -406,6 +406,7 @@ fn run_local(
                 d,
                 layer.fill_value(),
                 &ea.values,
+                exec,
             ))
         }
         None => None,

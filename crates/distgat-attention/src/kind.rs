@@ -1206,8 +1206,14 @@ pub(crate) mod tests {
         let d = layer.edge_dim().unwrap_or(0);
         let attr: Vec<f32> = (0..src.len() * d).map(|_| next()).collect();
         let keys = csr.entry_keys(&edges);
-        let edge_attr =
-            crate::edge_attr::entry_edge_attr(&csr.row_ptr, &keys, d, layer.fill_value(), &attr);
+        let edge_attr = crate::edge_attr::entry_edge_attr(
+            &csr.row_ptr,
+            &keys,
+            d,
+            layer.fill_value(),
+            &attr,
+            Execution::Sequential,
+        );
         Setup {
             csr,
             x,

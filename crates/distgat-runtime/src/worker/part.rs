@@ -1827,13 +1827,16 @@ fn aggregate_subset(
                 EdgeAttr::Shard(f) => (&subset.local_keys, &f.values),
                 EdgeAttr::File(f) => (&subset.keys, &f.values),
             };
-            Some(entry_edge_attr(
-                &subset.csr.row_ptr,
-                keys,
-                d,
-                layer.fill_value(),
-                values,
-            ))
+            Some(pool.install(|| {
+                entry_edge_attr(
+                    &subset.csr.row_ptr,
+                    keys,
+                    d,
+                    layer.fill_value(),
+                    values,
+                    Execution::Parallel,
+                )
+            }))
         }
         _ => None,
     };
