@@ -370,15 +370,6 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
         && config.method.is_none()
         && config.attention_dir.is_none()
         && config.spares == 0;
-    // One worker means one part: no partitioner runs (a parts file is still read).
-    if let (Some(m), 1) = (&config.method, config.workers) {
-        if !matches!(m, Method::File { .. }) {
-            anyhow::bail!(
-                "--method: with --workers 1 every node goes to the one part and no \
-                 partitioner runs; drop --method or add workers"
-            );
-        }
-    }
     if let (Some(r), 1, 0) = (config.recovery, config.workers, config.spares) {
         anyhow::bail!(
             "--recovery {}: with one worker and no --spares, a lost worker leaves no other \

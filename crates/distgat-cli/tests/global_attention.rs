@@ -279,33 +279,23 @@ fn distgat_run_gives_infers_bytes_for_global_models_on_any_worker_count() {
         );
         let want = common::body(&case.path("out.npy"));
         for &w in workers {
-            // One worker is one part: no partitioner runs, so --method is refused there.
-            let methods: &[&str] = if w == 1 {
-                &["one"]
-            } else {
-                &["range", "random"]
-            };
-            for &method in methods {
+            for method in ["range", "random"] {
                 let dest = case.path(&format!("run-{w}-{method}.npy"));
                 let summary = case.path(&format!("run-{w}-{method}.json"));
-                let (x, model, workers) =
-                    (case.path("x.npy"), case.path("model.json"), w.to_string());
-                let mut args: Vec<&std::ffi::OsStr> = vec![
+                let output = run(&[
                     "--features".as_ref(),
-                    x.as_os_str(),
+                    case.path("x.npy").as_os_str(),
                     "--model".as_ref(),
-                    model.as_os_str(),
+                    case.path("model.json").as_os_str(),
                     "--out".as_ref(),
                     dest.as_os_str(),
                     "--workers".as_ref(),
-                    workers.as_ref(),
+                    w.to_string().as_ref(),
+                    "--method".as_ref(),
+                    method.as_ref(),
                     "--summary-json".as_ref(),
                     summary.as_os_str(),
-                ];
-                if w > 1 {
-                    args.extend([std::ffi::OsStr::new("--method"), method.as_ref()]);
-                }
-                let output = run(&args);
+                ]);
                 let stderr = String::from_utf8_lossy(&output.stderr);
                 assert!(output.status.success(), "{w} workers, {method}: {stderr}");
                 assert!(

@@ -159,14 +159,6 @@ fn run_refuses_a_method_with_a_reused_partition_and_recovery_it_cannot_keep() {
         .map(|&a| if a == "2" { "1" } else { a })
         .collect();
     refused(&os(&one), &["--recovery job", "one worker", "--spares"]);
-    // One worker: one part, and no partitioner runs.
-    let one = c.run_args(&out, &["--method", "random"]);
-    let one: Vec<&str> = one
-        .iter()
-        .map(|&a| if a == "2" { "1" } else { a })
-        .collect();
-    refused(&os(&one), &["--method", "--workers 1"]);
-    assert!(!Path::new(&out).exists());
     // The same job with --recovery job runs.
     let (ok, stderr) = distgat(&os(&c.run_args(
         &out,
