@@ -224,6 +224,25 @@ impl GatConv {
         }
     }
 
+    /// The edge score's inputs for CSR entry `e` with `edge_dim = D`: the entry's `[D]`
+    /// attributes (from the `[entries, D]` `edge_attr`), the folded `[H, D]` vector and
+    /// `D`; `None` without `edge_dim`.
+    #[inline(always)]
+    fn edge_of<'a>(
+        &'a self,
+        edge_attr: Option<&'a [f32]>,
+        e: usize,
+    ) -> Option<(&'a [f32], &'a [f32], usize)> {
+        self.edge_score.as_ref().map(|(d, v)| {
+            let d = *d;
+            (
+                &edge_attr.unwrap_or_default()[e * d..(e + 1) * d],
+                &v[..],
+                d,
+            )
+        })
+    }
+
     /// [`GatConv::aggregate_rows_scored`] for narrow rows (scores computed from the rows)
     /// of `H` heads of `C` channels (`W = H * C`), known at compile time; with `edge_dim`,
     /// each score adds the edge's `<edge_attr[e], v[h]>` as the general loop does.
@@ -281,14 +300,7 @@ impl GatConv {
                 for (k, (&j, w)) in sources.iter().zip(weights.chunks_exact_mut(H)).enumerate() {
                     prefetch_ahead(csr, row_start + k, ahead, inputs.source, W);
                     let z = row_of(j);
-                    let edge = self.edge_score.as_ref().map(|(d, v)| {
-                        let e = row_start + k;
-                        (
-                            &inputs.edge_attr.unwrap_or_default()[e * d..(e + 1) * d],
-                            v,
-                            *d,
-                        )
-                    });
+                    let edge = self.edge_of(inputs.edge_attr, row_start + k);
                     for head in 0..H {
                         let mut s = 0.0f32;
                         for ch in head * C..(head + 1) * C {
@@ -422,14 +434,7 @@ impl GatConv {
                         }
                         &inputs.source_aux[j * h..(j + 1) * h]
                     };
-                    let edge = self.edge_score.as_ref().map(|(d, v)| {
-                        let e = row_start + k;
-                        (
-                            &inputs.edge_attr.unwrap_or_default()[e * d..(e + 1) * d],
-                            v,
-                            *d,
-                        )
-                    });
+                    let edge = self.edge_of(inputs.edge_attr, row_start + k);
                     for head in 0..h {
                         let mut e = s_src[head] + s_dst[head];
                         if let Some((ea, v, d)) = edge {
