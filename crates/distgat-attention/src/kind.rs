@@ -1067,47 +1067,6 @@ pub(crate) mod tests {
         }
     }
 
-    /// GATConv's scores computed from narrow source rows in pass 1 give the bits of the
-    /// scores read from the `[N, H]` table (edge scores, residual and alpha included).
-    #[test]
-    fn gat_scores_from_rows_give_the_table_bits() {
-        let mut next = stream(11);
-        let (f, h, c, d) = (13, 4, 8, 2);
-        let gat = random_gat(&mut next, f, h, c, true, d);
-        let n = 300;
-        let s = setup(&gat, n);
-        assert!(
-            gat.scores_from_rows() && s.aux.is_empty(),
-            "no table is built"
-        );
-        let mut table = vec![0f32; n * h];
-        gat.fill_source_scores(&s.source, &mut table);
-        let entries = s.csr.num_entries();
-        let run = |from_rows: bool| {
-            let mut out = vec![0f32; n * gat.out_width()];
-            let mut alpha = vec![0f32; entries * h];
-            let inputs = RowInputs {
-                source_aux: &table,
-                ..s.inputs()
-            };
-            gat.aggregate_rows_scored(
-                &s.csr,
-                &inputs,
-                0..n,
-                &mut out,
-                Some(&mut alpha),
-                &mut Scratch::default(),
-                from_rows,
-            );
-            (out, alpha)
-        };
-        let (table, from_rows) = (run(false), run(true));
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert!(table.0.iter().any(|&v| v != 0.0));
-        assert_eq!(bits(&table.0), bits(&from_rows.0));
-        assert_eq!(bits(&table.1), bits(&from_rows.1));
-    }
-
     /// GATConv's loop for narrow rows of a shape known at compile time (`narrow_rows`)
     /// gives the bits of the general loop over the `[N, H]` score table, for every narrow
     /// shape of 1-8 heads and 4-64 channels (those it is built for and those it is not),
