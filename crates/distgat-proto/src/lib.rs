@@ -6,7 +6,9 @@
 /// inputs with FetchShard and FetchInputs, which a version 2 worker would not do.
 /// 4: StartJobRequest.out_header_len and out_rows must be 0 without out_file (version 3
 /// coordinators always set them, which a version 4 worker refuses).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: StartJobRequest.out_owned_order (the part's own output file in owned order), which a
+/// version 4 worker would ignore, writing rows at their node ids past the file's end.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 pub mod security;
 pub use security::{

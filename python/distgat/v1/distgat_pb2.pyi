@@ -135,7 +135,7 @@ class Peer(_message.Message):
     def __init__(self, part: _Optional[int] = ..., address: _Optional[str] = ...) -> None: ...
 
 class StartJobRequest(_message.Message):
-    __slots__ = ("job_id", "partition_dir", "part", "peers", "model", "features", "normalize_rows", "feature_min", "want_attention", "threads", "edge_features", "shard_source", "partition_manifest", "worker_id", "build_id", "num_nodes", "keep_sent_rows", "out_file", "out_header_len", "out_rows")
+    __slots__ = ("job_id", "partition_dir", "part", "peers", "model", "features", "normalize_rows", "feature_min", "want_attention", "threads", "edge_features", "shard_source", "partition_manifest", "worker_id", "build_id", "num_nodes", "keep_sent_rows", "out_file", "out_header_len", "out_rows", "out_owned_order")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PARTITION_DIR_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +156,7 @@ class StartJobRequest(_message.Message):
     OUT_FILE_FIELD_NUMBER: _ClassVar[int]
     OUT_HEADER_LEN_FIELD_NUMBER: _ClassVar[int]
     OUT_ROWS_FIELD_NUMBER: _ClassVar[int]
+    OUT_OWNED_ORDER_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     partition_dir: str
     part: int
@@ -176,7 +177,8 @@ class StartJobRequest(_message.Message):
     out_file: str
     out_header_len: int
     out_rows: int
-    def __init__(self, job_id: _Optional[str] = ..., partition_dir: _Optional[str] = ..., part: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., model: _Optional[str] = ..., features: _Optional[str] = ..., normalize_rows: _Optional[bool] = ..., feature_min: _Optional[float] = ..., want_attention: _Optional[bool] = ..., threads: _Optional[int] = ..., edge_features: _Optional[str] = ..., shard_source: _Optional[_Union[ShardSource, str]] = ..., partition_manifest: _Optional[str] = ..., worker_id: _Optional[str] = ..., build_id: _Optional[str] = ..., num_nodes: _Optional[int] = ..., keep_sent_rows: _Optional[bool] = ..., out_file: _Optional[str] = ..., out_header_len: _Optional[int] = ..., out_rows: _Optional[int] = ...) -> None: ...
+    out_owned_order: bool
+    def __init__(self, job_id: _Optional[str] = ..., partition_dir: _Optional[str] = ..., part: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., model: _Optional[str] = ..., features: _Optional[str] = ..., normalize_rows: _Optional[bool] = ..., feature_min: _Optional[float] = ..., want_attention: _Optional[bool] = ..., threads: _Optional[int] = ..., edge_features: _Optional[str] = ..., shard_source: _Optional[_Union[ShardSource, str]] = ..., partition_manifest: _Optional[str] = ..., worker_id: _Optional[str] = ..., build_id: _Optional[str] = ..., num_nodes: _Optional[int] = ..., keep_sent_rows: _Optional[bool] = ..., out_file: _Optional[str] = ..., out_header_len: _Optional[int] = ..., out_rows: _Optional[int] = ..., out_owned_order: _Optional[bool] = ...) -> None: ...
 
 class StartJobResponse(_message.Message):
     __slots__ = ()

@@ -18,6 +18,7 @@ use serde::Serialize;
 use tonic::Request;
 
 use super::inputs::JobInputs;
+use super::placement::OwnedOrder;
 use super::sink::{presized, AttentionSink, JobSink};
 use super::state::{KeptBuild, Shortfall, State};
 use crate::catalog::{lock, JobRecord};
@@ -601,6 +602,7 @@ async fn run_job_inner(
         out,
         out_sync,
         attention,
+        owned_order,
         ..
     } = sink;
     if missing > 0 {
@@ -610,6 +612,16 @@ async fn run_job_inner(
     }
     joined(
         tokio::task::spawn_blocking(move || -> Result<()> {
+            if let Some(order) = owned_order {
+                // The last blocks (the rest were placed while the parts ran); the parts'
+                // files are deleted after.
+                let t = Instant::now();
+                order.finish()?;
+                tracing::debug!(
+                    seconds = t.elapsed().as_secs_f64(),
+                    "the last output rows placed in node order"
+                );
+            }
             // Attention files first, out.npy last: a complete out.npy means a complete job.
             for (k, a) in attention.into_iter().enumerate() {
                 if let Some(a) = a {
@@ -1072,18 +1084,32 @@ fn prepare(
             )));
         }
     }
+    let mut sink = JobSink::new(
+        out_path,
+        out,
+        header_len,
+        manifest.parts,
+        n,
+        width,
+        attention,
+    )?;
+    if req.workers_write_output {
+        // Each part writes its own file in owned order; the rows are placed in node order
+        // once all are in (see `OwnedOrder`).
+        sink.owned_order = Some(OwnedOrder::create(
+            out_path,
+            sink.out.as_file(),
+            header_len,
+            sink.out_written.clone(),
+            partition.load_assignment()?,
+            manifest.parts,
+            width * 4,
+        )?);
+    }
     Ok(Prepared {
         parts: manifest.parts,
         part_restart: attention_dir.is_none() && !model.has_collective_layers(),
-        sink: JobSink::new(
-            out_path,
-            out,
-            header_len,
-            manifest.parts,
-            n,
-            width,
-            attention,
-        )?,
+        sink,
         feature_min,
         edge_indexes,
         graph_check,
@@ -1164,14 +1190,20 @@ async fn start_part(
         },
         None => {
             // The file's layout travels only with the file (a worker refuses it alone).
-            let (out_file, out_header_len, out_rows) = match &ctx.sink.worker_written {
-                Some(path) => (
-                    path.clone(),
-                    ctx.sink.header_len,
-                    ctx.sink.num_rows() as u64,
-                ),
-                None => (String::new(), 0, 0),
-            };
+            let (out_file, out_header_len, out_rows, out_owned_order) =
+                match (&ctx.sink.owned_order, &ctx.sink.worker_written) {
+                    (Some(order), _) => {
+                        let (path, rows) = order.part_file(p);
+                        (path, 0, rows, true)
+                    }
+                    (None, Some(path)) => (
+                        path.clone(),
+                        ctx.sink.header_len,
+                        ctx.sink.num_rows() as u64,
+                        false,
+                    ),
+                    (None, None) => (String::new(), 0, 0, false),
+                };
             StartJobRequest {
                 shard_source: v1::ShardSource::Shared as i32,
                 partition_dir: req.partition_dir.clone(),
@@ -1181,6 +1213,7 @@ async fn start_part(
                 out_file,
                 out_header_len,
                 out_rows,
+                out_owned_order,
                 ..common
             }
         }

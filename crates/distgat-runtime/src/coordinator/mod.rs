@@ -11,6 +11,7 @@ mod build;
 mod delete;
 mod inputs;
 mod job;
+mod placement;
 mod sink;
 mod state;
 

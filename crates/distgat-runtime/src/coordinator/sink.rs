@@ -11,17 +11,18 @@ use distgat_graph::{AtomicFile, SyncBehind};
 use distgat_proto::v1::output_chunk::Body;
 use distgat_proto::v1::{OutputChunk, OutputRows, WorkerStats};
 
+use super::placement::OwnedOrder;
 use crate::catalog::{consecutive_runs, lock, JobRecord};
 
 /// Output rows per block: about 4 MiB of the file.
-const BLOCK_BYTES: usize = 4 << 20;
+pub(super) const BLOCK_BYTES: usize = 4 << 20;
 /// At most this many bytes of rows wait in incomplete blocks; beyond it the fullest blocks
 /// are written as they are (a write per run of consecutive rows) and their later rows go
 /// straight to the file.
 const MAX_PENDING_BYTES: usize = 512 << 20;
 
 /// Rows of `row_bytes` in one block of about [`BLOCK_BYTES`] (at least one).
-fn rows_per_block(row_bytes: usize) -> usize {
+pub(super) fn rows_per_block(row_bytes: usize) -> usize {
     (BLOCK_BYTES / row_bytes.max(1)).max(1)
 }
 
@@ -269,6 +270,10 @@ pub(super) struct JobSink {
     /// With workers_write_output: the temporary output file's absolute path, which the
     /// workers write their rows into (they report them with `rows_written`).
     pub(super) worker_written: Option<String>,
+    /// With workers_write_output on a partition: the parts' own files, which the workers
+    /// write their rows into instead, in owned order (placed in node order as blocks of
+    /// the output fill).
+    pub(super) owned_order: Option<OwnedOrder>,
 }
 
 pub(super) struct AttentionSink {
@@ -393,6 +398,7 @@ impl JobSink {
             failure: Mutex::new(None),
             progress: None,
             worker_written: None,
+            owned_order: None,
         })
     }
 
@@ -406,6 +412,9 @@ impl JobSink {
         lock(&self.replayed).clear();
         lock(&self.blocks).reset();
         lock(&self.filled).reset();
+        if let Some(order) = &self.owned_order {
+            order.reset();
+        }
         for a in self.attention.iter().flatten() {
             lock(&a.seen).fill(false);
         }
@@ -553,6 +562,22 @@ impl JobSink {
                         "rows_written from part {part}: this job's workers send their rows \
                          (it has no workers_write_output)"
                     )));
+                }
+                if let Some(order) = &self.owned_order {
+                    // Each row must be in the part's own file: a part's rows placed from
+                    // another's file would be silently wrong.
+                    order.check_owner(part, &written.nodes)?;
+                    let again = self.check_in(part, &written.nodes)?;
+                    let mut skip = again.into_iter().peekable();
+                    order.add(
+                        written
+                            .nodes
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| skip.next_if_eq(i).is_none())
+                            .map(|(_, &v)| v),
+                    );
+                    return Ok(());
                 }
                 let again = self.check_in(part, &written.nodes)?;
                 let mut skip = again.into_iter().peekable();

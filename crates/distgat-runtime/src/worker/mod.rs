@@ -448,7 +448,12 @@ impl Worker for WorkerService {
             .into());
         }
         // Refused here, before any input is fetched (the part opens the file itself).
-        output::check_layout(&req.out_file, req.out_header_len, req.out_rows)?;
+        output::check_layout(
+            &req.out_file,
+            req.out_header_len,
+            req.out_rows,
+            req.out_owned_order,
+        )?;
         let cancel = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(Progress::default());
         let key = (req.job_id.clone(), req.part);

@@ -358,6 +358,8 @@ pub(super) fn compute_part(
         req.out_header_len,
         req.out_rows,
         model.out_width(),
+        req.out_owned_order,
+        &plan.owned,
     )?
     .map(Arc::new);
     let part = Part {
@@ -468,12 +470,14 @@ pub(super) fn compute_part(
     // A local last layer sent every output row itself; after a global one, the output
     // rows go in chunks, in original ids.
     if !matches!(model.layers.last(), Some(Layer::Local(_))) {
+        let all: Vec<u32> = (0..part.plan.owned.len() as u32).collect();
         send_rows(
             out,
             part.out_file.as_deref(),
             &req.job_id,
             req.part,
             &part.plan.owned,
+            &all,
             &x,
             model.out_width(),
         )?;
@@ -661,19 +665,14 @@ impl Part<'_> {
                 alpha,
             )
             .unwrap_or_default();
-            let nodes: Vec<u64> = view
-                .boundary
-                .rows
-                .iter()
-                .map(|&r| plan.owned[r as usize])
-                .collect();
             let t = Instant::now();
             send_rows(
                 self.out,
                 self.out_file.as_deref(),
                 &req.job_id,
                 req.part,
-                &nodes,
+                &plan.owned,
+                &view.boundary.rows,
                 &rows,
                 ow,
             )?;
@@ -796,7 +795,8 @@ impl Part<'_> {
                     file.as_deref(),
                     &job,
                     part,
-                    &owned[first..first + n],
+                    &owned,
+                    first,
                     &rows,
                     values,
                     ow,
@@ -1406,10 +1406,10 @@ fn shared_inputs(req: &StartJobRequest) -> Result<PartInputs> {
     })
 }
 
-/// Sends the local owned `rows` of `values` (`[owned, width]`; global ids from `owned`) in
-/// messages of at most [`MAX_CHUNK_BYTES`] of values, each built straight from `values`
-/// (no gathered copy of all the rows first: at 10M nodes that was 640 MB of fresh memory
-/// per worker).
+/// Sends local owned rows `first + i` for `i` in `rows` (increasing), row `i` of `values`
+/// for local row `first + i` (global ids from `owned`), in messages of at most
+/// [`MAX_CHUNK_BYTES`] of values, each built straight from `values` (no gathered copy of
+/// all the rows first: at 10M nodes that was 640 MB of fresh memory per worker).
 ///
 /// With `file` (`out_file`), each chunk of rows is written into it instead and only
 /// their ids are sent (`rows_written`).
@@ -1420,15 +1420,17 @@ fn send_picked_rows(
     job_id: &str,
     part: u32,
     owned: &[u64],
+    first: usize,
     rows: &[u32],
     values: &[f32],
     width: usize,
 ) -> Result<()> {
     let per_chunk = (MAX_CHUNK_BYTES / (4 * width.max(1))).max(1);
+    let node = |i: u32| owned[first + i as usize];
     if let Some(file) = file {
         for block in rows.chunks(per_chunk) {
-            file.write_picked(owned, block, values)?;
-            let nodes = block.iter().map(|&r| owned[r as usize]).collect();
+            file.write_picked(owned, first, block, values)?;
+            let nodes = block.iter().map(|&i| node(i)).collect();
             send_body(out, job_id, part, Body::RowsWritten(RowsWritten { nodes }))?;
         }
         return Ok(());
@@ -1442,7 +1444,7 @@ fn send_picked_rows(
             }
         }
         let rows = Body::Rows(OutputRows {
-            nodes: block.iter().map(|&r| owned[r as usize]).collect(),
+            nodes: block.iter().map(|&i| node(i)).collect(),
             width: width as u32,
             values: bytes,
         });
@@ -1451,34 +1453,37 @@ fn send_picked_rows(
     Ok(())
 }
 
-/// Sends output `values` (`[nodes.len(), width]`, row i for global id `nodes[i]`) in
-/// messages of at most [`MAX_CHUNK_BYTES`] of values.
+/// Sends output rows for local owned rows `local` (increasing; node `owned[r]` for row
+/// `r`), row `k` of `values` (`[local.len(), width]`) for `local[k]`, in messages of at
+/// most [`MAX_CHUNK_BYTES`] of values.
 /// With `file` (`out_file`), the rows are written into it instead and only their ids
 /// are sent (`rows_written`).
+#[allow(clippy::too_many_arguments)]
 fn send_rows(
     out: &mpsc::Sender<OutputChunk>,
     file: Option<&OutputFile>,
     job_id: &str,
     part: u32,
-    nodes: &[u64],
+    owned: &[u64],
+    local: &[u32],
     values: &[f32],
     width: usize,
 ) -> Result<()> {
     let per_chunk = (MAX_CHUNK_BYTES / (4 * width.max(1))).max(1);
-    for (ids, rows) in nodes
+    for (rows_of, vals) in local
         .chunks(per_chunk)
         .zip(values.chunks(per_chunk * width.max(1)))
     {
+        let nodes: Vec<u64> = rows_of.iter().map(|&r| owned[r as usize]).collect();
         if let Some(file) = file {
-            file.write_rows(ids, rows)?;
-            let nodes = ids.to_vec();
+            file.write_compact(owned, rows_of, vals)?;
             send_body(out, job_id, part, Body::RowsWritten(RowsWritten { nodes }))?;
             continue;
         }
         let rows = Body::Rows(OutputRows {
-            nodes: ids.to_vec(),
+            nodes,
             width: width as u32,
-            values: f32_bytes(rows),
+            values: f32_bytes(vals),
         });
         send_body(out, job_id, part, rows)?;
     }
