@@ -616,9 +616,12 @@ async fn run_job_inner(
                 // The last blocks (the rest were placed while the parts ran); the parts'
                 // files are deleted after.
                 let t = Instant::now();
+                let (placed, blocks) = order.progress();
                 order.finish()?;
                 tracing::debug!(
                     seconds = t.elapsed().as_secs_f64(),
+                    blocks_left = blocks - placed,
+                    blocks,
                     "the last output rows placed in node order"
                 );
             }

@@ -1,9 +1,10 @@
 //! The coordinator: registers workers, runs jobs over a partition directory, and assembles
 //! the output in original node order as the rows arrive.
 //!
-//! Modules: [`state`] (shared state), [`sink`] (job output files), [`job`] (running a
-//! job), [`api`] (the client API). Dependencies point one way:
-//! `mod -> api -> job -> sink/state`, never back.
+//! Modules: [`state`] (shared state), [`sink`] (job output files), [`placement`] (the
+//! parts' own output files, placed in node order), [`job`] (running a job), [`api`] (the
+//! client API). Dependencies point one way: `mod -> api -> job -> sink -> placement`,
+//! `job -> state`, never back.
 
 mod api;
 mod attention_index;

@@ -12,14 +12,21 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use super::sink::rows_per_block;
 use crate::catalog::lock;
 use crate::error::{Result, RuntimeError};
+
+/// Output rows per block: about 4 MiB of the file.
+pub(super) const BLOCK_BYTES: usize = 4 << 20;
+
+/// Rows of `row_bytes` in one block of about [`BLOCK_BYTES`] (at least one).
+pub(super) fn rows_per_block(row_bytes: usize) -> usize {
+    (BLOCK_BYTES / row_bytes.max(1)).max(1)
+}
 
 /// What the placing threads share.
 struct Layout {
@@ -61,6 +68,8 @@ pub(crate) struct OwnedOrder {
     due: Mutex<Option<mpsc::Sender<usize>>>,
     threads: Vec<JoinHandle<Result<()>>>,
     stop: Arc<AtomicBool>,
+    /// Blocks placed so far (for the log).
+    placed: Arc<AtomicUsize>,
 }
 
 impl OwnedOrder {
@@ -141,13 +150,19 @@ impl OwnedOrder {
         let (tx, rx) = mpsc::channel::<usize>();
         let rx = Arc::new(Mutex::new(rx));
         let stop = Arc::new(AtomicBool::new(false));
+        let placed = Arc::new(AtomicUsize::new(0));
         let threads = (0..std::thread::available_parallelism().map_or(1, |t| t.get()))
             .map(|_| {
-                let (layout, rx, stop, written) =
-                    (layout.clone(), rx.clone(), stop.clone(), written.clone());
+                let (layout, rx, stop, written, placed) = (
+                    layout.clone(),
+                    rx.clone(),
+                    stop.clone(),
+                    written.clone(),
+                    placed.clone(),
+                );
                 let out = out.try_clone()?;
                 Ok(std::thread::spawn(move || {
-                    place_blocks(&layout, &out, header_len, &rx, &stop, &written)
+                    place_blocks(&layout, &out, header_len, &rx, &stop, &written, &placed)
                 }))
             })
             .collect::<std::io::Result<Vec<_>>>()?;
@@ -159,7 +174,16 @@ impl OwnedOrder {
             due: Mutex::new(Some(tx)),
             threads,
             stop,
+            placed,
         })
+    }
+
+    /// (blocks placed so far, blocks of the output).
+    pub(crate) fn progress(&self) -> (usize, usize) {
+        (
+            self.placed.load(Ordering::Relaxed),
+            lock(&self.remaining).len(),
+        )
     }
 
     /// Part `p`'s file for its worker: (absolute path, owned rows).
@@ -255,6 +279,7 @@ fn place_blocks(
     due: &Mutex<mpsc::Receiver<usize>>,
     stop: &AtomicBool,
     written: &AtomicU64,
+    placed: &AtomicUsize,
 ) -> Result<()> {
     let (parts, rb) = (layout.parts, layout.row_bytes);
     let io = |path: &str, e: std::io::Error| {
@@ -298,6 +323,7 @@ fn place_blocks(
         out.write_all_at(&block, header_len + (rows.start * rb) as u64)
             .map_err(|e| io("the output's temporary file", e))?;
         written.fetch_add(block.len() as u64, Ordering::Relaxed);
+        placed.fetch_add(1, Ordering::Relaxed);
     }
 }
 

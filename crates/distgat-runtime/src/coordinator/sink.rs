@@ -11,20 +11,13 @@ use distgat_graph::{AtomicFile, SyncBehind};
 use distgat_proto::v1::output_chunk::Body;
 use distgat_proto::v1::{OutputChunk, OutputRows, WorkerStats};
 
-use super::placement::OwnedOrder;
+use super::placement::{rows_per_block, OwnedOrder};
 use crate::catalog::{consecutive_runs, lock, JobRecord};
 
-/// Output rows per block: about 4 MiB of the file.
-pub(super) const BLOCK_BYTES: usize = 4 << 20;
 /// At most this many bytes of rows wait in incomplete blocks; beyond it the fullest blocks
 /// are written as they are (a write per run of consecutive rows) and their later rows go
 /// straight to the file.
 const MAX_PENDING_BYTES: usize = 512 << 20;
-
-/// Rows of `row_bytes` in one block of about [`BLOCK_BYTES`] (at least one).
-pub(super) fn rows_per_block(row_bytes: usize) -> usize {
-    (BLOCK_BYTES / row_bytes.max(1)).max(1)
-}
 
 /// Output rows gathered by block of the file (`block_rows` consecutive node ids), so rows
 /// that arrive scattered (a part's ids interleave with the other parts') reach the disk in
@@ -153,7 +146,7 @@ impl Blocks {
 }
 use crate::error::{Result, RuntimeError};
 
-/// Which blocks of the output ([`BLOCK_BYTES`] of rows each) the workers have filled
+/// Which blocks of the output ([`BLOCK_BYTES`](super::placement::BLOCK_BYTES) of rows each) the workers have filled
 /// (`workers_write_output`), so the sync behind the rows pushes only finished stretches
 /// to the disk. Rows written by two processes interleave in every page; an `fdatasync` of
 /// the whole file while they are still arriving wrote most pages two to four times
