@@ -619,13 +619,40 @@ fn a_reused_partition_refuses_another_graph_and_runs_its_own() {
         .filter(|n| n.contains("partial"))
         .collect();
     assert!(partial.is_empty(), "left behind: {partial:?}");
-    // Its own graph runs, with infer's bits.
+    // A node id beyond the graph's nodes is named as such, not as another graph.
+    let nodes = npyz::NpyFile::new(&std::fs::read(&inputs.features).unwrap()[..])
+        .unwrap()
+        .shape()[0];
+    let mut beyond = ids.clone();
+    beyond[2 * e - 1] = nodes as i64;
+    let bad = tmp.path().join("beyond.npy");
+    write_npy(&bad, &shape, &beyond);
+    let output = run_with(&bad, &out, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("beyond.npy")
+            && stderr.contains(&format!(
+                "edge {}: target node {nodes} is beyond the graph's {nodes} nodes",
+                e - 1
+            )),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "{stderr}");
+    // Its own graph runs, with infer's bits, and leaves no part's output file behind.
     check(
         run_with(&inputs.graph, &out, &[]),
         "distgat run on its own graph",
     );
     let want = infer(&inputs, tmp.path());
     assert_eq!(std::fs::read(&out).unwrap(), want[0].1);
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial") || n.ends_with(".rows"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 #[test]

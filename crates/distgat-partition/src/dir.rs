@@ -636,8 +636,22 @@ impl PartitionDir {
         })
     }
 
-    /// Refuses a graph other than the one this directory was made from.
+    /// Refuses a graph other than the one this directory was made from. A node id of
+    /// `num_nodes` or more gets its own error (naming the id and the edge), not "another
+    /// graph".
     pub fn check_graph(&self, edges: &EdgeList, num_nodes: usize) -> Result<()> {
+        let beyond = |ids: &[u64]| ids.iter().position(|&v| v as usize >= num_nodes);
+        for (row, ids) in [("source", edges.src()), ("target", edges.dst())] {
+            if let Some(e) = beyond(ids) {
+                return Err(PartitionError::invalid(
+                    format!("edge {e}"),
+                    format!(
+                        "{row} node {} is beyond the graph's {num_nodes} nodes (ids 0..{num_nodes})",
+                        ids[e]
+                    ),
+                ));
+            }
+        }
         let fp = graph_fingerprint(edges, num_nodes);
         self.check_graph_fingerprint(&fp, num_nodes, edges.len())
     }
