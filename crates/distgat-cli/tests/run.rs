@@ -638,6 +638,12 @@ fn a_reused_partition_refuses_another_graph_and_runs_its_own() {
             )),
         "{stderr}"
     );
+    // Said once, as the command's error (the coordinator logs a refused job at INFO).
+    assert_eq!(
+        stderr.matches("is beyond the graph's").count(),
+        1,
+        "{stderr}"
+    );
     assert!(!out.exists(), "{stderr}");
     // Its own graph runs, with infer's bits, and leaves no part's output file behind.
     check(

@@ -62,6 +62,35 @@ pub enum RuntimeError {
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 
+impl RuntimeError {
+    /// Whether this refuses the caller's request or input (a bad file, field or id, or a
+    /// cancel), which the caller is told in full, rather than a failure of the cluster or
+    /// the machine. Servers log a refused job at INFO and a failed one at WARN, so
+    /// `distgat run` (whose coordinator logs at WARN to the user's terminal) prints a bad
+    /// input's error once, as its own `error:` line.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            RuntimeError::Graph(_)
+            | RuntimeError::Model(_)
+            | RuntimeError::Partition(_)
+            | RuntimeError::Neighbour(_)
+            | RuntimeError::InvalidArgument(_)
+            | RuntimeError::NotFound(_)
+            | RuntimeError::Cancelled(_) => true,
+            RuntimeError::ProtocolVersion { .. }
+            | RuntimeError::Security(_)
+            | RuntimeError::PermissionDenied(_)
+            | RuntimeError::ResourceExhausted(_)
+            | RuntimeError::FailedPrecondition(_)
+            | RuntimeError::WorkerFailed { .. }
+            | RuntimeError::DeadlineExceeded(_)
+            | RuntimeError::Transport { .. }
+            | RuntimeError::Io(_)
+            | RuntimeError::Store(_) => false,
+        }
+    }
+}
+
 impl From<RuntimeError> for tonic::Status {
     fn from(e: RuntimeError) -> Self {
         use tonic::Code;

@@ -701,7 +701,11 @@ pub async fn run_queue(state: Weak<State>, mut queue: mpsc::UnboundedReceiver<Ar
             continue;
         }
         if let Err(e) = execute(&state, &record).await {
-            tracing::warn!(job = %record.id, "job failed: {e}");
+            if e.is_refusal() {
+                tracing::info!(job = %record.id, "job refused: {e}");
+            } else {
+                tracing::warn!(job = %record.id, "job failed: {e}");
+            }
             record.fail(e.to_string());
         }
         super::delete::enforce_retention(&state).await;

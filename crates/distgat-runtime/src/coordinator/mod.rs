@@ -661,7 +661,11 @@ impl Coordinator for Service {
                 summary_json: serde_json::to_string(&summary).expect("summary serialises"),
             })),
             Err(e) => {
-                tracing::warn!(job = %job_id, "job failed: {e}");
+                if e.is_refusal() {
+                    tracing::info!(job = %job_id, "job refused: {e}");
+                } else {
+                    tracing::warn!(job = %job_id, "job failed: {e}");
+                }
                 Err(e.into())
             }
         }
