@@ -335,7 +335,8 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
         .enable_all()
         .build()?;
     // What a stopped run's processes leave beside the outputs: the coordinator's
-    // `.NAME.*.partial` files (out, attention files) and the staged --neighbours-out.
+    // `.NAME.*.partial` files (out, attention files), the parts' output files and the
+    // staged --neighbours-out.
     let partials = |p: &Path| {
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
         let name = name.unwrap_or_default();
@@ -345,7 +346,13 @@ pub fn run_cluster(config: &RunConfig, on_phase: fn(&str)) -> anyhow::Result<Run
             ".partial".to_string(),
         )
     };
-    let mut leftovers = vec![partials(&config.out)];
+    // And the parts' own output files beside it (`.NAME.part-P.*.rows`, the coordinator's
+    // `OwnedOrder`).
+    let part_rows = {
+        let (dir, prefix, _) = partials(&config.out);
+        (dir, format!("{prefix}part-"), ".rows".to_string())
+    };
+    let mut leftovers = vec![partials(&config.out), part_rows];
     if let Some(dir) = &config.attention_dir {
         leftovers.push((dir.clone(), ".layer".into(), ".partial".into()));
     }

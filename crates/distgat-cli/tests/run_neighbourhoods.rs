@@ -534,11 +534,11 @@ fn a_signal_stops_every_process_of_the_run() {
         assert!(left.stdout.is_empty(), "{signal}: processes left: {left:?}");
         let entries: Vec<_> = fs::read_dir(&tmp).unwrap().collect();
         assert!(entries.is_empty(), "{signal}: {entries:?}");
-        // Nor any partial output beside --out or --neighbours-out.
+        // Nor any partial output beside --out or --neighbours-out, nor a part's rows.
         let partial: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains("partial"))
+            .filter(|n| n.contains("partial") || n.ends_with(".rows"))
             .collect();
         assert!(partial.is_empty(), "{signal}: {partial:?}");
     }
