@@ -53,8 +53,8 @@ impl Layout {
 /// with `assignment[v] == p`, increasing) one after the other, `row_bytes` each. Rows the
 /// workers report written ([`OwnedOrder::add`]) count towards their block of the output;
 /// a complete block is placed in node order into the output by a placing thread
-/// ([`OwnedOrder::finish`] waits for the last). Dropped, it stops the placing threads and
-/// deletes the files.
+/// ([`OwnedOrder::finish`] waits for the last). Dropped, it tells the placing threads to
+/// stop (without waiting) and deletes the files.
 pub(crate) struct OwnedOrder {
     layout: Arc<Layout>,
     /// Per part: its file beside the output, held only to be deleted when this is
@@ -259,13 +259,14 @@ impl OwnedOrder {
     }
 }
 
+/// Stops the placing threads without waiting for them: a failed job's sink is dropped
+/// on an async thread, which must not block on a block's read and write. A thread still
+/// placing a block finishes it through its own descriptors (the deleted files stay
+/// readable to it) and then sees `stop`; what it writes goes to the uncommitted output.
 impl Drop for OwnedOrder {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         drop(lock(&self.due).take());
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
     }
 }
 
