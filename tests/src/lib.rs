@@ -180,7 +180,7 @@ pub mod certs {
                 cert: Some(self.cert.clone()),
                 key: Some(self.key.clone()),
                 ca: Some(self.ca.clone()),
-                domain: None,
+                ..Default::default()
             }
         }
 

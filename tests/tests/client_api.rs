@@ -1343,6 +1343,15 @@ async fn fields_a_request_would_not_use_are_refused() {
     );
     assert_eq!(k, Code::InvalidArgument, "{m}");
     assert!(m.contains("seed 5") && m.contains("parts 1"), "{m}");
+    // Parts 0 (one per live worker: here one) is named as the request gave it.
+    let (k, m) = code(
+        client
+            .create_partition(&cora, 0, "metis", 5)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(k, Code::InvalidArgument, "{m}");
+    assert!(m.contains("parts 0 (one per live worker: 1)"), "{m}");
     let part = client
         .create_partition(&cora, 1, "metis", 0)
         .await

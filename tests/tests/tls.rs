@@ -237,7 +237,7 @@ async fn refusals_have_the_right_codes() {
         cert: Some(other.cert.clone()),
         key: Some(other.key.clone()),
         ca: Some(c.pki.ca.clone()),
-        domain: None,
+        ..Default::default()
     }
     .load_client()
     .unwrap();

@@ -212,31 +212,107 @@ struct SecurityArgs {
     auth_token_file: Option<PathBuf>,
 }
 
+/// The TLS settings after the config file is merged in, with how the user gave each.
+#[derive(Clone, Default)]
+struct Security {
+    args: SecurityArgs,
+    names: distgat_proto::TlsNames,
+}
+
 impl SecurityArgs {
-    /// Each setting from its flag (or variable), else from the config file's section.
+    /// Each setting from its flag (or variable), else from the config file's `section`.
     fn or_file(
         &self,
+        file: &distgat_cli::config::FileConfig,
+        section: &str,
         cert: &Option<PathBuf>,
         key: &Option<PathBuf>,
         ca: &Option<PathBuf>,
         token: &Option<PathBuf>,
-    ) -> SecurityArgs {
-        SecurityArgs {
-            tls_cert: self.tls_cert.clone().or_else(|| cert.clone()),
-            tls_key: self.tls_key.clone().or_else(|| key.clone()),
-            tls_ca: self.tls_ca.clone().or_else(|| ca.clone()),
-            auth_token_file: self.auth_token_file.clone().or_else(|| token.clone()),
+    ) -> Security {
+        let name = |given: bool, flag: &str, env: &str, key: &str| {
+            setting_name(given, flag, env, file, &format!("{section}.{key}"))
+        };
+        let names = distgat_proto::TlsNames {
+            cert: name(
+                self.tls_cert.is_some(),
+                "--tls-cert",
+                "DISTGAT_TLS_CERT",
+                "tls_cert",
+            ),
+            key: name(
+                self.tls_key.is_some(),
+                "--tls-key",
+                "DISTGAT_TLS_KEY",
+                "tls_key",
+            ),
+            ca: name(
+                self.tls_ca.is_some(),
+                "--tls-ca",
+                "DISTGAT_TLS_CA",
+                "tls_ca",
+            ),
+            ..Default::default()
+        };
+        Security {
+            args: SecurityArgs {
+                tls_cert: self.tls_cert.clone().or_else(|| cert.clone()),
+                tls_key: self.tls_key.clone().or_else(|| key.clone()),
+                tls_ca: self.tls_ca.clone().or_else(|| ca.clone()),
+                auth_token_file: self.auth_token_file.clone().or_else(|| token.clone()),
+            },
+            names,
         }
     }
 
-    fn tls(&self, domain: Option<String>) -> distgat_proto::TlsFiles {
+    /// The settings as given on the command line or in the environment (no config file).
+    fn alone(&self) -> Security {
+        self.or_file(&Default::default(), "", &None, &None, &None, &None)
+    }
+}
+
+impl Security {
+    /// `domain_name` is how the domain was given (see [`setting_name`]).
+    fn tls(&self, domain: Option<String>, domain_name: Option<String>) -> distgat_proto::TlsFiles {
+        let mut names = self.names.clone();
+        if let Some(d) = domain_name {
+            names.domain = d;
+        }
         distgat_proto::TlsFiles {
-            cert: self.tls_cert.clone(),
-            key: self.tls_key.clone(),
-            ca: self.tls_ca.clone(),
+            cert: self.args.tls_cert.clone(),
+            key: self.args.tls_key.clone(),
+            ca: self.args.tls_ca.clone(),
             domain,
+            names,
         }
     }
+}
+
+/// How the user gave a setting, for error messages: `flag` when it is on the command line,
+/// else `env` when that variable is set, else the config file's `key` (when `from_flag_or_env`
+/// is false, the value came from the file).
+fn setting_name(
+    from_flag_or_env: bool,
+    flag: &str,
+    env: &str,
+    file: &distgat_cli::config::FileConfig,
+    key: &str,
+) -> String {
+    if !from_flag_or_env {
+        return format!("config file {}: {key}", file.path.display());
+    }
+    if !typed_on_command_line(flag) && std::env::var_os(env).is_some() {
+        return env.to_string();
+    }
+    flag.to_string()
+}
+
+/// Whether `flag` (`--name`) is on the command line, as `--name V` or `--name=V`.
+fn typed_on_command_line(flag: &str) -> bool {
+    std::env::args_os().skip(1).any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    })
 }
 
 #[derive(clap::Args)]
@@ -725,11 +801,7 @@ fn env_source_of(e: &clap::Error) -> Option<String> {
     };
     let flag = arg.split_whitespace().next()?.to_string();
     let long = flag.strip_prefix("--")?;
-    let typed = std::env::args_os().skip(1).any(|a| {
-        a.to_str()
-            .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
-    });
-    if typed {
+    if typed_on_command_line(&flag) {
         return None;
     }
     fn find(cmd: &clap::Command, long: &str) -> Option<String> {
@@ -846,9 +918,16 @@ fn main() -> ExitCode {
             tls_ca,
             tls_domain,
         } => tokio_runtime().and_then(|rt| {
+            let none = distgat_cli::config::FileConfig::default();
+            let names = distgat_proto::TlsNames {
+                ca: setting_name(true, "--tls-ca", "DISTGAT_TLS_CA", &none, ""),
+                domain: setting_name(true, "--tls-domain", "DISTGAT_TLS_DOMAIN", &none, ""),
+                ..Default::default()
+            };
             let tls = distgat_proto::TlsFiles {
                 ca: tls_ca,
                 domain: tls_domain,
+                names,
                 ..Default::default()
             }
             .load_client()?;
@@ -1010,9 +1089,14 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let file = load_config(args.config.as_deref())?;
     let c = &file.coordinator;
-    let security = args
-        .security
-        .or_file(&c.tls_cert, &c.tls_key, &c.tls_ca, &c.auth_token_file);
+    let security = args.security.or_file(
+        &file,
+        "coordinator",
+        &c.tls_cert,
+        &c.tls_key,
+        &c.tls_ca,
+        &c.auth_token_file,
+    );
     let defaults = distgat_runtime::CoordinatorConfig::default();
     let config = distgat_runtime::CoordinatorConfig {
         listen: pick(
@@ -1043,8 +1127,8 @@ fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
             Some(a) => Some(a),
             None => file.parse("coordinator.metrics_listen", c.metrics_listen.as_ref())?,
         },
-        tls: security.tls(None),
-        auth_token_file: security.auth_token_file.clone(),
+        tls: security.tls(None, None),
+        auth_token_file: security.args.auth_token_file.clone(),
         max_concurrent_fetches: match (args.max_concurrent_fetches, c.max_concurrent_fetches) {
             (Some(n), _) => n as usize,
             (None, Some(0)) => anyhow::bail!(
@@ -1083,9 +1167,14 @@ fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
 fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let file = load_config(args.config.as_deref())?;
     let w = &file.worker;
-    let security = args
-        .security
-        .or_file(&w.tls_cert, &w.tls_key, &w.tls_ca, &w.auth_token_file);
+    let security = args.security.or_file(
+        &file,
+        "worker",
+        &w.tls_cert,
+        &w.tls_key,
+        &w.tls_ca,
+        &w.auth_token_file,
+    );
     let coordinator = args.coordinator.or(w.coordinator.clone()).ok_or_else(|| {
         anyhow::anyhow!(
             "no coordinator address: give --coordinator HOST:PORT, DISTGAT_COORDINATOR or \
@@ -1104,8 +1193,8 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             Some(a) => Some(a),
             None => file.parse("worker.metrics_listen", w.metrics_listen.as_ref())?,
         },
-        tls: security.tls(None),
-        auth_token_file: security.auth_token_file.clone(),
+        tls: security.tls(None, None),
+        auth_token_file: security.args.auth_token_file.clone(),
         work_dir: args.work_dir.or(w.work_dir.clone()),
         shard_cache_max_bytes: pick(
             args.shard_cache_max_bytes,
@@ -1161,18 +1250,30 @@ where
         "127.0.0.1:50051".to_string(),
     );
     let cs = &file.client;
-    let from_file =
-        args.security
-            .or_file(&cs.tls_cert, &cs.tls_key, &cs.tls_ca, &cs.auth_token_file);
+    let from_file = args.security.or_file(
+        &file,
+        "client",
+        &cs.tls_cert,
+        &cs.tls_key,
+        &cs.tls_ca,
+        &cs.auth_token_file,
+    );
+    let domain_name = setting_name(
+        args.tls_domain.is_some(),
+        "--tls-domain",
+        "DISTGAT_TLS_DOMAIN",
+        &file,
+        "client.tls_domain",
+    );
     let tls_domain = args.tls_domain.clone().or(cs.tls_domain.clone());
-    let token = distgat_client::token_from(from_file.auth_token_file.as_deref())?;
+    let token = distgat_client::token_from(from_file.args.auth_token_file.as_deref())?;
     if token.as_ref().map(|(_, from)| *from) == Some(distgat_client::TokenSource::File)
         && std::env::var_os(distgat_client::TOKEN_ENV).is_some()
     {
         eprintln!("note: using the token of --auth-token-file; DISTGAT_TOKEN is ignored");
     }
     let security = distgat_client::Security {
-        tls: from_file.tls(tls_domain),
+        tls: from_file.tls(tls_domain, Some(domain_name)),
         token: token.map(|(t, _)| t),
     };
     tokio_runtime()?.block_on(async {
@@ -1569,7 +1670,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .shard_source
             .map_or(distgat_runtime::ShardSource::Shared, |s| s.0),
         exe: std::env::current_exe()?,
-        tls: args.security.tls(None),
+        tls: args.security.alone().tls(None, None),
         auth_token_file: args.security.auth_token_file.clone(),
     };
     let bar = progress_bar();

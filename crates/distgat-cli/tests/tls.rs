@@ -329,4 +329,54 @@ fn bad_tls_flags_are_named() {
         o.status.code() == Some(1) && e.contains("--tls-ca") && e.contains("absent.pem"),
         "{e}"
     );
+    // A setting from an environment variable or the config file is named as the user gave
+    // it, and its io error is said once.
+    let coordinator = [
+        "coordinator",
+        "--listen",
+        "127.0.0.1:0",
+        "--work-dir",
+        &work,
+    ];
+    let o = distgat(
+        &coordinator,
+        &[
+            ("DISTGAT_TLS_CERT", &missing),
+            ("DISTGAT_TLS_KEY", &key),
+            ("DISTGAT_TLS_CA", &ca),
+        ],
+    );
+    let e = stderr(&o);
+    assert!(
+        o.status.code() == Some(1)
+            && e.contains("DISTGAT_TLS_CERT")
+            && e.contains("absent.pem")
+            && !e.contains("--tls-cert")
+            && e.matches("os error").count() == 1,
+        "{e}"
+    );
+    let config = dir.path().join("distgat.toml");
+    std::fs::write(
+        &config,
+        format!("[coordinator]\ntls_cert = '{cert}'\ntls_key = '{key}'\n"),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let mut args = coordinator.to_vec();
+    args.extend(["--config", &config]);
+    let e = stderr(&distgat(&args, &[]));
+    assert!(
+        e.contains("distgat.toml: coordinator.tls_cert and ")
+            && e.contains("coordinator.tls_key was given without --tls-ca"),
+        "{e}"
+    );
+    let o = distgat(
+        &["graphs", "--coordinator", "127.0.0.1:1"],
+        &[("DISTGAT_TLS_DOMAIN", "node")],
+    );
+    let e = stderr(&o);
+    assert!(
+        o.status.code() == Some(1) && e.contains("DISTGAT_TLS_DOMAIN was given without --tls-ca"),
+        "{e}"
+    );
 }

@@ -13,7 +13,7 @@ pub const PROTOCOL_VERSION: u32 = 5;
 pub mod security;
 pub use security::{
     error_chain, read_token_file, secure_endpoint, AuthChannel, Bearer, SecurityError, Tls,
-    TlsFiles, TokenCheck,
+    TlsFiles, TlsNames, TokenCheck,
 };
 
 /// Largest payload of one message; tonic's default receive limit is 4 MiB.

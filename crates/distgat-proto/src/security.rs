@@ -23,31 +23,34 @@ use tonic::{Request, Status};
 /// and the file.
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
-    #[error("{flag} {}: {source}", path.display())]
+    /// `flag` is how the user gave the setting (see [`TlsNames`]).
+    #[error("{flag} {}: {error}", path.display())]
     Read {
-        flag: &'static str,
+        flag: String,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file has no usable PEM block of the kind the flag needs.
     #[error("{flag} {}: {detail}", path.display())]
     Pem {
-        flag: &'static str,
+        flag: String,
         path: PathBuf,
         detail: String,
     },
-    /// A flag that needs another one was given alone.
+    /// A setting that needs another one was given alone.
     #[error("{given} was given without {missing}: {why}")]
     Missing {
-        given: &'static str,
+        given: String,
         missing: &'static str,
         why: &'static str,
     },
     /// The certificate, key and CA do not make a TLS configuration (e.g. the key does not
     /// belong to the certificate).
-    #[error("--tls-cert {} / --tls-key {}: {detail}", cert.display(), key.display())]
+    #[error("{cert_name} {} / {key_name} {}: {detail}", cert.display(), key.display())]
     Identity {
+        cert_name: String,
         cert: PathBuf,
+        key_name: String,
         key: PathBuf,
         detail: String,
     },
@@ -55,6 +58,32 @@ pub enum SecurityError {
     Token { path: PathBuf, detail: String },
     #[error("address '{address}': {detail}")]
     Address { address: String, detail: String },
+}
+
+/// How the user gave each TLS setting, as error messages name it: the flag
+/// (`--tls-cert`), the environment variable (`DISTGAT_TLS_CERT`) or the config file's key
+/// (`config file distgat.toml: worker.tls_cert`). `Default` names the flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsNames {
+    /// How `cert` was given.
+    pub cert: String,
+    /// How `key` was given.
+    pub key: String,
+    /// How `ca` was given.
+    pub ca: String,
+    /// How `domain` was given.
+    pub domain: String,
+}
+
+impl Default for TlsNames {
+    fn default() -> Self {
+        TlsNames {
+            cert: "--tls-cert".into(),
+            key: "--tls-key".into(),
+            ca: "--tls-ca".into(),
+            domain: "--tls-domain".into(),
+        }
+    }
 }
 
 /// PEM files for TLS, as the `--tls-cert`, `--tls-key`, `--tls-ca` and `--tls-domain`
@@ -70,6 +99,8 @@ pub struct TlsFiles {
     /// The name to expect in the server's certificate, when it differs from the host of
     /// the address (clients only).
     pub domain: Option<String>,
+    /// How each was given, for error messages.
+    pub names: TlsNames,
 }
 
 /// Loaded TLS material: cheap to clone, ready for servers and channels.
@@ -80,26 +111,26 @@ pub struct Tls {
     domain: Option<String>,
 }
 
-fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, SecurityError> {
-    std::fs::read(path).map_err(|source| SecurityError::Read {
-        flag,
+fn read(flag: &str, path: &Path) -> Result<Vec<u8>, SecurityError> {
+    std::fs::read(path).map_err(|error| SecurityError::Read {
+        flag: flag.into(),
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
-fn pem_certs(flag: &'static str, path: &Path) -> Result<Vec<u8>, SecurityError> {
+fn pem_certs(flag: &str, path: &Path) -> Result<Vec<u8>, SecurityError> {
     let bytes = read(flag, path)?;
     let certs = rustls_pemfile::certs(&mut &bytes[..])
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| SecurityError::Pem {
-            flag,
+            flag: flag.into(),
             path: path.to_path_buf(),
             detail: format!("not valid PEM: {e}"),
         })?;
     if certs.is_empty() {
         return Err(SecurityError::Pem {
-            flag,
+            flag: flag.into(),
             path: path.to_path_buf(),
             detail: "no CERTIFICATE block found (a PEM certificate is expected)".into(),
         });
@@ -107,18 +138,17 @@ fn pem_certs(flag: &'static str, path: &Path) -> Result<Vec<u8>, SecurityError> 
     Ok(bytes)
 }
 
-fn pem_key(path: &Path) -> Result<Vec<u8>, SecurityError> {
-    const FLAG: &str = "--tls-key";
-    let bytes = read(FLAG, path)?;
+fn pem_key(flag: &str, path: &Path) -> Result<Vec<u8>, SecurityError> {
+    let bytes = read(flag, path)?;
     match rustls_pemfile::private_key(&mut &bytes[..]) {
         Ok(Some(_)) => Ok(bytes),
         Ok(None) => Err(SecurityError::Pem {
-            flag: FLAG,
+            flag: flag.into(),
             path: path.to_path_buf(),
             detail: "no PRIVATE KEY block found (a PEM private key is expected)".into(),
         }),
         Err(e) => Err(SecurityError::Pem {
-            flag: FLAG,
+            flag: flag.into(),
             path: path.to_path_buf(),
             detail: format!("not valid PEM: {e}"),
         }),
@@ -152,17 +182,20 @@ impl TlsFiles {
         match (&self.cert, &self.key) {
             (None, None) => Ok(None),
             (Some(_), None) => Err(SecurityError::Missing {
-                given: "--tls-cert",
+                given: self.names.cert.clone(),
                 missing: "--tls-key",
                 why: "a certificate needs its private key",
             }),
             (None, Some(_)) => Err(SecurityError::Missing {
-                given: "--tls-key",
+                given: self.names.key.clone(),
                 missing: "--tls-cert",
                 why: "a private key needs its certificate",
             }),
             (Some(cert), Some(key)) => Ok(Some((
-                Identity::from_pem(pem_certs("--tls-cert", cert)?, pem_key(key)?),
+                Identity::from_pem(
+                    pem_certs(&self.names.cert, cert)?,
+                    pem_key(&self.names.key, key)?,
+                ),
                 cert,
                 key,
             ))),
@@ -180,31 +213,33 @@ impl TlsFiles {
         }
         if self.domain.is_some() {
             return Err(SecurityError::Missing {
-                given: "--tls-domain",
+                given: self.names.domain.clone(),
                 missing: "a client subcommand",
                 why: "it names the server's certificate for clients; servers do not take it",
             });
         }
-        let (identity, cert, key) = self.identity()?.ok_or(SecurityError::Missing {
-            given: "--tls-ca",
+        let (identity, cert, key) = self.identity()?.ok_or_else(|| SecurityError::Missing {
+            given: self.names.ca.clone(),
             missing: "--tls-cert and --tls-key",
             why: "a server needs its own certificate and key to speak TLS",
         })?;
-        let ca = self.ca.as_deref().ok_or(SecurityError::Missing {
-            given: "--tls-cert and --tls-key",
+        let ca = self.ca.as_deref().ok_or_else(|| SecurityError::Missing {
+            given: format!("{} and {}", self.names.cert, self.names.key),
             missing: "--tls-ca",
             why: "the coordinator and the workers call each other and verify each other's \
                   certificate against the CA",
         })?;
         let tls = Tls {
             identity: Some(identity),
-            ca: Certificate::from_pem(pem_certs("--tls-ca", ca)?),
+            ca: Certificate::from_pem(pem_certs(&self.names.ca, ca)?),
             domain: None,
         };
         // Build both sides once now, so a key that does not match its certificate is an
         // error at start-up that names both files, not a failed handshake later.
         let invalid = |e: tonic::transport::Error| SecurityError::Identity {
+            cert_name: self.names.cert.clone(),
             cert: cert.to_path_buf(),
+            key_name: self.names.key.clone(),
             key: key.to_path_buf(),
             detail: error_chain(&e),
         };
@@ -227,9 +262,9 @@ impl TlsFiles {
         let identity = self.identity()?;
         let Some(ca) = self.ca.as_deref() else {
             let given = if self.domain.is_some() {
-                "--tls-domain"
+                self.names.domain.clone()
             } else {
-                "--tls-cert and --tls-key"
+                format!("{} and {}", self.names.cert, self.names.key)
             };
             return Err(SecurityError::Missing {
                 given,
@@ -238,7 +273,7 @@ impl TlsFiles {
             });
         };
         let tls = Tls {
-            ca: Certificate::from_pem(pem_certs("--tls-ca", ca)?),
+            ca: Certificate::from_pem(pem_certs(&self.names.ca, ca)?),
             identity: identity.as_ref().map(|(i, _, _)| i.clone()),
             domain: self.domain.clone(),
         };
@@ -246,7 +281,9 @@ impl TlsFiles {
             tonic::transport::Endpoint::from_static("https://localhost")
                 .tls_config(tls.client_config())
                 .map_err(|e| SecurityError::Identity {
+                    cert_name: self.names.cert.clone(),
                     cert: cert.to_path_buf(),
+                    key_name: self.names.key.clone(),
                     key: key.to_path_buf(),
                     detail: error_chain(&e),
                 })?;

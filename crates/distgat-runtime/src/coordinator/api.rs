@@ -246,12 +246,14 @@ pub fn fetch_edges(
 /// The partitioning method of a request on `graph` with `parts` parts: `name` as
 /// [`parse_method`] reads it, plus `spatial` (the split a graph built from points came
 /// with), which is also the default for such a graph when `parts` equals its build's.
+/// `said` names the part count as the request gave it ([`parts_said`]).
 fn method_for(
     field: &str,
     name: &str,
     seed: u64,
     graph: &GraphEntry,
     parts: u32,
+    said: &str,
 ) -> Result<Method> {
     let lower = name.to_ascii_lowercase();
     match (&graph.neighbourhood, lower.as_str()) {
@@ -267,7 +269,7 @@ fn method_for(
             path: nb.assignment.clone(),
         }),
         (Some(nb), "spatial") => Err(RuntimeError::InvalidArgument(format!(
-            "{field} 'spatial': graph '{}' was built on {} parts, not {parts}; ask for {} \
+            "{field} 'spatial': graph '{}' was built on {} parts, not {said}; ask for {} \
              parts or another method",
             graph.id, nb.parts, nb.parts
         ))),
@@ -279,7 +281,7 @@ fn method_for(
         // One part needs no partitioner: every node goes to part 0, and a seed would be
         // recorded and never used.
         _ if parts == 1 && seed != 0 => Err(RuntimeError::InvalidArgument(format!(
-            "seed {seed}: parts 1 puts every node in part 0 and runs no partitioner; leave \
+            "seed {seed}: {said} puts every node in part 0 and runs no partitioner; leave \
              seed 0 or ask for more parts"
         ))),
         _ => parse_method(field, name, seed),
@@ -463,6 +465,16 @@ fn live_workers(state: &State) -> usize {
         .count()
 }
 
+/// How to name the part count in a message, as the request gave it: `parts 3`, or
+/// `parts 0 (one per live worker: 3)` when `requested` was 0.
+fn parts_said(requested: u32, parts: u32) -> String {
+    if requested == 0 {
+        format!("parts 0 (one per live worker: {parts})")
+    } else {
+        format!("parts {parts}")
+    }
+}
+
 /// The part count a request asks for (0: one per live worker).
 fn parts_for(state: &State, parts: u32) -> Result<u32> {
     if parts > 0 {
@@ -488,13 +500,14 @@ pub async fn create_partition(
 ) -> Result<PartitionInfo> {
     let graph = state.catalog.graph(&req.graph_id)?;
     let parts = parts_for(state, req.parts)?;
+    let said = parts_said(req.parts, parts);
     if u64::from(parts) > graph.nodes {
         return Err(RuntimeError::InvalidArgument(format!(
-            "parts {parts} exceeds the graph's {} nodes",
+            "{said} exceeds the graph's {} nodes",
             graph.nodes
         )));
     }
-    let method = method_for("method", &req.method, req.seed, &graph, parts)?;
+    let method = method_for("method", &req.method, req.seed, &graph, parts, &said)?;
     let id = new_id(state, "partition");
     let dir = state.storage.work_dir.join("partitions").join(&id);
     let graph_id = graph.id.clone();
@@ -560,13 +573,17 @@ pub async fn submit_job(state: &Arc<State>, req: SubmitJobRequest) -> Result<Job
              more workers or ask for fewer parts"
         )));
     }
+    let said = match (&partition, req.parts) {
+        (Some(p), 0) => format!("parts 0 (partition_id '{}' has {parts})", p.id),
+        _ => parts_said(req.parts, parts),
+    };
     if u64::from(parts) > graph.nodes {
         return Err(RuntimeError::InvalidArgument(format!(
-            "parts {parts} exceeds the graph's {} nodes",
+            "{said} exceeds the graph's {} nodes",
             graph.nodes
         )));
     }
-    let method = method_for("method", &req.method, 0, &graph, parts)?;
+    let method = method_for("method", &req.method, 0, &graph, parts, &said)?;
     let entry = graph.clone();
     let model = blocking(move || load_model(&model_path, &entry).map(|m| (m, model_path))).await?;
     let (model, model_path) = model;
