@@ -194,9 +194,18 @@ fn try_round(
     }
     let took = killed_at.elapsed().as_secs_f64();
     let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-    let summary = status
+    let summary: Option<serde_json::Value> = status
         .success()
         .then(|| serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap());
+    let recovered = summary
+        .as_ref()
+        .is_some_and(|s| !s["recoveries"].as_array().unwrap().is_empty());
+    if kills > 0 && status.success() && !recovered {
+        // The job succeeded without a recovery: every killed worker had already delivered
+        // its rows (a later run can be much quicker than the clean one; CI saw a kill 2.29 s
+        // in land 0.16 s before the exit). Nothing was tested: again, sooner.
+        return None;
+    }
     Some((status, stderr, summary, took, out))
 }
 
@@ -209,7 +218,8 @@ type RoundResult = (
 );
 
 /// [`try_round`], with the delay halved (up to three times) when the job ended before
-/// the kill, or (every worker killed) when its parts were all done before it.
+/// the kill, or when the killed workers' parts were all done before it (a success without
+/// a recovery, or with every worker killed).
 #[allow(clippy::too_many_arguments)]
 fn round(
     dir: &Path,
