@@ -617,11 +617,13 @@ async fn run_job_inner(
                 // files are deleted after.
                 let t = Instant::now();
                 let (placed, blocks) = order.progress();
+                let direct = order.direct_blocks();
                 order.finish()?;
                 tracing::debug!(
                     seconds = t.elapsed().as_secs_f64(),
                     blocks_left = blocks - placed,
                     blocks,
+                    direct_before = direct,
                     "the last output rows placed in node order"
                 );
             }
@@ -1102,6 +1104,7 @@ fn prepare(
         sink.owned_order = Some(OwnedOrder::create(
             out_path,
             sink.out.as_file(),
+            sink.out.temp_path(),
             header_len,
             sink.out_written.clone(),
             partition.load_assignment()?,

@@ -20,7 +20,8 @@ use std::thread::JoinHandle;
 use crate::catalog::lock;
 use crate::error::{Result, RuntimeError};
 
-/// Output rows per block: about 4 MiB of the file.
+/// Bytes of one block of the output file (4 MiB: the largest request of the project's
+/// virtio disk); the node-order sink counts rows in blocks of about as many bytes.
 pub(super) const BLOCK_BYTES: usize = 4 << 20;
 
 /// Rows of `row_bytes` in one block of about [`BLOCK_BYTES`] (at least one).
@@ -28,30 +29,118 @@ pub(super) fn rows_per_block(row_bytes: usize) -> usize {
     (BLOCK_BYTES / row_bytes.max(1)).max(1)
 }
 
-/// What the placing threads share.
+/// Alignment of `O_DIRECT` offsets, lengths and memory (a page: at least any block size
+/// a Linux file system uses). [`BLOCK_BYTES`] is a multiple of it.
+const ALIGN: usize = 4096;
+
+/// What the placing threads share. Block `b` is the output file's bytes
+/// `b * block_bytes..(b + 1) * block_bytes` (the last one shorter): aligned, so a placing
+/// thread writes it around the page cache (`O_DIRECT`) where the file system allows. Its
+/// rows are the rows with a byte in it: a row across a block boundary is in both blocks.
 struct Layout {
     /// The partition's part of each node.
     assignment: Vec<u32>,
     parts: usize,
     row_bytes: usize,
-    block_rows: usize,
-    /// `starts[b * parts + p]`: part `p`'s rows in the blocks before block `b` (so block
-    /// `b`'s rows of part `p` are rows `starts[b * parts + p]..starts[(b + 1) * parts + p]`
-    /// of its file: a part's file holds its nodes in increasing order).
+    header: Vec<u8>,
+    block_bytes: usize,
+    /// Per block: its rows (a row across a block boundary is in both blocks).
+    rows: Vec<std::ops::Range<usize>>,
+    /// `starts[b * parts + p]`: part `p`'s rows before block `b`'s first row, and
+    /// `ends[b * parts + p]` before its end (so block `b`'s rows of part `p` are rows
+    /// `starts[..]..ends[..]` of its file: a part's file holds its nodes in increasing
+    /// order).
     starts: Vec<u64>,
+    ends: Vec<u64>,
     /// Per part: its file's absolute path.
     paths: Vec<String>,
 }
 
 impl Layout {
-    fn block(&self, b: usize) -> std::ops::Range<usize> {
-        b * self.block_rows..((b + 1) * self.block_rows).min(self.assignment.len())
+    /// The layout of `assignment`'s rows behind `header` in blocks of `block_bytes` (a
+    /// positive multiple of [`ALIGN`]); an error when the assignment names a part beyond
+    /// `parts`. `paths` are the parts' files (filled in later by the caller).
+    fn new(
+        assignment: Vec<u32>,
+        parts: usize,
+        row_bytes: usize,
+        header: Vec<u8>,
+        block_bytes: usize,
+        paths: Vec<String>,
+    ) -> Result<Self> {
+        assert!(block_bytes > 0 && block_bytes.is_multiple_of(ALIGN) && row_bytes > 0);
+        let (n, h) = (assignment.len(), header.len());
+        let file_len = h + n * row_bytes;
+        let blocks = file_len.div_ceil(block_bytes);
+        let rows: Vec<_> = (0..blocks)
+            .map(|b| {
+                let (s, e) = (b * block_bytes, ((b + 1) * block_bytes).min(file_len));
+                let first = s.saturating_sub(h) / row_bytes;
+                let end = e.saturating_sub(h).div_ceil(row_bytes).min(n);
+                first..end.max(first)
+            })
+            .collect();
+        if let Some(p) = assignment.iter().find(|&&p| p as usize >= parts) {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "the partition's assignment names part {p} of a {parts}-part partition"
+            )));
+        }
+        // Per part, its rows before every block's first row, and before its end.
+        let starts = prefix_counts(&assignment, parts, rows.iter().map(|r| r.start));
+        let ends = prefix_counts(&assignment, parts, rows.iter().map(|r| r.end));
+        Ok(Layout {
+            assignment,
+            parts,
+            row_bytes,
+            header,
+            block_bytes,
+            rows,
+            starts,
+            ends,
+            paths,
+        })
     }
+
+    /// Part `p`'s owned rows.
+    fn owned(&self, p: usize) -> u64 {
+        self.assignment.iter().filter(|&&q| q as usize == p).count() as u64
+    }
+
+    /// The blocks row `v` has bytes in (one or two).
+    fn blocks_of(&self, v: usize) -> (usize, usize) {
+        let h = self.header.len();
+        let first = (h + v * self.row_bytes) / self.block_bytes;
+        let last = (h + (v + 1) * self.row_bytes - 1) / self.block_bytes;
+        (first, last)
+    }
+
+    /// The output file's bytes of block `b`.
+    fn span(&self, b: usize) -> std::ops::Range<usize> {
+        let len = self.header.len() + self.assignment.len() * self.row_bytes;
+        b * self.block_bytes..((b + 1) * self.block_bytes).min(len)
+    }
+}
+
+/// For each of `points` (nondecreasing row indices), the rows of each of the `parts` parts
+/// before it: `parts` counts a point, one after the other (every part of `assignment`
+/// below `parts`).
+fn prefix_counts(assignment: &[u32], parts: usize, points: impl Iterator<Item = usize>) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut count = vec![0u64; parts];
+    let mut at = 0;
+    for to in points {
+        for &p in &assignment[at..to] {
+            count[p as usize] += 1;
+        }
+        at = to;
+        out.extend_from_slice(&count);
+    }
+    out
 }
 
 /// A job's parts' own output files: part `p`'s file holds its owned rows (the nodes `v`
 /// with `assignment[v] == p`, increasing) one after the other, `row_bytes` each. Rows the
-/// workers report written ([`OwnedOrder::add`]) count towards their block of the output;
+/// workers report written ([`OwnedOrder::add`]) count towards their blocks of the output;
 /// a complete block is placed in node order into the output by a placing thread
 /// ([`OwnedOrder::finish`] waits for the last). Dropped, it tells the placing threads to
 /// stop (without waiting) and deletes the files.
@@ -70,40 +159,55 @@ pub(crate) struct OwnedOrder {
     stop: Arc<AtomicBool>,
     /// Blocks placed so far (for the log).
     placed: Arc<AtomicUsize>,
+    output: Arc<Output>,
 }
 
 impl OwnedOrder {
     /// Presized files for the parts of `assignment` (`parts` parts, rows of `row_bytes`)
     /// beside `out_path` (on the coordinator's file system, which the workers share, in a
     /// directory the user named), and the threads that place complete blocks into `out`
-    /// (the output's temporary file: rows after `header_len` bytes), adding the bytes
-    /// they write to `written`. Errors name the directory or the part.
+    /// (the output's temporary file at `out_temp`, its `header_len` bytes of header
+    /// written: the rows follow), adding the bytes of rows they write to `written`.
+    /// Errors name the directory or the part.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn create(
         out_path: &Path,
         out: &File,
+        out_temp: &Path,
         header_len: u64,
         written: Arc<AtomicU64>,
         assignment: Vec<u32>,
         parts: usize,
         row_bytes: usize,
     ) -> Result<Self> {
-        let n = assignment.len();
-        let block_rows = rows_per_block(row_bytes);
-        let blocks = n.div_ceil(block_rows);
-        let mut starts = vec![0u64; (blocks + 1) * parts];
-        let mut count = vec![0u64; parts];
-        for b in 0..blocks {
-            starts[b * parts..(b + 1) * parts].copy_from_slice(&count);
-            for &p in &assignment[b * block_rows..((b + 1) * block_rows).min(n)] {
-                let slot = count.get_mut(p as usize).ok_or_else(|| {
-                    RuntimeError::InvalidArgument(format!(
-                        "the partition's assignment names part {p} of a {parts}-part partition"
-                    ))
-                })?;
-                *slot += 1;
-            }
-        }
-        starts[blocks * parts..].copy_from_slice(&count);
+        Self::create_in_blocks(
+            out_path,
+            out,
+            out_temp,
+            header_len,
+            written,
+            assignment,
+            parts,
+            row_bytes,
+            BLOCK_BYTES,
+        )
+    }
+
+    /// [`OwnedOrder::create`] with blocks of `block_bytes` (a positive multiple of 4096).
+    #[allow(clippy::too_many_arguments)]
+    fn create_in_blocks(
+        out_path: &Path,
+        out: &File,
+        out_temp: &Path,
+        header_len: u64,
+        written: Arc<AtomicU64>,
+        assignment: Vec<u32>,
+        parts: usize,
+        row_bytes: usize,
+        block_bytes: usize,
+    ) -> Result<Self> {
+        let mut header = vec![0u8; header_len as usize];
+        out.read_exact_at(&mut header, 0)?;
         let dir = match out_path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => std::path::PathBuf::from("."),
@@ -112,9 +216,10 @@ impl OwnedOrder {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let mut layout = Layout::new(assignment, parts, row_bytes, header, block_bytes, Vec::new())?;
+        let owned: Vec<u64> = (0..parts).map(|p| layout.owned(p)).collect();
         let mut files = Vec::with_capacity(parts);
-        let mut paths = Vec::with_capacity(parts);
-        for (p, &rows) in count.iter().enumerate() {
+        for (p, &rows) in owned.iter().enumerate() {
             let io = |e: std::io::Error| {
                 RuntimeError::Io(std::io::Error::new(
                     e.kind(),
@@ -130,7 +235,7 @@ impl OwnedOrder {
                 .set_len(rows * row_bytes as u64)
                 .map_err(io)?;
             let path = file.into_temp_path();
-            paths.push(
+            layout.paths.push(
                 std::fs::canonicalize(&path)
                     .map_err(io)?
                     .to_string_lossy()
@@ -138,44 +243,49 @@ impl OwnedOrder {
             );
             files.push(path);
         }
-        let layout = Arc::new(Layout {
-            assignment,
-            parts,
-            row_bytes,
-            block_rows,
-            starts,
-            paths,
-        });
-        let remaining = (0..blocks).map(|b| layout.block(b).len() as u32).collect();
+        let layout = Arc::new(layout);
+        let remaining = layout.rows.iter().map(|r| r.len() as u32).collect();
         let (tx, rx) = mpsc::channel::<usize>();
         let rx = Arc::new(Mutex::new(rx));
         let stop = Arc::new(AtomicBool::new(false));
         let placed = Arc::new(AtomicUsize::new(0));
+        let output = Arc::new(Output {
+            plain: out.try_clone()?,
+            direct: open_direct(out_temp),
+            direct_works: AtomicBool::new(true),
+            direct_blocks: AtomicUsize::new(0),
+        });
         let threads = (0..std::thread::available_parallelism().map_or(1, |t| t.get()))
             .map(|_| {
-                let (layout, rx, stop, written, placed) = (
+                let (layout, rx, stop, written, placed, output) = (
                     layout.clone(),
                     rx.clone(),
                     stop.clone(),
                     written.clone(),
                     placed.clone(),
+                    output.clone(),
                 );
-                let out = out.try_clone()?;
-                Ok(std::thread::spawn(move || {
-                    place_blocks(&layout, &out, header_len, &rx, &stop, &written, &placed)
-                }))
+                std::thread::spawn(move || {
+                    place_blocks(&layout, &output, &rx, &stop, &written, &placed)
+                })
             })
-            .collect::<std::io::Result<Vec<_>>>()?;
+            .collect();
         Ok(OwnedOrder {
             layout,
             _files: files,
-            owned: count,
+            owned,
             remaining: Mutex::new(remaining),
             due: Mutex::new(Some(tx)),
             threads,
             stop,
             placed,
+            output,
         })
+    }
+
+    /// Blocks written around the page cache so far.
+    pub(crate) fn direct_blocks(&self) -> usize {
+        self.output.direct_blocks.load(Ordering::Relaxed)
     }
 
     /// (blocks placed so far, blocks of the output).
@@ -212,13 +322,15 @@ impl OwnedOrder {
         let mut remaining = lock(&self.remaining);
         let due = lock(&self.due);
         for v in nodes {
-            let b = v as usize / self.layout.block_rows;
-            remaining[b] -= 1;
-            if remaining[b] == 0 {
-                if let Some(tx) = due.as_ref() {
-                    // A closed channel means the threads stopped on an error, which
-                    // `finish` reports.
-                    let _ = tx.send(b);
+            let (first, last) = self.layout.blocks_of(v as usize);
+            for b in first..=last {
+                remaining[b] -= 1;
+                if remaining[b] == 0 {
+                    if let Some(tx) = due.as_ref() {
+                        // A closed channel means the threads stopped on an error, which
+                        // `finish` reports.
+                        let _ = tx.send(b);
+                    }
                 }
             }
         }
@@ -228,8 +340,8 @@ impl OwnedOrder {
     /// was placed is placed again, the same bytes).
     pub(crate) fn reset(&self) {
         let mut remaining = lock(&self.remaining);
-        for (b, r) in remaining.iter_mut().enumerate() {
-            *r = self.layout.block(b).len() as u32;
+        for (r, rows) in remaining.iter_mut().zip(&self.layout.rows) {
+            *r = rows.len() as u32;
         }
     }
 
@@ -270,19 +382,73 @@ impl Drop for OwnedOrder {
     }
 }
 
+/// The output's temporary file, opened plainly and (where the system allows) a second
+/// time with `O_DIRECT`.
+struct Output {
+    plain: File,
+    direct: Option<File>,
+    /// Cleared at the first `EINVAL` of a direct write (a file system that takes the flag
+    /// at open but not the write): plain writes from then on.
+    direct_works: AtomicBool,
+    /// Blocks written directly (for the log and the tests).
+    direct_blocks: AtomicUsize,
+}
+
+impl Output {
+    /// Writes `bytes` at `offset`: around the page cache when the offset, the length and
+    /// the memory are aligned and the system allows (a buffered write costs a fresh page
+    /// of page cache per 4 KiB: on a VM, often a hypervisor fault; docs/performance.md),
+    /// else plainly. The bytes in the file are the same either way.
+    fn write_at(&self, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+        let aligned = offset.is_multiple_of(ALIGN as u64)
+            && bytes.len().is_multiple_of(ALIGN)
+            && (bytes.as_ptr() as usize).is_multiple_of(ALIGN);
+        if let (true, Some(direct)) = (aligned, &self.direct) {
+            if self.direct_works.load(Ordering::Relaxed) {
+                match direct.write_all_at(bytes, offset) {
+                    Ok(()) => {
+                        self.direct_blocks.fetch_add(1, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        self.direct_works.store(false, Ordering::Relaxed)
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.plain.write_all_at(bytes, offset)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn open_direct(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_direct(_path: &Path) -> Option<File> {
+    None
+}
+
 /// A placing thread: takes complete blocks from `due` until it closes (or `stop`), and
-/// writes each into `out` in node order from the parts' files. Each part's rows of a
-/// block are one read of consecutive rows of its file, and the block is one write.
+/// writes each into the output in node order from the parts' files. Each part's rows of a
+/// block are one read of consecutive rows of its file, and the block is one write (direct
+/// where it can: see [`Output::write_at`]).
 fn place_blocks(
     layout: &Layout,
-    out: &File,
-    header_len: u64,
+    out: &Output,
     due: &Mutex<mpsc::Receiver<usize>>,
     stop: &AtomicBool,
     written: &AtomicU64,
     placed: &AtomicUsize,
 ) -> Result<()> {
-    let (parts, rb) = (layout.parts, layout.row_bytes);
+    let (parts, rb, h) = (layout.parts, layout.row_bytes, layout.header.len());
     let io = |path: &str, e: std::io::Error| {
         RuntimeError::Io(std::io::Error::new(e.kind(), format!("{path}: {e}")))
     };
@@ -292,7 +458,10 @@ fn place_blocks(
         .map(|path| File::open(path).map_err(|e| io(path, e)))
         .collect::<Result<Vec<_>>>()?;
     let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); parts];
-    let mut block = Vec::with_capacity(layout.block_rows * rb);
+    let mut rows_buf = Vec::new();
+    // The block's bytes, from its first aligned byte.
+    let mut staging = vec![0u8; layout.block_bytes + ALIGN];
+    let skip = staging.as_ptr().align_offset(ALIGN);
     let mut cursor = vec![0usize; parts];
     loop {
         // The lock is held only while waiting; another thread places meanwhile.
@@ -306,24 +475,33 @@ fn place_blocks(
         for (p, buf) in bufs.iter_mut().enumerate() {
             let (lo, hi) = (
                 layout.starts[b * parts + p],
-                layout.starts[(b + 1) * parts + p],
+                layout.ends[b * parts + p],
             );
             buf.resize((hi - lo) as usize * rb, 0);
             files[p]
                 .read_exact_at(buf, lo * rb as u64)
                 .map_err(|e| io(&layout.paths[p], e))?;
         }
-        let rows = layout.block(b);
-        block.clear();
+        let rows = layout.rows[b].clone();
+        rows_buf.clear();
         cursor.fill(0);
         for &p in &layout.assignment[rows.clone()] {
             let c = &mut cursor[p as usize];
-            block.extend_from_slice(&bufs[p as usize][*c * rb..(*c + 1) * rb]);
+            rows_buf.extend_from_slice(&bufs[p as usize][*c * rb..(*c + 1) * rb]);
             *c += 1;
         }
-        out.write_all_at(&block, header_len + (rows.start * rb) as u64)
+        // The block's bytes: the header's part of it, then its rows' (the first and last
+        // row may be cut at the block's edges).
+        let span = layout.span(b);
+        let block = &mut staging[skip..skip + span.len()];
+        let in_header = span.start.min(h)..span.end.min(h);
+        block[..in_header.len()].copy_from_slice(&layout.header[in_header.clone()]);
+        let body = span.start.max(h)..span.end;
+        let from = body.start - (h + rows.start * rb);
+        block[in_header.len()..].copy_from_slice(&rows_buf[from..from + body.len()]);
+        out.write_at(block, span.start as u64)
             .map_err(|e| io("the output's temporary file", e))?;
-        written.fetch_add(block.len() as u64, Ordering::Relaxed);
+        written.fetch_add(body.len() as u64, Ordering::Relaxed);
         placed.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -333,14 +511,21 @@ mod tests {
     use super::*;
 
     /// Rows of three interleaved parts, each written in owned order into its own file and
-    /// reported in any order of chunks, land in node order in the output; nothing before
-    /// the header or beyond the rows changes; a row of another part is refused.
+    /// reported in any order of chunks, land in node order in the output behind its
+    /// header; a row of another part is refused. `block` bytes a block: rows of 4 KiB
+    /// behind a 128-byte header in 4 MiB blocks (the blocks of a real job), and rows of 12
+    /// bytes in 8 KiB blocks (a row across every block boundary; 24 blocks).
     #[test]
     fn owned_rows_land_in_node_order() {
+        for (n, rb, block) in [(2500usize, 4096usize, BLOCK_BYTES), (16_000, 12, 8192)] {
+            owned_rows_land_in_node_order_in(n, rb, block);
+        }
+    }
+
+    fn owned_rows_land_in_node_order_in(n: usize, rb: usize, block: usize) {
         let dir = tempfile::tempdir().unwrap();
         let out_path = dir.path().join("out.npy");
-        // Rows of 4 KiB: blocks of 1024 rows, so 2500 nodes make 3 blocks.
-        let (n, rb, header) = (2500usize, 4096usize, 128u64);
+        let header = 128u64;
         let out = File::options()
             .read(true)
             .write(true)
@@ -350,7 +535,7 @@ mod tests {
             .unwrap();
         out.set_len(header + (n * rb) as u64).unwrap();
         out.write_all_at(&[0xAB; 128], 0).unwrap();
-        // Parts by a hash of the id (runs of every length), part 2 never in block 1.
+        // Parts by a hash of the id (runs of every length), part 2 never in 1024..2048.
         let assignment: Vec<u32> = (0..n)
             .map(|v| {
                 let p = ((v * 2654435761) >> 7) % 3;
@@ -362,14 +547,16 @@ mod tests {
             })
             .collect();
         let written = Arc::new(AtomicU64::new(0));
-        let order = OwnedOrder::create(
+        let order = OwnedOrder::create_in_blocks(
             &out_path,
             &out,
+            &out_path,
             header,
             written.clone(),
             assignment.clone(),
             3,
             rb,
+            block,
         )
         .unwrap();
         let row = |v: usize| -> Vec<u8> { (0..rb).map(|k| (v * 31 + k * 7) as u8).collect() };
@@ -397,14 +584,24 @@ mod tests {
             }
         }
         let paths: Vec<String> = (0..3).map(|p| order.part_file(p).0).collect();
+        let blocks = order.progress().1;
+        assert_eq!(blocks, (header as usize + n * rb).div_ceil(block));
+        let direct = open_direct(&out_path).is_some();
+        let output = order.output.clone();
         order.finish().unwrap();
+        // Every block but a last one shorter than 4 KiB went around the page cache, where
+        // this file system allows it.
+        let aligned = (header as usize + n * rb) / block;
+        if direct {
+            assert!(output.direct_blocks.load(Ordering::Relaxed) >= aligned, "{aligned}");
+        }
         assert_eq!(written.load(Ordering::Relaxed), (n * rb) as u64);
-        let mut got = vec![0u8; header as usize + n * rb];
-        out.read_exact_at(&mut got, 0).unwrap();
+        let got = std::fs::read(&out_path).unwrap();
+        assert_eq!(got.len(), header as usize + n * rb);
         assert!(got[..128].iter().all(|&b| b == 0xAB), "the header is kept");
         for v in 0..n {
             let at = header as usize + v * rb;
-            assert_eq!(&got[at..at + rb], &row(v)[..], "row {v}");
+            assert_eq!(&got[at..at + rb], &row(v)[..], "row {v} of {n} x {rb} bytes");
         }
         for p in paths {
             assert!(!Path::new(&p).exists(), "{p} deleted");
@@ -416,9 +613,24 @@ mod tests {
     fn missing_rows_are_an_error_and_the_files_go() {
         let dir = tempfile::tempdir().unwrap();
         let out_path = dir.path().join("out.npy");
-        let out = File::create(&out_path).unwrap();
-        let order =
-            OwnedOrder::create(&out_path, &out, 0, Arc::default(), vec![0, 1, 0, 1], 2, 8).unwrap();
+        let out = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&out_path)
+            .unwrap();
+        let order = OwnedOrder::create(
+            &out_path,
+            &out,
+            &out_path,
+            0,
+            Arc::default(),
+            vec![0, 1, 0, 1],
+            2,
+            8,
+        )
+        .unwrap();
         let path = order.part_file(1).0;
         order.add([0u64, 2].into_iter());
         let err = order.finish().unwrap_err().to_string();
