@@ -124,7 +124,11 @@ impl Layout {
 /// For each of `points` (nondecreasing row indices), the rows of each of the `parts` parts
 /// before it: `parts` counts a point, one after the other (every part of `assignment`
 /// below `parts`).
-fn prefix_counts(assignment: &[u32], parts: usize, points: impl Iterator<Item = usize>) -> Vec<u64> {
+fn prefix_counts(
+    assignment: &[u32],
+    parts: usize,
+    points: impl Iterator<Item = usize>,
+) -> Vec<u64> {
     let mut out = Vec::new();
     let mut count = vec![0u64; parts];
     let mut at = 0;
@@ -216,7 +220,14 @@ impl OwnedOrder {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let mut layout = Layout::new(assignment, parts, row_bytes, header, block_bytes, Vec::new())?;
+        let mut layout = Layout::new(
+            assignment,
+            parts,
+            row_bytes,
+            header,
+            block_bytes,
+            Vec::new(),
+        )?;
         let owned: Vec<u64> = (0..parts).map(|p| layout.owned(p)).collect();
         let mut files = Vec::with_capacity(parts);
         for (p, &rows) in owned.iter().enumerate() {
@@ -473,10 +484,7 @@ fn place_blocks(
             return Ok(());
         }
         for (p, buf) in bufs.iter_mut().enumerate() {
-            let (lo, hi) = (
-                layout.starts[b * parts + p],
-                layout.ends[b * parts + p],
-            );
+            let (lo, hi) = (layout.starts[b * parts + p], layout.ends[b * parts + p]);
             buf.resize((hi - lo) as usize * rb, 0);
             files[p]
                 .read_exact_at(buf, lo * rb as u64)
@@ -593,7 +601,10 @@ mod tests {
         // this file system allows it.
         let aligned = (header as usize + n * rb) / block;
         if direct {
-            assert!(output.direct_blocks.load(Ordering::Relaxed) >= aligned, "{aligned}");
+            assert!(
+                output.direct_blocks.load(Ordering::Relaxed) >= aligned,
+                "{aligned}"
+            );
         }
         assert_eq!(written.load(Ordering::Relaxed), (n * rb) as u64);
         let got = std::fs::read(&out_path).unwrap();
@@ -601,7 +612,11 @@ mod tests {
         assert!(got[..128].iter().all(|&b| b == 0xAB), "the header is kept");
         for v in 0..n {
             let at = header as usize + v * rb;
-            assert_eq!(&got[at..at + rb], &row(v)[..], "row {v} of {n} x {rb} bytes");
+            assert_eq!(
+                &got[at..at + rb],
+                &row(v)[..],
+                "row {v} of {n} x {rb} bytes"
+            );
         }
         for p in paths {
             assert!(!Path::new(&p).exists(), "{p} deleted");
