@@ -660,3 +660,87 @@ proptest! {
         check(Box::new(transformer_layer(&c)), &c, transformer_reference(&c))?;
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Stacked edge_dim layers: the engine keeps a layer's per-entry edge attributes for the
+// later layers that build the same ones (same self loops, width and fill). Each layer's
+// rows must be those of the same layer run alone on the previous layer's rows (a path
+// that builds them afresh and that the tests above check against the dense reference).
+
+/// A `GATConv` of `f -> f` (one head of `f` channels) with `edge_dim = d`, weights from
+/// `seed`.
+fn stacked_gat(f: usize, d: usize, loops: bool, fill: FillValue, seed: u32) -> GatConv {
+    let mut state = seed.wrapping_mul(2654435761).wrapping_add(1);
+    let mut w = |len: usize| -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+                (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    };
+    let (lin, att_src, att_dst, lin_edge, att_edge, bias) =
+        (w(f * f), w(f), w(f), w(f * d), w(f), w(f));
+    GatConv {
+        heads: 1,
+        channels: f,
+        concat: true,
+        negative_slope: 0.2,
+        add_self_loops: loops,
+        fill_value: fill,
+        lin: Linear::from_torch(&lin, f, f, Vec::new()),
+        att_src,
+        att_dst,
+        edge_score: Some((d, GatConv::fold_edge(1, f, d, &lin_edge, &att_edge))),
+        res: None,
+        bias,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn stacked_edge_dim_layers_equal_each_layer_alone(g in graph(), fill in fill_value()) {
+        // Same attributes twice (kept), another fill (rebuilt), no self loops (another
+        // view), then the first kind again (rebuilt once more).
+        let plan = [
+            (true, FillValue::Mean),
+            (true, FillValue::Mean),
+            (true, fill),
+            (false, fill),
+            (true, FillValue::Mean),
+        ];
+        let layer = |k: usize| -> Box<dyn AttentionKind> {
+            let (loops, fill) = plan[k];
+            Box::new(stacked_gat(g.f_in, g.d, loops, fill, k as u32))
+        };
+        let edges = EdgeList::from_pairs(&g.src, &g.dst);
+        let edge_attr = Features::new(g.num_edges(), g.d, g.edge_attr.clone());
+        let run = |layers: Vec<Layer>, x: Vec<f32>| -> Result<Vec<f32>, TestCaseError> {
+            let model = Model { layers, activation: Activation::None };
+            let topology = Topology::build(&edges, g.n, &model, false)
+                .map_err(|e| TestCaseError::fail(format!("topology: {e}")))?;
+            run_model(
+                &model,
+                &topology,
+                x,
+                None,
+                Some(&edge_attr),
+                Execution::Parallel,
+                false,
+                false,
+                &Progress::default(),
+            )
+            .map(|out| out.values)
+            .map_err(|e| TestCaseError::fail(format!("run_model: {e}")))
+        };
+        let stacked = run((0..plan.len()).map(|k| Layer::Local(layer(k))).collect(), g.x.clone())?;
+        let mut alone = g.x.clone();
+        for k in 0..plan.len() {
+            alone = run(vec![Layer::Local(layer(k))], alone)?;
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        prop_assert_eq!(bits(&stacked), bits(&alone));
+    }
+}

@@ -144,6 +144,25 @@ pub struct ModelOutput {
     pub timings: Vec<LayerTiming>,
 }
 
+/// A layer's edge attributes per CSR entry ([`entry_edge_attr`]: `[entries, edge_dim]`),
+/// kept for the later layers that would build the same ones (the same graph view, width
+/// and self-loop fill): the build reads `edge_dim` values an entry at random from the
+/// edge features, and its array is fresh memory each time.
+struct EntryAttr {
+    key: AttrKey,
+    values: Vec<f32>,
+}
+
+/// What a layer's per-entry edge attributes depend on besides the graph and the edge
+/// features: (`add_self_loops`, `edge_dim`, `fill_value`).
+type AttrKey = (bool, usize, crate::kind::FillValue);
+
+fn attr_key(layer: &dyn AttentionKind) -> Option<AttrKey> {
+    layer
+        .edge_dim()
+        .map(|d| (layer.add_self_loops(), d, layer.fill_value()))
+}
+
 /// Runs every layer of `model` on `features` (`[num_nodes, in_features]`, consumed so its
 /// memory is released after the first transform). `edge_attr` (`[E, edge_dim]`, row e for
 /// edge e of the graph the topology was built from) is required exactly when a layer has
@@ -183,7 +202,18 @@ pub fn run_model(
     let mut timings = Vec::with_capacity(model.layers.len());
     // A local layer's source rows, kept for the next local layer with room in them.
     let mut kept_source = spare.filter(|_| !matches!(model.layers[0], Layer::Global(_)));
+    let mut entry_attr: Option<EntryAttr> = None;
     for (k, layer) in model.layers.iter().enumerate() {
+        // Kept only while a layer from here on builds the same ones.
+        if let Some(kept) = &entry_attr {
+            let needed = model.layers[k..]
+                .iter()
+                .filter_map(Layer::local)
+                .any(|l| attr_key(l) == Some(kept.key));
+            if !needed {
+                entry_attr = None;
+            }
+        }
         let layer = match layer {
             Layer::Local(l) => l.as_ref(),
             Layer::Global(g) => {
@@ -234,6 +264,7 @@ pub fn run_model(
                         want_attention,
                         progress,
                         &mut kept_source,
+                        &mut entry_attr,
                     )?),
                     None => None,
                 };
@@ -274,6 +305,7 @@ pub fn run_model(
             want_attention,
             progress,
             &mut kept_source,
+            &mut entry_attr,
         );
         progress.set_final_layer(false);
         let run = run?;
@@ -353,6 +385,7 @@ fn run_local(
     want_attention: bool,
     progress: &Progress,
     kept_source: &mut Option<RowBuffer>,
+    kept_attr: &mut Option<EntryAttr>,
 ) -> Result<LocalRun> {
     let n = topology.num_nodes;
     let view = view_for(layer, topology, k)?;
@@ -399,15 +432,22 @@ fn run_local(
                     ea.num_nodes, ea.width, topology.num_edges
                 )));
             }
-            let keys = view.keys.as_ref().expect("keys built for edge_dim layers");
-            Some(entry_edge_attr(
-                &view.csr.row_ptr,
-                keys,
-                d,
-                layer.fill_value(),
-                &ea.values,
-                exec,
-            ))
+            let key = attr_key(layer).expect("an edge_dim layer");
+            if kept_attr.as_ref().is_none_or(|kept| kept.key != key) {
+                let keys = view.keys.as_ref().expect("keys built for edge_dim layers");
+                *kept_attr = Some(EntryAttr {
+                    key,
+                    values: entry_edge_attr(
+                        &view.csr.row_ptr,
+                        keys,
+                        d,
+                        layer.fill_value(),
+                        &ea.values,
+                        exec,
+                    ),
+                });
+            }
+            kept_attr.as_ref().map(|kept| kept.values.as_slice())
         }
         None => None,
     };
@@ -417,7 +457,7 @@ fn run_local(
         source: &source,
         source_aux: &aux,
         target: &target,
-        edge_attr: entry_attr.as_deref(),
+        edge_attr: entry_attr,
     };
     if to_sink {
         aggregate_to_sink(
