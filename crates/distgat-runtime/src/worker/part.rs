@@ -11,8 +11,8 @@ use std::borrow::Cow;
 
 use distgat_attention::{
     aggregate_into, aggregate_to_sink, entry_edge_attr, fill_source_aux_in, transform_into,
-    AttentionKind, Collective, Execution, FinalRowsSink, HaloPayload, Layer, Model, Progress,
-    RowBuffer, RowInputs,
+    AttentionKind, Collective, Execution, FillValue, FinalRowsSink, HaloPayload, Layer, Model,
+    Progress, RowBuffer, RowInputs,
 };
 use distgat_graph::{Features, IncomingCsr};
 use distgat_partition::{EdgeIds, PartPlan, PartitionDir};
@@ -62,9 +62,31 @@ struct Subset {
     /// Per CSR entry: its position in the shard's local CSR, or -(v + 1) for the added
     /// self loop of node v (indexes the shard's edge attributes). Empty like `keys`.
     local_keys: Vec<i64>,
+    /// The last `edge_dim` layer's attributes per CSR entry (`[entries, edge_dim]`), kept
+    /// for the later layers with the same `(edge_dim, fill_value)` (the split fixes the
+    /// self loops): each build reads `edge_dim` values an entry at random, into fresh
+    /// memory. Dropped by [`RowSplit::keep_attr_for`] once no later layer needs them.
+    attr: Mutex<Option<(AttrKey, Arc<Vec<f32>>)>>,
 }
 
+/// What a subset's per-entry edge attributes depend on besides the subset and the edge
+/// features: (`edge_dim`, `fill_value`).
+type AttrKey = (usize, FillValue);
+
 impl RowSplit {
+    /// Drops the subsets' kept edge attributes unless one of `later` (the keys of the
+    /// later layers on this split) is theirs.
+    fn keep_attr_for(&self, later: impl Iterator<Item = AttrKey> + Clone) {
+        for subset in [&self.interior, &self.boundary] {
+            let mut kept = lock(&subset.attr);
+            if let Some((key, _)) = &*kept {
+                if !later.clone().any(|k| k == *key) {
+                    *kept = None;
+                }
+            }
+        }
+    }
+
     /// Applies a layer's self-loop rule to the part's raw local CSR, in engine order.
     /// The interior subset is [in place](Subset::in_place): computed first, it writes its
     /// rows straight into the output (and the boundary rows' empty results there are
@@ -176,6 +198,7 @@ impl SubsetBuilder {
             rows: self.rows,
             keys: self.keys,
             local_keys: self.local_keys,
+            attr: Mutex::new(None),
         }
     }
 }
@@ -433,6 +456,16 @@ pub(super) fn compute_part(
         };
         if cancel.load(Ordering::Relaxed) {
             return Err(RuntimeError::Cancelled(format!("job {}", req.job_id)));
+        }
+        // Edge attributes no later layer builds the same way are not kept.
+        for (&loops, split) in &part.splits {
+            split.keep_attr_for(
+                model.layers[k + 1..]
+                    .iter()
+                    .filter_map(Layer::local)
+                    .filter(|l| l.add_self_loops() == loops)
+                    .filter_map(|l| l.edge_dim().map(|d| (d, l.fill_value()))),
+            );
         }
         tracing::info!(
             job = %req.job_id,
@@ -1826,22 +1859,32 @@ fn aggregate_subset(
     };
     // Edge attributes of the subset's entries (the owner holds every incoming edge of
     // its rows, so the self-loop fill is computed here, in the engine's order).
+    // Kept for the later layers that build the same ones (`Subset::attr`).
     let entry_attr = match (layer.edge_dim(), edge_attr) {
         (Some(d), Some(ea)) => {
-            let (keys, values) = match ea {
-                EdgeAttr::Shard(f) => (&subset.local_keys, &f.values),
-                EdgeAttr::File(f) => (&subset.keys, &f.values),
-            };
-            Some(pool.install(|| {
-                entry_edge_attr(
-                    &subset.csr.row_ptr,
-                    keys,
-                    d,
-                    layer.fill_value(),
-                    values,
-                    Execution::Parallel,
-                )
-            }))
+            let key = (d, layer.fill_value());
+            let mut kept = lock(&subset.attr);
+            match &*kept {
+                Some((k, values)) if *k == key => Some(values.clone()),
+                _ => {
+                    let (keys, values) = match ea {
+                        EdgeAttr::Shard(f) => (&subset.local_keys, &f.values),
+                        EdgeAttr::File(f) => (&subset.keys, &f.values),
+                    };
+                    let built = Arc::new(pool.install(|| {
+                        entry_edge_attr(
+                            &subset.csr.row_ptr,
+                            keys,
+                            d,
+                            layer.fill_value(),
+                            values,
+                            Execution::Parallel,
+                        )
+                    }));
+                    *kept = Some((key, built.clone()));
+                    Some(built)
+                }
+            }
         }
         _ => None,
     };
@@ -1856,7 +1899,7 @@ fn aggregate_subset(
         } else {
             &rows_target
         },
-        edge_attr: entry_attr.as_deref(),
+        edge_attr: entry_attr.as_deref().map(Vec::as_slice),
     };
     let aggregate = |rows_out: &mut [f32], coefficients: Option<&mut [f32]>| {
         pool.install(|| {
