@@ -101,12 +101,17 @@ impl Layout {
         })
     }
 
-    /// Part `p`'s owned rows.
-    fn owned(&self, p: usize) -> u64 {
-        self.assignment.iter().filter(|&&q| q as usize == p).count() as u64
+    /// Each part's owned rows.
+    fn owned(&self) -> Vec<u64> {
+        let mut owned = vec![0u64; self.parts];
+        for &p in &self.assignment {
+            owned[p as usize] += 1;
+        }
+        owned
     }
 
-    /// The blocks row `v` has bytes in (one or two).
+    /// The first and last block row `v` has bytes in (the same block, the next one, or
+    /// more for a row longer than a block).
     fn blocks_of(&self, v: usize) -> (usize, usize) {
         let h = self.header.len();
         let first = (h + v * self.row_bytes) / self.block_bytes;
@@ -228,7 +233,7 @@ impl OwnedOrder {
             block_bytes,
             Vec::new(),
         )?;
-        let owned: Vec<u64> = (0..parts).map(|p| layout.owned(p)).collect();
+        let owned = layout.owned();
         let mut files = Vec::with_capacity(parts);
         for (p, &rows) in owned.iter().enumerate() {
             let io = |e: std::io::Error| {
@@ -522,10 +527,15 @@ mod tests {
     /// reported in any order of chunks, land in node order in the output behind its
     /// header; a row of another part is refused. `block` bytes a block: rows of 4 KiB
     /// behind a 128-byte header in 4 MiB blocks (the blocks of a real job), and rows of 12
-    /// bytes in 8 KiB blocks (a row across every block boundary; 24 blocks).
+    /// bytes in 8 KiB blocks (a row across every block boundary; 24 blocks), and rows of
+    /// 12 KiB in 8 KiB blocks (each row in two or three blocks).
     #[test]
     fn owned_rows_land_in_node_order() {
-        for (n, rb, block) in [(2500usize, 4096usize, BLOCK_BYTES), (16_000, 12, 8192)] {
+        for (n, rb, block) in [
+            (2500usize, 4096usize, BLOCK_BYTES),
+            (16_000, 12, 8192),
+            (40, 12_288, 8192),
+        ] {
             owned_rows_land_in_node_order_in(n, rb, block);
         }
     }
