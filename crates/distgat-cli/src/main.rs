@@ -1516,14 +1516,29 @@ async fn workers(
 }
 
 /// Runs a server until SIGTERM or Ctrl-C; prints its address once bound (and writes it to
-/// `addr_file`, if given).
+/// `addr_file`, if given). A signal while it is still starting (a worker waits up to 30 s
+/// for its coordinator) stops the start, so what it made is removed (a worker's temporary
+/// work directory), and exits with 128 + the signal's number.
 fn serve(
     start: impl std::future::Future<Output = distgat_runtime::Result<distgat_runtime::RunningServer>>,
     addr_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let runtime = tokio_runtime()?;
     runtime.block_on(async {
-        let server = start.await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        // The start future is dropped when the select ends, before any exit.
+        let started = tokio::select! {
+            server = start => Ok(server?),
+            _ = tokio::signal::ctrl_c() => Err(("SIGINT", 130)),
+            _ = term.recv() => Err(("SIGTERM", 143)),
+        };
+        let server = match started {
+            Ok(server) => server,
+            Err((signal, code)) => {
+                eprintln!("stopped by {signal} while starting");
+                std::process::exit(code);
+            }
+        };
         println!("listening on {}", server.addr);
         if let Some(metrics) = server.metrics_addr {
             println!("metrics on http://{metrics}/metrics");
@@ -1531,7 +1546,6 @@ fn serve(
         if let Some(path) = &addr_file {
             distgat_cli::remote::write_addr_file(path, &server.addr.to_string())?;
         }
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

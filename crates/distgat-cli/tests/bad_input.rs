@@ -715,3 +715,49 @@ fn stats_json_naming_the_output_is_refused() {
     case.arg("--stats-json").arg(&out);
     case.expect_error("--stats-json", &["also named by --out"]);
 }
+
+/// A worker stopped by SIGTERM or SIGINT while it still waits for its coordinator exits
+/// with 128 + the signal's number and removes its temporary work directory (its help
+/// says the directory goes when the worker stops; SIGTERM left it behind before).
+#[test]
+fn a_worker_stopped_while_starting_removes_its_work_dir() {
+    for (signal, code) in [("-TERM", 143), ("-INT", 130)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_distgat"))
+            .args(["worker", "--coordinator", "127.0.0.1:1"])
+            .env("TMPDIR", tmp.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let work_dirs = || {
+            fs::read_dir(tmp.path())
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with("distgat-worker-")
+                })
+                .count()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while work_dirs() == 0 {
+            assert!(std::time::Instant::now() < deadline, "no work directory");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Past the directory's creation, the signal handlers are up.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{signal}: {stderr}");
+        assert!(stderr.contains("while starting"), "{stderr}");
+        assert_eq!(work_dirs(), 0, "{signal}: the work directory is left");
+    }
+}

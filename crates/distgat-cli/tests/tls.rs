@@ -367,7 +367,7 @@ fn bad_tls_flags_are_named() {
     let e = stderr(&distgat(&args, &[]));
     assert!(
         e.contains("distgat.toml: coordinator.tls_cert and ")
-            && e.contains("coordinator.tls_key was given without --tls-ca"),
+            && e.contains("coordinator.tls_key were given without a CA (--tls-ca"),
         "{e}"
     );
     let o = distgat(
@@ -376,7 +376,19 @@ fn bad_tls_flags_are_named() {
     );
     let e = stderr(&o);
     assert!(
-        o.status.code() == Some(1) && e.contains("DISTGAT_TLS_DOMAIN was given without --tls-ca"),
+        o.status.code() == Some(1)
+            && e.contains("DISTGAT_TLS_DOMAIN was given without a CA (--tls-ca"),
+        "{e}"
+    );
+    // A name that is not a DNS name or an IP address is named as given, not as the address.
+    let o = distgat(
+        &["graphs", "--coordinator", "127.0.0.1:1", "--tls-ca", &ca],
+        &[("DISTGAT_TLS_DOMAIN", "bad name!")],
+    );
+    let e = stderr(&o);
+    assert!(
+        o.status.code() == Some(1)
+            && e.contains("DISTGAT_TLS_DOMAIN 'bad name!': not a DNS name or an IP address"),
         "{e}"
     );
 }

@@ -37,10 +37,11 @@ pub enum SecurityError {
         path: PathBuf,
         detail: String,
     },
-    /// A setting that needs another one was given alone.
-    #[error("{given} was given without {missing}: {why}")]
+    /// Settings that need another one were given without it. `given` names them as the
+    /// user gave them ([`TlsNames`]); `missing` names the setting's flag and variable.
+    #[error("{} given without {missing}: {why}", given_phrase(given))]
     Missing {
-        given: String,
+        given: Vec<String>,
         missing: &'static str,
         why: &'static str,
     },
@@ -54,10 +55,26 @@ pub enum SecurityError {
         key: PathBuf,
         detail: String,
     },
+    /// The name to expect in the server's certificate is neither a DNS name nor an IP
+    /// address. `flag` is how the user gave it ([`TlsNames`]).
+    #[error("{flag} '{domain}': not a DNS name or an IP address ({detail})")]
+    Domain {
+        flag: String,
+        domain: String,
+        detail: String,
+    },
     #[error("--auth-token-file {}: {detail}", path.display())]
     Token { path: PathBuf, detail: String },
     #[error("address '{address}': {detail}")]
     Address { address: String, detail: String },
+}
+
+/// "A was" or "A and B were".
+fn given_phrase(given: &[String]) -> String {
+    match given {
+        [one] => format!("{one} was"),
+        _ => format!("{} were", given.join(" and ")),
+    }
 }
 
 /// How the user gave each TLS setting, as error messages name it: the flag
@@ -182,13 +199,14 @@ impl TlsFiles {
         match (&self.cert, &self.key) {
             (None, None) => Ok(None),
             (Some(_), None) => Err(SecurityError::Missing {
-                given: self.names.cert.clone(),
-                missing: "--tls-key",
+                given: vec![self.names.cert.clone()],
+                missing: "its private key (--tls-key, DISTGAT_TLS_KEY or a config file's tls_key)",
                 why: "a certificate needs its private key",
             }),
             (None, Some(_)) => Err(SecurityError::Missing {
-                given: self.names.key.clone(),
-                missing: "--tls-cert",
+                given: vec![self.names.key.clone()],
+                missing:
+                    "its certificate (--tls-cert, DISTGAT_TLS_CERT or a config file's tls_cert)",
                 why: "a private key needs its certificate",
             }),
             (Some(cert), Some(key)) => Ok(Some((
@@ -213,19 +231,20 @@ impl TlsFiles {
         }
         if self.domain.is_some() {
             return Err(SecurityError::Missing {
-                given: self.names.domain.clone(),
+                given: vec![self.names.domain.clone()],
                 missing: "a client subcommand",
                 why: "it names the server's certificate for clients; servers do not take it",
             });
         }
         let (identity, cert, key) = self.identity()?.ok_or_else(|| SecurityError::Missing {
-            given: self.names.ca.clone(),
-            missing: "--tls-cert and --tls-key",
+            given: vec![self.names.ca.clone()],
+            missing: "a certificate and key (--tls-cert and --tls-key, DISTGAT_TLS_CERT and \
+                      DISTGAT_TLS_KEY, or a config file's tls_cert and tls_key)",
             why: "a server needs its own certificate and key to speak TLS",
         })?;
         let ca = self.ca.as_deref().ok_or_else(|| SecurityError::Missing {
-            given: format!("{} and {}", self.names.cert, self.names.key),
-            missing: "--tls-ca",
+            given: vec![self.names.cert.clone(), self.names.key.clone()],
+            missing: "a CA (--tls-ca, DISTGAT_TLS_CA or a config file's tls_ca)",
             why: "the coordinator and the workers call each other and verify each other's \
                   certificate against the CA",
         })?;
@@ -262,16 +281,25 @@ impl TlsFiles {
         let identity = self.identity()?;
         let Some(ca) = self.ca.as_deref() else {
             let given = if self.domain.is_some() {
-                self.names.domain.clone()
+                vec![self.names.domain.clone()]
             } else {
-                format!("{} and {}", self.names.cert, self.names.key)
+                vec![self.names.cert.clone(), self.names.key.clone()]
             };
             return Err(SecurityError::Missing {
                 given,
-                missing: "--tls-ca",
+                missing: "a CA (--tls-ca, DISTGAT_TLS_CA or a config file's tls_ca)",
                 why: "the server's certificate is verified against that CA",
             });
         };
+        if let Some(domain) = &self.domain {
+            rustls_pki_types::ServerName::try_from(domain.as_str()).map_err(|e| {
+                SecurityError::Domain {
+                    flag: self.names.domain.clone(),
+                    domain: domain.clone(),
+                    detail: e.to_string(),
+                }
+            })?;
+        }
         let tls = Tls {
             ca: Certificate::from_pem(pem_certs(&self.names.ca, ca)?),
             identity: identity.as_ref().map(|(i, _, _)| i.clone()),
