@@ -1524,9 +1524,8 @@ fn serve(
     addr_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let runtime = tokio_runtime()?;
-    runtime.block_on(async {
+    let stopped = runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        // The start future is dropped when the select ends, before any exit.
         let started = tokio::select! {
             server = start => Ok(server?),
             _ = tokio::signal::ctrl_c() => Err(("SIGINT", 130)),
@@ -1534,10 +1533,7 @@ fn serve(
         };
         let server = match started {
             Ok(server) => server,
-            Err((signal, code)) => {
-                eprintln!("stopped by {signal} while starting");
-                std::process::exit(code);
-            }
+            Err(stopped) => return anyhow::Ok(Some(stopped)),
         };
         println!("listening on {}", server.addr);
         if let Some(metrics) = server.metrics_addr {
@@ -1553,8 +1549,16 @@ fn serve(
         tracing::info!("shutting down");
         let _ = server.shutdown.send(());
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server.join).await;
-        anyhow::Ok(())
-    })
+        anyhow::Ok(None)
+    })?;
+    // Stopped while starting: the tasks the start spawned (a worker's server, which holds
+    // its temporary work directory) end with the runtime, before the exit.
+    drop(runtime);
+    if let Some((signal, code)) = stopped {
+        eprintln!("stopped by {signal} while starting");
+        std::process::exit(code);
+    }
+    Ok(())
 }
 
 fn method_of(arg: MethodArg, seed: u64) -> Method {

@@ -133,19 +133,34 @@ pub enum ClientError {
 
 use distgat_proto::error_chain;
 
-/// A hint for a failed connection, from its causes' text.
-fn connect_hint(e: &dyn std::error::Error, tls: bool) -> &'static str {
+/// A hint for a failed connection, from its causes' text. `tls` names the TLS settings as
+/// the user gave them (`None`: plaintext).
+fn connect_hint(e: &dyn std::error::Error, tls: Option<&distgat_proto::TlsNames>) -> String {
     let text = error_chain(e).to_ascii_lowercase();
-    if tls && (text.contains("unknownissuer") || text.contains("certificate")) {
-        "; hint: the server's certificate is not signed by the --tls-ca given, or its name \
-         does not match the address (--tls-domain)"
-    } else if tls && (text.contains("corrupt message") || text.contains("invalid content type")) {
-        "; hint: the server may speak plaintext: drop the TLS flags, or start it with TLS"
-    } else if !tls
-        && (text.contains("connection reset")
-            || text.contains("broken pipe")
-            || text.contains("frame with invalid size")
-            || text.contains("connection closed"))
+    match tls {
+        Some(names) if text.contains("unknownissuer") || text.contains("certificate") => {
+            format!(
+                "; hint: the server's certificate is not signed by the CA of {}, or its name \
+                 does not match the address (a different name goes in --tls-domain or \
+                 DISTGAT_TLS_DOMAIN)",
+                names.ca
+            )
+        }
+        Some(_) if text.contains("corrupt message") || text.contains("invalid content type") => {
+            "; hint: the server may speak plaintext: drop the TLS settings, or start it with TLS"
+                .into()
+        }
+        Some(_) => String::new(),
+        None => plaintext_hint(&text).into(),
+    }
+}
+
+/// [`connect_hint`] for a plaintext client (`text`: the causes, lower case).
+fn plaintext_hint(text: &str) -> &'static str {
+    if text.contains("connection reset")
+        || text.contains("broken pipe")
+        || text.contains("frame with invalid size")
+        || text.contains("connection closed")
     {
         "; hint: the server may speak TLS only: give --tls-ca (and use https:// or host:port)"
     } else {
@@ -315,7 +330,7 @@ impl Client {
                         detail: format!(
                             "{} (after {attempt} attempts){}",
                             error_chain(&e),
-                            connect_hint(&e, tls.is_some())
+                            connect_hint(&e, tls.as_ref().map(|_| &security.tls.names))
                         ),
                     })
                 }
