@@ -434,6 +434,8 @@ fn run_local(
             }
             let key = attr_key(layer).expect("an edge_dim layer");
             if kept_attr.as_ref().is_none_or(|kept| kept.key != key) {
+                // The other attributes go first: they would not be in memory at once before.
+                *kept_attr = None;
                 let keys = view.keys.as_ref().expect("keys built for edge_dim layers");
                 *kept_attr = Some(EntryAttr {
                     key,

@@ -1867,6 +1867,8 @@ fn aggregate_subset(
             match &*kept {
                 Some((k, values)) if *k == key => Some(values.clone()),
                 _ => {
+                    // The other attributes go first, not to be in memory with the new ones.
+                    *kept = None;
                     let (keys, values) = match ea {
                         EdgeAttr::Shard(f) => (&subset.local_keys, &f.values),
                         EdgeAttr::File(f) => (&subset.keys, &f.values),
