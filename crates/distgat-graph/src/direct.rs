@@ -305,8 +305,13 @@ impl Drop for DirectWriter {
     }
 }
 
+/// `path` (an existing file) opened for writing with Linux `O_DIRECT`: writes through it
+/// go around the page cache, and need offsets, lengths and memory aligned to 4096 bytes.
+/// `None` where the system refuses the flag (tmpfs,
+/// or a non-Linux system): the caller writes plainly. A file system may still refuse a
+/// write with `EINVAL`, which a caller should take as "write plainly from now on".
 #[cfg(target_os = "linux")]
-fn open_direct(path: &std::path::Path) -> Option<File> {
+pub fn open_direct(path: &std::path::Path) -> Option<File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .write(true)
@@ -315,7 +320,8 @@ fn open_direct(path: &std::path::Path) -> Option<File> {
         .ok()
 }
 
+/// Not Linux: no `O_DIRECT` (see the Linux version).
 #[cfg(not(target_os = "linux"))]
-fn open_direct(_path: &std::path::Path) -> Option<File> {
+pub fn open_direct(_path: &std::path::Path) -> Option<File> {
     None
 }

@@ -18,6 +18,7 @@ pub mod reorder;
 
 pub use alloc::LargePageAligned;
 pub use csr::{attention_edge_index, IncomingCsr};
+pub use direct::open_direct;
 pub use edges::{read_graph, EdgeList, GraphFormat};
 pub use error::{GraphError, Result};
 pub use features::{FeatureBlocks, Features, Normalization};

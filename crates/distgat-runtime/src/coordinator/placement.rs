@@ -17,6 +17,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use distgat_graph::open_direct;
+
 use crate::catalog::lock;
 use crate::error::{Result, RuntimeError};
 
@@ -435,21 +437,6 @@ impl Output {
         }
         self.plain.write_all_at(bytes, offset)
     }
-}
-
-#[cfg(target_os = "linux")]
-fn open_direct(path: &Path) -> Option<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .ok()
-}
-
-#[cfg(not(target_os = "linux"))]
-fn open_direct(_path: &Path) -> Option<File> {
-    None
 }
 
 /// A placing thread: takes complete blocks from `due` until it closes (or `stop`), and
