@@ -1552,8 +1552,9 @@ fn serve(
         anyhow::Ok(None)
     })?;
     // Stopped while starting: the tasks the start spawned (a worker's server, which holds
-    // its temporary work directory) end with the runtime, before the exit.
-    drop(runtime);
+    // its temporary work directory) end with the runtime, before the exit; a blocking task
+    // still running gets 5 s, so a signal never hangs the process.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     if let Some((signal, code)) = stopped {
         eprintln!("stopped by {signal} while starting");
         std::process::exit(code);
