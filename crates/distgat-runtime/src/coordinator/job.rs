@@ -1110,6 +1110,7 @@ fn prepare(
             partition.load_assignment()?,
             manifest.parts,
             width * 4,
+            super::placement::BLOCK_BYTES,
         )?);
     }
     Ok(Prepared {

@@ -179,34 +179,10 @@ impl OwnedOrder {
     /// directory the user named), and the threads that place complete blocks into `out`
     /// (the output's temporary file at `out_temp`, its `header_len` bytes of header
     /// written: the rows follow), adding the bytes of rows they write to `written`.
-    /// Errors name the directory or the part.
+    /// Blocks are `block_bytes` of the file ([`BLOCK_BYTES`] in a job; a positive multiple
+    /// of 4096). Errors name the directory or the part.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn create(
-        out_path: &Path,
-        out: &File,
-        out_temp: &Path,
-        header_len: u64,
-        written: Arc<AtomicU64>,
-        assignment: Vec<u32>,
-        parts: usize,
-        row_bytes: usize,
-    ) -> Result<Self> {
-        Self::create_in_blocks(
-            out_path,
-            out,
-            out_temp,
-            header_len,
-            written,
-            assignment,
-            parts,
-            row_bytes,
-            BLOCK_BYTES,
-        )
-    }
-
-    /// [`OwnedOrder::create`] with blocks of `block_bytes` (a positive multiple of 4096).
-    #[allow(clippy::too_many_arguments)]
-    fn create_in_blocks(
         out_path: &Path,
         out: &File,
         out_temp: &Path,
@@ -219,10 +195,7 @@ impl OwnedOrder {
     ) -> Result<Self> {
         let mut header = vec![0u8; header_len as usize];
         out.read_exact_at(&mut header, 0)?;
-        let dir = match out_path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => std::path::PathBuf::from("."),
-        };
+        let dir = distgat_graph::parent_dir(out_path);
         let name = out_path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -552,7 +525,7 @@ mod tests {
             })
             .collect();
         let written = Arc::new(AtomicU64::new(0));
-        let order = OwnedOrder::create_in_blocks(
+        let order = OwnedOrder::create(
             &out_path,
             &out,
             &out_path,
@@ -641,6 +614,7 @@ mod tests {
             vec![0, 1, 0, 1],
             2,
             8,
+            BLOCK_BYTES,
         )
         .unwrap();
         let path = order.part_file(1).0;
